@@ -1,0 +1,140 @@
+"""Protobuf <-> domain objects. Pure functions: no I/O, no state."""
+
+from __future__ import annotations
+
+from banditd.admin import RouterStats
+from banditd.domain import ArmSpec, Decision, RouterSpec
+from banditd.errors import InvalidArgument
+from banditd.learner import FeedbackInput, FeedbackResult
+from banditd.router import SelectInput
+from banditd.v1 import banditd_pb2 as pb
+
+_THUMBS = {pb.THUMB_UP: "up", pb.THUMB_DOWN: "down"}
+
+
+def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
+    return RouterSpec(
+        tenant=msg.tenant,
+        name=msg.name,
+        arms=tuple(
+            ArmSpec(a.name, a.input_price_per_mtok, a.output_price_per_mtok, a.disabled)
+            for a in msg.arms
+        ),
+        policy=msg.policy or "linucb",
+        exploration=msg.exploration,
+        default_cost_weight=msg.default_cost_weight,
+        **{
+            key: value
+            for key, value in (
+                ("embedding_dim", msg.embedding_dim),
+                ("feedback_ttl_seconds", msg.feedback_ttl_seconds),
+                ("prior_output_tokens", msg.prior_output_tokens),
+            )
+            if value  # 0 means "the default"
+        },
+    )
+
+
+def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
+    return pb.RouterConfig(
+        tenant=spec.tenant,
+        name=spec.name,
+        arms=[
+            pb.Arm(
+                name=a.name,
+                input_price_per_mtok=a.input_price_per_mtok,
+                output_price_per_mtok=a.output_price_per_mtok,
+                disabled=a.disabled,
+            )
+            for a in spec.arms
+        ],
+        policy=spec.policy,
+        exploration=spec.exploration,
+        default_cost_weight=spec.default_cost_weight,
+        embedding_dim=spec.embedding_dim,
+        feedback_ttl_seconds=spec.feedback_ttl_seconds,
+        prior_output_tokens=spec.prior_output_tokens,
+        version=spec.version,
+    )
+
+
+def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
+    which = msg.WhichOneof("context")
+    return SelectInput(
+        tenant=msg.tenant,
+        router=msg.router,
+        request_id=msg.request_id,
+        prompt=msg.prompt if which == "prompt" else None,
+        embedding=list(msg.embedding.values) if which == "embedding" else None,
+        candidates=list(msg.candidates),
+        cost_weight=msg.cost_weight if msg.HasField("cost_weight") else None,
+        max_cost_usd=msg.max_cost_usd if msg.HasField("max_cost_usd") else None,
+        metadata=dict(msg.metadata),
+    )
+
+
+def decision_to_proto(d: Decision) -> pb.SelectResponse:
+    return pb.SelectResponse(
+        decision_id=d.token,
+        arm=d.arm,
+        ranking=[
+            pb.RankedArm(
+                arm=r.arm,
+                score=r.score,
+                expected_cost_usd=r.expected_cost_usd,
+                quality_score=r.quality_score,
+            )
+            for r in d.ranking
+        ],
+        propensity=d.propensity,
+        explored=d.explored,
+        expected_cost_usd=d.expected_cost_usd,
+        expires_at_unix=int(d.expires_at),
+    )
+
+
+def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackInput:
+    which = msg.WhichOneof("signal")
+    thumb: str | None = None
+    if which == "thumb":
+        thumb = _THUMBS.get(msg.thumb)
+        if thumb is None:
+            raise InvalidArgument("thumb", "must be THUMB_UP or THUMB_DOWN")
+    return FeedbackInput(
+        tenant=msg.tenant,
+        decision_id=msg.decision_id,
+        reward=msg.reward if which == "reward" else None,
+        thumb=thumb,
+        cost_usd=msg.cost_usd if msg.HasField("cost_usd") else None,
+        input_tokens=msg.input_tokens if msg.HasField("input_tokens") else None,
+        output_tokens=msg.output_tokens if msg.HasField("output_tokens") else None,
+        latency_ms=msg.latency_ms if msg.HasField("latency_ms") else None,
+        error=msg.error,
+    )
+
+
+def feedback_to_proto(result: FeedbackResult) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(
+        event_id=result.event_id, reward=result.reward, cost_usd=result.cost_usd
+    )
+
+
+def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
+    return pb.GetStatsResponse(
+        tenant=stats.tenant,
+        name=stats.name,
+        arms=[
+            pb.ArmStats(
+                arm=a.arm,
+                decisions=a.decisions,
+                feedback_count=a.feedback_count,
+                mean_reward=a.reward_sum / a.feedback_count if a.feedback_count else 0.0,
+                spend_usd=a.spend_usd,
+            )
+            for a in stats.arms
+        ],
+        decisions=sum(a.decisions for a in stats.arms),
+        feedback_count=sum(a.feedback_count for a in stats.arms),
+        spend_usd=sum(a.spend_usd for a in stats.arms),
+        applied_event_id=stats.applied_event_id,
+    )

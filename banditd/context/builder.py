@@ -1,0 +1,59 @@
+"""Assemble x = [1, embedding] from a prompt (encoded here) or a caller's embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from banditd.context.hashing import HashingEncoder
+from banditd.domain import FloatArray, RouterSpec
+from banditd.errors import InvalidArgument
+
+CHARS_PER_TOKEN = 4.0
+
+
+def build_x(
+    spec: RouterSpec,
+    *,
+    prompt: str | None,
+    embedding: Sequence[float] | None,
+    max_prompt_chars: int,
+) -> FloatArray:
+    """Context vector, shape (spec.dim,), float64 whose values are exact float32.
+
+    Rounding through float32 keeps x identical after it travels in a decision token.
+    """
+    if prompt is not None:
+        if not prompt.strip():
+            raise InvalidArgument("prompt", "must not be empty")
+        if len(prompt) > max_prompt_chars:
+            raise InvalidArgument(
+                "prompt", f"{len(prompt)} characters is over the limit of {max_prompt_chars}"
+            )
+        vec = HashingEncoder(spec.embedding_dim).encode(prompt)
+    elif embedding is not None:
+        if len(embedding) != spec.embedding_dim:
+            raise InvalidArgument(
+                "embedding.values",
+                f"router {spec.name!r} expects {spec.embedding_dim} values, got {len(embedding)}",
+            )
+        vec = np.asarray(embedding, dtype=np.float64)
+        if not np.all(np.isfinite(vec)):
+            raise InvalidArgument("embedding.values", "must all be finite (no NaN or inf)")
+    else:
+        raise InvalidArgument("context", "set either prompt or embedding")
+    x = np.empty(spec.dim, dtype=np.float64)
+    x[0] = 1.0
+    x[1:] = vec
+    x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        raise InvalidArgument("embedding.values", "values overflow float32")
+    return x32.astype(np.float64)
+
+
+def input_tokens_estimate(prompt: str | None) -> float | None:
+    """Rough token count of a prompt (4 characters a token); None without a prompt."""
+    if prompt is None:
+        return None
+    return max(1.0, len(prompt) / CHARS_PER_TOKEN)

@@ -1,0 +1,174 @@
+"""Domain records shared by the Select and Feedback flows: router specs, decisions, events.
+
+Specs are frozen and validated when built, so every later layer can trust them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from banditd.errors import InvalidArgument
+
+POLICIES = ("linucb", "thompson")
+DEFAULT_EMBEDDING_DIM = 16
+DEFAULT_FEEDBACK_TTL_SECONDS = 86_400
+DEFAULT_PRIOR_OUTPUT_TOKENS = 300
+DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5}
+MAX_EMBEDDING_DIM = 4096
+MAX_ARMS = 256
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def check_name(field_name: str, value: str) -> str:
+    """Tenant, router and arm names: 1-128 printable characters, no spaces."""
+    if not value:
+        raise InvalidArgument(field_name, "must not be empty")
+    if not _NAME.match(value):
+        raise InvalidArgument(
+            field_name, "must be 1-128 characters of letters, digits and ._:/@+- (no spaces)"
+        )
+    return value
+
+
+def check_finite(field_name: str, value: float, *, minimum: float | None = 0.0) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(field_name, "must be a finite number")
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(field_name, f"must be >= {minimum:g}, got {value:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+    disabled: bool = False
+
+    def __post_init__(self) -> None:
+        check_name("arms.name", self.name)
+        check_finite("arms.input_price_per_mtok", self.input_price_per_mtok)
+        check_finite("arms.output_price_per_mtok", self.output_price_per_mtok)
+
+    def cost_usd(self, input_tokens: float, output_tokens: float) -> float:
+        return (
+            input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok
+        ) / 1e6
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """A router's configuration. Zero values in the API mean "the default"."""
+
+    tenant: str
+    name: str
+    arms: tuple[ArmSpec, ...]
+    policy: str = "linucb"
+    exploration: float = 0.0
+    default_cost_weight: float = 0.0
+    embedding_dim: int = DEFAULT_EMBEDDING_DIM
+    feedback_ttl_seconds: int = DEFAULT_FEEDBACK_TTL_SECONDS
+    prior_output_tokens: int = DEFAULT_PRIOR_OUTPUT_TOKENS
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        check_name("router.tenant", self.tenant)
+        check_name("router.name", self.name)
+        if not self.arms:
+            raise InvalidArgument("router.arms", "a router needs at least one arm")
+        if len(self.arms) > MAX_ARMS:
+            raise InvalidArgument("router.arms", f"at most {MAX_ARMS} arms")
+        names = [a.name for a in self.arms]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InvalidArgument("router.arms", f"duplicate arm names: {', '.join(duplicates)}")
+        if all(a.disabled for a in self.arms):
+            raise InvalidArgument("router.arms", "at least one arm must be enabled")
+        if self.policy not in POLICIES:
+            raise InvalidArgument("router.policy", f"must be one of {', '.join(POLICIES)}")
+        check_finite("router.exploration", self.exploration)
+        check_finite("router.default_cost_weight", self.default_cost_weight)
+        if not 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
+            raise InvalidArgument("router.embedding_dim", f"must be in 1..{MAX_EMBEDDING_DIM}")
+        if self.feedback_ttl_seconds < 1:
+            raise InvalidArgument("router.feedback_ttl_seconds", "must be >= 1")
+        if self.prior_output_tokens < 1:
+            raise InvalidArgument("router.prior_output_tokens", "must be >= 1")
+
+    @property
+    def dim(self) -> int:
+        """Length of the context vector x: an intercept plus the embedding."""
+        return self.embedding_dim + 1
+
+    @property
+    def alpha(self) -> float:
+        """The exploration parameter, with the policy's default for 0."""
+        return self.exploration or DEFAULT_EXPLORATION[self.policy]
+
+    def arm(self, name: str) -> ArmSpec | None:
+        return next((a for a in self.arms if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class RankedArm:
+    arm: str
+    score: float
+    quality_score: float
+    expected_cost_usd: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One Select answer, as logged and as returned (again, for a repeated request_id)."""
+
+    decision_id: str
+    router_id: int
+    tenant: str
+    router: str
+    request_id: str | None
+    arm: str
+    ranking: tuple[RankedArm, ...]
+    propensity: float
+    explored: bool
+    expected_cost_usd: float
+    token: str
+    expires_at: float
+    created_at: float
+    policy: str
+    router_version: int
+    seed: int
+    candidates: tuple[str, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One row of the feedback event log, the source of truth for every posterior.
+
+    x: context vector, shape (dim,), float64.
+    """
+
+    event_id: int
+    router_id: int
+    decision_id: str
+    arm: str
+    x: FloatArray
+    reward: float
+    cost_usd: float
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: float | None
+    error: bool
+    created_at: float
+
+
+def arm_names(arms: Sequence[ArmSpec]) -> list[str]:
+    return [a.name for a in arms]

@@ -1,0 +1,89 @@
+"""The policy interface: a policy scores quality; the base class turns scores into a choice.
+
+A new policy is one subclass that fills in ``quality_scores`` (and ``propensity`` when it is
+randomised), registered in ``banditd.policy.POLICIES``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from banditd.domain import FloatArray
+from banditd.policy import _kernels
+
+if TYPE_CHECKING:  # posterior imports the kernels of this package
+    from banditd.posterior import Posterior
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A ranked choice among eligible arms.
+
+    order: positions into the eligible arms, best first, shape (k,).
+    quality, utility: per eligible arm, shape (k,).
+    """
+
+    order: IntArray
+    quality: FloatArray
+    utility: FloatArray
+    propensity: float
+    explored: bool
+
+    @property
+    def chosen(self) -> int:
+        return int(self.order[0])
+
+
+class Policy(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, exploration: float) -> None:
+        self.exploration = exploration
+
+    @abstractmethod
+    def quality_scores(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+    ) -> FloatArray:
+        """Quality score per eligible arm, shape (k,); arm_idx: posterior indices, shape (k,)."""
+
+    def propensity(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        cost_term: FloatArray,
+        chosen: int,
+        rng: np.random.Generator,
+    ) -> float:
+        """Probability that this policy picks ``chosen`` in this state; 1 when deterministic."""
+        return 1.0
+
+    def choose(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        expected_cost: FloatArray,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> Choice:
+        """Rank eligible arms by quality - cost_weight * expected cost (ties: configured order).
+
+        expected_cost: USD per eligible arm, shape (k,).
+        """
+        cost_term = cost_weight * expected_cost
+        quality = self.quality_scores(post, arm_idx, x, rng)
+        utility = quality - cost_term
+        order = np.argsort(-utility, kind="stable").astype(np.int64)
+        chosen = int(order[0])
+        greedy = _kernels.mean_scores(post.theta[arm_idx], x) - cost_term
+        explored = chosen != int(np.argmax(greedy))
+        propensity = self.propensity(post, arm_idx, x, cost_term, chosen, rng)
+        return Choice(order, quality, utility, propensity, explored)

@@ -1,0 +1,44 @@
+"""Linear Thompson sampling (Agrawal & Goyal 2013) with the one-context exact shortcut."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from banditd.domain import FloatArray
+from banditd.policy import _kernels
+from banditd.policy.base import IntArray, Policy
+
+if TYPE_CHECKING:  # posterior imports the kernels of this package
+    from banditd.posterior import Posterior
+
+PROPENSITY_DRAWS = 256
+
+
+class Thompson(Policy):
+    name = "thompson"
+
+    def quality_scores(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+    ) -> FloatArray:
+        normals = rng.standard_normal(len(arm_idx))
+        return _kernels.thompson_scores(
+            post.a_inv[arm_idx], post.theta[arm_idx], x, self.exploration, normals
+        )
+
+    def propensity(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        cost_term: FloatArray,
+        chosen: int,
+        rng: np.random.Generator,
+    ) -> float:
+        """Share of resampled draws (plus the one acted on) in which ``chosen`` wins."""
+        mean = _kernels.mean_scores(post.theta[arm_idx], x) - cost_term
+        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv[arm_idx], x))
+        draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
+        wins = int(np.count_nonzero(np.argmax(draws, axis=1) == chosen))
+        return (wins + 1) / (PROPENSITY_DRAWS + 1)

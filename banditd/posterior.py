@@ -1,0 +1,144 @@
+"""Per-router posterior: a pure function of the prior and the feedback events applied, in id order.
+
+Any process that has applied the same events holds the same arrays, bit for bit, which is what
+lets a restart (snapshot + replay of the tail) pick exactly what the first process would have.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from banditd.domain import FeedbackEvent, FloatArray
+from banditd.policy import _kernels
+
+RIDGE = 1.0  # prior precision: A starts at RIDGE * I
+REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
+PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
+
+
+@dataclass
+class Posterior:
+    """Statistics of every arm ever configured or rewarded, by name.
+
+    a, a_inv: (n_arms, dim, dim); b, theta: (n_arms, dim); counters: (n_arms,).
+    """
+
+    dim: int
+    prior_output_tokens: float
+    arms: list[str]
+    a: FloatArray
+    a_inv: FloatArray
+    b: FloatArray
+    theta: FloatArray
+    n_updates: npt.NDArray[np.int64]
+    output_tokens_sum: FloatArray
+    output_tokens_n: npt.NDArray[np.int64]
+    input_tokens_sum: float = 0.0
+    input_tokens_n: int = 0
+    last_event_id: int = 0
+
+    @classmethod
+    def empty(cls, dim: int, prior_output_tokens: float) -> Posterior:
+        return cls(
+            dim=dim,
+            prior_output_tokens=prior_output_tokens,
+            arms=[],
+            a=np.zeros((0, dim, dim)),
+            a_inv=np.zeros((0, dim, dim)),
+            b=np.zeros((0, dim)),
+            theta=np.zeros((0, dim)),
+            n_updates=np.zeros(0, dtype=np.int64),
+            output_tokens_sum=np.zeros(0),
+            output_tokens_n=np.zeros(0, dtype=np.int64),
+        )
+
+    def index(self, arm: str) -> int:
+        """Index of an arm, adding it with the prior if it is new."""
+        try:
+            return self.arms.index(arm)
+        except ValueError:
+            pass
+        eye = np.eye(self.dim)[None]
+        self.arms.append(arm)
+        self.a = np.concatenate([self.a, RIDGE * eye])
+        self.a_inv = np.concatenate([self.a_inv, eye / RIDGE])
+        self.b = np.concatenate([self.b, np.zeros((1, self.dim))])
+        self.theta = np.concatenate([self.theta, np.zeros((1, self.dim))])
+        self.n_updates = np.append(self.n_updates, 0)
+        self.output_tokens_sum = np.append(self.output_tokens_sum, 0.0)
+        self.output_tokens_n = np.append(self.output_tokens_n, 0)
+        return len(self.arms) - 1
+
+    def apply(self, event: FeedbackEvent) -> None:
+        """Fold one event in. Events must come in increasing id order."""
+        if event.event_id <= self.last_event_id:
+            raise ValueError(f"event {event.event_id} after {self.last_event_id}: out of order")
+        self.last_event_id = event.event_id
+        if event.x.shape != (self.dim,):
+            return  # logged under an earlier embedding size: not this posterior's data
+        idx = self.index(event.arm)
+        _kernels.sherman_morrison_update(
+            self.a, self.a_inv, self.b, self.theta, idx, event.x, event.reward
+        )
+        self.n_updates[idx] += 1
+        if self.n_updates[idx] % REFACTORISE_EVERY == 0:
+            _kernels.refactorise(self.a, self.a_inv, self.b, self.theta, idx)
+        if event.output_tokens is not None:
+            self.output_tokens_sum[idx] += event.output_tokens
+            self.output_tokens_n[idx] += 1
+        if event.input_tokens is not None:
+            self.input_tokens_sum += event.input_tokens
+            self.input_tokens_n += 1
+
+    def expected_output_tokens(self, idx: int) -> float:
+        """Mean reported output tokens, shrunk toward the router's prior by one pseudo-count."""
+        total = self.prior_output_tokens + self.output_tokens_sum[idx]
+        return float(total / (1 + self.output_tokens_n[idx]))
+
+    def expected_input_tokens(self) -> float:
+        """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""
+        return (PRIOR_INPUT_TOKENS + self.input_tokens_sum) / (1 + self.input_tokens_n)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            dim=self.dim,
+            prior_output_tokens=self.prior_output_tokens,
+            arms=np.array(self.arms, dtype=np.str_),
+            a=self.a,
+            a_inv=self.a_inv,
+            b=self.b,
+            theta=self.theta,
+            n_updates=self.n_updates,
+            output_tokens_sum=self.output_tokens_sum,
+            output_tokens_n=self.output_tokens_n,
+            input_tokens=np.array([self.input_tokens_sum, self.input_tokens_n]),
+            last_event_id=self.last_event_id,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Posterior:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            dim = int(z["dim"])
+            arms = [str(a) for a in z["arms"]]
+            return cls(
+                dim=dim,
+                prior_output_tokens=float(z["prior_output_tokens"]),
+                arms=arms,
+                a=z["a"].reshape(len(arms), dim, dim).copy(),
+                a_inv=z["a_inv"].reshape(len(arms), dim, dim).copy(),
+                b=z["b"].reshape(len(arms), dim).copy(),
+                theta=z["theta"].reshape(len(arms), dim).copy(),
+                n_updates=z["n_updates"].copy(),
+                output_tokens_sum=z["output_tokens_sum"].copy(),
+                output_tokens_n=z["output_tokens_n"].copy(),
+                input_tokens_sum=float(z["input_tokens"][0]),
+                input_tokens_n=int(z["input_tokens"][1]),
+                last_event_id=int(z["last_event_id"]),
+            )

@@ -1,0 +1,177 @@
+"""The Select flow: context -> policy -> eligibility -> signed, logged decision."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from banditd.catalog import Catalog
+from banditd.context import build_x, input_tokens_estimate
+from banditd.decision_log import DecisionLog
+from banditd.domain import Decision, RankedArm, check_finite, check_name
+from banditd.errors import FailedPrecondition, InvalidArgument, NotFound
+from banditd.token import TokenClaims, TokenSigner
+
+log = structlog.get_logger(__name__)
+
+MAX_REQUEST_ID = 128
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 1024
+
+
+@dataclass(frozen=True)
+class SelectInput:
+    tenant: str
+    router: str
+    request_id: str = ""
+    prompt: str | None = None
+    embedding: Sequence[float] | None = None
+    candidates: Sequence[str] = ()
+    cost_weight: float | None = None
+    max_cost_usd: float | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class Selector:
+    def __init__(
+        self,
+        catalog: Catalog,
+        decisions: DecisionLog,
+        signer: TokenSigner,
+        *,
+        max_prompt_chars: int,
+        max_metadata_entries: int,
+        clock: Callable[[], float] = time.time,
+        seeds: Callable[[], int] = lambda: secrets.randbits(63),
+    ) -> None:
+        self._catalog = catalog
+        self._decisions = decisions
+        self._signer = signer
+        self._max_prompt_chars = max_prompt_chars
+        self._max_metadata_entries = max_metadata_entries
+        self._clock = clock
+        self._seeds = seeds
+
+    def _check(self, req: SelectInput) -> None:
+        check_name("tenant", req.tenant)
+        check_name("router", req.router)
+        if len(req.request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
+        if req.cost_weight is not None:
+            check_finite("cost_weight", req.cost_weight)
+        if req.max_cost_usd is not None:
+            check_finite("max_cost_usd", req.max_cost_usd)
+        if len(req.metadata) > self._max_metadata_entries:
+            raise InvalidArgument("metadata", f"at most {self._max_metadata_entries} entries")
+        for key, value in req.metadata.items():
+            if not key or len(key) > MAX_METADATA_KEY:
+                raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")
+            if len(value) > MAX_METADATA_VALUE:
+                raise InvalidArgument("metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters")
+
+    async def select(self, req: SelectInput) -> Decision:
+        self._check(req)
+        state = await self._catalog.get(req.tenant, req.router)
+        if req.request_id:
+            earlier = await self._decisions.find(state.router_id, req.request_id)
+            if earlier is not None:
+                return earlier
+            # No await from here on: a concurrent twin of this request sees ours in the log.
+            earlier = self._decisions.lookup(state.router_id, req.request_id)
+            if earlier is not None:
+                return earlier
+        spec, posterior = state.spec, state.posterior
+        x = build_x(
+            spec, prompt=req.prompt, embedding=req.embedding, max_prompt_chars=self._max_prompt_chars
+        )
+        if req.candidates:
+            unknown = [c for c in req.candidates if spec.arm(c) is None]
+            if unknown:
+                raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
+            wanted = set(req.candidates)
+            arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
+        else:
+            arms = [a for a in spec.arms if not a.disabled]
+        input_tokens = input_tokens_estimate(req.prompt) or posterior.expected_input_tokens()
+        arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
+        costs = np.array(
+            [
+                a.cost_usd(input_tokens, posterior.expected_output_tokens(int(i)))
+                for a, i in zip(arms, arm_idx, strict=True)
+            ]
+        )
+        if req.max_cost_usd is not None:
+            keep = costs <= req.max_cost_usd
+            arms = [a for a, k in zip(arms, keep, strict=True) if k]
+            arm_idx, costs = arm_idx[keep], costs[keep]
+        if not arms:
+            raise FailedPrecondition(
+                "no eligible arm: every candidate is disabled or over max_cost_usd"
+            )
+        cost_weight = spec.default_cost_weight if req.cost_weight is None else req.cost_weight
+        seed = self._seeds()
+        choice = state.policy.choose(
+            posterior, arm_idx, x, costs, cost_weight, np.random.default_rng(seed)
+        )
+        ranking = tuple(
+            RankedArm(
+                arms[i].name, float(choice.utility[i]), float(choice.quality[i]), float(costs[i])
+            )
+            for i in choice.order
+        )
+        chosen = ranking[0]
+        now = self._clock()
+        decision_id = str(uuid.uuid4())
+        expires_at = math.floor(now) + spec.feedback_ttl_seconds
+        token = self._signer.sign(
+            TokenClaims(
+                decision_id=decision_id,
+                tenant=spec.tenant,
+                router_id=state.router_id,
+                arm=chosen.arm,
+                x=x,
+                propensity=choice.propensity,
+                expected_cost_usd=chosen.expected_cost_usd,
+                expires_at=expires_at,
+            )
+        )
+        decision = Decision(
+            decision_id=decision_id,
+            router_id=state.router_id,
+            tenant=spec.tenant,
+            router=spec.name,
+            request_id=req.request_id or None,
+            arm=chosen.arm,
+            ranking=ranking,
+            propensity=choice.propensity,
+            explored=choice.explored,
+            expected_cost_usd=chosen.expected_cost_usd,
+            token=token,
+            expires_at=expires_at,
+            created_at=now,
+            policy=spec.policy,
+            router_version=spec.version,
+            seed=seed,
+            candidates=tuple(a.name for a in arms),
+            metadata=dict(req.metadata),
+        )
+        self._decisions.add(decision)
+        log.info(
+            "decision",
+            tenant=spec.tenant,
+            router=spec.name,
+            arm=chosen.arm,
+            expected_cost_usd=chosen.expected_cost_usd,
+            decision_id=decision_id,
+            propensity=choice.propensity,
+            explored=choice.explored,
+            metadata=dict(req.metadata),
+        )
+        return decision

@@ -1,0 +1,131 @@
+"""Wiring: build the app on a port (0 = any, for tests), warm it up, serve, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from banditd.admin import Admin
+from banditd.catalog import Catalog
+from banditd.config import Settings
+from banditd.decision_log import DecisionLog
+from banditd.learner import Learner
+from banditd.policy import POLICIES
+from banditd.posterior import Posterior
+from banditd.router import Selector
+from banditd.servicer import AdminServicer, RouterServicer
+from banditd.store import Database, Repository, migrate
+from banditd.token import TokenSigner
+from banditd.v1 import banditd_pb2, banditd_pb2_grpc
+
+log = structlog.get_logger(__name__)
+SERVICE_NAMES = (
+    banditd_pb2.DESCRIPTOR.services_by_name["Router"].full_name,
+    banditd_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    decisions: DecisionLog
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+    async def start(self) -> None:
+        """Serve; health turns SERVING only once routers are loaded and Select can answer."""
+        await self.server.start()
+        self.decisions.start()
+        routers = await self.catalog.load_all()
+        _warm_up()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", port=self.port, routers=routers, database=self.db.engine.dialect.name)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        try:
+            await self.decisions.close()
+            await self.catalog.snapshot_all()
+        finally:
+            await self.db.close()
+        log.info("stopped")
+
+
+def _warm_up() -> None:
+    """Run each policy once so the first real request pays no first-call cost."""
+    post = Posterior.empty(2, 1.0)
+    idx = np.array([post.index("a"), post.index("b")], dtype=np.int64)
+    for cls in POLICIES.values():
+        cls(1.0).choose(post, idx, np.ones(2), np.zeros(2), 0.0, np.random.default_rng(0))
+
+
+async def build_app(settings: Settings) -> App:
+    if settings.should_migrate:
+        await migrate(settings.database_url, settings.migrations_dir)
+    db = Database(settings.database_url)
+    repo = Repository(db)
+    key = (
+        settings.signing_key.get_secret_value().encode()
+        if settings.signing_key
+        else await repo.secret("decision_signing_key")
+    )
+    signer = TokenSigner(key)
+    catalog = Catalog(repo, settings.snapshot_every)
+    decisions = DecisionLog(repo, settings.decision_flush_ms / 1000.0)
+    selector = Selector(
+        catalog,
+        decisions,
+        signer,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_metadata_entries=settings.max_metadata_entries,
+    )
+    server = grpc.aio.server()
+    banditd_pb2_grpc.add_RouterServicer_to_server(
+        RouterServicer(selector, Learner(catalog, signer)), server
+    )
+    banditd_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(Admin(catalog, decisions, repo)), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        await db.close()
+        raise OSError(f"cannot listen on {settings.listen}")
+    return App(settings, db, catalog, decisions, server, health_servicer, port)
+
+
+async def serve(
+    settings: Settings, on_started: Callable[[App], Awaitable[None]] | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM, then drain."""
+    app = await build_app(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if on_started is not None:
+        await on_started(app)
+    await stop.wait()
+    log.info("stopping")
+    await app.stop()

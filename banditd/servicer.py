@@ -1,0 +1,122 @@
+"""gRPC servicers: decode -> call a flow -> encode. Errors become status codes here and only here."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import structlog
+
+from banditd import codec, errors
+from banditd.admin import Admin
+from banditd.learner import Learner
+from banditd.router import Selector
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+_CODES: dict[type[errors.BanditdError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+    """Map banditd errors to their status code; anything else is INTERNAL, logged, not leaked."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except errors.BanditdError as exc:
+            await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), exc.message)
+        except Exception:
+            log.exception("internal_error", rpc=method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    return wrapper
+
+
+class RouterServicer(pb_grpc.RouterServicer):
+    def __init__(self, selector: Selector, learner: Learner) -> None:
+        self._selector = selector
+        self._learner = learner
+
+    @_edge
+    async def Select(  # noqa: N802 - gRPC method name
+        self, request: pb.SelectRequest, context: grpc.aio.ServicerContext[pb.SelectRequest, pb.SelectResponse]
+    ) -> pb.SelectResponse:
+        decision = await self._selector.select(codec.select_from_proto(request))
+        return codec.decision_to_proto(decision)
+
+    @_edge
+    async def Feedback(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.FeedbackRequest,
+        context: grpc.aio.ServicerContext[pb.FeedbackRequest, pb.FeedbackResponse],
+    ) -> pb.FeedbackResponse:
+        result = await self._learner.feedback(codec.feedback_from_proto(request))
+        return codec.feedback_to_proto(result)
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
+
+    @_edge
+    async def PutRouter(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.PutRouterRequest,
+        context: grpc.aio.ServicerContext[pb.PutRouterRequest, pb.PutRouterResponse],
+    ) -> pb.PutRouterResponse:
+        spec, created = await self._admin.put_router(codec.spec_from_proto(request.router))
+        return pb.PutRouterResponse(router=codec.spec_to_proto(spec), created=created)
+
+    @_edge
+    async def GetRouter(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.GetRouterRequest,
+        context: grpc.aio.ServicerContext[pb.GetRouterRequest, pb.GetRouterResponse],
+    ) -> pb.GetRouterResponse:
+        spec = await self._admin.get_router(request.tenant, request.name)
+        return pb.GetRouterResponse(router=codec.spec_to_proto(spec))
+
+    @_edge
+    async def ListRouters(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.ListRoutersRequest,
+        context: grpc.aio.ServicerContext[pb.ListRoutersRequest, pb.ListRoutersResponse],
+    ) -> pb.ListRoutersResponse:
+        specs = await self._admin.list_routers(request.tenant)
+        return pb.ListRoutersResponse(routers=[codec.spec_to_proto(s) for s in specs])
+
+    @_edge
+    async def DeleteRouter(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.DeleteRouterRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteRouterRequest, pb.DeleteRouterResponse],
+    ) -> pb.DeleteRouterResponse:
+        return pb.DeleteRouterResponse(
+            deleted=await self._admin.delete_router(request.tenant, request.name)
+        )
+
+    @_edge
+    async def GetStats(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.GetStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
+    ) -> pb.GetStatsResponse:
+        return codec.stats_to_proto(await self._admin.stats(request.tenant, request.name))

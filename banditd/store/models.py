@@ -1,0 +1,121 @@
+"""Table definitions. The schema changes only through Alembic migrations in migrations/."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# BIGINT ids on Postgres, INTEGER (the rowid alias that autoincrements) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+routers = Table(
+    "routers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("policy", String(32), nullable=False),
+    Column("exploration", Float, nullable=False),
+    Column("default_cost_weight", Float, nullable=False),
+    Column("embedding_dim", Integer, nullable=False),
+    Column("feedback_ttl_seconds", Integer, nullable=False),
+    Column("prior_output_tokens", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
+)
+
+arms = Table(
+    "arms",
+    metadata,
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("input_price_per_mtok", Float, nullable=False),
+    Column("output_price_per_mtok", Float, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("arm", String(128), nullable=False),
+    Column("propensity", Float, nullable=False),
+    Column("explored", Boolean, nullable=False),
+    Column("expected_cost_usd", Float, nullable=False),
+    Column("policy", String(32), nullable=False),
+    Column("router_version", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("candidates", JSON, nullable=False),
+    Column("ranking", JSON, nullable=False),
+    Column("request_metadata", JSON, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("router_id", "request_id", name="uq_decisions_router_request"),
+)
+
+feedback_events = Table(
+    "feedback_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), nullable=False),
+    Column("decision_id", String(36), nullable=False),
+    Column("arm", String(128), nullable=False),
+    Column("x", LargeBinary, nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("error", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("decision_id", name="uq_feedback_events_decision_id"),
+    Index("ix_feedback_events_router_id_id", "router_id", "id"),
+)
+
+posterior_snapshots = Table(
+    "posterior_snapshots",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), nullable=False),
+    Column("last_event_id", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_posterior_snapshots_router_id_id", "router_id", "id"),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)

@@ -1,0 +1,396 @@
+"""Queries and writes, in domain terms. Every write runs inside one transaction."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from banditd.domain import ArmSpec, Decision, FeedbackEvent, RankedArm, RouterSpec
+from banditd.errors import AlreadyExists, NotFound
+from banditd.store.engine import Database
+from banditd.store.models import (
+    arms,
+    decisions,
+    feedback_events,
+    posterior_snapshots,
+    routers,
+    server_secrets,
+)
+
+SNAPSHOTS_KEPT = 2
+
+
+@dataclass(frozen=True)
+class StoredRouter:
+    router_id: int
+    spec: RouterSpec
+
+
+@dataclass(frozen=True)
+class ArmTotals:
+    arm: str
+    decisions: int
+    feedback_count: int
+    reward_sum: float
+    spend_usd: float
+
+
+class Repository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- routers ---------------------------------------------------------------------------
+
+    async def _load_routers(self, conn: AsyncConnection, *where: Any) -> list[StoredRouter]:
+        rows = (await conn.execute(select(routers).where(*where).order_by(routers.c.id))).all()
+        if not rows:
+            return []
+        arm_rows = (
+            await conn.execute(
+                select(arms)
+                .where(arms.c.router_id.in_([r.id for r in rows]))
+                .order_by(arms.c.router_id, arms.c.position)
+            )
+        ).all()
+        by_router: dict[int, list[ArmSpec]] = {}
+        for a in arm_rows:
+            by_router.setdefault(a.router_id, []).append(
+                ArmSpec(a.name, a.input_price_per_mtok, a.output_price_per_mtok, a.disabled)
+            )
+        return [
+            StoredRouter(
+                r.id,
+                RouterSpec(
+                    tenant=r.tenant,
+                    name=r.name,
+                    arms=tuple(by_router.get(r.id, [])),
+                    policy=r.policy,
+                    exploration=r.exploration,
+                    default_cost_weight=r.default_cost_weight,
+                    embedding_dim=r.embedding_dim,
+                    feedback_ttl_seconds=r.feedback_ttl_seconds,
+                    prior_output_tokens=r.prior_output_tokens,
+                    version=r.version,
+                ),
+            )
+            for r in rows
+        ]
+
+    async def get_router(self, tenant: str, name: str) -> StoredRouter:
+        async with self.db.transaction() as conn:
+            found = await self._load_routers(conn, routers.c.tenant == tenant, routers.c.name == name)
+            if found:
+                return found[0]
+            known = await conn.scalar(select(func.count()).where(routers.c.tenant == tenant))
+        if not known:
+            raise NotFound(f"unknown tenant {tenant!r}")
+        raise NotFound(f"tenant {tenant!r} has no router {name!r}")
+
+    async def get_router_by_id(self, router_id: int) -> StoredRouter | None:
+        async with self.db.transaction() as conn:
+            found = await self._load_routers(conn, routers.c.id == router_id)
+        return found[0] if found else None
+
+    async def list_routers(self, tenant: str | None = None) -> list[StoredRouter]:
+        where = [routers.c.tenant == tenant] if tenant else []
+        async with self.db.transaction() as conn:
+            return await self._load_routers(conn, *where)
+
+    async def put_router(self, spec: RouterSpec) -> tuple[StoredRouter, bool]:
+        """Create or replace a router's configuration; returns it with its new version."""
+        now = time.time()
+        values = {
+            "policy": spec.policy,
+            "exploration": spec.exploration,
+            "default_cost_weight": spec.default_cost_weight,
+            "embedding_dim": spec.embedding_dim,
+            "feedback_ttl_seconds": spec.feedback_ttl_seconds,
+            "prior_output_tokens": spec.prior_output_tokens,
+            "updated_at": now,
+        }
+        async with self.db.transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(routers.c.id, routers.c.version).where(
+                        routers.c.tenant == spec.tenant, routers.c.name == spec.name
+                    )
+                )
+            ).first()
+            if row is None:
+                router_id = (
+                    await conn.execute(
+                        insert(routers)
+                        .values(tenant=spec.tenant, name=spec.name, version=1, created_at=now, **values)
+                        .returning(routers.c.id)
+                    )
+                ).scalar_one()
+                version, created = 1, True
+            else:
+                router_id, version, created = row.id, row.version + 1, False
+                await conn.execute(
+                    update(routers).where(routers.c.id == router_id).values(version=version, **values)
+                )
+                await conn.execute(delete(arms).where(arms.c.router_id == router_id))
+            await conn.execute(
+                insert(arms),
+                [
+                    {
+                        "router_id": router_id,
+                        "name": a.name,
+                        "position": i,
+                        "input_price_per_mtok": a.input_price_per_mtok,
+                        "output_price_per_mtok": a.output_price_per_mtok,
+                        "disabled": a.disabled,
+                    }
+                    for i, a in enumerate(spec.arms)
+                ],
+            )
+        return StoredRouter(router_id, replace(spec, version=version)), created
+
+    async def delete_router(self, tenant: str, name: str) -> int | None:
+        """Delete a router and everything logged for it; its id, or None if there was none."""
+        async with self.db.transaction() as conn:
+            router_id = await conn.scalar(
+                select(routers.c.id).where(routers.c.tenant == tenant, routers.c.name == name)
+            )
+            if router_id is None:
+                return None
+            for table in (posterior_snapshots, feedback_events, decisions, arms):
+                await conn.execute(delete(table).where(table.c.router_id == router_id))
+            await conn.execute(delete(routers).where(routers.c.id == router_id))
+        return int(router_id)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def insert_decisions(self, batch: Sequence[Decision]) -> None:
+        async with self.db.transaction() as conn:
+            # A replica may have logged the same request_id first: keep its decision, drop ours.
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+            await conn.execute(
+                dialect.insert(decisions).on_conflict_do_nothing(),
+                [_decision_row(d) for d in batch],
+            )
+
+    async def find_decision(self, router_id: int, request_id: str) -> Decision | None:
+        async with self.db.transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(decisions, routers.c.tenant, routers.c.name.label("router_name"))
+                    .join(routers, routers.c.id == decisions.c.router_id)
+                    .where(decisions.c.router_id == router_id, decisions.c.request_id == request_id)
+                )
+            ).first()
+        return None if row is None else _decision_from_row(row)
+
+    # -- feedback events ---------------------------------------------------------------------
+
+    async def append_event(self, event: FeedbackEvent) -> int:
+        """Commit one event; its id in the log. AlreadyExists if the decision has feedback."""
+        try:
+            async with self.db.transaction() as conn:
+                return int(
+                    (
+                        await conn.execute(
+                            insert(feedback_events)
+                            .values(_event_row(event))
+                            .returning(feedback_events.c.id)
+                        )
+                    ).scalar_one()
+                )
+        except IntegrityError as exc:
+            if await self._router_exists(event.router_id):
+                raise AlreadyExists(
+                    f"decision {event.decision_id} already has feedback (one event per decision)"
+                ) from exc
+            raise NotFound("the router of this decision has been deleted") from exc
+
+    async def _router_exists(self, router_id: int) -> bool:
+        async with self.db.transaction() as conn:
+            return bool(await conn.scalar(select(func.count()).where(routers.c.id == router_id)))
+
+    async def events_after(self, router_id: int, after_id: int, limit: int = 10_000) -> list[FeedbackEvent]:
+        async with self.db.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(feedback_events)
+                    .where(feedback_events.c.router_id == router_id, feedback_events.c.id > after_id)
+                    .order_by(feedback_events.c.id)
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            FeedbackEvent(
+                event_id=r.id,
+                router_id=r.router_id,
+                decision_id=r.decision_id,
+                arm=r.arm,
+                x=np.frombuffer(r.x, dtype="<f8").copy(),
+                reward=r.reward,
+                cost_usd=r.cost_usd,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+                latency_ms=r.latency_ms,
+                error=r.error,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    async def latest_snapshot(self, router_id: int) -> bytes | None:
+        async with self.db.transaction() as conn:
+            data = await conn.scalar(
+                select(posterior_snapshots.c.data)
+                .where(posterior_snapshots.c.router_id == router_id)
+                .order_by(posterior_snapshots.c.id.desc())
+                .limit(1)
+            )
+        return None if data is None else bytes(data)
+
+    async def write_snapshot(self, router_id: int, last_event_id: int, data: bytes) -> None:
+        """Store a snapshot and drop all but the newest few of the router's snapshots."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                insert(posterior_snapshots).values(
+                    router_id=router_id, last_event_id=last_event_id, data=data, created_at=time.time()
+                )
+            )
+            kept = (
+                await conn.execute(
+                    select(posterior_snapshots.c.id)
+                    .where(posterior_snapshots.c.router_id == router_id)
+                    .order_by(posterior_snapshots.c.id.desc())
+                    .limit(SNAPSHOTS_KEPT)
+                )
+            ).scalars().all()
+            await conn.execute(
+                delete(posterior_snapshots).where(
+                    posterior_snapshots.c.router_id == router_id,
+                    posterior_snapshots.c.id.not_in(kept),
+                )
+            )
+
+    # -- stats and secrets --------------------------------------------------------------------
+
+    async def arm_totals(self, router_id: int) -> list[ArmTotals]:
+        async with self.db.transaction() as conn:
+            made = dict(
+                (
+                    await conn.execute(
+                        select(decisions.c.arm, func.count())
+                        .where(decisions.c.router_id == router_id)
+                        .group_by(decisions.c.arm)
+                    )
+                ).all()
+            )
+            fed = {
+                r.arm: r
+                for r in (
+                    await conn.execute(
+                        select(
+                            feedback_events.c.arm,
+                            func.count().label("n"),
+                            func.sum(feedback_events.c.reward).label("reward_sum"),
+                            func.sum(feedback_events.c.cost_usd).label("spend"),
+                        )
+                        .where(feedback_events.c.router_id == router_id)
+                        .group_by(feedback_events.c.arm)
+                    )
+                ).all()
+            }
+        return [
+            ArmTotals(
+                arm=arm,
+                decisions=int(made.get(arm, 0)),
+                feedback_count=int(fed[arm].n) if arm in fed else 0,
+                reward_sum=float(fed[arm].reward_sum) if arm in fed else 0.0,
+                spend_usd=float(fed[arm].spend) if arm in fed else 0.0,
+            )
+            for arm in sorted(set(made) | set(fed))
+        ]
+
+    async def secret(self, name: str) -> bytes:
+        """A random secret created once and shared by every process on this database."""
+        async with self.db.transaction() as conn:
+            value = await conn.scalar(select(server_secrets.c.value).where(server_secrets.c.name == name))
+        if value is not None:
+            return bytes(value)
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(insert(server_secrets).values(name=name, value=secrets.token_bytes(32)))
+        except IntegrityError:
+            pass  # another process created it first: use theirs
+        async with self.db.transaction() as conn:
+            return bytes(
+                await conn.scalar(select(server_secrets.c.value).where(server_secrets.c.name == name))
+            )
+
+
+def _decision_row(d: Decision) -> dict[str, Any]:
+    return {
+        "id": d.decision_id,
+        "router_id": d.router_id,
+        "request_id": d.request_id,
+        "arm": d.arm,
+        "propensity": d.propensity,
+        "explored": d.explored,
+        "expected_cost_usd": d.expected_cost_usd,
+        "policy": d.policy,
+        "router_version": d.router_version,
+        "seed": d.seed,
+        "candidates": list(d.candidates),
+        "ranking": [[r.arm, r.score, r.quality_score, r.expected_cost_usd] for r in d.ranking],
+        "request_metadata": dict(d.metadata),
+        "token": d.token,
+        "expires_at": d.expires_at,
+        "created_at": d.created_at,
+    }
+
+
+def _decision_from_row(row: Any) -> Decision:
+    return Decision(
+        decision_id=row.id,
+        router_id=row.router_id,
+        tenant=row.tenant,
+        router=row.router_name,
+        request_id=row.request_id,
+        arm=row.arm,
+        ranking=tuple(RankedArm(str(a), float(s), float(q), float(c)) for a, s, q, c in row.ranking),
+        propensity=row.propensity,
+        explored=row.explored,
+        expected_cost_usd=row.expected_cost_usd,
+        token=row.token,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        policy=row.policy,
+        router_version=row.router_version,
+        seed=row.seed,
+        candidates=tuple(row.candidates),
+        metadata=dict(row.request_metadata),
+    )
+
+
+def _event_row(e: FeedbackEvent) -> dict[str, Any]:
+    return {
+        "router_id": e.router_id,
+        "decision_id": e.decision_id,
+        "arm": e.arm,
+        "x": np.ascontiguousarray(e.x, dtype="<f8").tobytes(),
+        "reward": e.reward,
+        "cost_usd": e.cost_usd,
+        "input_tokens": e.input_tokens,
+        "output_tokens": e.output_tokens,
+        "latency_ms": e.latency_ms,
+        "error": e.error,
+        "created_at": e.created_at,
+    }
