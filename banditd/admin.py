@@ -51,6 +51,8 @@ class Admin:
         await self._decisions.flush()
         totals = {t.arm: t for t in await self._repo.arm_totals(state.router_id)}
         # Every configured arm is listed, used or not; arms since removed still show their history.
-        names = [a.name for a in state.spec.arms] + sorted(set(totals) - {a.name for a in state.spec.arms})
+        names = [a.name for a in state.spec.arms] + sorted(
+            set(totals) - {a.name for a in state.spec.arms}
+        )
         arms = [totals.get(n, ArmTotals(n, 0, 0, 0.0, 0.0)) for n in names]
         return RouterStats(tenant, name, arms, state.posterior.last_event_id)

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     )
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
     snapshot_every: int = Field(500, ge=1, description="write a posterior snapshot every N events")
-    decision_flush_ms: float = Field(5.0, gt=0, description="group-commit window of the decision log")
+    decision_flush_ms: float = Field(
+        5.0, gt=0, description="group-commit window of the decision log"
+    )
     max_prompt_chars: int = Field(200_000, ge=1)
     max_metadata_entries: int = Field(64, ge=0)
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")

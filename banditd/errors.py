@@ -1,12 +1,12 @@
 """The banditd exception tree. Domain code raises these; only the gRPC edge maps them to codes.
 
-    BanditdError
-     ├── InvalidArgument      INVALID_ARGUMENT     bad field in a request (names the field)
-     ├── NotFound             NOT_FOUND            unknown tenant, router or arm
-     ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
-     ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
-     ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
-     └── Unavailable          UNAVAILABLE          the database cannot be reached
+BanditdError
+ ├── InvalidArgument      INVALID_ARGUMENT     bad field in a request (names the field)
+ ├── NotFound             NOT_FOUND            unknown tenant, router or arm
+ ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
+ ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
+ ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
+ └── Unavailable          UNAVAILABLE          the database cannot be reached
 """
 
 from __future__ import annotations

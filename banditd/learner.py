@@ -68,7 +68,10 @@ class Learner:
         reward = _reward(req)
         if req.cost_usd is not None:
             check_finite("cost_usd", req.cost_usd)
-        for name, count in (("input_tokens", req.input_tokens), ("output_tokens", req.output_tokens)):
+        for name, count in (
+            ("input_tokens", req.input_tokens),
+            ("output_tokens", req.output_tokens),
+        ):
             if count is not None and count < 0:
                 raise InvalidArgument(name, f"must be >= 0, got {count}")
         if req.latency_ms is not None:
@@ -76,7 +79,8 @@ class Learner:
         now = self._clock()
         if now > claims.expires_at:
             raise FailedPrecondition(
-                f"decision expired {now - claims.expires_at:.0f} s ago; feedback is no longer accepted"
+                f"decision expired {now - claims.expires_at:.0f} s ago; "
+                "feedback is no longer accepted"
             )
         cost = claims.expected_cost_usd if req.cost_usd is None else req.cost_usd
         event = FeedbackEvent(

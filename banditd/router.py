@@ -74,7 +74,9 @@ class Selector:
             if not key or len(key) > MAX_METADATA_KEY:
                 raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")
             if len(value) > MAX_METADATA_VALUE:
-                raise InvalidArgument("metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters")
+                raise InvalidArgument(
+                    "metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters"
+                )
 
     async def select(self, req: SelectInput) -> Decision:
         self._check(req)
@@ -89,7 +91,10 @@ class Selector:
                 return earlier
         spec, posterior = state.spec, state.posterior
         x = build_x(
-            spec, prompt=req.prompt, embedding=req.embedding, max_prompt_chars=self._max_prompt_chars
+            spec,
+            prompt=req.prompt,
+            embedding=req.embedding,
+            max_prompt_chars=self._max_prompt_chars,
         )
         if req.candidates:
             unknown = [c for c in req.candidates if spec.arm(c) is None]

@@ -1,4 +1,4 @@
-"""gRPC servicers: decode -> call a flow -> encode. Errors become status codes here and only here."""
+"""gRPC servicers: decode -> call a flow -> encode. Errors become status codes here, only here."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ class RouterServicer(pb_grpc.RouterServicer):
 
     @_edge
     async def Select(  # noqa: N802 - gRPC method name
-        self, request: pb.SelectRequest, context: grpc.aio.ServicerContext[pb.SelectRequest, pb.SelectResponse]
+        self,
+        request: pb.SelectRequest,
+        context: grpc.aio.ServicerContext[pb.SelectRequest, pb.SelectResponse],
     ) -> pb.SelectResponse:
         decision = await self._selector.select(codec.select_from_proto(request))
         return codec.decision_to_proto(decision)

@@ -81,7 +81,9 @@ class TokenSigner:
         try:
             payload, mac = _unb64(parts[1]), _unb64(parts[2])
         except ValueError:
-            raise PermissionDenied("decision_id is not a decision token issued by this server")
+            raise PermissionDenied(
+                "decision_id is not a decision token issued by this server"
+            ) from None
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise PermissionDenied("decision_id signature does not verify (forged or altered)")
         body = json.loads(payload)

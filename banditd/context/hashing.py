@@ -8,6 +8,7 @@ size, and cheap enough for the request path.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 
 import numpy as np
@@ -30,7 +31,7 @@ class HashingEncoder:
         """Unit-length vector, shape (dim,), float64 (all zeros for text with no words)."""
         words = _WORD.findall(text.lower())
         vec = np.zeros(self.dim, dtype=np.float64)
-        features = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+        features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
         for feature in features:
             idx, sign = self._bucket(feature)
             vec[idx] += sign

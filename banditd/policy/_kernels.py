@@ -14,12 +14,14 @@ from banditd.domain import FloatArray
 
 def mean_scores(theta: FloatArray, x: FloatArray) -> FloatArray:
     """theta_a . x for every arm, shape (n_arms,)."""
-    return theta @ x
+    scores: FloatArray = theta @ x
+    return scores
 
 
 def variances(a_inv: FloatArray, x: FloatArray) -> FloatArray:
     """x^T A_a^-1 x for every arm, shape (n_arms,); clipped at 0 against rounding."""
-    return np.maximum(np.einsum("i,aij,j->a", x, a_inv, x), 0.0)
+    quad: FloatArray = np.einsum("i,aij,j->a", x, a_inv, x)
+    return np.maximum(quad, 0.0)
 
 
 def linucb_scores(a_inv: FloatArray, theta: FloatArray, x: FloatArray, alpha: float) -> FloatArray:
@@ -56,7 +58,9 @@ def sherman_morrison_update(
     theta[arm_idx] = a_inv[arm_idx] @ b[arm_idx]
 
 
-def refactorise(a: FloatArray, a_inv: FloatArray, b: FloatArray, theta: FloatArray, arm_idx: int) -> None:
+def refactorise(
+    a: FloatArray, a_inv: FloatArray, b: FloatArray, theta: FloatArray, arm_idx: int
+) -> None:
     """In place: recompute A^-1 and theta of one arm from A and b, bounding rank-1 drift."""
     a_inv[arm_idx] = np.linalg.inv(a[arm_idx])
     theta[arm_idx] = a_inv[arm_idx] @ b[arm_idx]

@@ -87,7 +87,9 @@ class Repository:
 
     async def get_router(self, tenant: str, name: str) -> StoredRouter:
         async with self.db.transaction() as conn:
-            found = await self._load_routers(conn, routers.c.tenant == tenant, routers.c.name == name)
+            found = await self._load_routers(
+                conn, routers.c.tenant == tenant, routers.c.name == name
+            )
             if found:
                 return found[0]
             known = await conn.scalar(select(func.count()).where(routers.c.tenant == tenant))
@@ -129,7 +131,9 @@ class Repository:
                 router_id = (
                     await conn.execute(
                         insert(routers)
-                        .values(tenant=spec.tenant, name=spec.name, version=1, created_at=now, **values)
+                        .values(
+                            tenant=spec.tenant, name=spec.name, version=1, created_at=now, **values
+                        )
                         .returning(routers.c.id)
                     )
                 ).scalar_one()
@@ -137,7 +141,9 @@ class Repository:
             else:
                 router_id, version, created = row.id, row.version + 1, False
                 await conn.execute(
-                    update(routers).where(routers.c.id == router_id).values(version=version, **values)
+                    update(routers)
+                    .where(routers.c.id == router_id)
+                    .values(version=version, **values)
                 )
                 await conn.execute(delete(arms).where(arms.c.router_id == router_id))
             await conn.execute(
@@ -217,12 +223,16 @@ class Repository:
         async with self.db.transaction() as conn:
             return bool(await conn.scalar(select(func.count()).where(routers.c.id == router_id)))
 
-    async def events_after(self, router_id: int, after_id: int, limit: int = 10_000) -> list[FeedbackEvent]:
+    async def events_after(
+        self, router_id: int, after_id: int, limit: int = 10_000
+    ) -> list[FeedbackEvent]:
         async with self.db.transaction() as conn:
             rows = (
                 await conn.execute(
                     select(feedback_events)
-                    .where(feedback_events.c.router_id == router_id, feedback_events.c.id > after_id)
+                    .where(
+                        feedback_events.c.router_id == router_id, feedback_events.c.id > after_id
+                    )
                     .order_by(feedback_events.c.id)
                     .limit(limit)
                 )
@@ -262,17 +272,24 @@ class Repository:
         async with self.db.transaction() as conn:
             await conn.execute(
                 insert(posterior_snapshots).values(
-                    router_id=router_id, last_event_id=last_event_id, data=data, created_at=time.time()
+                    router_id=router_id,
+                    last_event_id=last_event_id,
+                    data=data,
+                    created_at=time.time(),
                 )
             )
             kept = (
-                await conn.execute(
-                    select(posterior_snapshots.c.id)
-                    .where(posterior_snapshots.c.router_id == router_id)
-                    .order_by(posterior_snapshots.c.id.desc())
-                    .limit(SNAPSHOTS_KEPT)
+                (
+                    await conn.execute(
+                        select(posterior_snapshots.c.id)
+                        .where(posterior_snapshots.c.router_id == router_id)
+                        .order_by(posterior_snapshots.c.id.desc())
+                        .limit(SNAPSHOTS_KEPT)
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             await conn.execute(
                 delete(posterior_snapshots).where(
                     posterior_snapshots.c.router_id == router_id,
@@ -284,7 +301,7 @@ class Repository:
 
     async def arm_totals(self, router_id: int) -> list[ArmTotals]:
         async with self.db.transaction() as conn:
-            made = dict(
+            made: dict[str, int] = dict(
                 (
                     await conn.execute(
                         select(decisions.c.arm, func.count())
@@ -322,18 +339,19 @@ class Repository:
     async def secret(self, name: str) -> bytes:
         """A random secret created once and shared by every process on this database."""
         async with self.db.transaction() as conn:
-            value = await conn.scalar(select(server_secrets.c.value).where(server_secrets.c.name == name))
-        if value is not None:
-            return bytes(value)
-        try:
-            async with self.db.transaction() as conn:
-                await conn.execute(insert(server_secrets).values(name=name, value=secrets.token_bytes(32)))
-        except IntegrityError:
-            pass  # another process created it first: use theirs
-        async with self.db.transaction() as conn:
-            return bytes(
-                await conn.scalar(select(server_secrets.c.value).where(server_secrets.c.name == name))
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+            # Whoever inserts first wins; everyone then reads the winner's value.
+            await conn.execute(
+                dialect.insert(server_secrets)
+                .values(name=name, value=secrets.token_bytes(32))
+                .on_conflict_do_nothing()
             )
+            value: bytes = (
+                await conn.execute(
+                    select(server_secrets.c.value).where(server_secrets.c.name == name)
+                )
+            ).scalar_one()
+        return bytes(value)
 
 
 def _decision_row(d: Decision) -> dict[str, Any]:
@@ -365,7 +383,9 @@ def _decision_from_row(row: Any) -> Decision:
         router=row.router_name,
         request_id=row.request_id,
         arm=row.arm,
-        ranking=tuple(RankedArm(str(a), float(s), float(q), float(c)) for a, s, q, c in row.ranking),
+        ranking=tuple(
+            RankedArm(str(a), float(s), float(q), float(c)) for a, s, q, c in row.ranking
+        ),
         propensity=row.propensity,
         explored=row.explored,
         expected_cost_usd=row.expected_cost_usd,
