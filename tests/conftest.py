@@ -55,7 +55,10 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def start_server() -> AsyncIterator[StartServer]:
-    """Factory: start a server on 127.0.0.1:0 against a database URL; all are stopped at the end."""
+    """Factory: start a server on 127.0.0.1:0 against a database URL; all are stopped at the end.
+
+    Request the URL fixture before this one, so servers stop before their database is dropped.
+    """
     running: list[Running] = []
 
     async def start(url: str, **overrides: Any) -> Running:

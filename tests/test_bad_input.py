@@ -156,7 +156,7 @@ FEEDBACK_CASES: list[tuple[str, Any, C, str]] = [
     ("case", "make", "code", "message"), FEEDBACK_CASES, ids=[c[0] for c in FEEDBACK_CASES]
 )
 async def test_bad_feedback(
-    start_server: StartServer, database_url: str, case: str, make: Any, code: C, message: str
+    database_url: str, start_server: StartServer, case: str, make: Any, code: C, message: str
 ) -> None:
     server = await _server(start_server, database_url)
     d = await server.router.Select(select(prompt=None, embedding=pb.Embedding(values=[1, 0, 0, 0])))
@@ -173,7 +173,7 @@ async def test_bad_feedback(
 
 
 async def test_second_feedback_is_already_exists(
-    start_server: StartServer, database_url: str
+    database_url: str, start_server: StartServer
 ) -> None:
     server = await _server(start_server, database_url)
     d = await server.router.Select(select())
@@ -189,7 +189,7 @@ async def test_second_feedback_is_already_exists(
 
 
 async def test_feedback_for_deleted_router_is_not_found(
-    start_server: StartServer, sqlite_url: str
+    sqlite_url: str, start_server: StartServer
 ) -> None:
     server = await _server(start_server, sqlite_url)
     d = await server.router.Select(select())
@@ -227,7 +227,7 @@ BAD_ROUTERS = [
     ("case", "config", "message"), BAD_ROUTERS, ids=[c[0] for c in BAD_ROUTERS]
 )
 async def test_bad_router_config(
-    start_server: StartServer, sqlite_url: str, case: str, config: pb.RouterConfig, message: str
+    sqlite_url: str, start_server: StartServer, case: str, config: pb.RouterConfig, message: str
 ) -> None:
     server = await start_server(sqlite_url)
     with pytest.raises(grpc.aio.AioRpcError) as err:

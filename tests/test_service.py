@@ -69,7 +69,7 @@ def stats_tuple(stats: pb.GetStatsResponse) -> list[tuple[str, int, float, float
 
 
 async def test_learns_best_arm_per_region_and_survives_restart(
-    start_server: StartServer, database_url: str
+    database_url: str, start_server: StartServer
 ) -> None:
     server = await start_server(database_url, snapshot_every=37)
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(exploration=0.3)))
@@ -99,7 +99,7 @@ async def test_learns_best_arm_per_region_and_survives_restart(
 
 
 async def test_same_request_id_returns_same_decision(
-    start_server: StartServer, database_url: str
+    database_url: str, start_server: StartServer
 ) -> None:
     server = await start_server(database_url)
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
@@ -121,7 +121,7 @@ async def test_same_request_id_returns_same_decision(
     assert await restarted.router.Select(req) == first
 
 
-async def test_health_and_reflection(start_server: StartServer, sqlite_url: str) -> None:
+async def test_health_and_reflection(sqlite_url: str, start_server: StartServer) -> None:
     server = await start_server(sqlite_url)
     health = health_pb2_grpc.HealthStub(server.channel)
     for service in ("", "banditd.v1.Router", "banditd.v1.Admin"):
@@ -129,7 +129,7 @@ async def test_health_and_reflection(start_server: StartServer, sqlite_url: str)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_reflection_lists_services(start_server: StartServer, sqlite_url: str) -> None:
+async def test_reflection_lists_services(sqlite_url: str, start_server: StartServer) -> None:
     server = await start_server(sqlite_url)
 
     def list_services() -> set[str]:  # the reflection client is synchronous: run it in a thread
@@ -141,7 +141,7 @@ async def test_reflection_lists_services(start_server: StartServer, sqlite_url: 
 
 
 async def test_feedback_updates_stats_and_spend(
-    start_server: StartServer, database_url: str
+    database_url: str, start_server: StartServer
 ) -> None:
     server = await start_server(database_url)
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))

@@ -3,15 +3,13 @@
 isort:skip_file
 banditd API v1. Field names and numbers are a contract: add, never rename or renumber."""
 
+from banditd.v1 import banditd_pb2 as _banditd_pb2
+from collections import abc as _abc
+from grpc import aio as _aio
 import abc as _abc_1
+import grpc as _grpc
 import sys
 import typing as _typing
-from collections import abc as _abc
-
-import grpc as _grpc
-from grpc import aio as _aio
-
-from banditd.v1 import banditd_pb2 as _banditd_pb2
 
 if sys.version_info >= (3, 11):
     from typing import Self as _Self
