@@ -40,6 +40,11 @@ class DecisionLog:
             self._by_request[(decision.router_id, decision.request_id)] = decision
         self._wake.set()
 
+    @property
+    def pending(self) -> int:
+        """Decisions made but not yet committed."""
+        return len(self._pending)
+
     def lookup(self, router_id: int, request_id: str) -> Decision | None:
         """A pending decision for this request id (memory only, no await)."""
         return self._by_request.get((router_id, request_id))
@@ -59,6 +64,9 @@ class DecisionLog:
             except Unavailable as exc:
                 log.warning("decision_log_flush_failed", error=str(exc), pending=len(self._pending))
                 await asyncio.sleep(1.0)
+            except Exception:  # the log must outlive any one bad group
+                log.exception("decision_log_flush_error", pending=len(self._pending))
+                await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
         """Commit every pending decision (one transaction per group)."""
@@ -67,7 +75,8 @@ class DecisionLog:
             batch = list(self._pending.values())
             if not batch:
                 return
-            await self._repo.insert_decisions(batch)
+            for d in await self._repo.insert_decisions(batch):
+                log.warning("decision_not_logged", decision_id=d.decision_id, router_id=d.router_id)
             for d in batch:
                 self._pending.pop(d.decision_id, None)
                 if d.request_id:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Insert, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -177,14 +177,27 @@ class Repository:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    async def insert_decisions(self, batch: Sequence[Decision]) -> None:
-        async with self.db.transaction() as conn:
-            # A replica may have logged the same request_id first: keep its decision, drop ours.
-            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-            await conn.execute(
-                dialect.insert(decisions).on_conflict_do_nothing(),
-                [_decision_row(d) for d in batch],
-            )
+    async def insert_decisions(self, batch: Sequence[Decision]) -> list[Decision]:
+        """Log a group of decisions in one transaction; returns those that could not be stored.
+
+        A repeated request_id (another replica logged it first) is skipped. A row that breaks a
+        constraint (its router was deleted meanwhile) must not block the rest: the group is then
+        retried row by row and the offenders are returned, not retried forever.
+        """
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(_insert_ignoring_duplicates(conn, decisions), _rows(batch))
+            return []
+        except IntegrityError:
+            pass
+        rejected = []
+        for d in batch:
+            try:
+                async with self.db.transaction() as conn:
+                    await conn.execute(_insert_ignoring_duplicates(conn, decisions), _rows([d]))
+            except IntegrityError:
+                rejected.append(d)
+        return rejected
 
     async def find_decision(self, router_id: int, request_id: str) -> Decision | None:
         async with self.db.transaction() as conn:
@@ -339,12 +352,10 @@ class Repository:
     async def secret(self, name: str) -> bytes:
         """A random secret created once and shared by every process on this database."""
         async with self.db.transaction() as conn:
-            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
             # Whoever inserts first wins; everyone then reads the winner's value.
             await conn.execute(
-                dialect.insert(server_secrets)
-                .values(name=name, value=secrets.token_bytes(32))
-                .on_conflict_do_nothing()
+                _insert_ignoring_duplicates(conn, server_secrets),
+                {"name": name, "value": secrets.token_bytes(32)},
             )
             value: bytes = (
                 await conn.execute(
@@ -352,6 +363,16 @@ class Repository:
                 )
             ).scalar_one()
         return bytes(value)
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    stmt: Insert = dialect.insert(table).on_conflict_do_nothing()
+    return stmt
+
+
+def _rows(batch: Sequence[Decision]) -> list[dict[str, Any]]:
+    return [_decision_row(d) for d in batch]
 
 
 def _decision_row(d: Decision) -> dict[str, Any]:
