@@ -6,6 +6,7 @@ BanditdError
  ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
  ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
+ ├── Aborted              ABORTED              lost a race with a concurrent change: retry
  └── Unavailable          UNAVAILABLE          the database cannot be reached
 """
 
@@ -39,6 +40,10 @@ class PermissionDenied(BanditdError):
 
 
 class FailedPrecondition(BanditdError):
+    pass
+
+
+class Aborted(BanditdError):
     pass
 
 

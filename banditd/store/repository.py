@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, Decision, FeedbackEvent, RankedArm, RouterSpec
-from banditd.errors import AlreadyExists, NotFound
+from banditd.errors import Aborted, AlreadyExists, NotFound
 from banditd.store.engine import Database
 from banditd.store.models import (
     arms,
@@ -119,10 +119,20 @@ class Repository:
             "prior_output_tokens": spec.prior_output_tokens,
             "updated_at": now,
         }
+        try:
+            return await self._put_router(spec, values, now)
+        except IntegrityError as exc:
+            raise Aborted(
+                f"router {spec.tenant}/{spec.name} was changed concurrently; retry"
+            ) from exc
+
+    async def _put_router(
+        self, spec: RouterSpec, values: dict[str, Any], now: float
+    ) -> tuple[StoredRouter, bool]:
         async with self.db.transaction() as conn:
             row = (
                 await conn.execute(
-                    select(routers.c.id, routers.c.version).where(
+                    select(routers.c.id).where(
                         routers.c.tenant == spec.tenant, routers.c.name == spec.name
                     )
                 )
@@ -139,12 +149,16 @@ class Repository:
                 ).scalar_one()
                 version, created = 1, True
             else:
-                router_id, version, created = row.id, row.version + 1, False
-                await conn.execute(
-                    update(routers)
-                    .where(routers.c.id == router_id)
-                    .values(version=version, **values)
-                )
+                router_id, created = row.id, False
+                # Incremented in the database, so concurrent writers get distinct versions.
+                version = (
+                    await conn.execute(
+                        update(routers)
+                        .where(routers.c.id == router_id)
+                        .values(version=routers.c.version + 1, **values)
+                        .returning(routers.c.version)
+                    )
+                ).scalar_one()
                 await conn.execute(delete(arms).where(arms.c.router_id == router_id))
             await conn.execute(
                 insert(arms),
