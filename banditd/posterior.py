@@ -82,7 +82,7 @@ class Posterior:
             return  # logged under an earlier embedding size: not this posterior's data
         idx = self.index(event.arm)
         _kernels.sherman_morrison_update(
-            self.a, self.a_inv, self.b, self.theta, idx, event.x, event.reward
+            self.a, self.a_inv, self.b, self.theta, idx, event.x, event.reward, 1.0
         )
         self.n_updates[idx] += 1
         if self.n_updates[idx] % REFACTORISE_EVERY == 0:

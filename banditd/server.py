@@ -17,8 +17,9 @@ from banditd.admin import Admin
 from banditd.catalog import Catalog
 from banditd.config import Settings
 from banditd.decision_log import DecisionLog
+from banditd.domain import FeedbackEvent
 from banditd.learner import Learner
-from banditd.policy import POLICIES
+from banditd.policy import POLICIES, _kernels
 from banditd.posterior import Posterior
 from banditd.router import Selector
 from banditd.servicer import AdminServicer, RouterServicer
@@ -66,11 +67,14 @@ class App:
 
 
 def _warm_up() -> None:
-    """Run each policy once so the first real request pays no first-call cost."""
+    """Run every kernel once (Numba loads or compiles them) before health reports SERVING."""
     post = Posterior.empty(2, 1.0)
     idx = np.array([post.index("a"), post.index("b")], dtype=np.int64)
+    x = np.ones(2)
     for cls in POLICIES.values():
-        cls(1.0).choose(post, idx, np.ones(2), np.zeros(2), 0.0, np.random.default_rng(0))
+        cls(1.0).choose(post, idx, x, np.zeros(2), 0.0, np.random.default_rng(0))
+    post.apply(FeedbackEvent(1, 0, "warm-up", "a", x, 1.0, 0.0, None, None, None, False, 0.0))
+    _kernels.batch_linucb_scores(post.a_inv, post.theta, idx, x[None], 1.0)
 
 
 async def build_app(settings: Settings) -> App:

@@ -83,7 +83,7 @@ class Policy(ABC):
         utility = quality - cost_term
         order = np.argsort(-utility, kind="stable").astype(np.int64)
         chosen = int(order[0])
-        greedy = _kernels.mean_scores(post.theta[arm_idx], x) - cost_term
+        greedy = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
         explored = chosen != int(np.argmax(greedy))
         propensity = self.propensity(post, arm_idx, x, cost_term, chosen, rng)
         return Choice(order, quality, utility, propensity, explored)

@@ -20,4 +20,4 @@ class LinUCB(Policy):
     def quality_scores(
         self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
     ) -> FloatArray:
-        return _kernels.linucb_scores(post.a_inv[arm_idx], post.theta[arm_idx], x, self.exploration)
+        return _kernels.linucb_scores(post.a_inv, post.theta, arm_idx, x, self.exploration)

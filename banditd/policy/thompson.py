@@ -24,7 +24,7 @@ class Thompson(Policy):
     ) -> FloatArray:
         normals = rng.standard_normal(len(arm_idx))
         return _kernels.thompson_scores(
-            post.a_inv[arm_idx], post.theta[arm_idx], x, self.exploration, normals
+            post.a_inv, post.theta, arm_idx, x, self.exploration, normals
         )
 
     def propensity(
@@ -37,8 +37,8 @@ class Thompson(Policy):
         rng: np.random.Generator,
     ) -> float:
         """Share of resampled draws (plus the one acted on) in which ``chosen`` wins."""
-        mean = _kernels.mean_scores(post.theta[arm_idx], x) - cost_term
-        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv[arm_idx], x))
+        mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
+        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv, arm_idx, x))
         draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
         wins = int(np.count_nonzero(np.argmax(draws, axis=1) == chosen))
         return (wins + 1) / (PROPENSITY_DRAWS + 1)

@@ -1,0 +1,83 @@
+"""The Numba kernels against a plain NumPy reference written here, on the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from banditd.policy import _kernels
+
+
+def state(n_arms: int, dim: int, updates: int, seed: int) -> tuple[np.ndarray, ...]:
+    """(a, a_inv, b, theta) after random updates, built with NumPy only."""
+    rng = np.random.default_rng(seed)
+    a = np.repeat(np.eye(dim)[None], n_arms, axis=0)
+    b = np.zeros((n_arms, dim))
+    for _ in range(updates):
+        arm = rng.integers(n_arms)
+        x = rng.normal(size=dim)
+        a[arm] += np.outer(x, x)
+        b[arm] += rng.random() * x
+    a_inv = np.linalg.inv(a)
+    theta = np.einsum("aij,aj->ai", a_inv, b)
+    return a, a_inv, b, theta
+
+
+def test_scores_match_numpy_reference() -> None:
+    _, a_inv, _, theta = state(11, 32, 400, seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=32)
+    idx = np.array([3, 0, 10, 7], dtype=np.int64)
+    mean = np.array([theta[i] @ x for i in idx])
+    var = np.array([x @ a_inv[i] @ x for i in idx])
+    np.testing.assert_allclose(_kernels.mean_scores(theta, idx, x), mean, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_kernels.variances(a_inv, idx, x), var, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        _kernels.linucb_scores(a_inv, theta, idx, x, 0.7), mean + 0.7 * np.sqrt(var), atol=1e-9
+    )
+    z = rng.standard_normal(len(idx))
+    np.testing.assert_allclose(
+        _kernels.thompson_scores(a_inv, theta, idx, x, 0.3, z),
+        mean + 0.3 * np.sqrt(var) * z,
+        atol=1e-9,
+    )
+    xs = rng.normal(size=(50, 32))
+    batch = _kernels.batch_linucb_scores(a_inv, theta, idx, xs, 0.7)
+    for r in range(50):
+        np.testing.assert_allclose(
+            batch[r], _kernels.linucb_scores(a_inv, theta, idx, xs[r], 0.7), atol=1e-12
+        )
+
+
+def test_update_matches_numpy_reference() -> None:
+    a, a_inv, b, theta = state(3, 8, 30, seed=3)
+    x = np.random.default_rng(4).normal(size=8)
+    want_a = 0.9 * a[1] + np.outer(x, x)
+    want_b = 0.9 * b[1] + 0.6 * x
+    _kernels.sherman_morrison_update(a, a_inv, b, theta, 1, x, 0.6, 0.9)
+    np.testing.assert_allclose(a[1], want_a, atol=1e-12)
+    np.testing.assert_allclose(b[1], want_b, atol=1e-12)
+    np.testing.assert_allclose(a_inv[1], np.linalg.inv(want_a), atol=1e-9)
+    np.testing.assert_allclose(theta[1], np.linalg.solve(want_a, want_b), atol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dim=st.integers(2, 12),
+    steps=st.integers(1, 400),
+    gamma=st.sampled_from([1.0, 0.999, 0.99]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_incremental_inverse_tracks_inverse(dim: int, steps: int, gamma: float, seed: int) -> None:
+    """After a long run of rank-1 updates (with forgetting), A^-1 is still the inverse of A."""
+    rng = np.random.default_rng(seed)
+    a = np.eye(dim)[None].copy()
+    a_inv = np.eye(dim)[None].copy()
+    b = np.zeros((1, dim))
+    theta = np.zeros((1, dim))
+    for _ in range(steps):
+        x = rng.normal(size=dim) * rng.choice([0.01, 1.0, 10.0])
+        _kernels.sherman_morrison_update(a, a_inv, b, theta, 0, x, float(rng.random()), gamma)
+    np.testing.assert_allclose(a_inv[0] @ a[0], np.eye(dim), atol=1e-6)
+    np.testing.assert_allclose(theta[0], np.linalg.solve(a[0], b[0]), rtol=1e-6, atol=1e-8)
