@@ -17,7 +17,7 @@ import structlog
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import NotFound
 from banditd.policy import Policy, make_policy
-from banditd.posterior import Posterior
+from banditd.posterior import Posterior, Prior
 from banditd.store import Repository
 from banditd.store.repository import StoredRouter
 
@@ -55,14 +55,15 @@ class Catalog:
     async def _restore(self, stored: StoredRouter) -> RouterState:
         spec = stored.spec
         started = time.perf_counter()
+        prior = Prior.of(spec)
         posterior: Posterior | None = None
         data = await self._repo.latest_snapshot(stored.router_id)
         if data is not None:
             posterior = Posterior.from_bytes(data)
-            if posterior.dim != spec.dim:
-                posterior = None  # embedding size changed: rebuild from the log
+            if posterior.prior != prior:
+                posterior = None  # embedding size or prior changed: rebuild from the log
         if posterior is None:
-            posterior = Posterior.empty(spec.dim, spec.prior_output_tokens)
+            posterior = Posterior.empty(prior, spec.prior_output_tokens)
         posterior.prior_output_tokens = spec.prior_output_tokens
         from_id = posterior.last_event_id
         replayed = 0

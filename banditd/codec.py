@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from banditd.admin import RouterStats
-from banditd.domain import ArmSpec, Decision, RouterSpec
+from banditd.domain import DEFAULT_PRIOR_QUALITY, ArmSpec, Decision, RouterSpec
 from banditd.errors import InvalidArgument
 from banditd.learner import FeedbackInput, FeedbackResult
 from banditd.router import SelectInput
@@ -23,6 +23,11 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         policy=msg.policy or "linucb",
         exploration=msg.exploration,
         default_cost_weight=msg.default_cost_weight,
+        forgetting=msg.forgetting or 1.0,
+        prior_weight=msg.prior_weight or 1.0,
+        prior_quality=(
+            msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
+        ),
         **{
             key: value
             for key, value in (
@@ -55,6 +60,9 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         feedback_ttl_seconds=spec.feedback_ttl_seconds,
         prior_output_tokens=spec.prior_output_tokens,
         version=spec.version,
+        forgetting=spec.forgetting,
+        prior_quality=spec.prior_quality,
+        prior_weight=spec.prior_weight,
     )
 
 

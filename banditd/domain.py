@@ -15,11 +15,12 @@ import numpy.typing as npt
 
 from banditd.errors import InvalidArgument
 
-POLICIES = ("linucb", "thompson")
+POLICIES = ("linucb", "thompson", "epsilon-greedy")  # banditd.policy.POLICIES, by name
 DEFAULT_EMBEDDING_DIM = 16
 DEFAULT_FEEDBACK_TTL_SECONDS = 86_400
 DEFAULT_PRIOR_OUTPUT_TOKENS = 300
-DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5}
+DEFAULT_PRIOR_QUALITY = 1.0
+DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
@@ -78,6 +79,9 @@ class RouterSpec:
     feedback_ttl_seconds: int = DEFAULT_FEEDBACK_TTL_SECONDS
     prior_output_tokens: int = DEFAULT_PRIOR_OUTPUT_TOKENS
     version: int = 0
+    forgetting: float = 1.0
+    prior_quality: float = DEFAULT_PRIOR_QUALITY
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -95,6 +99,8 @@ class RouterSpec:
         if self.policy not in POLICIES:
             raise InvalidArgument("router.policy", f"must be one of {', '.join(POLICIES)}")
         check_finite("router.exploration", self.exploration)
+        if self.policy == "epsilon-greedy" and self.exploration > 1.0:
+            raise InvalidArgument("router.exploration", "epsilon must be in [0, 1]")
         check_finite("router.default_cost_weight", self.default_cost_weight)
         if not 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
             raise InvalidArgument("router.embedding_dim", f"must be in 1..{MAX_EMBEDDING_DIM}")
@@ -102,6 +108,11 @@ class RouterSpec:
             raise InvalidArgument("router.feedback_ttl_seconds", "must be >= 1")
         if self.prior_output_tokens < 1:
             raise InvalidArgument("router.prior_output_tokens", "must be >= 1")
+        if not (math.isfinite(self.forgetting) and 0.5 <= self.forgetting <= 1.0):
+            raise InvalidArgument("router.forgetting", "must be in [0.5, 1] (or 0 for none)")
+        check_finite("router.prior_quality", self.prior_quality, minimum=None)
+        if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
+            raise InvalidArgument("router.prior_weight", "must be in [0.001, 1e6] (or 0 for 1)")
 
     @property
     def dim(self) -> int:

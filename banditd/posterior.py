@@ -12,12 +12,30 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from banditd.domain import FeedbackEvent, FloatArray
+from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
 from banditd.policy import _kernels
 
-RIDGE = 1.0  # prior precision: A starts at RIDGE * I
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Where every arm's statistics start and how they age: with the events, this fixes a posterior.
+
+    An arm with no feedback has A = weight * I and b = weight * quality * e0 (x[0] is the
+    intercept), so its mean quality is ``quality`` with ``weight`` observations behind it. Each
+    update of an arm first discounts its A and b by ``forgetting``.
+    """
+
+    dim: int
+    quality: float = 0.0
+    weight: float = 1.0
+    forgetting: float = 1.0
+
+    @classmethod
+    def of(cls, spec: RouterSpec) -> Prior:
+        return cls(spec.dim, spec.prior_quality, spec.prior_weight, spec.forgetting)
 
 
 @dataclass
@@ -27,7 +45,7 @@ class Posterior:
     a, a_inv: (n_arms, dim, dim); b, theta: (n_arms, dim); counters: (n_arms,).
     """
 
-    dim: int
+    prior: Prior
     prior_output_tokens: float
     arms: list[str]
     a: FloatArray
@@ -42,9 +60,10 @@ class Posterior:
     last_event_id: int = 0
 
     @classmethod
-    def empty(cls, dim: int, prior_output_tokens: float) -> Posterior:
+    def empty(cls, prior: Prior, prior_output_tokens: float) -> Posterior:
+        dim = prior.dim
         return cls(
-            dim=dim,
+            prior=prior,
             prior_output_tokens=prior_output_tokens,
             arms=[],
             a=np.zeros((0, dim, dim)),
@@ -63,11 +82,14 @@ class Posterior:
         except ValueError:
             pass
         eye = np.eye(self.dim)[None]
+        weight, quality = self.prior.weight, self.prior.quality
+        theta0 = np.zeros((1, self.dim))
+        theta0[0, 0] = quality
         self.arms.append(arm)
-        self.a = np.concatenate([self.a, RIDGE * eye])
-        self.a_inv = np.concatenate([self.a_inv, eye / RIDGE])
-        self.b = np.concatenate([self.b, np.zeros((1, self.dim))])
-        self.theta = np.concatenate([self.theta, np.zeros((1, self.dim))])
+        self.a = np.concatenate([self.a, weight * eye])
+        self.a_inv = np.concatenate([self.a_inv, eye / weight])
+        self.b = np.concatenate([self.b, weight * theta0])
+        self.theta = np.concatenate([self.theta, theta0])
         self.n_updates = np.append(self.n_updates, 0)
         self.output_tokens_sum = np.append(self.output_tokens_sum, 0.0)
         self.output_tokens_n = np.append(self.output_tokens_n, 0)
@@ -82,7 +104,14 @@ class Posterior:
             return  # logged under an earlier embedding size: not this posterior's data
         idx = self.index(event.arm)
         _kernels.sherman_morrison_update(
-            self.a, self.a_inv, self.b, self.theta, idx, event.x, event.reward, 1.0
+            self.a,
+            self.a_inv,
+            self.b,
+            self.theta,
+            idx,
+            event.x,
+            event.reward,
+            self.prior.forgetting,
         )
         self.n_updates[idx] += 1
         if self.n_updates[idx] % REFACTORISE_EVERY == 0:
@@ -93,6 +122,10 @@ class Posterior:
         if event.input_tokens is not None:
             self.input_tokens_sum += event.input_tokens
             self.input_tokens_n += 1
+
+    @property
+    def dim(self) -> int:
+        return self.prior.dim
 
     def expected_output_tokens(self, idx: int) -> float:
         """Mean reported output tokens, shrunk toward the router's prior by one pseudo-count."""
@@ -107,7 +140,9 @@ class Posterior:
         buf = io.BytesIO()
         np.savez(
             buf,
-            dim=self.dim,
+            prior=np.array(
+                [self.prior.dim, self.prior.quality, self.prior.weight, self.prior.forgetting]
+            ),
             prior_output_tokens=self.prior_output_tokens,
             arms=np.array(self.arms, dtype=np.str_),
             a=self.a,
@@ -125,10 +160,12 @@ class Posterior:
     @classmethod
     def from_bytes(cls, data: bytes) -> Posterior:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            dim = int(z["dim"])
+            p = z["prior"]
+            prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]))
+            dim = prior.dim
             arms = [str(a) for a in z["arms"]]
             return cls(
-                dim=dim,
+                prior=prior,
                 prior_output_tokens=float(z["prior_output_tokens"]),
                 arms=arms,
                 a=z["a"].reshape(len(arms), dim, dim).copy(),

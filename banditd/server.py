@@ -20,7 +20,7 @@ from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
 from banditd.learner import Learner
 from banditd.policy import POLICIES, _kernels
-from banditd.posterior import Posterior
+from banditd.posterior import Posterior, Prior
 from banditd.router import Selector
 from banditd.servicer import AdminServicer, RouterServicer
 from banditd.store import Database, Repository, migrate
@@ -68,7 +68,7 @@ class App:
 
 def _warm_up() -> None:
     """Run every kernel once (Numba loads or compiles them) before health reports SERVING."""
-    post = Posterior.empty(2, 1.0)
+    post = Posterior.empty(Prior(2), 1.0)
     idx = np.array([post.index("a"), post.index("b")], dtype=np.int64)
     x = np.ones(2)
     for cls in POLICIES.values():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from banditd.domain import FeedbackEvent
-from banditd.posterior import REFACTORISE_EVERY, RIDGE, Posterior
+from banditd.posterior import REFACTORISE_EVERY, Posterior, Prior
 
 
 def events(n: int, dim: int, seed: int = 0) -> list[FeedbackEvent]:
@@ -32,14 +32,14 @@ def events(n: int, dim: int, seed: int = 0) -> list[FeedbackEvent]:
 
 def test_rank_one_updates_match_direct_solution() -> None:
     dim = 5
-    post = Posterior.empty(dim, 300)
+    post = Posterior.empty(Prior(dim), 300)
     log = events(3 * REFACTORISE_EVERY + 10, dim)
     for e in log:
         post.apply(e)
     for arm in ("a", "b", "c"):
         xs = np.array([e.x for e in log if e.arm == arm])
         rs = np.array([e.reward for e in log if e.arm == arm])
-        a = RIDGE * np.eye(dim) + xs.T @ xs
+        a = np.eye(dim) + xs.T @ xs
         idx = post.index(arm)
         np.testing.assert_allclose(post.a[idx], a, rtol=1e-12)
         np.testing.assert_allclose(post.a_inv[idx], np.linalg.inv(a), rtol=1e-8, atol=1e-12)
@@ -50,7 +50,7 @@ def test_rank_one_updates_match_direct_solution() -> None:
 
 def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
     log = events(50, 4)
-    one, two = Posterior.empty(4, 300), Posterior.empty(4, 300)
+    one, two = Posterior.empty(Prior(4), 300), Posterior.empty(Prior(4), 300)
     for e in log[:30]:
         one.apply(e)
     restored = Posterior.from_bytes(one.to_bytes())
@@ -65,7 +65,7 @@ def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
 
 
 def test_out_of_order_event_is_refused() -> None:
-    post = Posterior.empty(4, 300)
+    post = Posterior.empty(Prior(4), 300)
     log = events(2, 4)
     post.apply(log[1])
     with pytest.raises(ValueError, match="out of order"):
@@ -73,13 +73,13 @@ def test_out_of_order_event_is_refused() -> None:
 
 
 def test_event_of_another_dimension_is_skipped_but_counted() -> None:
-    post = Posterior.empty(4, 300)
+    post = Posterior.empty(Prior(4), 300)
     post.apply(events(1, 6)[0])
     assert post.arms == [] and post.last_event_id == 1
 
 
 def test_expected_output_tokens_shrinks_to_prior() -> None:
-    post = Posterior.empty(3, 300)
+    post = Posterior.empty(Prior(3), 300)
     idx = post.index("a")
     assert post.expected_output_tokens(idx) == 300
     for e in events(3, 3):

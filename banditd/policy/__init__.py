@@ -1,14 +1,15 @@
 """Policies: a name -> class registry over one small interface (see base.Policy)."""
 
 from banditd.policy.base import Choice, Policy
+from banditd.policy.epsilon_greedy import EpsilonGreedy
 from banditd.policy.linucb import LinUCB
 from banditd.policy.thompson import Thompson
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (LinUCB, Thompson)}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (LinUCB, Thompson, EpsilonGreedy)}
 
 
 def make_policy(name: str, exploration: float) -> Policy:
     return POLICIES[name](exploration)
 
 
-__all__ = ["POLICIES", "Choice", "LinUCB", "Policy", "Thompson", "make_policy"]
+__all__ = ["POLICIES", "Choice", "EpsilonGreedy", "LinUCB", "Policy", "Thompson", "make_policy"]

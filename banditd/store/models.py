@@ -47,6 +47,9 @@ routers = Table(
     Column("version", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("forgetting", Float, nullable=False, server_default="1.0"),
+    Column("prior_quality", Float, nullable=False, server_default="1.0"),
+    Column("prior_weight", Float, nullable=False, server_default="1.0"),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
 )
 

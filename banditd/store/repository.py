@@ -80,6 +80,9 @@ class Repository:
                     feedback_ttl_seconds=r.feedback_ttl_seconds,
                     prior_output_tokens=r.prior_output_tokens,
                     version=r.version,
+                    forgetting=r.forgetting,
+                    prior_quality=r.prior_quality,
+                    prior_weight=r.prior_weight,
                 ),
             )
             for r in rows
@@ -117,6 +120,9 @@ class Repository:
             "embedding_dim": spec.embedding_dim,
             "feedback_ttl_seconds": spec.feedback_ttl_seconds,
             "prior_output_tokens": spec.prior_output_tokens,
+            "forgetting": spec.forgetting,
+            "prior_quality": spec.prior_quality,
+            "prior_weight": spec.prior_weight,
             "updated_at": now,
         }
         try:

@@ -344,12 +344,17 @@ class RouterConfig(_message.Message):
     FEEDBACK_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     PRIOR_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    FORGETTING_FIELD_NUMBER: _builtins.int
+    PRIOR_QUALITY_FIELD_NUMBER: _builtins.int
+    PRIOR_WEIGHT_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
-    """"linucb" (default) or "thompson"."""
+    """"linucb" (default), "thompson" or "epsilon-greedy"."""
     exploration: _builtins.float
-    """LinUCB: width of the confidence bound (alpha); Thompson: posterior scale (v). 0 = default."""
+    """LinUCB: width of the confidence bound (alpha, default 1); Thompson: posterior scale (v,
+    default 0.5); epsilon-greedy: epsilon (default 0.1). 0 = default.
+    """
     default_cost_weight: _builtins.float
     embedding_dim: _builtins.int
     """Size of caller-supplied embeddings (and of the text encoder's output). 0 = default."""
@@ -359,6 +364,16 @@ class RouterConfig(_message.Message):
     """Expected tokens used to price an arm before feedback reports real counts. 0 = default."""
     version: _builtins.int
     """Read-only: bumped by every PutRouter."""
+    forgetting: _builtins.float
+    """Geometric forgetting per update of an arm, in (0, 1]; 0 = 1 (remember everything). Lower
+    values re-learn faster when a model's quality or price changes.
+    """
+    prior_quality: _builtins.float
+    """Prior mean quality of an arm before its first feedback. Unset: 1.0, optimistic, so a new arm
+    (also one added at run time) is tried before it is judged.
+    """
+    prior_weight: _builtins.float
+    """How many observations the prior is worth (ridge). 0 = 1."""
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     def __init__(
@@ -374,12 +389,17 @@ class RouterConfig(_message.Message):
         feedback_ttl_seconds: _builtins.int = ...,
         prior_output_tokens: _builtins.int = ...,
         version: _builtins.int = ...,
+        forgetting: _builtins.float = ...,
+        prior_quality: _builtins.float | None = ...,
+        prior_weight: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "prior_quality", b"prior_quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "default_cost_weight", b"default_cost_weight", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "feedback_ttl_seconds", b"feedback_ttl_seconds", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__prior_quality: _TypeAlias = _typing.Literal["prior_quality"]  # noqa: Y015
+    _WhichOneofArgType__prior_quality: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prior_quality) -> _WhichOneofReturnType__prior_quality | None: ...
 
 Global___RouterConfig: _TypeAlias = RouterConfig  # noqa: Y015
 

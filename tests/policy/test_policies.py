@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from banditd import domain
 from banditd.domain import FeedbackEvent
-from banditd.policy import POLICIES, LinUCB, Thompson
-from banditd.posterior import Posterior
+from banditd.policy import POLICIES, EpsilonGreedy, LinUCB, Thompson
+from banditd.posterior import Posterior, Prior
 
 
 def trained(dim: int = 3) -> tuple[Posterior, np.ndarray]:
-    post = Posterior.empty(dim, 100)
+    post = Posterior.empty(Prior(dim), 100)
     idx = np.array([post.index(a) for a in ("a", "b", "c")], dtype=np.int64)
     rng = np.random.default_rng(3)
     for i in range(300):
@@ -48,7 +49,7 @@ def test_cost_weight_moves_choice_to_cheaper_arm() -> None:
 
 
 def test_untrained_ties_break_by_configured_order() -> None:
-    post = Posterior.empty(3, 100)
+    post = Posterior.empty(Prior(3), 100)
     idx = np.array([post.index(a) for a in ("z", "y", "x")], dtype=np.int64)
     choice = LinUCB(1.0).choose(post, idx, np.ones(3), np.zeros(3), 0.0, np.random.default_rng(0))
     assert list(choice.order) == [0, 1, 2]
@@ -83,5 +84,20 @@ def test_thompson_explores_an_uncertain_arm() -> None:
     assert 3 in picks and 1 in picks
 
 
-def test_registry_names() -> None:
-    assert set(POLICIES) == {"linucb", "thompson"}
+def test_registry_matches_the_names_configs_accept() -> None:
+    assert set(POLICIES) == set(domain.POLICIES) == set(domain.DEFAULT_EXPLORATION)
+
+
+def test_epsilon_greedy_propensity_is_exact() -> None:
+    post, idx = trained()
+    x = np.array([1.0, 0.0, 0.0])
+    policy = EpsilonGreedy(0.3)
+    picks = [
+        policy.choose(post, idx, x, np.zeros(3), 0.0, np.random.default_rng(s)) for s in range(3000)
+    ]
+    for arm in range(3):
+        share = np.mean([c.chosen == arm for c in picks])
+        stated = {c.propensity for c in picks if c.chosen == arm}
+        assert len(stated) == 1
+        assert share == pytest.approx(stated.pop(), abs=0.03)
+    assert {c.chosen for c in picks if not c.explored} == {1}

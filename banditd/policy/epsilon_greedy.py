@@ -1,0 +1,48 @@
+"""Epsilon-greedy on the ridge-regression means: the baseline the linear bandits must beat."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from banditd.domain import FloatArray
+from banditd.policy import _kernels
+from banditd.policy.base import Choice, IntArray, Policy
+
+if TYPE_CHECKING:  # posterior imports the kernels of this package
+    from banditd.posterior import Posterior
+
+
+class EpsilonGreedy(Policy):
+    """With probability epsilon (the router's exploration) a uniformly random eligible arm leads
+    the ranking; otherwise the greedy one. Propensities are exact."""
+
+    name = "epsilon-greedy"
+
+    def quality_scores(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+    ) -> FloatArray:
+        return _kernels.mean_scores(post.theta, arm_idx, x)
+
+    def choose(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        expected_cost: FloatArray,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> Choice:
+        quality = self.quality_scores(post, arm_idx, x, rng)
+        utility = quality - cost_weight * expected_cost
+        order = np.argsort(-utility, kind="stable").astype(np.int64)
+        greedy = int(order[0])
+        k = len(arm_idx)
+        explored = bool(rng.random() < self.exploration)
+        if explored:
+            pick = int(rng.integers(k))
+            order = np.concatenate([[pick], order[order != pick]]).astype(np.int64)
+        chosen = int(order[0])
+        propensity = self.exploration / k + (1.0 - self.exploration) * (chosen == greedy)
+        return Choice(order, quality, utility, propensity, explored and chosen != greedy)

@@ -1,0 +1,31 @@
+"""Router priors and forgetting.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+COLUMNS = ("forgetting", "prior_quality", "prior_weight")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("routers") as batch:
+        for name in COLUMNS:
+            batch.add_column(sa.Column(name, sa.Float(), nullable=False, server_default="1.0"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("routers") as batch:
+        for name in reversed(COLUMNS):
+            batch.drop_column(name)
