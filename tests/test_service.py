@@ -12,6 +12,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from banditd.posterior import Posterior, Prior
+from banditd.store import Repository
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 
@@ -163,3 +165,21 @@ async def test_feedback_updates_stats_and_spend(
     assert stats.spend_usd == pytest.approx(0.002 + d2.expected_cost_usd)
     assert stats.applied_event_id == r2.event_id
     assert sum(a.mean_reward * a.feedback_count for a in stats.arms) == pytest.approx(1.0)
+
+
+async def test_changing_the_prior_rebuilds_the_posterior_from_the_log(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(database_url, snapshot_every=10)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await learn(server, rounds=45)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(forgetting=0.9)))
+    state = server.app.catalog._by_id[1]
+    expected = Posterior.empty(Prior(DIM + 1, quality=1.0, forgetting=0.9), 300)
+    for event in await Repository(server.app.db).events_after(1, 0):
+        expected.apply(event)
+    for arm in ("cheap", "mid", "strong"):
+        np.testing.assert_array_equal(
+            state.posterior.theta[state.posterior.index(arm)], expected.theta[expected.index(arm)]
+        )
+    assert state.posterior.last_event_id == 45
