@@ -1,4 +1,4 @@
-"""The `banditd` command: serve, migrate."""
+"""The `banditd` command: serve, migrate, warm-start."""
 
 from __future__ import annotations
 
@@ -7,18 +7,22 @@ import asyncio
 import json
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
 from banditd import codec
 from banditd.config import Settings
+from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
 from banditd.logs import configure_logging
 from banditd.server import App, serve
-from banditd.store import migrate
+from banditd.store import Database, Repository, migrate
 from banditd.v1 import banditd_pb2 as pb
+from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 
+WARM_START_BATCH = 2000
 HOW_TO_CALL = """
 banditd is serving {tenant}/{router} on {host}:{port} ({database}).
 
@@ -68,6 +72,50 @@ async def _seed_example(app: App) -> None:
     )
 
 
+async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    if settings.should_migrate:
+        await migrate(settings.database_url, settings.migrations_dir)
+    db = Database(settings.database_url)
+    try:
+        repo = Repository(db)
+        stored = await repo.get_router(args.tenant, args.router)
+        report = WarmStartReport()
+        added = 0
+        batch: list[FeedbackEvent] = []
+        events = offline_events(
+            stored.spec,
+            stored.router_id,
+            read_outcomes(Path(args.data)),
+            report,
+            max_prompt_chars=settings.max_prompt_chars,
+        )
+        for event in events:
+            batch.append(event)
+            if len(batch) == WARM_START_BATCH:
+                added += await repo.append_offline_events(batch)
+                batch.clear()
+                print(
+                    f"warm-start: {report.records} records, {added} events added", file=sys.stderr
+                )
+        added += await repo.append_offline_events(batch)
+    finally:
+        await db.close()
+    return {
+        "router": f"{args.tenant}/{args.router}",
+        "records": report.records,
+        "events": report.events,
+        "added": added,
+        "already_present": report.events - added,
+        "skipped": report.skipped_records,
+        "skip_reasons": report.skip_reasons,
+        "events_per_arm": report.events_per_arm,
+        "arms_without_data": sorted(
+            {a.name for a in stored.spec.arms} - set(report.events_per_arm)
+        ),
+        "unknown_models": sorted(report.unknown_models),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banditd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +136,19 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("example-router", help="print the example router configuration as JSON")
 
+    p_warm = sub.add_parser(
+        "warm-start",
+        help="fit a router's statistics from offline outcome data (JSONL, optionally .gz)",
+        description="Adds one offline event per (prompt, arm with an outcome) to the router's "
+        "feedback log; safe to re-run. A running server loads them at its next restart or "
+        "PutRouter of that router.",
+    )
+    p_warm.add_argument("--tenant", required=True)
+    p_warm.add_argument("--router", required=True)
+    p_warm.add_argument("--data", required=True, help="outcome file, the format of shared/data")
+    p_warm.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
+    p_warm.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -103,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"migrated to {args.revision}", file=sys.stderr)
         elif args.command == "example-router":
             print(json.dumps(json_format.MessageToDict(example_router()), indent=2))
+        elif args.command == "warm-start":
+            summary = asyncio.run(_warm_start(settings, args))
+            if args.json:
+                print(json.dumps(summary))
+            else:
+                for key, value in summary.items():
+                    print(f"{key:>18}: {value}")
     except (BanditdError, OSError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1

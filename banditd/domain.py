@@ -179,6 +179,7 @@ class FeedbackEvent:
     latency_ms: float | None
     error: bool
     created_at: float
+    offline: bool = False
 
 
 def arm_names(arms: Sequence[ArmSpec]) -> list[str]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 # BIGINT ids on Postgres, INTEGER (the rowid alias that autoincrements) on SQLite.
@@ -101,6 +102,9 @@ feedback_events = Table(
     Column("latency_ms", Float, nullable=True),
     Column("error", Boolean, nullable=False),
     Column("created_at", Float, nullable=False),
+    # True for events fitted from offline outcome data (warm start): they shape the posterior
+    # but are not feedback, so stats leave them out.
+    Column("offline", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("decision_id", name="uq_feedback_events_decision_id"),
     Index("ix_feedback_events_router_id_id", "router_id", "id"),
 )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Insert, Table, delete, func, insert, select, update
+from sqlalchemy import Insert, Table, delete, false, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -252,6 +252,18 @@ class Repository:
                 ) from exc
             raise NotFound("the router of this decision has been deleted") from exc
 
+    async def append_offline_events(self, events: Sequence[FeedbackEvent]) -> int:
+        """Commit a batch of offline events in one transaction, skipping decision ids already in
+        the log (so a re-run adds nothing); returns how many were added."""
+        if not events:
+            return 0
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                _insert_ignoring_duplicates(conn, feedback_events).returning(feedback_events.c.id),
+                [_event_row(e) for e in events],
+            )
+            return len(result.all())
+
     async def _router_exists(self, router_id: int) -> bool:
         async with self.db.transaction() as conn:
             return bool(await conn.scalar(select(func.count()).where(routers.c.id == router_id)))
@@ -284,6 +296,7 @@ class Repository:
                 latency_ms=r.latency_ms,
                 error=r.error,
                 created_at=r.created_at,
+                offline=r.offline,
             )
             for r in rows
         ]
@@ -353,7 +366,10 @@ class Repository:
                             func.sum(feedback_events.c.reward).label("reward_sum"),
                             func.sum(feedback_events.c.cost_usd).label("spend"),
                         )
-                        .where(feedback_events.c.router_id == router_id)
+                        .where(
+                            feedback_events.c.router_id == router_id,
+                            feedback_events.c.offline == false(),
+                        )
                         .group_by(feedback_events.c.arm)
                     )
                 ).all()
@@ -454,4 +470,5 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "latency_ms": e.latency_ms,
         "error": e.error,
         "created_at": e.created_at,
+        "offline": e.offline,
     }
