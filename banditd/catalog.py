@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -31,6 +31,8 @@ class RouterState:
     policy: Policy
     posterior: Posterior
     events_since_snapshot: int = 0
+    # Decisions this process forced onto arms short of feedback (explore_new_arm), by arm name.
+    forced_picks: dict[str, int] = field(default_factory=dict)
 
 
 class Catalog:

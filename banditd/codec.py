@@ -24,6 +24,7 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         exploration=msg.exploration,
         default_cost_weight=msg.default_cost_weight,
         forgetting=msg.forgetting or 1.0,
+        explore_new_arm=msg.explore_new_arm,
         prior_weight=msg.prior_weight or 1.0,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
@@ -63,6 +64,7 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         forgetting=spec.forgetting,
         prior_quality=spec.prior_quality,
         prior_weight=spec.prior_weight,
+        explore_new_arm=spec.explore_new_arm,
     )
 
 

@@ -23,6 +23,7 @@ DEFAULT_PRIOR_QUALITY = 1.0
 DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
+MAX_EXPLORE_NEW_ARM = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 FloatArray = npt.NDArray[np.float64]
@@ -82,6 +83,7 @@ class RouterSpec:
     forgetting: float = 1.0
     prior_quality: float = DEFAULT_PRIOR_QUALITY
     prior_weight: float = 1.0
+    explore_new_arm: int = 0
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -111,6 +113,8 @@ class RouterSpec:
         if not (math.isfinite(self.forgetting) and 0.5 <= self.forgetting <= 1.0):
             raise InvalidArgument("router.forgetting", "must be in [0.5, 1] (or 0 for none)")
         check_finite("router.prior_quality", self.prior_quality, minimum=None)
+        if not 0 <= self.explore_new_arm <= MAX_EXPLORE_NEW_ARM:
+            raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
             raise InvalidArgument("router.prior_weight", "must be in [0.001, 1e6] (or 0 for 1)")
 

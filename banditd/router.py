@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from banditd.catalog import Catalog
+from banditd.catalog import Catalog, RouterState
 from banditd.context import build_x, input_tokens_estimate
 from banditd.decision_log import DecisionLog
-from banditd.domain import Decision, RankedArm, check_finite, check_name
+from banditd.domain import ArmSpec, Decision, RankedArm, check_finite, check_name
 from banditd.errors import FailedPrecondition, InvalidArgument, NotFound
+from banditd.policy import Choice
+from banditd.policy.base import IntArray
 from banditd.token import TokenClaims, TokenSigner
 
 log = structlog.get_logger(__name__)
@@ -125,6 +127,8 @@ class Selector:
         choice = state.policy.choose(
             posterior, arm_idx, x, costs, cost_weight, np.random.default_rng(seed)
         )
+        if spec.explore_new_arm:
+            choice = _explore_new_arm(state, arms, arm_idx, choice)
         ranking = tuple(
             RankedArm(
                 arms[i].name, float(choice.utility[i]), float(choice.quality[i]), float(costs[i])
@@ -180,3 +184,23 @@ class Selector:
             metadata=dict(req.metadata),
         )
         return decision
+
+
+def _explore_new_arm(
+    state: RouterState, arms: Sequence[ArmSpec], arm_idx: IntArray, choice: Choice
+) -> Choice:
+    """Put first the eligible arm with the fewest feedback events, while it has fewer than
+    ``explore_new_arm`` of them and this process has not yet forced it that many times."""
+    limit = state.spec.explore_new_arm
+    events = state.posterior.n_updates[arm_idx]
+    short = [
+        (int(events[i]), i)
+        for i, arm in enumerate(arms)
+        if events[i] < limit and state.forced_picks.get(arm.name, 0) < limit
+    ]
+    if not short:
+        return choice
+    position = min(short)[1]
+    name = arms[position].name
+    state.forced_picks[name] = state.forced_picks.get(name, 0) + 1
+    return choice.forced(position)

@@ -55,8 +55,8 @@ PG_CTL = Path(__file__).resolve().with_name("pg_ctl_as_postgres")
 HOST = "127.0.0.1"
 
 INSTALL_HINT = (
-    "PostgreSQL server binaries are needed for these tests: install them with "
-    "`apt-get update && apt-get install -y postgresql-15` (or point $REAL_PG_CTL at a pg_ctl)"
+    "install the PostgreSQL server with `apt-get update && apt-get install -y postgresql-15` "
+    "(or point $REAL_PG_CTL at a pg_ctl)"
 )
 
 _postgres_proc = factories.postgresql_proc(
@@ -99,7 +99,7 @@ def postgres_server(request: pytest.FixtureRequest) -> PostgreSQLExecutor:
     """The session's PostgreSQL server (started on first use, stopped at session end)."""
     reason = _postgres_unavailable()
     if reason is not None:
-        message = f"{reason}\n{INSTALL_HINT}"
+        message = f"no usable PostgreSQL server ({reason}); {INSTALL_HINT}"
         if _in_ci():
             pytest.fail(f"CI=true and no PostgreSQL server can be started: {message}")
         pytest.skip(message)

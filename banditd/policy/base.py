@@ -40,6 +40,11 @@ class Choice:
     def chosen(self) -> int:
         return int(self.order[0])
 
+    def forced(self, position: int) -> Choice:
+        """The same scores with the eligible arm at ``position`` chosen by rule (propensity 1)."""
+        order = np.concatenate([[position], self.order[self.order != position]]).astype(np.int64)
+        return Choice(order, self.quality, self.utility, 1.0, position != self.chosen)
+
 
 class Policy(ABC):
     name: ClassVar[str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,12 +38,10 @@ class EpsilonGreedy(Policy):
         quality = self.quality_scores(post, arm_idx, x, rng)
         utility = quality - cost_weight * expected_cost
         order = np.argsort(-utility, kind="stable").astype(np.int64)
-        greedy = int(order[0])
-        k = len(arm_idx)
-        explored = bool(rng.random() < self.exploration)
-        if explored:
-            pick = int(rng.integers(k))
-            order = np.concatenate([[pick], order[order != pick]]).astype(np.int64)
-        chosen = int(order[0])
-        propensity = self.exploration / k + (1.0 - self.exploration) * (chosen == greedy)
-        return Choice(order, quality, utility, propensity, explored and chosen != greedy)
+        choice = Choice(order, quality, utility, 1.0, False)
+        greedy = choice.chosen
+        if rng.random() < self.exploration:
+            choice = choice.forced(int(rng.integers(len(arm_idx))))
+        chosen = choice.chosen
+        propensity = self.exploration / len(arm_idx) + (1.0 - self.exploration) * (chosen == greedy)
+        return replace(choice, propensity=propensity, explored=chosen != greedy)

@@ -51,6 +51,7 @@ routers = Table(
     Column("forgetting", Float, nullable=False, server_default="1.0"),
     Column("prior_quality", Float, nullable=False, server_default="1.0"),
     Column("prior_weight", Float, nullable=False, server_default="1.0"),
+    Column("explore_new_arm", Integer, nullable=False, server_default="0"),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
 )
 

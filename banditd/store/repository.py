@@ -83,6 +83,7 @@ class Repository:
                     forgetting=r.forgetting,
                     prior_quality=r.prior_quality,
                     prior_weight=r.prior_weight,
+                    explore_new_arm=r.explore_new_arm,
                 ),
             )
             for r in rows
@@ -123,6 +124,7 @@ class Repository:
             "forgetting": spec.forgetting,
             "prior_quality": spec.prior_quality,
             "prior_weight": spec.prior_weight,
+            "explore_new_arm": spec.explore_new_arm,
             "updated_at": now,
         }
         try:

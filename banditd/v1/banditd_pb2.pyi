@@ -347,6 +347,7 @@ class RouterConfig(_message.Message):
     FORGETTING_FIELD_NUMBER: _builtins.int
     PRIOR_QUALITY_FIELD_NUMBER: _builtins.int
     PRIOR_WEIGHT_FIELD_NUMBER: _builtins.int
+    EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -374,6 +375,11 @@ class RouterConfig(_message.Message):
     """
     prior_weight: _builtins.float
     """How many observations the prior is worth (ridge). 0 = 1."""
+    explore_new_arm: _builtins.int
+    """Forced exploration: an eligible arm with fewer than this many feedback events is chosen
+    first (fewest events first), for at most this many decisions per arm and process, so an arm
+    added at run time gets data even where its prior would not win. 0 = off.
+    """
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     def __init__(
@@ -392,10 +398,11 @@ class RouterConfig(_message.Message):
         forgetting: _builtins.float = ...,
         prior_quality: _builtins.float | None = ...,
         prior_weight: _builtins.float = ...,
+        explore_new_arm: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "prior_quality", b"prior_quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__prior_quality: _TypeAlias = _typing.Literal["prior_quality"]  # noqa: Y015
     _WhichOneofArgType__prior_quality: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality"]  # noqa: Y015
