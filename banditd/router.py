@@ -15,7 +15,14 @@ import structlog
 from banditd.catalog import Catalog, RouterState
 from banditd.context import build_x, input_tokens_estimate
 from banditd.decision_log import DecisionLog
-from banditd.domain import ArmSpec, Decision, RankedArm, check_finite, check_name
+from banditd.domain import (
+    ArmSpec,
+    Decision,
+    FloatArray,
+    RankedArm,
+    check_finite,
+    check_name,
+)
 from banditd.errors import FailedPrecondition, InvalidArgument, NotFound
 from banditd.policy import Choice
 from banditd.policy.base import IntArray
@@ -91,50 +98,24 @@ class Selector:
             earlier = self._decisions.lookup(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
-        spec, posterior = state.spec, state.posterior
+        spec = state.spec
         x = build_x(
             spec,
             prompt=req.prompt,
             embedding=req.embedding,
             max_prompt_chars=self._max_prompt_chars,
         )
-        if req.candidates:
-            unknown = [c for c in req.candidates if spec.arm(c) is None]
-            if unknown:
-                raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
-            wanted = set(req.candidates)
-            arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
-        else:
-            arms = [a for a in spec.arms if not a.disabled]
-        input_tokens = input_tokens_estimate(req.prompt) or posterior.expected_input_tokens()
-        arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
-        costs = np.array(
-            [
-                a.cost_usd(input_tokens, posterior.expected_output_tokens(int(i)))
-                for a, i in zip(arms, arm_idx, strict=True)
-            ]
-        )
-        if req.max_cost_usd is not None:
-            keep = costs <= req.max_cost_usd
-            arms = [a for a, k in zip(arms, keep, strict=True) if k]
-            arm_idx, costs = arm_idx[keep], costs[keep]
-        if not arms:
-            raise FailedPrecondition(
-                "no eligible arm: every candidate is disabled or over max_cost_usd"
-            )
-        cost_weight = spec.default_cost_weight if req.cost_weight is None else req.cost_weight
         seed = self._seeds()
-        choice = state.policy.choose(
-            posterior, arm_idx, x, costs, cost_weight, np.random.default_rng(seed)
+        ranked = rank_arms(
+            state,
+            x,
+            prompt=req.prompt,
+            candidates=req.candidates,
+            cost_weight=req.cost_weight,
+            max_cost_usd=req.max_cost_usd,
+            rng=np.random.default_rng(seed),
         )
-        if spec.explore_new_arm:
-            choice = _explore_new_arm(state, arms, arm_idx, choice)
-        ranking = tuple(
-            RankedArm(
-                arms[i].name, float(choice.utility[i]), float(choice.quality[i]), float(costs[i])
-            )
-            for i in choice.order
-        )
+        ranking, choice = ranked.ranking, ranked.choice
         chosen = ranking[0]
         now = self._clock()
         decision_id = str(uuid.uuid4())
@@ -168,7 +149,7 @@ class Selector:
             policy=spec.policy,
             router_version=spec.version,
             seed=seed,
-            candidates=tuple(a.name for a in arms),
+            candidates=ranked.candidates,
             metadata=dict(req.metadata),
         )
         self._decisions.add(decision)
@@ -184,6 +165,66 @@ class Selector:
             metadata=dict(req.metadata),
         )
         return decision
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The policy's answer in arm names: ranking best first, and the choice it came from."""
+
+    ranking: tuple[RankedArm, ...]
+    choice: Choice
+    candidates: tuple[str, ...]
+
+
+def rank_arms(
+    state: RouterState,
+    x: FloatArray,
+    *,
+    prompt: str | None,
+    candidates: Sequence[str] = (),
+    cost_weight: float | None = None,
+    max_cost_usd: float | None = None,
+    rng: np.random.Generator,
+) -> Ranked:
+    """Eligibility, expected costs, the policy's choice and the ranking; no I/O.
+
+    The server's Select and offline replay both decide through this function.
+    x: context vector, shape (state.spec.dim,).
+    """
+    spec, posterior = state.spec, state.posterior
+    if candidates:
+        unknown = [c for c in candidates if spec.arm(c) is None]
+        if unknown:
+            raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
+        wanted = set(candidates)
+        arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
+    else:
+        arms = [a for a in spec.arms if not a.disabled]
+    input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
+    arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
+    costs = np.array(
+        [
+            a.cost_usd(input_tokens, posterior.expected_output_tokens(int(i)))
+            for a, i in zip(arms, arm_idx, strict=True)
+        ]
+    )
+    if max_cost_usd is not None:
+        keep = costs <= max_cost_usd
+        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        arm_idx, costs = arm_idx[keep], costs[keep]
+    if not arms:
+        raise FailedPrecondition(
+            "no eligible arm: every candidate is disabled or over max_cost_usd"
+        )
+    weight = spec.default_cost_weight if cost_weight is None else cost_weight
+    choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng)
+    if spec.explore_new_arm:
+        choice = _explore_new_arm(state, arms, arm_idx, choice)
+    ranking = tuple(
+        RankedArm(arms[i].name, float(choice.utility[i]), float(choice.quality[i]), float(costs[i]))
+        for i in choice.order
+    )
+    return Ranked(ranking, choice, tuple(a.name for a in arms))
 
 
 def _explore_new_arm(
