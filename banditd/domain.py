@@ -184,6 +184,7 @@ class FeedbackEvent:
     error: bool
     created_at: float
     offline: bool = False
+    cost_reported: bool = True
 
 
 def arm_names(arms: Sequence[ArmSpec]) -> list[str]:

@@ -96,6 +96,7 @@ class Learner:
             latency_ms=req.latency_ms,
             error=req.error,
             created_at=now,
+            cost_reported=req.cost_usd is not None,
         )
         async with self._catalog.locked(claims.router_id) as state:
             event_id = await self._catalog.record(state, event)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
 from banditd.policy import _kernels
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
@@ -55,6 +55,8 @@ class Posterior:
     n_updates: npt.NDArray[np.int64]
     output_tokens_sum: FloatArray
     output_tokens_n: npt.NDArray[np.int64]
+    observed_cost_sum: FloatArray
+    observed_cost_n: npt.NDArray[np.int64]
     input_tokens_sum: float = 0.0
     input_tokens_n: int = 0
     last_event_id: int = 0
@@ -73,6 +75,8 @@ class Posterior:
             n_updates=np.zeros(0, dtype=np.int64),
             output_tokens_sum=np.zeros(0),
             output_tokens_n=np.zeros(0, dtype=np.int64),
+            observed_cost_sum=np.zeros(0),
+            observed_cost_n=np.zeros(0, dtype=np.int64),
         )
 
     def index(self, arm: str) -> int:
@@ -93,6 +97,8 @@ class Posterior:
         self.n_updates = np.append(self.n_updates, 0)
         self.output_tokens_sum = np.append(self.output_tokens_sum, 0.0)
         self.output_tokens_n = np.append(self.output_tokens_n, 0)
+        self.observed_cost_sum = np.append(self.observed_cost_sum, 0.0)
+        self.observed_cost_n = np.append(self.observed_cost_n, 0)
         return len(self.arms) - 1
 
     def apply(self, event: FeedbackEvent) -> None:
@@ -119,6 +125,9 @@ class Posterior:
         if event.output_tokens is not None:
             self.output_tokens_sum[idx] += event.output_tokens
             self.output_tokens_n[idx] += 1
+        elif event.cost_reported:
+            self.observed_cost_sum[idx] += event.cost_usd
+            self.observed_cost_n[idx] += 1
         if event.input_tokens is not None:
             self.input_tokens_sum += event.input_tokens
             self.input_tokens_n += 1
@@ -131,6 +140,13 @@ class Posterior:
         """Mean reported output tokens, shrunk toward the router's prior by one pseudo-count."""
         total = self.prior_output_tokens + self.output_tokens_sum[idx]
         return float(total / (1 + self.output_tokens_n[idx]))
+
+    def expected_cost_usd(self, idx: int, arm: ArmSpec, input_tokens: float) -> float:
+        """Price x tokens once the arm reports output tokens (or before it reports anything);
+        the arm's mean reported cost per call when it reports costs without tokens."""
+        if self.output_tokens_n[idx] == 0 and self.observed_cost_n[idx] > 0:
+            return float(self.observed_cost_sum[idx] / self.observed_cost_n[idx])
+        return arm.cost_usd(input_tokens, self.expected_output_tokens(idx))
 
     def expected_input_tokens(self) -> float:
         """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""
@@ -152,6 +168,8 @@ class Posterior:
             n_updates=self.n_updates,
             output_tokens_sum=self.output_tokens_sum,
             output_tokens_n=self.output_tokens_n,
+            observed_cost_sum=self.observed_cost_sum,
+            observed_cost_n=self.observed_cost_n,
             input_tokens=np.array([self.input_tokens_sum, self.input_tokens_n]),
             last_event_id=self.last_event_id,
         )
@@ -175,6 +193,8 @@ class Posterior:
                 n_updates=z["n_updates"].copy(),
                 output_tokens_sum=z["output_tokens_sum"].copy(),
                 output_tokens_n=z["output_tokens_n"].copy(),
+                observed_cost_sum=z["observed_cost_sum"].copy(),
+                observed_cost_n=z["observed_cost_n"].copy(),
                 input_tokens_sum=float(z["input_tokens"][0]),
                 input_tokens_n=int(z["input_tokens"][1]),
                 last_event_id=int(z["last_event_id"]),

@@ -204,7 +204,7 @@ def rank_arms(
     arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
     costs = np.array(
         [
-            a.cost_usd(input_tokens, posterior.expected_output_tokens(int(i)))
+            posterior.expected_cost_usd(int(i), a, input_tokens)
             for a, i in zip(arms, arm_idx, strict=True)
         ]
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from banditd.domain import FeedbackEvent
+from banditd.domain import ArmSpec, FeedbackEvent
 from banditd.posterior import REFACTORISE_EVERY, Posterior, Prior
 
 
@@ -85,3 +87,18 @@ def test_expected_output_tokens_shrinks_to_prior() -> None:
     for e in events(3, 3):
         post.apply(FeedbackEvent(**{**e.__dict__, "arm": "a", "output_tokens": 100}))
     assert post.expected_output_tokens(idx) == pytest.approx((300 + 3 * 100) / 4)
+
+
+def test_expected_cost_learns_from_reported_costs_until_tokens_arrive() -> None:
+    arm = ArmSpec("a", input_price_per_mtok=1.0, output_price_per_mtok=2.0)
+    post = Posterior.empty(Prior(3), 300)
+    idx = post.index("a")
+    by_price = arm.cost_usd(1000, 300)
+    assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(by_price)
+    base = events(4, 3)
+    costs = [(0.004, True), (0.002, True), (0.5, False)]  # the last one was only assumed
+    for e, (cost, reported) in zip(base, costs, strict=False):
+        post.apply(replace(e, arm="a", output_tokens=None, cost_usd=cost, cost_reported=reported))
+    assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(0.003)
+    post.apply(replace(base[3], arm="a", output_tokens=100, cost_usd=0.1))
+    assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(arm.cost_usd(1000, 200))

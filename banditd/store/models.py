@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 
 # BIGINT ids on Postgres, INTEGER (the rowid alias that autoincrements) on SQLite.
@@ -106,6 +107,8 @@ feedback_events = Table(
     # True for events fitted from offline outcome data (warm start): they shape the posterior
     # but are not feedback, so stats leave them out.
     Column("offline", Boolean, nullable=False, server_default=false()),
+    # False when Feedback carried no cost and the decision's expected cost was charged instead.
+    Column("cost_reported", Boolean, nullable=False, server_default=true()),
     UniqueConstraint("decision_id", name="uq_feedback_events_decision_id"),
     Index("ix_feedback_events_router_id_id", "router_id", "id"),
 )

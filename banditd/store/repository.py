@@ -299,6 +299,7 @@ class Repository:
                 error=r.error,
                 created_at=r.created_at,
                 offline=r.offline,
+                cost_reported=r.cost_reported,
             )
             for r in rows
         ]
@@ -473,4 +474,5 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "error": e.error,
         "created_at": e.created_at,
         "offline": e.offline,
+        "cost_reported": e.cost_reported,
     }

@@ -1,4 +1,4 @@
-"""Mark feedback events that came from offline data (warm start), not from a live decision.
+"""Event provenance: offline (warm start) events, and whether the cost was reported or assumed.
 
 Revision ID: 0003
 Revises: 0002
@@ -22,8 +22,12 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("offline", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch.add_column(
+            sa.Column("cost_reported", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("feedback_events") as batch:
+        batch.drop_column("cost_reported")
         batch.drop_column("offline")
