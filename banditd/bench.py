@@ -297,21 +297,19 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _factories() -> dict[str, Callable[[Workload], Impl] | None]:
-    mab = _optional("mabwiser.mab", "mabwiser")
-    vw = _optional("vowpalwabbit", "vowpalwabbit")
-    return {
+def _factories() -> dict[str, Callable[[Workload], Impl]]:
+    """The implementations that can run here, by name; baselines only when installed."""
+    factories: dict[str, Callable[[Workload], Impl]] = {
         "banditd": BanditdLinUCB,
         "banditd_ts": BanditdThompson,
         "numpy": NumpyLinUCB,
-        "mabwiser_linucb": None
-        if mab is None
-        else functools.partial(MabWiser, mab=mab, policy="linucb"),
-        "mabwiser_lints": None
-        if mab is None
-        else functools.partial(MabWiser, mab=mab, policy="lints"),
-        "vw": None if vw is None else functools.partial(VowpalWabbit, vw=vw),
     }
+    if (mab := _optional("mabwiser.mab", "mabwiser")) is not None:
+        factories["mabwiser_linucb"] = functools.partial(MabWiser, mab=mab, policy="linucb")
+        factories["mabwiser_lints"] = functools.partial(MabWiser, mab=mab, policy="lints")
+    if (vw := _optional("vowpalwabbit", "vowpalwabbit")) is not None:
+        factories["vw"] = functools.partial(VowpalWabbit, vw=vw)
+    return factories
 
 
 def _compile_kernels(n_arms: int) -> float:
@@ -409,14 +407,13 @@ def _at_least(value: float | None, target: float) -> bool | None:
 def bench_kernels(cfg: Config) -> dict[str, Any]:
     """Run every measurement and return the report (the --json object)."""
     started = time.perf_counter()
+    load_average = [round(load, 2) for load in os.getloadavg()]
     factories = _factories()
     _log(f"numba kernels compiled or loaded in {_compile_kernels(cfg.n_arms):.1f} s")
     measured: dict[str, dict[str, dict[str, Stat]]] = {op: {} for op in OPS}
     for dim in cfg.dims:
         work = Workload.make(dim, cfg.n_arms, cfg.history)
         for name, factory in factories.items():
-            if factory is None:
-                continue
             impl = factory(work)
             try:
                 for op in OPS:
@@ -445,6 +442,7 @@ def bench_kernels(cfg: Config) -> dict[str, Any]:
         "machine": {
             "cpu": _cpu_model(),
             "cores": os.cpu_count(),
+            "load_average_at_start": load_average,  # other work on the machine skews timings
             "python": platform.python_version(),
             "numba": numba.__version__,
             "numba_threads": numba.get_num_threads(),
@@ -504,7 +502,7 @@ def render_text(report: dict[str, Any]) -> str:
                     cells.append(f"{'not installed':>28}")
                     continue
                 s = per_impl[str(dim)]
-                cells.append(f"{s['median']:>13,.2f} / {s['p99']:>11,.2f}")
+                cells.append(f" {s['median']:>13,.2f} / {s['p99']:>11,.2f}")
             lines.append(f"{impl:<16} {dim:>4}" + "".join(cells))
     lines += ["", f"batch select at d={BATCH_DIM}, decisions/s:"]
     for impl, per_batch in report["batch_decisions_per_s"].items():

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -68,16 +68,10 @@ class Catalog:
             posterior = Posterior.empty(prior, spec.prior_output_tokens)
         posterior.prior_output_tokens = spec.prior_output_tokens
         from_id = posterior.last_event_id
-        replayed = 0
-        while events := await self._repo.events_after(stored.router_id, posterior.last_event_id):
-            for event in events:
-                posterior.apply(event)
-            replayed += len(events)
         for arm in spec.arms:
             posterior.index(arm.name)
-        state = RouterState(
-            stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior, replayed
-        )
+        state = RouterState(stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior)
+        replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
         self._by_name[(spec.tenant, spec.name)] = stored.router_id
         log.info(
@@ -126,13 +120,46 @@ class Catalog:
         return True
 
     async def record(self, state: RouterState, event: FeedbackEvent) -> int:
-        """Append an event and fold it into the posterior; caller holds ``locked(router_id)``."""
+        """Append an event, then fold in the log up to it (other replicas' events included);
+        caller holds ``locked(router_id)``."""
         event_id = await self._repo.append_event(event)
-        state.posterior.apply(replace(event, event_id=event_id))
-        state.events_since_snapshot += 1
+        await self._catch_up(state)
+        return event_id
+
+    async def _catch_up(self, state: RouterState) -> int:
+        """Apply the router's events after the last applied one, in id order; snapshot when due.
+        Caller holds the router's lock."""
+        applied = 0
+        while events := await self._repo.events_after(
+            state.router_id, state.posterior.last_event_id
+        ):
+            for event in events:
+                state.posterior.apply(event)
+            applied += len(events)
+        state.events_since_snapshot += applied
         if state.events_since_snapshot >= self._snapshot_every:
             await self._snapshot(state)
-        return event_id
+        return applied
+
+    async def tail(self) -> int:
+        """Bring every loaded router up to the log (events written by other replicas); picks up
+        routers other replicas created, changed or deleted. Returns the events applied."""
+        stored = {s.router_id: s for s in await self._repo.list_routers()}
+        for router_id in list(self._by_id):
+            if router_id not in stored:
+                async with self._lock(router_id):
+                    state = self._by_id.pop(router_id, None)
+                    if state is not None:
+                        self._by_name.pop((state.spec.tenant, state.spec.name), None)
+        applied = 0
+        for router_id, item in stored.items():
+            async with self._lock(router_id):
+                state = self._by_id.get(router_id)
+                if state is None or state.spec.version != item.spec.version:
+                    await self._restore(item)
+                else:
+                    applied += await self._catch_up(state)
+        return applied
 
     async def _snapshot(self, state: RouterState) -> None:
         await self._repo.write_snapshot(

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     )
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
     snapshot_every: int = Field(500, ge=1, description="write a posterior snapshot every N events")
+    tail_interval_s: float = Field(
+        1.0, gt=0, description="how often to apply events other replicas wrote to the log"
+    )
     decision_flush_ms: float = Field(
         5.0, gt=0, description="group-commit window of the decision log"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from banditd.catalog import Catalog
 from banditd.config import Settings
 from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
+from banditd.errors import Unavailable
 from banditd.learner import Learner
 from banditd.policy import POLICIES, _kernels
 from banditd.posterior import Posterior, Prior
@@ -43,6 +45,7 @@ class App:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    _tail_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
@@ -50,14 +53,30 @@ class App:
         self.decisions.start()
         routers = await self.catalog.load_all()
         _warm_up()
+        self._tail_task = asyncio.create_task(self._tail(), name="tail-log")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", port=self.port, routers=routers, database=self.db.engine.dialect.name)
+
+    async def _tail(self) -> None:
+        """Apply what other replicas write to the feedback log, every tail_interval_s."""
+        while True:
+            await asyncio.sleep(self.settings.tail_interval_s)
+            try:
+                await self.catalog.tail()
+            except Unavailable as exc:
+                log.warning("tail_failed", error=str(exc))
+            except Exception:  # keep tailing whatever one round hit
+                log.exception("tail_error")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self._tail_task is not None:
+            self._tail_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tail_task
         try:
             await self.decisions.close()
             await self.catalog.snapshot_all()

@@ -238,6 +238,7 @@ class Repository:
         """Commit one event; its id in the log. AlreadyExists if the decision has feedback."""
         try:
             async with self.db.transaction() as conn:
+                await _lock_router(conn, event.router_id)
                 return int(
                     (
                         await conn.execute(
@@ -248,11 +249,9 @@ class Repository:
                     ).scalar_one()
                 )
         except IntegrityError as exc:
-            if await self._router_exists(event.router_id):
-                raise AlreadyExists(
-                    f"decision {event.decision_id} already has feedback (one event per decision)"
-                ) from exc
-            raise NotFound("the router of this decision has been deleted") from exc
+            raise AlreadyExists(
+                f"decision {event.decision_id} already has feedback (one event per decision)"
+            ) from exc
 
     async def append_offline_events(self, events: Sequence[FeedbackEvent]) -> int:
         """Commit a batch of offline events in one transaction, skipping decision ids already in
@@ -260,15 +259,12 @@ class Repository:
         if not events:
             return 0
         async with self.db.transaction() as conn:
+            await _lock_router(conn, events[0].router_id)
             result = await conn.execute(
                 _insert_ignoring_duplicates(conn, feedback_events).returning(feedback_events.c.id),
                 [_event_row(e) for e in events],
             )
             return len(result.all())
-
-    async def _router_exists(self, router_id: int) -> bool:
-        async with self.db.transaction() as conn:
-            return bool(await conn.scalar(select(func.count()).where(routers.c.id == router_id)))
 
     async def events_after(
         self, router_id: int, after_id: int, limit: int = 10_000
@@ -402,6 +398,20 @@ class Repository:
                 )
             ).scalar_one()
         return bytes(value)
+
+
+async def _lock_router(conn: AsyncConnection, router_id: int) -> None:
+    """Serialise a router's event writers until commit (row lock; SQLite has one writer anyway).
+
+    Ids come from one sequence, so without this two replicas could commit ids 7 and 6 in that
+    order and a replica tailing the log by id would skip 6. Under the lock a router's events
+    commit in id order.
+    """
+    found = await conn.scalar(
+        select(routers.c.id).where(routers.c.id == router_id).with_for_update()
+    )
+    if found is None:
+        raise NotFound("the router of this decision has been deleted")
 
 
 def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:

@@ -1,0 +1,64 @@
+"""Replicas on one database converge: each applies the shared feedback log in id order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from banditd.v1 import banditd_pb2 as pb
+from tests.conftest import StartServer, router_config
+
+
+async def test_two_replicas_hold_the_same_posterior(
+    database_url: str, start_server: StartServer
+) -> None:
+    a = await start_server(database_url, tail_interval_s=0.05, snapshot_every=25)
+    b = await start_server(database_url, tail_interval_s=0.05, snapshot_every=25)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    rng = np.random.default_rng(7)
+    replicas = (a, b)
+
+    async def one_round(i: int) -> None:
+        x = rng.normal(size=4).astype(np.float32)
+        chooser, teller = replicas[i % 2], replicas[(i // 2) % 2]
+        d = await chooser.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", embedding=pb.Embedding(values=x))
+        )
+        await teller.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=float(x[0] > 0))
+        )
+
+    for start in range(0, 120, 6):  # concurrent feedback to both replicas
+        await asyncio.gather(*(one_round(i) for i in range(start, start + 6)))
+    await asyncio.sleep(0.3)  # a few tail rounds
+    post_a = a.app.catalog._by_id[1].posterior
+    post_b = b.app.catalog._by_id[1].posterior
+    assert post_a.last_event_id == post_b.last_event_id == 120
+    for arm in ("cheap", "mid", "strong"):
+        ia, ib = post_a.index(arm), post_b.index(arm)
+        np.testing.assert_allclose(post_a.a_inv[ia], post_b.a_inv[ib], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(post_a.theta[ia], post_b.theta[ib], rtol=0, atol=1e-9)
+    probe = pb.SelectRequest(
+        tenant="acme", router="chat", embedding=pb.Embedding(values=[1, 0.5, 0, 0])
+    )
+    da, db = await a.router.Select(probe), await b.router.Select(probe)
+    assert [r.arm for r in da.ranking] == [r.arm for r in db.ranking]
+    assert [r.score for r in da.ranking] == pytest.approx([r.score for r in db.ranking], abs=1e-9)
+    stats_a = await a.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    stats_b = await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats_a.feedback_count == stats_b.feedback_count == 120
+    assert stats_a.applied_event_id == stats_b.applied_event_id == 120
+
+    # Configuration changes reach the other replica too.
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config(arms=("cheap", "strong"))))
+    await asyncio.sleep(0.3)
+    d = await b.router.Select(probe)
+    assert {r.arm for r in d.ranking} == {"cheap", "strong"}
+    await a.admin.DeleteRouter(pb.DeleteRouterRequest(tenant="acme", name="chat"))
+    await asyncio.sleep(0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.router.Select(probe)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
