@@ -126,6 +126,13 @@ class Catalog:
         await self._catch_up(state)
         return event_id
 
+    async def record_many(self, state: RouterState, events: list[FeedbackEvent]) -> set[str]:
+        """Append events in one transaction (decisions with feedback already are skipped), then
+        catch up; returns the decision ids added. Caller holds ``locked(router_id)``."""
+        added = await self._repo.append_events(events)
+        await self._catch_up(state)
+        return added
+
     async def _catch_up(self, state: RouterState) -> int:
         """Apply the router's events after the last applied one, in id order; snapshot when due.
         Caller holds the router's lock."""

@@ -92,12 +92,12 @@ async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str,
         for event in events:
             batch.append(event)
             if len(batch) == WARM_START_BATCH:
-                added += await repo.append_offline_events(batch)
+                added += len(await repo.append_events(batch))
                 batch.clear()
                 print(
                     f"warm-start: {report.records} records, {added} events added", file=sys.stderr
                 )
-        added += await repo.append_offline_events(batch)
+        added += len(await repo.append_events(batch))
     finally:
         await db.close()
     return {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from banditd.admin import RouterStats
 from banditd.domain import DEFAULT_PRIOR_QUALITY, ArmSpec, Decision, RouterSpec
-from banditd.errors import InvalidArgument
-from banditd.learner import FeedbackInput, FeedbackResult
+from banditd.learner import BatchOutcome, FeedbackInput, FeedbackResult
 from banditd.router import SelectInput
 from banditd.v1 import banditd_pb2 as pb
 
@@ -105,11 +104,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
 
 def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackInput:
     which = msg.WhichOneof("signal")
-    thumb: str | None = None
-    if which == "thumb":
-        thumb = _THUMBS.get(msg.thumb)
-        if thumb is None:
-            raise InvalidArgument("thumb", "must be THUMB_UP or THUMB_DOWN")
+    thumb = _THUMBS.get(msg.thumb, f"value {msg.thumb}") if which == "thumb" else None
     return FeedbackInput(
         tenant=msg.tenant,
         decision_id=msg.decision_id,
@@ -126,6 +121,16 @@ def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackInput:
 def feedback_to_proto(result: FeedbackResult) -> pb.FeedbackResponse:
     return pb.FeedbackResponse(
         event_id=result.event_id, reward=result.reward, cost_usd=result.cost_usd
+    )
+
+
+def batch_outcome_to_proto(outcome: BatchOutcome) -> pb.StreamFeedbackResponse:
+    return pb.StreamFeedbackResponse(
+        accepted=outcome.accepted,
+        duplicate=outcome.duplicate,
+        expired=outcome.expired,
+        invalid=outcome.invalid,
+        errors=[pb.FeedbackError(index=i, kind=k, message=m) for i, k, m in outcome.errors],
     )
 
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
 from banditd.catalog import Catalog
 from banditd.domain import FeedbackEvent, check_finite, check_name
-from banditd.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from banditd.errors import (
+    AlreadyExists,
+    BanditdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from banditd.token import TokenSigner
 
 log = structlog.get_logger(__name__)
 
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
+MAX_REPORTED_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -23,12 +31,34 @@ class FeedbackInput:
     tenant: str
     decision_id: str
     reward: float | None = None
-    thumb: str | None = None  # "up" | "down"
+    thumb: str | None = None  # "up" | "down"; anything else is refused
     cost_usd: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     latency_ms: float | None = None
     error: bool = False
+
+
+@dataclass
+class BatchOutcome:
+    """Counts of a batch of feedback, with the first few refusals (index, kind, message)."""
+
+    accepted: int = 0
+    duplicate: int = 0
+    expired: int = 0
+    invalid: int = 0
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def refuse(self, index: int, exc: BanditdError) -> None:
+        if isinstance(exc, AlreadyExists):
+            kind = "duplicate"
+        elif isinstance(exc, FailedPrecondition):
+            kind = "expired"
+        else:
+            kind = "invalid"
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append((index, kind, exc.message))
 
 
 @dataclass(frozen=True)
@@ -59,8 +89,8 @@ class Learner:
         self._signer = signer
         self._clock = clock
 
-    async def feedback(self, req: FeedbackInput) -> FeedbackResult:
-        """Returns only once the event is committed; raises before writing anything otherwise."""
+    def event_of(self, req: FeedbackInput) -> FeedbackEvent:
+        """The event a request would log; raises, writing nothing, when it must be refused."""
         check_name("tenant", req.tenant)
         claims = self._signer.verify(req.decision_id)
         if claims.tenant != req.tenant:
@@ -82,15 +112,14 @@ class Learner:
                 f"decision expired {now - claims.expires_at:.0f} s ago; "
                 "feedback is no longer accepted"
             )
-        cost = claims.expected_cost_usd if req.cost_usd is None else req.cost_usd
-        event = FeedbackEvent(
+        return FeedbackEvent(
             event_id=0,
             router_id=claims.router_id,
             decision_id=claims.decision_id,
             arm=claims.arm,
             x=claims.x,
             reward=reward,
-            cost_usd=cost,
+            cost_usd=claims.expected_cost_usd if req.cost_usd is None else req.cost_usd,
             input_tokens=req.input_tokens,
             output_tokens=req.output_tokens,
             latency_ms=req.latency_ms,
@@ -98,18 +127,64 @@ class Learner:
             created_at=now,
             cost_reported=req.cost_usd is not None,
         )
-        async with self._catalog.locked(claims.router_id) as state:
+
+    async def feedback(self, req: FeedbackInput) -> FeedbackResult:
+        """Returns only once the event is committed; raises before writing anything otherwise."""
+        event = self.event_of(req)
+        async with self._catalog.locked(event.router_id) as state:
             event_id = await self._catalog.record(state, event)
-        log.info(
-            "feedback",
-            tenant=req.tenant,
-            router=state.spec.name,
-            arm=claims.arm,
-            decision_id=claims.decision_id,
-            event_id=event_id,
-            reward=reward,
-            cost_usd=cost,
-            expected_cost_usd=claims.expected_cost_usd,
-            error=req.error,
-        )
-        return FeedbackResult(event_id, reward, cost)
+        _log_event(req.tenant, state.spec.name, event, event_id)
+        return FeedbackResult(event_id, event.reward, event.cost_usd)
+
+    async def feedback_batch(
+        self, requests: Sequence[FeedbackInput], outcome: BatchOutcome, first_index: int = 0
+    ) -> None:
+        """Validate each request, commit the valid ones (one transaction per router), and count
+        every request into ``outcome``. Returns only after the commits."""
+        refused: list[tuple[int, BanditdError]] = []
+        by_router: dict[int, list[tuple[int, FeedbackEvent]]] = {}
+        seen: set[str] = set()
+        for i, req in enumerate(requests, start=first_index):
+            try:
+                event = self.event_of(req)
+            except BanditdError as exc:
+                refused.append((i, exc))
+                continue
+            if event.decision_id in seen:
+                refused.append((i, AlreadyExists(f"decision {event.decision_id} repeated")))
+                continue
+            seen.add(event.decision_id)
+            by_router.setdefault(event.router_id, []).append((i, event))
+        for router_id, items in by_router.items():
+            try:
+                async with self._catalog.locked(router_id) as state:
+                    added = await self._catalog.record_many(state, [e for _, e in items])
+            except NotFound as exc:
+                for i, _ in items:
+                    refused.append((i, exc))
+                continue
+            for i, event in items:
+                if event.decision_id in added:
+                    outcome.accepted += 1
+                else:
+                    refused.append(
+                        (i, AlreadyExists(f"decision {event.decision_id} already has feedback"))
+                    )
+        for index, error in sorted(refused, key=lambda item: item[0]):
+            outcome.refuse(index, error)
+        log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+
+
+def _log_event(tenant: str, router: str, event: FeedbackEvent, event_id: int) -> None:
+    log.info(
+        "feedback",
+        tenant=tenant,
+        router=router,
+        arm=event.arm,
+        decision_id=event.decision_id,
+        event_id=event_id,
+        reward=event.reward,
+        cost_usd=event.cost_usd,
+        cost_reported=event.cost_reported,
+        error=event.error,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -11,7 +11,7 @@ import structlog
 
 from banditd import codec, errors
 from banditd.admin import Admin
-from banditd.learner import Learner
+from banditd.learner import BatchOutcome, FeedbackInput, Learner
 from banditd.router import Selector
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as pb_grpc
@@ -73,6 +73,27 @@ class RouterServicer(pb_grpc.RouterServicer):
     ) -> pb.FeedbackResponse:
         result = await self._learner.feedback(codec.feedback_from_proto(request))
         return codec.feedback_to_proto(result)
+
+    @_edge
+    async def StreamFeedback(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.FeedbackRequest],
+        context: grpc.aio.ServicerContext[pb.FeedbackRequest, pb.StreamFeedbackResponse],
+    ) -> pb.StreamFeedbackResponse:
+        outcome = BatchOutcome()
+        batch: list[FeedbackInput] = []
+        seen = 0
+        async for request in request_iterator:
+            batch.append(codec.feedback_from_proto(request))
+            if len(batch) == STREAM_BATCH:
+                await self._learner.feedback_batch(batch, outcome, first_index=seen)
+                seen += len(batch)
+                batch = []
+        await self._learner.feedback_batch(batch, outcome, first_index=seen)
+        return codec.batch_outcome_to_proto(outcome)
+
+
+STREAM_BATCH = 1000
 
 
 class AdminServicer(pb_grpc.AdminServicer):

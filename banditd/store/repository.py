@@ -253,18 +253,20 @@ class Repository:
                 f"decision {event.decision_id} already has feedback (one event per decision)"
             ) from exc
 
-    async def append_offline_events(self, events: Sequence[FeedbackEvent]) -> int:
-        """Commit a batch of offline events in one transaction, skipping decision ids already in
-        the log (so a re-run adds nothing); returns how many were added."""
+    async def append_events(self, events: Sequence[FeedbackEvent]) -> set[str]:
+        """Commit a batch of one router's events in one transaction, skipping decisions that
+        have feedback already; returns the decision ids added."""
         if not events:
-            return 0
+            return set()
         async with self.db.transaction() as conn:
             await _lock_router(conn, events[0].router_id)
             result = await conn.execute(
-                _insert_ignoring_duplicates(conn, feedback_events).returning(feedback_events.c.id),
+                _insert_ignoring_duplicates(conn, feedback_events).returning(
+                    feedback_events.c.decision_id
+                ),
                 [_event_row(e) for e in events],
             )
-            return len(result.all())
+            return set(result.scalars().all())
 
     async def events_after(
         self, router_id: int, after_id: int, limit: int = 10_000

@@ -303,6 +303,67 @@ class FeedbackResponse(_message.Message):
 Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015
 
 @_typing.final
+class FeedbackError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position of the request in the stream, from 0."""
+    kind: _builtins.str
+    """"duplicate", "expired" or "invalid"."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "kind", b"kind", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackError: _TypeAlias = FeedbackError  # noqa: Y015
+
+@_typing.final
+class StreamFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    INVALID_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    duplicate: _builtins.int
+    expired: _builtins.int
+    invalid: _builtins.int
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackError]:
+        """The first refusals, in stream order."""
+
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+        duplicate: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        invalid: _builtins.int = ...,
+        errors: _abc.Iterable[Global___FeedbackError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicate", b"duplicate", "errors", b"errors", "expired", b"expired", "invalid", b"invalid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFeedbackResponse: _TypeAlias = StreamFeedbackResponse  # noqa: Y015
+
+@_typing.final
 class Arm(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -45,6 +45,11 @@ class RouterStub:
                 request_serializer=banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=banditd_dot_v1_dot_banditd__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.StreamFeedback = channel.stream_unary(
+                '/banditd.v1.Router/StreamFeedback',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -63,6 +68,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamFeedback(self, request_iterator, context):
+        """Bulk upload: events are committed in batches and the counts are returned only after the
+        last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.FromString,
                     response_serializer=banditd_dot_v1_dot_banditd__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'StreamFeedback': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamFeedback,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Router:
             '/banditd.v1.Router/Feedback',
             banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.SerializeToString,
             banditd_dot_v1_dot_banditd__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamFeedback(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/banditd.v1.Router/StreamFeedback',
+            banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

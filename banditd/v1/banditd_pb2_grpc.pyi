@@ -35,6 +35,10 @@ class RouterStub:
     def __new__(cls, channel: _aio.Channel) -> RouterAsyncStub: ...
     Select: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.SelectRequest, _banditd_pb2.SelectResponse]
     Feedback: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.FeedbackRequest, _banditd_pb2.FeedbackResponse]
+    StreamFeedback: _grpc.StreamUnaryMultiCallable[_banditd_pb2.FeedbackRequest, _banditd_pb2.StreamFeedbackResponse]
+    """Bulk upload: events are committed in batches and the counts are returned only after the
+    last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
+    """
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -43,6 +47,10 @@ class RouterAsyncStub(RouterStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Select: _aio.UnaryUnaryMultiCallable[_banditd_pb2.SelectRequest, _banditd_pb2.SelectResponse]  # type: ignore[assignment]
     Feedback: _aio.UnaryUnaryMultiCallable[_banditd_pb2.FeedbackRequest, _banditd_pb2.FeedbackResponse]  # type: ignore[assignment]
+    StreamFeedback: _aio.StreamUnaryMultiCallable[_banditd_pb2.FeedbackRequest, _banditd_pb2.StreamFeedbackResponse]  # type: ignore[assignment]
+    """Bulk upload: events are committed in batches and the counts are returned only after the
+    last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
+    """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     """Router: the request path. Select picks an arm; Feedback reports how it went."""
@@ -60,6 +68,16 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         request: _banditd_pb2.FeedbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_banditd_pb2.FeedbackResponse, _abc.Awaitable[_banditd_pb2.FeedbackResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamFeedback(
+        self,
+        request_iterator: _MaybeAsyncIterator[_banditd_pb2.FeedbackRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.StreamFeedbackResponse, _abc.Awaitable[_banditd_pb2.StreamFeedbackResponse]]:
+        """Bulk upload: events are committed in batches and the counts are returned only after the
+        last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
+        """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
