@@ -1,4 +1,4 @@
-"""The `banditd` command: serve, migrate, warm-start."""
+"""The `banditd` command: serve, migrate, warm-start, ingest."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
 from banditd import codec
 from banditd.config import Settings
 from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
+from banditd.ingest import ingest
 from banditd.logs import configure_logging
 from banditd.server import App, serve
 from banditd.store import Database, Repository, migrate
@@ -149,6 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     p_warm.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
     p_warm.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
+    p_ingest = sub.add_parser(
+        "ingest",
+        help="send thumbs/rewards from a JSONL or CSV file to a running server",
+        description="Columns/keys: decision_id, tenant (or --tenant), thumb (up/down) or reward, "
+        "optional cost_usd, input_tokens, output_tokens, latency_ms, error. Resumable: the lines "
+        "done are kept in a state file; re-sent feedback counts as duplicate, never twice.",
+    )
+    p_ingest.add_argument("file", type=Path)
+    p_ingest.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    p_ingest.add_argument("--tenant", help="tenant for lines without one")
+    p_ingest.add_argument("--rejects", type=Path, help="default: FILE.rejects.jsonl")
+    p_ingest.add_argument("--state", type=Path, help="default: FILE.ingest-state")
+    p_ingest.add_argument("--chunk", type=int, default=1000, help="lines per committed upload")
+    p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
+    p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -164,6 +182,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"migrated to {args.revision}", file=sys.stderr)
         elif args.command == "example-router":
             print(json.dumps(json_format.MessageToDict(example_router()), indent=2))
+        elif args.command == "ingest":
+            summary = ingest(
+                args.file,
+                args.target,
+                tenant=args.tenant,
+                state_path=args.state or args.file.with_name(args.file.name + ".ingest-state"),
+                rejects_path=args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl"),
+                chunk=max(1, min(args.chunk, 1000)),
+                fresh=args.restart,
+            ).as_dict()
+            if args.json:
+                print(json.dumps(summary))
+            else:
+                for key, value in summary.items():
+                    print(f"{key:>14}: {value}")
         elif args.command == "warm-start":
             summary = asyncio.run(_warm_start(settings, args))
             if args.json:
@@ -173,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key:>18}: {value}")
     except (BanditdError, OSError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:  # a client command (ingest) and the server said no
+        print(f"banditd: server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -23,7 +23,7 @@ from banditd.token import TokenSigner
 log = structlog.get_logger(__name__)
 
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
-MAX_REPORTED_ERRORS = 20
+MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
 
 
 @dataclass(frozen=True)

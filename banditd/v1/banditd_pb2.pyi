@@ -344,7 +344,7 @@ class StreamFeedbackResponse(_message.Message):
     invalid: _builtins.int
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackError]:
-        """The first refusals, in stream order."""
+        """The refusals in stream order (the first 1,000 of them)."""
 
     def __init__(
         self,

@@ -1,0 +1,164 @@
+"""`banditd ingest`: bulk thumbs/rewards from a JSONL or CSV file into a running server.
+
+Lines are sent in chunks over StreamFeedback; after each chunk's reply (which comes only once the
+chunk is committed) the number of lines done is written to a state file, so an interrupted run
+resumes where it stopped. Re-sending is harmless anyway: feedback already logged counts as a
+duplicate, never twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
+OPTIONAL_FLOATS = ("cost_usd", "latency_ms")
+OPTIONAL_INTS = ("input_tokens", "output_tokens")
+
+
+class BadLine(ValueError):
+    pass
+
+
+@dataclass
+class IngestSummary:
+    lines: int = 0
+    skipped_lines: int = 0  # done by an earlier, interrupted run
+    accepted: int = 0
+    duplicate: int = 0
+    expired: int = 0
+    invalid: int = 0
+    unparsable: int = 0
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "skipped_lines": self.skipped_lines,
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "expired": self.expired,
+            "invalid": self.invalid,
+            "unparsable": self.unparsable,
+            "first_rejects": self.rejects[:20],
+        }
+
+
+def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackRequest:
+    """One FeedbackRequest from a record of the file; BadLine says what is wrong."""
+    msg = pb.FeedbackRequest(
+        tenant=str(record.get("tenant") or default_tenant or ""),
+        decision_id=str(record.get("decision_id") or ""),
+    )
+    if not msg.tenant:
+        raise BadLine("no tenant (add a tenant column or pass --tenant)")
+    if not msg.decision_id:
+        raise BadLine("no decision_id")
+    thumb, reward = record.get("thumb"), record.get("reward")
+    if thumb not in (None, ""):
+        if str(thumb).lower() not in THUMBS:
+            raise BadLine(f"thumb must be up or down, got {thumb!r}")
+        msg.thumb = THUMBS[str(thumb).lower()]
+    elif reward not in (None, ""):
+        try:
+            msg.reward = float(reward)
+        except (TypeError, ValueError):
+            raise BadLine(f"reward is not a number: {reward!r}") from None
+    else:
+        raise BadLine("needs a thumb or a reward")
+    for name, kind in [(n, float) for n in OPTIONAL_FLOATS] + [(n, int) for n in OPTIONAL_INTS]:
+        value = record.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            setattr(msg, name, kind(value))
+        except (TypeError, ValueError):
+            raise BadLine(f"{name} is not a valid {kind.__name__}: {value!r}") from None
+    if str(record.get("error", "")).lower() in ("true", "1"):
+        msg.error = True
+    return msg
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """(line number, record or the reason it cannot be read) for each data line."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        if path.suffix.lower() == ".csv":
+            reader = csv.DictReader(handle)
+            for row in reader:
+                yield reader.line_num, dict(row)
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, BadLine(f"not JSON: {exc.msg}")
+                continue
+            yield number, record if isinstance(record, dict) else BadLine("not a JSON object")
+
+
+def ingest(
+    path: Path,
+    target: str,
+    *,
+    tenant: str | None,
+    state_path: Path,
+    rejects_path: Path,
+    chunk: int,
+    fresh: bool,
+) -> IngestSummary:
+    summary = IngestSummary()
+    done = 0 if fresh or not state_path.exists() else int(state_path.read_text().strip() or 0)
+    rejects = rejects_path.open("w" if done == 0 else "a", encoding="utf-8")
+    with grpc.insecure_channel(target) as channel:
+        stub = rpc.RouterStub(channel)
+        pending: list[tuple[int, pb.FeedbackRequest]] = []
+        position = 0
+
+        def flush() -> None:
+            reply = stub.StreamFeedback(iter([m for _, m in pending]))
+            for name in ("accepted", "duplicate", "expired", "invalid"):
+                setattr(summary, name, getattr(summary, name) + getattr(reply, name))
+            for error in reply.errors:
+                _reject(summary, rejects, pending[error.index][0], error.kind, error.message)
+            state_path.write_text(str(position))
+            print(f"ingest: {position} lines done, {summary.accepted} accepted", file=sys.stderr)
+            pending.clear()
+
+        for number, item in read_records(path):
+            position += 1
+            summary.lines += 1
+            if position <= done:
+                summary.skipped_lines += 1
+                continue
+            try:
+                if isinstance(item, BadLine):
+                    raise item
+                pending.append((number, parse_record(item, tenant)))
+            except BadLine as exc:
+                summary.unparsable += 1
+                _reject(summary, rejects, number, "unparsable", str(exc))
+            if len(pending) == chunk:
+                flush()
+        if pending:
+            flush()
+        state_path.write_text(str(position))
+    rejects.close()
+    return summary
+
+
+def _reject(summary: IngestSummary, out: Any, line: int, kind: str, message: str) -> None:
+    entry = {"line": line, "kind": kind, "message": message}
+    summary.rejects.append(entry)
+    out.write(json.dumps(entry) + "\n")
