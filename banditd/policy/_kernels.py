@@ -1,11 +1,16 @@
 """Numba kernels of the linear policies: pure functions over contiguous float64 arrays.
 
 Shapes: n_arms arms, dim features, k scored arms.
-  a, a_inv  (n_arms, dim, dim)   precision matrix A and its inverse, per arm
+  a, a_inv  (n_arms, dim, dim)   precision matrix A and its inverse, per arm (both symmetric)
   b, theta  (n_arms, dim)        reward-weighted context sums and theta = A^-1 b
   arm_idx   (k,) int64           rows to score, in the caller's order
   x         (dim,)               one context; xs (n, dim) a batch of contexts
 Callers check shapes and dtypes; kernels trust them. No Python objects, no I/O.
+
+Matrix-vector products are written as row-by-row axpy updates (out += a[j, :] * x[j]) rather than
+dot-product reductions: LLVM vectorises them without fastmath, and each output element is summed
+in the same order whatever the vector width, so results are bit-identical across machines (which
+the posterior's determinism needs). A^-1 is symmetric, so its row j is also its column j.
 """
 
 from __future__ import annotations
@@ -21,24 +26,32 @@ IntArray = np.ndarray  # int64 index arrays (kept loose: numba specialises on th
 
 
 @njit(cache=True)
-def _dot(theta: FloatArray, arm: int, x: FloatArray) -> float:
+def _matvec(m: FloatArray, arm: int, x: FloatArray, out: FloatArray) -> None:
+    """out = M_arm x for a symmetric M_arm, as axpy rows (vectorisable, fixed order)."""
+    dim = x.shape[0]
+    for i in range(dim):
+        out[i] = 0.0
+    for j in range(dim):
+        xj = x[j]
+        for i in range(dim):
+            out[i] += m[arm, j, i] * xj
+
+
+@njit(cache=True)
+def _dot(u: FloatArray, v: FloatArray) -> float:
     s = 0.0
-    for i in range(x.shape[0]):
-        s += theta[arm, i] * x[i]
+    for i in range(u.shape[0]):
+        s += u[i] * v[i]
     return s
 
 
 @njit(cache=True)
-def _quad(a_inv: FloatArray, arm: int, x: FloatArray) -> float:
-    """x^T A_arm^-1 x, clipped at 0 against rounding."""
-    dim = x.shape[0]
-    quad = 0.0
-    for i in range(dim):
-        row = 0.0
-        for j in range(dim):
-            row += a_inv[arm, i, j] * x[j]
-        quad += x[i] * row
-    return max(quad, 0.0)
+def _score(
+    a_inv: FloatArray, theta: FloatArray, arm: int, x: FloatArray, scratch: FloatArray
+) -> tuple[float, float]:
+    """(theta_arm . x, x^T A_arm^-1 x clipped at 0 against rounding)."""
+    _matvec(a_inv, arm, x, scratch)
+    return _dot(theta[arm], x), max(_dot(x, scratch), 0.0)
 
 
 @njit(cache=True)
@@ -46,7 +59,7 @@ def mean_scores(theta: FloatArray, arm_idx: IntArray, x: FloatArray) -> FloatArr
     """theta_a . x per scored arm, shape (k,)."""
     out = np.empty(arm_idx.shape[0])
     for k in range(arm_idx.shape[0]):
-        out[k] = _dot(theta, arm_idx[k], x)
+        out[k] = _dot(theta[arm_idx[k]], x)
     return out
 
 
@@ -54,8 +67,10 @@ def mean_scores(theta: FloatArray, arm_idx: IntArray, x: FloatArray) -> FloatArr
 def variances(a_inv: FloatArray, arm_idx: IntArray, x: FloatArray) -> FloatArray:
     """x^T A_a^-1 x per scored arm, shape (k,)."""
     out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
     for k in range(arm_idx.shape[0]):
-        out[k] = _quad(a_inv, arm_idx[k], x)
+        _matvec(a_inv, arm_idx[k], x, scratch)
+        out[k] = max(_dot(x, scratch), 0.0)
     return out
 
 
@@ -65,9 +80,10 @@ def linucb_scores(
 ) -> FloatArray:
     """Upper confidence bounds theta_a . x + alpha sqrt(x^T A_a^-1 x), shape (k,)."""
     out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
     for k in range(arm_idx.shape[0]):
-        arm = arm_idx[k]
-        out[k] = _dot(theta, arm, x) + alpha * math.sqrt(_quad(a_inv, arm, x))
+        mean, var = _score(a_inv, theta, arm_idx[k], x, scratch)
+        out[k] = mean + alpha * math.sqrt(var)
     return out
 
 
@@ -87,9 +103,10 @@ def thompson_scores(
     normals: standard normal draws, shape (k,).
     """
     out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
     for k in range(arm_idx.shape[0]):
-        arm = arm_idx[k]
-        out[k] = _dot(theta, arm, x) + scale * math.sqrt(_quad(a_inv, arm, x)) * normals[k]
+        mean, var = _score(a_inv, theta, arm_idx[k], x, scratch)
+        out[k] = mean + scale * math.sqrt(var) * normals[k]
     return out
 
 
@@ -97,13 +114,26 @@ def thompson_scores(
 def batch_linucb_scores(
     a_inv: FloatArray, theta: FloatArray, arm_idx: IntArray, xs: FloatArray, alpha: float
 ) -> FloatArray:
-    """linucb_scores for many contexts at once; xs (n, dim) -> scores (n, k)."""
-    n = xs.shape[0]
-    out = np.empty((n, arm_idx.shape[0]))
-    for r in prange(n):
-        for k in range(arm_idx.shape[0]):
-            arm = arm_idx[k]
-            out[r, k] = _dot(theta, arm, xs[r]) + alpha * math.sqrt(_quad(a_inv, arm, xs[r]))
+    """linucb_scores for many contexts at once; xs (n, dim) -> scores (n, k).
+
+    For each arm, A^-1 X^T is formed for the whole batch (one pass over A^-1 per arm, not per
+    context), then each context's quadratic form is a dot product.
+    """
+    n, dim = xs.shape
+    k_arms = arm_idx.shape[0]
+    out = np.empty((n, k_arms))
+    for k in prange(k_arms):
+        arm = arm_idx[k]
+        proj = np.zeros((n, dim))  # row r: A^-1 xs[r]
+        for j in range(dim):
+            row = a_inv[arm, j]
+            for r in range(n):
+                xj = xs[r, j]
+                for i in range(dim):
+                    proj[r, i] += row[i] * xj
+        for r in range(n):
+            mean = _dot(theta[arm], xs[r])
+            out[r, k] = mean + alpha * math.sqrt(max(_dot(xs[r], proj[r]), 0.0))
     return out
 
 
@@ -120,30 +150,24 @@ def sherman_morrison_update(
 ) -> None:
     """In place, for one arm: A = gamma A + x x^T, b = gamma b + r x, theta = A^-1 b.
 
-    A^-1 follows by the rank-1 Sherman-Morrison formula on (gamma A)^-1 = A^-1 / gamma;
-    gamma = 1 is no forgetting. O(dim^2).
+    A^-1 follows by the rank-1 Sherman-Morrison formula on (gamma A)^-1 = A^-1 / gamma, which
+    keeps it exactly symmetric; gamma = 1 is no forgetting. O(dim^2).
     """
     dim = x.shape[0]
     inv_gamma = 1.0 / gamma
     u = np.empty(dim)  # (gamma A)^-1 x
+    _matvec(a_inv, arm, x, u)
     for i in range(dim):
-        s = 0.0
-        for j in range(dim):
-            s += a_inv[arm, i, j] * x[j]
-        u[i] = s * inv_gamma
-    denom = 1.0
-    for i in range(dim):
-        denom += x[i] * u[i]
+        u[i] *= inv_gamma
+    scale = 1.0 / (1.0 + _dot(x, u))
     for i in range(dim):
         b[arm, i] = gamma * b[arm, i] + reward * x[i]
+        ui, xi = u[i], x[i]
         for j in range(dim):
-            a[arm, i, j] = gamma * a[arm, i, j] + x[i] * x[j]
-            a_inv[arm, i, j] = a_inv[arm, i, j] * inv_gamma - u[i] * u[j] / denom
-    for i in range(dim):
-        s = 0.0
-        for j in range(dim):
-            s += a_inv[arm, i, j] * b[arm, j]
-        theta[arm, i] = s
+            a[arm, i, j] = gamma * a[arm, i, j] + xi * x[j]
+            # (u_i u_j) first: the product commutes exactly, so A^-1 stays exactly symmetric.
+            a_inv[arm, i, j] = a_inv[arm, i, j] * inv_gamma - (ui * u[j]) * scale
+    _matvec(a_inv, arm, b[arm], theta[arm])
 
 
 def refactorise(
@@ -152,7 +176,8 @@ def refactorise(
     """In place: recompute A^-1 and theta of one arm from A and b, bounding rank-1 drift.
 
     NumPy (LAPACK) rather than Numba: it runs once per many updates, and Numba's linalg would
-    pull in SciPy.
+    pull in SciPy. The inverse is symmetrised, which the kernels rely on.
     """
-    a_inv[arm] = np.linalg.inv(a[arm])
+    inv = np.linalg.inv(a[arm])
+    a_inv[arm] = (inv + inv.T) / 2.0
     theta[arm] = a_inv[arm] @ b[arm]

@@ -81,3 +81,17 @@ def test_incremental_inverse_tracks_inverse(dim: int, steps: int, gamma: float, 
         _kernels.sherman_morrison_update(a, a_inv, b, theta, 0, x, float(rng.random()), gamma)
     np.testing.assert_allclose(a_inv[0] @ a[0], np.eye(dim), atol=1e-6)
     np.testing.assert_allclose(theta[0], np.linalg.solve(a[0], b[0]), rtol=1e-6, atol=1e-8)
+
+
+def test_inverse_stays_exactly_symmetric() -> None:
+    """The kernels read A^-1's rows as its columns: updates must keep it bit-for-bit symmetric."""
+    rng = np.random.default_rng(9)
+    a = np.eye(16)[None].copy()
+    a_inv = np.eye(16)[None].copy()
+    b, theta = np.zeros((1, 16)), np.zeros((1, 16))
+    for step in range(300):
+        x = rng.normal(size=16)
+        _kernels.sherman_morrison_update(a, a_inv, b, theta, 0, x, float(rng.random()), 0.995)
+        if step % 64 == 63:
+            _kernels.refactorise(a, a_inv, b, theta, 0)
+        np.testing.assert_array_equal(a_inv[0], a_inv[0].T)
