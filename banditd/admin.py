@@ -17,6 +17,8 @@ class RouterStats:
     name: str
     arms: list[ArmTotals]
     applied_event_id: int
+    log_event_id: int
+    lag_events: int
 
 
 class Admin:
@@ -55,4 +57,7 @@ class Admin:
             set(totals) - {a.name for a in state.spec.arms}
         )
         arms = [totals.get(n, ArmTotals(n, 0, 0, 0.0, 0.0)) for n in names]
-        return RouterStats(tenant, name, arms, state.posterior.last_event_id)
+        applied = state.posterior.last_event_id
+        head = (await self._repo.log_heads(state.router_id)).get(state.router_id, 0)
+        lag = await self._repo.count_events_after(state.router_id, applied)
+        return RouterStats(tenant, name, arms, applied, head, lag)

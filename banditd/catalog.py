@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from banditd import metrics
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import NotFound
 from banditd.policy import Policy, make_policy
@@ -144,6 +145,9 @@ class Catalog:
                 state.posterior.apply(event)
             applied += len(events)
         state.events_since_snapshot += applied
+        metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
+            state.posterior.last_event_id
+        )
         if state.events_since_snapshot >= self._snapshot_every:
             await self._snapshot(state)
         return applied
@@ -152,6 +156,7 @@ class Catalog:
         """Bring every loaded router up to the log (events written by other replicas); picks up
         routers other replicas created, changed or deleted. Returns the events applied."""
         stored = {s.router_id: s for s in await self._repo.list_routers()}
+        heads = await self._repo.log_heads()
         for router_id in list(self._by_id):
             if router_id not in stored:
                 async with self._lock(router_id):
@@ -165,6 +170,15 @@ class Catalog:
                 if state is None or state.spec.version != item.spec.version:
                     await self._restore(item)
                 else:
+                    behind = heads.get(router_id, 0) > state.posterior.last_event_id
+                    lag = (
+                        await self._repo.count_events_after(
+                            router_id, state.posterior.last_event_id
+                        )
+                        if behind
+                        else 0
+                    )
+                    metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
                     applied += await self._catch_up(state)
         return applied
 

@@ -152,4 +152,6 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
         feedback_count=sum(a.feedback_count for a in stats.arms),
         spend_usd=sum(a.spend_usd for a in stats.arms),
         applied_event_id=stats.applied_event_id,
+        log_event_id=stats.log_event_id,
+        lag_events=stats.lag_events,
     )

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
     )
     log_level: LogLevel = "info"
+    metrics_listen: str = Field(
+        "127.0.0.1:9464", description="HOST:PORT for Prometheus /metrics; empty: no endpoint"
+    )
     # HMAC key for decision tokens. Unset: a random key is created once and kept in the database,
     # which suits the embedded default; production sets it from a secret shared by all replicas.
     signing_key: SecretStr | None = None

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from banditd import metrics
 from banditd.catalog import Catalog
-from banditd.domain import FeedbackEvent, check_finite, check_name
+from banditd.domain import FeedbackEvent, RouterSpec, check_finite, check_name
 from banditd.errors import (
     AlreadyExists,
     BanditdError,
@@ -39,6 +40,15 @@ class FeedbackInput:
     error: bool = False
 
 
+def refusal_kind(exc: BanditdError) -> str:
+    """How a refused feedback event is counted: duplicate, expired or invalid."""
+    if isinstance(exc, AlreadyExists):
+        return "duplicate"
+    if isinstance(exc, FailedPrecondition):
+        return "expired"
+    return "invalid"
+
+
 @dataclass
 class BatchOutcome:
     """Counts of a batch of feedback, with the first few refusals (index, kind, message)."""
@@ -50,12 +60,7 @@ class BatchOutcome:
     errors: list[tuple[int, str, str]] = field(default_factory=list)
 
     def refuse(self, index: int, exc: BanditdError) -> None:
-        if isinstance(exc, AlreadyExists):
-            kind = "duplicate"
-        elif isinstance(exc, FailedPrecondition):
-            kind = "expired"
-        else:
-            kind = "invalid"
+        kind = refusal_kind(exc)
         setattr(self, kind, getattr(self, kind) + 1)
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append((index, kind, exc.message))
@@ -130,9 +135,14 @@ class Learner:
 
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
         """Returns only once the event is committed; raises before writing anything otherwise."""
-        event = self.event_of(req)
-        async with self._catalog.locked(event.router_id) as state:
-            event_id = await self._catalog.record(state, event)
+        try:
+            event = self.event_of(req)
+            async with self._catalog.locked(event.router_id) as state:
+                event_id = await self._catalog.record(state, event)
+        except BanditdError as exc:
+            metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
+            raise
+        _count_accepted(state.spec, [event])
         _log_event(req.tenant, state.spec.name, event, event_id)
         return FeedbackResult(event_id, event.reward, event.cost_usd)
 
@@ -163,6 +173,7 @@ class Learner:
                 for i, _ in items:
                     refused.append((i, exc))
                 continue
+            _count_accepted(state.spec, [e for _, e in items if e.decision_id in added])
             for i, event in items:
                 if event.decision_id in added:
                     outcome.accepted += 1
@@ -172,7 +183,14 @@ class Learner:
                     )
         for index, error in sorted(refused, key=lambda item: item[0]):
             outcome.refuse(index, error)
+            metrics.FEEDBACK.labels(refusal_kind(error)).inc()
         log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+
+
+def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
+    metrics.FEEDBACK.labels("accepted").inc(len(events))
+    for event in events:
+        metrics.SPEND.labels(spec.tenant, spec.name, event.arm).inc(event.cost_usd)
 
 
 def _log_event(tenant: str, router: str, event: FeedbackEvent, event_id: int) -> None:

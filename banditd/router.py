@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from banditd import metrics
 from banditd.catalog import Catalog, RouterState
 from banditd.context import build_x, input_tokens_estimate
 from banditd.decision_log import DecisionLog
@@ -153,6 +154,7 @@ class Selector:
             metadata=dict(req.metadata),
         )
         self._decisions.add(decision)
+        metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()
         log.info(
             "decision",
             tenant=spec.tenant,

@@ -14,6 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from banditd import metrics
 from banditd.admin import Admin
 from banditd.catalog import Catalog
 from banditd.config import Settings
@@ -50,6 +51,8 @@ class App:
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
         await self.server.start()
+        if self.settings.metrics_listen:
+            metrics.serve_metrics(self.settings.metrics_listen)
         self.decisions.start()
         routers = await self.catalog.load_all()
         _warm_up()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 import structlog
 
-from banditd import codec, errors
+from banditd import codec, errors, metrics
 from banditd.admin import Admin
 from banditd.learner import BatchOutcome, FeedbackInput, Learner
 from banditd.router import Selector
@@ -39,13 +40,21 @@ def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
 
     @functools.wraps(method)
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except errors.BanditdError as exc:
-            await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), exc.message)
+            code = _CODES.get(type(exc), grpc.StatusCode.UNKNOWN)
+            await context.abort(code, exc.message)
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("internal_error", rpc=method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
+            await context.abort(code, "internal error (logged on the server)")
+        finally:
+            metrics.RPC_SECONDS.labels(method.__name__, code.name).observe(
+                time.perf_counter() - started
+            )
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return wrapper

@@ -67,7 +67,7 @@ async def start_server() -> AsyncIterator[StartServer]:
             database_url=url,
             migrate_on_start=True,
             signing_key=SIGNING_KEY,
-            **overrides,
+            **{"metrics_listen": "", **overrides},
         )
         app = await build_app(settings)
         await app.start()

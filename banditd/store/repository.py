@@ -302,6 +302,27 @@ class Repository:
             for r in rows
         ]
 
+    async def log_heads(self, router_id: int | None = None) -> dict[int, int]:
+        """Newest event id per router (of one router, or all)."""
+        query = select(feedback_events.c.router_id, func.max(feedback_events.c.id)).group_by(
+            feedback_events.c.router_id
+        )
+        if router_id is not None:
+            query = query.where(feedback_events.c.router_id == router_id)
+        async with self.db.transaction() as conn:
+            return {int(r): int(i) for r, i in (await conn.execute(query)).all()}
+
+    async def count_events_after(self, router_id: int, after_id: int) -> int:
+        async with self.db.transaction() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count()).where(
+                        feedback_events.c.router_id == router_id, feedback_events.c.id > after_id
+                    )
+                )
+                or 0
+            )
+
     # -- snapshots ---------------------------------------------------------------------------
 
     async def latest_snapshot(self, router_id: int) -> bytes | None:

@@ -701,6 +701,8 @@ class GetStatsResponse(_message.Message):
     FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
     SPEND_USD_FIELD_NUMBER: _builtins.int
     APPLIED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    LOG_EVENT_ID_FIELD_NUMBER: _builtins.int
+    LAG_EVENTS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     decisions: _builtins.int
@@ -708,6 +710,9 @@ class GetStatsResponse(_message.Message):
     spend_usd: _builtins.float
     applied_event_id: _builtins.int
     """Id of the last feedback event folded into the in-memory posterior."""
+    log_event_id: _builtins.int
+    """Id of the router's newest event in the log, and how many events this replica has not applied."""
+    lag_events: _builtins.int
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]: ...
     def __init__(
@@ -720,10 +725,12 @@ class GetStatsResponse(_message.Message):
         feedback_count: _builtins.int = ...,
         spend_usd: _builtins.float = ...,
         applied_event_id: _builtins.int = ...,
+        log_event_id: _builtins.int = ...,
+        lag_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "decisions", b"decisions", "feedback_count", b"feedback_count", "name", b"name", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "decisions", b"decisions", "feedback_count", b"feedback_count", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "name", b"name", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

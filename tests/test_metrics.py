@@ -1,0 +1,39 @@
+"""The Prometheus endpoint reports what the server did."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+
+from banditd.v1 import banditd_pb2 as pb
+from tests.conftest import StartServer, router_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_metrics_endpoint(sqlite_url: str, start_server: StartServer) -> None:
+    port = free_port()
+    server = await start_server(sqlite_url, metrics_listen=f"127.0.0.1:{port}")
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant="metered")))
+    d = await server.router.Select(pb.SelectRequest(tenant="metered", router="chat", prompt="hi"))
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="metered", decision_id=d.decision_id, reward=1, cost_usd=0.25)
+    )
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    text = await asyncio.to_thread(scrape)
+    labels = f'arm="{d.arm}",explored="False",router="chat",tenant="metered"'
+    assert f"banditd_decisions_total{{{labels}}} 1.0" in text
+    assert f'banditd_spend_usd_total{{arm="{d.arm}",router="chat",tenant="metered"}} 0.25' in text
+    assert 'banditd_rpc_seconds_count{code="OK",method="Select"}' in text
+    assert 'banditd_applied_event_id{router="chat",tenant="metered"} 1.0' in text
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="metered", name="chat"))
+    assert (stats.log_event_id, stats.lag_events) == (1, 0)
