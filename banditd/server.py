@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -31,6 +31,7 @@ from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
 
 log = structlog.get_logger(__name__)
+TAIL_COALESCE_S = 0.005
 SERVICE_NAMES = (
     banditd_pb2.DESCRIPTOR.services_by_name["Router"].full_name,
     banditd_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -47,6 +48,7 @@ class App:
     health: health.aio.HealthServicer
     port: int
     _tail_task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
@@ -62,15 +64,26 @@ class App:
         log.info("serving", port=self.port, routers=routers, database=self.db.engine.dialect.name)
 
     async def _tail(self) -> None:
-        """Apply what other replicas write to the feedback log, every tail_interval_s."""
-        while True:
-            await asyncio.sleep(self.settings.tail_interval_s)
-            try:
-                await self.catalog.tail()
-            except Unavailable as exc:
-                log.warning("tail_failed", error=str(exc))
-            except Exception:  # keep tailing whatever one round hit
-                log.exception("tail_error")
+        """Apply what other replicas write to the feedback log: when Postgres notifies a
+        commit, and every tail_interval_s in any case."""
+        stop_listening = await self.db.listen_for_events(self._wake.set)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.tail_interval_s)
+                await asyncio.sleep(TAIL_COALESCE_S)  # one round for a burst of commits
+                self._wake.clear()
+                await self._tail_once()
+        finally:
+            await stop_listening()
+
+    async def _tail_once(self) -> None:
+        try:
+            await self.catalog.tail()
+        except Unavailable as exc:
+            log.warning("tail_failed", error=str(exc))
+        except Exception:  # keep tailing whatever one round hit
+            log.exception("tail_error")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""

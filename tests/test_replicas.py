@@ -62,3 +62,24 @@ async def test_two_replicas_hold_the_same_posterior(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await b.router.Select(probe)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.postgres
+async def test_postgres_notify_wakes_the_other_replica(
+    postgres_url: str, start_server: StartServer
+) -> None:
+    """With polling made rare (30 s), a commit on one replica still reaches the other at once."""
+    a = await start_server(postgres_url, tail_interval_s=30.0)
+    b = await start_server(postgres_url, tail_interval_s=30.0)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await b.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="load it"))
+    d = await a.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="hello"))
+    sent = await a.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while b.app.catalog._by_id[1].posterior.last_event_id != sent.event_id:
+        assert loop.time() - started < 5.0, "the other replica was not woken"
+        await asyncio.sleep(0.01)
+    assert loop.time() - started < 1.0

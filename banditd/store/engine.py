@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from banditd.errors import Unavailable
+
+EVENTS_CHANNEL = "banditd_events"  # NOTIFY channel: feedback events were committed
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -48,8 +51,34 @@ class Database:
         except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
 
+    async def listen_for_events(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``wake`` whenever any process commits feedback events (Postgres LISTEN/NOTIFY;
+        elsewhere a no-op: one SQLite process sees its own writes). Returns the closer."""
+        if self.engine.dialect.name != "postgresql":
+            return _nothing
+        conn = await self.engine.connect()
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+
+        def on_notify(*_: object) -> None:
+            wake()
+
+        await driver.add_listener(EVENTS_CHANNEL, on_notify)
+
+        async def close() -> None:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                await driver.remove_listener(EVENTS_CHANNEL, on_notify)
+            await conn.close()
+
+        return close
+
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def _nothing() -> None:
+    return None
 
 
 def alembic_config(url: str, migrations_dir: Path) -> Config:

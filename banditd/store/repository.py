@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, Decision, FeedbackEvent, RankedArm, RouterSpec
 from banditd.errors import Aborted, AlreadyExists, NotFound
-from banditd.store.engine import Database
+from banditd.store.engine import EVENTS_CHANNEL, Database
 from banditd.store.models import (
     arms,
     decisions,
@@ -238,7 +238,7 @@ class Repository:
         """Commit one event; its id in the log. AlreadyExists if the decision has feedback."""
         try:
             async with self.db.transaction() as conn:
-                await _lock_router(conn, event.router_id)
+                await _begin_append(conn, event.router_id)
                 return int(
                     (
                         await conn.execute(
@@ -259,7 +259,7 @@ class Repository:
         if not events:
             return set()
         async with self.db.transaction() as conn:
-            await _lock_router(conn, events[0].router_id)
+            await _begin_append(conn, events[0].router_id)
             result = await conn.execute(
                 _insert_ignoring_duplicates(conn, feedback_events).returning(
                     feedback_events.c.decision_id
@@ -423,18 +423,21 @@ class Repository:
         return bytes(value)
 
 
-async def _lock_router(conn: AsyncConnection, router_id: int) -> None:
-    """Serialise a router's event writers until commit (row lock; SQLite has one writer anyway).
+async def _begin_append(conn: AsyncConnection, router_id: int) -> None:
+    """Start a transaction that appends a router's events.
 
-    Ids come from one sequence, so without this two replicas could commit ids 7 and 6 in that
-    order and a replica tailing the log by id would skip 6. Under the lock a router's events
-    commit in id order.
+    It serialises the router's event writers until commit (row lock; SQLite has one writer
+    anyway): ids come from one sequence, so without it two replicas could commit ids 7 and 6 in
+    that order and a replica tailing the log by id would skip 6. On Postgres it also queues a
+    NOTIFY, delivered at commit, that wakes the other replicas' tail.
     """
     found = await conn.scalar(
         select(routers.c.id).where(routers.c.id == router_id).with_for_update()
     )
     if found is None:
         raise NotFound("the router of this decision has been deleted")
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, str(router_id))))
 
 
 def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
