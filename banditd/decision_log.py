@@ -27,6 +27,7 @@ class DecisionLog:
         self._by_request: dict[tuple[int, str], Decision] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._flush_lock = asyncio.Lock()
 
     def start(self) -> None:
@@ -56,17 +57,24 @@ class DecisionLog:
         )
 
     async def _run(self) -> None:
-        while True:
+        # Never cancelled mid-write (a cancelled transaction can hold SQLite's write lock while
+        # it unwinds): close() asks the loop to stop and waits for it.
+        while not self._closing.is_set():
             await self._wake.wait()
-            await asyncio.sleep(self._flush_seconds)
+            await self._pause(self._flush_seconds)
             try:
                 await self.flush()
             except Unavailable as exc:
                 log.warning("decision_log_flush_failed", error=str(exc), pending=len(self._pending))
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
             except Exception:  # the log must outlive any one bad group
                 log.exception("decision_log_flush_error", pending=len(self._pending))
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the log is closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     async def flush(self) -> None:
         """Commit every pending decision (one transaction per group)."""
@@ -83,8 +91,8 @@ class DecisionLog:
                     self._by_request.pop((d.router_id, d.request_id), None)
 
     async def close(self) -> None:
+        self._closing.set()
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()

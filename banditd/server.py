@@ -49,6 +49,8 @@ class App:
     port: int
     _tail_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop_listening: Callable[[], Awaitable[None]] | None = None
+    _stopping: bool = False
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
@@ -58,6 +60,7 @@ class App:
         self.decisions.start()
         routers = await self.catalog.load_all()
         _warm_up()
+        self._stop_listening = await self.db.listen_for_events(self._wake.set)
         self._tail_task = asyncio.create_task(self._tail(), name="tail-log")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -66,16 +69,14 @@ class App:
     async def _tail(self) -> None:
         """Apply what other replicas write to the feedback log: when Postgres notifies a
         commit, and every tail_interval_s in any case."""
-        stop_listening = await self.db.listen_for_events(self._wake.set)
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.tail_interval_s)
-                await asyncio.sleep(TAIL_COALESCE_S)  # one round for a burst of commits
-                self._wake.clear()
-                await self._tail_once()
-        finally:
-            await stop_listening()
+        while not self._stopping:  # stopped between rounds, never mid-write (see DecisionLog)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.tail_interval_s)
+            if self._stopping:
+                break
+            await asyncio.sleep(TAIL_COALESCE_S)  # one round for a burst of commits
+            self._wake.clear()
+            await self._tail_once()
 
     async def _tail_once(self) -> None:
         try:
@@ -89,10 +90,12 @@ class App:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        self._stopping = True
+        self._wake.set()
         if self._tail_task is not None:
-            self._tail_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tail_task
+            await self._tail_task
+        if self._stop_listening is not None:
+            await self._stop_listening()
         try:
             await self.decisions.close()
             await self.catalog.snapshot_all()

@@ -11,9 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from sqlalchemy import delete
 
 from banditd.posterior import Posterior, Prior
-from banditd.store import Repository
+from banditd.store import Database, Repository
+from banditd.store.models import posterior_snapshots
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 
@@ -93,10 +95,13 @@ async def test_learns_best_arm_per_region_and_survives_restart(
     assert await probe(again) == before_choices
     await again.stop()
 
-    # And so must a replay of the whole log with no usable snapshot.
-    replayed = await start_server(database_url, snapshot_every=10_000)
-    replayed.app.catalog._by_id.clear()  # force a cold restore of the router
-    await replayed.app.db.engine.dispose()
+    # And so must a replay of the whole log, with every snapshot gone.
+    db = Database(database_url)
+    async with db.transaction() as conn:
+        await conn.execute(delete(posterior_snapshots))
+    await db.close()
+    replayed = await start_server(database_url)
+    assert replayed.app.catalog._by_id[1].posterior.last_event_id == 240
     assert await probe(replayed) == before_choices
 
 
