@@ -1,4 +1,4 @@
-"""The `banditd` command: serve, migrate, warm-start, ingest, bench."""
+"""The `banditd` command: serve, migrate, warm-start, ingest, replay, bench."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from banditd import bench, codec
+from banditd import bench, codec, replay
 from banditd.config import Settings
 from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
@@ -168,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     bench.add_parser(sub)
+    replay.add_parser(sub)
 
     args = parser.parse_args(argv)
-    if args.command == "bench":  # needs no settings: a bad BANDITD_* must not block it
+    if args.command in ("bench", "replay"):  # need no settings: a bad BANDITD_* must not block
         return int(args.func(args))
     try:
         settings = _settings(args)

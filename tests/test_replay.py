@@ -1,0 +1,281 @@
+"""`banditd replay` on small synthetic outcome files written here (never ../shared/data)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from banditd import replay
+from banditd.errors import InvalidArgument
+
+# name: (mean quality, cost per call in USD)
+ARMS = {"strong": (0.9, 0.010), "middle": (0.6, 0.002), "weak": (0.1, 0.001)}
+WORDS = ["route", "model", "cost", "quality", "prompt", "answer", "token", "budget", "context"]
+
+
+def write_outcomes(path: Path, records: list[dict[str, Any]]) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def synthetic(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """n prompts; each arm's quality is graded around its mean (so thumbs differ from scores),
+    at its fixed cost."""
+    rng = random.Random(seed)
+    return [
+        {
+            "id": f"q{i}",
+            "prompt": f"question {i}: " + " ".join(rng.choice(WORDS) for _ in range(6)),
+            "models": {
+                name: {"quality": round(min(max(rng.gauss(p, 0.2), 0.0), 1.0), 3), "cost_usd": cost}
+                for name, (p, cost) in ARMS.items()
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def cli(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="banditd")
+    replay.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["replay", *argv])
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    args = cli(*argv, "--json")
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # exactly one JSON object on stdout
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+@pytest.mark.parametrize("policy", ["linucb", "thompson", "epsilon-greedy"])
+@pytest.mark.parametrize("feedback", ["score", "thumbs"])
+def test_learning_policy_converges_to_the_best_arm(
+    tmp_path: Path, policy: str, feedback: str
+) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(400))
+    opts = replay.Options(data=data, policy=policy, feedback=feedback, exploration=0.1)
+    run = replay.Replay(opts)
+
+    picks = run.picks(seed=3, cost_weight=0.0, budget_usd=None)
+
+    strong = run.outcomes.arms.index("strong")
+    assert np.mean(picks[-100:] == strong) >= 0.8
+    same_seed = run.picks(seed=3, cost_weight=0.0, budget_usd=None)
+    np.testing.assert_array_equal(picks, same_seed)  # a replay is exact: same seed, same run
+
+
+def test_cost_weight_moves_choice_to_the_cheaper_arm(tmp_path: Path) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(400))
+    run = replay.Replay(replay.Options(data=data, policy="linucb", exploration=0.1))
+
+    # At 100 per USD, middle (0.6 - 0.2) beats strong (0.9 - 1.0) and weak (0.1 - 0.1).
+    picks = run.picks(seed=0, cost_weight=100.0, budget_usd=None)
+
+    assert np.mean(picks[-100:] == run.outcomes.arms.index("middle")) >= 0.8
+
+
+HAND = [  # quality and cost per model, four prompts
+    {"A": (1.0, 0.010), "B": (0.0, 0.001)},
+    {"A": (0.0, 0.010), "B": (1.0, 0.001)},
+    {"A": (1.0, 0.010), "B": (1.0, 0.001)},
+    {"A": (1.0, 0.010), "B": (0.0, 0.001)},
+]
+
+
+def hand_file(path: Path) -> Path:
+    records = []
+    for i, row in enumerate(HAND):
+        models = {m: {"quality": q, "cost_usd": c} for m, (q, c) in row.items()}
+        records.append({"prompt": f"prompt {i}", "models": models})
+    return write_outcomes(path, records)
+
+
+def test_best_single_and_oracle_match_hand_computed_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = hand_file(tmp_path / "hand.jsonl")
+
+    best = run_json(capsys, "--data", str(data), "--policy", "best-single")
+    oracle = run_json(capsys, "--data", str(data), "--policy", "oracle")
+    priced = run_json(capsys, "--data", str(data), "--policy", "oracle", "--cost-weight", "200")
+
+    assert best["best_single"] == {"model": "A", "mean_quality": 0.75, "mean_cost_usd": 0.01}
+    assert best["mean_quality"] == 0.75
+    assert best["total_cost_usd"] == pytest.approx(0.04)
+    assert best["cumulative_regret"] == pytest.approx(1.0)  # prompt 2: the oracle scores 1 more
+    assert best["quality_vs_best_single"] == 1.0
+    # The oracle takes A, B, B (cheapest of two right answers), A.
+    assert oracle["mean_quality"] == 1.0
+    assert oracle["mean_cost_usd"] == pytest.approx(0.0055)
+    assert oracle["cumulative_regret"] == 0.0
+    assert oracle["quality_vs_best_single"] == pytest.approx(1 / 0.75)
+    assert oracle["cost_vs_best_single"] == pytest.approx(0.55)
+    assert oracle["oracle"] == {"mean_quality": 1.0, "mean_cost_usd": pytest.approx(0.0055)}
+    # At 200 per USD a right answer from A (1 - 2.0) loses to a wrong one from B (0 - 0.2).
+    assert priced["mean_quality"] == 0.5
+    assert priced["mean_cost_usd"] == pytest.approx(0.001)
+    assert priced["picks"] == {"A": 0.0, "B": 1.0}
+
+
+def test_json_report_schema_with_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl.gz", synthetic(120))
+
+    report = run_json(capsys, "--data", str(data), "--repeats", "2", "--sweep", "--limit", "100")
+
+    assert report["n"] == 100
+    assert report["policy"] == "linucb"
+    assert report["arms"] == list(ARMS)
+    assert report["seeds"] == [0, 1]
+    for key in (
+        "mean_quality",
+        "mean_cost_usd",
+        "total_cost_usd",
+        "budget_usd",
+        "quality_vs_best_single",
+        "cost_vs_best_single",
+        "cumulative_regret",
+        "refused",
+        "exploration",
+        "embedding_dim",
+        "wall_s",
+    ):
+        assert key in report, key
+    assert set(report["best_single"]) == {"model", "mean_quality", "mean_cost_usd"}
+    assert set(report["spread"]) >= {"mean_quality", "mean_cost_usd", "cumulative_regret"}
+    assert len(report["runs"]) == 2
+    assert sum(report["picks"].values()) == pytest.approx(1.0)
+    assert len(report["frontier"]) == replay.SWEEP_POINTS
+    assert report["frontier"][0]["cost_weight"] == 0.0
+    for point in report["frontier"]:
+        assert {"cost_weight", "mean_quality", "mean_cost_usd"} <= set(point)
+    for key in ("aiq", "aiq_single_models", "aiq_oracle"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["aiq_oracle"] >= report["aiq_single_models"]
+    fractions = [q["fraction_of_best_single"] for q in report["cost_at_quality"]]
+    assert fractions == list(replay.QUALITY_FRACTIONS)
+
+
+@pytest.mark.parametrize("policy", ["linucb", "thompson", "random", "best-single", "oracle"])
+def test_budget_is_never_exceeded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str
+) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(200))
+    budget = 0.4  # the strong model for every prompt would cost 2.0
+
+    report = run_json(
+        capsys,
+        *("--data", str(data), "--policy", policy, "--budget-usd", str(budget)),
+        *("--repeats", "2", "--sweep-budgets", "0.05,0.2"),
+    )
+
+    assert report["budget_usd"] == budget
+    for run in report["runs"]:
+        assert run["total_cost_usd"] <= budget + 1e-12  # (summation order aside)
+    for point in report["budget_frontier"]:
+        assert point["mean_cost_usd"] * report["n"] <= point["budget_usd"] + 1e-12
+    assert report["budget_frontier"][0]["refused"] > 0  # 0.05 cannot pay for every prompt
+
+
+def test_warm_start_fits_priors_before_the_stream(tmp_path: Path) -> None:
+    history = write_outcomes(tmp_path / "history.jsonl", synthetic(200, seed=1))
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20, seed=2))
+    cold = replay.Replay(replay.Options(data=data, exploration=0.1))
+    warm = replay.Replay(replay.Options(data=data, exploration=0.1, warm_start=history))
+
+    strong = warm.outcomes.arms.index("strong")
+    assert warm.warm_report is not None and warm.warm_report.events == 200 * len(ARMS)
+    assert np.all(warm.picks(0, 0.0, None) == strong)
+    assert np.mean(cold.picks(0, 0.0, None) == strong) < 1.0  # cold, it must try every arm
+
+
+def test_arms_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(50))
+
+    report = run_json(capsys, "--data", str(data), "--arms", "weak,middle")
+
+    assert report["arms"] == ["weak", "middle"]
+    assert report["best_single"]["model"] == "middle"
+
+
+def test_hull_aiq_and_cost_at_quality() -> None:
+    points = [(2.0, 0.6), (1.0, 0.5), (3.0, 0.9), (4.0, 0.8)]
+
+    assert replay.upper_hull(points) == [(1.0, 0.5), (3.0, 0.9)]  # (2, .6) under the chord
+    assert replay.aiq(points, 1.0, 3.0) == pytest.approx(0.7)
+    assert replay.aiq(points, 0.0, 4.0) == pytest.approx((1.4 + 0.9) / 4)  # 0 below cost 1
+    assert replay.aiq(points, 2.0, 2.0) is None
+    assert replay.cost_at_quality(points, 0.7) == pytest.approx(2.0)
+    assert replay.cost_at_quality(points, 0.4) == pytest.approx(1.0)
+    assert replay.cost_at_quality(points, 0.95) is None
+
+
+def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(60))
+    args = cli("--data", str(data), "--sweep", "0,100", "--policy", "thompson")
+
+    assert args.func(args) == 0
+
+    text = capsys.readouterr().out
+    assert "best single: strong" in text and "oracle" in text and "AIQ" in text
+    pytest.importorskip("matplotlib")
+    args = cli("--data", str(data), "--sweep", "0,100", "--plot", str(tmp_path / "frontier.png"))
+    assert args.func(args) == 0
+    assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
+
+
+def bad_files() -> list[tuple[str, list[dict[str, Any]] | str, str]]:
+    """(case, records or raw text, the error's text after the file name)."""
+    good = synthetic(3)
+    missing, nan, no_prompt = copy.deepcopy(good), copy.deepcopy(good), copy.deepcopy(good)
+    del missing[1]["models"]["middle"]
+    nan[2]["models"]["weak"]["quality"] = float("nan")  # json.dumps writes NaN
+    del no_prompt[0]["prompt"]
+    return [
+        ("missing model", missing, ":2: no outcome for model 'middle'"),
+        ("NaN quality", nan, ":3: model 'weak': quality must be in [0, 1], got nan"),
+        ("no prompt", no_prompt, ":1: no prompt"),
+        ("empty file", "", ":1: no records (the file is empty)"),
+        ("not JSON", json.dumps(good[0]) + "\n{oops\n", ":2: not JSON"),
+    ]
+
+
+BAD_FILES = bad_files()
+
+
+@pytest.mark.parametrize(("case", "content", "message"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_names_the_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    content: list[dict[str, Any]] | str,
+    message: str,
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        write_outcomes(path, content)
+
+    with pytest.raises(InvalidArgument) as caught:
+        replay.load_outcomes(path)
+    assert f"{path}{message}" in str(caught.value), case
+
+    args = cli("--data", str(path), "--json")
+    assert args.func(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err
