@@ -43,7 +43,11 @@ def test_bad_listen_address_is_a_clear_error() -> None:
 
 def test_serve_example_router_then_sigterm(tmp_path: Path) -> None:
     """The quick start: serve with the example router, call it, stop it cleanly."""
-    env = {**os.environ, "BANDITD_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"}
+    env = {
+        **os.environ,
+        "BANDITD_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+        "BANDITD_METRICS_LISTEN": "",  # the default port may be taken on a shared machine
+    }
     with subprocess.Popen(
         [*BANDITD, "serve", "--listen", "127.0.0.1:0", "--example-router"],
         stdout=subprocess.PIPE,
