@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -37,8 +37,11 @@ class RouterState:
 
 
 class Catalog:
-    def __init__(self, repo: Repository, snapshot_every: int) -> None:
+    def __init__(
+        self, repo: Repository, snapshot_every: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._repo = repo
+        self._clock = clock
         self._snapshot_every = snapshot_every
         self._by_id: dict[int, RouterState] = {}
         self._by_name: dict[tuple[str, str], int] = {}
@@ -127,6 +130,45 @@ class Catalog:
         await self._catch_up(state)
         return event_id
 
+    async def _default_missing(self, state: RouterState) -> int:
+        """Give the router's default reward to decisions whose feedback did not come in time.
+
+        Every replica may try; the unique decision id lets exactly one event in. Caller holds
+        the router's lock. Returns the events applied.
+        """
+        spec = state.spec
+        if spec.default_reward is None:
+            return 0
+        now = self._clock()
+        due = await self._repo.decisions_awaiting_default(
+            state.router_id, now - spec.reward_wait_seconds
+        )
+        events = [
+            FeedbackEvent(
+                event_id=0,
+                router_id=state.router_id,
+                decision_id=d.decision_id,
+                arm=d.arm,
+                x=d.x,
+                reward=spec.default_reward,
+                cost_usd=d.expected_cost_usd,
+                input_tokens=None,
+                output_tokens=None,
+                latency_ms=None,
+                error=False,
+                created_at=now,
+                cost_reported=False,
+                defaulted=True,
+            )
+            for d in due
+            if d.x is not None
+        ]
+        if not events:
+            return 0
+        added = await self._repo.append_events(events)
+        log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
+        return await self._catch_up(state)
+
     async def record_many(self, state: RouterState, events: list[FeedbackEvent]) -> set[str]:
         """Append events in one transaction (decisions with feedback already are skipped), then
         catch up; returns the decision ids added. Caller holds ``locked(router_id)``."""
@@ -180,6 +222,7 @@ class Catalog:
                     )
                     metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
                     applied += await self._catch_up(state)
+                    applied += await self._default_missing(state)
         return applied
 
     async def _snapshot(self, state: RouterState) -> None:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from banditd.admin import RouterStats
-from banditd.domain import DEFAULT_PRIOR_QUALITY, ArmSpec, Decision, RouterSpec
+from banditd.domain import (
+    DEFAULT_PRIOR_QUALITY,
+    DEFAULT_REWARD_WAIT_SECONDS,
+    ArmSpec,
+    Decision,
+    RouterSpec,
+)
 from banditd.learner import BatchOutcome, FeedbackInput, FeedbackResult
 from banditd.router import SelectInput
 from banditd.v1 import banditd_pb2 as pb
@@ -24,6 +30,8 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         default_cost_weight=msg.default_cost_weight,
         forgetting=msg.forgetting or 1.0,
         explore_new_arm=msg.explore_new_arm,
+        default_reward=msg.default_reward if msg.HasField("default_reward") else None,
+        reward_wait_seconds=msg.reward_wait_seconds or DEFAULT_REWARD_WAIT_SECONDS,
         prior_weight=msg.prior_weight or 1.0,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
@@ -64,6 +72,8 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         prior_quality=spec.prior_quality,
         prior_weight=spec.prior_weight,
         explore_new_arm=spec.explore_new_arm,
+        default_reward=spec.default_reward,
+        reward_wait_seconds=spec.reward_wait_seconds,
     )
 
 

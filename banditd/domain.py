@@ -20,6 +20,7 @@ DEFAULT_EMBEDDING_DIM = 16
 DEFAULT_FEEDBACK_TTL_SECONDS = 86_400
 DEFAULT_PRIOR_OUTPUT_TOKENS = 300
 DEFAULT_PRIOR_QUALITY = 1.0
+DEFAULT_REWARD_WAIT_SECONDS = 3600
 DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
@@ -84,6 +85,8 @@ class RouterSpec:
     prior_quality: float = DEFAULT_PRIOR_QUALITY
     prior_weight: float = 1.0
     explore_new_arm: int = 0
+    default_reward: float | None = None
+    reward_wait_seconds: int = DEFAULT_REWARD_WAIT_SECONDS
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -113,6 +116,12 @@ class RouterSpec:
         if not (math.isfinite(self.forgetting) and 0.5 <= self.forgetting <= 1.0):
             raise InvalidArgument("router.forgetting", "must be in [0.5, 1] (or 0 for none)")
         check_finite("router.prior_quality", self.prior_quality, minimum=None)
+        if self.default_reward is not None and not (
+            math.isfinite(self.default_reward) and 0.0 <= self.default_reward <= 1.0
+        ):
+            raise InvalidArgument("router.default_reward", "must be in [0, 1]")
+        if self.reward_wait_seconds < 1:
+            raise InvalidArgument("router.reward_wait_seconds", "must be >= 1")
         if not 0 <= self.explore_new_arm <= MAX_EXPLORE_NEW_ARM:
             raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
@@ -162,6 +171,7 @@ class Decision:
     seed: int
     candidates: tuple[str, ...]
     metadata: Mapping[str, str] = field(default_factory=dict)
+    x: FloatArray | None = None  # the context scored, shape (dim,); None in rows logged before 0004
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ class FeedbackEvent:
     created_at: float
     offline: bool = False
     cost_reported: bool = True
+    defaulted: bool = False
 
 
 def arm_names(arms: Sequence[ArmSpec]) -> list[str]:

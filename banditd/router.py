@@ -152,6 +152,7 @@ class Selector:
             seed=seed,
             candidates=ranked.candidates,
             metadata=dict(req.metadata),
+            x=x,
         )
         self._decisions.add(decision)
         metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()

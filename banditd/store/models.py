@@ -53,6 +53,8 @@ routers = Table(
     Column("prior_quality", Float, nullable=False, server_default="1.0"),
     Column("prior_weight", Float, nullable=False, server_default="1.0"),
     Column("explore_new_arm", Integer, nullable=False, server_default="0"),
+    Column("default_reward", Float, nullable=True),
+    Column("reward_wait_seconds", Integer, nullable=False, server_default="3600"),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
 )
 
@@ -84,9 +86,11 @@ decisions = Table(
     Column("ranking", JSON, nullable=False),
     Column("request_metadata", JSON, nullable=False),
     Column("token", Text, nullable=False),
+    Column("x", LargeBinary, nullable=True),
     Column("expires_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("router_id", "request_id", name="uq_decisions_router_request"),
+    Index("ix_decisions_router_id_created_at", "router_id", "created_at"),
 )
 
 feedback_events = Table(
@@ -109,6 +113,8 @@ feedback_events = Table(
     Column("offline", Boolean, nullable=False, server_default=false()),
     # False when Feedback carried no cost and the decision's expected cost was charged instead.
     Column("cost_reported", Boolean, nullable=False, server_default=true()),
+    # True for the router's default reward, given to a decision whose feedback never came.
+    Column("defaulted", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("decision_id", name="uq_feedback_events_decision_id"),
     Index("ix_feedback_events_router_id_id", "router_id", "id"),
 )

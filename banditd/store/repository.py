@@ -84,6 +84,8 @@ class Repository:
                     prior_quality=r.prior_quality,
                     prior_weight=r.prior_weight,
                     explore_new_arm=r.explore_new_arm,
+                    default_reward=r.default_reward,
+                    reward_wait_seconds=r.reward_wait_seconds,
                 ),
             )
             for r in rows
@@ -125,6 +127,8 @@ class Repository:
             "prior_quality": spec.prior_quality,
             "prior_weight": spec.prior_weight,
             "explore_new_arm": spec.explore_new_arm,
+            "default_reward": spec.default_reward,
+            "reward_wait_seconds": spec.reward_wait_seconds,
             "updated_at": now,
         }
         try:
@@ -298,9 +302,30 @@ class Repository:
                 created_at=r.created_at,
                 offline=r.offline,
                 cost_reported=r.cost_reported,
+                defaulted=r.defaulted,
             )
             for r in rows
         ]
+
+    async def decisions_awaiting_default(
+        self, router_id: int, made_before: float, limit: int = 1000
+    ) -> list[Decision]:
+        """Decisions made before ``made_before`` that have no feedback event (oldest first)."""
+        query = (
+            select(decisions, routers.c.tenant, routers.c.name.label("router_name"))
+            .join(routers, routers.c.id == decisions.c.router_id)
+            .outerjoin(feedback_events, feedback_events.c.decision_id == decisions.c.id)
+            .where(
+                decisions.c.router_id == router_id,
+                decisions.c.created_at < made_before,
+                decisions.c.x.is_not(None),
+                feedback_events.c.id.is_(None),
+            )
+            .order_by(decisions.c.created_at)
+            .limit(limit)
+        )
+        async with self.db.transaction() as conn:
+            return [_decision_from_row(r) for r in (await conn.execute(query)).all()]
 
     async def log_heads(self, router_id: int | None = None) -> dict[int, int]:
         """Newest event id per router (of one router, or all)."""
@@ -391,6 +416,7 @@ class Repository:
                         .where(
                             feedback_events.c.router_id == router_id,
                             feedback_events.c.offline == false(),
+                            feedback_events.c.defaulted == false(),
                         )
                         .group_by(feedback_events.c.arm)
                     )
@@ -466,6 +492,7 @@ def _decision_row(d: Decision) -> dict[str, Any]:
         "ranking": [[r.arm, r.score, r.quality_score, r.expected_cost_usd] for r in d.ranking],
         "request_metadata": dict(d.metadata),
         "token": d.token,
+        "x": None if d.x is None else np.ascontiguousarray(d.x, dtype="<f8").tobytes(),
         "expires_at": d.expires_at,
         "created_at": d.created_at,
     }
@@ -493,6 +520,7 @@ def _decision_from_row(row: Any) -> Decision:
         seed=row.seed,
         candidates=tuple(row.candidates),
         metadata=dict(row.request_metadata),
+        x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
     )
 
 
@@ -511,4 +539,5 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "created_at": e.created_at,
         "offline": e.offline,
         "cost_reported": e.cost_reported,
+        "defaulted": e.defaulted,
     }

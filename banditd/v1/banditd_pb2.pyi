@@ -409,6 +409,8 @@ class RouterConfig(_message.Message):
     PRIOR_QUALITY_FIELD_NUMBER: _builtins.int
     PRIOR_WEIGHT_FIELD_NUMBER: _builtins.int
     EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
+    DEFAULT_REWARD_FIELD_NUMBER: _builtins.int
+    REWARD_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -441,6 +443,12 @@ class RouterConfig(_message.Message):
     first (fewest events first), for at most this many decisions per arm and process, so an arm
     added at run time gets data even where its prior would not win. 0 = off.
     """
+    default_reward: _builtins.float
+    """Missing feedback: a decision with no feedback reward_wait_seconds after it was made gets
+    default_reward (once, whichever replica sees it first). Unset: such decisions teach nothing.
+    """
+    reward_wait_seconds: _builtins.int
+    """0 = 3600."""
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     def __init__(
@@ -460,13 +468,20 @@ class RouterConfig(_message.Message):
         prior_quality: _builtins.float | None = ...,
         prior_weight: _builtins.float = ...,
         explore_new_arm: _builtins.int = ...,
+        default_reward: _builtins.float | None = ...,
+        reward_wait_seconds: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "prior_quality", b"prior_quality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "default_reward", b"default_reward", "prior_quality", b"prior_quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
+    _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015
     _WhichOneofReturnType__prior_quality: _TypeAlias = _typing.Literal["prior_quality"]  # noqa: Y015
     _WhichOneofArgType__prior_quality: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__default_reward) -> _WhichOneofReturnType__default_reward | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prior_quality) -> _WhichOneofReturnType__prior_quality | None: ...
 
 Global___RouterConfig: _TypeAlias = RouterConfig  # noqa: Y015
