@@ -58,6 +58,6 @@ class Admin:
         )
         arms = [totals.get(n, ArmTotals(n, 0, 0, 0.0, 0.0)) for n in names]
         applied = state.posterior.last_event_id
-        head = (await self._repo.log_heads(state.router_id)).get(state.router_id, 0)
+        head = await self._repo.log_head(state.router_id)
         lag = await self._repo.count_events_after(state.router_id, applied)
         return RouterStats(tenant, name, arms, applied, head, lag)

@@ -198,7 +198,6 @@ class Catalog:
         """Bring every loaded router up to the log (events written by other replicas); picks up
         routers other replicas created, changed or deleted. Returns the events applied."""
         stored = {s.router_id: s for s in await self._repo.list_routers()}
-        heads = await self._repo.log_heads()
         for router_id in list(self._by_id):
             if router_id not in stored:
                 async with self._lock(router_id):
@@ -212,13 +211,8 @@ class Catalog:
                 if state is None or state.spec.version != item.spec.version:
                     await self._restore(item)
                 else:
-                    behind = heads.get(router_id, 0) > state.posterior.last_event_id
-                    lag = (
-                        await self._repo.count_events_after(
-                            router_id, state.posterior.last_event_id
-                        )
-                        if behind
-                        else 0
+                    lag = await self._repo.count_events_after(
+                        router_id, state.posterior.last_event_id
                     )
                     metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
                     applied += await self._catch_up(state)

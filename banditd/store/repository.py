@@ -327,15 +327,15 @@ class Repository:
         async with self.db.transaction() as conn:
             return [_decision_from_row(r) for r in (await conn.execute(query)).all()]
 
-    async def log_heads(self, router_id: int | None = None) -> dict[int, int]:
-        """Newest event id per router (of one router, or all)."""
-        query = select(feedback_events.c.router_id, func.max(feedback_events.c.id)).group_by(
-            feedback_events.c.router_id
-        )
-        if router_id is not None:
-            query = query.where(feedback_events.c.router_id == router_id)
+    async def log_head(self, router_id: int) -> int:
+        """Id of the router's newest event (0 for none)."""
         async with self.db.transaction() as conn:
-            return {int(r): int(i) for r, i in (await conn.execute(query)).all()}
+            head = await conn.scalar(
+                select(func.max(feedback_events.c.id)).where(
+                    feedback_events.c.router_id == router_id
+                )
+            )
+        return int(head or 0)
 
     async def count_events_after(self, router_id: int, after_id: int) -> int:
         async with self.db.transaction() as conn:
