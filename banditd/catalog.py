@@ -23,6 +23,8 @@ from banditd.store import Repository
 from banditd.store.repository import StoredRouter
 
 log = structlog.get_logger(__name__)
+DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
+DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
 
 
 @dataclass
@@ -34,6 +36,8 @@ class RouterState:
     events_since_snapshot: int = 0
     # Decisions this process forced onto arms short of feedback (explore_new_arm), by arm name.
     forced_picks: dict[str, int] = field(default_factory=dict)
+    # Decisions made before this were all checked for a default reward (see _default_missing).
+    defaults_checked_until: float = 0.0
 
 
 class Catalog:
@@ -140,9 +144,16 @@ class Catalog:
         if spec.default_reward is None:
             return 0
         now = self._clock()
+        cutoff = now - spec.reward_wait_seconds
+        # Rescan a margin behind the watermark for decisions the group commit logged late.
         due = await self._repo.decisions_awaiting_default(
-            state.router_id, now - spec.reward_wait_seconds
+            state.router_id,
+            state.defaults_checked_until - DEFAULT_RESCAN_S,
+            cutoff,
+            DEFAULT_BATCH,
         )
+        if len(due) < DEFAULT_BATCH:
+            state.defaults_checked_until = cutoff
         events = [
             FeedbackEvent(
                 event_id=0,

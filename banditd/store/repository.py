@@ -308,15 +308,17 @@ class Repository:
         ]
 
     async def decisions_awaiting_default(
-        self, router_id: int, made_before: float, limit: int = 1000
+        self, router_id: int, made_after: float, made_before: float, limit: int
     ) -> list[Decision]:
-        """Decisions made before ``made_before`` that have no feedback event (oldest first)."""
+        """Decisions made in [made_after, made_before) that have no feedback event, oldest
+        first (an index range on (router_id, created_at), not a scan of the whole log)."""
         query = (
             select(decisions, routers.c.tenant, routers.c.name.label("router_name"))
             .join(routers, routers.c.id == decisions.c.router_id)
             .outerjoin(feedback_events, feedback_events.c.decision_id == decisions.c.id)
             .where(
                 decisions.c.router_id == router_id,
+                decisions.c.created_at >= made_after,
                 decisions.c.created_at < made_before,
                 decisions.c.x.is_not(None),
                 feedback_events.c.id.is_(None),
