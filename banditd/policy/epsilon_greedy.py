@@ -35,10 +35,8 @@ class EpsilonGreedy(Policy):
         cost_weight: float,
         rng: np.random.Generator,
     ) -> Choice:
-        quality = self.quality_scores(post, arm_idx, x, rng)
-        utility = quality - cost_weight * expected_cost
-        order = np.argsort(-utility, kind="stable").astype(np.int64)
-        choice = Choice(order, quality, utility, 1.0, False)
+        # The base ranking on the means is the greedy choice (propensity 1, not explored).
+        choice = super().choose(post, arm_idx, x, expected_cost, cost_weight, rng)
         greedy = choice.chosen
         if rng.random() < self.exploration:
             choice = choice.forced(int(rng.integers(len(arm_idx))))
