@@ -37,9 +37,7 @@ def _traffic(replicas: list[ServerProcess], rounds: int, rng: np.random.Generato
                 pb.SelectRequest(tenant="acme", router="chat", embedding=pb.Embedding(values=x))
             )
             teller.Feedback(
-                pb.FeedbackRequest(
-                    tenant="acme", decision_id=d.decision_id, reward=float(x[1] > 0)
-                )
+                pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=float(x[1] > 0))
             )
     finally:
         for channel, _, _ in stubs:
