@@ -130,7 +130,7 @@ class Catalog:
     async def record(self, state: RouterState, event: FeedbackEvent) -> int:
         """Append an event, then fold in the log up to it (other replicas' events included);
         caller holds ``locked(router_id)``."""
-        event_id = await self._repo.append_event(event)
+        event_id = await self._repo.append_event(event, state.spec.combine)
         await self._catch_up(state)
         return event_id
 
@@ -180,10 +180,11 @@ class Catalog:
         log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
         return await self._catch_up(state)
 
-    async def record_many(self, state: RouterState, events: list[FeedbackEvent]) -> set[str]:
-        """Append events in one transaction (decisions with feedback already are skipped), then
-        catch up; returns the decision ids added. Caller holds ``locked(router_id)``."""
-        added = await self._repo.append_events(events)
+    async def record_many(self, state: RouterState, events: list[FeedbackEvent]) -> list[int]:
+        """Append events in one transaction (refused signals are skipped: see
+        ``Repository.append_events``), then catch up; returns the positions added. Caller holds
+        ``locked(router_id)``."""
+        added = await self._repo.append_events(events, state.spec.combine)
         await self._catch_up(state)
         return added
 

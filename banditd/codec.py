@@ -32,6 +32,9 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         explore_new_arm=msg.explore_new_arm,
         default_reward=msg.default_reward if msg.HasField("default_reward") else None,
         reward_wait_seconds=msg.reward_wait_seconds or DEFAULT_REWARD_WAIT_SECONDS,
+        combine=msg.combine or "first",
+        thumb_up_reward=msg.thumb_up_reward if msg.HasField("thumb_up_reward") else 1.0,
+        thumb_down_reward=msg.thumb_down_reward if msg.HasField("thumb_down_reward") else 0.0,
         prior_weight=msg.prior_weight or 1.0,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
@@ -74,6 +77,9 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         explore_new_arm=spec.explore_new_arm,
         default_reward=spec.default_reward,
         reward_wait_seconds=spec.reward_wait_seconds,
+        combine=spec.combine,
+        thumb_up_reward=spec.thumb_up_reward,
+        thumb_down_reward=spec.thumb_down_reward,
     )
 
 

@@ -25,6 +25,8 @@ DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
 MAX_EXPLORE_NEW_ARM = 10_000
+COMBINE_RULES = ("first", "last", "mean")  # how several signals for one decision combine
+MAX_SIGNALS_PER_DECISION = 16  # under "last" / "mean": a bound on one decision's signals
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 FloatArray = npt.NDArray[np.float64]
@@ -87,6 +89,9 @@ class RouterSpec:
     explore_new_arm: int = 0
     default_reward: float | None = None
     reward_wait_seconds: int = DEFAULT_REWARD_WAIT_SECONDS
+    combine: str = "first"
+    thumb_up_reward: float = 1.0
+    thumb_down_reward: float = 0.0
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -122,6 +127,12 @@ class RouterSpec:
             raise InvalidArgument("router.default_reward", "must be in [0, 1]")
         if self.reward_wait_seconds < 1:
             raise InvalidArgument("router.reward_wait_seconds", "must be >= 1")
+        if self.combine not in COMBINE_RULES:
+            raise InvalidArgument("router.combine", f"must be one of {', '.join(COMBINE_RULES)}")
+        for field_name in ("thumb_up_reward", "thumb_down_reward"):
+            value = getattr(self, field_name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise InvalidArgument(f"router.{field_name}", "must be in [0, 1]")
         if not 0 <= self.explore_new_arm <= MAX_EXPLORE_NEW_ARM:
             raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
@@ -139,6 +150,9 @@ class RouterSpec:
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((a for a in self.arms if a.name == name), None)
+
+    def thumb_reward(self, up: bool) -> float:
+        return self.thumb_up_reward if up else self.thumb_down_reward
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,21 @@ class FeedbackEvent:
     offline: bool = False
     cost_reported: bool = True
     defaulted: bool = False
+    # The decision's signals so far, counting from 0. A later signal (routers that combine
+    # "last" or "mean") changes the decision's effective reward by reward_delta: the posterior
+    # adds reward_delta * x to b and leaves A alone; cost_usd is then the change in settled cost.
+    signal: int = 0
+    effective_reward: float | None = None  # after this signal; None: reward
+    reward_delta: float | None = None  # None for signal 0
+
+
+def combined_reward(rule: str, rewards: Sequence[float]) -> float:
+    """A decision's effective reward from its signals in arrival order (at least one)."""
+    if rule == "first":
+        return rewards[0]
+    if rule == "last":
+        return rewards[-1]
+    return sum(rewards) / len(rewards)
 
 
 def arm_names(arms: Sequence[ArmSpec]) -> list[str]:

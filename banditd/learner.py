@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -138,6 +138,7 @@ class Learner:
         try:
             event = self.event_of(req)
             async with self._catalog.locked(event.router_id) as state:
+                event = _router_thumbs(event, req, state.spec)
                 event_id = await self._catalog.record(state, event)
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
@@ -152,39 +153,41 @@ class Learner:
         """Validate each request, commit the valid ones (one transaction per router), and count
         every request into ``outcome``. Returns only after the commits."""
         refused: list[tuple[int, BanditdError]] = []
-        by_router: dict[int, list[tuple[int, FeedbackEvent]]] = {}
-        seen: set[str] = set()
+        by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
         for i, req in enumerate(requests, start=first_index):
             try:
                 event = self.event_of(req)
             except BanditdError as exc:
                 refused.append((i, exc))
                 continue
-            if event.decision_id in seen:
-                refused.append((i, AlreadyExists(f"decision {event.decision_id} repeated")))
-                continue
-            seen.add(event.decision_id)
-            by_router.setdefault(event.router_id, []).append((i, event))
+            by_router.setdefault(event.router_id, []).append((i, req, event))
         for router_id, items in by_router.items():
             try:
                 async with self._catalog.locked(router_id) as state:
-                    added = await self._catalog.record_many(state, [e for _, e in items])
+                    events = [_router_thumbs(e, req, state.spec) for _, req, e in items]
+                    added = set(await self._catalog.record_many(state, events))
             except NotFound as exc:
-                for i, _ in items:
-                    refused.append((i, exc))
+                refused.extend((i, exc) for i, _, _ in items)
                 continue
-            _count_accepted(state.spec, [e for _, e in items if e.decision_id in added])
-            for i, event in items:
-                if event.decision_id in added:
-                    outcome.accepted += 1
-                else:
-                    refused.append(
-                        (i, AlreadyExists(f"decision {event.decision_id} already has feedback"))
-                    )
+            _count_accepted(state.spec, [e for n, e in enumerate(events) if n in added])
+            outcome.accepted += len(added)
+            refused.extend(
+                (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
+                for n, (i, _, e) in enumerate(items)
+                if n not in added
+            )
         for index, error in sorted(refused, key=lambda item: item[0]):
             outcome.refuse(index, error)
             metrics.FEEDBACK.labels(refusal_kind(error)).inc()
         log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+
+
+def _router_thumbs(event: FeedbackEvent, req: FeedbackInput, spec: RouterSpec) -> FeedbackEvent:
+    """The event with a thumb mapped to the router's reward for it (up = 1, down = 0 unless the
+    router says otherwise)."""
+    if req.thumb is None:
+        return event
+    return replace(event, reward=spec.thumb_reward(req.thumb == "up"))
 
 
 def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:

@@ -109,6 +109,11 @@ class Posterior:
         if event.x.shape != (self.dim,):
             return  # logged under an earlier embedding size: not this posterior's data
         idx = self.index(event.arm)
+        if event.reward_delta is not None:
+            # A later signal for a decision already counted: move its reward, not its weight.
+            self.b[idx] += event.reward_delta * event.x
+            self.theta[idx] = self.a_inv[idx] @ self.b[idx]
+            return
         _kernels.sherman_morrison_update(
             self.a,
             self.a_inv,

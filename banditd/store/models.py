@@ -55,6 +55,9 @@ routers = Table(
     Column("explore_new_arm", Integer, nullable=False, server_default="0"),
     Column("default_reward", Float, nullable=True),
     Column("reward_wait_seconds", Integer, nullable=False, server_default="3600"),
+    Column("combine", String(8), nullable=False, server_default="first"),
+    Column("thumb_up_reward", Float, nullable=False, server_default="1"),
+    Column("thumb_down_reward", Float, nullable=False, server_default="0"),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
 )
 
@@ -115,7 +118,11 @@ feedback_events = Table(
     Column("cost_reported", Boolean, nullable=False, server_default=true()),
     # True for the router's default reward, given to a decision whose feedback never came.
     Column("defaulted", Boolean, nullable=False, server_default=false()),
-    UniqueConstraint("decision_id", name="uq_feedback_events_decision_id"),
+    # A decision's signals, from 0; more than one only where the router combines signals.
+    Column("signal", Integer, nullable=False, server_default="0"),
+    Column("effective_reward", Float, nullable=True),  # the decision's reward after this signal
+    Column("reward_delta", Float, nullable=True),  # its change to the reward; null for signal 0
+    UniqueConstraint("decision_id", "signal", name="uq_feedback_events_decision_signal"),
     Index("ix_feedback_events_router_id_id", "router_id", "id"),
 )
 

@@ -14,7 +14,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from banditd.domain import ArmSpec, Decision, FeedbackEvent, RankedArm, RouterSpec
+from banditd.domain import (
+    MAX_SIGNALS_PER_DECISION,
+    ArmSpec,
+    Decision,
+    FeedbackEvent,
+    RankedArm,
+    RouterSpec,
+    combined_reward,
+)
 from banditd.errors import Aborted, AlreadyExists, NotFound
 from banditd.store.engine import EVENTS_CHANNEL, Database
 from banditd.store.models import (
@@ -86,6 +94,9 @@ class Repository:
                     explore_new_arm=r.explore_new_arm,
                     default_reward=r.default_reward,
                     reward_wait_seconds=r.reward_wait_seconds,
+                    combine=r.combine,
+                    thumb_up_reward=r.thumb_up_reward,
+                    thumb_down_reward=r.thumb_down_reward,
                 ),
             )
             for r in rows
@@ -129,6 +140,9 @@ class Repository:
             "explore_new_arm": spec.explore_new_arm,
             "default_reward": spec.default_reward,
             "reward_wait_seconds": spec.reward_wait_seconds,
+            "combine": spec.combine,
+            "thumb_up_reward": spec.thumb_up_reward,
+            "thumb_down_reward": spec.thumb_down_reward,
             "updated_at": now,
         }
         try:
@@ -238,11 +252,14 @@ class Repository:
 
     # -- feedback events ---------------------------------------------------------------------
 
-    async def append_event(self, event: FeedbackEvent) -> int:
-        """Commit one event; its id in the log. AlreadyExists if the decision has feedback."""
+    async def append_event(self, event: FeedbackEvent, combine: str = "first") -> int:
+        """Commit one event; its id in the log. AlreadyExists if the decision has feedback and
+        the router keeps the first signal (or the decision has its maximum of signals)."""
         try:
             async with self.db.transaction() as conn:
                 await _begin_append(conn, event.router_id)
+                if combine != "first":
+                    event = await _as_next_signal(conn, event, combine)
                 return int(
                     (
                         await conn.execute(
@@ -257,20 +274,41 @@ class Repository:
                 f"decision {event.decision_id} already has feedback (one event per decision)"
             ) from exc
 
-    async def append_events(self, events: Sequence[FeedbackEvent]) -> set[str]:
-        """Commit a batch of one router's events in one transaction, skipping decisions that
-        have feedback already; returns the decision ids added."""
+    async def append_events(
+        self, events: Sequence[FeedbackEvent], combine: str = "first"
+    ) -> list[int]:
+        """Commit a batch of one router's events in one transaction; returns the positions (in
+        ``events``) added. Under ``combine="first"`` decisions with feedback already are
+        skipped; otherwise each event becomes its decision's next signal, up to the maximum."""
         if not events:
-            return set()
+            return []
         async with self.db.transaction() as conn:
             await _begin_append(conn, events[0].router_id)
-            result = await conn.execute(
-                _insert_ignoring_duplicates(conn, feedback_events).returning(
-                    feedback_events.c.decision_id
-                ),
-                [_event_row(e) for e in events],
-            )
-            return set(result.scalars().all())
+            if combine == "first":
+                result = await conn.execute(
+                    _insert_ignoring_duplicates(conn, feedback_events).returning(
+                        feedback_events.c.decision_id
+                    ),
+                    [_event_row(e) for e in events],
+                )
+                added_ids = set(result.scalars().all())
+                added: list[int] = []
+                for i, e in enumerate(events):
+                    if e.decision_id in added_ids:
+                        added.append(i)
+                        added_ids.discard(e.decision_id)  # a repeat in the batch is not added
+                return added
+            positions: list[int] = []
+            rows: list[dict[str, Any]] = []
+            for i, e in enumerate(events):
+                try:
+                    rows.append(_event_row(await _as_next_signal(conn, e, combine, rows)))
+                    positions.append(i)
+                except AlreadyExists:
+                    continue
+            if rows:
+                await conn.execute(insert(feedback_events), rows)
+            return positions
 
     async def events_after(
         self, router_id: int, after_id: int, limit: int = 10_000
@@ -303,6 +341,9 @@ class Repository:
                 offline=r.offline,
                 cost_reported=r.cost_reported,
                 defaulted=r.defaulted,
+                signal=r.signal,
+                effective_reward=r.effective_reward,
+                reward_delta=r.reward_delta,
             )
             for r in rows
         ]
@@ -405,32 +446,53 @@ class Repository:
                     )
                 ).all()
             )
+            # A decision counts once, with its latest signal, when that signal is real feedback
+            # (not a default); its spend is the sum of its rows (later rows carry changes).
+            fe = feedback_events
+            latest = (
+                select(fe.c.decision_id, func.max(fe.c.signal).label("signal"))
+                .where(fe.c.router_id == router_id, fe.c.offline == false())
+                .group_by(fe.c.decision_id)
+                .subquery()
+            )
+            settled = (
+                select(fe.c.decision_id, fe.c.arm, fe.c.reward, fe.c.effective_reward)
+                .join(
+                    latest,
+                    (latest.c.decision_id == fe.c.decision_id) & (latest.c.signal == fe.c.signal),
+                )
+                .where(fe.c.defaulted == false())
+                .subquery()
+            )
+            effective = func.coalesce(settled.c.effective_reward, settled.c.reward)
             fed = {
                 r.arm: r
                 for r in (
                     await conn.execute(
                         select(
-                            feedback_events.c.arm,
+                            settled.c.arm,
                             func.count().label("n"),
-                            func.sum(feedback_events.c.reward).label("reward_sum"),
-                            func.sum(feedback_events.c.cost_usd).label("spend"),
-                        )
-                        .where(
-                            feedback_events.c.router_id == router_id,
-                            feedback_events.c.offline == false(),
-                            feedback_events.c.defaulted == false(),
-                        )
-                        .group_by(feedback_events.c.arm)
+                            func.sum(effective).label("reward_sum"),
+                        ).group_by(settled.c.arm)
                     )
                 ).all()
             }
+            spend: dict[str, float] = dict(
+                (
+                    await conn.execute(
+                        select(fe.c.arm, func.sum(fe.c.cost_usd))
+                        .where(fe.c.decision_id.in_(select(settled.c.decision_id)))
+                        .group_by(fe.c.arm)
+                    )
+                ).all()
+            )
         return [
             ArmTotals(
                 arm=arm,
                 decisions=int(made.get(arm, 0)),
                 feedback_count=int(fed[arm].n) if arm in fed else 0,
                 reward_sum=float(fed[arm].reward_sum) if arm in fed else 0.0,
-                spend_usd=float(fed[arm].spend) if arm in fed else 0.0,
+                spend_usd=float(spend.get(arm, 0.0)),
             )
             for arm in sorted(set(made) | set(fed))
         ]
@@ -542,4 +604,55 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "offline": e.offline,
         "cost_reported": e.cost_reported,
         "defaulted": e.defaulted,
+        "signal": e.signal,
+        "effective_reward": e.effective_reward,
+        "reward_delta": e.reward_delta,
     }
+
+
+async def _as_next_signal(
+    conn: AsyncConnection,
+    event: FeedbackEvent,
+    combine: str,
+    pending: Sequence[dict[str, Any]] = (),
+) -> FeedbackEvent:
+    """The event as its decision's next signal under ``combine`` ("last" or "mean"), with the
+    change it makes to the effective reward and the settled cost; unchanged if it is the first.
+
+    Real signals replace a default reward: the default counts only while nothing else came.
+    ``pending``: rows of this transaction not inserted yet. Caller holds the append lock.
+    """
+    stored = (
+        await conn.execute(
+            select(
+                feedback_events.c.reward,
+                feedback_events.c.defaulted,
+                feedback_events.c.cost_usd,
+                feedback_events.c.effective_reward,
+            )
+            .where(feedback_events.c.decision_id == event.decision_id)
+            .order_by(feedback_events.c.signal)
+        )
+    ).all()
+    earlier = [(r.reward, r.defaulted, r.cost_usd, r.effective_reward) for r in stored] + [
+        (p["reward"], p["defaulted"], p["cost_usd"], p["effective_reward"])
+        for p in pending
+        if p["decision_id"] == event.decision_id
+    ]
+    if not earlier:
+        return replace(event, signal=0, effective_reward=event.reward, reward_delta=None)
+    if len(earlier) >= MAX_SIGNALS_PER_DECISION:
+        raise AlreadyExists(
+            f"decision {event.decision_id} has {MAX_SIGNALS_PER_DECISION} signals, the maximum"
+        )
+    real = [reward for reward, defaulted, _, _ in earlier if not defaulted]
+    previous = earlier[-1][3] if earlier[-1][3] is not None else earlier[-1][0]
+    effective = combined_reward(combine, [*real, event.reward])
+    settled = sum(cost for _, _, cost, _ in earlier)
+    return replace(
+        event,
+        signal=len(earlier),
+        effective_reward=effective,
+        reward_delta=effective - previous,
+        cost_usd=event.cost_usd - settled if event.cost_reported else 0.0,
+    )

@@ -411,6 +411,9 @@ class RouterConfig(_message.Message):
     EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
     DEFAULT_REWARD_FIELD_NUMBER: _builtins.int
     REWARD_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    COMBINE_FIELD_NUMBER: _builtins.int
+    THUMB_UP_REWARD_FIELD_NUMBER: _builtins.int
+    THUMB_DOWN_REWARD_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -449,6 +452,15 @@ class RouterConfig(_message.Message):
     """
     reward_wait_seconds: _builtins.int
     """0 = 3600."""
+    combine: _builtins.str
+    """Feedback signals (60-69).
+    How several signals for one decision combine: "first" (default: later ones are refused as
+    duplicates), "last" (the latest replaces the earlier) or "mean". Under last and mean a real
+    signal also replaces a default reward, and a decision takes at most 16 signals.
+    """
+    thumb_up_reward: _builtins.float
+    """The reward of THUMB_UP and THUMB_DOWN, in [0, 1]. Unset: 1 and 0."""
+    thumb_down_reward: _builtins.float
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     def __init__(
@@ -470,19 +482,30 @@ class RouterConfig(_message.Message):
         explore_new_arm: _builtins.int = ...,
         default_reward: _builtins.float | None = ...,
         reward_wait_seconds: _builtins.int = ...,
+        combine: _builtins.str = ...,
+        thumb_up_reward: _builtins.float | None = ...,
+        thumb_down_reward: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "default_reward", b"default_reward", "prior_quality", b"prior_quality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
     _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015
     _WhichOneofReturnType__prior_quality: _TypeAlias = _typing.Literal["prior_quality"]  # noqa: Y015
     _WhichOneofArgType__prior_quality: _TypeAlias = _typing.Literal["_prior_quality", b"_prior_quality"]  # noqa: Y015
+    _WhichOneofReturnType__thumb_down_reward: _TypeAlias = _typing.Literal["thumb_down_reward"]  # noqa: Y015
+    _WhichOneofArgType__thumb_down_reward: _TypeAlias = _typing.Literal["_thumb_down_reward", b"_thumb_down_reward"]  # noqa: Y015
+    _WhichOneofReturnType__thumb_up_reward: _TypeAlias = _typing.Literal["thumb_up_reward"]  # noqa: Y015
+    _WhichOneofArgType__thumb_up_reward: _TypeAlias = _typing.Literal["_thumb_up_reward", b"_thumb_up_reward"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__default_reward) -> _WhichOneofReturnType__default_reward | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prior_quality) -> _WhichOneofReturnType__prior_quality | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumb_down_reward) -> _WhichOneofReturnType__thumb_down_reward | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumb_up_reward) -> _WhichOneofReturnType__thumb_up_reward | None: ...
 
 Global___RouterConfig: _TypeAlias = RouterConfig  # noqa: Y015
 
