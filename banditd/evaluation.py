@@ -28,6 +28,7 @@ from banditd.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_column
 from banditd.ope import ridge_predictions as ridge
 from banditd.policy import make_policy
 from banditd.posterior import Posterior, Prior
+from banditd.store import Repository
 
 DEFAULT_LIMIT = 100_000  # most recent decisions with feedback evaluated on
 
@@ -84,6 +85,17 @@ class DecisionLog:
             seen.update(dict.fromkeys(d.candidates))
             seen[d.arm] = None
         return tuple(seen)
+
+
+async def load_log(repo: Repository, router_id: int, limit: int = DEFAULT_LIMIT) -> DecisionLog:
+    """A router's newest ``limit`` decisions with feedback and its whole event log."""
+    rows = await repo.decisions_with_feedback(router_id, limit)
+    events: list[FeedbackEvent] = []
+    while batch := await repo.events_after(router_id, events[-1].event_id if events else 0):
+        events += batch
+    return DecisionLog(
+        tuple(LoggedDecision.of(d, reward, cost) for d, reward, cost in rows), tuple(events)
+    )
 
 
 def check_candidate(live: RouterSpec, candidate: RouterSpec) -> RouterSpec:

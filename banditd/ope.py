@@ -91,7 +91,8 @@ class LoggedFeedback:
                 "must be in (0, 1] (0 means the logging policy could not have chosen that arm)",
             )
         if np.any(self.target < 0.0):
-            raise InvalidArgument("target", f"row {_first(self.target < 0.0)} has a probability < 0")
+            bad = _first(self.target < 0.0)
+            raise InvalidArgument("target", f"row {bad} has a probability < 0")
         off = np.abs(self.target.sum(axis=1) - 1.0) > 1e-6
         if np.any(off):
             raise InvalidArgument("target", f"row {_first(off)} does not sum to 1")

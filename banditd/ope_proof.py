@@ -1,4 +1,4 @@
-"""`banditd evaluate --replay-proof DATA`: the estimators against the truth on full-information data.
+"""`banditd evaluate --replay-proof DATA`: estimators against the truth on full-information data.
 
 1. Log: replay an exploring policy (epsilon-greedy, epsilon 0.3 by default) over the outcome file
    through the serving engine (``rank_arms``, posterior updates), keeping what a router logs: x,
