@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,9 @@ class Admin:
         stored = await self._repo.get_router(tenant, name)
         await self._decisions.flush()
         log = await evaluation.load_log(self._repo, stored.router_id, limit)
-        return evaluation.report(
+        # CPU-bound: in a thread, so this replica's event loop keeps answering meanwhile.
+        return await asyncio.to_thread(
+            evaluation.report,
             f"{tenant}/{name}",
             stored.spec,
             log,

@@ -1,12 +1,12 @@
 """Shadow policies: candidates that pick at every Select beside the live policy, never served.
 
 A shadow scores the same eligible arms, at the same expected costs, on the live posterior, with its
-own random stream (seeded from the decision's seed), after the live choice is made: the live
+own random stream (seeded from the decision's seed, salted), after the live choice is made: the live
 answer, its ranking and its random draws are exactly what they would be without shadows. What a
 shadow picks and its probability of the arm actually served are logged with the decision, so
 GetStats and `banditd evaluate` can compare live against shadow (importance weight = that
 probability / the live propensity). The extra work per Select is bounded: at most MAX_SHADOWS
-shadows, each one policy scoring (plus PROBABILITY_DRAWS draws for Thompson sampling).
+shadows, each one policy scoring (plus PROPENSITY_DRAWS draws for Thompson sampling).
 """
 
 from __future__ import annotations
@@ -25,17 +25,20 @@ if TYPE_CHECKING:  # the router imports this module
     from banditd.router import Ranked
 
 log = structlog.get_logger(__name__)
-SHADOW_STREAM = 2  # keeps shadows' random numbers apart from the live policy's
+SHADOW_SALT = 0x5EAD0B  # keeps shadows' random numbers apart from the live policy's
+
+
+def _cost_weight(live: RouterSpec, shadow: ShadowSpec) -> float:
+    return live.default_cost_weight if shadow.cost_weight is None else shadow.cost_weight
 
 
 def shadow_spec(live: RouterSpec, shadow: ShadowSpec) -> RouterSpec:
     """The router configuration a shadow stands for (for offline evaluation)."""
-    weight = live.default_cost_weight if shadow.cost_weight is None else shadow.cost_weight
     return dataclasses.replace(
         live,
         policy=shadow.policy,
         exploration=shadow.exploration,
-        default_cost_weight=weight,
+        default_cost_weight=_cost_weight(live, shadow),
         shadows=(),
     )
 
@@ -57,15 +60,15 @@ def shadow_picks(
     arm_idx = np.array([post.index(a) for a in names], dtype=np.int64)
     costs = np.array([priced[a] for a in names])
     live = names.index(ranked.ranking[0].arm)
+    rng = np.random.default_rng(seed ^ SHADOW_SALT)  # one stream for the decision's shadows
     picks = []
-    for i, shadow in enumerate(spec.shadows):
+    for shadow in spec.shadows:
         try:
-            weight = shadow_spec(spec, shadow).default_cost_weight
-            weight = weight if cost_weight is None else cost_weight
-            rng = np.random.default_rng([seed, SHADOW_STREAM, i])
+            weight = _cost_weight(spec, shadow) if cost_weight is None else cost_weight
             policy = make_policy(shadow.policy, shadow.alpha)
-            chosen = policy.choose(post, arm_idx, x, costs, weight, rng).chosen
             p = policy.probabilities(post, arm_idx, x, costs, weight, rng)
+            # The shadow's pick is a draw from its distribution (its argmax when deterministic).
+            chosen = int(np.argmax(p)) if p.max() >= 1.0 else int(rng.choice(len(p), p=p))
             picks.append(ShadowPick(shadow.name, names[chosen], float(p[live])))
         except Exception:  # a shadow must never cost the live answer
             log.exception("shadow_failed", tenant=spec.tenant, router=spec.name, shadow=shadow.name)

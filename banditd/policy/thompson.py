@@ -14,7 +14,6 @@ if TYPE_CHECKING:  # posterior imports the kernels of this package
     from banditd.posterior import Posterior
 
 PROPENSITY_DRAWS = 256
-PROBABILITY_DRAWS = 1024  # per decision, for off-policy evaluation and shadows
 
 
 class Thompson(Policy):
@@ -53,9 +52,10 @@ class Thompson(Policy):
         cost_weight: float,
         rng: np.random.Generator,
     ) -> FloatArray:
-        """Each eligible arm's share of PROBABILITY_DRAWS posterior draws (Monte Carlo)."""
+        """Each eligible arm's share of PROPENSITY_DRAWS posterior draws: a Monte Carlo estimate,
+        unbiased, so importance weights built on it stay unbiased too."""
         mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_weight * expected_cost
         spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv, arm_idx, x))
-        draws = mean + spread * rng.standard_normal((PROBABILITY_DRAWS, len(arm_idx)))
+        draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
         wins = np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
-        return np.asarray(wins / PROBABILITY_DRAWS, dtype=np.float64)
+        return np.asarray(wins / PROPENSITY_DRAWS, dtype=np.float64)
