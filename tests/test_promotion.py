@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
+
 import grpc
 import pytest
+from alembic import command
 
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.domain import RouterSpec
+from banditd.store import Database, Repository
+from banditd.store.engine import alembic_config
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
 
@@ -118,3 +127,31 @@ async def test_promotion_and_rollback_refusals(sqlite_url: str, start_server: St
         pb.ListRouterVersionsRequest(tenant="acme", name="chat")
     )
     assert [v.version for v in versions.versions] == [1]  # refusals wrote nothing
+
+
+def test_upgrade_starts_the_history_of_existing_routers(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    config = alembic_config(url, DEFAULT_MIGRATIONS_DIR)
+    command.upgrade(config, "0004")
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "insert into routers (tenant, name, policy, exploration, default_cost_weight, "
+            "embedding_dim, feedback_ttl_seconds, prior_output_tokens, version, created_at, "
+            "updated_at) values ('t', 'r', 'thompson', 0.3, 5.0, 8, 100, 300, 3, 1.0, 2.0)"
+        )
+        con.execute("insert into arms values (1, 'a', 0, 1.0, 2.0, 0)")
+        con.execute("insert into arms values (1, 'b', 1, 3.0, 4.0, 1)")
+    command.upgrade(config, "head")
+
+    async def read() -> tuple[RouterSpec, list[tuple[int, str, float, RouterSpec]]]:
+        db = Database(url)
+        try:
+            repo = Repository(db)
+            return (await repo.get_router("t", "r")).spec, await repo.router_versions(1)
+        finally:
+            await db.close()
+
+    live, versions = asyncio.run(read())
+    assert versions == [(3, "put", 2.0, live)]
+    assert live.policy == "thompson" and [a.disabled for a in live.arms] == [False, True]

@@ -54,6 +54,61 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("decision_id", "shadow", name="pk_shadow_picks"),
     )
     op.create_index("ix_shadow_picks_router_id", "shadow_picks", ["router_id"])
+    _record_current_versions()
+
+
+ROUTER_FIELDS = (
+    "tenant",
+    "name",
+    "policy",
+    "exploration",
+    "default_cost_weight",
+    "embedding_dim",
+    "feedback_ttl_seconds",
+    "prior_output_tokens",
+    "version",
+    "forgetting",
+    "prior_quality",
+    "prior_weight",
+    "explore_new_arm",
+    "default_reward",
+    "reward_wait_seconds",
+)
+
+
+def _record_current_versions() -> None:
+    """Start each existing router's history with its configuration now, so it can be rolled
+    back to after the next change (the keys of banditd.domain.spec_to_dict at 0008)."""
+    conn = op.get_bind()
+    meta = sa.MetaData()
+    routers = sa.Table("routers", meta, autoload_with=conn)
+    arms = sa.Table("arms", meta, autoload_with=conn)
+    versions = sa.Table("router_versions", meta, autoload_with=conn)
+    rows = conn.execute(sa.select(routers)).mappings().all()
+    for r in rows:
+        arm_rows = conn.execute(
+            sa.select(arms).where(arms.c.router_id == r["id"]).order_by(arms.c.position)
+        ).mappings()
+        config = {key: r[key] for key in ROUTER_FIELDS}
+        config["arms"] = [
+            {
+                "name": a["name"],
+                "input_price_per_mtok": a["input_price_per_mtok"],
+                "output_price_per_mtok": a["output_price_per_mtok"],
+                "disabled": bool(a["disabled"]),
+            }
+            for a in arm_rows
+        ]
+        config["shadows"] = []
+        conn.execute(
+            versions.insert().values(
+                router_id=r["id"],
+                version=r["version"],
+                action="put",
+                config=config,
+                created_at=r["updated_at"],
+            )
+        )
 
 
 def downgrade() -> None:
