@@ -248,7 +248,7 @@ def render_text(r: dict[str, Any]) -> str:
     for c in r["candidates"]:
         lines += [
             "",
-            f"candidate {c['name']}: {c['policy']} (exploration {c['exploration']:g}, "
+            f"{c['name']}: {c['policy']} (exploration {c['exploration']:g}, "
             f"cost weight {c['default_cost_weight']:g}); effective sample size "
             f"{c['effective_sample_size']:.1f}, agrees with the log on {c['agreement']:.1%}",
             f"{'':>8}{'reward [95% CI]':>30}{'cost $ [95% CI]':>36}{'utility [95% CI]':>30}",

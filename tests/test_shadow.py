@@ -113,6 +113,12 @@ async def test_stats_and_evaluate_compare_live_and_shadows(
         dr = c.estimates[3].reward
         assert dr.low <= dr.value <= dr.high
     assert report.logged_reward == pytest.approx(stats.mean_reward)
+    # Offline, the shadow's posterior at each decision is rebuilt from the log: for the
+    # deterministic shadow it is the one the live Select used, so the estimates agree exactly.
+    recorded = next(s for s in stats.shadows if s.name == "ucb")
+    rebuilt = report.candidates[0]
+    assert rebuilt.estimates[1].reward.value == pytest.approx(recorded.estimated_mean_reward)
+    assert rebuilt.effective_sample_size == pytest.approx(recorded.effective_sample_size)
 
     # A candidate file through the CLI, on the same database.
     candidate = tmp_path / "candidate.json"
