@@ -112,8 +112,12 @@ class Catalog:
                 state = await self._restore(stored)
             yield state
 
-    async def put(self, spec: RouterSpec) -> tuple[RouterSpec, bool]:
-        stored, created = await self._repo.put_router(spec)
+    async def put(
+        self, spec: RouterSpec, *, action: str = "put", expected_version: int | None = None
+    ) -> tuple[RouterSpec, bool]:
+        stored, created = await self._repo.put_router(
+            spec, action=action, expected_version=expected_version
+        )
         async with self._lock(stored.router_id):
             await self._restore(stored)
         return stored.spec, created

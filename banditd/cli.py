@@ -1,4 +1,4 @@
-"""The `banditd` command: serve, migrate, warm-start, ingest, replay, bench."""
+"""The `banditd` command: serve, migrate, warm-start, ingest, replay, evaluate, bench."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from banditd import bench, codec, replay
+from banditd import bench, codec, evaluate_cli, replay
 from banditd.config import Settings
 from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
@@ -169,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
     bench.add_parser(sub)
     replay.add_parser(sub)
+    evaluate_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
-    if args.command in ("bench", "replay"):  # need no settings: a bad BANDITD_* must not block
+    if args.command in ("bench", "replay", "evaluate"):  # read settings themselves, if at all
         return int(args.func(args))
     try:
         settings = _settings(args)

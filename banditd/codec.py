@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from banditd.admin import RouterStats
+from typing import Any
+
+from banditd.admin import RouterStats, RouterVersion
 from banditd.domain import (
     DEFAULT_PRIOR_QUALITY,
     DEFAULT_REWARD_WAIT_SECONDS,
     ArmSpec,
     Decision,
     RouterSpec,
+    ShadowSpec,
 )
 from banditd.learner import BatchOutcome, FeedbackInput, FeedbackResult
 from banditd.router import SelectInput
@@ -38,6 +41,15 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         prior_weight=msg.prior_weight or 1.0,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
+        ),
+        shadows=tuple(
+            ShadowSpec(
+                s.name,
+                s.policy or "linucb",
+                s.exploration,
+                s.cost_weight if s.HasField("cost_weight") else None,
+            )
+            for s in msg.shadows
         ),
         **{
             key: value
@@ -80,7 +92,22 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         combine=spec.combine,
         thumb_up_reward=spec.thumb_up_reward,
         thumb_down_reward=spec.thumb_down_reward,
+        shadows=[
+            pb.ShadowPolicy(
+                name=s.name, policy=s.policy, exploration=s.exploration, cost_weight=s.cost_weight
+            )
+            for s in spec.shadows
+        ],
     )
+
+
+def candidate_from_proto(msg: pb.RouterConfig, tenant: str, name: str) -> RouterSpec:
+    """A candidate configuration for a router: empty tenant and name mean the router's."""
+    filled = pb.RouterConfig()
+    filled.CopyFrom(msg)
+    filled.tenant = filled.tenant or tenant
+    filled.name = filled.name or name
+    return spec_from_proto(filled)
 
 
 def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
@@ -151,6 +178,7 @@ def batch_outcome_to_proto(outcome: BatchOutcome) -> pb.StreamFeedbackResponse:
 
 
 def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
+    fed = sum(a.feedback_count for a in stats.arms)
     return pb.GetStatsResponse(
         tenant=stats.tenant,
         name=stats.name,
@@ -170,4 +198,64 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
         applied_event_id=stats.applied_event_id,
         log_event_id=stats.log_event_id,
         lag_events=stats.lag_events,
+        shadows=[
+            pb.ShadowStats(
+                name=t.shadow,
+                decisions=t.decisions,
+                agreement=t.agreements / t.decisions if t.decisions else 0.0,
+                feedback_count=t.feedback_count,
+                estimated_mean_reward=t.weighted_reward_sum / t.weight_sum if t.weight_sum else 0.0,
+                estimated_mean_cost_usd=t.weighted_cost_sum / t.weight_sum if t.weight_sum else 0.0,
+                effective_sample_size=t.weight_sum**2 / t.weight_sq_sum if t.weight_sq_sum else 0.0,
+            )
+            for t in stats.shadows
+        ],
+        mean_reward=sum(a.reward_sum for a in stats.arms) / fed if fed else 0.0,
+        mean_cost_usd=sum(a.spend_usd for a in stats.arms) / fed if fed else 0.0,
+    )
+
+
+def _interval(cell: dict[str, Any]) -> pb.ValueInterval:
+    return pb.ValueInterval(value=cell["value"], low=cell["low"], high=cell["high"])
+
+
+def evaluation_to_proto(report: dict[str, Any]) -> pb.EvaluateResponse:
+    """The report of ``Admin.evaluate`` (see banditd.evaluation.report)."""
+    logged = report["logged"]
+    return pb.EvaluateResponse(
+        version=report["version"],
+        decisions=report["decisions"],
+        cost_weight=report["cost_weight"],
+        logged_reward=logged["reward"],
+        logged_cost_usd=logged["cost_usd"],
+        logged_utility=logged["utility"],
+        candidates=[
+            pb.CandidateEvaluation(
+                name=c["name"],
+                policy=c["policy"],
+                estimates=[
+                    pb.OffPolicyEstimate(
+                        estimator=e["estimator"],
+                        reward=_interval(e["reward"]),
+                        cost_usd=_interval(e["cost_usd"]),
+                        utility=_interval(e["utility"]),
+                    )
+                    for e in c["estimates"]
+                ],
+                effective_sample_size=c["effective_sample_size"],
+                agreement=c["agreement"],
+                min_propensity=c["min_propensity"],
+                warnings=c["warnings"],
+            )
+            for c in report["candidates"]
+        ],
+    )
+
+
+def version_to_proto(v: RouterVersion) -> pb.RouterVersion:
+    return pb.RouterVersion(
+        version=v.version,
+        action=v.action,
+        created_at_unix=v.created_at,
+        router=spec_to_proto(v.spec),
     )

@@ -5,10 +5,12 @@ Specs are frozen and validated when built, so every later layer can trust them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +29,7 @@ MAX_ARMS = 256
 MAX_EXPLORE_NEW_ARM = 10_000
 COMBINE_RULES = ("first", "last", "mean")  # how several signals for one decision combine
 MAX_SIGNALS_PER_DECISION = 16  # under "last" / "mean": a bound on one decision's signals
+MAX_SHADOWS = 4  # bounds the extra work a Select does for shadow policies
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 FloatArray = npt.NDArray[np.float64]
@@ -70,6 +73,32 @@ class ArmSpec:
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """A candidate policy run in shadow: at each Select it picks too, on the live posterior and
+    eligible arms, and its pick is logged, never served. cost_weight None: the router's default
+    (a request's own cost_weight applies to shadows as to the live policy)."""
+
+    name: str
+    policy: str = "linucb"
+    exploration: float = 0.0
+    cost_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        check_name("shadows.name", self.name)
+        if self.policy not in POLICIES:
+            raise InvalidArgument("shadows.policy", f"must be one of {', '.join(POLICIES)}")
+        check_finite("shadows.exploration", self.exploration)
+        if self.policy == "epsilon-greedy" and self.exploration > 1.0:
+            raise InvalidArgument("shadows.exploration", "epsilon must be in [0, 1]")
+        if self.cost_weight is not None:
+            check_finite("shadows.cost_weight", self.cost_weight)
+
+    @property
+    def alpha(self) -> float:
+        return self.exploration or DEFAULT_EXPLORATION[self.policy]
+
+
+@dataclass(frozen=True)
 class RouterSpec:
     """A router's configuration. Zero values in the API mean "the default"."""
 
@@ -92,6 +121,7 @@ class RouterSpec:
     combine: str = "first"
     thumb_up_reward: float = 1.0
     thumb_down_reward: float = 0.0
+    shadows: tuple[ShadowSpec, ...] = ()
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -137,6 +167,11 @@ class RouterSpec:
             raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
             raise InvalidArgument("router.prior_weight", "must be in [0.001, 1e6] (or 0 for 1)")
+        if len(self.shadows) > MAX_SHADOWS:
+            raise InvalidArgument("router.shadows", f"at most {MAX_SHADOWS} shadow policies")
+        shadow_names = [s.name for s in self.shadows]
+        if len(set(shadow_names)) != len(shadow_names):
+            raise InvalidArgument("router.shadows", "shadow names must be unique")
 
     @property
     def dim(self) -> int:
@@ -186,6 +221,16 @@ class Decision:
     candidates: tuple[str, ...]
     metadata: Mapping[str, str] = field(default_factory=dict)
     x: FloatArray | None = None  # the context scored, shape (dim,); None in rows logged before 0004
+    shadows: tuple[ShadowPick, ...] = ()  # what each shadow policy would have chosen
+
+
+@dataclass(frozen=True)
+class ShadowPick:
+    """A shadow policy's choice at one decision and its probability of the arm served."""
+
+    shadow: str
+    arm: str
+    live_arm_probability: float
 
 
 @dataclass(frozen=True)
@@ -229,3 +274,17 @@ def combined_reward(rule: str, rewards: Sequence[float]) -> float:
 
 def arm_names(arms: Sequence[ArmSpec]) -> list[str]:
     return [a.name for a in arms]
+
+
+def spec_to_dict(spec: RouterSpec) -> dict[str, Any]:
+    """A router configuration as plain JSON values (the stored history of versions)."""
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> RouterSpec:
+    """The inverse of spec_to_dict; keys a later version no longer knows are dropped."""
+    known = {f.name for f in dataclasses.fields(RouterSpec)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["arms"] = tuple(ArmSpec(**a) for a in values.get("arms", ()))
+    values["shadows"] = tuple(ShadowSpec(**s) for s in values.get("shadows", ()))
+    return RouterSpec(**values)

@@ -27,6 +27,7 @@ from banditd.domain import (
 from banditd.errors import FailedPrecondition, InvalidArgument, NotFound
 from banditd.policy import Choice
 from banditd.policy.base import IntArray
+from banditd.shadow import shadow_picks
 from banditd.token import TokenClaims, TokenSigner
 
 log = structlog.get_logger(__name__)
@@ -118,6 +119,8 @@ class Selector:
         )
         ranking, choice = ranked.ranking, ranked.choice
         chosen = ranking[0]
+        # After the live choice, on their own random streams: shadows never change it.
+        shadows = shadow_picks(state, ranked, x, req.cost_weight, seed)
         now = self._clock()
         decision_id = str(uuid.uuid4())
         expires_at = math.floor(now) + spec.feedback_ttl_seconds
@@ -153,6 +156,7 @@ class Selector:
             candidates=ranked.candidates,
             metadata=dict(req.metadata),
             x=x,
+            shadows=shadows,
         )
         self._decisions.add(decision)
         metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()

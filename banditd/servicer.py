@@ -12,7 +12,9 @@ import structlog
 
 from banditd import codec, errors, metrics
 from banditd.admin import Admin
+from banditd.evaluation import DEFAULT_LIMIT
 from banditd.learner import BatchOutcome, FeedbackInput, Learner
+from banditd.ope import DEFAULT_BOOTSTRAP
 from banditd.router import Selector
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as pb_grpc
@@ -153,3 +155,59 @@ class AdminServicer(pb_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
     ) -> pb.GetStatsResponse:
         return codec.stats_to_proto(await self._admin.stats(request.tenant, request.name))
+
+    # -- off-policy evaluation, promotion and rollback ----------------------------------------
+
+    @_edge
+    async def Evaluate(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.EvaluateRequest,
+        context: grpc.aio.ServicerContext[pb.EvaluateRequest, pb.EvaluateResponse],
+    ) -> pb.EvaluateResponse:
+        t, n = request.tenant, request.name
+        report = await self._admin.evaluate(
+            t,
+            n,
+            [codec.candidate_from_proto(c, t, n) for c in request.candidates],
+            cost_weight=request.cost_weight if request.HasField("cost_weight") else None,
+            replicates=request.bootstrap_replicates or DEFAULT_BOOTSTRAP,
+            limit=request.limit or DEFAULT_LIMIT,
+            seed=request.seed,
+        )
+        return codec.evaluation_to_proto(report)
+
+    @_edge
+    async def PromoteRouter(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.PromoteRouterRequest,
+        context: grpc.aio.ServicerContext[pb.PromoteRouterRequest, pb.PromoteRouterResponse],
+    ) -> pb.PromoteRouterResponse:
+        t, n = request.tenant, request.name
+        spec, previous = await self._admin.promote(
+            t, n, codec.candidate_from_proto(request.candidate, t, n), request.expected_version
+        )
+        return pb.PromoteRouterResponse(router=codec.spec_to_proto(spec), previous_version=previous)
+
+    @_edge
+    async def RollbackRouter(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.RollbackRouterRequest,
+        context: grpc.aio.ServicerContext[pb.RollbackRouterRequest, pb.RollbackRouterResponse],
+    ) -> pb.RollbackRouterResponse:
+        spec, restored = await self._admin.rollback(
+            request.tenant, request.name, request.to_version, request.expected_version
+        )
+        return pb.RollbackRouterResponse(
+            router=codec.spec_to_proto(spec), restored_version=restored
+        )
+
+    @_edge
+    async def ListRouterVersions(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.ListRouterVersionsRequest,
+        context: grpc.aio.ServicerContext[
+            pb.ListRouterVersionsRequest, pb.ListRouterVersionsResponse
+        ],
+    ) -> pb.ListRouterVersionsResponse:
+        versions = await self._admin.versions(request.tenant, request.name)
+        return pb.ListRouterVersionsResponse(versions=[codec.version_to_proto(v) for v in versions])

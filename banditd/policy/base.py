@@ -92,3 +92,18 @@ class Policy(ABC):
         explored = chosen != int(np.argmax(greedy))
         propensity = self.propensity(post, arm_idx, x, cost_term, chosen, rng)
         return Choice(order, quality, utility, propensity, explored)
+
+    def probabilities(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        expected_cost: FloatArray,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> FloatArray:
+        """The probability that ``choose`` ranks each eligible arm first, shape (k,): for
+        off-policy evaluation and shadows. Deterministic policies put 1 on their choice."""
+        out = np.zeros(len(arm_idx))
+        out[Policy.choose(self, post, arm_idx, x, expected_cost, cost_weight, rng).chosen] = 1.0
+        return out

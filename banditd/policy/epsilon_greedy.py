@@ -43,3 +43,16 @@ class EpsilonGreedy(Policy):
         chosen = choice.chosen
         propensity = self.exploration / len(arm_idx) + (1.0 - self.exploration) * (chosen == greedy)
         return replace(choice, propensity=propensity, explored=chosen != greedy)
+
+    def probabilities(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        expected_cost: FloatArray,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> FloatArray:
+        """epsilon / k on every eligible arm, plus 1 - epsilon on the greedy one."""
+        greedy = super().probabilities(post, arm_idx, x, expected_cost, cost_weight, rng)
+        return self.exploration / len(arm_idx) + (1.0 - self.exploration) * greedy

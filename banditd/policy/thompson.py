@@ -42,3 +42,20 @@ class Thompson(Policy):
         draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
         wins = int(np.count_nonzero(np.argmax(draws, axis=1) == chosen))
         return (wins + 1) / (PROPENSITY_DRAWS + 1)
+
+    def probabilities(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        expected_cost: FloatArray,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> FloatArray:
+        """Each eligible arm's share of PROPENSITY_DRAWS posterior draws: a Monte Carlo estimate,
+        unbiased, so importance weights built on it stay unbiased too."""
+        mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_weight * expected_cost
+        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv, arm_idx, x))
+        draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
+        wins = np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
+        return np.asarray(wins / PROPENSITY_DRAWS, dtype=np.float64)

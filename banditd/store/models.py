@@ -58,6 +58,8 @@ routers = Table(
     Column("combine", String(8), nullable=False, server_default="first"),
     Column("thumb_up_reward", Float, nullable=False, server_default="1"),
     Column("thumb_down_reward", Float, nullable=False, server_default="0"),
+    # Shadow policies (0008): [{name, policy, exploration, cost_weight}], NULL for none.
+    Column("shadows", JSON, nullable=True),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
 )
 
@@ -142,4 +144,30 @@ server_secrets = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", LargeBinary, nullable=False),
+)
+
+# -- shadow policies and router versions (0008) ------------------------------------------------
+
+# Every configuration a router has had, by version: PutRouter, promotion and rollback all add one.
+router_versions = Table(
+    "router_versions",
+    metadata,
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("action", String(16), nullable=False),  # "put", "promote" or "rollback"
+    Column("config", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# What each shadow policy would have chosen at a decision, and its probability of the live arm
+# (the importance weight's numerator). Logged with the decision, in the same group commit.
+shadow_picks = Table(
+    "shadow_picks",
+    metadata,
+    Column("decision_id", String(36), primary_key=True),
+    Column("shadow", String(128), primary_key=True),
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), nullable=False),
+    Column("arm", String(128), nullable=False),
+    Column("live_arm_probability", Float, nullable=False),
+    Index("ix_shadow_picks_router_id", "router_id"),
 )

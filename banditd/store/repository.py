@@ -5,11 +5,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Insert, Table, delete, false, func, insert, select, update
+from sqlalchemy import Insert, Table, and_, case, delete, false, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,7 +21,10 @@ from banditd.domain import (
     FeedbackEvent,
     RankedArm,
     RouterSpec,
+    ShadowSpec,
     combined_reward,
+    spec_from_dict,
+    spec_to_dict,
 )
 from banditd.errors import Aborted, AlreadyExists, NotFound
 from banditd.store.engine import EVENTS_CHANNEL, Database
@@ -30,8 +33,10 @@ from banditd.store.models import (
     decisions,
     feedback_events,
     posterior_snapshots,
+    router_versions,
     routers,
     server_secrets,
+    shadow_picks,
 )
 
 SNAPSHOTS_KEPT = 2
@@ -50,6 +55,18 @@ class ArmTotals:
     feedback_count: int
     reward_sum: float
     spend_usd: float
+
+
+@dataclass(frozen=True)
+class ShadowTotals:
+    shadow: str
+    decisions: int
+    agreements: int
+    feedback_count: int
+    weight_sum: float
+    weight_sq_sum: float
+    weighted_reward_sum: float
+    weighted_cost_sum: float
 
 
 class Repository:
@@ -97,6 +114,7 @@ class Repository:
                     combine=r.combine,
                     thumb_up_reward=r.thumb_up_reward,
                     thumb_down_reward=r.thumb_down_reward,
+                    shadows=tuple(ShadowSpec(**sh) for sh in r.shadows or ()),
                 ),
             )
             for r in rows
@@ -124,8 +142,13 @@ class Repository:
         async with self.db.transaction() as conn:
             return await self._load_routers(conn, *where)
 
-    async def put_router(self, spec: RouterSpec) -> tuple[StoredRouter, bool]:
-        """Create or replace a router's configuration; returns it with its new version."""
+    async def put_router(
+        self, spec: RouterSpec, *, action: str = "put", expected_version: int | None = None
+    ) -> tuple[StoredRouter, bool]:
+        """Create or replace a router's configuration; returns it with its new version.
+
+        Every version is kept in router_versions (``action`` says how it came). With
+        ``expected_version``, the change applies only over that version (else Aborted)."""
         now = time.time()
         values = {
             "policy": spec.policy,
@@ -143,17 +166,23 @@ class Repository:
             "combine": spec.combine,
             "thumb_up_reward": spec.thumb_up_reward,
             "thumb_down_reward": spec.thumb_down_reward,
+            "shadows": [asdict(sh) for sh in spec.shadows] or None,
             "updated_at": now,
         }
         try:
-            return await self._put_router(spec, values, now)
+            return await self._put_router(spec, values, now, action, expected_version)
         except IntegrityError as exc:
             raise Aborted(
                 f"router {spec.tenant}/{spec.name} was changed concurrently; retry"
             ) from exc
 
     async def _put_router(
-        self, spec: RouterSpec, values: dict[str, Any], now: float
+        self,
+        spec: RouterSpec,
+        values: dict[str, Any],
+        now: float,
+        action: str,
+        expected_version: int | None,
     ) -> tuple[StoredRouter, bool]:
         async with self.db.transaction() as conn:
             row = (
@@ -163,6 +192,8 @@ class Repository:
                     )
                 )
             ).first()
+            if row is None and expected_version is not None:
+                raise NotFound(f"tenant {spec.tenant!r} has no router {spec.name!r}")
             if row is None:
                 router_id = (
                     await conn.execute(
@@ -176,15 +207,22 @@ class Repository:
                 version, created = 1, True
             else:
                 router_id, created = row.id, False
+                guard = [] if expected_version is None else [routers.c.version == expected_version]
                 # Incremented in the database, so concurrent writers get distinct versions.
-                version = (
+                found = (
                     await conn.execute(
                         update(routers)
-                        .where(routers.c.id == router_id)
+                        .where(routers.c.id == router_id, *guard)
                         .values(version=routers.c.version + 1, **values)
                         .returning(routers.c.version)
                     )
-                ).scalar_one()
+                ).scalar_one_or_none()
+                if found is None:
+                    raise Aborted(
+                        f"router {spec.tenant}/{spec.name} is no longer at version "
+                        f"{expected_version}; read it again and retry"
+                    )
+                version = int(found)
                 await conn.execute(delete(arms).where(arms.c.router_id == router_id))
             await conn.execute(
                 insert(arms),
@@ -200,7 +238,29 @@ class Repository:
                     for i, a in enumerate(spec.arms)
                 ],
             )
-        return StoredRouter(router_id, replace(spec, version=version)), created
+            stored = replace(spec, version=version)
+            await conn.execute(
+                insert(router_versions).values(
+                    router_id=router_id,
+                    version=version,
+                    action=action,
+                    config=spec_to_dict(stored),
+                    created_at=now,
+                )
+            )
+        return StoredRouter(router_id, stored), created
+
+    async def router_versions(self, router_id: int) -> list[tuple[int, str, float, RouterSpec]]:
+        """The router's stored configurations, oldest first: (version, action, time, spec)."""
+        async with self.db.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(router_versions)
+                    .where(router_versions.c.router_id == router_id)
+                    .order_by(router_versions.c.version)
+                )
+            ).all()
+        return [(r.version, r.action, r.created_at, spec_from_dict(r.config)) for r in rows]
 
     async def delete_router(self, tenant: str, name: str) -> int | None:
         """Delete a router and everything logged for it; its id, or None if there was none."""
@@ -210,7 +270,14 @@ class Repository:
             )
             if router_id is None:
                 return None
-            for table in (posterior_snapshots, feedback_events, decisions, arms):
+            for table in (
+                shadow_picks,
+                router_versions,
+                posterior_snapshots,
+                feedback_events,
+                decisions,
+                arms,
+            ):
                 await conn.execute(delete(table).where(table.c.router_id == router_id))
             await conn.execute(delete(routers).where(routers.c.id == router_id))
         return int(router_id)
@@ -226,7 +293,7 @@ class Repository:
         """
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(_insert_ignoring_duplicates(conn, decisions), _rows(batch))
+                await _insert_decisions(conn, batch)
             return []
         except IntegrityError:
             pass
@@ -234,7 +301,7 @@ class Repository:
         for d in batch:
             try:
                 async with self.db.transaction() as conn:
-                    await conn.execute(_insert_ignoring_duplicates(conn, decisions), _rows([d]))
+                    await _insert_decisions(conn, [d])
             except IntegrityError:
                 rejected.append(d)
         return rejected
@@ -497,6 +564,83 @@ class Repository:
             for arm in sorted(set(made) | set(fed))
         ]
 
+    # -- off-policy evaluation and shadows (0008) ---------------------------------------------
+
+    async def decisions_with_feedback(
+        self, router_id: int, limit: int
+    ) -> list[tuple[Decision, float, float]]:
+        """The newest ``limit`` decisions that carry a context and got feedback, oldest first,
+        each with its reward and cost."""
+        query = (
+            select(
+                decisions,
+                routers.c.tenant,
+                routers.c.name.label("router_name"),
+                feedback_events.c.reward.label("feedback_reward"),
+                feedback_events.c.cost_usd.label("feedback_cost_usd"),
+            )
+            .join(routers, routers.c.id == decisions.c.router_id)
+            .join(feedback_events, feedback_events.c.decision_id == decisions.c.id)
+            .where(
+                decisions.c.router_id == router_id,
+                decisions.c.x.is_not(None),
+                feedback_events.c.offline == false(),
+            )
+            .order_by(decisions.c.created_at.desc())
+            .limit(limit)
+        )
+        async with self.db.transaction() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            (_decision_from_row(r), float(r.feedback_reward), float(r.feedback_cost_usd))
+            for r in reversed(rows)
+        ]
+
+    async def shadow_totals(self, router_id: int) -> list[ShadowTotals]:
+        """Per shadow: decisions, agreements with the live arm, and importance-weighted sums
+        over the decisions with feedback (weight = shadow's probability of the live arm /
+        the live propensity)."""
+        weight = shadow_picks.c.live_arm_probability / decisions.c.propensity
+        fed = feedback_events.c.id.is_not(None)
+        query = (
+            select(
+                shadow_picks.c.shadow,
+                func.count().label("n"),
+                func.sum(case((shadow_picks.c.arm == decisions.c.arm, 1), else_=0)).label("agree"),
+                func.sum(case((fed, 1), else_=0)).label("fed"),
+                func.sum(case((fed, weight), else_=0.0)).label("w"),
+                func.sum(case((fed, weight * weight), else_=0.0)).label("w2"),
+                func.sum(case((fed, weight * feedback_events.c.reward), else_=0.0)).label("wr"),
+                func.sum(case((fed, weight * feedback_events.c.cost_usd), else_=0.0)).label("wc"),
+            )
+            .join(decisions, decisions.c.id == shadow_picks.c.decision_id)
+            .outerjoin(
+                feedback_events,
+                and_(
+                    feedback_events.c.decision_id == decisions.c.id,
+                    feedback_events.c.defaulted == false(),
+                ),
+            )
+            .where(shadow_picks.c.router_id == router_id)
+            .group_by(shadow_picks.c.shadow)
+            .order_by(shadow_picks.c.shadow)
+        )
+        async with self.db.transaction() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            ShadowTotals(
+                shadow=r.shadow,
+                decisions=int(r.n),
+                agreements=int(r.agree or 0),
+                feedback_count=int(r.fed or 0),
+                weight_sum=float(r.w or 0.0),
+                weight_sq_sum=float(r.w2 or 0.0),
+                weighted_reward_sum=float(r.wr or 0.0),
+                weighted_cost_sum=float(r.wc or 0.0),
+            )
+            for r in rows
+        ]
+
     async def secret(self, name: str) -> bytes:
         """A random secret created once and shared by every process on this database."""
         async with self.db.transaction() as conn:
@@ -534,6 +678,24 @@ def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     stmt: Insert = dialect.insert(table).on_conflict_do_nothing()
     return stmt
+
+
+async def _insert_decisions(conn: AsyncConnection, batch: Sequence[Decision]) -> None:
+    """Decisions and their shadow picks (a repeated request_id's decision is skipped)."""
+    await conn.execute(_insert_ignoring_duplicates(conn, decisions), _rows(batch))
+    picks = [
+        {
+            "decision_id": d.decision_id,
+            "shadow": p.shadow,
+            "router_id": d.router_id,
+            "arm": p.arm,
+            "live_arm_probability": p.live_arm_probability,
+        }
+        for d in batch
+        for p in d.shadows
+    ]
+    if picks:
+        await conn.execute(_insert_ignoring_duplicates(conn, shadow_picks), picks)
 
 
 def _rows(batch: Sequence[Decision]) -> list[dict[str, Any]]:

@@ -414,6 +414,7 @@ class RouterConfig(_message.Message):
     COMBINE_FIELD_NUMBER: _builtins.int
     THUMB_UP_REWARD_FIELD_NUMBER: _builtins.int
     THUMB_DOWN_REWARD_FIELD_NUMBER: _builtins.int
+    SHADOWS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -463,6 +464,10 @@ class RouterConfig(_message.Message):
     thumb_down_reward: _builtins.float
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
+    @_builtins.property
+    def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowPolicy]:
+        """Shadow policies: candidates that also pick at every Select (logged, never served)."""
+
     def __init__(
         self,
         *,
@@ -485,10 +490,11 @@ class RouterConfig(_message.Message):
         combine: _builtins.str = ...,
         thumb_up_reward: _builtins.float | None = ...,
         thumb_down_reward: _builtins.float | None = ...,
+        shadows: _abc.Iterable[Global___ShadowPolicy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
     _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015
@@ -508,6 +514,40 @@ class RouterConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__thumb_up_reward) -> _WhichOneofReturnType__thumb_up_reward | None: ...
 
 Global___RouterConfig: _TypeAlias = RouterConfig  # noqa: Y015
+
+@_typing.final
+class ShadowPolicy(_message.Message):
+    """A candidate run in shadow on the live posterior and eligible arms (at most 4 per router)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
+    COST_WEIGHT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    policy: _builtins.str
+    """As RouterConfig.policy and .exploration."""
+    exploration: _builtins.float
+    cost_weight: _builtins.float
+    """Unset: the router's default_cost_weight (a request's cost_weight applies to shadows too)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        exploration: _builtins.float = ...,
+        cost_weight: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "cost_weight", b"cost_weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "cost_weight", b"cost_weight", "exploration", b"exploration", "name", b"name", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_weight: _TypeAlias = _typing.Literal["cost_weight"]  # noqa: Y015
+    _WhichOneofArgType__cost_weight: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_weight) -> _WhichOneofReturnType__cost_weight | None: ...
+
+Global___ShadowPolicy: _TypeAlias = ShadowPolicy  # noqa: Y015
 
 @_typing.final
 class PutRouterRequest(_message.Message):
@@ -741,6 +781,9 @@ class GetStatsResponse(_message.Message):
     APPLIED_EVENT_ID_FIELD_NUMBER: _builtins.int
     LOG_EVENT_ID_FIELD_NUMBER: _builtins.int
     LAG_EVENTS_FIELD_NUMBER: _builtins.int
+    SHADOWS_FIELD_NUMBER: _builtins.int
+    MEAN_REWARD_FIELD_NUMBER: _builtins.int
+    MEAN_COST_USD_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     decisions: _builtins.int
@@ -751,8 +794,16 @@ class GetStatsResponse(_message.Message):
     log_event_id: _builtins.int
     """Id of the router's newest event in the log, and how many events this replica has not applied."""
     lag_events: _builtins.int
+    mean_reward: _builtins.float
+    mean_cost_usd: _builtins.float
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]: ...
+    @_builtins.property
+    def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowStats]:
+        """Shadow policies: what each would have chosen, against the live policy's mean reward and
+        cost over the decisions with feedback.
+        """
+
     def __init__(
         self,
         *,
@@ -765,11 +816,430 @@ class GetStatsResponse(_message.Message):
         applied_event_id: _builtins.int = ...,
         log_event_id: _builtins.int = ...,
         lag_events: _builtins.int = ...,
+        shadows: _abc.Iterable[Global___ShadowStats] | None = ...,
+        mean_reward: _builtins.float = ...,
+        mean_cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "decisions", b"decisions", "feedback_count", b"feedback_count", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "name", b"name", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "decisions", b"decisions", "feedback_count", b"feedback_count", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "mean_cost_usd", b"mean_cost_usd", "mean_reward", b"mean_reward", "name", b"name", "shadows", b"shadows", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class ShadowStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    ESTIMATED_MEAN_REWARD_FIELD_NUMBER: _builtins.int
+    ESTIMATED_MEAN_COST_USD_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    decisions: _builtins.int
+    """Decisions at which the shadow picked, and the share where it picked the live arm."""
+    agreement: _builtins.float
+    feedback_count: _builtins.int
+    """Decisions with feedback, and the self-normalised IPS estimate of the shadow's mean reward and
+    cost on them (weights: the shadow's probability of the live arm / the live propensity).
+    """
+    estimated_mean_reward: _builtins.float
+    estimated_mean_cost_usd: _builtins.float
+    effective_sample_size: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        decisions: _builtins.int = ...,
+        agreement: _builtins.float = ...,
+        feedback_count: _builtins.int = ...,
+        estimated_mean_reward: _builtins.float = ...,
+        estimated_mean_cost_usd: _builtins.float = ...,
+        effective_sample_size: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "decisions", b"decisions", "effective_sample_size", b"effective_sample_size", "estimated_mean_cost_usd", b"estimated_mean_cost_usd", "estimated_mean_reward", b"estimated_mean_reward", "feedback_count", b"feedback_count", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowStats: _TypeAlias = ShadowStats  # noqa: Y015
+
+@_typing.final
+class EvaluateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    COST_WEIGHT_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_REPLICATES_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    name: _builtins.str
+    cost_weight: _builtins.float
+    """Utility = reward - cost_weight * cost. Unset: the router's default_cost_weight."""
+    bootstrap_replicates: _builtins.int
+    """Bootstrap replicates for the intervals. 0 = 1000."""
+    limit: _builtins.int
+    """Newest decisions with feedback to use. 0 = 100,000."""
+    seed: _builtins.int
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterConfig]:
+        """Candidate configurations (tenant and name may be empty). None: the router's shadows."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        name: _builtins.str = ...,
+        candidates: _abc.Iterable[Global___RouterConfig] | None = ...,
+        cost_weight: _builtins.float | None = ...,
+        bootstrap_replicates: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "cost_weight", b"cost_weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "bootstrap_replicates", b"bootstrap_replicates", "candidates", b"candidates", "cost_weight", b"cost_weight", "limit", b"limit", "name", b"name", "seed", b"seed", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_weight: _TypeAlias = _typing.Literal["cost_weight"]  # noqa: Y015
+    _WhichOneofArgType__cost_weight: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_weight) -> _WhichOneofReturnType__cost_weight | None: ...
+
+Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
+
+@_typing.final
+class ValueInterval(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    """Unset when the estimator is undefined here (e.g. SNIPS with all weights 0)."""
+    low: _builtins.float
+    """95 % bootstrap interval; unset when it could not be formed."""
+    high: _builtins.float
+    def __init__(
+        self,
+        *,
+        value: _builtins.float | None = ...,
+        low: _builtins.float | None = ...,
+        high: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_high", b"_high", "_low", b"_low", "_value", b"_value", "high", b"high", "low", b"low", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_high", b"_high", "_low", b"_low", "_value", b"_value", "high", b"high", "low", b"low", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__high: _TypeAlias = _typing.Literal["high"]  # noqa: Y015
+    _WhichOneofArgType__high: _TypeAlias = _typing.Literal["_high", b"_high"]  # noqa: Y015
+    _WhichOneofReturnType__low: _TypeAlias = _typing.Literal["low"]  # noqa: Y015
+    _WhichOneofArgType__low: _TypeAlias = _typing.Literal["_low", b"_low"]  # noqa: Y015
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__high) -> _WhichOneofReturnType__high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__low) -> _WhichOneofReturnType__low | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___ValueInterval: _TypeAlias = ValueInterval  # noqa: Y015
+
+@_typing.final
+class OffPolicyEstimate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATOR_FIELD_NUMBER: _builtins.int
+    REWARD_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    UTILITY_FIELD_NUMBER: _builtins.int
+    estimator: _builtins.str
+    """"ips", "snips", "dm" or "dr"."""
+    @_builtins.property
+    def reward(self) -> Global___ValueInterval: ...
+    @_builtins.property
+    def cost_usd(self) -> Global___ValueInterval: ...
+    @_builtins.property
+    def utility(self) -> Global___ValueInterval: ...
+    def __init__(
+        self,
+        *,
+        estimator: _builtins.str = ...,
+        reward: Global___ValueInterval | None = ...,
+        cost_usd: Global___ValueInterval | None = ...,
+        utility: Global___ValueInterval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "reward", b"reward", "utility", b"utility"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "estimator", b"estimator", "reward", b"reward", "utility", b"utility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OffPolicyEstimate: _TypeAlias = OffPolicyEstimate  # noqa: Y015
+
+@_typing.final
+class CandidateEvaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    ESTIMATES_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    MIN_PROPENSITY_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    policy: _builtins.str
+    effective_sample_size: _builtins.float
+    agreement: _builtins.float
+    """Mean probability the candidate gives the logged arm."""
+    min_propensity: _builtins.float
+    @_builtins.property
+    def estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___OffPolicyEstimate]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        estimates: _abc.Iterable[Global___OffPolicyEstimate] | None = ...,
+        effective_sample_size: _builtins.float = ...,
+        agreement: _builtins.float = ...,
+        min_propensity: _builtins.float = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "effective_sample_size", b"effective_sample_size", "estimates", b"estimates", "min_propensity", b"min_propensity", "name", b"name", "policy", b"policy", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateEvaluation: _TypeAlias = CandidateEvaluation  # noqa: Y015
+
+@_typing.final
+class EvaluateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    COST_WEIGHT_FIELD_NUMBER: _builtins.int
+    LOGGED_REWARD_FIELD_NUMBER: _builtins.int
+    LOGGED_COST_USD_FIELD_NUMBER: _builtins.int
+    LOGGED_UTILITY_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    decisions: _builtins.int
+    cost_weight: _builtins.float
+    logged_reward: _builtins.float
+    """What the live (logging) policy earned on those decisions."""
+    logged_cost_usd: _builtins.float
+    logged_utility: _builtins.float
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateEvaluation]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        decisions: _builtins.int = ...,
+        cost_weight: _builtins.float = ...,
+        logged_reward: _builtins.float = ...,
+        logged_cost_usd: _builtins.float = ...,
+        logged_utility: _builtins.float = ...,
+        candidates: _abc.Iterable[Global___CandidateEvaluation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateResponse: _TypeAlias = EvaluateResponse  # noqa: Y015
+
+@_typing.final
+class PromoteRouterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    name: _builtins.str
+    expected_version: _builtins.int
+    """Apply only over this version (0: whatever is live); else ABORTED."""
+    @_builtins.property
+    def candidate(self) -> Global___RouterConfig:
+        """The new configuration (its tenant and name may be empty)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        name: _builtins.str = ...,
+        candidate: Global___RouterConfig | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "expected_version", b"expected_version", "name", b"name", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRouterRequest: _TypeAlias = PromoteRouterRequest  # noqa: Y015
+
+@_typing.final
+class PromoteRouterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    @_builtins.property
+    def router(self) -> Global___RouterConfig: ...
+    def __init__(
+        self,
+        *,
+        router: Global___RouterConfig | None = ...,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["router", b"router"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "router", b"router"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRouterResponse: _TypeAlias = PromoteRouterResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRouterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    name: _builtins.str
+    to_version: _builtins.int
+    """The version whose configuration becomes live again (as a new version). 0: the one before
+    the live version.
+    """
+    expected_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        name: _builtins.str = ...,
+        to_version: _builtins.int = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "name", b"name", "tenant", b"tenant", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRouterRequest: _TypeAlias = RollbackRouterRequest  # noqa: Y015
+
+@_typing.final
+class RollbackRouterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTER_FIELD_NUMBER: _builtins.int
+    RESTORED_VERSION_FIELD_NUMBER: _builtins.int
+    restored_version: _builtins.int
+    @_builtins.property
+    def router(self) -> Global___RouterConfig: ...
+    def __init__(
+        self,
+        *,
+        router: Global___RouterConfig | None = ...,
+        restored_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["router", b"router"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["restored_version", b"restored_version", "router", b"router"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRouterResponse: _TypeAlias = RollbackRouterResponse  # noqa: Y015
+
+@_typing.final
+class ListRouterVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRouterVersionsRequest: _TypeAlias = ListRouterVersionsRequest  # noqa: Y015
+
+@_typing.final
+class RouterVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_UNIX_FIELD_NUMBER: _builtins.int
+    ROUTER_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    action: _builtins.str
+    """"put", "promote" or "rollback"."""
+    created_at_unix: _builtins.float
+    @_builtins.property
+    def router(self) -> Global___RouterConfig: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        action: _builtins.str = ...,
+        created_at_unix: _builtins.float = ...,
+        router: Global___RouterConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["router", b"router"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "created_at_unix", b"created_at_unix", "router", b"router", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouterVersion: _TypeAlias = RouterVersion  # noqa: Y015
+
+@_typing.final
+class ListRouterVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterVersion]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___RouterVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRouterVersionsResponse: _TypeAlias = ListRouterVersionsResponse  # noqa: Y015

@@ -223,6 +223,26 @@ class AdminStub:
                 request_serializer=banditd_dot_v1_dot_banditd__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=banditd_dot_v1_dot_banditd__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/banditd.v1.Admin/Evaluate',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
+        self.PromoteRouter = channel.unary_unary(
+                '/banditd.v1.Admin/PromoteRouter',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.PromoteRouterRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.PromoteRouterResponse.FromString,
+                _registered_method=True)
+        self.RollbackRouter = channel.unary_unary(
+                '/banditd.v1.Admin/RollbackRouter',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.RollbackRouterRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.RollbackRouterResponse.FromString,
+                _registered_method=True)
+        self.ListRouterVersions = channel.unary_unary(
+                '/banditd.v1.Admin/ListRouterVersions',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -259,6 +279,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Off-policy evaluation and promotion: estimate candidates (or the router's shadows) on the
+        decision log; replace the live configuration by a candidate, or by an earlier version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRouter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackRouter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRouterVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +332,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=banditd_dot_v1_dot_banditd__pb2.GetStatsRequest.FromString,
                     response_serializer=banditd_dot_v1_dot_banditd__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.EvaluateRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'PromoteRouter': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRouter,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.PromoteRouterRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.PromoteRouterResponse.SerializeToString,
+            ),
+            'RollbackRouter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRouter,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.RollbackRouterRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.RollbackRouterResponse.SerializeToString,
+            ),
+            'ListRouterVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRouterVersions,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -424,6 +490,114 @@ class Admin:
             '/banditd.v1.Admin/GetStats',
             banditd_dot_v1_dot_banditd__pb2.GetStatsRequest.SerializeToString,
             banditd_dot_v1_dot_banditd__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/Evaluate',
+            banditd_dot_v1_dot_banditd__pb2.EvaluateRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRouter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/PromoteRouter',
+            banditd_dot_v1_dot_banditd__pb2.PromoteRouterRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.PromoteRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackRouter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/RollbackRouter',
+            banditd_dot_v1_dot_banditd__pb2.RollbackRouterRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.RollbackRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRouterVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/ListRouterVersions',
+            banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,13 @@ class AdminStub:
     ListRouters: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.ListRoutersRequest, _banditd_pb2.ListRoutersResponse]
     DeleteRouter: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.DeleteRouterRequest, _banditd_pb2.DeleteRouterResponse]
     GetStats: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.GetStatsRequest, _banditd_pb2.GetStatsResponse]
+    Evaluate: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.EvaluateRequest, _banditd_pb2.EvaluateResponse]
+    """Off-policy evaluation and promotion: estimate candidates (or the router's shadows) on the
+    decision log; replace the live configuration by a candidate, or by an earlier version.
+    """
+    PromoteRouter: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.PromoteRouterRequest, _banditd_pb2.PromoteRouterResponse]
+    RollbackRouter: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.RollbackRouterRequest, _banditd_pb2.RollbackRouterResponse]
+    ListRouterVersions: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.ListRouterVersionsRequest, _banditd_pb2.ListRouterVersionsResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -104,6 +111,13 @@ class AdminAsyncStub(AdminStub):
     ListRouters: _aio.UnaryUnaryMultiCallable[_banditd_pb2.ListRoutersRequest, _banditd_pb2.ListRoutersResponse]  # type: ignore[assignment]
     DeleteRouter: _aio.UnaryUnaryMultiCallable[_banditd_pb2.DeleteRouterRequest, _banditd_pb2.DeleteRouterResponse]  # type: ignore[assignment]
     GetStats: _aio.UnaryUnaryMultiCallable[_banditd_pb2.GetStatsRequest, _banditd_pb2.GetStatsResponse]  # type: ignore[assignment]
+    Evaluate: _aio.UnaryUnaryMultiCallable[_banditd_pb2.EvaluateRequest, _banditd_pb2.EvaluateResponse]  # type: ignore[assignment]
+    """Off-policy evaluation and promotion: estimate candidates (or the router's shadows) on the
+    decision log; replace the live configuration by a candidate, or by an earlier version.
+    """
+    PromoteRouter: _aio.UnaryUnaryMultiCallable[_banditd_pb2.PromoteRouterRequest, _banditd_pb2.PromoteRouterResponse]  # type: ignore[assignment]
+    RollbackRouter: _aio.UnaryUnaryMultiCallable[_banditd_pb2.RollbackRouterRequest, _banditd_pb2.RollbackRouterResponse]  # type: ignore[assignment]
+    ListRouterVersions: _aio.UnaryUnaryMultiCallable[_banditd_pb2.ListRouterVersionsRequest, _banditd_pb2.ListRouterVersionsResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin: router configuration and statistics."""
@@ -142,5 +156,36 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _banditd_pb2.GetStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_banditd_pb2.GetStatsResponse, _abc.Awaitable[_banditd_pb2.GetStatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Evaluate(
+        self,
+        request: _banditd_pb2.EvaluateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.EvaluateResponse, _abc.Awaitable[_banditd_pb2.EvaluateResponse]]:
+        """Off-policy evaluation and promotion: estimate candidates (or the router's shadows) on the
+        decision log; replace the live configuration by a candidate, or by an earlier version.
+        """
+
+    @_abc_1.abstractmethod
+    def PromoteRouter(
+        self,
+        request: _banditd_pb2.PromoteRouterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.PromoteRouterResponse, _abc.Awaitable[_banditd_pb2.PromoteRouterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RollbackRouter(
+        self,
+        request: _banditd_pb2.RollbackRouterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.RollbackRouterResponse, _abc.Awaitable[_banditd_pb2.RollbackRouterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRouterVersions(
+        self,
+        request: _banditd_pb2.ListRouterVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.ListRouterVersionsResponse, _abc.Awaitable[_banditd_pb2.ListRouterVersionsResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
