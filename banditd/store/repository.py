@@ -9,7 +9,19 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Insert, Table, and_, case, delete, false, func, insert, select, update
+from sqlalchemy import (
+    Insert,
+    Subquery,
+    Table,
+    and_,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -513,25 +525,7 @@ class Repository:
                     )
                 ).all()
             )
-            # A decision counts once, with its latest signal, when that signal is real feedback
-            # (not a default); its spend is the sum of its rows (later rows carry changes).
-            fe = feedback_events
-            latest = (
-                select(fe.c.decision_id, func.max(fe.c.signal).label("signal"))
-                .where(fe.c.router_id == router_id, fe.c.offline == false())
-                .group_by(fe.c.decision_id)
-                .subquery()
-            )
-            settled = (
-                select(fe.c.decision_id, fe.c.arm, fe.c.reward, fe.c.effective_reward)
-                .join(
-                    latest,
-                    (latest.c.decision_id == fe.c.decision_id) & (latest.c.signal == fe.c.signal),
-                )
-                .where(fe.c.defaulted == false())
-                .subquery()
-            )
-            effective = func.coalesce(settled.c.effective_reward, settled.c.reward)
+            settled = settled_feedback(router_id)
             fed = {
                 r.arm: r
                 for r in (
@@ -539,27 +533,21 @@ class Repository:
                         select(
                             settled.c.arm,
                             func.count().label("n"),
-                            func.sum(effective).label("reward_sum"),
-                        ).group_by(settled.c.arm)
+                            func.sum(settled.c.reward).label("reward_sum"),
+                            func.sum(settled.c.cost_usd).label("spend"),
+                        )
+                        .where(settled.c.defaulted == false())
+                        .group_by(settled.c.arm)
                     )
                 ).all()
             }
-            spend: dict[str, float] = dict(
-                (
-                    await conn.execute(
-                        select(fe.c.arm, func.sum(fe.c.cost_usd))
-                        .where(fe.c.decision_id.in_(select(settled.c.decision_id)))
-                        .group_by(fe.c.arm)
-                    )
-                ).all()
-            )
         return [
             ArmTotals(
                 arm=arm,
                 decisions=int(made.get(arm, 0)),
                 feedback_count=int(fed[arm].n) if arm in fed else 0,
                 reward_sum=float(fed[arm].reward_sum) if arm in fed else 0.0,
-                spend_usd=float(spend.get(arm, 0.0)),
+                spend_usd=float(fed[arm].spend) if arm in fed else 0.0,
             )
             for arm in sorted(set(made) | set(fed))
         ]
@@ -571,21 +559,18 @@ class Repository:
     ) -> list[tuple[Decision, float, float]]:
         """The newest ``limit`` decisions that carry a context and got feedback, oldest first,
         each with its reward and cost."""
+        settled = settled_feedback(router_id)
         query = (
             select(
                 decisions,
                 routers.c.tenant,
                 routers.c.name.label("router_name"),
-                feedback_events.c.reward.label("feedback_reward"),
-                feedback_events.c.cost_usd.label("feedback_cost_usd"),
+                settled.c.reward.label("feedback_reward"),
+                settled.c.cost_usd.label("feedback_cost_usd"),
             )
             .join(routers, routers.c.id == decisions.c.router_id)
-            .join(feedback_events, feedback_events.c.decision_id == decisions.c.id)
-            .where(
-                decisions.c.router_id == router_id,
-                decisions.c.x.is_not(None),
-                feedback_events.c.offline == false(),
-            )
+            .join(settled, settled.c.decision_id == decisions.c.id)
+            .where(decisions.c.router_id == router_id, decisions.c.x.is_not(None))
             .order_by(decisions.c.created_at.desc())
             .limit(limit)
         )
@@ -601,7 +586,8 @@ class Repository:
         over the decisions with feedback (weight = shadow's probability of the live arm /
         the live propensity)."""
         weight = shadow_picks.c.live_arm_probability / decisions.c.propensity
-        fed = feedback_events.c.id.is_not(None)
+        settled = settled_feedback(router_id)
+        fed = settled.c.decision_id.is_not(None)
         query = (
             select(
                 shadow_picks.c.shadow,
@@ -610,16 +596,13 @@ class Repository:
                 func.sum(case((fed, 1), else_=0)).label("fed"),
                 func.sum(case((fed, weight), else_=0.0)).label("w"),
                 func.sum(case((fed, weight * weight), else_=0.0)).label("w2"),
-                func.sum(case((fed, weight * feedback_events.c.reward), else_=0.0)).label("wr"),
-                func.sum(case((fed, weight * feedback_events.c.cost_usd), else_=0.0)).label("wc"),
+                func.sum(case((fed, weight * settled.c.reward), else_=0.0)).label("wr"),
+                func.sum(case((fed, weight * settled.c.cost_usd), else_=0.0)).label("wc"),
             )
             .join(decisions, decisions.c.id == shadow_picks.c.decision_id)
             .outerjoin(
-                feedback_events,
-                and_(
-                    feedback_events.c.decision_id == decisions.c.id,
-                    feedback_events.c.defaulted == false(),
-                ),
+                settled,
+                and_(settled.c.decision_id == decisions.c.id, settled.c.defaulted == false()),
             )
             .where(shadow_picks.c.router_id == router_id)
             .group_by(shadow_picks.c.shadow)
@@ -655,6 +638,36 @@ class Repository:
                 )
             ).scalar_one()
         return bytes(value)
+
+
+def settled_feedback(router_id: int) -> Subquery:
+    """Per decision of the router with online feedback: its arm, its effective reward (that of
+    its latest signal), its settled cost (the sum over its signals) and whether that latest
+    signal is a default reward. One row per decision, whatever the router's combine rule."""
+    fe = feedback_events
+    latest = (
+        select(
+            fe.c.decision_id,
+            func.max(fe.c.signal).label("signal"),
+            func.sum(fe.c.cost_usd).label("cost_usd"),
+        )
+        .where(fe.c.router_id == router_id, fe.c.offline == false())
+        .group_by(fe.c.decision_id)
+        .subquery()
+    )
+    return (
+        select(
+            fe.c.decision_id,
+            fe.c.arm,
+            func.coalesce(fe.c.effective_reward, fe.c.reward).label("reward"),
+            latest.c.cost_usd,
+            fe.c.defaulted,
+        )
+        .join(
+            latest, and_(latest.c.decision_id == fe.c.decision_id, latest.c.signal == fe.c.signal)
+        )
+        .subquery()
+    )
 
 
 async def _begin_append(conn: AsyncConnection, router_id: int) -> None:
