@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from banditd.admin import RouterStats
 from banditd.domain import (
+    DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS,
     DEFAULT_PRIOR_QUALITY,
     DEFAULT_REWARD_WAIT_SECONDS,
     ArmSpec,
@@ -32,6 +33,10 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         explore_new_arm=msg.explore_new_arm,
         default_reward=msg.default_reward if msg.HasField("default_reward") else None,
         reward_wait_seconds=msg.reward_wait_seconds or DEFAULT_REWARD_WAIT_SECONDS,
+        feedback_cap_per_key=msg.feedback_cap_per_key,
+        feedback_cap_window_seconds=(
+            msg.feedback_cap_window_seconds or DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS
+        ),
         prior_weight=msg.prior_weight or 1.0,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
@@ -74,6 +79,8 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         explore_new_arm=spec.explore_new_arm,
         default_reward=spec.default_reward,
         reward_wait_seconds=spec.reward_wait_seconds,
+        feedback_cap_per_key=spec.feedback_cap_per_key,
+        feedback_cap_window_seconds=spec.feedback_cap_window_seconds,
     )
 
 

@@ -86,6 +86,8 @@ class Repository:
                     explore_new_arm=r.explore_new_arm,
                     default_reward=r.default_reward,
                     reward_wait_seconds=r.reward_wait_seconds,
+                    feedback_cap_per_key=r.feedback_cap_per_key,
+                    feedback_cap_window_seconds=r.feedback_cap_window_seconds,
                 ),
             )
             for r in rows
@@ -129,6 +131,8 @@ class Repository:
             "explore_new_arm": spec.explore_new_arm,
             "default_reward": spec.default_reward,
             "reward_wait_seconds": spec.reward_wait_seconds,
+            "feedback_cap_per_key": spec.feedback_cap_per_key,
+            "feedback_cap_window_seconds": spec.feedback_cap_window_seconds,
             "updated_at": now,
         }
         try:

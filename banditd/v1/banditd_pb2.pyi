@@ -411,6 +411,8 @@ class RouterConfig(_message.Message):
     EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
     DEFAULT_REWARD_FIELD_NUMBER: _builtins.int
     REWARD_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    FEEDBACK_CAP_PER_KEY_FIELD_NUMBER: _builtins.int
+    FEEDBACK_CAP_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -449,6 +451,13 @@ class RouterConfig(_message.Message):
     """
     reward_wait_seconds: _builtins.int
     """0 = 3600."""
+    feedback_cap_per_key: _builtins.int
+    """Security (issue 10): the most feedback events one client (API key; without auth, peer
+    address) may add to one arm of this router per feedback_cap_window_seconds, per replica;
+    more is RESOURCE_EXHAUSTED. 0 = no cap.
+    """
+    feedback_cap_window_seconds: _builtins.int
+    """0 = 3600."""
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     def __init__(
@@ -470,10 +479,12 @@ class RouterConfig(_message.Message):
         explore_new_arm: _builtins.int = ...,
         default_reward: _builtins.float | None = ...,
         reward_wait_seconds: _builtins.int = ...,
+        feedback_cap_per_key: _builtins.int = ...,
+        feedback_cap_window_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "default_reward", b"default_reward", "prior_quality", b"prior_quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
     _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015
