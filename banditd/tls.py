@@ -7,6 +7,7 @@ mutual TLS (a client without a certificate that CA signed fails the handshake).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -48,3 +49,29 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [pair], root_certificates=_read(ca, "client CA"), require_client_auth=True
     )
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a banditd client command (ingest) reaches a secured server."""
+
+    api_key: str | None = None
+    ca_file: Path | None = None  # TLS: the CA that signed the server's certificate
+    cert_file: Path | None = None  # mTLS: this client's certificate and key
+    key_file: Path | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+    def channel(self, target: str) -> grpc.Channel:
+        if self.ca_file is None and self.cert_file is None:
+            return grpc.insecure_channel(target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
+            private_key=_read(self.key_file, "client key") if self.key_file else None,
+            certificate_chain=_read(self.cert_file, "client certificate")
+            if self.cert_file
+            else None,
+        )
+        return grpc.secure_channel(target, credentials)
