@@ -43,7 +43,9 @@ async def secured(start_server: StartServer, url: str) -> tuple[Running, Metadat
 
 
 def select(tenant: str) -> pb.SelectRequest:
-    return pb.SelectRequest(tenant=tenant, router="chat", embedding=pb.Embedding(values=[1, 0, 0, 0]))
+    return pb.SelectRequest(
+        tenant=tenant, router="chat", embedding=pb.Embedding(values=[1, 0, 0, 0])
+    )
 
 
 async def _code(call: Awaitable[Any]) -> tuple[C, str]:
@@ -78,7 +80,9 @@ async def test_calls_without_a_valid_key_are_unauthenticated(
     for metadata, message in cases:
         for call in (
             server.router.Select(select("acme"), metadata=metadata),
-            server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"), metadata=metadata),
+            server.admin.GetStats(
+                pb.GetStatsRequest(tenant="acme", name="chat"), metadata=metadata
+            ),
         ):
             code, details = await _code(call)
             assert code == C.UNAUTHENTICATED and message in details, (metadata, details)
@@ -108,7 +112,7 @@ async def test_health_is_open_and_reflection_needs_a_key(
 
     assert "banditd.v1.Router" in await services(root)
     code, details = await _code(services(()))
-    assert code == C.UNAUTHENTICATED
+    assert code == C.UNAUTHENTICATED and "missing API key" in details
 
 
 async def test_roles(sqlite_url: str, start_server: StartServer) -> None:
@@ -124,7 +128,10 @@ async def test_roles(sqlite_url: str, start_server: StartServer) -> None:
         (server.router.StreamFeedback(iter([fb]), metadata=selector), "feedback"),
         (server.admin.GetStats(stats, metadata=selector), "admin"),
         (server.router.Select(select("acme"), metadata=reporter), "select"),
-        (server.admin.ListRouters(pb.ListRoutersRequest(tenant="acme"), metadata=reporter), "admin"),
+        (
+            server.admin.ListRouters(pb.ListRoutersRequest(tenant="acme"), metadata=reporter),
+            "admin",
+        ),
         (server.router.Select(select("acme"), metadata=admin), "select"),
         (server.router.Feedback(fb, metadata=admin), "feedback"),
     ):
@@ -150,9 +157,7 @@ async def test_a_key_never_reaches_another_tenant(
 
     attempts: dict[str, Callable[[], Awaitable[Any]]] = {
         "Select": lambda: server.router.Select(select("globex"), metadata=acme),
-        "Feedback": lambda: server.router.Feedback(
-            fb("globex", theirs.decision_id), metadata=acme
-        ),
+        "Feedback": lambda: server.router.Feedback(fb("globex", theirs.decision_id), metadata=acme),
         "Feedback, their token as ours": lambda: server.router.Feedback(
             fb("acme", theirs.decision_id), metadata=acme
         ),
@@ -182,11 +187,7 @@ async def test_a_key_never_reaches_another_tenant(
         ),
     }
     # Every RPC of both services is tried (a new RPC must be added above).
-    rpcs = {
-        m.name
-        for s in pb.DESCRIPTOR.services_by_name.values()
-        for m in s.methods
-    }
+    rpcs = {m.name for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
     assert rpcs <= {name.split(",")[0] for name in attempts}
     before = await server.admin.GetStats(
         pb.GetStatsRequest(tenant="globex", name="chat"), metadata=root
