@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     rate_limit_burst_s: float = Field(
         1.0, gt=0, description="a bucket holds this many seconds' worth of its rate"
     )
+    health_listen: str = Field(
+        "", description="HOST:PORT of a plaintext listener serving only gRPC health (probes)"
+    )
     max_candidates: int = Field(256, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="gRPC message limit")
     anomaly_window: int = Field(
@@ -82,12 +85,14 @@ class Settings(BaseSettings):
         0.3, gt=0, description="|recent mean reward - historic mean| that raises the signal"
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "health_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "health_listen":
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+            raise ValueError(f"{info.field_name} must be HOST:PORT, got {value!r}")
         return value
 
     @property

@@ -56,10 +56,15 @@ class App:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_listening: Callable[[], Awaitable[None]] | None = None
     _stopping: bool = False
+    # Plaintext listener for health only (probes that cannot speak TLS); see health_listen.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         if self.settings.metrics_listen:
             metrics.serve_metrics(self.settings.metrics_listen)
         self.decisions.start()
@@ -95,6 +100,8 @@ class App:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         self._stopping = True
         self._wake.set()
         if self._tail_task is not None:
@@ -172,7 +179,15 @@ async def build_app(settings: Settings) -> App:
     if port == 0:
         await db.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    return App(settings, db, catalog, decisions, server, health_servicer, port)
+    app = App(settings, db, catalog, decisions, server, health_servicer, port)
+    if settings.health_listen:
+        app.health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, app.health_server)
+        app.health_port = app.health_server.add_insecure_port(settings.health_listen)
+        if app.health_port == 0:
+            await db.close()
+            raise OSError(f"cannot listen on {settings.health_listen}")
+    return app
 
 
 def _edge_guard(settings: Settings, db: Database) -> EdgeGuard:

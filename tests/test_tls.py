@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from banditd.config import Settings
 from banditd.server import build_app
 from banditd.tls import TLSConfigError, server_credentials
+from banditd.v1.banditd_pb2 import SelectRequest
+from banditd.v1.banditd_pb2_grpc import RouterStub
 from tests.conftest import SIGNING_KEY, StartServer
 
 
@@ -121,7 +123,6 @@ def test_plaintext_defaults() -> None:
 async def test_build_app_refuses_before_touching_the_database(tmp_path: Path) -> None:
     db = tmp_path / "never.db"
     settings = Settings(
-        listen="0.0.0.0:0", database_url=f"sqlite+aiosqlite:///{db}", signing_key=SIGNING_KEY
     )
     with pytest.raises(TLSConfigError):
         await build_app(settings)
@@ -139,3 +140,21 @@ def test_serve_says_why_it_will_not_start(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "refusing to serve plaintext on 0.0.0.0:0" in done.stderr
     assert "BANDITD_TLS_CERT_FILE" in done.stderr
+
+
+async def test_plaintext_health_port_serves_health_only(
+    sqlite_url: str, start_server: StartServer, pki: dict[str, Path]
+) -> None:
+    server = await start_server(
+        sqlite_url,
+        tls_cert_file=pki["server_chain"],
+        tls_key_file=pki["server_key"],
+        health_listen="127.0.0.1:0",
+    )
+    assert server.app.health_port and server.app.health_port != server.app.port
+    assert await _plaintext(server.app.health_port) == grpc.StatusCode.OK
+    assert await _plaintext(server.app.port) == grpc.StatusCode.UNAVAILABLE
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.app.health_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await RouterStub(channel).Select(SelectRequest(tenant="acme", router="chat"))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
