@@ -123,6 +123,7 @@ def test_plaintext_defaults() -> None:
 async def test_build_app_refuses_before_touching_the_database(tmp_path: Path) -> None:
     db = tmp_path / "never.db"
     settings = Settings(
+        listen="0.0.0.0:0", database_url=f"sqlite+aiosqlite:///{db}", signing_key=SIGNING_KEY
     )
     with pytest.raises(TLSConfigError):
         await build_app(settings)
