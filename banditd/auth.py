@@ -200,7 +200,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             return self._unary(handler, method)
         if handler.stream_unary is not None:
             return self._stream_unary(handler, method)
-        raise RuntimeError(f"EdgeGuard has no rule for the streaming shape of {method}")
+        return self._streaming_reply(handler, method)
 
     async def _refuse(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BanditdError
@@ -248,6 +248,53 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _streaming_reply(
+        self, handler: grpc.RpcMethodHandler, method: str
+    ) -> grpc.RpcMethodHandler:
+        """Server-streaming RPCs (none in v1 yet): each request is checked like a unary one."""
+        if handler.unary_stream is not None:
+            inner = handler.unary_stream
+
+            async def one(request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    await self._check(await self._admit(method, context), method, request)
+                except BanditdError as exc:
+                    await self._refuse(context, method, exc)
+                async for response in inner(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                one,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner_many = handler.stream_stream
+
+        async def many(
+            requests: AsyncIterator[Message], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            try:
+                principal = await self._admit(method, context)
+            except BanditdError as exc:
+                await self._refuse(context, method, exc)
+
+            async def checked() -> AsyncIterator[Message]:
+                async for request in requests:
+                    await self._check(principal, method, request)
+                    yield request
+
+            try:
+                async for response in inner_many(checked(), context):
+                    yield response
+            except BanditdError as exc:
+                await self._refuse(context, method, exc)
+
+        return grpc.stream_stream_rpc_method_handler(
+            many,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -12,8 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from banditd import keys
-from banditd.auth import tenant_of
+from banditd.auth import EdgeGuard, tenant_of
 from banditd.config import Settings
+from banditd.limits import TenantLimits
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
@@ -222,3 +223,59 @@ def test_tenant_of_every_request() -> None:
     assert tenant_of(pb.ListRoutersRequest()) == ""
     assert tenant_of(pb.FeedbackRequest(tenant="c")) == "c"
     assert tenant_of(pb.Embedding()) is None
+
+
+async def test_streaming_replies_are_guarded_too() -> None:
+    """An RPC shape v1 does not use yet (server and bidi streaming) gets the same checks."""
+    server = grpc.aio.server(interceptors=[EdgeGuard(None, TenantLimits(0.01, 0, 100))])
+
+    async def watch(
+        request: pb.GetStatsRequest, context: Any
+    ) -> AsyncIterator[pb.GetStatsResponse]:
+        for _ in range(2):
+            yield pb.GetStatsResponse(tenant=request.tenant)
+
+    async def chat(requests: Any, context: Any) -> AsyncIterator[pb.GetStatsResponse]:
+        async for request in requests:
+            yield pb.GetStatsResponse(tenant=request.tenant)
+
+    codec = {
+        "request_deserializer": pb.GetStatsRequest.FromString,
+        "response_serializer": pb.GetStatsResponse.SerializeToString,
+    }
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "banditd.v1.Router",
+                {
+                    "Select": grpc.unary_stream_rpc_method_handler(watch, **codec),
+                    "Feedback": grpc.stream_stream_rpc_method_handler(chat, **codec),
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            one = channel.unary_stream(
+                "/banditd.v1.Router/Select",
+                request_serializer=pb.GetStatsRequest.SerializeToString,
+                response_deserializer=pb.GetStatsResponse.FromString,
+            )
+            many = channel.stream_stream(
+                "/banditd.v1.Router/Feedback",
+                request_serializer=pb.GetStatsRequest.SerializeToString,
+                response_deserializer=pb.GetStatsResponse.FromString,
+            )
+            request = pb.GetStatsRequest(tenant="acme")
+            got = [r.tenant async for r in one(request)]
+            assert got == ["acme", "acme"]
+            # The select rate (burst of 1) is spent: the next streamed request is refused.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                _ = [r async for r in one(request)]
+            assert err.value.code() == C.RESOURCE_EXHAUSTED
+            got = [r.tenant async for r in many(iter([request, request]))]
+            assert got == ["acme", "acme"]
+    finally:
+        await server.stop(0)
