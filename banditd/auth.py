@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from banditd import metrics
 from banditd.errors import (
@@ -149,6 +149,28 @@ def authorize(principal: Principal, role: str | None, tenant: str | None, method
         )
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands for a request whose bytes do not parse (refused as INVALID_ARGUMENT, where gRPC
+    alone would answer INTERNAL)."""
+
+    message: str
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    name = getattr(getattr(deserialize, "__self__", None), "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return Undecodable(name)
+
+    return parse
+
+
 def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return f"peer:{context.peer().rpartition(':')[0]}"
 
@@ -178,6 +200,8 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     async def _check(
         self, principal: Principal | None, method: str, request: Message, amount: float = 1.0
     ) -> None:
+        if isinstance(request, Undecodable):
+            raise InvalidArgument("request", f"not a valid {request.message} message")
         tenant = tenant_of(request)
         if principal is not None:
             authorize(principal, METHOD_ROLES.get(method, "admin"), tenant, method)
@@ -223,7 +247,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -248,7 +272,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -269,7 +293,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
 
             return grpc.unary_stream_rpc_method_handler(
                 one,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         inner_many = handler.stream_stream
@@ -295,7 +319,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
 
         return grpc.stream_stream_rpc_method_handler(
             many,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

@@ -49,7 +49,8 @@ def serve_metrics(listen: str) -> None:
 # Security (issue 10).
 AUTH_REFUSALS = Counter(
     "banditd_auth_refusals_total",
-    "Calls refused at the edge, by reason (unauthenticated, permission_denied, rate_limited).",
+    "Calls refused at the edge, by reason (unauthenticated, permission_denied, rate_limited,"
+    " invalid: a request that does not decode).",
     ["reason"],
 )
 FEEDBACK_CAPPED = Counter(
