@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +13,15 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from banditd import keys
 from banditd.config import Settings
+from banditd.ingest import ingest
 from banditd.server import build_app
-from banditd.tls import TLSConfigError, server_credentials
-from banditd.v1.banditd_pb2 import SelectRequest
-from banditd.v1.banditd_pb2_grpc import RouterStub
-from tests.conftest import SIGNING_KEY, StartServer
+from banditd.store.api_keys import KeyStore
+from banditd.tls import ClientSecurity, TLSConfigError, server_credentials
+from banditd.v1.banditd_pb2 import PutRouterRequest, SelectRequest
+from banditd.v1.banditd_pb2_grpc import AdminStub, RouterStub
+from tests.conftest import SIGNING_KEY, StartServer, router_config
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +164,54 @@ async def test_plaintext_health_port_serves_health_only(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await RouterStub(channel).Select(SelectRequest(tenant="acme", router="chat"))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_ingest_over_mutual_tls_with_an_api_key(
+    sqlite_url: str, start_server: StartServer, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    server = await start_server(
+        sqlite_url,
+        tls_cert_file=pki["server_chain"],
+        tls_key_file=pki["server_key"],
+        tls_client_ca_file=pki["ca"],
+        auth="required",
+    )
+    key, _ = await keys.create_key(KeyStore(server.app.db), "acme", ["select", "feedback"])
+    root, _ = await keys.create_key(KeyStore(server.app.db), "*", ["admin"])
+    security = ClientSecurity(key, pki["ca"], pki["client_chain"], pki["client_key"])
+    target = f"localhost:{server.app.port}"
+
+    async with grpc.aio.secure_channel(
+        target,
+        grpc.ssl_channel_credentials(
+            pki["ca"].read_bytes(), pki["client_key"].read_bytes(), pki["client_chain"].read_bytes()
+        ),
+    ) as channel:
+        admin = AdminStub(channel)
+        await admin.PutRouter(
+            PutRouterRequest(router=router_config()),
+            metadata=(("authorization", f"Bearer {root}"),),
+        )
+        d = await RouterStub(channel).Select(
+            SelectRequest(tenant="acme", router="chat", prompt="hello"), metadata=security.metadata
+        )
+    data = tmp_path / "thumbs.jsonl"
+    data.write_text(json.dumps({"decision_id": d.decision_id, "thumb": "up"}) + "\n")
+
+    def run(security: ClientSecurity) -> dict[str, object]:
+        return ingest(
+            data,
+            target,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=tmp_path / "rejects",
+            chunk=10,
+            fresh=True,
+            security=security,
+        ).as_dict()
+
+    without_key = ClientSecurity(None, pki["ca"], pki["client_chain"], pki["client_key"])
+    with pytest.raises(grpc.RpcError) as err:
+        await asyncio.to_thread(run, without_key)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert (await asyncio.to_thread(run, security))["accepted"] == 1
