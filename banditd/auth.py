@@ -66,6 +66,8 @@ _REASONS = {
     Unauthenticated: "unauthenticated",
     PermissionDenied: "permission_denied",
     ResourceExhausted: "rate_limited",
+    InvalidArgument: "invalid",
+    Unavailable: "unavailable",
 }
 
 
@@ -229,7 +231,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     async def _refuse(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BanditdError
     ) -> None:
-        reason = _REASONS.get(type(exc), "invalid")
+        reason = _REASONS.get(type(exc), "other")
         metrics.AUTH_REFUSALS.labels(reason).inc()
         log.info("edge_refused", method=method, reason=reason, message=exc.message)
         await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), exc.message)

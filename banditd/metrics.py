@@ -50,7 +50,7 @@ def serve_metrics(listen: str) -> None:
 AUTH_REFUSALS = Counter(
     "banditd_auth_refusals_total",
     "Calls refused at the edge, by reason (unauthenticated, permission_denied, rate_limited,"
-    " invalid: a request that does not decode).",
+    " invalid: a request that does not decode, unavailable: key store unreachable).",
     ["reason"],
 )
 FEEDBACK_CAPPED = Counter(
