@@ -8,6 +8,8 @@ and the server must stay healthy. The budget is max_examples per property (see S
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -209,3 +211,18 @@ def test_random_router_configs(
         forgetting=forgetting,
     )
     _status(rpc.AdminStub(served.channel).PutRouter, pb.PutRouterRequest(router=config))
+
+
+def test_atheris_fuzzes_decoding_and_validation(tmp_path: Path) -> None:
+    """Coverage-guided: 200,000 inputs (or 60 s) through the codec and the request checks."""
+    pytest.importorskip("atheris")
+    harness = Path(__file__).parent / "fuzz" / "atheris_validation.py"
+    done = subprocess.run(
+        [sys.executable, str(harness), "-runs=200000", "-max_total_time=60", "-seed=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # crash-* files, if any, land here
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Done 200000 runs" in done.stderr or "DONE" in done.stderr
