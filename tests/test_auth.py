@@ -13,8 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from banditd import keys
-from banditd.auth import EdgeGuard, tenant_of
+from banditd.auth import Authenticator, EdgeGuard, tenant_of
 from banditd.config import Settings
+from banditd.errors import Unauthenticated
 from banditd.limits import TenantLimits
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
@@ -310,3 +311,21 @@ async def test_streaming_replies_are_guarded_too() -> None:
             assert got == ["acme", "acme"]
     finally:
         await server.stop(0)
+
+
+async def test_revocation_reaches_a_replica_within_the_cache_time(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url)
+    store = KeyStore(server.app.db)
+    key, stored = await keys.create_key(store, "acme", ["select"])
+    now = [100.0]
+    auth = Authenticator(store, cache_seconds=5.0, clock=lambda: now[0])
+    metadata = bearer(key)
+    assert (await auth.authenticate(metadata)).tenant == "acme"
+    await keys.revoke_key(store, stored.key_id)
+    now[0] += 4.9
+    assert (await auth.authenticate(metadata)).key_id == stored.key_id  # cached lookup
+    now[0] += 0.2
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await auth.authenticate(metadata)
