@@ -120,48 +120,43 @@ def ingest(
 ) -> IngestSummary:
     summary = IngestSummary()
     done = 0 if fresh or not state_path.exists() else int(state_path.read_text().strip() or 0)
-    rejects = rejects_path.open("w" if done == 0 else "a", encoding="utf-8")
-    try:
-        security = security or ClientSecurity()
-        with security.channel(target) as channel:
-            stub = rpc.RouterStub(channel)
-            pending: list[tuple[int, pb.FeedbackRequest]] = []
-            position = 0
+    security = security or ClientSecurity()
+    with (
+        security.channel(target) as channel,
+        rejects_path.open("w" if done == 0 else "a", encoding="utf-8") as rejects,
+    ):
+        stub = rpc.RouterStub(channel)
+        pending: list[tuple[int, pb.FeedbackRequest]] = []
+        position = 0
 
-            def flush() -> None:
-                reply = stub.StreamFeedback(
-                    iter([m for _, m in pending]), metadata=security.metadata
-                )
-                for name in ("accepted", "duplicate", "expired", "invalid"):
-                    setattr(summary, name, getattr(summary, name) + getattr(reply, name))
-                for error in reply.errors:
-                    _reject(summary, rejects, pending[error.index][0], error.kind, error.message)
-                state_path.write_text(str(position))
-                print(
-                    f"ingest: {position} lines done, {summary.accepted} accepted", file=sys.stderr
-                )
-                pending.clear()
-
-            for number, item in read_records(path):
-                position += 1
-                summary.lines += 1
-                if position <= done:
-                    summary.skipped_lines += 1
-                    continue
-                try:
-                    if isinstance(item, BadLine):
-                        raise item
-                    pending.append((number, parse_record(item, tenant)))
-                except BadLine as exc:
-                    summary.unparsable += 1
-                    _reject(summary, rejects, number, "unparsable", str(exc))
-                if len(pending) == chunk:
-                    flush()
-            if pending:
-                flush()
+        def flush() -> None:
+            reply = stub.StreamFeedback(iter([m for _, m in pending]), metadata=security.metadata)
+            for name in ("accepted", "duplicate", "expired", "invalid"):
+                setattr(summary, name, getattr(summary, name) + getattr(reply, name))
+            for error in reply.errors:
+                _reject(summary, rejects, pending[error.index][0], error.kind, error.message)
             state_path.write_text(str(position))
-    finally:
-        rejects.close()
+            print(f"ingest: {position} lines done, {summary.accepted} accepted", file=sys.stderr)
+            pending.clear()
+
+        for number, item in read_records(path):
+            position += 1
+            summary.lines += 1
+            if position <= done:
+                summary.skipped_lines += 1
+                continue
+            try:
+                if isinstance(item, BadLine):
+                    raise item
+                pending.append((number, parse_record(item, tenant)))
+            except BadLine as exc:
+                summary.unparsable += 1
+                _reject(summary, rejects, number, "unparsable", str(exc))
+            if len(pending) == chunk:
+                flush()
+        if pending:
+            flush()
+        state_path.write_text(str(position))
     return summary
 
 
