@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from banditd import bench, codec, evaluate_cli, replay
+from banditd import bench, codec, evaluate_cli, keys, replay
 from banditd.config import Settings
 from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
@@ -21,6 +22,8 @@ from banditd.ingest import ingest
 from banditd.logs import configure_logging
 from banditd.server import App, serve
 from banditd.store import Database, Repository, migrate
+from banditd.store.api_keys import KeyStore
+from banditd.tls import ClientSecurity, TLSConfigError
 from banditd.v1 import banditd_pb2 as pb
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 
@@ -118,6 +121,69 @@ async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str,
     }
 
 
+def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p_keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys (in the database)",
+        description="Keys are sent as gRPC metadata 'authorization: Bearer <key>'. Only a hash "
+        "is stored: the key is printed once, by create.",
+    )
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key and print it (only this once)")
+    p_create.add_argument("--tenant", required=True, help="the key's tenant ('*': every tenant)")
+    p_create.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=keys.ROLES,
+        help="select, feedback or admin; repeat for several",
+    )
+    p_create.add_argument("--name", default="", help="a label (who or what uses the key)")
+    p_list = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    p_list.add_argument("--tenant", help="only this tenant's keys")
+    p_revoke = keys_sub.add_parser("revoke", help="revoke a key (kept, marked revoked)")
+    p_revoke.add_argument("key_id", help="the key id (or the whole key)")
+    for p in (p_create, p_list, p_revoke):
+        p.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
+        p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> None:
+    if settings.should_migrate:
+        await migrate(settings.database_url, settings.migrations_dir)
+    db = Database(settings.database_url)
+    try:
+        store = KeyStore(db)
+        if args.keys_command == "create":
+            secret, stored = await keys.create_key(store, args.tenant, args.role, args.name)
+            shown = {**keys.describe(stored), "key": secret}
+            if args.json:
+                print(json.dumps(shown))
+            else:
+                print(secret)
+                print(
+                    f"key {stored.key_id} for tenant {stored.tenant!r}, roles "
+                    f"{','.join(sorted(stored.roles))}: keep it now, it is not shown again",
+                    file=sys.stderr,
+                )
+        elif args.keys_command == "list":
+            listed = [keys.describe(k) for k in await store.list(args.tenant)]
+            if args.json:
+                print(json.dumps(listed))
+            for k in [] if args.json else listed:
+                state = "revoked" if k["revoked"] else "active"
+                roles = ",".join(k["roles"])  # type: ignore[arg-type]
+                print(f"{k['key_id']}  {k['tenant']}  {roles}  {state}  {k['name']}")
+        else:
+            revoked = keys.describe(await keys.revoke_key(store, args.key_id))
+            if args.json:
+                print(json.dumps(revoked))
+            else:
+                print(f"revoked {revoked['key_id']}", file=sys.stderr)
+    finally:
+        await db.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banditd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,10 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     p_ingest.add_argument("--chunk", type=int, default=1000, help="lines per committed upload")
     p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p_ingest.add_argument(
+        "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
+    )
+    p_ingest.add_argument("--tls-ca", type=Path, help="CA of the server's certificate (TLS)")
+    p_ingest.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p_ingest.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
 
     bench.add_parser(sub)
     replay.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    _add_keys_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("bench", "replay", "evaluate"):  # read settings themselves, if at all
@@ -197,12 +270,15 @@ def main(argv: list[str] | None = None) -> int:
                 rejects_path=args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl"),
                 chunk=max(1, min(args.chunk, 1000)),
                 fresh=args.restart,
+                security=ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
             ).as_dict()
             if args.json:
                 print(json.dumps(summary))
             else:
                 for key, value in summary.items():
                     print(f"{key:>14}: {value}")
+        elif args.command == "keys":
+            asyncio.run(_keys(settings, args))
         elif args.command == "warm-start":
             summary = asyncio.run(_warm_start(settings, args))
             if args.json:
@@ -210,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for key, value in summary.items():
                     print(f"{key:>18}: {value}")
-    except (BanditdError, OSError) as exc:
+    except (BanditdError, OSError, TLSConfigError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:  # a client command (ingest) and the server said no

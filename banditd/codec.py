@@ -6,6 +6,7 @@ from typing import Any
 
 from banditd.admin import RouterStats, RouterVersion
 from banditd.domain import (
+    DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS,
     DEFAULT_PRIOR_QUALITY,
     DEFAULT_REWARD_WAIT_SECONDS,
     ArmSpec,
@@ -38,6 +39,10 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         combine=msg.combine or "first",
         thumb_up_reward=msg.thumb_up_reward if msg.HasField("thumb_up_reward") else 1.0,
         thumb_down_reward=msg.thumb_down_reward if msg.HasField("thumb_down_reward") else 0.0,
+        feedback_cap_per_key=msg.feedback_cap_per_key,
+        feedback_cap_window_seconds=(
+            msg.feedback_cap_window_seconds or DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS
+        ),
         prior_weight=msg.prior_weight or 1.0,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
@@ -98,6 +103,8 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
             )
             for s in spec.shadows
         ],
+        feedback_cap_per_key=spec.feedback_cap_per_key,
+        feedback_cap_window_seconds=spec.feedback_cap_window_seconds,
     )
 
 

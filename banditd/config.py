@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -46,17 +47,75 @@ class Settings(BaseSettings):
     max_metadata_entries: int = Field(64, ge=0)
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
 
-    @field_validator("listen")
+    # Security (issue 10): transport, API keys, abuse limits, feedback poisoning defences.
+    # See docs/security.md. Plaintext and auth-off are defaults only on a loopback address.
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain)")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: set to require client certificates it signed (mTLS)"
+    )
+    allow_plaintext: bool | None = Field(
+        None, description="serve without TLS; default: only on a loopback listen address"
+    )
+    auth: Literal["required", "disabled"] | None = Field(
+        None, description="API keys; default: disabled on a loopback listen address, else required"
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a replica trusts a looked-up key (revocation delay)"
+    )
+    rate_limit_selects_per_s: float = Field(
+        0.0, ge=0, description="per-tenant Select rate per replica (0: unlimited)"
+    )
+    rate_limit_feedback_per_s: float = Field(
+        0.0, ge=0, description="per-tenant feedback events per second per replica (0: unlimited)"
+    )
+    rate_limit_burst_s: float = Field(
+        1.0, gt=0, description="a bucket holds this many seconds' worth of its rate"
+    )
+    health_listen: str = Field(
+        "", description="HOST:PORT of a plaintext listener serving only gRPC health (probes)"
+    )
+    max_candidates: int = Field(256, ge=1)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="gRPC message limit")
+    anomaly_window: int = Field(
+        50, ge=5, description="feedback events per arm compared with the arm's history"
+    )
+    anomaly_min_history: int = Field(200, ge=1)
+    anomaly_threshold: float = Field(
+        0.3, gt=0, description="|recent mean reward - historic mean| that raises the signal"
+    )
+
+    @field_validator("listen", "health_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "health_listen":
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+            raise ValueError(f"{info.field_name} must be HOST:PORT, got {value!r}")
         return value
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def is_loopback(self) -> bool:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required" or (self.auth is None and not self.is_loopback)
+
+    @property
+    def plaintext_allowed(self) -> bool:
+        return self.allow_plaintext is True or (self.allow_plaintext is None and self.is_loopback)
 
     @property
     def should_migrate(self) -> bool:

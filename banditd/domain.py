@@ -23,6 +23,7 @@ DEFAULT_FEEDBACK_TTL_SECONDS = 86_400
 DEFAULT_PRIOR_OUTPUT_TOKENS = 300
 DEFAULT_PRIOR_QUALITY = 1.0
 DEFAULT_REWARD_WAIT_SECONDS = 3600
+DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS = 3600
 DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
@@ -122,6 +123,9 @@ class RouterSpec:
     thumb_up_reward: float = 1.0
     thumb_down_reward: float = 0.0
     shadows: tuple[ShadowSpec, ...] = ()
+    # Security: feedback events one client key may add to one arm per window (0 = no cap).
+    feedback_cap_per_key: int = 0
+    feedback_cap_window_seconds: int = DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -163,6 +167,10 @@ class RouterSpec:
             value = getattr(self, field_name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise InvalidArgument(f"router.{field_name}", "must be in [0, 1]")
+        if self.feedback_cap_per_key < 0:
+            raise InvalidArgument("router.feedback_cap_per_key", "must be >= 0 (0 = no cap)")
+        if self.feedback_cap_window_seconds < 1:
+            raise InvalidArgument("router.feedback_cap_window_seconds", "must be >= 1")
         if not 0 <= self.explore_new_arm <= MAX_EXPLORE_NEW_ARM:
             raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):

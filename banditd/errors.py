@@ -7,6 +7,8 @@ BanditdError
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
  ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
  ├── Aborted              ABORTED              lost a race with a concurrent change: retry
+ ├── Unauthenticated      UNAUTHENTICATED      no API key, or an unknown or revoked one
+ ├── ResourceExhausted    RESOURCE_EXHAUSTED   a rate limit or feedback cap (names which)
  └── Unavailable          UNAVAILABLE          the database cannot be reached
 """
 
@@ -48,4 +50,12 @@ class Aborted(BanditdError):
 
 
 class Unavailable(BanditdError):
+    pass
+
+
+class Unauthenticated(BanditdError):
+    pass
+
+
+class ResourceExhausted(BanditdError):
     pass

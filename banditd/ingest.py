@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from banditd.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -117,17 +116,21 @@ def ingest(
     rejects_path: Path,
     chunk: int,
     fresh: bool,
+    security: ClientSecurity | None = None,
 ) -> IngestSummary:
     summary = IngestSummary()
     done = 0 if fresh or not state_path.exists() else int(state_path.read_text().strip() or 0)
-    rejects = rejects_path.open("w" if done == 0 else "a", encoding="utf-8")
-    with grpc.insecure_channel(target) as channel:
+    security = security or ClientSecurity()
+    with (
+        security.channel(target) as channel,
+        rejects_path.open("w" if done == 0 else "a", encoding="utf-8") as rejects,
+    ):
         stub = rpc.RouterStub(channel)
         pending: list[tuple[int, pb.FeedbackRequest]] = []
         position = 0
 
         def flush() -> None:
-            reply = stub.StreamFeedback(iter([m for _, m in pending]))
+            reply = stub.StreamFeedback(iter([m for _, m in pending]), metadata=security.metadata)
             for name in ("accepted", "duplicate", "expired", "invalid"):
                 setattr(summary, name, getattr(summary, name) + getattr(reply, name))
             for error in reply.errors:
@@ -154,7 +157,6 @@ def ingest(
         if pending:
             flush()
         state_path.write_text(str(position))
-    rejects.close()
     return summary
 
 

@@ -18,13 +18,16 @@ from banditd.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
+from banditd.feedback_guard import FeedbackGuard
 from banditd.token import TokenSigner
 
 log = structlog.get_logger(__name__)
 
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
+MAX_REPORTED_TOKENS = 10_000_000  # per call; more would only skew an arm's expected cost
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,17 @@ def _reward(req: FeedbackInput) -> float:
 
 class Learner:
     def __init__(
-        self, catalog: Catalog, signer: TokenSigner, clock: Callable[[], float] = time.time
+        self,
+        catalog: Catalog,
+        signer: TokenSigner,
+        clock: Callable[[], float] = time.time,
+        *,
+        guard: FeedbackGuard | None = None,
     ) -> None:
         self._catalog = catalog
         self._signer = signer
         self._clock = clock
+        self._guard = guard or FeedbackGuard()
 
     def event_of(self, req: FeedbackInput) -> FeedbackEvent:
         """The event a request would log; raises, writing nothing, when it must be refused."""
@@ -107,8 +116,8 @@ class Learner:
             ("input_tokens", req.input_tokens),
             ("output_tokens", req.output_tokens),
         ):
-            if count is not None and count < 0:
-                raise InvalidArgument(name, f"must be >= 0, got {count}")
+            if count is not None and not 0 <= count <= MAX_REPORTED_TOKENS:
+                raise InvalidArgument(name, f"must be in 0..{MAX_REPORTED_TOKENS}, got {count}")
         if req.latency_ms is not None:
             check_finite("latency_ms", req.latency_ms)
         now = self._clock()
@@ -139,10 +148,12 @@ class Learner:
             event = self.event_of(req)
             async with self._catalog.locked(event.router_id) as state:
                 event = _router_thumbs(event, req, state.spec)
+                await self._guard.check_cap(state.spec, event.router_id, event.arm)
                 event_id = await self._catalog.record(state, event)
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
+        self._guard.observe(state.spec, event.router_id, event.arm, event.reward)
         _count_accepted(state.spec, [event])
         _log_event(req.tenant, state.spec.name, event, event_id)
         return FeedbackResult(event_id, event.reward, event.cost_usd)
@@ -164,22 +175,43 @@ class Learner:
         for router_id, items in by_router.items():
             try:
                 async with self._catalog.locked(router_id) as state:
-                    events = [_router_thumbs(e, req, state.spec) for _, req, e in items]
-                    added = set(await self._catalog.record_many(state, events))
+                    mapped = [(i, _router_thumbs(e, req, state.spec)) for i, req, e in items]
+                    kept = await self._within_caps(state.spec, mapped, refused)
+                    added = set(await self._catalog.record_many(state, [e for _, e in kept]))
             except NotFound as exc:
                 refused.extend((i, exc) for i, _, _ in items)
                 continue
-            _count_accepted(state.spec, [e for n, e in enumerate(events) if n in added])
-            outcome.accepted += len(added)
+            accepted = [e for n, (_, e) in enumerate(kept) if n in added]
+            for event in accepted:
+                self._guard.observe(state.spec, router_id, event.arm, event.reward)
+            _count_accepted(state.spec, accepted)
+            outcome.accepted += len(accepted)
             refused.extend(
                 (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
-                for n, (i, _, e) in enumerate(items)
+                for n, (i, e) in enumerate(kept)
                 if n not in added
             )
         for index, error in sorted(refused, key=lambda item: item[0]):
             outcome.refuse(index, error)
             metrics.FEEDBACK.labels(refusal_kind(error)).inc()
         log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+
+    async def _within_caps(
+        self,
+        spec: RouterSpec,
+        items: list[tuple[int, FeedbackEvent]],
+        refused: list[tuple[int, BanditdError]],
+    ) -> list[tuple[int, FeedbackEvent]]:
+        """The items the client's per-arm feedback cap lets in; the rest go to ``refused``."""
+        kept = []
+        for i, event in items:
+            try:
+                await self._guard.check_cap(spec, event.router_id, event.arm)
+            except ResourceExhausted as exc:
+                refused.append((i, exc))
+                continue
+            kept.append((i, event))
+        return kept
 
 
 def _router_thumbs(event: FeedbackEvent, req: FeedbackInput, spec: RouterSpec) -> FeedbackEvent:

@@ -44,3 +44,27 @@ def serve_metrics(listen: str) -> None:
     """Expose /metrics on HOST:PORT in a background thread (for the process's lifetime)."""
     host, _, port = listen.rpartition(":")
     start_http_server(int(port), addr=host)
+
+
+# Security (issue 10).
+AUTH_REFUSALS = Counter(
+    "banditd_auth_refusals_total",
+    "Calls refused at the edge, by reason (unauthenticated, permission_denied, rate_limited,"
+    " invalid: a request that does not decode, unavailable: key store unreachable).",
+    ["reason"],
+)
+FEEDBACK_CAPPED = Counter(
+    "banditd_feedback_capped_total",
+    "Feedback refused by a router's per-client cap on one arm (feedback_cap_per_key).",
+    ["tenant", "router", "arm"],
+)
+FEEDBACK_DIVERGENCE = Gauge(
+    "banditd_feedback_divergence",
+    "Mean reward of an arm's recent feedback minus the mean of its older feedback.",
+    ["tenant", "router", "arm"],
+)
+FEEDBACK_ANOMALIES = Counter(
+    "banditd_feedback_anomalies_total",
+    "Times an arm's recent feedback diverged from its history past the anomaly threshold.",
+    ["tenant", "router", "arm"],
+)

@@ -59,6 +59,7 @@ class Selector:
         *,
         max_prompt_chars: int,
         max_metadata_entries: int,
+        max_candidates: int = 256,
         clock: Callable[[], float] = time.time,
         seeds: Callable[[], int] = lambda: secrets.randbits(63),
     ) -> None:
@@ -67,6 +68,7 @@ class Selector:
         self._signer = signer
         self._max_prompt_chars = max_prompt_chars
         self._max_metadata_entries = max_metadata_entries
+        self._max_candidates = max_candidates
         self._clock = clock
         self._seeds = seeds
 
@@ -79,8 +81,17 @@ class Selector:
             check_finite("cost_weight", req.cost_weight)
         if req.max_cost_usd is not None:
             check_finite("max_cost_usd", req.max_cost_usd)
+        if len(req.candidates) > self._max_candidates:
+            raise InvalidArgument(
+                "candidates",
+                f"{len(req.candidates)} is over the limit of {self._max_candidates} "
+                "(BANDITD_MAX_CANDIDATES)",
+            )
         if len(req.metadata) > self._max_metadata_entries:
-            raise InvalidArgument("metadata", f"at most {self._max_metadata_entries} entries")
+            raise InvalidArgument(
+                "metadata",
+                f"at most {self._max_metadata_entries} entries (BANDITD_MAX_METADATA_ENTRIES)",
+            )
         for key, value in req.metadata.items():
             if not key or len(key) > MAX_METADATA_KEY:
                 raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")

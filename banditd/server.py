@@ -16,17 +16,22 @@ from grpc_reflection.v1alpha import reflection
 
 from banditd import metrics
 from banditd.admin import Admin
+from banditd.auth import Authenticator, EdgeGuard
 from banditd.catalog import Catalog
 from banditd.config import Settings
 from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
 from banditd.errors import Unavailable
+from banditd.feedback_guard import FeedbackGuard
 from banditd.learner import Learner
+from banditd.limits import TenantLimits
 from banditd.policy import POLICIES, _kernels
 from banditd.posterior import Posterior, Prior
 from banditd.router import Selector
 from banditd.servicer import AdminServicer, RouterServicer
 from banditd.store import Database, Repository, migrate
+from banditd.store.api_keys import KeyStore
+from banditd.tls import server_credentials
 from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
 
@@ -51,10 +56,15 @@ class App:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_listening: Callable[[], Awaitable[None]] | None = None
     _stopping: bool = False
+    # Plaintext listener for health only (probes that cannot speak TLS); see health_listen.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         if self.settings.metrics_listen:
             metrics.serve_metrics(self.settings.metrics_listen)
         self.decisions.start()
@@ -90,6 +100,8 @@ class App:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         self._stopping = True
         self._wake.set()
         if self._tail_task is not None:
@@ -116,6 +128,7 @@ def _warm_up() -> None:
 
 
 async def build_app(settings: Settings) -> App:
+    credentials = server_credentials(settings)  # refuses an unsafe listener before any I/O
     if settings.should_migrate:
         await migrate(settings.database_url, settings.migrations_dir)
     db = Database(settings.database_url)
@@ -134,10 +147,20 @@ async def build_app(settings: Settings) -> App:
         signer,
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_entries=settings.max_metadata_entries,
+        max_candidates=settings.max_candidates,
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        interceptors=[_edge_guard(settings, db)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    guard = FeedbackGuard(
+        settings.anomaly_window, settings.anomaly_min_history, settings.anomaly_threshold
+    )
     banditd_pb2_grpc.add_RouterServicer_to_server(
-        RouterServicer(selector, Learner(catalog, signer)), server
+        RouterServicer(selector, Learner(catalog, signer, guard=guard)), server
     )
     banditd_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(Admin(catalog, decisions, repo)), server
@@ -149,11 +172,37 @@ async def build_app(settings: Settings) -> App:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         await db.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    return App(settings, db, catalog, decisions, server, health_servicer, port)
+    app = App(settings, db, catalog, decisions, server, health_servicer, port)
+    if settings.health_listen:
+        app.health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, app.health_server)
+        app.health_port = app.health_server.add_insecure_port(settings.health_listen)
+        if app.health_port == 0:
+            await db.close()
+            raise OSError(f"cannot listen on {settings.health_listen}")
+    return app
+
+
+def _edge_guard(settings: Settings, db: Database) -> EdgeGuard:
+    """Authentication, tenancy, roles and rate limits for every call (see banditd.auth)."""
+    if not settings.auth_required and not settings.is_loopback:
+        log.warning("auth_disabled", listen=settings.listen)
+    authenticator = (
+        Authenticator(KeyStore(db), settings.auth_cache_seconds) if settings.auth_required else None
+    )
+    limits = TenantLimits(
+        settings.rate_limit_selects_per_s,
+        settings.rate_limit_feedback_per_s,
+        settings.rate_limit_burst_s,
+    )
+    return EdgeGuard(authenticator, limits)
 
 
 async def serve(

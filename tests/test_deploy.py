@@ -157,13 +157,33 @@ def test_probes_use_grpc_health_on_the_service_port(rendered: tuple[str, list[Do
     service = _one(docs, "Service", "banditd")
     grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert grpc_port["targetPort"] == "grpc"
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"] == {"port": ports["grpc"]}, probe
-        assert not {"httpGet", "tcpSocket", "exec"} & set(server[probe]), probe
     config = _one(docs, "ConfigMap")["data"]
+    # With TLS on the gRPC port, kubelet (which speaks no TLS) asks a plaintext health port.
+    probe_port = ports["health"] if "BANDITD_TLS_CERT_FILE" in config else ports["grpc"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"] == {"port": probe_port}, probe
+        assert not {"httpGet", "tcpSocket", "exec"} & set(server[probe]), probe
     assert config["BANDITD_LISTEN"] == f"0.0.0.0:{ports['grpc']}"
     assert config["BANDITD_METRICS_LISTEN"] == f"0.0.0.0:{ports['metrics']}"
     assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+
+
+def test_auth_is_on_and_plaintext_only_when_explicit(rendered: tuple[str, list[Doc]]) -> None:
+    value_set, docs = rendered
+    config = _one(docs, "ConfigMap")["data"]
+    assert config["BANDITD_AUTH"] == "required"
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    if value_set == "production":
+        assert "BANDITD_ALLOW_PLAINTEXT" not in config
+        assert config["BANDITD_HEALTH_LISTEN"].endswith(":50052")
+        mount = next(m for m in server["volumeMounts"] if m["name"] == "tls")
+        assert config["BANDITD_TLS_CERT_FILE"].startswith(mount["mountPath"] + "/")
+        tls = next(v for v in pod["volumes"] if v["name"] == "tls")
+        assert tls["secret"]["secretName"] == "banditd-tls"
+    else:
+        assert config["BANDITD_ALLOW_PLAINTEXT"] == "true"
+        assert "BANDITD_TLS_CERT_FILE" not in config
 
 
 def test_termination_grace_outlasts_the_drain(rendered: tuple[str, list[Doc]]) -> None:

@@ -29,7 +29,9 @@ def build_x(
             raise InvalidArgument("prompt", "must not be empty")
         if len(prompt) > max_prompt_chars:
             raise InvalidArgument(
-                "prompt", f"{len(prompt)} characters is over the limit of {max_prompt_chars}"
+                "prompt",
+                f"{len(prompt)} characters is over the limit of {max_prompt_chars} "
+                "(BANDITD_MAX_PROMPT_CHARS)",
             )
         vec = HashingEncoder(spec.embedding_dim).encode(prompt)
     elif embedding is not None:

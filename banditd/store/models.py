@@ -60,6 +60,9 @@ routers = Table(
     Column("thumb_down_reward", Float, nullable=False, server_default="0"),
     # Shadow policies (0008): [{name, policy, exploration, cost_weight}], NULL for none.
     Column("shadows", JSON, nullable=True),
+    # Security (issue 10): feedback events one client key may add to one arm per window.
+    Column("feedback_cap_per_key", Integer, nullable=False, server_default="0"),
+    Column("feedback_cap_window_seconds", Integer, nullable=False, server_default="3600"),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
 )
 
@@ -170,4 +173,19 @@ shadow_picks = Table(
     Column("arm", String(128), nullable=False),
     Column("live_arm_probability", Float, nullable=False),
     Index("ix_shadow_picks_router_id", "router_id"),
+)
+
+# Security (issue 10): API keys, stored as a hash of their secret only.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    # Comma-separated, sorted: "admin", "feedback", "select".
+    Column("roles", String(64), nullable=False),
+    Column("name", String(128), nullable=False, server_default=""),
+    Column("secret_sha256", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_api_keys_tenant", "tenant"),
 )

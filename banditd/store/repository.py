@@ -127,6 +127,8 @@ class Repository:
                     thumb_up_reward=r.thumb_up_reward,
                     thumb_down_reward=r.thumb_down_reward,
                     shadows=tuple(ShadowSpec(**sh) for sh in r.shadows or ()),
+                    feedback_cap_per_key=r.feedback_cap_per_key,
+                    feedback_cap_window_seconds=r.feedback_cap_window_seconds,
                 ),
             )
             for r in rows
@@ -179,6 +181,8 @@ class Repository:
             "thumb_up_reward": spec.thumb_up_reward,
             "thumb_down_reward": spec.thumb_down_reward,
             "shadows": [asdict(sh) for sh in spec.shadows] or None,
+            "feedback_cap_per_key": spec.feedback_cap_per_key,
+            "feedback_cap_window_seconds": spec.feedback_cap_window_seconds,
             "updated_at": now,
         }
         try:

@@ -411,10 +411,12 @@ class RouterConfig(_message.Message):
     EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
     DEFAULT_REWARD_FIELD_NUMBER: _builtins.int
     REWARD_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    SHADOWS_FIELD_NUMBER: _builtins.int
+    FEEDBACK_CAP_PER_KEY_FIELD_NUMBER: _builtins.int
+    FEEDBACK_CAP_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
     COMBINE_FIELD_NUMBER: _builtins.int
     THUMB_UP_REWARD_FIELD_NUMBER: _builtins.int
     THUMB_DOWN_REWARD_FIELD_NUMBER: _builtins.int
-    SHADOWS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -453,6 +455,13 @@ class RouterConfig(_message.Message):
     """
     reward_wait_seconds: _builtins.int
     """0 = 3600."""
+    feedback_cap_per_key: _builtins.int
+    """Security (issue 10): the most feedback events one client (API key; without auth, peer
+    address) may add to one arm of this router per feedback_cap_window_seconds, per replica;
+    more is RESOURCE_EXHAUSTED. 0 = no cap.
+    """
+    feedback_cap_window_seconds: _builtins.int
+    """0 = 3600."""
     combine: _builtins.str
     """Feedback signals (60-69).
     How several signals for one decision combine: "first" (default: later ones are refused as
@@ -487,14 +496,16 @@ class RouterConfig(_message.Message):
         explore_new_arm: _builtins.int = ...,
         default_reward: _builtins.float | None = ...,
         reward_wait_seconds: _builtins.int = ...,
+        shadows: _abc.Iterable[Global___ShadowPolicy] | None = ...,
+        feedback_cap_per_key: _builtins.int = ...,
+        feedback_cap_window_seconds: _builtins.int = ...,
         combine: _builtins.str = ...,
         thumb_up_reward: _builtins.float | None = ...,
         thumb_down_reward: _builtins.float | None = ...,
-        shadows: _abc.Iterable[Global___ShadowPolicy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
     _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015

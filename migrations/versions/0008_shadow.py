@@ -2,7 +2,7 @@
 have chosen at each decision, and the history of router configurations (promotion, rollback).
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0004"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -73,6 +73,8 @@ ROUTER_FIELDS = (
     "explore_new_arm",
     "default_reward",
     "reward_wait_seconds",
+    "feedback_cap_per_key",  # 0006
+    "feedback_cap_window_seconds",
 )
 
 

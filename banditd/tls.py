@@ -1,0 +1,77 @@
+"""Transport security: the server's credentials from settings, or a clear refusal to start.
+
+Plaintext is served only where it was asked for (``allow_plaintext``) or on a loopback address
+(the embedded default); anything else needs a certificate and key, and a client CA turns on
+mutual TLS (a client without a certificate that CA signed fails the handshake).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from banditd.config import Settings
+
+
+class TLSConfigError(ValueError):
+    """The settings cannot give a safe listener; the message says what to set."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials for the listener, or None for plaintext (only where allowed)."""
+    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if cert is None and key is None:
+        if ca is not None:
+            raise TLSConfigError(
+                "BANDITD_TLS_CLIENT_CA_FILE needs BANDITD_TLS_CERT_FILE and BANDITD_TLS_KEY_FILE"
+            )
+        if not settings.plaintext_allowed:
+            raise TLSConfigError(
+                f"refusing to serve plaintext on {settings.listen} (not a loopback address): set "
+                "BANDITD_TLS_CERT_FILE and BANDITD_TLS_KEY_FILE, or BANDITD_ALLOW_PLAINTEXT=true "
+                "where TLS ends in front of banditd (a mesh sidecar)"
+            )
+        return None
+    if cert is None or key is None:
+        raise TLSConfigError("set both BANDITD_TLS_CERT_FILE and BANDITD_TLS_KEY_FILE")
+    pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
+    if ca is None:
+        return grpc.ssl_server_credentials([pair])
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=_read(ca, "client CA"), require_client_auth=True
+    )
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a banditd client command (ingest) reaches a secured server."""
+
+    api_key: str | None = None
+    ca_file: Path | None = None  # TLS: the CA that signed the server's certificate
+    cert_file: Path | None = None  # mTLS: this client's certificate and key
+    key_file: Path | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+    def channel(self, target: str) -> grpc.Channel:
+        if self.ca_file is None and self.cert_file is None:
+            return grpc.insecure_channel(target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
+            private_key=_read(self.key_file, "client key") if self.key_file else None,
+            certificate_chain=_read(self.cert_file, "client certificate")
+            if self.cert_file
+            else None,
+        )
+        return grpc.secure_channel(target, credentials)
