@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
+from banditd.breaker import ArmHealthView
 from banditd.catalog import Catalog
 from banditd.decision_log import DecisionLog
 from banditd.domain import RouterSpec, check_name
@@ -19,6 +21,7 @@ class RouterStats:
     applied_event_id: int
     log_event_id: int
     lag_events: int
+    health: dict[str, ArmHealthView] = field(default_factory=dict)  # by arm name
 
 
 class Admin:
@@ -60,4 +63,6 @@ class Admin:
         applied = state.posterior.last_event_id
         head = await self._repo.log_head(state.router_id)
         lag = await self._repo.count_events_after(state.router_id, applied)
-        return RouterStats(tenant, name, arms, applied, head, lag)
+        now = time.time()
+        health = {n: state.health.view(n, now) for n in names}
+        return RouterStats(tenant, name, arms, applied, head, lag, health)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from banditd.admin import RouterStats
+from banditd.breaker import (
+    DEFAULT_COOLDOWN_SECONDS,
+    DEFAULT_ERROR_RATE,
+    DEFAULT_MIN_EVENTS,
+    ArmHealthView,
+    BreakerState,
+)
 from banditd.domain import (
     DEFAULT_PRIOR_QUALITY,
     DEFAULT_REWARD_WAIT_SECONDS,
@@ -36,6 +43,11 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
         ),
+        breaker_error_rate=(
+            msg.breaker_error_rate if msg.HasField("breaker_error_rate") else DEFAULT_ERROR_RATE
+        ),
+        breaker_min_events=msg.breaker_min_events or DEFAULT_MIN_EVENTS,
+        breaker_cooldown_seconds=msg.breaker_cooldown_seconds or DEFAULT_COOLDOWN_SECONDS,
         **{
             key: value
             for key, value in (
@@ -74,6 +86,9 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         explore_new_arm=spec.explore_new_arm,
         default_reward=spec.default_reward,
         reward_wait_seconds=spec.reward_wait_seconds,
+        breaker_error_rate=spec.breaker_error_rate,
+        breaker_min_events=spec.breaker_min_events,
+        breaker_cooldown_seconds=spec.breaker_cooldown_seconds,
     )
 
 
@@ -155,6 +170,9 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
                 feedback_count=a.feedback_count,
                 mean_reward=a.reward_sum / a.feedback_count if a.feedback_count else 0.0,
                 spend_usd=a.spend_usd,
+                breaker=_view(stats, a.arm).state.value,
+                recent_error_rate=_view(stats, a.arm).error_rate,
+                breaker_open_until_unix=_view(stats, a.arm).open_until,
             )
             for a in stats.arms
         ],
@@ -165,3 +183,7 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
         log_event_id=stats.log_event_id,
         lag_events=stats.lag_events,
     )
+
+
+def _view(stats: RouterStats, arm: str) -> ArmHealthView:
+    return stats.health.get(arm) or ArmHealthView(BreakerState.CLOSED, 0.0, 0.0)

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from banditd.breaker import (
+    DEFAULT_COOLDOWN_SECONDS,
+    DEFAULT_ERROR_RATE,
+    DEFAULT_MIN_EVENTS,
+    BreakerConfig,
+)
 from banditd.errors import InvalidArgument
 
 POLICIES = ("linucb", "thompson", "epsilon-greedy")  # banditd.policy.POLICIES, by name
@@ -25,6 +31,8 @@ DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
 MAX_EXPLORE_NEW_ARM = 10_000
+MAX_BREAKER_MIN_EVENTS = 10_000
+MAX_BREAKER_COOLDOWN_SECONDS = 86_400
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 FloatArray = npt.NDArray[np.float64]
@@ -87,6 +95,10 @@ class RouterSpec:
     explore_new_arm: int = 0
     default_reward: float | None = None
     reward_wait_seconds: int = DEFAULT_REWARD_WAIT_SECONDS
+    # Arm health (circuit breaker, see banditd.breaker).
+    breaker_error_rate: float = DEFAULT_ERROR_RATE
+    breaker_min_events: int = DEFAULT_MIN_EVENTS
+    breaker_cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -126,11 +138,27 @@ class RouterSpec:
             raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
             raise InvalidArgument("router.prior_weight", "must be in [0.001, 1e6] (or 0 for 1)")
+        if not (math.isfinite(self.breaker_error_rate) and 0.0 <= self.breaker_error_rate <= 1.0):
+            raise InvalidArgument("router.breaker_error_rate", "must be in [0, 1] (1 = never trip)")
+        if not 1 <= self.breaker_min_events <= MAX_BREAKER_MIN_EVENTS:
+            raise InvalidArgument(
+                "router.breaker_min_events", f"must be in 1..{MAX_BREAKER_MIN_EVENTS}"
+            )
+        if not 1 <= self.breaker_cooldown_seconds <= MAX_BREAKER_COOLDOWN_SECONDS:
+            raise InvalidArgument(
+                "router.breaker_cooldown_seconds", f"must be in 1..{MAX_BREAKER_COOLDOWN_SECONDS}"
+            )
 
     @property
     def dim(self) -> int:
         """Length of the context vector x: an intercept plus the embedding."""
         return self.embedding_dim + 1
+
+    @property
+    def breaker(self) -> BreakerConfig:
+        return BreakerConfig(
+            self.breaker_error_rate, self.breaker_min_events, self.breaker_cooldown_seconds
+        )
 
     @property
     def alpha(self) -> float:

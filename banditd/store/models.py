@@ -136,3 +136,12 @@ server_secrets = Table(
     Column("name", String(64), primary_key=True),
     Column("value", LargeBinary, nullable=False),
 )
+
+# Arm health (circuit breaker; migration 0009): the router's breaker settings, and each
+# snapshot's breaker state (JSON, see banditd.breaker), taken at the same event as its posterior.
+routers.append_column(Column("breaker_error_rate", Float, nullable=False, server_default="0.5"))
+routers.append_column(Column("breaker_min_events", Integer, nullable=False, server_default="20"))
+routers.append_column(
+    Column("breaker_cooldown_seconds", Integer, nullable=False, server_default="30")
+)
+posterior_snapshots.append_column(Column("health", Text, nullable=True))

@@ -86,6 +86,9 @@ class Repository:
                     explore_new_arm=r.explore_new_arm,
                     default_reward=r.default_reward,
                     reward_wait_seconds=r.reward_wait_seconds,
+                    breaker_error_rate=r.breaker_error_rate,
+                    breaker_min_events=r.breaker_min_events,
+                    breaker_cooldown_seconds=r.breaker_cooldown_seconds,
                 ),
             )
             for r in rows
@@ -129,6 +132,9 @@ class Repository:
             "explore_new_arm": spec.explore_new_arm,
             "default_reward": spec.default_reward,
             "reward_wait_seconds": spec.reward_wait_seconds,
+            "breaker_error_rate": spec.breaker_error_rate,
+            "breaker_min_events": spec.breaker_min_events,
+            "breaker_cooldown_seconds": spec.breaker_cooldown_seconds,
             "updated_at": now,
         }
         try:
@@ -352,17 +358,22 @@ class Repository:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    async def latest_snapshot(self, router_id: int) -> bytes | None:
+    async def latest_snapshot(self, router_id: int) -> tuple[bytes, str | None] | None:
+        """The newest snapshot's posterior bytes and breaker state (JSON; None before 0009)."""
         async with self.db.transaction() as conn:
-            data = await conn.scalar(
-                select(posterior_snapshots.c.data)
-                .where(posterior_snapshots.c.router_id == router_id)
-                .order_by(posterior_snapshots.c.id.desc())
-                .limit(1)
-            )
-        return None if data is None else bytes(data)
+            row = (
+                await conn.execute(
+                    select(posterior_snapshots.c.data, posterior_snapshots.c.health)
+                    .where(posterior_snapshots.c.router_id == router_id)
+                    .order_by(posterior_snapshots.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        return None if row is None else (bytes(row.data), row.health)
 
-    async def write_snapshot(self, router_id: int, last_event_id: int, data: bytes) -> None:
+    async def write_snapshot(
+        self, router_id: int, last_event_id: int, data: bytes, health: str | None = None
+    ) -> None:
         """Store a snapshot and drop all but the newest few of the router's snapshots."""
         async with self.db.transaction() as conn:
             await conn.execute(
@@ -371,6 +382,7 @@ class Repository:
                     last_event_id=last_event_id,
                     data=data,
                     created_at=time.time(),
+                    health=health,
                 )
             )
             kept = (
