@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import port_for
@@ -21,6 +22,7 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 PG_CTL = Path(__file__).with_name("pg_ctl_as_postgres")
+FAST_OPTIONS = "-c fsync=off -c full_page_writes=off"  # throwaway data: speed
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +32,12 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    with _throwaway_postgres(FAST_OPTIONS) as executor:
+        yield executor
+
+
+@contextmanager
+def _throwaway_postgres(options: str) -> Iterator[PostgreSQLExecutor]:
     base = Path(tempfile.mkdtemp(prefix="banditd-pg-"))
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
@@ -43,7 +51,7 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
         startparams="-w",
         dbname="postgres",
         user="postgres",
-        postgres_options="-c fsync=off -c full_page_writes=off",  # throwaway data: speed
+        postgres_options=options,
     )
     try:
         with executor:
@@ -66,3 +74,20 @@ def postgres_url(postgres_server: PostgreSQLExecutor) -> Iterator[str]:
             f"postgresql+asyncpg://{postgres_server.user}@{postgres_server.host}:"
             f"{postgres_server.port}/{dbname}"
         )
+
+
+@pytest.fixture
+def own_postgres(
+    postgres_server: PostgreSQLExecutor,
+) -> Iterator[tuple[PostgreSQLExecutor, str]]:
+    """A Postgres server of this test's own (a test may stop and start it) and the URL of a
+    database on it. Needs ``postgres_server`` only for its skip/fail rule when there is none.
+    A clean stop (pg_ctl -m fast) writes everything out even with fsync off."""
+    with _throwaway_postgres(FAST_OPTIONS) as executor:
+        with DatabaseJanitor(
+            user=executor.user, host=executor.host, port=executor.port, dbname="banditd"
+        ):
+            yield (
+                executor,
+                f"postgresql+asyncpg://{executor.user}@{executor.host}:{executor.port}/banditd",
+            )
