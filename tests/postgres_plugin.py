@@ -83,11 +83,13 @@ def own_postgres(
     """A Postgres server of this test's own (a test may stop and start it) and the URL of a
     database on it. Needs ``postgres_server`` only for its skip/fail rule when there is none.
     A clean stop (pg_ctl -m fast) writes everything out even with fsync off."""
-    with _throwaway_postgres(FAST_OPTIONS) as executor:
-        with DatabaseJanitor(
+    with (
+        _throwaway_postgres(FAST_OPTIONS) as executor,
+        DatabaseJanitor(
             user=executor.user, host=executor.host, port=executor.port, dbname="banditd"
-        ):
-            yield (
-                executor,
-                f"postgresql+asyncpg://{executor.user}@{executor.host}:{executor.port}/banditd",
-            )
+        ),
+    ):
+        yield (
+            executor,
+            f"postgresql+asyncpg://{executor.user}@{executor.host}:{executor.port}/banditd",
+        )
