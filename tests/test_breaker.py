@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from banditd.breaker import ArmHealth, BreakerConfig, BreakerState
 from banditd.v1 import banditd_pb2 as pb
@@ -128,6 +129,9 @@ async def test_breaker_opens_skips_half_opens_and_closes_on_every_replica(
     stats = await a.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     cheap = next(s for s in stats.arms if s.arm == "cheap")
     assert cheap.recent_error_rate == 0.0 and cheap.breaker_open_until_unix > 0
+    labels = {"tenant": "acme", "router": "chat"}
+    assert REGISTRY.get_sample_value("banditd_arm_breaker_state", {**labels, "arm": "cheap"}) == 2
+    assert REGISTRY.get_sample_value("banditd_arm_breaker_state", {**labels, "arm": "mid"}) == 0
 
     # A restart restores the breaker with the posterior (snapshot + tail of the log).
     await b.stop()
