@@ -24,7 +24,6 @@ import numpy as np
 import port_for
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pytest_postgresql.executors import PostgreSQLExecutor
 
 from banditd.domain import FeedbackEvent
 from banditd.posterior import Posterior, Prior
@@ -32,6 +31,7 @@ from banditd.store import Database, Repository
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import SIGNING_KEY, StartServer, router_config
+from tests.postgres_plugin import OwnPostgres
 
 BANDITD = [sys.executable, "-m", "banditd.cli", "serve"]
 WORKERS = 8
@@ -262,9 +262,9 @@ async def test_sigkill_under_load_loses_no_acknowledged_feedback(
 
 @pytest.mark.postgres
 async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
-    own_postgres: tuple[PostgreSQLExecutor, str], tmp_path: Path
+    own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    postgres, url = own_postgres
+    postgres, url = own_postgres, own_postgres.url
     async with (
         serve(url, tmp_path / "a.log", log_level="warning") as a,
         # A second replica that only hears of new events through LISTEN/NOTIFY (polling rare).
@@ -274,12 +274,12 @@ async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
         tally, stop = Tally(), asyncio.Event()
         task = asyncio.create_task(load(a.address, tally, stop))
         await _until(lambda: len(tally.acked) >= 100 or task.done(), 60, "100 feedback events")
-        await asyncio.to_thread(postgres.stop)
+        await postgres.stop()
         down_at, selects_at_down = time.monotonic(), tally.selects_ok
         await asyncio.sleep(3.0)
         failed_while_down = sum(tally.feedback_failures.values())
         selects_while_down = tally.selects_ok - selects_at_down
-        await asyncio.to_thread(postgres.start)
+        await postgres.start()
         up_at = time.monotonic()
         await _until(
             lambda: sum(1 for t in tally.acked_at if t > up_at) >= 100 or task.done(),
