@@ -101,6 +101,7 @@ class Tally:
     acked_at: list[float] = field(default_factory=list)
     feedback_failures: Counter[str] = field(default_factory=Counter)
     failure_details: set[str] = field(default_factory=set)
+    failed_calls_started: list[float] = field(default_factory=list)  # Feedback that failed
 
     def report(self, title: str) -> str:
         return (
@@ -129,9 +130,10 @@ async def load(address: str, tally: Tally, stop: asyncio.Event) -> None:
                     )
                 except grpc.aio.AioRpcError as exc:
                     tally.select_failures[exc.code().name] += 1
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)
                     continue
                 tally.selects_ok += 1
+                started = time.monotonic()
                 try:
                     r = await router.Feedback(
                         pb.FeedbackRequest(
@@ -145,6 +147,7 @@ async def load(address: str, tally: Tally, stop: asyncio.Event) -> None:
                 except grpc.aio.AioRpcError as exc:
                     tally.feedback_failures[exc.code().name] += 1
                     tally.failure_details.add(exc.details() or "")
+                    tally.failed_calls_started.append(started)
                     continue
                 tally.acked[r.event_id] = d.arm
                 tally.acked_at.append(time.monotonic())
@@ -300,6 +303,9 @@ async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
         assert set(tally.feedback_failures) == {"UNAVAILABLE"}
         assert failed_while_down > 0
         assert all("database unavailable" in d for d in tally.failure_details)
+        # Once one Feedback succeeded after the restart, no Feedback begun later failed.
+        recovered_at = min(t for t in tally.acked_at if t > up_at)
+        assert not [t for t in tally.failed_calls_started if t > recovered_at]
 
         # Recovered without a restart: the decision log committed the decisions buffered in
         # the outage, and every acknowledged event is in the log.

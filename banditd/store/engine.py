@@ -23,7 +23,7 @@ CONNECT_TIMEOUT_S = 5.0
 # What a lost or refused database connection raises: SQLAlchemy's wrappers of the driver's
 # errors (asyncpg's and aiosqlite's, e.g. InterfaceError "connection is closed",
 # CannotConnectNowError, "database is locked"), the pool's timeout, and the socket's own errors.
-UNAVAILABLE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError, TimeoutError)
+UNAVAILABLE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError)  # OSError: TimeoutError too
 
 
 def unavailable(exc: BaseException) -> Unavailable:
