@@ -107,7 +107,7 @@ class Selector:
             max_prompt_chars=self._max_prompt_chars,
         )
         seed = self._seeds()
-        now = self._clock()
+        blocked = state.health.blocked((a.name for a in spec.arms), self._clock())
         ranked = rank_arms(
             state,
             x,
@@ -116,11 +116,12 @@ class Selector:
             cost_weight=req.cost_weight,
             max_cost_usd=req.max_cost_usd,
             rng=np.random.default_rng(seed),
-            blocked=state.health.blocked((a.name for a in spec.arms), now),
+            blocked=blocked,
         )
         ranking, choice = ranked.ranking, ranked.choice
         chosen = ranking[0]
-        state.health.chose(chosen.arm, now)
+        now = self._clock()
+        state.health.chose(chosen.arm, now)  # a half-open arm spends a probe
         decision_id = str(uuid.uuid4())
         expires_at = math.floor(now) + spec.feedback_ttl_seconds
         token = self._signer.sign(
