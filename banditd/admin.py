@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from banditd import evaluation
+from banditd.breaker import ArmHealthView
 from banditd.catalog import Catalog
 from banditd.decision_log import DecisionLog
 from banditd.domain import RouterSpec, check_name
@@ -28,6 +30,7 @@ class RouterStats:
     log_event_id: int
     lag_events: int
     shadows: list[ShadowTotals] = field(default_factory=list)
+    health: dict[str, ArmHealthView] = field(default_factory=dict)  # by arm name
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,9 @@ class Admin:
         head = await self._repo.log_head(state.router_id)
         lag = await self._repo.count_events_after(state.router_id, applied)
         shadows = await self._repo.shadow_totals(state.router_id)
-        return RouterStats(tenant, name, arms, applied, head, lag, shadows)
+        now = time.time()
+        health = {n: state.health.view(n, now) for n in names}
+        return RouterStats(tenant, name, arms, applied, head, lag, shadows, health)
 
     # -- off-policy evaluation, promotion and rollback ----------------------------------------
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from banditd import metrics
+from banditd.breaker import ArmHealth, BreakerState
 from banditd.domain import FeedbackEvent, RouterSpec
-from banditd.errors import NotFound
+from banditd.errors import NotFound, Unavailable
 from banditd.policy import Policy, make_policy
 from banditd.posterior import Posterior, Prior
 from banditd.store import Repository
@@ -25,6 +26,7 @@ from banditd.store.repository import StoredRouter
 log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
 DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
+BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass
@@ -38,6 +40,8 @@ class RouterState:
     forced_picks: dict[str, int] = field(default_factory=dict)
     # Decisions made before this were all checked for a default reward (see _default_missing).
     defaults_checked_until: float = 0.0
+    # Arm health, folded from the same events as the posterior (see banditd.breaker).
+    health: ArmHealth = field(default_factory=ArmHealth)
 
 
 class Catalog:
@@ -67,18 +71,20 @@ class Catalog:
         started = time.perf_counter()
         prior = Prior.of(spec)
         posterior: Posterior | None = None
-        data = await self._repo.latest_snapshot(stored.router_id)
-        if data is not None:
-            posterior = Posterior.from_bytes(data)
+        health_json: str | None = None
+        snapshot = await self._repo.latest_snapshot(stored.router_id)
+        if snapshot is not None:
+            posterior, health_json = Posterior.from_bytes(snapshot[0]), snapshot[1]
             if posterior.prior != prior:
                 posterior = None  # embedding size or prior changed: rebuild from the log
         if posterior is None:
-            posterior = Posterior.empty(prior, spec.prior_output_tokens)
+            posterior, health_json = Posterior.empty(prior, spec.prior_output_tokens), None
         posterior.prior_output_tokens = spec.prior_output_tokens
         from_id = posterior.last_event_id
         for arm in spec.arms:
             posterior.index(arm.name)
         state = RouterState(stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior)
+        state.health = ArmHealth.from_json(health_json, spec.breaker)
         replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
         self._by_name[(spec.tenant, spec.name)] = stored.router_id
@@ -135,7 +141,10 @@ class Catalog:
         """Append an event, then fold in the log up to it (other replicas' events included);
         caller holds ``locked(router_id)``."""
         event_id = await self._repo.append_event(event, state.spec.combine)
-        await self._catch_up(state)
+        try:
+            await self._catch_up(state)
+        except Unavailable as exc:  # committed: the next tail round applies it
+            log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
         return event_id
 
     async def _default_missing(self, state: RouterState) -> int:
@@ -189,7 +198,10 @@ class Catalog:
         ``Repository.append_events``), then catch up; returns the positions added. Caller holds
         ``locked(router_id)``."""
         added = await self._repo.append_events(events, state.spec.combine)
-        await self._catch_up(state)
+        try:
+            await self._catch_up(state)
+        except Unavailable as exc:  # committed: the next tail round applies them
+            log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
         return added
 
     async def _catch_up(self, state: RouterState) -> int:
@@ -201,11 +213,15 @@ class Catalog:
         ):
             for event in events:
                 state.posterior.apply(event)
+                # Only served calls judge an arm, each once (later signals re-rate the answer).
+                if not (event.offline or event.defaulted or event.signal):
+                    state.health.observe(event.arm, event.error, event.created_at)
             applied += len(events)
         state.events_since_snapshot += applied
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
             state.posterior.last_event_id
         )
+        self.export_health(state)
         if state.events_since_snapshot >= self._snapshot_every:
             await self._snapshot(state)
         return applied
@@ -235,9 +251,21 @@ class Catalog:
                     applied += await self._default_missing(state)
         return applied
 
+    def export_health(self, state: RouterState) -> None:
+        """Publish each configured arm's breaker state to the metrics."""
+        now = self._clock()
+        for arm in state.spec.arms:
+            view = state.health.view(arm.name, now)
+            metrics.ARM_BREAKER.labels(state.spec.tenant, state.spec.name, arm.name).set(
+                BREAKER_GAUGE[view.state]
+            )
+
     async def _snapshot(self, state: RouterState) -> None:
         await self._repo.write_snapshot(
-            state.router_id, state.posterior.last_event_id, state.posterior.to_bytes()
+            state.router_id,
+            state.posterior.last_event_id,
+            state.posterior.to_bytes(),
+            state.health.to_json(),
         )
         state.events_since_snapshot = 0
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from banditd.admin import RouterStats, RouterVersion
+from banditd.breaker import (
+    DEFAULT_COOLDOWN_SECONDS,
+    DEFAULT_ERROR_RATE,
+    DEFAULT_MIN_EVENTS,
+    ArmHealthView,
+    BreakerState,
+)
 from banditd.domain import (
     DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS,
     DEFAULT_PRIOR_QUALITY,
@@ -56,6 +63,11 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
             )
             for s in msg.shadows
         ),
+        breaker_error_rate=(
+            msg.breaker_error_rate if msg.HasField("breaker_error_rate") else DEFAULT_ERROR_RATE
+        ),
+        breaker_min_events=msg.breaker_min_events or DEFAULT_MIN_EVENTS,
+        breaker_cooldown_seconds=msg.breaker_cooldown_seconds or DEFAULT_COOLDOWN_SECONDS,
         **{
             key: value
             for key, value in (
@@ -105,6 +117,9 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         ],
         feedback_cap_per_key=spec.feedback_cap_per_key,
         feedback_cap_window_seconds=spec.feedback_cap_window_seconds,
+        breaker_error_rate=spec.breaker_error_rate,
+        breaker_min_events=spec.breaker_min_events,
+        breaker_cooldown_seconds=spec.breaker_cooldown_seconds,
     )
 
 
@@ -196,6 +211,9 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
                 feedback_count=a.feedback_count,
                 mean_reward=a.reward_sum / a.feedback_count if a.feedback_count else 0.0,
                 spend_usd=a.spend_usd,
+                breaker=_view(stats, a.arm).state.value,
+                recent_error_rate=_view(stats, a.arm).error_rate,
+                breaker_open_until_unix=_view(stats, a.arm).open_until,
             )
             for a in stats.arms
         ],
@@ -266,3 +284,7 @@ def version_to_proto(v: RouterVersion) -> pb.RouterVersion:
         created_at_unix=v.created_at,
         router=spec_to_proto(v.spec),
     )
+
+
+def _view(stats: RouterStats, arm: str) -> ArmHealthView:
+    return stats.health.get(arm) or ArmHealthView(BreakerState.CLOSED, 0.0, 0.0)

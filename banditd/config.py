@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1)
     max_metadata_entries: int = Field(64, ge=0)
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
+    # Fault behaviour (database outages).
+    feedback_attempts: int = Field(
+        3, ge=1, le=10, description="tries to commit a Feedback before answering UNAVAILABLE"
+    )
+    decision_log_max_pending: int = Field(
+        100_000, ge=1, description="decisions buffered while the database is down (oldest dropped)"
+    )
 
     # Security (issue 10): transport, API keys, abuse limits, feedback poisoning defences.
     # See docs/security.md. Plaintext and auth-off are defaults only on a loopback address.

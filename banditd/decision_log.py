@@ -1,7 +1,14 @@
 """The decision log: decisions are written in groups off the request path (group commit).
 
 A decision is answerable (for a repeated request_id) from memory until its group is committed,
-and from the database after. A group that fails to commit stays pending and is retried.
+and from the database after. A group that fails to commit stays pending and is retried with
+exponential backoff (tenacity) for as long as the database is down; Select never waits for it.
+
+The buffer is bounded (``max_pending``). When it is full, the oldest pending decision is dropped
+to make room (warning log, ``banditd_decisions_unlogged_total``), never the request: Select keeps
+answering through an outage of any length. A dropped decision's feedback still counts (the token
+carries what Feedback needs); it is only missing from the decision log (stats, default rewards,
+request_id idempotency).
 """
 
 from __future__ import annotations
@@ -10,19 +17,34 @@ import asyncio
 import contextlib
 
 import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
+from banditd import metrics
 from banditd.domain import Decision
 from banditd.errors import Unavailable
 from banditd.store import Repository
 
 log = structlog.get_logger(__name__)
 MAX_PENDING = 100_000
+RETRY_INITIAL_S = 0.05  # first wait after a failed group commit; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 2.0
+CLOSE_RETRY_S = 5.0  # how long shutdown keeps trying to commit pending decisions
 
 
 class DecisionLog:
-    def __init__(self, repo: Repository, flush_seconds: float) -> None:
+    def __init__(
+        self, repo: Repository, flush_seconds: float, max_pending: int = MAX_PENDING
+    ) -> None:
         self._repo = repo
         self._flush_seconds = flush_seconds
+        self._max_pending = max_pending
+        self.dropped = 0
         self._pending: dict[str, Decision] = {}
         self._by_request: dict[tuple[int, str], Decision] = {}
         self._wake = asyncio.Event()
@@ -34,12 +56,28 @@ class DecisionLog:
         self._task = asyncio.create_task(self._run(), name="decision-log")
 
     def add(self, decision: Decision) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            raise Unavailable("decision log backlog is full (database too slow or down)")
+        """Queue a decision for the next group commit; never blocks, never fails."""
+        while len(self._pending) >= self._max_pending:
+            self._drop_oldest()
         self._pending[decision.decision_id] = decision
         if decision.request_id:
             self._by_request[(decision.router_id, decision.request_id)] = decision
+        metrics.DECISIONS_PENDING.set(len(self._pending))
         self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        oldest = self._pending.pop(next(iter(self._pending)))  # dicts keep insertion order
+        if oldest.request_id:
+            self._by_request.pop((oldest.router_id, oldest.request_id), None)
+        self.dropped += 1
+        metrics.DECISIONS_DROPPED.inc()
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning(
+                "decision_log_full",
+                dropped=self.dropped,
+                max_pending=self._max_pending,
+                decision_id=oldest.decision_id,
+            )
 
     @property
     def pending(self) -> int:
@@ -51,10 +89,16 @@ class DecisionLog:
         return self._by_request.get((router_id, request_id))
 
     async def find(self, router_id: int, request_id: str) -> Decision | None:
-        """The decision made for this request id, pending or committed."""
-        return self.lookup(router_id, request_id) or await self._repo.find_decision(
-            router_id, request_id
-        )
+        """The decision made for this request id, pending or committed. With the database
+        down only pending decisions are found: Select then decides afresh rather than fail."""
+        found = self.lookup(router_id, request_id)
+        if found is not None:
+            return found
+        try:
+            return await self._repo.find_decision(router_id, request_id)
+        except Unavailable as exc:
+            log.warning("decision_lookup_skipped", request_id=request_id, error=str(exc))
+            return None
 
     async def _run(self) -> None:
         # Never cancelled mid-write (a cancelled transaction can hold SQLite's write lock while
@@ -63,13 +107,37 @@ class DecisionLog:
             await self._wake.wait()
             await self._pause(self._flush_seconds)
             try:
-                await self.flush()
-            except Unavailable as exc:
-                log.warning("decision_log_flush_failed", error=str(exc), pending=len(self._pending))
-                await self._pause(1.0)
+                await self._flush_with_retries()
             except Exception:  # the log must outlive any one bad group
                 log.exception("decision_log_flush_error", pending=len(self._pending))
-                await self._pause(1.0)
+                await self._pause(RETRY_MAX_S)
+
+    async def _flush_with_retries(self) -> None:
+        """Flush; while the database is unavailable, retry with exponential backoff until it
+        returns or the log closes (close() then tries once more)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            wait=wait_exponential_jitter(
+                multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_INITIAL_S
+            ),
+            stop=lambda _: self._closing.is_set(),
+            sleep=self._pause,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        with contextlib.suppress(Unavailable):  # only when closing: close() flushes once more
+            async for attempt in retrying:
+                with attempt:
+                    await self.flush()
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        log.warning(
+            "decision_log_flush_failed",
+            error=str(outcome.exception()) if outcome is not None else "",
+            attempt=retry_state.attempt_number,
+            pending=len(self._pending),
+        )
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when the log is closing."""
@@ -89,10 +157,27 @@ class DecisionLog:
                 self._pending.pop(d.decision_id, None)
                 if d.request_id:
                     self._by_request.pop((d.router_id, d.request_id), None)
+            metrics.DECISIONS_PENDING.set(len(self._pending))
 
     async def close(self) -> None:
+        """Stop the loop and commit what is pending, retrying for at most CLOSE_RETRY_S; with
+        the database still down, the pending decisions are given up (logged, not raised)."""
         self._closing.set()
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.flush()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            wait=wait_exponential_jitter(
+                multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_INITIAL_S
+            ),
+            stop=stop_after_delay(CLOSE_RETRY_S),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self.flush()
+        except Unavailable as exc:
+            log.error("decision_log_not_flushed", pending=len(self._pending), error=str(exc))

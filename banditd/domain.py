@@ -15,6 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from banditd.breaker import (
+    DEFAULT_COOLDOWN_SECONDS,
+    DEFAULT_ERROR_RATE,
+    DEFAULT_MIN_EVENTS,
+    BreakerConfig,
+)
 from banditd.errors import InvalidArgument
 
 POLICIES = ("linucb", "thompson", "epsilon-greedy")  # banditd.policy.POLICIES, by name
@@ -31,6 +37,8 @@ MAX_EXPLORE_NEW_ARM = 10_000
 COMBINE_RULES = ("first", "last", "mean")  # how several signals for one decision combine
 MAX_SIGNALS_PER_DECISION = 16  # under "last" / "mean": a bound on one decision's signals
 MAX_SHADOWS = 4  # bounds the extra work a Select does for shadow policies
+MAX_BREAKER_MIN_EVENTS = 10_000
+MAX_BREAKER_COOLDOWN_SECONDS = 86_400
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 FloatArray = npt.NDArray[np.float64]
@@ -126,6 +134,10 @@ class RouterSpec:
     # Security: feedback events one client key may add to one arm per window (0 = no cap).
     feedback_cap_per_key: int = 0
     feedback_cap_window_seconds: int = DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS
+    # Arm health (circuit breaker, see banditd.breaker).
+    breaker_error_rate: float = DEFAULT_ERROR_RATE
+    breaker_min_events: int = DEFAULT_MIN_EVENTS
+    breaker_cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -180,11 +192,27 @@ class RouterSpec:
         shadow_names = [s.name for s in self.shadows]
         if len(set(shadow_names)) != len(shadow_names):
             raise InvalidArgument("router.shadows", "shadow names must be unique")
+        if not (math.isfinite(self.breaker_error_rate) and 0.0 <= self.breaker_error_rate <= 1.0):
+            raise InvalidArgument("router.breaker_error_rate", "must be in [0, 1] (1 = never trip)")
+        if not 1 <= self.breaker_min_events <= MAX_BREAKER_MIN_EVENTS:
+            raise InvalidArgument(
+                "router.breaker_min_events", f"must be in 1..{MAX_BREAKER_MIN_EVENTS}"
+            )
+        if not 1 <= self.breaker_cooldown_seconds <= MAX_BREAKER_COOLDOWN_SECONDS:
+            raise InvalidArgument(
+                "router.breaker_cooldown_seconds", f"must be in 1..{MAX_BREAKER_COOLDOWN_SECONDS}"
+            )
 
     @property
     def dim(self) -> int:
         """Length of the context vector x: an intercept plus the embedding."""
         return self.embedding_dim + 1
+
+    @property
+    def breaker(self) -> BreakerConfig:
+        return BreakerConfig(
+            self.breaker_error_rate, self.breaker_min_events, self.breaker_cooldown_seconds
+        )
 
     @property
     def alpha(self) -> float:

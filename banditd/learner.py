@@ -7,6 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from banditd import metrics
 from banditd.catalog import Catalog
@@ -19,6 +25,7 @@ from banditd.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
 )
 from banditd.feedback_guard import FeedbackGuard
 from banditd.token import TokenSigner
@@ -28,6 +35,9 @@ log = structlog.get_logger(__name__)
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
 MAX_REPORTED_TOKENS = 10_000_000  # per call; more would only skew an arm's expected cost
+DEFAULT_ATTEMPTS = 3  # tries to commit one Feedback while the database is unreachable
+RETRY_INITIAL_S = 0.05
+RETRY_MAX_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,11 +107,13 @@ class Learner:
         clock: Callable[[], float] = time.time,
         *,
         guard: FeedbackGuard | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self._catalog = catalog
         self._signer = signer
         self._clock = clock
         self._guard = guard or FeedbackGuard()
+        self._attempts = attempts
 
     def event_of(self, req: FeedbackInput) -> FeedbackEvent:
         """The event a request would log; raises, writing nothing, when it must be refused."""
@@ -143,13 +155,31 @@ class Learner:
         )
 
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
-        """Returns only once the event is committed; raises before writing anything otherwise."""
+        """Returns only once the event is committed; raises before writing anything otherwise.
+
+        A database that cannot be reached is retried a few times with backoff, then answered
+        Unavailable: the event was not acknowledged, so the caller retries later (if the commit
+        did land and only its answer was lost, the retry answers ALREADY_EXISTS).
+        """
         try:
             event = self.event_of(req)
-            async with self._catalog.locked(event.router_id) as state:
-                event = _router_thumbs(event, req, state.spec)
-                await self._guard.check_cap(state.spec, event.router_id, event.arm)
-                event_id = await self._catalog.record(state, event)
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(Unavailable),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential_jitter(
+                    multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_INITIAL_S
+                ),
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        async with self._catalog.locked(event.router_id) as state:
+                            event = _router_thumbs(event, req, state.spec)
+                            await self._guard.check_cap(state.spec, event.router_id, event.arm)
+                            event_id = await self._catalog.record(state, event)
+            except Unavailable as exc:
+                raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise

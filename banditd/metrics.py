@@ -39,6 +39,21 @@ LOG_LAG = Gauge(
     ["tenant", "router"],
 )
 
+ARM_BREAKER = Gauge(
+    "banditd_arm_breaker_state",
+    "Arm health circuit breaker: 0 closed (in rotation), 1 half-open (probed), 2 open (skipped).",
+    ["tenant", "router", "arm"],
+)
+DECISIONS_DROPPED = Counter(
+    "banditd_decisions_unlogged_total",
+    "Decisions answered but dropped from the decision log because its buffer was full "
+    "(database down for long): their feedback still counts; default rewards and stats miss them.",
+)
+DECISIONS_PENDING = Gauge(
+    "banditd_decision_log_pending",
+    "Decisions made but not yet committed to the decision log.",
+)
+
 
 def serve_metrics(listen: str) -> None:
     """Expose /metrics on HOST:PORT in a background thread (for the process's lifetime)."""

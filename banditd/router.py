@@ -6,7 +6,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +119,7 @@ class Selector:
             max_prompt_chars=self._max_prompt_chars,
         )
         seed = self._seeds()
+        blocked = state.health.blocked((a.name for a in spec.arms), self._clock())
         ranked = rank_arms(
             state,
             x,
@@ -127,12 +128,14 @@ class Selector:
             cost_weight=req.cost_weight,
             max_cost_usd=req.max_cost_usd,
             rng=np.random.default_rng(seed),
+            blocked=blocked,
         )
         ranking, choice = ranked.ranking, ranked.choice
         chosen = ranking[0]
         # After the live choice, on their own random streams: shadows never change it.
         shadows = shadow_picks(state, ranked, x, req.cost_weight, seed)
         now = self._clock()
+        state.health.chose(chosen.arm, now)  # a half-open arm spends a probe
         decision_id = str(uuid.uuid4())
         expires_at = math.floor(now) + spec.feedback_ttl_seconds
         token = self._signer.sign(
@@ -203,11 +206,13 @@ def rank_arms(
     cost_weight: float | None = None,
     max_cost_usd: float | None = None,
     rng: np.random.Generator,
+    blocked: Collection[str] = frozenset(),
 ) -> Ranked:
     """Eligibility, expected costs, the policy's choice and the ranking; no I/O.
 
     The server's Select and offline replay both decide through this function.
     x: context vector, shape (state.spec.dim,).
+    blocked: arms whose circuit breaker is open; skipped unless every eligible arm is.
     """
     spec, posterior = state.spec, state.posterior
     if candidates:
@@ -218,6 +223,8 @@ def rank_arms(
         arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
     else:
         arms = [a for a in spec.arms if not a.disabled]
+    healthy = [a for a in arms if a.name not in blocked]
+    arms = healthy or arms  # every arm failing: still answer (fail open), with all of them
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
     arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
     costs = np.array(

@@ -110,10 +110,13 @@ class App:
             await self._stop_listening()
         try:
             await self.decisions.close()
-            await self.catalog.snapshot_all()
+            try:
+                await self.catalog.snapshot_all()
+            except Unavailable as exc:  # the log has every event: a restart replays them
+                log.warning("snapshot_skipped", error=str(exc))
         finally:
             await self.db.close()
-        log.info("stopped")
+        log.info("stopped", decisions_unlogged=self.decisions.pending + self.decisions.dropped)
 
 
 def _warm_up() -> None:
@@ -140,7 +143,9 @@ async def build_app(settings: Settings) -> App:
     )
     signer = TokenSigner(key)
     catalog = Catalog(repo, settings.snapshot_every)
-    decisions = DecisionLog(repo, settings.decision_flush_ms / 1000.0)
+    decisions = DecisionLog(
+        repo, settings.decision_flush_ms / 1000.0, settings.decision_log_max_pending
+    )
     selector = Selector(
         catalog,
         decisions,
@@ -160,7 +165,11 @@ async def build_app(settings: Settings) -> App:
         settings.anomaly_window, settings.anomaly_min_history, settings.anomaly_threshold
     )
     banditd_pb2_grpc.add_RouterServicer_to_server(
-        RouterServicer(selector, Learner(catalog, signer, guard=guard)), server
+        RouterServicer(
+            selector,
+            Learner(catalog, signer, guard=guard, attempts=settings.feedback_attempts),
+        ),
+        server,
     )
     banditd_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(Admin(catalog, decisions, repo)), server
@@ -218,5 +227,9 @@ async def serve(
     if on_started is not None:
         await on_started(app)
     await stop.wait()
-    log.info("stopping")
+    log.info("stopping", grace_seconds=settings.grace_seconds)
+    # A second signal cuts the drain short: in-flight calls are cancelled, the rest still runs.
+    cut: list[asyncio.Task[None]] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: cut.append(asyncio.create_task(app.server.stop(0))))
     await app.stop()

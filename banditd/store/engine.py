@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,12 +11,27 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from banditd.errors import Unavailable
+from banditd.store.listener import EventListener
 
 EVENTS_CHANNEL = "banditd_events"  # NOTIFY channel: feedback events were committed
+CONNECT_TIMEOUT_S = 5.0
+# What a lost or refused database connection raises: SQLAlchemy's wrappers of the driver's
+# errors (asyncpg's and aiosqlite's, e.g. InterfaceError "connection is closed",
+# CannotConnectNowError, "database is locked"), the pool's timeout, and the socket's own errors.
+UNAVAILABLE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError)  # OSError: TimeoutError too
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """The Unavailable error (gRPC UNAVAILABLE at the edge) for a database error."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return Unavailable(
+        f"database unavailable ({type(exc).__name__}: {detail[0][:200] if detail else ''})"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -34,8 +48,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
+        postgres = not url.startswith("sqlite")
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_pre_ping=not url.startswith("sqlite")
+            url,
+            pool_pre_ping=postgres,
+            # A database that does not answer must fail a call soon, not hang it (asyncpg).
+            **({"connect_args": {"timeout": CONNECT_TIMEOUT_S}} if postgres else {}),
         )
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -48,30 +66,17 @@ class Database:
                 yield conn
         except IntegrityError:
             raise  # callers decide what a constraint violation means
-        except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
-            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     async def listen_for_events(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         """Call ``wake`` whenever any process commits feedback events (Postgres LISTEN/NOTIFY;
         elsewhere a no-op: one SQLite process sees its own writes). Returns the closer."""
         if self.engine.dialect.name != "postgresql":
             return _nothing
-        conn = await self.engine.connect()
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
-
-        def on_notify(*_: object) -> None:
-            wake()
-
-        await driver.add_listener(EVENTS_CHANNEL, on_notify)
-
-        async def close() -> None:
-            with contextlib.suppress(Exception):  # the connection may already be gone
-                await driver.remove_listener(EVENTS_CHANNEL, on_notify)
-            await conn.close()
-
-        return close
+        listener = EventListener(self.engine, EVENTS_CHANNEL, wake)
+        await listener.start()  # reconnects by itself after a database restart
+        return listener.close
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -129,6 +129,9 @@ class Repository:
                     shadows=tuple(ShadowSpec(**sh) for sh in r.shadows or ()),
                     feedback_cap_per_key=r.feedback_cap_per_key,
                     feedback_cap_window_seconds=r.feedback_cap_window_seconds,
+                    breaker_error_rate=r.breaker_error_rate,
+                    breaker_min_events=r.breaker_min_events,
+                    breaker_cooldown_seconds=r.breaker_cooldown_seconds,
                 ),
             )
             for r in rows
@@ -183,6 +186,9 @@ class Repository:
             "shadows": [asdict(sh) for sh in spec.shadows] or None,
             "feedback_cap_per_key": spec.feedback_cap_per_key,
             "feedback_cap_window_seconds": spec.feedback_cap_window_seconds,
+            "breaker_error_rate": spec.breaker_error_rate,
+            "breaker_min_events": spec.breaker_min_events,
+            "breaker_cooldown_seconds": spec.breaker_cooldown_seconds,
             "updated_at": now,
         }
         try:
@@ -476,17 +482,22 @@ class Repository:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    async def latest_snapshot(self, router_id: int) -> bytes | None:
+    async def latest_snapshot(self, router_id: int) -> tuple[bytes, str | None] | None:
+        """The newest snapshot's posterior bytes and breaker state (JSON; None before 0009)."""
         async with self.db.transaction() as conn:
-            data = await conn.scalar(
-                select(posterior_snapshots.c.data)
-                .where(posterior_snapshots.c.router_id == router_id)
-                .order_by(posterior_snapshots.c.id.desc())
-                .limit(1)
-            )
-        return None if data is None else bytes(data)
+            row = (
+                await conn.execute(
+                    select(posterior_snapshots.c.data, posterior_snapshots.c.health)
+                    .where(posterior_snapshots.c.router_id == router_id)
+                    .order_by(posterior_snapshots.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        return None if row is None else (bytes(row.data), row.health)
 
-    async def write_snapshot(self, router_id: int, last_event_id: int, data: bytes) -> None:
+    async def write_snapshot(
+        self, router_id: int, last_event_id: int, data: bytes, health: str | None = None
+    ) -> None:
         """Store a snapshot and drop all but the newest few of the router's snapshots."""
         async with self.db.transaction() as conn:
             await conn.execute(
@@ -495,6 +506,7 @@ class Repository:
                     last_event_id=last_event_id,
                     data=data,
                     created_at=time.time(),
+                    health=health,
                 )
             )
             kept = (

@@ -414,6 +414,9 @@ class RouterConfig(_message.Message):
     SHADOWS_FIELD_NUMBER: _builtins.int
     FEEDBACK_CAP_PER_KEY_FIELD_NUMBER: _builtins.int
     FEEDBACK_CAP_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    BREAKER_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    BREAKER_MIN_EVENTS_FIELD_NUMBER: _builtins.int
+    BREAKER_COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
     COMBINE_FIELD_NUMBER: _builtins.int
     THUMB_UP_REWARD_FIELD_NUMBER: _builtins.int
     THUMB_DOWN_REWARD_FIELD_NUMBER: _builtins.int
@@ -462,6 +465,15 @@ class RouterConfig(_message.Message):
     """
     feedback_cap_window_seconds: _builtins.int
     """0 = 3600."""
+    breaker_error_rate: _builtins.float
+    """Arm health (circuit breaker): an arm whose feedback has error = true in more than this
+    fraction of its last breaker_min_events events is out of rotation for
+    breaker_cooldown_seconds, then probed again. Unset: 0.5; 1 = never trip.
+    """
+    breaker_min_events: _builtins.int
+    """0 = 20."""
+    breaker_cooldown_seconds: _builtins.int
+    """0 = 30."""
     combine: _builtins.str
     """Feedback signals (60-69).
     How several signals for one decision combine: "first" (default: later ones are refused as
@@ -499,14 +511,19 @@ class RouterConfig(_message.Message):
         shadows: _abc.Iterable[Global___ShadowPolicy] | None = ...,
         feedback_cap_per_key: _builtins.int = ...,
         feedback_cap_window_seconds: _builtins.int = ...,
+        breaker_error_rate: _builtins.float | None = ...,
+        breaker_min_events: _builtins.int = ...,
+        breaker_cooldown_seconds: _builtins.int = ...,
         combine: _builtins.str = ...,
         thumb_up_reward: _builtins.float | None = ...,
         thumb_down_reward: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "breaker_error_rate", b"breaker_error_rate", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "breaker_cooldown_seconds", b"breaker_cooldown_seconds", "breaker_error_rate", b"breaker_error_rate", "breaker_min_events", b"breaker_min_events", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__breaker_error_rate: _TypeAlias = _typing.Literal["breaker_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__breaker_error_rate: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate"]  # noqa: Y015
     _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
     _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015
     _WhichOneofReturnType__prior_quality: _TypeAlias = _typing.Literal["prior_quality"]  # noqa: Y015
@@ -515,6 +532,8 @@ class RouterConfig(_message.Message):
     _WhichOneofArgType__thumb_down_reward: _TypeAlias = _typing.Literal["_thumb_down_reward", b"_thumb_down_reward"]  # noqa: Y015
     _WhichOneofReturnType__thumb_up_reward: _TypeAlias = _typing.Literal["thumb_up_reward"]  # noqa: Y015
     _WhichOneofArgType__thumb_up_reward: _TypeAlias = _typing.Literal["_thumb_up_reward", b"_thumb_up_reward"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__breaker_error_rate) -> _WhichOneofReturnType__breaker_error_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__default_reward) -> _WhichOneofReturnType__default_reward | None: ...
     @_typing.overload
@@ -757,11 +776,20 @@ class ArmStats(_message.Message):
     FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
     MEAN_REWARD_FIELD_NUMBER: _builtins.int
     SPEND_USD_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    RECENT_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    BREAKER_OPEN_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     decisions: _builtins.int
     feedback_count: _builtins.int
     mean_reward: _builtins.float
     spend_usd: _builtins.float
+    breaker: _builtins.str
+    """Arm health: "closed" (in rotation), "open" (skipped by Select) or "half_open" (probed)."""
+    recent_error_rate: _builtins.float
+    """Fraction of errors among the arm's recent feedback (since its breaker last changed state)."""
+    breaker_open_until_unix: _builtins.float
+    """Unix seconds when an open arm turns half-open; 0 unless open."""
     def __init__(
         self,
         *,
@@ -770,10 +798,13 @@ class ArmStats(_message.Message):
         feedback_count: _builtins.int = ...,
         mean_reward: _builtins.float = ...,
         spend_usd: _builtins.float = ...,
+        breaker: _builtins.str = ...,
+        recent_error_rate: _builtins.float = ...,
+        breaker_open_until_unix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "decisions", b"decisions", "feedback_count", b"feedback_count", "mean_reward", b"mean_reward", "spend_usd", b"spend_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "breaker", b"breaker", "breaker_open_until_unix", b"breaker_open_until_unix", "decisions", b"decisions", "feedback_count", b"feedback_count", "mean_reward", b"mean_reward", "recent_error_rate", b"recent_error_rate", "spend_usd", b"spend_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
