@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1)
     max_metadata_entries: int = Field(64, ge=0)
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
+    # -- budgets (issue 6)
+    budget_lease_fraction: float = Field(
+        0.1, gt=0, le=1, description="share of a budget's unleased money one lease takes"
+    )
+    budget_lease_ttl_s: float = Field(
+        15.0, gt=0, description="a lease not renewed for this long is closed by any replica"
+    )
+    budget_refresh_s: float = Field(
+        1.0, gt=0, description="how often leases are renewed, spend refreshed, alerts checked"
+    )
+    budget_pace_slack: float = Field(
+        0.05, ge=0, le=1, description="share of the limit usable ahead of the period's clock"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -7,6 +7,7 @@ BanditdError
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
  ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
  ├── Aborted              ABORTED              lost a race with a concurrent change: retry
+ ├── ResourceExhausted    RESOURCE_EXHAUSTED   the budget is spent (on_exhausted refuse)
  └── Unavailable          UNAVAILABLE          the database cannot be reached
 """
 
@@ -44,6 +45,10 @@ class FailedPrecondition(BanditdError):
 
 
 class Aborted(BanditdError):
+    pass
+
+
+class ResourceExhausted(BanditdError):
     pass
 
 

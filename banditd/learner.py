@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from banditd import metrics
+from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.domain import FeedbackEvent, RouterSpec, check_finite, check_name
 from banditd.errors import (
@@ -88,8 +89,13 @@ def _reward(req: FeedbackInput) -> float:
 
 class Learner:
     def __init__(
-        self, catalog: Catalog, signer: TokenSigner, clock: Callable[[], float] = time.time
+        self,
+        catalog: Catalog,
+        signer: TokenSigner,
+        clock: Callable[[], float] = time.time,
+        budgets: Budgets | None = None,
     ) -> None:
+        self._budgets = budgets
         self._catalog = catalog
         self._signer = signer
         self._clock = clock
@@ -143,6 +149,7 @@ class Learner:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
         _count_accepted(state.spec, [event])
+        await self._settle([event])
         _log_event(req.tenant, state.spec.name, event, event_id)
         return FeedbackResult(event_id, event.reward, event.cost_usd)
 
@@ -174,6 +181,7 @@ class Learner:
                     refused.append((i, exc))
                 continue
             _count_accepted(state.spec, [e for _, e in items if e.decision_id in added])
+            await self._settle([e for _, e in items if e.decision_id in added])
             for i, event in items:
                 if event.decision_id in added:
                     outcome.accepted += 1
@@ -185,6 +193,12 @@ class Learner:
             outcome.refuse(index, error)
             metrics.FEEDBACK.labels(refusal_kind(error)).inc()
         log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+
+    async def _settle(self, events: Sequence[FeedbackEvent]) -> None:
+        """Budgets charge reported costs instead of the expected ones (issue 6)."""
+        reported = [(e.decision_id, e.cost_usd) for e in events if e.cost_reported]
+        if self._budgets is not None and self._budgets.active and reported:
+            await self._budgets.settle(reported)
 
 
 def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:

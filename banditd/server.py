@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from banditd import metrics
 from banditd.admin import Admin
+from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.config import Settings
 from banditd.decision_log import DecisionLog
@@ -27,6 +28,7 @@ from banditd.posterior import Posterior, Prior
 from banditd.router import Selector
 from banditd.servicer import AdminServicer, RouterServicer
 from banditd.store import Database, Repository, migrate
+from banditd.store.budgets import BudgetRepository
 from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
 
@@ -47,10 +49,13 @@ class App:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    budgets: Budgets
     _tail_task: asyncio.Task[None] | None = None
+    _budget_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_listening: Callable[[], Awaitable[None]] | None = None
     _stopping: bool = False
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
@@ -59,9 +64,11 @@ class App:
             metrics.serve_metrics(self.settings.metrics_listen)
         self.decisions.start()
         routers = await self.catalog.load_all()
+        await self.budgets.load_all()
         _warm_up()
         self._stop_listening = await self.db.listen_for_events(self._wake.set)
         self._tail_task = asyncio.create_task(self._tail(), name="tail-log")
+        self._budget_task = asyncio.create_task(self._budget_rounds(), name="budgets")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", port=self.port, routers=routers, database=self.db.engine.dialect.name)
@@ -86,18 +93,36 @@ class App:
         except Exception:  # keep tailing whatever one round hit
             log.exception("tail_error")
 
+    async def _budget_rounds(self) -> None:
+        """Renew leases, reap expired ones, refresh spend and alerts (see budget.ledger)."""
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self.settings.budget_refresh_s)
+            if self._stopping:
+                break
+            try:
+                await self.budgets.housekeeping()
+            except Unavailable as exc:
+                log.warning("budget_round_failed", error=str(exc))
+            except Exception:  # keep going whatever one round hit
+                log.exception("budget_round_error")
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
         if self._tail_task is not None:
             await self._tail_task
+        if self._budget_task is not None:
+            await self._budget_task
         if self._stop_listening is not None:
             await self._stop_listening()
         try:
             await self.decisions.close()
+            await self.budgets.close()
             await self.catalog.snapshot_all()
         finally:
             await self.db.close()
@@ -128,19 +153,26 @@ async def build_app(settings: Settings) -> App:
     signer = TokenSigner(key)
     catalog = Catalog(repo, settings.snapshot_every)
     decisions = DecisionLog(repo, settings.decision_flush_ms / 1000.0)
+    budgets = Budgets(
+        BudgetRepository(db),
+        lease_fraction=settings.budget_lease_fraction,
+        lease_ttl_s=settings.budget_lease_ttl_s,
+        slack=settings.budget_pace_slack,
+    )
     selector = Selector(
         catalog,
         decisions,
         signer,
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_entries=settings.max_metadata_entries,
+        budgets=budgets,
     )
     server = grpc.aio.server()
     banditd_pb2_grpc.add_RouterServicer_to_server(
-        RouterServicer(selector, Learner(catalog, signer)), server
+        RouterServicer(selector, Learner(catalog, signer, budgets=budgets)), server
     )
     banditd_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(Admin(catalog, decisions, repo)), server
+        AdminServicer(Admin(catalog, decisions, repo), budgets), server
     )
     health_servicer = health.aio.HealthServicer()
     for name in ("", *SERVICE_NAMES):
@@ -153,7 +185,7 @@ async def build_app(settings: Settings) -> App:
     if port == 0:
         await db.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    return App(settings, db, catalog, decisions, server, health_servicer, port)
+    return App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
 
 
 async def serve(
