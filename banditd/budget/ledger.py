@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from banditd import metrics
-from banditd.budget.pacer import DEFAULT_SLACK, Pacing
+from banditd.budget.pacer import DEFAULT_SLACK, USD_EPSILON, Pacing
 from banditd.budget.spec import BudgetSpec, elapsed_fraction, period_bounds
 from banditd.errors import Aborted, Unavailable
 from banditd.store.budgets import BudgetRepository, Charge, LedgerRow, SpendLine, StoredBudget
@@ -211,7 +211,7 @@ class Budgets:
             state.granted_usd = state.reserved_usd = 0.0
         state.lease_id = lease_id
         state.granted_usd += granted
-        if granted <= 0 or state.available_usd < need_usd:
+        if granted <= 0 or not _holds(state, need_usd):
             state.dry = True
         row = await self._repo.ledger(state.budget_id, state.period_start)
         if row is not None:
@@ -244,7 +244,7 @@ class Budgets:
         now = self._clock()
         charges = []
         for s in states:
-            lease_id = s.lease_id if s.available_usd >= cost_usd else None
+            lease_id = s.lease_id if _holds(s, cost_usd) else None
             if lease_id is not None:
                 s.reserved_usd += cost_usd
             s.reserved_since_refresh += cost_usd
@@ -366,3 +366,7 @@ class Budgets:
                     await self._return_lease(state)
                 except Unavailable as exc:  # it expires and returns by itself
                     log.warning("budget_lease_not_returned", error=str(exc))
+
+
+def _holds(state: BudgetState, usd: float) -> bool:
+    return state.available_usd >= usd - USD_EPSILON

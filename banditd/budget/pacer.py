@@ -34,6 +34,7 @@ from banditd.domain import FloatArray
 BoolArray = npt.NDArray[np.bool_]
 DEFAULT_SLACK = 0.05  # share of the limit usable ahead of the clock
 PACE_GAIN = 20.0  # how hard the price reacts to spend ahead of (or behind) the clock
+USD_EPSILON = 1e-12  # float rounding of sums of costs: amounts this close count as equal
 MIN_QUALITY = 1e-6  # quality scores are clipped here: an arm of no value is worth nothing a dollar
 
 
@@ -109,7 +110,7 @@ def gate(quality: FloatArray, cost: FloatArray, pacings: Sequence[Pacing]) -> Ga
     if not pacings:
         return Gate(0.0, np.ones(k, dtype=np.bool_), False, False)
     available = min(p.available_usd for p in pacings)
-    affordable = cost <= available
+    affordable = cost <= available + USD_EPSILON
     if not affordable.any():
         return Gate(0.0, affordable, False, True)
     bounds = efficiency_bounds(quality[affordable], cost[affordable])
