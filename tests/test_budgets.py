@@ -143,9 +143,7 @@ BAD_BUDGETS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "bad", "field"), BAD_BUDGETS, ids=[c[0] for c in BAD_BUDGETS]
-)
+@pytest.mark.parametrize(("case", "bad", "field"), BAD_BUDGETS, ids=[c[0] for c in BAD_BUDGETS])
 async def test_bad_budgets_are_refused(
     sqlite_url: str, start_server: StartServer, case: str, bad: pb.Budget, field: str
 ) -> None:
