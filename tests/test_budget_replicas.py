@@ -37,7 +37,7 @@ KILL_AT_S = 1.0
 def replicas(postgres_url: str) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
     asyncio.run(migrate(postgres_url, DEFAULT_MIGRATIONS_DIR))
     started = []
-    for i in range(REPLICAS):
+    for _ in range(REPLICAS):
         address = f"127.0.0.1:{port_for.select_random()}"
         env = {
             **os.environ,

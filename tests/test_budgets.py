@@ -1,4 +1,4 @@
-"""Budgets over gRPC: the Admin API, exhaustion in both modes, settlement, attribution, bad input."""
+"""Budgets over gRPC: Admin API, exhaustion in both modes, settlement, attribution, bad input."""
 
 from __future__ import annotations
 

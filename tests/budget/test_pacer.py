@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_psi_runs_from_l_over_e_to_u() -> None:
     assert psi(0.0, lower, upper) == pytest.approx(lower / math.e)
     assert psi(1.0, lower, upper) == pytest.approx(upper)
     values = [psi(z, lower, upper) for z in np.linspace(0, 1, 11)]
-    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(values))
     assert psi(-1.0, lower, upper) == psi(0.0, lower, upper)  # clipped to [0, 1]
 
 
