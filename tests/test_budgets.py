@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
+from banditd import metrics
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 
@@ -73,6 +74,8 @@ async def test_set_get_list_budgets(database_url: str, start_server: StartServer
 async def test_refuse_mode_stops_at_the_limit(database_url: str, start_server: StartServer) -> None:
     server = await _server(start_server, database_url)
     limit = 10 * CHEAP
+    refusals = metrics.BUDGET_OUTCOMES.labels("acme", "chat", "refused")
+    refused_before = refusals._value.get()
     await server.admin.SetBudget(
         pb.SetBudgetRequest(budget=budget(limit_usd=limit, on_exhausted=pb.ON_EXHAUSTED_REFUSE))
     )
@@ -90,6 +93,10 @@ async def test_refuse_mode_stops_at_the_limit(database_url: str, start_server: S
     usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
     assert usage.spent_usd == pytest.approx(spent)
     assert usage.remaining_usd >= 0
+    assert refusals._value.get() == refused_before + 1
+    await server.app.budgets.housekeeping()
+    assert metrics.BUDGET_SPEND.labels("acme", "*")._value.get() == pytest.approx(spent)
+    assert metrics.BUDGET_REMAINING.labels("acme", "*")._value.get() == pytest.approx(limit - spent)
 
 
 async def test_cheapest_mode_serves_the_cheapest_arm_past_the_limit(
@@ -122,8 +129,10 @@ async def test_feedback_settles_the_actual_cost_and_alerts_fire_once(
             break
         await server.app.budgets.housekeeping()
     assert list(usage.alerts_fired) == [0.5]
-    await server.app.budgets.housekeeping()
-    assert server.app.budgets._by_key[("acme", "")].alerts_fired == 1
+    alerts = metrics.BUDGET_ALERTS.labels("acme", "*", "0.5")
+    fired = alerts._value.get()
+    await server.app.budgets.housekeeping()  # crossed already: no second alert this period
+    assert alerts._value.get() == fired >= 1
 
     await server.app.decisions.flush()
     spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme", metadata_key="app"))

@@ -30,7 +30,7 @@ import structlog
 from banditd import metrics
 from banditd.budget.pacer import DEFAULT_SLACK, USD_EPSILON, Pacing
 from banditd.budget.spec import BudgetSpec, elapsed_fraction, period_bounds
-from banditd.errors import Aborted, Unavailable
+from banditd.errors import Aborted, BanditdError, Unavailable
 from banditd.store.budgets import BudgetRepository, Charge, LedgerRow, SpendLine, StoredBudget
 
 log = structlog.get_logger(__name__)
@@ -98,7 +98,7 @@ class Budgets:
         self.holder = holder or f"replica-{uuid.uuid4().hex[:12]}"
         self._by_key: dict[tuple[str, str], BudgetState] = {}
         self._pending: list[tuple[list[Charge], asyncio.Future[set[int] | Exception]]] = []
-        self._flush_lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -264,17 +264,9 @@ class Budgets:
         when a lease was closed under this process (it stalled past the lease's expiry)."""
         future: asyncio.Future[set[int] | Exception] = asyncio.get_running_loop().create_future()
         self._pending.append((reservation.charges, future))
-        async with self._flush_lock:
-            if not future.done():
-                batch, self._pending = self._pending, []
-                try:
-                    result: set[int] | Exception = await self._repo.add_charges(
-                        [c for charges, _ in batch for c in charges]
-                    )
-                except Unavailable as exc:
-                    result = exc
-                for _, f in batch:
-                    f.set_result(result)
+        if self._writer is None or self._writer.done():
+            # A task of its own: a caller cancelled mid-write cannot strand the others' futures.
+            self._writer = asyncio.create_task(self._write_charges(), name="budget-charges")
         outcome = await future
         if isinstance(outcome, Exception):
             self.release(reservation)
@@ -286,6 +278,21 @@ class Budgets:
                 if s.lease_id in lost:
                     s.lease_id, s.granted_usd, s.reserved_usd = None, 0.0, 0.0
             raise Aborted("the budget lease of this replica expired meanwhile; retry")
+
+    async def _write_charges(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            result: set[int] | Exception
+            try:
+                result = await self._repo.add_charges([c for charges, _ in batch for c in charges])
+            except BanditdError as exc:
+                result = exc
+            except Exception:  # every waiter must get an answer
+                log.exception("budget_charges_failed", charges=len(batch))
+                result = Unavailable("budget charges could not be recorded")
+            for _, f in batch:
+                if not f.done():  # its caller may have been cancelled
+                    f.set_result(result)
 
     # -- the Feedback path -------------------------------------------------------------------
 
@@ -360,6 +367,8 @@ class Budgets:
 
     async def close(self) -> None:
         """Return every lease (on shutdown), so its unused part is available at once."""
+        if self._writer is not None:
+            await self._writer
         for state in list(self._by_key.values()):
             async with state.lock:
                 try:
