@@ -114,8 +114,9 @@ class Budgets:
             state = BudgetState(stored.budget_id, stored.spec)
             self._by_key[stored.spec.key] = state
         elif state.spec.version != stored.spec.version:
-            if state.spec.period != stored.spec.period:
-                state.period_start = math.nan  # rolls over at the next use
+            # Return the lease and start the period afresh at the next use (a lower limit must
+            # not leave this replica holding money the new limit no longer has).
+            state.period_start = state.period_end = math.nan
             state.spec = stored.spec
             state.limit_usd = stored.spec.limit_usd
             state.dry = False

@@ -85,6 +85,18 @@ async def test_a_dead_holders_lease_expires_and_its_unspent_part_returns(
         await dead.commit(dead.reserve([state], "late", 0.1))
 
 
+async def test_a_lower_limit_takes_back_what_leases_held(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)
+    a, b = Budgets(repo, clock=clock, lease_fraction=1.0), Budgets(repo, clock=clock)
+    await a.put(WINDOW)
+    await b.load_all()
+    assert await spend(a, 0.1, 1) == 1  # a leases the whole budget
+    await b.put(BudgetSpec("acme", "", 0.3, "window", window_seconds=60))
+    await a.housekeeping()  # a sees the new version and returns its lease
+    assert await spend(a, 0.1, 10, first=10) == 2  # 0.3 in all
+    assert (await a.usage("acme", "")).committed_usd == pytest.approx(0.3)
+
+
 async def test_alerts_fire_once_per_period_across_processes(repo: BudgetRepository) -> None:
     clock = Clock(1_000_020.0)
     a, b = Budgets(repo, clock=clock), Budgets(repo, clock=clock)
