@@ -104,7 +104,8 @@ class Selector:
             need = _priciest(state, req.prompt, req.candidates)
             await self._budgets.prepare(budgets, need)
         if req.request_id:
-            # No await from here on: a concurrent twin of this request sees ours in the log.
+            # No await from here on (under a budget, none but the charge's, after which this
+            # check repeats): a concurrent twin of this request sees ours in the log.
             earlier = self._decisions.lookup(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
@@ -182,9 +183,17 @@ class Selector:
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
         )
-        self._decisions.add(decision)
         if self._budgets is not None and reservation is not None:
-            await self._budgets.commit(reservation)  # counted before the decision leaves
+            # Counted before the decision is logged or leaves (a refused charge logs nothing).
+            await self._budgets.commit(reservation)
+            if req.request_id:
+                # A concurrent twin may have answered meanwhile: its answer stands (and this
+                # charge over-counts the budget by one unused decision, the safe side).
+                earlier = await self._decisions.find(state.router_id, req.request_id)
+                earlier = earlier or self._decisions.lookup(state.router_id, req.request_id)
+                if earlier is not None:
+                    return earlier
+        self._decisions.add(decision)
         metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()
         log.info(
             "decision",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -173,3 +174,20 @@ async def test_unknown_budget_is_not_found(sqlite_url: str, start_server: StartS
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.admin.GetBudget(pb.GetBudgetRequest(tenant=""))
     assert err.value.code() == C.INVALID_ARGUMENT
+
+
+async def test_a_repeated_request_id_gets_one_decision_under_a_budget(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await _server(start_server, sqlite_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    twins = await asyncio.gather(*(server.router.Select(select(request_id="r1")) for _ in range(5)))
+    assert len({d.decision_id for d in twins}) == 1
+    spent = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage.spent_usd
+    again = await server.router.Select(select(request_id="r1"))
+    assert again.decision_id == twins[0].decision_id
+    after = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage.spent_usd
+    assert after == spent  # a repeat charges nothing
+    await server.app.decisions.flush()
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 1
