@@ -178,11 +178,11 @@ class Budgets:
         """Roll each budget into the current period and top up this process's lease so that it
         holds at least ``need_usd`` (when the budget has it)."""
         for state in states:
-            if self._clock() < state.period_end and (state.available_usd >= need_usd or state.dry):
+            if self._clock() < state.period_end and (_holds(state, need_usd) or state.dry):
                 continue
             async with state.lock:
                 await self._roll(state)
-                if state.available_usd < need_usd and not state.dry:
+                if not _holds(state, need_usd) and not state.dry:
                     await self._top_up(state, need_usd)
 
     async def _roll(self, state: BudgetState) -> None:
