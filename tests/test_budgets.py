@@ -191,3 +191,20 @@ async def test_a_repeated_request_id_gets_one_decision_under_a_budget(
     await server.app.decisions.flush()
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == 1
+
+
+async def test_stream_feedback_settles_too(sqlite_url: str, start_server: StartServer) -> None:
+    server = await _server(start_server, sqlite_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    made = [await server.router.Select(select()) for _ in range(3)]
+
+    async def upload() -> Any:
+        for d in made:
+            yield pb.FeedbackRequest(
+                tenant="acme", decision_id=d.decision_id, reward=0.5, cost_usd=0.01
+            )
+
+    reply = await server.router.StreamFeedback(upload())
+    assert reply.accepted == 3
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(0.03)
