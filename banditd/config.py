@@ -54,6 +54,20 @@ class Settings(BaseSettings):
         100_000, ge=1, description="decisions buffered while the database is down (oldest dropped)"
     )
 
+    # -- budgets (issue 6)
+    budget_lease_fraction: float = Field(
+        0.1, gt=0, le=1, description="share of a budget's unleased money one lease takes"
+    )
+    budget_lease_ttl_s: float = Field(
+        15.0, gt=0, description="a lease not renewed for this long is closed by any replica"
+    )
+    budget_refresh_s: float = Field(
+        1.0, gt=0, description="how often leases are renewed, spend refreshed, alerts checked"
+    )
+    budget_pace_slack: float = Field(
+        0.05, ge=0, le=1, description="share of the limit usable ahead of the period's clock"
+    )
+
     # Security (issue 10): transport, API keys, abuse limits, feedback poisoning defences.
     # See docs/security.md. Plaintext and auth-off are defaults only on a loopback address.
     tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain)")

@@ -258,6 +258,9 @@ class Decision:
     metadata: Mapping[str, str] = field(default_factory=dict)
     x: FloatArray | None = None  # the context scored, shape (dim,); None in rows logged before 0004
     shadows: tuple[ShadowPick, ...] = ()  # what each shadow policy would have chosen
+    # Budgets (issue 6): the pacer's price of a dollar and what the budget did (not logged).
+    budget_price: float = 0.0
+    budget_outcome: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ BanditdError
  ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
  ├── Aborted              ABORTED              lost a race with a concurrent change: retry
  ├── Unauthenticated      UNAUTHENTICATED      no API key, or an unknown or revoked one
- ├── ResourceExhausted    RESOURCE_EXHAUSTED   a rate limit or feedback cap (names which)
+ ├── ResourceExhausted    RESOURCE_EXHAUSTED   rate limit, feedback cap, spent budget (says which)
  └── Unavailable          UNAVAILABLE          the database cannot be reached
 """
 
@@ -49,13 +49,13 @@ class Aborted(BanditdError):
     pass
 
 
+class ResourceExhausted(BanditdError):
+    pass
+
+
 class Unavailable(BanditdError):
     pass
 
 
 class Unauthenticated(BanditdError):
-    pass
-
-
-class ResourceExhausted(BanditdError):
     pass

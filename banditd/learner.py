@@ -15,6 +15,7 @@ from tenacity import (
 )
 
 from banditd import metrics
+from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.domain import FeedbackEvent, RouterSpec, check_finite, check_name
 from banditd.errors import (
@@ -108,7 +109,9 @@ class Learner:
         *,
         guard: FeedbackGuard | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
+        budgets: Budgets | None = None,
     ) -> None:
+        self._budgets = budgets
         self._catalog = catalog
         self._signer = signer
         self._clock = clock
@@ -185,6 +188,7 @@ class Learner:
             raise
         self._guard.observe(state.spec, event.router_id, event.arm, event.reward)
         _count_accepted(state.spec, [event])
+        await self._settle([event])
         _log_event(req.tenant, state.spec.name, event, event_id)
         return FeedbackResult(event_id, event.reward, event.cost_usd)
 
@@ -215,6 +219,7 @@ class Learner:
             for event in accepted:
                 self._guard.observe(state.spec, router_id, event.arm, event.reward)
             _count_accepted(state.spec, accepted)
+            await self._settle(accepted)
             outcome.accepted += len(accepted)
             refused.extend(
                 (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
@@ -242,6 +247,15 @@ class Learner:
                 continue
             kept.append((i, event))
         return kept
+
+    async def _settle(self, events: Sequence[FeedbackEvent]) -> None:
+        """Budgets charge reported costs instead of the expected ones (issue 6)."""
+        reported = [(e.decision_id, e.cost_usd) for e in events if e.cost_reported]
+        if self._budgets is not None and self._budgets.active and reported:
+            try:
+                await self._budgets.settle(reported)
+            except Unavailable as exc:  # the events are committed: keep the expected cost
+                log.warning("budget_settle_failed", events=len(reported), error=exc.message)
 
 
 def _router_thumbs(event: FeedbackEvent, req: FeedbackInput, spec: RouterSpec) -> FeedbackEvent:

@@ -53,6 +53,28 @@ DECISIONS_PENDING = Gauge(
     "banditd_decision_log_pending",
     "Decisions made but not yet committed to the decision log.",
 )
+# -- budgets (issue 6); router "*" is a budget over all of a tenant's routers
+BUDGET_SPEND = Gauge(
+    "banditd_budget_spend_usd",
+    "Committed spend of a budget in its current period (settled plus reserved).",
+    ["tenant", "router"],
+)
+BUDGET_REMAINING = Gauge(
+    "banditd_budget_remaining_usd",
+    "Limit minus committed spend of a budget in its current period.",
+    ["tenant", "router"],
+)
+BUDGET_ALERTS = Counter(
+    "banditd_budget_alerts_total",
+    "Budget alerts fired (each fraction once per period, across replicas).",
+    ["tenant", "router", "fraction"],
+)
+BUDGET_OUTCOMES = Counter(
+    "banditd_budget_outcomes_total",
+    "Selects a budget changed: fallback (no arm passed the pacer: cheapest affordable), "
+    "over_budget (exhausted: cheapest arm anyway), refused (exhausted: RESOURCE_EXHAUSTED).",
+    ["tenant", "router", "outcome"],
+)
 
 
 def serve_metrics(listen: str) -> None:

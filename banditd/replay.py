@@ -15,10 +15,13 @@ mean cost over the whole file, in hindsight) and ``oracle`` (per prompt the best
 cost_weight x cost, cheapest on ties, in hindsight). Regret is against that oracle, in the same
 utility, measured with the true quality (not the thumbs drawn).
 
-Budget (``--budget-usd``): a learning policy is paced with max_cost_usd = remaining budget /
-remaining prompts (when no arm's expected cost fits, the cheapest arm by expected cost); for every
-policy, a call whose real cost would overrun what is left is not made: the prompt is *refused*,
-counts as quality 0 and costs nothing. The total charged never exceeds the budget.
+Budget (``--budget-usd``): a learning policy is paced by the server's budget pacer
+(``banditd.budget.pacer`` through ``rank_arms``, as Select does): the stream is one budget period,
+prompt t arriving when t / n of it has passed, with the spend so far committed and the rest of the
+budget available; the pacer's price is the least cost weight and arms below its threshold or over
+what is left are masked (on_exhausted refuse). For every policy, a call whose real cost would
+overrun what is left is not made: the prompt is *refused*, counts as quality 0 and costs nothing.
+The total charged never exceeds the budget.
 
 Frontier (``--sweep``): the same replay at a range of cost weights (by default 0 and a log grid
 from 0.01 / the priciest model's mean cost to 1 / the cheapest's). AIQ as in RouterBench (Hu et
@@ -50,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from banditd.budget.pacer import Pacing
 from banditd.catalog import RouterState
 from banditd.config import Settings
 from banditd.context import build_x
@@ -61,11 +65,11 @@ from banditd.domain import (
     FloatArray,
     RouterSpec,
 )
-from banditd.errors import BanditdError, InvalidArgument
+from banditd.errors import BanditdError, InvalidArgument, ResourceExhausted
 from banditd.policy import make_policy
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior, Prior
-from banditd.router import rank_arms
+from banditd.router import BudgetCheck, rank_arms
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
@@ -255,11 +259,17 @@ class Ledger:
     def __init__(self, budget_usd: float | None, n: int) -> None:
         self.budget_usd, self.n, self.spent = budget_usd, n, 0.0
 
-    def pace(self, t: int) -> float | None:
-        """max_cost_usd for prompt t: an even share of what is left over the prompts left."""
+    def check(self, t: int) -> BudgetCheck | None:
+        """The budget as the pacer sees it at prompt t (t / n of the period passed)."""
         if self.budget_usd is None:
             return None
-        return (self.budget_usd - self.spent) / (self.n - t)
+        pacing = Pacing(
+            limit_usd=self.budget_usd,
+            committed_usd=self.spent,
+            elapsed=t / self.n,
+            available_usd=self.budget_usd - self.spent,
+        )
+        return BudgetCheck([pacing], refuse=True, scope="the replay")
 
     def charge(self, cost_usd: float) -> bool:
         """Charge a call's real cost; False (nothing charged) when it would overrun the budget."""
@@ -270,15 +280,18 @@ class Ledger:
 
 
 def _choose(
-    state: RouterState, x: FloatArray, prompt: str, cap: float | None, rng: np.random.Generator
-) -> str:
-    """The arm Select answers for x (shape (dim,)), under a pacing cap on expected cost when set:
-    when no arm fits the cap, the cheapest by expected cost is the only one eligible."""
-    ranking = rank_arms(state, x, prompt=prompt, rng=rng).ranking
-    if cap is None or ranking[0].expected_cost_usd <= cap:
-        return ranking[0].arm
-    cap = max(cap, min(r.expected_cost_usd for r in ranking))
-    return rank_arms(state, x, prompt=prompt, max_cost_usd=cap, rng=rng).ranking[0].arm
+    state: RouterState,
+    x: FloatArray,
+    prompt: str,
+    budget: BudgetCheck | None,
+    rng: np.random.Generator,
+) -> str | None:
+    """The arm Select answers for x (shape (dim,)) under the budget's pacer; None when the
+    budget is exhausted (no arm's expected cost fits what is left)."""
+    try:
+        return rank_arms(state, x, prompt=prompt, rng=rng, budget=budget).ranking[0].arm
+    except ResourceExhausted:
+        return None
 
 
 def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: float) -> FeedbackEvent:
@@ -321,7 +334,10 @@ def learn_online(
     picks = np.full(outcomes.n, REFUSED, dtype=np.int64)
     event_id = posterior.last_event_id
     for t, prompt in enumerate(outcomes.prompts):
-        arm = _choose(state, xs[t], prompt, ledger.pace(t), rng)
+        arm = _choose(state, xs[t], prompt, ledger.check(t), rng)
+        if arm is None:
+            progress(t + 1)
+            continue
         j = column[arm]
         quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
         if ledger.charge(cost):

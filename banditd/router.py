@@ -13,6 +13,8 @@ import numpy as np
 import structlog
 
 from banditd import metrics
+from banditd.budget import pacer
+from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog, RouterState
 from banditd.context import build_x, input_tokens_estimate
 from banditd.decision_log import DecisionLog
@@ -24,8 +26,8 @@ from banditd.domain import (
     check_finite,
     check_name,
 )
-from banditd.errors import FailedPrecondition, InvalidArgument, NotFound
-from banditd.policy import Choice
+from banditd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from banditd.policy import Choice, _kernels
 from banditd.policy.base import IntArray
 from banditd.shadow import shadow_picks
 from banditd.token import TokenClaims, TokenSigner
@@ -62,7 +64,9 @@ class Selector:
         max_candidates: int = 256,
         clock: Callable[[], float] = time.time,
         seeds: Callable[[], int] = lambda: secrets.randbits(63),
+        budgets: Budgets | None = None,
     ) -> None:
+        self._budgets = budgets
         self._catalog = catalog
         self._decisions = decisions
         self._signer = signer
@@ -107,7 +111,13 @@ class Selector:
             earlier = await self._decisions.find(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
-            # No await from here on: a concurrent twin of this request sees ours in the log.
+        budgets = self._budgets.applicable(req.tenant, req.router) if self._budgets else []
+        if self._budgets is not None and budgets:
+            need = _priciest(state, req.prompt, req.candidates)
+            await self._budgets.prepare(budgets, need)
+        if req.request_id:
+            # No await from here on (under a budget, none but the charge's, after which this
+            # check repeats): a concurrent twin of this request sees ours in the log.
             earlier = self._decisions.lookup(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
@@ -120,16 +130,28 @@ class Selector:
         )
         seed = self._seeds()
         blocked = state.health.blocked((a.name for a in spec.arms), self._clock())
-        ranked = rank_arms(
-            state,
-            x,
-            prompt=req.prompt,
-            candidates=req.candidates,
-            cost_weight=req.cost_weight,
-            max_cost_usd=req.max_cost_usd,
-            rng=np.random.default_rng(seed),
-            blocked=blocked,
-        )
+        check = None
+        if self._budgets is not None and budgets:
+            check = BudgetCheck(
+                self._budgets.pacings(budgets),
+                refuse=any(b.spec.on_exhausted == "refuse" for b in budgets),
+                scope=" and ".join(b.spec.label for b in budgets),
+            )
+        try:
+            ranked = rank_arms(
+                state,
+                x,
+                prompt=req.prompt,
+                candidates=req.candidates,
+                cost_weight=req.cost_weight,
+                max_cost_usd=req.max_cost_usd,
+                rng=np.random.default_rng(seed),
+                budget=check,
+                blocked=blocked,
+            )
+        except ResourceExhausted:
+            metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, "refused").inc()
+            raise
         ranking, choice = ranked.ranking, ranked.choice
         chosen = ranking[0]
         # After the live choice, on their own random streams: shadows never change it.
@@ -137,6 +159,11 @@ class Selector:
         now = self._clock()
         state.health.chose(chosen.arm, now)  # a half-open arm spends a probe
         decision_id = str(uuid.uuid4())
+        reservation = None
+        if self._budgets is not None and budgets:
+            reservation = self._budgets.reserve(budgets, decision_id, chosen.expected_cost_usd)
+            if ranked.budget_outcome in ("fallback", "over_budget"):
+                metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
         expires_at = math.floor(now) + spec.feedback_ttl_seconds
         token = self._signer.sign(
             TokenClaims(
@@ -171,7 +198,19 @@ class Selector:
             metadata=dict(req.metadata),
             x=x,
             shadows=shadows,
+            budget_price=ranked.budget_price,
+            budget_outcome=ranked.budget_outcome,
         )
+        if self._budgets is not None and reservation is not None:
+            # Counted before the decision is logged or leaves (a refused charge logs nothing).
+            await self._budgets.commit(reservation)
+            if req.request_id:
+                # A concurrent twin may have answered meanwhile: its answer stands (and this
+                # charge over-counts the budget by one unused decision, the safe side).
+                earlier = await self._decisions.find(state.router_id, req.request_id)
+                earlier = earlier or self._decisions.lookup(state.router_id, req.request_id)
+                if earlier is not None:
+                    return earlier
         self._decisions.add(decision)
         metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()
         log.info(
@@ -195,6 +234,34 @@ class Ranked:
     ranking: tuple[RankedArm, ...]
     choice: Choice
     candidates: tuple[str, ...]
+    budget_price: float = 0.0  # the pacer's price of a dollar, 0 without a budget
+    budget_outcome: str = ""  # "", "paced", "fallback" or "over_budget" (see BudgetCheck)
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """The budgets of one request, for rank_arms: their pacing state, and whether exhaustion
+    refuses (RESOURCE_EXHAUSTED) or serves the cheapest arm past the budget."""
+
+    pacings: Sequence[pacer.Pacing]
+    refuse: bool = False
+    scope: str = "the budget"
+
+
+def _enabled(state: RouterState, candidates: Sequence[str]) -> list[ArmSpec]:
+    wanted = set(candidates)
+    return [a for a in state.spec.arms if not a.disabled and (not wanted or a.name in wanted)]
+
+
+def _priciest(state: RouterState, prompt: str | None, candidates: Sequence[str]) -> float:
+    """The highest expected cost among the arms a request may get (what a lease must hold)."""
+    posterior = state.posterior
+    tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
+    costs = [
+        posterior.expected_cost_usd(posterior.index(a.name), a, tokens)
+        for a in _enabled(state, candidates)
+    ]
+    return max(costs, default=0.0)
 
 
 def rank_arms(
@@ -207,10 +274,13 @@ def rank_arms(
     max_cost_usd: float | None = None,
     rng: np.random.Generator,
     blocked: Collection[str] = frozenset(),
+    budget: BudgetCheck | None = None,
 ) -> Ranked:
     """Eligibility, expected costs, the policy's choice and the ranking; no I/O.
 
-    The server's Select and offline replay both decide through this function.
+    The server's Select and offline replay both decide through this function. With a budget,
+    the pacer masks arms (unaffordable, or below its threshold on posterior mean quality per
+    dollar) and its price is the least cost weight used.
     x: context vector, shape (state.spec.dim,).
     blocked: arms whose circuit breaker is open; skipped unless every eligible arm is.
     """
@@ -241,7 +311,26 @@ def rank_arms(
         raise FailedPrecondition(
             "no eligible arm: every candidate is disabled or over max_cost_usd"
         )
+    price, outcome = 0.0, ""
+    if budget is not None and budget.pacings:
+        mean_quality = _kernels.mean_scores(posterior.theta, arm_idx, x)
+        gate = pacer.gate(mean_quality, costs, budget.pacings)
+        if gate.exhausted:
+            if budget.refuse:
+                raise ResourceExhausted(
+                    f"budget of {budget.scope} is exhausted for this period: no arm's expected "
+                    f"cost (from ${costs.min():.6g}) fits what is left"
+                )
+            keep = np.zeros(len(arms), dtype=np.bool_)
+            keep[int(np.argmin(costs))] = True
+            outcome = "over_budget"
+        else:
+            keep, price = gate.eligible, gate.price
+            outcome = "fallback" if gate.fallback else "paced"
+        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        arm_idx, costs = arm_idx[keep], costs[keep]
     weight = spec.default_cost_weight if cost_weight is None else cost_weight
+    weight = max(weight, price)
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng)
     if spec.explore_new_arm:
         choice = _explore_new_arm(state, arms, arm_idx, choice)
@@ -249,7 +338,7 @@ def rank_arms(
         RankedArm(arms[i].name, float(choice.utility[i]), float(choice.quality[i]), float(costs[i]))
         for i in choice.order
     )
-    return Ranked(ranking, choice, tuple(a.name for a in arms))
+    return Ranked(ranking, choice, tuple(a.name for a in arms), price, outcome)
 
 
 def _explore_new_arm(

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from banditd import metrics
 from banditd.admin import Admin
 from banditd.auth import Authenticator, EdgeGuard
+from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.config import Settings
 from banditd.decision_log import DecisionLog
@@ -31,6 +32,7 @@ from banditd.router import Selector
 from banditd.servicer import AdminServicer, RouterServicer
 from banditd.store import Database, Repository, migrate
 from banditd.store.api_keys import KeyStore
+from banditd.store.budgets import BudgetRepository
 from banditd.tls import server_credentials
 from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
@@ -52,13 +54,16 @@ class App:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    budgets: Budgets
     _tail_task: asyncio.Task[None] | None = None
+    _budget_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_listening: Callable[[], Awaitable[None]] | None = None
     _stopping: bool = False
     # Plaintext listener for health only (probes that cannot speak TLS); see health_listen.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
@@ -69,9 +74,11 @@ class App:
             metrics.serve_metrics(self.settings.metrics_listen)
         self.decisions.start()
         routers = await self.catalog.load_all()
+        await self.budgets.load_all()
         _warm_up()
         self._stop_listening = await self.db.listen_for_events(self._wake.set)
         self._tail_task = asyncio.create_task(self._tail(), name="tail-log")
+        self._budget_task = asyncio.create_task(self._budget_rounds(), name="budgets")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", port=self.port, routers=routers, database=self.db.engine.dialect.name)
@@ -96,6 +103,20 @@ class App:
         except Exception:  # keep tailing whatever one round hit
             log.exception("tail_error")
 
+    async def _budget_rounds(self) -> None:
+        """Renew leases, reap expired ones, refresh spend and alerts (see budget.ledger)."""
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self.settings.budget_refresh_s)
+            if self._stopping:
+                break
+            try:
+                await self.budgets.housekeeping()
+            except Unavailable as exc:
+                log.warning("budget_round_failed", error=str(exc))
+            except Exception:  # keep going whatever one round hit
+                log.exception("budget_round_error")
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish in-flight ones, flush the decision log, snapshot."""
         await self.health.enter_graceful_shutdown()
@@ -104,12 +125,19 @@ class App:
             await self.health_server.stop(0)
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
         if self._tail_task is not None:
             await self._tail_task
+        if self._budget_task is not None:
+            await self._budget_task
         if self._stop_listening is not None:
             await self._stop_listening()
         try:
             await self.decisions.close()
+            try:
+                await self.budgets.close()  # return this replica's leases
+            except Unavailable as exc:  # they expire and return by themselves
+                log.warning("budget_leases_not_returned", error=str(exc))
             try:
                 await self.catalog.snapshot_all()
             except Unavailable as exc:  # the log has every event: a restart replays them
@@ -146,6 +174,12 @@ async def build_app(settings: Settings) -> App:
     decisions = DecisionLog(
         repo, settings.decision_flush_ms / 1000.0, settings.decision_log_max_pending
     )
+    budgets = Budgets(
+        BudgetRepository(db),
+        lease_fraction=settings.budget_lease_fraction,
+        lease_ttl_s=settings.budget_lease_ttl_s,
+        slack=settings.budget_pace_slack,
+    )
     selector = Selector(
         catalog,
         decisions,
@@ -153,6 +187,7 @@ async def build_app(settings: Settings) -> App:
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_entries=settings.max_metadata_entries,
         max_candidates=settings.max_candidates,
+        budgets=budgets,
     )
     server = grpc.aio.server(
         interceptors=[_edge_guard(settings, db)],
@@ -167,12 +202,14 @@ async def build_app(settings: Settings) -> App:
     banditd_pb2_grpc.add_RouterServicer_to_server(
         RouterServicer(
             selector,
-            Learner(catalog, signer, guard=guard, attempts=settings.feedback_attempts),
+            Learner(
+                catalog, signer, guard=guard, attempts=settings.feedback_attempts, budgets=budgets
+            ),
         ),
         server,
     )
     banditd_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(Admin(catalog, decisions, repo)), server
+        AdminServicer(Admin(catalog, decisions, repo), budgets), server
     )
     health_servicer = health.aio.HealthServicer()
     for name in ("", *SERVICE_NAMES):
@@ -188,7 +225,7 @@ async def build_app(settings: Settings) -> App:
     if port == 0:
         await db.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    app = App(settings, db, catalog, decisions, server, health_servicer, port)
+    app = App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
     if settings.health_listen:
         app.health_server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, app.health_server)

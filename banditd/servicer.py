@@ -12,6 +12,8 @@ import structlog
 
 from banditd import codec, errors, metrics
 from banditd.admin import Admin
+from banditd.budget.ledger import Budgets
+from banditd.domain import check_finite, check_name
 from banditd.evaluation import DEFAULT_LIMIT
 from banditd.learner import BatchOutcome, FeedbackInput, Learner
 from banditd.ope import DEFAULT_BOOTSTRAP
@@ -110,8 +112,9 @@ STREAM_BATCH = 1000
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, budgets: Budgets) -> None:
         self._admin = admin
+        self._budgets = budgets
 
     @_edge
     async def PutRouter(  # noqa: N802 - gRPC method name
@@ -213,3 +216,54 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.ListRouterVersionsResponse:
         versions = await self._admin.versions(request.tenant, request.name)
         return pb.ListRouterVersionsResponse(versions=[codec.version_to_proto(v) for v in versions])
+
+    # -- budgets (issue 6) ---------------------------------------------------------------------
+
+    @_edge
+    async def SetBudget(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.SetBudgetRequest,
+        context: grpc.aio.ServicerContext[pb.SetBudgetRequest, pb.SetBudgetResponse],
+    ) -> pb.SetBudgetResponse:
+        spec, created = await self._budgets.put(codec.budget_from_proto(request.budget))
+        return pb.SetBudgetResponse(budget=codec.budget_to_proto(spec), created=created)
+
+    @_edge
+    async def GetBudget(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.GetBudgetRequest,
+        context: grpc.aio.ServicerContext[pb.GetBudgetRequest, pb.GetBudgetResponse],
+    ) -> pb.GetBudgetResponse:
+        check_name("tenant", request.tenant)
+        if request.router:
+            check_name("router", request.router)
+        usage = await self._budgets.usage(request.tenant, request.router)
+        return codec.budget_usage_to_proto(usage)
+
+    @_edge
+    async def ListBudgets(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.ListBudgetsRequest,
+        context: grpc.aio.ServicerContext[pb.ListBudgetsRequest, pb.ListBudgetsResponse],
+    ) -> pb.ListBudgetsResponse:
+        if request.tenant:
+            check_name("tenant", request.tenant)
+        found = await self._budgets.list_usage(request.tenant)
+        return pb.ListBudgetsResponse(budgets=[codec.budget_usage_to_proto(u) for u in found])
+
+    @_edge
+    async def GetSpend(  # noqa: N802 - gRPC method name
+        self,
+        request: pb.GetSpendRequest,
+        context: grpc.aio.ServicerContext[pb.GetSpendRequest, pb.GetSpendResponse],
+    ) -> pb.GetSpendResponse:
+        check_name("tenant", request.tenant)
+        if request.router:
+            check_name("router", request.router)
+        check_finite("since_unix", request.since_unix)
+        check_finite("until_unix", request.until_unix)
+        until = request.until_unix or time.time()
+        lines = await self._budgets.spend(
+            request.tenant, request.router, request.since_unix, until, request.metadata_key
+        )
+        return codec.spend_to_proto(lines)

@@ -190,6 +190,23 @@ def test_budget_is_never_exceeded(
     assert report["budget_frontier"][0]["refused"] > 0  # 0.05 cannot pay for every prompt
 
 
+def test_a_learning_policy_is_paced_through_the_budget_pacer(tmp_path: Path) -> None:
+    """The budget lasts the whole stream and is used: the pacer's price rises when spend runs
+    ahead of the stream's clock and falls when it lags, as Select's does."""
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(400))
+    budget = 1.6  # the strong model costs 4.0 for every prompt, the middle one 0.8
+    opts = replay.Options(data=data, policy="linucb", budget_usd=budget, exploration=0.1)
+    run = replay.Replay(opts)
+    picks = run.picks(seed=0, cost_weight=0.0, budget_usd=budget)
+    cost = np.where(picks >= 0, run.outcomes.cost[np.arange(400), np.maximum(picks, 0)], 0.0)
+    spend = np.cumsum(cost)
+    assert spend[-1] <= budget
+    assert spend[-1] >= 0.9 * budget
+    assert spend[199] <= budget * 0.55 + 0.01  # half the stream: about half the budget
+    assert spend[199] >= budget * 0.35
+    assert (picks[-50:] != replay.REFUSED).all()  # money left for the end of the stream
+
+
 def test_warm_start_fits_priors_before_the_stream(tmp_path: Path) -> None:
     history = write_outcomes(tmp_path / "history.jsonl", synthetic(200, seed=1))
     data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20, seed=2))

@@ -36,6 +36,51 @@ THUMB_UP: Thumb.ValueType  # 1
 THUMB_DOWN: Thumb.ValueType  # 2
 Global___Thumb: _TypeAlias = Thumb  # noqa: Y015
 
+class _BudgetPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_PERIOD_UNSPECIFIED: _BudgetPeriod.ValueType  # 0
+    """Refused: a budget needs a period with an end."""
+    BUDGET_PERIOD_HOUR: _BudgetPeriod.ValueType  # 1
+    BUDGET_PERIOD_DAY: _BudgetPeriod.ValueType  # 2
+    BUDGET_PERIOD_MONTH: _BudgetPeriod.ValueType  # 3
+    BUDGET_PERIOD_WINDOW: _BudgetPeriod.ValueType  # 4
+    """window_seconds long, repeating from window_start_unix."""
+
+class BudgetPeriod(_BudgetPeriod, metaclass=_BudgetPeriodEnumTypeWrapper):
+    """-- Budgets (issue 6) --------------------------------------------------------------------------"""
+
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod.ValueType  # 0
+"""Refused: a budget needs a period with an end."""
+BUDGET_PERIOD_HOUR: BudgetPeriod.ValueType  # 1
+BUDGET_PERIOD_DAY: BudgetPeriod.ValueType  # 2
+BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 3
+BUDGET_PERIOD_WINDOW: BudgetPeriod.ValueType  # 4
+"""window_seconds long, repeating from window_start_unix."""
+Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
+
+class _OnExhausted:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OnExhaustedEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnExhausted.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ON_EXHAUSTED_CHEAPEST: _OnExhausted.ValueType  # 0
+    """Route to the cheapest eligible arm (past the budget)."""
+    ON_EXHAUSTED_REFUSE: _OnExhausted.ValueType  # 1
+    """Refuse Select with RESOURCE_EXHAUSTED."""
+
+class OnExhausted(_OnExhausted, metaclass=_OnExhaustedEnumTypeWrapper): ...
+
+ON_EXHAUSTED_CHEAPEST: OnExhausted.ValueType  # 0
+"""Route to the cheapest eligible arm (past the budget)."""
+ON_EXHAUSTED_REFUSE: OnExhausted.ValueType  # 1
+"""Refuse Select with RESOURCE_EXHAUSTED."""
+Global___OnExhausted: _TypeAlias = OnExhausted  # noqa: Y015
+
 @_typing.final
 class Embedding(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -181,6 +226,8 @@ class SelectResponse(_message.Message):
     EXPLORED_FIELD_NUMBER: _builtins.int
     EXPECTED_COST_USD_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
+    BUDGET_PRICE_FIELD_NUMBER: _builtins.int
+    BUDGET_OUTCOME_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Opaque, server-signed token; send it back in FeedbackRequest.decision_id."""
     arm: _builtins.str
@@ -189,6 +236,13 @@ class SelectResponse(_message.Message):
     expected_cost_usd: _builtins.float
     expires_at_unix: _builtins.int
     """Unix seconds after which Feedback for this decision is refused."""
+    budget_price: _builtins.float
+    """Budgets (issue 6): the pacer's price of a dollar (the least cost weight used; 0 without a
+    budget), and what the budget did: "" (no budget), "paced", "fallback" (no arm passed the
+    pacer's threshold: the cheapest affordable arm) or "over_budget" (exhausted: the cheapest
+    arm, past the budget, as on_exhausted CHEAPEST asks).
+    """
+    budget_outcome: _builtins.str
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedArm]:
         """Every eligible arm, best first (fallback order)."""
@@ -203,10 +257,12 @@ class SelectResponse(_message.Message):
         explored: _builtins.bool = ...,
         expected_cost_usd: _builtins.float = ...,
         expires_at_unix: _builtins.int = ...,
+        budget_price: _builtins.float = ...,
+        budget_outcome: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "budget_outcome", b"budget_outcome", "budget_price", b"budget_price", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1285,3 +1341,311 @@ class ListRouterVersionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRouterVersionsResponse: _TypeAlias = ListRouterVersionsResponse  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    ROUTER_FIELD_NUMBER: _builtins.int
+    LIMIT_USD_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    WINDOW_START_UNIX_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
+    ON_EXHAUSTED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    router: _builtins.str
+    """Empty: every router of the tenant."""
+    limit_usd: _builtins.float
+    """USD per period, >= 0."""
+    period: Global___BudgetPeriod.ValueType
+    window_seconds: _builtins.int
+    window_start_unix: _builtins.float
+    on_exhausted: Global___OnExhausted.ValueType
+    version: _builtins.int
+    """Read-only: bumped by every SetBudget."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Fractions of the limit in (0, 1], increasing; each fires once per period."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        router: _builtins.str = ...,
+        limit_usd: _builtins.float = ...,
+        period: Global___BudgetPeriod.ValueType = ...,
+        window_seconds: _builtins.int = ...,
+        window_start_unix: _builtins.float = ...,
+        alerts: _abc.Iterable[_builtins.float] | None = ...,
+        on_exhausted: Global___OnExhausted.ValueType = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "limit_usd", b"limit_usd", "on_exhausted", b"on_exhausted", "period", b"period", "router", b"router", "tenant", b"tenant", "version", b"version", "window_seconds", b"window_seconds", "window_start_unix", b"window_start_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
+
+@_typing.final
+class BudgetUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_START_UNIX_FIELD_NUMBER: _builtins.int
+    PERIOD_END_UNIX_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    LEASED_USD_FIELD_NUMBER: _builtins.int
+    REMAINING_USD_FIELD_NUMBER: _builtins.int
+    ALERTS_FIRED_FIELD_NUMBER: _builtins.int
+    ELAPSED_FIELD_NUMBER: _builtins.int
+    period_start_unix: _builtins.float
+    period_end_unix: _builtins.float
+    spent_usd: _builtins.float
+    """Settled spend plus the expected cost of decisions not yet settled."""
+    leased_usd: _builtins.float
+    """Held by replicas' leases and not yet used."""
+    remaining_usd: _builtins.float
+    elapsed: _builtins.float
+    """Fraction of the period passed."""
+    @_builtins.property
+    def alerts_fired(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        period_start_unix: _builtins.float = ...,
+        period_end_unix: _builtins.float = ...,
+        spent_usd: _builtins.float = ...,
+        leased_usd: _builtins.float = ...,
+        remaining_usd: _builtins.float = ...,
+        alerts_fired: _abc.Iterable[_builtins.float] | None = ...,
+        elapsed: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts_fired", b"alerts_fired", "elapsed", b"elapsed", "leased_usd", b"leased_usd", "period_end_unix", b"period_end_unix", "period_start_unix", b"period_start_unix", "remaining_usd", b"remaining_usd", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetUsage: _TypeAlias = BudgetUsage  # noqa: Y015
+
+@_typing.final
+class SetBudgetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def budget(self) -> Global___Budget: ...
+    def __init__(
+        self,
+        *,
+        budget: Global___Budget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBudgetRequest: _TypeAlias = SetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class SetBudgetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    @_builtins.property
+    def budget(self) -> Global___Budget: ...
+    def __init__(
+        self,
+        *,
+        budget: Global___Budget | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBudgetResponse: _TypeAlias = SetBudgetResponse  # noqa: Y015
+
+@_typing.final
+class GetBudgetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    ROUTER_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    router: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        router: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["router", b"router", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBudgetRequest: _TypeAlias = GetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class GetBudgetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def budget(self) -> Global___Budget: ...
+    @_builtins.property
+    def usage(self) -> Global___BudgetUsage: ...
+    def __init__(
+        self,
+        *,
+        budget: Global___Budget | None = ...,
+        usage: Global___BudgetUsage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBudgetResponse: _TypeAlias = GetBudgetResponse  # noqa: Y015
+
+@_typing.final
+class ListBudgetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Empty: all tenants."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBudgetsRequest: _TypeAlias = ListBudgetsRequest  # noqa: Y015
+
+@_typing.final
+class ListBudgetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetBudgetResponse]: ...
+    def __init__(
+        self,
+        *,
+        budgets: _abc.Iterable[Global___GetBudgetResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBudgetsResponse: _TypeAlias = ListBudgetsResponse  # noqa: Y015
+
+@_typing.final
+class GetSpendRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    ROUTER_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    METADATA_KEY_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    router: _builtins.str
+    """Empty: every router of the tenant."""
+    since_unix: _builtins.float
+    """Decisions made in [since_unix, until_unix); until 0 = now."""
+    until_unix: _builtins.float
+    metadata_key: _builtins.str
+    """Group by the value of this caller metadata key too (empty: not)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        router: _builtins.str = ...,
+        since_unix: _builtins.float = ...,
+        until_unix: _builtins.float = ...,
+        metadata_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_key", b"metadata_key", "router", b"router", "since_unix", b"since_unix", "tenant", b"tenant", "until_unix", b"until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSpendRequest: _TypeAlias = GetSpendRequest  # noqa: Y015
+
+@_typing.final
+class SpendLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTER_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    METADATA_VALUE_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    SPEND_USD_FIELD_NUMBER: _builtins.int
+    router: _builtins.str
+    arm: _builtins.str
+    metadata_value: _builtins.str
+    decisions: _builtins.int
+    spend_usd: _builtins.float
+    """Actual cost where feedback reported it, else the expected cost."""
+    def __init__(
+        self,
+        *,
+        router: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        metadata_value: _builtins.str = ...,
+        decisions: _builtins.int = ...,
+        spend_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "decisions", b"decisions", "metadata_value", b"metadata_value", "router", b"router", "spend_usd", b"spend_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendLine: _TypeAlias = SpendLine  # noqa: Y015
+
+@_typing.final
+class GetSpendResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    TOTAL_USD_FIELD_NUMBER: _builtins.int
+    total_usd: _builtins.float
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendLine]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___SpendLine] | None = ...,
+        total_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "total_usd", b"total_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSpendResponse: _TypeAlias = GetSpendResponse  # noqa: Y015

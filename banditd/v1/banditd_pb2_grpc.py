@@ -243,6 +243,26 @@ class AdminStub:
                 request_serializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsRequest.SerializeToString,
                 response_deserializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsResponse.FromString,
                 _registered_method=True)
+        self.SetBudget = channel.unary_unary(
+                '/banditd.v1.Admin/SetBudget',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.SetBudgetRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.SetBudgetResponse.FromString,
+                _registered_method=True)
+        self.GetBudget = channel.unary_unary(
+                '/banditd.v1.Admin/GetBudget',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.GetBudgetRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.GetBudgetResponse.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/banditd.v1.Admin/ListBudgets',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
+        self.GetSpend = channel.unary_unary(
+                '/banditd.v1.Admin/GetSpend',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.GetSpendRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.GetSpendResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -305,6 +325,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBudget(self, request, context):
+        """Budgets (issue 6): a spend limit per period for a tenant or one of its routers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSpend(self, request, context):
+        """Cost attribution: spend by router, arm and a caller metadata key over a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -352,6 +398,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRouterVersions,
                     request_deserializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsRequest.FromString,
                     response_serializer=banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsResponse.SerializeToString,
+            ),
+            'SetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBudget,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.SetBudgetRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.SetBudgetResponse.SerializeToString,
+            ),
+            'GetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBudget,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.GetBudgetRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.GetBudgetResponse.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'GetSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpend,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.GetSpendRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.GetSpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -598,6 +664,114 @@ class Admin:
             '/banditd.v1.Admin/ListRouterVersions',
             banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsRequest.SerializeToString,
             banditd_dot_v1_dot_banditd__pb2.ListRouterVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/SetBudget',
+            banditd_dot_v1_dot_banditd__pb2.SetBudgetRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.SetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/GetBudget',
+            banditd_dot_v1_dot_banditd__pb2.GetBudgetRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.GetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/ListBudgets',
+            banditd_dot_v1_dot_banditd__pb2.ListBudgetsRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/GetSpend',
+            banditd_dot_v1_dot_banditd__pb2.GetSpendRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.GetSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

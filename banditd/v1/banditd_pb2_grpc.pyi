@@ -100,6 +100,12 @@ class AdminStub:
     PromoteRouter: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.PromoteRouterRequest, _banditd_pb2.PromoteRouterResponse]
     RollbackRouter: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.RollbackRouterRequest, _banditd_pb2.RollbackRouterResponse]
     ListRouterVersions: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.ListRouterVersionsRequest, _banditd_pb2.ListRouterVersionsResponse]
+    SetBudget: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.SetBudgetRequest, _banditd_pb2.SetBudgetResponse]
+    """Budgets (issue 6): a spend limit per period for a tenant or one of its routers."""
+    GetBudget: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.GetBudgetRequest, _banditd_pb2.GetBudgetResponse]
+    ListBudgets: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.ListBudgetsRequest, _banditd_pb2.ListBudgetsResponse]
+    GetSpend: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.GetSpendRequest, _banditd_pb2.GetSpendResponse]
+    """Cost attribution: spend by router, arm and a caller metadata key over a time range."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -118,6 +124,12 @@ class AdminAsyncStub(AdminStub):
     PromoteRouter: _aio.UnaryUnaryMultiCallable[_banditd_pb2.PromoteRouterRequest, _banditd_pb2.PromoteRouterResponse]  # type: ignore[assignment]
     RollbackRouter: _aio.UnaryUnaryMultiCallable[_banditd_pb2.RollbackRouterRequest, _banditd_pb2.RollbackRouterResponse]  # type: ignore[assignment]
     ListRouterVersions: _aio.UnaryUnaryMultiCallable[_banditd_pb2.ListRouterVersionsRequest, _banditd_pb2.ListRouterVersionsResponse]  # type: ignore[assignment]
+    SetBudget: _aio.UnaryUnaryMultiCallable[_banditd_pb2.SetBudgetRequest, _banditd_pb2.SetBudgetResponse]  # type: ignore[assignment]
+    """Budgets (issue 6): a spend limit per period for a tenant or one of its routers."""
+    GetBudget: _aio.UnaryUnaryMultiCallable[_banditd_pb2.GetBudgetRequest, _banditd_pb2.GetBudgetResponse]  # type: ignore[assignment]
+    ListBudgets: _aio.UnaryUnaryMultiCallable[_banditd_pb2.ListBudgetsRequest, _banditd_pb2.ListBudgetsResponse]  # type: ignore[assignment]
+    GetSpend: _aio.UnaryUnaryMultiCallable[_banditd_pb2.GetSpendRequest, _banditd_pb2.GetSpendResponse]  # type: ignore[assignment]
+    """Cost attribution: spend by router, arm and a caller metadata key over a time range."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin: router configuration and statistics."""
@@ -187,5 +199,35 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _banditd_pb2.ListRouterVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_banditd_pb2.ListRouterVersionsResponse, _abc.Awaitable[_banditd_pb2.ListRouterVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetBudget(
+        self,
+        request: _banditd_pb2.SetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.SetBudgetResponse, _abc.Awaitable[_banditd_pb2.SetBudgetResponse]]:
+        """Budgets (issue 6): a spend limit per period for a tenant or one of its routers."""
+
+    @_abc_1.abstractmethod
+    def GetBudget(
+        self,
+        request: _banditd_pb2.GetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.GetBudgetResponse, _abc.Awaitable[_banditd_pb2.GetBudgetResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListBudgets(
+        self,
+        request: _banditd_pb2.ListBudgetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.ListBudgetsResponse, _abc.Awaitable[_banditd_pb2.ListBudgetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSpend(
+        self,
+        request: _banditd_pb2.GetSpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.GetSpendResponse, _abc.Awaitable[_banditd_pb2.GetSpendResponse]]:
+        """Cost attribution: spend by router, arm and a caller metadata key over a time range."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

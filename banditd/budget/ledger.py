@@ -1,0 +1,382 @@
+"""A process's budgets: leases on slices of each budget, reserved at Select, settled at Feedback.
+
+Select (the Selector) asks ``prepare`` to hold enough lease for the priciest arm, reads
+``pacings`` for the pacer, ``reserve``s the chosen arm's expected cost from the lease in memory
+(no I/O), and ``commit``s the charge before it answers: charges are written in groups, each only
+while its lease is open, so a decision that leaves the server is always counted. Feedback
+``settle``s a decision's actual cost; without feedback the expected cost stays charged.
+
+A background round (``housekeeping``, every budget_refresh_s) renews this process's leases,
+closes every replica's expired leases (a dead replica's unspent part returns), re-reads budgets
+other replicas changed, refreshes committed spend for the pacer, fires alerts (once a period,
+whichever replica wins the compare-and-set) and sets the metrics.
+
+Bound: the leases keep the sum of expected costs within the limit; spend exceeds the limit only
+by feedback reporting more than the expected cost for decisions still open when the budget runs
+out (and, with on_exhausted "cheapest", by the decisions served past it, which it asks for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from banditd import metrics
+from banditd.budget.pacer import DEFAULT_SLACK, USD_EPSILON, Pacing
+from banditd.budget.spec import BudgetSpec, elapsed_fraction, period_bounds
+from banditd.errors import Aborted, BanditdError, Unavailable
+from banditd.store.budgets import BudgetRepository, Charge, LedgerRow, SpendLine, StoredBudget
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class BudgetState:
+    """One budget in this process: its spec, current period and lease."""
+
+    budget_id: int
+    spec: BudgetSpec
+    period_start: float = math.nan
+    period_end: float = math.nan
+    limit_usd: float = 0.0
+    lease_id: int | None = None
+    granted_usd: float = 0.0  # of the open lease
+    reserved_usd: float = 0.0  # charged under the open lease by this process
+    committed_usd: float = 0.0  # the period's committed spend at the last refresh
+    reserved_since_refresh: float = 0.0
+    alerts_fired: int = 0
+    dry: bool = False  # the last top-up found nothing left: wait for a refresh before asking again
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def available_usd(self) -> float:
+        return self.granted_usd - self.reserved_usd if self.lease_id is not None else 0.0
+
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    spec: BudgetSpec
+    period_start: float
+    period_end: float
+    committed_usd: float
+    leased_usd: float  # granted to open leases and not yet used
+    remaining_usd: float
+    alerts_fired: tuple[float, ...]
+    elapsed: float
+
+
+@dataclass
+class Reservation:
+    """One decision's charges, one per budget that covers it."""
+
+    charges: list[Charge]
+    states: list[BudgetState]
+
+
+class Budgets:
+    def __init__(
+        self,
+        repo: BudgetRepository,
+        *,
+        lease_fraction: float = 0.1,
+        lease_ttl_s: float = 15.0,
+        slack: float = DEFAULT_SLACK,
+        clock: Callable[[], float] = time.time,
+        holder: str | None = None,
+    ) -> None:
+        self._repo = repo
+        self._fraction = lease_fraction
+        self._ttl = lease_ttl_s
+        self._slack = slack
+        self._clock = clock
+        self.holder = holder or f"replica-{uuid.uuid4().hex[:12]}"
+        self._by_key: dict[tuple[str, str], BudgetState] = {}
+        self._pending: list[tuple[list[Charge], asyncio.Future[set[int] | Exception]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- configuration -----------------------------------------------------------------------
+
+    async def load_all(self) -> int:
+        stored = await self._repo.list_budgets()
+        for item in stored:
+            self._adopt(item)
+        return len(stored)
+
+    def _adopt(self, stored: StoredBudget) -> BudgetState:
+        state = self._by_key.get(stored.spec.key)
+        if state is None or state.budget_id != stored.budget_id:
+            state = BudgetState(stored.budget_id, stored.spec)
+            self._by_key[stored.spec.key] = state
+        elif state.spec.version != stored.spec.version:
+            # Return the lease and start the period afresh at the next use (a lower limit must
+            # not leave this replica holding money the new limit no longer has).
+            state.period_start = state.period_end = math.nan
+            state.spec = stored.spec
+            state.limit_usd = stored.spec.limit_usd
+            state.dry = False
+        return state
+
+    async def put(self, spec: BudgetSpec) -> tuple[BudgetSpec, bool]:
+        start, _ = period_bounds(spec, self._clock())
+        stored, created = await self._repo.put_budget(spec, start)
+        self._adopt(stored)
+        log.info(
+            "budget_set", budget=stored.spec.label, limit_usd=spec.limit_usd, period=spec.period
+        )
+        return stored.spec, created
+
+    async def usage(self, tenant: str, router: str) -> BudgetUsage:
+        stored = await self._repo.get_budget(tenant, router)  # NotFound when absent
+        return await self._usage(stored)
+
+    async def list_usage(self, tenant: str) -> list[BudgetUsage]:
+        return [await self._usage(s) for s in await self._repo.list_budgets(tenant or None)]
+
+    async def _usage(self, stored: StoredBudget) -> BudgetUsage:
+        spec, now = stored.spec, self._clock()
+        bounds = period_bounds(spec, now)
+        row = await self._repo.ledger(stored.budget_id, bounds[0])
+        committed = row.committed_usd if row else 0.0
+        leased = row.leased_usd - (row.committed_usd - row.spent_usd) if row else 0.0
+        fired = row.alerts_fired if row else 0
+        return BudgetUsage(
+            spec=spec,
+            period_start=bounds[0],
+            period_end=bounds[1],
+            committed_usd=committed,
+            leased_usd=max(0.0, leased),
+            remaining_usd=spec.limit_usd - committed,
+            alerts_fired=spec.alerts[:fired],
+            elapsed=elapsed_fraction(bounds, now),
+        )
+
+    async def spend(
+        self, tenant: str, router: str, since: float, until: float, metadata_key: str
+    ) -> list[SpendLine]:
+        return await self._repo.spend(tenant, router, since, until, metadata_key)
+
+    # -- the Select path ---------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Whether any budget exists (feedback settles nothing otherwise)."""
+        return bool(self._by_key)
+
+    def applicable(self, tenant: str, router: str) -> list[BudgetState]:
+        """The budgets a decision of tenant/router counts against: the router's and the
+        tenant's (no I/O)."""
+        found = [self._by_key.get((tenant, router)), self._by_key.get((tenant, ""))]
+        return [s for s in found if s is not None]
+
+    async def prepare(self, states: Sequence[BudgetState], need_usd: float) -> None:
+        """Roll each budget into the current period and top up this process's lease so that it
+        holds at least ``need_usd`` (when the budget has it)."""
+        for state in states:
+            if self._clock() < state.period_end and (_holds(state, need_usd) or state.dry):
+                continue
+            async with state.lock:
+                await self._roll(state)
+                if not _holds(state, need_usd) and not state.dry:
+                    await self._top_up(state, need_usd)
+
+    async def _roll(self, state: BudgetState) -> None:
+        """Move into the period holding now: return the old period's lease, open the new."""
+        now = self._clock()
+        if now < state.period_end:
+            return
+        await self._return_lease(state)
+        start, end = period_bounds(state.spec, now)
+        row = await self._repo.open_period(state.budget_id, start, end, state.spec.limit_usd)
+        state.period_start, state.period_end = start, end
+        state.dry = False
+        self._refreshed(state, row)
+        log.info("budget_period", budget=state.spec.label, period_start=start, period_end=end)
+
+    async def _top_up(self, state: BudgetState, need_usd: float) -> None:
+        lease_id, granted = await self._repo.take_lease(
+            state.budget_id,
+            state.period_start,
+            state.lease_id,
+            holder=self.holder,
+            need_usd=need_usd - state.available_usd,
+            fraction=self._fraction,
+            expires_at=self._clock() + self._ttl,
+        )
+        if lease_id != state.lease_id:  # a new lease (the old one was closed under us)
+            state.granted_usd = state.reserved_usd = 0.0
+        state.lease_id = lease_id
+        state.granted_usd += granted
+        if granted <= 0 or not _holds(state, need_usd):
+            state.dry = True
+        row = await self._repo.ledger(state.budget_id, state.period_start)
+        if row is not None:
+            self._refreshed(state, row)
+
+    def _refreshed(self, state: BudgetState, row: LedgerRow) -> None:
+        state.committed_usd = row.committed_usd
+        state.reserved_since_refresh = 0.0
+        state.limit_usd = row.limit_usd
+        state.alerts_fired = row.alerts_fired
+
+    def pacings(self, states: Sequence[BudgetState]) -> list[Pacing]:
+        now = self._clock()
+        return [
+            Pacing(
+                limit_usd=s.limit_usd,
+                committed_usd=s.committed_usd + s.reserved_since_refresh,
+                elapsed=elapsed_fraction((s.period_start, s.period_end), now),
+                available_usd=s.available_usd,
+                slack=self._slack,
+            )
+            for s in states
+        ]
+
+    def reserve(
+        self, states: Sequence[BudgetState], decision_id: str, cost_usd: float
+    ) -> Reservation:
+        """Charge a decision's expected cost to each budget (no I/O): from the lease when it
+        holds enough, else as spend past the budget (on_exhausted cheapest)."""
+        now = self._clock()
+        charges = []
+        for s in states:
+            lease_id = s.lease_id if _holds(s, cost_usd) else None
+            if lease_id is not None:
+                s.reserved_usd += cost_usd
+            s.reserved_since_refresh += cost_usd
+            charges.append(
+                Charge(decision_id, s.budget_id, s.period_start, lease_id, cost_usd, now)
+            )
+        return Reservation(charges, list(states))
+
+    def release(self, reservation: Reservation) -> None:
+        for charge, s in zip(reservation.charges, reservation.states, strict=True):
+            if charge.lease_id is not None and charge.lease_id == s.lease_id:
+                s.reserved_usd -= charge.expected_cost_usd
+            s.reserved_since_refresh -= charge.expected_cost_usd
+
+    async def commit(self, reservation: Reservation) -> None:
+        """Write the charges (grouped with concurrent ones) before the decision leaves; Aborted
+        when a lease was closed under this process (it stalled past the lease's expiry)."""
+        future: asyncio.Future[set[int] | Exception] = asyncio.get_running_loop().create_future()
+        self._pending.append((reservation.charges, future))
+        if self._writer is None or self._writer.done():
+            # A task of its own: a caller cancelled mid-write cannot strand the others' futures.
+            self._writer = asyncio.create_task(self._write_charges(), name="budget-charges")
+        outcome = await future
+        if isinstance(outcome, Exception):
+            self.release(reservation)
+            raise outcome
+        lost = outcome & {c.lease_id for c in reservation.charges}
+        if lost:
+            self.release(reservation)
+            for s in reservation.states:
+                if s.lease_id in lost:
+                    s.lease_id, s.granted_usd, s.reserved_usd = None, 0.0, 0.0
+            raise Aborted("the budget lease of this replica expired meanwhile; retry")
+
+    async def _write_charges(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            result: set[int] | Exception
+            try:
+                result = await self._repo.add_charges([c for charges, _ in batch for c in charges])
+            except BanditdError as exc:
+                result = exc
+            except Exception:  # every waiter must get an answer
+                log.exception("budget_charges_failed", charges=len(batch))
+                result = Unavailable("budget charges could not be recorded")
+            for _, f in batch:
+                if not f.done():  # its caller may have been cancelled
+                    f.set_result(result)
+
+    # -- the Feedback path -------------------------------------------------------------------
+
+    async def settle(self, costs: Sequence[tuple[str, float]]) -> None:
+        """Charge the actual costs feedback reported (decision id, USD) instead of the
+        expected ones. The event is committed already: a failure here is logged, not raised."""
+        try:
+            await self._repo.settle(costs)
+        except Unavailable as exc:
+            log.warning("budget_settle_failed", error=str(exc), decisions=len(costs))
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """One round: pick up budget changes, renew own leases, reap expired ones, refresh
+        committed spend, fire alerts, set metrics."""
+        now = self._clock()
+        for stored in await self._repo.list_budgets():
+            self._adopt(stored)
+        await self._repo.reap_leases(now)
+        for state in list(self._by_key.values()):
+            async with state.lock:
+                await self._renew(state)
+                await self._check(state)
+
+    async def _renew(self, state: BudgetState) -> None:
+        if state.lease_id is None:
+            return
+        if self._clock() >= state.period_end:
+            await self._return_lease(state)
+            return
+        if not await self._repo.renew_lease(state.lease_id, self._clock() + self._ttl):
+            log.warning("budget_lease_lost", budget=state.spec.label, lease_id=state.lease_id)
+            state.lease_id, state.granted_usd, state.reserved_usd = None, 0.0, 0.0
+
+    async def _check(self, state: BudgetState) -> None:
+        await self._roll(state)
+        row = await self._repo.ledger(state.budget_id, state.period_start)
+        if row is None:
+            return
+        self._refreshed(state, row)
+        state.dry = False
+        spec = state.spec
+        tenant, router = spec.tenant, spec.router or "*"
+        metrics.BUDGET_SPEND.labels(tenant, router).set(row.committed_usd)
+        metrics.BUDGET_REMAINING.labels(tenant, router).set(row.limit_usd - row.committed_usd)
+        due = sum(1 for f in spec.alerts if row.committed_usd >= f * row.limit_usd)
+        if due > row.alerts_fired and await self._repo.mark_alerts(
+            state.budget_id, state.period_start, row.alerts_fired, due
+        ):
+            for fraction in spec.alerts[row.alerts_fired : due]:
+                metrics.BUDGET_ALERTS.labels(tenant, router, f"{fraction:g}").inc()
+                log.warning(
+                    "budget_alert",
+                    tenant=spec.tenant,
+                    router=spec.router,
+                    fraction=fraction,
+                    committed_usd=row.committed_usd,
+                    limit_usd=row.limit_usd,
+                    period_start=state.period_start,
+                )
+            state.alerts_fired = due
+
+    async def _return_lease(self, state: BudgetState) -> None:
+        if state.lease_id is None:
+            return
+        used = await self._repo.close_lease(state.lease_id, self._clock())
+        log.info(
+            "budget_lease_returned", budget=state.spec.label, lease_id=state.lease_id, used_usd=used
+        )
+        state.lease_id, state.granted_usd, state.reserved_usd = None, 0.0, 0.0
+
+    async def close(self) -> None:
+        """Return every lease (on shutdown), so its unused part is available at once."""
+        if self._writer is not None:
+            await self._writer
+        for state in list(self._by_key.values()):
+            async with state.lock:
+                try:
+                    await self._return_lease(state)
+                except Unavailable as exc:  # it expires and returns by itself
+                    log.warning("budget_lease_not_returned", error=str(exc))
+
+
+def _holds(state: BudgetState, usd: float) -> bool:
+    return state.available_usd >= usd - USD_EPSILON

@@ -1,0 +1,120 @@
+"""A process's budgets against a real database: period rollover (injected clock), leases that
+expire with their holder, exactly-once alerts across processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from banditd.budget.ledger import Budgets
+from banditd.budget.spec import BudgetSpec, period_bounds
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.store import Database, migrate
+from banditd.store.budgets import BudgetRepository
+
+WINDOW = BudgetSpec("acme", "", 1.0, "window", window_seconds=60, alerts=(0.5,))
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def repo(database_url: str) -> AsyncIterator[BudgetRepository]:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    db = Database(database_url)
+    yield BudgetRepository(db)
+    await db.close()
+
+
+async def spend(budgets: Budgets, usd: float, n: int, first: int = 0) -> int:
+    """Reserve and commit n decisions of ``usd`` each while the budget allows; how many went."""
+    states = budgets.applicable("acme", "chat")
+    done = 0
+    for i in range(first, first + n):
+        await budgets.prepare(states, usd)
+        if min(s.available_usd for s in states) < usd - 1e-12:
+            break
+        await budgets.commit(budgets.reserve(states, f"d-{i}", usd))
+        done += 1
+    return done
+
+
+async def test_a_new_period_starts_with_the_whole_limit(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)  # the start of a 60 s window
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(WINDOW)
+    assert await spend(budgets, 0.3, 10) == 3  # 0.9 of 1.0
+    usage = await budgets.usage("acme", "")
+    assert usage.committed_usd == pytest.approx(0.9)
+    clock.now += 60  # the next window
+    assert await spend(budgets, 0.3, 10, first=10) == 3
+    usage = await budgets.usage("acme", "")
+    assert usage.period_start == period_bounds(WINDOW, clock.now)[0]
+    assert usage.committed_usd == pytest.approx(0.9)
+    # The old period's lease was returned: its spend is settled there, nothing is held.
+    old = await repo.ledger(budgets._by_key[("acme", "")].budget_id, usage.period_start - 60)
+    assert old is not None
+    assert old.spent_usd == pytest.approx(0.9) and old.leased_usd == 0.0
+
+
+async def test_a_dead_holders_lease_expires_and_its_unspent_part_returns(
+    repo: BudgetRepository,
+) -> None:
+    clock = Clock(1_000_020.0)
+    dead = Budgets(repo, clock=clock, lease_ttl_s=5.0, lease_fraction=0.5)
+    await dead.put(WINDOW)
+    assert await spend(dead, 0.1, 1) == 1  # takes half the budget as a lease, uses 0.1
+    state = dead._by_key[("acme", "")]
+    assert state.granted_usd == pytest.approx(0.5)
+    alive = Budgets(repo, clock=clock, lease_ttl_s=5.0, lease_fraction=1.0)
+    await alive.load_all()
+    assert await spend(alive, 0.1, 10, first=100) == 5  # only the unleased half
+    clock.now += 6  # the dead one never renews; the living one does, and reaps
+    await alive.housekeeping()
+    assert await spend(alive, 0.1, 10, first=200) == 4  # the dead lease's 0.4 came back
+    usage = await alive.usage("acme", "")
+    assert usage.committed_usd == pytest.approx(1.0)
+    # The dead process's charges after its lease closed are refused, never counted twice.
+    with pytest.raises(Exception, match="lease of this replica expired"):
+        await dead.commit(dead.reserve([state], "late", 0.1))
+
+
+async def test_a_lower_limit_takes_back_what_leases_held(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)
+    a, b = Budgets(repo, clock=clock, lease_fraction=1.0), Budgets(repo, clock=clock)
+    await a.put(WINDOW)
+    await b.load_all()
+    assert await spend(a, 0.1, 1) == 1  # a leases the whole budget
+    await b.put(BudgetSpec("acme", "", 0.3, "window", window_seconds=60))
+    await a.housekeeping()  # a sees the new version and returns its lease
+    assert await spend(a, 0.1, 10, first=10) == 2  # 0.3 in all
+    assert (await a.usage("acme", "")).committed_usd == pytest.approx(0.3)
+
+
+async def test_alerts_fire_once_per_period_across_processes(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)
+    a, b = Budgets(repo, clock=clock), Budgets(repo, clock=clock)
+    await a.put(WINDOW)
+    await b.load_all()
+    await spend(a, 0.3, 2)
+    fired = [await _alerts_fired(a), await _alerts_fired(b)]
+    assert fired == [1, 0]  # a won the compare-and-set; b saw it done
+    clock.now += 60
+    await spend(b, 0.3, 2, first=10)
+    assert [await _alerts_fired(b), await _alerts_fired(a)] == [1, 0]
+
+
+async def _alerts_fired(budgets: Budgets) -> int:
+    """Alerts this process fired in one round."""
+    from banditd import metrics
+
+    counter = metrics.BUDGET_ALERTS.labels("acme", "*", "0.5")
+    before = counter._value.get()
+    await budgets.housekeeping()
+    return int(counter._value.get() - before)

@@ -1,0 +1,106 @@
+"""The knapsack threshold and time pacing on synthetic streams (pure maths, no I/O)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from banditd.budget.pacer import Pacing, committed_fraction, efficiency_bounds, gate, psi
+
+# Three arms: quality and USD per call (cheap and decent, middling, strong and dear).
+QUALITY = np.array([0.60, 0.72, 0.88])
+COST = np.array([0.0001, 0.0006, 0.005])
+
+
+def test_psi_runs_from_l_over_e_to_u() -> None:
+    lower, upper = 100.0, 6000.0
+    assert psi(0.0, lower, upper) == pytest.approx(lower / math.e)
+    assert psi(1.0, lower, upper) == pytest.approx(upper)
+    values = [psi(z, lower, upper) for z in np.linspace(0, 1, 11)]
+    assert all(b > a for a, b in itertools.pairwise(values))
+    assert psi(-1.0, lower, upper) == psi(0.0, lower, upper)  # clipped to [0, 1]
+
+
+def test_efficiency_bounds_ignore_free_arms() -> None:
+    assert efficiency_bounds(QUALITY, COST) == pytest.approx((0.88 / 0.005, 0.60 / 0.0001))
+    assert efficiency_bounds(np.array([0.5]), np.array([0.0])) is None
+
+
+def test_gate_masks_unaffordable_arms_and_reports_exhaustion() -> None:
+    roomy = gate(QUALITY, COST, [Pacing(1.0, 0.0, 1.0, available_usd=0.001)])
+    assert roomy.eligible.tolist() == [True, True, False]  # the strong arm costs more than held
+    assert not roomy.exhausted
+    dry = gate(QUALITY, COST, [Pacing(1.0, 1.0, 1.0, available_usd=0.00005)])
+    assert dry.exhausted and not dry.eligible.any()
+    # Fully committed: the price is U, only the most efficient arm passes.
+    tight = gate(QUALITY, COST, [Pacing(1.0, 1.0, 1.0, available_usd=1.0)])
+    assert tight.eligible.tolist() == [True, False, False]
+    # At z = 0 every arm passes (psi = L / e < L).
+    free = gate(QUALITY, COST, [Pacing(1.0, 0.0, 1.0, available_usd=1.0)])
+    assert free.eligible.all() and free.price == pytest.approx(0.88 / 0.005 / math.e)
+
+
+def test_committed_fraction_is_measured_against_the_clock() -> None:
+    # On the clock: the knapsack's own spent fraction.
+    assert committed_fraction(0.5, 1.0, elapsed=0.45, slack=0.05) == pytest.approx(0.5)
+    # Behind the clock (quiet so far): cheap dollars; ahead of it: dear ones.
+    assert committed_fraction(0.4, 1.0, elapsed=0.95) == 0.0
+    assert committed_fraction(0.4, 1.0, elapsed=0.3, slack=0.05) == 1.0
+    assert committed_fraction(0.4, 1.0, elapsed=0.34, slack=0.05) == pytest.approx(0.6)
+    assert committed_fraction(0.0, 0.0, elapsed=0.5) == 1.0  # a zero limit
+
+
+def run_stream(
+    budget: float, arrivals: np.ndarray, seed: int = 0, slack: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Route a stream (arrival times in [0, 1) of one period) through the gate, each request
+    taking the eligible arm of best quality - price x cost; per request its time and the spend
+    committed after it."""
+    rng = np.random.default_rng(seed)
+    committed, spend = 0.0, []
+    for t in arrivals:
+        quality = np.clip(QUALITY + rng.normal(0, 0.05, size=3), 0, 1)
+        g = gate(quality, COST, [Pacing(budget, committed, float(t), budget - committed, slack)])
+        if g.exhausted:
+            spend.append(committed)
+            continue
+        utility = np.where(g.eligible, quality - g.price * COST, -np.inf)
+        committed += float(COST[int(np.argmax(utility))])
+        spend.append(committed)
+    return arrivals, np.array(spend)
+
+
+def test_steady_traffic_spends_the_budget_along_the_period() -> None:
+    n = 4000
+    always_strong = n * COST[2]
+    budget = 0.1 * always_strong  # far below what the strong arm alone would cost
+    times, spend = run_stream(budget, np.arange(n) / n)
+    assert spend[-1] <= budget  # never over
+    assert spend[-1] >= 0.9 * budget  # and not left unused
+    for fraction in (0.25, 0.5, 0.75):  # spend tracks the clock (allowance + one call)
+        at = spend[np.searchsorted(times, fraction) - 1]
+        assert at <= budget * (fraction + 0.05) + COST.max()
+        assert at >= budget * (fraction - 0.15)
+
+
+def test_a_quiet_spell_leaves_money_for_later() -> None:
+    n = 4000
+    budget = 0.04 * n * COST[2]
+    busy_half = 0.5 + np.arange(n // 2) / n  # nothing arrives in the first half of the period
+    _, spend = run_stream(budget, busy_half)
+    assert spend[-1] <= budget
+    assert spend[-1] >= 0.9 * budget  # the first half's share is spent in the second
+
+
+def test_without_time_pacing_an_early_burst_would_spend_everything() -> None:
+    """Control: the same steady stream with the whole limit usable at once front-loads spend."""
+    n = 4000
+    budget = 0.04 * n * COST[2]
+    _, spend = run_stream(budget, np.arange(n) / n, slack=1.0)
+    _, paced = run_stream(budget, np.arange(n) / n)
+    quarter = n // 4 - 1
+    assert paced[quarter] <= budget * 0.3 + COST.max()
+    assert spend[quarter] > paced[quarter] * 2

@@ -1,0 +1,192 @@
+"""Several server processes on one Postgres spend one tenant budget concurrently; one is killed
+(SIGKILL) mid-run. Committed spend stays within the limit and no lease is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import port_for
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine, func, select
+
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.store import migrate
+from banditd.store.models import budget_charges, budget_leases, budget_ledger
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+from tests.conftest import SIGNING_KEY, router_config
+
+REPLICAS = 3
+WORKERS = 4  # concurrent callers per replica
+LIMIT = 0.02  # USD: room for a hundred or two decisions
+LEASE_TTL_S = 2.0
+KILL_AT_S = 1.0
+# Callers stop once refused this many times in a row after the killed replica's lease expired
+# (so the survivors have reaped it and spent what it returned), or at the cap.
+REFUSALS_TO_STOP = 6
+RUN_CAP_S = 90.0
+
+
+@pytest.fixture
+def replicas(postgres_url: str) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    asyncio.run(migrate(postgres_url, DEFAULT_MIGRATIONS_DIR))
+    started = []
+    for _ in range(REPLICAS):
+        address = f"127.0.0.1:{port_for.select_random()}"
+        env = {
+            **os.environ,
+            "BANDITD_DATABASE_URL": postgres_url,
+            "BANDITD_LISTEN": address,
+            "BANDITD_SIGNING_KEY": SIGNING_KEY,
+            "BANDITD_METRICS_LISTEN": "",
+            "BANDITD_LOG_LEVEL": "warning",
+            "BANDITD_TAIL_INTERVAL_S": "0.2",
+            "BANDITD_BUDGET_REFRESH_S": "0.2",
+            "BANDITD_BUDGET_LEASE_TTL_S": str(LEASE_TTL_S),
+            "BANDITD_BUDGET_LEASE_FRACTION": "0.2",
+        }
+        cmd = [sys.executable, "-c", "import sys; from banditd.cli import main; sys.exit(main())"]
+        proc = subprocess.Popen([*cmd, "serve"], env=env, stdout=subprocess.DEVNULL)
+        started.append((proc, address))
+    try:
+        yield started
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+async def _serving(address: str) -> None:
+    deadline = time.monotonic() + 60
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            assert time.monotonic() < deadline, f"replica {address} did not start"
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.postgres
+async def test_replicas_never_overspend_a_shared_budget(
+    postgres_url: str, replicas: list[tuple[subprocess.Popen[bytes], str]]
+) -> None:
+    await asyncio.gather(*(_serving(address) for _, address in replicas))
+    channels = [grpc.aio.insecure_channel(address) for _, address in replicas]
+    admin = rpc.AdminStub(channels[0])
+    await admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await admin.SetBudget(
+        pb.SetBudgetRequest(
+            budget=pb.Budget(
+                tenant="acme",
+                limit_usd=LIMIT,
+                period=pb.BUDGET_PERIOD_DAY,
+                on_exhausted=pb.ON_EXHAUSTED_REFUSE,
+            )
+        )
+    )
+    await asyncio.sleep(1.0)  # every replica's budget round has loaded the budget
+    served = [0] * REPLICAS
+    refused = [0] * REPLICAS
+    # Spend the callers know of (decisions they received), at least and at most: a Feedback cut
+    # off by the kill may or may not have settled its actual cost.
+    seen_usd = [0.0, 0.0]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def worker(r: int, w: int) -> None:
+        router = rpc.RouterStub(channels[r])
+        rng = np.random.default_rng([r, w])
+        in_a_row = 0
+        reaped_by = start + KILL_AT_S + LEASE_TTL_S + 0.5
+        while loop.time() - start < RUN_CAP_S:
+            if in_a_row >= REFUSALS_TO_STOP and loop.time() > reaped_by:
+                return
+            x = rng.normal(size=4).astype(np.float32)
+            try:
+                d = await router.Select(
+                    pb.SelectRequest(
+                        tenant="acme", router="chat", embedding=pb.Embedding(values=x)
+                    ),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused[r] += 1
+                    in_a_row += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                assert r == REPLICAS - 1, exc  # only the killed replica fails otherwise
+                return
+            served[r] += 1
+            in_a_row = 0
+            cost = d.expected_cost_usd * float(rng.uniform(0.5, 1.0))  # never above expected
+            seen_usd[0] += cost
+            seen_usd[1] += cost
+            try:
+                await router.Feedback(
+                    pb.FeedbackRequest(
+                        tenant="acme", decision_id=d.decision_id, reward=1.0, cost_usd=cost
+                    ),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError:
+                assert r == REPLICAS - 1
+                seen_usd[1] += d.expected_cost_usd - cost  # charged at the expected cost
+                return
+
+    async def kill() -> None:
+        await asyncio.sleep(KILL_AT_S)
+        replicas[-1][0].send_signal(signal.SIGKILL)
+
+    await asyncio.gather(kill(), *(worker(r, w) for r in range(REPLICAS) for w in range(WORKERS)))
+    for channel in channels:
+        await channel.close()
+    for proc, _ in replicas[:-1]:  # a clean stop returns the survivors' leases
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+    engine = create_engine(postgres_url.replace("+asyncpg", "+psycopg"))
+    try:
+        with engine.connect() as conn:
+            ledger = conn.execute(select(budget_ledger)).one()
+            open_leases = conn.scalar(
+                select(func.count()).where(budget_leases.c.closed_at.is_(None))
+            )
+            leases = conn.execute(select(budget_leases)).all()
+            charges = conn.scalar(select(func.count()).select_from(budget_charges))
+    finally:
+        engine.dispose()
+    # The killed replica's leases were closed by another replica after they expired.
+    reaped = [lease for lease in leases if lease.closed_at > lease.expires_at]
+    killed_used = sum(lease.used_usd for lease in reaped)
+    print(
+        f"\nbudget ${LIMIT}: committed ${ledger.spent_usd:.6f} "
+        f"({ledger.spent_usd / LIMIT:.2%}), leased ${ledger.leased_usd:.6f}, "
+        f"served {served} (refused {refused}), charges {charges}, leases {len(leases)}, "
+        f"killed replica's leases used ${killed_used:.6f}, "
+        f"callers saw ${seen_usd[0]:.6f} to ${seen_usd[1]:.6f}"
+    )
+    assert open_leases == 0  # the killed replica's lease expired and was closed
+    assert ledger.leased_usd == pytest.approx(0.0, abs=1e-12)  # nothing held
+    # Actual costs never exceed the expected ones here, so the bound is the limit itself.
+    assert ledger.spent_usd <= LIMIT + 1e-9
+    assert ledger.spent_usd >= seen_usd[0] - 1e-9  # every decision a caller got is counted
+    assert ledger.spent_usd >= 0.9 * LIMIT  # and the budget was used, not stranded in leases
+    assert reaped and killed_used > 0  # counted, though its holder never returned it
+    assert served[-1] > 0 and all(served[:-1])
+    assert sum(refused[:-1]) > 0  # the survivors ran it down to exhaustion
