@@ -306,8 +306,11 @@ def run_load(
         raise RuntimeError(f"load worker failed: {failed[0]}")
 
     def merged(key: str) -> np.ndarray[Any, np.dtype[np.float32]]:
-        values = np.concatenate([np.frombuffer(r[key], dtype=np.float32) for r in results])
-        return values[~np.isnan(values)]
+        values: np.ndarray[Any, np.dtype[np.float32]] = np.concatenate(
+            [np.frombuffer(r[key], dtype=np.float32) for r in results]
+        )
+        kept: np.ndarray[Any, np.dtype[np.float32]] = values[~np.isnan(values)]
+        return kept
 
     latency, service = merged("latency"), merged("service")
     errors: collections.Counter[str] = collections.Counter()
