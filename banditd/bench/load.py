@@ -178,6 +178,14 @@ async def _drive(cfg: LoadConfig, index: int, conn: Connection) -> dict[str, Any
 # -- the server side: CPU, histogram, profile ---------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Watched:
+    """A server process on this machine: its CPU, /metrics and profile are read during the run."""
+
+    pid: int
+    metrics: str | None
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its threads (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -274,7 +282,7 @@ def _log(message: str) -> None:
 def run_load(
     cfg: LoadConfig,
     *,
-    server: local.ServerProcess | None = None,
+    server: Watched | None = None,
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """Drive cfg.target at cfg.rate for warmup + duration seconds; the report (the --json)."""
@@ -352,10 +360,10 @@ def run_load(
 
 @contextlib.contextmanager
 def _server_probe(
-    cfg: LoadConfig, server: local.ServerProcess | None, start_at: float, profile: Path | None
+    cfg: LoadConfig, server: Watched | None, start_at: float, profile: Path | None
 ) -> Iterator[dict[str, Any]]:
-    """Server CPU and histogram over the measured window (a local server only); fills the dict
-    after the block."""
+    """Server CPU and histogram over the measured window (a server on this machine only); fills
+    the dict after the block."""
     out: dict[str, Any] = {}
     if server is None:
         yield out
@@ -453,7 +461,8 @@ def run(args: argparse.Namespace) -> int:
     profile = Path(args.profile).resolve() if args.profile else None
     if args.target:
         _put_router(args.target, args.dim, args.arms)
-        report = run_load(cfg(args.target))
+        watched = Watched(args.server_pid, args.metrics) if args.server_pid else None
+        report = run_load(cfg(args.target), server=watched, profile=profile)
     else:
         with contextlib.ExitStack() as stack:
             if args.postgres:
@@ -468,7 +477,8 @@ def run(args: argparse.Namespace) -> int:
             )
             _log(f"server pid {server.pid} on {server.target} ({url.split(':')[0]})")
             _put_router(server.target, args.dim, args.arms)
-            report = run_load(cfg(server.target), server=server, profile=profile)
+            watched = Watched(server.pid, server.metrics)
+            report = run_load(cfg(server.target), server=watched, profile=profile)
             report["config"]["database"] = url.split(":")[0]
             report["config"]["server_log_level"] = args.server_log_level
     print(json.dumps(report, indent=2) if args.json else render_text(report))
@@ -497,6 +507,10 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--target", help="HOST:PORT of a running server (default: start one here)")
+    p.add_argument(
+        "--server-pid", type=int, help="with --target: its process id, for CPU use and --profile"
+    )
+    p.add_argument("--metrics", help="with --server-pid: its /metrics HOST:PORT, for the histogram")
     p.add_argument("--postgres", action="store_true", help="local server on a throwaway Postgres")
     p.add_argument("--rate", type=_positive(float), default=3000.0, help="Select/s offered (3000)")
     p.add_argument("--duration", type=_positive(float), default=10.0, help="measured s (10)")
