@@ -47,15 +47,22 @@ def test_histogram_quantile_interpolates_within_a_bucket() -> None:
     assert load._histogram_quantile({float("inf"): 0.0}, 0.5) is None
 
 
-def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> None:
+def test_profile_summary_counts_areas_self_and_inclusive_samples(tmp_path: Path) -> None:
     raw = tmp_path / "profile.txt"
+    cli = "main (banditd/cli.py:1)"
+    select = "select (banditd/router.py:9)"
     raw.write_text(
-        "main (app/cli.py:1);select (banditd/router.py:9);sign (banditd/token.py:3) 6\n"
-        "main (app/cli.py:1);select (banditd/router.py:9) 2\n"
-        "main (app/cli.py:1);poll (asyncio/selectors.py:5) 2\n"
+        f"{cli};{select};sign (banditd/token.py:3) 5\n"
+        f"{cli};{select};msg (structlog/_output.py:4) 2\n"
+        f"{cli};{select} 1\n"
+        f"{cli};select (selectors.py:5) 2\n"
     )
     summary = load.summarise_profile(raw)
     assert summary["samples"] == 10
-    assert summary["self_pct"][0] == ["token.py:sign", 60.0]
-    assert dict(summary["inclusive_pct"])["router.py:select"] == 80.0
-    assert dict(summary["inclusive_pct"])["cli.py:main"] == 100.0
+    assert dict(summary["areas_pct"]) == {
+        "banditd code, NumPy included (decode, policy, sign, encode)": 60.0,
+        "logging (structlog JSON lines)": 20.0,
+        "waiting in epoll": 20.0,
+    }
+    assert summary["self_pct"][0] == ["token.py:sign", 50.0]
+    assert dict(summary["inclusive_pct"]) == {"router.py:select": 80.0, "token.py:sign": 50.0}

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -229,9 +229,32 @@ def _histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
     return None
 
 
+# Where a sample goes: the first rule that matches its stack (py-spy names files by their path
+# from the import root: banditd/router.py, sqlalchemy/..., asyncio/...).
+AREAS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    ("logging (structlog JSON lines)", lambda stack, leaf: "structlog/" in stack),
+    (
+        "database (SQLAlchemy, driver, its thread)",
+        lambda stack, leaf: any(m in stack for m in ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
+    ),
+    ("waiting in epoll", lambda stack, leaf: "selectors.py" in leaf),
+    (
+        "banditd code, NumPy included (decode, policy, sign, encode)",
+        lambda stack, leaf: "banditd/" in stack.replace("(banditd/cli.py", ""),
+    ),
+    (
+        "gRPC core and asyncio (C under the event loop)",
+        lambda stack, leaf: "asyncio/" in leaf or "grpc" in leaf,
+    ),
+    ("threads running C code (the gRPC poller)", lambda stack, leaf: "threading.py" in leaf),
+)
+
+
 def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Where the time went, from py-spy's raw (collapsed stack) output: the functions with the
-    most samples on top of the stack (self) and anywhere on it (inclusive), as % of samples."""
+    """Where the time went, from py-spy's raw (collapsed stack) output: the share of samples per
+    area (AREAS), the functions most often on top of the stack (self) and the banditd functions
+    most often anywhere on it (inclusive), as % of samples."""
+    areas: collections.Counter[str] = collections.Counter()
     self_count: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -240,16 +263,24 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";")]
+        frames = stack.split(";")
+        leaf = frames[-1].partition(" (")[2]
         total += count
-        self_count[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        area = next((name for name, rule in AREAS if rule(stack, leaf)), "other")
+        areas[area] += count
+        self_count[_frame_name(frames[-1])] += count
+        for frame in {f for f in frames if "banditd/" in f and "cli.py" not in f}:
+            inclusive[_frame_name(frame)] += count
 
-    def share(counter: collections.Counter[str]) -> list[list[Any]]:
-        return [[name, round(100.0 * n / total, 1)] for name, n in counter.most_common(top)]
+    def share(counter: collections.Counter[str], n: int) -> list[list[Any]]:
+        return [[name, round(100.0 * k / total, 1)] for name, k in counter.most_common(n)]
 
-    return {"samples": total, "self_pct": share(self_count), "inclusive_pct": share(inclusive)}
+    return {
+        "samples": total,
+        "areas_pct": share(areas, len(AREAS) + 1),
+        "self_pct": share(self_count, top),
+        "inclusive_pct": share(inclusive, top),
+    }
 
 
 def _frame_name(frame: str) -> str:
@@ -429,9 +460,11 @@ def render_text(report: dict[str, Any]) -> str:
             f"p99 {h['p99']}  ({h['under_1ms_pct']} % under 1 ms)"
         )
     if "self_pct" in report.get("profile", {}):
-        lines.append(f"server profile ({report['profile']['samples']} samples), self %:")
+        lines.append(f"server profile ({report['profile']['samples']} samples), by area %:")
+        lines += [f"  {pct:>5.1f}  {name}" for name, pct in report["profile"]["areas_pct"]]
+        lines.append("self %:")
         lines += [f"  {pct:>5.1f}  {name}" for name, pct in report["profile"]["self_pct"]]
-        lines.append("inclusive %:")
+        lines.append("banditd functions, inclusive %:")
         lines += [f"  {pct:>5.1f}  {name}" for name, pct in report["profile"]["inclusive_pct"]]
     lines.append(f"targets: {report['targets']}")
     return "\n".join(lines)
