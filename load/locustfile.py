@@ -24,12 +24,10 @@ Knobs, from the environment (defaults in brackets):
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import json
 import math
 import os
 import random
-import socket
 import time
 from collections import defaultdict
 from typing import Any
@@ -39,6 +37,7 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 from locust.env import Environment
 
+from banditd.bench import local
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -79,20 +78,10 @@ TOPICS = [
 ]
 
 
-def is_loopback(host: str) -> bool:
-    """True when HOST[:PORT] resolves only to loopback addresses (127.0.0.0/8, ::1)."""
-    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
-
-
 @events.init.add_listener
 def _only_loopback(environment: Environment, **_: Any) -> None:
     host = environment.host or ""
-    if not is_loopback(host):
+    if not local.is_loopback(host):
         raise SystemExit(f"refusing to load-test {host!r}: only loopback targets (127.0.0.1)")
 
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 
 import pytest
-from sqlalchemy import text
 
 from banditd import bench
-from banditd.bench import local
-from banditd.errors import Unavailable
-from banditd.store import Database
 
 pytestmark = pytest.mark.postgres
 
@@ -48,20 +43,3 @@ def test_tiny_run_reports_throughput_and_convergence(
         "convergence_p99_under_1s",
     }
     assert all(ok in (True, False) for ok in report["targets"].values())
-
-
-def test_throwaway_postgres_serves_and_is_removed(postgres_server: object) -> None:
-    """The bench's own Postgres (used without --database-url) answers, and goes on exit."""
-
-    async def select_one(url: str) -> int:
-        db = Database(url)
-        try:
-            async with db.transaction() as conn:
-                return int(await conn.scalar(text("select 1")) or 0)
-        finally:
-            await db.close()
-
-    with local.throwaway_postgres() as url:
-        assert asyncio.run(select_one(url)) == 1
-    with pytest.raises(Unavailable):
-        asyncio.run(select_one(url))

@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from sqlalchemy.engine import make_url
 
 from banditd.bench import local
 from banditd.bench.load import router_config
@@ -329,6 +330,9 @@ def render_text(report: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def _database(url: str | None) -> Iterator[str]:
     if url:
+        host = make_url(url).host
+        if host:  # no host: a SQLite file or a local socket
+            local.require_loopback(host, "--database-url host")
         yield url
     else:
         with local.throwaway_postgres() as throwaway:

@@ -493,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = Path(args.profile).resolve() if args.profile else None
     if args.target:
+        local.require_loopback(args.target, "--target")
         _put_router(args.target, args.dim, args.arms)
         watched = Watched(args.server_pid, args.metrics) if args.server_pid else None
         report = run_load(cfg(args.target), server=watched, profile=profile)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import ipaddress
 import os
 import shutil
 import signal
@@ -26,6 +27,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 START_TIMEOUT_S = 120.0  # a first start compiles the Numba kernels
 STOP_TIMEOUT_S = 20.0
+
+
+def is_loopback(host: str) -> bool:
+    """True when HOST (or HOST:PORT, [V6]:PORT) resolves only to loopback addresses."""
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def require_loopback(host: str, what: str) -> None:
+    """Load is only ever sent to this machine: refuse any other target."""
+    if not is_loopback(host):
+        raise SystemExit(f"banditd bench: {what} {host!r} is not on this machine (loopback only)")
 
 
 def free_port() -> int:
