@@ -334,9 +334,9 @@ def rank_arms(
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng)
     if spec.explore_new_arm:
         choice = _explore_new_arm(state, arms, arm_idx, choice)
+    utility, quality, cost = choice.utility.tolist(), choice.quality.tolist(), costs.tolist()
     ranking = tuple(
-        RankedArm(arms[i].name, float(choice.utility[i]), float(choice.quality[i]), float(costs[i]))
-        for i in choice.order
+        RankedArm(arms[i].name, utility[i], quality[i], cost[i]) for i in choice.order.tolist()
     )
     return Ranked(ranking, choice, tuple(a.name for a in arms), price, outcome)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ class App:
         routers = await self.catalog.load_all()
         await self.budgets.load_all()
         _warm_up()
+        # Startup objects (modules, Numba, SQLAlchemy, the posteriors) live as long as the
+        # process: frozen, a full garbage collection no longer scans them (about 180k objects,
+        # a 0.1 s stall of every call in flight each time it ran).
+        gc.collect()
+        gc.freeze()
         self._stop_listening = await self.db.listen_for_events(self._wake.set)
         self._tail_task = asyncio.create_task(self._tail(), name="tail-log")
         self._budget_task = asyncio.create_task(self._budget_rounds(), name="budgets")

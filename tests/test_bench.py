@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from banditd import bench
+from banditd.bench import kernels
 
 
 def check_stats(per_impl: dict[str, Any] | None, required: bool) -> None:
@@ -36,7 +37,7 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert {"cpu", "cores", "python", "numba"} <= set(report["machine"])
     assert report["machine"]["cores"] >= 1
     for key in ("select_us", "update_us", "select_update_us"):
-        assert set(report[key]) == set(bench.IMPLS)
+        assert set(report[key]) == set(kernels.IMPLS)
         for impl, per_impl in report[key].items():
             check_stats(per_impl, required=impl in {"banditd", "banditd_ts", "numpy"})
     for impl in ("banditd", "numpy"):

@@ -565,10 +565,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `bench kernels` to a command's subparsers; the parsed args carry func=run."""
-    p_bench = subparsers.add_parser("bench", help="measure the policy kernels against baselines")
-    bench_sub = p_bench.add_subparsers(dest="bench_command", metavar="kernels", required=True)
+def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `kernels` to the `bench` subcommands; the parsed args carry func=run."""
     p_kernels = bench_sub.add_parser(
         "kernels",
         help="select/update latency and batch throughput vs NumPy, MABWiser and Vowpal Wabbit",

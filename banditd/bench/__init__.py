@@ -1,0 +1,25 @@
+"""`banditd bench`: measurements, one module each.
+
+kernels    per-call latency of the policy kernels against NumPy, MABWiser and Vowpal Wabbit
+load       Select capacity of a server: open-loop multi-process gRPC load at a fixed rate
+feedback   StreamFeedback and `ingest` events/s into Postgres, replica convergence time
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from banditd.bench import feedback, kernels, load
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `bench` and its subcommands to a command's subparsers; parsed args carry func."""
+    p_bench = subparsers.add_parser(
+        "bench", help="measure the kernels, Select capacity and feedback throughput"
+    )
+    bench_sub = p_bench.add_subparsers(
+        dest="bench_command", metavar="{kernels,load,feedback}", required=True
+    )
+    kernels.add_parser(bench_sub)
+    load.add_parser(bench_sub)
+    feedback.add_parser(bench_sub)
