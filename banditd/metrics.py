@@ -69,6 +69,10 @@ BUDGET_ALERTS = Counter(
     "Budget alerts fired (each fraction once per period, across replicas).",
     ["tenant", "router", "fraction"],
 )
+BUDGET_DEFERRED = Gauge(
+    "banditd_budget_charges_deferred",
+    "Budget charges of decisions served while the database was unreachable, not yet written.",
+)
 BUDGET_OUTCOMES = Counter(
     "banditd_budget_outcomes_total",
     "Selects a budget changed: fallback (no arm passed the pacer: cheapest affordable), "

@@ -11,6 +11,7 @@ import pytest
 from banditd import metrics
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
+from tests.postgres_plugin import OwnPostgres
 
 C = grpc.StatusCode
 # Expected cost of a short prompt (1 input token, 300 output tokens) on each test arm.
@@ -208,3 +209,37 @@ async def test_stream_feedback_settles_too(sqlite_url: str, start_server: StartS
     assert reply.accepted == 3
     usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
     assert usage.spent_usd == pytest.approx(0.03)
+
+
+@pytest.mark.postgres
+async def test_an_outage_serves_within_the_lease_and_charges_afterwards(
+    own_postgres: OwnPostgres, start_server: StartServer
+) -> None:
+    """Database down: Select keeps deciding within this replica's lease; the charges of what it
+    served are written once the database is back, so spend misses nothing."""
+    server = await start_server(own_postgres.url, budget_refresh_s=0.1)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(budget=budget(limit_usd=1.0, on_exhausted=pb.ON_EXHAUSTED_REFUSE))
+    )
+    await asyncio.sleep(0.3)  # the budget reaches the Select path at the next refresh
+    made = [await server.router.Select(select(candidates=["cheap"]))]  # takes a lease
+    await own_postgres.stop()
+    try:
+        for _ in range(20):
+            made.append(await server.router.Select(select(candidates=["cheap"])))
+    finally:
+        await own_postgres.start()
+    expected = sum(d.expected_cost_usd for d in made)
+    deadline = asyncio.get_running_loop().time() + 30
+    spent = -1.0
+    while spent < expected - 1e-12:
+        assert asyncio.get_running_loop().time() < deadline, f"spent {spent}, want {expected}"
+        await asyncio.sleep(0.2)
+        try:
+            got = await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == C.UNAVAILABLE  # still reconnecting
+            continue
+        spent = got.usage.spent_usd
+    assert spent == pytest.approx(expected)

@@ -23,7 +23,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -99,6 +99,9 @@ class Budgets:
         self._by_key: dict[tuple[str, str], BudgetState] = {}
         self._pending: list[tuple[list[Charge], asyncio.Future[set[int] | Exception]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # Charges of decisions served while the database was unreachable: written by the next
+        # housekeeping round that reaches it (see commit).
+        self._deferred: list[Charge] = []
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -181,9 +184,14 @@ class Budgets:
             if self._clock() < state.period_end and (_holds(state, need_usd) or state.dry):
                 continue
             async with state.lock:
-                await self._roll(state)
-                if not _holds(state, need_usd) and not state.dry:
-                    await self._top_up(state, need_usd)
+                try:
+                    await self._roll(state)
+                    if not _holds(state, need_usd) and not state.dry:
+                        await self._top_up(state, need_usd)
+                except Unavailable as exc:
+                    # Database down: decide within what this replica holds (the pacer masks
+                    # what does not fit; an exhausted budget refuses or serves the cheapest).
+                    log.warning("budget_top_up_failed", budget=state.spec.label, error=exc.message)
 
     async def _roll(self, state: BudgetState) -> None:
         """Move into the period holding now: return the old period's lease, open the new."""
@@ -269,6 +277,14 @@ class Budgets:
             # A task of its own: a caller cancelled mid-write cannot strand the others' futures.
             self._writer = asyncio.create_task(self._write_charges(), name="budget-charges")
         outcome = await future
+        if isinstance(outcome, Unavailable):
+            # Database down: the decision is served within this replica's lease (reserved in
+            # memory) and its charges are written when the database is back.
+            if not self._deferred:
+                log.warning("budget_charges_deferred", error=outcome.message)
+            self._deferred.extend(reservation.charges)
+            metrics.BUDGET_DEFERRED.set(len(self._deferred))
+            return
         if isinstance(outcome, Exception):
             self.release(reservation)
             raise outcome
@@ -310,6 +326,7 @@ class Budgets:
     async def housekeeping(self) -> None:
         """One round: pick up budget changes, renew own leases, reap expired ones, refresh
         committed spend, fire alerts, set metrics."""
+        await self._write_deferred()
         now = self._clock()
         for stored in await self._repo.list_budgets():
             self._adopt(stored)
@@ -318,6 +335,25 @@ class Budgets:
             async with state.lock:
                 await self._renew(state)
                 await self._check(state)
+
+    async def _write_deferred(self) -> None:
+        """Write the charges deferred by an outage. Those whose lease was closed meanwhile (it
+        expired while this replica could not renew it) go straight into spend, past the
+        budget if need be: the decisions were served, so their cost counts."""
+        if not self._deferred:
+            return
+        charges, self._deferred = self._deferred, []
+        try:
+            lost = await self._repo.add_charges(charges)
+            late = [replace(c, lease_id=None) for c in charges if c.lease_id in lost]
+            if late:
+                await self._repo.add_charges(late)
+        except BanditdError:
+            self._deferred = charges + self._deferred
+            raise
+        finally:
+            metrics.BUDGET_DEFERRED.set(len(self._deferred))
+        log.info("budget_charges_written", charges=len(charges), past_closed_leases=len(late))
 
     async def _renew(self, state: BudgetState) -> None:
         if state.lease_id is None:
@@ -370,6 +406,10 @@ class Budgets:
         """Return every lease (on shutdown), so its unused part is available at once."""
         if self._writer is not None:
             await self._writer
+        try:
+            await self._write_deferred()
+        except Unavailable as exc:
+            log.warning("budget_charges_not_written", charges=len(self._deferred), error=str(exc))
         for state in list(self._by_key.values()):
             async with state.lock:
                 try:
