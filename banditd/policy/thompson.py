@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
@@ -27,6 +28,20 @@ class Thompson(Policy):
             post.a_inv, post.theta, arm_idx, x, self.exploration, normals
         )
 
+    def _wins(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        cost_term: FloatArray,
+        rng: np.random.Generator,
+    ) -> npt.NDArray[np.int64]:
+        """How often each eligible arm wins among PROPENSITY_DRAWS posterior draws."""
+        mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
+        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv, arm_idx, x))
+        draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
+        return np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
+
     def propensity(
         self,
         post: Posterior,
@@ -37,11 +52,8 @@ class Thompson(Policy):
         rng: np.random.Generator,
     ) -> float:
         """Share of resampled draws (plus the one acted on) in which ``chosen`` wins."""
-        mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
-        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv, arm_idx, x))
-        draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
-        wins = int(np.count_nonzero(np.argmax(draws, axis=1) == chosen))
-        return (wins + 1) / (PROPENSITY_DRAWS + 1)
+        wins = self._wins(post, arm_idx, x, cost_term, rng)
+        return (int(wins[chosen]) + 1) / (PROPENSITY_DRAWS + 1)
 
     def probabilities(
         self,
@@ -54,8 +66,5 @@ class Thompson(Policy):
     ) -> FloatArray:
         """Each eligible arm's share of PROPENSITY_DRAWS posterior draws: a Monte Carlo estimate,
         unbiased, so importance weights built on it stay unbiased too."""
-        mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_weight * expected_cost
-        spread = self.exploration * np.sqrt(_kernels.variances(post.a_inv, arm_idx, x))
-        draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
-        wins = np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
+        wins = self._wins(post, arm_idx, x, cost_weight * expected_cost, rng)
         return np.asarray(wins / PROPENSITY_DRAWS, dtype=np.float64)
