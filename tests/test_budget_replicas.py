@@ -4,22 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
-import port_for
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, func, select
 
-from banditd.config import DEFAULT_MIGRATIONS_DIR
-from banditd.store import migrate
+from banditd.bench.local import ServerProcess, servers
 from banditd.store.models import budget_charges, budget_leases, budget_ledger
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -37,56 +30,24 @@ RUN_CAP_S = 90.0
 
 
 @pytest.fixture
-def replicas(postgres_url: str) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
-    asyncio.run(migrate(postgres_url, DEFAULT_MIGRATIONS_DIR))
-    started = []
-    for _ in range(REPLICAS):
-        address = f"127.0.0.1:{port_for.select_random()}"
-        env = {
-            **os.environ,
-            "BANDITD_DATABASE_URL": postgres_url,
-            "BANDITD_LISTEN": address,
-            "BANDITD_SIGNING_KEY": SIGNING_KEY,
-            "BANDITD_METRICS_LISTEN": "",
-            "BANDITD_LOG_LEVEL": "warning",
-            "BANDITD_TAIL_INTERVAL_S": "0.2",
-            "BANDITD_BUDGET_REFRESH_S": "0.2",
-            "BANDITD_BUDGET_LEASE_TTL_S": str(LEASE_TTL_S),
-            "BANDITD_BUDGET_LEASE_FRACTION": "0.2",
-        }
-        cmd = [sys.executable, "-c", "import sys; from banditd.cli import main; sys.exit(main())"]
-        proc = subprocess.Popen([*cmd, "serve"], env=env, stdout=subprocess.DEVNULL)
-        started.append((proc, address))
-    try:
+def replicas(postgres_url: str) -> Iterator[list[ServerProcess]]:
+    env = {
+        "BANDITD_TAIL_INTERVAL_S": "0.2",
+        "BANDITD_BUDGET_REFRESH_S": "0.2",
+        "BANDITD_BUDGET_LEASE_TTL_S": str(LEASE_TTL_S),
+        "BANDITD_BUDGET_LEASE_FRACTION": "0.2",
+    }
+    with servers(
+        postgres_url, REPLICAS, signing_key=SIGNING_KEY, metrics=False, log_level="warning", env=env
+    ) as started:
         yield started
-    finally:
-        for proc, _ in started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
-async def _serving(address: str) -> None:
-    deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            assert time.monotonic() < deadline, f"replica {address} did not start"
-            await asyncio.sleep(0.2)
 
 
 @pytest.mark.postgres
 async def test_replicas_never_overspend_a_shared_budget(
-    postgres_url: str, replicas: list[tuple[subprocess.Popen[bytes], str]]
+    postgres_url: str, replicas: list[ServerProcess]
 ) -> None:
-    await asyncio.gather(*(_serving(address) for _, address in replicas))
-    channels = [grpc.aio.insecure_channel(address) for _, address in replicas]
+    channels = [grpc.aio.insecure_channel(r.target) for r in replicas]
     admin = rpc.AdminStub(channels[0])
     await admin.PutRouter(pb.PutRouterRequest(router=router_config()))
     await admin.SetBudget(
@@ -151,14 +112,14 @@ async def test_replicas_never_overspend_a_shared_budget(
 
     async def kill() -> None:
         await asyncio.sleep(KILL_AT_S)
-        replicas[-1][0].send_signal(signal.SIGKILL)
+        replicas[-1].proc.send_signal(signal.SIGKILL)
 
     await asyncio.gather(kill(), *(worker(r, w) for r in range(REPLICAS) for w in range(WORKERS)))
     for channel in channels:
         await channel.close()
-    for proc, _ in replicas[:-1]:  # a clean stop returns the survivors' leases
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+    for replica in replicas[:-1]:  # a clean stop returns the survivors' leases
+        replica.proc.send_signal(signal.SIGTERM)
+        assert replica.proc.wait(timeout=30) == 0
 
     engine = create_engine(postgres_url.replace("+asyncpg", "+psycopg"))
     try:

@@ -3,21 +3,29 @@ replica killed with SIGKILL restarts from its snapshot and catches up."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from banditd.bench.local import ServerProcess, servers, spawn_server
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import router_config
-from tests.processes import ServerProcess, migrate
+from tests.conftest import SIGNING_KEY, router_config
 
 pytestmark = pytest.mark.postgres
 
 PROBES = [[1.0, 0.5, 0.0, 0.0], [1.0, -0.5, 0.3, 0.0], [1.0, 0.0, 0.0, 0.9]]
+
+
+def _log_events(replica: ServerProcess, event: str) -> list[dict[str, Any]]:
+    lines = replica.log_path.read_text(errors="replace").splitlines()
+    found = [json.loads(line) for line in lines if line.startswith("{")]
+    return [line for line in found if line.get("event") == event]
 
 
 def _stubs(address: str) -> tuple[grpc.Channel, rpc.RouterStub, rpc.AdminStub]:
@@ -27,7 +35,7 @@ def _stubs(address: str) -> tuple[grpc.Channel, rpc.RouterStub, rpc.AdminStub]:
 
 def _traffic(replicas: list[ServerProcess], rounds: int, rng: np.random.Generator) -> int:
     """Select on one replica, Feedback on another; the number of events sent."""
-    stubs = [_stubs(r.address) for r in replicas]
+    stubs = [_stubs(r.target) for r in replicas]
     try:
         for i in range(rounds):
             x = rng.normal(size=4).astype(np.float32)
@@ -46,7 +54,7 @@ def _traffic(replicas: list[ServerProcess], rounds: int, rng: np.random.Generato
 
 
 def _view(replica: ServerProcess) -> tuple[pb.GetStatsResponse, list[pb.SelectResponse]]:
-    channel, router, admin = _stubs(replica.address)
+    channel, router, admin = _stubs(replica.target)
     with channel:
         stats = admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
         picks = [
@@ -61,39 +69,36 @@ def _view(replica: ServerProcess) -> tuple[pb.GetStatsResponse, list[pb.SelectRe
 def _wait_applied(replicas: list[ServerProcess], event_id: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     for replica in replicas:
-        channel, _, admin = _stubs(replica.address)
+        channel, _, admin = _stubs(replica.target)
         with channel:
             while True:
                 stats = admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
                 if stats.applied_event_id >= event_id:
                     break
-                assert time.monotonic() < deadline, f"{replica.address} stuck at {stats}"
+                assert time.monotonic() < deadline, f"{replica.target} stuck at {stats}"
                 time.sleep(0.05)
 
 
 def test_three_replicas_converge_and_a_killed_one_catches_up(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    migrate(postgres_url)
     env = {"BANDITD_TAIL_INTERVAL_S": "0.2", "BANDITD_SNAPSHOT_EVERY": "25"}
-    replicas = [
-        ServerProcess(postgres_url, tmp_path / f"replica-{i}.log", env=env) for i in range(3)
-    ]
-    try:
-        for replica in replicas:
-            replica.start()
-        channel, _, admin = _stubs(replicas[0].address)
+    with servers(postgres_url, 3, signing_key=SIGNING_KEY, metrics=False, env=env) as replicas:
+        channel, _, admin = _stubs(replicas[0].target)
         with channel:
             admin.PutRouter(pb.PutRouterRequest(router=router_config(policy="linucb")))
         rng = np.random.default_rng(11)
         sent = _traffic(replicas, 90, rng)
 
-        victim = replicas[2]
-        victim.kill()
+        replicas[2].proc.kill()
+        replicas[2].proc.wait()
         sent += _traffic(replicas[:2], 60, rng)  # the log moves on without it
-        lines_before = len(victim.logs())
-        victim.start()
-        restored = victim.wait_for("router_restored", after=lines_before)
+        restarted = spawn_server(
+            postgres_url, tmp_path, signing_key=SIGNING_KEY, metrics=False, env=env
+        )
+        replicas[2] = restarted  # stopped with the others at the end
+        restarted.wait_serving()
+        (restored,) = _log_events(restarted, "router_restored")
         # It loaded a snapshot written before or during its absence and replayed only the tail.
         assert restored["snapshot_event_id"] >= 75
         assert restored["replayed_events"] == sent - restored["snapshot_event_id"]
@@ -115,6 +120,3 @@ def test_three_replicas_converge_and_a_killed_one_catches_up(
                 assert [r.score for r in pick.ranking] == pytest.approx(
                     [r.score for r in first.ranking], abs=1e-9
                 )
-    finally:
-        for replica in replicas:
-            replica.kill()
