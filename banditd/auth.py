@@ -53,6 +53,7 @@ METHOD_ROLES = {
     "/banditd.v1.Router/Select": "select",
     "/banditd.v1.Router/Feedback": "feedback",
     "/banditd.v1.Router/StreamFeedback": "feedback",
+    "/banditd.v1.Router/UploadFeedback": "feedback",
 }
 MAX_CACHED_KEYS = 10_000
 _CODES = {
@@ -267,7 +268,9 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             async def checked() -> AsyncIterator[Message]:
                 async for request in requests:
                     # Raised into the servicer's loop, whose edge maps it to a status code.
-                    await self._check(principal, method, request)
+                    # A message of many events (UploadFeedback) counts each against rate limits.
+                    amount = float(len(getattr(request, "events", ())) or 1)
+                    await self._check(principal, method, request, amount)
                     yield request
 
             return await inner(checked(), context)

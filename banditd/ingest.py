@@ -1,9 +1,9 @@
 """`banditd ingest`: bulk thumbs/rewards from a JSONL or CSV file into a running server.
 
-Lines are sent in chunks over StreamFeedback; after each chunk's reply (which comes only once the
-chunk is committed) the number of lines done is written to a state file, so an interrupted run
-resumes where it stopped. Re-sending is harmless anyway: feedback already logged counts as a
-duplicate, never twice.
+Lines are sent in chunks over UploadFeedback (many events per message); after each chunk's reply
+(which comes only once the chunk is committed) the number of lines done is written to a state
+file, so an interrupted run resumes where it stopped. Re-sending is harmless anyway: feedback
+already logged counts as a duplicate, never twice.
 """
 
 from __future__ import annotations
@@ -130,11 +130,21 @@ def ingest(
         position = 0
 
         def flush() -> None:
-            reply = stub.StreamFeedback(iter([m for _, m in pending]), metadata=security.metadata)
+            # One UploadFeedback message per tenant of the chunk; error indexes count events in
+            # the order sent.
+            by_tenant: dict[str, list[tuple[int, pb.FeedbackRequest]]] = {}
+            for item in pending:
+                by_tenant.setdefault(item[1].tenant, []).append(item)
+            sent = [item for items in by_tenant.values() for item in items]
+            batches = [
+                pb.FeedbackBatch(tenant=t, events=[m for _, m in items])
+                for t, items in by_tenant.items()
+            ]
+            reply = stub.UploadFeedback(iter(batches), metadata=security.metadata)
             for name in ("accepted", "duplicate", "expired", "invalid"):
                 setattr(summary, name, getattr(summary, name) + getattr(reply, name))
             for error in reply.errors:
-                _reject(summary, rejects, pending[error.index][0], error.kind, error.message)
+                _reject(summary, rejects, sent[error.index][0], error.kind, error.message)
             state_path.write_text(str(position))
             print(f"ingest: {position} lines done, {summary.accepted} accepted", file=sys.stderr)
             pending.clear()

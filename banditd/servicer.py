@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -95,11 +96,36 @@ class RouterServicer(pb_grpc.RouterServicer):
         request_iterator: AsyncIterator[pb.FeedbackRequest],
         context: grpc.aio.ServicerContext[pb.FeedbackRequest, pb.StreamFeedbackResponse],
     ) -> pb.StreamFeedbackResponse:
+        async def inputs() -> AsyncIterator[FeedbackInput]:
+            async for request in request_iterator:
+                yield codec.feedback_from_proto(request)
+
+        return await self._upload(inputs())
+
+    @_edge
+    async def UploadFeedback(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.FeedbackBatch],
+        context: grpc.aio.ServicerContext[pb.FeedbackBatch, pb.StreamFeedbackResponse],
+    ) -> pb.StreamFeedbackResponse:
+        async def inputs() -> AsyncIterator[FeedbackInput]:
+            async for batch in request_iterator:
+                if len(batch.events) > MAX_UPLOAD_BATCH:
+                    raise errors.InvalidArgument(
+                        "events", f"at most {MAX_UPLOAD_BATCH} per message, got {len(batch.events)}"
+                    )
+                for event in batch.events:
+                    yield replace(codec.feedback_from_proto(event), tenant=batch.tenant)
+
+        return await self._upload(inputs())
+
+    async def _upload(self, inputs: AsyncIterator[FeedbackInput]) -> pb.StreamFeedbackResponse:
+        """Commit feedback in batches of STREAM_BATCH; the counts once the last one commits."""
         outcome = BatchOutcome()
         batch: list[FeedbackInput] = []
         seen = 0
-        async for request in request_iterator:
-            batch.append(codec.feedback_from_proto(request))
+        async for item in inputs:
+            batch.append(item)
             if len(batch) == STREAM_BATCH:
                 await self._learner.feedback_batch(batch, outcome, first_index=seen)
                 seen += len(batch)
@@ -109,6 +135,7 @@ class RouterServicer(pb_grpc.RouterServicer):
 
 
 STREAM_BATCH = 1000
+MAX_UPLOAD_BATCH = 10_000
 
 
 class AdminServicer(pb_grpc.AdminServicer):

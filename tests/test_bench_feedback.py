@@ -27,7 +27,7 @@ def test_tiny_run_reports_throughput_and_convergence(
     assert args.func(args) == 0
 
     report = json.loads(capsys.readouterr().out)
-    for upload in ("stream", "ingest"):
+    for upload in ("stream", "upload", "ingest"):
         assert report[upload]["events"] == report[upload]["accepted"] == 300
         assert report[upload]["refused"] == 0
         assert report[upload]["events_per_s"] > 0

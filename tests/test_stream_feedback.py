@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable
 
+import grpc
 import pytest
 
 from banditd import servicer
@@ -74,3 +75,43 @@ async def test_stream_counts_each_event_and_commits_the_good_ones(
     assert (again.accepted, again.duplicate) == (0, 60)
     state = server.app.catalog._by_id[1]
     assert int(state.posterior.n_updates.sum()) == 40
+
+
+async def test_upload_feedback_takes_many_events_per_message(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """UploadFeedback: each message a batch of one tenant's events; counts and error indexes
+    over events. An event naming another tenant is taken as the batch's (its token decides)."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant="other")))
+    made = [
+        await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt=f"{i}"))
+        for i in range(5)
+    ]
+    foreign = await server.router.Select(
+        pb.SelectRequest(tenant="other", router="chat", prompt="x")
+    )
+    events = [pb.FeedbackRequest(decision_id=d.decision_id, thumb=pb.THUMB_UP) for d in made]
+    batches = [
+        pb.FeedbackBatch(tenant="acme", events=events[:3]),
+        pb.FeedbackBatch(
+            tenant="acme",
+            events=[
+                *events[3:],
+                events[0],  # a duplicate
+                pb.FeedbackRequest(tenant="other", decision_id=foreign.decision_id, reward=1.0),
+            ],
+        ),
+    ]
+    reply = await server.router.UploadFeedback(iter(batches))
+    assert (reply.accepted, reply.duplicate, reply.invalid) == (5, 1, 1)
+    assert [(e.index, e.kind) for e in reply.errors] == [(5, "duplicate"), (6, "invalid")]
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="other", name="chat"))
+    assert stats.feedback_count == 0
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.UploadFeedback(
+            iter([pb.FeedbackBatch(tenant="acme", events=[events[0]] * 10_001)])
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -144,15 +144,27 @@ async def _wait_applied(servers: list[local.ServerProcess], event_id: int) -> fl
     return time.perf_counter() - started
 
 
-def _stream(target: str, tokens: list[str]) -> dict[str, Any]:
-    messages = [
+UPLOAD_BATCH = 1000  # events per UploadFeedback message (as `banditd ingest` sends a chunk)
+
+
+def _stream(target: str, tokens: list[str], per_message: int = 1) -> dict[str, Any]:
+    """One upload: StreamFeedback (one event per message), or UploadFeedback with
+    ``per_message`` events in each message."""
+    events = [
         pb.FeedbackRequest(tenant=TENANT, decision_id=t, thumb=_thumb(k), output_tokens=200)
         for k, t in enumerate(tokens)
     ]
     with grpc.insecure_channel(target) as channel:
         stub = rpc.RouterStub(channel)
         started = time.perf_counter()
-        reply = stub.StreamFeedback(iter(messages), timeout=600)
+        if per_message == 1:
+            reply = stub.StreamFeedback(iter(events), timeout=600)
+        else:
+            batches = [
+                pb.FeedbackBatch(tenant=TENANT, events=events[i : i + per_message])
+                for i in range(0, len(events), per_message)
+            ]
+            reply = stub.UploadFeedback(iter(batches), timeout=600)
         seconds = time.perf_counter() - started
     return {
         "events": len(tokens),
@@ -265,12 +277,15 @@ def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:
         minter = Minter(key, _router_id(first, key, cfg.dim), cfg.dim, cfg.arms)
         _log(f"{cfg.replicas} replicas on {database_url.split(':')[0]}; minting tokens")
         stream_tokens, ingest_tokens = minter.tokens(cfg.events), minter.tokens(cfg.events)
+        upload_tokens = minter.tokens(cfg.events)
         probe_tokens = minter.tokens(cfg.probes)
 
         _log(f"StreamFeedback of {cfg.events} events")
         stream = _stream(first, stream_tokens)
         last = asyncio.run(_applied_id(servers[0].metrics or ""))
         bulk_s = asyncio.run(_wait_applied(servers, last))
+        _log(f"UploadFeedback of {cfg.events} events, {UPLOAD_BATCH} per message")
+        upload = _stream(first, upload_tokens, UPLOAD_BATCH)
         _log(f"ingest of {cfg.events} lines")
         ingested = _ingest(first, ingest_tokens, Path(tmp))
         _log(f"{cfg.probes} single Feedback calls at {cfg.probe_rate:g}/s")
@@ -291,12 +306,14 @@ def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:
         },
         "machine": {"cores": os.cpu_count(), "load_average_at_end": list(os.getloadavg())},
         "stream": stream,
+        "upload": upload,
         "ingest": ingested,
         "bulk_converged_s": round(bulk_s, 3),
         "commit_ms": _ms(commits),
         "convergence_ms": convergence,
         "targets": {
             "stream_20k_events_per_s": stream["events_per_s"] >= TARGET_EVENTS_PER_S,
+            "upload_20k_events_per_s": upload["events_per_s"] >= TARGET_EVENTS_PER_S,
             "ingest_20k_events_per_s": ingested["events_per_s"] >= TARGET_EVENTS_PER_S,
             "convergence_p99_under_1s": (
                 None
@@ -309,6 +326,7 @@ def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:
 
 def render_text(report: dict[str, Any]) -> str:
     c, s, i = report["config"], report["stream"], report["ingest"]
+    u = report["upload"]
     conv, commit = report["convergence_ms"], report["commit_ms"]
     return "\n".join(
         [
@@ -316,6 +334,8 @@ def render_text(report: dict[str, Any]) -> str:
             f"{c['events']} events per upload, context of {c['embedding_dim']} floats",
             f"StreamFeedback  {s['events_per_s']:>8,} events/s  ({s['accepted']} accepted in "
             f"{s['seconds']} s)",
+            f"UploadFeedback  {u['events_per_s']:>8,} events/s  ({u['accepted']} accepted in "
+            f"{u['seconds']} s, {UPLOAD_BATCH} events per message)",
             f"banditd ingest  {i['events_per_s']:>8,} events/s  ({i['accepted']} accepted in "
             f"{i['seconds']} s)",
             f"every replica had applied the upload {report['bulk_converged_s']} s after the reply",

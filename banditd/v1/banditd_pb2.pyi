@@ -386,6 +386,33 @@ class FeedbackError(_message.Message):
 Global___FeedbackError: _TypeAlias = FeedbackError  # noqa: Y015
 
 @_typing.final
+class FeedbackBatch(_message.Message):
+    """Events of one tenant for UploadFeedback (at most 10,000 per message). Every event is taken as
+    the batch's tenant, whatever its own tenant field says.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackRequest]: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        events: _abc.Iterable[Global___FeedbackRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackBatch: _TypeAlias = FeedbackBatch  # noqa: Y015
+
+@_typing.final
 class StreamFeedbackResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

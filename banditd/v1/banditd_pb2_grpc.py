@@ -50,6 +50,11 @@ class RouterStub:
                 request_serializer=banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.FromString,
                 _registered_method=True)
+        self.UploadFeedback = channel.stream_unary(
+                '/banditd.v1.Router/UploadFeedback',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.FeedbackBatch.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -76,6 +81,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFeedback(self, request_iterator, context):
+        """The same with many events per message: for bulk loads (`banditd ingest` uses it), where one
+        gRPC message per event costs more than the event itself. Error indexes count events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_RouterServicer_to_server(servicer, server):
             'StreamFeedback': grpc.stream_unary_rpc_method_handler(
                     servicer.StreamFeedback,
                     request_deserializer=banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.SerializeToString,
+            ),
+            'UploadFeedback': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFeedback,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.FeedbackBatch.FromString,
                     response_serializer=banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.SerializeToString,
             ),
     }
@@ -176,6 +194,33 @@ class Router:
             target,
             '/banditd.v1.Router/StreamFeedback',
             banditd_dot_v1_dot_banditd__pb2.FeedbackRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFeedback(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/banditd.v1.Router/UploadFeedback',
+            banditd_dot_v1_dot_banditd__pb2.FeedbackBatch.SerializeToString,
             banditd_dot_v1_dot_banditd__pb2.StreamFeedbackResponse.FromString,
             options,
             channel_credentials,

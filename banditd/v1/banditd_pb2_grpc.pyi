@@ -39,6 +39,10 @@ class RouterStub:
     """Bulk upload: events are committed in batches and the counts are returned only after the
     last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
     """
+    UploadFeedback: _grpc.StreamUnaryMultiCallable[_banditd_pb2.FeedbackBatch, _banditd_pb2.StreamFeedbackResponse]
+    """The same with many events per message: for bulk loads (`banditd ingest` uses it), where one
+    gRPC message per event costs more than the event itself. Error indexes count events.
+    """
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -50,6 +54,10 @@ class RouterAsyncStub(RouterStub):
     StreamFeedback: _aio.StreamUnaryMultiCallable[_banditd_pb2.FeedbackRequest, _banditd_pb2.StreamFeedbackResponse]  # type: ignore[assignment]
     """Bulk upload: events are committed in batches and the counts are returned only after the
     last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
+    """
+    UploadFeedback: _aio.StreamUnaryMultiCallable[_banditd_pb2.FeedbackBatch, _banditd_pb2.StreamFeedbackResponse]  # type: ignore[assignment]
+    """The same with many events per message: for bulk loads (`banditd ingest` uses it), where one
+    gRPC message per event costs more than the event itself. Error indexes count events.
     """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
@@ -77,6 +85,16 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_banditd_pb2.StreamFeedbackResponse, _abc.Awaitable[_banditd_pb2.StreamFeedbackResponse]]:
         """Bulk upload: events are committed in batches and the counts are returned only after the
         last commit. Safe to resend after a failure: feedback already logged counts as duplicate.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadFeedback(
+        self,
+        request_iterator: _MaybeAsyncIterator[_banditd_pb2.FeedbackBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.StreamFeedbackResponse, _abc.Awaitable[_banditd_pb2.StreamFeedbackResponse]]:
+        """The same with many events per message: for bulk loads (`banditd ingest` uses it), where one
+        gRPC message per event costs more than the event itself. Error indexes count events.
         """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
