@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from banditd.admin import RouterStats
 from banditd.domain import (
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
     DEFAULT_PRIOR_QUALITY,
+    ENCODER_DIMS,
     DEFAULT_REWARD_WAIT_SECONDS,
     ArmSpec,
     Decision,
@@ -18,7 +21,16 @@ _THUMBS = {pb.THUMB_UP: "up", pb.THUMB_DOWN: "down"}
 
 
 def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
+    encoder = msg.encoder or "hashing"
+    native = ENCODER_DIMS.get(encoder)
     return RouterSpec(
+        encoder=encoder,
+        metadata_keys=tuple(msg.metadata_keys),
+        metadata_slots=msg.metadata_slots or DEFAULT_METADATA_SLOTS,
+        pca_dim=msg.pca_dim,
+        pca_fit_samples=msg.pca_fit_samples or DEFAULT_PCA_FIT_SAMPLES,
+        knn_k=msg.knn_k,
+        text_window_tokens=msg.text_window_tokens,
         tenant=msg.tenant,
         name=msg.name,
         arms=tuple(
@@ -39,7 +51,7 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         **{
             key: value
             for key, value in (
-                ("embedding_dim", msg.embedding_dim),
+                ("embedding_dim", msg.embedding_dim or native),
                 ("feedback_ttl_seconds", msg.feedback_ttl_seconds),
                 ("prior_output_tokens", msg.prior_output_tokens),
             )
@@ -74,6 +86,13 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         explore_new_arm=spec.explore_new_arm,
         default_reward=spec.default_reward,
         reward_wait_seconds=spec.reward_wait_seconds,
+        encoder=spec.encoder,
+        metadata_keys=list(spec.metadata_keys),
+        metadata_slots=spec.metadata_slots,
+        pca_dim=spec.pca_dim,
+        pca_fit_samples=spec.pca_fit_samples,
+        knn_k=spec.knn_k,
+        text_window_tokens=spec.text_window_tokens,
     )
 
 
@@ -109,6 +128,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
         explored=d.explored,
         expected_cost_usd=d.expected_cost_usd,
         expires_at_unix=int(d.expires_at),
+        context_version=d.context_version or "",
     )
 
 

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1)
     max_metadata_entries: int = Field(64, ge=0)
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
+    # Context features: micro-batching of slow text encoders (minilm).
+    encoder_max_wait_ms: float = Field(
+        2.0, ge=0, le=50, description="longest a prompt waits for others to share an encoder call"
+    )
+    encoder_max_batch: int = Field(64, ge=1, le=1024, description="prompts per encoder call")
 
     @field_validator("listen")
     @classmethod

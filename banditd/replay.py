@@ -52,9 +52,15 @@ import numpy as np
 
 from banditd.catalog import RouterState
 from banditd.config import Settings
-from banditd.context import build_x
+from banditd.context.encoders import get_encoder
+from banditd.context.metadata import MemoryVocabularyStore
+from banditd.context.pipeline import ContextPipeline
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
+    ENCODER_DIMS,
+    ENCODERS,
     POLICIES,
     ArmSpec,
     FeedbackEvent,
@@ -95,6 +101,8 @@ class Outcomes:
     lines: tuple[int, ...]
     quality: FloatArray
     cost: FloatArray
+    # Request metadata per prompt (record fields named by --metadata-from), length n.
+    metadata: tuple[dict[str, str], ...] = ()
 
     @property
     def n(self) -> int:
@@ -120,6 +128,14 @@ class Options:
     embedding_dim: int = DEFAULT_EMBEDDING_DIM
     exploration: float = 0.0
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    # Context features (banditd.context): record fields sent as request metadata, encoder, etc.
+    metadata_from: tuple[str, ...] = ()
+    metadata_slots: int = DEFAULT_METADATA_SLOTS
+    encoder: str = "hashing"
+    text_window_tokens: int = 0
+    pca_dim: int = 0
+    pca_fit_samples: int = DEFAULT_PCA_FIT_SAMPLES
+    knn_k: int = 0
 
 
 class Progress:
@@ -167,7 +183,18 @@ def _outcome_row(
     return quality, cost
 
 
-def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None) -> Outcomes:
+def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, str]:
+    """The request metadata a calling service would send for a record: each named field's
+    value as text (absent or null fields are left out)."""
+    return {f: str(record[f]) for f in fields if record.get(f) is not None}
+
+
+def load_outcomes(
+    path: Path,
+    arms: Sequence[str] = (),
+    limit: int | None = None,
+    metadata_from: Sequence[str] = (),
+) -> Outcomes:
     """The first ``limit`` records of an outcome file, checked; bad records raise, by line.
 
     arms: the models to route between; by default those of the first record, in its order.
@@ -177,6 +204,7 @@ def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None
     lines: list[int] = []
     quality: list[list[float]] = []
     cost: list[list[float]] = []
+    metadata: list[dict[str, str]] = []
     try:
         for record in itertools.islice(read_outcomes(path), limit):
             line = int(record["_line"])
@@ -189,6 +217,7 @@ def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None
             q, c = _outcome_row(path, line, models, arms)
             prompts.append(prompt)
             lines.append(line)
+            metadata.append(record_metadata(record, metadata_from))
             quality.append(q)
             cost.append(c)
     except (EOFError, UnicodeDecodeError) as exc:
@@ -197,7 +226,13 @@ def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None
     if not prompts:
         raise InvalidArgument("data", f"{path}:1: no records (the file is empty)")
     return Outcomes(
-        path, tuple(arms), tuple(prompts), tuple(lines), np.array(quality), np.array(cost)
+        path,
+        tuple(arms),
+        tuple(prompts),
+        tuple(lines),
+        np.array(quality),
+        np.array(cost),
+        tuple(metadata),
     )
 
 
@@ -210,22 +245,47 @@ def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> Route
         policy=opts.policy,
         exploration=opts.exploration,
         default_cost_weight=cost_weight,
-        embedding_dim=opts.embedding_dim,
+        embedding_dim=ENCODER_DIMS.get(opts.encoder, opts.embedding_dim),
+        encoder=opts.encoder,
+        metadata_keys=opts.metadata_from,
+        metadata_slots=opts.metadata_slots,
+        pca_dim=opts.pca_dim,
+        pca_fit_samples=opts.pca_fit_samples,
+        knn_k=opts.knn_k,
+        text_window_tokens=opts.text_window_tokens,
     )
 
 
-def contexts(
-    spec: RouterSpec, outcomes: Outcomes, max_prompt_chars: int, progress: Progress
+def pipeline_of(spec: RouterSpec, max_prompt_chars: int) -> ContextPipeline:
+    """The context pipeline a server builds for the router, with an in-memory vocabulary."""
+    encoder = get_encoder(spec.encoder, spec.embedding_dim)
+    return ContextPipeline(
+        spec, encoder, MemoryVocabularyStore(), max_prompt_chars=max_prompt_chars
+    )
+
+
+ENCODE_CHUNK = 256
+
+
+def embeddings(
+    pipeline: ContextPipeline, prompts: Sequence[str], label: str, progress: Progress
 ) -> FloatArray:
-    """The context x Select builds for each prompt, shape (n, spec.dim)."""
-    xs = np.empty((outcomes.n, spec.dim))
-    for t, prompt in enumerate(outcomes.prompts):
-        try:
-            xs[t] = build_x(spec, prompt=prompt, embedding=None, max_prompt_chars=max_prompt_chars)
-        except InvalidArgument as exc:
-            raise _bad(outcomes.path, outcomes.lines[t], exc.message) from exc
-        progress("encoding prompts", t + 1, outcomes.n)
-    return xs
+    """The encoder's raw embedding of each prompt, shape (n, embedding_dim)."""
+    out = np.empty((len(prompts), pipeline.spec.embedding_dim))
+    for start in range(0, len(prompts), ENCODE_CHUNK):
+        chunk = prompts[start : start + ENCODE_CHUNK]
+        out[start : start + len(chunk)] = pipeline.embed_now(chunk)
+        progress(label, start + len(chunk), len(prompts))
+    return out
+
+
+def contexts(
+    pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray
+) -> FloatArray:
+    """x of each prompt in stream order without learning (no kNN features), shape (n, dim)."""
+    return np.stack(
+        [pipeline.build_now(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)]
+    )
 
 
 def fresh_posterior(spec: RouterSpec) -> Posterior:
@@ -237,13 +297,34 @@ def fresh_posterior(spec: RouterSpec) -> Posterior:
 
 
 def warm_posterior(
-    spec: RouterSpec, path: Path, max_prompt_chars: int
+    spec: RouterSpec,
+    path: Path,
+    max_prompt_chars: int,
+    pipeline: ContextPipeline | None = None,
+    metadata_from: Sequence[str] = (),
 ) -> tuple[Posterior, WarmStartReport]:
-    """The posterior after `banditd warm-start` on ``path``: its offline events in order."""
+    """The posterior after `banditd warm-start` on ``path``: its offline events in order.
+
+    With a pipeline, x comes from it (the records' metadata fields included), and its PCA
+    samples and kNN index take in the warm-start data too."""
     posterior, report = fresh_posterior(spec), WarmStartReport()
-    events = offline_events(spec, 0, read_outcomes(path), report, max_prompt_chars=max_prompt_chars)
+    records: list[dict[str, Any]] = list(read_outcomes(path))
+    featurise = None
+    if pipeline is not None:
+        good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
+        raw = {id(r): v for r, v in zip(good, pipeline.embed_now([r["prompt"] for r in good]))}
+
+        def featurise(record: dict[str, Any]) -> FloatArray:
+            return pipeline.build_now(raw[id(record)], record_metadata(record, metadata_from))
+
+    events = offline_events(
+        spec, 0, records, report, max_prompt_chars=max_prompt_chars, featurise=featurise
+    )
     for event_id, event in enumerate(events, start=1):
-        posterior.apply(dataclasses.replace(event, event_id=event_id))
+        event = dataclasses.replace(event, event_id=event_id)
+        posterior.apply(event)
+        if pipeline is not None:
+            pipeline.observe(event)
     if not report.events:
         raise InvalidArgument("warm_start", f"{path}: no outcomes for any of the replay's arms")
     return posterior, report
@@ -303,8 +384,9 @@ def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: floa
 def learn_online(
     spec: RouterSpec,
     outcomes: Outcomes,
-    xs: FloatArray,
+    raw: FloatArray,
     *,
+    pipeline: ContextPipeline,
     posterior: Posterior,
     seed: int,
     feedback: str,
@@ -312,7 +394,9 @@ def learn_online(
     progress: Callable[[int], None],
 ) -> IntArray:
     """Route the stream with the router's policy, learning online; the arm (column of
-    outcomes) per prompt, REFUSED where the budget refused it, shape (n,). xs: (n, spec.dim)."""
+    outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
+    embedding of each prompt, (n, spec.embedding_dim); x is built from it at each step, so PCA
+    fitting and kNN features follow the stream as they would in the server."""
     state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), posterior)
     rng = np.random.default_rng(seed)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
@@ -320,15 +404,19 @@ def learn_online(
     ledger = Ledger(budget_usd, outcomes.n)
     picks = np.full(outcomes.n, REFUSED, dtype=np.int64)
     event_id = posterior.last_event_id
+    metadata = outcomes.metadata or ({},) * outcomes.n
     for t, prompt in enumerate(outcomes.prompts):
-        arm = _choose(state, xs[t], prompt, ledger.pace(t), rng)
+        x = pipeline.build_now(raw[t], metadata[t])
+        arm = _choose(state, x, prompt, ledger.pace(t), rng)
         j = column[arm]
         quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
         if ledger.charge(cost):
             picks[t] = j
             reward = float(thumbs[t] < quality) if feedback == "thumbs" else quality
             event_id += 1
-            posterior.apply(_event(event_id, arm, xs[t], reward, cost))
+            event = _event(event_id, arm, x, reward, cost)
+            posterior.apply(event)
+            pipeline.observe(event)
         progress(t + 1)
     return picks
 
@@ -460,18 +548,28 @@ class Replay:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.progress = Progress()
-        self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit)
+        self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit, opts.metadata_from)
         self.learning = opts.policy in POLICIES
         self.warm_report: WarmStartReport | None = None
-        self.xs = np.zeros((self.outcomes.n, 0))
+        self.raw = np.zeros((self.outcomes.n, 0))
         self.prior: Posterior | None = None
+        self.pipeline: ContextPipeline | None = None
+        self.encode_s = 0.0
         if self.learning:
             spec = router_spec(self.outcomes.arms, opts, opts.cost_weight)
-            self.xs = contexts(spec, self.outcomes, opts.max_prompt_chars, self.progress)
+            self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
+            started = time.perf_counter()
+            try:
+                self.raw = embeddings(
+                    self.pipeline, self.outcomes.prompts, "encoding prompts", self.progress
+                )
+            except InvalidArgument as exc:
+                raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
+            self.encode_s = round(time.perf_counter() - started, 2)
             self.prior = fresh_posterior(spec)
             if opts.warm_start is not None:
                 self.prior, self.warm_report = warm_posterior(
-                    spec, opts.warm_start, opts.max_prompt_chars
+                    spec, opts.warm_start, opts.max_prompt_chars, self.pipeline, opts.metadata_from
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
 
@@ -487,10 +585,12 @@ class Replay:
             return gate(chosen, outcomes, budget_usd)
         budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
+        assert self.pipeline is not None
         return learn_online(
             router_spec(outcomes.arms, opts, cost_weight),
             outcomes,
-            self.xs,
+            self.raw,
+            pipeline=self.pipeline.fork(),
             posterior=copy.deepcopy(self.prior),
             seed=seed,
             feedback=opts.feedback,
@@ -588,6 +688,17 @@ def replay(opts: Options) -> dict[str, Any]:
         "policy": opts.policy,
         "exploration": None if spec is None else spec.alpha,
         "embedding_dim": None if spec is None else spec.embedding_dim,
+        "context": None
+        if spec is None or run.pipeline is None
+        else {
+            "encoder": spec.encoder,
+            "text_window_tokens": spec.text_window_tokens,
+            "metadata_from": list(spec.metadata_keys),
+            "pca_dim": spec.pca_dim,
+            "knn_k": spec.knn_k,
+            "dim": spec.dim,
+            "encode_s": run.encode_s,
+        },
         "feedback": opts.feedback,
         "cost_weight": opts.cost_weight,
         "budget_usd": opts.budget_usd,
@@ -797,6 +908,13 @@ def options(args: argparse.Namespace) -> Options:
         limit=args.limit,
         embedding_dim=args.embedding_dim,
         exploration=args.exploration,
+        metadata_from=tuple(f.strip() for f in (args.metadata_from or "").split(",") if f.strip()),
+        metadata_slots=args.metadata_slots,
+        encoder=args.encoder,
+        text_window_tokens=args.text_window,
+        pca_dim=args.pca_dim,
+        pca_fit_samples=args.pca_fit_samples,
+        knn_k=args.knn_k,
     )
 
 
@@ -862,6 +980,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
     )
+    p.add_argument(
+        "--metadata-from",
+        metavar="FIELD[,FIELD]",
+        help="send these record fields (e.g. task) as request metadata the router declares",
+    )
+    p.add_argument(
+        "--metadata-slots", type=_int_from(2), default=DEFAULT_METADATA_SLOTS, help="(%(default)s)"
+    )
+    p.add_argument("--encoder", choices=ENCODERS, default="hashing", help="text encoder (hashing)")
+    p.add_argument(
+        "--text-window",
+        type=_int_from(0),
+        default=0,
+        metavar="TOKENS",
+        help="encode only the last N tokens of each prompt (0: whole prompt)",
+    )
+    p.add_argument("--pca-dim", type=_int_from(0), default=0, help="PCA size (0: none)")
+    p.add_argument(
+        "--pca-fit-samples", type=_int_from(1), default=DEFAULT_PCA_FIT_SAMPLES, help="(%(default)s)"
+    )
+    p.add_argument("--knn-k", type=_int_from(0), default=0, help="kNN outcome features (0: off)")
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)

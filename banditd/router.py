@@ -14,7 +14,7 @@ import structlog
 
 from banditd import metrics
 from banditd.catalog import Catalog, RouterState
-from banditd.context import build_x, input_tokens_estimate
+from banditd.context import input_tokens_estimate
 from banditd.decision_log import DecisionLog
 from banditd.domain import (
     ArmSpec,
@@ -95,17 +95,16 @@ class Selector:
             earlier = await self._decisions.find(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
-            # No await from here on: a concurrent twin of this request sees ours in the log.
+        spec, context = state.spec, state.context
+        assert context is not None  # the catalog gives every router its pipeline
+        x = await context.build(prompt=req.prompt, embedding=req.embedding, metadata=req.metadata)
+        if context.unsaved_reduction:
+            await self._catalog.save_reduction(state)
+        # No await from here on: a concurrent twin of this request sees ours in the log.
+        if req.request_id:
             earlier = self._decisions.lookup(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
-        spec = state.spec
-        x = build_x(
-            spec,
-            prompt=req.prompt,
-            embedding=req.embedding,
-            max_prompt_chars=self._max_prompt_chars,
-        )
         seed = self._seeds()
         ranked = rank_arms(
             state,
@@ -153,6 +152,7 @@ class Selector:
             candidates=ranked.candidates,
             metadata=dict(req.metadata),
             x=x,
+            context_version=context.version,
         )
         self._decisions.add(decision)
         metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()

@@ -18,6 +18,7 @@ from banditd import metrics
 from banditd.admin import Admin
 from banditd.catalog import Catalog
 from banditd.config import Settings
+from banditd.context.registry import Encoders
 from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
 from banditd.errors import Unavailable
@@ -100,6 +101,7 @@ class App:
             await self.decisions.close()
             await self.catalog.snapshot_all()
         finally:
+            self.catalog.encoders.close()
             await self.db.close()
         log.info("stopped")
 
@@ -126,7 +128,12 @@ async def build_app(settings: Settings) -> App:
         else await repo.secret("decision_signing_key")
     )
     signer = TokenSigner(key)
-    catalog = Catalog(repo, settings.snapshot_every)
+    catalog = Catalog(
+        repo,
+        settings.snapshot_every,
+        encoders=Encoders(settings.encoder_max_wait_ms / 1000.0, settings.encoder_max_batch),
+        max_prompt_chars=settings.max_prompt_chars,
+    )
     decisions = DecisionLog(repo, settings.decision_flush_ms / 1000.0)
     selector = Selector(
         catalog,

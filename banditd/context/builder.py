@@ -8,7 +8,7 @@ import numpy as np
 
 from banditd.context.hashing import HashingEncoder
 from banditd.domain import FloatArray, RouterSpec
-from banditd.errors import InvalidArgument
+from banditd.errors import FailedPrecondition, InvalidArgument
 
 CHARS_PER_TOKEN = 4.0
 
@@ -23,7 +23,14 @@ def build_x(
     """Context vector, shape (spec.dim,), float64 whose values are exact float32.
 
     Rounding through float32 keeps x identical after it travels in a decision token.
+    The hashing encoder's x without request metadata or kNN outcomes (those parts are zero);
+    routers with another encoder or a PCA build x through banditd.context.pipeline.
     """
+    if spec.encoder != "hashing" or spec.pca_dim:
+        raise FailedPrecondition(
+            f"router {spec.name!r} uses encoder {spec.encoder!r}"
+            f"{' with PCA' if spec.pca_dim else ''}: build x with its context pipeline"
+        )
     if prompt is not None:
         if not prompt.strip():
             raise InvalidArgument("prompt", "must not be empty")
@@ -43,9 +50,9 @@ def build_x(
             raise InvalidArgument("embedding.values", "must all be finite (no NaN or inf)")
     else:
         raise InvalidArgument("context", "set either prompt or embedding")
-    x = np.empty(spec.dim, dtype=np.float64)
+    x = np.zeros(spec.dim, dtype=np.float64)
     x[0] = 1.0
-    x[1:] = vec
+    x[1 : 1 + spec.embedding_dim] = vec
     x32 = x.astype(np.float32)
     if not np.all(np.isfinite(x32)):
         raise InvalidArgument("embedding.values", "values overflow float32")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x61nditd/v1/banditd.proto\x12\nbanditd.v1\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xe2\x02\n\rSelectRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06router\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x06prompt\x18\x04 \x01(\tH\x00\x12*\n\tembedding\x18\x05 \x01(\x0b\x32\x15.banditd.v1.EmbeddingH\x00\x12\x12\n\ncandidates\x18\x06 \x03(\t\x12\x18\n\x0b\x63ost_weight\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x39\n\x08metadata\x18\t \x03(\x0b\x32\'.banditd.v1.SelectRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontextB\x0e\n\x0c_cost_weightB\x0f\n\r_max_cost_usd\"Y\n\tRankedArm\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x01(\x01\x12\x15\n\rquality_score\x18\x04 \x01(\x01\"\xb4\x01\n\x0eSelectResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12&\n\x07ranking\x18\x03 \x03(\x0b\x32\x15.banditd.v1.RankedArm\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x19\n\x11\x65xpected_cost_usd\x18\x06 \x01(\x01\x12\x17\n\x0f\x65xpires_at_unix\x18\x07 \x01(\x03\"\xab\x02\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\"\n\x05thumb\x18\x03 \x01(\x0e\x32\x11.banditd.v1.ThumbH\x00\x12\x10\n\x06reward\x18\x04 \x01(\x01H\x00\x12\x15\n\x08\x63ost_usd\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cinput_tokens\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\routput_tokens\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x17\n\nlatency_ms\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\x08\x42\x08\n\x06signalB\x0b\n\t_cost_usdB\x0f\n\r_input_tokensB\x10\n\x0e_output_tokensB\r\n\x0b_latency_ms\"F\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\"=\n\rFeedbackError\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8a\x01\n\x16StreamFeedbackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x03\x12\x0f\n\x07invalid\x18\x04 \x01(\x03\x12)\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x19.banditd.v1.FeedbackError\"b\n\x03\x41rm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x14input_price_per_mtok\x18\x02 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x03 \x01(\x01\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"\xae\x03\n\x0cRouterConfig\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x0f.banditd.v1.Arm\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x13\n\x0b\x65xploration\x18\x05 \x01(\x01\x12\x1b\n\x13\x64\x65\x66\x61ult_cost_weight\x18\x06 \x01(\x01\x12\x15\n\rembedding_dim\x18\x07 \x01(\r\x12\x1c\n\x14\x66\x65\x65\x64\x62\x61\x63k_ttl_seconds\x18\x08 \x01(\r\x12\x1b\n\x13prior_output_tokens\x18\t \x01(\r\x12\x0f\n\x07version\x18\n \x01(\x03\x12\x12\n\nforgetting\x18\x0b \x01(\x01\x12\x1a\n\rprior_quality\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cprior_weight\x18\r \x01(\x01\x12\x17\n\x0f\x65xplore_new_arm\x18\x0e \x01(\r\x12\x1b\n\x0e\x64\x65\x66\x61ult_reward\x18\x0f \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x13reward_wait_seconds\x18\x10 \x01(\rB\x10\n\x0e_prior_qualityB\x11\n\x0f_default_reward\"<\n\x10PutRouterRequest\x12(\n\x06router\x18\x01 \x01(\x0b\x32\x18.banditd.v1.RouterConfig\"N\n\x11PutRouterResponse\x12(\n\x06router\x18\x01 \x01(\x0b\x32\x18.banditd.v1.RouterConfig\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"0\n\x10GetRouterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"=\n\x11GetRouterResponse\x12(\n\x06router\x18\x01 \x01(\x0b\x32\x18.banditd.v1.RouterConfig\"$\n\x12ListRoutersRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"@\n\x13ListRoutersResponse\x12)\n\x07routers\x18\x01 \x03(\x0b\x32\x18.banditd.v1.RouterConfig\"3\n\x13\x44\x65leteRouterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteRouterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"/\n\x0fGetStatsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"j\n\x08\x41rmStats\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x11\n\tdecisions\x18\x02 \x01(\x03\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x03 \x01(\x03\x12\x13\n\x0bmean_reward\x18\x04 \x01(\x01\x12\x11\n\tspend_usd\x18\x05 \x01(\x01\"\xd6\x01\n\x10GetStatsResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x14.banditd.v1.ArmStats\x12\x11\n\tdecisions\x18\x04 \x01(\x03\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x05 \x01(\x03\x12\x11\n\tspend_usd\x18\x06 \x01(\x01\x12\x18\n\x10\x61pplied_event_id\x18\x07 \x01(\x03\x12\x14\n\x0clog_event_id\x18\x08 \x01(\x03\x12\x12\n\nlag_events\x18\t \x01(\x03*<\n\x05Thumb\x12\x15\n\x11THUMB_UNSPECIFIED\x10\x00\x12\x0c\n\x08THUMB_UP\x10\x01\x12\x0e\n\nTHUMB_DOWN\x10\x02\x32\xe5\x01\n\x06Router\x12?\n\x06Select\x12\x19.banditd.v1.SelectRequest\x1a\x1a.banditd.v1.SelectResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.banditd.v1.FeedbackRequest\x1a\x1c.banditd.v1.FeedbackResponse\x12S\n\x0eStreamFeedback\x12\x1b.banditd.v1.FeedbackRequest\x1a\".banditd.v1.StreamFeedbackResponse(\x01\x32\x85\x03\n\x05\x41\x64min\x12H\n\tPutRouter\x12\x1c.banditd.v1.PutRouterRequest\x1a\x1d.banditd.v1.PutRouterResponse\x12H\n\tGetRouter\x12\x1c.banditd.v1.GetRouterRequest\x1a\x1d.banditd.v1.GetRouterResponse\x12N\n\x0bListRouters\x12\x1e.banditd.v1.ListRoutersRequest\x1a\x1f.banditd.v1.ListRoutersResponse\x12Q\n\x0c\x44\x65leteRouter\x12\x1f.banditd.v1.DeleteRouterRequest\x1a .banditd.v1.DeleteRouterResponse\x12\x45\n\x08GetStats\x12\x1b.banditd.v1.GetStatsRequest\x1a\x1c.banditd.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x61nditd/v1/banditd.proto\x12\nbanditd.v1\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xe2\x02\n\rSelectRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06router\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x06prompt\x18\x04 \x01(\tH\x00\x12*\n\tembedding\x18\x05 \x01(\x0b\x32\x15.banditd.v1.EmbeddingH\x00\x12\x12\n\ncandidates\x18\x06 \x03(\t\x12\x18\n\x0b\x63ost_weight\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x39\n\x08metadata\x18\t \x03(\x0b\x32\'.banditd.v1.SelectRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontextB\x0e\n\x0c_cost_weightB\x0f\n\r_max_cost_usd\"Y\n\tRankedArm\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x01(\x01\x12\x15\n\rquality_score\x18\x04 \x01(\x01\"\xcd\x01\n\x0eSelectResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12&\n\x07ranking\x18\x03 \x03(\x0b\x32\x15.banditd.v1.RankedArm\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x19\n\x11\x65xpected_cost_usd\x18\x06 \x01(\x01\x12\x17\n\x0f\x65xpires_at_unix\x18\x07 \x01(\x03\x12\x17\n\x0f\x63ontext_version\x18\x14 \x01(\t\"\xab\x02\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\"\n\x05thumb\x18\x03 \x01(\x0e\x32\x11.banditd.v1.ThumbH\x00\x12\x10\n\x06reward\x18\x04 \x01(\x01H\x00\x12\x15\n\x08\x63ost_usd\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cinput_tokens\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\routput_tokens\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x17\n\nlatency_ms\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\x08\x42\x08\n\x06signalB\x0b\n\t_cost_usdB\x0f\n\r_input_tokensB\x10\n\x0e_output_tokensB\r\n\x0b_latency_ms\"F\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\"=\n\rFeedbackError\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8a\x01\n\x16StreamFeedbackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x03\x12\x0f\n\x07invalid\x18\x04 \x01(\x03\x12)\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x19.banditd.v1.FeedbackError\"b\n\x03\x41rm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x14input_price_per_mtok\x18\x02 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x03 \x01(\x01\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"\xc3\x04\n\x0cRouterConfig\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x0f.banditd.v1.Arm\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x13\n\x0b\x65xploration\x18\x05 \x01(\x01\x12\x1b\n\x13\x64\x65\x66\x61ult_cost_weight\x18\x06 \x01(\x01\x12\x15\n\rembedding_dim\x18\x07 \x01(\r\x12\x1c\n\x14\x66\x65\x65\x64\x62\x61\x63k_ttl_seconds\x18\x08 \x01(\r\x12\x1b\n\x13prior_output_tokens\x18\t \x01(\r\x12\x0f\n\x07version\x18\n \x01(\x03\x12\x12\n\nforgetting\x18\x0b \x01(\x01\x12\x1a\n\rprior_quality\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cprior_weight\x18\r \x01(\x01\x12\x17\n\x0f\x65xplore_new_arm\x18\x0e \x01(\r\x12\x1b\n\x0e\x64\x65\x66\x61ult_reward\x18\x0f \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x13reward_wait_seconds\x18\x10 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x14 \x01(\t\x12\x15\n\rmetadata_keys\x18\x15 \x03(\t\x12\x16\n\x0emetadata_slots\x18\x16 \x01(\r\x12\x0f\n\x07pca_dim\x18\x17 \x01(\r\x12\x17\n\x0fpca_fit_samples\x18\x18 \x01(\r\x12\r\n\x05knn_k\x18\x19 \x01(\r\x12\x1a\n\x12text_window_tokens\x18\x1a \x01(\rB\x10\n\x0e_prior_qualityB\x11\n\x0f_default_reward\"<\n\x10PutRouterRequest\x12(\n\x06router\x18\x01 \x01(\x0b\x32\x18.banditd.v1.RouterConfig\"N\n\x11PutRouterResponse\x12(\n\x06router\x18\x01 \x01(\x0b\x32\x18.banditd.v1.RouterConfig\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"0\n\x10GetRouterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"=\n\x11GetRouterResponse\x12(\n\x06router\x18\x01 \x01(\x0b\x32\x18.banditd.v1.RouterConfig\"$\n\x12ListRoutersRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"@\n\x13ListRoutersResponse\x12)\n\x07routers\x18\x01 \x03(\x0b\x32\x18.banditd.v1.RouterConfig\"3\n\x13\x44\x65leteRouterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteRouterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"/\n\x0fGetStatsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"j\n\x08\x41rmStats\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x11\n\tdecisions\x18\x02 \x01(\x03\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x03 \x01(\x03\x12\x13\n\x0bmean_reward\x18\x04 \x01(\x01\x12\x11\n\tspend_usd\x18\x05 \x01(\x01\"\xd6\x01\n\x10GetStatsResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x14.banditd.v1.ArmStats\x12\x11\n\tdecisions\x18\x04 \x01(\x03\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x05 \x01(\x03\x12\x11\n\tspend_usd\x18\x06 \x01(\x01\x12\x18\n\x10\x61pplied_event_id\x18\x07 \x01(\x03\x12\x14\n\x0clog_event_id\x18\x08 \x01(\x03\x12\x12\n\nlag_events\x18\t \x01(\x03*<\n\x05Thumb\x12\x15\n\x11THUMB_UNSPECIFIED\x10\x00\x12\x0c\n\x08THUMB_UP\x10\x01\x12\x0e\n\nTHUMB_DOWN\x10\x02\x32\xe5\x01\n\x06Router\x12?\n\x06Select\x12\x19.banditd.v1.SelectRequest\x1a\x1a.banditd.v1.SelectResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.banditd.v1.FeedbackRequest\x1a\x1c.banditd.v1.FeedbackResponse\x12S\n\x0eStreamFeedback\x12\x1b.banditd.v1.FeedbackRequest\x1a\".banditd.v1.StreamFeedbackResponse(\x01\x32\x85\x03\n\x05\x41\x64min\x12H\n\tPutRouter\x12\x1c.banditd.v1.PutRouterRequest\x1a\x1d.banditd.v1.PutRouterResponse\x12H\n\tGetRouter\x12\x1c.banditd.v1.GetRouterRequest\x1a\x1d.banditd.v1.GetRouterResponse\x12N\n\x0bListRouters\x12\x1e.banditd.v1.ListRoutersRequest\x1a\x1f.banditd.v1.ListRoutersResponse\x12Q\n\x0c\x44\x65leteRouter\x12\x1f.banditd.v1.DeleteRouterRequest\x1a .banditd.v1.DeleteRouterResponse\x12\x45\n\x08GetStats\x12\x1b.banditd.v1.GetStatsRequest\x1a\x1c.banditd.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SELECTREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SELECTREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_THUMB']._serialized_start=2638
-  _globals['_THUMB']._serialized_end=2698
+  _globals['_THUMB']._serialized_start=2812
+  _globals['_THUMB']._serialized_end=2872
   _globals['_EMBEDDING']._serialized_start=40
   _globals['_EMBEDDING']._serialized_end=67
   _globals['_SELECTREQUEST']._serialized_start=70
@@ -44,43 +44,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKEDARM']._serialized_start=426
   _globals['_RANKEDARM']._serialized_end=515
   _globals['_SELECTRESPONSE']._serialized_start=518
-  _globals['_SELECTRESPONSE']._serialized_end=698
-  _globals['_FEEDBACKREQUEST']._serialized_start=701
-  _globals['_FEEDBACKREQUEST']._serialized_end=1000
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1002
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1072
-  _globals['_FEEDBACKERROR']._serialized_start=1074
-  _globals['_FEEDBACKERROR']._serialized_end=1135
-  _globals['_STREAMFEEDBACKRESPONSE']._serialized_start=1138
-  _globals['_STREAMFEEDBACKRESPONSE']._serialized_end=1276
-  _globals['_ARM']._serialized_start=1278
-  _globals['_ARM']._serialized_end=1376
-  _globals['_ROUTERCONFIG']._serialized_start=1379
-  _globals['_ROUTERCONFIG']._serialized_end=1809
-  _globals['_PUTROUTERREQUEST']._serialized_start=1811
-  _globals['_PUTROUTERREQUEST']._serialized_end=1871
-  _globals['_PUTROUTERRESPONSE']._serialized_start=1873
-  _globals['_PUTROUTERRESPONSE']._serialized_end=1951
-  _globals['_GETROUTERREQUEST']._serialized_start=1953
-  _globals['_GETROUTERREQUEST']._serialized_end=2001
-  _globals['_GETROUTERRESPONSE']._serialized_start=2003
-  _globals['_GETROUTERRESPONSE']._serialized_end=2064
-  _globals['_LISTROUTERSREQUEST']._serialized_start=2066
-  _globals['_LISTROUTERSREQUEST']._serialized_end=2102
-  _globals['_LISTROUTERSRESPONSE']._serialized_start=2104
-  _globals['_LISTROUTERSRESPONSE']._serialized_end=2168
-  _globals['_DELETEROUTERREQUEST']._serialized_start=2170
-  _globals['_DELETEROUTERREQUEST']._serialized_end=2221
-  _globals['_DELETEROUTERRESPONSE']._serialized_start=2223
-  _globals['_DELETEROUTERRESPONSE']._serialized_end=2262
-  _globals['_GETSTATSREQUEST']._serialized_start=2264
-  _globals['_GETSTATSREQUEST']._serialized_end=2311
-  _globals['_ARMSTATS']._serialized_start=2313
-  _globals['_ARMSTATS']._serialized_end=2419
-  _globals['_GETSTATSRESPONSE']._serialized_start=2422
-  _globals['_GETSTATSRESPONSE']._serialized_end=2636
-  _globals['_ROUTER']._serialized_start=2701
-  _globals['_ROUTER']._serialized_end=2930
-  _globals['_ADMIN']._serialized_start=2933
-  _globals['_ADMIN']._serialized_end=3322
+  _globals['_SELECTRESPONSE']._serialized_end=723
+  _globals['_FEEDBACKREQUEST']._serialized_start=726
+  _globals['_FEEDBACKREQUEST']._serialized_end=1025
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1027
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1097
+  _globals['_FEEDBACKERROR']._serialized_start=1099
+  _globals['_FEEDBACKERROR']._serialized_end=1160
+  _globals['_STREAMFEEDBACKRESPONSE']._serialized_start=1163
+  _globals['_STREAMFEEDBACKRESPONSE']._serialized_end=1301
+  _globals['_ARM']._serialized_start=1303
+  _globals['_ARM']._serialized_end=1401
+  _globals['_ROUTERCONFIG']._serialized_start=1404
+  _globals['_ROUTERCONFIG']._serialized_end=1983
+  _globals['_PUTROUTERREQUEST']._serialized_start=1985
+  _globals['_PUTROUTERREQUEST']._serialized_end=2045
+  _globals['_PUTROUTERRESPONSE']._serialized_start=2047
+  _globals['_PUTROUTERRESPONSE']._serialized_end=2125
+  _globals['_GETROUTERREQUEST']._serialized_start=2127
+  _globals['_GETROUTERREQUEST']._serialized_end=2175
+  _globals['_GETROUTERRESPONSE']._serialized_start=2177
+  _globals['_GETROUTERRESPONSE']._serialized_end=2238
+  _globals['_LISTROUTERSREQUEST']._serialized_start=2240
+  _globals['_LISTROUTERSREQUEST']._serialized_end=2276
+  _globals['_LISTROUTERSRESPONSE']._serialized_start=2278
+  _globals['_LISTROUTERSRESPONSE']._serialized_end=2342
+  _globals['_DELETEROUTERREQUEST']._serialized_start=2344
+  _globals['_DELETEROUTERREQUEST']._serialized_end=2395
+  _globals['_DELETEROUTERRESPONSE']._serialized_start=2397
+  _globals['_DELETEROUTERRESPONSE']._serialized_end=2436
+  _globals['_GETSTATSREQUEST']._serialized_start=2438
+  _globals['_GETSTATSREQUEST']._serialized_end=2485
+  _globals['_ARMSTATS']._serialized_start=2487
+  _globals['_ARMSTATS']._serialized_end=2593
+  _globals['_GETSTATSRESPONSE']._serialized_start=2596
+  _globals['_GETSTATSRESPONSE']._serialized_end=2810
+  _globals['_ROUTER']._serialized_start=2875
+  _globals['_ROUTER']._serialized_end=3104
+  _globals['_ADMIN']._serialized_start=3107
+  _globals['_ADMIN']._serialized_end=3496
 # @@protoc_insertion_point(module_scope)

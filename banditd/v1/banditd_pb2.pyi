@@ -181,6 +181,7 @@ class SelectResponse(_message.Message):
     EXPLORED_FIELD_NUMBER: _builtins.int
     EXPECTED_COST_USD_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
+    CONTEXT_VERSION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Opaque, server-signed token; send it back in FeedbackRequest.decision_id."""
     arm: _builtins.str
@@ -189,6 +190,8 @@ class SelectResponse(_message.Message):
     expected_cost_usd: _builtins.float
     expires_at_unix: _builtins.int
     """Unix seconds after which Feedback for this decision is refused."""
+    context_version: _builtins.str
+    """Context features: the featurisation x was built with (encoder, window, PCA, metadata, k)."""
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedArm]:
         """Every eligible arm, best first (fallback order)."""
@@ -203,10 +206,11 @@ class SelectResponse(_message.Message):
         explored: _builtins.bool = ...,
         expected_cost_usd: _builtins.float = ...,
         expires_at_unix: _builtins.int = ...,
+        context_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "context_version", b"context_version", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -411,6 +415,13 @@ class RouterConfig(_message.Message):
     EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
     DEFAULT_REWARD_FIELD_NUMBER: _builtins.int
     REWARD_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    ENCODER_FIELD_NUMBER: _builtins.int
+    METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    METADATA_SLOTS_FIELD_NUMBER: _builtins.int
+    PCA_DIM_FIELD_NUMBER: _builtins.int
+    PCA_FIT_SAMPLES_FIELD_NUMBER: _builtins.int
+    KNN_K_FIELD_NUMBER: _builtins.int
+    TEXT_WINDOW_TOKENS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -449,8 +460,27 @@ class RouterConfig(_message.Message):
     """
     reward_wait_seconds: _builtins.int
     """0 = 3600."""
+    encoder: _builtins.str
+    """Context features (README "Context features"). Text encoder: "hashing" (default), "minilm"
+    (384 values) or "minilm-static" (256 values); embedding_dim 0 = the encoder's size.
+    """
+    metadata_slots: _builtins.int
+    """Positions of x per metadata key (3/4 a vocabulary of seen values, 1/4 hashed). 0 = 16."""
+    pca_dim: _builtins.int
+    """Reduce the embedding to this many principal components (PCA fitted on the first
+    pca_fit_samples embeddings, 0 = 256). 0 = no reduction.
+    """
+    pca_fit_samples: _builtins.int
+    knn_k: _builtins.int
+    """kNN outcome features from the k nearest past prompts with feedback. 0 = off."""
+    text_window_tokens: _builtins.int
+    """Encode only the last N tokens of a prompt (shared prefixes). 0 = the whole prompt."""
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
+    @_builtins.property
+    def metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request metadata keys whose values become one-hot features of x."""
+
     def __init__(
         self,
         *,
@@ -470,10 +500,17 @@ class RouterConfig(_message.Message):
         explore_new_arm: _builtins.int = ...,
         default_reward: _builtins.float | None = ...,
         reward_wait_seconds: _builtins.int = ...,
+        encoder: _builtins.str = ...,
+        metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
+        metadata_slots: _builtins.int = ...,
+        pca_dim: _builtins.int = ...,
+        pca_fit_samples: _builtins.int = ...,
+        knn_k: _builtins.int = ...,
+        text_window_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "default_reward", b"default_reward", "prior_quality", b"prior_quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "arms", b"arms", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "encoder", b"encoder", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "knn_k", b"knn_k", "metadata_keys", b"metadata_keys", "metadata_slots", b"metadata_slots", "name", b"name", "pca_dim", b"pca_dim", "pca_fit_samples", b"pca_fit_samples", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "tenant", b"tenant", "text_window_tokens", b"text_window_tokens", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_reward: _TypeAlias = _typing.Literal["default_reward"]  # noqa: Y015
     _WhichOneofArgType__default_reward: _TypeAlias = _typing.Literal["_default_reward", b"_default_reward"]  # noqa: Y015

@@ -1,0 +1,45 @@
+"""PCA reduction of embeddings (faiss.PCAMatrix), fitted per router and persisted with it.
+
+A router with ``pca_dim`` > 0 keeps x small whatever its encoder's size: the embedding part of x
+is the embedding projected on its first ``pca_dim`` principal components. The PCA is fitted on
+the first ``pca_fit_samples`` embeddings the router sees (prompts encoded, or caller-supplied
+embeddings) and stored (table ``context_models``, keyed by the router and a fingerprint of what
+the PCA depends on), so restarts and other replicas use the same projection; until it exists the
+embedding part of x is zeros (the router learns from the intercept and metadata meanwhile, and
+those events stay valid data afterwards).
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from banditd.domain import FloatArray
+
+
+class Reduction:
+    """A fitted PCA: d_in -> d_out."""
+
+    def __init__(self, pca: faiss.PCAMatrix) -> None:
+        self.pca = pca
+        self.d_in, self.d_out = int(pca.d_in), int(pca.d_out)
+
+    @classmethod
+    def fit(cls, samples: FloatArray, d_out: int) -> Reduction:
+        """samples: shape (n, d_in), n >= d_out."""
+        pca = faiss.PCAMatrix(samples.shape[1], d_out)
+        pca.train(np.ascontiguousarray(samples, dtype=np.float32))
+        return cls(pca)
+
+    def apply(self, vecs: FloatArray) -> FloatArray:
+        """vecs: shape (n, d_in) -> (n, d_out), float64."""
+        out = self.pca.apply(np.ascontiguousarray(vecs, dtype=np.float32))
+        return np.asarray(out, dtype=np.float64)
+
+    def to_bytes(self) -> bytes:
+        return bytes(faiss.serialize_vector_transform(self.pca).tobytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Reduction:
+        transform = faiss.deserialize_vector_transform(np.frombuffer(data, dtype=np.uint8))
+        return cls(faiss.downcast_VectorTransform(transform))
