@@ -162,7 +162,9 @@ class Catalog:
             from banditd.context.reduction import Reduction
 
             pipeline.set_reduction(Reduction.from_bytes(stored))
-        log.info("pca_fitted", tenant=state.spec.tenant, router=state.spec.name, ours=stored == ours)
+        log.info(
+            "pca_fitted", tenant=state.spec.tenant, router=state.spec.name, ours=stored == ours
+        )
 
     async def get(self, tenant: str, name: str) -> RouterState:
         router_id = self._by_name.get((tenant, name))

@@ -279,13 +279,9 @@ def embeddings(
     return out
 
 
-def contexts(
-    pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray
-) -> FloatArray:
+def contexts(pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray) -> FloatArray:
     """x of each prompt in stream order without learning (no kNN features), shape (n, dim)."""
-    return np.stack(
-        [pipeline.build_now(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)]
-    )
+    return np.stack([pipeline.build_now(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)])
 
 
 def fresh_posterior(spec: RouterSpec) -> Posterior:
@@ -312,7 +308,8 @@ def warm_posterior(
     featurise = None
     if pipeline is not None:
         good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
-        raw = {id(r): v for r, v in zip(good, pipeline.embed_now([r["prompt"] for r in good]))}
+        vecs = pipeline.embed_now([r["prompt"] for r in good])
+        raw = {id(r): v for r, v in zip(good, vecs, strict=True)}
 
         def featurise(record: dict[str, Any]) -> FloatArray:
             return pipeline.build_now(raw[id(record)], record_metadata(record, metadata_from))
@@ -998,7 +995,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--pca-dim", type=_int_from(0), default=0, help="PCA size (0: none)")
     p.add_argument(
-        "--pca-fit-samples", type=_int_from(1), default=DEFAULT_PCA_FIT_SAMPLES, help="(%(default)s)"
+        "--pca-fit-samples",
+        type=_int_from(1),
+        default=DEFAULT_PCA_FIT_SAMPLES,
+        help="(%(default)s)",
     )
     p.add_argument("--knn-k", type=_int_from(0), default=0, help="kNN outcome features (0: off)")
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")

@@ -143,7 +143,7 @@ def distill_static(target: Path) -> Path:
     path = minilm_dir()
     model = distill_from_model(
         model=AutoModel.from_pretrained(str(path), local_files_only=True),
-        tokenizer=AutoTokenizer.from_pretrained(str(path), local_files_only=True),
+        tokenizer=AutoTokenizer.from_pretrained(str(path), local_files_only=True),  # type: ignore[arg-type]
         pca_dims=STATIC_DIMS,
     )
     target.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,8 @@ class StaticMiniLMEncoder:
         texts = tail_window(self._tokenizer, texts, window_tokens)
         vecs = np.asarray(self.model.encode(list(texts), max_length=None), dtype=np.float64)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        return np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
+        unit: FloatArray = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
+        return unit
 
 
 _LOCK = threading.Lock()

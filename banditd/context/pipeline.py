@@ -132,7 +132,8 @@ class ContextPipeline:
             check_prompt(prompt, self.max_prompt_chars)
             if self.batcher is not None:
                 return await self.batcher.encode(prompt, self.spec.text_window_tokens)
-            return self.encoder.encode_batch([prompt], self.spec.text_window_tokens)[0]
+            vecs = self.encoder.encode_batch([prompt], self.spec.text_window_tokens)
+            return np.asarray(vecs[0], dtype=np.float64)
         if embedding is not None:
             return check_embedding(self.spec, embedding)
         raise InvalidArgument("context", "set either prompt or embedding")
@@ -160,7 +161,7 @@ class ContextPipeline:
             self.set_reduction(Reduction.fit(np.stack(self.samples), self.spec.pca_dim))
             self.unsaved_reduction = True
         assert self.reduction is not None
-        return self.reduction.apply(raw[None])[0]
+        return np.asarray(self.reduction.apply(raw[None])[0], dtype=np.float64)
 
     def set_reduction(self, reduction: Reduction) -> None:
         self.reduction, self.samples = reduction, []

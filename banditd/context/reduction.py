@@ -11,10 +11,14 @@ those events stay valid data afterwards).
 
 from __future__ import annotations
 
+import io
+
 import faiss
 import numpy as np
 
 from banditd.domain import FloatArray
+
+_ARRAYS = ("A", "b", "mean", "eigenvalues")
 
 
 class Reduction:
@@ -37,9 +41,25 @@ class Reduction:
         return np.asarray(out, dtype=np.float64)
 
     def to_bytes(self) -> bytes:
-        return bytes(faiss.serialize_vector_transform(self.pca).tobytes())
+        """The fitted matrix (A, b, mean, eigenvalues) as an .npz; identical PCA from_bytes."""
+        buf = io.BytesIO()
+        pca = self.pca
+        np.savez(
+            buf,
+            dims=np.array([self.d_in, self.d_out]),
+            A=faiss.vector_to_array(pca.A),
+            b=faiss.vector_to_array(pca.b),
+            mean=faiss.vector_to_array(pca.mean),
+            eigenvalues=faiss.vector_to_array(pca.eigenvalues),
+        )
+        return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Reduction:
-        transform = faiss.deserialize_vector_transform(np.frombuffer(data, dtype=np.uint8))
-        return cls(faiss.downcast_VectorTransform(transform))
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            d_in, d_out = (int(v) for v in z["dims"])
+            pca = faiss.PCAMatrix(d_in, d_out)
+            for name in _ARRAYS:
+                faiss.copy_array_to_vector(z[name], getattr(pca, name))
+        pca.is_trained = True
+        return cls(pca)

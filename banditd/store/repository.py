@@ -378,7 +378,9 @@ class Repository:
     async def load_vocabulary(self, router_id: int) -> dict[str, dict[str, int]]:
         async with self.db.transaction() as conn:
             rows = (
-                await conn.execute(select(context_vocab).where(context_vocab.c.router_id == router_id))
+                await conn.execute(
+                    select(context_vocab).where(context_vocab.c.router_id == router_id)
+                )
             ).all()
         out: dict[str, dict[str, int]] = {}
         for r in rows:

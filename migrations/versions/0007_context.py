@@ -41,7 +41,9 @@ def upgrade() -> None:
         sa.Column(
             "router_id",
             BigId,
-            sa.ForeignKey("routers.id", ondelete="CASCADE", name="fk_context_vocab_router_id_routers"),
+            sa.ForeignKey(
+                "routers.id", ondelete="CASCADE", name="fk_context_vocab_router_id_routers"
+            ),
         ),
         sa.Column("key", sa.String(128)),
         sa.Column("value", sa.String(1024)),
