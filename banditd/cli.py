@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from banditd import bench, codec, replay
 from banditd.config import Settings
+from banditd.context import distill
 from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
 from banditd.ingest import ingest
@@ -169,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
 
     bench.add_parser(sub)
     replay.add_parser(sub)
+    distill.add_parser(sub)
 
     args = parser.parse_args(argv)
-    if args.command in ("bench", "replay"):  # need no settings: a bad BANDITD_* must not block
+    if args.command in (
+        "bench",
+        "replay",
+        "distill-encoder",
+    ):  # need no settings: a bad BANDITD_* must not block
         return int(args.func(args))
     try:
         settings = _settings(args)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -136,6 +137,7 @@ class Options:
     pca_dim: int = 0
     pca_fit_samples: int = DEFAULT_PCA_FIT_SAMPLES
     knn_k: int = 0
+    embeddings_cache: Path | None = None
 
 
 class Progress:
@@ -268,9 +270,35 @@ ENCODE_CHUNK = 256
 
 
 def embeddings(
+    pipeline: ContextPipeline,
+    prompts: Sequence[str],
+    label: str,
+    progress: Progress,
+    cache: Path | None = None,
+) -> FloatArray:
+    """The encoder's raw embedding of each prompt, shape (n, embedding_dim); with a cache
+    folder, kept there by a hash of the prompts and the encoder settings (a sweep of other
+    options reuses them)."""
+    spec = pipeline.spec
+    path = None
+    if cache is not None:
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{spec.encoder}:{spec.embedding_dim}:{spec.text_window_tokens}".encode())
+        for prompt in prompts:
+            digest.update(prompt.encode() + b"\x00")
+        path = cache / f"{digest.hexdigest()}.npy"
+        if path.exists():
+            return np.asarray(np.load(path), dtype=np.float64)
+    out = _encode(pipeline, prompts, label, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, out)
+    return out
+
+
+def _encode(
     pipeline: ContextPipeline, prompts: Sequence[str], label: str, progress: Progress
 ) -> FloatArray:
-    """The encoder's raw embedding of each prompt, shape (n, embedding_dim)."""
     out = np.empty((len(prompts), pipeline.spec.embedding_dim))
     for start in range(0, len(prompts), ENCODE_CHUNK):
         chunk = prompts[start : start + ENCODE_CHUNK]
@@ -298,6 +326,7 @@ def warm_posterior(
     max_prompt_chars: int,
     pipeline: ContextPipeline | None = None,
     metadata_from: Sequence[str] = (),
+    cache: Path | None = None,
 ) -> tuple[Posterior, WarmStartReport]:
     """The posterior after `banditd warm-start` on ``path``: its offline events in order.
 
@@ -308,7 +337,8 @@ def warm_posterior(
     featurise = None
     if pipeline is not None:
         good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
-        vecs = pipeline.embed_now([r["prompt"] for r in good])
+        texts = [r["prompt"] for r in good]
+        vecs = embeddings(pipeline, texts, "encoding warm-start prompts", Progress(), cache)
         raw = {id(r): v for r, v in zip(good, vecs, strict=True)}
 
         def featurise(record: dict[str, Any]) -> FloatArray:
@@ -558,7 +588,11 @@ class Replay:
             started = time.perf_counter()
             try:
                 self.raw = embeddings(
-                    self.pipeline, self.outcomes.prompts, "encoding prompts", self.progress
+                    self.pipeline,
+                    self.outcomes.prompts,
+                    "encoding prompts",
+                    self.progress,
+                    opts.embeddings_cache,
                 )
             except InvalidArgument as exc:
                 raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
@@ -566,7 +600,12 @@ class Replay:
             self.prior = fresh_posterior(spec)
             if opts.warm_start is not None:
                 self.prior, self.warm_report = warm_posterior(
-                    spec, opts.warm_start, opts.max_prompt_chars, self.pipeline, opts.metadata_from
+                    spec,
+                    opts.warm_start,
+                    opts.max_prompt_chars,
+                    self.pipeline,
+                    opts.metadata_from,
+                    opts.embeddings_cache,
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
 
@@ -912,6 +951,7 @@ def options(args: argparse.Namespace) -> Options:
         pca_dim=args.pca_dim,
         pca_fit_samples=args.pca_fit_samples,
         knn_k=args.knn_k,
+        embeddings_cache=args.embeddings_cache,
     )
 
 
@@ -1001,6 +1041,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="(%(default)s)",
     )
     p.add_argument("--knn-k", type=_int_from(0), default=0, help="kNN outcome features (0: off)")
+    p.add_argument(
+        "--embeddings-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep the prompts' embeddings here, reused by later runs with the same encoder",
+    )
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
