@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 from numba.np.ufunc import threading_layer
 
+from banditd.context import bench as context_bench
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
 
@@ -568,7 +569,9 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `bench kernels` to a command's subparsers; the parsed args carry func=run."""
     p_bench = subparsers.add_parser("bench", help="measure the policy kernels against baselines")
-    bench_sub = p_bench.add_subparsers(dest="bench_command", metavar="kernels", required=True)
+    bench_sub = p_bench.add_subparsers(
+        dest="bench_command", metavar="kernels|context", required=True
+    )
     p_kernels = bench_sub.add_parser(
         "kernels",
         help="select/update latency and batch throughput vs NumPy, MABWiser and Vowpal Wabbit",
@@ -589,3 +592,4 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p_kernels.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p_kernels.set_defaults(func=run)
+    context_bench.add_parser(bench_sub)  # `bench context` (banditd/context/bench.py)

@@ -297,3 +297,14 @@ async def test_knn_index_grows_with_feedback_and_is_rebuilt_on_restart(
     restarted = await start_server(database_url)
     again = _x(await select(restarted.router, query))
     np.testing.assert_array_equal(again, live)
+
+
+def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[str]) -> None:
+    from banditd.cli import main
+
+    argv = ["bench", "context", "--encoders", "hashing", "--sizes", "300", "--seconds", "0.02"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["encode"]["hashing"]) == {"short", "2k_chars", "batched_32_prompts_per_s"}
+    assert {"pca_384_to_32", "flat_300", "hnsw_300"} <= set(report["knn"])
+    assert report["knn"]["flat_300"]["p50_ms"] > 0
