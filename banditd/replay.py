@@ -53,6 +53,7 @@ import numpy as np
 
 from banditd.catalog import RouterState
 from banditd.config import Settings
+from banditd.context import input_tokens_estimate
 from banditd.context.encoders import get_encoder
 from banditd.context.metadata import MemoryVocabularyStore
 from banditd.context.pipeline import ContextPipeline
@@ -76,6 +77,9 @@ from banditd.router import rank_arms
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
+# Learning policies of replay only: "knn" picks by the kNN outcome features alone (see _choose_knn).
+REPLAY_POLICIES = ("knn",)
+DEFAULT_KNN_K = 20
 FEEDBACK = ("score", "thumbs")
 MAX_PROMPT_CHARS: int = Settings.model_fields["max_prompt_chars"].default  # the server default
 SWEEP_POINTS = 12
@@ -244,7 +248,7 @@ def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> Route
         tenant="replay",
         name="replay",
         arms=tuple(ArmSpec(name, 0.0, 0.0) for name in arms),
-        policy=opts.policy,
+        policy=opts.policy if opts.policy in POLICIES else "linucb",
         exploration=opts.exploration,
         default_cost_weight=cost_weight,
         embedding_dim=ENCODER_DIMS.get(opts.encoder, opts.embedding_dim),
@@ -253,7 +257,7 @@ def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> Route
         metadata_slots=opts.metadata_slots,
         pca_dim=opts.pca_dim,
         pca_fit_samples=opts.pca_fit_samples,
-        knn_k=opts.knn_k,
+        knn_k=opts.knn_k or (DEFAULT_KNN_K if opts.policy == "knn" else 0),
         text_window_tokens=opts.text_window_tokens,
     )
 
@@ -389,6 +393,33 @@ def _choose(
     return rank_arms(state, x, prompt=prompt, max_cost_usd=cap, rng=rng).ranking[0].arm
 
 
+def _choose_knn(
+    state: RouterState,
+    x: FloatArray,
+    prompt: str,
+    cap: float | None,
+    alpha: float,
+    cost_weight: float,
+) -> str:
+    """The replay-only ``knn`` policy: per arm, the neighbours' weighted mean reward shrunk to
+    the prior by one pseudo-count, plus alpha / sqrt(neighbours + 1), minus cost_weight x the
+    arm's expected cost; under a pacing cap only arms whose expected cost fits (else the
+    cheapest). x: shape (dim,), its last 2 n_arms values the kNN features."""
+    spec, posterior = state.spec, state.posterior
+    feats = x[-spec.knn_dim :]
+    n = feats[1::2] * spec.knn_k
+    quality = (feats[0::2] * n + spec.prior_quality) / (n + 1.0)
+    input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
+    costs = np.array(
+        [posterior.expected_cost_usd(posterior.index(a.name), a, input_tokens) for a in spec.arms]
+    )
+    utility = quality + alpha / np.sqrt(n + 1.0) - cost_weight * costs
+    if cap is not None:
+        cap = max(cap, float(costs.min()))
+        utility = np.where(costs <= cap, utility, -np.inf)
+    return spec.arms[int(np.argmax(utility))].name
+
+
 def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: float) -> FeedbackEvent:
     """The feedback event of one served prompt: its reward and real cost, no token counts."""
     return FeedbackEvent(
@@ -419,6 +450,7 @@ def learn_online(
     feedback: str,
     budget_usd: float | None,
     progress: Callable[[int], None],
+    knn_policy: bool = False,
 ) -> IntArray:
     """Route the stream with the router's policy, learning online; the arm (column of
     outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
@@ -434,7 +466,11 @@ def learn_online(
     metadata = outcomes.metadata or ({},) * outcomes.n
     for t, prompt in enumerate(outcomes.prompts):
         x = pipeline.build_now(raw[t], metadata[t])
-        arm = _choose(state, x, prompt, ledger.pace(t), rng)
+        if knn_policy:
+            weight = spec.default_cost_weight
+            arm = _choose_knn(state, x, prompt, ledger.pace(t), spec.alpha, weight)
+        else:
+            arm = _choose(state, x, prompt, ledger.pace(t), rng)
         j = column[arm]
         quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
         if ledger.charge(cost):
@@ -576,7 +612,7 @@ class Replay:
         self.opts = opts
         self.progress = Progress()
         self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit, opts.metadata_from)
-        self.learning = opts.policy in POLICIES
+        self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
         self.warm_report: WarmStartReport | None = None
         self.raw = np.zeros((self.outcomes.n, 0))
         self.prior: Posterior | None = None
@@ -632,6 +668,7 @@ class Replay:
             feedback=opts.feedback,
             budget_usd=budget_usd,
             progress=lambda done: self.progress(label, done, outcomes.n),
+            knn_policy=opts.policy == "knn",
         )
 
     def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
@@ -981,7 +1018,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--data", type=Path, required=True, help="outcome file (JSONL, optionally .gz)")
     p.add_argument(
         "--policy",
-        choices=(*POLICIES, *REFERENCE_POLICIES),
+        choices=(*POLICIES, *REPLAY_POLICIES, *REFERENCE_POLICIES),
         default="linucb",
         help="(linucb) random, cheapest, best-single and oracle are references, not learning",
     )

@@ -308,3 +308,21 @@ def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[st
     assert set(report["encode"]["hashing"]) == {"short", "2k_chars", "batched_32_prompts_per_s"}
     assert {"pca_384_to_32", "flat_300", "hnsw_300"} <= set(report["knn"])
     assert report["knn"]["flat_300"]["p50_ms"] > 0
+
+
+def test_replay_knn_policy_follows_what_similar_prompts_taught(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    words = {"a": ["apple", "banana", "cherry", "grape"], "b": ["engine", "wheel", "brake", "gear"]}
+    path = tmp_path / "clusters.jsonl"
+    with path.open("w") as out:
+        for i in range(300):
+            good = "ab"[int(rng.integers(2))]
+            prompt = " ".join(rng.choice(words[good], size=3))
+            models = {m: {"quality": float(m == good), "cost_usd": 0.001} for m in "ab"}
+            out.write(json.dumps({"id": i, "prompt": prompt, "models": models}) + "\n")
+    report = replay.replay(
+        replay.Options(data=path, policy="knn", knn_k=10, exploration=0.1, embedding_dim=32)
+    )
+    assert report["policy"] == "knn"
+    assert report["context"]["knn_k"] == 10
+    assert report["mean_quality"] > 0.85
