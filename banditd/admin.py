@@ -19,6 +19,9 @@ class RouterStats:
     applied_event_id: int
     log_event_id: int
     lag_events: int
+    # Context features: the featurisation in use and the kNN index size (0 without kNN).
+    context_version: str = ""
+    knn_indexed: int = 0
 
 
 class Admin:
@@ -60,4 +63,14 @@ class Admin:
         applied = state.posterior.last_event_id
         head = await self._repo.log_head(state.router_id)
         lag = await self._repo.count_events_after(state.router_id, applied)
-        return RouterStats(tenant, name, arms, applied, head, lag)
+        context = state.context
+        return RouterStats(
+            tenant,
+            name,
+            arms,
+            applied,
+            head,
+            lag,
+            context_version=context.version if context is not None else "",
+            knn_indexed=context.knn.size if context is not None and context.knn else 0,
+        )

@@ -184,4 +184,6 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
         applied_event_id=stats.applied_event_id,
         log_event_id=stats.log_event_id,
         lag_events=stats.lag_events,
+        context_version=stats.context_version,
+        knn_indexed=stats.knn_indexed,
     )

@@ -289,6 +289,9 @@ async def test_knn_index_grows_with_feedback_and_is_rebuilt_on_restart(
         vectors.append(vec)
         arms.append(["cheap", "strong"].index(resp.arm))
         rewards.append(reward)
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.knn_indexed == 12
+    assert stats.context_version.endswith(":k5")
     query = rng.normal(size=4)
     live = _x(await select(server.router, query))
     expected = _brute_force(np.array(vectors), np.array(arms), np.array(rewards), query, 5)

@@ -755,6 +755,8 @@ class GetStatsResponse(_message.Message):
     APPLIED_EVENT_ID_FIELD_NUMBER: _builtins.int
     LOG_EVENT_ID_FIELD_NUMBER: _builtins.int
     LAG_EVENTS_FIELD_NUMBER: _builtins.int
+    CONTEXT_VERSION_FIELD_NUMBER: _builtins.int
+    KNN_INDEXED_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     decisions: _builtins.int
@@ -765,6 +767,9 @@ class GetStatsResponse(_message.Message):
     log_event_id: _builtins.int
     """Id of the router's newest event in the log, and how many events this replica has not applied."""
     lag_events: _builtins.int
+    context_version: _builtins.str
+    """Context features: the router's featurisation now, and how many outcomes its kNN index holds."""
+    knn_indexed: _builtins.int
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]: ...
     def __init__(
@@ -779,10 +784,12 @@ class GetStatsResponse(_message.Message):
         applied_event_id: _builtins.int = ...,
         log_event_id: _builtins.int = ...,
         lag_events: _builtins.int = ...,
+        context_version: _builtins.str = ...,
+        knn_indexed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "decisions", b"decisions", "feedback_count", b"feedback_count", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "name", b"name", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "context_version", b"context_version", "decisions", b"decisions", "feedback_count", b"feedback_count", "knn_indexed", b"knn_indexed", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "name", b"name", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
