@@ -9,6 +9,12 @@ only that arm's feedback: its quality as a score, or with ``--feedback thumbs`` 
 with probability = quality. Arms get zero prices and every event reports the call's real cost, so
 the posterior learns each arm's mean cost per call, which is what cost-weighted choice uses.
 
+Context (banditd.context.pipeline, as a router with the same settings builds it): the encoder's
+embeddings of all prompts are computed first (``--embeddings-cache`` keeps them), then x is built
+at each step, so the PCA is fitted and the kNN index grows along the stream (and from the
+warm-start file first) exactly as in the server; ``--metadata-from`` sends record fields as
+request metadata. The replay-only ``knn`` policy ranks arms by the kNN outcome features alone.
+
 Reference policies (not learning, computed here): ``random`` (uniform), ``cheapest`` (the model
 with the lowest mean cost), ``best-single`` (the model with the best mean quality - cost_weight x
 mean cost over the whole file, in hindsight) and ``oracle`` (per prompt the best quality -
