@@ -9,7 +9,14 @@ import grpc
 import numpy as np
 import pytest
 
-from banditd.context.encoders import StaticMiniLMEncoder, TextEncoder, get_encoder, minilm_dir
+from banditd.context.encoders import (
+    StaticMiniLMEncoder,
+    TextEncoder,
+    get_encoder,
+    minilm_dir,
+    tail_window,
+    untruncated,
+)
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
 
@@ -41,6 +48,18 @@ def test_minilm_vectors_are_unit_length_deterministic_and_semantic(minilm: TextE
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(minilm.encode_batch(texts[:1])[0], vecs[0], atol=1e-5)
     assert _cos(vecs[0], vecs[1]) > _cos(vecs[0], vecs[2]) + 0.2
+
+
+def test_tail_window_cuts_at_a_token_boundary_counting_from_the_end() -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tokenizer.enable_truncation(256)  # as the models' own tokenizers come: must not matter
+    prompt = PREFIX + QUESTIONS[0]
+    (window,) = tail_window(tokenizer, [prompt], 24)
+    assert prompt.endswith(window)
+    assert len(untruncated(tokenizer).encode(window, add_special_tokens=False).ids) == 24
+    assert tail_window(tokenizer, ["short prompt"], 24) == ["short prompt"]
 
 
 def test_minilm_tail_window_tells_shared_prefix_prompts_apart(minilm: TextEncoder) -> None:

@@ -51,11 +51,24 @@ class TextEncoder(Protocol):
         ...
 
 
+def untruncated(tokenizer: Any) -> Any:
+    """A copy of a ``tokenizers.Tokenizer`` that neither truncates nor pads (the models' own
+    tokenizers cut at their input limit, which would hide where a long prompt ends)."""
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
 def tail_window(tokenizer: Any, texts: Sequence[str], window_tokens: int) -> list[str]:
     """Each text cut to its last ``window_tokens`` tokens (a ``tokenizers.Tokenizer``'s), at the
     first character of the first kept token; texts that fit are kept whole."""
     if window_tokens <= 0:
         return list(texts)
+    if tokenizer.truncation is not None or tokenizer.padding is not None:
+        tokenizer = untruncated(tokenizer)  # the encoders keep an untruncated copy
     # Only the end of a long prompt can be in the window: tokenise just that.
     ends = [t[-CHARS_PER_TOKEN_MAX * window_tokens :] for t in texts]
     out = []
@@ -106,7 +119,7 @@ class MiniLMEncoder:
 
         device = "cuda" if _cuda() else "cpu"
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        self._tokenizer = self.model.tokenizer.backend_tokenizer
+        self._tokenizer = untruncated(self.model.tokenizer.backend_tokenizer)
         self._lock = threading.Lock()  # one forward pass at a time (torch uses every core)
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
@@ -163,7 +176,7 @@ class StaticMiniLMEncoder:
         if not (path / "model.safetensors").exists():
             distill_static(path)
         self.model = StaticModel.from_pretrained(str(path))
-        self._tokenizer = self.model.tokenizer
+        self._tokenizer = untruncated(self.model.tokenizer)
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
         texts = tail_window(self._tokenizer, texts, window_tokens)
