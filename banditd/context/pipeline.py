@@ -47,6 +47,11 @@ def faiss_modules() -> None:
         ) from exc
 
 
+# A light encoder (minilm-static: ~0.05 ms a short prompt) runs on the event loop for prompts up
+# to this size; longer ones go to its worker thread like every call of a heavy one.
+INLINE_MAX_CHARS = 4000
+
+
 def check_prompt(prompt: str, max_prompt_chars: int) -> None:
     if not prompt.strip():
         raise InvalidArgument("prompt", "must not be empty")
@@ -130,7 +135,8 @@ class ContextPipeline:
         thread, micro-batched with concurrent requests."""
         if prompt is not None:
             check_prompt(prompt, self.max_prompt_chars)
-            if self.batcher is not None:
+            inline = not self.encoder.heavy and len(prompt) <= INLINE_MAX_CHARS
+            if self.batcher is not None and not inline:
                 return await self.batcher.encode(prompt, self.spec.text_window_tokens)
             vecs = self.encoder.encode_batch([prompt], self.spec.text_window_tokens)
             return np.asarray(vecs[0], dtype=np.float64)

@@ -17,13 +17,11 @@ class Encoders:
         self.batchers: dict[str, MicroBatcher] = {}
 
     async def get(self, spec: RouterSpec) -> tuple[TextEncoder, MicroBatcher | None]:
-        """A router's encoder (loaded in a thread: never on the event loop) and, for a slow
-        one, the batcher its Selects go through."""
+        """A router's encoder (loaded in a thread: never on the event loop) and the batcher
+        its slow calls go through (every call of a heavy encoder, long prompts of a light one)."""
         if spec.encoder == "hashing":
             return get_encoder("hashing", spec.embedding_dim), None
         encoder = await asyncio.to_thread(get_encoder, spec.encoder, spec.embedding_dim)
-        if not encoder.heavy:
-            return encoder, None
         batcher = self.batchers.get(encoder.name)
         if batcher is None:
             batcher = MicroBatcher(encoder, max_wait_s=self.max_wait_s, max_batch=self.max_batch)
