@@ -142,7 +142,9 @@ class Catalog:
     async def _load_reduction(self, router_id: int, pipeline: ContextPipeline) -> None:
         if not pipeline.needs_reduction:
             return
-        data = await self._repo.load_context_model(router_id, pca_fingerprint(pipeline.spec))
+        data = await self._repo.load_context_model(
+            router_id, pca_fingerprint(pipeline.spec, pipeline.encoder)
+        )
         if data is not None:
             from banditd.context.reduction import Reduction
 
@@ -156,7 +158,7 @@ class Catalog:
         pipeline.unsaved_reduction = False
         ours = pipeline.reduction.to_bytes()
         stored = await self._repo.save_context_model(
-            state.router_id, pca_fingerprint(state.spec), ours
+            state.router_id, pca_fingerprint(state.spec, pipeline.encoder), ours
         )
         if stored != ours:
             from banditd.context.reduction import Reduction

@@ -23,6 +23,7 @@ mid-word). ``replay`` shows what it is worth on the dev data (README).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ class TextEncoder(Protocol):
     dim: int
     # True when encoding is slow enough to leave the event loop (a thread) and batch calls.
     heavy: bool
+    # Names the weights when they are built locally (the distilled model): "" otherwise.
+    fingerprint: str
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
         """Vectors of the texts, shape (len(texts), dim), float64."""
@@ -81,6 +84,7 @@ def tail_window(tokenizer: Any, texts: Sequence[str], window_tokens: int) -> lis
 class HashingTextEncoder:
     name = "hashing"
     heavy = False
+    fingerprint = ""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -110,6 +114,7 @@ class MiniLMEncoder:
     name = "minilm"
     dim = ENCODER_DIMS["minilm"]
     heavy = True
+    fingerprint = ""  # the packaged weights, pinned by the extra
 
     def __init__(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -177,6 +182,9 @@ class StaticMiniLMEncoder:
             distill_static(path)
         self.model = StaticModel.from_pretrained(str(path))
         self._tokenizer = untruncated(self.model.tokenizer)
+        # Distilled on each machine unless shared: x is comparable only under one model.
+        weights = (path / "model.safetensors").read_bytes()
+        self.fingerprint = hashlib.blake2b(weights, digest_size=4).hexdigest()
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
         texts = tail_window(self._tokenizer, texts, window_tokens)

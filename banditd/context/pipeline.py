@@ -73,10 +73,11 @@ def check_embedding(spec: RouterSpec, embedding: Sequence[float]) -> FloatArray:
     return vec
 
 
-def pca_fingerprint(spec: RouterSpec) -> str:
+def pca_fingerprint(spec: RouterSpec, encoder: TextEncoder) -> str:
     """What a router's PCA depends on; a PCA stored under another fingerprint is not reused."""
+    weights = f"@{encoder.fingerprint}" if encoder.fingerprint else ""
     return (
-        f"pca:{spec.encoder}:{spec.embedding_dim}:w{spec.text_window_tokens}"
+        f"pca:{spec.encoder}{weights}:{spec.embedding_dim}:w{spec.text_window_tokens}"
         f":{spec.pca_dim}:n{spec.pca_fit_samples}"
     )
 
@@ -119,8 +120,9 @@ class ContextPipeline:
                 if self.reduction is None
                 else hashlib.blake2b(self.reduction.to_bytes(), digest_size=4).hexdigest()
             )
+        weights = f"@{self.encoder.fingerprint}" if self.encoder.fingerprint else ""
         return (
-            f"{s.encoder}:{s.embedding_dim}:w{s.text_window_tokens}:pca{s.pca_dim}/{pca}"
+            f"{s.encoder}{weights}:{s.embedding_dim}:w{s.text_window_tokens}:pca{s.pca_dim}/{pca}"
             f":m{len(s.metadata_keys)}x{s.metadata_slots}:k{s.knn_k}"
         )
 
