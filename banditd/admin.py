@@ -31,6 +31,9 @@ class RouterStats:
     lag_events: int
     shadows: list[ShadowTotals] = field(default_factory=list)
     health: dict[str, ArmHealthView] = field(default_factory=dict)  # by arm name
+    # Context features: the featurisation in use and the kNN index size (0 without kNN).
+    context_version: str = ""
+    knn_indexed: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,19 @@ class Admin:
         shadows = await self._repo.shadow_totals(state.router_id)
         now = time.time()
         health = {n: state.health.view(n, now) for n in names}
-        return RouterStats(tenant, name, arms, applied, head, lag, shadows, health)
+        context = state.context
+        return RouterStats(
+            tenant,
+            name,
+            arms,
+            applied,
+            head,
+            lag,
+            shadows,
+            health,
+            context_version=context.version if context is not None else "",
+            knn_indexed=context.knn.size if context is not None and context.knn else 0,
+        )
 
     # -- off-policy evaluation, promotion and rollback ----------------------------------------
 

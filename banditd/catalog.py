@@ -16,6 +16,9 @@ import structlog
 
 from banditd import metrics
 from banditd.breaker import ArmHealth, BreakerState
+from banditd.context.metadata import VocabularyStore
+from banditd.context.pipeline import ContextPipeline, pca_fingerprint
+from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import NotFound, Unavailable
 from banditd.policy import Policy, make_policy
@@ -42,13 +45,33 @@ class RouterState:
     defaults_checked_until: float = 0.0
     # Arm health, folded from the same events as the posterior (see banditd.breaker).
     health: ArmHealth = field(default_factory=ArmHealth)
+    # Request -> x (banditd.context.pipeline); None only for states built outside a Catalog.
+    context: ContextPipeline | None = None
+
+
+class _StoredVocabulary(VocabularyStore):
+    """A router's metadata vocabulary in the database."""
+
+    def __init__(self, repo: Repository, router_id: int) -> None:
+        self._repo, self._router_id = repo, router_id
+
+    async def assign(self, key: str, value: str, limit: int) -> int | None:
+        return await self._repo.assign_vocabulary_slot(self._router_id, key, value, limit)
 
 
 class Catalog:
     def __init__(
-        self, repo: Repository, snapshot_every: int, clock: Callable[[], float] = time.time
+        self,
+        repo: Repository,
+        snapshot_every: int,
+        clock: Callable[[], float] = time.time,
+        *,
+        encoders: Encoders | None = None,
+        max_prompt_chars: int = 200_000,
     ) -> None:
         self._repo = repo
+        self.encoders = encoders or Encoders()
+        self._max_prompt_chars = max_prompt_chars
         self._clock = clock
         self._snapshot_every = snapshot_every
         self._by_id: dict[int, RouterState] = {}
@@ -85,6 +108,7 @@ class Catalog:
             posterior.index(arm.name)
         state = RouterState(stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior)
         state.health = ArmHealth.from_json(health_json, spec.breaker)
+        state.context = await self._context(stored)
         replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
         self._by_name[(spec.tenant, spec.name)] = stored.router_id
@@ -97,6 +121,58 @@ class Catalog:
             seconds=round(time.perf_counter() - started, 4),
         )
         return state
+
+    async def _context(self, stored: StoredRouter) -> ContextPipeline:
+        """A router's context pipeline: its encoder, stored vocabulary and PCA, and its kNN
+        index rebuilt from the whole feedback log."""
+        spec, router_id = stored.spec, stored.router_id
+        encoder, batcher = await self.encoders.get(spec)
+        known = await self._repo.load_vocabulary(router_id) if spec.metadata_keys else None
+        pipeline = ContextPipeline(
+            spec,
+            encoder,
+            _StoredVocabulary(self._repo, router_id),
+            known_vocabulary=known,
+            batcher=batcher,
+            max_prompt_chars=self._max_prompt_chars,
+        )
+        await self._load_reduction(router_id, pipeline)
+        if pipeline.knn is not None:
+            after = 0
+            while events := await self._repo.events_after(router_id, after):
+                for event in events:
+                    pipeline.observe(event)
+                after = events[-1].event_id
+        return pipeline
+
+    async def _load_reduction(self, router_id: int, pipeline: ContextPipeline) -> None:
+        if not pipeline.needs_reduction:
+            return
+        data = await self._repo.load_context_model(
+            router_id, pca_fingerprint(pipeline.spec, pipeline.encoder)
+        )
+        if data is not None:
+            from banditd.context.reduction import Reduction
+
+            pipeline.set_reduction(Reduction.from_bytes(data))
+
+    async def save_reduction(self, state: RouterState) -> None:
+        """Store a PCA this process fitted; when another replica stored one first, use it."""
+        pipeline = state.context
+        if pipeline is None or pipeline.reduction is None or not pipeline.unsaved_reduction:
+            return
+        pipeline.unsaved_reduction = False
+        ours = pipeline.reduction.to_bytes()
+        stored = await self._repo.save_context_model(
+            state.router_id, pca_fingerprint(state.spec, pipeline.encoder), ours
+        )
+        if stored != ours:
+            from banditd.context.reduction import Reduction
+
+            pipeline.set_reduction(Reduction.from_bytes(stored))
+        log.info(
+            "pca_fitted", tenant=state.spec.tenant, router=state.spec.name, ours=stored == ours
+        )
 
     async def get(self, tenant: str, name: str) -> RouterState:
         router_id = self._by_name.get((tenant, name))
@@ -216,6 +292,8 @@ class Catalog:
                 # Only served calls judge an arm, each once (later signals re-rate the answer).
                 if not (event.offline or event.defaulted or event.signal):
                     state.health.observe(event.arm, event.error, event.created_at)
+                if state.context is not None:
+                    state.context.observe(event)
             applied += len(events)
         state.events_since_snapshot += applied
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
@@ -249,6 +327,8 @@ class Catalog:
                     metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
                     applied += await self._catch_up(state)
                     applied += await self._default_missing(state)
+                    if state.context is not None:
+                        await self._load_reduction(router_id, state.context)
         return applied
 
     def export_health(self, state: RouterState) -> None:

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from banditd import bench, codec, evaluate_cli, keys, replay
 from banditd.config import Settings
+from banditd.context import distill
 from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
 from banditd.ingest import ingest
@@ -243,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_parser(sub)
     evaluate_cli.add_parser(sub)
     _add_keys_parser(sub)
+    distill.add_parser(sub)
 
     args = parser.parse_args(argv)
-    if args.command in ("bench", "replay", "evaluate"):  # read settings themselves, if at all
+    # Commands that read settings themselves, if at all: a bad BANDITD_* must not block them.
+    if args.command in ("bench", "replay", "evaluate", "distill-encoder"):
         return int(args.func(args))
     try:
         settings = _settings(args)

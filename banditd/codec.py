@@ -16,8 +16,11 @@ from banditd.budget.ledger import BudgetUsage
 from banditd.budget.spec import BudgetSpec
 from banditd.domain import (
     DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS,
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
     DEFAULT_PRIOR_QUALITY,
     DEFAULT_REWARD_WAIT_SECONDS,
+    ENCODER_DIMS,
     ArmSpec,
     Decision,
     RouterSpec,
@@ -32,7 +35,16 @@ _THUMBS = {pb.THUMB_UP: "up", pb.THUMB_DOWN: "down"}
 
 
 def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
+    encoder = msg.encoder or "hashing"
+    native = ENCODER_DIMS.get(encoder)
     return RouterSpec(
+        encoder=encoder,
+        metadata_keys=tuple(msg.metadata_keys),
+        metadata_slots=msg.metadata_slots or DEFAULT_METADATA_SLOTS,
+        pca_dim=msg.pca_dim,
+        pca_fit_samples=msg.pca_fit_samples or DEFAULT_PCA_FIT_SAMPLES,
+        knn_k=msg.knn_k,
+        text_window_tokens=msg.text_window_tokens,
         tenant=msg.tenant,
         name=msg.name,
         arms=tuple(
@@ -74,7 +86,7 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         **{
             key: value
             for key, value in (
-                ("embedding_dim", msg.embedding_dim),
+                ("embedding_dim", msg.embedding_dim or native),
                 ("feedback_ttl_seconds", msg.feedback_ttl_seconds),
                 ("prior_output_tokens", msg.prior_output_tokens),
             )
@@ -123,6 +135,13 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         breaker_error_rate=spec.breaker_error_rate,
         breaker_min_events=spec.breaker_min_events,
         breaker_cooldown_seconds=spec.breaker_cooldown_seconds,
+        encoder=spec.encoder,
+        metadata_keys=list(spec.metadata_keys),
+        metadata_slots=spec.metadata_slots,
+        pca_dim=spec.pca_dim,
+        pca_fit_samples=spec.pca_fit_samples,
+        knn_k=spec.knn_k,
+        text_window_tokens=spec.text_window_tokens,
     )
 
 
@@ -169,6 +188,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
         expires_at_unix=int(d.expires_at),
         budget_price=d.budget_price,
         budget_outcome=d.budget_outcome,
+        context_version=d.context_version or "",
     )
 
 
@@ -242,6 +262,8 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
         ],
         mean_reward=sum(a.reward_sum for a in stats.arms) / fed if fed else 0.0,
         mean_cost_usd=sum(a.spend_usd for a in stats.arms) / fed if fed else 0.0,
+        context_version=stats.context_version,
+        knn_indexed=stats.knn_indexed,
     )
 
 

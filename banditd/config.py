@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         100_000, ge=1, description="decisions buffered while the database is down (oldest dropped)"
     )
 
+    # Context features: micro-batching of slow text encoders (minilm).
+    encoder_max_wait_ms: float = Field(
+        2.0, ge=0, le=50, description="longest a prompt waits for others to share an encoder call"
+    )
+    encoder_max_batch: int = Field(64, ge=1, le=1024, description="prompts per encoder call")
+
     # -- budgets (issue 6)
     budget_lease_fraction: float = Field(
         0.1, gt=0, le=1, description="share of a budget's unleased money one lease takes"

@@ -39,6 +39,14 @@ MAX_SIGNALS_PER_DECISION = 16  # under "last" / "mean": a bound on one decision'
 MAX_SHADOWS = 4  # bounds the extra work a Select does for shadow policies
 MAX_BREAKER_MIN_EVENTS = 10_000
 MAX_BREAKER_COOLDOWN_SECONDS = 86_400
+# Context features (banditd.context): text encoders by name, request metadata, PCA, kNN.
+ENCODERS = ("hashing", "minilm", "minilm-static")
+ENCODER_DIMS = {"minilm": 384, "minilm-static": 256}  # fixed output sizes; hashing: any
+DEFAULT_METADATA_SLOTS = 16
+MAX_METADATA_KEYS = 16
+MAX_METADATA_SLOTS = 1024
+MAX_KNN_K = 256
+DEFAULT_PCA_FIT_SAMPLES = 256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 FloatArray = npt.NDArray[np.float64]
@@ -138,6 +146,14 @@ class RouterSpec:
     breaker_error_rate: float = DEFAULT_ERROR_RATE
     breaker_min_events: int = DEFAULT_MIN_EVENTS
     breaker_cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
+    # Context features (banditd.context).
+    encoder: str = "hashing"
+    metadata_keys: tuple[str, ...] = ()
+    metadata_slots: int = DEFAULT_METADATA_SLOTS
+    pca_dim: int = 0
+    pca_fit_samples: int = DEFAULT_PCA_FIT_SAMPLES
+    knn_k: int = 0
+    text_window_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_name("router.tenant", self.tenant)
@@ -202,11 +218,55 @@ class RouterSpec:
             raise InvalidArgument(
                 "router.breaker_cooldown_seconds", f"must be in 1..{MAX_BREAKER_COOLDOWN_SECONDS}"
             )
+        self._check_context()
+
+    def _check_context(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise InvalidArgument("router.encoder", f"must be one of {', '.join(ENCODERS)}")
+        native = ENCODER_DIMS.get(self.encoder)
+        if native is not None and self.embedding_dim != native:
+            raise InvalidArgument(
+                "router.embedding_dim",
+                f"encoder {self.encoder!r} gives {native} values (set {native} or 0)",
+            )
+        if len(self.metadata_keys) > MAX_METADATA_KEYS:
+            raise InvalidArgument("router.metadata_keys", f"at most {MAX_METADATA_KEYS} keys")
+        if len(set(self.metadata_keys)) != len(self.metadata_keys):
+            raise InvalidArgument("router.metadata_keys", "keys must be distinct")
+        if any(not key or len(key) > 128 for key in self.metadata_keys):
+            raise InvalidArgument("router.metadata_keys", "keys must be 1-128 characters")
+        if not 2 <= self.metadata_slots <= MAX_METADATA_SLOTS:
+            raise InvalidArgument("router.metadata_slots", f"must be in 2..{MAX_METADATA_SLOTS}")
+        if not 0 <= self.pca_dim <= min(self.embedding_dim, 256):
+            raise InvalidArgument(
+                "router.pca_dim", "must be in 0..min(embedding_dim, 256) (0: no reduction)"
+            )
+        if self.pca_dim and self.pca_fit_samples < self.pca_dim:
+            raise InvalidArgument("router.pca_fit_samples", "must be >= pca_dim")
+        if not 0 <= self.knn_k <= MAX_KNN_K:
+            raise InvalidArgument("router.knn_k", f"must be in 0..{MAX_KNN_K} (0: off)")
+        if not 0 <= self.text_window_tokens <= 100_000:
+            raise InvalidArgument("router.text_window_tokens", "must be in 0..100000")
 
     @property
     def dim(self) -> int:
-        """Length of the context vector x: an intercept plus the embedding."""
-        return self.embedding_dim + 1
+        """Length of the context vector x: an intercept, the (reduced) embedding, one-hot
+        metadata and kNN outcome features (banditd.context.pipeline has the layout)."""
+        return 1 + self.reduced_dim + self.metadata_dim + self.knn_dim
+
+    @property
+    def reduced_dim(self) -> int:
+        """Size of the embedding part of x: pca_dim when set, else embedding_dim."""
+        return self.pca_dim or self.embedding_dim
+
+    @property
+    def metadata_dim(self) -> int:
+        return len(self.metadata_keys) * self.metadata_slots
+
+    @property
+    def knn_dim(self) -> int:
+        """Two features per arm (neighbours' mean reward, neighbour share) when kNN is on."""
+        return 2 * len(self.arms) if self.knn_k else 0
 
     @property
     def breaker(self) -> BreakerConfig:
@@ -261,6 +321,7 @@ class Decision:
     # Budgets (issue 6): the pacer's price of a dollar and what the budget did (not logged).
     budget_price: float = 0.0
     budget_outcome: str = ""
+    context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
 
 
 @dataclass(frozen=True)
@@ -326,4 +387,5 @@ def spec_from_dict(data: Mapping[str, Any]) -> RouterSpec:
     values = {k: v for k, v in data.items() if k in known}
     values["arms"] = tuple(ArmSpec(**a) for a in values.get("arms", ()))
     values["shadows"] = tuple(ShadowSpec(**s) for s in values.get("shadows", ()))
+    values["metadata_keys"] = tuple(values.get("metadata_keys") or ())
     return RouterSpec(**values)

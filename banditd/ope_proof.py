@@ -106,13 +106,15 @@ def truth(
 
 
 def online(
-    spec: RouterSpec, outcomes: replay.Outcomes, xs: np.ndarray[Any, Any], seed: int
+    spec: RouterSpec, outcomes: replay.Outcomes, raw: np.ndarray[Any, Any], seed: int
 ) -> tuple[float, float]:
-    """`banditd replay` of the candidate: mean quality and cost, learning from its own picks."""
+    """`banditd replay` of the candidate: mean quality and cost, learning from its own picks.
+    raw: the encoder's embedding of each prompt."""
     picks = replay.learn_online(
         spec,
         outcomes,
-        xs,
+        raw,
+        pipeline=replay.pipeline_of(spec, replay.MAX_PROMPT_CHARS),
         posterior=replay.fresh_posterior(spec),
         seed=seed,
         feedback="score",
@@ -136,7 +138,9 @@ def proof(
     outcomes = replay.load_outcomes(data, limit=limit)
     opts = replay.Options(data=data, policy="epsilon-greedy", exploration=logging_epsilon)
     logging = replay.router_spec(outcomes.arms, opts, 0.0)
-    xs = replay.contexts(logging, outcomes, replay.MAX_PROMPT_CHARS, replay.Progress())
+    pipeline = replay.pipeline_of(logging, replay.MAX_PROMPT_CHARS)
+    raw = replay.embeddings(pipeline, outcomes.prompts, "encoding prompts", replay.Progress())
+    xs = replay.contexts(pipeline, outcomes, raw)
     named = candidates(logging)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in named}
     logged = []
@@ -150,7 +154,7 @@ def proof(
                 {
                     "seed": seed,
                     "truth": {"reward": q, "cost_usd": c, "utility": q - COST_WEIGHT * c},
-                    "online": online(spec, outcomes, xs, seed),
+                    "online": online(spec, outcomes, raw, seed),
                     **result.as_dict(),
                 }
             )

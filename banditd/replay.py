@@ -9,6 +9,12 @@ only that arm's feedback: its quality as a score, or with ``--feedback thumbs`` 
 with probability = quality. Arms get zero prices and every event reports the call's real cost, so
 the posterior learns each arm's mean cost per call, which is what cost-weighted choice uses.
 
+Context (banditd.context.pipeline, as a router with the same settings builds it): the encoder's
+embeddings of all prompts are computed first (``--embeddings-cache`` keeps them), then x is built
+at each step, so the PCA is fitted and the kNN index grows along the stream (and from the
+warm-start file first) exactly as in the server; ``--metadata-from`` sends record fields as
+request metadata. The replay-only ``knn`` policy ranks arms by the kNN outcome features alone.
+
 Reference policies (not learning, computed here): ``random`` (uniform), ``cheapest`` (the model
 with the lowest mean cost), ``best-single`` (the model with the best mean quality - cost_weight x
 mean cost over the whole file, in hindsight) and ``oracle`` (per prompt the best quality -
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -56,9 +63,16 @@ import numpy as np
 from banditd.budget.pacer import Pacing
 from banditd.catalog import RouterState
 from banditd.config import Settings
-from banditd.context import build_x
+from banditd.context import input_tokens_estimate
+from banditd.context.encoders import get_encoder
+from banditd.context.metadata import MemoryVocabularyStore
+from banditd.context.pipeline import ContextPipeline
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
+    ENCODER_DIMS,
+    ENCODERS,
     POLICIES,
     ArmSpec,
     FeedbackEvent,
@@ -73,6 +87,9 @@ from banditd.router import BudgetCheck, rank_arms
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
+# Learning policies of replay only: "knn" picks by the kNN outcome features alone (see _choose_knn).
+REPLAY_POLICIES = ("knn",)
+DEFAULT_KNN_K = 20
 FEEDBACK = ("score", "thumbs")
 MAX_PROMPT_CHARS: int = Settings.model_fields["max_prompt_chars"].default  # the server default
 SWEEP_POINTS = 12
@@ -99,6 +116,8 @@ class Outcomes:
     lines: tuple[int, ...]
     quality: FloatArray
     cost: FloatArray
+    # Request metadata per prompt (record fields named by --metadata-from), length n.
+    metadata: tuple[dict[str, str], ...] = ()
 
     @property
     def n(self) -> int:
@@ -124,6 +143,15 @@ class Options:
     embedding_dim: int = DEFAULT_EMBEDDING_DIM
     exploration: float = 0.0
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    # Context features (banditd.context): record fields sent as request metadata, encoder, etc.
+    metadata_from: tuple[str, ...] = ()
+    metadata_slots: int = DEFAULT_METADATA_SLOTS
+    encoder: str = "hashing"
+    text_window_tokens: int = 0
+    pca_dim: int = 0
+    pca_fit_samples: int = DEFAULT_PCA_FIT_SAMPLES
+    knn_k: int = 0
+    embeddings_cache: Path | None = None
 
 
 class Progress:
@@ -171,7 +199,18 @@ def _outcome_row(
     return quality, cost
 
 
-def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None) -> Outcomes:
+def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, str]:
+    """The request metadata a calling service would send for a record: each named field's
+    value as text (absent or null fields are left out)."""
+    return {f: str(record[f]) for f in fields if record.get(f) is not None}
+
+
+def load_outcomes(
+    path: Path,
+    arms: Sequence[str] = (),
+    limit: int | None = None,
+    metadata_from: Sequence[str] = (),
+) -> Outcomes:
     """The first ``limit`` records of an outcome file, checked; bad records raise, by line.
 
     arms: the models to route between; by default those of the first record, in its order.
@@ -181,6 +220,7 @@ def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None
     lines: list[int] = []
     quality: list[list[float]] = []
     cost: list[list[float]] = []
+    metadata: list[dict[str, str]] = []
     try:
         for record in itertools.islice(read_outcomes(path), limit):
             line = int(record["_line"])
@@ -193,6 +233,7 @@ def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None
             q, c = _outcome_row(path, line, models, arms)
             prompts.append(prompt)
             lines.append(line)
+            metadata.append(record_metadata(record, metadata_from))
             quality.append(q)
             cost.append(c)
     except (EOFError, UnicodeDecodeError) as exc:
@@ -201,7 +242,13 @@ def load_outcomes(path: Path, arms: Sequence[str] = (), limit: int | None = None
     if not prompts:
         raise InvalidArgument("data", f"{path}:1: no records (the file is empty)")
     return Outcomes(
-        path, tuple(arms), tuple(prompts), tuple(lines), np.array(quality), np.array(cost)
+        path,
+        tuple(arms),
+        tuple(prompts),
+        tuple(lines),
+        np.array(quality),
+        np.array(cost),
+        tuple(metadata),
     )
 
 
@@ -211,25 +258,72 @@ def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> Route
         tenant="replay",
         name="replay",
         arms=tuple(ArmSpec(name, 0.0, 0.0) for name in arms),
-        policy=opts.policy,
+        policy=opts.policy if opts.policy in POLICIES else "linucb",
         exploration=opts.exploration,
         default_cost_weight=cost_weight,
-        embedding_dim=opts.embedding_dim,
+        embedding_dim=ENCODER_DIMS.get(opts.encoder, opts.embedding_dim),
+        encoder=opts.encoder,
+        metadata_keys=opts.metadata_from,
+        metadata_slots=opts.metadata_slots,
+        pca_dim=opts.pca_dim,
+        pca_fit_samples=opts.pca_fit_samples,
+        knn_k=opts.knn_k or (DEFAULT_KNN_K if opts.policy == "knn" else 0),
+        text_window_tokens=opts.text_window_tokens,
     )
 
 
-def contexts(
-    spec: RouterSpec, outcomes: Outcomes, max_prompt_chars: int, progress: Progress
+def pipeline_of(spec: RouterSpec, max_prompt_chars: int) -> ContextPipeline:
+    """The context pipeline a server builds for the router, with an in-memory vocabulary."""
+    encoder = get_encoder(spec.encoder, spec.embedding_dim)
+    return ContextPipeline(
+        spec, encoder, MemoryVocabularyStore(), max_prompt_chars=max_prompt_chars
+    )
+
+
+ENCODE_CHUNK = 256
+
+
+def embeddings(
+    pipeline: ContextPipeline,
+    prompts: Sequence[str],
+    label: str,
+    progress: Progress,
+    cache: Path | None = None,
 ) -> FloatArray:
-    """The context x Select builds for each prompt, shape (n, spec.dim)."""
-    xs = np.empty((outcomes.n, spec.dim))
-    for t, prompt in enumerate(outcomes.prompts):
-        try:
-            xs[t] = build_x(spec, prompt=prompt, embedding=None, max_prompt_chars=max_prompt_chars)
-        except InvalidArgument as exc:
-            raise _bad(outcomes.path, outcomes.lines[t], exc.message) from exc
-        progress("encoding prompts", t + 1, outcomes.n)
-    return xs
+    """The encoder's raw embedding of each prompt, shape (n, embedding_dim); with a cache
+    folder, kept there by a hash of the prompts and the encoder settings (a sweep of other
+    options reuses them)."""
+    spec = pipeline.spec
+    path = None
+    if cache is not None:
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{spec.encoder}:{spec.embedding_dim}:{spec.text_window_tokens}".encode())
+        for prompt in prompts:
+            digest.update(prompt.encode() + b"\x00")
+        path = cache / f"{digest.hexdigest()}.npy"
+        if path.exists():
+            return np.asarray(np.load(path), dtype=np.float64)
+    out = _encode(pipeline, prompts, label, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, out)
+    return out
+
+
+def _encode(
+    pipeline: ContextPipeline, prompts: Sequence[str], label: str, progress: Progress
+) -> FloatArray:
+    out = np.empty((len(prompts), pipeline.spec.embedding_dim))
+    for start in range(0, len(prompts), ENCODE_CHUNK):
+        chunk = prompts[start : start + ENCODE_CHUNK]
+        out[start : start + len(chunk)] = pipeline.embed_now(chunk)
+        progress(label, start + len(chunk), len(prompts))
+    return out
+
+
+def contexts(pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray) -> FloatArray:
+    """x of each prompt in stream order without learning (no kNN features), shape (n, dim)."""
+    return np.stack([pipeline.build_now(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)])
 
 
 def fresh_posterior(spec: RouterSpec) -> Posterior:
@@ -241,13 +335,37 @@ def fresh_posterior(spec: RouterSpec) -> Posterior:
 
 
 def warm_posterior(
-    spec: RouterSpec, path: Path, max_prompt_chars: int
+    spec: RouterSpec,
+    path: Path,
+    max_prompt_chars: int,
+    pipeline: ContextPipeline | None = None,
+    metadata_from: Sequence[str] = (),
+    cache: Path | None = None,
 ) -> tuple[Posterior, WarmStartReport]:
-    """The posterior after `banditd warm-start` on ``path``: its offline events in order."""
+    """The posterior after `banditd warm-start` on ``path``: its offline events in order.
+
+    With a pipeline, x comes from it (the records' metadata fields included), and its PCA
+    samples and kNN index take in the warm-start data too."""
     posterior, report = fresh_posterior(spec), WarmStartReport()
-    events = offline_events(spec, 0, read_outcomes(path), report, max_prompt_chars=max_prompt_chars)
+    records: list[dict[str, Any]] = list(read_outcomes(path))
+    featurise = None
+    if pipeline is not None:
+        good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
+        texts = [r["prompt"] for r in good]
+        vecs = embeddings(pipeline, texts, "encoding warm-start prompts", Progress(), cache)
+        raw = {id(r): v for r, v in zip(good, vecs, strict=True)}
+
+        def featurise(record: dict[str, Any]) -> FloatArray:
+            return pipeline.build_now(raw[id(record)], record_metadata(record, metadata_from))
+
+    events = offline_events(
+        spec, 0, records, report, max_prompt_chars=max_prompt_chars, featurise=featurise
+    )
     for event_id, event in enumerate(events, start=1):
-        posterior.apply(dataclasses.replace(event, event_id=event_id))
+        event = dataclasses.replace(event, event_id=event_id)
+        posterior.apply(event)
+        if pipeline is not None:
+            pipeline.observe(event)
     if not report.events:
         raise InvalidArgument("warm_start", f"{path}: no outcomes for any of the replay's arms")
     return posterior, report
@@ -270,6 +388,13 @@ class Ledger:
             available_usd=self.budget_usd - self.spent,
         )
         return BudgetCheck([pacing], refuse=True, scope="the replay")
+
+    def even_share(self, t: int) -> float | None:
+        """A cost cap for prompt t (the replay-only knn policy, which has no pacer): an even
+        share of what is left over the prompts left."""
+        if self.budget_usd is None:
+            return None
+        return (self.budget_usd - self.spent) / (self.n - t)
 
     def charge(self, cost_usd: float) -> bool:
         """Charge a call's real cost; False (nothing charged) when it would overrun the budget."""
@@ -294,6 +419,33 @@ def _choose(
         return None
 
 
+def _choose_knn(
+    state: RouterState,
+    x: FloatArray,
+    prompt: str,
+    cap: float | None,
+    alpha: float,
+    cost_weight: float,
+) -> str:
+    """The replay-only ``knn`` policy: per arm, the neighbours' weighted mean reward shrunk to
+    the prior by one pseudo-count, plus alpha / sqrt(neighbours + 1), minus cost_weight x the
+    arm's expected cost; under a pacing cap only arms whose expected cost fits (else the
+    cheapest). x: shape (dim,), its last 2 n_arms values the kNN features."""
+    spec, posterior = state.spec, state.posterior
+    feats = x[-spec.knn_dim :]
+    n = feats[1::2] * spec.knn_k
+    quality = (feats[0::2] * n + spec.prior_quality) / (n + 1.0)
+    input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
+    costs = np.array(
+        [posterior.expected_cost_usd(posterior.index(a.name), a, input_tokens) for a in spec.arms]
+    )
+    utility = quality + alpha / np.sqrt(n + 1.0) - cost_weight * costs
+    if cap is not None:
+        cap = max(cap, float(costs.min()))
+        utility = np.where(costs <= cap, utility, -np.inf)
+    return spec.arms[int(np.argmax(utility))].name
+
+
 def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: float) -> FeedbackEvent:
     """The feedback event of one served prompt: its reward and real cost, no token counts."""
     return FeedbackEvent(
@@ -316,16 +468,20 @@ def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: floa
 def learn_online(
     spec: RouterSpec,
     outcomes: Outcomes,
-    xs: FloatArray,
+    raw: FloatArray,
     *,
+    pipeline: ContextPipeline,
     posterior: Posterior,
     seed: int,
     feedback: str,
     budget_usd: float | None,
     progress: Callable[[int], None],
+    knn_policy: bool = False,
 ) -> IntArray:
     """Route the stream with the router's policy, learning online; the arm (column of
-    outcomes) per prompt, REFUSED where the budget refused it, shape (n,). xs: (n, spec.dim)."""
+    outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
+    embedding of each prompt, (n, spec.embedding_dim); x is built from it at each step, so PCA
+    fitting and kNN features follow the stream as they would in the server."""
     state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), posterior)
     rng = np.random.default_rng(seed)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
@@ -333,8 +489,15 @@ def learn_online(
     ledger = Ledger(budget_usd, outcomes.n)
     picks = np.full(outcomes.n, REFUSED, dtype=np.int64)
     event_id = posterior.last_event_id
+    metadata = outcomes.metadata or ({},) * outcomes.n
     for t, prompt in enumerate(outcomes.prompts):
-        arm = _choose(state, xs[t], prompt, ledger.check(t), rng)
+        x = pipeline.build_now(raw[t], metadata[t])
+        arm: str | None
+        if knn_policy:
+            weight = spec.default_cost_weight
+            arm = _choose_knn(state, x, prompt, ledger.even_share(t), spec.alpha, weight)
+        else:
+            arm = _choose(state, x, prompt, ledger.check(t), rng)
         if arm is None:
             progress(t + 1)
             continue
@@ -344,7 +507,9 @@ def learn_online(
             picks[t] = j
             reward = float(thumbs[t] < quality) if feedback == "thumbs" else quality
             event_id += 1
-            posterior.apply(_event(event_id, arm, xs[t], reward, cost))
+            event = _event(event_id, arm, x, reward, cost)
+            posterior.apply(event)
+            pipeline.observe(event)
         progress(t + 1)
     return picks
 
@@ -476,18 +641,37 @@ class Replay:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.progress = Progress()
-        self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit)
-        self.learning = opts.policy in POLICIES
+        self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit, opts.metadata_from)
+        self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
         self.warm_report: WarmStartReport | None = None
-        self.xs = np.zeros((self.outcomes.n, 0))
+        self.raw = np.zeros((self.outcomes.n, 0))
         self.prior: Posterior | None = None
+        self.pipeline: ContextPipeline | None = None
+        self.encode_s = 0.0
         if self.learning:
             spec = router_spec(self.outcomes.arms, opts, opts.cost_weight)
-            self.xs = contexts(spec, self.outcomes, opts.max_prompt_chars, self.progress)
+            self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
+            started = time.perf_counter()
+            try:
+                self.raw = embeddings(
+                    self.pipeline,
+                    self.outcomes.prompts,
+                    "encoding prompts",
+                    self.progress,
+                    opts.embeddings_cache,
+                )
+            except InvalidArgument as exc:
+                raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
+            self.encode_s = round(time.perf_counter() - started, 2)
             self.prior = fresh_posterior(spec)
             if opts.warm_start is not None:
                 self.prior, self.warm_report = warm_posterior(
-                    spec, opts.warm_start, opts.max_prompt_chars
+                    spec,
+                    opts.warm_start,
+                    opts.max_prompt_chars,
+                    self.pipeline,
+                    opts.metadata_from,
+                    opts.embeddings_cache,
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
 
@@ -503,15 +687,18 @@ class Replay:
             return gate(chosen, outcomes, budget_usd)
         budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
+        assert self.pipeline is not None
         return learn_online(
             router_spec(outcomes.arms, opts, cost_weight),
             outcomes,
-            self.xs,
+            self.raw,
+            pipeline=self.pipeline.fork(),
             posterior=copy.deepcopy(self.prior),
             seed=seed,
             feedback=opts.feedback,
             budget_usd=budget_usd,
             progress=lambda done: self.progress(label, done, outcomes.n),
+            knn_policy=opts.policy == "knn",
         )
 
     def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
@@ -604,6 +791,17 @@ def replay(opts: Options) -> dict[str, Any]:
         "policy": opts.policy,
         "exploration": None if spec is None else spec.alpha,
         "embedding_dim": None if spec is None else spec.embedding_dim,
+        "context": None
+        if spec is None or run.pipeline is None
+        else {
+            "encoder": spec.encoder,
+            "text_window_tokens": spec.text_window_tokens,
+            "metadata_from": list(spec.metadata_keys),
+            "pca_dim": spec.pca_dim,
+            "knn_k": spec.knn_k,
+            "dim": spec.dim,
+            "encode_s": run.encode_s,
+        },
         "feedback": opts.feedback,
         "cost_weight": opts.cost_weight,
         "budget_usd": opts.budget_usd,
@@ -813,6 +1011,14 @@ def options(args: argparse.Namespace) -> Options:
         limit=args.limit,
         embedding_dim=args.embedding_dim,
         exploration=args.exploration,
+        metadata_from=tuple(f.strip() for f in (args.metadata_from or "").split(",") if f.strip()),
+        metadata_slots=args.metadata_slots,
+        encoder=args.encoder,
+        text_window_tokens=args.text_window,
+        pca_dim=args.pca_dim,
+        pca_fit_samples=args.pca_fit_samples,
+        knn_k=args.knn_k,
+        embeddings_cache=args.embeddings_cache,
     )
 
 
@@ -842,7 +1048,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--data", type=Path, required=True, help="outcome file (JSONL, optionally .gz)")
     p.add_argument(
         "--policy",
-        choices=(*POLICIES, *REFERENCE_POLICIES),
+        choices=(*POLICIES, *REPLAY_POLICIES, *REFERENCE_POLICIES),
         default="linucb",
         help="(linucb) random, cheapest, best-single and oracle are references, not learning",
     )
@@ -877,6 +1083,36 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
+    )
+    p.add_argument(
+        "--metadata-from",
+        metavar="FIELD[,FIELD]",
+        help="send these record fields (e.g. task) as request metadata the router declares",
+    )
+    p.add_argument(
+        "--metadata-slots", type=_int_from(2), default=DEFAULT_METADATA_SLOTS, help="(%(default)s)"
+    )
+    p.add_argument("--encoder", choices=ENCODERS, default="hashing", help="text encoder (hashing)")
+    p.add_argument(
+        "--text-window",
+        type=_int_from(0),
+        default=0,
+        metavar="TOKENS",
+        help="encode only the last N tokens of each prompt (0: whole prompt)",
+    )
+    p.add_argument("--pca-dim", type=_int_from(0), default=0, help="PCA size (0: none)")
+    p.add_argument(
+        "--pca-fit-samples",
+        type=_int_from(1),
+        default=DEFAULT_PCA_FIT_SAMPLES,
+        help="(%(default)s)",
+    )
+    p.add_argument("--knn-k", type=_int_from(0), default=0, help="kNN outcome features (0: off)")
+    p.add_argument(
+        "--embeddings-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep the prompts' embeddings here, reused by later runs with the same encoder",
     )
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -16,7 +16,7 @@ from banditd import metrics
 from banditd.budget import pacer
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog, RouterState
-from banditd.context import build_x, input_tokens_estimate
+from banditd.context import input_tokens_estimate
 from banditd.decision_log import DecisionLog
 from banditd.domain import (
     ArmSpec,
@@ -111,6 +111,11 @@ class Selector:
             earlier = await self._decisions.find(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
+        spec, context = state.spec, state.context
+        assert context is not None  # the catalog gives every router its pipeline
+        x = await context.build(prompt=req.prompt, embedding=req.embedding, metadata=req.metadata)
+        if context.unsaved_reduction:
+            await self._catalog.save_reduction(state)
         budgets = self._budgets.applicable(req.tenant, req.router) if self._budgets else []
         if self._budgets is not None and budgets:
             need = _priciest(state, req.prompt, req.candidates)
@@ -121,13 +126,6 @@ class Selector:
             earlier = self._decisions.lookup(state.router_id, req.request_id)
             if earlier is not None:
                 return earlier
-        spec = state.spec
-        x = build_x(
-            spec,
-            prompt=req.prompt,
-            embedding=req.embedding,
-            max_prompt_chars=self._max_prompt_chars,
-        )
         seed = self._seeds()
         blocked = state.health.blocked((a.name for a in spec.arms), self._clock())
         check = None
@@ -200,6 +198,7 @@ class Selector:
             shadows=shadows,
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
+            context_version=context.version,
         )
         if self._budgets is not None and reservation is not None:
             # Counted before the decision is logged or leaves (a refused charge logs nothing).

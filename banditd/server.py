@@ -21,6 +21,7 @@ from banditd.auth import Authenticator, EdgeGuard
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.config import Settings
+from banditd.context.registry import Encoders
 from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
 from banditd.errors import Unavailable
@@ -149,6 +150,7 @@ class App:
             except Unavailable as exc:  # the log has every event: a restart replays them
                 log.warning("snapshot_skipped", error=str(exc))
         finally:
+            self.catalog.encoders.close()
             await self.db.close()
         log.info("stopped", decisions_unlogged=self.decisions.pending + self.decisions.dropped)
 
@@ -176,7 +178,12 @@ async def build_app(settings: Settings) -> App:
         else await repo.secret("decision_signing_key")
     )
     signer = TokenSigner(key)
-    catalog = Catalog(repo, settings.snapshot_every)
+    catalog = Catalog(
+        repo,
+        settings.snapshot_every,
+        encoders=Encoders(settings.encoder_max_wait_ms / 1000.0, settings.encoder_max_batch),
+        max_prompt_chars=settings.max_prompt_chars,
+    )
     decisions = DecisionLog(
         repo, settings.decision_flush_ms / 1000.0, settings.decision_log_max_pending
     )

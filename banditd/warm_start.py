@@ -15,13 +15,13 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from banditd.context import build_x
-from banditd.domain import FeedbackEvent, RouterSpec
+from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
 from banditd.errors import InvalidArgument
 
 _NAMESPACE = uuid.UUID("6f1c3a52-4d3e-4f0e-9a43-0b7f3d1c2a10")
@@ -65,8 +65,10 @@ def offline_events(
     report: WarmStartReport,
     *,
     max_prompt_chars: int,
+    featurise: Callable[[dict[str, Any]], FloatArray] | None = None,
 ) -> Iterator[FeedbackEvent]:
-    """One offline event per (record, router arm the record has an outcome for)."""
+    """One offline event per (record, router arm the record has an outcome for); x from
+    ``featurise(record)`` when given (replay's context pipeline), else ``build_x``."""
     arms = {a.name for a in spec.arms}
     now = time.time()
     for record in records:
@@ -76,7 +78,11 @@ def offline_events(
             report.skip("no prompt or models")
             continue
         try:
-            x = build_x(spec, prompt=prompt, embedding=None, max_prompt_chars=max_prompt_chars)
+            x = (
+                build_x(spec, prompt=prompt, embedding=None, max_prompt_chars=max_prompt_chars)
+                if featurise is None
+                else featurise(record)
+            )
         except InvalidArgument as exc:
             report.skip(exc.field)
             continue

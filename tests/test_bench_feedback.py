@@ -39,6 +39,7 @@ def test_tiny_run_reports_throughput_and_convergence(
     assert 0 <= convergence["p50"] <= convergence["p99"] <= convergence["max"]
     assert set(report["targets"]) == {
         "stream_20k_events_per_s",
+        "upload_20k_events_per_s",
         "ingest_20k_events_per_s",
         "convergence_p99_under_1s",
     }

@@ -8,9 +8,32 @@ import numpy as np
 
 from banditd.context.hashing import HashingEncoder
 from banditd.domain import FloatArray, RouterSpec
-from banditd.errors import InvalidArgument
+from banditd.errors import FailedPrecondition, InvalidArgument
 
 CHARS_PER_TOKEN = 4.0
+
+
+def check_prompt(prompt: str, max_prompt_chars: int) -> None:
+    if not prompt.strip():
+        raise InvalidArgument("prompt", "must not be empty")
+    if len(prompt) > max_prompt_chars:
+        raise InvalidArgument(
+            "prompt",
+            f"{len(prompt)} characters is over the limit of {max_prompt_chars} "
+            "(BANDITD_MAX_PROMPT_CHARS)",
+        )
+
+
+def check_embedding(spec: RouterSpec, embedding: Sequence[float]) -> FloatArray:
+    if len(embedding) != spec.embedding_dim:
+        raise InvalidArgument(
+            "embedding.values",
+            f"router {spec.name!r} expects {spec.embedding_dim} values, got {len(embedding)}",
+        )
+    vec = np.asarray(embedding, dtype=np.float64)
+    if not np.all(np.isfinite(vec)):
+        raise InvalidArgument("embedding.values", "must all be finite (no NaN or inf)")
+    return vec
 
 
 def build_x(
@@ -23,31 +46,24 @@ def build_x(
     """Context vector, shape (spec.dim,), float64 whose values are exact float32.
 
     Rounding through float32 keeps x identical after it travels in a decision token.
+    The hashing encoder's x without request metadata or kNN outcomes (those parts are zero);
+    routers with another encoder or a PCA build x through banditd.context.pipeline.
     """
+    if spec.encoder != "hashing" or spec.pca_dim:
+        raise FailedPrecondition(
+            f"router {spec.name!r} uses encoder {spec.encoder!r}"
+            f"{' with PCA' if spec.pca_dim else ''}: build x with its context pipeline"
+        )
     if prompt is not None:
-        if not prompt.strip():
-            raise InvalidArgument("prompt", "must not be empty")
-        if len(prompt) > max_prompt_chars:
-            raise InvalidArgument(
-                "prompt",
-                f"{len(prompt)} characters is over the limit of {max_prompt_chars} "
-                "(BANDITD_MAX_PROMPT_CHARS)",
-            )
+        check_prompt(prompt, max_prompt_chars)
         vec = HashingEncoder(spec.embedding_dim).encode(prompt)
     elif embedding is not None:
-        if len(embedding) != spec.embedding_dim:
-            raise InvalidArgument(
-                "embedding.values",
-                f"router {spec.name!r} expects {spec.embedding_dim} values, got {len(embedding)}",
-            )
-        vec = np.asarray(embedding, dtype=np.float64)
-        if not np.all(np.isfinite(vec)):
-            raise InvalidArgument("embedding.values", "must all be finite (no NaN or inf)")
+        vec = check_embedding(spec, embedding)
     else:
         raise InvalidArgument("context", "set either prompt or embedding")
-    x = np.empty(spec.dim, dtype=np.float64)
+    x = np.zeros(spec.dim, dtype=np.float64)
     x[0] = 1.0
-    x[1:] = vec
+    x[1 : 1 + spec.embedding_dim] = vec
     x32 = x.astype(np.float32)
     if not np.all(np.isfinite(x32)):
         raise InvalidArgument("embedding.values", "values overflow float32")

@@ -265,3 +265,36 @@ budget_charges = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_budget_charges_lease_id", "lease_id"),
 )
+
+# Context features (banditd.context): routers gain encoder, metadata_keys, metadata_slots,
+# pca_dim, pca_fit_samples, knn_k, text_window_tokens (migration 0007); decisions record the
+# featurisation they used.
+routers.append_column(Column("encoder", String(32), nullable=False, server_default="hashing"))
+routers.append_column(Column("metadata_keys", JSON, nullable=True))
+routers.append_column(Column("metadata_slots", Integer, nullable=False, server_default="16"))
+routers.append_column(Column("pca_dim", Integer, nullable=False, server_default="0"))
+routers.append_column(Column("pca_fit_samples", Integer, nullable=False, server_default="256"))
+routers.append_column(Column("knn_k", Integer, nullable=False, server_default="0"))
+routers.append_column(Column("text_window_tokens", Integer, nullable=False, server_default="0"))
+decisions.append_column(Column("context_version", String(128), nullable=True))
+
+# A router's metadata vocabulary: the one-hot position of each value of each declared key.
+context_vocab = Table(
+    "context_vocab",
+    metadata,
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(1024), primary_key=True),
+    Column("slot", Integer, nullable=False),
+    UniqueConstraint("router_id", "key", "slot", name="uq_context_vocab_router_key_slot"),
+)
+
+# Fitted context models of a router (its PCA), by a fingerprint of what they depend on.
+context_models = Table(
+    "context_models",
+    metadata,
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), primary_key=True),
+    Column("fingerprint", String(200), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)

@@ -42,6 +42,8 @@ from banditd.errors import Aborted, AlreadyExists, NotFound
 from banditd.store.engine import EVENTS_CHANNEL, Database
 from banditd.store.models import (
     arms,
+    context_models,
+    context_vocab,
     decisions,
     feedback_events,
     posterior_snapshots,
@@ -132,6 +134,13 @@ class Repository:
                     breaker_error_rate=r.breaker_error_rate,
                     breaker_min_events=r.breaker_min_events,
                     breaker_cooldown_seconds=r.breaker_cooldown_seconds,
+                    encoder=r.encoder,
+                    metadata_keys=tuple(r.metadata_keys or ()),
+                    metadata_slots=r.metadata_slots,
+                    pca_dim=r.pca_dim,
+                    pca_fit_samples=r.pca_fit_samples,
+                    knn_k=r.knn_k,
+                    text_window_tokens=r.text_window_tokens,
                 ),
             )
             for r in rows
@@ -189,6 +198,13 @@ class Repository:
             "breaker_error_rate": spec.breaker_error_rate,
             "breaker_min_events": spec.breaker_min_events,
             "breaker_cooldown_seconds": spec.breaker_cooldown_seconds,
+            "encoder": spec.encoder,
+            "metadata_keys": list(spec.metadata_keys),
+            "metadata_slots": spec.metadata_slots,
+            "pca_dim": spec.pca_dim,
+            "pca_fit_samples": spec.pca_fit_samples,
+            "knn_k": spec.knn_k,
+            "text_window_tokens": spec.text_window_tokens,
             "updated_at": now,
         }
         try:
@@ -299,6 +315,8 @@ class Repository:
                 feedback_events,
                 decisions,
                 arms,
+                context_vocab,
+                context_models,
             ):
                 await conn.execute(delete(table).where(table.c.router_id == router_id))
             await conn.execute(delete(routers).where(routers.c.id == router_id))
@@ -479,6 +497,76 @@ class Repository:
                 )
                 or 0
             )
+
+    # -- context: metadata vocabulary and fitted models ----------------------------------------
+
+    async def load_vocabulary(self, router_id: int) -> dict[str, dict[str, int]]:
+        async with self.db.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(context_vocab).where(context_vocab.c.router_id == router_id)
+                )
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            out.setdefault(r.key, {})[r.value] = r.slot
+        return out
+
+    async def assign_vocabulary_slot(
+        self, router_id: int, key: str, value: str, limit: int
+    ) -> int | None:
+        """The stored slot of a metadata value, else the next free one below ``limit`` (stored
+        now; replicas racing for a slot retry), else None."""
+        for _ in range(8):
+            try:
+                async with self.db.transaction() as conn:
+                    where = (context_vocab.c.router_id == router_id, context_vocab.c.key == key)
+                    slot = await conn.scalar(
+                        select(context_vocab.c.slot).where(*where, context_vocab.c.value == value)
+                    )
+                    if slot is not None:
+                        return int(slot)
+                    used = int(await conn.scalar(select(func.count()).where(*where)) or 0)
+                    if used >= limit:
+                        return None
+                    await conn.execute(
+                        insert(context_vocab).values(
+                            router_id=router_id, key=key, value=value, slot=used
+                        )
+                    )
+                    return used
+            except IntegrityError:
+                continue  # another replica took that slot or that value first: look again
+        raise Aborted(f"metadata vocabulary of {key!r} is changing too fast; retry")
+
+    async def load_context_model(self, router_id: int, fingerprint: str) -> bytes | None:
+        async with self.db.transaction() as conn:
+            data = await conn.scalar(
+                select(context_models.c.data).where(
+                    context_models.c.router_id == router_id,
+                    context_models.c.fingerprint == fingerprint,
+                )
+            )
+        return None if data is None else bytes(data)
+
+    async def save_context_model(self, router_id: int, fingerprint: str, data: bytes) -> bytes:
+        """Store a fitted model unless one is stored already; returns the stored one (the
+        first writer's, whichever replica it was)."""
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    insert(context_models).values(
+                        router_id=router_id,
+                        fingerprint=fingerprint,
+                        data=data,
+                        created_at=time.time(),
+                    )
+                )
+            return data
+        except IntegrityError:
+            stored = await self.load_context_model(router_id, fingerprint)
+            assert stored is not None
+            return stored
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -748,6 +836,7 @@ def _decision_row(d: Decision) -> dict[str, Any]:
         "request_metadata": dict(d.metadata),
         "token": d.token,
         "x": None if d.x is None else np.ascontiguousarray(d.x, dtype="<f8").tobytes(),
+        "context_version": d.context_version,
         "expires_at": d.expires_at,
         "created_at": d.created_at,
     }
@@ -776,6 +865,7 @@ def _decision_from_row(row: Any) -> Decision:
         candidates=tuple(row.candidates),
         metadata=dict(row.request_metadata),
         x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
+        context_version=row.context_version,
     )
 
 

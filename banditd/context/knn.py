@@ -1,0 +1,116 @@
+"""kNN outcome features: how the nearest past prompts went, per arm.
+
+A router with ``knn_k`` > 0 keeps a FAISS index of the (reduced, unit-length) embeddings of past
+prompts whose feedback has arrived, with each one's arm and reward. For a new prompt x gets, per
+arm of the router (in config order), two features from its k nearest neighbours (inner product =
+cosine similarity, negatives counted as 0):
+
+- the similarity-weighted mean reward of the neighbours that arm served (0 when none did), and
+- the share of the k neighbours that arm served (so a sparse neighbourhood is visible).
+
+The index is a pure function of the router's feedback log (event id order; default rewards left
+out), like the posterior: it grows as events are applied and is rebuilt from the log on restart.
+It starts flat (exact) and becomes HNSW (approximate) once it holds ``approx_after`` vectors.
+On a machine with a GPU (``faiss.get_num_gpus() > 0``, the ``gpu`` extra) the flat index lives
+on the GPU; HNSW has no GPU version and stays on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from banditd.domain import FloatArray
+
+# One query per Select: faiss's OpenMP pool costs more than it saves (about 1 ms against 0.1 ms
+# for a 11k-vector flat search on 2 busy cores), so searches run on the calling thread.
+faiss.omp_set_num_threads(1)
+
+DEFAULT_APPROX_AFTER = 100_000
+HNSW_M = 32
+HNSW_EF_SEARCH = 64
+
+
+def _gpu(index: faiss.Index) -> faiss.Index:
+    """The index on GPU 0 when faiss has a GPU, else unchanged."""
+    if faiss.get_num_gpus() > 0 and hasattr(faiss, "StandardGpuResources"):
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+class OutcomeIndex:
+    """Embeddings of served prompts with their arm and reward. dim: embedding size."""
+
+    def __init__(
+        self, dim: int, arms: Sequence[str], k: int, approx_after: int = DEFAULT_APPROX_AFTER
+    ) -> None:
+        self.dim, self.k, self.approx_after = dim, k, approx_after
+        self.arms = {name: i for i, name in enumerate(arms)}
+        self.n_arms = len(arms)
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.arm_idx: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.rewards: FloatArray = np.zeros(0)
+        self.approximate = False
+        self.index: faiss.Index = _gpu(faiss.IndexFlatIP(dim))
+        self.last_event_id = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, vec: FloatArray, arm: str, reward: float) -> bool:
+        """Index one outcome; False (nothing added) for an unknown arm or a zero vector."""
+        j = self.arms.get(arm)
+        unit = _unit(vec)
+        if j is None or unit is None:
+            return False
+        row = unit[None].astype(np.float32)
+        self.vectors = np.concatenate([self.vectors, row]) if self.size else row
+        self.arm_idx = np.append(self.arm_idx, j)
+        self.rewards = np.append(self.rewards, reward)
+        if not self.approximate and self.size + 1 >= self.approx_after:
+            index = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+            index.add(self.vectors)
+            self.index, self.approximate = index, True
+        else:
+            self.index.add(row)
+        return True
+
+    def features(self, vec: FloatArray) -> FloatArray:
+        """Per arm [weighted mean reward, neighbour share], shape (2 * n_arms,)."""
+        out = np.zeros(2 * self.n_arms)
+        unit = _unit(vec)
+        if unit is None or self.size == 0:
+            return out
+        k = min(self.k, self.size)
+        sims, ids = self.index.search(unit[None].astype(np.float32), k)
+        keep = ids[0] >= 0
+        return neighbour_features(
+            np.maximum(sims[0][keep].astype(np.float64), 0.0),
+            self.arm_idx[ids[0][keep]],
+            self.rewards[ids[0][keep]],
+            self.n_arms,
+            self.k,
+        )
+
+
+def neighbour_features(
+    sims: FloatArray, arm_idx: npt.NDArray[np.int64], rewards: FloatArray, n_arms: int, k: int
+) -> FloatArray:
+    """The features of a neighbourhood: sims, arm_idx, rewards of shape (m,), m <= k."""
+    out = np.zeros(2 * n_arms)
+    weight = np.bincount(arm_idx, weights=sims, minlength=n_arms)
+    total = np.bincount(arm_idx, weights=sims * rewards, minlength=n_arms)
+    count = np.bincount(arm_idx, minlength=n_arms)
+    out[0::2] = np.divide(total, weight, out=np.zeros(n_arms), where=weight > 0)
+    out[1::2] = count / k
+    return out
+
+
+def _unit(vec: FloatArray) -> FloatArray | None:
+    norm = float(np.linalg.norm(vec))
+    return None if norm == 0.0 or not np.isfinite(norm) else vec / norm

@@ -1,0 +1,216 @@
+"""The context pipeline: a request (prompt | embedding, metadata) -> the context vector x.
+
+One object per router (RouterState.context), called once per Select, the same code in replay
+and warm start. Layout of x, shape (spec.dim,):
+
+    [ 1 | embedding part (reduced_dim) | metadata one-hot (metadata_dim) | kNN (knn_dim) ]
+
+- embedding part: the router's text encoder's vector of the prompt (its last
+  ``text_window_tokens`` tokens when set), or the caller's embedding (which must have
+  ``embedding_dim`` finite values), projected by the router's PCA when ``pca_dim`` > 0
+  (zeros until the PCA is fitted; banditd.context.reduction);
+- metadata: banditd.context.metadata;
+- kNN: banditd.context.knn, searched with the embedding part.
+
+Values are rounded through float32 so x is identical after it travels in a decision token.
+``version`` names the featurisation (encoder, window, PCA fingerprint, metadata, k) and is
+logged with each decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from banditd.context.batching import MicroBatcher
+from banditd.context.builder import check_embedding, check_prompt
+from banditd.context.encoders import TextEncoder
+from banditd.context.metadata import MetadataFeatures, VocabularyStore
+from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
+from banditd.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:  # faiss (the context extra) is imported only by routers that use PCA or kNN
+    from banditd.context.knn import OutcomeIndex
+    from banditd.context.reduction import Reduction
+
+
+def faiss_modules() -> None:
+    """Fail clearly when a router needs faiss and it is not installed."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError as exc:
+        raise FailedPrecondition(
+            "pca_dim and knn_k need faiss: pip install 'banditd[context]' (or [gpu])"
+        ) from exc
+
+
+# A light encoder (minilm-static: ~0.05 ms a short prompt) runs on the event loop for prompts up
+# to this size; longer ones go to its worker thread like every call of a heavy one.
+INLINE_MAX_CHARS = 4000
+
+
+def pca_fingerprint(spec: RouterSpec, encoder: TextEncoder) -> str:
+    """What a router's PCA depends on; a PCA stored under another fingerprint is not reused."""
+    weights = f"@{encoder.fingerprint}" if encoder.fingerprint else ""
+    return (
+        f"pca:{spec.encoder}{weights}:{spec.embedding_dim}:w{spec.text_window_tokens}"
+        f":{spec.pca_dim}:n{spec.pca_fit_samples}"
+    )
+
+
+class ContextPipeline:
+    def __init__(
+        self,
+        spec: RouterSpec,
+        encoder: TextEncoder,
+        vocabulary: VocabularyStore,
+        *,
+        known_vocabulary: Mapping[str, Mapping[str, int]] | None = None,
+        reduction: Reduction | None = None,
+        batcher: MicroBatcher | None = None,
+        max_prompt_chars: int = 200_000,
+    ) -> None:
+        self.spec = spec
+        self.encoder = encoder
+        self.batcher = batcher
+        self.max_prompt_chars = max_prompt_chars
+        self.metadata = MetadataFeatures(spec, vocabulary, known_vocabulary)
+        self.reduction = reduction
+        self.samples: list[FloatArray] = []  # embeddings kept to fit the PCA
+        self.unsaved_reduction = False  # fitted here, not stored yet
+        self.knn: OutcomeIndex | None = None
+        if spec.knn_k or spec.pca_dim:
+            faiss_modules()
+        if spec.knn_k:
+            from banditd.context.knn import OutcomeIndex
+
+            self.knn = OutcomeIndex(spec.reduced_dim, [a.name for a in spec.arms], spec.knn_k)
+
+    @property
+    def version(self) -> str:
+        s = self.spec
+        pca = "none"
+        if s.pca_dim:
+            pca = (
+                "pending"
+                if self.reduction is None
+                else hashlib.blake2b(self.reduction.to_bytes(), digest_size=4).hexdigest()
+            )
+        weights = f"@{self.encoder.fingerprint}" if self.encoder.fingerprint else ""
+        return (
+            f"{s.encoder}{weights}:{s.embedding_dim}:w{s.text_window_tokens}:pca{s.pca_dim}/{pca}"
+            f":m{len(s.metadata_keys)}x{s.metadata_slots}:k{s.knn_k}"
+        )
+
+    @property
+    def needs_reduction(self) -> bool:
+        return bool(self.spec.pca_dim) and self.reduction is None
+
+    # -- embedding ------------------------------------------------------------------------------
+
+    async def embed(self, prompt: str | None, embedding: Sequence[float] | None) -> FloatArray:
+        """The raw embedding of a request, shape (embedding_dim,); slow encoders run in a
+        thread, micro-batched with concurrent requests."""
+        if prompt is not None:
+            check_prompt(prompt, self.max_prompt_chars)
+            inline = not self.encoder.heavy and len(prompt) <= INLINE_MAX_CHARS
+            if self.batcher is not None and not inline:
+                return await self.batcher.encode(prompt, self.spec.text_window_tokens)
+            vecs = self.encoder.encode_batch([prompt], self.spec.text_window_tokens)
+            return np.asarray(vecs[0], dtype=np.float64)
+        if embedding is not None:
+            return check_embedding(self.spec, embedding)
+        raise InvalidArgument("context", "set either prompt or embedding")
+
+    def embed_now(self, prompts: Sequence[str]) -> FloatArray:
+        """Raw embeddings of many prompts in this thread, shape (n, embedding_dim)."""
+        for prompt in prompts:
+            check_prompt(prompt, self.max_prompt_chars)
+        return self.encoder.encode_batch(prompts, self.spec.text_window_tokens)
+
+    # -- x --------------------------------------------------------------------------------------
+
+    def reduce(self, raw: FloatArray) -> FloatArray:
+        """The embedding part of x, shape (reduced_dim,), fitting the PCA once enough raw
+        embeddings were seen."""
+        if not self.spec.pca_dim:
+            return raw
+        if self.reduction is None:
+            if np.any(raw):
+                self.samples.append(raw)
+            if len(self.samples) < self.spec.pca_fit_samples:
+                return np.zeros(self.spec.pca_dim)
+            from banditd.context.reduction import Reduction
+
+            self.set_reduction(Reduction.fit(np.stack(self.samples), self.spec.pca_dim))
+            self.unsaved_reduction = True
+        assert self.reduction is not None
+        return np.asarray(self.reduction.apply(raw[None])[0], dtype=np.float64)
+
+    def set_reduction(self, reduction: Reduction) -> None:
+        self.reduction, self.samples = reduction, []
+
+    async def resolve(self, metadata: Mapping[str, str]) -> None:
+        await self.metadata.resolve(metadata)
+
+    def assemble(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
+        """x of a raw embedding (shape (embedding_dim,)) and the request's metadata (resolved
+        first), shape (spec.dim,), float64 holding float32 values."""
+        spec = self.spec
+        part = self.reduce(raw)
+        pieces = [np.ones(1), part, self.metadata.features(metadata)]
+        if self.knn is not None:
+            pieces.append(self.knn.features(part.astype(np.float32).astype(np.float64)))
+        x32 = np.concatenate(pieces).astype(np.float32)
+        if x32.shape != (spec.dim,):  # pragma: no cover - a layout bug, not a request error
+            raise AssertionError(f"x has shape {x32.shape}, expected ({spec.dim},)")
+        if not np.all(np.isfinite(x32)):
+            raise InvalidArgument("embedding.values", "values overflow float32")
+        return x32.astype(np.float64)
+
+    async def build(
+        self,
+        *,
+        prompt: str | None,
+        embedding: Sequence[float] | None,
+        metadata: Mapping[str, str],
+    ) -> FloatArray:
+        """x of one request (Select)."""
+        raw = await self.embed(prompt, embedding)
+        await self.resolve(metadata)
+        return self.assemble(raw, metadata)
+
+    def build_now(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
+        """x of a raw embedding with an in-memory vocabulary (replay, offline fitting)."""
+        self.metadata.resolve_now(metadata)
+        return self.assemble(raw, metadata)
+
+    def fork(self) -> ContextPipeline:
+        """A pipeline with this one's encoder and a copy of its learnt state (vocabulary, PCA,
+        samples, kNN index): replay runs each seed from the same start."""
+        twin = copy.copy(self)
+        twin.metadata = copy.deepcopy(self.metadata)
+        twin.samples = list(self.samples)
+        twin.knn = copy.deepcopy(self.knn) if self.knn is not None else None
+        return twin
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def embedding_part(self, x: FloatArray) -> FloatArray:
+        return x[1 : 1 + self.spec.reduced_dim]
+
+    def observe(self, event: FeedbackEvent) -> None:
+        """Fold an applied feedback event into the kNN index (events in id order; a default
+        reward, a decision's later signal, or x of another layout, is no outcome: the index
+        holds each decision's first answer)."""
+        knn = self.knn
+        if knn is None or event.event_id <= knn.last_event_id:
+            return
+        knn.last_event_id = event.event_id
+        if event.defaulted or event.signal or event.x.shape != (self.spec.dim,):
+            return
+        knn.add(self.embedding_part(event.x), event.arm, event.reward)
