@@ -306,8 +306,11 @@ def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[st
     from banditd.cli import main
 
     argv = ["bench", "context", "--encoders", "hashing", "--sizes", "300", "--seconds", "0.02"]
-    assert main([*argv, "--json"]) == 0
+    assert main([*argv, "--select-encoder", "hashing", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["select"]["encoder"] == "hashing"
+    for kind in ("text", "embedding"):  # end to end over gRPC against a real server process
+        assert 0 < report["select"][kind]["p50_ms"] <= report["select"][kind]["p99_ms"]
     assert set(report["encode"]["hashing"]) == {"short", "2k_chars", "batched_32_prompts_per_s"}
     assert {"pca_384_to_32", "flat_300", "hnsw_300"} <= set(report["knn"])
     assert report["knn"]["flat_300"]["p50_ms"] > 0

@@ -4,7 +4,11 @@
   character one (tail window of 128 tokens), and through the micro-batcher with 32 concurrent
   prompts (prompts/s);
 - kNN: features of one query (search k=20 + per-arm aggregation) on a flat index and on HNSW, at
-  each index size (unit random vectors of 32 values, 11 arms), and the PCA projection 384 -> 32.
+  each index size (unit random vectors of 32 values, 11 arms), and the PCA projection 384 -> 32;
+- select: end to end over gRPC at low load (one call at a time, a `banditd serve` process on
+  SQLite): Select with a prompt (router with --select-encoder and a PCA to 32) against Select
+  with a supplied embedding of 32 values. Targets: text p50 <= 5 ms, p99 <= 10 ms; embedding
+  p99 <= 1 ms.
 """
 
 from __future__ import annotations
@@ -13,16 +17,21 @@ import argparse
 import asyncio
 import functools
 import json
+import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import numpy as np
 
 from banditd.context.batching import MicroBatcher
 from banditd.context.encoders import TextEncoder, get_encoder
 from banditd.domain import ENCODER_DIMS, FloatArray
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
 
 SHORT = "What is the capital of France?"
 LONG = ("Context: the committee met to discuss the quarterly budget and staffing. " * 28)[:2000]
@@ -121,6 +130,56 @@ def _fill(index: Any, vectors: Any, arm_idx: Any, rewards: Any) -> None:
     index.index.add(vectors)
 
 
+def select_bench(encoder: str, seconds: float) -> dict[str, Any]:
+    """Select p50/p99 over gRPC, one call at a time: with a prompt vs with an embedding."""
+    from banditd.bench import local  # the bench package imports this module
+
+    arms = [
+        pb.Arm(name=f"model-{i}", input_price_per_mtok=0.5 * (i + 1), output_price_per_mtok=i + 1)
+        for i in range(11)
+    ]
+    dim = ENCODER_DIMS.get(encoder, 32)
+    text_router = pb.RouterConfig(
+        tenant="bench", name="text", arms=arms, encoder=encoder, embedding_dim=dim, pca_dim=32
+    )
+    embedding_router = pb.RouterConfig(tenant="bench", name="emb", arms=arms, embedding_dim=32)
+    vector = [float(v) for v in np.random.default_rng(0).normal(size=32)]
+    with (
+        tempfile.TemporaryDirectory(prefix="banditd-bench-") as tmp,
+        local.servers(
+            f"sqlite+aiosqlite:///{tmp}/bench.db",
+            1,
+            signing_key=secrets.token_hex(32),
+            metrics=False,
+            log_level="warning",
+        ) as (server,),
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        admin, router = rpc.AdminStub(channel), rpc.RouterStub(channel)
+        for config in (text_router, embedding_router):
+            admin.PutRouter(pb.PutRouterRequest(router=config), timeout=30)
+        prompts = iter(range(10**9))  # distinct prompts: no cache helps
+
+        def with_text() -> object:
+            prompt = f"{SHORT} (request {next(prompts)})"
+            request = pb.SelectRequest(tenant="bench", router="text", prompt=prompt)
+            return router.Select(request, timeout=60)
+
+        def with_embedding() -> object:
+            request = pb.SelectRequest(
+                tenant="bench", router="emb", embedding=pb.Embedding(values=vector)
+            )
+            return router.Select(request, timeout=60)
+
+        for _ in range(300):  # past the PCA fit (256 samples) and the first compilations
+            with_text()
+        return {
+            "encoder": encoder,
+            "text": _latency(with_text, seconds, 5000),
+            "embedding": _latency(with_embedding, seconds, 5000),
+        }
+
+
 def run(args: argparse.Namespace) -> int:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -128,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         "encode": encode_bench(encoders, args.seconds),
         "knn": knn_bench(sizes, args.seconds),
     }
+    if args.select_encoder:
+        report["select"] = select_bench(args.select_encoder, args.seconds)
     if args.json:
         print(json.dumps(report))
     else:
@@ -146,5 +207,10 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--encoders", default="hashing,minilm-static,minilm", help="(%(default)s)")
     p.add_argument("--sizes", default="10000,100000", help="kNN index sizes (%(default)s)")
     p.add_argument("--seconds", type=float, default=2.0, help="time per measurement (2)")
+    p.add_argument(
+        "--select-encoder",
+        default="minilm-static",
+        help="encoder of the end-to-end Select measurement; empty: skip it (%(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
