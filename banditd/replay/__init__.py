@@ -74,7 +74,7 @@ from banditd.replay.options import (
     SWEEP_POINTS,
     Options,
 )
-from banditd.replay.plot import plot
+from banditd.replay.plot import figure, plot
 from banditd.replay.render import render_text
 from banditd.replay.runner import Replay, replay
 from banditd.replay.scoring import aiq, budget_grid, cost_at_quality, score, upper_hull, weight_grid
@@ -103,6 +103,7 @@ __all__ = [
     "contexts",
     "cost_at_quality",
     "embeddings",
+    "figure",
     "fresh_posterior",
     "gate",
     "learn_online",

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,10 @@ from banditd.domain import (
 from banditd.errors import BanditdError, InvalidArgument
 from banditd.replay.options import AUTO, FEEDBACK, REFERENCE_POLICIES, REPLAY_POLICIES, Options
 from banditd.replay.plot import plot
+from banditd.replay.remote import DEFAULT_TENANT, Server
 from banditd.replay.render import render_text
 from banditd.replay.runner import replay
+from banditd.tls import ClientSecurity, TLSConfigError
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -85,6 +88,13 @@ def options(args: argparse.Namespace) -> Options:
         pca_fit_samples=args.pca_fit_samples,
         knn_k=args.knn_k,
         embeddings_cache=args.embeddings_cache,
+        server=None
+        if args.server is None
+        else Server(
+            args.server,
+            args.tenant,
+            ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
+        ),
     )
 
 
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         report = replay(options(args))
         if args.plot is not None:
             plot(report, args.plot)
-    except (BanditdError, OSError) as exc:
+    except (BanditdError, OSError, TLSConfigError) as exc:
         print(f"banditd replay: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report) if args.json else render_text(report))
@@ -182,6 +192,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help="keep the prompts' embeddings here, reused by later runs with the same encoder",
     )
+    p.add_argument(
+        "--server",
+        metavar="ADDR",
+        help="drive a live banditd at ADDR (host:port) over gRPC instead of in process",
+    )
+    p.add_argument(
+        "--tenant", default=DEFAULT_TENANT, help="with --server: the routers' tenant (%(default)s)"
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
+    )
+    p.add_argument("--tls-ca", type=Path, help="CA of the server's certificate (TLS)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)

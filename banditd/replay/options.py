@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from banditd.config import Settings
 from banditd.domain import DEFAULT_EMBEDDING_DIM, DEFAULT_METADATA_SLOTS, DEFAULT_PCA_FIT_SAMPLES
+
+if TYPE_CHECKING:
+    from banditd.replay.remote import Server
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
 # Learning policies of replay only: "knn" picks by the kNN outcome features alone (see _choose_knn).
@@ -50,3 +54,5 @@ class Options:
     pca_fit_samples: int = DEFAULT_PCA_FIT_SAMPLES
     knn_k: int = 0
     embeddings_cache: Path | None = None
+    # A live banditd to drive over gRPC instead of the in-process engine (banditd.replay.remote).
+    server: Server | None = None

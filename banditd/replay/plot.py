@@ -1,18 +1,35 @@
-"""The report as a figure (matplotlib, the `plot` extra)."""
+"""The report as a figure (matplotlib, the `plot` extra): quality against cost on the left,
+cumulative regret over the stream on the right."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+FIGSIZE = (14.0, 5.5)  # inches: two panels side by side
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Quality against mean cost (log): each single model, the oracle and the policy (their
-    frontiers with --sweep, the budget frontier with --sweep-budgets). Needs matplotlib."""
+
+def figure(report: dict[str, Any]) -> Any:
+    """A matplotlib Figure of the report (two axes): quality against mean cost (log), with each
+    single model labelled, the oracle and the policy (their frontiers with --sweep, the budget
+    frontier with --sweep-budgets); and cumulative regret against the oracle over the stream,
+    the policy's and the references', each the mean over the seeds."""
     from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
 
-    fig = Figure(figsize=(8, 5.5))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=FIGSIZE)
+    frontier, regret = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1.0]})
+    _frontier_panel(frontier, report)
+    _regret_panel(regret, report)
+    fig.suptitle(f"{Path(report['data']).name}: {report['n']} prompts", fontsize=10)
+    return fig
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Write the report's figure as a PNG. Needs matplotlib."""
+    figure(report).savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _frontier_panel(ax: Any, report: dict[str, Any]) -> None:
     ax.set_xscale("log")
     for m in report["single_models"]:
         ax.scatter(m["mean_cost_usd"], m["mean_quality"], color="grey", s=18)
@@ -38,7 +55,27 @@ def plot(report: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("mean cost per prompt (USD, log scale)")
     ax.set_ylabel("mean quality")
-    ax.set_title(f"{Path(report['data']).name}: {report['n']} prompts", fontsize=10)
+    ax.set_title("quality and cost", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _regret_panel(ax: Any, report: dict[str, Any]) -> None:
+    curves = report["regret_over_time"]
+    seeds = len(report["seeds"])
+    for policy, regret in curves["cumulative_regret"].items():
+        main = policy == report["policy"]
+        averaged = seeds > 1 and policy != "best-single"  # best-single is the same every seed
+        ax.plot(
+            curves["prompts"],
+            regret,
+            label=f"{policy} (mean of {seeds} seeds)" if averaged else policy,
+            linewidth=2.0 if main else 1.0,
+            linestyle="-" if main else "--",
+        )
+    weight = f", cost weight {report['cost_weight']:g}" if report["cost_weight"] else ""
+    ax.set_xlabel("prompts")
+    ax.set_ylabel("cumulative regret vs the oracle")
+    ax.set_title(f"regret over the stream{weight}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)

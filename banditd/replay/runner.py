@@ -4,6 +4,7 @@ cost weights and budgets, and the report they add up to (the --json object)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any
 
@@ -32,8 +33,21 @@ from banditd.replay.features import (
     warm_posterior,
 )
 from banditd.replay.options import QUALITY_FRACTIONS, REPLAY_POLICIES, SUMMARY_KEYS, Options
-from banditd.replay.scoring import _model, aiq, budget_grid, cost_at_quality, score, weight_grid
+from banditd.replay.remote import check_remote, learn_remote, router_name
+from banditd.replay.scoring import (
+    _model,
+    aiq,
+    budget_grid,
+    cost_at_quality,
+    curve_steps,
+    regret_over_time,
+    score,
+    weight_grid,
+)
 from banditd.warm_start import WarmStartReport
+
+# Policies whose regret over time the report shows beside the policy's (the oracle's is 0).
+REGRET_REFERENCES = ("best-single", "random")
 
 
 class Replay:
@@ -50,7 +64,9 @@ class Replay:
         self.prior: Posterior | None = None
         self.pipeline: ContextPipeline | None = None
         self.encode_s = 0.0
-        if self.learning:
+        if opts.server is not None:  # the server encodes and learns: nothing to set up here
+            check_remote(opts.policy, opts.warm_start, opts.budget_usd, opts.sweep_budgets)
+        elif self.learning:
             spec = router_spec(self.outcomes.arms, opts, opts.cost_weight)
             self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
             started = time.perf_counter()
@@ -84,11 +100,22 @@ class Replay:
     def picks(self, seed: int, cost_weight: float, budget_usd: float | None) -> IntArray:
         """One run's arm per prompt (REFUSED where the budget refused), shape (n,)."""
         opts, outcomes = self.opts, self.outcomes
+        budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
+        label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
+        if opts.server is not None:
+            name = router_name(seed, cost_weight, opts.cost_weight)
+            spec = router_spec(outcomes.arms, opts, cost_weight)
+            return learn_remote(
+                dataclasses.replace(spec, tenant=opts.server.tenant, name=name),
+                outcomes,
+                server=opts.server,
+                seed=seed,
+                feedback=opts.feedback,
+                progress=lambda done: self.progress(label, done, outcomes.n),
+            )
         if self.prior is None:
             chosen = reference_picks(opts.policy, outcomes, cost_weight, seed)
             return gate(chosen, outcomes, budget_usd)
-        budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
-        label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
         assert self.pipeline is not None
         return learn_online(
             router_spec(outcomes.arms, opts, cost_weight),
@@ -109,10 +136,12 @@ class Replay:
         key = (cost_weight, budget_usd)
         if key not in self.points:
             runs, shares = [], np.zeros(len(self.outcomes.arms))
+            regret = np.zeros(self.outcomes.n)
             for seed in self.seeds:
                 picks = self.picks(seed, cost_weight, budget_usd)
                 runs.append({"seed": seed, **score(self.outcomes, picks, cost_weight)})
                 shares += np.bincount(picks[picks != REFUSED], minlength=len(shares))
+                regret += regret_over_time(self.outcomes, picks, cost_weight)
             table = np.array([[run[k] for k in SUMMARY_KEYS] for run in runs])
             spread = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(SUMMARY_KEYS))
             self.points[key] = {
@@ -125,8 +154,21 @@ class Replay:
                     for arm, s in zip(self.outcomes.arms, shares, strict=True)
                 },
                 "runs": runs,
+                "regret_curve": (regret / len(runs))[curve_steps(self.outcomes.n) - 1].tolist(),
             }
         return self.points[key]
+
+    def reference_regret(self, policy: str) -> list[float]:
+        """A reference policy's cumulative regret at curve_steps, mean over the seeds, at the
+        options' cost weight and budget."""
+        opts, outcomes = self.opts, self.outcomes
+        regret = np.zeros(outcomes.n)
+        for seed in self.seeds:
+            picks = gate(
+                reference_picks(policy, outcomes, opts.cost_weight, seed), outcomes, opts.budget_usd
+            )
+            regret += regret_over_time(outcomes, picks, opts.cost_weight)
+        return list((regret / len(self.seeds))[curve_steps(outcomes.n) - 1].tolist())
 
 
 def _ratio(value: float, reference: float) -> float | None:
@@ -194,7 +236,7 @@ def replay(opts: Options) -> dict[str, Any]:
         "exploration": None if spec is None else spec.alpha,
         "embedding_dim": None if spec is None else spec.embedding_dim,
         "context": None
-        if spec is None or run.pipeline is None
+        if spec is None
         else {
             "encoder": spec.encoder,
             "text_window_tokens": spec.text_window_tokens,
@@ -222,6 +264,9 @@ def replay(opts: Options) -> dict[str, Any]:
         },
         "single_models": [_model(outcomes, j) for j in range(len(outcomes.arms))],
         "warm_start": None,
+        "server": None
+        if opts.server is None
+        else {"address": opts.server.address, "tenant": opts.server.tenant},
     }
     if run.warm_report is not None:
         report["warm_start"] = {
@@ -230,6 +275,13 @@ def replay(opts: Options) -> dict[str, Any]:
             "events": run.warm_report.events,
             "skipped_records": run.warm_report.skipped_records,
         }
+    curves = {opts.policy: main["regret_curve"]}
+    for reference in REGRET_REFERENCES:
+        curves.setdefault(reference, run.reference_regret(reference))
+    report["regret_over_time"] = {
+        "prompts": curve_steps(outcomes.n).tolist(),
+        "cumulative_regret": curves,
+    }
     if opts.sweep is not None:
         report.update(_sweep_report(run, best))
     if opts.sweep_budgets is not None:

@@ -9,26 +9,54 @@ from typing import Any
 
 import numpy as np
 
+from banditd.domain import FloatArray
 from banditd.policy.base import IntArray
 from banditd.replay.data import Outcomes
 from banditd.replay.engine import REFUSED
 from banditd.replay.options import BUDGET_SWEEP_POINTS, SWEEP_POINTS
 
+REGRET_CURVE_POINTS = 100
 
-def score(outcomes: Outcomes, picks: IntArray, cost_weight: float) -> dict[str, float]:
-    """Summary of one run from its picks (shape (n,), REFUSED: quality 0, no cost)."""
+
+def _served(outcomes: Outcomes, picks: IntArray) -> tuple[FloatArray, FloatArray]:
+    """Quality and cost of each prompt's pick, shapes (n,) (REFUSED: quality 0, no cost)."""
     served = picks != REFUSED
     rows, cols = np.arange(outcomes.n), np.where(served, picks, 0)
     quality = np.where(served, outcomes.quality[rows, cols], 0.0)
     cost = np.where(served, outcomes.cost[rows, cols], 0.0)
-    best = (outcomes.quality - cost_weight * outcomes.cost).max(axis=1)
+    return quality, cost
+
+
+def _oracle_utility(outcomes: Outcomes, cost_weight: float) -> FloatArray:
+    """The oracle's quality - cost_weight x cost at each prompt, shape (n,)."""
+    return np.asarray((outcomes.quality - cost_weight * outcomes.cost).max(axis=1))
+
+
+def score(outcomes: Outcomes, picks: IntArray, cost_weight: float) -> dict[str, float]:
+    """Summary of one run from its picks (shape (n,), REFUSED: quality 0, no cost)."""
+    quality, cost = _served(outcomes, picks)
+    best = _oracle_utility(outcomes, cost_weight)
     return {
         "mean_quality": float(quality.mean()),
         "mean_cost_usd": float(cost.mean()),
         "total_cost_usd": float(cost.sum()),
-        "refused": int(np.count_nonzero(~served)),
+        "refused": int(np.count_nonzero(picks == REFUSED)),
         "cumulative_regret": float((best - (quality - cost_weight * cost)).sum()),
     }
+
+
+def regret_over_time(outcomes: Outcomes, picks: IntArray, cost_weight: float) -> FloatArray:
+    """Cumulative regret against the oracle after each prompt of a run, shape (n,)."""
+    quality, cost = _served(outcomes, picks)
+    best = _oracle_utility(outcomes, cost_weight)
+    return np.cumsum(best - (quality - cost_weight * cost))
+
+
+def curve_steps(n: int) -> IntArray:
+    """The prompt counts (1..n) a regret curve is reported at: at most REGRET_CURVE_POINTS,
+    evenly spaced, the last n; shape (m,)."""
+    steps = np.linspace(1, n, min(n, REGRET_CURVE_POINTS)).round().astype(np.int64)
+    return np.asarray(np.unique(steps), dtype=np.int64)
 
 
 def _model(outcomes: Outcomes, j: int) -> dict[str, Any]:
