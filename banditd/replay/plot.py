@@ -16,7 +16,7 @@ def figure(report: dict[str, Any]) -> Any:
     the policy's and the references', each the mean over the seeds."""
     from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
 
-    fig = Figure(figsize=FIGSIZE)
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
     frontier, regret = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1.0]})
     _frontier_panel(frontier, report)
     _regret_panel(regret, report)
@@ -31,10 +31,19 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def _frontier_panel(ax: Any, report: dict[str, Any]) -> None:
     ax.set_xscale("log")
+    priciest = max(m["mean_cost_usd"] for m in report["single_models"])
     for m in report["single_models"]:
         ax.scatter(m["mean_cost_usd"], m["mean_quality"], color="grey", s=18)
         point = (m["mean_cost_usd"], m["mean_quality"])
-        ax.annotate(m["model"], point, xytext=(4, 2), textcoords="offset points", fontsize=7)
+        right = m["mean_cost_usd"] == priciest  # its label goes left, inside the panel
+        ax.annotate(
+            m["model"],
+            point,
+            xytext=(-4 if right else 4, 2),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            fontsize=7,
+        )
     curves = [("oracle", report.get("oracle_frontier", [report["oracle"]]), "black")]
     curves.append((report["policy"], report.get("frontier", [report]), "tab:blue"))
     if "budget_frontier" in report:
