@@ -39,6 +39,14 @@ choosing between them at random, which is also how ``cost_at_quality`` (the mean
 range of budgets (by default from every prompt on the cheapest model to every prompt on the
 priciest) at ``--cost-weight``. With ``--repeats N`` each number is the mean over seeds seed ..
 seed + N - 1 and ``spread`` holds their sample standard deviations.
+
+Regret over time (report key ``regret_over_time``): cumulative regret against the oracle at up
+to 100 prompt counts, for the policy and the best-single and random references (mean over the
+seeds); ``--plot`` draws it beside the quality-cost panel.
+
+Live (``--server ADDR``, banditd.replay.remote): the same stream through a running banditd over
+gRPC, one fresh router per seed under ``--tenant``, Select and Feedback per prompt, the same
+report.
 """
 
 from banditd.replay.cli import add_parser, options, run
