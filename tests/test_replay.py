@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import itertools
 import json
 import random
 from pathlib import Path
@@ -240,6 +241,13 @@ def test_hull_aiq_and_cost_at_quality() -> None:
     assert replay.cost_at_quality(points, 0.95) is None
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG, from its IHDR chunk."""
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(60))
     args = cli("--data", str(data), "--sweep", "0,100", "--policy", "thompson")
@@ -249,9 +257,46 @@ def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert "best single: strong" in text and "oracle" in text and "AIQ" in text
     # matplotlib comes with the dev extra: the plot is tested for real, never skipped.
-    args = cli("--data", str(data), "--sweep", "0,100", "--plot", str(tmp_path / "frontier.png"))
+    png = tmp_path / "frontier.png"
+    args = cli("--data", str(data), "--sweep", "0,100", "--plot", str(png), "--repeats", "2")
     assert args.func(args) == 0
-    assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    width, height = png_size(png)
+    assert width > 1.5 * height  # two panels side by side
+
+    report = replay.replay(replay.Options(data=data, sweep=(0.0, 100.0), repeats=2))
+    fig = replay.figure(report)
+    frontier, regret = fig.axes
+    assert frontier.get_xscale() == "log"
+    labels = {t.get_text() for t in frontier.texts}
+    assert labels == set(ARMS)  # each single model labelled
+    assert {t.get_text() for t in frontier.get_legend().get_texts()} == {"oracle", "linucb"}
+    lines = {line.get_label(): line for line in regret.get_lines()}
+    assert set(lines) == {"linucb (mean of 2 seeds)", "best-single", "random (mean of 2 seeds)"}
+    assert (
+        list(lines["best-single"].get_ydata())
+        == report["regret_over_time"]["cumulative_regret"]["best-single"]
+    )
+
+
+def test_regret_over_time(tmp_path: Path) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(400))
+
+    report = replay.replay(replay.Options(data=data, exploration=0.1, repeats=2))
+
+    curves = report["regret_over_time"]
+    steps = curves["prompts"]
+    assert steps[0] == 1 and steps[-1] == 400 and steps == sorted(set(steps))
+    assert len(steps) == 100
+    assert set(curves["cumulative_regret"]) == {"linucb", "best-single", "random"}
+    for policy, regret in curves["cumulative_regret"].items():
+        assert len(regret) == len(steps)
+        assert all(b >= a - 1e-9 for a, b in itertools.pairwise(regret)), policy
+    learner = curves["cumulative_regret"]["linucb"]
+    assert learner[-1] == pytest.approx(report["cumulative_regret"])
+    # Learning: the regret piles up in the first half, while the policy tries every arm.
+    half = steps.index(min(steps, key=lambda s: abs(s - 200)))
+    assert learner[-1] - learner[half] < 0.8 * learner[half]
+    assert learner[-1] < curves["cumulative_regret"]["random"][-1]
 
 
 def bad_files() -> list[tuple[str, list[dict[str, Any]] | str, str]]:

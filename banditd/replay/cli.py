@@ -1,0 +1,211 @@
+"""`banditd replay` on the command line: its options and what it prints."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from banditd.domain import (
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
+    ENCODERS,
+    POLICIES,
+)
+from banditd.errors import BanditdError, InvalidArgument
+from banditd.replay.options import AUTO, FEEDBACK, REFERENCE_POLICIES, REPLAY_POLICIES, Options
+from banditd.replay.plot import plot
+from banditd.replay.remote import DEFAULT_TENANT, Server
+from banditd.replay.render import render_text
+from banditd.replay.runner import replay
+from banditd.tls import ClientSecurity, TLSConfigError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """A comma list of numbers >= 0."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas: {text!r}"
+        ) from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers >= 0: {text!r}")
+    return values
+
+
+def _non_negative(text: str) -> float:
+    """A number >= 0."""
+    values = _floats(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one number, got {text!r}")
+    return values[0]
+
+
+def _int_from(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def options(args: argparse.Namespace) -> Options:
+    """The replay options of parsed command-line arguments."""
+    return Options(
+        data=args.data,
+        policy=args.policy,
+        cost_weight=args.cost_weight,
+        budget_usd=args.budget_usd,
+        feedback=args.feedback,
+        warm_start=args.warm_start,
+        arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
+        seed=args.seed,
+        repeats=args.repeats,
+        sweep=args.sweep,
+        sweep_budgets=args.sweep_budgets,
+        limit=args.limit,
+        embedding_dim=args.embedding_dim,
+        exploration=args.exploration,
+        metadata_from=tuple(f.strip() for f in (args.metadata_from or "").split(",") if f.strip()),
+        metadata_slots=args.metadata_slots,
+        encoder=args.encoder,
+        text_window_tokens=args.text_window,
+        pca_dim=args.pca_dim,
+        pca_fit_samples=args.pca_fit_samples,
+        knn_k=args.knn_k,
+        embeddings_cache=args.embeddings_cache,
+        server=None
+        if args.server is None
+        else Server(
+            args.server,
+            args.tenant,
+            ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
+        ),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`banditd replay`: print the report (tables, or one JSON object with --json)."""
+    try:
+        if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise InvalidArgument("plot", "needs matplotlib (pip install matplotlib)")
+        report = replay(options(args))
+        if args.plot is not None:
+            plot(report, args.plot)
+    except (BanditdError, OSError, TLSConfigError) as exc:
+        print(f"banditd replay: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else render_text(report))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `replay` to a command's subparsers; the parsed args carry func=run."""
+    import banditd.replay as package  # its docstring is the command's description
+
+    p = subparsers.add_parser(
+        "replay",
+        help="evaluate a policy online on full-information outcome data (offline, in process)",
+        description=package.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True, help="outcome file (JSONL, optionally .gz)")
+    p.add_argument(
+        "--policy",
+        choices=(*POLICIES, *REPLAY_POLICIES, *REFERENCE_POLICIES),
+        default="linucb",
+        help="(linucb) random, cheapest, best-single and oracle are references, not learning",
+    )
+    p.add_argument("--cost-weight", type=_non_negative, default=0.0, help="USD -> quality (0)")
+    p.add_argument("--budget-usd", type=_non_negative, help="total spend allowed (none)")
+    p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
+    p.add_argument(
+        "--warm-start", type=Path, help="outcome file to fit priors on first (learning policies)"
+    )
+    p.add_argument("--arms", help="comma list of models to route between (all of the file's)")
+    p.add_argument("--seed", type=_int_from(0), default=0, help="first seed (0)")
+    p.add_argument("--repeats", type=_int_from(1), default=1, help="seeds to average over (1)")
+    p.add_argument(
+        "--sweep",
+        type=_floats,
+        nargs="?",
+        const=AUTO,
+        metavar="WEIGHTS",
+        help="frontier over cost weights (comma list; default 0 and a log grid) with AIQ",
+    )
+    p.add_argument(
+        "--sweep-budgets",
+        type=_floats,
+        nargs="?",
+        const=AUTO,
+        metavar="USD",
+        help="frontier over budgets (comma list; default a log grid) at --cost-weight",
+    )
+    p.add_argument("--limit", type=_int_from(1), help="replay only the first N records")
+    p.add_argument(
+        "--embedding-dim", type=_int_from(1), default=DEFAULT_EMBEDDING_DIM, help="(%(default)s)"
+    )
+    p.add_argument(
+        "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
+    )
+    p.add_argument(
+        "--metadata-from",
+        metavar="FIELD[,FIELD]",
+        help="send these record fields (e.g. task) as request metadata the router declares",
+    )
+    p.add_argument(
+        "--metadata-slots", type=_int_from(2), default=DEFAULT_METADATA_SLOTS, help="(%(default)s)"
+    )
+    p.add_argument("--encoder", choices=ENCODERS, default="hashing", help="text encoder (hashing)")
+    p.add_argument(
+        "--text-window",
+        type=_int_from(0),
+        default=0,
+        metavar="TOKENS",
+        help="encode only the last N tokens of each prompt (0: whole prompt)",
+    )
+    p.add_argument("--pca-dim", type=_int_from(0), default=0, help="PCA size (0: none)")
+    p.add_argument(
+        "--pca-fit-samples",
+        type=_int_from(1),
+        default=DEFAULT_PCA_FIT_SAMPLES,
+        help="(%(default)s)",
+    )
+    p.add_argument("--knn-k", type=_int_from(0), default=0, help="kNN outcome features (0: off)")
+    p.add_argument(
+        "--embeddings-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep the prompts' embeddings here, reused by later runs with the same encoder",
+    )
+    p.add_argument(
+        "--server",
+        metavar="ADDR",
+        help="drive a live banditd at ADDR (host:port) over gRPC instead of in process",
+    )
+    p.add_argument(
+        "--tenant", default=DEFAULT_TENANT, help="with --server: the routers' tenant (%(default)s)"
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
+    )
+    p.add_argument("--tls-ca", type=Path, help="CA of the server's certificate (TLS)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+    p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run)

@@ -1,0 +1,156 @@
+"""What a learning replay starts from: the router it runs, its context pipeline with the
+prompts' embeddings, and the posterior (fresh, or warm-started from another outcome file)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from banditd.context.encoders import get_encoder
+from banditd.context.metadata import MemoryVocabularyStore
+from banditd.context.pipeline import ContextPipeline
+from banditd.domain import ENCODER_DIMS, POLICIES, ArmSpec, FloatArray, RouterSpec
+from banditd.errors import InvalidArgument
+from banditd.posterior import Posterior, Prior
+from banditd.replay.data import Outcomes, record_metadata
+from banditd.replay.options import DEFAULT_KNN_K, PROGRESS_EVERY_S, Options
+from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
+
+
+class Progress:
+    """Progress lines on stderr, at most one per PROGRESS_EVERY_S (silent on short runs)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            print(f"replay: {label}: {done}/{total} prompts", file=sys.stderr, flush=True)
+
+
+def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> RouterSpec:
+    """The router a replay runs: the file's models as zero-priced arms, the options' policy."""
+    return RouterSpec(
+        tenant="replay",
+        name="replay",
+        arms=tuple(ArmSpec(name, 0.0, 0.0) for name in arms),
+        policy=opts.policy if opts.policy in POLICIES else "linucb",
+        exploration=opts.exploration,
+        default_cost_weight=cost_weight,
+        embedding_dim=ENCODER_DIMS.get(opts.encoder, opts.embedding_dim),
+        encoder=opts.encoder,
+        metadata_keys=opts.metadata_from,
+        metadata_slots=opts.metadata_slots,
+        pca_dim=opts.pca_dim,
+        pca_fit_samples=opts.pca_fit_samples,
+        knn_k=opts.knn_k or (DEFAULT_KNN_K if opts.policy == "knn" else 0),
+        text_window_tokens=opts.text_window_tokens,
+    )
+
+
+def pipeline_of(spec: RouterSpec, max_prompt_chars: int) -> ContextPipeline:
+    """The context pipeline a server builds for the router, with an in-memory vocabulary."""
+    encoder = get_encoder(spec.encoder, spec.embedding_dim)
+    return ContextPipeline(
+        spec, encoder, MemoryVocabularyStore(), max_prompt_chars=max_prompt_chars
+    )
+
+
+ENCODE_CHUNK = 256
+
+
+def embeddings(
+    pipeline: ContextPipeline,
+    prompts: Sequence[str],
+    label: str,
+    progress: Progress,
+    cache: Path | None = None,
+) -> FloatArray:
+    """The encoder's raw embedding of each prompt, shape (n, embedding_dim); with a cache
+    folder, kept there by a hash of the prompts and the encoder settings (a sweep of other
+    options reuses them)."""
+    spec = pipeline.spec
+    path = None
+    if cache is not None:
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{spec.encoder}:{spec.embedding_dim}:{spec.text_window_tokens}".encode())
+        for prompt in prompts:
+            digest.update(prompt.encode() + b"\x00")
+        path = cache / f"{digest.hexdigest()}.npy"
+        if path.exists():
+            return np.asarray(np.load(path), dtype=np.float64)
+    out = _encode(pipeline, prompts, label, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, out)
+    return out
+
+
+def _encode(
+    pipeline: ContextPipeline, prompts: Sequence[str], label: str, progress: Progress
+) -> FloatArray:
+    out = np.empty((len(prompts), pipeline.spec.embedding_dim))
+    for start in range(0, len(prompts), ENCODE_CHUNK):
+        chunk = prompts[start : start + ENCODE_CHUNK]
+        out[start : start + len(chunk)] = pipeline.embed_now(chunk)
+        progress(label, start + len(chunk), len(prompts))
+    return out
+
+
+def contexts(pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray) -> FloatArray:
+    """x of each prompt in stream order without learning (no kNN features), shape (n, dim)."""
+    return np.stack([pipeline.build_now(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)])
+
+
+def fresh_posterior(spec: RouterSpec) -> Posterior:
+    """The posterior of a router with no events yet, every arm at its prior."""
+    posterior = Posterior.empty(Prior.of(spec), spec.prior_output_tokens)
+    for arm in spec.arms:
+        posterior.index(arm.name)
+    return posterior
+
+
+def warm_posterior(
+    spec: RouterSpec,
+    path: Path,
+    max_prompt_chars: int,
+    pipeline: ContextPipeline | None = None,
+    metadata_from: Sequence[str] = (),
+    cache: Path | None = None,
+) -> tuple[Posterior, WarmStartReport]:
+    """The posterior after `banditd warm-start` on ``path``: its offline events in order.
+
+    With a pipeline, x comes from it (the records' metadata fields included), and its PCA
+    samples and kNN index take in the warm-start data too."""
+    posterior, report = fresh_posterior(spec), WarmStartReport()
+    records: list[dict[str, Any]] = list(read_outcomes(path))
+    featurise = None
+    if pipeline is not None:
+        good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
+        texts = [r["prompt"] for r in good]
+        vecs = embeddings(pipeline, texts, "encoding warm-start prompts", Progress(), cache)
+        raw = {id(r): v for r, v in zip(good, vecs, strict=True)}
+
+        def featurise(record: dict[str, Any]) -> FloatArray:
+            return pipeline.build_now(raw[id(record)], record_metadata(record, metadata_from))
+
+    events = offline_events(
+        spec, 0, records, report, max_prompt_chars=max_prompt_chars, featurise=featurise
+    )
+    for event_id, event in enumerate(events, start=1):
+        event = dataclasses.replace(event, event_id=event_id)
+        posterior.apply(event)
+        if pipeline is not None:
+            pipeline.observe(event)
+    if not report.events:
+        raise InvalidArgument("warm_start", f"{path}: no outcomes for any of the replay's arms")
+    return posterior, report

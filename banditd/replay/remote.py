@@ -1,0 +1,150 @@
+"""`banditd replay --server ADDR`: the stream driven through a live banditd over gRPC.
+
+Per seed (and cost weight of a sweep) a fresh router is created under the tenant (by default
+"replay"): ``replay-<seed>`` (``replay-<seed>-w<cost weight>`` for the other points of a sweep),
+deleted first if it exists, with the file's models as zero-priced arms and the options' policy and
+context settings. Then for each prompt in file order: Select (the prompt text, the
+``--metadata-from`` fields as request metadata), the chosen model's outcome looked up in the
+file, and Feedback (its quality as the reward, or with ``--feedback thumbs`` a thumbs-up drawn with
+probability = quality, from the same draws as in process; its real cost as cost_usd). The picks
+are scored exactly as in process, so the report is the same. One call at a time, each with a
+deadline; a server that cannot be reached within the connect timeout is a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from banditd import codec
+from banditd.domain import POLICIES, RouterSpec
+from banditd.errors import (
+    BanditdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from banditd.policy.base import IntArray
+from banditd.replay.data import Outcomes
+from banditd.replay.engine import REFUSED, THUMBS_STREAM
+from banditd.tls import ClientSecurity
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+DEFAULT_TENANT = "replay"
+CONNECT_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 30.0  # one Select, Feedback or PutRouter
+_ERRORS: dict[grpc.StatusCode, Callable[[str], BanditdError]] = {
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    """The live banditd a replay drives, and how to reach it."""
+
+    address: str
+    tenant: str = DEFAULT_TENANT
+    security: ClientSecurity = dataclasses.field(default_factory=ClientSecurity)
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+
+
+def check_remote(
+    policy: str, warm_start: object, budget_usd: object, sweep_budgets: object
+) -> None:
+    """Refuse what a live server cannot replay the way the in-process run does."""
+    if policy not in POLICIES:
+        raise InvalidArgument(
+            "server", f"needs a policy the server runs ({', '.join(POLICIES)}), not {policy!r}"
+        )
+    for given, flag, why in (
+        (warm_start, "--warm-start", "warm-start the server with `banditd warm-start` instead"),
+        (budget_usd, "--budget-usd", "a server's budgets are paced over wall-clock periods"),
+        (sweep_budgets, "--sweep-budgets", "a server's budgets are paced over wall-clock periods"),
+    ):
+        if given is not None:
+            raise InvalidArgument("server", f"{flag} is not supported with --server ({why})")
+
+
+def router_name(seed: int, cost_weight: float, main_cost_weight: float) -> str:
+    """The router of one run: replay-<seed>, with -w<cost weight> for a sweep's other points."""
+    if cost_weight == main_cost_weight:
+        return f"replay-{seed}"
+    return f"replay-{seed}-w{cost_weight:g}"
+
+
+def learn_remote(
+    spec: RouterSpec,
+    outcomes: Outcomes,
+    *,
+    server: Server,
+    seed: int,
+    feedback: str,
+    progress: Callable[[int], None],
+) -> IntArray:
+    """Route the stream through the live router ``spec`` describes (created fresh), sending
+    each chosen model's outcome as feedback; the arm (column of outcomes) per prompt, shape
+    (n,). Server errors raise from banditd.errors, naming the address and the status."""
+    config = codec.spec_to_proto(spec)
+    thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
+    column = {arm: j for j, arm in enumerate(outcomes.arms)}
+    metadata = outcomes.metadata or ({},) * outcomes.n
+    picks = np.full(outcomes.n, REFUSED, dtype=np.int64)
+    auth = server.security.metadata
+    with server.security.channel(server.address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=server.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            raise Unavailable(
+                f"cannot reach banditd at {server.address} "
+                f"(no connection within {server.connect_timeout_s:g} s)"
+            ) from None
+        admin, router = rpc.AdminStub(channel), rpc.RouterStub(channel)
+        try:
+            admin.DeleteRouter(
+                pb.DeleteRouterRequest(tenant=spec.tenant, name=spec.name),
+                metadata=auth,
+                timeout=CALL_TIMEOUT_S,
+            )
+            admin.PutRouter(
+                pb.PutRouterRequest(router=config), metadata=auth, timeout=CALL_TIMEOUT_S
+            )
+            for t, prompt in enumerate(outcomes.prompts):
+                decision = router.Select(
+                    pb.SelectRequest(
+                        tenant=spec.tenant, router=spec.name, prompt=prompt, metadata=metadata[t]
+                    ),
+                    metadata=auth,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                j = column[decision.arm]
+                quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
+                signal = pb.FeedbackRequest(
+                    tenant=spec.tenant, decision_id=decision.decision_id, cost_usd=cost
+                )
+                if feedback == "thumbs":
+                    signal.thumb = pb.THUMB_UP if thumbs[t] < quality else pb.THUMB_DOWN
+                else:
+                    signal.reward = quality
+                router.Feedback(signal, metadata=auth, timeout=CALL_TIMEOUT_S)
+                picks[t] = j
+                progress(t + 1)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            error = _ERRORS.get(code, BanditdError)
+            raise error(f"banditd at {server.address} answered {code.name}: {details}") from exc
+    return picks

@@ -1,0 +1,86 @@
+"""The report as tables for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pm(point: dict[str, Any], key: str, fmt: str) -> str:
+    """A summary value as 'mean ± spread' (just the mean when the spread rounds to 0)."""
+    mean, spread = format(point[key], fmt), format(point["spread"][key], fmt)
+    return mean if float(spread) == 0 else f"{mean} ± {spread}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _summary_lines(r: dict[str, Any]) -> list[str]:
+    """The run against the best single model and the oracle."""
+    best = r["best_single"]
+    knobs = "" if r["exploration"] is None else f"exploration {r['exploration']:g}, "
+    budget = "none" if r["budget_usd"] is None else f"${r['budget_usd']:g}"
+    refused = f"; {r['refused']:g} prompts refused by the budget" if r["refused"] else ""
+    return [
+        f"banditd replay of {r['data']}: {r['n']} prompts, {len(r['arms'])} models",
+        f"policy {r['policy']} ({knobs}feedback {r['feedback']}), cost weight "
+        f"{r['cost_weight']:g}, budget {budget}, seeds {r['seeds'][0]}..{r['seeds'][-1]}",
+        "",
+        f"{'':<28}{'mean quality':>22}{'mean cost $':>26}{'total cost $':>20}{'regret':>18}",
+        f"{r['policy']:<28}{_pm(r, 'mean_quality', '.4f'):>22}{_pm(r, 'mean_cost_usd', '.6f'):>26}"
+        f"{_pm(r, 'total_cost_usd', '.3f'):>20}{_pm(r, 'cumulative_regret', '.1f'):>18}",
+        f"{'best single: ' + best['model']:<28}{best['mean_quality']:>22.4f}"
+        f"{best['mean_cost_usd']:>26.6f}",
+        f"{'oracle':<28}{r['oracle']['mean_quality']:>22.4f}{r['oracle']['mean_cost_usd']:>26.6f}",
+        "",
+        f"{_pct(r['quality_vs_best_single'])} of the best single model's quality at "
+        f"{_pct(r['cost_vs_best_single'])} of its cost{refused}",
+        "picks: " + ", ".join(f"{a} {s:.1%}" for a, s in r["picks"].items() if s),
+    ]
+
+
+def _frontier_lines(r: dict[str, Any]) -> list[str]:
+    """The cost-weight frontier, its AIQ and the cost of fractions of the best quality."""
+    lines = ["", f"{'cost weight':>12}{'mean quality':>22}{'mean cost $':>26}"]
+    lines += [
+        f"{p['cost_weight']:>12g}{_pm(p, 'mean_quality', '.4f'):>22}"
+        f"{_pm(p, 'mean_cost_usd', '.6f'):>26}"
+        for p in r["frontier"]
+    ]
+    policy, singles, oracle = (
+        "n/a" if a is None else f"{a:.4f}"
+        for a in (r["aiq"], r["aiq_single_models"], r["aiq_oracle"])
+    )
+    lines.append(f"AIQ: {r['policy']} {policy}, single models {singles}, oracle {oracle}")
+    for q in r["cost_at_quality"]:
+        cost = q["mean_cost_usd"]
+        reached = (
+            "not reached"
+            if cost is None
+            else f"${cost:.6f} a prompt ({_pct(q['cost_vs_best_single'])} of its cost)"
+        )
+        lines.append(
+            f"{q['fraction_of_best_single']:.0%} of {r['best_single']['model']}'s quality: "
+            + reached
+        )
+    return lines
+
+
+def _budget_lines(r: dict[str, Any]) -> list[str]:
+    lines = ["", f"{'budget $':>12}{'mean quality':>22}{'mean cost $':>26}{'refused':>12}"]
+    return lines + [
+        f"{p['budget_usd']:>12g}{_pm(p, 'mean_quality', '.4f'):>22}"
+        f"{_pm(p, 'mean_cost_usd', '.6f'):>26}{p['refused']:>12g}"
+        for p in r["budget_frontier"]
+    ]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The report as tables for people."""
+    lines = _summary_lines(report)
+    if "frontier" in report:
+        lines += _frontier_lines(report)
+    if "budget_frontier" in report:
+        lines += _budget_lines(report)
+    lines.append(f"wall time {report['wall_s']} s")
+    return "\n".join(lines)
