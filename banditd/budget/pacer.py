@@ -10,10 +10,12 @@ limit, and cannot tell a busy morning from a quiet one. So z is the knapsack's s
 plus a pace term: z = committed / limit + PACE_GAIN x (committed - allowance) / limit, clipped to
 [0, 1], where allowance = limit x min(1, elapsed + slack) is the share of the limit the period's
 elapsed time allows (and a little ahead of it). Ahead of the clock the price climbs fast to U
-(only the most efficient arms); behind it, it falls to L / e (every arm), so under steady traffic
-spend tracks the clock and the budget lasts until the end of its period, and after a quiet spell
-the unspent money is used later. With the gain at 20, spend settles within about (1 - z*) / 20
-of the allowance, z* being where the stream's value balances the price.
+(only the most efficient arms). Behind it the threshold's floor L / e would still tax every dollar
+(a budget larger than the stream's taste would go unspent), so there the price is scaled by the
+share of the allowance used: nothing spent yet, nothing charged; on the allowance, L / e. Under
+steady traffic spend tracks the clock and the budget lasts until the end of its period, and after
+a quiet spell the unspent money is used later. With the gain at 20, spend settles within about
+(1 - z*) / 20 of the allowance, z* being where the stream's value balances the price.
 
 Affordability is separate and hard: an arm whose expected cost exceeds what this process may still
 reserve (its lease) is never eligible. When no affordable arm passes the threshold the cheapest
@@ -62,7 +64,7 @@ def committed_fraction(
     ahead of the allowance the elapsed time gives (negative when behind), both over the limit."""
     if limit_usd <= 0:
         return 1.0
-    allowance = limit_usd * min(1.0, elapsed + slack)
+    allowance = limit_usd * min(1.0, elapsed + slack)  # Pacing.allowance_usd
     z = (committed_usd + PACE_GAIN * (committed_usd - allowance)) / limit_usd
     return min(1.0, max(0.0, z))
 
@@ -85,6 +87,18 @@ class Pacing:
     @property
     def z(self) -> float:
         return committed_fraction(self.committed_usd, self.limit_usd, self.elapsed, self.slack)
+
+    @property
+    def allowance_usd(self) -> float:
+        return self.limit_usd * min(1.0, self.elapsed + self.slack)
+
+    def price(self, lower: float, upper: float) -> float:
+        """psi(z), scaled down by the share of the allowance used while spend is behind it."""
+        allowance = self.allowance_usd
+        behind = 1.0
+        if allowance > 0 and self.committed_usd < allowance:
+            behind = max(0.0, self.committed_usd) / allowance
+        return psi(self.z, lower, upper) * behind
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ def gate(quality: FloatArray, cost: FloatArray, pacings: Sequence[Pacing]) -> Ga
     bounds = efficiency_bounds(quality[affordable], cost[affordable])
     if bounds is None:  # only free arms are affordable: no price to pay
         return Gate(0.0, affordable, False, False)
-    price = max(psi(p.z, *bounds) for p in pacings)
+    price = max(p.price(*bounds) for p in pacings)
     passing = affordable & (np.maximum(quality, MIN_QUALITY) - price * cost >= 0)
     if passing.any():
         return Gate(price, passing, False, False)

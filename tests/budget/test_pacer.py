@@ -38,9 +38,18 @@ def test_gate_masks_unaffordable_arms_and_reports_exhaustion() -> None:
     # Fully committed: the price is U, only the most efficient arm passes.
     tight = gate(QUALITY, COST, [Pacing(1.0, 1.0, 1.0, available_usd=1.0)])
     assert tight.eligible.tolist() == [True, False, False]
-    # At z = 0 every arm passes (psi = L / e < L).
+    # On the allowance with z = 0 every arm passes (psi = L / e < L) ...
+    floor = 0.88 / 0.005 / math.e
+    on_clock = gate(QUALITY, COST, [Pacing(1.0, 0.05, 0.0, available_usd=1.0)])
+    assert on_clock.eligible.all()
+    assert on_clock.price == pytest.approx(
+        psi(committed_fraction(0.05, 1.0, 0.0), 0.88 / 0.005, 6000)
+    )
+    # ... and behind it the price falls with the share of the allowance used, to 0 at none.
+    half = gate(QUALITY, COST, [Pacing(1.0, 0.25, 0.45, available_usd=1.0)])
+    assert half.price == pytest.approx(floor / 2)
     free = gate(QUALITY, COST, [Pacing(1.0, 0.0, 1.0, available_usd=1.0)])
-    assert free.eligible.all() and free.price == pytest.approx(0.88 / 0.005 / math.e)
+    assert free.eligible.all() and free.price == 0.0
 
 
 def test_committed_fraction_is_measured_against_the_clock() -> None:
