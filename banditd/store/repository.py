@@ -63,6 +63,17 @@ class StoredRouter:
 
 
 @dataclass(frozen=True)
+class AppendedBatch:
+    """What ``Repository.append_batch`` committed: the positions (in its input) added, the
+    events as stored, in id order, and the router's newest event id before them (None when
+    unknown: read the log instead)."""
+
+    positions: list[int]
+    events: list[FeedbackEvent]
+    follows: int | None
+
+
+@dataclass(frozen=True)
 class ArmTotals:
     arm: str
     decisions: int
@@ -387,35 +398,68 @@ class Repository:
         """Commit a batch of one router's events in one transaction; returns the positions (in
         ``events``) added. Under ``combine="first"`` decisions with feedback already are
         skipped; otherwise each event becomes its decision's next signal, up to the maximum."""
+        return (await self.append_batch(events, combine)).positions
+
+    async def append_batch(
+        self, events: Sequence[FeedbackEvent], combine: str = "first"
+    ) -> AppendedBatch:
+        """``append_events``, also returning the events as stored (with their ids, in id order)
+        and the router's newest event id before them, so a caller that has applied the log up
+        to that id can apply the batch without reading it back."""
         if not events:
-            return []
+            return AppendedBatch([], [], None)
+        router_id = events[0].router_id
         async with self.db.transaction() as conn:
-            await _begin_append(conn, events[0].router_id)
+            await _begin_append(conn, router_id)
+            # Read under the append lock: no event of the router commits between it and ours.
+            head = int(
+                await conn.scalar(
+                    select(func.max(feedback_events.c.id)).where(
+                        feedback_events.c.router_id == router_id
+                    )
+                )
+                or 0
+            )
             if combine == "first":
                 result = await conn.execute(
                     _insert_ignoring_duplicates(conn, feedback_events).returning(
-                        feedback_events.c.decision_id
+                        feedback_events.c.id, feedback_events.c.decision_id
                     ),
                     [_event_row(e) for e in events],
                 )
-                added_ids = set(result.scalars().all())
-                added: list[int] = []
+                ids = {decision_id: int(event_id) for event_id, decision_id in result.all()}
+                positions: list[int] = []
+                stored: list[FeedbackEvent] = []
                 for i, e in enumerate(events):
-                    if e.decision_id in added_ids:
-                        added.append(i)
-                        added_ids.discard(e.decision_id)  # a repeat in the batch is not added
-                return added
-            positions: list[int] = []
+                    event_id = ids.pop(e.decision_id, None)
+                    if event_id is not None:  # a repeat in the batch is not added
+                        positions.append(i)
+                        stored.append(replace(e, event_id=event_id))
+                # Which of a decision's repeats the database kept is its choice: read them back.
+                repeated = len({e.decision_id for e in events}) != len(events)
+                return AppendedBatch(positions, _by_id(stored), None if repeated else head)
+            positions = []
+            signals: list[FeedbackEvent] = []
             rows: list[dict[str, Any]] = []
             for i, e in enumerate(events):
                 try:
-                    rows.append(_event_row(await _as_next_signal(conn, e, combine, rows)))
-                    positions.append(i)
+                    signal = await _as_next_signal(conn, e, combine, rows)
                 except AlreadyExists:
                     continue
-            if rows:
-                await conn.execute(insert(feedback_events), rows)
-            return positions
+                rows.append(_event_row(signal))
+                signals.append(signal)
+                positions.append(i)
+            if not rows:
+                return AppendedBatch([], [], head)
+            result = await conn.execute(
+                insert(feedback_events).returning(
+                    feedback_events.c.id, sort_by_parameter_order=True
+                ),
+                rows,
+            )
+            ids_in_order = [int(event_id) for event_id in result.scalars().all()]
+            stored = [replace(e, event_id=i) for e, i in zip(signals, ids_in_order, strict=True)]
+            return AppendedBatch(positions, _by_id(stored), head)
 
     async def events_after(
         self, router_id: int, after_id: int, limit: int = 10_000
@@ -867,6 +911,10 @@ def _decision_from_row(row: Any) -> Decision:
         x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
         context_version=row.context_version,
     )
+
+
+def _by_id(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
+    return sorted(events, key=lambda e: e.event_id)
 
 
 def _event_row(e: FeedbackEvent) -> dict[str, Any]:
