@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -467,7 +467,7 @@ class Repository:
         async with self.db.transaction() as conn:
             rows = (
                 await conn.execute(
-                    select(feedback_events)
+                    select(*_EVENT_COLUMNS)
                     .where(
                         feedback_events.c.router_id == router_id, feedback_events.c.id > after_id
                     )
@@ -475,26 +475,15 @@ class Repository:
                     .limit(limit)
                 )
             ).all()
+        # By position (FeedbackEvent's field order): several times faster than by name.
         return [
             FeedbackEvent(
-                event_id=r.id,
-                router_id=r.router_id,
-                decision_id=r.decision_id,
-                arm=r.arm,
-                x=np.frombuffer(r.x, dtype="<f8").copy(),
-                reward=r.reward,
-                cost_usd=r.cost_usd,
-                input_tokens=r.input_tokens,
-                output_tokens=r.output_tokens,
-                latency_ms=r.latency_ms,
-                error=r.error,
-                created_at=r.created_at,
-                offline=r.offline,
-                cost_reported=r.cost_reported,
-                defaulted=r.defaulted,
-                signal=r.signal,
-                effective_reward=r.effective_reward,
-                reward_delta=r.reward_delta,
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                np.frombuffer(r[4], dtype="<f8").copy(),
+                *r[5:],
             )
             for r in rows
         ]
@@ -911,6 +900,12 @@ def _decision_from_row(row: Any) -> Decision:
         x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
         context_version=row.context_version,
     )
+
+
+# The columns of feedback_events that hold FeedbackEvent's fields, in the fields' order.
+_EVENT_COLUMNS = tuple(
+    feedback_events.c["id" if f.name == "event_id" else f.name] for f in fields(FeedbackEvent)
+)
 
 
 def _by_id(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
