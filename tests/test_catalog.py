@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -121,3 +122,24 @@ async def test_batches_applied_as_committed_match_the_log(
     assert restored.posterior.arms == state.posterior.arms
     assert _arrays(restored.posterior) == _arrays(state.posterior)
     assert restored.health.to_json() == state.health.to_json()
+
+
+async def test_a_batch_as_committed_is_the_batch_as_read_back(repo: ReadCountingRepository) -> None:
+    catalog = Catalog(repo, snapshot_every=1_000_000)
+    spec, _ = await catalog.put(codec.spec_from_proto(router_config(embedding_dim=DIM - 1)))
+    state = await catalog.get(spec.tenant, spec.name)
+    events = _events(
+        state.router_id, [str(uuid.uuid4()) for _ in range(12)], np.random.default_rng(3)
+    )
+    appended = await repo.append_batch(events)
+    assert appended.positions == list(range(12))
+    assert appended.follows == state.posterior.last_event_id
+    read = await repo.events_after(state.router_id, state.posterior.last_event_id)
+    assert [_fields(e) for e in appended.events] == [_fields(e) for e in read]
+
+
+def _fields(event: FeedbackEvent) -> list[object]:
+    return [
+        getattr(event, f.name).tobytes() if f.name == "x" else getattr(event, f.name)
+        for f in dataclasses.fields(event)
+    ]

@@ -434,7 +434,7 @@ class Repository:
                     event_id = ids.pop(e.decision_id, None)
                     if event_id is not None:  # a repeat in the batch is not added
                         positions.append(i)
-                        stored.append(replace(e, event_id=event_id))
+                        stored.append(_with_id(e, event_id))
                 # Which of a decision's repeats the database kept is its choice: read them back.
                 repeated = len({e.decision_id for e in events}) != len(events)
                 return AppendedBatch(positions, _by_id(stored), None if repeated else head)
@@ -458,7 +458,7 @@ class Repository:
                 rows,
             )
             ids_in_order = [int(event_id) for event_id in result.scalars().all()]
-            stored = [replace(e, event_id=i) for e, i in zip(signals, ids_in_order, strict=True)]
+            stored = [_with_id(e, i) for e, i in zip(signals, ids_in_order, strict=True)]
             return AppendedBatch(positions, _by_id(stored), head)
 
     async def events_after(
@@ -906,6 +906,30 @@ def _decision_from_row(row: Any) -> Decision:
 _EVENT_COLUMNS = tuple(
     feedback_events.c["id" if f.name == "event_id" else f.name] for f in fields(FeedbackEvent)
 )
+
+
+def _with_id(e: FeedbackEvent, event_id: int) -> FeedbackEvent:
+    """``replace(e, event_id=event_id)`` at half the cost (once per event of a batch)."""
+    return FeedbackEvent(
+        event_id,
+        e.router_id,
+        e.decision_id,
+        e.arm,
+        e.x,
+        e.reward,
+        e.cost_usd,
+        e.input_tokens,
+        e.output_tokens,
+        e.latency_ms,
+        e.error,
+        e.created_at,
+        e.offline,
+        e.cost_reported,
+        e.defaulted,
+        e.signal,
+        e.effective_reward,
+        e.reward_delta,
+    )
 
 
 def _by_id(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
