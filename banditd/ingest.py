@@ -24,6 +24,10 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
 OPTIONAL_FLOATS = ("cost_usd", "latency_ms")
 OPTIONAL_INTS = ("input_tokens", "output_tokens")
+_OPTIONAL: tuple[tuple[str, type[float] | type[int]], ...] = (
+    *((n, float) for n in OPTIONAL_FLOATS),
+    *((n, int) for n in OPTIONAL_INTS),
+)
 
 
 class BadLine(ValueError):
@@ -76,7 +80,7 @@ def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.Feedb
             raise BadLine(f"reward is not a number: {reward!r}") from None
     else:
         raise BadLine("needs a thumb or a reward")
-    for name, kind in [(n, float) for n in OPTIONAL_FLOATS] + [(n, int) for n in OPTIONAL_INTS]:
+    for name, kind in _OPTIONAL:
         value = record.get(name)
         if value in (None, ""):
             continue
