@@ -273,12 +273,29 @@ class Catalog:
         """Append events in one transaction (refused signals are skipped: see
         ``Repository.append_events``), then catch up; returns the positions added. Caller holds
         ``locked(router_id)``."""
-        added = await self._repo.append_events(events, state.spec.combine)
+        appended = await self._repo.append_batch(events, state.spec.combine)
+        if appended.follows == state.posterior.last_event_id:
+            # Nothing of the router's log lies between what we applied and the batch: apply it
+            # as committed instead of reading it back (the catch-up below finds nothing more).
+            self._fold(state, appended.events)
         try:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies them
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
-        return added
+        return appended.positions
+
+    @staticmethod
+    def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
+        """Apply events that follow the last applied one, in id order."""
+        state.events_since_snapshot += len(events)
+        posterior, health, context = state.posterior, state.health, state.context
+        for event in events:
+            posterior.apply(event)
+            # Only served calls judge an arm, each once (later signals re-rate the answer).
+            if not (event.offline or event.defaulted or event.signal):
+                health.observe(event.arm, event.error, event.created_at)
+            if context is not None:
+                context.observe(event)
 
     async def _catch_up(self, state: RouterState) -> int:
         """Apply the router's events after the last applied one, in id order; snapshot when due.
@@ -287,15 +304,8 @@ class Catalog:
         while events := await self._repo.events_after(
             state.router_id, state.posterior.last_event_id
         ):
-            for event in events:
-                state.posterior.apply(event)
-                # Only served calls judge an arm, each once (later signals re-rate the answer).
-                if not (event.offline or event.defaulted or event.signal):
-                    state.health.observe(event.arm, event.error, event.created_at)
-                if state.context is not None:
-                    state.context.observe(event)
+            self._fold(state, events)
             applied += len(events)
-        state.events_since_snapshot += applied
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
             state.posterior.last_event_id
         )

@@ -192,11 +192,12 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
     )
 
 
-def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackInput:
+def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> FeedbackInput:
+    """``tenant``: the tenant to use instead of the message's (an UploadFeedback batch's)."""
     which = msg.WhichOneof("signal")
     thumb = _THUMBS.get(msg.thumb, f"value {msg.thumb}") if which == "thumb" else None
     return FeedbackInput(
-        tenant=msg.tenant,
+        tenant=msg.tenant if tenant is None else tenant,
         decision_id=msg.decision_id,
         reward=msg.reward if which == "reward" else None,
         thumb=thumb,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiolimiter import AsyncLimiter
+from prometheus_client import Gauge
 
 from banditd import metrics
 from banditd.domain import RouterSpec
@@ -35,6 +36,7 @@ class _ArmHistory:
     older_sum: float = 0.0
     quiet_until: int = 0  # no second signal before this many events (one per window)
     seen: int = 0
+    divergence: Gauge | None = None  # the arm's banditd_feedback_divergence gauge, once looked up
 
 
 @dataclass
@@ -92,7 +94,9 @@ class FeedbackGuard:
         recent_mean = sum(history.recent) / len(history.recent)
         older_mean = history.older_sum / history.older_count
         divergence = recent_mean - older_mean
-        metrics.FEEDBACK_DIVERGENCE.labels(spec.tenant, spec.name, arm).set(divergence)
+        if history.divergence is None:
+            history.divergence = metrics.FEEDBACK_DIVERGENCE.labels(spec.tenant, spec.name, arm)
+        history.divergence.set(divergence)
         if abs(divergence) < self.anomaly_threshold or history.seen < history.quiet_until:
             return False
         history.quiet_until = history.seen + self.anomaly_window

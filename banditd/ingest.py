@@ -3,7 +3,8 @@
 Lines are sent in chunks over UploadFeedback (many events per message); after each chunk's reply
 (which comes only once the chunk is committed) the number of lines done is written to a state
 file, so an interrupted run resumes where it stopped. Re-sending is harmless anyway: feedback
-already logged counts as a duplicate, never twice.
+already logged counts as a duplicate, never twice. The next chunk is read while the server commits
+one, and sent once that one is answered, so chunks commit in file order.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
 OPTIONAL_FLOATS = ("cost_usd", "latency_ms")
 OPTIONAL_INTS = ("input_tokens", "output_tokens")
+_OPTIONAL: tuple[tuple[str, type[float] | type[int]], ...] = (
+    *((n, float) for n in OPTIONAL_FLOATS),
+    *((n, int) for n in OPTIONAL_INTS),
+)
 
 
 class BadLine(ValueError):
@@ -75,7 +80,7 @@ def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.Feedb
             raise BadLine(f"reward is not a number: {reward!r}") from None
     else:
         raise BadLine("needs a thumb or a reward")
-    for name, kind in [(n, float) for n in OPTIONAL_FLOATS] + [(n, int) for n in OPTIONAL_INTS]:
+    for name, kind in _OPTIONAL:
         value = record.get(name)
         if value in (None, ""):
             continue
@@ -128,10 +133,20 @@ def ingest(
         stub = rpc.RouterStub(channel)
         pending: list[tuple[int, pb.FeedbackRequest]] = []
         position = 0
+        # The chunk sent and not answered yet: the next one is read meanwhile, and sent only
+        # once this one's reply is in (so chunks commit in file order).
+        in_flight: tuple[Any, list[tuple[int, pb.FeedbackRequest]], int] | None = None
+        unreadable: list[tuple[int, str]] = []  # written after the reply of the chunk before
 
-        def flush() -> None:
+        def reject_unreadable() -> None:
+            for number, message in unreadable:
+                _reject(summary, rejects, number, "unparsable", message)
+            unreadable.clear()
+
+        def send() -> None:
             # One UploadFeedback message per tenant of the chunk; error indexes count events in
             # the order sent.
+            nonlocal in_flight
             by_tenant: dict[str, list[tuple[int, pb.FeedbackRequest]]] = {}
             for item in pending:
                 by_tenant.setdefault(item[1].tenant, []).append(item)
@@ -140,32 +155,52 @@ def ingest(
                 pb.FeedbackBatch(tenant=t, events=[m for _, m in items])
                 for t, items in by_tenant.items()
             ]
-            reply = stub.UploadFeedback(iter(batches), metadata=security.metadata)
+            call = stub.UploadFeedback.future(iter(batches), metadata=security.metadata)
+            in_flight = (call, sent, position)
+            pending.clear()
+
+        def finish() -> None:
+            nonlocal in_flight
+            if in_flight is None:
+                return
+            call, sent, done_position = in_flight
+            in_flight = None
+            reply = call.result()
             for name in ("accepted", "duplicate", "expired", "invalid"):
                 setattr(summary, name, getattr(summary, name) + getattr(reply, name))
             for error in reply.errors:
                 _reject(summary, rejects, sent[error.index][0], error.kind, error.message)
-            state_path.write_text(str(position))
-            print(f"ingest: {position} lines done, {summary.accepted} accepted", file=sys.stderr)
-            pending.clear()
+            state_path.write_text(str(done_position))
+            print(
+                f"ingest: {done_position} lines done, {summary.accepted} accepted", file=sys.stderr
+            )
 
-        for number, item in read_records(path):
-            position += 1
-            summary.lines += 1
-            if position <= done:
-                summary.skipped_lines += 1
-                continue
-            try:
-                if isinstance(item, BadLine):
-                    raise item
-                pending.append((number, parse_record(item, tenant)))
-            except BadLine as exc:
-                summary.unparsable += 1
-                _reject(summary, rejects, number, "unparsable", str(exc))
-            if len(pending) == chunk:
-                flush()
-        if pending:
-            flush()
+        try:
+            for number, item in read_records(path):
+                position += 1
+                summary.lines += 1
+                if position <= done:
+                    summary.skipped_lines += 1
+                    continue
+                try:
+                    if isinstance(item, BadLine):
+                        raise item
+                    pending.append((number, parse_record(item, tenant)))
+                except BadLine as exc:
+                    summary.unparsable += 1
+                    unreadable.append((number, str(exc)))
+                if len(pending) == chunk:
+                    finish()
+                    reject_unreadable()
+                    send()
+            finish()
+            reject_unreadable()
+            if pending:
+                send()
+                finish()
+        finally:
+            if in_flight is not None:  # interrupted: the chunk sent may or may not commit
+                in_flight[0].cancel()
         state_path.write_text(str(position))
     return summary
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -226,9 +228,12 @@ class Learner:
                 for n, (i, e) in enumerate(kept)
                 if n not in added
             )
+        kinds: Counter[str] = Counter()
         for index, error in sorted(refused, key=lambda item: item[0]):
             outcome.refuse(index, error)
-            metrics.FEEDBACK.labels(refusal_kind(error)).inc()
+            kinds[refusal_kind(error)] += 1
+        for kind, count in kinds.items():
+            metrics.FEEDBACK.labels(kind).inc(count)
         log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
 
     async def _within_caps(
@@ -238,6 +243,8 @@ class Learner:
         refused: list[tuple[int, BanditdError]],
     ) -> list[tuple[int, FeedbackEvent]]:
         """The items the client's per-arm feedback cap lets in; the rest go to ``refused``."""
+        if not spec.feedback_cap_per_key:
+            return items
         kept = []
         for i, event in items:
             try:
@@ -263,13 +270,19 @@ def _router_thumbs(event: FeedbackEvent, req: FeedbackInput, spec: RouterSpec) -
     router says otherwise)."""
     if req.thumb is None:
         return event
-    return replace(event, reward=spec.thumb_reward(req.thumb == "up"))
+    reward = spec.thumb_reward(req.thumb == "up")
+    if reward == event.reward and math.copysign(1.0, reward) == math.copysign(1.0, event.reward):
+        return event  # the default rewards: no copy
+    return replace(event, reward=reward)
 
 
 def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
     metrics.FEEDBACK.labels("accepted").inc(len(events))
+    spend: dict[str, float] = {}
     for event in events:
-        metrics.SPEND.labels(spec.tenant, spec.name, event.arm).inc(event.cost_usd)
+        spend[event.arm] = spend.get(event.arm, 0.0) + event.cost_usd
+    for arm, usd in spend.items():
+        metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(usd)
 
 
 def _log_event(tenant: str, router: str, event: FeedbackEvent, event_id: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -115,7 +114,7 @@ class RouterServicer(pb_grpc.RouterServicer):
                         "events", f"at most {MAX_UPLOAD_BATCH} per message, got {len(batch.events)}"
                     )
                 for event in batch.events:
-                    yield replace(codec.feedback_from_proto(event), tenant=batch.tenant)
+                    yield codec.feedback_from_proto(event, batch.tenant)
 
         return await self._upload(inputs())
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -60,6 +63,17 @@ SNAPSHOTS_KEPT = 2
 class StoredRouter:
     router_id: int
     spec: RouterSpec
+
+
+@dataclass(frozen=True)
+class AppendedBatch:
+    """What ``Repository.append_batch`` committed: the positions (in its input) added, the
+    events as stored, in id order, and the router's newest event id before them (None when
+    unknown: read the log instead)."""
+
+    positions: list[int]
+    events: list[FeedbackEvent]
+    follows: int | None
 
 
 @dataclass(frozen=True)
@@ -387,35 +401,65 @@ class Repository:
         """Commit a batch of one router's events in one transaction; returns the positions (in
         ``events``) added. Under ``combine="first"`` decisions with feedback already are
         skipped; otherwise each event becomes its decision's next signal, up to the maximum."""
+        return (await self.append_batch(events, combine)).positions
+
+    async def append_batch(
+        self, events: Sequence[FeedbackEvent], combine: str = "first"
+    ) -> AppendedBatch:
+        """``append_events``, also returning the events as stored (with their ids, in id order)
+        and the router's newest event id before them, so a caller that has applied the log up
+        to that id can apply the batch without reading it back."""
         if not events:
-            return []
+            return AppendedBatch([], [], None)
+        router_id = events[0].router_id
         async with self.db.transaction() as conn:
-            await _begin_append(conn, events[0].router_id)
-            if combine == "first":
-                result = await conn.execute(
-                    _insert_ignoring_duplicates(conn, feedback_events).returning(
-                        feedback_events.c.decision_id
-                    ),
-                    [_event_row(e) for e in events],
+            await _begin_append(conn, router_id)
+            # Read under the append lock: no event of the router commits between it and ours.
+            head = int(
+                await conn.scalar(
+                    select(func.max(feedback_events.c.id)).where(
+                        feedback_events.c.router_id == router_id
+                    )
                 )
-                added_ids = set(result.scalars().all())
-                added: list[int] = []
+                or 0
+            )
+            if combine == "first":
+                ids = {
+                    decision_id: int(event_id)
+                    for event_id, decision_id in await _insert_new_events(conn, events)
+                }
+                positions: list[int] = []
+                stored: list[FeedbackEvent] = []
                 for i, e in enumerate(events):
-                    if e.decision_id in added_ids:
-                        added.append(i)
-                        added_ids.discard(e.decision_id)  # a repeat in the batch is not added
-                return added
-            positions: list[int] = []
+                    event_id = ids.pop(e.decision_id, None)
+                    if event_id is not None:  # a repeat in the batch is not added
+                        positions.append(i)
+                        stored.append(_with_id(e, event_id))
+                # Which of a decision's repeats the database kept is its choice: read them back.
+                repeated = len({e.decision_id for e in events}) != len(events)
+                return AppendedBatch(positions, _by_id(stored), None if repeated else head)
+            positions = []
+            signals: list[FeedbackEvent] = []
             rows: list[dict[str, Any]] = []
             for i, e in enumerate(events):
                 try:
-                    rows.append(_event_row(await _as_next_signal(conn, e, combine, rows)))
-                    positions.append(i)
+                    signal = await _as_next_signal(conn, e, combine, rows)
                 except AlreadyExists:
                     continue
-            if rows:
-                await conn.execute(insert(feedback_events), rows)
-            return positions
+                rows.append(_event_row(signal))
+                signals.append(signal)
+                positions.append(i)
+            if not rows:
+                return AppendedBatch([], [], head)
+            result = await conn.execute(
+                insert(feedback_events).returning(
+                    feedback_events.c.id, sort_by_parameter_order=True
+                ),
+                rows,
+            )
+            ids_in_order = [int(event_id) for event_id in result.scalars().all()]
+            stored = [_with_id(e, i) for e, i in zip(signals, ids_in_order, strict=True)]
+            return AppendedBatch(positions, _by_id(stored), head)
 
     async def events_after(
         self, router_id: int, after_id: int, limit: int = 10_000
@@ -423,7 +467,7 @@ class Repository:
         async with self.db.transaction() as conn:
             rows = (
                 await conn.execute(
-                    select(feedback_events)
+                    select(*_EVENT_COLUMNS)
                     .where(
                         feedback_events.c.router_id == router_id, feedback_events.c.id > after_id
                     )
@@ -431,26 +475,15 @@ class Repository:
                     .limit(limit)
                 )
             ).all()
+        # By position (FeedbackEvent's field order): several times faster than by name.
         return [
             FeedbackEvent(
-                event_id=r.id,
-                router_id=r.router_id,
-                decision_id=r.decision_id,
-                arm=r.arm,
-                x=np.frombuffer(r.x, dtype="<f8").copy(),
-                reward=r.reward,
-                cost_usd=r.cost_usd,
-                input_tokens=r.input_tokens,
-                output_tokens=r.output_tokens,
-                latency_ms=r.latency_ms,
-                error=r.error,
-                created_at=r.created_at,
-                offline=r.offline,
-                cost_reported=r.cost_reported,
-                defaulted=r.defaulted,
-                signal=r.signal,
-                effective_reward=r.effective_reward,
-                reward_delta=r.reward_delta,
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                np.frombuffer(r[4], dtype="<f8").copy(),
+                *r[5:],
             )
             for r in rows
         ]
@@ -867,6 +900,55 @@ def _decision_from_row(row: Any) -> Decision:
         x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
         context_version=row.context_version,
     )
+
+
+# The columns of feedback_events that hold FeedbackEvent's fields, in the fields' order.
+_EVENT_COLUMNS = tuple(
+    feedback_events.c["id" if f.name == "event_id" else f.name] for f in fields(FeedbackEvent)
+)
+
+
+@functools.cache
+def _unnest_insert(columns: tuple[str, ...], dialect: Dialect) -> str:
+    """Postgres: insert a batch of events given as one array per column, expanded by unnest
+    (far less work on both sides than a VALUES row of parameters per event)."""
+    arrays = ", ".join(
+        f"${n}::{feedback_events.c[name].type.compile(dialect=dialect)}[]"
+        for n, name in enumerate(columns, start=1)
+    )
+    return (
+        f"INSERT INTO {feedback_events.name} ({', '.join(columns)}) "
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING id, decision_id"
+    )
+
+
+async def _insert_new_events(
+    conn: AsyncConnection, events: Sequence[FeedbackEvent]
+) -> Sequence[Any]:
+    """Insert the events of decisions without feedback (the others are skipped); (id,
+    decision_id) of each row inserted."""
+    rows = [_event_row(e) for e in events]
+    if conn.dialect.name == "postgresql":
+        columns = tuple(rows[0])
+        arrays = tuple([row[name] for row in rows] for name in columns)
+        return (await conn.exec_driver_sql(_unnest_insert(columns, conn.dialect), arrays)).all()
+    stmt = _insert_ignoring_duplicates(conn, feedback_events).returning(
+        feedback_events.c.id, feedback_events.c.decision_id
+    )
+    return (await conn.execute(stmt, rows)).all()
+
+
+# FeedbackEvent's fields after event_id, read in one call (see _with_id).
+_AFTER_ID = attrgetter(*(f.name for f in fields(FeedbackEvent)[1:]))
+
+
+def _with_id(e: FeedbackEvent, event_id: int) -> FeedbackEvent:
+    """``replace(e, event_id=event_id)`` at half the cost (once per event of a batch)."""
+    return FeedbackEvent(event_id, *_AFTER_ID(e))
+
+
+def _by_id(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
+    return sorted(events, key=lambda e: e.event_id)
 
 
 def _event_row(e: FeedbackEvent) -> dict[str, Any]:
