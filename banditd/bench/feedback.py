@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 from sqlalchemy.engine import make_url
 
+from banditd.argtypes import int_at_least
 from banditd.bench import local
 from banditd.bench.load import router_config
 from banditd.ingest import ingest
@@ -375,19 +376,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `feedback` to the `bench` subcommands; the parsed args carry func=run."""
     p = bench_sub.add_parser(
@@ -400,11 +388,13 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--database-url",
         help="an empty database to use (default: a throwaway Postgres on 127.0.0.1)",
     )
-    p.add_argument("--events", type=_at_least(1), default=20_000, help="per upload (20000)")
-    p.add_argument("--replicas", type=_at_least(2), default=3, help="server processes (3)")
-    p.add_argument("--probes", type=_at_least(1), default=200, help="single Feedback calls (200)")
+    p.add_argument("--events", type=int_at_least(1), default=20_000, help="per upload (20000)")
+    p.add_argument("--replicas", type=int_at_least(2), default=3, help="server processes (3)")
+    p.add_argument(
+        "--probes", type=int_at_least(1), default=200, help="single Feedback calls (200)"
+    )
     p.add_argument("--probe-rate", type=float, default=50.0, help="probes a second (50)")
-    p.add_argument("--dim", type=_at_least(1), default=32, help="embedding size (32)")
-    p.add_argument("--arms", type=_at_least(1), default=11, help="router arms (11)")
+    p.add_argument("--dim", type=int_at_least(1), default=32, help="embedding size (32)")
+    p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)

@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 from numba.np.ufunc import threading_layer
 
+from banditd.argtypes import int_at_least, ints_at_least
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
 
@@ -524,20 +525,6 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive_ints(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(part) for part in text.split(","))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     """`banditd bench kernels`: print the report (a table, or one JSON object with --json)."""
     if args.quick:
@@ -574,12 +561,12 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_kernels.add_argument(
-        "--dims", type=_positive_ints, default=(32, 128, 384), help="context sizes (32,128,384)"
+        "--dims", type=ints_at_least(1), default=(32, 128, 384), help="context sizes (32,128,384)"
     )
-    p_kernels.add_argument("--arms", type=_positive_int, default=11, help="number of arms (11)")
+    p_kernels.add_argument("--arms", type=int_at_least(1), default=11, help="number of arms (11)")
     p_kernels.add_argument(
         "--iterations",
-        type=_positive_int,
+        type=int_at_least(1),
         help="most timed calls per measurement (10000; slow ones stop at the time budget)",
     )
     p_kernels.add_argument(

@@ -40,6 +40,7 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from banditd.argtypes import int_at_least, positive_float
 from banditd.bench import local
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -519,19 +520,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return parse
-
-
 def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `load` to the `bench` subcommands; the parsed args carry func=run."""
     p = bench_sub.add_parser(
@@ -546,13 +534,13 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--metrics", help="with --server-pid: its /metrics HOST:PORT, for the histogram")
     p.add_argument("--postgres", action="store_true", help="local server on a throwaway Postgres")
-    p.add_argument("--rate", type=_positive(float), default=3000.0, help="Select/s offered (3000)")
-    p.add_argument("--duration", type=_positive(float), default=10.0, help="measured s (10)")
+    p.add_argument("--rate", type=positive_float, default=3000.0, help="Select/s offered (3000)")
+    p.add_argument("--duration", type=positive_float, default=10.0, help="measured s (10)")
     p.add_argument("--warmup", type=float, default=2.0, help="s sent before measuring (2)")
-    p.add_argument("--processes", type=_positive(int), default=2, help="generator processes (2)")
-    p.add_argument("--connections", type=_positive(int), default=4, help="per process (4)")
-    p.add_argument("--dim", type=_positive(int), default=32, help="embedding size (32)")
-    p.add_argument("--arms", type=_positive(int), default=11, help="router arms (11)")
+    p.add_argument("--processes", type=int_at_least(1), default=2, help="generator processes (2)")
+    p.add_argument("--connections", type=int_at_least(1), default=4, help="per process (4)")
+    p.add_argument("--dim", type=int_at_least(1), default=32, help="embedding size (32)")
+    p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
     p.add_argument(
         "--server-log-level",
         default="info",

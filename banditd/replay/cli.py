@@ -8,9 +8,9 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from banditd.argtypes import int_at_least
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
     DEFAULT_METADATA_SLOTS,
@@ -46,21 +46,6 @@ def _non_negative(text: str) -> float:
     if len(values) != 1:
         raise argparse.ArgumentTypeError(f"expected one number, got {text!r}")
     return values[0]
-
-
-def _int_from(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -137,8 +122,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--warm-start", type=Path, help="outcome file to fit priors on first (learning policies)"
     )
     p.add_argument("--arms", help="comma list of models to route between (all of the file's)")
-    p.add_argument("--seed", type=_int_from(0), default=0, help="first seed (0)")
-    p.add_argument("--repeats", type=_int_from(1), default=1, help="seeds to average over (1)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="first seed (0)")
+    p.add_argument("--repeats", type=int_at_least(1), default=1, help="seeds to average over (1)")
     p.add_argument(
         "--sweep",
         type=_floats,
@@ -155,9 +140,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="USD",
         help="frontier over budgets (comma list; default a log grid) at --cost-weight",
     )
-    p.add_argument("--limit", type=_int_from(1), help="replay only the first N records")
+    p.add_argument("--limit", type=int_at_least(1), help="replay only the first N records")
     p.add_argument(
-        "--embedding-dim", type=_int_from(1), default=DEFAULT_EMBEDDING_DIM, help="(%(default)s)"
+        "--embedding-dim", type=int_at_least(1), default=DEFAULT_EMBEDDING_DIM, help="(%(default)s)"
     )
     p.add_argument(
         "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
@@ -168,24 +153,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="send these record fields (e.g. task) as request metadata the router declares",
     )
     p.add_argument(
-        "--metadata-slots", type=_int_from(2), default=DEFAULT_METADATA_SLOTS, help="(%(default)s)"
+        "--metadata-slots",
+        type=int_at_least(2),
+        default=DEFAULT_METADATA_SLOTS,
+        help="(%(default)s)",
     )
     p.add_argument("--encoder", choices=ENCODERS, default="hashing", help="text encoder (hashing)")
     p.add_argument(
         "--text-window",
-        type=_int_from(0),
+        type=int_at_least(0),
         default=0,
         metavar="TOKENS",
         help="encode only the last N tokens of each prompt (0: whole prompt)",
     )
-    p.add_argument("--pca-dim", type=_int_from(0), default=0, help="PCA size (0: none)")
+    p.add_argument("--pca-dim", type=int_at_least(0), default=0, help="PCA size (0: none)")
     p.add_argument(
         "--pca-fit-samples",
-        type=_int_from(1),
+        type=int_at_least(1),
         default=DEFAULT_PCA_FIT_SAMPLES,
         help="(%(default)s)",
     )
-    p.add_argument("--knn-k", type=_int_from(0), default=0, help="kNN outcome features (0: off)")
+    p.add_argument("--knn-k", type=int_at_least(0), default=0, help="kNN outcome features (0: off)")
     p.add_argument(
         "--embeddings-cache",
         type=Path,
