@@ -97,8 +97,11 @@ class Catalog:
         health_json: str | None = None
         snapshot = await self._repo.latest_snapshot(stored.router_id)
         if snapshot is not None:
-            posterior, health_json = Posterior.from_bytes(snapshot[0]), snapshot[1]
-            if posterior.prior != prior:
+            try:
+                posterior, health_json = Posterior.from_bytes(snapshot[0]), snapshot[1]
+            except ValueError as exc:  # an older format: rebuild from the log
+                log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
+            if posterior is not None and posterior.prior != prior:
                 posterior = None  # embedding size or prior changed: rebuild from the log
         if posterior is None:
             posterior, health_json = Posterior.empty(prior, spec.prior_output_tokens), None

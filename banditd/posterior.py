@@ -16,6 +16,10 @@ from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
 from banditd.policy import _kernels
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
+# The cost model (reported costs regressed on x) prices an arm once it has this many reports;
+# its prediction is kept within [COST_FLOOR, COST_CEILING] x the arm's mean reported cost.
+COST_MODEL_MIN_EVENTS = 20
+COST_FLOOR, COST_CEILING = 0.05, 20.0
 PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
 
 
@@ -43,6 +47,9 @@ class Posterior:
     """Statistics of every arm ever configured or rewarded, by name.
 
     a, a_inv: (n_arms, dim, dim); b, theta: (n_arms, dim); counters: (n_arms,).
+    cost_*: the same shapes, a ridge regression of reported cost (USD) on x over the events that
+    report a cost and no tokens: an arm's price where it depends on the request (a task whose
+    answers run long), learned separately from quality so one posterior serves every cost weight.
     """
 
     prior: Prior
@@ -57,6 +64,10 @@ class Posterior:
     output_tokens_n: npt.NDArray[np.int64]
     observed_cost_sum: FloatArray
     observed_cost_n: npt.NDArray[np.int64]
+    cost_a: FloatArray
+    cost_a_inv: FloatArray
+    cost_b: FloatArray
+    cost_theta: FloatArray
     input_tokens_sum: float = 0.0
     input_tokens_n: int = 0
     last_event_id: int = 0
@@ -77,6 +88,10 @@ class Posterior:
             output_tokens_n=np.zeros(0, dtype=np.int64),
             observed_cost_sum=np.zeros(0),
             observed_cost_n=np.zeros(0, dtype=np.int64),
+            cost_a=np.zeros((0, dim, dim)),
+            cost_a_inv=np.zeros((0, dim, dim)),
+            cost_b=np.zeros((0, dim)),
+            cost_theta=np.zeros((0, dim)),
         )
 
     def index(self, arm: str) -> int:
@@ -99,6 +114,10 @@ class Posterior:
         self.output_tokens_n = np.append(self.output_tokens_n, 0)
         self.observed_cost_sum = np.append(self.observed_cost_sum, 0.0)
         self.observed_cost_n = np.append(self.observed_cost_n, 0)
+        self.cost_a = np.concatenate([self.cost_a, weight * eye])
+        self.cost_a_inv = np.concatenate([self.cost_a_inv, eye / weight])
+        self.cost_b = np.concatenate([self.cost_b, np.zeros((1, self.dim))])
+        self.cost_theta = np.concatenate([self.cost_theta, np.zeros((1, self.dim))])
         return len(self.arms) - 1
 
     def apply(self, event: FeedbackEvent) -> None:
@@ -133,6 +152,20 @@ class Posterior:
         elif event.cost_reported:
             self.observed_cost_sum[idx] += event.cost_usd
             self.observed_cost_n[idx] += 1
+            _kernels.sherman_morrison_update(
+                self.cost_a,
+                self.cost_a_inv,
+                self.cost_b,
+                self.cost_theta,
+                idx,
+                event.x,
+                event.cost_usd,
+                self.prior.forgetting,
+            )
+            if self.observed_cost_n[idx] % REFACTORISE_EVERY == 0:
+                _kernels.refactorise(
+                    self.cost_a, self.cost_a_inv, self.cost_b, self.cost_theta, idx
+                )
         if event.input_tokens is not None:
             self.input_tokens_sum += event.input_tokens
             self.input_tokens_n += 1
@@ -146,11 +179,19 @@ class Posterior:
         total = self.prior_output_tokens + self.output_tokens_sum[idx]
         return float(total / (1 + self.output_tokens_n[idx]))
 
-    def expected_cost_usd(self, idx: int, arm: ArmSpec, input_tokens: float) -> float:
-        """Price x tokens once the arm reports output tokens (or before it reports anything);
-        the arm's mean reported cost per call when it reports costs without tokens."""
-        if self.output_tokens_n[idx] == 0 and self.observed_cost_n[idx] > 0:
-            return float(self.observed_cost_sum[idx] / self.observed_cost_n[idx])
+    def expected_cost_usd(
+        self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
+    ) -> float:
+        """Price x tokens once the arm reports output tokens (or before it reports anything).
+        When it reports costs without tokens: the cost model's prediction for x (once it has
+        COST_MODEL_MIN_EVENTS reports), else the arm's mean reported cost per call."""
+        n = self.observed_cost_n[idx]
+        if self.output_tokens_n[idx] == 0 and n > 0:
+            mean = float(self.observed_cost_sum[idx] / n)
+            if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
+                return mean
+            predicted = float(np.dot(self.cost_theta[idx], x))
+            return min(max(predicted, COST_FLOOR * mean), COST_CEILING * mean)
         return arm.cost_usd(input_tokens, self.expected_output_tokens(idx))
 
     def expected_input_tokens(self) -> float:
@@ -175,6 +216,10 @@ class Posterior:
             output_tokens_n=self.output_tokens_n,
             observed_cost_sum=self.observed_cost_sum,
             observed_cost_n=self.observed_cost_n,
+            cost_a=self.cost_a,
+            cost_a_inv=self.cost_a_inv,
+            cost_b=self.cost_b,
+            cost_theta=self.cost_theta,
             input_tokens=np.array([self.input_tokens_sum, self.input_tokens_n]),
             last_event_id=self.last_event_id,
         )
@@ -182,7 +227,10 @@ class Posterior:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Posterior:
+        """ValueError for a snapshot written before the cost model (rebuild from the log)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if "cost_a" not in z:
+                raise ValueError("snapshot predates the cost model")
             p = z["prior"]
             prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]))
             dim = prior.dim
@@ -200,6 +248,10 @@ class Posterior:
                 output_tokens_n=z["output_tokens_n"].copy(),
                 observed_cost_sum=z["observed_cost_sum"].copy(),
                 observed_cost_n=z["observed_cost_n"].copy(),
+                cost_a=z["cost_a"].reshape(len(arms), dim, dim).copy(),
+                cost_a_inv=z["cost_a_inv"].reshape(len(arms), dim, dim).copy(),
+                cost_b=z["cost_b"].reshape(len(arms), dim).copy(),
+                cost_theta=z["cost_theta"].reshape(len(arms), dim).copy(),
                 input_tokens_sum=float(z["input_tokens"][0]),
                 input_tokens_n=int(z["input_tokens"][1]),
                 last_event_id=int(z["last_event_id"]),

@@ -298,7 +298,7 @@ def rank_arms(
     arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
     costs = np.array(
         [
-            posterior.expected_cost_usd(int(i), a, input_tokens)
+            posterior.expected_cost_usd(int(i), a, input_tokens, x)
             for a, i in zip(arms, arm_idx, strict=True)
         ]
     )

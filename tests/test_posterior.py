@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from banditd.domain import ArmSpec, FeedbackEvent
-from banditd.posterior import REFACTORISE_EVERY, Posterior, Prior
+from banditd.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
 
 
 def events(n: int, dim: int, seed: int = 0) -> list[FeedbackEvent]:
@@ -102,3 +103,45 @@ def test_expected_cost_learns_from_reported_costs_until_tokens_arrive() -> None:
     assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(0.003)
     post.apply(replace(base[3], arm="a", output_tokens=100, cost_usd=0.1))
     assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(arm.cost_usd(1000, 200))
+
+
+def test_cost_model_prices_an_arm_by_context() -> None:
+    """Reported costs without tokens: the arm's cost is regressed on x, so a request kind whose
+    answers cost more is priced higher; before COST_MODEL_MIN_EVENTS reports, the mean."""
+    dim = 3  # intercept, "long task" one-hot, "short task" one-hot
+    long_x, short_x = np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0])
+    arm = ArmSpec("a", 1.0, 1.0)
+    post = Posterior.empty(Prior(dim), 300)
+    log = [
+        replace(
+            e,
+            arm="a",
+            x=long_x if i % 2 else short_x,
+            cost_usd=0.010 if i % 2 else 0.001,
+            output_tokens=None,
+        )
+        for i, e in enumerate(events(COST_MODEL_MIN_EVENTS + 20, dim))
+    ]
+    for e in log[: COST_MODEL_MIN_EVENTS - 1]:
+        post.apply(e)
+    mean = post.expected_cost_usd(0, arm, 100, long_x)
+    assert mean == pytest.approx(post.expected_cost_usd(0, arm, 100, short_x))  # too few yet
+    for e in log[COST_MODEL_MIN_EVENTS - 1 :]:
+        post.apply(e)
+    assert post.expected_cost_usd(0, arm, 100, long_x) == pytest.approx(0.010, rel=0.05)
+    assert post.expected_cost_usd(0, arm, 100, short_x) == pytest.approx(0.001, rel=0.3)
+    assert post.expected_cost_usd(0, arm, 100) == pytest.approx(0.0055, rel=0.01)  # no x: mean
+    again = Posterior.from_bytes(post.to_bytes())
+    assert again.expected_cost_usd(0, arm, 100, long_x) == post.expected_cost_usd(
+        0, arm, 100, long_x
+    )
+
+
+def test_a_snapshot_from_before_the_cost_model_is_refused() -> None:
+    post = Posterior.empty(Prior(3), 300)
+    post.index("a")
+    buf = io.BytesIO()
+    with np.load(io.BytesIO(post.to_bytes())) as z:
+        np.savez(buf, **{k: z[k] for k in z.files if not k.startswith("cost_")})
+    with pytest.raises(ValueError, match="predates the cost model"):
+        Posterior.from_bytes(buf.getvalue())

@@ -90,7 +90,10 @@ def _choose_knn(
     quality = (feats[0::2] * n + spec.prior_quality) / (n + 1.0)
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
     costs = np.array(
-        [posterior.expected_cost_usd(posterior.index(a.name), a, input_tokens) for a in spec.arms]
+        [
+            posterior.expected_cost_usd(posterior.index(a.name), a, input_tokens, x)
+            for a in spec.arms
+        ]
     )
     utility = quality + alpha / np.sqrt(n + 1.0) - cost_weight * costs
     if cap is not None:
