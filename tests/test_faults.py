@@ -217,8 +217,10 @@ async def test_sigterm_drains_flushes_and_snapshots(tmp_path: Path) -> None:
         await task
     print(tally.report("sigterm"))
     assert code == 0, server.output()[-3000:]
-    # Calls that reached the server before it stopped were finished; later ones found no server.
-    assert set(tally.select_failures) | set(tally.feedback_failures) <= {"UNAVAILABLE"}
+    # Calls that reached the server before it stopped were finished; later ones found no server
+    # (UNAVAILABLE), or gRPC cancelled them as they arrived during its shutdown (CANCELLED, seen
+    # once in CI on 2 cores): either way unacknowledged, so the client retries.
+    assert set(tally.select_failures) | set(tally.feedback_failures) <= {"UNAVAILABLE", "CANCELLED"}
     with sqlite3.connect(db) as conn:
         decisions = conn.execute("select count(*) from decisions").fetchone()[0]
         head = conn.execute("select max(id) from feedback_events").fetchone()[0]
