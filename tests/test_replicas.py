@@ -33,9 +33,12 @@ async def test_two_replicas_hold_the_same_posterior(
 
     for start in range(0, 120, 6):  # concurrent feedback to both replicas
         await asyncio.gather(*(one_round(i) for i in range(start, start + 6)))
-    await asyncio.sleep(0.3)  # a few tail rounds
     post_a = a.app.catalog._by_id[1].posterior
     post_b = b.app.catalog._by_id[1].posterior
+    deadline = asyncio.get_running_loop().time() + 10
+    while min(post_a.last_event_id, post_b.last_event_id) < 120:  # a few tail rounds
+        assert asyncio.get_running_loop().time() < deadline, "a replica did not catch up"
+        await asyncio.sleep(0.05)
     assert post_a.last_event_id == post_b.last_event_id == 120
     for arm in ("cheap", "mid", "strong"):
         ia, ib = post_a.index(arm), post_b.index(arm)
