@@ -18,9 +18,9 @@ from banditd.context.encoders import (
     untruncated,
 )
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.conftest import StartServer, require, router_config
 
-pytest.importorskip("sentence_transformers", reason="needs the context extra")
+require("sentence_transformers", "needs the context extra")
 
 PREFIX = (
     "You are a careful assistant. Answer the multiple-choice question with one letter. "

@@ -25,7 +25,7 @@ from banditd.config import Settings
 from banditd.server import App, build_app
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, router_config
+from tests.conftest import SIGNING_KEY, require, router_config
 
 T = TypeVar("T")
 C = grpc.StatusCode
@@ -215,7 +215,7 @@ def test_random_router_configs(
 
 def test_atheris_fuzzes_decoding_and_validation(tmp_path: Path) -> None:
     """Coverage-guided: 200,000 inputs (or 60 s) through the codec and the request checks."""
-    pytest.importorskip("atheris")
+    require("atheris", "atheris has wheels for Linux x86-64 only (the dev extra installs it there)")
     harness = Path(__file__).parent / "fuzz" / "atheris_validation.py"
     done = subprocess.run(
         [sys.executable, str(harness), "-runs=200000", "-max_total_time=60", "-seed=1"],
