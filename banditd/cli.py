@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import json_format
 
 from banditd import bench, codec, evaluate_cli, keys, replay
+from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
 from banditd.domain import FeedbackEvent
@@ -27,6 +28,7 @@ from banditd.store.api_keys import KeyStore
 from banditd.tls import ClientSecurity, TLSConfigError
 from banditd.v1 import banditd_pb2 as pb
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
+from banditd.workers import run_workers
 
 WARM_START_BATCH = 2000
 HOW_TO_CALL = """
@@ -198,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="create the example router demo/chat if absent and print how to call it",
     )
+    p_serve.add_argument(
+        "--workers",
+        type=int_at_least(1),
+        default=1,
+        help="server processes sharing the port, one core each (Postgres only; default 1)",
+    )
 
     p_migrate = sub.add_parser("migrate", help="upgrade the database schema (Alembic)")
     p_migrate.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
@@ -257,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
+        if args.command == "serve" and args.workers > 1:
+            return run_workers(settings, args.workers, args.example_router)
         if args.command == "serve":
             asyncio.run(serve(settings, _seed_example if args.example_router else None))
         elif args.command == "migrate":

@@ -1,0 +1,95 @@
+"""`banditd serve --workers N`: N processes serve one port as replicas of one Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+from tests.conftest import SIGNING_KEY, router_config
+
+BANDITD = [sys.executable, "-m", "banditd.cli", "serve"]
+
+
+def _events(log: Path, event: str) -> list[dict[str, Any]]:
+    lines = log.read_text(errors="replace").splitlines()
+    return [
+        e
+        for e in (json.loads(line) for line in lines if line.startswith("{"))
+        if e.get("event") == event
+    ]
+
+
+def _wait(log: Path, event: str, count: int, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 90
+    while len(found := _events(log, event)) < count:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"fewer than {count} {event!r} lines"
+        time.sleep(0.1)
+    return found
+
+
+@pytest.mark.postgres
+def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "workers.log"
+    env = {
+        **os.environ,
+        "BANDITD_SIGNING_KEY": SIGNING_KEY,
+        "BANDITD_METRICS_LISTEN": "",
+        "BANDITD_MIGRATE_ON_START": "true",
+    }
+    command = [
+        *BANDITD,
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        postgres_url,
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        (started,) = _wait(log, "workers_started", 1, proc)
+        serving = _wait(log, "serving", 2, proc)
+        port = int(started["listen"].rpartition(":")[2])
+        assert {s["port"] for s in serving} == {port}  # both bound the one port
+        with grpc.insecure_channel(started["listen"]) as channel:
+            rpc.AdminStub(channel).PutRouter(pb.PutRouterRequest(router=router_config()))
+        for i in range(10):  # a connection each: the kernel spreads them over the workers
+            with grpc.insecure_channel(started["listen"]) as channel:
+                d = rpc.RouterStub(channel).Select(
+                    pb.SelectRequest(tenant="acme", router="chat", prompt=f"q {i}"), timeout=30
+                )
+                assert d.arm
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        for pid in started["pids"]:  # the workers drained and exited with it
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_workers_need_postgres(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    done = subprocess.run(
+        [*BANDITD, "--workers", "2", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--workers needs Postgres" in done.stderr
