@@ -212,6 +212,17 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         if limiter is not None and limiter.enabled:
             await limiter.admit(tenant or "", amount)
 
+    async def _checked(
+        self, principal: Principal | None, method: str, requests: AsyncIterator[Message]
+    ) -> AsyncIterator[Message]:
+        """A stream's requests, each checked as it arrives; a refusal is raised into the
+        servicer's loop, whose edge maps it to a status code. A message of many events
+        (UploadFeedback) counts each against rate limits."""
+        async for request in requests:
+            amount = float(len(getattr(request, "events", ())) or 1)
+            await self._check(principal, method, request, amount)
+            yield request
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -265,15 +276,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             except BanditdError as exc:
                 await self._refuse(context, method, exc)
 
-            async def checked() -> AsyncIterator[Message]:
-                async for request in requests:
-                    # Raised into the servicer's loop, whose edge maps it to a status code.
-                    # A message of many events (UploadFeedback) counts each against rate limits.
-                    amount = float(len(getattr(request, "events", ())) or 1)
-                    await self._check(principal, method, request, amount)
-                    yield request
-
-            return await inner(checked(), context)
+            return await inner(self._checked(principal, method, requests), context)
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
@@ -311,13 +314,10 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             except BanditdError as exc:
                 await self._refuse(context, method, exc)
 
-            async def checked() -> AsyncIterator[Message]:
-                async for request in requests:
-                    await self._check(principal, method, request)
-                    yield request
-
             try:
-                async for response in inner_many(checked(), context):
+                async for response in inner_many(
+                    self._checked(principal, method, requests), context
+                ):
                     yield response
             except BanditdError as exc:
                 await self._refuse(context, method, exc)
