@@ -1,35 +1,49 @@
 # The two quick-start commands are `make run` and `make test`; each sets up .venv on first use.
+# Every install comes from requirements.lock (pinned by `make lock`), so a fresh machine gets what
+# CI got.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# Helm for the deployment tests, installed beside the venv's other tools.
+export BANDITD_TOOLS_DIR ?= $(abspath $(VENV))/tools
 
-.PHONY: run test check proto clean
+.PHONY: run test check proto lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,context]'
+	$(BIN)/pip install --quiet "$$(grep -E '^pip==' $(LOCK) || echo pip)"
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	./.ci/install-helm >/dev/null
 	touch $(STAMP)
 
 ## run: start banditd on the embedded SQLite default with the example router demo/chat
 run: $(STAMP)
 	$(BIN)/banditd serve --example-router
 
-## test: lint, types, generated-code drift, then the whole test suite (SQLite and Postgres)
+## test: lint, types, generated-code drift, then the whole test suite (SQLite, Postgres, helm)
 test: $(STAMP)
 	./.ci/check
-	$(BIN)/pytest
+	$(BIN)/pytest -rs
 
 ## check: lint, format, types and generated-code drift only
 check: $(STAMP)
 	./.ci/check
 
-## proto: regenerate banditd/v1 from proto/
+## proto: regenerate banditd/v1 from proto/ with the locked grpcio-tools
 proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  proto/banditd/v1/banditd.proto
+
+## lock: re-resolve requirements.lock from pyproject.toml, keeping existing pins where they still
+##       fit (UPGRADE=1 moves every pin to the newest release); commit both files together
+lock:
+	test -x $(BIN)/pip-compile || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet pip-tools; }
+	$(BIN)/pip-compile --quiet $(if $(UPGRADE),--upgrade) --extra dev --extra context --strip-extras \
+	  --allow-unsafe --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Warm start: fit a router's statistics from offline outcome data before it takes traffic.
 
 The data is full-information (every prompt answered by every model, with its quality), the format
-of ../shared/data: one JSON object a line, ``{"id", "prompt", "models": {name: {"quality",
+of data/ (data/README.md): one JSON object a line, ``{"id", "prompt", "models": {name: {"quality",
 "cost_usd"}}}``, optionally gzipped. Each (prompt, arm) pair becomes one *offline* event in the
 feedback log, so the rule "posterior = prior + events" holds unchanged for restarts and replicas;
 offline events are left out of GetStats. Their ids derive from the router, record and arm, so a

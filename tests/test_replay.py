@@ -1,4 +1,4 @@
-"""`banditd replay` on small synthetic outcome files written here (never ../shared/data)."""
+"""`banditd replay` on small synthetic outcome files written here (never the files in data/)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import warnings
 
 from banditd.v1 import banditd_pb2 as banditd_dot_v1_dot_banditd__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
