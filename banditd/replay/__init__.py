@@ -1,6 +1,6 @@
 """`banditd replay`: evaluate a routing policy online on full-information outcome data.
 
-The data is the format of data/ (data/README.md): one JSON object a line (optionally gzipped), each prompt
+The data is the format of data/: one JSON object a line (optionally gzipped), each prompt
 with every model's quality in [0, 1] and the real USD cost of its call. The replay streams it, in
 file order and in process, through the engine code the server runs: the context pipeline
 (``build_x``), the ranking step of Select (``router.rank_arms``, with the router's policy) and the
