@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_warm.add_argument("--tenant", required=True)
     p_warm.add_argument("--router", required=True)
-    p_warm.add_argument("--data", required=True, help="outcome file, the format of data/ (see data/README.md)")
+    p_warm.add_argument(
+        "--data", required=True, help="outcome file, the format of data/ (see data/README.md)"
+    )
     p_warm.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
     p_warm.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
