@@ -6,8 +6,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
-# Helm for the deployment tests, installed beside the venv's other tools.
-export BANDITD_TOOLS_DIR ?= $(abspath $(VENV))/tools
 
 .PHONY: run test check proto lock clean
 

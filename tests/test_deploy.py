@@ -49,9 +49,7 @@ def _missing(message: str) -> NoReturn:
 def _find_helm() -> str | None:
     if env := os.environ.get("BANDITD_HELM"):
         return env if Path(env).is_file() else None
-    tools = os.environ.get("BANDITD_TOOLS_DIR") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "banditd"
-    )
+    tools = os.environ.get("BANDITD_TOOLS_DIR") or str(REPO / ".venv" / "tools")
     cached = Path(tools) / f"helm-{HELM_VERSION}" / "helm"
     return str(cached) if cached.is_file() else shutil.which("helm")
 
