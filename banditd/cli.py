@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
-from banditd import bench, codec, evaluate_cli, keys, replay
+from banditd import bench, codec, evaluate_cli, keys, replay, routers_cli, routers_file
 from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
@@ -25,7 +22,7 @@ from banditd.logs import configure_logging
 from banditd.server import App, serve
 from banditd.store import Database, Repository, migrate
 from banditd.store.api_keys import KeyStore
-from banditd.tls import ClientSecurity, TLSConfigError
+from banditd.tls import ClientSecurity, TLSConfigError, add_client_arguments
 from banditd.v1 import banditd_pb2 as pb
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 from banditd.workers import run_workers
@@ -47,8 +44,8 @@ banditd is serving {tenant}/{router} on {host}:{port} ({database}).
 
 
 def example_router() -> pb.RouterConfig:
-    text = resources.files("banditd").joinpath("examples/router.json").read_text()
-    return json_format.Parse(text, pb.RouterConfig())
+    """demo/chat, from the example routers file (banditd/examples/routers.yaml)."""
+    return codec.spec_to_proto(routers_file.example()[0])
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,7 +58,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _seed_example(app: App) -> None:
-    spec = codec.spec_from_proto(example_router())
+    spec = routers_file.example()[0]
     try:
         await app.catalog.get(spec.tenant, spec.name)
     except NotFound:
@@ -211,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     p_migrate.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
     p_migrate.add_argument("--revision", default="head")
 
-    sub.add_parser("example-router", help="print the example router configuration as JSON")
+    sub.add_parser(
+        "example-router",
+        help="print the example router configuration as JSON (examples/routers.yaml has it as YAML)",
+    )
 
     p_warm = sub.add_parser(
         "warm-start",
@@ -243,22 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     p_ingest.add_argument("--chunk", type=int, default=1000, help="lines per committed upload")
     p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p_ingest.add_argument(
-        "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
-    )
-    p_ingest.add_argument("--tls-ca", type=Path, help="CA of the server's certificate (TLS)")
-    p_ingest.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
-    p_ingest.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+    add_client_arguments(p_ingest)
 
     bench.add_parser(sub)
     replay.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    routers_cli.add_parser(sub)
     _add_keys_parser(sub)
     distill.add_parser(sub)
 
     args = parser.parse_args(argv)
     # Commands that read settings themselves, if at all: a bad BANDITD_* must not block them.
-    if args.command in ("bench", "replay", "evaluate", "distill-encoder"):
+    if args.command in ("bench", "replay", "evaluate", "distill-encoder", "routers"):
         return int(args.func(args))
     try:
         settings = _settings(args)
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(migrate(settings.database_url, settings.migrations_dir, args.revision))
             print(f"migrated to {args.revision}", file=sys.stderr)
         elif args.command == "example-router":
-            print(json.dumps(json_format.MessageToDict(example_router()), indent=2))
+            print(json.dumps(routers_file.document(routers_file.example()[0]), indent=2))
         elif args.command == "ingest":
             summary = ingest(
                 args.file,
@@ -285,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 rejects_path=args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl"),
                 chunk=max(1, min(args.chunk, 1000)),
                 fresh=args.restart,
-                security=ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
+                security=ClientSecurity.from_args(args),
             ).as_dict()
             if args.json:
                 print(json.dumps(summary))

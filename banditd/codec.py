@@ -47,10 +47,7 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         text_window_tokens=msg.text_window_tokens,
         tenant=msg.tenant,
         name=msg.name,
-        arms=tuple(
-            ArmSpec(a.name, a.input_price_per_mtok, a.output_price_per_mtok, a.disabled)
-            for a in msg.arms
-        ),
+        arms=tuple(arm_from_proto(a) for a in msg.arms),
         policy=msg.policy or "linucb",
         exploration=msg.exploration,
         default_cost_weight=msg.default_cost_weight,
@@ -69,15 +66,7 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
         ),
-        shadows=tuple(
-            ShadowSpec(
-                s.name,
-                s.policy or "linucb",
-                s.exploration,
-                s.cost_weight if s.HasField("cost_weight") else None,
-            )
-            for s in msg.shadows
-        ),
+        shadows=tuple(shadow_from_proto(s) for s in msg.shadows),
         breaker_error_rate=(
             msg.breaker_error_rate if msg.HasField("breaker_error_rate") else DEFAULT_ERROR_RATE
         ),
@@ -92,6 +81,19 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
             )
             if value  # 0 means "the default"
         },
+    )
+
+
+def arm_from_proto(msg: pb.Arm) -> ArmSpec:
+    return ArmSpec(msg.name, msg.input_price_per_mtok, msg.output_price_per_mtok, msg.disabled)
+
+
+def shadow_from_proto(msg: pb.ShadowPolicy) -> ShadowSpec:
+    return ShadowSpec(
+        msg.name,
+        msg.policy or "linucb",
+        msg.exploration,
+        msg.cost_weight if msg.HasField("cost_weight") else None,
     )
 
 

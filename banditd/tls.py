@@ -7,6 +7,8 @@ mutual TLS (a client without a certificate that CA signed fails the handshake).
 
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +53,31 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that calls a running server: its API key and TLS files
+    (ClientSecurity.from_args reads them)."""
+    parser.add_argument(
+        "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
+    )
+    parser.add_argument("--tls-ca", type=Path, help="CA of the server's certificate (TLS)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+
+
 @dataclass(frozen=True)
 class ClientSecurity:
-    """How a banditd client command (ingest) reaches a secured server."""
+    """How a banditd client command (ingest, replay --server, routers) reaches a secured
+    server."""
 
     api_key: str | None = None
     ca_file: Path | None = None  # TLS: the CA that signed the server's certificate
     cert_file: Path | None = None  # mTLS: this client's certificate and key
     key_file: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ClientSecurity:
+        """From the flags add_client_arguments adds."""
+        return cls(args.api_key, args.tls_ca, args.tls_cert, args.tls_key)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from banditd.replay.plot import plot
 from banditd.replay.remote import DEFAULT_TENANT, Server
 from banditd.replay.render import render_text
 from banditd.replay.runner import replay
-from banditd.tls import ClientSecurity, TLSConfigError
+from banditd.tls import ClientSecurity, TLSConfigError, add_client_arguments
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -78,7 +77,7 @@ def options(args: argparse.Namespace) -> Options:
         else Server(
             args.server,
             args.tenant,
-            ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
+            ClientSecurity.from_args(args),
         ),
     )
 
@@ -188,12 +187,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--tenant", default=DEFAULT_TENANT, help="with --server: the routers' tenant (%(default)s)"
     )
-    p.add_argument(
-        "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
-    )
-    p.add_argument("--tls-ca", type=Path, help="CA of the server's certificate (TLS)")
-    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+    add_client_arguments(p)  # with --server
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
