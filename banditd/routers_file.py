@@ -29,7 +29,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from banditd import codec
-from banditd.domain import RouterSpec
+from banditd.domain import RouterSpec, check_name
 from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
 
@@ -168,10 +168,14 @@ def _entries(document: Any, source: str) -> list[Any]:
 
 
 def _label(entry: Any, index: int) -> str:
+    """How messages name a router: tenant/name where both are valid, else its position."""
     if isinstance(entry, dict):
         tenant, name = entry.get("tenant"), entry.get("name")
-        if isinstance(tenant, str) and isinstance(name, str) and tenant and name:
-            return f"router {tenant}/{name}"
+        if isinstance(tenant, str) and isinstance(name, str):
+            try:
+                return f"router {check_name('tenant', tenant)}/{check_name('name', name)}"
+            except InvalidArgument:
+                pass
     return f"routers[{index}]"
 
 

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from banditd import routers_file
 from tests.conftest import StartServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -415,3 +416,127 @@ async def test_dockerfile_healthcheck_asks_grpc_health(
     assert await _run_healthcheck(f"0.0.0.0:{server.app.port}") == 0
     await server.stop()
     assert await _run_healthcheck(f"0.0.0.0:{server.app.port}") == 1
+
+
+# ---- Helm: routers from the values, applied by a post-install/post-upgrade Job
+
+ROUTERS_VALUES = """
+secrets:
+  adminApiKey: {name: banditd-admin, key: key}
+routers:
+  - tenant: demo
+    name: chat
+    policy: thompson
+    exploration: 0.0000001
+    metadata_keys: [app]
+    arms:
+      - {name: gpt-4o-mini, input_price_per_mtok: 0.15, output_price_per_mtok: 0.60}
+      - {name: claude-sonnet-4.5, input_price_per_mtok: 3, output_price_per_mtok: 15}
+  - tenant: demo
+    name: batch
+    arms: [{name: deepseek-v3, input_price_per_mtok: 0.14, output_price_per_mtok: 0.28}]
+"""
+
+
+def _render(helm: Any, yaml: Any, *args: str) -> list[Doc]:
+    out = helm("template", "banditd", str(CHART), "--namespace", "bandit", *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _routers_values(tmp_path: Path, extra: str = "") -> list[str]:
+    path = tmp_path / "routers-values.yaml"
+    path.write_text(ROUTERS_VALUES + extra)
+    return ["-f", str(path)]
+
+
+def test_routers_job_only_with_routers(
+    helm: Any, yaml: Any, kubernetes_validate: Any, tmp_path: Path
+) -> None:
+    for docs in (_render(helm, yaml), _render(helm, yaml, *VALUE_SETS["production"])):
+        assert not [d for d in docs if d["metadata"]["name"] == "banditd-routers"]
+    helm("lint", "--strict", str(CHART), *_routers_values(tmp_path))
+    docs = _render(helm, yaml, *_routers_values(tmp_path))
+    config_map = _one(docs, "ConfigMap", "banditd-routers")
+    job = _one(docs, "Job", "banditd-routers")
+    for doc in (config_map, job):
+        for kube in KUBE_VERSIONS:
+            kubernetes_validate.validate(doc, kube, strict=True)
+    # The ConfigMap holds the values' routers as a routers file banditd reads back unchanged.
+    values = yaml.safe_dump({"routers": yaml.safe_load(ROUTERS_VALUES)["routers"]})
+    wanted = routers_file.parse(values, "values.yaml")
+    shipped = routers_file.parse(config_map["data"]["routers.json"], "c.json", as_json=True)
+    assert shipped == wanted and len(shipped) == 2
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"post-install", "post-upgrade"}
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "routers")
+    volume = next(v for v in pod["volumes"] if v["name"] == "routers")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    # It applies that file to the chart's Service, with the admin key from its Secret.
+    service = _one(docs, "Service", "banditd")
+    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert container["args"] == [
+        "routers",
+        "apply",
+        f"--file={mount['mountPath']}/routers.json",
+        f"--target=banditd.bandit.svc:{grpc_port}",
+        "--wait=300",
+    ]
+    assert _env(container)["BANDITD_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "banditd-admin",
+        "key": "key",
+    }
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tmp")
+    assert _env(container)["NUMBA_CACHE_DIR"]["value"].startswith(tmp + "/")
+    # Its pods are not server pods.
+    selector = _one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_routers_job_speaks_the_chart_tls(
+    helm: Any, yaml: Any, kubernetes_validate: Any, tmp_path: Path
+) -> None:
+    production = VALUE_SETS["production"]
+    docs = _render(helm, yaml, *production, *_routers_values(tmp_path))
+    job = _one(docs, "Job", "banditd-routers")
+    for kube in KUBE_VERSIONS:
+        kubernetes_validate.validate(job, kube, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--tls-ca=/etc/banditd/tls-ca/ca.crt" in container["args"]
+    assert not [a for a in container["args"] if a.startswith(("--tls-cert", "--tls-key"))]
+    ca = next(v for v in pod["volumes"] if v["name"] == "tls-ca")["secret"]
+    # Only the CA: the Job never mounts the server's private key.
+    assert ca == {"secretName": "banditd-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+
+    mutual = _routers_values(
+        tmp_path, "security:\n  tls: {secretName: banditd-tls, mutual: true}\n"
+    )
+    refused = helm("template", "x", str(CHART), *production, *mutual, check=False)
+    assert refused.returncode != 0 and "routersJob.clientCertSecretName" in refused.stderr
+    docs = _render(
+        helm, yaml, *production, *mutual, "--set", "routersJob.clientCertSecretName=routers-client"
+    )
+    pod = _one(docs, "Job", "banditd-routers")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--tls-cert=/etc/banditd/tls-client/tls.crt" in container["args"]
+    assert next(v for v in pod["volumes"] if v["name"] == "tls-client")["secret"] == {
+        "secretName": "routers-client"
+    }
+
+
+def test_routers_job_needs_a_key_while_auth_is_on(helm: Any, tmp_path: Path) -> None:
+    values = _routers_values(tmp_path)
+    no_key = [*values, "--set", "secrets.adminApiKey.name="]
+    refused = helm("template", "x", str(CHART), *no_key, check=False)
+    assert refused.returncode != 0 and "set secrets.adminApiKey" in refused.stderr
+    helm("template", "x", str(CHART), *no_key, "--set", "config.BANDITD_AUTH=disabled")
+    # Routers the values schema can tell are not routers are refused before banditd sees them.
+    bad = helm("template", "x", str(CHART), "--set", "routers[0].tenant=demo", check=False)
+    assert (
+        bad.returncode != 0 and "values don't meet the specifications of the schema" in bad.stderr
+    )
