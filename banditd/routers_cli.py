@@ -1,7 +1,7 @@
 """`banditd routers`: routers files applied to a running server; list, get and delete routers.
 
 banditd routers apply -f FILE [--dry-run]
-    reads and checks every router of FILE (banditd.routers_file) before the first write; then
+    reads and checks every router of FILE (docs/routers.md) before the first write; then
     creates the routers the server lacks, replaces those that differ and leaves the others
     alone (so their version and in-memory state stay as they are). --dry-run prints a diff per
     router and writes nothing.
