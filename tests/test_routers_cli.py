@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
 import structlog
 
 from banditd import cli, keys, routers_file
+from banditd.config import Settings
+from banditd.server import build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer
+from tests.conftest import SIGNING_KEY, Running, StartServer
 from tests.test_routers_file import ARM, BAD_ROUTERS, entry, router_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,3 +265,31 @@ def test_an_unreachable_server_is_named(capsys: pytest.CaptureFixture[str]) -> N
     status = cli.main(["routers", "list", "--target", "127.0.0.1:1", "--wait", "0.5"])
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("banditd: 127.0.0.1:1: UNAVAILABLE: ")
+
+
+async def test_apply_waits_for_a_server_still_starting(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the Helm Job does while the release's pods start: UNAVAILABLE is retried."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["routers", "apply", "-f", str(EXAMPLE), "--target", f"127.0.0.1:{port}", "--wait", "60"]
+    with structlog.testing.capture_logs():
+        applying = asyncio.ensure_future(asyncio.to_thread(cli.main, argv))
+        await asyncio.sleep(1.5)
+        assert not applying.done()
+        settings = Settings(
+            listen=f"127.0.0.1:{port}",
+            database_url=sqlite_url,
+            migrate_on_start=True,
+            signing_key=SIGNING_KEY,
+            metrics_listen="",
+        )
+        app = await build_app(settings)
+        await app.start()
+        try:
+            status = await asyncio.wait_for(applying, 60)
+        finally:
+            await app.stop(grace=1.0)
+    assert (status, capsys.readouterr().out) == (0, "demo/chat: created (version 1)\n")

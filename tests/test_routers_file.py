@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from banditd import routers_file
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec
@@ -289,3 +291,34 @@ def test_same_and_diff() -> None:
         "+  - {name: a, input_price_per_mtok: 0.5, output_price_per_mtok: 2.0}",
         "+policy: thompson",
     ]
+
+
+NAMES = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,20}\Z")
+PRICES = st.floats(min_value=0, max_value=1e6, allow_nan=False)
+
+
+@given(
+    tenant=NAMES,
+    name=NAMES,
+    arms=st.dictionaries(NAMES, st.tuples(PRICES, PRICES), min_size=1, max_size=4),
+    keys=st.lists(NAMES, max_size=3, unique=True),
+)
+@example(
+    tenant="yes",
+    name="null",
+    arms={"1e3": (0.0, 1e-7), "on": (1.5, 2.0), "a:b": (3.0, 4.0)},
+    keys=["no", "0x1F", "2026-01-01"],
+)
+@settings(max_examples=100, deadline=None)
+def test_any_names_and_prices_round_trip(
+    tenant: str, name: str, arms: dict[str, tuple[float, float]], keys: list[str]
+) -> None:
+    """Names YAML would read as something else (yes, null, 1e3, a:b) come back as names."""
+    spec = RouterSpec(
+        tenant=tenant,
+        name=name,
+        arms=tuple(ArmSpec(arm, *prices) for arm, prices in arms.items()),
+        metadata_keys=tuple(keys),
+    )
+    assert routers_file.parse(routers_file.dump([spec]), "x.yaml") == [spec]
+    assert routers_file.parse(routers_file.dump([spec], as_json=True), "x", as_json=True) == [spec]
