@@ -109,6 +109,8 @@ def _apply(admin: _Admin, args: argparse.Namespace) -> int:
         if args.dry_run
         else {"create": "created", "update": "updated", "none": "unchanged"}
     )
+    if not specs and not args.json:
+        print(f"{source}: no routers")
     results: list[dict[str, Any]] = []
     for change in plan(admin, specs):
         version = change.live.version if change.live is not None else None

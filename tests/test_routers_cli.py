@@ -201,6 +201,8 @@ async def test_list_get_and_delete(
     banditd = Cli(server, capsys)
     assert await banditd("list") == (0, "ROUTER  VERSION  POLICY  ARMS\n", "")
     path = tmp_path / "routers.yaml"
+    path.write_text("routers: []\n")
+    assert await banditd("apply", "-f", str(path)) == (0, f"{path}: no routers\n", "")
     path.write_text(RICH)
     await banditd("apply", "-f", str(path))
     await banditd("apply", "-f", str(EXAMPLE))
