@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from banditd.errors import BanditdError, NotFound
 from banditd.ingest import ingest
 from banditd.logs import configure_logging
 from banditd.server import App, serve
-from banditd.store import Database, Repository, migrate
+from banditd.store import Database, Repository, describe_database, migrate
 from banditd.store.api_keys import KeyStore
 from banditd.tls import ClientSecurity, TLSConfigError
 from banditd.v1 import banditd_pb2 as pb
@@ -54,7 +55,7 @@ def example_router() -> pb.RouterConfig:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         key: value
-        for key in ("listen", "database_url", "log_level")
+        for key in ("listen", "database_url", "log_level", "metrics_listen")
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -73,7 +74,7 @@ async def _seed_example(app: App) -> None:
             router=spec.name,
             host=host,
             port=app.port,
-            database=app.settings.database_url,
+            database=describe_database(app.settings.database_url),
         ),
         file=sys.stderr,
         flush=True,
@@ -189,11 +190,16 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banditd", description=__doc__)
+    version = importlib.metadata.version("banditd")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_serve = sub.add_parser("serve", help="run the gRPC server")
     p_serve.add_argument("--listen", help="HOST:PORT (env BANDITD_LISTEN)")
     p_serve.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
+    p_serve.add_argument(
+        "--metrics-listen", help="HOST:PORT of /metrics, empty: none (env BANDITD_METRICS_LISTEN)"
+    )
     p_serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p_serve.add_argument(
         "--example-router",
