@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from banditd import bench, codec, evaluate_cli, keys, replay
+from banditd import bench, codec, evaluate_cli, keys, progress, replay
 from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
@@ -89,7 +89,7 @@ async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str,
         repo = Repository(db)
         stored = await repo.get_router(args.tenant, args.router)
         report = WarmStartReport()
-        added = 0
+        added, total = 0, progress.lines_in(Path(args.data))
         batch: list[FeedbackEvent] = []
         events = offline_events(
             stored.spec,
@@ -103,10 +103,9 @@ async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str,
             if len(batch) == WARM_START_BATCH:
                 added += len(await repo.append_events(batch))
                 batch.clear()
-                print(
-                    f"warm-start: {report.records} records, {added} events added", file=sys.stderr
-                )
+                progress.update("warm-start records", report.records, total)
         added += len(await repo.append_events(batch))
+        progress.update("warm-start records", report.records, total)
     finally:
         await db.close()
     return {
@@ -233,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_warm.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
     p_warm.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p_warm)
 
     p_ingest = sub.add_parser(
         "ingest",
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ingest.add_argument("--chunk", type=int, default=1000, help="lines per committed upload")
     p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p_ingest)
     p_ingest.add_argument(
         "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
     )
@@ -283,16 +284,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "example-router":
             print(json.dumps(json_format.MessageToDict(example_router()), indent=2))
         elif args.command == "ingest":
-            summary = ingest(
-                args.file,
-                args.target,
-                tenant=args.tenant,
-                state_path=args.state or args.file.with_name(args.file.name + ".ingest-state"),
-                rejects_path=args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl"),
-                chunk=max(1, min(args.chunk, 1000)),
-                fresh=args.restart,
-                security=ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
-            ).as_dict()
+            with progress.shown(quiet=args.quiet):
+                summary = ingest(
+                    args.file,
+                    args.target,
+                    tenant=args.tenant,
+                    state_path=args.state or args.file.with_name(args.file.name + ".ingest-state"),
+                    rejects_path=args.rejects
+                    or args.file.with_name(args.file.name + ".rejects.jsonl"),
+                    chunk=max(1, min(args.chunk, 1000)),
+                    fresh=args.restart,
+                    security=ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
+                ).as_dict()
             if args.json:
                 print(json.dumps(summary))
             else:
@@ -301,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "keys":
             asyncio.run(_keys(settings, args))
         elif args.command == "warm-start":
-            summary = asyncio.run(_warm_start(settings, args))
+            with progress.shown(quiet=args.quiet):
+                summary = asyncio.run(_warm_start(settings, args))
             if args.json:
                 print(json.dumps(summary))
             else:
