@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import os
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from banditd import bench, codec, evaluate_cli, keys, progress, replay
+from banditd import __version__, bench, codec, evaluate_cli, keys, progress, replay
 from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
@@ -189,8 +188,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banditd", description=__doc__)
-    version = importlib.metadata.version("banditd")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_serve = sub.add_parser("serve", help="run the gRPC server")
