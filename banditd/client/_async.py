@@ -1,0 +1,82 @@
+"""AsyncClient: the asyncio banditd client (calls and their meaning are in ``_calls``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import grpc
+from tenacity import AsyncRetrying
+
+from banditd.client._base import DEFAULT_CHUNK, ClientBase
+from banditd.client._calls import Call, feedback_call, select_call, upload_calls
+from banditd.client._requests import FeedbackArgs, SelectArgs
+from banditd.client._results import Decision, FeedbackResult, UploadSummary
+from banditd.client._retry import tenacity_args
+from banditd.tls import ClientSecurity
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+T = TypeVar("T")
+
+
+class AsyncClient(ClientBase):
+    """An asyncio banditd client; use it with ``async with``, or ``await close()`` it."""
+
+    def _open(self, security: ClientSecurity, options: tuple[tuple[str, Any], ...]) -> None:
+        self._channel = security.aio_channel(self.target, options)
+        self._stub = rpc.RouterStub(self._channel)
+
+    async def select(self, *, timeout: float | None = None, **args: Unpack[SelectArgs]) -> Decision:
+        """Pick an arm (see SelectArgs)."""
+        return await self._run(select_call(args, self.tenant), timeout)
+
+    async def feedback(
+        self, *, timeout: float | None = None, **args: Unpack[FeedbackArgs]
+    ) -> FeedbackResult:
+        """Report how a decision went (see FeedbackArgs); returns once it is committed."""
+        return await self._run(feedback_call(args, self.tenant), timeout)
+
+    async def upload_feedback(
+        self,
+        events: Iterable[FeedbackArgs],
+        *,
+        tenant: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        timeout: float | None = None,
+    ) -> UploadSummary:
+        """Upload many feedback events (each a dict of FeedbackArgs) in calls of ``chunk_size``,
+        each committed before the next is sent; ``timeout`` is per call."""
+        summary = UploadSummary()
+        for call in upload_calls(events, tenant or self.tenant, chunk_size):
+            summary += await self._run(call, timeout)
+        return summary
+
+    async def _run(self, call: Call[T], timeout: float | None) -> T:
+        deadline = self._deadline(timeout)
+        async for attempt in AsyncRetrying(**tenacity_args(self.retry, call.retry_safe, deadline)):
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                method = getattr(self._stub, call.method)
+                try:
+                    reply = await method(
+                        call.payload(), timeout=deadline.remaining(), metadata=self._metadata
+                    )
+                except grpc.RpcError as exc:
+                    return call.failed(exc, number)
+                return call.decode(reply, number)
+        raise AssertionError("tenacity returns or raises")  # pragma: no cover
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
