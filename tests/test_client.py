@@ -271,7 +271,7 @@ async def server_on(url: str, port: int, **settings: Any) -> App:
 
 
 def retries(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(r.name == "banditd.client" and "Retrying" in r.message for r in caplog.records)
+    return sum(r.name == "banditd.client" and ": retry " in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("rpc", ["select", "feedback"])
@@ -354,6 +354,10 @@ async def test_api_keys(
         refused = make_client(server.address, tenant="acme", api_key=api_key)
         with pytest.raises(error):
             await call(refused, "select", router="chat", prompt="hi")
+    # A call's own key (a gateway forwarding its caller's) replaces the client's.
+    assert (await call(refused, "select", router="chat", prompt="hi", api_key=key)).arm
+    with pytest.raises(bc.Unauthenticated, match="unknown API key"):
+        await call(client, "select", router="chat", prompt="hi", api_key=f"{key}x")
 
 
 async def test_mutual_tls_with_an_api_key(

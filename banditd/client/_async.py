@@ -27,15 +27,25 @@ class AsyncClient(ClientBase):
         self._channel = security.aio_channel(self.target, options)
         self._stub = rpc.RouterStub(self._channel)
 
-    async def select(self, *, timeout: float | None = None, **args: Unpack[SelectArgs]) -> Decision:
+    async def select(
+        self,
+        *,
+        timeout: float | None = None,
+        api_key: str | None = None,
+        **args: Unpack[SelectArgs],
+    ) -> Decision:
         """Pick an arm (see SelectArgs)."""
-        return await self._run(select_call(args, self.tenant), timeout)
+        return await self._run(select_call(args, self.tenant), timeout, api_key)
 
     async def feedback(
-        self, *, timeout: float | None = None, **args: Unpack[FeedbackArgs]
+        self,
+        *,
+        timeout: float | None = None,
+        api_key: str | None = None,
+        **args: Unpack[FeedbackArgs],
     ) -> FeedbackResult:
         """Report how a decision went (see FeedbackArgs); returns once it is committed."""
-        return await self._run(feedback_call(args, self.tenant), timeout)
+        return await self._run(feedback_call(args, self.tenant), timeout, api_key)
 
     async def upload_feedback(
         self,
@@ -44,23 +54,28 @@ class AsyncClient(ClientBase):
         tenant: str | None = None,
         chunk_size: int = DEFAULT_CHUNK,
         timeout: float | None = None,
+        api_key: str | None = None,
     ) -> UploadSummary:
         """Upload many feedback events (each a dict of FeedbackArgs) in calls of ``chunk_size``,
         each committed before the next is sent; ``timeout`` is per call."""
         summary = UploadSummary()
         for call in upload_calls(events, tenant or self.tenant, chunk_size):
-            summary += await self._run(call, timeout)
+            summary += await self._run(call, timeout, api_key)
         return summary
 
-    async def _run(self, call: Call[T], timeout: float | None) -> T:
+    async def _run(self, call: Call[T], timeout: float | None, api_key: str | None) -> T:
         deadline = self._deadline(timeout)
-        async for attempt in AsyncRetrying(**tenacity_args(self.retry, call.retry_safe, deadline)):
+        async for attempt in AsyncRetrying(
+            **tenacity_args(self.retry, call.method, call.retry_safe, deadline)
+        ):
             with attempt:
                 number = attempt.retry_state.attempt_number
                 method = getattr(self._stub, call.method)
                 try:
                     reply = await method(
-                        call.payload(), timeout=deadline.remaining(), metadata=self._metadata
+                        call.payload(),
+                        timeout=deadline.remaining(),
+                        metadata=self._metadata_for(api_key),
                     )
                 except grpc.RpcError as exc:
                     return call.failed(exc, number)

@@ -59,6 +59,11 @@ class ClientBase:
     def _open(self, security: ClientSecurity, options: tuple[tuple[str, Any], ...]) -> None:
         raise NotImplementedError
 
+    def _metadata_for(self, api_key: str | None) -> tuple[tuple[str, str], ...]:
+        """A call's metadata: its own API key (a gateway forwarding its caller's), or the
+        client's."""
+        return self._metadata if api_key is None else ClientSecurity(api_key).metadata
+
     def _deadline(self, timeout: float | None) -> Deadline:
         return Deadline(self.timeout if timeout is None else timeout)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenacity import (
-    before_sleep_log,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
@@ -56,8 +56,22 @@ class Deadline:
         return None if self._at is None else max(self._at - time.monotonic(), 0.0)
 
 
-def tenacity_args(policy: RetryPolicy, retry_safe: bool, deadline: Deadline) -> dict[str, Any]:
+def tenacity_args(
+    policy: RetryPolicy, method: str, retry_safe: bool, deadline: Deadline
+) -> dict[str, Any]:
     """Arguments for tenacity's Retrying and AsyncRetrying alike."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.info(
+            "banditd %s: retry %d of %d in %.2f s after %s",
+            method,
+            state.attempt_number,
+            policy.attempts - 1,
+            state.upcoming_sleep,
+            error,
+        )
+
     stop: stop_base = stop_after_attempt(policy.attempts if retry_safe else 1)
     if deadline.timeout is not None:
         stop = stop | stop_before_delay(deadline.timeout)
@@ -67,6 +81,6 @@ def tenacity_args(policy: RetryPolicy, retry_safe: bool, deadline: Deadline) -> 
             multiplier=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.jitter_s
         ),
         "retry": retry_if_exception(lambda exc: isinstance(exc, Unavailable)),
-        "before_sleep": before_sleep_log(log, logging.INFO),
+        "before_sleep": before_sleep,
         "reraise": True,
     }
