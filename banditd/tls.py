@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -53,9 +53,6 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-Options = tuple[tuple[str, Any], ...]  # gRPC channel arguments
-
-
 @dataclass(frozen=True)
 class ClientSecurity:
     """How a banditd client (``banditd ingest``, banditd.client) reaches a secured server."""
@@ -83,14 +80,8 @@ class ClientSecurity:
             else None,
         )
 
-    def channel(self, target: str, options: Options = ()) -> grpc.Channel:
+    def channel(self, target: str) -> grpc.Channel:
         credentials = self.credentials()
         if credentials is None:
-            return grpc.insecure_channel(target, options)
-        return grpc.secure_channel(target, credentials, options)
-
-    def aio_channel(self, target: str, options: Options = ()) -> grpc.aio.Channel:
-        credentials = self.credentials()
-        if credentials is None:
-            return grpc.aio.insecure_channel(target, options)
-        return grpc.aio.secure_channel(target, credentials, options)
+            return grpc.insecure_channel(target)
+        return grpc.secure_channel(target, credentials)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import trustme
 
@@ -21,6 +22,7 @@ from banditd.config import Settings
 from banditd.server import App, build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
 
 EMBEDDING = [1.0, 0.0, 0.0, 0.0]
@@ -274,7 +276,7 @@ def retries(caplog: pytest.LogCaptureFixture) -> int:
     return sum(r.name == "banditd.client" and ": retry " in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("rpc", ["select", "feedback"])
+@pytest.mark.parametrize("rpc", ["select", "feedback", "upload_feedback"])
 async def test_unavailable_is_retried_until_the_server_comes_up(
     sqlite_url: str,
     start_server: StartServer,
@@ -286,31 +288,58 @@ async def test_unavailable_is_retried_until_the_server_comes_up(
     feedback whose retry is answered ALREADY_EXISTS counts as recorded."""
     caplog.set_level(logging.INFO, logger="banditd.client")
     first = await serving(start_server, sqlite_url)
-    selected = await first.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="a"))
-    given = selected.decision_id
-    await first.router.Feedback(pb.FeedbackRequest(tenant="acme", decision_id=given, thumb=1))
-    await first.stop()
-    port = first.app.port
-    client = make_client(f"127.0.0.1:{port}", tenant="acme", retry=FAST_RETRY)
-    args = (
-        {"router": "chat", "prompt": "hi", "request_id": "r-1"}
-        if rpc == "select"
-        else {"decision_id": given, "thumb": "up"}
+    rated, fresh = [
+        (await first.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt=p)))
+        for p in ("a", "b")
+    ]
+    await first.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=rated.decision_id, thumb=pb.THUMB_UP)
     )
-    pending = asyncio.ensure_future(call(client, rpc, **args))
+    await first.stop()
+    client = make_client(f"127.0.0.1:{first.app.port}", tenant="acme", retry=FAST_RETRY)
+    args: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
+        "select": ((), {"router": "chat", "prompt": "hi", "request_id": "r-1"}),
+        "feedback": ((), {"decision_id": rated.decision_id, "thumb": "up"}),
+        "upload_feedback": (
+            ([{"decision_id": d.decision_id, "reward": 0.5} for d in (rated, fresh)],),
+            {},
+        ),
+    }
+    pending = asyncio.ensure_future(call(client, rpc, *args[rpc][0], **args[rpc][1]))
     for _ in range(500):  # until the first attempt has failed
         if retries(caplog):
             break
         await asyncio.sleep(0.02)
-    app = await server_on(sqlite_url, port)
+    app = await server_on(sqlite_url, first.app.port)
     try:
         result = await pending
     finally:
         await app.stop(grace=1.0)
     if rpc == "select":
         assert result.arm in ("cheap", "mid", "strong")
-    else:
+    elif rpc == "feedback":
         assert result == bc.FeedbackResult(None, None, None, already_recorded=True)
+    else:
+        assert (result.accepted, result.duplicate) == (1, 1)
+        assert result.resent == 2 * retries(caplog)
+
+
+def test_an_async_client_made_before_its_event_loop_works_in_it(sqlite_url: str) -> None:
+    client = bc.AsyncClient(f"127.0.0.1:{free_port()}", tenant="acme")  # as at import time
+
+    async def main() -> str:
+        port = int(client.target.rsplit(":", 1)[1])
+        app = await server_on(sqlite_url, port)
+        try:
+            async with grpc.aio.insecure_channel(client.target) as channel:
+                await rpc.AdminStub(channel).PutRouter(pb.PutRouterRequest(router=router_config()))
+            decision: bc.Decision = await client.select(router="chat", prompt="hi")
+            return decision.arm
+        finally:
+            await client.close()
+            await app.stop(grace=1.0)
+
+    assert asyncio.run(main()) in ("cheap", "mid", "strong")
 
 
 @pytest.mark.parametrize(

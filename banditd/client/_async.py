@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TypeVar, Unpack, cast
 
 import grpc
 from tenacity import AsyncRetrying
@@ -14,7 +14,6 @@ from banditd.client._calls import Call, feedback_call, select_call, upload_calls
 from banditd.client._requests import FeedbackArgs, SelectArgs
 from banditd.client._results import Decision, FeedbackResult, UploadSummary
 from banditd.client._retry import tenacity_args
-from banditd.tls import ClientSecurity
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 T = TypeVar("T")
@@ -23,9 +22,23 @@ T = TypeVar("T")
 class AsyncClient(ClientBase):
     """An asyncio banditd client; use it with ``async with``, or ``await close()`` it."""
 
-    def _open(self, security: ClientSecurity, options: tuple[tuple[str, Any], ...]) -> None:
-        self._channel = security.aio_channel(self.target, options)
-        self._stub = rpc.RouterStub(self._channel)
+    def _open(self) -> None:
+        # A grpc.aio channel belongs to the event loop it is made in: make it in the loop that
+        # makes the first call (a client made at import time then works under asyncio.run).
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: rpc.RouterAsyncStub | None = None
+
+    def _router(self) -> rpc.RouterAsyncStub:
+        if self._stub is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, self._options
+                )
+            # grpc has no type information here, so the stub's overload for aio is not picked.
+            self._stub = cast("rpc.RouterAsyncStub", rpc.RouterStub(self._channel))
+        return self._stub
 
     async def select(
         self,
@@ -70,7 +83,7 @@ class AsyncClient(ClientBase):
         ):
             with attempt:
                 number = attempt.retry_state.attempt_number
-                method = getattr(self._stub, call.method)
+                method = getattr(self._router(), call.method)
                 try:
                     reply = await method(
                         call.payload(),
@@ -83,7 +96,8 @@ class AsyncClient(ClientBase):
         raise AssertionError("tenacity returns or raises")  # pragma: no cover
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -54,9 +54,12 @@ class ClientBase:
         self.retry = retry
         security = ClientSecurity(api_key, _path(tls_ca), _path(tls_cert), _path(tls_key))
         self._metadata = security.metadata
-        self._open(security, tuple(options))
+        self._credentials = security.credentials()  # reads the files now: fail here, not later
+        self._options = tuple(options)
+        self._open()
 
-    def _open(self, security: ClientSecurity, options: tuple[tuple[str, Any], ...]) -> None:
+    def _open(self) -> None:
+        """Make the channel (now, or on first use)."""
         raise NotImplementedError
 
     def _metadata_for(self, api_key: str | None) -> tuple[tuple[str, str], ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TypeVar, Unpack
 
 import grpc
 from tenacity import Retrying
@@ -14,7 +14,6 @@ from banditd.client._calls import Call, feedback_call, select_call, upload_calls
 from banditd.client._requests import FeedbackArgs, SelectArgs
 from banditd.client._results import Decision, FeedbackResult, UploadSummary
 from banditd.client._retry import tenacity_args
-from banditd.tls import ClientSecurity
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 T = TypeVar("T")
@@ -23,8 +22,11 @@ T = TypeVar("T")
 class Client(ClientBase):
     """A blocking banditd client; use it as a context manager, or close() it."""
 
-    def _open(self, security: ClientSecurity, options: tuple[tuple[str, Any], ...]) -> None:
-        self._channel = security.channel(self.target, options)
+    def _open(self) -> None:
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self.target, self._options)
+        else:
+            self._channel = grpc.secure_channel(self.target, self._credentials, self._options)
         self._stub = rpc.RouterStub(self._channel)
 
     def select(
