@@ -82,7 +82,7 @@ def feedback_request(
     args: FeedbackArgs, default_tenant: str | None, where: str = ""
 ) -> pb.FeedbackRequest:
     """``where`` prefixes the field a client-side refusal names (an event's index in an upload)."""
-    _check_names(args, FeedbackArgs, "feedback()")
+    _check_names(args, FeedbackArgs, where.rstrip(".") or "feedback()")
     msg = pb.FeedbackRequest(
         tenant=args.get("tenant") or default_tenant or "",
         decision_id=args["decision_id"],
