@@ -1,3 +1,8 @@
 """banditd: an online contextual-bandit router for LLM traffic."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("banditd")  # pyproject.toml's, as installed
+except metadata.PackageNotFoundError:  # a source tree run without installing it
+    __version__ = "0+unknown"

@@ -56,13 +56,6 @@ METHOD_ROLES = {
     "/banditd.v1.Router/UploadFeedback": "feedback",
 }
 MAX_CACHED_KEYS = 10_000
-_CODES = {
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
 _REASONS = {
     Unauthenticated: "unauthenticated",
     PermissionDenied: "permission_denied",
@@ -246,7 +239,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         reason = _REASONS.get(type(exc), "other")
         metrics.AUTH_REFUSALS.labels(reason).inc()
         log.info("edge_refused", method=method, reason=reason, message=exc.message)
-        await context.abort(_CODES.get(type(exc), grpc.StatusCode.UNKNOWN), exc.message)
+        await context.abort(grpc.StatusCode[exc.code], exc.message)
 
     def _unary(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary

@@ -11,7 +11,17 @@ from typing import Any
 
 import grpc
 
-from banditd import bench, codec, evaluate_cli, keys, replay, routers_cli, routers_file
+from banditd import (
+    __version__,
+    bench,
+    codec,
+    evaluate_cli,
+    keys,
+    progress,
+    replay,
+    routers_cli,
+    routers_file,
+)
 from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
@@ -20,7 +30,7 @@ from banditd.errors import BanditdError, NotFound
 from banditd.ingest import ingest
 from banditd.logs import configure_logging
 from banditd.server import App, serve
-from banditd.store import Database, Repository, migrate
+from banditd.store import Database, Repository, describe_database, migrate
 from banditd.store.api_keys import KeyStore
 from banditd.tls import ClientSecurity, TLSConfigError, add_client_arguments
 from banditd.v1 import banditd_pb2 as pb
@@ -51,7 +61,7 @@ def example_router() -> pb.RouterConfig:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         key: value
-        for key in ("listen", "database_url", "log_level")
+        for key in ("listen", "database_url", "log_level", "metrics_listen")
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -70,7 +80,7 @@ async def _seed_example(app: App) -> None:
             router=spec.name,
             host=host,
             port=app.port,
-            database=app.settings.database_url,
+            database=describe_database(app.settings.database_url),
         ),
         file=sys.stderr,
         flush=True,
@@ -85,7 +95,7 @@ async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str,
         repo = Repository(db)
         stored = await repo.get_router(args.tenant, args.router)
         report = WarmStartReport()
-        added = 0
+        added, total = 0, progress.lines_in(Path(args.data))
         batch: list[FeedbackEvent] = []
         events = offline_events(
             stored.spec,
@@ -99,10 +109,9 @@ async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str,
             if len(batch) == WARM_START_BATCH:
                 added += len(await repo.append_events(batch))
                 batch.clear()
-                print(
-                    f"warm-start: {report.records} records, {added} events added", file=sys.stderr
-                )
+                progress.update("warm-start records", report.records, total)
         added += len(await repo.append_events(batch))
+        progress.update("warm-start records", report.records, total)
     finally:
         await db.close()
     return {
@@ -186,11 +195,15 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banditd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_serve = sub.add_parser("serve", help="run the gRPC server")
     p_serve.add_argument("--listen", help="HOST:PORT (env BANDITD_LISTEN)")
     p_serve.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
+    p_serve.add_argument(
+        "--metrics-listen", help="HOST:PORT of /metrics, empty: none (env BANDITD_METRICS_LISTEN)"
+    )
     p_serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p_serve.add_argument(
         "--example-router",
@@ -227,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_warm.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
     p_warm.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p_warm)
 
     p_ingest = sub.add_parser(
         "ingest",
@@ -243,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ingest.add_argument("--chunk", type=int, default=1000, help="lines per committed upload")
     p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p_ingest)
     add_client_arguments(p_ingest)
 
     bench.add_parser(sub)
@@ -273,16 +288,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "example-router":
             print(json.dumps(routers_file.document(routers_file.example()[0]), indent=2))
         elif args.command == "ingest":
-            summary = ingest(
-                args.file,
-                args.target,
-                tenant=args.tenant,
-                state_path=args.state or args.file.with_name(args.file.name + ".ingest-state"),
-                rejects_path=args.rejects or args.file.with_name(args.file.name + ".rejects.jsonl"),
-                chunk=max(1, min(args.chunk, 1000)),
-                fresh=args.restart,
-                security=ClientSecurity.from_args(args),
-            ).as_dict()
+            with progress.shown(quiet=args.quiet):
+                summary = ingest(
+                    args.file,
+                    args.target,
+                    tenant=args.tenant,
+                    state_path=args.state or args.file.with_name(args.file.name + ".ingest-state"),
+                    rejects_path=args.rejects
+                    or args.file.with_name(args.file.name + ".rejects.jsonl"),
+                    chunk=max(1, min(args.chunk, 1000)),
+                    fresh=args.restart,
+                    security=ClientSecurity.from_args(args),
+                ).as_dict()
             if args.json:
                 print(json.dumps(summary))
             else:
@@ -291,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "keys":
             asyncio.run(_keys(settings, args))
         elif args.command == "warm-start":
-            summary = asyncio.run(_warm_start(settings, args))
+            with progress.shown(quiet=args.quiet):
+                summary = asyncio.run(_warm_start(settings, args))
             if args.json:
                 print(json.dumps(summary))
             else:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
     )
     log_level: LogLevel = "info"
+    reuse_port: bool = Field(
+        False,
+        description="bind the listen port beside other processes (SO_REUSEPORT); set by "
+        "serve --workers for its workers only: a lone server refuses a port already served",
+    )
     metrics_listen: str = Field(
         "127.0.0.1:9464", description="HOST:PORT for Prometheus /metrics; empty: no endpoint"
     )

@@ -1,6 +1,10 @@
-"""The banditd exception tree. Domain code raises these; only the gRPC edge maps them to codes.
+"""The banditd exception tree, shared by the server and the client (banditd.client).
 
-BanditdError
+Domain code raises these; the server's gRPC edge sends each as its class's status code, and the
+client raises the class of the code it receives, with the server's message. The code of each
+class is its ``code`` attribute (a ``grpc.StatusCode`` name; this module imports no grpc):
+
+BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` says which)
  ├── InvalidArgument      INVALID_ARGUMENT     bad field in a request (names the field)
  ├── NotFound             NOT_FOUND            unknown tenant, router or arm
  ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
@@ -9,7 +13,9 @@ BanditdError
  ├── Aborted              ABORTED              lost a race with a concurrent change: retry
  ├── Unauthenticated      UNAUTHENTICATED      no API key, or an unknown or revoked one
  ├── ResourceExhausted    RESOURCE_EXHAUSTED   rate limit, feedback cap, spent budget (says which)
- └── Unavailable          UNAVAILABLE          the database cannot be reached
+ ├── Unavailable          UNAVAILABLE          the database, or (client) the server, unreachable
+ ├── DeadlineExceeded     DEADLINE_EXCEEDED    (client) the call's deadline passed
+ └── Internal             INTERNAL             (client) a server bug, logged on the server
 """
 
 from __future__ import annotations
@@ -18,44 +24,89 @@ from __future__ import annotations
 class BanditdError(Exception):
     """Base of every error banditd reports to a caller."""
 
+    code = "UNKNOWN"
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
 class InvalidArgument(BanditdError):
+    code = "INVALID_ARGUMENT"
+
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+        super().__init__(f"{field}: {problem}" if field else problem)
         self.field = field
 
 
 class NotFound(BanditdError):
-    pass
+    code = "NOT_FOUND"
 
 
 class AlreadyExists(BanditdError):
-    pass
+    code = "ALREADY_EXISTS"
 
 
 class PermissionDenied(BanditdError):
-    pass
+    code = "PERMISSION_DENIED"
 
 
 class FailedPrecondition(BanditdError):
-    pass
+    code = "FAILED_PRECONDITION"
 
 
 class Aborted(BanditdError):
-    pass
+    code = "ABORTED"
 
 
 class ResourceExhausted(BanditdError):
-    pass
+    code = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(BanditdError):
-    pass
+    code = "UNAVAILABLE"
 
 
 class Unauthenticated(BanditdError):
-    pass
+    code = "UNAUTHENTICATED"
+
+
+class DeadlineExceeded(BanditdError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Internal(BanditdError):
+    code = "INTERNAL"
+
+
+_BY_CODE: dict[str, type[BanditdError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        FailedPrecondition,
+        Aborted,
+        ResourceExhausted,
+        Unavailable,
+        Unauthenticated,
+        DeadlineExceeded,
+        Internal,
+    )
+}
+
+
+def from_status(code: str, message: str) -> BanditdError:
+    """The error a status code name and message stand for (the client's side of the edge)."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        error = BanditdError(message)
+        error.code = code
+        return error
+    if cls is InvalidArgument:
+        field, sep, problem = message.partition(": ")
+        if sep and " " not in field:  # "field: problem", as InvalidArgument writes it
+            return InvalidArgument(field, problem)
+        return InvalidArgument("", message)
+    return cls(message)

@@ -25,7 +25,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from banditd import codec, evaluation, ope_proof
+from banditd import codec, evaluation, ope_proof, progress
 from banditd.admin import named_candidates
 from banditd.config import Settings
 from banditd.domain import RouterSpec
@@ -74,15 +74,17 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.replay_proof is not None:
-            report = ope_proof.proof(
-                args.replay_proof,
-                seeds=range(args.seed, args.seed + args.seeds),
-                limit=args.limit if args.limit != evaluation.DEFAULT_LIMIT else None,
-                replicates=args.bootstrap,
-            )
+            with progress.shown(quiet=args.quiet):
+                report = ope_proof.proof(
+                    args.replay_proof,
+                    seeds=range(args.seed, args.seed + args.seeds),
+                    limit=args.limit if args.limit != evaluation.DEFAULT_LIMIT else None,
+                    replicates=args.bootstrap,
+                )
             text = ope_proof.render_text(report)
         elif args.router:
-            report = asyncio.run(evaluate_router(args))
+            with progress.shown(quiet=args.quiet):
+                report = asyncio.run(evaluate_router(args))
             text = evaluation.render_text(report)
         else:
             raise InvalidArgument("router", "give --router TENANT/NAME (or --replay-proof DATA)")
@@ -131,4 +133,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--seeds", type=int, default=5, help="logs for --replay-proof (5)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p)
     p.set_defaults(func=run)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from banditd import progress
 from banditd.domain import Decision, FeedbackEvent, FloatArray, RouterSpec
 from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
@@ -214,6 +215,7 @@ def report(
     """Evaluate each named candidate against the log (the --json object of `banditd evaluate`)."""
     weight = live.default_cost_weight if cost_weight is None else cost_weight
     rows = []
+    progress.update("candidates evaluated", 0, len(candidates))
     for name, spec in candidates:
         check_candidate(live, spec)
         result = evaluate_candidate(spec, log, cost_weight=weight, replicates=replicates, seed=seed)
@@ -226,6 +228,7 @@ def report(
                 **result.as_dict(),
             }
         )
+        progress.update("candidates evaluated", len(rows), len(candidates))
     return {
         "router": router,
         "version": live.version,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from banditd import progress
 from banditd.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -126,6 +126,9 @@ def ingest(
     summary = IngestSummary()
     done = 0 if fresh or not state_path.exists() else int(state_path.read_text().strip() or 0)
     security = security or ClientSecurity()
+    label, total = f"ingest {path.name}", progress.lines_in(path)
+    if total is not None and path.suffix.lower() == ".csv":
+        total -= 1  # the header
     with (
         security.channel(target) as channel,
         rejects_path.open("w" if done == 0 else "a", encoding="utf-8") as rejects,
@@ -171,9 +174,7 @@ def ingest(
             for error in reply.errors:
                 _reject(summary, rejects, sent[error.index][0], error.kind, error.message)
             state_path.write_text(str(done_position))
-            print(
-                f"ingest: {done_position} lines done, {summary.accepted} accepted", file=sys.stderr
-            )
+            progress.update(label, done_position, total)
 
         try:
             for number, item in read_records(path):

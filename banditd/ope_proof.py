@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from banditd import replay
+from banditd import progress, replay
 from banditd.catalog import RouterState
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.evaluation import DecisionLog, LoggedDecision, candidate_probabilities
@@ -144,6 +144,8 @@ def proof(
     named = candidates(logging)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in named}
     logged = []
+    label, total = "OPE proof: candidates x logs", len(named) * len(seeds)
+    progress.update(label, 0, total)
     for seed in seeds:
         log = log_decisions(logging, outcomes, xs, seed)
         logged.append(np.mean([d.reward for d in log.decisions]))
@@ -158,6 +160,7 @@ def proof(
                     **result.as_dict(),
                 }
             )
+            progress.update(label, sum(map(len, runs.values())), total)
     rows = []
     for name, spec in named:
         rows.append(_summary(name, spec, runs[name]))

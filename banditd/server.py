@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,7 +17,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from banditd import metrics
+from banditd import metrics, ports
 from banditd.admin import Admin
 from banditd.auth import Authenticator, EdgeGuard
 from banditd.budget.ledger import Budgets
@@ -32,7 +34,7 @@ from banditd.policy import POLICIES, _kernels
 from banditd.posterior import Posterior, Prior
 from banditd.router import Selector
 from banditd.servicer import AdminServicer, RouterServicer
-from banditd.store import Database, Repository, migrate
+from banditd.store import Database, Repository, migrate, sqlite_file
 from banditd.store.api_keys import KeyStore
 from banditd.store.budgets import BudgetRepository
 from banditd.tls import server_credentials
@@ -69,11 +71,18 @@ class App:
 
     async def start(self) -> None:
         """Serve; health turns SERVING only once routers are loaded and Select can answer."""
+        if self.settings.metrics_listen:
+            try:  # before gRPC starts: a clash then leaves no server running to tear down
+                metrics.serve_metrics(self.settings.metrics_listen)
+            except OSError as exc:
+                await self.server.stop(0)
+                await self.db.close()
+                if exc.errno == errno.EADDRINUSE:  # taken since build_app checked it
+                    raise ports.PortInUse(self.settings.metrics_listen, *ports.METRICS) from None
+                raise
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
-        if self.settings.metrics_listen:
-            metrics.serve_metrics(self.settings.metrics_listen)
         self.decisions.start()
         routers = await self.catalog.load_all()
         await self.budgets.load_all()
@@ -166,8 +175,35 @@ def _warm_up() -> None:
     _kernels.batch_linucb_scores(post.a_inv, post.theta, idx, x[None], 1.0)
 
 
+def _check_ports(settings: Settings) -> None:
+    """Refuse ports another process serves, before any is bound (see banditd.ports); a worker
+    of `serve --workers` shares its gRPC ports with the others by design."""
+    if not settings.reuse_port:
+        ports.check_free(settings.listen, *ports.GRPC)
+        ports.check_free(settings.health_listen, *ports.HEALTH)
+    ports.check_free(settings.metrics_listen, *ports.METRICS)
+
+
+def _add_port(server: grpc.aio.Server, listen: str, credentials: Any = None) -> int:
+    """Bind HOST:PORT; the port bound (the chosen one for port 0)."""
+    try:
+        if credentials is None:
+            port = int(server.add_insecure_port(listen))
+        else:
+            port = int(server.add_secure_port(listen, credentials))
+    except RuntimeError:  # grpc's "Failed to bind": taken since _check_ports, or no such address
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return port
+
+
 async def build_app(settings: Settings) -> App:
     credentials = server_credentials(settings)  # refuses an unsafe listener before any I/O
+    _check_ports(settings)
+    if (path := sqlite_file(settings.database_url)) is not None:
+        # The default URL is relative to the working directory: say which file this is.
+        log.info("sqlite_database", path=str(path), exists=path.exists())
     if settings.should_migrate:
         await migrate(settings.database_url, settings.migrations_dir)
     db = Database(settings.database_url)
@@ -207,6 +243,7 @@ async def build_app(settings: Settings) -> App:
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", int(settings.reuse_port)),
         ],
     )
     guard = FeedbackGuard(
@@ -231,21 +268,22 @@ async def build_app(settings: Settings) -> App:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
-    if port == 0:
+    try:
+        port = _add_port(server, settings.listen, credentials)
+    except OSError:
         await db.close()
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise
     app = App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
     if settings.health_listen:
-        app.health_server = grpc.aio.server()
+        app.health_server = grpc.aio.server(
+            options=[("grpc.so_reuseport", int(settings.reuse_port))]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, app.health_server)
-        app.health_port = app.health_server.add_insecure_port(settings.health_listen)
-        if app.health_port == 0:
+        try:
+            app.health_port = _add_port(app.health_server, settings.health_listen)
+        except OSError:
             await db.close()
-            raise OSError(f"cannot listen on {settings.health_listen}")
+            raise
     return app
 
 

@@ -23,18 +23,6 @@ from banditd.v1 import banditd_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
-_CODES: dict[type[errors.BanditdError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
 S = TypeVar("S")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -51,7 +39,7 @@ def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         try:
             return await method(self, request, context)
         except errors.BanditdError as exc:
-            code = _CODES.get(type(exc), grpc.StatusCode.UNKNOWN)
+            code = grpc.StatusCode[exc.code]
             await context.abort(code, exc.message)
         except Exception:
             code = grpc.StatusCode.INTERNAL

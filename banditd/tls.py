@@ -11,10 +11,12 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from banditd.config import Settings
+if TYPE_CHECKING:  # the client (banditd.client) uses this module without the server's settings
+    from banditd.config import Settings
 
 
 class TLSConfigError(ValueError):
@@ -66,8 +68,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class ClientSecurity:
-    """How a banditd client command (ingest, replay --server, routers) reaches a secured
-    server."""
+    """How a banditd client (``banditd ingest``, ``replay --server``, ``routers``,
+    banditd.client) reaches a secured server."""
 
     api_key: str | None = None
     ca_file: Path | None = None  # TLS: the CA that signed the server's certificate
@@ -83,14 +85,22 @@ class ClientSecurity:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
-    def channel(self, target: str) -> grpc.Channel:
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials from the files (read now), or None for plaintext."""
         if self.ca_file is None and self.cert_file is None:
-            return grpc.insecure_channel(target)
-        credentials = grpc.ssl_channel_credentials(
+            return None
+        if (self.cert_file is None) != (self.key_file is None):
+            raise TLSConfigError("a client certificate needs its key, and a key its certificate")
+        return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
             private_key=_read(self.key_file, "client key") if self.key_file else None,
             certificate_chain=_read(self.cert_file, "client certificate")
             if self.cert_file
             else None,
         )
+
+    def channel(self, target: str) -> grpc.Channel:
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.insecure_channel(target)
         return grpc.secure_channel(target, credentials)

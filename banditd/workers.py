@@ -2,11 +2,12 @@
 
 One Python process tops out near the grpc.aio transport's floor, so a machine's cores are used
 the way replicas are (DESIGN): each worker is a full `banditd serve` on the same database, and
-gRPC binds with SO_REUSEPORT, so the kernel spreads connections over the workers. This parent
-migrates once (when configured to), starts the workers with the same settings (the listen port
-made concrete, a metrics port each), forwards SIGTERM/SIGINT to them so each drains, and exits
-with the worst of their exit codes. A worker that dies ends the group: a supervisor above this
-one (Kubernetes, systemd) restarts it whole.
+the workers bind with SO_REUSEPORT (BANDITD_REUSE_PORT), so the kernel spreads connections over
+them. This parent refuses a port another process serves and holds it for the group while it runs
+(banditd.ports: why a probe and a held socket), migrates once (when configured to), starts the
+workers with the same settings (the listen port made concrete, a metrics port each), forwards
+SIGTERM/SIGINT to them so each drains, and exits with the worst of their exit codes. A worker
+that dies ends the group: a supervisor above this one (Kubernetes, systemd) restarts it whole.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from types import FrameType
 
 import structlog
 
+from banditd import ports
 from banditd.config import Settings
 from banditd.errors import FailedPrecondition
 from banditd.store import migrate
@@ -55,14 +57,25 @@ def run_workers(settings: Settings, workers: int, example_router: bool) -> int:
             "--workers needs Postgres: workers are replicas of one database, and SQLite is one "
             "process's embedded store"
         )
-    if settings.should_migrate:
-        asyncio.run(migrate(settings.database_url, settings.migrations_dir))
     listen = _concrete(settings.listen)
+    for index in range(workers):  # each worker's own port: refused here, before any starts
+        ports.check_free(_metrics_of(settings.metrics_listen, index), *ports.METRICS)
+    with (
+        ports.reserved(listen, *ports.GRPC),
+        ports.reserved(settings.health_listen, *ports.HEALTH),
+    ):
+        if settings.should_migrate:
+            asyncio.run(migrate(settings.database_url, settings.migrations_dir))
+        return _run(settings, listen, workers, example_router)
+
+
+def _run(settings: Settings, listen: str, workers: int, example_router: bool) -> int:
     children: list[subprocess.Popen[bytes]] = []
     for index in range(workers):
         env = {
             **os.environ,
             "BANDITD_LISTEN": listen,
+            "BANDITD_REUSE_PORT": "true",
             "BANDITD_DATABASE_URL": settings.database_url,
             "BANDITD_LOG_LEVEL": settings.log_level,
             "BANDITD_METRICS_LISTEN": _metrics_of(settings.metrics_listen, index),

@@ -72,6 +72,16 @@ def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_pat
                     pb.SelectRequest(tenant="acme", router="chat", prompt=f"q {i}"), timeout=30
                 )
                 assert d.arm
+        for second in (["--workers", "2"], []):  # another group, a lone server: refused
+            done = subprocess.run(
+                [*BANDITD, *second, "--listen", started["listen"], "--database-url", postgres_url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            assert done.returncode == 1, done.stderr
+            assert f"gRPC port {port} " in done.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         for pid in started["pids"]:  # the workers drained and exited with it

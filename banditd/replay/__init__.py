@@ -49,6 +49,7 @@ gRPC, one fresh router per seed under ``--tenant``, Select and Feedback per prom
 report.
 """
 
+from banditd.progress import Progress
 from banditd.replay.cli import add_parser, options, run
 from banditd.replay.data import Outcomes, load_outcomes, record_metadata
 from banditd.replay.engine import (
@@ -63,7 +64,6 @@ from banditd.replay.engine import (
     reference_picks,
 )
 from banditd.replay.features import (
-    Progress,
     contexts,
     embeddings,
     fresh_posterior,

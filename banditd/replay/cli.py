@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from banditd import progress
 from banditd.argtypes import int_at_least
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise InvalidArgument("plot", "needs matplotlib (pip install matplotlib)")
-        report = replay(options(args))
+        with progress.shown(quiet=args.quiet):
+            report = replay(options(args))
         if args.plot is not None:
             plot(report, args.plot)
     except (BanditdError, OSError, TLSConfigError) as exc:
@@ -190,4 +192,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_client_arguments(p)  # with --server
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p)
     p.set_defaults(func=run)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,22 +17,10 @@ from banditd.context.pipeline import ContextPipeline
 from banditd.domain import ENCODER_DIMS, POLICIES, ArmSpec, FloatArray, RouterSpec
 from banditd.errors import InvalidArgument
 from banditd.posterior import Posterior, Prior
+from banditd.progress import Progress
 from banditd.replay.data import Outcomes, record_metadata
-from banditd.replay.options import DEFAULT_KNN_K, PROGRESS_EVERY_S, Options
+from banditd.replay.options import DEFAULT_KNN_K, Options
 from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
-
-
-class Progress:
-    """Progress lines on stderr, at most one per PROGRESS_EVERY_S (silent on short runs)."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY_S:
-            self._last = now
-            print(f"replay: {label}: {done}/{total} prompts", file=sys.stderr, flush=True)
 
 
 def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> RouterSpec:

@@ -21,7 +21,6 @@ MAX_PROMPT_CHARS: int = Settings.model_fields["max_prompt_chars"].default  # the
 SWEEP_POINTS = 12
 BUDGET_SWEEP_POINTS = 6
 QUALITY_FRACTIONS = (0.9, 0.95, 0.98)
-PROGRESS_EVERY_S = 2.0
 AUTO: tuple[float, ...] = ()  # --sweep / --sweep-budgets without values: an automatic grid
 SUMMARY_KEYS = ("mean_quality", "mean_cost_usd", "total_cost_usd", "refused", "cumulative_regret")
 

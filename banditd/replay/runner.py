@@ -15,7 +15,8 @@ from banditd.domain import POLICIES
 from banditd.errors import InvalidArgument
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior
-from banditd.replay.data import load_outcomes
+from banditd.progress import Progress
+from banditd.replay.data import Outcomes, load_outcomes
 from banditd.replay.engine import (
     REFUSED,
     best_single,
@@ -25,7 +26,6 @@ from banditd.replay.engine import (
     reference_picks,
 )
 from banditd.replay.features import (
-    Progress,
     embeddings,
     fresh_posterior,
     pipeline_of,
@@ -92,6 +92,7 @@ class Replay:
                     opts.embeddings_cache,
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
+        self.runs_planned = self.runs_done = 0  # for the progress bar over the runs
 
     @property
     def seeds(self) -> list[int]:
@@ -142,6 +143,8 @@ class Replay:
                 runs.append({"seed": seed, **score(self.outcomes, picks, cost_weight)})
                 shares += np.bincount(picks[picks != REFUSED], minlength=len(shares))
                 regret += regret_over_time(self.outcomes, picks, cost_weight)
+                self.runs_done += 1
+                self.progress("replay runs", self.runs_done, self.runs_planned)
             table = np.array([[run[k] for k in SUMMARY_KEYS] for run in runs])
             spread = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(SUMMARY_KEYS))
             self.points[key] = {
@@ -219,11 +222,22 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _points(opts: Options, outcomes: Outcomes) -> set[tuple[float, float | None]]:
+    """The (cost weight, budget) points the options replay."""
+    points = {(opts.cost_weight, opts.budget_usd)}
+    if opts.sweep is not None:
+        points |= {(w, opts.budget_usd) for w in opts.sweep or weight_grid(outcomes)}
+    if opts.sweep_budgets is not None:
+        points |= {(opts.cost_weight, b) for b in opts.sweep_budgets or budget_grid(outcomes)}
+    return points
+
+
 def replay(opts: Options) -> dict[str, Any]:
     """Run the replay the options describe and return the report (the --json object)."""
     started = time.perf_counter()
     run = Replay(opts)
     outcomes = run.outcomes
+    run.runs_planned = len(_points(opts, outcomes)) * opts.repeats
     main = run.point(opts.cost_weight, opts.budget_usd)
     best = _model(outcomes, best_single(outcomes, 0.0))
     oracle = score(outcomes, oracle_picks(outcomes, opts.cost_weight), opts.cost_weight)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -43,6 +44,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of an SQLite URL's database file; None for other databases and an
+    in-memory one. A relative path is taken from the working directory, as SQLite does."""
+    parsed = make_url(url)
+    name = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or name in ("", ":memory:"):
+        return None
+    if parsed.query.get("uri") == "true":  # sqlite+aiosqlite:///file:NAME?mode=...&uri=true
+        if parsed.query.get("mode") == "memory":
+            return None
+        name = name.removeprefix("file:")
+    return Path(os.path.abspath(name))
+
+
+def describe_database(url: str) -> str:
+    """The database as an operator looks for it: an SQLite file's absolute path, else the URL
+    without its password."""
+    parsed, path = make_url(url), sqlite_file(url)
+    if parsed.get_backend_name() == "sqlite":
+        return "SQLite in memory" if path is None else f"SQLite {path}"
+    return parsed.render_as_string(hide_password=True)
 
 
 class Database:

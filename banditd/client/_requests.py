@@ -1,0 +1,143 @@
+"""Keyword arguments -> protobuf requests, shared by Client and AsyncClient (pure functions).
+
+The argument names are the proto fields' (banditd/v1/banditd.proto). A value of None is the same
+as leaving the argument out; the server validates everything else, so its errors (and messages)
+are the same for every caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Required, TypedDict
+
+from banditd.errors import InvalidArgument
+from banditd.v1 import banditd_pb2 as pb
+
+MAX_CHUNK = 10_000  # events in one UploadFeedback message (the server refuses more)
+THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN}
+
+
+class SelectArgs(TypedDict, total=False):
+    """Select's arguments. ``tenant`` defaults to the client's; give ``prompt`` or
+    ``embedding``; ``request_id`` makes a retry return the first decision (and only then is
+    Select retried on UNAVAILABLE)."""
+
+    tenant: str | None
+    router: Required[str]
+    prompt: str | None
+    embedding: Sequence[float] | None  # (embedding_dim,) floats
+    metadata: Mapping[str, str] | None
+    cost_weight: float | None
+    max_cost_usd: float | None
+    candidates: Sequence[str] | None
+    request_id: str | None
+
+
+class FeedbackArgs(TypedDict, total=False):
+    """Feedback's arguments (and one event of upload_feedback). ``tenant`` defaults to the
+    client's; give ``thumb`` or ``reward`` (in [0, 1])."""
+
+    tenant: str | None
+    decision_id: Required[str]
+    thumb: Literal["up", "down"] | None
+    reward: float | None
+    cost_usd: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: float | None
+    error: bool | None
+
+
+def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
+    unknown = sorted(set(args) - set(kind.__annotations__))
+    if unknown:
+        raise TypeError(f"{what} got unexpected arguments: {', '.join(unknown)}")
+
+
+def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectRequest:
+    _check_names(args, SelectArgs, "select()")
+    prompt, embedding = args.get("prompt"), args.get("embedding")
+    if prompt is not None and embedding is not None:
+        raise InvalidArgument("context", "give prompt or embedding, not both")
+    msg = pb.SelectRequest(
+        tenant=args.get("tenant") or default_tenant or "",
+        router=args["router"],
+        request_id=args.get("request_id") or "",
+        candidates=args.get("candidates") or (),
+        metadata=args.get("metadata") or {},
+    )
+    if prompt is not None:
+        msg.prompt = prompt
+    if embedding is not None:
+        msg.embedding.values.extend(embedding)
+    for name in ("cost_weight", "max_cost_usd"):
+        value = args.get(name)
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
+def feedback_request(
+    args: FeedbackArgs, default_tenant: str | None, where: str = ""
+) -> pb.FeedbackRequest:
+    """``where`` prefixes the field a client-side refusal names (an event's index in an upload)."""
+    _check_names(args, FeedbackArgs, where.rstrip(".") or "feedback()")
+    msg = pb.FeedbackRequest(
+        tenant=args.get("tenant") or default_tenant or "",
+        decision_id=args["decision_id"],
+        error=bool(args.get("error")),
+    )
+    thumb, reward = args.get("thumb"), args.get("reward")
+    if thumb is not None and reward is not None:
+        raise InvalidArgument(f"{where}signal", "give thumb or reward, not both")
+    if thumb is not None:
+        if thumb not in THUMBS:
+            raise InvalidArgument(f"{where}thumb", f"must be 'up' or 'down', got {thumb!r}")
+        msg.thumb = THUMBS[thumb]
+    elif reward is not None:
+        msg.reward = reward
+    for name in ("cost_usd", "input_tokens", "output_tokens", "latency_ms"):
+        value = args.get(name)
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One UploadFeedback call: a FeedbackBatch per tenant, and each sent event's position in
+    the caller's sequence (in the order sent, which is how the server's error indexes count)."""
+
+    batches: tuple[pb.FeedbackBatch, ...]
+    positions: tuple[int, ...]
+
+
+def upload_chunks(
+    events: Iterable[FeedbackArgs], default_tenant: str | None, chunk_size: int
+) -> Iterator[Chunk]:
+    """The events in calls of at most ``chunk_size``, read lazily (a generator of any length is
+    held one chunk at a time)."""
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK}, got {chunk_size}")
+    pending: dict[str, list[tuple[int, pb.FeedbackRequest]]] = {}
+    count = 0
+    for position, event in enumerate(events):
+        msg = feedback_request(event, default_tenant, where=f"events[{position}].")
+        pending.setdefault(msg.tenant, []).append((position, msg))
+        count += 1
+        if count == chunk_size:
+            yield _chunk(pending)
+            pending, count = {}, 0
+    if count:
+        yield _chunk(pending)
+
+
+def _chunk(by_tenant: dict[str, list[tuple[int, pb.FeedbackRequest]]]) -> Chunk:
+    return Chunk(
+        batches=tuple(
+            pb.FeedbackBatch(tenant=tenant, events=[m for _, m in items])
+            for tenant, items in by_tenant.items()
+        ),
+        positions=tuple(p for items in by_tenant.values() for p, _ in items),
+    )

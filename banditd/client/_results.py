@@ -1,0 +1,139 @@
+"""What the client returns: small frozen records decoded from the responses (pure functions).
+
+Each keeps the response it came from in ``raw`` (left out of comparisons and repr), for a field
+added to the proto before it is wrapped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from banditd.v1 import banditd_pb2 as pb
+
+MAX_UPLOAD_ERRORS = 1000  # refusals an UploadSummary keeps, as the server's replies do
+
+
+@dataclass(frozen=True)
+class RankedArm:
+    arm: str
+    score: float  # the utility ranked by: quality_score - cost_weight * expected_cost_usd
+    expected_cost_usd: float
+    quality_score: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Select's answer. Send ``decision_id`` back in feedback; on a failure of ``arm``, try
+    ``fallbacks`` in order."""
+
+    tenant: str
+    router: str
+    decision_id: str
+    arm: str
+    ranking: tuple[RankedArm, ...]  # every eligible arm, best first
+    propensity: float
+    explored: bool
+    expected_cost_usd: float
+    expires_at_unix: int  # feedback is refused after this
+    budget_price: float
+    budget_outcome: str  # "", "paced", "fallback" or "over_budget"
+    context_version: str
+    raw: pb.SelectResponse = field(compare=False, repr=False)
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        """The other eligible arms, in ranking order."""
+        return tuple(r.arm for r in self.ranking if r.arm != self.arm)
+
+
+def decision_from_proto(msg: pb.SelectResponse, tenant: str, router: str) -> Decision:
+    return Decision(
+        tenant=tenant,
+        router=router,
+        decision_id=msg.decision_id,
+        arm=msg.arm,
+        ranking=tuple(
+            RankedArm(r.arm, r.score, r.expected_cost_usd, r.quality_score) for r in msg.ranking
+        ),
+        propensity=msg.propensity,
+        explored=msg.explored,
+        expected_cost_usd=msg.expected_cost_usd,
+        expires_at_unix=msg.expires_at_unix,
+        budget_price=msg.budget_price,
+        budget_outcome=msg.budget_outcome,
+        context_version=msg.context_version,
+        raw=msg,
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """Feedback's answer: the event's position in the router's log, the reward and the cost
+    it recorded.
+
+    ``already_recorded``: a retry (after UNAVAILABLE) was answered ALREADY_EXISTS, which is
+    taken as success: most likely the first attempt was committed and only its answer was
+    lost. The event's id, reward and cost are then unknown (None), and ``raw`` is None.
+    """
+
+    event_id: int | None
+    reward: float | None
+    cost_usd: float | None
+    already_recorded: bool = False
+    raw: pb.FeedbackResponse | None = field(default=None, compare=False, repr=False)
+
+
+def feedback_from_proto(msg: pb.FeedbackResponse) -> FeedbackResult:
+    return FeedbackResult(msg.event_id, msg.reward, msg.cost_usd, raw=msg)
+
+
+RECORDED_EARLIER = FeedbackResult(None, None, None, already_recorded=True)
+
+
+@dataclass(frozen=True)
+class UploadError:
+    index: int  # the event's position in the iterable given to upload_feedback, from 0
+    kind: str  # "duplicate", "expired" or "invalid"
+    message: str
+
+
+@dataclass(frozen=True)
+class UploadSummary:
+    """upload_feedback's counts over all its calls, and the first refusals.
+
+    ``resent``: events sent again after a call failed with UNAVAILABLE. Those of them the
+    failed call had committed count as ``duplicate`` (never twice as accepted).
+    """
+
+    accepted: int = 0
+    duplicate: int = 0
+    expired: int = 0
+    invalid: int = 0
+    errors: tuple[UploadError, ...] = ()
+    resent: int = 0
+
+    def __add__(self, other: UploadSummary) -> UploadSummary:
+        return UploadSummary(
+            accepted=self.accepted + other.accepted,
+            duplicate=self.duplicate + other.duplicate,
+            expired=self.expired + other.expired,
+            invalid=self.invalid + other.invalid,
+            errors=(self.errors + other.errors)[:MAX_UPLOAD_ERRORS],
+            resent=self.resent + other.resent,
+        )
+
+
+def upload_from_proto(
+    msg: pb.StreamFeedbackResponse, positions: Sequence[int], attempts: int
+) -> UploadSummary:
+    """One call's reply; ``positions`` maps the server's error indexes (events in the order
+    sent) to positions in the caller's iterable."""
+    return UploadSummary(
+        accepted=msg.accepted,
+        duplicate=msg.duplicate,
+        expired=msg.expired,
+        invalid=msg.invalid,
+        errors=tuple(UploadError(positions[e.index], e.kind, e.message) for e in msg.errors),
+        resent=len(positions) * (attempts - 1),
+    )
