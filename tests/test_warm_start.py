@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import gzip
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
+from banditd import codec, replay
+from banditd.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
 
@@ -35,8 +41,14 @@ def write_outcomes(path: Path, n: int) -> None:
         out.write(json.dumps({"id": "broken", "prompt": "", "models": {}}) + "\n")
 
 
-def warm_start(url: str, data: Path) -> dict[str, object]:
-    args = ["--tenant", "acme", "--router", "chat", "--data", str(data), "--database-url", url]
+def warm_start(url: str, data: Path, *flags: str) -> dict[str, Any]:
+    args = [
+        "--data",
+        str(data),
+        "--database-url",
+        url,
+        *(flags or ("--tenant", "acme", "--router", "chat")),
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "banditd.cli", "warm-start", *args, "--json"],
         capture_output=True,
@@ -44,7 +56,7 @@ def warm_start(url: str, data: Path) -> dict[str, object]:
         timeout=120,
         check=True,
     )
-    result: dict[str, object] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
@@ -82,3 +94,68 @@ def test_unknown_router_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> Non
     with pytest.raises(subprocess.CalledProcessError) as err:
         warm_start(sqlite_url, data)
     assert "unknown tenant 'acme'" in err.value.stderr
+
+
+# -- the server's warm start against the in-process replay's -------------------------------------
+
+DEV_DATA = Path(__file__).resolve().parents[1] / "data" / "routerbench-dev.jsonl.gz"
+WARM, ONLINE = 60, 60  # records of the dev file: warm start on the first, then replay the next
+
+
+def dev_split(tmp_path: Path) -> tuple[Path, Path]:
+    with gzip.open(DEV_DATA, "rt") as lines:
+        rows = [line for _, line in zip(range(WARM + ONLINE), lines, strict=False)]
+    warm, online = tmp_path / "warm.jsonl", tmp_path / "online.jsonl"
+    warm.write_text("".join(rows[:WARM]))
+    online.write_text("".join(rows[WARM:]))
+    return warm, online
+
+
+CONTEXTS: dict[str, dict[str, Any]] = {
+    "hashing+task": {"embedding_dim": 32, "metadata_from": ("task",)},
+    "hashing+pca+task": {"embedding_dim": 64, "pca_dim": 8, "metadata_from": ("task",)},
+}
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+async def test_warm_started_server_replays_like_in_process(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, context: str
+) -> None:
+    warm, online = dev_split(tmp_path)
+    local = replay.Options(data=online, warm_start=warm, **CONTEXTS[context])
+    expected = await asyncio.to_thread(replay.replay, local)
+    cold = await asyncio.to_thread(replay.replay, dataclasses.replace(local, warm_start=None))
+    assert expected["runs"] != cold["runs"]  # the warm start changes the picks
+
+    server = await start_server(sqlite_url)
+    spec = replay.router_spec(expected["arms"], local, local.cost_weight)
+    config = tmp_path / "router.json"
+    config.write_text(json_format.MessageToJson(codec.spec_to_proto(spec)))
+    summary = warm_start(
+        sqlite_url,
+        warm,
+        "--tenant",
+        "replay",
+        "--router",
+        "replay-0",
+        "--router-config",
+        str(config),
+    )
+    assert summary["added"] == WARM * len(spec.arms) == expected["warm_start"]["events"]
+    assert summary["metadata_from"] == ["task"]
+    assert summary["pca_fitted_on"] == (WARM if spec.pca_dim else 0)
+
+    remote = dataclasses.replace(
+        local, warm_start=None, server=Server(server.address, keep_routers=True)
+    )
+    got = await asyncio.to_thread(replay.replay, remote)
+
+    for key in (*replay.SUMMARY_KEYS, "picks", "runs", "regret_over_time"):
+        assert got[key] == expected[key], key
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="replay", name="replay-0"))
+    assert stats.decisions == ONLINE and stats.feedback_count == ONLINE
+    assert stats.context_version == summary["context_version"]  # the warm start's PCA, if any
+    assert "pending" not in stats.context_version
+    assert {a.arm: a.decisions for a in stats.arms if a.decisions} == {
+        arm: round(share * ONLINE) for arm, share in expected["picks"].items() if share
+    }

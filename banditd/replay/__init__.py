@@ -50,7 +50,7 @@ report.
 """
 
 from banditd.replay.cli import add_parser, options, run
-from banditd.replay.data import Outcomes, load_outcomes, record_metadata
+from banditd.replay.data import Outcomes, load_outcomes
 from banditd.replay.engine import (
     REFUSED,
     THUMBS_STREAM,
@@ -86,6 +86,7 @@ from banditd.replay.plot import figure, plot
 from banditd.replay.render import render_text
 from banditd.replay.runner import Replay, replay
 from banditd.replay.scoring import aiq, budget_grid, cost_at_quality, score, upper_hull, weight_grid
+from banditd.warm_start import record_metadata
 
 __all__ = [
     "AUTO",

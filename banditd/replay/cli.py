@@ -79,6 +79,7 @@ def options(args: argparse.Namespace) -> Options:
             args.server,
             args.tenant,
             ClientSecurity(args.api_key, args.tls_ca, args.tls_cert, args.tls_key),
+            keep_routers=args.keep_routers,
         ),
     )
 
@@ -187,6 +188,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--tenant", default=DEFAULT_TENANT, help="with --server: the routers' tenant (%(default)s)"
+    )
+    p.add_argument(
+        "--keep-routers",
+        action="store_true",
+        help="with --server: replay the routers as they are there (say warm-started with "
+        "`banditd warm-start`) instead of creating them fresh",
     )
     p.add_argument(
         "--api-key", default=os.environ.get("BANDITD_API_KEY"), help="env BANDITD_API_KEY"
