@@ -24,6 +24,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from banditd import codec
+from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context.encoders import get_encoder
 from banditd.context.metadata import MemoryVocabularyStore
@@ -177,7 +178,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
             await _save_reduction(repo, stored, pipeline)
             batch.extend(events)
             done += 1
-            if len(batch) >= WARM_START_BATCH:
+            if len(batch) >= args.batch:
                 added += len(await repo.append_events(batch))
                 batch.clear()
                 say(f"{done}/{len(usable)} records, {added} events added")
@@ -231,5 +232,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="FILE",
         help="create the router from this RouterConfig JSON (as `banditd example-router` "
         "prints) when it does not exist",
+    )
+    p.add_argument(
+        "--batch",
+        type=int_at_least(1),
+        default=WARM_START_BATCH,
+        help="events committed a transaction (%(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from banditd import codec, replay
 from banditd.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.conftest import StartServer, require, router_config
 
 TOPICS = {
     "math": ("integral derivative equation algebra", "strong"),
@@ -36,7 +36,12 @@ def write_outcomes(path: Path, n: int) -> None:
                 for arm in ("cheap", "mid", "strong")
             }
             models["not-in-router"] = {"quality": 1.0, "cost_usd": 0.0}
-            record = {"id": f"r{i}", "prompt": f"{words} question {i}", "models": models}
+            record = {
+                "id": f"r{i}",
+                "topic": topic,
+                "prompt": f"{words} question {i}",
+                "models": models,
+            }
             out.write(json.dumps(record) + "\n")
         out.write(json.dumps({"id": "broken", "prompt": "", "models": {}}) + "\n")
 
@@ -88,6 +93,63 @@ async def test_warm_start_then_serve(
     assert stats.applied_event_id >= 600
 
 
+async def test_warm_start_on_a_live_server_keeps_its_traffic(
+    database_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Warm-start a router while it serves: every acknowledged feedback stays, the server
+    applies the warm start without a restart, and the run reports its progress."""
+    data = tmp_path / "outcomes.jsonl.gz"
+    write_outcomes(data, 200)
+    server = await start_server(database_url, tail_interval_s=0.2)
+    config = router_config(embedding_dim=32, exploration=0.1, metadata_keys=["topic"])
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    acknowledged, stop = 0, asyncio.Event()
+
+    async def traffic() -> None:
+        nonlocal acknowledged
+        while not stop.is_set():
+            d = await server.router.Select(
+                pb.SelectRequest(
+                    tenant="acme", router="chat", prompt="live one", metadata={"topic": "live"}
+                )
+            )
+            await server.router.Feedback(
+                pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0.5)
+            )
+            acknowledged += 1
+
+    live = asyncio.create_task(traffic())
+    args = ["--tenant", "acme", "--router", "chat", "--data", str(data), "--batch", "50"]
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "banditd.cli", "warm-start", *args, "--json"),
+        "--database-url",
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    stop.set()
+    await live
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["added"] == 600
+    assert "warm-start: 200/200 records, 600 events added" in err.decode()
+    assert acknowledged > 0
+
+    for _ in range(100):  # the server's tail applies the warm start (no restart)
+        stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+        if stats.lag_events == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert stats.lag_events == 0 and stats.feedback_count == acknowledged
+    for topic, (words, best) in TOPICS.items():
+        d = await server.router.Select(
+            pb.SelectRequest(
+                tenant="acme", router="chat", prompt=f"{words} new", metadata={"topic": topic}
+            )
+        )
+        assert d.arm == best
+
+
 def test_unknown_router_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
     data = tmp_path / "o.jsonl"
     data.write_text("")
@@ -114,6 +176,12 @@ def dev_split(tmp_path: Path) -> tuple[Path, Path]:
 CONTEXTS: dict[str, dict[str, Any]] = {
     "hashing+task": {"embedding_dim": 32, "metadata_from": ("task",)},
     "hashing+pca+task": {"embedding_dim": 64, "pca_dim": 8, "metadata_from": ("task",)},
+    "hashing+knn": {"embedding_dim": 32, "knn_k": 5},
+    "minilm-static+pca+task": {
+        "encoder": "minilm-static",
+        "pca_dim": 16,
+        "metadata_from": ("task",),
+    },
 }
 
 
@@ -121,6 +189,10 @@ CONTEXTS: dict[str, dict[str, Any]] = {
 async def test_warm_started_server_replays_like_in_process(
     sqlite_url: str, start_server: StartServer, tmp_path: Path, context: str
 ) -> None:
+    if "pca" in context or "knn" in context:
+        require("faiss", "PCA and kNN need the context extra")
+    if "minilm" in context:
+        require("model2vec", "minilm-static needs the context extra")
     warm, online = dev_split(tmp_path)
     local = replay.Options(data=online, warm_start=warm, **CONTEXTS[context])
     expected = await asyncio.to_thread(replay.replay, local)
@@ -142,7 +214,7 @@ async def test_warm_started_server_replays_like_in_process(
         str(config),
     )
     assert summary["added"] == WARM * len(spec.arms) == expected["warm_start"]["events"]
-    assert summary["metadata_from"] == ["task"]
+    assert summary["metadata_from"] == list(spec.metadata_keys)
     assert summary["pca_fitted_on"] == (WARM if spec.pca_dim else 0)
 
     remote = dataclasses.replace(
