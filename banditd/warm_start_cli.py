@@ -70,16 +70,30 @@ def read_router_config(path: Path, tenant: str, name: str) -> RouterSpec:
     return codec.spec_from_proto(msg)
 
 
-async def _router(repo: Repository, args: argparse.Namespace) -> StoredRouter:
+async def _router(repo: Repository, args: argparse.Namespace) -> tuple[StoredRouter, bool]:
+    """The router to warm-start, and whether it was created here (from --router-config)."""
     try:
-        return await repo.get_router(args.tenant, args.router)
+        return await repo.get_router(args.tenant, args.router), False
     except NotFound:
         if args.router_config is None:
             raise
-    stored, _ = await repo.put_router(
-        read_router_config(args.router_config, args.tenant, args.router)
-    )
-    return stored
+    spec = read_router_config(args.router_config, args.tenant, args.router)
+    return (await repo.put_router(spec))[0], True
+
+
+def metadata_fields(spec: RouterSpec, metadata_from: Sequence[str] | None) -> tuple[str, ...]:
+    """The record fields sent as request metadata: by default those named like the router's
+    metadata keys; a field the router does not declare would be ignored, so it is an error."""
+    if metadata_from is None:
+        return spec.metadata_keys
+    undeclared = [f for f in metadata_from if f not in spec.metadata_keys]
+    if undeclared:
+        raise InvalidArgument(
+            "metadata_from",
+            f"router {spec.name!r} declares metadata keys {list(spec.metadata_keys)}, "
+            f"not {undeclared}",
+        )
+    return tuple(metadata_from)
 
 
 async def _assign_vocabulary(
@@ -154,9 +168,9 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
     db = Database(settings.database_url)
     try:
         repo = Repository(db)
-        stored = await _router(repo, args)
+        stored, created = await _router(repo, args)
         spec, router_id = stored.spec, stored.router_id
-        fields = spec.metadata_keys if args.metadata_from is None else tuple(args.metadata_from)
+        fields = metadata_fields(spec, args.metadata_from)
         usable = usable_records(records, WarmStartReport(), settings.max_prompt_chars)
         await _assign_vocabulary(repo, stored, usable, fields)
         pipeline = await _pipeline(repo, stored, settings.max_prompt_chars)
@@ -189,6 +203,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
         await db.close()
     return {
         "router": f"{args.tenant}/{args.router}",
+        "created": created,
         "records": report.records,
         "events": report.events,
         "added": added,

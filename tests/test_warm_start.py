@@ -15,6 +15,8 @@ import pytest
 from google.protobuf import json_format
 
 from banditd import codec, replay
+from banditd.errors import FailedPrecondition, NotFound
+from banditd.replay.cli import router_config as replay_router
 from banditd.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, require, router_config
@@ -200,9 +202,9 @@ async def test_warm_started_server_replays_like_in_process(
     assert expected["runs"] != cold["runs"]  # the warm start changes the picks
 
     server = await start_server(sqlite_url)
-    spec = replay.router_spec(expected["arms"], local, local.cost_weight)
-    config = tmp_path / "router.json"
-    config.write_text(json_format.MessageToJson(codec.spec_to_proto(spec)))
+    config = tmp_path / "router.json"  # what `banditd replay --print-router` prints
+    config.write_text(json_format.MessageToJson(replay_router(local)))
+    spec = codec.spec_from_proto(replay_router(local))
     summary = warm_start(
         sqlite_url,
         warm,
@@ -231,3 +233,31 @@ async def test_warm_started_server_replays_like_in_process(
     assert {a.arm: a.decisions for a in stats.arms if a.decisions} == {
         arm: round(share * ONLINE) for arm, share in expected["picks"].items() if share
     }
+
+
+async def test_keep_routers_needs_the_replays_router(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(sqlite_url)
+    _, online = dev_split(tmp_path)
+    opts = replay.Options(data=online, server=Server(server.address, keep_routers=True))
+    with pytest.raises(NotFound, match="no router replay/replay-0 on the server; create and warm"):
+        await asyncio.to_thread(replay.replay, opts)
+
+    config = replay_router(dataclasses.replace(opts, embedding_dim=8, metadata_from=("task",)))
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    with pytest.raises(FailedPrecondition, match=r"options in embedding_dim, metadata_keys$"):
+        await asyncio.to_thread(replay.replay, opts)
+
+
+def test_metadata_fields_the_router_does_not_declare_are_refused(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    warm, _ = dev_split(tmp_path)
+    config = tmp_path / "router.json"
+    config.write_text(json_format.MessageToJson(replay_router(replay.Options(data=warm))))
+    flags = ("--tenant", "replay", "--router", "replay-0", "--router-config", str(config))
+
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        warm_start(sqlite_url, warm, *flags, "--metadata-from", "task")
+    assert "declares metadata keys [], not ['task']" in err.value.stderr

@@ -11,9 +11,11 @@ the posterior learns each arm's mean cost per call, which is what cost-weighted 
 
 Context (banditd.context.pipeline, as a router with the same settings builds it): the encoder's
 embeddings of all prompts are computed first (``--embeddings-cache`` keeps them), then x is built
-at each step, so the PCA is fitted and the kNN index grows along the stream (and from the
-warm-start file first) exactly as in the server; ``--metadata-from`` sends record fields as
-request metadata. The replay-only ``knn`` policy ranks arms by the kNN outcome features alone.
+at each step, so the PCA is fitted and the kNN index grows along the stream exactly as in the
+server; ``--warm-start`` first applies the events `banditd warm-start` writes (the same
+function: banditd.warm_start.warm_events), the PCA fitted on the warm-start prompts.
+``--metadata-from`` sends record fields as request metadata. The replay-only ``knn`` policy
+ranks arms by the kNN outcome features alone.
 
 Reference policies (not learning, computed here): ``random`` (uniform), ``cheapest`` (the model
 with the lowest mean cost), ``best-single`` (the model with the best mean quality - cost_weight x
@@ -46,7 +48,8 @@ seeds); ``--plot`` draws it beside the quality-cost panel.
 
 Live (``--server ADDR``, banditd.replay.remote): the same stream through a running banditd over
 gRPC, one fresh router per seed under ``--tenant``, Select and Feedback per prompt, the same
-report.
+report; with ``--keep-routers`` the routers as they are there (``--print-router`` prints the
+configuration to create and warm-start: docs/warm-start.md).
 """
 
 from banditd.replay.cli import add_parser, options, run
