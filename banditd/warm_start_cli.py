@@ -27,7 +27,7 @@ from banditd import codec
 from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context.encoders import get_encoder
-from banditd.context.metadata import MemoryVocabularyStore
+from banditd.context.metadata import MemoryVocabularyStore, own_slots
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import Aborted, InvalidArgument, NotFound
@@ -104,8 +104,6 @@ async def _assign_vocabulary(
     spec = stored.spec
     if not spec.metadata_keys:
         return
-    from banditd.context.metadata import own_slots
-
     limit, seen = own_slots(spec.metadata_slots), set()
     for record in records:
         for key, value in record_metadata(record, fields).items():
