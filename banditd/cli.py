@@ -21,23 +21,21 @@ from banditd import (
     replay,
     routers_cli,
     routers_file,
+    warm_start_cli,
 )
 from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
-from banditd.domain import FeedbackEvent
 from banditd.errors import BanditdError, NotFound
 from banditd.ingest import ingest
 from banditd.logs import configure_logging
 from banditd.server import App, serve
-from banditd.store import Database, Repository, describe_database, migrate
+from banditd.store import Database, describe_database, migrate
 from banditd.store.api_keys import KeyStore
 from banditd.tls import ClientSecurity, TLSConfigError, add_client_arguments
 from banditd.v1 import banditd_pb2 as pb
-from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
 from banditd.workers import run_workers
 
-WARM_START_BATCH = 2000
 HOW_TO_CALL = """
 banditd is serving {tenant}/{router} on {host}:{port} ({database}).
 
@@ -85,49 +83,6 @@ async def _seed_example(app: App) -> None:
         file=sys.stderr,
         flush=True,
     )
-
-
-async def _warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    if settings.should_migrate:
-        await migrate(settings.database_url, settings.migrations_dir)
-    db = Database(settings.database_url)
-    try:
-        repo = Repository(db)
-        stored = await repo.get_router(args.tenant, args.router)
-        report = WarmStartReport()
-        added, total = 0, progress.lines_in(Path(args.data))
-        batch: list[FeedbackEvent] = []
-        events = offline_events(
-            stored.spec,
-            stored.router_id,
-            read_outcomes(Path(args.data)),
-            report,
-            max_prompt_chars=settings.max_prompt_chars,
-        )
-        for event in events:
-            batch.append(event)
-            if len(batch) == WARM_START_BATCH:
-                added += len(await repo.append_events(batch))
-                batch.clear()
-                progress.update("warm-start records", report.records, total)
-        added += len(await repo.append_events(batch))
-        progress.update("warm-start records", report.records, total)
-    finally:
-        await db.close()
-    return {
-        "router": f"{args.tenant}/{args.router}",
-        "records": report.records,
-        "events": report.events,
-        "added": added,
-        "already_present": report.events - added,
-        "skipped": report.skipped_records,
-        "skip_reasons": report.skip_reasons,
-        "events_per_arm": report.events_per_arm,
-        "arms_without_data": sorted(
-            {a.name for a in stored.spec.arms} - set(report.events_per_arm)
-        ),
-        "unknown_models": sorted(report.unknown_models),
-    }
 
 
 def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -226,21 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         help="print the example router configuration as JSON (examples/routers.yaml has it as YAML)",
     )
 
-    p_warm = sub.add_parser(
-        "warm-start",
-        help="fit a router's statistics from offline outcome data (JSONL, optionally .gz)",
-        description="Adds one offline event per (prompt, arm with an outcome) to the router's "
-        "feedback log; safe to re-run. A running server loads them at its next restart or "
-        "PutRouter of that router.",
-    )
-    p_warm.add_argument("--tenant", required=True)
-    p_warm.add_argument("--router", required=True)
-    p_warm.add_argument(
-        "--data", required=True, help="outcome file, the format of data/ (see data/README.md)"
-    )
-    p_warm.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
-    p_warm.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    progress.add_quiet_flag(p_warm)
+    warm_start_cli.add_parser(sub)
 
     p_ingest = sub.add_parser(
         "ingest",
@@ -309,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_keys(settings, args))
         elif args.command == "warm-start":
             with progress.shown(quiet=args.quiet):
-                summary = asyncio.run(_warm_start(settings, args))
+                summary = asyncio.run(warm_start_cli.warm_start(settings, args))
             if args.json:
                 print(json.dumps(summary))
             else:

@@ -11,9 +11,11 @@ the posterior learns each arm's mean cost per call, which is what cost-weighted 
 
 Context (banditd.context.pipeline, as a router with the same settings builds it): the encoder's
 embeddings of all prompts are computed first (``--embeddings-cache`` keeps them), then x is built
-at each step, so the PCA is fitted and the kNN index grows along the stream (and from the
-warm-start file first) exactly as in the server; ``--metadata-from`` sends record fields as
-request metadata. The replay-only ``knn`` policy ranks arms by the kNN outcome features alone.
+at each step, so the PCA is fitted and the kNN index grows along the stream exactly as in the
+server; ``--warm-start`` first applies the events `banditd warm-start` writes (the same
+function: banditd.warm_start.warm_events), the PCA fitted on the warm-start prompts.
+``--metadata-from`` sends record fields as request metadata. The replay-only ``knn`` policy
+ranks arms by the kNN outcome features alone.
 
 Reference policies (not learning, computed here): ``random`` (uniform), ``cheapest`` (the model
 with the lowest mean cost), ``best-single`` (the model with the best mean quality - cost_weight x
@@ -46,12 +48,13 @@ seeds); ``--plot`` draws it beside the quality-cost panel.
 
 Live (``--server ADDR``, banditd.replay.remote): the same stream through a running banditd over
 gRPC, one fresh router per seed under ``--tenant``, Select and Feedback per prompt, the same
-report.
+report; with ``--keep-routers`` the routers as they are there (``--print-router`` prints the
+configuration to create and warm-start: docs/warm-start.md).
 """
 
 from banditd.progress import Progress
 from banditd.replay.cli import add_parser, options, run
-from banditd.replay.data import Outcomes, load_outcomes, record_metadata
+from banditd.replay.data import Outcomes, load_outcomes
 from banditd.replay.engine import (
     REFUSED,
     THUMBS_STREAM,
@@ -86,6 +89,7 @@ from banditd.replay.plot import figure, plot
 from banditd.replay.render import render_text
 from banditd.replay.runner import Replay, replay
 from banditd.replay.scoring import aiq, budget_grid, cost_at_quality, score, upper_hull, weight_grid
+from banditd.warm_start import record_metadata
 
 __all__ = [
     "AUTO",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
-from banditd import progress
+from google.protobuf import json_format
+
+from banditd import codec, progress
 from banditd.argtypes import int_at_least
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
@@ -19,12 +22,15 @@ from banditd.domain import (
     POLICIES,
 )
 from banditd.errors import BanditdError, InvalidArgument
+from banditd.replay.data import load_outcomes
+from banditd.replay.features import router_spec
 from banditd.replay.options import AUTO, FEEDBACK, REFERENCE_POLICIES, REPLAY_POLICIES, Options
 from banditd.replay.plot import plot
-from banditd.replay.remote import DEFAULT_TENANT, Server
+from banditd.replay.remote import DEFAULT_TENANT, Server, router_name
 from banditd.replay.render import render_text
 from banditd.replay.runner import replay
 from banditd.tls import ClientSecurity, TLSConfigError, add_client_arguments
+from banditd.v1 import banditd_pb2 as pb
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -79,13 +85,27 @@ def options(args: argparse.Namespace) -> Options:
             args.server,
             args.tenant,
             ClientSecurity.from_args(args),
+            keep_routers=args.keep_routers,
         ),
     )
+
+
+def router_config(opts: Options) -> pb.RouterConfig:
+    """The configuration of the router a replay of ``opts`` runs (``replay-<seed>`` under the
+    server's tenant, or "replay"): what to create and warm-start for --keep-routers."""
+    arms = load_outcomes(opts.data, opts.arms, 1).arms
+    spec = router_spec(arms, opts, opts.cost_weight)
+    tenant = DEFAULT_TENANT if opts.server is None else opts.server.tenant
+    name = router_name(opts.seed, opts.cost_weight, opts.cost_weight)
+    return codec.spec_to_proto(dataclasses.replace(spec, tenant=tenant, name=name))
 
 
 def run(args: argparse.Namespace) -> int:
     """`banditd replay`: print the report (tables, or one JSON object with --json)."""
     try:
+        if args.print_router:
+            print(json_format.MessageToJson(router_config(options(args))))
+            return 0
         if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise InvalidArgument("plot", "needs matplotlib (pip install matplotlib)")
         with progress.shown(quiet=args.quiet):
@@ -190,6 +210,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--tenant", default=DEFAULT_TENANT, help="with --server: the routers' tenant (%(default)s)"
     )
     add_client_arguments(p)  # with --server
+    p.add_argument(
+        "--keep-routers",
+        action="store_true",
+        help="with --server: replay the routers as they are there (say warm-started with "
+        "`banditd warm-start`) instead of creating them fresh",
+    )
+    p.add_argument(
+        "--print-router",
+        action="store_true",
+        help="print the RouterConfig JSON of the router this replay runs, and stop",
+    )
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     progress.add_quiet_flag(p)

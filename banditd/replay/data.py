@@ -13,7 +13,7 @@ import numpy as np
 
 from banditd.domain import FloatArray
 from banditd.errors import InvalidArgument
-from banditd.warm_start import read_outcomes
+from banditd.warm_start import read_outcomes, record_metadata
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,6 @@ def _outcome_row(
         quality.append(q)
         cost.append(c)
     return quality, cost
-
-
-def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, str]:
-    """The request metadata a calling service would send for a record: each named field's
-    value as text (absent or null fields are left out)."""
-    return {f: str(record[f]) for f in fields if record.get(f) is not None}
 
 
 def load_outcomes(

@@ -3,11 +3,9 @@ prompts' embeddings, and the posterior (fresh, or warm-started from another outc
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,9 +16,9 @@ from banditd.domain import ENCODER_DIMS, POLICIES, ArmSpec, FloatArray, RouterSp
 from banditd.errors import InvalidArgument
 from banditd.posterior import Posterior, Prior
 from banditd.progress import Progress
-from banditd.replay.data import Outcomes, record_metadata
+from banditd.replay.data import Outcomes
 from banditd.replay.options import DEFAULT_KNN_K, Options
-from banditd.warm_start import WarmStartReport, offline_events, read_outcomes
+from banditd.warm_start import WarmStartReport, read_outcomes, warm_events
 
 
 def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> RouterSpec:
@@ -113,30 +111,23 @@ def warm_posterior(
     metadata_from: Sequence[str] = (),
     cache: Path | None = None,
 ) -> tuple[Posterior, WarmStartReport]:
-    """The posterior after `banditd warm-start` on ``path``: its offline events in order.
-
-    With a pipeline, x comes from it (the records' metadata fields included), and its PCA
-    samples and kNN index take in the warm-start data too."""
+    """The posterior after `banditd warm-start` on ``path``: the same offline events
+    (``banditd.warm_start.warm_events``), in order. The pipeline (a fresh one by default)
+    takes in what the warm start fits: the PCA on the warm-start prompts, the metadata
+    vocabulary and the kNN index."""
+    pipeline = pipeline or pipeline_of(spec, max_prompt_chars)
     posterior, report = fresh_posterior(spec), WarmStartReport()
-    records: list[dict[str, Any]] = list(read_outcomes(path))
-    featurise = None
-    if pipeline is not None:
-        good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
-        texts = [r["prompt"] for r in good]
-        vecs = embeddings(pipeline, texts, "encoding warm-start prompts", Progress(), cache)
-        raw = {id(r): v for r, v in zip(good, vecs, strict=True)}
+    progress = Progress()
 
-        def featurise(record: dict[str, Any]) -> FloatArray:
-            return pipeline.build_now(raw[id(record)], record_metadata(record, metadata_from))
+    def encode(prompts: Sequence[str]) -> FloatArray:
+        return embeddings(pipeline, prompts, "encoding warm-start prompts", progress, cache)
 
-    events = offline_events(
-        spec, 0, records, report, max_prompt_chars=max_prompt_chars, featurise=featurise
-    )
-    for event_id, event in enumerate(events, start=1):
-        event = dataclasses.replace(event, event_id=event_id)
-        posterior.apply(event)
-        if pipeline is not None:
-            pipeline.observe(event)
+    records = list(read_outcomes(path))
+    for events in warm_events(
+        pipeline, 0, records, report, metadata_from=metadata_from, encode=encode
+    ):
+        for event in events:
+            posterior.apply(event)
     if not report.events:
         raise InvalidArgument("warm_start", f"{path}: no outcomes for any of the replay's arms")
     return posterior, report

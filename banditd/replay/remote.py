@@ -3,7 +3,9 @@
 Per seed (and cost weight of a sweep) a fresh router is created under the tenant (by default
 "replay"): ``replay-<seed>`` (``replay-<seed>-w<cost weight>`` for the other points of a sweep),
 deleted first if it exists, with the file's models as zero-priced arms and the options' policy and
-context settings. Then for each prompt in file order: Select (the prompt text, the
+context settings. With ``--keep-routers`` the routers must exist already, with those context
+settings (warm-started with `banditd warm-start`, say): they keep their feedback log and only take
+the options' configuration. Then for each prompt in file order: Select (the prompt text, the
 ``--metadata-from`` fields as request metadata), the chosen model's outcome looked up in the
 file, and Feedback (its quality as the reward, or with ``--feedback thumbs`` a thumbs-up drawn with
 probability = quality, from the same draws as in process; its real cost as cost_usd). The picks
@@ -42,6 +44,17 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 DEFAULT_TENANT = "replay"
 CONNECT_TIMEOUT_S = 10.0
 CALL_TIMEOUT_S = 30.0  # one Select, Feedback or PutRouter
+# What x depends on: a kept router must match the replay's options in these (and its arms).
+CONTEXT_FIELDS = (
+    "encoder",
+    "embedding_dim",
+    "text_window_tokens",
+    "metadata_keys",
+    "metadata_slots",
+    "pca_dim",
+    "pca_fit_samples",
+    "knn_k",
+)
 _ERRORS: dict[grpc.StatusCode, Callable[[str], BanditdError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
@@ -61,6 +74,8 @@ class Server:
     tenant: str = DEFAULT_TENANT
     security: ClientSecurity = dataclasses.field(default_factory=ClientSecurity)
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    # Replay the routers as they stand (their logs kept) instead of creating them fresh.
+    keep_routers: bool = False
 
 
 def check_remote(
@@ -72,12 +87,43 @@ def check_remote(
             "server", f"needs a policy the server runs ({', '.join(POLICIES)}), not {policy!r}"
         )
     for given, flag, why in (
-        (warm_start, "--warm-start", "warm-start the server with `banditd warm-start` instead"),
+        (
+            warm_start,
+            "--warm-start",
+            "warm-start its routers with `banditd warm-start`, then use --keep-routers",
+        ),
         (budget_usd, "--budget-usd", "a server's budgets are paced over wall-clock periods"),
         (sweep_budgets, "--sweep-budgets", "a server's budgets are paced over wall-clock periods"),
     ):
         if given is not None:
             raise InvalidArgument("server", f"{flag} is not supported with --server ({why})")
+
+
+def check_kept(admin: rpc.AdminStub, spec: RouterSpec, auth: object) -> None:
+    """The server's router ``spec`` names exists with spec's arms and context settings, so its
+    events (a warm start's) are the replay's data; else a clear error."""
+    try:
+        found = admin.GetRouter(
+            pb.GetRouterRequest(tenant=spec.tenant, name=spec.name),
+            metadata=auth,
+            timeout=CALL_TIMEOUT_S,
+        )
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        raise NotFound(
+            f"--keep-routers: no router {spec.tenant}/{spec.name} on the server; create and "
+            "warm-start it first (banditd warm-start --router-config)"
+        ) from None
+    live = codec.spec_from_proto(found.router)
+    differ = [f for f in CONTEXT_FIELDS if getattr(live, f) != getattr(spec, f)]
+    if [a.name for a in live.arms] != [a.name for a in spec.arms]:
+        differ.insert(0, "arms")
+    if differ:
+        raise FailedPrecondition(
+            f"--keep-routers: router {spec.tenant}/{spec.name} on the server differs from the "
+            f"replay's options in {', '.join(differ)}"
+        )
 
 
 def router_name(seed: int, cost_weight: float, main_cost_weight: float) -> str:
@@ -115,11 +161,14 @@ def learn_remote(
             ) from None
         admin, router = rpc.AdminStub(channel), rpc.RouterStub(channel)
         try:
-            admin.DeleteRouter(
-                pb.DeleteRouterRequest(tenant=spec.tenant, name=spec.name),
-                metadata=auth,
-                timeout=CALL_TIMEOUT_S,
-            )
+            if server.keep_routers:
+                check_kept(admin, spec, auth)
+            else:
+                admin.DeleteRouter(
+                    pb.DeleteRouterRequest(tenant=spec.tenant, name=spec.name),
+                    metadata=auth,
+                    timeout=CALL_TIMEOUT_S,
+                )
             admin.PutRouter(
                 pb.PutRouterRequest(router=config), metadata=auth, timeout=CALL_TIMEOUT_S
             )
