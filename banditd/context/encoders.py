@@ -17,7 +17,7 @@ Shared prefixes: prompts built from one template (a system prompt, few-shot exam
 at the end, and a transformer truncates from the end, so every such prompt would encode to the
 template. With ``text_window_tokens`` = N > 0 a router encodes only the last N tokens of each
 prompt (cut at a token boundary of the encoder's own tokenizer, so nothing is rejected or split
-mid-word). ``replay`` shows what it is worth on the dev data (README).
+mid-word). ``replay`` shows what it is worth on the dev data (docs/how-it-works.md).
 """
 
 from __future__ import annotations
