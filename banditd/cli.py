@@ -42,12 +42,11 @@ banditd is serving {tenant}/{router} on {host}:{port} ({database}).
   grpcurl -plaintext -d '{{"tenant":"{tenant}","router":"{router}","prompt":"Write a haiku about routers"}}' \\
       {host}:{port} banditd.v1.Router/Select
 
-  # Python (pip install grpcio; generated stubs in banditd.v1):
-  import grpc
-  from banditd.v1 import banditd_pb2 as pb, banditd_pb2_grpc as rpc
-  router = rpc.RouterStub(grpc.insecure_channel("{host}:{port}"))
-  d = router.Select(pb.SelectRequest(tenant="{tenant}", router="{router}", prompt="Summarise this memo"))
-  router.Feedback(pb.FeedbackRequest(tenant="{tenant}", decision_id=d.decision_id, thumb=pb.THUMB_UP))
+  # Python (docs/client.md):
+  from banditd.client import Client
+  c = Client("{host}:{port}", tenant="{tenant}")
+  d = c.select(router="{router}", prompt="Summarise this memo")
+  c.feedback(decision_id=d.decision_id, thumb="up")
 """
 
 
