@@ -553,7 +553,7 @@ class RouterConfig(_message.Message):
     reward_wait_seconds: _builtins.int
     """0 = 3600."""
     encoder: _builtins.str
-    """Context features (README "Context features"). Text encoder: "hashing" (default), "minilm"
+    """Context features (docs/how-it-works.md, "Context features"). Text encoder: "hashing" (default), "minilm"
     (384 values) or "minilm-static" (256 values); embedding_dim 0 = the encoder's size.
     """
     metadata_slots: _builtins.int
