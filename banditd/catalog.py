@@ -20,10 +20,11 @@ from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
-from banditd.errors import NotFound, Unavailable
+from banditd.errors import BadData, NotFound, Unavailable
 from banditd.policy import Policy, make_policy
 from banditd.posterior import Posterior, Prior
 from banditd.store import Repository
+from banditd.store.dead_letters import DeadLetters, append_isolating
 from banditd.store.repository import StoredRouter
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,8 @@ class RouterState:
     health: ArmHealth = field(default_factory=ArmHealth)
     # Request -> x (banditd.context.pipeline); None only for states built outside a Catalog.
     context: ContextPipeline | None = None
+    # Events the posterior skipped and the catalog has not reported yet (dead letters).
+    skipped: list[tuple[FeedbackEvent, BadData]] = field(default_factory=list)
 
 
 class _StoredVocabulary(VocabularyStore):
@@ -70,6 +73,7 @@ class Catalog:
         max_prompt_chars: int = 200_000,
     ) -> None:
         self._repo = repo
+        self._dead = DeadLetters(repo.db)
         self.encoders = encoders or Encoders()
         self._max_prompt_chars = max_prompt_chars
         self._clock = clock
@@ -219,7 +223,11 @@ class Catalog:
     async def record(self, state: RouterState, event: FeedbackEvent) -> int:
         """Append an event, then fold in the log up to it (other replicas' events included);
         caller holds ``locked(router_id)``."""
-        event_id = await self._repo.append_event(event, state.spec.combine)
+        try:
+            event_id = await self._repo.append_event(event, state.spec.combine)
+        except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
+            await self._set_aside(state, [(event, exc)])
+            raise
         try:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies it
@@ -272,11 +280,20 @@ class Catalog:
         log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
         return await self._catch_up(state)
 
-    async def record_many(self, state: RouterState, events: list[FeedbackEvent]) -> list[int]:
+    async def record_many(
+        self,
+        state: RouterState,
+        events: list[FeedbackEvent],
+        rejected: list[tuple[int, BadData]] | None = None,
+    ) -> list[int]:
         """Append events in one transaction (refused signals are skipped: see
-        ``Repository.append_events``), then catch up; returns the positions added. Caller holds
-        ``locked(router_id)``."""
-        appended = await self._repo.append_batch(events, state.spec.combine)
+        ``Repository.append_events``), then catch up; returns the positions added. Events the
+        database refuses as data are set aside (dead letters) and their positions added to
+        ``rejected``; the rest commits. Caller holds ``locked(router_id)``."""
+        appended, bad = await append_isolating(self._repo, events, state.spec.combine)
+        await self._set_aside(state, [(events[i], exc) for i, exc in bad])
+        if rejected is not None:
+            rejected.extend(bad)
         if appended.follows == state.posterior.last_event_id:
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
@@ -287,13 +304,23 @@ class Catalog:
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
         return appended.positions
 
+    async def _set_aside(
+        self, state: RouterState, items: list[tuple[FeedbackEvent, BadData]], kind: str = ""
+    ) -> None:
+        """Dead letters for events refused as data (or skipped by the posterior: ``kind``)."""
+        await self._dead.add_events(state.router_id, state.spec.tenant, items, kind)
+
     @staticmethod
     def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
-        """Apply events that follow the last applied one, in id order."""
+        """Apply events that follow the last applied one, in id order. Events the posterior
+        skips (a non-finite number, logged before issue 17) are kept for reporting."""
         state.events_since_snapshot += len(events)
         posterior, health, context = state.posterior, state.health, state.context
         for event in events:
-            posterior.apply(event)
+            problem = posterior.apply(event)
+            if problem is not None:
+                state.skipped.append((event, BadData(f"event skipped by the posterior: {problem}")))
+                continue
             # Only served calls judge an arm, each once (later signals re-rate the answer).
             if not (event.offline or event.defaulted or event.signal):
                 health.observe(event.arm, event.error, event.created_at)
@@ -309,6 +336,9 @@ class Catalog:
         ):
             self._fold(state, events)
             applied += len(events)
+        if state.skipped:
+            await self._set_aside(state, state.skipped, kind="skipped_event")
+            state.skipped = []
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
             state.posterior.last_event_id
         )

@@ -2,6 +2,7 @@
 
 BanditdError
  ├── InvalidArgument      INVALID_ARGUMENT     bad field in a request (names the field)
+ ├── BadData              INVALID_ARGUMENT     the database refused a row as data: set aside
  ├── NotFound             NOT_FOUND            unknown tenant, router or arm
  ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
@@ -27,6 +28,11 @@ class InvalidArgument(BanditdError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+class BadData(BanditdError):
+    """The database refused a row as data (a value out of range, invalid JSON, a constraint):
+    the same row would fail again, so it is never retried, only set aside (dead letters)."""
 
 
 class NotFound(BanditdError):

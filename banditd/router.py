@@ -16,6 +16,7 @@ from banditd import metrics
 from banditd.budget import pacer
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog, RouterState
+from banditd.ceilings import HARD_MAX_COST_WEIGHT
 from banditd.context import input_tokens_estimate
 from banditd.decision_log import DecisionLog
 from banditd.domain import (
@@ -329,7 +330,7 @@ def rank_arms(
         arms = [a for a, k in zip(arms, keep, strict=True) if k]
         arm_idx, costs = arm_idx[keep], costs[keep]
     weight = spec.default_cost_weight if cost_weight is None else cost_weight
-    weight = max(weight, price)
+    weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng)
     if spec.explore_new_arm:
         choice = _explore_new_arm(state, arms, arm_idx, choice)
