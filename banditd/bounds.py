@@ -61,10 +61,15 @@ class Bound:
 
     def describe(self) -> str:
         where = f" (BANDITD_{self.setting.upper()})" if self.setting else ""
-        return f"[{self.low:g}, {self.high:g}]{where}"
+        return f"[{_number(self.low)}, {_number(self.high)}]{where}"
 
 
-def _s(name: str, low: float = 0.0) -> Bound:
+def _number(value: float) -> str:
+    """Integers (the bounds of integer fields) in full, floats as %g."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _s(name: str, low: float = 0) -> Bound:
     """A bound whose high end is a setting (filled in by ``Bounds.of``)."""
     return Bound(low, math.nan, name)
 
@@ -146,7 +151,7 @@ class Bounds:
 
     def __init__(self, settings: Settings) -> None:
         self.table: dict[str, Bound] = {
-            key: Bound(b.low, float(getattr(settings, b.setting)), b.setting) if b.setting else b
+            key: Bound(b.low, getattr(settings, b.setting), b.setting) if b.setting else b
             for key, b in TABLE.items()
         }
 
@@ -162,7 +167,7 @@ class Bounds:
             problem = "must be"
         raise InvalidArgument(
             field or key.partition(".")[2],
-            f"{problem} in {bound.describe()}, got {value:g}",
+            f"{problem} in {bound.describe()}, got {_number(value)}",
         )
 
     def check_message(self, msg: Message, path: str = "") -> None:

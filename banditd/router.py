@@ -82,6 +82,8 @@ class Selector:
         check_name("router", req.router)
         if len(req.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
+        if "\x00" in req.request_id:  # Postgres text cannot hold NUL: the row would be refused
+            raise InvalidArgument("request_id", "must not contain NUL characters")
         if req.cost_weight is not None:
             check_finite("cost_weight", req.cost_weight)
         if req.max_cost_usd is not None:
@@ -100,6 +102,8 @@ class Selector:
         for key, value in req.metadata.items():
             if not key or len(key) > MAX_METADATA_KEY:
                 raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")
+            if "\x00" in key or "\x00" in value:
+                raise InvalidArgument("metadata", f"NUL character in the entry of {key!r}")
             if len(value) > MAX_METADATA_VALUE:
                 raise InvalidArgument(
                     "metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters"

@@ -66,6 +66,11 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
+def _ascii(text: str) -> str:
+    """Text any database stores: NUL, non-ASCII and lone surrogates as backslash escapes."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 class DeadLetters:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -79,11 +84,11 @@ class DeadLetters:
         rows = [
             {
                 "kind": d.kind,
-                "ref": d.ref[:64],
+                "ref": _ascii(d.ref)[:64],
                 "router_id": d.router_id,
                 "tenant": d.tenant,
+                "error": _ascii(d.error[:MAX_ERROR_CHARS]),
                 # ASCII JSON: a NUL or a lone surrogate in a payload cannot be refused in turn.
-                "error": json.dumps(d.error[:MAX_ERROR_CHARS])[1:-1],
                 "payload": json.dumps(plain(d.payload), allow_nan=False, default=repr),
                 "created_at": now,
             }

@@ -60,3 +60,8 @@ def bounded_event() -> ColumnElement[bool]:
         fe.c.cost_usd.between(-HARD_MAX_CALL_USD, HARD_MAX_CALL_USD),
         fe.c.reward.between(-HARD_MAX_REWARD, HARD_MAX_REWARD),
     )
+
+
+def bounded_usd(usd: float | None) -> bool:
+    """Whether a stored cost is usable: finite and within the ceiling."""
+    return usd is not None and math.isfinite(usd) and abs(usd) <= HARD_MAX_CALL_USD
