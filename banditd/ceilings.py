@@ -50,6 +50,7 @@ def event_problem(event: FeedbackEvent) -> str | None:
         ("effective_reward", event.effective_reward, HARD_MAX_REWARD),
         ("reward_delta", event.reward_delta, 2 * HARD_MAX_REWARD),
         ("latency_ms", event.latency_ms, 1e15),
+        ("created_at", event.created_at, 1e12),
     ):
         if _bad_float(value, limit):
             return f"{name} is {value!r}"

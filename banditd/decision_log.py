@@ -3,6 +3,9 @@
 A decision is answerable (for a repeated request_id) from memory until its group is committed,
 and from the database after. A group that fails to commit stays pending and is retried with
 exponential backoff (tenacity) for as long as the database is down; Select never waits for it.
+A group the database refuses as data (not an outage) is split until the bad decisions are found;
+they are set aside as dead letters (banditd.store.dead_letters) and the rest commits, so one bad
+row, of whatever tenant, never holds back the log.
 
 The buffer is bounded (``max_pending``). When it is full, the oldest pending decision is dropped
 to make room (warning log, ``banditd_decisions_unlogged_total``), never the request: Select keeps
