@@ -226,7 +226,7 @@ class Catalog:
         try:
             event_id = await self._repo.append_event(event, state.spec.combine)
         except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
-            await self._set_aside(state, [(event, exc)])
+            await self._dead.add_events(state.router_id, state.spec.tenant, [(event, exc)])
             raise
         try:
             await self._catch_up(state)
@@ -287,11 +287,11 @@ class Catalog:
         rejected: list[tuple[int, BadData]] | None = None,
     ) -> list[int]:
         """Append events in one transaction (refused signals are skipped: see
-        ``Repository.append_events``), then catch up; returns the positions added. Events the
-        database refuses as data are set aside (dead letters) and their positions added to
-        ``rejected``; the rest commits. Caller holds ``locked(router_id)``."""
+        ``Repository.append_events``), then catch up; returns the positions added. Events
+        refused as data are set aside (dead letters), their positions added to ``rejected``."""
         appended, bad = await append_isolating(self._repo, events, state.spec.combine)
-        await self._set_aside(state, [(events[i], exc) for i, exc in bad])
+        bad_events = [(events[i], exc) for i, exc in bad]
+        await self._dead.add_events(state.router_id, state.spec.tenant, bad_events)
         if rejected is not None:
             rejected.extend(bad)
         if appended.follows == state.posterior.last_event_id:
@@ -303,12 +303,6 @@ class Catalog:
         except Unavailable as exc:  # committed: the next tail round applies them
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
         return appended.positions
-
-    async def _set_aside(
-        self, state: RouterState, items: list[tuple[FeedbackEvent, BadData]], kind: str = ""
-    ) -> None:
-        """Dead letters for events refused as data (or skipped by the posterior: ``kind``)."""
-        await self._dead.add_events(state.router_id, state.spec.tenant, items, kind)
 
     @staticmethod
     def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
@@ -337,7 +331,9 @@ class Catalog:
             self._fold(state, events)
             applied += len(events)
         if state.skipped:
-            await self._set_aside(state, state.skipped, kind="skipped_event")
+            await self._dead.add_events(
+                state.router_id, state.spec.tenant, state.skipped, "skipped_event"
+            )
             state.skipped = []
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
             state.posterior.last_event_id
@@ -359,20 +355,24 @@ class Catalog:
                         self._by_name.pop((state.spec.tenant, state.spec.name), None)
         applied = 0
         for router_id, item in stored.items():
-            async with self._lock(router_id):
-                state = self._by_id.get(router_id)
-                if state is None or state.spec.version != item.spec.version:
-                    await self._restore(item)
-                else:
-                    lag = await self._repo.count_events_after(
-                        router_id, state.posterior.last_event_id
-                    )
-                    metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
-                    applied += await self._catch_up(state)
-                    applied += await self._default_missing(state)
-                    if state.context is not None:
-                        await self._load_reduction(router_id, state.context)
+            try:
+                applied += await self._tail_one(router_id, item)
+            except (BadData, ValueError) as exc:  # one router's bad row never stops the others
+                log.error("tail_router_failed", router_id=router_id, error=str(exc))
         return applied
+
+    async def _tail_one(self, router_id: int, item: StoredRouter) -> int:
+        async with self._lock(router_id):
+            state = self._by_id.get(router_id)
+            if state is None or state.spec.version != item.spec.version:
+                await self._restore(item)
+                return 0
+            lag = await self._repo.count_events_after(router_id, state.posterior.last_event_id)
+            metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
+            applied = await self._catch_up(state) + await self._default_missing(state)
+            if state.context is not None:
+                await self._load_reduction(router_id, state.context)
+            return applied
 
     def export_health(self, state: RouterState) -> None:
         """Publish each configured arm's breaker state to the metrics."""

@@ -711,7 +711,7 @@ class Repository:
         """Per shadow: decisions, agreements with the live arm, and importance-weighted sums
         over the decisions with feedback (weight = shadow's probability of the live arm /
         the live propensity)."""
-        weight = shadow_picks.c.live_arm_probability / decisions.c.propensity
+        weight = shadow_picks.c.live_arm_probability / func.nullif(decisions.c.propensity, 0)
         settled = settled_feedback(router_id)
         fed = settled.c.decision_id.is_not(None)
         query = (
