@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import text
 
 from banditd.bounds import TABLE
 from banditd.v1 import banditd_pb2 as pb
@@ -190,11 +191,29 @@ def _healthy(served: Served) -> int:
     assert _finite(admin.GetStats(pb.GetStatsRequest(tenant=EVIL, name="r")))
     assert _finite(admin.GetSpend(pb.GetSpendRequest(tenant=EVIL)))
     assert _finite(admin.ListBudgets(pb.ListBudgetsRequest()))
+    assert served.run(_stored_out_of_bounds(served)) == 0
     for state in list(served.app.catalog._by_id.values()):
         post = state.posterior
         for name in ("a", "a_inv", "b", "theta", "cost_a_inv", "cost_theta", "observed_cost_sum"):
             assert np.all(np.isfinite(getattr(post, name))), (state.spec.name, name)
     return stats.decisions
+
+
+# Rows holding a number no sum may meet: a cost past the ceiling, a reward outside [0, 1], a NaN
+# (no range holds it, on either database), an infinite or unbounded spend or limit.
+OUT_OF_BOUNDS = [
+    "SELECT count(*) FROM feedback_events WHERE NOT (cost_usd BETWEEN -1e9 AND 1e9)"
+    " OR NOT (reward BETWEEN 0 AND 1) OR NOT (COALESCE(latency_ms, 0) BETWEEN 0 AND 1e10)",
+    "SELECT count(*) FROM decisions WHERE NOT (expected_cost_usd BETWEEN 0 AND 1e9)"
+    " OR NOT (propensity BETWEEN 0 AND 1)",
+    "SELECT count(*) FROM budget_ledger WHERE NOT (spent_usd BETWEEN -1e15 AND 1e15)"
+    " OR NOT (leased_usd BETWEEN -1e15 AND 1e15) OR NOT (limit_usd BETWEEN 0 AND 1e12)",
+]
+
+
+async def _stored_out_of_bounds(served: Served) -> int:
+    async with served.app.db.transaction() as conn:
+        return sum([int(await conn.scalar(text(sql)) or 0) for sql in OUT_OF_BOUNDS])
 
 
 @pytest.fixture(
