@@ -7,6 +7,7 @@ rebuilds with the poisoned events skipped and reported.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -18,7 +19,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from alembic import command
 from sqlalchemy import insert, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from banditd import metrics
@@ -28,6 +31,7 @@ from banditd.domain import Decision, FeedbackEvent, RankedArm
 from banditd.errors import BadData, Unavailable
 from banditd.store import Database, migrate
 from banditd.store.dead_letters import DeadLetters
+from banditd.store.engine import alembic_config
 from banditd.store.models import arms, feedback_events, routers
 from banditd.token import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
@@ -507,3 +511,16 @@ def _event(claims: TokenClaims, **fields: Any) -> FeedbackEvent:
         time.time(),
     )
     return dataclasses.replace(base, **fields)
+
+
+async def test_migration_0011_goes_down_and_up(database_url: str) -> None:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    config = alembic_config(database_url, DEFAULT_MIGRATIONS_DIR)
+    await asyncio.to_thread(command.downgrade, config, "0010")
+    await asyncio.to_thread(command.upgrade, config, "head")
+    exc = await _raise_in(
+        database_url,
+        "INSERT INTO budget_charges (decision_id, budget_id, period_start, expected_cost_usd,"
+        " created_at) VALUES ('d', 1, 0, 1e12, 0)",
+    )
+    assert isinstance(exc, IntegrityError)  # the ceiling holds again (before the missing FK)
