@@ -220,11 +220,6 @@ async def test_store_error_classification(
     assert type(await _raise_in(database_url, sql, params)) is expected
 
 
-async def test_a_database_that_cannot_be_reached_is_unavailable(tmp_path: Path) -> None:
-    exc = await _raise_in(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}", "SELECT 1")
-    assert isinstance(exc, Unavailable)
-
-
 # -- D2: a feedback caller's absurd cost, and a log poisoned before the fix ---------------------
 
 

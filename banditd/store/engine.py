@@ -53,7 +53,9 @@ def is_bad_data(exc: BaseException) -> bool:
         seen.add(id(cause))
         if isinstance(cause, _ENCODING_ERRORS) and not isinstance(cause, OSError):
             return True
-        cause = cause.__cause__ or cause.__context__
+        # Explicit causes only (SQLAlchemy and the asyncpg adapter raise from the original): an
+        # outage raised while handling some ValueError is still an outage.
+        cause = cause.__cause__ or getattr(cause, "orig", None)
     return False
 
 

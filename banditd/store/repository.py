@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from banditd.ceilings import HARD_MAX_CALL_USD
 from banditd.domain import (
     MAX_SIGNALS_PER_DECISION,
     ArmSpec,
@@ -491,6 +492,7 @@ class Repository:
                 decisions.c.created_at >= made_after,
                 decisions.c.created_at < made_before,
                 decisions.c.x.is_not(None),
+                decisions.c.expected_cost_usd.between(0, HARD_MAX_CALL_USD),  # not poisoned
                 feedback_events.c.id.is_(None),
             )
             .order_by(decisions.c.created_at)
