@@ -38,21 +38,26 @@ def finite_scores(values: FloatArray) -> FloatArray:
     )
 
 
-def _bad_float(value: float | None, limit: float) -> bool:
-    return value is not None and not (math.isfinite(value) and abs(value) <= limit)
-
-
 def event_problem(event: FeedbackEvent) -> str | None:
-    """Why an event must not be applied (a non-finite or absurd number), or None."""
+    """Why an event must not be applied (a non-finite or absurd number), or None. Runs for
+    every event applied, so comparisons only (NaN fails every one of them)."""
+    if not (
+        -HARD_MAX_REWARD <= event.reward <= HARD_MAX_REWARD
+        and -HARD_MAX_CALL_USD <= event.cost_usd <= HARD_MAX_CALL_USD
+        and 0.0 <= event.created_at <= 1e12
+    ):
+        named = (("reward", event.reward), ("cost_usd", event.cost_usd))
+        return next(
+            (f"{name} is {value!r}" for name, value in named if not math.isfinite(value)),
+            f"past the ceilings: reward {event.reward!r}, cost_usd {event.cost_usd!r}, "
+            f"created_at {event.created_at!r}",
+        )
     for name, value, limit in (
-        ("reward", event.reward, HARD_MAX_REWARD),
-        ("cost_usd", event.cost_usd, HARD_MAX_CALL_USD),
         ("effective_reward", event.effective_reward, HARD_MAX_REWARD),
         ("reward_delta", event.reward_delta, 2 * HARD_MAX_REWARD),
         ("latency_ms", event.latency_ms, 1e15),
-        ("created_at", event.created_at, 1e12),
     ):
-        if _bad_float(value, limit):
+        if value is not None and not -limit <= value <= limit:
             return f"{name} is {value!r}"
     for name, count in (
         ("input_tokens", event.input_tokens),
@@ -60,7 +65,7 @@ def event_problem(event: FeedbackEvent) -> str | None:
     ):
         if count is not None and not 0 <= count <= HARD_MAX_TOKENS:
             return f"{name} is {count}"
-    x = event.x
-    if x.size and not (np.all(np.isfinite(x)) and float(np.max(np.abs(x))) <= HARD_MAX_X):
+    # One dot product: finite (and not huge) exactly when every value is.
+    if event.x.size and not float(event.x @ event.x) <= HARD_MAX_X**2 * event.x.size:
         return "x holds a non-finite or huge value"
     return None

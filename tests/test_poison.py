@@ -336,7 +336,7 @@ async def test_d2_a_poisoned_log_rebuilds_with_those_events_skipped_and_reported
     letters = await DeadLetters(server.app.db).list(1)
     assert {x["kind"] for x in letters} == {"skipped_event"}
     assert len(letters) == (3 if database_url.startswith("postgresql") else 2)
-    assert "cost_usd is 1e+308" in letters[0]["error"]
+    assert "past the ceilings: reward 1.0, cost_usd 1e+308" in letters[0]["error"]
     # Stats leave the skipped events out (D4: no overflow), Select and Feedback work.
     stats = await _stats(server)
     assert stats.feedback_count == 1 and stats.spend_usd == pytest.approx(0.002)
