@@ -29,7 +29,7 @@ from banditd.bounds import TABLE, numeric_fields
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import Decision, FeedbackEvent, RankedArm
 from banditd.errors import BadData, Unavailable
-from banditd.store import Database, migrate
+from banditd.store import Database, Repository, migrate
 from banditd.store.dead_letters import DeadLetters
 from banditd.store.engine import alembic_config
 from banditd.store.models import arms, feedback_events, routers
@@ -488,6 +488,22 @@ async def test_a_feedback_batch_that_fails_on_data_commits_all_but_the_bad_event
     assert stats.feedback_count == 6 and stats.applied_event_id == stats.log_event_id
     letters = await DeadLetters(server.app.db).list(1)
     assert [x["kind"] for x in letters] == ["feedback_event"] * 2
+    # One event alone (the Feedback RPC's path): refused, set aside, never retried.
+    token = (
+        await server.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING)
+        )
+    ).decision_id
+    async with server.app.catalog.locked(1) as state:
+        with pytest.raises(BadData, match="past 64 bits"):
+            await server.app.catalog.record(
+                state, _event(signer.verify(token), output_tokens=2**64)
+            )
+    assert len(await DeadLetters(server.app.db).list(1)) == 3
+    ok = await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=token, reward=1)
+    )
+    assert ok.event_id > 0  # the decision itself is untouched
 
 
 def _event(claims: TokenClaims, **fields: Any) -> FeedbackEvent:
@@ -519,3 +535,30 @@ async def test_migration_0011_goes_down_and_up(database_url: str) -> None:
         " created_at) VALUES ('d', 1, 0, 1e12, 0)",
     )
     assert isinstance(exc, IntegrityError)  # the ceiling holds again (before the missing FK)
+
+
+async def test_one_routers_unreadable_log_row_never_stops_the_others_tail(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(database_url, tail_interval_s=0.05)
+    for name in ("broken", "fine"):
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(name=name)))
+    token = (
+        await server.router.Select(pb.SelectRequest(tenant="acme", router="fine", prompt="hi"))
+    ).decision_id
+    claims = TokenSigner(SIGNING_KEY.encode()).verify(token)
+    broken = _event(claims, router_id=1, decision_id="garbled", x=np.ones(5))
+    repo = Repository(server.app.db)
+    await repo.append_events([broken])
+    async with server.app.db.transaction() as conn:  # a row no decoder can read (3 bytes of x)
+        await conn.execute(
+            text("UPDATE feedback_events SET x = :x WHERE router_id = 1"), {"x": b"abc"}
+        )
+    await repo.append_events([_event(claims, reward=1.0)])  # another replica's event for "fine"
+    fine = server.app.catalog._by_id[2].posterior
+    for _ in range(100):
+        if fine.last_event_id == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert fine.last_event_id == 2  # applied by the tail, round after round
+    assert (await _stats(server, "acme", "fine")).feedback_count == 1
