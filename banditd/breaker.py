@@ -142,6 +142,7 @@ class ArmHealth:
                 for name, arm in sorted(self._arms.items())
             },
             separators=(",", ":"),
+            allow_nan=False,  # times come from applied events, which are finite (ceilings)
         )
 
     @classmethod

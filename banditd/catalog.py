@@ -20,10 +20,11 @@ from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
-from banditd.errors import NotFound, Unavailable
+from banditd.errors import BadData, NotFound, Unavailable
 from banditd.policy import Policy, make_policy
 from banditd.posterior import Posterior, Prior
 from banditd.store import Repository
+from banditd.store.dead_letters import DeadLetters, append_isolating
 from banditd.store.repository import StoredRouter
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,8 @@ class RouterState:
     health: ArmHealth = field(default_factory=ArmHealth)
     # Request -> x (banditd.context.pipeline); None only for states built outside a Catalog.
     context: ContextPipeline | None = None
+    # Events the posterior skipped and the catalog has not reported yet (dead letters).
+    skipped: list[tuple[FeedbackEvent, BadData]] = field(default_factory=list)
 
 
 class _StoredVocabulary(VocabularyStore):
@@ -70,6 +73,7 @@ class Catalog:
         max_prompt_chars: int = 200_000,
     ) -> None:
         self._repo = repo
+        self._dead = DeadLetters(repo.db)
         self.encoders = encoders or Encoders()
         self._max_prompt_chars = max_prompt_chars
         self._clock = clock
@@ -219,7 +223,11 @@ class Catalog:
     async def record(self, state: RouterState, event: FeedbackEvent) -> int:
         """Append an event, then fold in the log up to it (other replicas' events included);
         caller holds ``locked(router_id)``."""
-        event_id = await self._repo.append_event(event, state.spec.combine)
+        try:
+            event_id = await self._repo.append_event(event, state.spec.combine)
+        except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
+            await self._dead.add_events(state.router_id, state.spec.tenant, [(event, exc)])
+            raise
         try:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies it
@@ -272,11 +280,20 @@ class Catalog:
         log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
         return await self._catch_up(state)
 
-    async def record_many(self, state: RouterState, events: list[FeedbackEvent]) -> list[int]:
+    async def record_many(
+        self,
+        state: RouterState,
+        events: list[FeedbackEvent],
+        rejected: list[tuple[int, BadData]] | None = None,
+    ) -> list[int]:
         """Append events in one transaction (refused signals are skipped: see
-        ``Repository.append_events``), then catch up; returns the positions added. Caller holds
-        ``locked(router_id)``."""
-        appended = await self._repo.append_batch(events, state.spec.combine)
+        ``Repository.append_events``), then catch up; returns the positions added. Events
+        refused as data are set aside (dead letters), their positions added to ``rejected``."""
+        appended, bad = await append_isolating(self._repo, events, state.spec.combine)
+        bad_events = [(events[i], exc) for i, exc in bad]
+        await self._dead.add_events(state.router_id, state.spec.tenant, bad_events)
+        if rejected is not None:
+            rejected.extend(bad)
         if appended.follows == state.posterior.last_event_id:
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
@@ -289,11 +306,15 @@ class Catalog:
 
     @staticmethod
     def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
-        """Apply events that follow the last applied one, in id order."""
+        """Apply events that follow the last applied one, in id order. Events the posterior
+        skips (a non-finite number, logged before issue 17) are kept for reporting."""
         state.events_since_snapshot += len(events)
         posterior, health, context = state.posterior, state.health, state.context
         for event in events:
-            posterior.apply(event)
+            problem = posterior.apply(event)
+            if problem is not None:
+                state.skipped.append((event, BadData(f"event skipped by the posterior: {problem}")))
+                continue
             # Only served calls judge an arm, each once (later signals re-rate the answer).
             if not (event.offline or event.defaulted or event.signal):
                 health.observe(event.arm, event.error, event.created_at)
@@ -309,6 +330,11 @@ class Catalog:
         ):
             self._fold(state, events)
             applied += len(events)
+        if state.skipped:
+            await self._dead.add_events(
+                state.router_id, state.spec.tenant, state.skipped, "skipped_event"
+            )
+            state.skipped = []
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
             state.posterior.last_event_id
         )
@@ -329,20 +355,24 @@ class Catalog:
                         self._by_name.pop((state.spec.tenant, state.spec.name), None)
         applied = 0
         for router_id, item in stored.items():
-            async with self._lock(router_id):
-                state = self._by_id.get(router_id)
-                if state is None or state.spec.version != item.spec.version:
-                    await self._restore(item)
-                else:
-                    lag = await self._repo.count_events_after(
-                        router_id, state.posterior.last_event_id
-                    )
-                    metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
-                    applied += await self._catch_up(state)
-                    applied += await self._default_missing(state)
-                    if state.context is not None:
-                        await self._load_reduction(router_id, state.context)
+            try:
+                applied += await self._tail_one(router_id, item)
+            except (BadData, ValueError) as exc:  # one router's bad row never stops the others
+                log.error("tail_router_failed", router_id=router_id, error=str(exc))
         return applied
+
+    async def _tail_one(self, router_id: int, item: StoredRouter) -> int:
+        async with self._lock(router_id):
+            state = self._by_id.get(router_id)
+            if state is None or state.spec.version != item.spec.version:
+                await self._restore(item)
+                return 0
+            lag = await self._repo.count_events_after(router_id, state.posterior.last_event_id)
+            metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
+            applied = await self._catch_up(state) + await self._default_missing(state)
+            if state.context is not None:
+                await self._load_reduction(router_id, state.context)
+            return applied
 
     def export_health(self, state: RouterState) -> None:
         """Publish each configured arm's breaker state to the metrics."""

@@ -117,6 +117,27 @@ class Settings(BaseSettings):
         0.3, gt=0, description="|recent mean reward - historic mean| that raises the signal"
     )
 
+    # Bounds on numbers callers and admins send (issue 17, banditd.bounds; docs/security.md).
+    # Each is capped by a hard ceiling (banditd.bounds.HARD_MAX_*) that keeps every sum finite.
+    max_price_per_mtok: float = Field(
+        10_000.0, gt=0, le=1e6, description="USD per million tokens an arm may be priced at"
+    )
+    max_cost_weight: float = Field(
+        1e6, gt=0, le=1e9, description="largest cost_weight (utility per USD) anywhere"
+    )
+    max_cost_usd: float = Field(
+        10_000.0, gt=0, le=1e6, description="largest cost of one call (cost_usd, max_cost_usd)"
+    )
+    max_reported_tokens: int = Field(
+        10_000_000, ge=1, le=1_000_000_000, description="tokens one Feedback may report"
+    )
+    max_latency_ms: float = Field(
+        86_400_000.0, gt=0, le=1e10, description="latency one Feedback may report (1 day)"
+    )
+    max_budget_usd: float = Field(
+        1e9, gt=0, le=1e12, description="largest budget limit_usd per period"
+    )
+
     @field_validator("listen", "health_listen")
     @classmethod
     def _check_listen(cls, value: str, info: ValidationInfo) -> str:

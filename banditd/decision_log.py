@@ -3,6 +3,9 @@
 A decision is answerable (for a repeated request_id) from memory until its group is committed,
 and from the database after. A group that fails to commit stays pending and is retried with
 exponential backoff (tenacity) for as long as the database is down; Select never waits for it.
+A group the database refuses as data (not an outage) is split until the bad decisions are found;
+they are set aside as dead letters (banditd.store.dead_letters) and the rest commits, so one bad
+row, of whatever tenant, never holds back the log.
 
 The buffer is bounded (``max_pending``). When it is full, the oldest pending decision is dropped
 to make room (warning log, ``banditd_decisions_unlogged_total``), never the request: Select keeps
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import structlog
 from tenacity import (
@@ -27,8 +31,9 @@ from tenacity import (
 
 from banditd import metrics
 from banditd.domain import Decision
-from banditd.errors import Unavailable
+from banditd.errors import BadData, Unavailable
 from banditd.store import Repository
+from banditd.store.dead_letters import DeadLetter, DeadLetters, commit_isolating
 
 log = structlog.get_logger(__name__)
 MAX_PENDING = 100_000
@@ -42,6 +47,7 @@ class DecisionLog:
         self, repo: Repository, flush_seconds: float, max_pending: int = MAX_PENDING
     ) -> None:
         self._repo = repo
+        self._dead = DeadLetters(repo.db)
         self._flush_seconds = flush_seconds
         self._max_pending = max_pending
         self.dropped = 0
@@ -145,19 +151,33 @@ class DecisionLog:
             await asyncio.wait_for(self._closing.wait(), seconds)
 
     async def flush(self) -> None:
-        """Commit every pending decision (one transaction per group)."""
+        """Commit every pending decision (one transaction per group). A group the database
+        refuses as data is split until the bad decisions are found: they are set aside as dead
+        letters, never retried, and the rest commits (banditd.store.dead_letters)."""
         async with self._flush_lock:
             self._wake.clear()
             batch = list(self._pending.values())
             if not batch:
                 return
-            for d in await self._repo.insert_decisions(batch):
-                log.warning("decision_not_logged", decision_id=d.decision_id, router_id=d.router_id)
-            for d in batch:
-                self._pending.pop(d.decision_id, None)
-                if d.request_id:
-                    self._by_request.pop((d.router_id, d.request_id), None)
-            metrics.DECISIONS_PENDING.set(len(self._pending))
+            rejected = await commit_isolating(
+                batch, self._repo.insert_decisions, lambda done, _: self._forget(done)
+            )
+            letters = [
+                DeadLetter("decision", d.decision_id, d.router_id, d.tenant, exc.message, d)
+                for d, exc in rejected
+            ]
+            try:
+                await self._dead.add(letters)
+            except BadData as exc:  # cannot even be set aside: logged, not retried
+                log.error("dead_letter_not_stored", decisions=len(letters), error=exc.message)
+            self._forget([d for d, _ in rejected])
+
+    def _forget(self, done: Sequence[Decision]) -> None:
+        for d in done:
+            self._pending.pop(d.decision_id, None)
+            if d.request_id:
+                self._by_request.pop((d.router_id, d.request_id), None)
+        metrics.DECISIONS_PENDING.set(len(self._pending))
 
     async def close(self) -> None:
         """Stop the loop and commit what is pending, retrying for at most CLOSE_RETRY_S; with

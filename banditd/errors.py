@@ -6,6 +6,7 @@ class is its ``code`` attribute (a ``grpc.StatusCode`` name; this module imports
 
 BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` says which)
  ├── InvalidArgument      INVALID_ARGUMENT     bad field in a request (names the field)
+ ├── BadData              INVALID_ARGUMENT     the database refused a row as data: set aside
  ├── NotFound             NOT_FOUND            unknown tenant, router or arm
  ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
@@ -37,6 +38,14 @@ class InvalidArgument(BanditdError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}" if field else problem)
         self.field = field
+
+
+class BadData(BanditdError):
+    """The database refused a row as data (a value out of range, invalid JSON, a constraint):
+    the same row would fail again, so it is never retried, only set aside (dead letters).
+    A client receives it as InvalidArgument (one code, one class on that side)."""
+
+    code = "INVALID_ARGUMENT"
 
 
 class NotFound(BanditdError):

@@ -17,11 +17,13 @@ from tenacity import (
 )
 
 from banditd import metrics
+from banditd.bounds import HARD_MAX_CALL_USD, Bounds, default_bounds
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.domain import FeedbackEvent, RouterSpec, check_finite, check_name
 from banditd.errors import (
     AlreadyExists,
+    BadData,
     BanditdError,
     FailedPrecondition,
     InvalidArgument,
@@ -37,7 +39,6 @@ log = structlog.get_logger(__name__)
 
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
-MAX_REPORTED_TOKENS = 10_000_000  # per call; more would only skew an arm's expected cost
 DEFAULT_ATTEMPTS = 3  # tries to commit one Feedback while the database is unreachable
 RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 0.5
@@ -112,7 +113,9 @@ class Learner:
         guard: FeedbackGuard | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
         budgets: Budgets | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
+        self._bounds = bounds or default_bounds()
         self._budgets = budgets
         self._catalog = catalog
         self._signer = signer
@@ -127,16 +130,20 @@ class Learner:
         if claims.tenant != req.tenant:
             raise PermissionDenied("decision_id was not issued to this tenant")
         reward = _reward(req)
-        if req.cost_usd is not None:
-            check_finite("cost_usd", req.cost_usd)
-        for name, count in (
+        for name, value in (
+            ("cost_usd", req.cost_usd),
             ("input_tokens", req.input_tokens),
             ("output_tokens", req.output_tokens),
+            ("latency_ms", req.latency_ms),
         ):
-            if count is not None and not 0 <= count <= MAX_REPORTED_TOKENS:
-                raise InvalidArgument(name, f"must be in 0..{MAX_REPORTED_TOKENS}, got {count}")
-        if req.latency_ms is not None:
-            check_finite("latency_ms", req.latency_ms)
+            if value is not None:
+                self._bounds.check(f"FeedbackRequest.{name}", value)
+        if req.cost_usd is None and not 0.0 <= claims.expected_cost_usd <= HARD_MAX_CALL_USD:
+            raise InvalidArgument(  # NaN fails the comparison too
+                "cost_usd",
+                "required for this decision: its expected cost "
+                f"({claims.expected_cost_usd:g}) is not a usable number",
+            )
         now = self._clock()
         if now > claims.expires_at:
             raise FailedPrecondition(
@@ -213,7 +220,9 @@ class Learner:
                 async with self._catalog.locked(router_id) as state:
                     mapped = [(i, _router_thumbs(e, req, state.spec)) for i, req, e in items]
                     kept = await self._within_caps(state.spec, mapped, refused)
-                    added = set(await self._catalog.record_many(state, [e for _, e in kept]))
+                    bad: list[tuple[int, BadData]] = []
+                    events = [e for _, e in kept]
+                    added = set(await self._catalog.record_many(state, events, bad))
             except NotFound as exc:
                 refused.extend((i, exc) for i, _, _ in items)
                 continue
@@ -223,10 +232,12 @@ class Learner:
             _count_accepted(state.spec, accepted)
             await self._settle(accepted)
             outcome.accepted += len(accepted)
+            refused.extend((kept[n][0], exc) for n, exc in bad)
+            answered = added | {n for n, _ in bad}
             refused.extend(
                 (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
                 for n, (i, e) in enumerate(kept)
-                if n not in added
+                if n not in answered
             )
         kinds: Counter[str] = Counter()
         for index, error in sorted(refused, key=lambda item: item[0]):

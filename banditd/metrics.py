@@ -109,3 +109,9 @@ FEEDBACK_ANOMALIES = Counter(
     "Times an arm's recent feedback diverged from its history past the anomaly threshold.",
     ["tenant", "router", "arm"],
 )
+DEAD_LETTERS = Counter(
+    "banditd_dead_letters_total",
+    "Rows set aside instead of written (table dead_letters): decision and feedback_event rows"
+    " the database refused as data, skipped_event for log events the posterior skips.",
+    ["kind", "tenant"],
+)

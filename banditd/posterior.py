@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from banditd.ceilings import HARD_MAX_CALL_USD, clamp, event_problem
 from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
 from banditd.policy import _kernels
 
@@ -21,6 +22,10 @@ REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 COST_MODEL_MIN_EVENTS = 20
 COST_FLOOR, COST_CEILING = 0.05, 20.0
 PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
+
+
+def _usd(value: float) -> float:
+    return clamp(value, 0.0, HARD_MAX_CALL_USD, nan=HARD_MAX_CALL_USD)
 
 
 @dataclass(frozen=True)
@@ -120,19 +125,24 @@ class Posterior:
         self.cost_theta = np.concatenate([self.cost_theta, np.zeros((1, self.dim))])
         return len(self.arms) - 1
 
-    def apply(self, event: FeedbackEvent) -> None:
-        """Fold one event in. Events must come in increasing id order."""
+    def apply(self, event: FeedbackEvent) -> str | None:
+        """Fold one event in. Events must come in increasing id order. Returns why the event
+        was skipped when it holds a non-finite or absurd number (logged before banditd bounded
+        them): every replica skips it alike, so the posterior stays finite and deterministic."""
         if event.event_id <= self.last_event_id:
             raise ValueError(f"event {event.event_id} after {self.last_event_id}: out of order")
         self.last_event_id = event.event_id
         if event.x.shape != (self.dim,):
-            return  # logged under an earlier embedding size: not this posterior's data
+            return None  # logged under an earlier embedding size: not this posterior's data
+        problem = event_problem(event)
+        if problem is not None:
+            return problem
         idx = self.index(event.arm)
         if event.reward_delta is not None:
             # A later signal for a decision already counted: move its reward, not its weight.
             self.b[idx] += event.reward_delta * event.x
             self.theta[idx] = self.a_inv[idx] @ self.b[idx]
-            return
+            return None
         _kernels.sherman_morrison_update(
             self.a,
             self.a_inv,
@@ -169,6 +179,7 @@ class Posterior:
         if event.input_tokens is not None:
             self.input_tokens_sum += event.input_tokens
             self.input_tokens_n += 1
+        return None
 
     @property
     def dim(self) -> int:
@@ -184,15 +195,17 @@ class Posterior:
     ) -> float:
         """Price x tokens once the arm reports output tokens (or before it reports anything).
         When it reports costs without tokens: the cost model's prediction for x (once it has
-        COST_MODEL_MIN_EVENTS reports), else the arm's mean reported cost per call."""
+        COST_MODEL_MIN_EVENTS reports), else the arm's mean reported cost per call.
+        Always finite, in [0, HARD_MAX_CALL_USD]: whatever the arm's price or the model's
+        state, a cost that is not a number is taken as the most expensive."""
         n = self.observed_cost_n[idx]
         if self.output_tokens_n[idx] == 0 and n > 0:
-            mean = float(self.observed_cost_sum[idx] / n)
+            mean = _usd(float(self.observed_cost_sum[idx] / n))
             if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
                 return mean
             predicted = float(np.dot(self.cost_theta[idx], x))
-            return min(max(predicted, COST_FLOOR * mean), COST_CEILING * mean)
-        return arm.cost_usd(input_tokens, self.expected_output_tokens(idx))
+            return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
+        return _usd(arm.cost_usd(input_tokens, self.expected_output_tokens(idx)))
 
     def expected_input_tokens(self) -> float:
         """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""
@@ -227,10 +240,14 @@ class Posterior:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Posterior:
-        """ValueError for a snapshot written before the cost model (rebuild from the log)."""
+        """ValueError for a snapshot written before the cost model, or holding a non-finite
+        statistic (written before issue 17's bounds): rebuild from the log."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if "cost_a" not in z:
                 raise ValueError("snapshot predates the cost model")
+            for name in z.files:
+                if z[name].dtype.kind == "f" and not np.all(np.isfinite(z[name])):
+                    raise ValueError(f"snapshot holds non-finite values in {name}")
             p = z["prior"]
             prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]))
             dim = prior.dim

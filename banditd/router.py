@@ -16,6 +16,7 @@ from banditd import metrics
 from banditd.budget import pacer
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog, RouterState
+from banditd.ceilings import HARD_MAX_COST_WEIGHT
 from banditd.context import input_tokens_estimate
 from banditd.decision_log import DecisionLog
 from banditd.domain import (
@@ -81,6 +82,8 @@ class Selector:
         check_name("router", req.router)
         if len(req.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
+        if "\x00" in req.request_id:  # Postgres text cannot hold NUL: the row would be refused
+            raise InvalidArgument("request_id", "must not contain NUL characters")
         if req.cost_weight is not None:
             check_finite("cost_weight", req.cost_weight)
         if req.max_cost_usd is not None:
@@ -99,6 +102,8 @@ class Selector:
         for key, value in req.metadata.items():
             if not key or len(key) > MAX_METADATA_KEY:
                 raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")
+            if "\x00" in key or "\x00" in value:
+                raise InvalidArgument("metadata", f"NUL character in the entry of {key!r}")
             if len(value) > MAX_METADATA_VALUE:
                 raise InvalidArgument(
                     "metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters"
@@ -329,7 +334,7 @@ def rank_arms(
         arms = [a for a, k in zip(arms, keep, strict=True) if k]
         arm_idx, costs = arm_idx[keep], costs[keep]
     weight = spec.default_cost_weight if cost_weight is None else cost_weight
-    weight = max(weight, price)
+    weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng)
     if spec.explore_new_arm:
         choice = _explore_new_arm(state, arms, arm_idx, choice)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from banditd import metrics, ports
 from banditd.admin import Admin
 from banditd.auth import Authenticator, EdgeGuard
+from banditd.bounds import Bounds
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.config import Settings
@@ -249,17 +250,24 @@ async def build_app(settings: Settings) -> App:
     guard = FeedbackGuard(
         settings.anomaly_window, settings.anomaly_min_history, settings.anomaly_threshold
     )
+    bounds = Bounds(settings)
     banditd_pb2_grpc.add_RouterServicer_to_server(
         RouterServicer(
             selector,
             Learner(
-                catalog, signer, guard=guard, attempts=settings.feedback_attempts, budgets=budgets
+                catalog,
+                signer,
+                guard=guard,
+                attempts=settings.feedback_attempts,
+                budgets=budgets,
+                bounds=bounds,
             ),
+            bounds,
         ),
         server,
     )
     banditd_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(Admin(catalog, decisions, repo), budgets), server
+        AdminServicer(Admin(catalog, decisions, repo), budgets, bounds), server
     )
     health_servicer = health.aio.HealthServicer()
     for name in ("", *SERVICE_NAMES):

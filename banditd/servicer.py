@@ -9,9 +9,11 @@ from typing import TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from banditd import codec, errors, metrics
 from banditd.admin import Admin
+from banditd.bounds import Bounds
 from banditd.budget.ledger import Budgets
 from banditd.domain import check_finite, check_name
 from banditd.evaluation import DEFAULT_LIMIT
@@ -37,6 +39,9 @@ def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            bounds: Bounds | None = getattr(self, "bounds", None)
+            if bounds is not None and isinstance(request, Message):  # streams: per event
+                bounds.check_message(request)
             return await method(self, request, context)
         except errors.BanditdError as exc:
             code = grpc.StatusCode[exc.code]
@@ -55,9 +60,10 @@ def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
 
 
 class RouterServicer(pb_grpc.RouterServicer):
-    def __init__(self, selector: Selector, learner: Learner) -> None:
+    def __init__(self, selector: Selector, learner: Learner, bounds: Bounds | None = None) -> None:
         self._selector = selector
         self._learner = learner
+        self.bounds = bounds  # every number of a request, checked by _edge
 
     @_edge
     async def Select(  # noqa: N802 - gRPC method name
@@ -126,9 +132,10 @@ MAX_UPLOAD_BATCH = 10_000
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, admin: Admin, budgets: Budgets) -> None:
+    def __init__(self, admin: Admin, budgets: Budgets, bounds: Bounds | None = None) -> None:
         self._admin = admin
         self._budgets = budgets
+        self.bounds = bounds  # every number of a request, checked by _edge
 
     @_edge
     async def PutRouter(  # noqa: N802 - gRPC method name

@@ -74,6 +74,7 @@ class TokenSigner:
                 "e": claims.expires_at,
             },
             separators=(",", ":"),
+            allow_nan=False,  # standard JSON: a NaN or infinity here is a bug, not a token
         ).encode()
         return f"{_PREFIX}.{_b64(payload)}.{_b64(self._mac(payload))}"
 

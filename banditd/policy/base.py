@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from banditd.ceilings import clamp, finite_scores
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
 
@@ -82,15 +83,16 @@ class Policy(ABC):
         """Rank eligible arms by quality - cost_weight * expected cost (ties: configured order).
 
         expected_cost: USD per eligible arm, shape (k,).
+        Scores are finite by construction (NaN ranks last), so a ranking can always be logged.
         """
-        cost_term = cost_weight * expected_cost
-        quality = self.quality_scores(post, arm_idx, x, rng)
-        utility = quality - cost_term
+        cost_term = finite_scores(cost_weight * expected_cost)
+        quality = finite_scores(self.quality_scores(post, arm_idx, x, rng))
+        utility = finite_scores(quality - cost_term)
         order = np.argsort(-utility, kind="stable").astype(np.int64)
         chosen = int(order[0])
-        greedy = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
+        greedy = finite_scores(_kernels.mean_scores(post.theta, arm_idx, x)) - cost_term
         explored = chosen != int(np.argmax(greedy))
-        propensity = self.propensity(post, arm_idx, x, cost_term, chosen, rng)
+        propensity = clamp(self.propensity(post, arm_idx, x, cost_term, chosen, rng), 0, 1, nan=1)
         return Choice(order, quality, utility, propensity, explored)
 
     def probabilities(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from banditd.budget.spec import BudgetSpec
 from banditd.errors import Aborted, NotFound
 from banditd.store.engine import Database
+from banditd.store.finite import bounded_usd
 from banditd.store.models import (
     budget_charges,
     budget_leases,
@@ -432,7 +433,8 @@ class BudgetRepository:
                 value = str((meta or {}).get(metadata_key, "")) if metadata_key else ""
                 line = lines.setdefault((name, arm, value), [0, 0.0])
                 line[0] += 1
-                line[1] += expected if actual is None else actual
+                # A cost past the ceilings was logged before issue 17: the expected cost then.
+                line[1] += next((c for c in (actual, expected) if bounded_usd(c)), 0.0)
         return [
             SpendLine(name, arm, value, int(n), float(usd))
             for (name, arm, value), (n, usd) in sorted(lines.items())

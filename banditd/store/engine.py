@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,11 +14,11 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from banditd.errors import Unavailable
+from banditd.errors import BadData, Unavailable
 from banditd.store.listener import EventListener
 
 EVENTS_CHANNEL = "banditd_events"  # NOTIFY channel: feedback events were committed
@@ -25,14 +27,52 @@ CONNECT_TIMEOUT_S = 5.0
 # errors (asyncpg's and aiosqlite's, e.g. InterfaceError "connection is closed",
 # CannotConnectNowError, "database is locked"), the pool's timeout, and the socket's own errors.
 UNAVAILABLE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError)  # OSError: TimeoutError too
+# SQLSTATE classes of a row the database refuses as data: 22 data exception (value out of range,
+# invalid JSON or text), 23 integrity constraint, 54 program limit (a row too large to index).
+# asyncpg's are not DataError to SQLAlchemy (it maps them to plain DBAPIError): the code tells.
+BAD_DATA_SQLSTATE_CLASSES = ("22", "23", "54")
+# Python's own refusals while a driver encodes a value (asyncpg's client-side DataError is a
+# ValueError, sqlite3 raises OverflowError for an int past 64 bits, json.dumps ValueError for NaN).
+_ENCODING_ERRORS = (ValueError, TypeError, OverflowError)
+
+
+def is_bad_data(exc: BaseException) -> bool:
+    """Whether a database error is about the rows sent (retrying them cannot help) rather
+    than the database (connection lost, locked, shutting down: retry later)."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] in BAD_DATA_SQLSTATE_CLASSES
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return False
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return True  # raised while binding parameters, before the database saw anything
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, _ENCODING_ERRORS) and not isinstance(cause, OSError):
+            return True
+        # Explicit causes only (SQLAlchemy and the asyncpg adapter raise from the original): an
+        # outage raised while handling some ValueError is still an outage.
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    return False
+
+
+def _detail(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def unavailable(exc: BaseException) -> Unavailable:
     """The Unavailable error (gRPC UNAVAILABLE at the edge) for a database error."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return Unavailable(
-        f"database unavailable ({type(exc).__name__}: {detail[0][:200] if detail else ''})"
-    )
+    return Unavailable(f"database unavailable ({_detail(exc)})")
+
+
+def bad_data(exc: BaseException) -> BadData:
+    """The BadData error for a row the database refused."""
+    return BadData(f"the database refused the data ({_detail(exc)})")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -75,6 +115,9 @@ class Database:
         postgres = not url.startswith("sqlite")
         self.engine: AsyncEngine = create_async_engine(
             url,
+            # Standard JSON only: NaN or infinity in a JSON column is a bad row, found here on
+            # every database (Postgres would refuse it, SQLite store it).
+            json_serializer=functools.partial(json.dumps, allow_nan=False),
             pool_pre_ping=postgres,
             # A database that does not answer must fail a call soon, not hang it (asyncpg).
             **({"connect_args": {"timeout": CONNECT_TIMEOUT_S}} if postgres else {}),
@@ -84,13 +127,19 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One atomic unit of work: committed on success, rolled back on any error."""
+        """One atomic unit of work: committed on success, rolled back on any error.
+
+        Errors: IntegrityError as is (callers decide what a constraint violation means);
+        BadData for other data the database refused (never worth retrying as it is);
+        Unavailable for the rest (connection, locks, shutdown: worth retrying)."""
         try:
             async with self.engine.begin() as conn:
                 yield conn
         except IntegrityError:
-            raise  # callers decide what a constraint violation means
-        except UNAVAILABLE_ERRORS as exc:
+            raise
+        except (*UNAVAILABLE_ERRORS, StatementError, *_ENCODING_ERRORS) as exc:
+            if is_bad_data(exc):
+                raise bad_data(exc) from exc
             raise unavailable(exc) from exc
 
     async def listen_for_events(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:

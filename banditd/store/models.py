@@ -298,3 +298,23 @@ context_models = Table(
     Column("data", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# -- dead letters (issue 17, migration 0011) ----------------------------------------------------
+
+# Rows set aside instead of written: a decision or feedback event the database refused as data,
+# or an event of the log that the posterior skips (a non-finite number logged before the bounds).
+# No foreign key: a letter outlives its router, and a bad router_id is what some letters hold.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),  # "decision", "feedback_event", "skipped_event"
+    Column("ref", String(64), nullable=False),  # the decision id, or the skipped event's id
+    Column("router_id", BigInteger, nullable=True),
+    Column("tenant", String(128), nullable=True),
+    Column("error", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # the row as standard JSON (see store.dead_letters)
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("kind", "ref", name="uq_dead_letters_kind_ref"),
+    Index("ix_dead_letters_router_id", "router_id"),
+)

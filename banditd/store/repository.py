@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from banditd.ceilings import HARD_MAX_CALL_USD
 from banditd.domain import (
     MAX_SIGNALS_PER_DECISION,
     ArmSpec,
@@ -42,7 +43,8 @@ from banditd.domain import (
     spec_to_dict,
 )
 from banditd.errors import Aborted, AlreadyExists, NotFound
-from banditd.store.engine import EVENTS_CHANNEL, Database
+from banditd.store.engine import EVENTS_CHANNEL, Database, bad_data
+from banditd.store.finite import bounded_event, checked
 from banditd.store.models import (
     arms,
     context_models,
@@ -338,27 +340,15 @@ class Repository:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    async def insert_decisions(self, batch: Sequence[Decision]) -> list[Decision]:
-        """Log a group of decisions in one transaction; returns those that could not be stored.
-
-        A repeated request_id (another replica logged it first) is skipped. A row that breaks a
-        constraint (its router was deleted meanwhile) must not block the rest: the group is then
-        retried row by row and the offenders are returned, not retried forever.
-        """
+    async def insert_decisions(self, batch: Sequence[Decision]) -> None:
+        """Log a group of decisions in one transaction (a repeated request_id, logged first by
+        another replica, is skipped). BadData when a row is refused (a constraint: its router
+        was deleted meanwhile; a value): the caller splits the group (store.dead_letters)."""
         try:
             async with self.db.transaction() as conn:
                 await _insert_decisions(conn, batch)
-            return []
-        except IntegrityError:
-            pass
-        rejected = []
-        for d in batch:
-            try:
-                async with self.db.transaction() as conn:
-                    await _insert_decisions(conn, [d])
-            except IntegrityError:
-                rejected.append(d)
-        return rejected
+        except IntegrityError as exc:
+            raise bad_data(exc) from exc
 
     async def find_decision(self, router_id: int, request_id: str) -> Decision | None:
         async with self.db.transaction() as conn:
@@ -385,7 +375,7 @@ class Repository:
                     (
                         await conn.execute(
                             insert(feedback_events)
-                            .values(_event_row(event))
+                            .values(checked(_event_row(event)))
                             .returning(feedback_events.c.id)
                         )
                     ).scalar_one()
@@ -446,7 +436,7 @@ class Repository:
                     signal = await _as_next_signal(conn, e, combine, rows)
                 except AlreadyExists:
                     continue
-                rows.append(_event_row(signal))
+                rows.append(checked(_event_row(signal)))
                 signals.append(signal)
                 positions.append(i)
             if not rows:
@@ -502,6 +492,7 @@ class Repository:
                 decisions.c.created_at >= made_after,
                 decisions.c.created_at < made_before,
                 decisions.c.x.is_not(None),
+                decisions.c.expected_cost_usd.between(0, HARD_MAX_CALL_USD),  # not poisoned
                 feedback_events.c.id.is_(None),
             )
             .order_by(decisions.c.created_at)
@@ -722,7 +713,7 @@ class Repository:
         """Per shadow: decisions, agreements with the live arm, and importance-weighted sums
         over the decisions with feedback (weight = shadow's probability of the live arm /
         the live propensity)."""
-        weight = shadow_picks.c.live_arm_probability / decisions.c.propensity
+        weight = shadow_picks.c.live_arm_probability / func.nullif(decisions.c.propensity, 0)
         settled = settled_feedback(router_id)
         fed = settled.c.decision_id.is_not(None)
         query = (
@@ -780,7 +771,8 @@ class Repository:
 def settled_feedback(router_id: int) -> Subquery:
     """Per decision of the router with online feedback: its arm, its effective reward (that of
     its latest signal), its settled cost (the sum over its signals) and whether that latest
-    signal is a default reward. One row per decision, whatever the router's combine rule."""
+    signal is a default reward. One row per decision, whatever the router's combine rule.
+    Events past the ceilings (logged before issue 17; the posterior skips them) are left out."""
     fe = feedback_events
     latest = (
         select(
@@ -788,7 +780,7 @@ def settled_feedback(router_id: int) -> Subquery:
             func.max(fe.c.signal).label("signal"),
             func.sum(fe.c.cost_usd).label("cost_usd"),
         )
-        .where(fe.c.router_id == router_id, fe.c.offline == false())
+        .where(fe.c.router_id == router_id, fe.c.offline == false(), bounded_event())
         .group_by(fe.c.decision_id)
         .subquery()
     )
@@ -844,12 +836,13 @@ async def _insert_decisions(conn: AsyncConnection, batch: Sequence[Decision]) ->
         for d in batch
         for p in d.shadows
     ]
+    picks = [checked(p) for p in picks]
     if picks:
         await conn.execute(_insert_ignoring_duplicates(conn, shadow_picks), picks)
 
 
 def _rows(batch: Sequence[Decision]) -> list[dict[str, Any]]:
-    return [_decision_row(d) for d in batch]
+    return [checked(_decision_row(d)) for d in batch]
 
 
 def _decision_row(d: Decision) -> dict[str, Any]:
@@ -927,7 +920,7 @@ async def _insert_new_events(
 ) -> Sequence[Any]:
     """Insert the events of decisions without feedback (the others are skipped); (id,
     decision_id) of each row inserted."""
-    rows = [_event_row(e) for e in events]
+    rows = [checked(_event_row(e)) for e in events]
     if conn.dialect.name == "postgresql":
         columns = tuple(rows[0])
         arrays = tuple([row[name] for row in rows] for name in columns)
