@@ -22,16 +22,12 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from banditd import codec
+from banditd import codec, errors
 from banditd.domain import POLICIES, RouterSpec
 from banditd.errors import (
-    BanditdError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
     Unavailable,
 )
 from banditd.policy.base import IntArray
@@ -55,15 +51,6 @@ CONTEXT_FIELDS = (
     "pca_fit_samples",
     "knn_k",
 )
-_ERRORS: dict[grpc.StatusCode, Callable[[str], BanditdError]] = {
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-}
 
 
 @dataclass(frozen=True)
@@ -194,6 +181,6 @@ def learn_remote(
                 progress(t + 1)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
-            error = _ERRORS.get(code, BanditdError)
-            raise error(f"banditd at {server.address} answered {code.name}: {details}") from exc
+            message = f"banditd at {server.address} answered {code.name}: {details}"
+            raise errors.from_status(code.name, message) from exc
     return picks
