@@ -170,6 +170,28 @@ def test_json_report_schema_with_sweep(tmp_path: Path, capsys: pytest.CaptureFix
     assert fractions == list(replay.QUALITY_FRACTIONS)
 
 
+def test_gain_vs_zero_router_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(200))
+    sweep = ("--sweep", "0,50,1000")  # best-single picks strong, middle, weak at these weights
+
+    singles = run_json(capsys, "--data", str(data), "--policy", "best-single", *sweep)
+    oracle = run_json(capsys, "--data", str(data), "--policy", "oracle", "--sweep")
+    unswept = run_json(capsys, "--data", str(data), "--policy", "cheapest")
+
+    # The single models swept are the zero router itself; per-prompt hindsight is above it
+    # (level at the cheap end, where the oracle too can only pick the cheapest model).
+    assert singles["gain_vs_zero_router"] == {"mean": 0.0, "min": 0.0, "coverage": 1.0}
+    assert oracle["gain_vs_zero_router"]["min"] == 0.0
+    assert oracle["gain_vs_zero_router"]["mean"] > 5
+    # Without a sweep the policy's one point is its hull: flat at the cheapest model's quality.
+    gain = unswept["gain_vs_zero_router"]
+    quality = {m["model"]: m["mean_quality"] for m in unswept["single_models"]}
+    assert gain["coverage"] == 1.0
+    assert gain["min"] == pytest.approx(100 * (quality["weak"] / quality["strong"] - 1))
+
+
 @pytest.mark.parametrize("policy", ["linucb", "thompson", "random", "best-single", "oracle"])
 def test_budget_is_never_exceeded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str
@@ -256,6 +278,7 @@ def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     text = capsys.readouterr().out
     assert "best single: strong" in text and "oracle" in text and "AIQ" in text
+    assert "gain vs the zero router" in text
     # matplotlib comes with the dev extra: the plot is tested for real, never skipped.
     png = tmp_path / "frontier.png"
     args = cli("--data", str(data), "--sweep", "0,100", "--plot", str(png), "--repeats", "2")
@@ -269,7 +292,9 @@ def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert frontier.get_xscale() == "log"
     labels = {t.get_text() for t in frontier.texts}
     assert labels == set(ARMS)  # each single model labelled
-    assert {t.get_text() for t in frontier.get_legend().get_texts()} == {"oracle", "linucb"}
+    legend = {t.get_text() for t in frontier.get_legend().get_texts()}
+    assert {"oracle", "linucb", "linucb hull"} < legend
+    assert any(label.startswith("zero router") for label in legend)  # the hull it is measured on
     lines = {line.get_label(): line for line in regret.get_lines()}
     assert set(lines) == {"linucb (mean of 2 seeds)", "best-single", "random (mean of 2 seeds)"}
     assert (

@@ -40,6 +40,14 @@ range of budgets (by default from every prompt on the cheapest model to every pr
 priciest) at ``--cost-weight``. With ``--repeats N`` each number is the mean over seeds seed ..
 seed + N - 1 and ``spread`` holds their sample standard deviations.
 
+Gain over the zero router (report key ``gain_vs_zero_router``, banditd.replay.zero_router):
+the zero router (RouterBench) is a fixed random mix of single models, whose best quality at a
+cost is the upper concave hull of the single models' (mean cost, mean quality) points. On 50
+log-spaced costs from the cheapest single model's mean cost to the best single model's, wherever
+the policy's hull (of its sweep points, or of its one point without --sweep) has a point at that
+cost or less: its quality minus the zero router's, in points of the best single model's quality;
+``mean`` and ``min`` over those costs, ``coverage`` their share of the 50.
+
 Regret over time (report key ``regret_over_time``): cumulative regret against the oracle at up
 to 100 prompt counts, for the policy and the best-single and random references (mean over the
 seeds); ``--plot`` draws it beside the quality-cost panel.
@@ -86,6 +94,7 @@ from banditd.replay.plot import figure, plot
 from banditd.replay.render import render_text
 from banditd.replay.runner import Replay, replay
 from banditd.replay.scoring import aiq, budget_grid, cost_at_quality, score, upper_hull, weight_grid
+from banditd.replay.zero_router import gain_vs_zero_router
 
 __all__ = [
     "AUTO",
@@ -113,6 +122,7 @@ __all__ = [
     "embeddings",
     "figure",
     "fresh_posterior",
+    "gain_vs_zero_router",
     "gate",
     "learn_online",
     "load_outcomes",

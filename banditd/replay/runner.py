@@ -44,6 +44,7 @@ from banditd.replay.scoring import (
     score,
     weight_grid,
 )
+from banditd.replay.zero_router import gain_vs_zero_router
 from banditd.warm_start import WarmStartReport
 
 # Policies whose regret over time the report shows beside the policy's (the oracle's is 0).
@@ -180,6 +181,10 @@ def _frontier_point(point: dict[str, Any]) -> dict[str, Any]:
     return {k: point[k] for k in keys}
 
 
+def _xy(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
+
+
 def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
     """The cost-weight frontier with its AIQ, the oracle's and the single models', and the cost
     of fractions of the best single model's quality read off the frontier's hull."""
@@ -191,12 +196,9 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
     low = min(m["mean_cost_usd"] for m in singles)
     high = max(m["mean_cost_usd"] for m in singles)
 
-    def xy(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
-        return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
-
     at_quality = []
     for fraction in QUALITY_FRACTIONS:
-        cost = cost_at_quality(xy(frontier), fraction * best["mean_quality"])
+        cost = cost_at_quality(_xy(frontier), fraction * best["mean_quality"])
         at_quality.append(
             {
                 "fraction_of_best_single": fraction,
@@ -209,9 +211,9 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "frontier": frontier,
-        "aiq": aiq(xy(frontier), low, high),
-        "aiq_single_models": aiq(xy(singles), low, high),
-        "aiq_oracle": aiq(xy(oracle), low, high),
+        "aiq": aiq(_xy(frontier), low, high),
+        "aiq_single_models": aiq(_xy(singles), low, high),
+        "aiq_oracle": aiq(_xy(oracle), low, high),
         "oracle_frontier": [
             {k: o[k] for k in ("cost_weight", "mean_quality", "mean_cost_usd")} for o in oracle
         ],
@@ -284,6 +286,9 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if opts.sweep is not None:
         report.update(_sweep_report(run, best))
+    report["gain_vs_zero_router"] = gain_vs_zero_router(
+        _xy(report.get("frontier", [main])), _xy(report["single_models"])
+    )
     if opts.sweep_budgets is not None:
         budgets = opts.sweep_budgets or budget_grid(outcomes)
         report["budget_frontier"] = [
