@@ -242,6 +242,48 @@ def test_warm_start_fits_priors_before_the_stream(tmp_path: Path) -> None:
     assert np.mean(cold.picks(0, 0.0, None) == strong) < 1.0  # cold, it must try every arm
 
 
+def test_split_replays_the_tail_and_warm_starts_on_the_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = synthetic(41, seed=3)
+    data = write_outcomes(tmp_path / "all.jsonl", records)
+    head = write_outcomes(tmp_path / "head.jsonl", records[:20])
+    tail = write_outcomes(tmp_path / "tail.jsonl", records[20:])
+    metadata = ("--feedback", "thumbs", "--sweep", "0,100")
+
+    split = run_json(capsys, "--data", str(data), "--split", "0.5", "--warm-start-head", *metadata)
+    files = run_json(capsys, "--data", str(tail), "--warm-start", str(head), *metadata)
+    cold = run_json(capsys, "--data", str(data), "--split", "0.5")
+
+    assert split["n"] == cold["n"] == 21  # 41 x 0.5 = 20 records before the split
+    assert split["split"] == {"fraction": 0.5, "skipped": 20}
+    assert split["warm_start"]["events"] == 20 * len(ARMS) and split["warm_start"]["head"] == 20
+    assert cold["warm_start"] is None
+    for key in ("mean_quality", "mean_cost_usd", "frontier", "gain_vs_zero_router"):
+        assert split[key] == files[key], key
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (("--split", "1"), "fraction in (0, 1)"),
+        (("--split", "0"), "fraction in (0, 1)"),
+        (("--warm-start-head",), "needs --split"),
+    ],
+)
+def test_bad_splits_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], problem: str
+) -> None:
+    data = write_outcomes(tmp_path / "all.jsonl", synthetic(10))
+    try:
+        args = cli("--data", str(data), *argv)
+    except SystemExit:
+        assert problem in capsys.readouterr().err
+        return
+    assert args.func(args) == 1
+    assert problem in capsys.readouterr().err
+
+
 def test_arms_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(50))
 

@@ -48,6 +48,14 @@ def _non_negative(text: str) -> float:
     return values[0]
 
 
+def _fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = _non_negative(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
 def options(args: argparse.Namespace) -> Options:
     """The replay options of parsed command-line arguments."""
     return Options(
@@ -57,6 +65,8 @@ def options(args: argparse.Namespace) -> Options:
         budget_usd=args.budget_usd,
         feedback=args.feedback,
         warm_start=args.warm_start,
+        split=args.split,
+        warm_start_head=args.warm_start_head,
         arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
         seed=args.seed,
         repeats=args.repeats,
@@ -120,6 +130,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
     p.add_argument(
         "--warm-start", type=Path, help="outcome file to fit priors on first (learning policies)"
+    )
+    p.add_argument(
+        "--split",
+        type=_fraction,
+        metavar="FRACTION",
+        help="replay only the records after this fraction of --data (by line order)",
+    )
+    p.add_argument(
+        "--warm-start-head",
+        action="store_true",
+        help="with --split: warm-start on the records of --data before the split",
     )
     p.add_argument("--arms", help="comma list of models to route between (all of the file's)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="first seed (0)")

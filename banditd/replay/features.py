@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -126,13 +127,15 @@ def warm_posterior(
     pipeline: ContextPipeline | None = None,
     metadata_from: Sequence[str] = (),
     cache: Path | None = None,
+    head: int | None = None,
 ) -> tuple[Posterior, WarmStartReport]:
-    """The posterior after `banditd warm-start` on ``path``: its offline events in order.
+    """The posterior after `banditd warm-start` on ``path`` (its first ``head`` records, or
+    all): its offline events in order.
 
     With a pipeline, x comes from it (the records' metadata fields included), and its PCA
     samples and kNN index take in the warm-start data too."""
     posterior, report = fresh_posterior(spec), WarmStartReport()
-    records: list[dict[str, Any]] = list(read_outcomes(path))
+    records: list[dict[str, Any]] = list(itertools.islice(read_outcomes(path), head))
     featurise = None
     if pipeline is not None:
         good = [r for r in records if isinstance(r.get("prompt"), str) and r["prompt"].strip()]

@@ -36,6 +36,10 @@ class Options:
     budget_usd: float | None = None
     feedback: str = "score"
     warm_start: Path | None = None
+    # Replay only the records after this fraction of data (by line order); warm_start_head:
+    # warm-start on the records before it (the protocol of docs/routing-quality.md).
+    split: float | None = None
+    warm_start_head: bool = False
     arms: tuple[str, ...] = ()
     seed: int = 0
     repeats: int = 1

@@ -15,7 +15,7 @@ from banditd.domain import POLICIES
 from banditd.errors import InvalidArgument
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior
-from banditd.replay.data import load_outcomes
+from banditd.replay.data import load_outcomes, split_point
 from banditd.replay.engine import (
     REFUSED,
     best_single,
@@ -58,7 +58,13 @@ class Replay:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.progress = Progress()
-        self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit, opts.metadata_from)
+        if opts.warm_start_head and (opts.split is None or opts.warm_start is not None):
+            raise InvalidArgument("warm_start_head", "needs --split and no --warm-start file")
+        self.head = 0 if opts.split is None else split_point(opts.data, opts.split)
+        self.outcomes = load_outcomes(
+            opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
+        )
+        warm_start = opts.data if opts.warm_start_head else opts.warm_start
         self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
         self.warm_report: WarmStartReport | None = None
         self.raw = np.zeros((self.outcomes.n, 0))
@@ -66,7 +72,7 @@ class Replay:
         self.pipeline: ContextPipeline | None = None
         self.encode_s = 0.0
         if opts.server is not None:  # the server encodes and learns: nothing to set up here
-            check_remote(opts.policy, opts.warm_start, opts.budget_usd, opts.sweep_budgets)
+            check_remote(opts.policy, warm_start, opts.budget_usd, opts.sweep_budgets)
         elif self.learning:
             spec = router_spec(self.outcomes.arms, opts, opts.cost_weight)
             self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
@@ -83,14 +89,15 @@ class Replay:
                 raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
             self.encode_s = round(time.perf_counter() - started, 2)
             self.prior = fresh_posterior(spec)
-            if opts.warm_start is not None:
+            if warm_start is not None:
                 self.prior, self.warm_report = warm_posterior(
                     spec,
-                    opts.warm_start,
+                    warm_start,
                     opts.max_prompt_chars,
                     self.pipeline,
                     opts.metadata_from,
                     opts.embeddings_cache,
+                    head=self.head if opts.warm_start_head else None,
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
 
@@ -232,6 +239,7 @@ def replay(opts: Options) -> dict[str, Any]:
     spec = router_spec(outcomes.arms, opts, opts.cost_weight) if run.learning else None
     report: dict[str, Any] = {
         "data": str(opts.data),
+        "split": None if opts.split is None else {"fraction": opts.split, "skipped": run.head},
         "n": outcomes.n,
         "arms": list(outcomes.arms),
         "policy": opts.policy,
@@ -272,7 +280,8 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if run.warm_report is not None:
         report["warm_start"] = {
-            "data": str(opts.warm_start),
+            "data": str(opts.data if opts.warm_start_head else opts.warm_start),
+            "head": run.head if opts.warm_start_head else None,
             "records": run.warm_report.records,
             "events": run.warm_report.events,
             "skipped_records": run.warm_report.skipped_records,
