@@ -233,13 +233,27 @@ def test_a_learning_policy_is_paced_through_the_budget_pacer(tmp_path: Path) -> 
 def test_warm_start_fits_priors_before_the_stream(tmp_path: Path) -> None:
     history = write_outcomes(tmp_path / "history.jsonl", synthetic(200, seed=1))
     data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20, seed=2))
-    cold = replay.Replay(replay.Options(data=data, exploration=0.1))
-    warm = replay.Replay(replay.Options(data=data, exploration=0.1, warm_start=history))
+    # Unpriced (no price tier) and weakest first, so a cold router must learn where strong is.
+    arms = ("weak", "middle", "strong")
+    cold = replay.Replay(replay.Options(data=data, exploration=0.1, arms=arms, arm_prices="zero"))
+    warm = replay.Replay(
+        replay.Options(data=data, exploration=0.1, arms=arms, arm_prices="zero", warm_start=history)
+    )
 
     strong = warm.outcomes.arms.index("strong")
     assert warm.warm_report is not None and warm.warm_report.events == 200 * len(ARMS)
     assert np.all(warm.picks(0, 0.0, None) == strong)
-    assert np.mean(cold.picks(0, 0.0, None) == strong) < 1.0  # cold, it must try every arm
+    assert np.mean(cold.picks(0, 0.0, None) == strong) < 1.0  # cold, it must try other arms
+
+
+def test_priced_arms_start_from_their_price_tier(tmp_path: Path) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20, seed=2))
+    arms = ("weak", "middle", "strong")
+    priced = replay.Replay(replay.Options(data=data, arms=arms))
+
+    # The file's mean costs as prices: the priciest (strong) starts highest and is kept.
+    assert priced.prices["strong"] > priced.prices["middle"] > priced.prices["weak"]
+    assert np.all(priced.picks(0, 0.0, None) == priced.outcomes.arms.index("strong"))
 
 
 def test_split_replays_the_tail_and_warm_starts_on_the_head(

@@ -19,7 +19,14 @@ from banditd.domain import (
     POLICIES,
 )
 from banditd.errors import BanditdError, InvalidArgument
-from banditd.replay.options import AUTO, FEEDBACK, REFERENCE_POLICIES, REPLAY_POLICIES, Options
+from banditd.replay.options import (
+    ARM_PRICES,
+    AUTO,
+    FEEDBACK,
+    REFERENCE_POLICIES,
+    REPLAY_POLICIES,
+    Options,
+)
 from banditd.replay.plot import plot
 from banditd.replay.remote import DEFAULT_TENANT, Server
 from banditd.replay.render import render_text
@@ -65,6 +72,7 @@ def options(args: argparse.Namespace) -> Options:
         budget_usd=args.budget_usd,
         feedback=args.feedback,
         warm_start=args.warm_start,
+        arm_prices=args.arm_prices,
         split=args.split,
         warm_start_head=args.warm_start_head,
         arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
@@ -128,6 +136,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--cost-weight", type=_non_negative, default=0.0, help="USD -> quality (0)")
     p.add_argument("--budget-usd", type=_non_negative, help="total spend allowed (none)")
     p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
+    p.add_argument(
+        "--arm-prices",
+        choices=ARM_PRICES,
+        default="data",
+        help="(data) the models' prices: their mean cost per call in the file, or zero "
+        "(learnt from the costs reported)",
+    )
     p.add_argument(
         "--warm-start", type=Path, help="outcome file to fit priors on first (learning policies)"
     )

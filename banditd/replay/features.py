@@ -8,16 +8,24 @@ import hashlib
 import itertools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from banditd.context import input_tokens_estimate
 from banditd.context.encoders import get_encoder
 from banditd.context.metadata import MemoryVocabularyStore
 from banditd.context.pipeline import ContextPipeline
-from banditd.domain import ENCODER_DIMS, POLICIES, ArmSpec, FloatArray, RouterSpec
+from banditd.domain import (
+    DEFAULT_PRIOR_OUTPUT_TOKENS,
+    ENCODER_DIMS,
+    POLICIES,
+    ArmSpec,
+    FloatArray,
+    RouterSpec,
+)
 from banditd.errors import InvalidArgument
 from banditd.posterior import Posterior, Prior
 from banditd.replay.data import Outcomes, record_metadata
@@ -38,12 +46,29 @@ class Progress:
             print(f"replay: {label}: {done}/{total} prompts", file=sys.stderr, flush=True)
 
 
-def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> RouterSpec:
-    """The router a replay runs: the file's models as zero-priced arms, the options' policy."""
+def arm_prices(outcomes: Outcomes) -> dict[str, float]:
+    """A list price per million tokens (input and output alike) for each of the file's models,
+    such that a prompt of the file's mean length with the router's prior output tokens costs the
+    model's mean cost per call in the file: what an operator knows of a model before routing
+    to it (its price), on the file's own scale."""
+    tokens = float(np.mean([input_tokens_estimate(p) or 0.0 for p in outcomes.prompts]))
+    per_call = outcomes.cost.mean(axis=0) * 1e6 / (tokens + DEFAULT_PRIOR_OUTPUT_TOKENS)
+    return {arm: float(p) for arm, p in zip(outcomes.arms, per_call, strict=True)}
+
+
+def router_spec(
+    arms: Sequence[str],
+    opts: Options,
+    cost_weight: float,
+    prices: Mapping[str, float] | None = None,
+) -> RouterSpec:
+    """The router a replay runs: the file's models as arms at ``prices`` (per million tokens,
+    input and output alike; none: zero, learnt from the costs reported), the options' policy."""
+    prices = prices or {}
     return RouterSpec(
         tenant="replay",
         name="replay",
-        arms=tuple(ArmSpec(name, 0.0, 0.0) for name in arms),
+        arms=tuple(ArmSpec(name, prices.get(name, 0.0), prices.get(name, 0.0)) for name in arms),
         policy=opts.policy if opts.policy in POLICIES else "linucb",
         exploration=opts.exploration,
         default_cost_weight=cost_weight,

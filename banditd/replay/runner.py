@@ -26,6 +26,7 @@ from banditd.replay.engine import (
 )
 from banditd.replay.features import (
     Progress,
+    arm_prices,
     embeddings,
     fresh_posterior,
     pipeline_of,
@@ -65,6 +66,7 @@ class Replay:
             opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
         )
         warm_start = opts.data if opts.warm_start_head else opts.warm_start
+        self.prices = arm_prices(self.outcomes) if opts.arm_prices == "data" else {}
         self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
         self.warm_report: WarmStartReport | None = None
         self.raw = np.zeros((self.outcomes.n, 0))
@@ -74,7 +76,7 @@ class Replay:
         if opts.server is not None:  # the server encodes and learns: nothing to set up here
             check_remote(opts.policy, warm_start, opts.budget_usd, opts.sweep_budgets)
         elif self.learning:
-            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight)
+            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight, self.prices)
             self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
             started = time.perf_counter()
             try:
@@ -112,7 +114,7 @@ class Replay:
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
         if opts.server is not None:
             name = router_name(seed, cost_weight, opts.cost_weight)
-            spec = router_spec(outcomes.arms, opts, cost_weight)
+            spec = router_spec(outcomes.arms, opts, cost_weight, self.prices)
             return learn_remote(
                 dataclasses.replace(spec, tenant=opts.server.tenant, name=name),
                 outcomes,
@@ -126,7 +128,7 @@ class Replay:
             return gate(chosen, outcomes, budget_usd)
         assert self.pipeline is not None
         return learn_online(
-            router_spec(outcomes.arms, opts, cost_weight),
+            router_spec(outcomes.arms, opts, cost_weight, self.prices),
             outcomes,
             self.raw,
             pipeline=self.pipeline.fork(),
@@ -236,7 +238,7 @@ def replay(opts: Options) -> dict[str, Any]:
     main = run.point(opts.cost_weight, opts.budget_usd)
     best = _model(outcomes, best_single(outcomes, 0.0))
     oracle = score(outcomes, oracle_picks(outcomes, opts.cost_weight), opts.cost_weight)
-    spec = router_spec(outcomes.arms, opts, opts.cost_weight) if run.learning else None
+    spec = router_spec(outcomes.arms, opts, opts.cost_weight, run.prices) if run.learning else None
     report: dict[str, Any] = {
         "data": str(opts.data),
         "split": None if opts.split is None else {"fraction": opts.split, "skipped": run.head},
@@ -257,6 +259,7 @@ def replay(opts: Options) -> dict[str, Any]:
             "encode_s": run.encode_s,
         },
         "feedback": opts.feedback,
+        "arm_prices": opts.arm_prices,
         "cost_weight": opts.cost_weight,
         "budget_usd": opts.budget_usd,
         "refused_prompts": "not routed: quality 0, no cost",
