@@ -19,6 +19,7 @@ from banditd.domain import (
     DEFAULT_METADATA_SLOTS,
     DEFAULT_PCA_FIT_SAMPLES,
     DEFAULT_PRIOR_QUALITY,
+    DEFAULT_PRIOR_WEIGHT,
     DEFAULT_REWARD_WAIT_SECONDS,
     ENCODER_DIMS,
     ArmSpec,
@@ -62,7 +63,7 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         feedback_cap_window_seconds=(
             msg.feedback_cap_window_seconds or DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS
         ),
-        prior_weight=msg.prior_weight or 1.0,
+        prior_weight=msg.prior_weight or DEFAULT_PRIOR_WEIGHT,
         prior_quality=(
             msg.prior_quality if msg.HasField("prior_quality") else DEFAULT_PRIOR_QUALITY
         ),

@@ -27,10 +27,14 @@ POLICIES = ("linucb", "thompson", "epsilon-greedy")  # banditd.policy.POLICIES, 
 DEFAULT_EMBEDDING_DIM = 16
 DEFAULT_FEEDBACK_TTL_SECONDS = 86_400
 DEFAULT_PRIOR_OUTPUT_TOKENS = 300
-DEFAULT_PRIOR_QUALITY = 1.0
+# Prior (issue 18, tuned on the dev data): an arm in the middle of the router's price span
+# starts at 0.7 (banditd.policy.priors spreads arms by price tier around it), worth 30
+# observations, so an arm is judged by its feedback, not tried on the strength of optimism alone.
+DEFAULT_PRIOR_QUALITY = 0.7
+DEFAULT_PRIOR_WEIGHT = 30.0
 DEFAULT_REWARD_WAIT_SECONDS = 3600
 DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS = 3600
-DEFAULT_EXPLORATION = {"linucb": 1.0, "thompson": 0.5, "epsilon-greedy": 0.1}
+DEFAULT_EXPLORATION = {"linucb": 0.6, "thompson": 0.5, "epsilon-greedy": 0.1}
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
 MAX_EXPLORE_NEW_ARM = 10_000
@@ -131,7 +135,7 @@ class RouterSpec:
     version: int = 0
     forgetting: float = 1.0
     prior_quality: float = DEFAULT_PRIOR_QUALITY
-    prior_weight: float = 1.0
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT
     explore_new_arm: int = 0
     default_reward: float | None = None
     reward_wait_seconds: int = DEFAULT_REWARD_WAIT_SECONDS
@@ -202,7 +206,9 @@ class RouterSpec:
         if not 0 <= self.explore_new_arm <= MAX_EXPLORE_NEW_ARM:
             raise InvalidArgument("router.explore_new_arm", f"must be in 0..{MAX_EXPLORE_NEW_ARM}")
         if not (math.isfinite(self.prior_weight) and 1e-3 <= self.prior_weight <= 1e6):
-            raise InvalidArgument("router.prior_weight", "must be in [0.001, 1e6] (or 0 for 1)")
+            raise InvalidArgument(
+                "router.prior_weight", "must be in [0.001, 1e6] (or 0 for the default)"
+            )
         if len(self.shadows) > MAX_SHADOWS:
             raise InvalidArgument("router.shadows", f"at most {MAX_SHADOWS} shadow policies")
         shadow_names = [s.name for s in self.shadows]

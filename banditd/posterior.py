@@ -15,6 +15,7 @@ import numpy.typing as npt
 from banditd.ceilings import HARD_MAX_CALL_USD, clamp, event_problem
 from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
 from banditd.policy import _kernels
+from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 # The cost model (reported costs regressed on x) prices an arm once it has this many reports;
@@ -32,19 +33,34 @@ def _usd(value: float) -> float:
 class Prior:
     """Where every arm's statistics start and how they age: with the events, this fixes a posterior.
 
-    An arm with no feedback has A = weight * I and b = weight * quality * e0 (x[0] is the
-    intercept), so its mean quality is ``quality`` with ``weight`` observations behind it. Each
-    update of an arm first discounts its A and b by ``forgetting``.
+    An arm with no feedback has A = weight * I and b = weight * q * e0 (x[0] is the
+    intercept), so its mean quality is q with ``weight`` observations behind it: q is the arm's
+    entry in ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else
+    ``quality``. Each update of an arm first discounts its A and b by ``forgetting``.
     """
 
     dim: int
     quality: float = 0.0
     weight: float = 1.0
     forgetting: float = 1.0
+    arm_quality: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def of(cls, spec: RouterSpec) -> Prior:
-        return cls(spec.dim, spec.prior_quality, spec.prior_weight, spec.forgetting)
+        prices = np.array(
+            [a.cost_usd(PRIOR_INPUT_TOKENS, spec.prior_output_tokens) for a in spec.arms]
+        )
+        tiers = price_tier_quality(prices, spec.prior_quality, PRICE_TIER_SPREAD)
+        arm_quality = tuple(
+            (a.name, float(q))
+            for a, q in zip(spec.arms, tiers, strict=True)
+            if float(q) != spec.prior_quality
+        )
+        return cls(spec.dim, spec.prior_quality, spec.prior_weight, spec.forgetting, arm_quality)
+
+    def quality_of(self, arm: str) -> float:
+        """The prior mean quality of an arm."""
+        return dict(self.arm_quality).get(arm, self.quality)
 
 
 @dataclass
@@ -106,7 +122,7 @@ class Posterior:
         except ValueError:
             pass
         eye = np.eye(self.dim)[None]
-        weight, quality = self.prior.weight, self.prior.quality
+        weight, quality = self.prior.weight, self.prior.quality_of(arm)
         theta0 = np.zeros((1, self.dim))
         theta0[0, 0] = quality
         self.arms.append(arm)
@@ -218,6 +234,8 @@ class Posterior:
             prior=np.array(
                 [self.prior.dim, self.prior.quality, self.prior.weight, self.prior.forgetting]
             ),
+            arm_prior_names=np.array([a for a, _ in self.prior.arm_quality], dtype=np.str_),
+            arm_prior_quality=np.array([q for _, q in self.prior.arm_quality], dtype=np.float64),
             prior_output_tokens=self.prior_output_tokens,
             arms=np.array(self.arms, dtype=np.str_),
             a=self.a,
@@ -249,7 +267,13 @@ class Posterior:
                 if z[name].dtype.kind == "f" and not np.all(np.isfinite(z[name])):
                     raise ValueError(f"snapshot holds non-finite values in {name}")
             p = z["prior"]
-            prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]))
+            arm_quality: tuple[tuple[str, float], ...] = ()
+            if "arm_prior_names" in z:  # written before price tiers: none
+                arm_quality = tuple(
+                    (str(a), float(q))
+                    for a, q in zip(z["arm_prior_names"], z["arm_prior_quality"], strict=True)
+                )
+            prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]), arm_quality)
             dim = prior.dim
             arms = [str(a) for a in z["arms"]]
             return cls(

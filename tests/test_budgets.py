@@ -84,7 +84,9 @@ async def test_refuse_mode_stops_at_the_limit(database_url: str, start_server: S
     spent, served, prices = 0.0, 0, []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         for _ in range(100):
-            d = await server.router.Select(select())
+            # A cost weight that prefers the cheap arm over its price-tier prior (issue 18), so
+            # the budget goes in many small calls and the pacer's price can climb.
+            d = await server.router.Select(select(cost_weight=1000.0))
             assert d.budget_outcome in ("paced", "fallback")
             prices.append(d.budget_price)
             spent += d.expected_cost_usd

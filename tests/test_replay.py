@@ -170,6 +170,28 @@ def test_json_report_schema_with_sweep(tmp_path: Path, capsys: pytest.CaptureFix
     assert fractions == list(replay.QUALITY_FRACTIONS)
 
 
+def test_gain_vs_zero_router_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(200))
+    sweep = ("--sweep", "0,50,1000")  # best-single picks strong, middle, weak at these weights
+
+    singles = run_json(capsys, "--data", str(data), "--policy", "best-single", *sweep)
+    oracle = run_json(capsys, "--data", str(data), "--policy", "oracle", "--sweep")
+    unswept = run_json(capsys, "--data", str(data), "--policy", "cheapest")
+
+    # The single models swept are the zero router itself; per-prompt hindsight is above it
+    # (level at the cheap end, where the oracle too can only pick the cheapest model).
+    assert singles["gain_vs_zero_router"] == {"mean": 0.0, "min": 0.0, "coverage": 1.0}
+    assert oracle["gain_vs_zero_router"]["min"] == 0.0
+    assert oracle["gain_vs_zero_router"]["mean"] > 5
+    # Without a sweep the policy's one point is its hull: flat at the cheapest model's quality.
+    gain = unswept["gain_vs_zero_router"]
+    quality = {m["model"]: m["mean_quality"] for m in unswept["single_models"]}
+    assert gain["coverage"] == 1.0
+    assert gain["min"] == pytest.approx(100 * (quality["weak"] / quality["strong"] - 1))
+
+
 @pytest.mark.parametrize("policy", ["linucb", "thompson", "random", "best-single", "oracle"])
 def test_budget_is_never_exceeded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str
@@ -211,13 +233,69 @@ def test_a_learning_policy_is_paced_through_the_budget_pacer(tmp_path: Path) -> 
 def test_warm_start_fits_priors_before_the_stream(tmp_path: Path) -> None:
     history = write_outcomes(tmp_path / "history.jsonl", synthetic(200, seed=1))
     data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20, seed=2))
-    cold = replay.Replay(replay.Options(data=data, exploration=0.1))
-    warm = replay.Replay(replay.Options(data=data, exploration=0.1, warm_start=history))
+    # Unpriced (no price tier) and weakest first, so a cold router must learn where strong is.
+    arms = ("weak", "middle", "strong")
+    cold = replay.Replay(replay.Options(data=data, exploration=0.1, arms=arms, arm_prices="zero"))
+    warm = replay.Replay(
+        replay.Options(data=data, exploration=0.1, arms=arms, arm_prices="zero", warm_start=history)
+    )
 
     strong = warm.outcomes.arms.index("strong")
     assert warm.warm_report is not None and warm.warm_report.events == 200 * len(ARMS)
     assert np.all(warm.picks(0, 0.0, None) == strong)
-    assert np.mean(cold.picks(0, 0.0, None) == strong) < 1.0  # cold, it must try every arm
+    assert np.mean(cold.picks(0, 0.0, None) == strong) < 1.0  # cold, it must try other arms
+
+
+def test_priced_arms_start_from_their_price_tier(tmp_path: Path) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20, seed=2))
+    arms = ("weak", "middle", "strong")
+    priced = replay.Replay(replay.Options(data=data, arms=arms))
+
+    # The file's mean costs as prices: the priciest (strong) starts highest and is kept.
+    assert priced.prices["strong"] > priced.prices["middle"] > priced.prices["weak"]
+    assert np.all(priced.picks(0, 0.0, None) == priced.outcomes.arms.index("strong"))
+
+
+def test_split_replays_the_tail_and_warm_starts_on_the_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = synthetic(41, seed=3)
+    data = write_outcomes(tmp_path / "all.jsonl", records)
+    head = write_outcomes(tmp_path / "head.jsonl", records[:20])
+    tail = write_outcomes(tmp_path / "tail.jsonl", records[20:])
+    metadata = ("--feedback", "thumbs", "--sweep", "0,100")
+
+    split = run_json(capsys, "--data", str(data), "--split", "0.5", "--warm-start-head", *metadata)
+    files = run_json(capsys, "--data", str(tail), "--warm-start", str(head), *metadata)
+    cold = run_json(capsys, "--data", str(data), "--split", "0.5")
+
+    assert split["n"] == cold["n"] == 21  # 41 x 0.5 = 20 records before the split
+    assert split["split"] == {"fraction": 0.5, "skipped": 20}
+    assert split["warm_start"]["events"] == 20 * len(ARMS) and split["warm_start"]["head"] == 20
+    assert cold["warm_start"] is None
+    for key in ("mean_quality", "mean_cost_usd", "frontier", "gain_vs_zero_router"):
+        assert split[key] == files[key], key
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (("--split", "1"), "fraction in (0, 1)"),
+        (("--split", "0"), "fraction in (0, 1)"),
+        (("--warm-start-head",), "needs --split"),
+    ],
+)
+def test_bad_splits_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], problem: str
+) -> None:
+    data = write_outcomes(tmp_path / "all.jsonl", synthetic(10))
+    try:
+        args = cli("--data", str(data), *argv)
+    except SystemExit:
+        assert problem in capsys.readouterr().err
+        return
+    assert args.func(args) == 1
+    assert problem in capsys.readouterr().err
 
 
 def test_arms_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -256,6 +334,7 @@ def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     text = capsys.readouterr().out
     assert "best single: strong" in text and "oracle" in text and "AIQ" in text
+    assert "gain vs the zero router" in text
     # matplotlib comes with the dev extra: the plot is tested for real, never skipped.
     png = tmp_path / "frontier.png"
     args = cli("--data", str(data), "--sweep", "0,100", "--plot", str(png), "--repeats", "2")
@@ -269,7 +348,9 @@ def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert frontier.get_xscale() == "log"
     labels = {t.get_text() for t in frontier.texts}
     assert labels == set(ARMS)  # each single model labelled
-    assert {t.get_text() for t in frontier.get_legend().get_texts()} == {"oracle", "linucb"}
+    legend = {t.get_text() for t in frontier.get_legend().get_texts()}
+    assert {"oracle", "linucb", "linucb hull"} < legend
+    assert any(label.startswith("zero router") for label in legend)  # the hull it is measured on
     lines = {line.get_label(): line for line in regret.get_lines()}
     assert set(lines) == {"linucb (mean of 2 seeds)", "best-single", "random (mean of 2 seeds)"}
     assert (

@@ -180,7 +180,9 @@ async def test_changing_the_prior_rebuilds_the_posterior_from_the_log(
     await learn(server, rounds=45)
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(forgetting=0.9)))
     state = server.app.catalog._by_id[1]
-    expected = Posterior.empty(Prior(DIM + 1, quality=1.0, forgetting=0.9), 300)
+    prior = Prior.of(state.spec)  # the defaults, price tiers of the arms, the new forgetting
+    assert (prior.dim, prior.forgetting, len(prior.arm_quality)) == (DIM + 1, 0.9, 3)
+    expected = Posterior.empty(prior, 300)
     for event in await Repository(server.app.db).events_after(1, 0):
         expected.apply(event)
     for arm in ("cheap", "mid", "strong"):

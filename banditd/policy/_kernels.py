@@ -88,6 +88,29 @@ def linucb_scores(
 
 
 @njit(cache=True)
+def cost_aware_linucb_scores(
+    a_inv: FloatArray,
+    theta: FloatArray,
+    arm_idx: IntArray,
+    x: FloatArray,
+    alpha: float,
+    cost_term: FloatArray,
+) -> FloatArray:
+    """theta_a . x + alpha sqrt(x^T A_a^-1 x) / (1 + cost_term_a), shape (k,).
+
+    cost_term: cost weight x expected cost per scored arm (>= 0), shape (k,). An arm whose cost
+    is worth c of quality at this cost weight gets 1 / (1 + c) of the bonus: exploring it must
+    promise more the more it costs. All zero: exactly linucb_scores.
+    """
+    out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
+    for k in range(arm_idx.shape[0]):
+        mean, var = _score(a_inv, theta, arm_idx[k], x, scratch)
+        out[k] = mean + alpha * math.sqrt(var) / (1.0 + cost_term[k])
+    return out
+
+
+@njit(cache=True)
 def thompson_scores(
     a_inv: FloatArray,
     theta: FloatArray,

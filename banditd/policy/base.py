@@ -1,7 +1,8 @@
 """The policy interface: a policy scores quality; the base class turns scores into a choice.
 
 A new policy is one subclass that fills in ``quality_scores`` (and ``propensity`` when it is
-randomised), registered in ``banditd.policy.POLICIES``.
+randomised), registered in ``banditd.policy.POLICIES``; one whose scores depend on the arms'
+prices (cost-aware exploration) overrides ``priced_quality_scores`` too.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ class Policy(ABC):
     ) -> FloatArray:
         """Quality score per eligible arm, shape (k,); arm_idx: posterior indices, shape (k,)."""
 
+    def priced_quality_scores(
+        self,
+        post: Posterior,
+        arm_idx: IntArray,
+        x: FloatArray,
+        cost_term: FloatArray,
+        rng: np.random.Generator,
+    ) -> FloatArray:
+        """Quality score per eligible arm when each costs cost_term (cost weight x expected
+        cost, shape (k,)) of quality; by default the same as ``quality_scores``."""
+        return self.quality_scores(post, arm_idx, x, rng)
+
     def propensity(
         self,
         post: Posterior,
@@ -86,7 +99,7 @@ class Policy(ABC):
         Scores are finite by construction (NaN ranks last), so a ranking can always be logged.
         """
         cost_term = finite_scores(cost_weight * expected_cost)
-        quality = finite_scores(self.quality_scores(post, arm_idx, x, rng))
+        quality = finite_scores(self.priced_quality_scores(post, arm_idx, x, cost_term, rng))
         utility = finite_scores(quality - cost_term)
         order = np.argsort(-utility, kind="stable").astype(np.int64)
         chosen = int(order[0])

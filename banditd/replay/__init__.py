@@ -6,8 +6,13 @@ file order and in process, through the engine code the server runs: the context 
 (``build_x``), the ranking step of Select (``router.rank_arms``, with the router's policy) and the
 posterior's updates (``Posterior.apply``). At each prompt the policy picks one arm and then sees
 only that arm's feedback: its quality as a score, or with ``--feedback thumbs`` a thumbs-up drawn
-with probability = quality. Arms get zero prices and every event reports the call's real cost, so
-the posterior learns each arm's mean cost per call, which is what cost-weighted choice uses.
+with probability = quality. Each arm is priced as its model's mean cost per call in the file
+(``--arm-prices data``: per million tokens, such that a prompt of the file's mean length costs
+that, which is what an operator knows of a model before routing to it, and what the price-tier
+prior reads); ``--arm-prices zero`` leaves them unpriced. Every event reports the call's real
+cost, so the posterior learns each arm's mean cost per call, which cost-weighted choice uses.
+``--split F`` replays only the records after the first F of the file (by line order), and
+``--warm-start-head`` warm-starts on the records before it.
 
 Context (banditd.context.pipeline, as a router with the same settings builds it): the encoder's
 embeddings of all prompts are computed first (``--embeddings-cache`` keeps them), then x is built
@@ -31,8 +36,10 @@ what is left are masked (on_exhausted refuse). For every policy, a call whose re
 overrun what is left is not made: the prompt is *refused*, counts as quality 0 and costs nothing.
 The total charged never exceeds the budget.
 
-Frontier (``--sweep``): the same replay at a range of cost weights (by default 0 and a log grid
-from 0.01 / the priciest model's mean cost to 1 / the cheapest's). AIQ as in RouterBench (Hu et
+Frontier (``--sweep``): the same replay at a range of cost weights (by default 0 and 23
+log-spaced weights scaled to the arms' price span, the priciest model's mean cost less the
+cheapest's: from the weight at which the span is worth 0.01 of quality to the one at which it is
+worth 100, so one default fits any arm set and reaches the cheap end). AIQ as in RouterBench (Hu et
 al. 2024): the area under the non-decreasing concave hull of the (mean cost, mean quality) points
 over the cost range spanned by the single models, divided by that range; below the router's
 cheapest point the curve is 0. A point on the hull between two cost weights is reached by
@@ -41,6 +48,14 @@ choosing between them at random, which is also how ``cost_at_quality`` (the mean
 range of budgets (by default from every prompt on the cheapest model to every prompt on the
 priciest) at ``--cost-weight``. With ``--repeats N`` each number is the mean over seeds seed ..
 seed + N - 1 and ``spread`` holds their sample standard deviations.
+
+Gain over the zero router (report key ``gain_vs_zero_router``, banditd.replay.zero_router):
+the zero router (RouterBench) is a fixed random mix of single models, whose best quality at a
+cost is the upper concave hull of the single models' (mean cost, mean quality) points. On 50
+log-spaced costs from the cheapest single model's mean cost to the best single model's, wherever
+the policy's hull (of its sweep points, or of its one point without --sweep) has a point at that
+cost or less: its quality minus the zero router's, in points of the best single model's quality;
+``mean`` and ``min`` over those costs, ``coverage`` their share of the 50.
 
 Regret over time (report key ``regret_over_time``): cumulative regret against the oracle at up
 to 100 prompt counts, for the policy and the best-single and random references (mean over the
@@ -89,6 +104,7 @@ from banditd.replay.plot import figure, plot
 from banditd.replay.render import render_text
 from banditd.replay.runner import Replay, replay
 from banditd.replay.scoring import aiq, budget_grid, cost_at_quality, score, upper_hull, weight_grid
+from banditd.replay.zero_router import gain_vs_zero_router
 from banditd.warm_start import record_metadata
 
 __all__ = [
@@ -117,6 +133,7 @@ __all__ = [
     "embeddings",
     "figure",
     "fresh_posterior",
+    "gain_vs_zero_router",
     "gate",
     "learn_online",
     "load_outcomes",

@@ -24,7 +24,14 @@ from banditd.domain import (
 from banditd.errors import BanditdError, InvalidArgument
 from banditd.replay.data import load_outcomes
 from banditd.replay.features import router_spec
-from banditd.replay.options import AUTO, FEEDBACK, REFERENCE_POLICIES, REPLAY_POLICIES, Options
+from banditd.replay.options import (
+    ARM_PRICES,
+    AUTO,
+    FEEDBACK,
+    REFERENCE_POLICIES,
+    REPLAY_POLICIES,
+    Options,
+)
 from banditd.replay.plot import plot
 from banditd.replay.remote import DEFAULT_TENANT, Server, router_name
 from banditd.replay.render import render_text
@@ -54,6 +61,14 @@ def _non_negative(text: str) -> float:
     return values[0]
 
 
+def _fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = _non_negative(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
 def options(args: argparse.Namespace) -> Options:
     """The replay options of parsed command-line arguments."""
     return Options(
@@ -63,6 +78,9 @@ def options(args: argparse.Namespace) -> Options:
         budget_usd=args.budget_usd,
         feedback=args.feedback,
         warm_start=args.warm_start,
+        arm_prices=args.arm_prices,
+        split=args.split,
+        warm_start_head=args.warm_start_head,
         arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
         seed=args.seed,
         repeats=args.repeats,
@@ -140,7 +158,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--budget-usd", type=_non_negative, help="total spend allowed (none)")
     p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
     p.add_argument(
+        "--arm-prices",
+        choices=ARM_PRICES,
+        default="data",
+        help="(data) the models' prices: their mean cost per call in the file, or zero "
+        "(learnt from the costs reported)",
+    )
+    p.add_argument(
         "--warm-start", type=Path, help="outcome file to fit priors on first (learning policies)"
+    )
+    p.add_argument(
+        "--split",
+        type=_fraction,
+        metavar="FRACTION",
+        help="replay only the records after this fraction of --data (by line order)",
+    )
+    p.add_argument(
+        "--warm-start-head",
+        action="store_true",
+        help="with --split: warm-start on the records of --data before the split",
     )
     p.add_argument("--arms", help="comma list of models to route between (all of the file's)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="first seed (0)")

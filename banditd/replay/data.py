@@ -75,8 +75,10 @@ def load_outcomes(
     arms: Sequence[str] = (),
     limit: int | None = None,
     metadata_from: Sequence[str] = (),
+    skip: int = 0,
 ) -> Outcomes:
-    """The first ``limit`` records of an outcome file, checked; bad records raise, by line.
+    """The first ``limit`` records after the first ``skip`` of an outcome file, checked; bad
+    records raise, by line.
 
     arms: the models to route between; by default those of the first record, in its order.
     Every record needs a prompt and a finite quality and cost for every arm.
@@ -87,7 +89,8 @@ def load_outcomes(
     cost: list[list[float]] = []
     metadata: list[dict[str, str]] = []
     try:
-        for record in itertools.islice(read_outcomes(path), limit):
+        stop = None if limit is None else skip + limit
+        for record in itertools.islice(read_outcomes(path), skip, stop):
             line = int(record["_line"])
             prompt, models = record.get("prompt"), record.get("models")
             if not isinstance(prompt, str) or not prompt.strip():
@@ -105,7 +108,8 @@ def load_outcomes(
         problem = f"unreadable after {len(lines)} records ({exc})"
         raise InvalidArgument("data", f"{path}: {problem}") from exc
     if not prompts:
-        raise InvalidArgument("data", f"{path}:1: no records (the file is empty)")
+        where = f"after its first {skip} records" if skip else "(the file is empty)"
+        raise InvalidArgument("data", f"{path}:1: no records {where}")
     return Outcomes(
         path,
         tuple(arms),
@@ -115,3 +119,8 @@ def load_outcomes(
         np.array(cost),
         tuple(metadata),
     )
+
+
+def split_point(path: Path, fraction: float) -> int:
+    """How many records of an outcome file come before ``fraction`` of it (by line order)."""
+    return int(sum(1 for _ in read_outcomes(path)) * fraction)

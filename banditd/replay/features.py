@@ -4,15 +4,24 @@ prompts' embeddings, and the posterior (fresh, or warm-started from another outc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from banditd.context import input_tokens_estimate
 from banditd.context.encoders import get_encoder
 from banditd.context.metadata import MemoryVocabularyStore
 from banditd.context.pipeline import ContextPipeline
-from banditd.domain import ENCODER_DIMS, POLICIES, ArmSpec, FloatArray, RouterSpec
+from banditd.domain import (
+    DEFAULT_PRIOR_OUTPUT_TOKENS,
+    ENCODER_DIMS,
+    POLICIES,
+    ArmSpec,
+    FloatArray,
+    RouterSpec,
+)
 from banditd.errors import InvalidArgument
 from banditd.posterior import Posterior, Prior
 from banditd.progress import Progress
@@ -21,12 +30,29 @@ from banditd.replay.options import DEFAULT_KNN_K, Options
 from banditd.warm_start import WarmStartReport, read_outcomes, warm_events
 
 
-def router_spec(arms: Sequence[str], opts: Options, cost_weight: float) -> RouterSpec:
-    """The router a replay runs: the file's models as zero-priced arms, the options' policy."""
+def arm_prices(outcomes: Outcomes) -> dict[str, float]:
+    """A list price per million tokens (input and output alike) for each of the file's models,
+    such that a prompt of the file's mean length with the router's prior output tokens costs the
+    model's mean cost per call in the file: what an operator knows of a model before routing
+    to it (its price), on the file's own scale."""
+    tokens = float(np.mean([input_tokens_estimate(p) or 0.0 for p in outcomes.prompts]))
+    per_call = outcomes.cost.mean(axis=0) * 1e6 / (tokens + DEFAULT_PRIOR_OUTPUT_TOKENS)
+    return {arm: float(p) for arm, p in zip(outcomes.arms, per_call, strict=True)}
+
+
+def router_spec(
+    arms: Sequence[str],
+    opts: Options,
+    cost_weight: float,
+    prices: Mapping[str, float] | None = None,
+) -> RouterSpec:
+    """The router a replay runs: the file's models as arms at ``prices`` (per million tokens,
+    input and output alike; none: zero, learnt from the costs reported), the options' policy."""
+    prices = prices or {}
     return RouterSpec(
         tenant="replay",
         name="replay",
-        arms=tuple(ArmSpec(name, 0.0, 0.0) for name in arms),
+        arms=tuple(ArmSpec(name, prices.get(name, 0.0), prices.get(name, 0.0)) for name in arms),
         policy=opts.policy if opts.policy in POLICIES else "linucb",
         exploration=opts.exploration,
         default_cost_weight=cost_weight,
@@ -110,11 +136,12 @@ def warm_posterior(
     pipeline: ContextPipeline | None = None,
     metadata_from: Sequence[str] = (),
     cache: Path | None = None,
+    head: int | None = None,
 ) -> tuple[Posterior, WarmStartReport]:
-    """The posterior after `banditd warm-start` on ``path``: the same offline events
-    (``banditd.warm_start.warm_events``), in order. The pipeline (a fresh one by default)
-    takes in what the warm start fits: the PCA on the warm-start prompts, the metadata
-    vocabulary and the kNN index."""
+    """The posterior after `banditd warm-start` on ``path`` (its first ``head`` records, or
+    all): the same offline events (``banditd.warm_start.warm_events``), in order. The pipeline
+    (a fresh one by default) takes in what the warm start fits: the PCA on the warm-start
+    prompts, the metadata vocabulary and the kNN index."""
     pipeline = pipeline or pipeline_of(spec, max_prompt_chars)
     posterior, report = fresh_posterior(spec), WarmStartReport()
     progress = Progress()
@@ -122,7 +149,7 @@ def warm_posterior(
     def encode(prompts: Sequence[str]) -> FloatArray:
         return embeddings(pipeline, prompts, "encoding warm-start prompts", progress, cache)
 
-    records = list(read_outcomes(path))
+    records = list(itertools.islice(read_outcomes(path), head))
     for events in warm_events(
         pipeline, 0, records, report, metadata_from=metadata_from, encode=encode
     ):

@@ -17,8 +17,13 @@ REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
 REPLAY_POLICIES = ("knn",)
 DEFAULT_KNN_K = 20
 FEEDBACK = ("score", "thumbs")
+# Arm prices of a learning replay: "data", each model's mean cost per call in the file as a
+# price (what an operator knows before routing); "zero", priced by the costs reported only.
+ARM_PRICES = ("data", "zero")
 MAX_PROMPT_CHARS: int = Settings.model_fields["max_prompt_chars"].default  # the server default
-SWEEP_POINTS = 12
+SWEEP_POINTS = 24
+# The default sweep's cost weights: what the arms' price span is worth in quality, low to high.
+SWEEP_SPAN_LOW, SWEEP_SPAN_HIGH = 0.01, 100.0
 BUDGET_SWEEP_POINTS = 6
 QUALITY_FRACTIONS = (0.9, 0.95, 0.98)
 AUTO: tuple[float, ...] = ()  # --sweep / --sweep-budgets without values: an automatic grid
@@ -35,6 +40,11 @@ class Options:
     budget_usd: float | None = None
     feedback: str = "score"
     warm_start: Path | None = None
+    arm_prices: str = "data"
+    # Replay only the records after this fraction of data (by line order); warm_start_head:
+    # warm-start on the records before it (the protocol of docs/routing-quality.md).
+    split: float | None = None
+    warm_start_head: bool = False
     arms: tuple[str, ...] = ()
     seed: int = 0
     repeats: int = 1

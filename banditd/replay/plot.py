@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from banditd.replay.zero_router import hull_quality
+
 FIGSIZE = (14.0, 5.5)  # inches: two panels side by side
+HULL_SAMPLES = 200  # costs a hull is drawn through
 
 
 def figure(report: dict[str, Any]) -> Any:
@@ -62,11 +67,36 @@ def _frontier_panel(ax: Any, report: dict[str, Any]) -> None:
             label=label,
             capsize=2,
         )
+    _hulls(ax, report)
     ax.set_xlabel("mean cost per prompt (USD, log scale)")
     ax.set_ylabel("mean quality")
     ax.set_title("quality and cost", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _hulls(ax: Any, report: dict[str, Any]) -> None:
+    """The zero router's hull (of the single models) and the policy's, as drawn lines: what
+    gain_vs_zero_router compares; each is flat past its priciest point."""
+    right = max(m["mean_cost_usd"] for m in report["single_models"])
+    gain = report["gain_vs_zero_router"]
+    label = "zero router (single models' hull)"
+    if gain["mean"] is not None:
+        label = f"zero router; gain mean {gain['mean']:+.1f}, min {gain['min']:+.1f} points"
+    rows = [
+        ("single_models", label, "grey"),
+        ("frontier" if "frontier" in report else None, f"{report['policy']} hull", "tab:blue"),
+    ]
+    for key, text, color in rows:
+        points = [
+            (p["mean_cost_usd"], p["mean_quality"]) for p in (report[key] if key else [report])
+        ]
+        start = min((c for c, _ in points if c > 0), default=None)  # the axis is log
+        if start is None:
+            continue
+        # Dense in log cost: a mix of two points is a straight line in linear cost only.
+        costs = np.geomspace(start, max(right, start), HULL_SAMPLES)
+        ax.plot(costs, hull_quality(points, costs), "--", color=color, lw=1, label=text)
 
 
 def _regret_panel(ax: Any, report: dict[str, Any]) -> None:

@@ -75,11 +75,24 @@ def _budget_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _gain_line(r: dict[str, Any]) -> str:
+    g = r["gain_vs_zero_router"]
+    if g["mean"] is None:
+        return (
+            "gain vs the zero router: none (no point of the policy is as cheap as a single model)"
+        )
+    return (
+        f"gain vs the zero router (points of the best single model's quality): mean "
+        f"{g['mean']:+.2f}, min {g['min']:+.2f}, coverage {g['coverage']:.0%}"
+    )
+
+
 def render_text(report: dict[str, Any]) -> str:
     """The report as tables for people."""
     lines = _summary_lines(report)
     if "frontier" in report:
         lines += _frontier_lines(report)
+    lines.append(_gain_line(report))
     if "budget_frontier" in report:
         lines += _budget_lines(report)
     lines.append(f"wall time {report['wall_s']} s")

@@ -16,7 +16,7 @@ from banditd.errors import InvalidArgument
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior
 from banditd.progress import Progress
-from banditd.replay.data import Outcomes, load_outcomes
+from banditd.replay.data import Outcomes, load_outcomes, split_point
 from banditd.replay.engine import (
     REFUSED,
     best_single,
@@ -26,6 +26,7 @@ from banditd.replay.engine import (
     reference_picks,
 )
 from banditd.replay.features import (
+    arm_prices,
     embeddings,
     fresh_posterior,
     pipeline_of,
@@ -44,6 +45,7 @@ from banditd.replay.scoring import (
     score,
     weight_grid,
 )
+from banditd.replay.zero_router import gain_vs_zero_router
 from banditd.warm_start import WarmStartReport
 
 # Policies whose regret over time the report shows beside the policy's (the oracle's is 0).
@@ -57,7 +59,14 @@ class Replay:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.progress = Progress()
-        self.outcomes = load_outcomes(opts.data, opts.arms, opts.limit, opts.metadata_from)
+        if opts.warm_start_head and (opts.split is None or opts.warm_start is not None):
+            raise InvalidArgument("warm_start_head", "needs --split and no --warm-start file")
+        self.head = 0 if opts.split is None else split_point(opts.data, opts.split)
+        self.outcomes = load_outcomes(
+            opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
+        )
+        warm_start = opts.data if opts.warm_start_head else opts.warm_start
+        self.prices = arm_prices(self.outcomes) if opts.arm_prices == "data" else {}
         self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
         self.warm_report: WarmStartReport | None = None
         self.raw = np.zeros((self.outcomes.n, 0))
@@ -65,9 +74,9 @@ class Replay:
         self.pipeline: ContextPipeline | None = None
         self.encode_s = 0.0
         if opts.server is not None:  # the server encodes and learns: nothing to set up here
-            check_remote(opts.policy, opts.warm_start, opts.budget_usd, opts.sweep_budgets)
+            check_remote(opts.policy, warm_start, opts.budget_usd, opts.sweep_budgets)
         elif self.learning:
-            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight)
+            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight, self.prices)
             self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
             started = time.perf_counter()
             try:
@@ -82,14 +91,15 @@ class Replay:
                 raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
             self.encode_s = round(time.perf_counter() - started, 2)
             self.prior = fresh_posterior(spec)
-            if opts.warm_start is not None:
+            if warm_start is not None:
                 self.prior, self.warm_report = warm_posterior(
                     spec,
-                    opts.warm_start,
+                    warm_start,
                     opts.max_prompt_chars,
                     self.pipeline,
                     opts.metadata_from,
                     opts.embeddings_cache,
+                    head=self.head if opts.warm_start_head else None,
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
         self.runs_planned = self.runs_done = 0  # for the progress bar over the runs
@@ -105,7 +115,7 @@ class Replay:
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
         if opts.server is not None:
             name = router_name(seed, cost_weight, opts.cost_weight)
-            spec = router_spec(outcomes.arms, opts, cost_weight)
+            spec = router_spec(outcomes.arms, opts, cost_weight, self.prices)
             return learn_remote(
                 dataclasses.replace(spec, tenant=opts.server.tenant, name=name),
                 outcomes,
@@ -119,7 +129,7 @@ class Replay:
             return gate(chosen, outcomes, budget_usd)
         assert self.pipeline is not None
         return learn_online(
-            router_spec(outcomes.arms, opts, cost_weight),
+            router_spec(outcomes.arms, opts, cost_weight, self.prices),
             outcomes,
             self.raw,
             pipeline=self.pipeline.fork(),
@@ -183,6 +193,10 @@ def _frontier_point(point: dict[str, Any]) -> dict[str, Any]:
     return {k: point[k] for k in keys}
 
 
+def _xy(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
+
+
 def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
     """The cost-weight frontier with its AIQ, the oracle's and the single models', and the cost
     of fractions of the best single model's quality read off the frontier's hull."""
@@ -194,12 +208,9 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
     low = min(m["mean_cost_usd"] for m in singles)
     high = max(m["mean_cost_usd"] for m in singles)
 
-    def xy(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
-        return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
-
     at_quality = []
     for fraction in QUALITY_FRACTIONS:
-        cost = cost_at_quality(xy(frontier), fraction * best["mean_quality"])
+        cost = cost_at_quality(_xy(frontier), fraction * best["mean_quality"])
         at_quality.append(
             {
                 "fraction_of_best_single": fraction,
@@ -212,9 +223,9 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "frontier": frontier,
-        "aiq": aiq(xy(frontier), low, high),
-        "aiq_single_models": aiq(xy(singles), low, high),
-        "aiq_oracle": aiq(xy(oracle), low, high),
+        "aiq": aiq(_xy(frontier), low, high),
+        "aiq_single_models": aiq(_xy(singles), low, high),
+        "aiq_oracle": aiq(_xy(oracle), low, high),
         "oracle_frontier": [
             {k: o[k] for k in ("cost_weight", "mean_quality", "mean_cost_usd")} for o in oracle
         ],
@@ -241,9 +252,10 @@ def replay(opts: Options) -> dict[str, Any]:
     main = run.point(opts.cost_weight, opts.budget_usd)
     best = _model(outcomes, best_single(outcomes, 0.0))
     oracle = score(outcomes, oracle_picks(outcomes, opts.cost_weight), opts.cost_weight)
-    spec = router_spec(outcomes.arms, opts, opts.cost_weight) if run.learning else None
+    spec = router_spec(outcomes.arms, opts, opts.cost_weight, run.prices) if run.learning else None
     report: dict[str, Any] = {
         "data": str(opts.data),
+        "split": None if opts.split is None else {"fraction": opts.split, "skipped": run.head},
         "n": outcomes.n,
         "arms": list(outcomes.arms),
         "policy": opts.policy,
@@ -261,6 +273,7 @@ def replay(opts: Options) -> dict[str, Any]:
             "encode_s": run.encode_s,
         },
         "feedback": opts.feedback,
+        "arm_prices": opts.arm_prices,
         "cost_weight": opts.cost_weight,
         "budget_usd": opts.budget_usd,
         "refused_prompts": "not routed: quality 0, no cost",
@@ -284,7 +297,8 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if run.warm_report is not None:
         report["warm_start"] = {
-            "data": str(opts.warm_start),
+            "data": str(opts.data if opts.warm_start_head else opts.warm_start),
+            "head": run.head if opts.warm_start_head else None,
             "records": run.warm_report.records,
             "events": run.warm_report.events,
             "skipped_records": run.warm_report.skipped_records,
@@ -298,6 +312,9 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if opts.sweep is not None:
         report.update(_sweep_report(run, best))
+    report["gain_vs_zero_router"] = gain_vs_zero_router(
+        _xy(report.get("frontier", [main])), _xy(report["single_models"])
+    )
     if opts.sweep_budgets is not None:
         budgets = opts.sweep_budgets or budget_grid(outcomes)
         report["budget_frontier"] = [

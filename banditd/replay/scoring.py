@@ -13,7 +13,12 @@ from banditd.domain import FloatArray
 from banditd.policy.base import IntArray
 from banditd.replay.data import Outcomes
 from banditd.replay.engine import REFUSED
-from banditd.replay.options import BUDGET_SWEEP_POINTS, SWEEP_POINTS
+from banditd.replay.options import (
+    BUDGET_SWEEP_POINTS,
+    SWEEP_POINTS,
+    SWEEP_SPAN_HIGH,
+    SWEEP_SPAN_LOW,
+)
 
 REGRET_CURVE_POINTS = 100
 
@@ -110,11 +115,14 @@ def cost_at_quality(points: Sequence[tuple[float, float]], target: float) -> flo
 
 
 def weight_grid(outcomes: Outcomes) -> tuple[float, ...]:
-    """0 and a log grid of cost weights: from the weight at which the priciest model's mean cost
-    is worth 0.01 of quality to the one at which the cheapest model's is worth 1."""
+    """0 and a log grid of cost weights scaled to the arms' price span (the priciest model's
+    mean cost less the cheapest's): from the weight at which that span is worth
+    SWEEP_SPAN_LOW of quality to the one at which it is worth SWEEP_SPAN_HIGH, so one grid fits
+    any arm set and its top reaches the cheapest model."""
     cost = outcomes.cost.mean(axis=0)
-    low, high = 0.01 / max(float(cost.max()), 1e-12), 1.0 / max(float(cost.min()), 1e-12)
-    return (0.0, *(float(f"{w:.3g}") for w in np.geomspace(low, high, SWEEP_POINTS - 1)))
+    span = max(float(cost.max() - cost.min()), 1e-12)
+    grid = np.geomspace(SWEEP_SPAN_LOW / span, SWEEP_SPAN_HIGH / span, SWEEP_POINTS - 1)
+    return (0.0, *(float(f"{w:.3g}") for w in grid))
 
 
 def budget_grid(outcomes: Outcomes) -> tuple[float, ...]:

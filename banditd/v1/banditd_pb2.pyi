@@ -536,11 +536,12 @@ class RouterConfig(_message.Message):
     values re-learn faster when a model's quality or price changes.
     """
     prior_quality: _builtins.float
-    """Prior mean quality of an arm before its first feedback. Unset: 1.0, optimistic, so a new arm
-    (also one added at run time) is tried before it is judged.
+    """Prior mean quality of an arm in the middle of the router's price span before its first
+    feedback; arms spread around it by price tier (pricier: higher, 0.4 from cheapest to
+    priciest). Unset: 0.7.
     """
     prior_weight: _builtins.float
-    """How many observations the prior is worth (ridge). 0 = 1."""
+    """How many observations the prior is worth (ridge). 0 = 30."""
     explore_new_arm: _builtins.int
     """Forced exploration: an eligible arm with fewer than this many feedback events is chosen
     first (fewest events first), for at most this many decisions per arm and process, so an arm

@@ -1,0 +1,110 @@
+"""gain_vs_zero_router on hand-made (cost, quality) points whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from banditd.replay.zero_router import GRID_POINTS, cost_grid, gain_vs_zero_router, hull_quality
+
+# Two single models: the zero router's hull is the line from (1, 0.5) to (10, 1.0).
+SINGLES = [(1.0, 0.5), (10.0, 1.0)]
+
+
+def test_a_policy_equal_to_the_single_models_gains_nothing() -> None:
+    gain = gain_vs_zero_router(SINGLES, SINGLES)
+    assert gain == {"mean": 0.0, "min": 0.0, "coverage": 1.0}
+
+
+def test_a_policy_mixing_the_single_models_gains_nothing() -> None:
+    # Points on the segment between the models are what the zero router reaches anyway.
+    policy = [(1.0, 0.5), (5.5, 0.75), (10.0, 1.0)]
+    gain = gain_vs_zero_router(policy, SINGLES)
+    assert gain["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert gain["min"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_policy_above_by_a_tenth_gains_ten_points() -> None:
+    # 0.1 of quality over the hull at every cost, the best single model's quality being 1.0.
+    gain = gain_vs_zero_router([(1.0, 0.6), (10.0, 1.1)], SINGLES)
+    assert gain["mean"] == pytest.approx(10.0)
+    assert gain["min"] == pytest.approx(10.0)
+    assert gain["coverage"] == 1.0
+
+
+def test_points_are_in_points_of_the_best_single_models_quality() -> None:
+    singles = [(1.0, 0.25), (10.0, 0.5)]
+    gain = gain_vs_zero_router([(1.0, 0.3), (10.0, 0.55)], singles)
+    assert gain["mean"] == pytest.approx(10.0)  # 0.05 of 0.5
+
+
+def test_a_policy_below_the_hull_loses() -> None:
+    gain = gain_vs_zero_router([(1.0, 0.45), (10.0, 0.95)], SINGLES)
+    assert gain["mean"] == pytest.approx(-5.0)
+    assert gain["min"] == pytest.approx(-5.0)
+
+
+def test_points_under_the_policys_own_hull_do_not_count() -> None:
+    # (5.5, 0.6) is below the policy's line from (1, 0.5) to (10, 1.0): mixing beats it.
+    gain = gain_vs_zero_router([(1.0, 0.5), (5.5, 0.6), (10.0, 1.0)], SINGLES)
+    assert gain["min"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_flat_policy_keeps_its_quality_past_its_priciest_point() -> None:
+    # One point (1, 0.9): 0.4 over the hull at cost 1, 0.1 under it at cost 10 (its min).
+    gain = gain_vs_zero_router([(1.0, 0.9)], SINGLES)
+    grid = np.geomspace(1.0, 10.0, GRID_POINTS)
+    expected = (0.9 - (0.5 + (grid - 1.0) / 9.0 * 0.5)) * 100.0
+    assert gain["min"] == pytest.approx(-10.0)
+    assert gain["mean"] == pytest.approx(float(expected.mean()))
+    assert gain["coverage"] == 1.0
+
+
+def test_coverage_is_the_share_of_the_grid_the_policy_reaches() -> None:
+    # A grid from 1 to 100 (log): a policy whose cheapest point costs 10 reaches its upper half.
+    singles = [(1.0, 0.5), (100.0, 1.0)]
+    gain = gain_vs_zero_router([(10.0, 0.9), (100.0, 1.0)], singles)
+    assert gain["coverage"] == 0.5
+    # Over the reached half the zero router's hull runs from 0.5 + 9/99 x 0.5 up to 1.0.
+    assert gain["min"] == pytest.approx(0.0, abs=1e-12)
+    assert gain["mean"] is not None and gain["mean"] > 0
+
+
+def test_a_policy_that_never_gets_cheap_enough_has_no_gain() -> None:
+    gain = gain_vs_zero_router([(20.0, 1.0)], SINGLES)
+    assert gain == {"mean": None, "min": None, "coverage": 0.0}
+
+
+def test_the_grid_runs_from_the_cheapest_to_the_best_single_model() -> None:
+    # The best model (highest quality) is not the priciest one here.
+    singles = [(2.0, 0.5), (5.0, 0.9), (20.0, 0.8)]
+    grid = cost_grid(singles)
+    assert grid.shape == (GRID_POINTS,)
+    assert grid[0] == pytest.approx(2.0)
+    assert grid[-1] == pytest.approx(5.0)
+    assert np.allclose(np.diff(np.log(grid)), np.log(2.5) / (GRID_POINTS - 1))
+
+
+def test_ties_on_quality_take_the_cheapest_as_the_best() -> None:
+    assert cost_grid([(1.0, 0.5), (4.0, 0.9), (8.0, 0.9)])[-1] == pytest.approx(4.0)
+
+
+def test_a_free_model_starts_the_grid_just_above_zero() -> None:
+    grid = cost_grid([(0.0, 0.5), (10.0, 1.0)])
+    assert grid[0] > 0 and grid[-1] == pytest.approx(10.0)
+
+
+def test_hull_quality_is_nan_below_the_cheapest_point() -> None:
+    quality = hull_quality([(2.0, 0.5), (4.0, 0.7)], np.array([1.0, 2.0, 3.0, 8.0]))
+    assert np.isnan(quality[0])
+    assert quality[1:].tolist() == pytest.approx([0.5, 0.6, 0.7])
+
+
+@pytest.mark.parametrize(
+    ("policy", "singles"), [([], SINGLES), ([(1.0, 0.5)], [])], ids=["no policy", "no singles"]
+)
+def test_empty_inputs_are_refused(
+    policy: list[tuple[float, float]], singles: list[tuple[float, float]]
+) -> None:
+    with pytest.raises(ValueError, match="no "):
+        gain_vs_zero_router(policy, singles)
