@@ -24,7 +24,14 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from banditd.ceilings import HARD_MAX_CALL_USD, HARD_MAX_COST_WEIGHT
+from banditd.ceilings import (
+    HARD_MAX_CALL_USD,
+    HARD_MAX_CALL_WH,
+    HARD_MAX_COST_WEIGHT,
+    HARD_MAX_ENERGY_PER_MTOK,
+    HARD_MAX_ENERGY_WEIGHT,
+    HARD_MAX_LATENCY_WEIGHT,
+)
 from banditd.config import Settings
 from banditd.errors import InvalidArgument
 
@@ -80,6 +87,9 @@ TABLE: Mapping[str, Bound] = {
     # Router.Select
     "SelectRequest.cost_weight": _s("max_cost_weight"),
     "SelectRequest.max_cost_usd": _s("max_cost_usd"),
+    "SelectRequest.latency_weight": Bound(0.0, HARD_MAX_LATENCY_WEIGHT),
+    "SelectRequest.energy_weight": Bound(0.0, HARD_MAX_ENERGY_WEIGHT),
+    "SelectRequest.max_latency_ms": _s("max_latency_ms"),
     "Embedding.values": Bound(-HARD_MAX_EMBEDDING_VALUE, HARD_MAX_EMBEDDING_VALUE),
     # Router.Feedback, StreamFeedback, UploadFeedback (per event, in banditd.learner)
     "FeedbackRequest.reward": Bound(0.0, 1.0),
@@ -87,9 +97,13 @@ TABLE: Mapping[str, Bound] = {
     "FeedbackRequest.input_tokens": _s("max_reported_tokens"),
     "FeedbackRequest.output_tokens": _s("max_reported_tokens"),
     "FeedbackRequest.latency_ms": _s("max_latency_ms"),
+    "FeedbackRequest.energy_wh": Bound(0.0, HARD_MAX_CALL_WH),
     # Admin: routers (PutRouter, and candidates of Evaluate and PromoteRouter)
     "Arm.input_price_per_mtok": _s("max_price_per_mtok"),
     "Arm.output_price_per_mtok": _s("max_price_per_mtok"),
+    "Arm.prior_latency_ms": _s("max_latency_ms"),
+    "Arm.input_energy_wh_per_mtok": Bound(0.0, HARD_MAX_ENERGY_PER_MTOK),
+    "Arm.output_energy_wh_per_mtok": Bound(0.0, HARD_MAX_ENERGY_PER_MTOK),
     "RouterConfig.exploration": Bound(0.0, 1000.0),
     "RouterConfig.default_cost_weight": _s("max_cost_weight"),
     "RouterConfig.embedding_dim": Bound(0, 4096),
@@ -114,6 +128,8 @@ TABLE: Mapping[str, Bound] = {
     "RouterConfig.breaker_cooldown_seconds": Bound(0, 86_400),
     "RouterConfig.thumb_up_reward": Bound(0.0, 1.0),
     "RouterConfig.thumb_down_reward": Bound(0.0, 1.0),
+    "RouterConfig.default_latency_weight": Bound(0.0, HARD_MAX_LATENCY_WEIGHT),
+    "RouterConfig.default_energy_weight": Bound(0.0, HARD_MAX_ENERGY_WEIGHT),
     "ShadowPolicy.exploration": Bound(0.0, 1000.0),
     "ShadowPolicy.cost_weight": _s("max_cost_weight"),
     # Admin: evaluation, promotion, rollback

@@ -19,6 +19,13 @@ HARD_MAX_COST_WEIGHT = 1e9  # utility per USD
 HARD_MAX_REWARD = 1e6  # |reward| of any event (online ones are in [0, 1])
 HARD_MAX_X = 1e6  # |value| of a context vector
 HARD_MAX_TOKENS = 2**53  # exact in a float64
+# Latency and energy (issue 21): a latency is at most 1e10 ms (Settings.max_latency_ms's cap),
+# so latency_weight x seconds <= 1e9 x 1e7; an energy is at most 1e6 Wh/Mtok x 1e9 tokens.
+HARD_MAX_LATENCY_MS = 1e10
+HARD_MAX_LATENCY_WEIGHT = 1e9  # utility per second
+HARD_MAX_ENERGY_PER_MTOK = 1e6  # Wh per million tokens
+HARD_MAX_CALL_WH = 1e9  # one call's energy
+HARD_MAX_ENERGY_WEIGHT = 1e9  # utility per Wh
 SCORE_LIMIT = 1e20  # |score| of any arm: quality (<= ~1e3) + cost_weight x cost (<= 1e18)
 
 
@@ -56,6 +63,7 @@ def event_problem(event: FeedbackEvent) -> str | None:
         ("effective_reward", event.effective_reward, HARD_MAX_REWARD),
         ("reward_delta", event.reward_delta, 2 * HARD_MAX_REWARD),
         ("latency_ms", event.latency_ms, 1e15),
+        ("energy_wh", event.energy_wh, HARD_MAX_CALL_WH),
     ):
         if value is not None and not -limit <= value <= limit:
             return f"{name} is {value!r}"

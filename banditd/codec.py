@@ -73,6 +73,8 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
         ),
         breaker_min_events=msg.breaker_min_events or DEFAULT_MIN_EVENTS,
         breaker_cooldown_seconds=msg.breaker_cooldown_seconds or DEFAULT_COOLDOWN_SECONDS,
+        default_latency_weight=msg.default_latency_weight,
+        default_energy_weight=msg.default_energy_weight,
         **{
             key: value
             for key, value in (
@@ -86,7 +88,15 @@ def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
 
 
 def arm_from_proto(msg: pb.Arm) -> ArmSpec:
-    return ArmSpec(msg.name, msg.input_price_per_mtok, msg.output_price_per_mtok, msg.disabled)
+    return ArmSpec(
+        msg.name,
+        msg.input_price_per_mtok,
+        msg.output_price_per_mtok,
+        msg.disabled,
+        msg.prior_latency_ms,
+        msg.input_energy_wh_per_mtok,
+        msg.output_energy_wh_per_mtok,
+    )
 
 
 def shadow_from_proto(msg: pb.ShadowPolicy) -> ShadowSpec:
@@ -108,6 +118,9 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
                 input_price_per_mtok=a.input_price_per_mtok,
                 output_price_per_mtok=a.output_price_per_mtok,
                 disabled=a.disabled,
+                prior_latency_ms=a.prior_latency_ms,
+                input_energy_wh_per_mtok=a.input_energy_wh_per_mtok,
+                output_energy_wh_per_mtok=a.output_energy_wh_per_mtok,
             )
             for a in spec.arms
         ],
@@ -145,6 +158,8 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
         pca_fit_samples=spec.pca_fit_samples,
         knn_k=spec.knn_k,
         text_window_tokens=spec.text_window_tokens,
+        default_latency_weight=spec.default_latency_weight,
+        default_energy_weight=spec.default_energy_weight,
     )
 
 
@@ -169,6 +184,9 @@ def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
         cost_weight=msg.cost_weight if msg.HasField("cost_weight") else None,
         max_cost_usd=msg.max_cost_usd if msg.HasField("max_cost_usd") else None,
         metadata=dict(msg.metadata),
+        latency_weight=msg.latency_weight if msg.HasField("latency_weight") else None,
+        energy_weight=msg.energy_weight if msg.HasField("energy_weight") else None,
+        max_latency_ms=msg.max_latency_ms if msg.HasField("max_latency_ms") else None,
     )
 
 
@@ -182,6 +200,8 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
                 score=r.score,
                 expected_cost_usd=r.expected_cost_usd,
                 quality_score=r.quality_score,
+                expected_latency_ms=r.expected_latency_ms,
+                expected_energy_wh=r.expected_energy_wh,
             )
             for r in d.ranking
         ],
@@ -209,6 +229,7 @@ def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> F
         output_tokens=msg.output_tokens if msg.HasField("output_tokens") else None,
         latency_ms=msg.latency_ms if msg.HasField("latency_ms") else None,
         error=msg.error,
+        energy_wh=msg.energy_wh if msg.HasField("energy_wh") else None,
     )
 
 

@@ -81,11 +81,24 @@ class ArmSpec:
     input_price_per_mtok: float
     output_price_per_mtok: float
     disabled: bool = False
+    # Latency and energy heads (issue 21): priors before the arm's own reports.
+    prior_latency_ms: float = 0.0
+    input_energy_wh_per_mtok: float = 0.0
+    output_energy_wh_per_mtok: float = 0.0
 
     def __post_init__(self) -> None:
         check_name("arms.name", self.name)
         check_finite("arms.input_price_per_mtok", self.input_price_per_mtok)
         check_finite("arms.output_price_per_mtok", self.output_price_per_mtok)
+        check_finite("arms.prior_latency_ms", self.prior_latency_ms)
+        check_finite("arms.input_energy_wh_per_mtok", self.input_energy_wh_per_mtok)
+        check_finite("arms.output_energy_wh_per_mtok", self.output_energy_wh_per_mtok)
+
+    def energy_wh(self, input_tokens: float, output_tokens: float) -> float:
+        return (
+            input_tokens * self.input_energy_wh_per_mtok
+            + output_tokens * self.output_energy_wh_per_mtok
+        ) / 1e6
 
     def cost_usd(self, input_tokens: float, output_tokens: float) -> float:
         return (
@@ -150,6 +163,9 @@ class RouterSpec:
     breaker_error_rate: float = DEFAULT_ERROR_RATE
     breaker_min_events: int = DEFAULT_MIN_EVENTS
     breaker_cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
+    # Latency and energy (issue 21): utility per second and per Wh, unless a Select says.
+    default_latency_weight: float = 0.0
+    default_energy_weight: float = 0.0
     # Context features (banditd.context).
     encoder: str = "hashing"
     metadata_keys: tuple[str, ...] = ()
@@ -178,6 +194,8 @@ class RouterSpec:
         if self.policy == "epsilon-greedy" and self.exploration > 1.0:
             raise InvalidArgument("router.exploration", "epsilon must be in [0, 1]")
         check_finite("router.default_cost_weight", self.default_cost_weight)
+        check_finite("router.default_latency_weight", self.default_latency_weight)
+        check_finite("router.default_energy_weight", self.default_energy_weight)
         if not 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
             raise InvalidArgument("router.embedding_dim", f"must be in 1..{MAX_EMBEDDING_DIM}")
         if self.feedback_ttl_seconds < 1:
@@ -298,6 +316,8 @@ class RankedArm:
     score: float
     quality_score: float
     expected_cost_usd: float
+    expected_latency_ms: float = 0.0
+    expected_energy_wh: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -367,6 +387,7 @@ class FeedbackEvent:
     signal: int = 0
     effective_reward: float | None = None  # after this signal; None: reward
     reward_delta: float | None = None  # None for signal 0
+    energy_wh: float | None = None  # measured energy of the call (issue 21)
 
 
 def combined_reward(rule: str, rewards: Sequence[float]) -> float:

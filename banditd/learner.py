@@ -55,6 +55,7 @@ class FeedbackInput:
     output_tokens: int | None = None
     latency_ms: float | None = None
     error: bool = False
+    energy_wh: float | None = None
 
 
 def refusal_kind(exc: BanditdError) -> str:
@@ -135,6 +136,7 @@ class Learner:
             ("input_tokens", req.input_tokens),
             ("output_tokens", req.output_tokens),
             ("latency_ms", req.latency_ms),
+            ("energy_wh", req.energy_wh),
         ):
             if value is not None:
                 self._bounds.check(f"FeedbackRequest.{name}", value)
@@ -164,6 +166,7 @@ class Learner:
             error=req.error,
             created_at=now,
             cost_reported=req.cost_usd is not None,
+            energy_wh=req.energy_wh,
         )
 
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:

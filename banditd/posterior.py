@@ -6,13 +6,21 @@ lets a restart (snapshot + replay of the tail) pick exactly what the first proce
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from banditd.ceilings import HARD_MAX_CALL_USD, clamp, event_problem
+from banditd.ceilings import (
+    HARD_MAX_CALL_USD,
+    HARD_MAX_CALL_WH,
+    HARD_MAX_LATENCY_MS,
+    clamp,
+    event_problem,
+)
 from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
 from banditd.policy import _kernels
 from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
@@ -23,6 +31,13 @@ REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 COST_MODEL_MIN_EVENTS = 20
 COST_FLOOR, COST_CEILING = 0.05, 20.0
 PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
+# The latency and energy heads (issue 21) are regressions of reported latency_ms and energy_wh
+# on x, built as the cost model is (same kernels, separate statistics): "lat_*" and "energy_*"
+# arrays, each (a, a_inv, b, theta) with a sum and a count of reports per arm.
+# Their ridge is HEAD_RIDGE, not the quality prior's weight: a prior worth 30 observations would
+# pull a latency of 8 s toward 0 by half after 20 reports (the heads' prior is their mean).
+HEADS = ("lat", "energy")
+HEAD_RIDGE = 1.0
 
 
 def _usd(value: float) -> float:
@@ -89,6 +104,22 @@ class Posterior:
     cost_a_inv: FloatArray
     cost_b: FloatArray
     cost_theta: FloatArray
+    lat_a: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    lat_a_inv: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    lat_b: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    lat_theta: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    lat_sum: FloatArray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    lat_n: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+    energy_a: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    energy_a_inv: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    energy_b: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    energy_theta: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    energy_sum: FloatArray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    energy_n: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
     input_tokens_sum: float = 0.0
     input_tokens_n: int = 0
     last_event_id: int = 0
@@ -113,6 +144,7 @@ class Posterior:
             cost_a_inv=np.zeros((0, dim, dim)),
             cost_b=np.zeros((0, dim)),
             cost_theta=np.zeros((0, dim)),
+            **_empty_heads(dim),
         )
 
     def index(self, arm: str) -> int:
@@ -139,6 +171,18 @@ class Posterior:
         self.cost_a_inv = np.concatenate([self.cost_a_inv, eye / weight])
         self.cost_b = np.concatenate([self.cost_b, np.zeros((1, self.dim))])
         self.cost_theta = np.concatenate([self.cost_theta, np.zeros((1, self.dim))])
+        for head in HEADS:
+            for name, new in (
+                ("a", HEAD_RIDGE * eye),
+                ("a_inv", eye / HEAD_RIDGE),
+                ("b", np.zeros((1, self.dim))),
+                ("theta", np.zeros((1, self.dim))),
+            ):
+                setattr(
+                    self, f"{head}_{name}", np.concatenate([getattr(self, f"{head}_{name}"), new])
+                )
+            setattr(self, f"{head}_sum", np.append(getattr(self, f"{head}_sum"), 0.0))
+            setattr(self, f"{head}_n", np.append(getattr(self, f"{head}_n"), 0))
         return len(self.arms) - 1
 
     def apply(self, event: FeedbackEvent) -> str | None:
@@ -195,7 +239,52 @@ class Posterior:
         if event.input_tokens is not None:
             self.input_tokens_sum += event.input_tokens
             self.input_tokens_n += 1
+        if event.latency_ms is not None and event.latency_ms >= 0:
+            self._learn("lat", idx, event.x, event.latency_ms)
+        if event.energy_wh is not None and event.energy_wh >= 0:
+            self._learn("energy", idx, event.x, event.energy_wh)
         return None
+
+    def _learn(self, head: str, idx: int, x: FloatArray, value: float) -> None:
+        """One report into a latency or energy head: as the cost model learns a cost."""
+        a, a_inv = getattr(self, f"{head}_a"), getattr(self, f"{head}_a_inv")
+        b, theta = getattr(self, f"{head}_b"), getattr(self, f"{head}_theta")
+        getattr(self, f"{head}_sum")[idx] += value
+        n = getattr(self, f"{head}_n")
+        n[idx] += 1
+        _kernels.sherman_morrison_update(a, a_inv, b, theta, idx, x, value, self.prior.forgetting)
+        if n[idx] % REFACTORISE_EVERY == 0:
+            _kernels.refactorise(a, a_inv, b, theta, idx)
+
+    def _predict(self, head: str, idx: int, x: FloatArray | None, prior: float) -> float | None:
+        """A head's prediction: ``prior`` before any report (None: no prior), then the mean
+        report shrunk toward the prior by one pseudo-count, then (from COST_MODEL_MIN_EVENTS
+        reports) the regression for x within [COST_FLOOR, COST_CEILING] x that mean."""
+        n = int(getattr(self, f"{head}_n")[idx])
+        if n == 0:
+            return prior
+        total = float(getattr(self, f"{head}_sum")[idx])
+        mean = (prior + total) / (1 + n) if prior > 0 else total / n
+        if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
+            return mean
+        predicted = float(np.dot(getattr(self, f"{head}_theta")[idx], x))
+        return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
+
+    def expected_latency_ms(self, idx: int, arm: ArmSpec, x: FloatArray | None = None) -> float:
+        """The latency head's prediction (ms): the arm's prior_latency_ms before reports, then
+        its reports (a regression on x once it has enough). In [0, HARD_MAX_LATENCY_MS]."""
+        value = self._predict("lat", idx, x, arm.prior_latency_ms)
+        return clamp(value or 0.0, 0.0, HARD_MAX_LATENCY_MS, nan=HARD_MAX_LATENCY_MS)
+
+    def expected_energy_wh(
+        self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
+    ) -> float:
+        """The energy head's prediction (Wh): the arm's per-token figures x expected tokens
+        before energy reports, then its reports. In [0, HARD_MAX_CALL_WH]."""
+        prior = arm.energy_wh(input_tokens, self.expected_output_tokens(idx))
+        prior = clamp(prior, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
+        value = self._predict("energy", idx, x, prior)
+        return clamp(value or 0.0, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
 
     @property
     def dim(self) -> int:
@@ -253,6 +342,7 @@ class Posterior:
             cost_theta=self.cost_theta,
             input_tokens=np.array([self.input_tokens_sum, self.input_tokens_n]),
             last_event_id=self.last_event_id,
+            **{f"{h}_{n}": getattr(self, f"{h}_{n}") for h in HEADS for n in HEAD_ARRAYS},
         )
         return buf.getvalue()
 
@@ -263,6 +353,8 @@ class Posterior:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if "cost_a" not in z:
                 raise ValueError("snapshot predates the cost model")
+            if "lat_a" not in z:
+                raise ValueError("snapshot predates the latency and energy heads")
             for name in z.files:
                 if z[name].dtype.kind == "f" and not np.all(np.isfinite(z[name])):
                     raise ValueError(f"snapshot holds non-finite values in {name}")
@@ -296,4 +388,32 @@ class Posterior:
                 input_tokens_sum=float(z["input_tokens"][0]),
                 input_tokens_n=int(z["input_tokens"][1]),
                 last_event_id=int(z["last_event_id"]),
+                **{
+                    f"{h}_{n}": z[f"{h}_{n}"].reshape(len(arms), *shape).copy()
+                    for h in HEADS
+                    for n, shape in (
+                        ("a", (dim, dim)),
+                        ("a_inv", (dim, dim)),
+                        ("b", (dim,)),
+                        ("theta", (dim,)),
+                        ("sum", ()),
+                        ("n", ()),
+                    )
+                },
             )
+
+
+HEAD_ARRAYS = ("a", "a_inv", "b", "theta", "sum", "n")
+
+
+def _empty_heads(dim: int) -> dict[str, Any]:
+    """Empty latency and energy statistics for ``dim`` features."""
+    out: dict[str, Any] = {}
+    for h in HEADS:
+        out[f"{h}_a"] = np.zeros((0, dim, dim))
+        out[f"{h}_a_inv"] = np.zeros((0, dim, dim))
+        out[f"{h}_b"] = np.zeros((0, dim))
+        out[f"{h}_theta"] = np.zeros((0, dim))
+        out[f"{h}_sum"] = np.zeros(0)
+        out[f"{h}_n"] = np.zeros(0, dtype=np.int64)
+    return out

@@ -16,7 +16,12 @@ from banditd import metrics
 from banditd.budget import pacer
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog, RouterState
-from banditd.ceilings import HARD_MAX_COST_WEIGHT
+from banditd.ceilings import (
+    HARD_MAX_COST_WEIGHT,
+    HARD_MAX_ENERGY_WEIGHT,
+    HARD_MAX_LATENCY_MS,
+    HARD_MAX_LATENCY_WEIGHT,
+)
 from banditd.context import input_tokens_estimate
 from banditd.decision_log import DecisionLog
 from banditd.domain import (
@@ -51,6 +56,11 @@ class SelectInput:
     cost_weight: float | None = None
     max_cost_usd: float | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Latency and energy (issue 21): utility per second and per Wh (None: the router's
+    # defaults), and a ceiling on an arm's expected latency.
+    latency_weight: float | None = None
+    energy_weight: float | None = None
+    max_latency_ms: float | None = None
 
 
 class Selector:
@@ -88,6 +98,13 @@ class Selector:
             check_finite("cost_weight", req.cost_weight)
         if req.max_cost_usd is not None:
             check_finite("max_cost_usd", req.max_cost_usd)
+        for name, number, ceiling in (
+            ("latency_weight", req.latency_weight, HARD_MAX_LATENCY_WEIGHT),
+            ("energy_weight", req.energy_weight, HARD_MAX_ENERGY_WEIGHT),
+            ("max_latency_ms", req.max_latency_ms, HARD_MAX_LATENCY_MS),
+        ):
+            if number is not None and check_finite(name, number) > ceiling:
+                raise InvalidArgument(name, f"must be <= {ceiling:g}, got {number:g}")
         if len(req.candidates) > self._max_candidates:
             raise InvalidArgument(
                 "candidates",
@@ -148,6 +165,9 @@ class Selector:
                 candidates=req.candidates,
                 cost_weight=req.cost_weight,
                 max_cost_usd=req.max_cost_usd,
+                latency_weight=req.latency_weight,
+                energy_weight=req.energy_weight,
+                max_latency_ms=req.max_latency_ms,
                 rng=np.random.default_rng(seed),
                 budget=check,
                 blocked=blocked,
@@ -279,6 +299,9 @@ def rank_arms(
     rng: np.random.Generator,
     blocked: Collection[str] = frozenset(),
     budget: BudgetCheck | None = None,
+    latency_weight: float | None = None,
+    energy_weight: float | None = None,
+    max_latency_ms: float | None = None,
 ) -> Ranked:
     """Eligibility, expected costs, the policy's choice and the ranking; no I/O.
 
@@ -287,6 +310,9 @@ def rank_arms(
     dollar) and its price is the least cost weight used.
     x: context vector, shape (state.spec.dim,).
     blocked: arms whose circuit breaker is open; skipped unless every eligible arm is.
+    Latency and energy (issue 21): utility = quality - cost weight x USD - latency_weight x
+    expected seconds - energy_weight x expected Wh (None: the router's defaults); an arm whose
+    expected latency is over max_latency_ms is not eligible. The budget acts on USD alone.
     """
     spec, posterior = state.spec, state.posterior
     if candidates:
@@ -307,14 +333,32 @@ def rank_arms(
             for a, i in zip(arms, arm_idx, strict=True)
         ]
     )
+    latency = np.array(
+        [posterior.expected_latency_ms(int(i), a, x) for a, i in zip(arms, arm_idx, strict=True)]
+    )
+    energy = np.array(
+        [
+            posterior.expected_energy_wh(int(i), a, input_tokens, x)
+            for a, i in zip(arms, arm_idx, strict=True)
+        ]
+    )
     if max_cost_usd is not None:
         keep = costs <= max_cost_usd
         arms = [a for a, k in zip(arms, keep, strict=True) if k]
-        arm_idx, costs = arm_idx[keep], costs[keep]
+        arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     if not arms:
         raise FailedPrecondition(
             "no eligible arm: every candidate is disabled or over max_cost_usd"
         )
+    if max_latency_ms is not None:
+        keep = latency <= max_latency_ms
+        if not keep.any():
+            raise FailedPrecondition(
+                f"no eligible arm: every candidate's expected latency (from "
+                f"{latency.min():.6g} ms) is over max_latency_ms ({max_latency_ms:g} ms)"
+            )
+        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     price, outcome = 0.0, ""
     if budget is not None and budget.pacings:
         mean_quality = _kernels.mean_scores(posterior.theta, arm_idx, x)
@@ -332,15 +376,26 @@ def rank_arms(
             keep, price = gate.eligible, gate.price
             outcome = "fallback" if gate.fallback else "paced"
         arms = [a for a, k in zip(arms, keep, strict=True) if k]
-        arm_idx, costs = arm_idx[keep], costs[keep]
+        arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     weight = spec.default_cost_weight if cost_weight is None else cost_weight
     weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
-    choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng)
+    lw = spec.default_latency_weight if latency_weight is None else latency_weight
+    ew = spec.default_energy_weight if energy_weight is None else energy_weight
+    # Each term is at most 1e9 x 1e9 (weights and heads are bounded): finite by construction.
+    other = (
+        min(lw, HARD_MAX_LATENCY_WEIGHT) * latency / 1000.0
+        + min(ew, HARD_MAX_ENERGY_WEIGHT) * energy
+        if lw or ew
+        else None
+    )
+    choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng, other_term=other)
     if spec.explore_new_arm:
         choice = _explore_new_arm(state, arms, arm_idx, choice)
     utility, quality, cost = choice.utility.tolist(), choice.quality.tolist(), costs.tolist()
+    lat, wh = latency.tolist(), energy.tolist()
     ranking = tuple(
-        RankedArm(arms[i].name, utility[i], quality[i], cost[i]) for i in choice.order.tolist()
+        RankedArm(arms[i].name, utility[i], quality[i], cost[i], lat[i], wh[i])
+        for i in choice.order.tolist()
     )
     return Ranked(ranking, choice, tuple(a.name for a in arms), price, outcome)
 

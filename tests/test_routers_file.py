@@ -23,7 +23,18 @@ ARM = "{name: a, input_price_per_mtok: 1, output_price_per_mtok: 2}"
 EVERYTHING = RouterSpec(
     tenant="acme",
     name="support",
-    arms=(ArmSpec("small", 0.1, 0.4), ArmSpec("big", 3.0, 15.0, disabled=True)),
+    arms=(
+        ArmSpec("small", 0.1, 0.4),
+        ArmSpec(
+            "big",
+            3.0,
+            15.0,
+            disabled=True,
+            prior_latency_ms=900.0,
+            input_energy_wh_per_mtok=0.5,
+            output_energy_wh_per_mtok=2.0,
+        ),
+    ),
     policy="thompson",
     exploration=0.25,
     default_cost_weight=2.5,
@@ -52,6 +63,8 @@ EVERYTHING = RouterSpec(
     pca_fit_samples=64,
     knn_k=5,
     text_window_tokens=256,
+    default_latency_weight=0.2,
+    default_energy_weight=0.05,
 )
 MINIMAL = RouterSpec(tenant="acme", name="chat", arms=(ArmSpec("a", 1.0, 2.0),))
 

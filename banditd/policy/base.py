@@ -92,13 +92,18 @@ class Policy(ABC):
         expected_cost: FloatArray,
         cost_weight: float,
         rng: np.random.Generator,
+        *,
+        other_term: FloatArray | None = None,
     ) -> Choice:
         """Rank eligible arms by quality - cost_weight * expected cost (ties: configured order).
 
         expected_cost: USD per eligible arm, shape (k,).
+        other_term: utility lost to latency and energy per eligible arm, shape (k,), or None;
+        it is priced like cost (cost-aware exploration sees the whole price).
         Scores are finite by construction (NaN ranks last), so a ranking can always be logged.
         """
-        cost_term = finite_scores(cost_weight * expected_cost)
+        priced = cost_weight * expected_cost
+        cost_term = finite_scores(priced if other_term is None else priced + other_term)
         quality = finite_scores(self.priced_quality_scores(post, arm_idx, x, cost_term, rng))
         utility = finite_scores(quality - cost_term)
         order = np.argsort(-utility, kind="stable").astype(np.int64)

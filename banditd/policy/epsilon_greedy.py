@@ -34,9 +34,13 @@ class EpsilonGreedy(Policy):
         expected_cost: FloatArray,
         cost_weight: float,
         rng: np.random.Generator,
+        *,
+        other_term: FloatArray | None = None,
     ) -> Choice:
         # The base ranking on the means is the greedy choice (propensity 1, not explored).
-        choice = super().choose(post, arm_idx, x, expected_cost, cost_weight, rng)
+        choice = super().choose(
+            post, arm_idx, x, expected_cost, cost_weight, rng, other_term=other_term
+        )
         greedy = choice.chosen
         if rng.random() < self.exploration:
             choice = choice.forced(int(rng.integers(len(arm_idx))))

@@ -318,3 +318,12 @@ dead_letters = Table(
     UniqueConstraint("kind", "ref", name="uq_dead_letters_kind_ref"),
     Index("ix_dead_letters_router_id", "router_id"),
 )
+
+# Latency and energy heads (issue 21, migration 0012): the router's default weights, each arm's
+# priors, and the energy a Feedback measured.
+routers.append_column(Column("default_latency_weight", Float, nullable=False, server_default="0"))
+routers.append_column(Column("default_energy_weight", Float, nullable=False, server_default="0"))
+arms.append_column(Column("prior_latency_ms", Float, nullable=False, server_default="0"))
+arms.append_column(Column("input_energy_wh_per_mtok", Float, nullable=False, server_default="0"))
+arms.append_column(Column("output_energy_wh_per_mtok", Float, nullable=False, server_default="0"))
+feedback_events.append_column(Column("energy_wh", Float, nullable=True))

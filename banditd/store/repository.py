@@ -119,7 +119,15 @@ class Repository:
         by_router: dict[int, list[ArmSpec]] = {}
         for a in arm_rows:
             by_router.setdefault(a.router_id, []).append(
-                ArmSpec(a.name, a.input_price_per_mtok, a.output_price_per_mtok, a.disabled)
+                ArmSpec(
+                    a.name,
+                    a.input_price_per_mtok,
+                    a.output_price_per_mtok,
+                    a.disabled,
+                    a.prior_latency_ms,
+                    a.input_energy_wh_per_mtok,
+                    a.output_energy_wh_per_mtok,
+                )
             )
         return [
             StoredRouter(
@@ -157,6 +165,8 @@ class Repository:
                     pca_fit_samples=r.pca_fit_samples,
                     knn_k=r.knn_k,
                     text_window_tokens=r.text_window_tokens,
+                    default_latency_weight=r.default_latency_weight,
+                    default_energy_weight=r.default_energy_weight,
                 ),
             )
             for r in rows
@@ -221,6 +231,8 @@ class Repository:
             "pca_fit_samples": spec.pca_fit_samples,
             "knn_k": spec.knn_k,
             "text_window_tokens": spec.text_window_tokens,
+            "default_latency_weight": spec.default_latency_weight,
+            "default_energy_weight": spec.default_energy_weight,
             "updated_at": now,
         }
         try:
@@ -288,6 +300,9 @@ class Repository:
                         "input_price_per_mtok": a.input_price_per_mtok,
                         "output_price_per_mtok": a.output_price_per_mtok,
                         "disabled": a.disabled,
+                        "prior_latency_ms": a.prior_latency_ms,
+                        "input_energy_wh_per_mtok": a.input_energy_wh_per_mtok,
+                        "output_energy_wh_per_mtok": a.output_energy_wh_per_mtok,
                     }
                     for i, a in enumerate(spec.arms)
                 ],
@@ -858,7 +873,15 @@ def _decision_row(d: Decision) -> dict[str, Any]:
         "router_version": d.router_version,
         "seed": d.seed,
         "candidates": list(d.candidates),
-        "ranking": [[r.arm, r.score, r.quality_score, r.expected_cost_usd] for r in d.ranking],
+        "ranking": [
+            [r.arm, r.score, r.quality_score, r.expected_cost_usd]
+            + (
+                [r.expected_latency_ms, r.expected_energy_wh]
+                if r.expected_latency_ms or r.expected_energy_wh
+                else []
+            )
+            for r in d.ranking
+        ],
         "request_metadata": dict(d.metadata),
         "token": d.token,
         "x": None if d.x is None else np.ascontiguousarray(d.x, dtype="<f8").tobytes(),
@@ -876,9 +899,7 @@ def _decision_from_row(row: Any) -> Decision:
         router=row.router_name,
         request_id=row.request_id,
         arm=row.arm,
-        ranking=tuple(
-            RankedArm(str(a), float(s), float(q), float(c)) for a, s, q, c in row.ranking
-        ),
+        ranking=tuple(RankedArm(str(r[0]), *(float(v) for v in r[1:6])) for r in row.ranking),
         propensity=row.propensity,
         explored=row.explored,
         expected_cost_usd=row.expected_cost_usd,
@@ -963,6 +984,7 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "signal": e.signal,
         "effective_reward": e.effective_reward,
         "reward_delta": e.reward_delta,
+        "energy_wh": e.energy_wh,
     }
 
 

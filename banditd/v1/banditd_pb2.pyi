@@ -134,6 +134,9 @@ class SelectRequest(_message.Message):
     COST_WEIGHT_FIELD_NUMBER: _builtins.int
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    LATENCY_WEIGHT_FIELD_NUMBER: _builtins.int
+    ENERGY_WEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_LATENCY_MS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     router: _builtins.str
     request_id: _builtins.str
@@ -143,6 +146,13 @@ class SelectRequest(_message.Message):
     """Utility = quality - cost_weight * expected cost in USD. Unset: the router's default."""
     max_cost_usd: _builtins.float
     """Arms whose expected cost exceeds this are not eligible."""
+    latency_weight: _builtins.float
+    """Latency and energy (issue 21): utility = quality - cost_weight * USD - latency_weight *
+    expected seconds - energy_weight * expected Wh. Unset: the router's defaults.
+    """
+    energy_weight: _builtins.float
+    max_latency_ms: _builtins.float
+    """Arms whose expected latency (ms) exceeds this are not eligible."""
     @_builtins.property
     def embedding(self) -> Global___Embedding: ...
     @_builtins.property
@@ -165,21 +175,36 @@ class SelectRequest(_message.Message):
         cost_weight: _builtins.float | None = ...,
         max_cost_usd: _builtins.float | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        latency_weight: _builtins.float | None = ...,
+        energy_weight: _builtins.float | None = ...,
+        max_latency_ms: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_max_cost_usd", b"_max_cost_usd", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "max_cost_usd", b"max_cost_usd", "prompt", b"prompt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_max_cost_usd", b"_max_cost_usd", "candidates", b"candidates", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "max_cost_usd", b"max_cost_usd", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "router", b"router", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "candidates", b"candidates", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "router", b"router", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_weight: _TypeAlias = _typing.Literal["cost_weight"]  # noqa: Y015
     _WhichOneofArgType__cost_weight: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight"]  # noqa: Y015
+    _WhichOneofReturnType__energy_weight: _TypeAlias = _typing.Literal["energy_weight"]  # noqa: Y015
+    _WhichOneofArgType__energy_weight: _TypeAlias = _typing.Literal["_energy_weight", b"_energy_weight"]  # noqa: Y015
+    _WhichOneofReturnType__latency_weight: _TypeAlias = _typing.Literal["latency_weight"]  # noqa: Y015
+    _WhichOneofArgType__latency_weight: _TypeAlias = _typing.Literal["_latency_weight", b"_latency_weight"]  # noqa: Y015
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__max_latency_ms: _TypeAlias = _typing.Literal["max_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_latency_ms: _TypeAlias = _typing.Literal["_max_latency_ms", b"_max_latency_ms"]  # noqa: Y015
     _WhichOneofReturnType_context: _TypeAlias = _typing.Literal["prompt", "embedding"]  # noqa: Y015
     _WhichOneofArgType_context: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_weight) -> _WhichOneofReturnType__cost_weight | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_weight) -> _WhichOneofReturnType__energy_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_weight) -> _WhichOneofReturnType__latency_weight | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_latency_ms) -> _WhichOneofReturnType__max_latency_ms | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_context) -> _WhichOneofReturnType_context | None: ...
 
@@ -193,12 +218,18 @@ class RankedArm(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     EXPECTED_COST_USD_FIELD_NUMBER: _builtins.int
     QUALITY_SCORE_FIELD_NUMBER: _builtins.int
+    EXPECTED_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    EXPECTED_ENERGY_WH_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     score: _builtins.float
     """Utility the policy ranked by: quality score - cost_weight * expected_cost_usd."""
     expected_cost_usd: _builtins.float
     quality_score: _builtins.float
     """The quality part of the score (upper bound or sample), before the cost term."""
+    expected_latency_ms: _builtins.float
+    """The latency head's prediction for this request (prior_latency_ms before reports)."""
+    expected_energy_wh: _builtins.float
+    """The energy head's prediction for this request (per-token figures before reports)."""
     def __init__(
         self,
         *,
@@ -206,10 +237,12 @@ class RankedArm(_message.Message):
         score: _builtins.float = ...,
         expected_cost_usd: _builtins.float = ...,
         quality_score: _builtins.float = ...,
+        expected_latency_ms: _builtins.float = ...,
+        expected_energy_wh: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "expected_cost_usd", b"expected_cost_usd", "quality_score", b"quality_score", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "expected_cost_usd", b"expected_cost_usd", "expected_energy_wh", b"expected_energy_wh", "expected_latency_ms", b"expected_latency_ms", "quality_score", b"quality_score", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,6 +318,7 @@ class FeedbackRequest(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ENERGY_WH_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     decision_id: _builtins.str
     thumb: Global___Thumb.ValueType
@@ -296,6 +330,8 @@ class FeedbackRequest(_message.Message):
     output_tokens: _builtins.int
     latency_ms: _builtins.float
     error: _builtins.bool
+    energy_wh: _builtins.float
+    """Measured energy of the call in Wh; learned by the arm's energy head when present."""
     def __init__(
         self,
         *,
@@ -308,13 +344,16 @@ class FeedbackRequest(_message.Message):
         output_tokens: _builtins.int | None = ...,
         latency_ms: _builtins.float | None = ...,
         error: _builtins.bool = ...,
+        energy_wh: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "thumb", b"thumb"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "energy_wh", b"energy_wh", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "thumb", b"thumb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "error", b"error", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__energy_wh: _TypeAlias = _typing.Literal["energy_wh"]  # noqa: Y015
+    _WhichOneofArgType__energy_wh: _TypeAlias = _typing.Literal["_energy_wh", b"_energy_wh"]  # noqa: Y015
     _WhichOneofReturnType__input_tokens: _TypeAlias = _typing.Literal["input_tokens"]  # noqa: Y015
     _WhichOneofArgType__input_tokens: _TypeAlias = _typing.Literal["_input_tokens", b"_input_tokens"]  # noqa: Y015
     _WhichOneofReturnType__latency_ms: _TypeAlias = _typing.Literal["latency_ms"]  # noqa: Y015
@@ -325,6 +364,8 @@ class FeedbackRequest(_message.Message):
     _WhichOneofArgType_signal: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_wh) -> _WhichOneofReturnType__energy_wh | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__input_tokens) -> _WhichOneofReturnType__input_tokens | None: ...
     @_typing.overload
@@ -458,10 +499,18 @@ class Arm(_message.Message):
     INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
     OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    PRIOR_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    INPUT_ENERGY_WH_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_ENERGY_WH_PER_MTOK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     input_price_per_mtok: _builtins.float
     output_price_per_mtok: _builtins.float
     disabled: _builtins.bool
+    prior_latency_ms: _builtins.float
+    """Expected latency before the arm has enough latency reports. 0 = unknown."""
+    input_energy_wh_per_mtok: _builtins.float
+    """Energy per million tokens (Wh), the energy head's prior before energy_wh reports."""
+    output_energy_wh_per_mtok: _builtins.float
     def __init__(
         self,
         *,
@@ -469,10 +518,13 @@ class Arm(_message.Message):
         input_price_per_mtok: _builtins.float = ...,
         output_price_per_mtok: _builtins.float = ...,
         disabled: _builtins.bool = ...,
+        prior_latency_ms: _builtins.float = ...,
+        input_energy_wh_per_mtok: _builtins.float = ...,
+        output_energy_wh_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "input_price_per_mtok", b"input_price_per_mtok", "name", b"name", "output_price_per_mtok", b"output_price_per_mtok"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "input_energy_wh_per_mtok", b"input_energy_wh_per_mtok", "input_price_per_mtok", b"input_price_per_mtok", "name", b"name", "output_energy_wh_per_mtok", b"output_energy_wh_per_mtok", "output_price_per_mtok", b"output_price_per_mtok", "prior_latency_ms", b"prior_latency_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,6 +566,8 @@ class RouterConfig(_message.Message):
     COMBINE_FIELD_NUMBER: _builtins.int
     THUMB_UP_REWARD_FIELD_NUMBER: _builtins.int
     THUMB_DOWN_REWARD_FIELD_NUMBER: _builtins.int
+    DEFAULT_LATENCY_WEIGHT_FIELD_NUMBER: _builtins.int
+    DEFAULT_ENERGY_WEIGHT_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     policy: _builtins.str
@@ -593,6 +647,11 @@ class RouterConfig(_message.Message):
     thumb_up_reward: _builtins.float
     """The reward of THUMB_UP and THUMB_DOWN, in [0, 1]. Unset: 1 and 0."""
     thumb_down_reward: _builtins.float
+    default_latency_weight: _builtins.float
+    """Latency and energy (issue 21): utility per second and per Wh when a Select sets no
+    latency_weight / energy_weight. 0 = latency and energy do not count.
+    """
+    default_energy_weight: _builtins.float
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]: ...
     @_builtins.property
@@ -638,10 +697,12 @@ class RouterConfig(_message.Message):
         combine: _builtins.str = ...,
         thumb_up_reward: _builtins.float | None = ...,
         thumb_down_reward: _builtins.float | None = ...,
+        default_latency_weight: _builtins.float = ...,
+        default_energy_weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "breaker_error_rate", b"breaker_error_rate", "default_reward", b"default_reward", "prior_quality", b"prior_quality", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "breaker_cooldown_seconds", b"breaker_cooldown_seconds", "breaker_error_rate", b"breaker_error_rate", "breaker_min_events", b"breaker_min_events", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "encoder", b"encoder", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "knn_k", b"knn_k", "metadata_keys", b"metadata_keys", "metadata_slots", b"metadata_slots", "name", b"name", "pca_dim", b"pca_dim", "pca_fit_samples", b"pca_fit_samples", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "text_window_tokens", b"text_window_tokens", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate", "_default_reward", b"_default_reward", "_prior_quality", b"_prior_quality", "_thumb_down_reward", b"_thumb_down_reward", "_thumb_up_reward", b"_thumb_up_reward", "arms", b"arms", "breaker_cooldown_seconds", b"breaker_cooldown_seconds", "breaker_error_rate", b"breaker_error_rate", "breaker_min_events", b"breaker_min_events", "combine", b"combine", "default_cost_weight", b"default_cost_weight", "default_energy_weight", b"default_energy_weight", "default_latency_weight", b"default_latency_weight", "default_reward", b"default_reward", "embedding_dim", b"embedding_dim", "encoder", b"encoder", "exploration", b"exploration", "explore_new_arm", b"explore_new_arm", "feedback_cap_per_key", b"feedback_cap_per_key", "feedback_cap_window_seconds", b"feedback_cap_window_seconds", "feedback_ttl_seconds", b"feedback_ttl_seconds", "forgetting", b"forgetting", "knn_k", b"knn_k", "metadata_keys", b"metadata_keys", "metadata_slots", b"metadata_slots", "name", b"name", "pca_dim", b"pca_dim", "pca_fit_samples", b"pca_fit_samples", "policy", b"policy", "prior_output_tokens", b"prior_output_tokens", "prior_quality", b"prior_quality", "prior_weight", b"prior_weight", "reward_wait_seconds", b"reward_wait_seconds", "shadows", b"shadows", "tenant", b"tenant", "text_window_tokens", b"text_window_tokens", "thumb_down_reward", b"thumb_down_reward", "thumb_up_reward", b"thumb_up_reward", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__breaker_error_rate: _TypeAlias = _typing.Literal["breaker_error_rate"]  # noqa: Y015
     _WhichOneofArgType__breaker_error_rate: _TypeAlias = _typing.Literal["_breaker_error_rate", b"_breaker_error_rate"]  # noqa: Y015
