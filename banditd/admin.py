@@ -34,6 +34,8 @@ class RouterStats:
     # Context features: the featurisation in use and the kNN index size (0 without kNN).
     context_version: str = ""
     knn_indexed: int = 0
+    # Latency and energy heads, by arm: (mean latency_ms, reports, mean energy_wh, reports).
+    heads: dict[str, tuple[float, int, float, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Admin:
             health,
             context_version=context.version if context is not None else "",
             knn_indexed=context.knn.size if context is not None and context.knn else 0,
+            heads={n: state.posterior.reported_means(n) for n in names},
         )
 
     # -- off-policy evaluation, promotion and rollback ----------------------------------------

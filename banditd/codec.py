@@ -249,6 +249,11 @@ def batch_outcome_to_proto(outcome: BatchOutcome) -> pb.StreamFeedbackResponse:
     )
 
 
+def _heads(stats: RouterStats, arm: str) -> tuple[float, int, float, int]:
+    """(mean latency_ms, reports, mean energy_wh, reports) of an arm."""
+    return stats.heads.get(arm, (0.0, 0, 0.0, 0))
+
+
 def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
     fed = sum(a.feedback_count for a in stats.arms)
     return pb.GetStatsResponse(
@@ -264,6 +269,10 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
                 breaker=_view(stats, a.arm).state.value,
                 recent_error_rate=_view(stats, a.arm).error_rate,
                 breaker_open_until_unix=_view(stats, a.arm).open_until,
+                mean_latency_ms=_heads(stats, a.arm)[0],
+                latency_reports=_heads(stats, a.arm)[1],
+                mean_energy_wh=_heads(stats, a.arm)[2],
+                energy_reports=_heads(stats, a.arm)[3],
             )
             for a in stats.arms
         ],

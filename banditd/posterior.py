@@ -270,6 +270,18 @@ class Posterior:
         predicted = float(np.dot(getattr(self, f"{head}_theta")[idx], x))
         return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
 
+    def reported_means(self, arm: str) -> tuple[float, int, float, int]:
+        """(mean reported latency_ms, reports, mean reported energy_wh, reports) of an arm;
+        0 means for an arm without reports (or unknown to this posterior)."""
+        if arm not in self.arms:
+            return (0.0, 0, 0.0, 0)
+        idx = self.arms.index(arm)
+        out: list[float | int] = []
+        for head in HEADS:
+            n = int(getattr(self, f"{head}_n")[idx])
+            out += [float(getattr(self, f"{head}_sum")[idx]) / n if n else 0.0, n]
+        return (float(out[0]), int(out[1]), float(out[2]), int(out[3]))
+
     def expected_latency_ms(self, idx: int, arm: ArmSpec, x: FloatArray | None = None) -> float:
         """The latency head's prediction (ms): the arm's prior_latency_ms before reports, then
         its reports (a regression on x once it has enough). In [0, HARD_MAX_LATENCY_MS]."""

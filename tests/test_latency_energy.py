@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
+from banditd import client as bc
 from banditd.domain import ArmSpec, FeedbackEvent
 from banditd.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
@@ -104,6 +105,11 @@ async def test_trade_offs_on_a_synthetic_stream(sqlite_url: str, start_server: S
     for name, (*_, latency, wh) in ARMS.items():
         assert ranked[name].expected_latency_ms == pytest.approx(latency, rel=0.02)
         assert ranked[name].expected_energy_wh == pytest.approx(wh, rel=0.02)
+    # GetStats: each arm's mean reported latency and energy.
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    for a in stats.arms:
+        assert a.mean_latency_ms == ARMS[a.arm][3] and a.latency_reports == ROUNDS
+        assert a.mean_energy_wh == pytest.approx(ARMS[a.arm][4]) and a.energy_reports == ROUNDS
     # Quality alone: the best arm; price: the cheap one; latency: the fast one.
     assert (await select(server)).arm == "best"
     assert (await select(server, cost_weight=1000.0)).arm == "cheap"
@@ -270,3 +276,27 @@ def test_posterior_heads_are_a_function_of_the_events() -> None:
     np.savez(buf, **data)
     with pytest.raises(ValueError, match="latency and energy"):
         Posterior.from_bytes(buf.getvalue())
+
+
+async def test_python_client_passes_the_new_fields(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config()))
+    client = bc.AsyncClient(server.address, tenant="acme")
+    try:
+        decision = await client.select(
+            router="chat", prompt="hello", latency_weight=0.1, energy_weight=0.0
+        )
+        assert all(r.expected_latency_ms == 1000.0 for r in decision.ranking)
+        assert all(r.expected_energy_wh > 0 for r in decision.ranking)
+        await client.feedback(
+            decision_id=decision.decision_id, reward=1.0, latency_ms=250.0, energy_wh=1.5
+        )
+        with pytest.raises(bc.InvalidArgument):
+            await client.select(router="chat", prompt="hello", max_latency_ms=math.nan)
+    finally:
+        await client.close()
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    chosen = next(a for a in stats.arms if a.arm == decision.arm)
+    assert (chosen.mean_latency_ms, chosen.mean_energy_wh) == (250.0, 1.5)

@@ -30,6 +30,9 @@ class SelectArgs(TypedDict, total=False):
     metadata: Mapping[str, str] | None
     cost_weight: float | None
     max_cost_usd: float | None
+    latency_weight: float | None  # utility per second of expected latency
+    energy_weight: float | None  # utility per Wh of expected energy
+    max_latency_ms: float | None
     candidates: Sequence[str] | None
     request_id: str | None
 
@@ -47,6 +50,7 @@ class FeedbackArgs(TypedDict, total=False):
     output_tokens: int | None
     latency_ms: float | None
     error: bool | None
+    energy_wh: float | None
 
 
 def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
@@ -71,7 +75,13 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
         msg.prompt = prompt
     if embedding is not None:
         msg.embedding.values.extend(embedding)
-    for name in ("cost_weight", "max_cost_usd"):
+    for name in (
+        "cost_weight",
+        "max_cost_usd",
+        "latency_weight",
+        "energy_weight",
+        "max_latency_ms",
+    ):
         value = args.get(name)
         if value is not None:
             setattr(msg, name, value)
@@ -97,7 +107,7 @@ def feedback_request(
         msg.thumb = THUMBS[thumb]
     elif reward is not None:
         msg.reward = reward
-    for name in ("cost_usd", "input_tokens", "output_tokens", "latency_ms"):
+    for name in ("cost_usd", "input_tokens", "output_tokens", "latency_ms", "energy_wh"):
         value = args.get(name)
         if value is not None:
             setattr(msg, name, value)

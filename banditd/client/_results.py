@@ -20,6 +20,8 @@ class RankedArm:
     score: float  # the utility ranked by: quality_score - cost_weight * expected_cost_usd
     expected_cost_usd: float
     quality_score: float
+    expected_latency_ms: float = 0.0  # the latency head's prediction (issue 21)
+    expected_energy_wh: float = 0.0  # the energy head's prediction
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,15 @@ def decision_from_proto(msg: pb.SelectResponse, tenant: str, router: str) -> Dec
         decision_id=msg.decision_id,
         arm=msg.arm,
         ranking=tuple(
-            RankedArm(r.arm, r.score, r.expected_cost_usd, r.quality_score) for r in msg.ranking
+            RankedArm(
+                r.arm,
+                r.score,
+                r.expected_cost_usd,
+                r.quality_score,
+                r.expected_latency_ms,
+                r.expected_energy_wh,
+            )
+            for r in msg.ranking
         ),
         propensity=msg.propensity,
         explored=msg.explored,

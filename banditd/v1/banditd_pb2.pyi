@@ -961,6 +961,10 @@ class ArmStats(_message.Message):
     BREAKER_FIELD_NUMBER: _builtins.int
     RECENT_ERROR_RATE_FIELD_NUMBER: _builtins.int
     BREAKER_OPEN_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    MEAN_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_REPORTS_FIELD_NUMBER: _builtins.int
+    MEAN_ENERGY_WH_FIELD_NUMBER: _builtins.int
+    ENERGY_REPORTS_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     decisions: _builtins.int
     feedback_count: _builtins.int
@@ -972,6 +976,13 @@ class ArmStats(_message.Message):
     """Fraction of errors among the arm's recent feedback (since its breaker last changed state)."""
     breaker_open_until_unix: _builtins.float
     """Unix seconds when an open arm turns half-open; 0 unless open."""
+    mean_latency_ms: _builtins.float
+    """Latency and energy (issue 21): the mean of the arm's reported latency_ms and energy_wh over
+    the events this replica has applied (0 without reports), and how many reported each.
+    """
+    latency_reports: _builtins.int
+    mean_energy_wh: _builtins.float
+    energy_reports: _builtins.int
     def __init__(
         self,
         *,
@@ -983,10 +994,14 @@ class ArmStats(_message.Message):
         breaker: _builtins.str = ...,
         recent_error_rate: _builtins.float = ...,
         breaker_open_until_unix: _builtins.float = ...,
+        mean_latency_ms: _builtins.float = ...,
+        latency_reports: _builtins.int = ...,
+        mean_energy_wh: _builtins.float = ...,
+        energy_reports: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "breaker", b"breaker", "breaker_open_until_unix", b"breaker_open_until_unix", "decisions", b"decisions", "feedback_count", b"feedback_count", "mean_reward", b"mean_reward", "recent_error_rate", b"recent_error_rate", "spend_usd", b"spend_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "breaker", b"breaker", "breaker_open_until_unix", b"breaker_open_until_unix", "decisions", b"decisions", "energy_reports", b"energy_reports", "feedback_count", b"feedback_count", "latency_reports", b"latency_reports", "mean_energy_wh", b"mean_energy_wh", "mean_latency_ms", b"mean_latency_ms", "mean_reward", b"mean_reward", "recent_error_rate", b"recent_error_rate", "spend_usd", b"spend_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
