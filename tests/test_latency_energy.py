@@ -7,6 +7,7 @@ at quality 0.9 and is the priciest and the hungriest.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 from typing import Any
@@ -300,3 +301,48 @@ async def test_python_client_passes_the_new_fields(
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     chosen = next(a for a in stats.arms if a.arm == decision.arm)
     assert (chosen.mean_latency_ms, chosen.mean_energy_wh) == (250.0, 1.5)
+
+
+async def test_two_replicas_learn_the_same_heads(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Feedback to one replica: the other, tailing the log, holds the same heads bit for bit."""
+    a = await start_server(sqlite_url, tail_interval_s=0.05, snapshot_every=25)
+    b = await start_server(sqlite_url, tail_interval_s=0.05, snapshot_every=25)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=config()))
+    await train(a)
+    post_a = a.app.catalog._by_id[1].posterior
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))).lag_events:
+        assert asyncio.get_running_loop().time() < deadline, "replica b did not catch up"
+        await asyncio.sleep(0.05)
+    post_b = b.app.catalog._by_id[1].posterior
+    assert post_a.last_event_id == post_b.last_event_id == len(ARMS) * ROUNDS
+    for name in ARMS:
+        ia, ib = post_a.index(name), post_b.index(name)
+        for head in ("lat_a_inv", "lat_theta", "energy_a_inv", "energy_theta"):
+            assert np.array_equal(getattr(post_a, head)[ia], getattr(post_b, head)[ib]), head
+    assert (await select(b, latency_weight=0.1)).arm == "fast"
+    assert [r.arm for r in (await select(b, max_latency_ms=500.0)).ranking] == ["fast"]
+
+
+async def test_latency_drift_is_followed_with_forgetting(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The fast arm slows from 200 ms to 6 s: with forgetting the head follows it, and a
+    max_latency_ms of 1 s no longer admits it."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config(forgetting=0.8)))
+    for latency in (200.0, 6000.0):
+        for _ in range(ROUNDS):
+            d = await select(server, candidates=["fast"])
+            await server.router.Feedback(
+                pb.FeedbackRequest(
+                    tenant="acme", decision_id=d.decision_id, reward=0.6, latency_ms=latency
+                )
+            )
+        ranked = by_arm(await select(server))
+        assert ranked["fast"].expected_latency_ms == pytest.approx(latency, rel=0.05)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await select(server, candidates=["fast"], max_latency_ms=1000.0)
+    assert err.value.code() == C.FAILED_PRECONDITION
