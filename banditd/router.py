@@ -260,6 +260,22 @@ class Ranked:
     candidates: tuple[str, ...]
     budget_price: float = 0.0  # the pacer's price of a dollar, 0 without a budget
     budget_outcome: str = ""  # "", "paced", "fallback" or "over_budget" (see BudgetCheck)
+    # The latency and energy weights used (the request's, else the router's defaults).
+    latency_weight: float = 0.0
+    energy_weight: float = 0.0
+
+    def other_term(self, arms: Sequence[str]) -> FloatArray | None:
+        """Utility lost to latency and energy per arm of ``arms`` (in the ranking), or None."""
+        if not (self.latency_weight or self.energy_weight):
+            return None
+        by_arm = {r.arm: r for r in self.ranking}
+        return np.array(
+            [
+                self.latency_weight * by_arm[a].expected_latency_ms / 1000.0
+                + self.energy_weight * by_arm[a].expected_energy_wh
+                for a in arms
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -382,12 +398,8 @@ def rank_arms(
     lw = spec.default_latency_weight if latency_weight is None else latency_weight
     ew = spec.default_energy_weight if energy_weight is None else energy_weight
     # Each term is at most 1e9 x 1e9 (weights and heads are bounded): finite by construction.
-    other = (
-        min(lw, HARD_MAX_LATENCY_WEIGHT) * latency / 1000.0
-        + min(ew, HARD_MAX_ENERGY_WEIGHT) * energy
-        if lw or ew
-        else None
-    )
+    lw, ew = min(lw, HARD_MAX_LATENCY_WEIGHT), min(ew, HARD_MAX_ENERGY_WEIGHT)
+    other = lw * latency / 1000.0 + ew * energy if lw or ew else None
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng, other_term=other)
     if spec.explore_new_arm:
         choice = _explore_new_arm(state, arms, arm_idx, choice)
@@ -397,7 +409,7 @@ def rank_arms(
         RankedArm(arms[i].name, utility[i], quality[i], cost[i], lat[i], wh[i])
         for i in choice.order.tolist()
     )
-    return Ranked(ranking, choice, tuple(a.name for a in arms), price, outcome)
+    return Ranked(ranking, choice, tuple(a.name for a in arms), price, outcome, lw, ew)
 
 
 def _explore_new_arm(

@@ -60,13 +60,14 @@ def shadow_picks(
     arm_idx = np.array([post.index(a) for a in names], dtype=np.int64)
     costs = np.array([priced[a] for a in names])
     live = names.index(ranked.ranking[0].arm)
+    other = ranked.other_term(names)  # the request's latency and energy terms apply too
     rng = np.random.default_rng(seed ^ SHADOW_SALT)  # one stream for the decision's shadows
     picks = []
     for shadow in spec.shadows:
         try:
             weight = _cost_weight(spec, shadow) if cost_weight is None else cost_weight
             policy = make_policy(shadow.policy, shadow.alpha)
-            p = policy.probabilities(post, arm_idx, x, costs, weight, rng)
+            p = policy.probabilities(post, arm_idx, x, costs, weight, rng, other_term=other)
             # The shadow's pick is a draw from its distribution (its argmax when deterministic).
             chosen = int(np.argmax(p)) if p.max() >= 1.0 else int(rng.choice(len(p), p=p))
             picks.append(ShadowPick(shadow.name, names[chosen], float(p[live])))

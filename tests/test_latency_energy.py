@@ -346,3 +346,19 @@ async def test_latency_drift_is_followed_with_forgetting(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await select(server, candidates=["fast"], max_latency_ms=1000.0)
     assert err.value.code() == C.FAILED_PRECONDITION
+
+
+async def test_shadows_weigh_latency_as_the_live_policy_does(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A shadow identical to the live policy agrees with it at every latency weight."""
+    server = await start_server(sqlite_url)
+    twin = pb.ShadowPolicy(name="twin", policy="linucb", exploration=0.001)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config(shadows=[twin])))
+    await train(server)
+    picks = {(await select(server, latency_weight=w)).arm for w in (0.0, 1.0, 0.0, 1.0)}
+    assert picks == {"best", "fast"}
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    (shadow,) = stats.shadows
+    assert shadow.decisions == len(ARMS) * ROUNDS + 4
+    assert shadow.agreement == 1.0

@@ -121,9 +121,14 @@ class Policy(ABC):
         expected_cost: FloatArray,
         cost_weight: float,
         rng: np.random.Generator,
+        *,
+        other_term: FloatArray | None = None,
     ) -> FloatArray:
         """The probability that ``choose`` ranks each eligible arm first, shape (k,): for
         off-policy evaluation and shadows. Deterministic policies put 1 on their choice."""
         out = np.zeros(len(arm_idx))
-        out[Policy.choose(self, post, arm_idx, x, expected_cost, cost_weight, rng).chosen] = 1.0
+        choice = Policy.choose(
+            self, post, arm_idx, x, expected_cost, cost_weight, rng, other_term=other_term
+        )
+        out[choice.chosen] = 1.0
         return out

@@ -56,7 +56,11 @@ class EpsilonGreedy(Policy):
         expected_cost: FloatArray,
         cost_weight: float,
         rng: np.random.Generator,
+        *,
+        other_term: FloatArray | None = None,
     ) -> FloatArray:
         """epsilon / k on every eligible arm, plus 1 - epsilon on the greedy one."""
-        greedy = super().probabilities(post, arm_idx, x, expected_cost, cost_weight, rng)
+        greedy = super().probabilities(
+            post, arm_idx, x, expected_cost, cost_weight, rng, other_term=other_term
+        )
         return self.exploration / len(arm_idx) + (1.0 - self.exploration) * greedy

@@ -63,8 +63,13 @@ class Thompson(Policy):
         expected_cost: FloatArray,
         cost_weight: float,
         rng: np.random.Generator,
+        *,
+        other_term: FloatArray | None = None,
     ) -> FloatArray:
         """Each eligible arm's share of PROPENSITY_DRAWS posterior draws: a Monte Carlo estimate,
         unbiased, so importance weights built on it stay unbiased too."""
-        wins = self._wins(post, arm_idx, x, cost_weight * expected_cost, rng)
+        cost_term = cost_weight * expected_cost
+        if other_term is not None:
+            cost_term = cost_term + other_term
+        wins = self._wins(post, arm_idx, x, cost_term, rng)
         return np.asarray(wins / PROPENSITY_DRAWS, dtype=np.float64)
