@@ -256,8 +256,8 @@ class Posterior:
         if n[idx] % REFACTORISE_EVERY == 0:
             _kernels.refactorise(a, a_inv, b, theta, idx)
 
-    def _predict(self, head: str, idx: int, x: FloatArray | None, prior: float) -> float | None:
-        """A head's prediction: ``prior`` before any report (None: no prior), then the mean
+    def _predict(self, head: str, idx: int, x: FloatArray | None, prior: float) -> float:
+        """A head's prediction: ``prior`` before any report (0: none), then the mean
         report shrunk toward the prior by one pseudo-count, then (from COST_MODEL_MIN_EVENTS
         reports) the regression for x within [COST_FLOOR, COST_CEILING] x that mean."""
         n = int(getattr(self, f"{head}_n")[idx])
@@ -286,7 +286,7 @@ class Posterior:
         """The latency head's prediction (ms): the arm's prior_latency_ms before reports, then
         its reports (a regression on x once it has enough). In [0, HARD_MAX_LATENCY_MS]."""
         value = self._predict("lat", idx, x, arm.prior_latency_ms)
-        return clamp(value or 0.0, 0.0, HARD_MAX_LATENCY_MS, nan=HARD_MAX_LATENCY_MS)
+        return clamp(value, 0.0, HARD_MAX_LATENCY_MS, nan=HARD_MAX_LATENCY_MS)
 
     def expected_energy_wh(
         self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
@@ -296,7 +296,7 @@ class Posterior:
         prior = arm.energy_wh(input_tokens, self.expected_output_tokens(idx))
         prior = clamp(prior, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
         value = self._predict("energy", idx, x, prior)
-        return clamp(value or 0.0, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
+        return clamp(value, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
 
     @property
     def dim(self) -> int:
