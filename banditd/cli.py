@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "ingest",
         help="send thumbs/rewards from a JSONL or CSV file to a running server",
         description="Columns/keys: decision_id, tenant (or --tenant), thumb (up/down) or reward, "
-        "optional cost_usd, input_tokens, output_tokens, latency_ms, error. Resumable: the lines "
-        "done are kept in a state file; re-sent feedback counts as duplicate, never twice.",
+        "optional cost_usd, input_tokens, output_tokens, latency_ms, energy_wh, error. Resumable: "
+        "the lines done are kept in a state file; re-sent feedback counts as duplicate, never "
+        "twice.",
     )
     p_ingest.add_argument("file", type=Path)
     p_ingest.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")

@@ -22,7 +22,7 @@ from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
-OPTIONAL_FLOATS = ("cost_usd", "latency_ms")
+OPTIONAL_FLOATS = ("cost_usd", "latency_ms", "energy_wh")
 OPTIONAL_INTS = ("input_tokens", "output_tokens")
 _OPTIONAL: tuple[tuple[str, type[float] | type[int]], ...] = (
     *((n, float) for n in OPTIONAL_FLOATS),

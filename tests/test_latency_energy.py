@@ -18,6 +18,7 @@ import pytest
 
 from banditd import client as bc
 from banditd.domain import ArmSpec, FeedbackEvent
+from banditd.ingest import parse_record
 from banditd.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer
@@ -362,3 +363,9 @@ async def test_shadows_weigh_latency_as_the_live_policy_does(
     (shadow,) = stats.shadows
     assert shadow.decisions == len(ARMS) * ROUNDS + 4
     assert shadow.agreement == 1.0
+
+
+def test_ingest_reads_energy_wh() -> None:
+    record = {"decision_id": "d", "tenant": "acme", "reward": 1, "latency_ms": 9, "energy_wh": 2.5}
+    msg = parse_record(record, None)
+    assert msg.HasField("energy_wh") and msg.energy_wh == 2.5 and msg.latency_ms == 9.0
