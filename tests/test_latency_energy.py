@@ -99,8 +99,10 @@ async def test_priors_before_reports(sqlite_url: str, start_server: StartServer)
     )
 
 
-async def test_trade_offs_on_a_synthetic_stream(sqlite_url: str, start_server: StartServer) -> None:
-    server = await start_server(sqlite_url)
+async def test_trade_offs_on_a_synthetic_stream(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(database_url)
     await server.admin.PutRouter(pb.PutRouterRequest(router=config()))
     await train(server)
     ranked = by_arm(await select(server))
@@ -214,15 +216,15 @@ async def test_bad_config_and_feedback_fields_are_invalid(
 
 @pytest.mark.parametrize("snapshot_every", [10, 100_000])
 async def test_learnt_latency_survives_a_restart(
-    sqlite_url: str, start_server: StartServer, snapshot_every: int
+    database_url: str, start_server: StartServer, snapshot_every: int
 ) -> None:
     """From a snapshot (every 10 events) or from the log alone: the same heads after a restart."""
-    server = await start_server(sqlite_url, snapshot_every=snapshot_every)
+    server = await start_server(database_url, snapshot_every=snapshot_every)
     await server.admin.PutRouter(pb.PutRouterRequest(router=config()))
     await train(server)
     before = by_arm(await select(server, latency_weight=0.1))
     await server.stop()
-    again = await start_server(sqlite_url, snapshot_every=snapshot_every)
+    again = await start_server(database_url, snapshot_every=snapshot_every)
     after = by_arm(await select(again, latency_weight=0.1))
     for name in ARMS:
         assert after[name].expected_latency_ms == before[name].expected_latency_ms
@@ -305,11 +307,11 @@ async def test_python_client_passes_the_new_fields(
 
 
 async def test_two_replicas_learn_the_same_heads(
-    sqlite_url: str, start_server: StartServer
+    database_url: str, start_server: StartServer
 ) -> None:
     """Feedback to one replica: the other, tailing the log, holds the same heads bit for bit."""
-    a = await start_server(sqlite_url, tail_interval_s=0.05, snapshot_every=25)
-    b = await start_server(sqlite_url, tail_interval_s=0.05, snapshot_every=25)
+    a = await start_server(database_url, tail_interval_s=0.05, snapshot_every=25)
+    b = await start_server(database_url, tail_interval_s=0.05, snapshot_every=25)
     await a.admin.PutRouter(pb.PutRouterRequest(router=config()))
     await train(a)
     post_a = a.app.catalog._by_id[1].posterior
