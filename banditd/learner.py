@@ -297,6 +297,13 @@ def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
         spend[event.arm] = spend.get(event.arm, 0.0) + event.cost_usd
     for arm, usd in spend.items():
         metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(usd)
+    for event in events:
+        if event.latency_ms is not None:
+            metrics.REPORTED_LATENCY.labels(spec.tenant, spec.name, event.arm).observe(
+                event.latency_ms / 1000.0
+            )
+        if event.energy_wh is not None:
+            metrics.ENERGY.labels(spec.tenant, spec.name, event.arm).inc(event.energy_wh)
 
 
 def _log_event(tenant: str, router: str, event: FeedbackEvent, event_id: int) -> None:

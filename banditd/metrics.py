@@ -5,7 +5,7 @@ Labels are bounded by configuration (tenants, routers, arms), never by request c
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Summary, start_http_server
 
 RPC_SECONDS = Histogram(
     "banditd_rpc_seconds",
@@ -26,6 +26,16 @@ FEEDBACK = Counter(
 SPEND = Counter(
     "banditd_spend_usd_total",
     "USD charged by accepted feedback (actual cost, or the expected cost when none came).",
+    ["tenant", "router", "arm"],
+)
+REPORTED_LATENCY = Summary(
+    "banditd_reported_latency_seconds",
+    "Latency reported by accepted feedback (_sum / _count: the mean per arm).",
+    ["tenant", "router", "arm"],
+)
+ENERGY = Counter(
+    "banditd_energy_wh_total",
+    "Energy (Wh) reported by accepted feedback.",
     ["tenant", "router", "arm"],
 )
 APPLIED_EVENT = Gauge(

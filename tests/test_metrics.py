@@ -22,7 +22,14 @@ async def test_metrics_endpoint(sqlite_url: str, start_server: StartServer) -> N
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant="metered")))
     d = await server.router.Select(pb.SelectRequest(tenant="metered", router="chat", prompt="hi"))
     await server.router.Feedback(
-        pb.FeedbackRequest(tenant="metered", decision_id=d.decision_id, reward=1, cost_usd=0.25)
+        pb.FeedbackRequest(
+            tenant="metered",
+            decision_id=d.decision_id,
+            reward=1,
+            cost_usd=0.25,
+            latency_ms=250.0,
+            energy_wh=1.5,
+        )
     )
 
     def scrape() -> str:
@@ -33,6 +40,10 @@ async def test_metrics_endpoint(sqlite_url: str, start_server: StartServer) -> N
     labels = f'arm="{d.arm}",explored="False",router="chat",tenant="metered"'
     assert f"banditd_decisions_total{{{labels}}} 1.0" in text
     assert f'banditd_spend_usd_total{{arm="{d.arm}",router="chat",tenant="metered"}} 0.25' in text
+    arm = f'arm="{d.arm}",router="chat",tenant="metered"'
+    assert f"banditd_reported_latency_seconds_count{{{arm}}} 1.0" in text
+    assert f"banditd_reported_latency_seconds_sum{{{arm}}} 0.25" in text
+    assert f"banditd_energy_wh_total{{{arm}}} 1.5" in text
     assert 'banditd_rpc_seconds_count{code="OK",method="Select"}' in text
     assert 'banditd_applied_event_id{router="chat",tenant="metered"} 1.0' in text
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="metered", name="chat"))
