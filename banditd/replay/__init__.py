@@ -36,6 +36,15 @@ what is left are masked (on_exhausted refuse). For every policy, a call whose re
 overrun what is left is not made: the prompt is *refused*, counts as quality 0 and costs nothing.
 The total charged never exceeds the budget.
 
+Latency and energy (issue 21, docs/latency-energy.md): model entries may carry the call's
+measured ``latency_ms`` and ``energy_wh``. With ``--arm-prices data`` each arm's
+prior_latency_ms is its model's mean latency in the file and its energy per million tokens is
+scaled as its price is; every event reports the chosen call's latency and energy, so the heads
+learn. ``--latency-weight``, ``--energy-weight`` and ``--max-latency-ms`` are sent with every
+Select as the request fields (a prompt no arm is eligible for is refused); the report gives the
+mean measured latency and energy (``mean_latency_ms``, ``mean_energy_wh``, over the served
+prompts) when the file has them. Regret and the oracle stay in quality and USD.
+
 Frontier (``--sweep``): the same replay at a range of cost weights (by default 0 and 23
 log-spaced weights scaled to the arms' price span, the priciest model's mean cost less the
 cheapest's: from the weight at which the span is worth 0.01 of quality to the one at which it is

@@ -75,6 +75,9 @@ def options(args: argparse.Namespace) -> Options:
         data=args.data,
         policy=args.policy,
         cost_weight=args.cost_weight,
+        latency_weight=args.latency_weight,
+        energy_weight=args.energy_weight,
+        max_latency_ms=args.max_latency_ms,
         budget_usd=args.budget_usd,
         feedback=args.feedback,
         warm_start=args.warm_start,
@@ -155,6 +158,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="(linucb) random, cheapest, best-single and oracle are references, not learning",
     )
     p.add_argument("--cost-weight", type=_non_negative, default=0.0, help="USD -> quality (0)")
+    p.add_argument(
+        "--latency-weight",
+        type=_non_negative,
+        help="utility per second of expected latency, as SelectRequest.latency_weight (0)",
+    )
+    p.add_argument(
+        "--energy-weight",
+        type=_non_negative,
+        help="utility per Wh of expected energy, as SelectRequest.energy_weight (0)",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=_non_negative,
+        help="arms whose expected latency is over it are not eligible (none); a prompt with no "
+        "arm left is refused",
+    )
     p.add_argument("--budget-usd", type=_non_negative, help="total spend allowed (none)")
     p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
     p.add_argument(

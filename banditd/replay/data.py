@@ -32,6 +32,10 @@ class Outcomes:
     cost: FloatArray
     # Request metadata per prompt (record fields named by --metadata-from), length n.
     metadata: tuple[dict[str, str], ...] = ()
+    # Measured latency (ms) and energy (Wh) per prompt and arm, shape (n, k), NaN where an
+    # entry has none; None when no entry of the file has the field (issue 21).
+    latency_ms: FloatArray | None = None
+    energy_wh: FloatArray | None = None
 
     @property
     def n(self) -> int:
@@ -49,11 +53,27 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
+OPTIONAL_FIELDS = ("latency_ms", "energy_wh")  # per model entry, numbers >= 0 when present
+
+
+def _optional(path: Path, line: int, arm: str, outcome: dict[str, Any]) -> list[float]:
+    """The entry's latency_ms and energy_wh, NaN where absent; a bad value raises."""
+    values = []
+    for field in OPTIONAL_FIELDS:
+        got = outcome.get(field)
+        value = None if got is None else _number(got)
+        if got is not None and (value is None or value < 0.0):
+            raise _bad(path, line, f"model {arm!r}: {field} must be a number >= 0, got {got!r}")
+        values.append(math.nan if value is None else value)
+    return values
+
+
 def _outcome_row(
     path: Path, line: int, models: dict[str, Any], arms: Sequence[str]
-) -> tuple[list[float], list[float]]:
-    """Quality and cost of every arm in one record, checked; two lists of length k."""
-    quality, cost = [], []
+) -> tuple[list[float], list[float], list[list[float]]]:
+    """Quality and cost of every arm in one record, checked; two lists of length k, and the
+    optional fields per arm (k lists of len(OPTIONAL_FIELDS), NaN where absent)."""
+    quality, cost, optional = [], [], []
     for arm in arms:
         outcome = models.get(arm)
         if not isinstance(outcome, dict):
@@ -67,7 +87,8 @@ def _outcome_row(
             raise _bad(path, line, f"model {arm!r}: cost_usd must be a number >= 0, got {got!r}")
         quality.append(q)
         cost.append(c)
-    return quality, cost
+        optional.append(_optional(path, line, arm, outcome))
+    return quality, cost, optional
 
 
 def load_outcomes(
@@ -88,6 +109,7 @@ def load_outcomes(
     quality: list[list[float]] = []
     cost: list[list[float]] = []
     metadata: list[dict[str, str]] = []
+    optional: list[list[list[float]]] = []
     try:
         stop = None if limit is None else skip + limit
         for record in itertools.islice(read_outcomes(path), skip, stop):
@@ -98,7 +120,8 @@ def load_outcomes(
             if not isinstance(models, dict) or not models:
                 raise _bad(path, line, "no models (an object of name: {quality, cost_usd})")
             arms = arms or tuple(models)
-            q, c = _outcome_row(path, line, models, arms)
+            q, c, o = _outcome_row(path, line, models, arms)
+            optional.append(o)
             prompts.append(prompt)
             lines.append(line)
             metadata.append(record_metadata(record, metadata_from))
@@ -110,6 +133,11 @@ def load_outcomes(
     if not prompts:
         where = f"after its first {skip} records" if skip else "(the file is empty)"
         raise InvalidArgument("data", f"{path}:1: no records {where}")
+    extra = np.array(optional)  # (n, k, len(OPTIONAL_FIELDS))
+    latency, energy = (
+        extra[:, :, i] if not np.isnan(extra[:, :, i]).all() else None
+        for i in range(len(OPTIONAL_FIELDS))
+    )
     return Outcomes(
         path,
         tuple(arms),
@@ -118,6 +146,8 @@ def load_outcomes(
         np.array(quality),
         np.array(cost),
         tuple(metadata),
+        latency,
+        energy,
     )
 
 

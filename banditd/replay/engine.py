@@ -13,11 +13,12 @@ from banditd.catalog import RouterState
 from banditd.context import input_tokens_estimate
 from banditd.context.pipeline import ContextPipeline
 from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
-from banditd.errors import ResourceExhausted
+from banditd.errors import FailedPrecondition, ResourceExhausted
 from banditd.policy import make_policy
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior
 from banditd.replay.data import Outcomes
+from banditd.replay.options import NO_TRADE_OFF, TradeOff
 from banditd.router import BudgetCheck, rank_arms
 
 REFUSED = -1  # the pick of a prompt the budget refused
@@ -63,13 +64,26 @@ def _choose(
     prompt: str,
     budget: BudgetCheck | None,
     rng: np.random.Generator,
+    trade_off: TradeOff = NO_TRADE_OFF,
 ) -> str | None:
-    """The arm Select answers for x (shape (dim,)) under the budget's pacer; None when the
-    budget is exhausted (no arm's expected cost fits what is left)."""
+    """The arm Select answers for x (shape (dim,)) under the budget's pacer and the request's
+    latency and energy fields; None when Select would refuse: the budget is exhausted (no
+    arm's expected cost fits what is left) or no arm's expected latency is under
+    max_latency_ms."""
     try:
-        return rank_arms(state, x, prompt=prompt, rng=rng, budget=budget).ranking[0].arm
-    except ResourceExhausted:
+        ranked = rank_arms(
+            state,
+            x,
+            prompt=prompt,
+            rng=rng,
+            budget=budget,
+            latency_weight=trade_off.latency_weight,
+            energy_weight=trade_off.energy_weight,
+            max_latency_ms=trade_off.max_latency_ms,
+        )
+    except (ResourceExhausted, FailedPrecondition):
         return None
+    return ranked.ranking[0].arm
 
 
 def _choose_knn(
@@ -102,8 +116,17 @@ def _choose_knn(
     return spec.arms[int(np.argmax(utility))].name
 
 
-def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: float) -> FeedbackEvent:
-    """The feedback event of one served prompt: its reward and real cost, no token counts."""
+def _event(
+    event_id: int,
+    arm: str,
+    x: FloatArray,
+    reward: float,
+    cost_usd: float,
+    latency_ms: float | None = None,
+    energy_wh: float | None = None,
+) -> FeedbackEvent:
+    """The feedback event of one served prompt: its reward and real cost, with the measured
+    latency and energy where the file has them, no token counts."""
     return FeedbackEvent(
         event_id=event_id,
         router_id=0,
@@ -114,11 +137,19 @@ def _event(event_id: int, arm: str, x: FloatArray, reward: float, cost_usd: floa
         cost_usd=cost_usd,
         input_tokens=None,
         output_tokens=None,
-        latency_ms=None,
+        latency_ms=latency_ms,
         error=False,
         created_at=float(event_id),
         cost_reported=True,
+        energy_wh=energy_wh,
     )
+
+
+def measured(values: FloatArray | None, t: int, j: int) -> float | None:
+    """The file's latency or energy of prompt t on arm j; None where it has none."""
+    if values is None or np.isnan(values[t, j]):
+        return None
+    return float(values[t, j])
 
 
 def learn_online(
@@ -133,11 +164,13 @@ def learn_online(
     budget_usd: float | None,
     progress: Callable[[int], None],
     knn_policy: bool = False,
+    trade_off: TradeOff = NO_TRADE_OFF,
 ) -> IntArray:
     """Route the stream with the router's policy, learning online; the arm (column of
     outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
     embedding of each prompt, (n, spec.embedding_dim); x is built from it at each step, so PCA
-    fitting and kNN features follow the stream as they would in the server."""
+    fitting and kNN features follow the stream as they would in the server. trade_off: the
+    latency and energy fields of every Select; a prompt no arm is eligible for is refused."""
     state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), posterior)
     rng = np.random.default_rng(seed)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
@@ -153,7 +186,7 @@ def learn_online(
             weight = spec.default_cost_weight
             arm = _choose_knn(state, x, prompt, ledger.even_share(t), spec.alpha, weight)
         else:
-            arm = _choose(state, x, prompt, ledger.check(t), rng)
+            arm = _choose(state, x, prompt, ledger.check(t), rng, trade_off)
         if arm is None:
             progress(t + 1)
             continue
@@ -163,7 +196,10 @@ def learn_online(
             picks[t] = j
             reward = float(thumbs[t] < quality) if feedback == "thumbs" else quality
             event_id += 1
-            event = _event(event_id, arm, x, reward, cost)
+            latency = measured(outcomes.latency_ms, t, j)
+            event = _event(
+                event_id, arm, x, reward, cost, latency, measured(outcomes.energy_wh, t, j)
+            )
             posterior.apply(event)
             pipeline.observe(event)
         progress(t + 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from banditd.ceilings import HARD_MAX_ENERGY_PER_MTOK, HARD_MAX_LATENCY_MS
 from banditd.context import input_tokens_estimate
 from banditd.context.encoders import get_encoder
 from banditd.context.metadata import MemoryVocabularyStore
@@ -40,19 +41,56 @@ def arm_prices(outcomes: Outcomes) -> dict[str, float]:
     return {arm: float(p) for arm, p in zip(outcomes.arms, per_call, strict=True)}
 
 
+def _column_means(values: FloatArray) -> FloatArray:
+    """Each column's mean over its non-NaN values (0 for a column of NaN), shape (k,)."""
+    seen = ~np.isnan(values)
+    total = np.where(seen, values, 0.0).sum(axis=0)
+    return np.asarray(total / np.maximum(seen.sum(axis=0), 1))
+
+
+def arm_heads(outcomes: Outcomes) -> dict[str, tuple[float, float]]:
+    """The latency and energy priors of each model, from the file's measurements (issue 21):
+    its mean latency_ms as prior_latency_ms, and an energy per million tokens (input and
+    output alike) scaled as arm_prices scales the price, so that a prompt of the file's mean
+    length costs the model's mean energy_wh per call. Zero where the file has none."""
+    k = len(outcomes.arms)
+    latency = np.zeros(k) if outcomes.latency_ms is None else _column_means(outcomes.latency_ms)
+    energy = np.zeros(k) if outcomes.energy_wh is None else _column_means(outcomes.energy_wh)
+    tokens = float(np.mean([input_tokens_estimate(p) or 0.0 for p in outcomes.prompts]))
+    per_mtok = energy * 1e6 / (tokens + DEFAULT_PRIOR_OUTPUT_TOKENS)
+    return {
+        arm: (min(float(ms), HARD_MAX_LATENCY_MS), min(float(wh), HARD_MAX_ENERGY_PER_MTOK))
+        for arm, ms, wh in zip(outcomes.arms, latency, per_mtok, strict=True)
+    }
+
+
+def _arm(name: str, price: float, heads: tuple[float, float]) -> ArmSpec:
+    latency, energy = heads
+    return ArmSpec(
+        name,
+        price,
+        price,
+        prior_latency_ms=latency,
+        input_energy_wh_per_mtok=energy,
+        output_energy_wh_per_mtok=energy,
+    )
+
+
 def router_spec(
     arms: Sequence[str],
     opts: Options,
     cost_weight: float,
     prices: Mapping[str, float] | None = None,
+    heads: Mapping[str, tuple[float, float]] | None = None,
 ) -> RouterSpec:
     """The router a replay runs: the file's models as arms at ``prices`` (per million tokens,
-    input and output alike; none: zero, learnt from the costs reported), the options' policy."""
-    prices = prices or {}
+    input and output alike; none: zero, learnt from the costs reported), with ``heads``' latency
+    and energy priors (arm_heads; none: zero, learnt from the reports), the options' policy."""
+    prices, heads = prices or {}, heads or {}
     return RouterSpec(
         tenant="replay",
         name="replay",
-        arms=tuple(ArmSpec(name, prices.get(name, 0.0), prices.get(name, 0.0)) for name in arms),
+        arms=tuple(_arm(name, prices.get(name, 0.0), heads.get(name, (0.0, 0.0))) for name in arms),
         policy=opts.policy if opts.policy in POLICIES else "linucb",
         exploration=opts.exploration,
         default_cost_weight=cost_weight,

@@ -31,12 +31,29 @@ SUMMARY_KEYS = ("mean_quality", "mean_cost_usd", "total_cost_usd", "refused", "c
 
 
 @dataclass(frozen=True)
+class TradeOff:
+    """SelectRequest's latency and energy fields a replay sends with every Select (issue 21)."""
+
+    latency_weight: float | None = None
+    energy_weight: float | None = None
+    max_latency_ms: float | None = None
+
+
+NO_TRADE_OFF = TradeOff()
+
+
+@dataclass(frozen=True)
 class Options:
     """One `banditd replay` invocation. sweep / sweep_budgets: None for none, AUTO for a grid."""
 
     data: Path
     policy: str = "linucb"
     cost_weight: float = 0.0
+    # Latency and energy (issue 21), as SelectRequest's fields: utility per second and per Wh
+    # (None: the router's defaults, 0) and a ceiling on an arm's expected latency.
+    latency_weight: float | None = None
+    energy_weight: float | None = None
+    max_latency_ms: float | None = None
     budget_usd: float | None = None
     feedback: str = "score"
     warm_start: Path | None = None
@@ -65,3 +82,7 @@ class Options:
     embeddings_cache: Path | None = None
     # A live banditd to drive over gRPC instead of the in-process engine (banditd.replay.remote).
     server: Server | None = None
+
+    @property
+    def trade_off(self) -> TradeOff:
+        return TradeOff(self.latency_weight, self.energy_weight, self.max_latency_ms)

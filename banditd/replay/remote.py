@@ -32,7 +32,8 @@ from banditd.errors import (
 )
 from banditd.policy.base import IntArray
 from banditd.replay.data import Outcomes
-from banditd.replay.engine import REFUSED, THUMBS_STREAM
+from banditd.replay.engine import REFUSED, THUMBS_STREAM, measured
+from banditd.replay.options import NO_TRADE_OFF, TradeOff
 from banditd.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -120,6 +121,23 @@ def router_name(seed: int, cost_weight: float, main_cost_weight: float) -> str:
     return f"replay-{seed}-w{cost_weight:g}"
 
 
+def _select(
+    router: rpc.RouterStub, request: pb.SelectRequest, auth: object, trade_off: TradeOff
+) -> pb.SelectResponse | None:
+    """Select's answer; None when it is FAILED_PRECONDITION for max_latency_ms."""
+    try:
+        response: pb.SelectResponse = router.Select(request, metadata=auth, timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        if (
+            trade_off.max_latency_ms is None
+            or exc.code() != grpc.StatusCode.FAILED_PRECONDITION
+            or "max_latency_ms" not in (exc.details() or "")
+        ):
+            raise
+        return None
+    return response
+
+
 def learn_remote(
     spec: RouterSpec,
     outcomes: Outcomes,
@@ -128,10 +146,13 @@ def learn_remote(
     seed: int,
     feedback: str,
     progress: Callable[[int], None],
+    trade_off: TradeOff = NO_TRADE_OFF,
 ) -> IntArray:
     """Route the stream through the live router ``spec`` describes (created fresh), sending
-    each chosen model's outcome as feedback; the arm (column of outcomes) per prompt, shape
-    (n,). Server errors raise from banditd.errors, naming the address and the status."""
+    each chosen model's outcome as feedback (with its latency and energy where the file has
+    them); the arm (column of outcomes) per prompt, shape (n,), REFUSED where Select found no
+    arm under trade_off's max_latency_ms. Server errors raise from banditd.errors, naming the
+    address and the status."""
     config = codec.spec_to_proto(spec)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
     column = {arm: j for j, arm in enumerate(outcomes.arms)}
@@ -160,17 +181,27 @@ def learn_remote(
                 pb.PutRouterRequest(router=config), metadata=auth, timeout=CALL_TIMEOUT_S
             )
             for t, prompt in enumerate(outcomes.prompts):
-                decision = router.Select(
-                    pb.SelectRequest(
-                        tenant=spec.tenant, router=spec.name, prompt=prompt, metadata=metadata[t]
-                    ),
-                    metadata=auth,
-                    timeout=CALL_TIMEOUT_S,
+                request = pb.SelectRequest(
+                    tenant=spec.tenant,
+                    router=spec.name,
+                    prompt=prompt,
+                    metadata=metadata[t],
+                    latency_weight=trade_off.latency_weight,
+                    energy_weight=trade_off.energy_weight,
+                    max_latency_ms=trade_off.max_latency_ms,
                 )
+                decision = _select(router, request, auth, trade_off)
+                if decision is None:  # no arm under max_latency_ms: refused, as in process
+                    progress(t + 1)
+                    continue
                 j = column[decision.arm]
                 quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
                 signal = pb.FeedbackRequest(
-                    tenant=spec.tenant, decision_id=decision.decision_id, cost_usd=cost
+                    tenant=spec.tenant,
+                    decision_id=decision.decision_id,
+                    cost_usd=cost,
+                    latency_ms=measured(outcomes.latency_ms, t, j),
+                    energy_wh=measured(outcomes.energy_wh, t, j),
                 )
                 if feedback == "thumbs":
                     signal.thumb = pb.THUMB_UP if thumbs[t] < quality else pb.THUMB_DOWN

@@ -39,6 +39,30 @@ def _summary_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _measure_lines(r: dict[str, Any]) -> list[str]:
+    """Mean measured latency and energy of the policy, the best single model and the oracle,
+    when the file has them (issue 21); the trade-off the replay's Selects sent."""
+    keys = [k for k in ("mean_latency_ms", "mean_energy_wh") if k in r]
+    if not keys:
+        return []
+    heads = {"mean_latency_ms": ("mean latency ms", ".1f"), "mean_energy_wh": ("mean Wh", ".4f")}
+    best = r["best_single"]
+    rows = [(r["policy"], r), ("best single: " + best["model"], best), ("oracle", r["oracle"])]
+    knobs = [
+        f"{name.replace('_', ' ')} {r[name]:g}"
+        for name in ("latency_weight", "energy_weight", "max_latency_ms")
+        if r.get(name) is not None
+    ]
+    lines = ["", f"{'':<28}" + "".join(f"{heads[k][0]:>22}" for k in keys)]
+    lines += [
+        f"{label:<28}" + "".join(f"{format(row[k], heads[k][1]):>22}" for k in keys)
+        for label, row in rows
+    ]
+    if knobs:
+        lines.append("trade-off: " + ", ".join(knobs))
+    return lines
+
+
 def _frontier_lines(r: dict[str, Any]) -> list[str]:
     """The cost-weight frontier, its AIQ and the cost of fractions of the best quality."""
     lines = ["", f"{'cost weight':>12}{'mean quality':>22}{'mean cost $':>26}"]
@@ -89,7 +113,7 @@ def _gain_line(r: dict[str, Any]) -> str:
 
 def render_text(report: dict[str, Any]) -> str:
     """The report as tables for people."""
-    lines = _summary_lines(report)
+    lines = _summary_lines(report) + _measure_lines(report)
     if "frontier" in report:
         lines += _frontier_lines(report)
     lines.append(_gain_line(report))

@@ -26,6 +26,7 @@ from banditd.replay.engine import (
     reference_picks,
 )
 from banditd.replay.features import (
+    arm_heads,
     arm_prices,
     embeddings,
     fresh_posterior,
@@ -45,6 +46,7 @@ from banditd.replay.scoring import (
     score,
     weight_grid,
 )
+from banditd.replay.trade_off import MEASURE_KEYS, check_trade_off
 from banditd.replay.zero_router import gain_vs_zero_router
 from banditd.warm_start import WarmStartReport
 
@@ -67,6 +69,8 @@ class Replay:
         )
         warm_start = opts.data if opts.warm_start_head else opts.warm_start
         self.prices = arm_prices(self.outcomes) if opts.arm_prices == "data" else {}
+        self.heads = arm_heads(self.outcomes) if opts.arm_prices == "data" else {}
+        check_trade_off(opts)
         self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
         self.warm_report: WarmStartReport | None = None
         self.raw = np.zeros((self.outcomes.n, 0))
@@ -76,7 +80,7 @@ class Replay:
         if opts.server is not None:  # the server encodes and learns: nothing to set up here
             check_remote(opts.policy, warm_start, opts.budget_usd, opts.sweep_budgets)
         elif self.learning:
-            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight, self.prices)
+            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight, self.prices, self.heads)
             self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
             started = time.perf_counter()
             try:
@@ -115,7 +119,7 @@ class Replay:
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
         if opts.server is not None:
             name = router_name(seed, cost_weight, opts.cost_weight)
-            spec = router_spec(outcomes.arms, opts, cost_weight, self.prices)
+            spec = router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads)
             return learn_remote(
                 dataclasses.replace(spec, tenant=opts.server.tenant, name=name),
                 outcomes,
@@ -123,13 +127,14 @@ class Replay:
                 seed=seed,
                 feedback=opts.feedback,
                 progress=lambda done: self.progress(label, done, outcomes.n),
+                trade_off=opts.trade_off,
             )
         if self.prior is None:
             chosen = reference_picks(opts.policy, outcomes, cost_weight, seed)
             return gate(chosen, outcomes, budget_usd)
         assert self.pipeline is not None
         return learn_online(
-            router_spec(outcomes.arms, opts, cost_weight, self.prices),
+            router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads),
             outcomes,
             self.raw,
             pipeline=self.pipeline.fork(),
@@ -139,6 +144,7 @@ class Replay:
             budget_usd=budget_usd,
             progress=lambda done: self.progress(label, done, outcomes.n),
             knn_policy=opts.policy == "knn",
+            trade_off=opts.trade_off,
         )
 
     def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
@@ -155,13 +161,14 @@ class Replay:
                 regret += regret_over_time(self.outcomes, picks, cost_weight)
                 self.runs_done += 1
                 self.progress("replay runs", self.runs_done, self.runs_planned)
-            table = np.array([[run[k] for k in SUMMARY_KEYS] for run in runs])
-            spread = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(SUMMARY_KEYS))
+            keys = (*SUMMARY_KEYS, *(k for k in MEASURE_KEYS if k in runs[0]))
+            table = np.array([[run[k] for k in keys] for run in runs])
+            spread = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(keys))
             self.points[key] = {
                 "cost_weight": cost_weight,
                 "budget_usd": budget_usd,
-                **dict(zip(SUMMARY_KEYS, table.mean(axis=0).tolist(), strict=True)),
-                "spread": dict(zip(SUMMARY_KEYS, spread.tolist(), strict=True)),
+                **dict(zip(keys, table.mean(axis=0).tolist(), strict=True)),
+                "spread": dict(zip(keys, spread.tolist(), strict=True)),
                 "picks": {
                     arm: round(float(s) / (len(runs) * self.outcomes.n), 4)
                     for arm, s in zip(self.outcomes.arms, shares, strict=True)
@@ -252,7 +259,11 @@ def replay(opts: Options) -> dict[str, Any]:
     main = run.point(opts.cost_weight, opts.budget_usd)
     best = _model(outcomes, best_single(outcomes, 0.0))
     oracle = score(outcomes, oracle_picks(outcomes, opts.cost_weight), opts.cost_weight)
-    spec = router_spec(outcomes.arms, opts, opts.cost_weight, run.prices) if run.learning else None
+    spec = (
+        router_spec(outcomes.arms, opts, opts.cost_weight, run.prices, run.heads)
+        if run.learning
+        else None
+    )
     report: dict[str, Any] = {
         "data": str(opts.data),
         "split": None if opts.split is None else {"fraction": opts.split, "skipped": run.head},
@@ -275,10 +286,13 @@ def replay(opts: Options) -> dict[str, Any]:
         "feedback": opts.feedback,
         "arm_prices": opts.arm_prices,
         "cost_weight": opts.cost_weight,
+        "latency_weight": opts.latency_weight,
+        "energy_weight": opts.energy_weight,
+        "max_latency_ms": opts.max_latency_ms,
         "budget_usd": opts.budget_usd,
         "refused_prompts": "not routed: quality 0, no cost",
         "seeds": run.seeds,
-        **{k: main[k] for k in SUMMARY_KEYS},
+        **{k: main[k] for k in (*SUMMARY_KEYS, *MEASURE_KEYS) if k in main},
         "quality_vs_best_single": _ratio(main["mean_quality"], best["mean_quality"]),
         "cost_vs_best_single": _ratio(main["mean_cost_usd"], best["mean_cost_usd"]),
         "spread": main["spread"],
@@ -286,8 +300,7 @@ def replay(opts: Options) -> dict[str, Any]:
         "runs": main["runs"],
         "best_single": best,
         "oracle": {
-            "mean_quality": oracle["mean_quality"],
-            "mean_cost_usd": oracle["mean_cost_usd"],
+            k: oracle[k] for k in ("mean_quality", "mean_cost_usd", *MEASURE_KEYS) if k in oracle
         },
         "single_models": [_model(outcomes, j) for j in range(len(outcomes.arms))],
         "warm_start": None,

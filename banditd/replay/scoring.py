@@ -19,6 +19,7 @@ from banditd.replay.options import (
     SWEEP_SPAN_HIGH,
     SWEEP_SPAN_LOW,
 )
+from banditd.replay.trade_off import measures, model_measures
 
 REGRET_CURVE_POINTS = 100
 
@@ -47,6 +48,7 @@ def score(outcomes: Outcomes, picks: IntArray, cost_weight: float) -> dict[str, 
         "total_cost_usd": float(cost.sum()),
         "refused": int(np.count_nonzero(picks == REFUSED)),
         "cumulative_regret": float((best - (quality - cost_weight * cost)).sum()),
+        **measures(outcomes, picks),
     }
 
 
@@ -69,6 +71,7 @@ def _model(outcomes: Outcomes, j: int) -> dict[str, Any]:
         "model": outcomes.arms[j],
         "mean_quality": float(outcomes.quality[:, j].mean()),
         "mean_cost_usd": float(outcomes.cost[:, j].mean()),
+        **model_measures(outcomes, j),
     }
 
 
