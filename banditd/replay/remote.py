@@ -2,8 +2,8 @@
 
 Per seed (and cost weight of a sweep) a fresh router is created under the tenant (by default
 "replay"): ``replay-<seed>`` (``replay-<seed>-w<cost weight>`` for the other points of a sweep),
-deleted first if it exists, with the file's models as zero-priced arms and the options' policy and
-context settings. With ``--keep-routers`` the routers must exist already, with those context
+deleted first if it exists, with the file's models as arms priced as ``--arm-prices`` says and the
+options' policy and context settings. With ``--keep-routers`` the routers must exist already, with those context
 settings (warm-started with `banditd warm-start`, say): they keep their feedback log and only take
 the options' configuration. Then for each prompt in file order: Select (the prompt text, the
 ``--metadata-from`` fields as request metadata), the chosen model's outcome looked up in the
