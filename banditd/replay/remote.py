@@ -3,17 +3,17 @@
 Per seed (and cost weight of a sweep) a fresh router is created under the tenant (by default
 "replay"): ``replay-<seed>`` (``replay-<seed>-w<cost weight>`` for the other points of a sweep),
 deleted first if it exists, with the file's models as arms priced as ``--arm-prices`` says and the
-options' policy and context settings. With ``--keep-routers`` the routers must exist already, with those context
-settings (warm-started with `banditd warm-start`, say): they keep their feedback log and only take
-the options' configuration. Then for each prompt in file order: Select (the prompt text, the
-``--metadata-from`` fields as request metadata), the chosen model's outcome looked up in the
-file, and Feedback (its quality as the reward, or with ``--feedback thumbs`` a thumbs-up drawn with
-probability = quality, from the same draws as in process; its real cost as cost_usd; its
+options' policy and context settings. With ``--keep-routers`` the routers must exist already, with
+those context settings (warm-started with `banditd warm-start`, say): they keep their feedback log
+and only take the options' configuration. Then for each prompt in file order: Select (the prompt
+text, the ``--metadata-from`` fields as request metadata), the chosen model's outcome looked up in
+the file, and Feedback (its quality as the reward, or with ``--feedback thumbs`` a thumbs-up drawn
+with probability = quality, from the same draws as in process; its real cost as cost_usd; its
 latency_ms and energy_wh where the file has them). ``--latency-weight``, ``--energy-weight`` and
 ``--max-latency-ms`` go in every SelectRequest; a Select refused for max_latency_ms is a refused
-prompt, as in process. The picks
-are scored exactly as in process, so the report is the same. One call at a time, each with a
-deadline; a server that cannot be reached within the connect timeout is a clear error.
+prompt, as in process. The picks are scored exactly as in process, so the report is the same. One
+call at a time, each with a deadline; a server that cannot be reached within the connect timeout is
+a clear error.
 """
 
 from __future__ import annotations
