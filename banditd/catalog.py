@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from banditd import metrics
+from banditd import metrics, posterior_snapshot
 from banditd.breaker import ArmHealth, BreakerState
 from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
@@ -102,7 +102,7 @@ class Catalog:
         snapshot = await self._repo.latest_snapshot(stored.router_id)
         if snapshot is not None:
             try:
-                posterior, health_json = Posterior.from_bytes(snapshot[0]), snapshot[1]
+                posterior, health_json = posterior_snapshot.load(snapshot[0]), snapshot[1]
             except ValueError as exc:  # an older format: rebuild from the log
                 log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
             if posterior is not None and posterior.prior != prior:
@@ -387,7 +387,7 @@ class Catalog:
         await self._repo.write_snapshot(
             state.router_id,
             state.posterior.last_event_id,
-            state.posterior.to_bytes(),
+            posterior_snapshot.dump(state.posterior),
             state.health.to_json(),
         )
         state.events_since_snapshot = 0

@@ -7,7 +7,6 @@ lets a restart (snapshot + replay of the tail) pick exactly what the first proce
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,104 +327,23 @@ class Posterior:
         """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""
         return (PRIOR_INPUT_TOKENS + self.input_tokens_sum) / (1 + self.input_tokens_n)
 
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            prior=np.array(
-                [self.prior.dim, self.prior.quality, self.prior.weight, self.prior.forgetting]
-            ),
-            arm_prior_names=np.array([a for a, _ in self.prior.arm_quality], dtype=np.str_),
-            arm_prior_quality=np.array([q for _, q in self.prior.arm_quality], dtype=np.float64),
-            prior_output_tokens=self.prior_output_tokens,
-            arms=np.array(self.arms, dtype=np.str_),
-            a=self.a,
-            a_inv=self.a_inv,
-            b=self.b,
-            theta=self.theta,
-            n_updates=self.n_updates,
-            output_tokens_sum=self.output_tokens_sum,
-            output_tokens_n=self.output_tokens_n,
-            observed_cost_sum=self.observed_cost_sum,
-            observed_cost_n=self.observed_cost_n,
-            cost_a=self.cost_a,
-            cost_a_inv=self.cost_a_inv,
-            cost_b=self.cost_b,
-            cost_theta=self.cost_theta,
-            input_tokens=np.array([self.input_tokens_sum, self.input_tokens_n]),
-            last_event_id=self.last_event_id,
-            **{f"{h}_{n}": getattr(self, f"{h}_{n}") for h in HEADS for n in HEAD_ARRAYS},
-        )
-        return buf.getvalue()
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Posterior:
-        """ValueError for a snapshot written before the cost model, or holding a non-finite
-        statistic (written before issue 17's bounds): rebuild from the log."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if "cost_a" not in z:
-                raise ValueError("snapshot predates the cost model")
-            if "lat_a" not in z:
-                raise ValueError("snapshot predates the latency and energy heads")
-            for name in z.files:
-                if z[name].dtype.kind == "f" and not np.all(np.isfinite(z[name])):
-                    raise ValueError(f"snapshot holds non-finite values in {name}")
-            p = z["prior"]
-            arm_quality: tuple[tuple[str, float], ...] = ()
-            if "arm_prior_names" in z:  # written before price tiers: none
-                arm_quality = tuple(
-                    (str(a), float(q))
-                    for a, q in zip(z["arm_prior_names"], z["arm_prior_quality"], strict=True)
-                )
-            prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]), arm_quality)
-            dim = prior.dim
-            arms = [str(a) for a in z["arms"]]
-            return cls(
-                prior=prior,
-                prior_output_tokens=float(z["prior_output_tokens"]),
-                arms=arms,
-                a=z["a"].reshape(len(arms), dim, dim).copy(),
-                a_inv=z["a_inv"].reshape(len(arms), dim, dim).copy(),
-                b=z["b"].reshape(len(arms), dim).copy(),
-                theta=z["theta"].reshape(len(arms), dim).copy(),
-                n_updates=z["n_updates"].copy(),
-                output_tokens_sum=z["output_tokens_sum"].copy(),
-                output_tokens_n=z["output_tokens_n"].copy(),
-                observed_cost_sum=z["observed_cost_sum"].copy(),
-                observed_cost_n=z["observed_cost_n"].copy(),
-                cost_a=z["cost_a"].reshape(len(arms), dim, dim).copy(),
-                cost_a_inv=z["cost_a_inv"].reshape(len(arms), dim, dim).copy(),
-                cost_b=z["cost_b"].reshape(len(arms), dim).copy(),
-                cost_theta=z["cost_theta"].reshape(len(arms), dim).copy(),
-                input_tokens_sum=float(z["input_tokens"][0]),
-                input_tokens_n=int(z["input_tokens"][1]),
-                last_event_id=int(z["last_event_id"]),
-                **{
-                    f"{h}_{n}": z[f"{h}_{n}"].reshape(len(arms), *shape).copy()
-                    for h in HEADS
-                    for n, shape in (
-                        ("a", (dim, dim)),
-                        ("a_inv", (dim, dim)),
-                        ("b", (dim,)),
-                        ("theta", (dim,)),
-                        ("sum", ()),
-                        ("n", ()),
-                    )
-                },
-            )
-
-
-HEAD_ARRAYS = ("a", "a_inv", "b", "theta", "sum", "n")
+def head_shapes(dim: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(array name, shape per arm) of one latency or energy head with ``dim`` features."""
+    return (
+        ("a", (dim, dim)),
+        ("a_inv", (dim, dim)),
+        ("b", (dim,)),
+        ("theta", (dim,)),
+        ("sum", ()),
+        ("n", ()),
+    )
 
 
 def _empty_heads(dim: int) -> dict[str, Any]:
     """Empty latency and energy statistics for ``dim`` features."""
-    out: dict[str, Any] = {}
-    for h in HEADS:
-        out[f"{h}_a"] = np.zeros((0, dim, dim))
-        out[f"{h}_a_inv"] = np.zeros((0, dim, dim))
-        out[f"{h}_b"] = np.zeros((0, dim))
-        out[f"{h}_theta"] = np.zeros((0, dim))
-        out[f"{h}_sum"] = np.zeros(0)
-        out[f"{h}_n"] = np.zeros(0, dtype=np.int64)
-    return out
+    return {
+        f"{h}_{name}": np.zeros((0, *shape), dtype=np.int64 if name == "n" else np.float64)
+        for h in HEADS
+        for name, shape in head_shapes(dim)
+    }

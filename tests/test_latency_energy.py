@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from banditd import client as bc
+from banditd import posterior_snapshot
 from banditd.domain import ArmSpec, FeedbackEvent
 from banditd.ingest import parse_record
 from banditd.posterior import Posterior, Prior
@@ -259,7 +260,8 @@ def test_posterior_heads_are_a_function_of_the_events() -> None:
         one.apply(e)
     for e in events[:30]:
         two.apply(e)
-    two = Posterior.from_bytes(two.to_bytes())  # a snapshot half way, then the tail
+    # A snapshot half way, then the tail.
+    two = posterior_snapshot.load(posterior_snapshot.dump(two))
     for e in events[30:]:
         two.apply(e)
     for name in ("lat_a_inv", "lat_theta", "lat_n", "energy_theta", "energy_sum"):
@@ -273,13 +275,13 @@ def test_posterior_heads_are_a_function_of_the_events() -> None:
     assert heavy.expected_latency_ms(0, arm, x) == pytest.approx(8000.0, rel=0.03)
     assert heavy.expected_energy_wh(0, arm, 500.0, x) == pytest.approx(4.0, rel=0.03)
     # A snapshot written before the heads is refused (the catalog then rebuilds from the log).
-    data = dict(np.load(io.BytesIO(one.to_bytes())))
+    data = dict(np.load(io.BytesIO(posterior_snapshot.dump(one))))
     for key in [k for k in data if k.startswith(("lat_", "energy_"))]:
         del data[key]
     buf = io.BytesIO()
     np.savez(buf, **data)
     with pytest.raises(ValueError, match="latency and energy"):
-        Posterior.from_bytes(buf.getvalue())
+        posterior_snapshot.load(buf.getvalue())
 
 
 async def test_python_client_passes_the_new_fields(

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from banditd import posterior_snapshot
 from banditd.domain import ArmSpec, FeedbackEvent
 from banditd.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
 
@@ -56,7 +57,7 @@ def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
     one, two = Posterior.empty(Prior(4), 300), Posterior.empty(Prior(4), 300)
     for e in log[:30]:
         one.apply(e)
-    restored = Posterior.from_bytes(one.to_bytes())
+    restored = posterior_snapshot.load(posterior_snapshot.dump(one))
     for e in log[30:]:
         restored.apply(e)
     for e in log:
@@ -131,7 +132,7 @@ def test_cost_model_prices_an_arm_by_context() -> None:
     assert post.expected_cost_usd(0, arm, 100, long_x) == pytest.approx(0.010, rel=0.05)
     assert post.expected_cost_usd(0, arm, 100, short_x) == pytest.approx(0.001, rel=0.3)
     assert post.expected_cost_usd(0, arm, 100) == pytest.approx(0.0055, rel=0.01)  # no x: mean
-    again = Posterior.from_bytes(post.to_bytes())
+    again = posterior_snapshot.load(posterior_snapshot.dump(post))
     assert again.expected_cost_usd(0, arm, 100, long_x) == post.expected_cost_usd(
         0, arm, 100, long_x
     )
@@ -141,7 +142,7 @@ def test_a_snapshot_from_before_the_cost_model_is_refused() -> None:
     post = Posterior.empty(Prior(3), 300)
     post.index("a")
     buf = io.BytesIO()
-    with np.load(io.BytesIO(post.to_bytes())) as z:
+    with np.load(io.BytesIO(posterior_snapshot.dump(post))) as z:
         np.savez(buf, **{k: z[k] for k in z.files if not k.startswith("cost_")})
     with pytest.raises(ValueError, match="predates the cost model"):
-        Posterior.from_bytes(buf.getvalue())
+        posterior_snapshot.load(buf.getvalue())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from banditd import posterior_snapshot
 from banditd.domain import ArmSpec, RouterSpec
 from banditd.policy import LinUCB, _kernels
 from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
@@ -45,7 +46,7 @@ def test_a_router_s_arms_start_at_their_price_tier() -> None:
 
 def test_the_price_tier_survives_a_snapshot() -> None:
     post = Posterior.empty(Prior.of(spec({"cheap": 0.1, "dear": 10.0})), 300)
-    restored = Posterior.from_bytes(post.to_bytes())
+    restored = posterior_snapshot.load(posterior_snapshot.dump(post))
     assert restored.prior == post.prior and len(post.prior.arm_quality) == 2
 
 
