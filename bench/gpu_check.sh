@@ -23,9 +23,11 @@ grep -vE '^(torch|faiss-cpu)==' requirements.lock >"$constraints"
 "$VENV/bin/pip" install --quiet --constraint "$constraints" -e '.[gpu]' \
   pytest pytest-asyncio pytest-timeout pytest-postgresql 'psycopg[binary]' port-for
 "$VENV/bin/python" -c 'import faiss, torch
-print(f"faiss {faiss.__version__}: {faiss.get_num_gpus()} GPU(s); torch {torch.__version__}:"
-      f" CUDA {torch.cuda.is_available()}")
-assert faiss.get_num_gpus() > 0 and torch.cuda.is_available(), "the gpu extra sees no GPU"'
+print(f"faiss {faiss.__version__}: {faiss.get_num_gpus()} GPU(s); torch {torch.__version__}"
+      f" (CUDA build {torch.version.cuda}): CUDA available {torch.cuda.is_available()}")
+assert faiss.get_num_gpus() > 0, "faiss sees no GPU (driver? faiss-cpu installed as well?)"
+assert torch.version.cuda, "a CPU build of torch was picked: a find-links or extra index with +cpu wheels (pip config list)?"
+assert torch.cuda.is_available(), "torch sees no GPU (driver too old for its CUDA?)"'
 echo "== tests (tests/test_gpu.py, and the context tests with indexes on the GPU)"
 "$VENV/bin/python" -m pytest -rs -q tests/test_gpu.py tests/test_device.py tests/test_context.py \
   tests/test_context_encoders.py

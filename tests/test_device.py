@@ -51,6 +51,8 @@ class GpuFaiss:
             self.GpuIndexIVFFlat = object
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("Gpu"):  # only the GPU classes declared above (a GPU build has all)
+            raise AttributeError(name)
         return getattr(faiss, name)
 
     def get_num_gpus(self) -> int:

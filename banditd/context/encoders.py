@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import structlog
 
 from banditd.context.device import torch_device
 from banditd.context.hashing import HashingEncoder
@@ -44,8 +43,6 @@ CHARS_PER_TOKEN_MAX = 16  # a window of N tokens never spans more than 16 N char
 STATIC_DIMS = ENCODER_DIMS["minilm-static"]
 MINILM_BATCH = 64
 MAX_CUDA_BATCH = 1024  # the largest micro-batch (Settings.encoder_max_batch <= 1024)
-
-log = structlog.get_logger(__name__)
 
 
 class TextEncoder(Protocol):
@@ -138,7 +135,6 @@ class MiniLMEncoder:
         self._lock = threading.Lock()
         # On the CPU, batches of MINILM_BATCH; on CUDA, a micro-batch is one forward pass.
         self.batch_size = MINILM_BATCH if self.device == "cpu" else MAX_CUDA_BATCH
-        log.info("encoder_device", encoder=self.name, device=self.device)
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
         # Whole prompt (window 0): sentence-transformers keeps the first 256 tokens.
