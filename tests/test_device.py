@@ -146,6 +146,18 @@ def test_the_process_chooses_once() -> None:
     assert all(index.device is first for index in routers)
 
 
+def test_commands_without_a_server_choose_silently() -> None:
+    """replay, warm-start and bench print JSON on stdout: no log line may go there."""
+    saved = device._PROCESS.faiss
+    device._PROCESS.faiss = None
+    try:
+        with structlog.testing.capture_logs() as logs:
+            chosen = device.faiss_device()
+        assert logs == [] and device.faiss_device() is chosen
+    finally:
+        device._PROCESS.faiss = saved
+
+
 @without_gpu
 async def test_server_logs_and_exports_its_device(
     sqlite_url: str, start_server: StartServer
@@ -187,6 +199,8 @@ def test_gpu_build_without_ivf_keeps_hnsw_on_the_cpu_and_says_so() -> None:
         index = chosen.approximate(_unit_rows(np.random.default_rng(2), 50, 8))
     assert isinstance(index, faiss.IndexHNSWFlat) and index.ntotal == 50
     assert [e["event"] for e in logs] == ["faiss_gpu_no_ivf"]
+    twin = chosen.copy(index)  # a CPU index of a GPU device: copied on the CPU
+    assert isinstance(twin, faiss.IndexHNSWFlat) and twin is not index and twin.ntotal == 50
     assert gpu.moves == []
 
 

@@ -90,9 +90,11 @@ class FaissDevice:
     def copy(self, index: Any) -> Any:
         """An independent copy of an index on this device (a GPU index cannot be deep-copied)."""
         faiss = self.faiss
-        if self.kind == "cpu":
-            return faiss.clone_index(index)
-        return self.place(faiss.index_gpu_to_cpu(index))
+        # GPU classes (GpuIndexFlatIP, GpuIndexIVFFlat) come back down to the CPU and up again;
+        # a CPU index (HNSW where a GPU build lacks IVF) is cloned where it is.
+        if self.kind == "gpu" and type(index).__name__.startswith("Gpu"):
+            return self.place(faiss.index_gpu_to_cpu(index))
+        return faiss.clone_index(index)
 
 
 def ivf_flat(
