@@ -103,6 +103,11 @@ def test_gpu_values_are_checked_by_the_schema() -> None:
     helm = _find_helm()
     if helm is None:
         _missing("helm not found: run .ci/install-helm (or set BANDITD_HELM to a Helm 3 binary)")
+    for value_set in VALUE_SETS.values():
+        for kube in KUBE_VERSIONS:
+            lint = [helm, "lint", "--strict", "--kube-version", kube, str(CHART), *value_set, *GPU]
+            ok = subprocess.run(lint, capture_output=True, text=True, timeout=60, check=False)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
     done = subprocess.run(
         [helm, "lint", "--strict", str(CHART), *GPU, "--set", "gpu.count=0"],
         capture_output=True,

@@ -39,7 +39,6 @@ log = structlog.get_logger(__name__)
 
 Mode = Literal["auto", "cpu", "gpu"]
 Kind = Literal["gpu", "cpu"]
-MODES: tuple[Mode, ...] = ("auto", "cpu", "gpu")
 GPU_ID = 0
 DEFAULT_TEMP_MEMORY_MB = 256
 # Approximate indexes: HNSW on the CPU, IVF-Flat on the GPU.
