@@ -17,9 +17,9 @@ from banditd.errors import FailedPrecondition, ResourceExhausted
 from banditd.policy import make_policy
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior
+from banditd.ranking import BudgetCheck, rank_arms
 from banditd.replay.data import Outcomes
 from banditd.replay.options import NO_TRADE_OFF, TradeOff
-from banditd.router import BudgetCheck, rank_arms
 
 REFUSED = -1  # the pick of a prompt the budget refused
 THUMBS_STREAM = 1  # seeds the thumbs draws apart from the policy's own random numbers
