@@ -265,3 +265,22 @@ def test_ingest_reads_a_preference() -> None:
     assert msg.preference == pb.PREFER_TIE and msg.WhichOneof("signal") is None
     with pytest.raises(BadLine, match="preference"):
         parse_record({"tenant": "acme", "decision_id": "t", "preference": "left"}, None)
+
+
+async def test_a_budget_pays_for_both_answers(database_url: str, start_server: StartServer) -> None:
+    server = await serve(start_server, database_url, budget_refresh_s=0.05)
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(
+            budget=pb.Budget(tenant="acme", limit_usd=1.0, period=pb.BUDGET_PERIOD_DAY)
+        )
+    )
+    d = await compare(server)
+    both = sum(r.expected_cost_usd for r in d.ranking if r.arm in (d.arm, d.challenger))
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(both)  # reserved: the arm's and the challenger's
+    reply = await server.router.Feedback(prefer(d, pb.PREFER_ARM))
+    assert reply.cost_usd == pytest.approx(both)  # no cost_usd: both expected costs charged
+    d = await compare(server, "another")
+    await server.router.Feedback(prefer(d, pb.PREFER_TIE, cost_usd=0.25))
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(both + 0.25)  # settled at the reported total
