@@ -3,15 +3,14 @@
 kernels    per-call latency of the policy kernels against NumPy, MABWiser and Vowpal Wabbit
 load       Select capacity of a server: open-loop multi-process gRPC load at a fixed rate
 feedback   StreamFeedback and `ingest` events/s into Postgres, replica convergence time
-context    encoder, PCA and kNN latency (banditd/context/bench.py)
+context    encoder, PCA and kNN latency
 """
 
 from __future__ import annotations
 
 import argparse
 
-from banditd.bench import feedback, kernels, load
-from banditd.context import bench as context_bench
+from banditd.bench import context, feedback, kernels, load
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,4 +24,4 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     kernels.add_parser(bench_sub)
     load.add_parser(bench_sub)
     feedback.add_parser(bench_sub)
-    context_bench.add_parser(bench_sub)
+    context.add_parser(bench_sub)
