@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from banditd.bench.context import fill_index
 from banditd.context import device
-from banditd.context.bench import fill_index
 from banditd.context.knn import OutcomeIndex
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config

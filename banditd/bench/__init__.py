@@ -3,7 +3,7 @@
 kernels    per-call latency of the policy kernels against NumPy, MABWiser and Vowpal Wabbit
 load       Select capacity of a server: open-loop multi-process gRPC load at a fixed rate
 feedback   StreamFeedback and `ingest` events/s into Postgres, replica convergence time
-context    encoder, PCA and kNN latency (banditd/context/bench.py)
+context    encoder, PCA and kNN latency
 gpu        kNN and MiniLM encoding throughput, GPU against CPU (docs/gpu.md)
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from banditd.bench import feedback, gpu, kernels, load
-from banditd.context import bench as context_bench
+from banditd.bench import context, feedback, gpu, kernels, load
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,5 +25,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     kernels.add_parser(bench_sub)
     load.add_parser(bench_sub)
     feedback.add_parser(bench_sub)
-    context_bench.add_parser(bench_sub)
+    context.add_parser(bench_sub)
     gpu.add_parser(bench_sub)

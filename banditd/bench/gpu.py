@@ -60,7 +60,7 @@ def _batch_query(index: Any, queries: np.ndarray[Any, Any]) -> int:
 
 
 def knn(size: int, device: Any, seconds: float) -> dict[str, Any]:
-    from banditd.context.bench import fill_index
+    from banditd.bench.context import fill_index
     from banditd.context.knn import OutcomeIndex
 
     vectors, queries = _vectors(size, 1), _vectors(QUERY_BATCH, 2)

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from banditd.bench import local
 from banditd.context.batching import MicroBatcher
 from banditd.context.encoders import TextEncoder, get_encoder
 from banditd.domain import ENCODER_DIMS, FloatArray
@@ -131,7 +132,6 @@ def fill_index(index: Any, vectors: Any, arm_idx: Any, rewards: Any) -> None:
 
 def select_bench(encoder: str, seconds: float) -> dict[str, Any]:
     """Select p50/p99 over gRPC, one call at a time: with a prompt vs with an embedding."""
-    from banditd.bench import local  # the bench package imports this module
 
     arms = [
         pb.Arm(name=f"model-{i}", input_price_per_mtok=0.5 * (i + 1), output_price_per_mtok=i + 1)
