@@ -11,6 +11,7 @@ PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-${TMPDIR:-/tmp}/banditd-gpu-venv}
 
 echo "== GPU"
+command -v nvidia-smi >/dev/null || { echo "no nvidia-smi: run this on a machine with an NVIDIA GPU" >&2; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "== installing the gpu extra into $VENV"
 rm -rf "$VENV"
