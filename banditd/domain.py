@@ -46,7 +46,7 @@ MAX_BREAKER_COOLDOWN_SECONDS = 86_400
 # Context features (banditd.context): text encoders by name, request metadata, PCA, kNN.
 ENCODERS = ("hashing", "minilm", "minilm-static")
 ENCODER_DIMS = {"minilm": 384, "minilm-static": 256}  # fixed output sizes; hashing: any
-DEFAULT_METADATA_SLOTS = 16
+DEFAULT_METADATA_SLOTS = 64
 MAX_METADATA_KEYS = 16
 MAX_METADATA_SLOTS = 1024
 MAX_KNN_K = 256

@@ -23,7 +23,7 @@ from banditd.context.metadata import (
     own_slots,
 )
 from banditd.context.reduction import Reduction
-from banditd.domain import ArmSpec, FloatArray, RouterSpec
+from banditd.domain import DEFAULT_METADATA_SLOTS, ArmSpec, FloatArray, RouterSpec
 from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, StartServer, router_config
@@ -203,7 +203,7 @@ async def test_pca_is_fitted_from_first_embeddings_and_persisted_across_restart(
         resp = await select(server.router, rng.normal(size=8))
         assert _x(resp).shape == (1 + 3,)
         assert not _x(resp)[1:].any()
-        assert resp.context_version.endswith("pca3/pending:m0x16:k0")
+        assert resp.context_version.endswith(f"pca3/pending:m0x{DEFAULT_METADATA_SLOTS}:k0")
     query = rng.normal(size=8)
     await select(server.router, rng.normal(size=8))  # the 12th fits the PCA
     live = await select(server.router, query)
