@@ -20,7 +20,10 @@ _LEVELS = {
 }
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", *, cache: bool = False) -> None:
+    """``cache``: each module's logger binds its configuration on first use, for the process's
+    lifetime (a server: about 5 us less per call, emitted or filtered). Off where the
+    configuration may change later in the process (tests capture logs by reconfiguring)."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -32,7 +35,7 @@ def configure_logging(level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
 
 
