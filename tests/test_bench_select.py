@@ -52,3 +52,30 @@ def test_report_leaves_text_out_when_not_measured() -> None:
     assert report["ratios"]["text_p50"] is None
     assert report["goals"]["text_p50_le_1.6x"] is None
     assert report["goals"]["select_p50_le_1.3x"] is False
+
+
+@pytest.mark.postgres
+def test_throughput_compares_two_workers_with_a_two_process_echo_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser(prog="banditd")
+    bench.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        [
+            *("bench", "select", "--calls", "5", "--warmup", "1", "--no-text", "--dim", "8"),
+            *("--throughput", "--rate", "100", "--duration", "1", "--json"),
+        ]
+    )
+
+    assert args.func(args) == 0
+
+    report = json.loads(capsys.readouterr().out)
+    assert "select_text" not in report["latency_ms"]
+    t = report["throughput"]
+    for side in ("banditd_workers_2", "echo_processes_2"):
+        assert t[side]["rps"] > 0
+        assert 0 < t[side]["latency_ms"]["p50"] <= t[side]["latency_ms"]["p99"]
+    assert t["ratio"] == pytest.approx(
+        t["banditd_workers_2"]["rps"] / t["echo_processes_2"]["rps"], rel=1e-2
+    )
+    assert report["goals"]["throughput_ge_75pct_echo"] is (t["ratio"] >= 0.75)

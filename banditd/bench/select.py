@@ -13,8 +13,9 @@ round by round in a rotating order, so load on the machine touches every series 
 
 It prints p50/p90/p99 per series, the ratios to the echo server and the goals of issue 20
 (p50 <= 1.3x and p99 <= 2x echo, fresh p50 <= 1.5x, text p50 <= 1.6x). ``--profile FILE.svg``
-records banditd with py-spy during the measured calls, as a flame graph. Throughput under
-``serve --workers 2`` is measured by `banditd bench load`.
+records banditd with py-spy during the measured calls, as a flame graph. ``--throughput`` adds
+the Selects/s of ``serve --workers 2`` against a two-process echo server, both driven by the
+`bench load` generator at ``--rate`` (goal: >= 75 % of the echo server's).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import multiprocessing
 import os
 import secrets
 import signal
@@ -33,16 +33,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from banditd.argtypes import int_at_least
-from banditd.bench import local
+from banditd.argtypes import int_at_least, positive_float
+from banditd.bench import load, local
+from banditd.bench.echo import echo_server
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -51,7 +50,7 @@ ROUTER = "select"
 TEXT_ROUTER = "select-text"
 SEED = 20_262
 DISTINCT = 256
-GOALS = {"p50": 1.3, "p99": 2.0, "fresh_p50": 1.5, "text_p50": 1.6}
+GOALS = {"p50": 1.3, "p99": 2.0, "fresh_p50": 1.5, "text_p50": 1.6, "throughput": 0.75}
 CALL_TIMEOUT_S = 10.0
 FIRST_TEXT_TIMEOUT_S = 120.0  # the first text Select loads the encoder
 _PROSE = (
@@ -96,59 +95,6 @@ def _text_requests(rng: np.random.Generator) -> list[pb.SelectRequest]:
         )
         for _ in range(DISTINCT)
     ]
-
-
-# -- the echo server (its own process) ---------------------------------------------------------
-
-
-def _echo_handler(replies: dict[str, bytes]) -> grpc.GenericRpcHandler:
-    """Router.Select answered with a canned response of the request's kind: no work, the
-    floor (the request is decoded and the reply encoded, as the generated servicer does)."""
-    canned = {k: pb.SelectResponse.FromString(v) for k, v in replies.items()}
-
-    async def select(request: pb.SelectRequest, context: object) -> pb.SelectResponse:
-        return canned[request.WhichOneof("context") or "embedding"]
-
-    return grpc.method_handlers_generic_handler(
-        "banditd.v1.Router",
-        {
-            "Select": grpc.unary_unary_rpc_method_handler(
-                select,
-                request_deserializer=pb.SelectRequest.FromString,
-                response_serializer=pb.SelectResponse.SerializeToString,
-            )
-        },
-    )
-
-
-def _echo_main(replies: dict[str, bytes], conn: Connection) -> None:
-    async def serve() -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((_echo_handler(replies),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        gc.collect()
-        gc.freeze()  # as banditd serve does after its start
-        conn.send(port)
-        await server.wait_for_termination()
-
-    asyncio.run(serve())
-
-
-@contextlib.contextmanager
-def echo_server(replies: dict[str, bytes]) -> Iterator[str]:
-    """A grpc.aio echo server in a child process; yields its 127.0.0.1:PORT."""
-    ctx = multiprocessing.get_context("spawn")  # no forked gRPC state
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_echo_main, args=(replies, child), daemon=True)
-    proc.start()
-    try:
-        if not parent.poll(60):
-            raise RuntimeError("echo server did not start")
-        yield f"127.0.0.1:{parent.recv()}"
-    finally:
-        proc.terminate()
-        proc.join(10)
 
 
 # -- the caller ---------------------------------------------------------------------------------
@@ -335,8 +281,50 @@ def run(args: argparse.Namespace) -> int:
     report = report_of(times, config)
     if args.profile:
         report["profile"] = str(Path(args.profile).resolve())
+    if args.throughput:
+        report["throughput"] = throughput(args, replies)
+        report["goals"]["throughput_ge_75pct_echo"] = report["throughput"]["goal_met"]
     print(json.dumps(report, indent=2) if args.json else render_text(report))
     return 0
+
+
+def throughput(args: argparse.Namespace, replies: dict[str, bytes]) -> dict[str, Any]:
+    """Selects/s of `serve --workers 2` against a two-process echo server, each driven by the
+    same `bench load` generator (open loop at --rate, 2 processes x 4 connections), one after
+    the other; banditd on a throwaway Postgres (workers are replicas of one database)."""
+
+    def drive(target: str) -> dict[str, Any]:
+        cfg = load.LoadConfig(target, args.rate, args.duration, 1.0, 2, 4, args.dim)
+        report = load.run_load(cfg)
+        return {"rps": report["achieved_rps"], "latency_ms": report["latency_ms"]}
+
+    with echo_server(replies, processes=2) as echo:
+        _log(f"throughput: two-process echo server on {echo}, {args.rate:.0f}/s offered")
+        echo_ms = drive(echo)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(local.throwaway_postgres())  # workers need Postgres
+        (server,) = stack.enter_context(
+            local.servers(
+                url,
+                1,
+                signing_key=secrets.token_hex(32),
+                metrics=False,
+                log_level=args.server_log_level,
+                workers=2,
+            )
+        )
+        _log(f"throughput: serve --workers 2 on {server.target}")
+        load.put_router(server.target, args.dim, args.arms)
+        banditd_ms = drive(server.target)
+    ratio = _ratio(banditd_ms["rps"], echo_ms["rps"])
+    return {
+        "offered_rps": args.rate,
+        "duration_s": args.duration,
+        "banditd_workers_2": banditd_ms,
+        "echo_processes_2": echo_ms,
+        "ratio": ratio,
+        "goal_met": None if ratio is None else ratio >= GOALS["throughput"],
+    }
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -348,6 +336,13 @@ def render_text(report: dict[str, Any]) -> str:
     for name, s in report["latency_ms"].items():
         lines.append(f"{name:<14}{s['p50']:>10}{s['p90']:>10}{s['p99']:>10}{s['mean']:>10}")
     lines.append(f"ratios to echo: {report['ratios']}")
+    if "throughput" in report:
+        t = report["throughput"]
+        lines.append(
+            f"throughput at {t['offered_rps']:.0f}/s offered: serve --workers 2 "
+            f"{t['banditd_workers_2']['rps']}/s, two-process echo {t['echo_processes_2']['rps']}/s"
+            f" (ratio {t['ratio']})"
+        )
     lines.append(f"goals: {report['goals']}")
     return "\n".join(lines)
 
@@ -372,5 +367,16 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="log level of banditd (info: one JSON line per decision, as deployed)",
     )
     p.add_argument("--profile", help="py-spy flame graph (SVG; raw if FILE ends in .txt)")
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also Selects/s of serve --workers 2 against a two-process echo server",
+    )
+    p.add_argument(
+        "--rate", type=positive_float, default=6000.0, help="--throughput: offered/s (6000)"
+    )
+    p.add_argument(
+        "--duration", type=positive_float, default=5.0, help="--throughput: measured s (5)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
