@@ -52,5 +52,18 @@ def _standard(value: Any) -> Any:
 def _standard_numbers(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Non-finite floats as strings, so the renderer can refuse NaN (allow_nan=False)."""
+    """Non-finite floats as strings, so the renderer can refuse NaN (allow_nan=False). An event
+    of plain values only (the usual case: one per Select) is passed on as it is, not copied."""
+    for value in event_dict.values():
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                break
+        elif kind not in _PLAIN and not (kind is dict and not value):
+            break
+    else:
+        return event_dict
     return {key: _standard(value) for key, value in event_dict.items()}
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
