@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from banditd.store import Repository
 from banditd.store.probe import RequestIdProbe
 from banditd.v1 import banditd_pb2 as pb
@@ -69,5 +72,17 @@ async def test_request_id_probe_sees_what_is_committed_on_sqlite_only(
     # Where it cannot tell, the database is asked the usual way.
     assert RequestIdProbe("sqlite+aiosqlite://").has_decision(router_id, "r1") is None
     assert RequestIdProbe("postgresql+asyncpg://u@h/db").has_decision(router_id, "r1") is None
-    missing = RequestIdProbe(sqlite_url.replace("banditd.db", "absent.db"))
-    assert missing.has_decision(router_id, "r1") is None
+    absent = sqlite_url.replace("banditd.db", "absent.db")
+    assert RequestIdProbe(absent).has_decision(router_id, "r1") is None
+
+
+def test_request_id_probe_answers_again_once_the_file_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    probe = RequestIdProbe(f"sqlite+aiosqlite:///{path}", retry_after_s=0.0)
+    assert probe.has_decision(1, "r1") is None
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE decisions (router_id INTEGER, request_id TEXT)")
+        conn.execute("INSERT INTO decisions VALUES (1, 'r1')")
+    assert probe.has_decision(1, "r1") is True
+    assert probe.has_decision(1, "r2") is False
+    probe.close()

@@ -14,22 +14,26 @@ database, any SQLite error): then ask the database the usual way.
 from __future__ import annotations
 
 import sqlite3
+import time
 import urllib.parse
 
 from banditd.store.engine import sqlite_file
 
 _QUERY = "SELECT 1 FROM decisions WHERE router_id = ? AND request_id = ? LIMIT 1"
+RETRY_AFTER_S = 1.0  # after an error, the usual way only for this long (no reconnect per call)
 
 
 class RequestIdProbe:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retry_after_s: float = RETRY_AFTER_S) -> None:
         path = sqlite_file(url)
         self._uri = None if path is None else f"file:{urllib.parse.quote(str(path))}?mode=ro"
         self._conn: sqlite3.Connection | None = None
+        self._retry_at = 0.0
+        self._retry_after_s = retry_after_s
 
     def has_decision(self, router_id: int, request_id: str) -> bool | None:
         """Whether a committed decision carries this request id; None: cannot tell."""
-        if self._uri is None:
+        if self._uri is None or (self._conn is None and time.monotonic() < self._retry_at):
             return None
         try:
             if self._conn is None:
@@ -42,6 +46,7 @@ class RequestIdProbe:
             rows = self._conn.execute(_QUERY, (router_id, request_id)).fetchall()
         except sqlite3.Error:
             self.close()
+            self._retry_at = time.monotonic() + self._retry_after_s
             return None
         return bool(rows)
 
