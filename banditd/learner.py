@@ -33,11 +33,13 @@ from banditd.errors import (
     Unavailable,
 )
 from banditd.feedback_guard import FeedbackGuard
-from banditd.token import TokenSigner
+from banditd.token import TokenClaims, TokenSigner
 
 log = structlog.get_logger(__name__)
 
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
+# Pairwise feedback (issue 21): (reward of the decision's arm, reward of its challenger).
+PREFERENCE_REWARDS = {"arm": (1.0, 0.0), "challenger": (0.0, 1.0), "tie": (0.5, 0.5)}
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
 DEFAULT_ATTEMPTS = 3  # tries to commit one Feedback while the database is unreachable
 RETRY_INITIAL_S = 0.05
@@ -56,6 +58,7 @@ class FeedbackInput:
     latency_ms: float | None = None
     error: bool = False
     energy_wh: float | None = None
+    preference: str | None = None  # "arm" | "challenger" | "tie"; anything else is refused
 
 
 def refusal_kind(exc: BanditdError) -> str:
@@ -104,6 +107,47 @@ def _reward(req: FeedbackInput) -> float:
     return req.reward
 
 
+def _preference(req: FeedbackInput, claims: TokenClaims) -> tuple[float, float] | None:
+    """(arm reward, challenger reward) of a preference; None for a thumb or a reward. A decision
+    made with compare takes a preference and nothing else, and only such a decision takes one."""
+    if req.preference is None:
+        if claims.challenger is not None:
+            raise InvalidArgument(
+                "preference", "this decision compared two arms: rate it with a preference"
+            )
+        return None
+    if req.preference not in PREFERENCE_REWARDS:
+        raise InvalidArgument(
+            "preference",
+            f"must be PREFER_ARM, PREFER_CHALLENGER or PREFER_TIE, got {req.preference}",
+        )
+    if claims.challenger is None:
+        raise InvalidArgument(
+            "preference", "this decision has no challenger (Select it with compare set)"
+        )
+    if req.thumb is not None or req.reward is not None:
+        raise InvalidArgument("preference", "excludes thumb and reward: it rates both arms")
+    for name, value in (
+        ("input_tokens", req.input_tokens),
+        ("output_tokens", req.output_tokens),
+        ("latency_ms", req.latency_ms),
+        ("energy_wh", req.energy_wh),
+        ("error", req.error or None),
+    ):
+        if value is not None:
+            raise InvalidArgument(
+                name, "a preference carries no per-arm measurement (only cost_usd, both arms')"
+            )
+    return PREFERENCE_REWARDS[req.preference]
+
+
+def _rated(event: FeedbackEvent) -> list[tuple[str, float]]:
+    """(arm, reward) of each arm an event rates: a preference rates two."""
+    if event.challenger is None or event.challenger_reward is None:
+        return [(event.arm, event.reward)]
+    return [(event.arm, event.reward), (event.challenger, event.challenger_reward)]
+
+
 class Learner:
     def __init__(
         self,
@@ -130,7 +174,8 @@ class Learner:
         claims = self._signer.verify(req.decision_id)
         if claims.tenant != req.tenant:
             raise PermissionDenied("decision_id was not issued to this tenant")
-        reward = _reward(req)
+        pair = _preference(req, claims)
+        reward = _reward(req) if pair is None else pair[0]
         for name, value in (
             ("cost_usd", req.cost_usd),
             ("input_tokens", req.input_tokens),
@@ -140,11 +185,12 @@ class Learner:
         ):
             if value is not None:
                 self._bounds.check(f"FeedbackRequest.{name}", value)
-        if req.cost_usd is None and not 0.0 <= claims.expected_cost_usd <= HARD_MAX_CALL_USD:
+        expected = claims.expected_cost_usd + claims.challenger_cost_usd  # both arms served
+        if req.cost_usd is None and not 0.0 <= expected <= HARD_MAX_CALL_USD:
             raise InvalidArgument(  # NaN fails the comparison too
                 "cost_usd",
-                "required for this decision: its expected cost "
-                f"({claims.expected_cost_usd:g}) is not a usable number",
+                f"required for this decision: its expected cost ({expected:g}) is not a "
+                "usable number",
             )
         now = self._clock()
         if now > claims.expires_at:
@@ -159,7 +205,7 @@ class Learner:
             arm=claims.arm,
             x=claims.x,
             reward=reward,
-            cost_usd=claims.expected_cost_usd if req.cost_usd is None else req.cost_usd,
+            cost_usd=expected if req.cost_usd is None else req.cost_usd,
             input_tokens=req.input_tokens,
             output_tokens=req.output_tokens,
             latency_ms=req.latency_ms,
@@ -167,6 +213,8 @@ class Learner:
             created_at=now,
             cost_reported=req.cost_usd is not None,
             energy_wh=req.energy_wh,
+            challenger=None if pair is None else claims.challenger,
+            challenger_reward=None if pair is None else pair[1],
         )
 
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
@@ -191,14 +239,16 @@ class Learner:
                     with attempt:
                         async with self._catalog.locked(event.router_id) as state:
                             event = _router_thumbs(event, req, state.spec)
-                            await self._guard.check_cap(state.spec, event.router_id, event.arm)
+                            for arm, _ in _rated(event):
+                                await self._guard.check_cap(state.spec, event.router_id, arm)
                             event_id = await self._catalog.record(state, event)
             except Unavailable as exc:
                 raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
-        self._guard.observe(state.spec, event.router_id, event.arm, event.reward)
+        for arm, reward in _rated(event):
+            self._guard.observe(state.spec, event.router_id, arm, reward)
         _count_accepted(state.spec, [event])
         await self._settle([event])
         _log_event(req.tenant, state.spec.name, event, event_id)
@@ -231,7 +281,8 @@ class Learner:
                 continue
             accepted = [e for n, (_, e) in enumerate(kept) if n in added]
             for event in accepted:
-                self._guard.observe(state.spec, router_id, event.arm, event.reward)
+                for arm, reward in _rated(event):
+                    self._guard.observe(state.spec, router_id, arm, reward)
             _count_accepted(state.spec, accepted)
             await self._settle(accepted)
             outcome.accepted += len(accepted)
@@ -262,7 +313,8 @@ class Learner:
         kept = []
         for i, event in items:
             try:
-                await self._guard.check_cap(spec, event.router_id, event.arm)
+                for arm, _ in _rated(event):
+                    await self._guard.check_cap(spec, event.router_id, arm)
             except ResourceExhausted as exc:
                 refused.append((i, exc))
                 continue

@@ -327,3 +327,9 @@ arms.append_column(Column("prior_latency_ms", Float, nullable=False, server_defa
 arms.append_column(Column("input_energy_wh_per_mtok", Float, nullable=False, server_default="0"))
 arms.append_column(Column("output_energy_wh_per_mtok", Float, nullable=False, server_default="0"))
 feedback_events.append_column(Column("energy_wh", Float, nullable=True))
+
+# Pairwise feedback (issue 21, migration 0013): a decision's challenger arm (SelectRequest
+# compare), and a preference event's reward for it (the event's arm gets reward).
+decisions.append_column(Column("challenger", String(128), nullable=True))
+feedback_events.append_column(Column("challenger", String(128), nullable=True))
+feedback_events.append_column(Column("challenger_reward", Float, nullable=True))
