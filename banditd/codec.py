@@ -193,20 +193,9 @@ def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
 
 
 def decision_to_proto(d: Decision) -> pb.SelectResponse:
-    return pb.SelectResponse(
+    reply = pb.SelectResponse(
         decision_id=d.token,
         arm=d.arm,
-        ranking=[
-            pb.RankedArm(
-                arm=r.arm,
-                score=r.score,
-                expected_cost_usd=r.expected_cost_usd,
-                quality_score=r.quality_score,
-                expected_latency_ms=r.expected_latency_ms,
-                expected_energy_wh=r.expected_energy_wh,
-            )
-            for r in d.ranking
-        ],
         propensity=d.propensity,
         explored=d.explored,
         expected_cost_usd=d.expected_cost_usd,
@@ -216,6 +205,17 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
         context_version=d.context_version or "",
         challenger=d.challenger or "",
     )
+    add = reply.ranking.add  # built in place: a RankedArm passed in a list is copied
+    for r in d.ranking:
+        add(
+            arm=r.arm,
+            score=r.score,
+            expected_cost_usd=r.expected_cost_usd,
+            quality_score=r.quality_score,
+            expected_latency_ms=r.expected_latency_ms,
+            expected_energy_wh=r.expected_energy_wh,
+        )
+    return reply
 
 
 def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> FeedbackInput:

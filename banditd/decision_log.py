@@ -34,6 +34,7 @@ from banditd.domain import Decision
 from banditd.errors import BadData, Unavailable
 from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetter, DeadLetters, commit_isolating
+from banditd.store.probe import RequestIdProbe
 
 log = structlog.get_logger(__name__)
 MAX_PENDING = 100_000
@@ -48,6 +49,7 @@ class DecisionLog:
     ) -> None:
         self._repo = repo
         self._dead = DeadLetters(repo.db)
+        self._probe = RequestIdProbe(repo.db.url)
         self._flush_seconds = flush_seconds
         self._max_pending = max_pending
         self.dropped = 0
@@ -96,10 +98,16 @@ class DecisionLog:
 
     async def find(self, router_id: int, request_id: str) -> Decision | None:
         """The decision made for this request id, pending or committed. With the database
-        down only pending decisions are found: Select then decides afresh rather than fail."""
+        down only pending decisions are found: Select then decides afresh rather than fail.
+
+        On SQLite a request id never logged (the usual case) is told apart without an await
+        (banditd.store.probe): no thread hop, and nothing can change between the memory and
+        the database check."""
         found = self.lookup(router_id, request_id)
         if found is not None:
             return found
+        if self._probe.has_decision(router_id, request_id) is False:
+            return None
         try:
             return await self._repo.find_decision(router_id, request_id)
         except Unavailable as exc:
@@ -201,3 +209,5 @@ class DecisionLog:
                     await self.flush()
         except Unavailable as exc:
             log.error("decision_log_not_flushed", pending=len(self._pending), error=str(exc))
+        finally:
+            self._probe.close()

@@ -5,7 +5,25 @@ Labels are bounded by configuration (tenants, routers, arms), never by request c
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram, Summary, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+_CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+
+def child(metric: M, *labels: str) -> M:
+    """``metric.labels(*labels)``, looked up once: labels() validates and locks on every call
+    (a few microseconds; the hot paths call it per request). Label values are bounded by
+    configuration (see above), so this cache is too."""
+    key = (metric, labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
+
 
 RPC_SECONDS = Histogram(
     "banditd_rpc_seconds",

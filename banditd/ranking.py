@@ -115,22 +115,17 @@ def rank_arms(
     healthy = [a for a in arms if a.name not in blocked]
     arms = healthy or arms  # every arm failing: still answer (fail open), with all of them
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    arm_idx = np.array([posterior.index(a.name) for a in arms], dtype=np.int64)
-    costs = np.array(
-        [
-            posterior.expected_cost_usd(int(i), a, input_tokens, x)
-            for a, i in zip(arms, arm_idx, strict=True)
-        ]
-    )
-    latency = np.array(
-        [posterior.expected_latency_ms(int(i), a, x) for a, i in zip(arms, arm_idx, strict=True)]
-    )
-    energy = np.array(
-        [
-            posterior.expected_energy_wh(int(i), a, input_tokens, x)
-            for a, i in zip(arms, arm_idx, strict=True)
-        ]
-    )
+    indexes = [posterior.index(a.name) for a in arms]
+    arm_idx = np.array(indexes, dtype=np.int64)
+    # One pass over the arms, with plain int indexes (no NumPy scalars).
+    cost_l: list[float] = []
+    lat_l: list[float] = []
+    wh_l: list[float] = []
+    for a, i in zip(arms, indexes, strict=True):
+        cost_l.append(posterior.expected_cost_usd(i, a, input_tokens, x))
+        lat_l.append(posterior.expected_latency_ms(i, a, x))
+        wh_l.append(posterior.expected_energy_wh(i, a, input_tokens, x))
+    costs, latency, energy = np.array(cost_l), np.array(lat_l), np.array(wh_l)
     if max_cost_usd is not None:
         keep = costs <= max_cost_usd
         arms = [a for a, k in zip(arms, keep, strict=True) if k]

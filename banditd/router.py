@@ -233,7 +233,9 @@ class Selector:
                 if earlier is not None:
                     return earlier
         self._decisions.add(decision)
-        metrics.DECISIONS.labels(spec.tenant, spec.name, chosen.arm, str(choice.explored)).inc()
+        metrics.child(
+            metrics.DECISIONS, spec.tenant, spec.name, chosen.arm, str(choice.explored)
+        ).inc()
         log.info(
             "decision",
             tenant=spec.tenant,

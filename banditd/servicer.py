@@ -51,7 +51,7 @@ def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             log.exception("internal_error", rpc=method.__name__)
             await context.abort(code, "internal error (logged on the server)")
         finally:
-            metrics.RPC_SECONDS.labels(method.__name__, code.name).observe(
+            metrics.child(metrics.RPC_SECONDS, method.__name__, code.name).observe(
                 time.perf_counter() - started
             )
         raise AssertionError("context.abort returned")  # pragma: no cover

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from banditd.store import Repository
+from banditd.store.probe import RequestIdProbe
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
 
@@ -47,3 +51,38 @@ async def test_a_full_buffer_drops_the_oldest_decision_never_the_request(
     await log.flush()
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == 3 and log.dropped == 3
+
+
+async def test_request_id_probe_sees_what_is_committed_on_sqlite_only(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url, decision_flush_ms=60_000.0)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    request = pb.SelectRequest(tenant="acme", router="chat", prompt="hi", request_id="r1")
+    first = await server.router.Select(request)
+    router_id = (await server.app.catalog.get("acme", "chat")).router_id
+    probe = RequestIdProbe(sqlite_url)  # its own connection, as another process would have
+    assert probe.has_decision(router_id, "r1") is False  # pending: in memory only
+    await server.app.decisions.flush()
+    assert probe.has_decision(router_id, "r1") is True
+    assert probe.has_decision(router_id, "r2") is False
+    assert probe.has_decision(router_id + 1, "r1") is False
+    assert (await server.router.Select(request)).decision_id == first.decision_id
+    probe.close()
+    # Where it cannot tell, the database is asked the usual way.
+    assert RequestIdProbe("sqlite+aiosqlite://").has_decision(router_id, "r1") is None
+    assert RequestIdProbe("postgresql+asyncpg://u@h/db").has_decision(router_id, "r1") is None
+    absent = sqlite_url.replace("banditd.db", "absent.db")
+    assert RequestIdProbe(absent).has_decision(router_id, "r1") is None
+
+
+def test_request_id_probe_answers_again_once_the_file_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    probe = RequestIdProbe(f"sqlite+aiosqlite:///{path}", retry_after_s=0.0)
+    assert probe.has_decision(1, "r1") is None
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE decisions (router_id INTEGER, request_id TEXT)")
+        conn.execute("INSERT INTO decisions VALUES (1, 'r1')")
+    assert probe.has_decision(1, "r1") is True
+    assert probe.has_decision(1, "r2") is False
+    probe.close()

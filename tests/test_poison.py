@@ -24,8 +24,9 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from banditd import metrics
+from banditd import logs, metrics
 from banditd.bounds import TABLE, numeric_fields
+from banditd.ceilings import SCORE_LIMIT, finite_scores
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import Decision, FeedbackEvent, RankedArm
 from banditd.errors import BadData, Unavailable
@@ -579,3 +580,29 @@ async def test_one_routers_unreadable_log_row_never_stops_the_others_tail(
         await asyncio.sleep(0.05)
     assert fine.last_event_id == 2  # applied by the tail, round after round
     assert (await _stats(server, "acme", "fine")).feedback_count == 1
+
+
+def test_finite_scores_bound_every_value_and_make_nan_the_worst() -> None:
+    values = np.array([math.nan, math.inf, -math.inf, 1e30, -1e30, 0.5, -0.0, SCORE_LIMIT])
+    expected = np.clip(
+        np.nan_to_num(values, nan=-SCORE_LIMIT, posinf=SCORE_LIMIT, neginf=-SCORE_LIMIT),
+        -SCORE_LIMIT,
+        SCORE_LIMIT,
+    )
+    got = finite_scores(values)
+    assert got.shape == values.shape and np.array_equal(got, expected)
+    assert got.tolist()[:3] == [-SCORE_LIMIT, SCORE_LIMIT, -SCORE_LIMIT]
+    assert np.isnan(values[0])  # the input is left as it was
+
+
+def test_log_events_keep_plain_values_and_get_non_finite_floats_as_strings() -> None:
+    plain = {"event": "decision", "arm": "a", "n": 3, "ok": True, "p": 0.5, "m": {}, "x": None}
+    assert logs._standard_numbers(None, "info", plain) == plain
+    odd = {"event": "e", "cost": math.inf, "nested": {"v": [math.nan, 1.0]}, "f": np.float64(2)}
+    assert logs._standard_numbers(None, "info", odd) == {
+        "event": "e",
+        "cost": "inf",
+        "nested": {"v": ["nan", 1.0]},
+        "f": 2.0,
+    }
+    assert logs._standard_numbers(None, "info", {"event": "e", "v": -math.inf})["v"] == "-inf"

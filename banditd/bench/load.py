@@ -471,7 +471,7 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _put_router(target: str, dim: int, n_arms: int) -> None:
+def put_router(target: str, dim: int, n_arms: int) -> None:
     with grpc.insecure_channel(target) as channel:
         rpc.AdminStub(channel).PutRouter(
             pb.PutRouterRequest(router=router_config(dim, n_arms)), timeout=30
@@ -495,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
     profile = Path(args.profile).resolve() if args.profile else None
     if args.target:
         local.require_loopback(args.target, "--target")
-        _put_router(args.target, args.dim, args.arms)
+        put_router(args.target, args.dim, args.arms)
         watched = Watched(args.server_pid, args.metrics) if args.server_pid else None
         report = run_load(cfg(args.target), server=watched, profile=profile)
     else:
@@ -511,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
             _log(f"server pid {server.pid} on {server.target} ({url.split(':')[0]})")
-            _put_router(server.target, args.dim, args.arms)
+            put_router(server.target, args.dim, args.arms)
             watched = Watched(server.pid, server.metrics)
             report = run_load(cfg(server.target), server=watched, profile=profile)
             report["config"]["database"] = url.split(":")[0]

@@ -150,8 +150,9 @@ def spawn_server(
     metrics: bool = True,
     log_level: str = "info",
     env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> ServerProcess:
-    """Start `banditd serve` on a free 127.0.0.1 port (not yet waited for)."""
+    """Start `banditd serve` (--workers N) on a free 127.0.0.1 port (not yet waited for)."""
     port = free_port()
     metrics_listen = f"127.0.0.1:{free_port()}" if metrics else ""
     log_path = log_dir / f"banditd-{port}.log"
@@ -167,6 +168,7 @@ def spawn_server(
                 *(sys.executable, "-m", "banditd.cli", "serve"),
                 *("--listen", f"127.0.0.1:{port}", "--database-url", database_url),
                 *("--log-level", log_level),
+                *(("--workers", str(workers)) if workers > 1 else ()),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -185,8 +187,10 @@ def servers(
     metrics: bool = True,
     log_level: str = "info",
     env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[list[ServerProcess]]:
-    """n `banditd serve` replicas on one database (migrated first), all SERVING; stopped on exit."""
+    """n `banditd serve` replicas (of ``workers`` processes each) on one database (migrated
+    first), all SERVING; stopped on exit."""
     log_dir = Path(tempfile.mkdtemp(prefix="banditd-bench-logs-"))
     started: list[ServerProcess] = []
     try:
@@ -200,6 +204,7 @@ def servers(
                 metrics=metrics,
                 log_level=log_level,
                 env=first_env,
+                workers=workers,
             )
         )
         started[0].wait_serving()
@@ -212,6 +217,7 @@ def servers(
                     metrics=metrics,
                     log_level=log_level,
                     env=env,
+                    workers=workers,
                 )
             )
         for server in started[1:]:
