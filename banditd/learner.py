@@ -33,7 +33,8 @@ from banditd.errors import (
     Unavailable,
 )
 from banditd.feedback_guard import FeedbackGuard
-from banditd.token import TokenSigner
+from banditd.store.usage import Usage, UsageStore
+from banditd.token import TokenClaims, TokenSigner
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ class FeedbackInput:
     latency_ms: float | None = None
     error: bool = False
     energy_wh: float | None = None
+    usage_only: bool = False  # a usage report (issue 22): no rating, see Learner.usage
+    first_token_ms: float | None = None
 
 
 def refusal_kind(exc: BanditdError) -> str:
@@ -115,7 +118,9 @@ class Learner:
         attempts: int = DEFAULT_ATTEMPTS,
         budgets: Budgets | None = None,
         bounds: Bounds | None = None,
+        usage: UsageStore | None = None,
     ) -> None:
+        self._usage = usage
         self._bounds = bounds or default_bounds()
         self._budgets = budgets
         self._catalog = catalog
@@ -124,22 +129,38 @@ class Learner:
         self._guard = guard or FeedbackGuard()
         self._attempts = attempts
 
-    def event_of(self, req: FeedbackInput) -> FeedbackEvent:
-        """The event a request would log; raises, writing nothing, when it must be refused."""
+    def _verified(self, req: FeedbackInput) -> TokenClaims:
+        """The decision's claims once the token, tenant and numbers pass."""
         check_name("tenant", req.tenant)
         claims = self._signer.verify(req.decision_id)
         if claims.tenant != req.tenant:
             raise PermissionDenied("decision_id was not issued to this tenant")
-        reward = _reward(req)
         for name, value in (
             ("cost_usd", req.cost_usd),
             ("input_tokens", req.input_tokens),
             ("output_tokens", req.output_tokens),
             ("latency_ms", req.latency_ms),
             ("energy_wh", req.energy_wh),
+            ("first_token_ms", req.first_token_ms),
         ):
             if value is not None:
                 self._bounds.check(f"FeedbackRequest.{name}", value)
+        now = self._clock()
+        if now > claims.expires_at:
+            raise FailedPrecondition(
+                f"decision expired {now - claims.expires_at:.0f} s ago; "
+                "feedback is no longer accepted"
+            )
+        return claims
+
+    def event_of(self, req: FeedbackInput) -> FeedbackEvent:
+        """The event a request would log; raises, writing nothing, when it must be refused."""
+        if req.usage_only:
+            raise InvalidArgument("usage_only", "usage reports go one by one through Feedback")
+        if req.first_token_ms is not None:
+            raise InvalidArgument("first_token_ms", "only in usage reports (usage_only)")
+        claims = self._verified(req)
+        reward = _reward(req)
         if req.cost_usd is None and not 0.0 <= claims.expected_cost_usd <= HARD_MAX_CALL_USD:
             raise InvalidArgument(  # NaN fails the comparison too
                 "cost_usd",
@@ -147,11 +168,6 @@ class Learner:
                 f"({claims.expected_cost_usd:g}) is not a usable number",
             )
         now = self._clock()
-        if now > claims.expires_at:
-            raise FailedPrecondition(
-                f"decision expired {now - claims.expires_at:.0f} s ago; "
-                "feedback is no longer accepted"
-            )
         return FeedbackEvent(
             event_id=0,
             router_id=claims.router_id,
@@ -176,6 +192,8 @@ class Learner:
         Unavailable: the event was not acknowledged, so the caller retries later (if the commit
         did land and only its answer was lost, the retry answers ALREADY_EXISTS).
         """
+        if req.usage_only:
+            return await self.usage(req)
         try:
             event = self.event_of(req)
             retrying = AsyncRetrying(
@@ -192,17 +210,55 @@ class Learner:
                         async with self._catalog.locked(event.router_id) as state:
                             event = _router_thumbs(event, req, state.spec)
                             await self._guard.check_cap(state.spec, event.router_id, event.arm)
-                            event_id = await self._catalog.record(state, event)
+                            stored = await self._catalog.record(state, event)
             except Unavailable as exc:
                 raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
+        event_id = stored.event_id
+        if stored.signal == 0:  # a first event carries the decision's usage, if any came
+            event = stored
         self._guard.observe(state.spec, event.router_id, event.arm, event.reward)
         _count_accepted(state.spec, [event])
         await self._settle([event])
         _log_event(req.tenant, state.spec.name, event, event_id)
         return FeedbackResult(event_id, event.reward, event.cost_usd)
+
+    async def usage(self, req: FeedbackInput) -> FeedbackResult:
+        """Store a usage report (once per decision; never the rating). It is folded into the
+        decision's first event when that is appended (docs/gateway.md, "Usage and rating")."""
+        try:
+            if req.thumb is not None or req.reward is not None:
+                raise InvalidArgument(
+                    "usage_only", "a usage report has no thumb or reward: rate it separately"
+                )
+            if self._usage is None:
+                raise FailedPrecondition("this server does not take usage reports")
+            claims = self._verified(req)
+            await self._usage.add(
+                Usage(
+                    claims.decision_id,
+                    claims.router_id,
+                    claims.arm,
+                    req.cost_usd,
+                    req.input_tokens,
+                    req.output_tokens,
+                    req.latency_ms,
+                    req.first_token_ms,
+                    req.energy_wh,
+                    req.error,
+                    self._clock(),
+                )
+            )
+        except BanditdError as exc:
+            metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
+            raise
+        metrics.FEEDBACK.labels("usage").inc()
+        if req.cost_usd is not None and self._budgets is not None and self._budgets.active:
+            await self._budgets.settle([(claims.decision_id, req.cost_usd)])
+        log.info("usage", tenant=req.tenant, arm=claims.arm, decision_id=claims.decision_id)
+        return FeedbackResult(0, 0.0, req.cost_usd or 0.0)
 
     async def feedback_batch(
         self, requests: Sequence[FeedbackInput], outcome: BatchOutcome, first_index: int = 0
@@ -298,6 +354,7 @@ def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
     for arm, usd in spend.items():
         metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(usd)
     for event in events:
+        metrics.REWARD.labels(spec.tenant, spec.name, event.arm).observe(event.reward)
         if event.latency_ms is not None:
             metrics.REPORTED_LATENCY.labels(spec.tenant, spec.name, event.arm).observe(
                 event.latency_ms / 1000.0

@@ -224,6 +224,7 @@ class Selector:
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
             context_version=context.version,
+            arm_specs=spec.arms,
         )
         if self._budgets is not None and reservation is not None:
             # Counted before the decision is logged or leaves (a refused charge logs nothing).
