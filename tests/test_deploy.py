@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -142,7 +143,7 @@ def test_every_object_matches_the_kubernetes_schemas(
                     f"at {where}: {exc.message}"
                 )
     assert not errors, "\n".join(errors)
-    assert skipped == (["ServiceMonitor"] if value_set == "production" else [])
+    assert skipped == (["ServiceMonitor"] * 2 if value_set == "production" else [])
 
 
 # ---- Helm: what the objects must say
@@ -150,13 +151,13 @@ def test_every_object_matches_the_kubernetes_schemas(
 
 def test_probes_use_grpc_health_on_the_service_port(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     service = _one(docs, "Service", "banditd")
     grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert grpc_port["targetPort"] == "grpc"
-    config = _one(docs, "ConfigMap")["data"]
+    config = _one(docs, "ConfigMap", "banditd")["data"]
     # With TLS on the gRPC port, kubelet (which speaks no TLS) asks a plaintext health port.
     probe_port = ports["health"] if "BANDITD_TLS_CERT_FILE" in config else ports["grpc"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -169,9 +170,9 @@ def test_probes_use_grpc_health_on_the_service_port(rendered: tuple[str, list[Do
 
 def test_auth_is_on_and_plaintext_only_when_explicit(rendered: tuple[str, list[Doc]]) -> None:
     value_set, docs = rendered
-    config = _one(docs, "ConfigMap")["data"]
+    config = _one(docs, "ConfigMap", "banditd")["data"]
     assert config["BANDITD_AUTH"] == "required"
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     if value_set == "production":
         assert "BANDITD_ALLOW_PLAINTEXT" not in config
@@ -187,10 +188,10 @@ def test_auth_is_on_and_plaintext_only_when_explicit(rendered: tuple[str, list[D
 
 def test_termination_grace_outlasts_the_drain(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     sleep = float(server["lifecycle"]["preStop"]["exec"]["command"][1])
-    drain = float(_one(docs, "ConfigMap")["data"].get("BANDITD_GRACE_SECONDS", 10))
+    drain = float(_one(docs, "ConfigMap", "banditd")["data"].get("BANDITD_GRACE_SECONDS", 10))
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
 
 
@@ -210,7 +211,7 @@ def test_secrets_are_references_never_config(
     if value_set == "production":
         values |= yaml.safe_load((CHART.parent / "values-production.yaml").read_text())
     secrets = values["secrets"]
-    (server,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (server,) = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]["containers"]
     env = _env(server)
     for var, ref in (
         ("BANDITD_DATABASE_URL", secrets["databaseUrl"]),
@@ -218,7 +219,7 @@ def test_secrets_are_references_never_config(
     ):
         assert env[var]["valueFrom"]["secretKeyRef"] == {"name": ref["name"], "key": ref["key"]}
     assert not {"BANDITD_DATABASE_URL", "BANDITD_SIGNING_KEY"} & set(
-        _one(docs, "ConfigMap")["data"]
+        _one(docs, "ConfigMap", "banditd")["data"]
     )
     assert not [d for d in docs if d["kind"] == "Secret"]
     # The values schema refuses secrets in the ConfigMap.
@@ -247,14 +248,14 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert any(env["NUMBA_CACHE_DIR"]["value"].startswith(m + "/") for m in mounts)
     # Its pods are not server pods: no Service, PDB or Deployment selects them.
-    selector = _one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    selector = _one(docs, "Deployment", "banditd")["spec"]["selector"]["matchLabels"]
     assert not selector.items() <= pod["metadata"]["labels"].items()
 
 
 def test_pods_run_as_non_root_on_a_read_only_root(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    for kind in ("Deployment", "Job"):
-        pod = _one(docs, kind)["spec"]["template"]["spec"]
+    for workload in [d for d in docs if d["kind"] in ("Deployment", "Job")]:
+        pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["automountServiceAccountToken"] is False
@@ -270,7 +271,7 @@ def test_numba_cache_from_the_image_is_copied_to_a_writable_dir(
 ) -> None:
     """Numba refuses a read-only cache dir, so the baked one is copied into an emptyDir."""
     _, docs = rendered
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     (server,) = pod["containers"]
     target = _env(server)["NUMBA_CACHE_DIR"]["value"]
@@ -284,7 +285,7 @@ def test_numba_cache_from_the_image_is_copied_to_a_writable_dir(
 
 def test_scaling_and_monitoring_objects(rendered: tuple[str, list[Doc]]) -> None:
     value_set, docs = rendered
-    deployment = _one(docs, "Deployment")
+    deployment = _one(docs, "Deployment", "banditd")
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
     if value_set == "default":
@@ -299,7 +300,7 @@ def test_scaling_and_monitoring_objects(rendered: tuple[str, list[Doc]]) -> None
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
     assert server["resources"]["requests"]["cpu"]
     # The ServiceMonitor scrapes the metrics port of exactly one Service (not the headless one).
-    monitor = _one(docs, "ServiceMonitor")["spec"]
+    monitor = _one(docs, "ServiceMonitor", "banditd")["spec"]
     (endpoint,) = monitor["endpoints"]
     assert endpoint["path"] == "/metrics"
     scraped = [
@@ -310,6 +311,117 @@ def test_scaling_and_monitoring_objects(rendered: tuple[str, list[Doc]]) -> None
         and endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
     ]
     assert [s["metadata"]["name"] for s in scraped] == ["banditd"]
+
+
+# ---- Helm: the gateway and the dashboard (issue 22)
+
+
+def test_gateway_is_its_own_deployment_and_service(rendered: tuple[str, list[Doc]]) -> None:
+    value_set, docs = rendered
+    if value_set == "default":  # off unless asked for
+        assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"] == ["banditd"]
+        return
+    deployment = _one(docs, "Deployment", "banditd-gateway")
+    assert deployment["spec"]["replicas"] == 3  # scaled apart from the servers' HPA
+    pod = deployment["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    assert gateway["args"][0] == "gateway"
+    env = _env(gateway)
+    port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "http")
+    assert env["BANDITD_GATEWAY_LISTEN"]["value"] == f"0.0.0.0:{port}"
+    assert env["BANDITD_GATEWAY_TARGET"]["value"] == "banditd.bandit.svc:50051"
+    # Upstream keys are Secret references, never values.
+    assert "value" not in env["OPENAI_API_KEY"]
+    assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "llm-keys",
+        "key": "openai",
+    }
+    # TLS to banditd: the gateway trusts the CA of the servers' certificate.
+    assert "--tls-ca=/etc/banditd/tls-ca/ca.crt" in gateway["args"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    # Each Service selects only its own pods.
+    labels = pod["metadata"] if "metadata" in pod else deployment["spec"]["template"]["metadata"]
+    gateway_labels = labels["labels"]
+    server_labels = _one(docs, "Deployment", "banditd")["spec"]["template"]["metadata"]["labels"]
+    for name, own, other in (
+        ("banditd-gateway", gateway_labels, server_labels),
+        ("banditd", server_labels, gateway_labels),
+    ):
+        selector = _one(docs, "Service", name)["spec"]["selector"]
+        assert selector.items() <= own.items() and not selector.items() <= other.items(), name
+    monitor = _one(docs, "ServiceMonitor", "banditd-gateway")["spec"]
+    assert monitor["endpoints"][0]["port"] == "http"
+    assert monitor["selector"]["matchLabels"].items() <= gateway_labels.items()
+
+
+def test_grafana_dashboard_is_a_labelled_config_map(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    config_map = _one(docs, "ConfigMap", "banditd-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["banditd.json"])
+    assert dashboard["uid"] == "banditd"
+    titles = {p["title"] for p in dashboard["panels"]}
+    for wanted in (
+        "Select rate",
+        "Select latency (server side)",
+        "Arm shares per router",
+        "Reward rate per arm",
+        "Spend against budget",
+        "Feedback lag",
+        "Breaker states",
+        "Gateway upstream errors",
+        "Gateway fallbacks",
+    ):
+        assert wanted in titles
+
+
+PROMQL_WORDS = {
+    "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile",
+    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+    "label_values",
+}  # fmt: skip
+
+
+def _exported_metrics() -> set[str]:
+    """Every sample name banditd's and the gateway's Prometheus registries export."""
+    from prometheus_client import REGISTRY
+
+    import banditd.metrics  # noqa: F401 - registers banditd's metrics
+    from banditd.gateway import metrics as gateway_metrics
+
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("_sum", "_count"),
+    }
+    names = set()
+    for registry in (REGISTRY, gateway_metrics.REGISTRY):
+        for family in registry.collect():
+            names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def test_every_dashboard_query_names_an_exported_metric(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    _, docs = rendered
+    dashboard = json.loads(_one(docs, "ConfigMap", "banditd-dashboard")["data"]["banditd.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    exported = _exported_metrics()
+    assert "banditd_gateway_fallbacks_total" in exported  # the gateway's registry is read
+    unknown = []
+    for expr in exprs:
+        bare = re.sub(r"label_values\((.*),\s*\w+\)", r"\1", expr)  # Grafana: (metric, label)
+        bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", bare)  # strings: label values
+        bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", bare)  # label matchers, ranges
+        bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
+        names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare)) - PROMQL_WORDS
+        names = {n for n in names if not re.fullmatch(r"e\d*", n)}  # exponents (1e3)
+        assert names, f"no metric in {expr!r}"
+        unknown += [f"{n} in {expr!r}" for n in sorted(names - exported)]
+    assert not unknown, "\n".join(unknown)
 
 
 # ---- Dockerfile
@@ -493,7 +605,7 @@ def test_routers_job_only_with_routers(
     tmp = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tmp")
     assert _env(container)["NUMBA_CACHE_DIR"]["value"].startswith(tmp + "/")
     # Its pods are not server pods.
-    selector = _one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    selector = _one(docs, "Deployment", "banditd")["spec"]["selector"]["matchLabels"]
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
 
 
@@ -514,7 +626,9 @@ def test_routers_job_speaks_the_chart_tls(
     assert ca == {"secretName": "banditd-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
 
     mutual = _routers_values(
-        tmp_path, "security:\n  tls: {secretName: banditd-tls, mutual: true}\n"
+        tmp_path,
+        "security:\n  tls: {secretName: banditd-tls, mutual: true}\n"
+        "gateway: {clientCertSecretName: gateway-client}\n",
     )
     refused = helm("template", "x", str(CHART), *production, *mutual, check=False)
     assert refused.returncode != 0 and "routersJob.clientCertSecretName" in refused.stderr
