@@ -7,8 +7,11 @@ import asyncio
 
 import grpc
 import pytest
+from alembic import command
 
-from banditd.store import Repository
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.store import Database, Repository
+from banditd.store.engine import alembic_config
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 
@@ -149,3 +152,20 @@ async def test_bad_usage_reports_are_refused(sqlite_url: str, start_server: Star
     assert "usage" in summary.errors[0].message
     # Nothing of the refused reports was written: the decision still takes its usage.
     await server.router.Feedback(_usage(d.decision_id, cost_usd=0.1))
+
+
+async def test_migration_0013_goes_down_and_up_keeping_the_routers(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await server.stop()
+    config = alembic_config(database_url, DEFAULT_MIGRATIONS_DIR)
+    await asyncio.to_thread(command.downgrade, config, "0012")
+    await asyncio.to_thread(command.upgrade, config, "head")
+    db = Database(database_url)
+    try:
+        (stored,) = await Repository(db).list_routers()
+    finally:
+        await db.close()
+    assert [a.upstream_base_url for a in stored.spec.arms] == ["", "", ""]
