@@ -21,9 +21,16 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from banditd.client import AsyncClient, BanditdError, Decision
+from banditd.client import AsyncClient, BanditdError, Decision, RankedArm
 from banditd.gateway import metrics
-from banditd.gateway.http_errors import bad_request, banditd_error, error_response
+from banditd.gateway.http_errors import (
+    BodyTooLarge,
+    bad_request,
+    banditd_error,
+    error_response,
+    read_body,
+    too_large,
+)
 from banditd.gateway.routing import BadRequest, Route, bearer, route_of
 from banditd.gateway.upstream import Upstream, UpstreamFailed, first_chunk
 from banditd.gateway.usage import Meter, Served, report_failure, report_usage
@@ -63,7 +70,9 @@ class Gateway:
 
 async def chat_completions(gw: Gateway, request: Request) -> Response:
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await read_body(request))
+    except BodyTooLarge as exc:
+        return too_large(exc)
     except ValueError:
         return bad_request("the body must be JSON")
     if not isinstance(body, dict):
@@ -111,8 +120,8 @@ async def _attempt(
     gw: Gateway, route: Route, decision: Decision, body: dict[str, Any], api_key: str | None
 ) -> Response | str:
     """The caller's answer from the decision's arm, or why the arm failed (it is reported)."""
-    ranked = next(r for r in decision.ranking if r.arm == decision.arm)
-    upstream = Upstream.of(ranked)
+    ranked = next((r for r in decision.ranking if r.arm == decision.arm), None)
+    upstream = Upstream.of(ranked or RankedArm(decision.arm, 0.0, 0.0, 0.0))
     labels = (route.tenant, route.router, upstream.arm)
     meter = Meter(len(route.prompt))
     stream = body.get("stream") is True

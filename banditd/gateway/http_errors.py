@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from banditd.errors import BanditdError
@@ -38,3 +39,28 @@ def banditd_error(exc: BanditdError) -> JSONResponse:
 
 def bad_request(message: str) -> JSONResponse:
     return error_response(400, message, "invalid_request_error", "invalid_argument")
+
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a request body larger than this is refused (413)
+
+
+class BodyTooLarge(ValueError):
+    pass
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's body, read up to MAX_BODY_BYTES (BodyTooLarge past it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(exc: BodyTooLarge) -> JSONResponse:
+    return error_response(413, str(exc), "invalid_request_error", "body_too_large")

@@ -16,7 +16,13 @@ from starlette.responses import JSONResponse, Response
 
 from banditd.client import BanditdError
 from banditd.gateway.chat import Gateway
-from banditd.gateway.http_errors import bad_request, banditd_error
+from banditd.gateway.http_errors import (
+    BodyTooLarge,
+    bad_request,
+    banditd_error,
+    read_body,
+    too_large,
+)
 from banditd.v1 import banditd_pb2 as pb
 
 THUMBS = {pb.THUMB_UP: "up", pb.THUMB_DOWN: "down"}
@@ -54,7 +60,9 @@ async def feedback_json(gw: Gateway, request: Request) -> Response:
 
 async def _parse(request: Request, msg: Message) -> Response | None:
     try:
-        json_format.Parse(await request.body(), msg)
+        json_format.Parse(await read_body(request), msg)
+    except BodyTooLarge as exc:
+        return too_large(exc)
     except json_format.ParseError as exc:
         return bad_request(f"not a valid {msg.DESCRIPTOR.name} in JSON: {exc}")
     return None
