@@ -236,8 +236,8 @@ class RankedArm(_message.Message):
     expected_energy_wh: _builtins.float
     """The energy head's prediction for this request (per-token figures before reports)."""
     upstream_base_url: _builtins.str
-    """Gateway (issue 22): the arm's upstream and prices, as configured when decided (empty for a
-    decision answered again for a repeated request_id). Never a key: the env variable's name.
+    """Gateway (issue 22): the arm's upstream and prices, as configured when decided (for a repeated
+    request_id answered from the log: as configured now). Never a key: the env variable's name.
     """
     upstream_model: _builtins.str
     upstream_api_key_env: _builtins.str
