@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import structlog
@@ -100,14 +98,7 @@ def server(settings: Settings, security: ClientSecurity = NO_SECURITY) -> uvicor
     return uvicorn.Server(config)
 
 
-def bound_port(srv: uvicorn.Server) -> int:
-    """The port a started server listens on."""
-    sockets: Any = srv.servers[0].sockets
-    return int(sockets[0].getsockname()[1])
-
-
 async def serve(settings: Settings, security: ClientSecurity = NO_SECURITY) -> None:
     srv = server(settings, security)
     log.info("gateway_start", listen=settings.gateway_listen, target=settings.gateway_target)
     await srv.serve()
-    await asyncio.sleep(0)
