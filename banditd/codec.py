@@ -34,6 +34,7 @@ from banditd.store.budgets import SpendLine
 from banditd.v1 import banditd_pb2 as pb
 
 _THUMBS = {pb.THUMB_UP: "up", pb.THUMB_DOWN: "down"}
+_PREFERENCES = {pb.PREFER_ARM: "arm", pb.PREFER_CHALLENGER: "challenger", pb.PREFER_TIE: "tie"}
 
 
 def spec_from_proto(msg: pb.RouterConfig) -> RouterSpec:
@@ -194,6 +195,7 @@ def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
         latency_weight=msg.latency_weight if msg.HasField("latency_weight") else None,
         energy_weight=msg.energy_weight if msg.HasField("energy_weight") else None,
         max_latency_ms=msg.max_latency_ms if msg.HasField("max_latency_ms") else None,
+        compare=msg.compare,
     )
 
 
@@ -227,6 +229,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
         budget_price=d.budget_price,
         budget_outcome=d.budget_outcome,
         context_version=d.context_version or "",
+        challenger=d.challenger or "",
     )
 
 
@@ -247,6 +250,9 @@ def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> F
         energy_wh=msg.energy_wh if msg.HasField("energy_wh") else None,
         usage_only=msg.usage_only,
         first_token_ms=msg.first_token_ms if msg.HasField("first_token_ms") else None,
+        preference=(
+            _PREFERENCES.get(msg.preference, f"value {msg.preference}") if msg.preference else None
+        ),
     )
 
 

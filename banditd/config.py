@@ -64,6 +64,19 @@ class Settings(BaseSettings):
         2.0, ge=0, le=50, description="longest a prompt waits for others to share an encoder call"
     )
     encoder_max_batch: int = Field(64, ge=1, le=1024, description="prompts per encoder call")
+    # The GPU path (issue 23, docs/gpu.md): FAISS indexes and the minilm encoder.
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where kNN indexes and the minilm encoder run: auto (the GPU when faiss and "
+        "torch see one), cpu, or gpu (refuse to start without one)",
+    )
+    gpu_temp_memory_mb: int = Field(
+        256,
+        ge=0,
+        le=65_536,
+        description="scratch memory (MiB) of the process's one FAISS GPU resource, shared by "
+        "every router's index",
+    )
 
     # -- budgets (issue 6)
     budget_lease_fraction: float = Field(

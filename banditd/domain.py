@@ -355,6 +355,7 @@ class Decision:
     budget_outcome: str = ""
     context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
     arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)
+    challenger: str | None = None  # SelectRequest.compare's second arm (pairwise feedback)
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,9 @@ class FeedbackEvent:
     effective_reward: float | None = None  # after this signal; None: reward
     reward_delta: float | None = None  # None for signal 0
     energy_wh: float | None = None  # measured energy of the call (issue 21)
+    # Pairwise feedback (issue 21): the decision's challenger and its reward at the same x.
+    challenger: str | None = None
+    challenger_reward: float | None = None
 
 
 def combined_reward(rule: str, rewards: Sequence[float]) -> float:
@@ -404,10 +408,6 @@ def combined_reward(rule: str, rewards: Sequence[float]) -> float:
     if rule == "last":
         return rewards[-1]
     return sum(rewards) / len(rewards)
-
-
-def arm_names(arms: Sequence[ArmSpec]) -> list[str]:
-    return [a.name for a in arms]
 
 
 def spec_to_dict(spec: RouterSpec) -> dict[str, Any]:

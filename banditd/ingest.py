@@ -22,6 +22,7 @@ from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
+PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": pb.PREFER_TIE}
 OPTIONAL_FLOATS = ("cost_usd", "latency_ms", "energy_wh")
 OPTIONAL_INTS = ("input_tokens", "output_tokens")
 _OPTIONAL: tuple[tuple[str, type[float] | type[int]], ...] = (
@@ -69,6 +70,11 @@ def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.Feedb
     if not msg.decision_id:
         raise BadLine("no decision_id")
     thumb, reward = record.get("thumb"), record.get("reward")
+    preference = record.get("preference")
+    if preference not in (None, ""):  # pairwise (issue 21): arm, challenger or tie
+        if str(preference).lower() not in PREFERENCES:
+            raise BadLine(f"preference must be arm, challenger or tie, got {preference!r}")
+        msg.preference = PREFERENCES[str(preference).lower()]
     if thumb not in (None, ""):
         if str(thumb).lower() not in THUMBS:
             raise BadLine(f"thumb must be up or down, got {thumb!r}")
@@ -78,8 +84,8 @@ def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.Feedb
             msg.reward = float(reward)
         except (TypeError, ValueError):
             raise BadLine(f"reward is not a number: {reward!r}") from None
-    else:
-        raise BadLine("needs a thumb or a reward")
+    elif not msg.preference:
+        raise BadLine("needs a thumb, a reward or a preference")
     for name, kind in _OPTIONAL:
         value = record.get(name)
         if value in (None, ""):

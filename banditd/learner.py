@@ -33,12 +33,14 @@ from banditd.errors import (
     Unavailable,
 )
 from banditd.feedback_guard import FeedbackGuard
-from banditd.store.usage import Usage, UsageStore
 from banditd.token import TokenClaims, TokenSigner
+from banditd.usage_flow import UsageFlow
 
 log = structlog.get_logger(__name__)
 
 THUMB_REWARDS = {"up": 1.0, "down": 0.0}
+# Pairwise feedback (issue 21): (reward of the decision's arm, reward of its challenger).
+PREFERENCE_REWARDS = {"arm": (1.0, 0.0), "challenger": (0.0, 1.0), "tie": (0.5, 0.5)}
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
 DEFAULT_ATTEMPTS = 3  # tries to commit one Feedback while the database is unreachable
 RETRY_INITIAL_S = 0.05
@@ -59,6 +61,7 @@ class FeedbackInput:
     energy_wh: float | None = None
     usage_only: bool = False  # a usage report (issue 22): no rating, see Learner.usage
     first_token_ms: float | None = None
+    preference: str | None = None  # "arm" | "challenger" | "tie"; anything else is refused
 
 
 def refusal_kind(exc: BanditdError) -> str:
@@ -107,6 +110,47 @@ def _reward(req: FeedbackInput) -> float:
     return req.reward
 
 
+def _preference(req: FeedbackInput, claims: TokenClaims) -> tuple[float, float] | None:
+    """(arm reward, challenger reward) of a preference; None for a thumb or a reward. A decision
+    made with compare takes a preference and nothing else, and only such a decision takes one."""
+    if req.preference is None:
+        if claims.challenger is not None:
+            raise InvalidArgument(
+                "preference", "this decision compared two arms: rate it with a preference"
+            )
+        return None
+    if req.preference not in PREFERENCE_REWARDS:
+        raise InvalidArgument(
+            "preference",
+            f"must be PREFER_ARM, PREFER_CHALLENGER or PREFER_TIE, got {req.preference}",
+        )
+    if claims.challenger is None:
+        raise InvalidArgument(
+            "preference", "this decision has no challenger (Select it with compare set)"
+        )
+    if req.thumb is not None or req.reward is not None:
+        raise InvalidArgument("preference", "excludes thumb and reward: it rates both arms")
+    for name, value in (
+        ("input_tokens", req.input_tokens),
+        ("output_tokens", req.output_tokens),
+        ("latency_ms", req.latency_ms),
+        ("energy_wh", req.energy_wh),
+        ("error", req.error or None),
+    ):
+        if value is not None:
+            raise InvalidArgument(
+                name, "a preference carries no per-arm measurement (only cost_usd, both arms')"
+            )
+    return PREFERENCE_REWARDS[req.preference]
+
+
+def _rated(event: FeedbackEvent) -> list[tuple[str, float]]:
+    """(arm, reward) of each arm an event rates: a preference rates two."""
+    if event.challenger is None or event.challenger_reward is None:
+        return [(event.arm, event.reward)]
+    return [(event.arm, event.reward), (event.challenger, event.challenger_reward)]
+
+
 class Learner:
     def __init__(
         self,
@@ -118,7 +162,7 @@ class Learner:
         attempts: int = DEFAULT_ATTEMPTS,
         budgets: Budgets | None = None,
         bounds: Bounds | None = None,
-        usage: UsageStore | None = None,
+        usage: UsageFlow | None = None,
     ) -> None:
         self._usage = usage
         self._bounds = bounds or default_bounds()
@@ -155,17 +199,17 @@ class Learner:
 
     def event_of(self, req: FeedbackInput) -> FeedbackEvent:
         """The event a request would log; raises, writing nothing, when it must be refused."""
-        if req.usage_only:
+        if req.usage_only or req.first_token_ms is not None:  # see usage()
             raise InvalidArgument("usage_only", "usage reports go one by one through Feedback")
-        if req.first_token_ms is not None:
-            raise InvalidArgument("first_token_ms", "only in usage reports (usage_only)")
         claims = self._verified(req)
-        reward = _reward(req)
-        if req.cost_usd is None and not 0.0 <= claims.expected_cost_usd <= HARD_MAX_CALL_USD:
+        pair = _preference(req, claims)
+        reward = _reward(req) if pair is None else pair[0]
+        expected = claims.expected_cost_usd + claims.challenger_cost_usd  # both arms served
+        if req.cost_usd is None and not 0.0 <= expected <= HARD_MAX_CALL_USD:
             raise InvalidArgument(  # NaN fails the comparison too
                 "cost_usd",
-                "required for this decision: its expected cost "
-                f"({claims.expected_cost_usd:g}) is not a usable number",
+                f"required for this decision: its expected cost ({expected:g}) is not a "
+                "usable number",
             )
         now = self._clock()
         return FeedbackEvent(
@@ -175,7 +219,7 @@ class Learner:
             arm=claims.arm,
             x=claims.x,
             reward=reward,
-            cost_usd=claims.expected_cost_usd if req.cost_usd is None else req.cost_usd,
+            cost_usd=expected if req.cost_usd is None else req.cost_usd,
             input_tokens=req.input_tokens,
             output_tokens=req.output_tokens,
             latency_ms=req.latency_ms,
@@ -183,6 +227,8 @@ class Learner:
             created_at=now,
             cost_reported=req.cost_usd is not None,
             energy_wh=req.energy_wh,
+            challenger=None if pair is None else claims.challenger,
+            challenger_reward=None if pair is None else pair[1],
         )
 
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
@@ -192,8 +238,6 @@ class Learner:
         Unavailable: the event was not acknowledged, so the caller retries later (if the commit
         did land and only its answer was lost, the retry answers ALREADY_EXISTS).
         """
-        if req.usage_only:
-            return await self.usage(req)
         try:
             event = self.event_of(req)
             retrying = AsyncRetrying(
@@ -209,56 +253,32 @@ class Learner:
                     with attempt:
                         async with self._catalog.locked(event.router_id) as state:
                             event = _router_thumbs(event, req, state.spec)
-                            await self._guard.check_cap(state.spec, event.router_id, event.arm)
+                            for arm, _ in _rated(event):
+                                await self._guard.check_cap(state.spec, event.router_id, arm)
                             stored = await self._catalog.record(state, event)
             except Unavailable as exc:
                 raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
-        event_id = stored.event_id
-        if stored.signal == 0:  # a first event carries the decision's usage, if any came
-            event = stored
-        self._guard.observe(state.spec, event.router_id, event.arm, event.reward)
+        event = stored if stored.signal == 0 else event  # a first event carries the usage
+        for arm, reward in _rated(event):
+            self._guard.observe(state.spec, event.router_id, arm, reward)
         _count_accepted(state.spec, [event])
         await self._settle([event])
-        _log_event(req.tenant, state.spec.name, event, event_id)
-        return FeedbackResult(event_id, event.reward, event.cost_usd)
+        _log_event(req.tenant, state.spec.name, event, stored.event_id)
+        return FeedbackResult(stored.event_id, event.reward, event.cost_usd)
 
     async def usage(self, req: FeedbackInput) -> FeedbackResult:
-        """Store a usage report (once per decision; never the rating). It is folded into the
-        decision's first event when that is appended (docs/gateway.md, "Usage and rating")."""
+        """A usage report (issue 22): stored apart, never the rating (banditd.usage_flow)."""
         try:
-            if req.thumb is not None or req.reward is not None:
-                raise InvalidArgument(
-                    "usage_only", "a usage report has no thumb or reward: rate it separately"
-                )
             if self._usage is None:
                 raise FailedPrecondition("this server does not take usage reports")
-            claims = self._verified(req)
-            await self._usage.add(
-                Usage(
-                    claims.decision_id,
-                    claims.router_id,
-                    claims.arm,
-                    req.cost_usd,
-                    req.input_tokens,
-                    req.output_tokens,
-                    req.latency_ms,
-                    req.first_token_ms,
-                    req.energy_wh,
-                    req.error,
-                    self._clock(),
-                )
-            )
+            cost = await self._usage.record(req, self._verified)
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
-        metrics.FEEDBACK.labels("usage").inc()
-        if req.cost_usd is not None and self._budgets is not None and self._budgets.active:
-            await self._budgets.settle([(claims.decision_id, req.cost_usd)])
-        log.info("usage", tenant=req.tenant, arm=claims.arm, decision_id=claims.decision_id)
-        return FeedbackResult(0, 0.0, req.cost_usd or 0.0)
+        return FeedbackResult(0, 0.0, cost)
 
     async def feedback_batch(
         self, requests: Sequence[FeedbackInput], outcome: BatchOutcome, first_index: int = 0
@@ -287,7 +307,8 @@ class Learner:
                 continue
             accepted = [e for n, (_, e) in enumerate(kept) if n in added]
             for event in accepted:
-                self._guard.observe(state.spec, router_id, event.arm, event.reward)
+                for arm, reward in _rated(event):
+                    self._guard.observe(state.spec, router_id, arm, reward)
             _count_accepted(state.spec, accepted)
             await self._settle(accepted)
             outcome.accepted += len(accepted)
@@ -318,7 +339,8 @@ class Learner:
         kept = []
         for i, event in items:
             try:
-                await self._guard.check_cap(spec, event.router_id, event.arm)
+                for arm, _ in _rated(event):
+                    await self._guard.check_cap(spec, event.router_id, arm)
             except ResourceExhausted as exc:
                 refused.append((i, exc))
                 continue

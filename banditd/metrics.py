@@ -95,6 +95,12 @@ BUDGET_OUTCOMES = Counter(
     "over_budget (exhausted: cheapest arm anyway), refused (exhausted: RESOURCE_EXHAUSTED).",
     ["tenant", "router", "outcome"],
 )
+# The GPU path (issue 23): where FAISS runs, chosen once at start (banditd.context.device).
+FAISS_DEVICE = Gauge(
+    "banditd_faiss_device",
+    "1 for the device this process's kNN indexes live on (gpu or cpu), 0 for the other.",
+    ["device"],
+)
 
 
 def serve_metrics(listen: str) -> None:

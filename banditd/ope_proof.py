@@ -34,7 +34,7 @@ from banditd.evaluation import DecisionLog, LoggedDecision, candidate_probabilit
 from banditd.evaluation import evaluate_candidate as estimate
 from banditd.ope import ESTIMATORS
 from banditd.policy import make_policy
-from banditd.router import rank_arms
+from banditd.ranking import rank_arms
 
 LOGGING_EPSILON = 0.3
 COST_WEIGHT = 100.0  # USD -> quality for the cost-aware candidates and the utility column

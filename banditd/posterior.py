@@ -197,24 +197,14 @@ class Posterior:
         if problem is not None:
             return problem
         idx = self.index(event.arm)
+        if event.challenger is not None:
+            return self._duel(idx, event)
         if event.reward_delta is not None:
             # A later signal for a decision already counted: move its reward, not its weight.
             self.b[idx] += event.reward_delta * event.x
             self.theta[idx] = self.a_inv[idx] @ self.b[idx]
             return None
-        _kernels.sherman_morrison_update(
-            self.a,
-            self.a_inv,
-            self.b,
-            self.theta,
-            idx,
-            event.x,
-            event.reward,
-            self.prior.forgetting,
-        )
-        self.n_updates[idx] += 1
-        if self.n_updates[idx] % REFACTORISE_EVERY == 0:
-            _kernels.refactorise(self.a, self.a_inv, self.b, self.theta, idx)
+        self._reward(idx, event.x, event.reward)
         if event.output_tokens is not None:
             self.output_tokens_sum[idx] += event.output_tokens
             self.output_tokens_n[idx] += 1
@@ -242,6 +232,26 @@ class Posterior:
             self._learn("lat", idx, event.x, event.latency_ms)
         if event.energy_wh is not None and event.energy_wh >= 0:
             self._learn("energy", idx, event.x, event.energy_wh)
+        return None
+
+    def _reward(self, idx: int, x: FloatArray, reward: float) -> None:
+        _kernels.sherman_morrison_update(
+            self.a, self.a_inv, self.b, self.theta, idx, x, reward, self.prior.forgetting
+        )
+        self.n_updates[idx] += 1
+        if self.n_updates[idx] % REFACTORISE_EVERY == 0:
+            _kernels.refactorise(self.a, self.a_inv, self.b, self.theta, idx)
+
+    def _duel(self, idx: int, event: FeedbackEvent) -> str | None:
+        """A preference between a decision's arm and its challenger: each arm learns its own
+        reward at the decision's x (winner 1, loser 0, tie 0.5). The cost, token, latency and
+        energy heads learn nothing: a preference carries no per-arm measurement."""
+        other = event.challenger_reward
+        if other is None or not 0.0 <= other <= 1.0 or event.challenger == event.arm:
+            return f"preference event with challenger reward {other!r}"
+        assert event.challenger is not None
+        self._reward(idx, event.x, event.reward)
+        self._reward(self.index(event.challenger), event.x, other)
         return None
 
     def _learn(self, head: str, idx: int, x: FloatArray, value: float) -> None:

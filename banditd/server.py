@@ -24,6 +24,7 @@ from banditd.bounds import Bounds
 from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.config import Settings
+from banditd.context import device
 from banditd.context.registry import Encoders
 from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
@@ -41,6 +42,7 @@ from banditd.store.budgets import BudgetRepository
 from banditd.store.usage import UsageStore
 from banditd.tls import server_credentials
 from banditd.token import TokenSigner
+from banditd.usage_flow import UsageFlow
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -177,6 +179,14 @@ def _warm_up() -> None:
     _kernels.batch_linucb_scores(post.a_inv, post.theta, idx, x[None], 1.0)
 
 
+def _choose_device(settings: Settings) -> None:
+    """GPU or CPU for every router's FAISS index, once, before any router loads (raises
+    FailedPrecondition for BANDITD_DEVICE=gpu without one); logged and exported."""
+    chosen = device.configure(settings.device, settings.gpu_temp_memory_mb).kind
+    for kind in ("gpu", "cpu"):
+        metrics.FAISS_DEVICE.labels(device=kind).set(int(kind == chosen))
+
+
 def _check_ports(settings: Settings) -> None:
     """Refuse ports another process serves, before any is bound (see banditd.ports); a worker
     of `serve --workers` shares its gRPC ports with the others by design."""
@@ -203,6 +213,7 @@ def _add_port(server: grpc.aio.Server, listen: str, credentials: Any = None) -> 
 async def build_app(settings: Settings) -> App:
     credentials = server_credentials(settings)  # refuses an unsafe listener before any I/O
     _check_ports(settings)
+    _choose_device(settings)
     if (path := sqlite_file(settings.database_url)) is not None:
         # The default URL is relative to the working directory: say which file this is.
         log.info("sqlite_database", path=str(path), exists=path.exists())
@@ -262,7 +273,7 @@ async def build_app(settings: Settings) -> App:
                 attempts=settings.feedback_attempts,
                 budgets=budgets,
                 bounds=bounds,
-                usage=UsageStore(db),
+                usage=UsageFlow(UsageStore(db), budgets),
             ),
             bounds,
         ),

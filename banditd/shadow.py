@@ -22,7 +22,7 @@ from banditd.domain import FloatArray, RouterSpec, ShadowPick, ShadowSpec
 from banditd.policy import make_policy
 
 if TYPE_CHECKING:  # the router imports this module
-    from banditd.router import Ranked
+    from banditd.ranking import Ranked
 
 log = structlog.get_logger(__name__)
 SHADOW_SALT = 0x5EAD0B  # keeps shadows' random numbers apart from the live policy's

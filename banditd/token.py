@@ -48,6 +48,9 @@ class TokenClaims:
     propensity: float
     expected_cost_usd: float
     expires_at: float
+    # Pairwise feedback (issue 21): one token covers both arms of a compared decision.
+    challenger: str | None = None
+    challenger_cost_usd: float = 0.0
 
 
 class TokenSigner:
@@ -62,17 +65,20 @@ class TokenSigner:
         return mac.digest()
 
     def sign(self, claims: TokenClaims) -> str:
+        body = {
+            "d": claims.decision_id,
+            "t": claims.tenant,
+            "r": claims.router_id,
+            "a": claims.arm,
+            "x": _b64(claims.x.astype("<f4").tobytes()),
+            "p": claims.propensity,
+            "c": claims.expected_cost_usd,
+            "e": claims.expires_at,
+        }
+        if claims.challenger is not None:  # absent otherwise: tokens without one are unchanged
+            body["h"], body["hc"] = claims.challenger, claims.challenger_cost_usd
         payload = json.dumps(
-            {
-                "d": claims.decision_id,
-                "t": claims.tenant,
-                "r": claims.router_id,
-                "a": claims.arm,
-                "x": _b64(claims.x.astype("<f4").tobytes()),
-                "p": claims.propensity,
-                "c": claims.expected_cost_usd,
-                "e": claims.expires_at,
-            },
+            body,
             separators=(",", ":"),
             allow_nan=False,  # standard JSON: a NaN or infinity here is a bug, not a token
         ).encode()
@@ -106,4 +112,6 @@ class TokenSigner:
             propensity=float(body["p"]),
             expected_cost_usd=float(body["c"]),
             expires_at=float(body["e"]),
+            challenger=None if "h" not in body else str(body["h"]),
+            challenger_cost_usd=float(body.get("hc", 0.0)),
         )

@@ -17,7 +17,7 @@ from banditd import replay
 from banditd.catalog import RouterState
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec
 from banditd.policy import make_policy
-from banditd.router import rank_arms
+from banditd.ranking import rank_arms
 from banditd.shadow import shadow_picks
 
 ARMS = tuple(ArmSpec(f"m{i}", 0.1 * (i + 1), 0.4 * (i + 1)) for i in range(11))

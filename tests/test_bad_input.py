@@ -144,6 +144,18 @@ FEEDBACK_CASES: list[tuple[str, Any, C, str]] = [
     ),
     ("other tenant", lambda t, c: feedback(t, tenant="globex"), C.PERMISSION_DENIED, "tenant"),
     (
+        "preference without a challenger",
+        lambda t, c: feedback(t, reward=None, preference=pb.PREFER_ARM),
+        C.INVALID_ARGUMENT,
+        "no challenger",
+    ),
+    (
+        "unknown preference",
+        lambda t, c: feedback(t, reward=None, preference=7),
+        C.INVALID_ARGUMENT,
+        "PREFER_ARM, PREFER_CHALLENGER or PREFER_TIE",
+    ),
+    (
         "expired",
         lambda t, c: feedback(_forge(TokenClaims(**{**c.__dict__, "expires_at": time.time() - 5}))),
         C.FAILED_PRECONDITION,

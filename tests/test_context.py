@@ -13,6 +13,7 @@ import pytest
 
 from banditd import replay
 from banditd.context.batching import MicroBatcher
+from banditd.context.device import faiss_device
 from banditd.context.encoders import HashingTextEncoder
 from banditd.context.knn import OutcomeIndex, neighbour_features
 from banditd.context.metadata import (
@@ -312,7 +313,8 @@ def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[st
     for kind in ("text", "embedding"):  # end to end over gRPC against a real server process
         assert 0 < report["select"][kind]["p50_ms"] <= report["select"][kind]["p99_ms"]
     assert set(report["encode"]["hashing"]) == {"short", "2k_chars", "batched_32_prompts_per_s"}
-    assert {"pca_384_to_32", "flat_300", "hnsw_300"} <= set(report["knn"])
+    approximate = "ivf" if faiss_device().ivf else "hnsw"  # IVF-Flat on a GPU
+    assert {"pca_384_to_32", "flat_300", f"{approximate}_300"} <= set(report["knn"])
     assert report["knn"]["flat_300"]["p50_ms"] > 0
 
 

@@ -17,7 +17,7 @@ from banditd.gateway.app import create_app
 from banditd.gateway.chat import Gateway
 from banditd.gateway.usage import rough_tokens
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer
+from tests.conftest import Running, StartServer, require
 from tests.gateway_fakes import (
     COMPLETION_TOKENS,
     PROMPT_TOKENS,
@@ -26,7 +26,7 @@ from tests.gateway_fakes import (
     uvicorn_server,
 )
 
-openai = pytest.importorskip("openai")
+openai = require("openai", "the official OpenAI client (a dev dependency) is the gateway's caller")
 
 MODEL = "banditd/acme/chat"
 PROMPT = "Summarise the plot of Hamlet in one line"

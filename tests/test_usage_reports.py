@@ -154,14 +154,14 @@ async def test_bad_usage_reports_are_refused(sqlite_url: str, start_server: Star
     await server.router.Feedback(_usage(d.decision_id, cost_usd=0.1))
 
 
-async def test_migration_0013_goes_down_and_up_keeping_the_routers(
+async def test_migration_0014_goes_down_and_up_keeping_the_routers(
     database_url: str, start_server: StartServer
 ) -> None:
     server = await start_server(database_url)
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
     await server.stop()
     config = alembic_config(database_url, DEFAULT_MIGRATIONS_DIR)
-    await asyncio.to_thread(command.downgrade, config, "0012")
+    await asyncio.to_thread(command.downgrade, config, "0013")
     await asyncio.to_thread(command.upgrade, config, "head")
     db = Database(database_url)
     try:

@@ -3,26 +3,27 @@
 kernels    per-call latency of the policy kernels against NumPy, MABWiser and Vowpal Wabbit
 load       Select capacity of a server: open-loop multi-process gRPC load at a fixed rate
 feedback   StreamFeedback and `ingest` events/s into Postgres, replica convergence time
-context    encoder, PCA and kNN latency (banditd/context/bench.py)
+context    encoder, PCA and kNN latency
+gpu        kNN and MiniLM encoding throughput, GPU against CPU (docs/gpu.md)
 """
 
 from __future__ import annotations
 
 import argparse
 
-from banditd.bench import feedback, kernels, load
-from banditd.context import bench as context_bench
+from banditd.bench import context, feedback, gpu, kernels, load
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `bench` and its subcommands to a command's subparsers; parsed args carry func."""
     p_bench = subparsers.add_parser(
-        "bench", help="measure the kernels, Select capacity, feedback throughput and context"
+        "bench", help="measure the kernels, Select capacity, feedback throughput, context and GPU"
     )
     bench_sub = p_bench.add_subparsers(
-        dest="bench_command", metavar="{kernels,load,feedback,context}", required=True
+        dest="bench_command", metavar="{kernels,load,feedback,context,gpu}", required=True
     )
     kernels.add_parser(bench_sub)
     load.add_parser(bench_sub)
     feedback.add_parser(bench_sub)
-    context_bench.add_parser(bench_sub)
+    context.add_parser(bench_sub)
+    gpu.add_parser(bench_sub)

@@ -16,6 +16,7 @@ from banditd.v1 import banditd_pb2 as pb
 
 MAX_CHUNK = 10_000  # events in one UploadFeedback message (the server refuses more)
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN}
+PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": pb.PREFER_TIE}
 
 
 class SelectArgs(TypedDict, total=False):
@@ -35,11 +36,13 @@ class SelectArgs(TypedDict, total=False):
     max_latency_ms: float | None
     candidates: Sequence[str] | None
     request_id: str | None
+    compare: bool | None  # also pick a challenger arm (Decision.challenger) for a preference
 
 
 class FeedbackArgs(TypedDict, total=False):
     """Feedback's arguments (and one event of upload_feedback). ``tenant`` defaults to the
-    client's; give ``thumb`` or ``reward`` (in [0, 1])."""
+    client's; give ``thumb`` or ``reward`` (in [0, 1]), or for a decision made with compare,
+    ``preference``: "arm", "challenger" or "tie"."""
 
     tenant: str | None
     decision_id: Required[str]
@@ -53,6 +56,7 @@ class FeedbackArgs(TypedDict, total=False):
     energy_wh: float | None
     usage_only: bool | None  # a usage report, not a rating (gateway; docs/gateway.md)
     first_token_ms: float | None
+    preference: Literal["arm", "challenger", "tie"] | None
 
 
 def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
@@ -72,6 +76,7 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
         request_id=args.get("request_id") or "",
         candidates=args.get("candidates") or (),
         metadata=args.get("metadata") or {},
+        compare=bool(args.get("compare")),
     )
     if prompt is not None:
         msg.prompt = prompt
@@ -110,6 +115,14 @@ def feedback_request(
         msg.thumb = THUMBS[thumb]
     elif reward is not None:
         msg.reward = reward
+    preference = args.get("preference")
+    if preference is not None:
+        if preference not in PREFERENCES:
+            raise InvalidArgument(
+                f"{where}preference",
+                f"must be 'arm', 'challenger' or 'tie', got {preference!r}",
+            )
+        msg.preference = PREFERENCES[preference]
     for name in (
         "cost_usd",
         "input_tokens",

@@ -48,6 +48,7 @@ class Decision:
     budget_outcome: str  # "", "paced", "fallback" or "over_budget"
     context_version: str
     raw: pb.SelectResponse = field(compare=False, repr=False)
+    challenger: str = ""  # with compare: the second arm to serve side by side ("" for none)
 
     @property
     def fallbacks(self) -> tuple[str, ...]:
@@ -85,6 +86,7 @@ def decision_from_proto(msg: pb.SelectResponse, tenant: str, router: str) -> Dec
         budget_outcome=msg.budget_outcome,
         context_version=msg.context_version,
         raw=msg,
+        challenger=msg.challenger,
     )
 
 

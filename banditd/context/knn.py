@@ -10,19 +10,22 @@ cosine similarity, negatives counted as 0):
 
 The index is a pure function of the router's feedback log (event id order; default rewards left
 out), like the posterior: it grows as events are applied and is rebuilt from the log on restart.
-It starts flat (exact) and becomes HNSW (approximate) once it holds ``approx_after`` vectors.
-On a machine with a GPU (``faiss.get_num_gpus() > 0``, the ``gpu`` extra) the flat index lives
-on the GPU; HNSW has no GPU version and stays on the CPU.
+It starts flat (exact) and becomes approximate once it holds ``approx_after`` vectors: HNSW on
+the CPU, IVF-Flat on the GPU. Where it lives is the process's choice (banditd.context.device):
+on a machine with a GPU (``faiss.get_num_gpus() > 0``, the ``gpu`` extra) every router's index
+is on GPU 0, sharing the process's one ``StandardGpuResources``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
+from banditd.context.device import FaissDevice, faiss_device
 from banditd.domain import FloatArray
 
 # One query per Select: faiss's OpenMP pool costs more than it saves (about 1 ms against 0.1 ms
@@ -30,32 +33,39 @@ from banditd.domain import FloatArray
 faiss.omp_set_num_threads(1)
 
 DEFAULT_APPROX_AFTER = 100_000
-HNSW_M = 32
-HNSW_EF_SEARCH = 64
-
-
-def _gpu(index: faiss.Index) -> faiss.Index:
-    """The index on GPU 0 when faiss has a GPU, else unchanged."""
-    if faiss.get_num_gpus() > 0 and hasattr(faiss, "StandardGpuResources"):
-        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index
 
 
 class OutcomeIndex:
-    """Embeddings of served prompts with their arm and reward. dim: embedding size."""
+    """Embeddings of served prompts with their arm and reward. dim: embedding size; device:
+    where the index lives (default: the process's choice)."""
 
     def __init__(
-        self, dim: int, arms: Sequence[str], k: int, approx_after: int = DEFAULT_APPROX_AFTER
+        self,
+        dim: int,
+        arms: Sequence[str],
+        k: int,
+        approx_after: int = DEFAULT_APPROX_AFTER,
+        device: FaissDevice | None = None,
     ) -> None:
         self.dim, self.k, self.approx_after = dim, k, approx_after
+        self.device = device if device is not None else faiss_device()
         self.arms = {name: i for i, name in enumerate(arms)}
         self.n_arms = len(arms)
         self.vectors = np.zeros((0, dim), dtype=np.float32)
         self.arm_idx: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.rewards: FloatArray = np.zeros(0)
         self.approximate = False
-        self.index: faiss.Index = _gpu(faiss.IndexFlatIP(dim))
+        self.index: faiss.Index = self.device.flat(dim)
         self.last_event_id = 0
+
+    def __deepcopy__(self, memo: dict[int, object]) -> OutcomeIndex:
+        """An independent copy on the same device (replay forks; a GPU index has no pickle)."""
+        twin = copy.copy(self)
+        twin.arms = dict(self.arms)
+        twin.vectors, twin.arm_idx = self.vectors.copy(), self.arm_idx.copy()
+        twin.rewards = self.rewards.copy()
+        twin.index = self.device.copy(self.index)
+        return twin
 
     @property
     def size(self) -> int:
@@ -72,10 +82,7 @@ class OutcomeIndex:
         self.arm_idx = np.append(self.arm_idx, j)
         self.rewards = np.append(self.rewards, reward)
         if not self.approximate and self.size + 1 >= self.approx_after:
-            index = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = HNSW_EF_SEARCH
-            index.add(self.vectors)
-            self.index, self.approximate = index, True
+            self.index, self.approximate = self.device.approximate(self.vectors), True
         else:
             self.index.add(row)
         return True

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
+
 from banditd.context.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from banditd.context.encoders import TextEncoder, get_encoder
 from banditd.domain import RouterSpec
+
+log = structlog.get_logger(__name__)
 
 
 class Encoders:
@@ -26,6 +30,10 @@ class Encoders:
         if batcher is None:
             batcher = MicroBatcher(encoder, max_wait_s=self.max_wait_s, max_batch=self.max_batch)
             self.batchers[encoder.name] = batcher
+            # Where it runs (minilm: CUDA when torch sees a GPU; banditd.context.device).
+            log.info(
+                "encoder_device", encoder=encoder.name, device=getattr(encoder, "device", "cpu")
+            )
         return encoder, batcher
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ the budget ledger both obey."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -17,9 +18,9 @@ from banditd.errors import FailedPrecondition, ResourceExhausted
 from banditd.policy import make_policy
 from banditd.policy.base import IntArray
 from banditd.posterior import Posterior
+from banditd.ranking import BudgetCheck, rank_arms
 from banditd.replay.data import Outcomes
 from banditd.replay.options import NO_TRADE_OFF, TradeOff
-from banditd.router import BudgetCheck, rank_arms
 
 REFUSED = -1  # the pick of a prompt the budget refused
 THUMBS_STREAM = 1  # seeds the thumbs draws apart from the policy's own random numbers
@@ -65,11 +66,12 @@ def _choose(
     budget: BudgetCheck | None,
     rng: np.random.Generator,
     trade_off: TradeOff = NO_TRADE_OFF,
-) -> str | None:
+    compare: bool = False,
+) -> tuple[str, str | None] | None:
     """The arm Select answers for x (shape (dim,)) under the budget's pacer and the request's
-    latency and energy fields; None when Select would refuse: the budget is exhausted (no
-    arm's expected cost fits what is left) or no arm's expected latency is under
-    max_latency_ms."""
+    latency and energy fields, and with compare its challenger (else None); None when Select
+    would refuse: the budget is exhausted (no arm's expected cost fits what is left) or no
+    arm's expected latency is under max_latency_ms."""
     try:
         ranked = rank_arms(
             state,
@@ -80,10 +82,11 @@ def _choose(
             latency_weight=trade_off.latency_weight,
             energy_weight=trade_off.energy_weight,
             max_latency_ms=trade_off.max_latency_ms,
+            compare=compare,
         )
     except (ResourceExhausted, FailedPrecondition):
         return None
-    return ranked.ranking[0].arm
+    return ranked.ranking[0].arm, ranked.challenger
 
 
 def _choose_knn(
@@ -145,6 +148,14 @@ def _event(
     )
 
 
+def preference(quality: float, rival: float, coin: float) -> tuple[float, float]:
+    """A side-by-side rating of two answers: (arm reward, challenger reward), the higher
+    quality winning 1 to 0; a tie is a coin flip (coin: uniform in [0, 1))."""
+    if quality == rival:
+        return (1.0, 0.0) if coin < 0.5 else (0.0, 1.0)
+    return (1.0, 0.0) if quality > rival else (0.0, 1.0)
+
+
 def measured(values: FloatArray | None, t: int, j: int) -> float | None:
     """The file's latency or energy of prompt t on arm j; None where it has none."""
     if values is None or np.isnan(values[t, j]):
@@ -165,12 +176,15 @@ def learn_online(
     progress: Callable[[int], None],
     knn_policy: bool = False,
     trade_off: TradeOff = NO_TRADE_OFF,
+    duels: IntArray | None = None,
 ) -> IntArray:
     """Route the stream with the router's policy, learning online; the arm (column of
     outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
     embedding of each prompt, (n, spec.embedding_dim); x is built from it at each step, so PCA
     fitting and kNN features follow the stream as they would in the server. trade_off: the
-    latency and energy fields of every Select; a prompt no arm is eligible for is refused."""
+    latency and energy fields of every Select; a prompt no arm is eligible for is refused.
+    feedback "pairwise": each Select compares, both answers are paid (the budget charges
+    both), the better one wins (``preference``); duels, shape (n,), gets each challenger."""
     state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), posterior)
     rng = np.random.default_rng(seed)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
@@ -181,18 +195,23 @@ def learn_online(
     metadata = outcomes.metadata or ({},) * outcomes.n
     for t, prompt in enumerate(outcomes.prompts):
         x = pipeline.build_now(raw[t], metadata[t])
-        arm: str | None
+        chosen: tuple[str, str | None] | None
         if knn_policy:
             weight = spec.default_cost_weight
-            arm = _choose_knn(state, x, prompt, ledger.even_share(t), spec.alpha, weight)
+            knn = _choose_knn(state, x, prompt, ledger.even_share(t), spec.alpha, weight)
+            chosen = knn, None
         else:
-            arm = _choose(state, x, prompt, ledger.check(t), rng, trade_off)
-        if arm is None:
+            pairwise = feedback == "pairwise"
+            chosen = _choose(state, x, prompt, ledger.check(t), rng, trade_off, pairwise)
+        if chosen is None:
             progress(t + 1)
             continue
+        arm, rival = chosen
         j = column[arm]
         quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
-        if ledger.charge(cost):
+        k = None if rival is None else column[rival]
+        paid = cost if k is None else cost + float(outcomes.cost[t, k])
+        if ledger.charge(paid):
             picks[t] = j
             reward = float(thumbs[t] < quality) if feedback == "thumbs" else quality
             event_id += 1
@@ -200,8 +219,16 @@ def learn_online(
             event = _event(
                 event_id, arm, x, reward, cost, latency, measured(outcomes.energy_wh, t, j)
             )
-            posterior.apply(event)
-            pipeline.observe(event)
+            if k is not None:
+                won, lost = preference(quality, float(outcomes.quality[t, k]), thumbs[t])
+                event = replace(
+                    event, reward=won, cost_usd=paid, challenger=rival, challenger_reward=lost
+                )
+                if duels is not None:
+                    duels[t] = k
+            if k is not None or feedback != "pairwise":  # one eligible arm: nothing compared
+                posterior.apply(event)
+                pipeline.observe(event)
         progress(t + 1)
     return picks
 

@@ -35,7 +35,7 @@ from banditd.errors import (
 )
 from banditd.policy.base import IntArray
 from banditd.replay.data import Outcomes
-from banditd.replay.engine import REFUSED, THUMBS_STREAM, measured
+from banditd.replay.engine import REFUSED, THUMBS_STREAM, measured, preference
 from banditd.replay.options import NO_TRADE_OFF, TradeOff
 from banditd.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
@@ -141,6 +141,19 @@ def _select(
     return response
 
 
+def _preference(
+    signal: pb.FeedbackRequest, quality: float, rival: float, coin: float
+) -> pb.FeedbackRequest:
+    """The side-by-side rating as a preference: no per-arm measurement goes with it."""
+    won, _ = preference(quality, float(rival), float(coin))
+    return pb.FeedbackRequest(
+        tenant=signal.tenant,
+        decision_id=signal.decision_id,
+        cost_usd=signal.cost_usd,
+        preference=pb.PREFER_ARM if won else pb.PREFER_CHALLENGER,
+    )
+
+
 def learn_remote(
     spec: RouterSpec,
     outcomes: Outcomes,
@@ -150,12 +163,14 @@ def learn_remote(
     feedback: str,
     progress: Callable[[int], None],
     trade_off: TradeOff = NO_TRADE_OFF,
+    duels: IntArray | None = None,
 ) -> IntArray:
     """Route the stream through the live router ``spec`` describes (created fresh), sending
     each chosen model's outcome as feedback (with its latency and energy where the file has
     them); the arm (column of outcomes) per prompt, shape (n,), REFUSED where Select found no
     arm under trade_off's max_latency_ms. Server errors raise from banditd.errors, naming the
-    address and the status."""
+    address and the status. feedback "pairwise": Select with compare, and a preference for
+    the better answer (both answers' cost reported); duels, shape (n,), gets the challengers."""
     config = codec.spec_to_proto(spec)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
     column = {arm: j for j, arm in enumerate(outcomes.arms)}
@@ -192,6 +207,7 @@ def learn_remote(
                     latency_weight=trade_off.latency_weight,
                     energy_weight=trade_off.energy_weight,
                     max_latency_ms=trade_off.max_latency_ms,
+                    compare=feedback == "pairwise",
                 )
                 decision = _select(router, request, auth, trade_off)
                 if decision is None:  # no arm under max_latency_ms: refused, as in process
@@ -206,11 +222,18 @@ def learn_remote(
                     latency_ms=measured(outcomes.latency_ms, t, j),
                     energy_wh=measured(outcomes.energy_wh, t, j),
                 )
-                if feedback == "thumbs":
+                if decision.challenger:
+                    k = column[decision.challenger]
+                    signal = _preference(signal, quality, outcomes.quality[t, k], thumbs[t])
+                    signal.cost_usd += float(outcomes.cost[t, k])
+                    if duels is not None:
+                        duels[t] = k
+                elif feedback == "thumbs":
                     signal.thumb = pb.THUMB_UP if thumbs[t] < quality else pb.THUMB_DOWN
                 else:
                     signal.reward = quality
-                router.Feedback(signal, metadata=auth, timeout=CALL_TIMEOUT_S)
+                if feedback != "pairwise" or decision.challenger:  # else: nothing compared
+                    router.Feedback(signal, metadata=auth, timeout=CALL_TIMEOUT_S)
                 picks[t] = j
                 progress(t + 1)
         except grpc.RpcError as exc:

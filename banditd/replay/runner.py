@@ -112,8 +112,15 @@ class Replay:
     def seeds(self) -> list[int]:
         return [self.opts.seed + r for r in range(self.opts.repeats)]
 
-    def picks(self, seed: int, cost_weight: float, budget_usd: float | None) -> IntArray:
-        """One run's arm per prompt (REFUSED where the budget refused), shape (n,)."""
+    def picks(
+        self,
+        seed: int,
+        cost_weight: float,
+        budget_usd: float | None,
+        duels: IntArray | None = None,
+    ) -> IntArray:
+        """One run's arm per prompt (REFUSED where the budget refused), shape (n,); with
+        --feedback pairwise, each prompt's challenger goes into duels (shape (n,)) if given."""
         opts, outcomes = self.opts, self.outcomes
         budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
@@ -128,6 +135,7 @@ class Replay:
                 feedback=opts.feedback,
                 progress=lambda done: self.progress(label, done, outcomes.n),
                 trade_off=opts.trade_off,
+                duels=duels,
             )
         if self.prior is None:
             chosen = reference_picks(opts.policy, outcomes, cost_weight, seed)
@@ -145,6 +153,7 @@ class Replay:
             progress=lambda done: self.progress(label, done, outcomes.n),
             knn_policy=opts.policy == "knn",
             trade_off=opts.trade_off,
+            duels=duels,
         )
 
     def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
@@ -155,8 +164,13 @@ class Replay:
             runs, shares = [], np.zeros(len(self.outcomes.arms))
             regret = np.zeros(self.outcomes.n)
             for seed in self.seeds:
-                picks = self.picks(seed, cost_weight, budget_usd)
+                duels = np.full(self.outcomes.n, REFUSED, dtype=np.int64)
+                picks = self.picks(seed, cost_weight, budget_usd, duels)
                 runs.append({"seed": seed, **score(self.outcomes, picks, cost_weight)})
+                if self.opts.feedback == "pairwise":  # both answers paid (docs/evaluation.md)
+                    runs[-1]["mean_challenger_cost_usd"] = score(self.outcomes, duels, 0.0)[
+                        "mean_cost_usd"
+                    ]
                 shares += np.bincount(picks[picks != REFUSED], minlength=len(shares))
                 regret += regret_over_time(self.outcomes, picks, cost_weight)
                 self.runs_done += 1

@@ -13,7 +13,9 @@ from banditd.policy.base import IntArray
 from banditd.replay.data import Outcomes
 from banditd.replay.options import Options
 
-MEASURE_KEYS = ("mean_latency_ms", "mean_energy_wh")
+# mean_challenger_cost_usd: with --feedback pairwise, what the challengers' answers cost per
+# prompt on top of mean_cost_usd (the router's own picks).
+MEASURE_KEYS = ("mean_latency_ms", "mean_energy_wh", "mean_challenger_cost_usd")
 
 
 def check_trade_off(opts: Options) -> None:
@@ -26,6 +28,10 @@ def check_trade_off(opts: Options) -> None:
     for name, value, ceiling in fields:
         if value is not None and not 0.0 <= value <= ceiling:
             raise InvalidArgument(name, f"must be in [0, {ceiling:g}], got {value:g}")
+    if opts.feedback == "pairwise" and opts.policy == "knn":
+        raise InvalidArgument(
+            "feedback", "pairwise needs a policy the server runs: knn picks no challenger"
+        )
     if any(value is not None for _, value, _ in fields) and opts.policy not in POLICIES:
         raise InvalidArgument(
             "policy",
@@ -46,7 +52,9 @@ def measures(outcomes: Outcomes, picks: IntArray) -> dict[str, float]:
     served = picks >= 0
     rows, cols = np.arange(outcomes.n)[served], picks[served]
     out = {}
-    for key, values in zip(MEASURE_KEYS, (outcomes.latency_ms, outcomes.energy_wh), strict=True):
+    for key, values in zip(
+        MEASURE_KEYS[:2], (outcomes.latency_ms, outcomes.energy_wh), strict=True
+    ):
         if values is not None:
             out[key] = _mean(values[rows, cols])
     return out

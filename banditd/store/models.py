@@ -328,7 +328,13 @@ arms.append_column(Column("input_energy_wh_per_mtok", Float, nullable=False, ser
 arms.append_column(Column("output_energy_wh_per_mtok", Float, nullable=False, server_default="0"))
 feedback_events.append_column(Column("energy_wh", Float, nullable=True))
 
-# Gateway (issue 22, migration 0013): each arm's upstream, and usage reports (Feedback with
+# Pairwise feedback (issue 21, migration 0013): a decision's challenger arm (SelectRequest
+# compare), and a preference event's reward for it (the event's arm gets reward).
+decisions.append_column(Column("challenger", String(128), nullable=True))
+feedback_events.append_column(Column("challenger", String(128), nullable=True))
+feedback_events.append_column(Column("challenger_reward", Float, nullable=True))
+
+# Gateway (issue 22, migration 0014): each arm's upstream, and usage reports (Feedback with
 # usage_only) kept apart from the event log so they never use up a decision's one rating; a
 # decision's usage is folded into its first event (the rating or the default reward).
 arms.append_column(Column("upstream_base_url", Text, nullable=False, server_default=""))

@@ -521,6 +521,7 @@ class Repository:
                 decisions.c.created_at >= made_after,
                 decisions.c.created_at < made_before,
                 decisions.c.x.is_not(None),
+                decisions.c.challenger.is_(None),  # a compared decision waits for a preference
                 decisions.c.expected_cost_usd.between(0, HARD_MAX_CALL_USD),  # not poisoned
                 feedback_events.c.id.is_(None),
             )
@@ -900,6 +901,7 @@ def _decision_row(d: Decision) -> dict[str, Any]:
         "token": d.token,
         "x": None if d.x is None else np.ascontiguousarray(d.x, dtype="<f8").tobytes(),
         "context_version": d.context_version,
+        "challenger": d.challenger,
         "expires_at": d.expires_at,
         "created_at": d.created_at,
     }
@@ -927,6 +929,7 @@ def _decision_from_row(row: Any) -> Decision:
         metadata=dict(row.request_metadata),
         x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
         context_version=row.context_version,
+        challenger=row.challenger,
     )
 
 
@@ -999,6 +1002,8 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "effective_reward": e.effective_reward,
         "reward_delta": e.reward_delta,
         "energy_wh": e.energy_wh,
+        "challenger": e.challenger,
+        "challenger_reward": e.challenger_reward,
     }
 
 
@@ -1033,6 +1038,8 @@ async def _as_next_signal(
     ]
     if not earlier:
         return replace(event, signal=0, effective_reward=event.reward, reward_delta=None)
+    if event.challenger is not None:  # a compared decision takes one preference, whatever combine
+        raise AlreadyExists(f"decision {event.decision_id} already has its preference")
     if len(earlier) >= MAX_SIGNALS_PER_DECISION:
         raise AlreadyExists(
             f"decision {event.decision_id} has {MAX_SIGNALS_PER_DECISION} signals, the maximum"

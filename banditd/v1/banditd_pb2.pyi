@@ -36,6 +36,29 @@ THUMB_UP: Thumb.ValueType  # 1
 THUMB_DOWN: Thumb.ValueType  # 2
 Global___Thumb: _TypeAlias = Thumb  # noqa: Y015
 
+class _Preference:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PreferenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Preference.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PREFERENCE_UNSPECIFIED: _Preference.ValueType  # 0
+    """No preference: the feedback is a thumb or a reward."""
+    PREFER_ARM: _Preference.ValueType  # 1
+    """The decision's arm answered better than its challenger."""
+    PREFER_CHALLENGER: _Preference.ValueType  # 2
+    PREFER_TIE: _Preference.ValueType  # 3
+
+class Preference(_Preference, metaclass=_PreferenceEnumTypeWrapper): ...
+
+PREFERENCE_UNSPECIFIED: Preference.ValueType  # 0
+"""No preference: the feedback is a thumb or a reward."""
+PREFER_ARM: Preference.ValueType  # 1
+"""The decision's arm answered better than its challenger."""
+PREFER_CHALLENGER: Preference.ValueType  # 2
+PREFER_TIE: Preference.ValueType  # 3
+Global___Preference: _TypeAlias = Preference  # noqa: Y015
+
 class _BudgetPeriod:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -137,6 +160,7 @@ class SelectRequest(_message.Message):
     LATENCY_WEIGHT_FIELD_NUMBER: _builtins.int
     ENERGY_WEIGHT_FIELD_NUMBER: _builtins.int
     MAX_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    COMPARE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     router: _builtins.str
     request_id: _builtins.str
@@ -153,6 +177,10 @@ class SelectRequest(_message.Message):
     energy_weight: _builtins.float
     max_latency_ms: _builtins.float
     """Arms whose expected latency (ms) exceeds this are not eligible."""
+    compare: _builtins.bool
+    """Pairwise feedback (issue 21): also pick a challenger arm (SelectResponse.challenger) to
+    serve side by side with arm; its Feedback then carries a preference between the two.
+    """
     @_builtins.property
     def embedding(self) -> Global___Embedding: ...
     @_builtins.property
@@ -178,10 +206,11 @@ class SelectRequest(_message.Message):
         latency_weight: _builtins.float | None = ...,
         energy_weight: _builtins.float | None = ...,
         max_latency_ms: _builtins.float | None = ...,
+        compare: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "candidates", b"candidates", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "router", b"router", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "candidates", b"candidates", "compare", b"compare", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "router", b"router", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_weight: _TypeAlias = _typing.Literal["cost_weight"]  # noqa: Y015
     _WhichOneofArgType__cost_weight: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight"]  # noqa: Y015
@@ -280,6 +309,7 @@ class SelectResponse(_message.Message):
     BUDGET_PRICE_FIELD_NUMBER: _builtins.int
     BUDGET_OUTCOME_FIELD_NUMBER: _builtins.int
     CONTEXT_VERSION_FIELD_NUMBER: _builtins.int
+    CHALLENGER_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Opaque, server-signed token; send it back in FeedbackRequest.decision_id."""
     arm: _builtins.str
@@ -297,6 +327,10 @@ class SelectResponse(_message.Message):
     budget_outcome: _builtins.str
     context_version: _builtins.str
     """Context features: the featurisation x was built with (encoder, window, PCA, metadata, k)."""
+    challenger: _builtins.str
+    """With compare: the second arm to serve, chosen by a second posterior draw among the same
+    eligible arms (it has its own ranking entry); "" when only one arm was eligible.
+    """
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedArm]:
         """Every eligible arm, best first (fallback order)."""
@@ -314,10 +348,11 @@ class SelectResponse(_message.Message):
         budget_price: _builtins.float = ...,
         budget_outcome: _builtins.str = ...,
         context_version: _builtins.str = ...,
+        challenger: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "budget_outcome", b"budget_outcome", "budget_price", b"budget_price", "context_version", b"context_version", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "budget_outcome", b"budget_outcome", "budget_price", b"budget_price", "challenger", b"challenger", "context_version", b"context_version", "decision_id", b"decision_id", "expected_cost_usd", b"expected_cost_usd", "expires_at_unix", b"expires_at_unix", "explored", b"explored", "propensity", b"propensity", "ranking", b"ranking"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,6 +372,7 @@ class FeedbackRequest(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ENERGY_WH_FIELD_NUMBER: _builtins.int
+    PREFERENCE_FIELD_NUMBER: _builtins.int
     USAGE_ONLY_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
@@ -352,6 +388,10 @@ class FeedbackRequest(_message.Message):
     error: _builtins.bool
     energy_wh: _builtins.float
     """Measured energy of the call in Wh; learned by the arm's energy head when present."""
+    preference: Global___Preference.ValueType
+    """Pairwise feedback (issue 21), for a decision made with compare: which answer was better.
+    Excludes thumb and reward; updates both arms (winner 1, loser 0, tie 0.5 each).
+    """
     usage_only: _builtins.bool
     """Gateway (issue 22): a usage report, not a rating. It carries the call's measured cost,
     tokens, latency and error, and no thumb or reward; it does not use up the decision's one
@@ -373,12 +413,13 @@ class FeedbackRequest(_message.Message):
         latency_ms: _builtins.float | None = ...,
         error: _builtins.bool = ...,
         energy_wh: _builtins.float | None = ...,
+        preference: Global___Preference.ValueType = ...,
         usage_only: _builtins.bool = ...,
         first_token_ms: _builtins.float | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "energy_wh", b"energy_wh", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "thumb", b"thumb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb", "usage_only", b"usage_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "preference", b"preference", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb", "usage_only", b"usage_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015

@@ -3,7 +3,8 @@
 - encode: each available encoder at batch 1 (p50/p99 per prompt) for a short prompt and a 2,000-
   character one (tail window of 128 tokens), and through the micro-batcher with 32 concurrent
   prompts (prompts/s);
-- kNN: features of one query (search k=20 + per-arm aggregation) on a flat index and on HNSW, at
+- kNN: features of one query (search k=20 + per-arm aggregation) on a flat index and on the
+  approximate one (HNSW on the CPU, IVF-Flat on the GPU: banditd.context.device), at
   each index size (unit random vectors of 32 values, 11 arms), and the PCA projection 384 -> 32;
 - select: end to end over gRPC at low load (one call at a time, a `banditd serve` process on
   SQLite): Select with a prompt (router with --select-encoder and a PCA to 32) against Select
@@ -27,6 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from banditd.bench import local
 from banditd.context.batching import MicroBatcher
 from banditd.context.encoders import TextEncoder, get_encoder
 from banditd.domain import ENCODER_DIMS, FloatArray
@@ -87,8 +89,11 @@ def encode_bench(encoders: list[str], seconds: float) -> dict[str, Any]:
 
 
 def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
+    from banditd.context.device import faiss_device
     from banditd.context.knn import OutcomeIndex
     from banditd.context.reduction import Reduction
+
+    approximate = "ivf" if faiss_device().ivf else "hnsw"
 
     rng = np.random.default_rng(0)
     dim, arms = 32, [f"m{i}" for i in range(11)]
@@ -101,10 +106,10 @@ def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         arm_idx = rng.integers(len(arms), size=size)
         rewards = rng.random(size)
-        for kind, approx_after in (("flat", size + 1), ("hnsw", 1)):
+        for kind, approx_after in (("flat", size + 1), (approximate, 1)):
             index = OutcomeIndex(dim, arms, k=20, approx_after=approx_after)
             started = time.perf_counter()
-            _fill(index, vectors, arm_idx, rewards)
+            fill_index(index, vectors, arm_idx, rewards)
             build_s = time.perf_counter() - started
             query: FloatArray = rng.normal(size=dim)
             out[f"{kind}_{size}"] = {
@@ -114,25 +119,19 @@ def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
     return out
 
 
-def _fill(index: Any, vectors: Any, arm_idx: Any, rewards: Any) -> None:
+def fill_index(index: Any, vectors: Any, arm_idx: Any, rewards: Any) -> None:
     """Bulk-load an OutcomeIndex (same end state as adding one outcome at a time)."""
     index.vectors = vectors
     index.arm_idx = arm_idx
     index.rewards = rewards
     if index.approx_after <= len(vectors):
-        import faiss
-
-        from banditd.context.knn import HNSW_EF_SEARCH, HNSW_M
-
-        hnsw = faiss.IndexHNSWFlat(index.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efSearch = HNSW_EF_SEARCH
-        index.index, index.approximate = hnsw, True
-    index.index.add(vectors)
+        index.index, index.approximate = index.device.approximate(vectors), True
+    else:
+        index.index.add(vectors)
 
 
 def select_bench(encoder: str, seconds: float) -> dict[str, Any]:
     """Select p50/p99 over gRPC, one call at a time: with a prompt vs with an embedding."""
-    from banditd.bench import local  # the bench package imports this module
 
     arms = [
         pb.Arm(name=f"model-{i}", input_price_per_mtok=0.5 * (i + 1), output_price_per_mtok=i + 1)
