@@ -21,14 +21,15 @@ COMPLETION_TOKENS = 5
 
 @dataclass
 class FakeUpstream:
-    """``fail``: None (answer), an HTTP status to answer with, or "break" (a stream that stops
-    after its first chunk, the connection dropped)."""
+    """``fail``: None (answer), an HTTP status to answer with, "break" (a stream that stops
+    after its first chunk, the connection dropped) or "hang" (no answer until ``release``)."""
 
     name: str
     fail: int | str | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     port: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def base_url(self) -> str:
@@ -41,6 +42,8 @@ class FakeUpstream:
         body = await request.json()
         self.received.append(body)
         self.keys.append(request.headers.get("authorization", ""))
+        if self.fail == "hang":
+            await self.release.wait()
         if isinstance(self.fail, int):
             return JSONResponse({"error": {"message": "down"}}, status_code=self.fail)
         if body.get("stream"):

@@ -11,6 +11,7 @@ import grpc
 import httpx
 import pytest
 
+from banditd import cli
 from banditd.config import Settings
 from banditd.gateway import metrics as gateway_metrics
 from banditd.gateway.app import create_app
@@ -75,8 +76,9 @@ async def launch(
     served: list[Served] = []
     monkeypatch.setenv("FAKE_ALPHA_KEY", "sk-alpha")
 
-    async def start(**server_settings: Any) -> Stack:
+    async def start(upstream_timeout_s: float = 10.0, **server_settings: Any) -> Stack:
         alpha, beta = FakeUpstream("alpha"), FakeUpstream("beta")
+        upstreams.extend((alpha, beta))
         for upstream in (alpha, beta):
             s = Served(uvicorn_server(upstream.app()))
             upstream.port = await s.start()
@@ -108,7 +110,7 @@ async def launch(
         settings = Settings(
             gateway_listen="127.0.0.1:0",
             gateway_target=running.address,
-            gateway_upstream_timeout_s=10.0,
+            gateway_upstream_timeout_s=upstream_timeout_s,
         )
         app = create_app(settings)
         gateway = Served(uvicorn_server(app))
@@ -119,7 +121,10 @@ async def launch(
         return stack
 
     stacks: list[Stack] = []
+    upstreams: list[FakeUpstream] = []
     yield start
+    for upstream in upstreams:
+        upstream.release.set()
     for stack in stacks:
         for client in stack.clients:
             await client.close()
@@ -332,3 +337,20 @@ async def test_a_bad_upstream_is_refused_when_the_router_is_put(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in str(err.value.details())
     assert value not in str(err.value.details())  # a pasted key is not echoed back
+
+
+async def test_a_timed_out_upstream_falls_back(launch: Launch) -> None:
+    stack = await launch(upstream_timeout_s=0.3)
+    stack.alpha.fail = "hang"
+    raw = await stack.openai().chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+    )
+    assert raw.headers["x-banditd-arm"] == "beta"
+    alpha = await stack.reported("alpha")
+    assert (alpha.feedback_count, alpha.recent_error_rate) == (1, 1.0)
+
+
+def test_the_gateway_command_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["gateway", "--listen", "no-port-here"]) == 2
+    assert "gateway_listen" in capsys.readouterr().err
+    assert cli.main(["gateway", "--upstream-timeout", "0"]) == 2
