@@ -11,12 +11,13 @@ import grpc
 import httpx
 import pytest
 
-from banditd import cli
+from banditd import cli, keys
 from banditd.config import Settings
 from banditd.gateway import metrics as gateway_metrics
 from banditd.gateway.app import create_app
 from banditd.gateway.chat import Gateway
 from banditd.gateway.usage import rough_tokens
+from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, require
 from tests.gateway_fakes import (
@@ -44,6 +45,7 @@ class Stack:
     port: int
     gateway: Gateway
     clients: list[Any]
+    admin_key: tuple[tuple[str, str], ...] = ()  # with auth on: an operator key
 
     @property
     def base_url(self) -> str:
@@ -55,7 +57,9 @@ class Stack:
         return client
 
     async def stats(self) -> pb.GetStatsResponse:
-        return await self.banditd.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+        return await self.banditd.admin.GetStats(
+            pb.GetStatsRequest(tenant="acme", name="chat"), metadata=self.admin_key
+        )
 
     async def arm_stats(self, arm: str) -> pb.ArmStats:
         return next(a for a in (await self.stats()).arms if a.arm == arm)
@@ -105,8 +109,10 @@ async def launch(
                 ),
             ],
         )
-        if server_settings.get("auth") != "required":
-            await running.admin.PutRouter(pb.PutRouterRequest(router=config))
+        root: tuple[tuple[str, str], ...] = ()
+        if server_settings.get("auth") == "required":
+            root = (("authorization", f"Bearer {await _key(running, keys.ALL_TENANTS, 'admin')}"),)
+        await running.admin.PutRouter(pb.PutRouterRequest(router=config), metadata=root)
         settings = Settings(
             gateway_listen="127.0.0.1:0",
             gateway_target=running.address,
@@ -116,7 +122,7 @@ async def launch(
         gateway = Served(uvicorn_server(app))
         port = await gateway.start()
         served.insert(0, gateway)  # stopped first: it drains its reports into banditd
-        stack = Stack(running, alpha, beta, port, app.state.gateway, [])
+        stack = Stack(running, alpha, beta, port, app.state.gateway, [], root)
         stacks.append(stack)
         return stack
 
@@ -302,18 +308,39 @@ async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
     assert stack.alpha.received == [] and stack.beta.received == []
 
 
-async def test_a_missing_api_key_is_401(launch: Launch) -> None:
-    stack = await launch(auth="required")
+async def _key(server: Running, tenant: str, *roles: str) -> str:
+    secret, _ = await keys.create_key(KeyStore(server.app.db), tenant, roles)
+    return secret
+
+
+async def test_the_callers_api_key_is_checked_by_banditd(launch: Launch) -> None:
+    stack = await launch(auth="required", auth_cache_seconds=0)
+    select = {"tenant": "acme", "router": "chat", "prompt": PROMPT}
+    good = await _key(stack.banditd, "acme", "select", "feedback")
+    select_only = await _key(stack.banditd, "acme", "select")
     async with httpx.AsyncClient(base_url=stack.base_url) as http:
-        answer = await http.post(
-            "/v1/select", json={"tenant": "acme", "router": "chat", "prompt": "hi"}
+        missing = await http.post("/v1/select", json=select)
+        assert missing.status_code == 401, missing.text
+        assert missing.json()["error"]["code"] == "unauthenticated"
+        chosen = await http.post(
+            "/v1/select", json=select, headers={"authorization": f"Bearer {good}"}
         )
-    assert answer.status_code == 401, answer.text
-    assert answer.json()["error"]["code"] == "unauthenticated"
+        assert chosen.status_code == 200, chosen.text
+        rated = await http.post(
+            "/v1/feedback",
+            json={"tenant": "acme", "decisionId": chosen.json()["decisionId"], "reward": 1},
+            headers={"authorization": f"Bearer {select_only}"},
+        )
+        assert rated.status_code == 403, rated.text
     with pytest.raises(openai.AuthenticationError):
         await stack.openai(api_key="not-a-key").chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": PROMPT}]
         )
+    raw = await stack.openai(api_key=good).chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+    )
+    assert raw.parse().choices[0].message.content == "from alpha with love"
+    assert (await stack.reported("alpha")).usage_reports == 1  # reported with the caller's key
 
 
 @pytest.mark.parametrize(
