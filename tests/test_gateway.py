@@ -295,6 +295,11 @@ async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
         await client.chat.completions.create(
             model=MODEL, messages=messages, extra_headers={"x-banditd-cost-weight": "lots"}
         )
+    # Select's own checks apply to what the headers carry.
+    with pytest.raises(openai.BadRequestError, match="max_latency_ms"):
+        await client.chat.completions.create(
+            model=MODEL, messages=messages, extra_headers={"x-banditd-max-latency-ms": "-5"}
+        )
     async with httpx.AsyncClient(base_url=stack.base_url) as http:
         bad_json = await http.post("/v1/select", content=b"{not json")
         assert bad_json.status_code == 400

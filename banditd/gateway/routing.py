@@ -1,6 +1,7 @@
 """From an OpenAI-style chat request to Select's arguments: the router (from ``model`` or the
 x-banditd-tenant / x-banditd-router headers), the prompt (the messages' text), the metadata
-(x-banditd-meta-* headers), cost_weight and max_cost_usd (headers), and the caller's API key."""
+(x-banditd-meta-* headers), cost and latency/energy weights and limits (NUMBER_HEADERS), and the
+caller's API key."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ META_PREFIX = "x-banditd-meta-"
 NUMBER_HEADERS = {
     "x-banditd-cost-weight": "cost_weight",
     "x-banditd-max-cost-usd": "max_cost_usd",
+    # Latency and energy (issue 21).
+    "x-banditd-latency-weight": "latency_weight",
+    "x-banditd-energy-weight": "energy_weight",
+    "x-banditd-max-latency-ms": "max_latency_ms",
 }
 
 
