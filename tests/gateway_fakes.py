@@ -81,6 +81,11 @@ class FakeUpstream:
             yield f"data: {json.dumps(chunk)}\n\n".encode()
             if i == 0 and self.fail == "break":
                 raise ConnectionError("upstream breaks off mid-stream")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}
+            last = {"id": "c-1", "object": "chat.completion.chunk", "created": 1}
+            last |= {"model": body["model"], "choices": [], "usage": usage}
+            yield f"data: {json.dumps(last)}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
     def app(self) -> Starlette:

@@ -226,6 +226,22 @@ async def test_a_streamed_call_passes_through_and_is_counted(launch: Launch) -> 
     assert usage.usage_errors == 0
 
 
+async def test_a_stream_with_usage_is_counted_exactly(launch: Launch) -> None:
+    stack = await launch()
+    stream = await stack.openai().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage.completion_tokens == COMPLETION_TOKENS  # passed through unchanged
+    usage = await stack.reported("alpha")
+    assert usage.usage_cost_usd == pytest.approx(
+        cost(ALPHA_PRICES, PROMPT_TOKENS, COMPLETION_TOKENS)
+    )
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_failing_upstream_falls_back_to_the_next_arm(launch: Launch, stream: bool) -> None:
     stack = await launch()
