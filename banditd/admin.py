@@ -19,6 +19,7 @@ from banditd.ope import DEFAULT_BOOTSTRAP
 from banditd.shadow import shadow_spec
 from banditd.store import Repository
 from banditd.store.repository import ArmTotals, ShadowTotals
+from banditd.store.usage import UsageStore, UsageTotals
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RouterStats:
     knn_indexed: int = 0
     # Latency and energy heads, by arm: (mean latency_ms, reports, mean energy_wh, reports).
     heads: dict[str, tuple[float, int, float, int]] = field(default_factory=dict)
+    usage: dict[str, UsageTotals] = field(default_factory=dict)  # gateway usage reports, by arm
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Admin:
             context_version=context.version if context is not None else "",
             knn_indexed=context.knn.size if context is not None and context.knn else 0,
             heads={n: state.posterior.reported_means(n) for n in names},
+            usage=await UsageStore(self._repo.db).totals(state.router_id),
         )
 
     # -- off-policy evaluation, promotion and rollback ----------------------------------------

@@ -98,6 +98,7 @@ TABLE: Mapping[str, Bound] = {
     "FeedbackRequest.output_tokens": _s("max_reported_tokens"),
     "FeedbackRequest.latency_ms": _s("max_latency_ms"),
     "FeedbackRequest.energy_wh": Bound(0.0, HARD_MAX_CALL_WH),
+    "FeedbackRequest.first_token_ms": _s("max_latency_ms"),
     # Admin: routers (PutRouter, and candidates of Evaluate and PromoteRouter)
     "Arm.input_price_per_mtok": _s("max_price_per_mtok"),
     "Arm.output_price_per_mtok": _s("max_price_per_mtok"),

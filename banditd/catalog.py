@@ -220,11 +220,11 @@ class Catalog:
             self._by_name.pop((tenant, name), None)
         return True
 
-    async def record(self, state: RouterState, event: FeedbackEvent) -> int:
+    async def record(self, state: RouterState, event: FeedbackEvent) -> FeedbackEvent:
         """Append an event, then fold in the log up to it (other replicas' events included);
-        caller holds ``locked(router_id)``."""
+        the event as stored. Caller holds ``locked(router_id)``."""
         try:
-            event_id = await self._repo.append_event(event, state.spec.combine)
+            stored = await self._repo.append_event(event, state.spec.combine)
         except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
             await self._dead.add_events(state.router_id, state.spec.tenant, [(event, exc)])
             raise
@@ -232,7 +232,7 @@ class Catalog:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies it
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
-        return event_id
+        return stored
 
     async def _default_missing(self, state: RouterState) -> int:
         """Give the router's default reward to decisions whose feedback did not come in time.

@@ -1,4 +1,4 @@
-"""The `banditd` command: serve, migrate, warm-start, ingest, replay, evaluate, bench."""
+"""The `banditd` command: serve, gateway, migrate, warm-start, ingest, replay, evaluate, bench."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from banditd.argtypes import int_at_least
 from banditd.config import Settings
 from banditd.context import distill
 from banditd.errors import BanditdError, NotFound
+from banditd.gateway import cli as gateway_cli
 from banditd.ingest import ingest
 from banditd.logs import configure_logging
 from banditd.server import App, serve
@@ -207,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     routers_cli.add_parser(sub)
     _add_keys_parser(sub)
     distill.add_parser(sub)
+    gateway_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     # Commands that read settings themselves, if at all: a bad BANDITD_* must not block them.
-    if args.command in ("bench", "replay", "evaluate", "distill-encoder", "routers"):
+    if args.command in ("bench", "replay", "evaluate", "distill-encoder", "routers", "gateway"):
         return int(args.func(args))
     try:
         settings = _settings(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from banditd.admin import RouterStats, RouterVersion
@@ -97,6 +98,9 @@ def arm_from_proto(msg: pb.Arm) -> ArmSpec:
         msg.prior_latency_ms,
         msg.input_energy_wh_per_mtok,
         msg.output_energy_wh_per_mtok,
+        msg.upstream_base_url,
+        msg.upstream_model,
+        msg.upstream_api_key_env,
     )
 
 
@@ -122,6 +126,9 @@ def spec_to_proto(spec: RouterSpec) -> pb.RouterConfig:
                 prior_latency_ms=a.prior_latency_ms,
                 input_energy_wh_per_mtok=a.input_energy_wh_per_mtok,
                 output_energy_wh_per_mtok=a.output_energy_wh_per_mtok,
+                upstream_base_url=a.upstream_base_url,
+                upstream_model=a.upstream_model,
+                upstream_api_key_env=a.upstream_api_key_env,
             )
             for a in spec.arms
         ],
@@ -192,6 +199,20 @@ def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
     )
 
 
+_UPSTREAM_FIELDS = (
+    "upstream_base_url",
+    "upstream_model",
+    "upstream_api_key_env",
+    "input_price_per_mtok",
+    "output_price_per_mtok",
+)
+
+
+def _upstreams(d: Decision) -> dict[str, dict[str, Any]]:
+    """Per arm, the spec fields a ranking entry carries for the gateway (its upstream, prices)."""
+    return {a.name: {n: getattr(a, n) for n in _UPSTREAM_FIELDS} for a in d.arm_specs}
+
+
 def decision_to_proto(d: Decision) -> pb.SelectResponse:
     reply = pb.SelectResponse(
         decision_id=d.token,
@@ -206,6 +227,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
         challenger=d.challenger or "",
     )
     add = reply.ranking.add  # built in place: a RankedArm passed in a list is copied
+    upstreams = _upstreams(d)
     for r in d.ranking:
         add(
             arm=r.arm,
@@ -214,6 +236,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
             quality_score=r.quality_score,
             expected_latency_ms=r.expected_latency_ms,
             expected_energy_wh=r.expected_energy_wh,
+            **upstreams.get(r.arm, {}),
         )
     return reply
 
@@ -233,6 +256,8 @@ def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> F
         latency_ms=msg.latency_ms if msg.HasField("latency_ms") else None,
         error=msg.error,
         energy_wh=msg.energy_wh if msg.HasField("energy_wh") else None,
+        usage_only=msg.usage_only,
+        first_token_ms=msg.first_token_ms if msg.HasField("first_token_ms") else None,
         preference=(
             _PREFERENCES.get(msg.preference, f"value {msg.preference}") if msg.preference else None
         ),
@@ -260,6 +285,11 @@ def _heads(stats: RouterStats, arm: str) -> tuple[float, int, float, int]:
     return stats.heads.get(arm, (0.0, 0, 0.0, 0))
 
 
+def _usage(stats: RouterStats, arm: str) -> dict[str, Any]:
+    u = stats.usage.get(arm)  # ArmStats.usage_* are UsageTotals' fields
+    return {} if u is None else {f"usage_{k}": v for k, v in dataclasses.asdict(u).items()}
+
+
 def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
     fed = sum(a.feedback_count for a in stats.arms)
     return pb.GetStatsResponse(
@@ -279,6 +309,7 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
                 latency_reports=_heads(stats, a.arm)[1],
                 mean_energy_wh=_heads(stats, a.arm)[2],
                 energy_reports=_heads(stats, a.arm)[3],
+                **_usage(stats, a.arm),
             )
             for a in stats.arms
         ],

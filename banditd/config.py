@@ -151,7 +151,21 @@ class Settings(BaseSettings):
         1e9, gt=0, le=1e12, description="largest budget limit_usd per period"
     )
 
-    @field_validator("listen", "health_listen")
+    # Gateway (issue 22, `banditd gateway`; docs/gateway.md). Its API key is BANDITD_API_KEY.
+    gateway_listen: str = Field(
+        "127.0.0.1:8080", description="HOST:PORT the OpenAI-compatible gateway serves HTTP on"
+    )
+    gateway_target: str = Field(
+        "127.0.0.1:50051", description="banditd gRPC address the gateway calls Select/Feedback on"
+    )
+    gateway_max_fallbacks: int = Field(
+        2, ge=0, le=16, description="arms the gateway tries after the chosen one fails"
+    )
+    gateway_upstream_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="seconds an upstream call may take (each attempt)"
+    )
+
+    @field_validator("listen", "health_listen", "gateway_listen")
     @classmethod
     def _check_listen(cls, value: str, info: ValidationInfo) -> str:
         if not value and info.field_name == "health_listen":

@@ -22,6 +22,7 @@ from banditd.breaker import (
     BreakerConfig,
 )
 from banditd.errors import InvalidArgument
+from banditd.upstreams import check_upstream
 
 POLICIES = ("linucb", "thompson", "epsilon-greedy")  # banditd.policy.POLICIES, by name
 DEFAULT_EMBEDDING_DIM = 16
@@ -85,9 +86,14 @@ class ArmSpec:
     prior_latency_ms: float = 0.0
     input_energy_wh_per_mtok: float = 0.0
     output_energy_wh_per_mtok: float = 0.0
+    # Gateway (issue 22): where the arm is served; the key is the name of an env variable.
+    upstream_base_url: str = ""
+    upstream_model: str = ""
+    upstream_api_key_env: str = ""
 
     def __post_init__(self) -> None:
         check_name("arms.name", self.name)
+        check_upstream(self.upstream_base_url, self.upstream_model, self.upstream_api_key_env)
         check_finite("arms.input_price_per_mtok", self.input_price_per_mtok)
         check_finite("arms.output_price_per_mtok", self.output_price_per_mtok)
         check_finite("arms.prior_latency_ms", self.prior_latency_ms)
@@ -348,6 +354,7 @@ class Decision:
     budget_price: float = 0.0
     budget_outcome: str = ""
     context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
+    arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)
     challenger: str | None = None  # SelectRequest.compare's second arm (pairwise feedback)
 
 

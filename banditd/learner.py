@@ -34,6 +34,7 @@ from banditd.errors import (
 )
 from banditd.feedback_guard import FeedbackGuard
 from banditd.token import TokenClaims, TokenSigner
+from banditd.usage_flow import UsageFlow
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +59,8 @@ class FeedbackInput:
     latency_ms: float | None = None
     error: bool = False
     energy_wh: float | None = None
+    usage_only: bool = False  # a usage report (issue 22): no rating, see Learner.usage
+    first_token_ms: float | None = None
     preference: str | None = None  # "arm" | "challenger" | "tie"; anything else is refused
 
 
@@ -159,7 +162,9 @@ class Learner:
         attempts: int = DEFAULT_ATTEMPTS,
         budgets: Budgets | None = None,
         bounds: Bounds | None = None,
+        usage: UsageFlow | None = None,
     ) -> None:
+        self._usage = usage
         self._bounds = bounds or default_bounds()
         self._budgets = budgets
         self._catalog = catalog
@@ -168,23 +173,37 @@ class Learner:
         self._guard = guard or FeedbackGuard()
         self._attempts = attempts
 
-    def event_of(self, req: FeedbackInput) -> FeedbackEvent:
-        """The event a request would log; raises, writing nothing, when it must be refused."""
+    def _verified(self, req: FeedbackInput) -> TokenClaims:
+        """The decision's claims once the token, tenant and numbers pass."""
         check_name("tenant", req.tenant)
         claims = self._signer.verify(req.decision_id)
         if claims.tenant != req.tenant:
             raise PermissionDenied("decision_id was not issued to this tenant")
-        pair = _preference(req, claims)
-        reward = _reward(req) if pair is None else pair[0]
         for name, value in (
             ("cost_usd", req.cost_usd),
             ("input_tokens", req.input_tokens),
             ("output_tokens", req.output_tokens),
             ("latency_ms", req.latency_ms),
             ("energy_wh", req.energy_wh),
+            ("first_token_ms", req.first_token_ms),
         ):
             if value is not None:
                 self._bounds.check(f"FeedbackRequest.{name}", value)
+        now = self._clock()
+        if now > claims.expires_at:
+            raise FailedPrecondition(
+                f"decision expired {now - claims.expires_at:.0f} s ago; "
+                "feedback is no longer accepted"
+            )
+        return claims
+
+    def event_of(self, req: FeedbackInput) -> FeedbackEvent:
+        """The event a request would log; raises, writing nothing, when it must be refused."""
+        if req.usage_only or req.first_token_ms is not None:  # see usage()
+            raise InvalidArgument("usage_only", "usage reports go one by one through Feedback")
+        claims = self._verified(req)
+        pair = _preference(req, claims)
+        reward = _reward(req) if pair is None else pair[0]
         expected = claims.expected_cost_usd + claims.challenger_cost_usd  # both arms served
         if req.cost_usd is None and not 0.0 <= expected <= HARD_MAX_CALL_USD:
             raise InvalidArgument(  # NaN fails the comparison too
@@ -193,11 +212,6 @@ class Learner:
                 "usable number",
             )
         now = self._clock()
-        if now > claims.expires_at:
-            raise FailedPrecondition(
-                f"decision expired {now - claims.expires_at:.0f} s ago; "
-                "feedback is no longer accepted"
-            )
         return FeedbackEvent(
             event_id=0,
             router_id=claims.router_id,
@@ -241,18 +255,30 @@ class Learner:
                             event = _router_thumbs(event, req, state.spec)
                             for arm, _ in _rated(event):
                                 await self._guard.check_cap(state.spec, event.router_id, arm)
-                            event_id = await self._catalog.record(state, event)
+                            stored = await self._catalog.record(state, event)
             except Unavailable as exc:
                 raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
+        event = stored if stored.signal == 0 else event  # a first event carries the usage
         for arm, reward in _rated(event):
             self._guard.observe(state.spec, event.router_id, arm, reward)
         _count_accepted(state.spec, [event])
         await self._settle([event])
-        _log_event(req.tenant, state.spec.name, event, event_id)
-        return FeedbackResult(event_id, event.reward, event.cost_usd)
+        _log_event(req.tenant, state.spec.name, event, stored.event_id)
+        return FeedbackResult(stored.event_id, event.reward, event.cost_usd)
+
+    async def usage(self, req: FeedbackInput) -> FeedbackResult:
+        """A usage report (issue 22): stored apart, never the rating (banditd.usage_flow)."""
+        try:
+            if self._usage is None:
+                raise FailedPrecondition("this server does not take usage reports")
+            cost = await self._usage.record(req, self._verified)
+        except BanditdError as exc:
+            metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
+            raise
+        return FeedbackResult(0, 0.0, cost)
 
     async def feedback_batch(
         self, requests: Sequence[FeedbackInput], outcome: BatchOutcome, first_index: int = 0
@@ -350,6 +376,7 @@ def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
     for arm, usd in spend.items():
         metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(usd)
     for event in events:
+        metrics.REWARD.labels(spec.tenant, spec.name, event.arm).observe(event.reward)
         if event.latency_ms is not None:
             metrics.REPORTED_LATENCY.labels(spec.tenant, spec.name, event.arm).observe(
                 event.latency_ms / 1000.0

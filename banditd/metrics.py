@@ -38,8 +38,14 @@ DECISIONS = Counter(
 )
 FEEDBACK = Counter(
     "banditd_feedback_events_total",
-    "Feedback events by outcome (accepted, duplicate, expired, invalid).",
+    "Feedback events by outcome (accepted, duplicate, expired, invalid; usage: usage reports).",
     ["outcome"],
+)
+REWARD = Summary(
+    "banditd_feedback_reward",
+    "Rewards of accepted feedback, by arm (_sum / _count: the mean reward; rate of both: the "
+    "reward rate).",
+    ["tenant", "router", "arm"],
 )
 SPEND = Counter(
     "banditd_spend_usd_total",

@@ -7,7 +7,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
@@ -117,8 +117,8 @@ class Selector:
         state = await self._catalog.get(req.tenant, req.router)
         if req.request_id:
             earlier = await self._decisions.find(state.router_id, req.request_id)
-            if earlier is not None:
-                return earlier
+            if earlier is not None:  # from the log, which keeps no arm specs: today's
+                return replace(earlier, arm_specs=earlier.arm_specs or state.spec.arms)
         spec, context = state.spec, state.context
         assert context is not None  # the catalog gives every router its pipeline
         x = await context.build(prompt=req.prompt, embedding=req.embedding, metadata=req.metadata)
@@ -221,6 +221,7 @@ class Selector:
             budget_outcome=ranked.budget_outcome,
             context_version=context.version,
             challenger=ranked.challenger,
+            arm_specs=spec.arms,
         )
         if self._budgets is not None and reservation is not None:
             # Counted before the decision is logged or leaves (a refused charge logs nothing).

@@ -39,8 +39,10 @@ from banditd.servicer import AdminServicer, RouterServicer
 from banditd.store import Database, Repository, migrate, sqlite_file
 from banditd.store.api_keys import KeyStore
 from banditd.store.budgets import BudgetRepository
+from banditd.store.usage import UsageStore
 from banditd.tls import server_credentials
 from banditd.token import TokenSigner
+from banditd.usage_flow import UsageFlow
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -271,6 +273,7 @@ async def build_app(settings: Settings) -> App:
                 attempts=settings.feedback_attempts,
                 budgets=budgets,
                 bounds=bounds,
+                usage=UsageFlow(UsageStore(db), budgets),
             ),
             bounds,
         ),

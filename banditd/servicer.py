@@ -80,7 +80,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         request: pb.FeedbackRequest,
         context: grpc.aio.ServicerContext[pb.FeedbackRequest, pb.FeedbackResponse],
     ) -> pb.FeedbackResponse:
-        result = await self._learner.feedback(codec.feedback_from_proto(request))
+        req = codec.feedback_from_proto(request)  # usage_only: a usage report (issue 22)
+        result = await (self._learner.usage(req) if req.usage_only else self._learner.feedback(req))
         return codec.feedback_to_proto(result)
 
     @_edge

@@ -142,7 +142,7 @@ def test_every_object_matches_the_kubernetes_schemas(
                     f"at {where}: {exc.message}"
                 )
     assert not errors, "\n".join(errors)
-    assert skipped == (["ServiceMonitor"] if value_set == "production" else [])
+    assert skipped == (["ServiceMonitor"] * 2 if value_set == "production" else [])
 
 
 # ---- Helm: what the objects must say
@@ -150,13 +150,13 @@ def test_every_object_matches_the_kubernetes_schemas(
 
 def test_probes_use_grpc_health_on_the_service_port(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     service = _one(docs, "Service", "banditd")
     grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert grpc_port["targetPort"] == "grpc"
-    config = _one(docs, "ConfigMap")["data"]
+    config = _one(docs, "ConfigMap", "banditd")["data"]
     # With TLS on the gRPC port, kubelet (which speaks no TLS) asks a plaintext health port.
     probe_port = ports["health"] if "BANDITD_TLS_CERT_FILE" in config else ports["grpc"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -169,9 +169,9 @@ def test_probes_use_grpc_health_on_the_service_port(rendered: tuple[str, list[Do
 
 def test_auth_is_on_and_plaintext_only_when_explicit(rendered: tuple[str, list[Doc]]) -> None:
     value_set, docs = rendered
-    config = _one(docs, "ConfigMap")["data"]
+    config = _one(docs, "ConfigMap", "banditd")["data"]
     assert config["BANDITD_AUTH"] == "required"
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     if value_set == "production":
         assert "BANDITD_ALLOW_PLAINTEXT" not in config
@@ -187,10 +187,10 @@ def test_auth_is_on_and_plaintext_only_when_explicit(rendered: tuple[str, list[D
 
 def test_termination_grace_outlasts_the_drain(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     sleep = float(server["lifecycle"]["preStop"]["exec"]["command"][1])
-    drain = float(_one(docs, "ConfigMap")["data"].get("BANDITD_GRACE_SECONDS", 10))
+    drain = float(_one(docs, "ConfigMap", "banditd")["data"].get("BANDITD_GRACE_SECONDS", 10))
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
 
 
@@ -210,7 +210,7 @@ def test_secrets_are_references_never_config(
     if value_set == "production":
         values |= yaml.safe_load((CHART.parent / "values-production.yaml").read_text())
     secrets = values["secrets"]
-    (server,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (server,) = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]["containers"]
     env = _env(server)
     for var, ref in (
         ("BANDITD_DATABASE_URL", secrets["databaseUrl"]),
@@ -218,7 +218,7 @@ def test_secrets_are_references_never_config(
     ):
         assert env[var]["valueFrom"]["secretKeyRef"] == {"name": ref["name"], "key": ref["key"]}
     assert not {"BANDITD_DATABASE_URL", "BANDITD_SIGNING_KEY"} & set(
-        _one(docs, "ConfigMap")["data"]
+        _one(docs, "ConfigMap", "banditd")["data"]
     )
     assert not [d for d in docs if d["kind"] == "Secret"]
     # The values schema refuses secrets in the ConfigMap.
@@ -247,14 +247,14 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert any(env["NUMBA_CACHE_DIR"]["value"].startswith(m + "/") for m in mounts)
     # Its pods are not server pods: no Service, PDB or Deployment selects them.
-    selector = _one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    selector = _one(docs, "Deployment", "banditd")["spec"]["selector"]["matchLabels"]
     assert not selector.items() <= pod["metadata"]["labels"].items()
 
 
 def test_pods_run_as_non_root_on_a_read_only_root(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    for kind in ("Deployment", "Job"):
-        pod = _one(docs, kind)["spec"]["template"]["spec"]
+    for workload in [d for d in docs if d["kind"] in ("Deployment", "Job")]:
+        pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["automountServiceAccountToken"] is False
@@ -270,7 +270,7 @@ def test_numba_cache_from_the_image_is_copied_to_a_writable_dir(
 ) -> None:
     """Numba refuses a read-only cache dir, so the baked one is copied into an emptyDir."""
     _, docs = rendered
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     (server,) = pod["containers"]
     target = _env(server)["NUMBA_CACHE_DIR"]["value"]
@@ -284,7 +284,7 @@ def test_numba_cache_from_the_image_is_copied_to_a_writable_dir(
 
 def test_scaling_and_monitoring_objects(rendered: tuple[str, list[Doc]]) -> None:
     value_set, docs = rendered
-    deployment = _one(docs, "Deployment")
+    deployment = _one(docs, "Deployment", "banditd")
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
     if value_set == "default":
@@ -299,7 +299,7 @@ def test_scaling_and_monitoring_objects(rendered: tuple[str, list[Doc]]) -> None
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
     assert server["resources"]["requests"]["cpu"]
     # The ServiceMonitor scrapes the metrics port of exactly one Service (not the headless one).
-    monitor = _one(docs, "ServiceMonitor")["spec"]
+    monitor = _one(docs, "ServiceMonitor", "banditd")["spec"]
     (endpoint,) = monitor["endpoints"]
     assert endpoint["path"] == "/metrics"
     scraped = [
@@ -493,7 +493,7 @@ def test_routers_job_only_with_routers(
     tmp = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tmp")
     assert _env(container)["NUMBA_CACHE_DIR"]["value"].startswith(tmp + "/")
     # Its pods are not server pods.
-    selector = _one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    selector = _one(docs, "Deployment", "banditd")["spec"]["selector"]["matchLabels"]
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
 
 
@@ -514,7 +514,9 @@ def test_routers_job_speaks_the_chart_tls(
     assert ca == {"secretName": "banditd-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
 
     mutual = _routers_values(
-        tmp_path, "security:\n  tls: {secretName: banditd-tls, mutual: true}\n"
+        tmp_path,
+        "security:\n  tls: {secretName: banditd-tls, mutual: true}\n"
+        "gateway: {clientCertSecretName: gateway-client}\n",
     )
     refused = helm("template", "x", str(CHART), *production, *mutual, check=False)
     assert refused.returncode != 0 and "routersJob.clientCertSecretName" in refused.stderr

@@ -54,6 +54,8 @@ class FeedbackArgs(TypedDict, total=False):
     latency_ms: float | None
     error: bool | None
     energy_wh: float | None
+    usage_only: bool | None  # a usage report, not a rating (gateway; docs/gateway.md)
+    first_token_ms: float | None
     preference: Literal["arm", "challenger", "tie"] | None
 
 
@@ -102,6 +104,7 @@ def feedback_request(
         tenant=args.get("tenant") or default_tenant or "",
         decision_id=args["decision_id"],
         error=bool(args.get("error")),
+        usage_only=bool(args.get("usage_only")),
     )
     thumb, reward = args.get("thumb"), args.get("reward")
     if thumb is not None and reward is not None:
@@ -120,7 +123,14 @@ def feedback_request(
                 f"must be 'arm', 'challenger' or 'tie', got {preference!r}",
             )
         msg.preference = PREFERENCES[preference]
-    for name in ("cost_usd", "input_tokens", "output_tokens", "latency_ms", "energy_wh"):
+    for name in (
+        "cost_usd",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms",
+        "energy_wh",
+        "first_token_ms",
+    ):
         value = args.get(name)
         if value is not None:
             setattr(msg, name, value)

@@ -22,6 +22,12 @@ class RankedArm:
     quality_score: float
     expected_latency_ms: float = 0.0  # the latency head's prediction (issue 21)
     expected_energy_wh: float = 0.0  # the energy head's prediction
+    # The arm's upstream and prices (issue 22, for the gateway); a key is never sent.
+    upstream_base_url: str = ""
+    upstream_model: str = ""
+    upstream_api_key_env: str = ""
+    input_price_per_mtok: float = 0.0
+    output_price_per_mtok: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,11 @@ def decision_from_proto(msg: pb.SelectResponse, tenant: str, router: str) -> Dec
                 r.quality_score,
                 r.expected_latency_ms,
                 r.expected_energy_wh,
+                r.upstream_base_url,
+                r.upstream_model,
+                r.upstream_api_key_env,
+                r.input_price_per_mtok,
+                r.output_price_per_mtok,
             )
             for r in msg.ranking
         ),

@@ -333,3 +333,27 @@ feedback_events.append_column(Column("energy_wh", Float, nullable=True))
 decisions.append_column(Column("challenger", String(128), nullable=True))
 feedback_events.append_column(Column("challenger", String(128), nullable=True))
 feedback_events.append_column(Column("challenger_reward", Float, nullable=True))
+
+# Gateway (issue 22, migration 0014): each arm's upstream, and usage reports (Feedback with
+# usage_only) kept apart from the event log so they never use up a decision's one rating; a
+# decision's usage is folded into its first event (the rating or the default reward).
+arms.append_column(Column("upstream_base_url", Text, nullable=False, server_default=""))
+arms.append_column(Column("upstream_model", String(256), nullable=False, server_default=""))
+arms.append_column(Column("upstream_api_key_env", String(128), nullable=False, server_default=""))
+
+decision_usage = Table(
+    "decision_usage",
+    metadata,
+    Column("decision_id", String(36), primary_key=True),
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), nullable=False),
+    Column("arm", String(128), nullable=False),
+    Column("cost_usd", Float, nullable=True),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("first_token_ms", Float, nullable=True),
+    Column("energy_wh", Float, nullable=True),
+    Column("error", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_decision_usage_router_id_arm", "router_id", "arm"),
+)

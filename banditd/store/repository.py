@@ -49,6 +49,7 @@ from banditd.store.models import (
     arms,
     context_models,
     context_vocab,
+    decision_usage,
     decisions,
     feedback_events,
     posterior_snapshots,
@@ -57,6 +58,7 @@ from banditd.store.models import (
     server_secrets,
     shadow_picks,
 )
+from banditd.store.usage import with_usage
 
 SNAPSHOTS_KEPT = 2
 
@@ -127,6 +129,9 @@ class Repository:
                     a.prior_latency_ms,
                     a.input_energy_wh_per_mtok,
                     a.output_energy_wh_per_mtok,
+                    a.upstream_base_url,
+                    a.upstream_model,
+                    a.upstream_api_key_env,
                 )
             )
         return [
@@ -303,6 +308,9 @@ class Repository:
                         "prior_latency_ms": a.prior_latency_ms,
                         "input_energy_wh_per_mtok": a.input_energy_wh_per_mtok,
                         "output_energy_wh_per_mtok": a.output_energy_wh_per_mtok,
+                        "upstream_base_url": a.upstream_base_url,
+                        "upstream_model": a.upstream_model,
+                        "upstream_api_key_env": a.upstream_api_key_env,
                     }
                     for i, a in enumerate(spec.arms)
                 ],
@@ -344,6 +352,7 @@ class Repository:
                 router_versions,
                 posterior_snapshots,
                 feedback_events,
+                decision_usage,
                 decisions,
                 arms,
                 context_vocab,
@@ -378,15 +387,17 @@ class Repository:
 
     # -- feedback events ---------------------------------------------------------------------
 
-    async def append_event(self, event: FeedbackEvent, combine: str = "first") -> int:
-        """Commit one event; its id in the log. AlreadyExists if the decision has feedback and
-        the router keeps the first signal (or the decision has its maximum of signals)."""
+    async def append_event(self, event: FeedbackEvent, combine: str = "first") -> FeedbackEvent:
+        """Commit one event; the event as stored (its id, its decision's usage folded in).
+        AlreadyExists if the decision has feedback and the router keeps the first signal (or
+        the decision has its maximum of signals)."""
         try:
             async with self.db.transaction() as conn:
                 await _begin_append(conn, event.router_id)
                 if combine != "first":
                     event = await _as_next_signal(conn, event, combine)
-                return int(
+                (event,) = await with_usage(conn, [event])
+                event_id = int(
                     (
                         await conn.execute(
                             insert(feedback_events)
@@ -395,6 +406,7 @@ class Repository:
                         )
                     ).scalar_one()
                 )
+                return _with_id(event, event_id)
         except IntegrityError as exc:
             raise AlreadyExists(
                 f"decision {event.decision_id} already has feedback (one event per decision)"
@@ -429,6 +441,7 @@ class Repository:
                 or 0
             )
             if combine == "first":
+                events = await with_usage(conn, events)
                 ids = {
                     decision_id: int(event_id)
                     for event_id, decision_id in await _insert_new_events(conn, events)
@@ -451,6 +464,7 @@ class Repository:
                     signal = await _as_next_signal(conn, e, combine, rows)
                 except AlreadyExists:
                     continue
+                (signal,) = await with_usage(conn, [signal])
                 rows.append(checked(_event_row(signal)))
                 signals.append(signal)
                 positions.append(i)

@@ -249,6 +249,11 @@ class RankedArm(_message.Message):
     QUALITY_SCORE_FIELD_NUMBER: _builtins.int
     EXPECTED_LATENCY_MS_FIELD_NUMBER: _builtins.int
     EXPECTED_ENERGY_WH_FIELD_NUMBER: _builtins.int
+    UPSTREAM_BASE_URL_FIELD_NUMBER: _builtins.int
+    UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
+    UPSTREAM_API_KEY_ENV_FIELD_NUMBER: _builtins.int
+    INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     score: _builtins.float
     """Utility the policy ranked by: quality score - cost_weight * expected_cost_usd."""
@@ -259,6 +264,14 @@ class RankedArm(_message.Message):
     """The latency head's prediction for this request (prior_latency_ms before reports)."""
     expected_energy_wh: _builtins.float
     """The energy head's prediction for this request (per-token figures before reports)."""
+    upstream_base_url: _builtins.str
+    """Gateway (issue 22): the arm's upstream and prices, as configured when decided (for a repeated
+    request_id answered from the log: as configured now). Never a key: the env variable's name.
+    """
+    upstream_model: _builtins.str
+    upstream_api_key_env: _builtins.str
+    input_price_per_mtok: _builtins.float
+    output_price_per_mtok: _builtins.float
     def __init__(
         self,
         *,
@@ -268,10 +281,15 @@ class RankedArm(_message.Message):
         quality_score: _builtins.float = ...,
         expected_latency_ms: _builtins.float = ...,
         expected_energy_wh: _builtins.float = ...,
+        upstream_base_url: _builtins.str = ...,
+        upstream_model: _builtins.str = ...,
+        upstream_api_key_env: _builtins.str = ...,
+        input_price_per_mtok: _builtins.float = ...,
+        output_price_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "expected_cost_usd", b"expected_cost_usd", "expected_energy_wh", b"expected_energy_wh", "expected_latency_ms", b"expected_latency_ms", "quality_score", b"quality_score", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "expected_cost_usd", b"expected_cost_usd", "expected_energy_wh", b"expected_energy_wh", "expected_latency_ms", b"expected_latency_ms", "input_price_per_mtok", b"input_price_per_mtok", "output_price_per_mtok", b"output_price_per_mtok", "quality_score", b"quality_score", "score", b"score", "upstream_api_key_env", b"upstream_api_key_env", "upstream_base_url", b"upstream_base_url", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,6 +373,8 @@ class FeedbackRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ENERGY_WH_FIELD_NUMBER: _builtins.int
     PREFERENCE_FIELD_NUMBER: _builtins.int
+    USAGE_ONLY_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     decision_id: _builtins.str
     thumb: Global___Thumb.ValueType
@@ -372,6 +392,14 @@ class FeedbackRequest(_message.Message):
     """Pairwise feedback (issue 21), for a decision made with compare: which answer was better.
     Excludes thumb and reward; updates both arms (winner 1, loser 0, tie 0.5 each).
     """
+    usage_only: _builtins.bool
+    """Gateway (issue 22): a usage report, not a rating. It carries the call's measured cost,
+    tokens, latency and error, and no thumb or reward; it does not use up the decision's one
+    rating. Stored once per decision and folded into the decision's rating (or default reward)
+    when that arrives. See docs/gateway.md, "Usage and rating".
+    """
+    first_token_ms: _builtins.float
+    """Time to the first streamed token, in ms (usage reports)."""
     def __init__(
         self,
         *,
@@ -386,15 +414,19 @@ class FeedbackRequest(_message.Message):
         error: _builtins.bool = ...,
         energy_wh: _builtins.float | None = ...,
         preference: Global___Preference.ValueType = ...,
+        usage_only: _builtins.bool = ...,
+        first_token_ms: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "energy_wh", b"energy_wh", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "thumb", b"thumb"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "energy_wh", b"energy_wh", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "thumb", b"thumb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "preference", b"preference", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "preference", b"preference", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb", "usage_only", b"usage_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
     _WhichOneofReturnType__energy_wh: _TypeAlias = _typing.Literal["energy_wh"]  # noqa: Y015
     _WhichOneofArgType__energy_wh: _TypeAlias = _typing.Literal["_energy_wh", b"_energy_wh"]  # noqa: Y015
+    _WhichOneofReturnType__first_token_ms: _TypeAlias = _typing.Literal["first_token_ms"]  # noqa: Y015
+    _WhichOneofArgType__first_token_ms: _TypeAlias = _typing.Literal["_first_token_ms", b"_first_token_ms"]  # noqa: Y015
     _WhichOneofReturnType__input_tokens: _TypeAlias = _typing.Literal["input_tokens"]  # noqa: Y015
     _WhichOneofArgType__input_tokens: _TypeAlias = _typing.Literal["_input_tokens", b"_input_tokens"]  # noqa: Y015
     _WhichOneofReturnType__latency_ms: _TypeAlias = _typing.Literal["latency_ms"]  # noqa: Y015
@@ -407,6 +439,8 @@ class FeedbackRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_wh) -> _WhichOneofReturnType__energy_wh | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_token_ms) -> _WhichOneofReturnType__first_token_ms | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__input_tokens) -> _WhichOneofReturnType__input_tokens | None: ...
     @_typing.overload
@@ -543,6 +577,9 @@ class Arm(_message.Message):
     PRIOR_LATENCY_MS_FIELD_NUMBER: _builtins.int
     INPUT_ENERGY_WH_PER_MTOK_FIELD_NUMBER: _builtins.int
     OUTPUT_ENERGY_WH_PER_MTOK_FIELD_NUMBER: _builtins.int
+    UPSTREAM_BASE_URL_FIELD_NUMBER: _builtins.int
+    UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
+    UPSTREAM_API_KEY_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     input_price_per_mtok: _builtins.float
     output_price_per_mtok: _builtins.float
@@ -552,6 +589,13 @@ class Arm(_message.Message):
     input_energy_wh_per_mtok: _builtins.float
     """Energy per million tokens (Wh), the energy head's prior before energy_wh reports."""
     output_energy_wh_per_mtok: _builtins.float
+    upstream_base_url: _builtins.str
+    """Gateway (issue 22): the OpenAI-compatible upstream serving this arm, the model name sent to
+    it, and the name of the environment variable (on the gateway) holding its API key. The key
+    itself is never stored. Empty: the gateway cannot serve the arm.
+    """
+    upstream_model: _builtins.str
+    upstream_api_key_env: _builtins.str
     def __init__(
         self,
         *,
@@ -562,10 +606,13 @@ class Arm(_message.Message):
         prior_latency_ms: _builtins.float = ...,
         input_energy_wh_per_mtok: _builtins.float = ...,
         output_energy_wh_per_mtok: _builtins.float = ...,
+        upstream_base_url: _builtins.str = ...,
+        upstream_model: _builtins.str = ...,
+        upstream_api_key_env: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "input_energy_wh_per_mtok", b"input_energy_wh_per_mtok", "input_price_per_mtok", b"input_price_per_mtok", "name", b"name", "output_energy_wh_per_mtok", b"output_energy_wh_per_mtok", "output_price_per_mtok", b"output_price_per_mtok", "prior_latency_ms", b"prior_latency_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "input_energy_wh_per_mtok", b"input_energy_wh_per_mtok", "input_price_per_mtok", b"input_price_per_mtok", "name", b"name", "output_energy_wh_per_mtok", b"output_energy_wh_per_mtok", "output_price_per_mtok", b"output_price_per_mtok", "prior_latency_ms", b"prior_latency_ms", "upstream_api_key_env", b"upstream_api_key_env", "upstream_base_url", b"upstream_base_url", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1006,6 +1053,11 @@ class ArmStats(_message.Message):
     LATENCY_REPORTS_FIELD_NUMBER: _builtins.int
     MEAN_ENERGY_WH_FIELD_NUMBER: _builtins.int
     ENERGY_REPORTS_FIELD_NUMBER: _builtins.int
+    USAGE_REPORTS_FIELD_NUMBER: _builtins.int
+    USAGE_ERRORS_FIELD_NUMBER: _builtins.int
+    USAGE_COST_USD_FIELD_NUMBER: _builtins.int
+    USAGE_MEAN_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    USAGE_MEAN_FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     decisions: _builtins.int
     feedback_count: _builtins.int
@@ -1024,6 +1076,14 @@ class ArmStats(_message.Message):
     latency_reports: _builtins.int
     mean_energy_wh: _builtins.float
     energy_reports: _builtins.int
+    usage_reports: _builtins.int
+    """Gateway usage reports (issue 22, FeedbackRequest.usage_only) stored for the arm, rated or
+    not: how many, how many had error set, their total cost and mean latency / first token.
+    """
+    usage_errors: _builtins.int
+    usage_cost_usd: _builtins.float
+    usage_mean_latency_ms: _builtins.float
+    usage_mean_first_token_ms: _builtins.float
     def __init__(
         self,
         *,
@@ -1039,10 +1099,15 @@ class ArmStats(_message.Message):
         latency_reports: _builtins.int = ...,
         mean_energy_wh: _builtins.float = ...,
         energy_reports: _builtins.int = ...,
+        usage_reports: _builtins.int = ...,
+        usage_errors: _builtins.int = ...,
+        usage_cost_usd: _builtins.float = ...,
+        usage_mean_latency_ms: _builtins.float = ...,
+        usage_mean_first_token_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "breaker", b"breaker", "breaker_open_until_unix", b"breaker_open_until_unix", "decisions", b"decisions", "energy_reports", b"energy_reports", "feedback_count", b"feedback_count", "latency_reports", b"latency_reports", "mean_energy_wh", b"mean_energy_wh", "mean_latency_ms", b"mean_latency_ms", "mean_reward", b"mean_reward", "recent_error_rate", b"recent_error_rate", "spend_usd", b"spend_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "breaker", b"breaker", "breaker_open_until_unix", b"breaker_open_until_unix", "decisions", b"decisions", "energy_reports", b"energy_reports", "feedback_count", b"feedback_count", "latency_reports", b"latency_reports", "mean_energy_wh", b"mean_energy_wh", "mean_latency_ms", b"mean_latency_ms", "mean_reward", b"mean_reward", "recent_error_rate", b"recent_error_rate", "spend_usd", b"spend_usd", "usage_cost_usd", b"usage_cost_usd", "usage_errors", b"usage_errors", "usage_mean_first_token_ms", b"usage_mean_first_token_ms", "usage_mean_latency_ms", b"usage_mean_latency_ms", "usage_reports", b"usage_reports"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,3 +58,14 @@ imagePullSecrets:
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- end }}
+
+{{/* Gateway pods (`banditd gateway`): component=gateway, matched by none of the server's selectors. */}}
+{{- define "banditd.gatewaySelectorLabels" -}}
+{{ include "banditd.baseLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "banditd.gatewayLabels" -}}
+{{ include "banditd.gatewaySelectorLabels" . }}
+{{ include "banditd.metaLabels" . }}
+{{- end }}

@@ -1,0 +1,104 @@
+"""The gateway's ASGI app (starlette) and its process (uvicorn)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from banditd.client import AsyncClient
+from banditd.config import Settings
+from banditd.gateway import metrics
+from banditd.gateway.chat import Gateway, chat_completions
+from banditd.gateway.jsonapi import feedback_json, select_json
+from banditd.tls import ClientSecurity
+
+log = structlog.get_logger(__name__)
+NO_SECURITY = ClientSecurity()
+Endpoint = Callable[[Gateway, Request], Awaitable[Response]]
+
+
+def create_app(settings: Settings, security: ClientSecurity = NO_SECURITY) -> Starlette:
+    """The gateway as an ASGI app; banditd's client and the upstreams' HTTP client open with
+    the app's lifespan and close with it (after the usage reports still in flight)."""
+    state: dict[str, Gateway] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = AsyncClient(
+            settings.gateway_target,
+            tls_ca=security.ca_file,
+            tls_cert=security.cert_file,
+            tls_key=security.key_file,
+        )
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        async with httpx.AsyncClient(limits=limits) as http:
+            gw = Gateway(
+                client,
+                http,
+                settings.gateway_max_fallbacks,
+                settings.gateway_upstream_timeout_s,
+                security.api_key,
+            )
+            state["gw"] = app.state.gateway = gw
+            try:
+                yield
+            finally:
+                await gw.drain()
+                await client.close()
+
+    def endpoint(name: str, handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            response = await handler(state["gw"], request)
+            metrics.REQUESTS.labels(name, str(response.status_code)).inc()
+            return response
+
+        return run
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route(
+            "/v1/chat/completions",
+            endpoint("chat_completions", chat_completions),
+            methods=["POST"],
+        ),
+        Route("/v1/select", endpoint("select", select_json), methods=["POST"]),
+        Route("/v1/feedback", endpoint("feedback", feedback_json), methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def server(settings: Settings, security: ClientSecurity = NO_SECURITY) -> uvicorn.Server:
+    """A uvicorn server for the gateway (not started); port 0 picks a free port."""
+    host, _, port = settings.gateway_listen.rpartition(":")
+    config = uvicorn.Config(
+        create_app(settings, security),
+        host=host.strip("[]"),
+        port=int(port),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.grace_seconds),
+    )
+    return uvicorn.Server(config)
+
+
+async def serve(settings: Settings, security: ClientSecurity = NO_SECURITY) -> None:
+    srv = server(settings, security)
+    log.info("gateway_start", listen=settings.gateway_listen, target=settings.gateway_target)
+    await srv.serve()

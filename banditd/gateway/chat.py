@@ -1,0 +1,210 @@
+"""POST /v1/chat/completions: Select an arm, call its upstream, fall back along the ranking,
+relay the answer unchanged (JSON or SSE), then report the call's usage to banditd.
+
+Fallback: a failed arm's decision is rated (reward 0, error set) and the next arm of the first
+decision's ranking gets a decision of its own (Select with ``candidates`` = that arm), so every
+answer the caller gets has its own decision id to rate. Nothing falls back once streamed bytes
+have reached the caller: a stream that breaks after that ends there, reported with error set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from banditd.client import AsyncClient, BanditdError, Decision, RankedArm
+from banditd.gateway import metrics
+from banditd.gateway.http_errors import (
+    BodyTooLarge,
+    bad_request,
+    banditd_error,
+    error_response,
+    read_body,
+    too_large,
+)
+from banditd.gateway.routing import BadRequest, Route, bearer, route_of
+from banditd.gateway.upstream import Upstream, UpstreamFailed, first_chunk
+from banditd.gateway.usage import Meter, Served, report_failure, report_usage
+
+log = structlog.get_logger(__name__)
+BROKEN_STREAM = (
+    b'data: {"error": {"message": "the upstream broke off the stream", '
+    b'"type": "upstream_error", "code": "stream_broken"}}\n\n'
+)
+PASSED_HEADERS = ("content-type", "openai-processing-ms", "x-request-id")
+
+
+@dataclass
+class Gateway:
+    """What the endpoints share: banditd's client, the upstreams' HTTP client, settings, and
+    the report tasks still running (awaited at shutdown)."""
+
+    client: AsyncClient
+    http: httpx.AsyncClient
+    max_fallbacks: int
+    upstream_timeout_s: float
+    api_key: str | None = None  # for callers that bring no Bearer key
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def key_of(self, request: Request) -> str | None:
+        return bearer(request.headers) or self.api_key
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def chat_completions(gw: Gateway, request: Request) -> Response:
+    try:
+        body = json.loads(await read_body(request))
+    except BodyTooLarge as exc:
+        return too_large(exc)
+    except ValueError:
+        return bad_request("the body must be JSON")
+    if not isinstance(body, dict):
+        return bad_request("the body must be a JSON object")
+    try:
+        route = route_of(body, request.headers)
+    except BadRequest as exc:
+        return bad_request(str(exc))
+    api_key = gw.key_of(request)
+    try:
+        decision = await _select(gw, route, api_key)
+    except BanditdError as exc:
+        return banditd_error(exc)
+    order = [decision.arm, *decision.fallbacks][: 1 + gw.max_fallbacks]
+    failures: list[str] = []
+    for i, arm in enumerate(order):
+        if i:
+            metrics.FALLBACKS.labels(route.tenant, route.router, order[i - 1]).inc()
+            try:
+                decision = await _select(gw, route, api_key, candidates=[arm])
+            except BanditdError as exc:
+                failures.append(f"{arm}: {exc.message}")
+                continue
+        answer = await _attempt(gw, route, decision, body, api_key)
+        if isinstance(answer, Response):
+            return answer
+        failures.append(answer)
+    return error_response(
+        502, "every upstream tried failed: " + "; ".join(failures), "upstream_error", "bad_gateway"
+    )
+
+
+async def _select(gw: Gateway, route: Route, api_key: str | None, **extra: Any) -> Decision:
+    return await gw.client.select(
+        tenant=route.tenant,
+        router=route.router,
+        prompt=route.prompt,
+        api_key=api_key,
+        **route.select_args,
+        **extra,
+    )
+
+
+async def _attempt(
+    gw: Gateway, route: Route, decision: Decision, body: dict[str, Any], api_key: str | None
+) -> Response | str:
+    """The caller's answer from the decision's arm, or why the arm failed (it is reported)."""
+    ranked = next((r for r in decision.ranking if r.arm == decision.arm), None)
+    upstream = Upstream.of(ranked or RankedArm(decision.arm, 0.0, 0.0, 0.0))
+    labels = (route.tenant, route.router, upstream.arm)
+    meter = Meter(len(route.prompt))
+    stream = body.get("stream") is True
+    try:
+        response = await upstream.open(gw.http, body, gw.upstream_timeout_s)
+        if stream and response.status_code == 200:
+            first, rest = await first_chunk(response, upstream.arm)
+            meter.first_bytes()
+        else:
+            content = await _read(response, upstream.arm)
+            meter.done()
+    except UpstreamFailed as exc:
+        metrics.UPSTREAM_CALLS.labels(*labels, exc.reason).inc()
+        metrics.UPSTREAM_ERRORS.labels(*labels, exc.reason).inc()
+        log.warning("upstream_failed", arm=upstream.arm, reason=exc.reason, message=exc.message)
+        elapsed = time.perf_counter() - meter.started
+        gw.spawn(report_failure(gw.client, route.tenant, decision.decision_id, api_key, elapsed))
+        return exc.message
+    served = Served(route.tenant, route.router, decision.decision_id, upstream, meter)
+    headers = {
+        **{h: response.headers[h] for h in PASSED_HEADERS if h in response.headers},
+        "x-banditd-decision-id": decision.decision_id,
+        "x-banditd-arm": decision.arm,
+    }
+    status = response.status_code
+    if not (stream and status == 200):
+        outcome = "ok" if status < 400 else "status_4xx"
+        metrics.UPSTREAM_CALLS.labels(*labels, outcome).inc()
+        if status < 400:
+            meter.read_json(content)
+        else:  # the request's fault (400, 422, ...): passed on unchanged, nothing billed
+            meter.input_tokens = meter.output_tokens = 0
+        gw.spawn(report_usage(gw.client, served, api_key))
+        return Response(content, status_code=status, headers=headers)
+    metrics.UPSTREAM_CALLS.labels(*labels, "ok").inc()
+    if meter.first_token_s is not None:
+        metrics.FIRST_TOKEN_SECONDS.labels(*labels).observe(meter.first_token_s)
+    return StreamingResponse(
+        _relay(gw, served, response, first, rest, api_key), status_code=200, headers=headers
+    )
+
+
+async def _read(response: httpx.Response, arm: str) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.TimeoutException as exc:
+        raise UpstreamFailed("timeout", f"arm {arm!r}: upstream timed out") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream broke off") from exc
+    finally:
+        await response.aclose()
+
+
+async def _relay(
+    gw: Gateway,
+    served: Served,
+    response: httpx.Response,
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    api_key: str | None,
+) -> AsyncIterator[bytes]:
+    """The stream as the upstream sent it; its usage is reported when it ends (or breaks)."""
+    broken = False
+    try:
+        served.meter.feed(first)
+        yield first
+        async for chunk in rest:
+            served.meter.feed(chunk)
+            yield chunk
+    except httpx.HTTPError:
+        broken = True
+        labels = (served.tenant, served.router, served.upstream.arm)
+        metrics.UPSTREAM_ERRORS.labels(*labels, "stream_broken").inc()
+        log.warning("upstream_stream_broken", arm=served.upstream.arm)
+        yield BROKEN_STREAM  # the caller learns the answer is cut short (no fallback now)
+    finally:
+        served.meter.done()
+        # Spawned: a caller that hangs up cancels this generator, not the report.
+        gw.spawn(_close_and_report(gw, served, response, api_key, broken))
+
+
+async def _close_and_report(
+    gw: Gateway, served: Served, response: httpx.Response, api_key: str | None, broken: bool
+) -> None:
+    await response.aclose()
+    await report_usage(gw.client, served, api_key, error=broken)

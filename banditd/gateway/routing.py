@@ -1,0 +1,91 @@
+"""From an OpenAI-style chat request to Select's arguments: the router (from ``model`` or the
+x-banditd-tenant / x-banditd-router headers), the prompt (the messages' text), the metadata
+(x-banditd-meta-* headers), cost and latency/energy weights and limits (NUMBER_HEADERS), and the
+caller's API key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MODEL_PREFIX = "banditd/"
+META_PREFIX = "x-banditd-meta-"
+NUMBER_HEADERS = {
+    "x-banditd-cost-weight": "cost_weight",
+    "x-banditd-max-cost-usd": "max_cost_usd",
+    # Latency and energy (issue 21).
+    "x-banditd-latency-weight": "latency_weight",
+    "x-banditd-energy-weight": "energy_weight",
+    "x-banditd-max-latency-ms": "max_latency_ms",
+}
+
+
+class BadRequest(ValueError):
+    """A request the gateway cannot route: answered 400 with this message."""
+
+
+@dataclass(frozen=True)
+class Route:
+    tenant: str
+    router: str
+    prompt: str
+    select_args: dict[str, Any]  # Select's other arguments (metadata, cost_weight, ...)
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The caller's API key from ``Authorization: Bearer KEY``, if any."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def route_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> Route:
+    tenant, router = headers.get("x-banditd-tenant"), headers.get("x-banditd-router")
+    if not (tenant and router):
+        model = body.get("model")
+        if not isinstance(model, str) or not model.startswith(MODEL_PREFIX):
+            raise BadRequest(
+                f"model must be 'banditd/<tenant>/<router>' (got {model!r}), or send the "
+                "headers x-banditd-tenant and x-banditd-router"
+            )
+        tenant, _, router = model.removeprefix(MODEL_PREFIX).partition("/")
+        if not tenant or not router or "/" in router:
+            raise BadRequest(f"model must be 'banditd/<tenant>/<router>', got {model!r}")
+    args: dict[str, Any] = {}
+    metadata = {
+        k.removeprefix(META_PREFIX): v for k, v in headers.items() if k.startswith(META_PREFIX)
+    }
+    if metadata:
+        args["metadata"] = metadata
+    for header, name in NUMBER_HEADERS.items():
+        if (raw := headers.get(header)) is not None:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise BadRequest(f"{header} must be a number, got {raw!r}") from None
+            if not math.isfinite(value):
+                raise BadRequest(f"{header} must be finite, got {raw!r}")
+            args[name] = value
+    return Route(tenant, router, prompt_of(body), args)
+
+
+def prompt_of(body: Mapping[str, Any]) -> str:
+    """The messages' text, one message per line (content strings and text parts)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list")
+    lines = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object")
+        content = message.get("content")
+        if isinstance(content, str):
+            lines.append(content)
+        elif isinstance(content, list):
+            lines.extend(
+                part["text"]
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+    return "\n".join(lines)

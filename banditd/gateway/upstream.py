@@ -1,0 +1,115 @@
+"""One call to an arm's OpenAI-compatible upstream (httpx), and how it can fail.
+
+A failure raised here happened before any byte went to the caller, so the gateway may still
+try another arm. The upstream's key is read from the environment variable the arm names, at
+call time, and is never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from banditd.client import RankedArm
+
+# Upstream answers that are the arm's fault (overloaded, down, misconfigured: key or model),
+# not the request's: the next arm is tried.
+FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 429})
+MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamFailed(Exception):
+    """An attempt failed before anything reached the caller; ``reason`` is a metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Upstream:
+    arm: str
+    base_url: str
+    model: str
+    api_key_env: str
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+
+    @classmethod
+    def of(cls, ranked: RankedArm) -> Upstream:
+        return cls(
+            ranked.arm,
+            ranked.upstream_base_url,
+            ranked.upstream_model or ranked.arm,
+            ranked.upstream_api_key_env,
+            ranked.input_price_per_mtok,
+            ranked.output_price_per_mtok,
+        )
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        return (
+            input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok
+        ) / 1e6
+
+    def _headers(self) -> dict[str, str]:
+        if not self.base_url:
+            raise UpstreamFailed("no_upstream", f"arm {self.arm!r} has no upstream_base_url")
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise UpstreamFailed(
+                "missing_key",
+                f"arm {self.arm!r}: environment variable {self.api_key_env} is not set "
+                "on the gateway",
+            )
+        return {"authorization": f"Bearer {key}"}
+
+    async def open(
+        self, http: httpx.AsyncClient, body: dict[str, Any], timeout_s: float
+    ) -> httpx.Response:
+        """Send the chat completion with ``model`` replaced; the open response (its body not
+        read yet) when the upstream accepted it. A 4xx that is the request's fault (400, 413,
+        422, ...) is returned too: the caller gets it unchanged."""
+        request = http.build_request(
+            "POST",
+            self.base_url.rstrip("/") + "/chat/completions",
+            json={**body, "model": self.model},
+            headers=self._headers(),
+            timeout=httpx.Timeout(timeout_s),
+        )
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamFailed("timeout", f"arm {self.arm!r}: upstream timed out") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(
+                "connect", f"arm {self.arm!r}: upstream unreachable ({type(exc).__name__})"
+            ) from exc
+        status = response.status_code
+        if status >= 500 or status in FALLBACK_STATUSES:
+            await response.aclose()
+            reason = "status_5xx" if status >= 500 else f"status_{status}"
+            raise UpstreamFailed(reason, f"arm {self.arm!r}: upstream answered HTTP {status}")
+        return response
+
+
+async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
+    """The response's first non-empty chunk and the iterator of the rest; a failure before it
+    is an UpstreamFailed (nothing has reached the caller yet)."""
+    chunks = response.aiter_raw()
+    try:
+        async for chunk in chunks:
+            if chunk:
+                return chunk, chunks
+    except httpx.TimeoutException as exc:
+        await response.aclose()
+        raise UpstreamFailed("timeout", f"arm {arm!r}: upstream timed out") from exc
+    except httpx.HTTPError as exc:
+        await response.aclose()
+        raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream broke off") from exc
+    return b"", chunks
