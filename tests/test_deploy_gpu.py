@@ -44,7 +44,7 @@ def _render(*args: str) -> list[Doc]:
 
 
 def _server(docs: list[Doc]) -> tuple[Doc, Doc]:
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
     (server,) = pod["containers"]
     return pod, server
 
@@ -73,7 +73,7 @@ def test_gpu_values_request_a_gpu_on_gpu_nodes(value_set: str) -> None:
         assert all(not c["image"].endswith("-gpu") for c in job_pod["containers"])
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for kube in KUBE_VERSIONS:
-        kubernetes_validate.validate(_one(docs, "Deployment"), kube, strict=True)
+        kubernetes_validate.validate(_one(docs, "Deployment", "banditd"), kube, strict=True)
 
 
 def test_gpu_values_merge_with_the_pod_placement() -> None:
