@@ -8,7 +8,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from banditd.breaker import ArmHealth, BreakerConfig, BreakerState
+from banditd.state.breaker import ArmHealth, BreakerConfig, BreakerState
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 
