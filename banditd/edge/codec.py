@@ -20,16 +20,15 @@ from banditd.domain import (
     ShadowSpec,
 )
 from banditd.domain.budgets import BudgetSpec
-from banditd.flows.admin import RouterStats, RouterVersion
-from banditd.flows.feedback import BatchOutcome, FeedbackInput, FeedbackResult
-from banditd.flows.select import SelectInput
-from banditd.state.breaker import (
+from banditd.domain.constants import (
     DEFAULT_COOLDOWN_SECONDS,
     DEFAULT_ERROR_RATE,
     DEFAULT_MIN_EVENTS,
-    ArmHealthView,
-    BreakerState,
 )
+from banditd.flows.admin import RouterStats, RouterVersion
+from banditd.flows.feedback import BatchOutcome, FeedbackInput, FeedbackResult
+from banditd.flows.select import SelectInput
+from banditd.state.breaker import ArmHealthView, BreakerState
 from banditd.store.budgets import SpendLine
 from banditd.v1 import banditd_pb2 as pb
 

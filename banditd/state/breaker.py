@@ -21,9 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-DEFAULT_ERROR_RATE = 0.5
-DEFAULT_MIN_EVENTS = 20
-DEFAULT_COOLDOWN_SECONDS = 30
+from banditd.domain.specs import BreakerConfig
+
 HALF_OPEN_PROBES = 1  # selections of a half-open arm per process and cool-down
 
 
@@ -31,15 +30,6 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-@dataclass(frozen=True)
-class BreakerConfig:
-    """error_rate in [0, 1] (1 = never trips); min_events >= 1; cooldown_s > 0."""
-
-    error_rate: float = DEFAULT_ERROR_RATE
-    min_events: int = DEFAULT_MIN_EVENTS
-    cooldown_s: float = DEFAULT_COOLDOWN_SECONDS
 
 
 @dataclass(frozen=True)
