@@ -64,5 +64,5 @@ def test_profile_summary_counts_areas_self_and_inclusive_samples(tmp_path: Path)
         "logging (structlog JSON lines)": 20.0,
         "waiting in epoll": 20.0,
     }
-    assert summary["self_pct"][0] == ["token.py:sign", 50.0]
-    assert dict(summary["inclusive_pct"]) == {"router.py:select": 80.0, "token.py:sign": 50.0}
+    assert summary["self_pct"][0] == ["tokens.py:sign", 50.0]
+    assert dict(summary["inclusive_pct"]) == {"select.py:select": 80.0, "tokens.py:sign": 50.0}
