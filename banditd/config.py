@@ -130,8 +130,9 @@ class Settings(BaseSettings):
         0.3, gt=0, description="|recent mean reward - historic mean| that raises the signal"
     )
 
-    # Bounds on numbers callers and admins send (issue 17, banditd.bounds; docs/security.md).
-    # Each is capped by a hard ceiling (banditd.bounds.HARD_MAX_*) that keeps every sum finite.
+    # Bounds on numbers callers and admins send (issue 17, banditd.domain.bounds; docs/security.md).
+    # Each is capped by a hard ceiling (banditd.domain.bounds.HARD_MAX_*) that keeps every sum
+    # finite.
     max_price_per_mtok: float = Field(
         10_000.0, gt=0, le=1e6, description="USD per million tokens an arm may be priced at"
     )

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 
-from banditd import replay
-from banditd.catalog import RouterState
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec
+from banditd.evaluation import replay
+from banditd.flows.ranking import rank_arms
+from banditd.flows.shadow import shadow_picks
 from banditd.policy import make_policy
-from banditd.ranking import rank_arms
-from banditd.shadow import shadow_picks
+from banditd.state.live_routers import RouterState
 
 ARMS = tuple(ArmSpec(f"m{i}", 0.1 * (i + 1), 0.4 * (i + 1)) for i in range(11))
 LIVE = RouterSpec("bench", "shadows", ARMS, policy="linucb", embedding_dim=16)

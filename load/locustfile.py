@@ -37,7 +37,7 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 from locust.env import Environment
 
-from banditd.bench import local
+from banditd.commands.bench import local
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
-from banditd.bench import local
-from banditd.cli import example_router
+from banditd.commands.bench import local
+from banditd.commands.cli import example_router
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 

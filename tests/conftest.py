@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from banditd.config import Settings
-from banditd.server import App, build_app
+from banditd.edge.server import App, build_app
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from banditd.argtypes import int_at_least, ints_at_least, positive_float
+from banditd.commands.argtypes import int_at_least, ints_at_least, positive_float
 
 
 def test_bounds_and_messages() -> None:

@@ -1,4 +1,4 @@
-"""An arm's upstream (issue 22, banditd/upstreams.py): checked when the router is put."""
+"""An arm's upstream (issue 22, banditd/domain/upstreams.py): checked when the router is put."""
 
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ from grpc import StatusCode as C
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from banditd import keys
-from banditd.auth import Authenticator, EdgeGuard, tenant_of
 from banditd.config import Settings
+from banditd.edge import keys
+from banditd.edge.auth import Authenticator, EdgeGuard, tenant_of
+from banditd.edge.limits import TenantLimits
 from banditd.errors import Unauthenticated
-from banditd.limits import TenantLimits
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config

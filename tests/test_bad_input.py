@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from banditd.token import TokenClaims, TokenSigner
+from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from banditd import bench
-from banditd.bench import kernels
+from banditd.commands import bench
+from banditd.commands.bench import kernels
 
 
 def check_stats(per_impl: dict[str, Any] | None, required: bool) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from banditd import bench
+from banditd.commands import bench
 
 pytestmark = pytest.mark.postgres
 

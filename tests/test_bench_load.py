@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from banditd import bench
-from banditd.bench import load
+from banditd.commands import bench
+from banditd.commands.bench import load
 
 
 def test_tiny_run_reports_client_and_server_figures(capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,10 +49,10 @@ def test_histogram_quantile_interpolates_within_a_bucket() -> None:
 
 def test_profile_summary_counts_areas_self_and_inclusive_samples(tmp_path: Path) -> None:
     raw = tmp_path / "profile.txt"
-    cli = "main (banditd/cli.py:1)"
-    select = "select (banditd/router.py:9)"
+    cli = "main (banditd/commands/cli.py:1)"
+    select = "select (banditd/flows/select.py:9)"
     raw.write_text(
-        f"{cli};{select};sign (banditd/token.py:3) 5\n"
+        f"{cli};{select};sign (banditd/flows/tokens.py:3) 5\n"
         f"{cli};{select};msg (structlog/_output.py:4) 2\n"
         f"{cli};{select} 1\n"
         f"{cli};select (selectors.py:5) 2\n"
@@ -64,5 +64,5 @@ def test_profile_summary_counts_areas_self_and_inclusive_samples(tmp_path: Path)
         "logging (structlog JSON lines)": 20.0,
         "waiting in epoll": 20.0,
     }
-    assert summary["self_pct"][0] == ["token.py:sign", 50.0]
-    assert dict(summary["inclusive_pct"]) == {"router.py:select": 80.0, "token.py:sign": 50.0}
+    assert summary["self_pct"][0] == ["tokens.py:sign", 50.0]
+    assert dict(summary["inclusive_pct"]) == {"select.py:select": 80.0, "tokens.py:sign": 50.0}

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from banditd.bench import local
+from banditd.commands.bench import local
 from banditd.errors import Unavailable
 from banditd.store import Database
 

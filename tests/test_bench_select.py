@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from banditd import bench
-from banditd.bench import select
+from banditd.commands import bench
+from banditd.commands.bench import select
 
 
 def test_tiny_run_prints_every_series_ratio_and_goal(capsys: pytest.CaptureFixture[str]) -> None:

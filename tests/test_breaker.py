@@ -8,7 +8,8 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from banditd.breaker import ArmHealth, BreakerConfig, BreakerState
+from banditd.domain import BreakerConfig
+from banditd.state.breaker import ArmHealth, BreakerState
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from banditd.bench.local import ServerProcess, servers
+from banditd.commands.bench.local import ServerProcess, servers
 from banditd.store.models import budget_charges, budget_leases, budget_ledger
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc

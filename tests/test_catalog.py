@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from banditd import codec
-from banditd.catalog import Catalog, RouterState
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import FeedbackEvent
-from banditd.posterior import Posterior
+from banditd.edge import codec
+from banditd.state.live_routers import Catalog, RouterState
+from banditd.state.posterior import Posterior
 from banditd.store import Repository
 from banditd.store.engine import Database, migrate
 from tests.conftest import router_config

@@ -16,7 +16,7 @@ import grpc
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
-BANDITD = [sys.executable, "-m", "banditd.cli"]
+BANDITD = [sys.executable, "-m", "banditd.commands.cli"]
 
 
 def test_migrate_creates_schema(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import pytest
 import trustme
 
 from banditd import client as bc
-from banditd import keys
 from banditd.config import Settings
-from banditd.server import App, build_app
+from banditd.edge import keys
+from banditd.edge.server import App, build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -64,7 +64,7 @@ def test_importing_the_client_loads_no_server_code() -> None:
     code = (
         "import sys, banditd.client; "
         "print(sorted(m for m in ('sqlalchemy', 'numba', 'numpy', 'torch', 'pydantic', "
-        "'banditd.server', 'banditd.store') if m in sys.modules))"
+        "'banditd.edge.server', 'banditd.store') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

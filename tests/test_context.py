@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import pytest
 
-from banditd import replay
 from banditd.context.batching import MicroBatcher
 from banditd.context.device import faiss_device
 from banditd.context.encoders import HashingTextEncoder
@@ -24,7 +23,8 @@ from banditd.context.metadata import (
 )
 from banditd.context.reduction import Reduction
 from banditd.domain import DEFAULT_METADATA_SLOTS, ArmSpec, FloatArray, RouterSpec
-from banditd.token import TokenSigner
+from banditd.evaluation import replay
+from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, StartServer, router_config
 
@@ -304,7 +304,7 @@ async def test_knn_index_grows_with_feedback_and_is_rebuilt_on_restart(
 
 
 def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[str]) -> None:
-    from banditd.cli import main
+    from banditd.commands.cli import main
 
     argv = ["bench", "context", "--encoders", "hashing", "--sizes", "300", "--seconds", "0.02"]
     assert main([*argv, "--select-encoder", "hashing", "--json"]) == 0

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from banditd import routers_file
+from banditd.commands import routers_file
 from tests.conftest import StartServer
 
 REPO = Path(__file__).resolve().parent.parent

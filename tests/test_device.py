@@ -20,7 +20,7 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
-from banditd import bench
+from banditd.commands import bench
 from banditd.context import device
 from banditd.context.device import FaissDevice, choose, ivf_flat, torch_device
 from banditd.context.knn import OutcomeIndex

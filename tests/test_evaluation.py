@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from banditd import ope_proof, replay
-from banditd.cli import main
+from banditd.commands.cli import main
 from banditd.domain import ArmSpec, RouterSpec
 from banditd.errors import InvalidArgument
-from banditd.evaluation import check_candidate
+from banditd.evaluation import ope_proof, replay
+from banditd.flows.candidates import check_candidate
 from banditd.policy import POLICIES, make_policy
-from banditd.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior, Prior
 from tests.test_replay import synthetic, write_outcomes
 
 

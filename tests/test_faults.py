@@ -26,14 +26,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.domain import FeedbackEvent
-from banditd.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior, Prior
 from banditd.store import Database, Repository
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import SIGNING_KEY, StartServer, router_config
 from tests.postgres_plugin import OwnPostgres
 
-BANDITD = [sys.executable, "-m", "banditd.cli", "serve"]
+BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
 WORKERS = 8
 MAX_ROUNDS = 3000  # per worker: the load is bounded even if a stop signal never comes
 

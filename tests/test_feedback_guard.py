@@ -8,9 +8,9 @@ from grpc import StatusCode as C
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from banditd import keys
 from banditd.domain import ArmSpec, RouterSpec
-from banditd.feedback_guard import FeedbackGuard
+from banditd.edge import keys
+from banditd.flows.feedback_guard import FeedbackGuard
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from banditd.config import Settings
-from banditd.server import App, build_app
+from banditd.edge.server import App, build_app
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import SIGNING_KEY, require, router_config

@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from banditd import cli, keys
+from banditd.commands import cli
 from banditd.config import Settings
+from banditd.edge import keys
 from banditd.gateway import metrics as gateway_metrics
 from banditd.gateway.app import create_app
 from banditd.gateway.chat import Gateway

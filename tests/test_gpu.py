@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from banditd.bench.context import fill_index
+from banditd.commands.bench.context import fill_index
 from banditd.context import device
 from banditd.context.knn import OutcomeIndex
 from banditd.v1 import banditd_pb2 as pb

@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from banditd.ingest import ingest
+from banditd.commands.ingest import ingest
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
 

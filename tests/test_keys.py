@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from banditd import keys
-from banditd.cli import main
+from banditd.commands.cli import main
+from banditd.edge import keys
 
 
 @pytest.fixture(autouse=True)

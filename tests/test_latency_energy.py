@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from banditd import client as bc
-from banditd import posterior_snapshot
+from banditd.commands.ingest import parse_record
 from banditd.domain import ArmSpec, FeedbackEvent
-from banditd.ingest import parse_record
-from banditd.posterior import Posterior, Prior
+from banditd.state import posterior_snapshot
+from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer
 

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from grpc import StatusCode as C
 
+from banditd.edge.limits import RateLimiter
 from banditd.errors import ResourceExhausted
-from banditd.limits import RateLimiter
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import Running, StartServer, router_config
 

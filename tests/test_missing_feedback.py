@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
+from banditd.flows.tokens import TokenSigner
 from banditd.store import Repository
-from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, StartServer, router_config
 

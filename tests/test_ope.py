@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from banditd.errors import BanditdError, FailedPrecondition, InvalidArgument
-from banditd.ope import LoggedFeedback, evaluate, ridge_predictions
+from banditd.flows.ope import LoggedFeedback, evaluate, ridge_predictions
 
 ARMS = ("a", "b", "c")
 

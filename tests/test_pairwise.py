@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from banditd import client as bc
+from banditd.commands.ingest import BadLine, parse_record
 from banditd.domain import FeedbackEvent
-from banditd.ingest import BadLine, parse_record
-from banditd.posterior import Posterior, Prior
-from banditd.ranking import rank_arms
-from banditd.token import TokenClaims, TokenSigner
+from banditd.flows.ranking import rank_arms
+from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
 

@@ -25,16 +25,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from banditd import logs, metrics
-from banditd.bounds import TABLE, numeric_fields
-from banditd.ceilings import SCORE_LIMIT, finite_scores
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import Decision, FeedbackEvent, RankedArm
+from banditd.domain.bounds import TABLE, numeric_fields
+from banditd.domain.ceilings import SCORE_LIMIT, finite_scores
 from banditd.errors import BadData, Unavailable
+from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.store import Database, Repository, migrate
 from banditd.store.dead_letters import DeadLetters
 from banditd.store.engine import alembic_config
 from banditd.store.models import arms, feedback_events, routers
-from banditd.token import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
 

@@ -1,7 +1,7 @@
 """Issue 17, as a property: no number in any request stalls the service, on SQLite and Postgres.
 
 Extreme finite and non-finite values go into every numeric field of every RPC (each field of
-banditd.bounds.TABLE, which covers them all), sent by a hostile tenant. After each call:
+banditd.domain.bounds.TABLE, which covers them all), sent by a hostile tenant. After each call:
 it ended with a status a caller can act on (never INTERNAL, UNKNOWN or UNAVAILABLE); another
 tenant still serves Select, Feedback and GetStats; every statistic served and every posterior
 held is finite; and the decision log keeps growing. Derandomized and bounded: well under a
@@ -25,7 +25,7 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import text
 
-from banditd.bounds import TABLE
+from banditd.domain.bounds import TABLE
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import router_config

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from banditd import posterior_snapshot
 from banditd.domain import ArmSpec, FeedbackEvent
-from banditd.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
+from banditd.state import posterior_snapshot
+from banditd.state.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
 
 
 def events(n: int, dim: int, seed: int = 0) -> list[FeedbackEvent]:

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from banditd.cli import main
+from banditd.commands.cli import main
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, router_config
 from tests.test_replay import synthetic, write_outcomes
 from tests.test_warm_start import write_outcomes as write_topic_outcomes
 
-BANDITD = [sys.executable, "-m", "banditd.cli"]
+BANDITD = [sys.executable, "-m", "banditd.commands.cli"]
 BAR = "\u2501"  # the heavy horizontal line rich draws bars with
 # A known terminal whatever runs the tests; pipes stay pipes even with colour forced.
 ENV = {**os.environ, "TERM": "xterm-256color", "FORCE_COLOR": "1"}

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from banditd import replay
+from banditd.commands import replay as replay_command
 from banditd.errors import InvalidArgument
+from banditd.evaluation import replay
 
 # name: (mean quality, cost per call in USD)
 ARMS = {"strong": (0.9, 0.010), "middle": (0.6, 0.002), "weak": (0.1, 0.001)}
@@ -49,7 +50,7 @@ def synthetic(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="banditd")
-    replay.add_parser(parser.add_subparsers(dest="command", required=True))
+    replay_command.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["replay", *argv])
 
 

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from banditd import replay
+from banditd.commands import replay as replay_command
 from banditd.errors import InvalidArgument
-from banditd.replay.remote import Server
+from banditd.evaluation import replay
+from banditd.evaluation.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer
 from tests.test_replay import cli, run_json, synthetic, write_outcomes
@@ -141,7 +142,7 @@ def test_a_file_without_them_has_no_such_keys(
 )
 def test_bad_trade_offs_are_refused(data: Path, flags: tuple[str, ...], message: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        replay.Replay(replay.options(cli("--data", str(data), *flags)))
+        replay.Replay(replay_command.options(cli("--data", str(data), *flags)))
     assert message in str(caught.value)
 
 

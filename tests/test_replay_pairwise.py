@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from banditd import replay
 from banditd.errors import InvalidArgument
-from banditd.replay.engine import REFUSED, preference
-from banditd.replay.remote import Server
+from banditd.evaluation import replay
+from banditd.evaluation.replay.engine import REFUSED, preference
+from banditd.evaluation.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer
 from tests.test_replay import run_json, synthetic, write_outcomes

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from banditd import keys, replay
+from banditd.commands import replay as replay_command
+from banditd.edge import keys
 from banditd.errors import InvalidArgument, Unauthenticated, Unavailable
-from banditd.replay.remote import Server
+from banditd.evaluation import replay
+from banditd.evaluation.replay.remote import Server
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer
@@ -88,7 +90,7 @@ async def test_api_key(
     def report(api_key: str | None) -> dict[str, Any]:
         key = ("--api-key", api_key) if api_key else ()
         return replay.replay(
-            replay.options(cli("--data", str(data), "--server", server.address, *key))
+            replay_command.options(cli("--data", str(data), "--server", server.address, *key))
         )
 
     with pytest.raises(Unauthenticated, match="answered UNAUTHENTICATED: missing API key"):
@@ -127,4 +129,4 @@ def test_what_a_server_cannot_replay_is_refused(
 
     assert message in capsys.readouterr().err
     with pytest.raises(InvalidArgument, match="server"):
-        replay.Replay(replay.options(args))
+        replay.Replay(replay_command.options(args))

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from banditd.bench.local import ServerProcess, servers, spawn_server
+from banditd.commands.bench.local import ServerProcess, servers, spawn_server
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import SIGNING_KEY, router_config

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from banditd import cli, keys, routers_file
+from banditd.commands import cli, routers_file
 from banditd.config import Settings
-from banditd.server import build_app
+from banditd.edge import keys
+from banditd.edge.server import build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer

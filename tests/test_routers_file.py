@@ -11,9 +11,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from banditd import routers_file
+from banditd.commands import routers_file
+from banditd.commands.routers_file import RoutersFileError
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec
-from banditd.routers_file import RoutersFileError
 from banditd.v1 import banditd_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent

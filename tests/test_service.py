@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from sqlalchemy import delete
 
-from banditd.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior, Prior
 from banditd.store import Database, Repository
 from banditd.store.models import posterior_snapshots
 from banditd.v1 import banditd_pb2 as pb

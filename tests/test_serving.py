@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from banditd import ports
-from banditd.bench.local import free_port
+from banditd.commands.bench.local import free_port
+from banditd.edge import ports
 
-BANDITD = [sys.executable, "-m", "banditd.cli"]
+BANDITD = [sys.executable, "-m", "banditd.commands.cli"]
 # Never contacted: the refusals come before any database work.
 UNUSED_POSTGRES = "postgresql+asyncpg://nobody@127.0.0.1:9/none"
 

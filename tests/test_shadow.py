@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from banditd import codec
-from banditd.router import SelectInput, Selector
-from banditd.token import TokenSigner
+from banditd.edge import codec
+from banditd.flows.select import SelectInput, Selector
+from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
 
@@ -128,7 +128,7 @@ async def test_stats_and_evaluate_compare_live_and_shadows(
         args = ["evaluate", "--router", "acme/chat", "--candidate", str(candidate)]
         args += ["--database-url", database_url, "--bootstrap", "100", "--json"]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "banditd.cli", *args, stdout=asyncio.subprocess.PIPE
+            sys.executable, "-m", "banditd.commands.cli", *args, stdout=asyncio.subprocess.PIPE
         )
         stdout, _ = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode == 0

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 import pytest
 
-from banditd import servicer
-from banditd.token import TokenClaims, TokenSigner
+from banditd.edge import servicer
+from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
 

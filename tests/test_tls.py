@@ -13,12 +13,12 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from banditd import keys
+from banditd.commands.ingest import ingest
 from banditd.config import Settings
-from banditd.ingest import ingest
-from banditd.server import build_app
+from banditd.edge import keys
+from banditd.edge.server import build_app
+from banditd.edge.tls import ClientSecurity, TLSConfigError, server_credentials
 from banditd.store.api_keys import KeyStore
-from banditd.tls import ClientSecurity, TLSConfigError, server_credentials
 from banditd.v1.banditd_pb2 import PutRouterRequest, SelectRequest
 from banditd.v1.banditd_pb2_grpc import AdminStub, RouterStub
 from tests.conftest import SIGNING_KEY, StartServer, router_config
@@ -137,7 +137,7 @@ async def test_build_app_refuses_before_touching_the_database(tmp_path: Path) ->
 
 def test_serve_says_why_it_will_not_start(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "banditd.cli", "serve", "--listen", "0.0.0.0:0"],
+        [sys.executable, "-m", "banditd.commands.cli", "serve", "--listen", "0.0.0.0:0"],
         capture_output=True,
         text=True,
         timeout=120,

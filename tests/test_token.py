@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from banditd.errors import PermissionDenied
-from banditd.token import TokenClaims, TokenSigner
+from banditd.flows.tokens import TokenClaims, TokenSigner
 
 
 def claims() -> TokenClaims:

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from banditd import codec, replay
+from banditd.commands.replay import router_config as replay_router
+from banditd.edge import codec
 from banditd.errors import FailedPrecondition, NotFound
-from banditd.replay.cli import router_config as replay_router
-from banditd.replay.remote import Server
+from banditd.evaluation import replay
+from banditd.evaluation.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import StartServer, require, router_config
 
@@ -57,7 +58,7 @@ def warm_start(url: str, data: Path, *flags: str) -> dict[str, Any]:
         *(flags or ("--tenant", "acme", "--router", "chat")),
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "banditd.cli", "warm-start", *args, "--json"],
+        [sys.executable, "-m", "banditd.commands.cli", "warm-start", *args, "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -123,7 +124,7 @@ async def test_warm_start_on_a_live_server_keeps_its_traffic(
     live = asyncio.create_task(traffic())
     args = ["--tenant", "acme", "--router", "chat", "--data", str(data), "--batch", "50"]
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "banditd.cli", "warm-start", *args, "--json"),
+        *(sys.executable, "-m", "banditd.commands.cli", "warm-start", *args, "--json"),
         "--database-url",
         database_url,
         stdout=asyncio.subprocess.PIPE,

@@ -18,7 +18,7 @@ from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.conftest import SIGNING_KEY, router_config
 
-BANDITD = [sys.executable, "-m", "banditd.cli", "serve"]
+BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
 
 
 def _events(log: Path, event: str) -> list[dict[str, Any]]:

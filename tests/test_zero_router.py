@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from banditd.replay.zero_router import GRID_POINTS, cost_grid, gain_vs_zero_router, hull_quality
+from banditd.evaluation.replay.zero_router import (
+    GRID_POINTS,
+    cost_grid,
+    gain_vs_zero_router,
+    hull_quality,
+)
 
 # Two single models: the zero router's hull is the line from (1, 0.5) to (10, 1.0).
 SINGLES = [(1.0, 0.5), (10.0, 1.0)]

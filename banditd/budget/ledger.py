@@ -29,7 +29,7 @@ import structlog
 
 from banditd import metrics
 from banditd.budget.pacer import DEFAULT_SLACK, USD_EPSILON, Pacing
-from banditd.budget.spec import BudgetSpec, elapsed_fraction, period_bounds
+from banditd.domain.budgets import BudgetSpec, elapsed_fraction, period_bounds
 from banditd.errors import Aborted, BanditdError, Unavailable
 from banditd.store.budgets import BudgetRepository, Charge, LedgerRow, SpendLine, StoredBudget
 

@@ -23,6 +23,7 @@ from banditd.client._results import (
 )
 from banditd.client._retry import NO_RETRY, RetryPolicy
 from banditd.client._sync import Client
+from banditd.edge.tls import TLSConfigError
 from banditd.errors import (
     Aborted,
     AlreadyExists,
@@ -37,7 +38,6 @@ from banditd.errors import (
     Unauthenticated,
     Unavailable,
 )
-from banditd.tls import TLSConfigError
 
 __all__ = [
     "NO_RETRY",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from banditd.client._retry import Deadline, RetryPolicy
-from banditd.tls import ClientSecurity
+from banditd.edge.tls import ClientSecurity
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0

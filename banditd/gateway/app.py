@@ -16,10 +16,10 @@ from starlette.routing import Route
 
 from banditd.client import AsyncClient
 from banditd.config import Settings
+from banditd.edge.tls import ClientSecurity
 from banditd.gateway import metrics
 from banditd.gateway.chat import Gateway, chat_completions
 from banditd.gateway.jsonapi import feedback_json, select_json
-from banditd.tls import ClientSecurity
 
 log = structlog.get_logger(__name__)
 NO_SECURITY = ClientSecurity()

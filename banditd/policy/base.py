@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from banditd.ceilings import clamp, finite_scores
 from banditd.domain import FloatArray
+from banditd.domain.ceilings import clamp, finite_scores
 from banditd.policy import _kernels
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.posterior import Posterior
+    from banditd.state.posterior import Posterior
 
 IntArray = npt.NDArray[np.int64]
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from banditd.ceilings import finite_scores
 from banditd.domain import FloatArray
+from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 from banditd.policy.base import IntArray
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.posterior import Posterior
+    from banditd.state.posterior import Posterior
 
 
 def challenger(

@@ -12,7 +12,7 @@ from banditd.policy import _kernels
 from banditd.policy.base import Choice, IntArray, Policy
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.posterior import Posterior
+    from banditd.state.posterior import Posterior
 
 
 class EpsilonGreedy(Policy):

@@ -17,7 +17,7 @@ from banditd.policy import _kernels
 from banditd.policy.base import IntArray, Policy
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.posterior import Posterior
+    from banditd.state.posterior import Posterior
 
 
 class LinUCB(Policy):

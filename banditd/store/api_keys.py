@@ -1,4 +1,4 @@
-"""API key records: only the SHA-256 of each secret is stored (see banditd.auth)."""
+"""API key records: only the SHA-256 of each secret is stored (see banditd.edge.auth)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from sqlalchemy import and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from banditd.budget.spec import BudgetSpec
+from banditd.domain.budgets import BudgetSpec
 from banditd.errors import Aborted, NotFound
 from banditd.store.engine import Database
 from banditd.store.finite import bounded_usd

@@ -1,8 +1,8 @@
 """The store's boundary check: every number in a row it writes is finite and within its ceiling.
 
-The flows already keep numbers bounded (banditd.bounds, banditd.ceilings); this is the assertion
-at the last step, so a row that would poison the log or a sum (or that Postgres would refuse
-and SQLite store) is a BadData row, set aside like any row the database refuses, on both
+The flows already keep numbers bounded (banditd.domain.bounds, banditd.domain.ceilings); this is the
+assertion at the last step, so a row that would poison the log or a sum (or that Postgres would
+refuse and SQLite store) is a BadData row, set aside like any row the database refuses, on both
 databases alike. The same ceilings, as SQL, keep rows logged before them out of the statistics.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_
 
-from banditd.ceilings import HARD_MAX_CALL_USD, HARD_MAX_REWARD
+from banditd.domain.ceilings import HARD_MAX_CALL_USD, HARD_MAX_REWARD
 from banditd.errors import BadData
 from banditd.store.models import feedback_events
 

@@ -190,7 +190,8 @@ api_keys = Table(
     Index("ix_api_keys_tenant", "tenant"),
 )
 # Arm health (circuit breaker; migration 0009): the router's breaker settings, and each
-# snapshot's breaker state (JSON, see banditd.breaker), taken at the same event as its posterior.
+# snapshot's breaker state (JSON, see banditd.state.breaker), taken at the same event as its
+# posterior.
 routers.append_column(Column("breaker_error_rate", Float, nullable=False, server_default="0.5"))
 routers.append_column(Column("breaker_min_events", Integer, nullable=False, server_default="20"))
 routers.append_column(

@@ -29,7 +29,6 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from banditd.ceilings import HARD_MAX_CALL_USD
 from banditd.domain import (
     MAX_SIGNALS_PER_DECISION,
     ArmSpec,
@@ -42,6 +41,7 @@ from banditd.domain import (
     spec_from_dict,
     spec_to_dict,
 )
+from banditd.domain.ceilings import HARD_MAX_CALL_USD
 from banditd.errors import Aborted, AlreadyExists, NotFound
 from banditd.store.engine import EVENTS_CHANNEL, Database, bad_data
 from banditd.store.finite import bounded_event, checked

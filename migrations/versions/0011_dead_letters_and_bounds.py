@@ -1,12 +1,13 @@
 """Dead letters, and bounded money columns (issue 17).
 
 - ``dead_letters``: rows set aside instead of written (see banditd.store.dead_letters).
-- Every cost a row can hold is bounded: |cost| <= 1e9 USD (banditd.ceilings.HARD_MAX_CALL_USD),
-  and NaN is refused. A sum of such values over any number of rows a table can hold (< 2**63)
-  stays below 1e29, so no spend total can overflow float64 again, on either database. Postgres
-  gets CHECK constraints NOT VALID (rows logged before stay where they are: the posterior and
-  the statistics skip them); SQLite, which adds a CHECK only by copying the table (and would
-  then fail on those old rows), gets triggers that refuse the same rows.
+- Every cost a row can hold is bounded: |cost| <= 1e9 USD
+  (banditd.domain.ceilings.HARD_MAX_CALL_USD), and NaN is refused. A sum of such values over any
+  number of rows a table can hold (< 2**63) stays below 1e29, so no spend total can overflow
+  float64 again, on either database. Postgres gets CHECK constraints NOT VALID (rows logged
+  before stay where they are: the posterior and the statistics skip them); SQLite, which adds a
+  CHECK only by copying the table (and would then fail on those old rows), gets triggers that
+  refuse the same rows.
 
 Revision ID: 0011
 Revises: 0010

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from banditd.budget.ledger import Budgets
-from banditd.budget.spec import BudgetSpec, period_bounds
 from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.domain.budgets import BudgetSpec, period_bounds
 from banditd.store import Database, migrate
 from banditd.store.budgets import BudgetRepository
 

@@ -1,10 +1,10 @@
 """Coverage-guided fuzzing (atheris) of request decoding, validation and the numeric paths.
 
 Bytes -> SelectRequest / FeedbackRequest / RouterConfig -> the same codec and checks the server
-runs, and any request message -> the edge's bounds check (banditd.bounds). Anything but success
-or a banditd error (which the edge maps to a status code) is a crash. The numeric path (issue
-17): fuzzed doubles (NaN, infinities, extremes) for a price, a cost weight, an embedding and a
-feedback event's reward, cost, tokens and latency; those the bounds accept go through the
+runs, and any request message -> the edge's bounds check (banditd.domain.bounds). Anything but
+success or a banditd error (which the edge maps to a status code) is a crash. The numeric path
+(issue 17): fuzzed doubles (NaN, infinities, extremes) for a price, a cost weight, an embedding and
+a feedback event's reward, cost, tokens and latency; those the bounds accept go through the
 posterior, the cost model, a policy's ranking and the store's row check, and every number that
 comes out must be finite (else an AssertionError: a crash).
 Run: python tests/fuzz/atheris_validation.py -runs=200000 (tests/test_fuzz.py does, bounded).
@@ -22,16 +22,16 @@ import numpy as np
 with atheris.instrument_imports(include=["banditd"], exclude=["banditd.policy._kernels"]):
     from google.protobuf.message import DecodeError
 
-    from banditd import codec
-    from banditd.bounds import HARD_MAX_CALL_USD, default_bounds
     from banditd.context import build_x
     from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
+    from banditd.domain.bounds import HARD_MAX_CALL_USD, default_bounds
+    from banditd.edge import codec
     from banditd.errors import BanditdError
-    from banditd.learner import Learner
+    from banditd.flows.feedback import Learner
+    from banditd.flows.tokens import TokenClaims, TokenSigner
     from banditd.policy import POLICIES
-    from banditd.posterior import Posterior, Prior
+    from banditd.state.posterior import Posterior, Prior
     from banditd.store.finite import checked
-    from banditd.token import TokenClaims, TokenSigner
     from banditd.v1 import banditd_pb2 as pb
 
 SPEC = RouterSpec(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from banditd import posterior_snapshot
 from banditd.domain import ArmSpec, RouterSpec
 from banditd.policy import LinUCB, _kernels
 from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
-from banditd.posterior import Posterior, Prior
+from banditd.state import posterior_snapshot
+from banditd.state.posterior import Posterior, Prior
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""The `banditd` command line: one module per command family, and the benchmarks (bench/)."""

@@ -1,0 +1,140 @@
+"""`banditd evaluate`: off-policy evaluation of candidate configurations on a router's log.
+
+banditd evaluate --router TENANT/NAME [--candidate FILE ...] [--json]
+    reads the router's decision log from the database (BANDITD_DATABASE_URL or
+    --database-url) and estimates each candidate (a RouterConfig JSON file, like
+    `banditd example-router` prints; tenant and name may be left out), or with no --candidate
+    the router's shadow policies. Reports IPS, self-normalised IPS, direct-method and
+    doubly-robust estimates of mean reward, mean cost and utility (reward - cost weight x
+    cost), 95 % bootstrap intervals, the effective sample size, and warnings.
+
+banditd evaluate --replay-proof DATA [--seeds N] [--json]
+    the estimators against the truth on a full-information outcome file (see
+    banditd/evaluation/ope_proof.py): logs an exploring policy's decisions, estimates candidates
+    from that log alone, and compares with their exact value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from banditd import progress
+from banditd.config import Settings
+from banditd.domain import RouterSpec
+from banditd.edge import codec
+from banditd.errors import BanditdError, InvalidArgument
+from banditd.evaluation import ope_proof
+from banditd.flows import candidates as evaluation
+from banditd.flows.admin import named_candidates
+from banditd.flows.ope import DEFAULT_BOOTSTRAP
+from banditd.store import Database, Repository, migrate
+from banditd.v1 import banditd_pb2 as pb
+
+
+def read_candidate(path: Path, tenant: str, name: str) -> RouterSpec:
+    """A RouterConfig JSON file as a candidate for the router tenant/name."""
+    try:
+        msg = json_format.Parse(path.read_text(), pb.RouterConfig())
+    except json_format.ParseError as exc:
+        raise InvalidArgument("candidate", f"{path}: not a RouterConfig ({exc})") from exc
+    return codec.candidate_from_proto(msg, tenant, name)
+
+
+async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
+    tenant, sep, name = args.router.partition("/")
+    if not sep or not tenant or not name:
+        raise InvalidArgument("router", f"expected TENANT/NAME, got {args.router!r}")
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    settings = Settings(**overrides)
+    if settings.should_migrate:
+        await migrate(settings.database_url, settings.migrations_dir)
+    db = Database(settings.database_url)
+    try:
+        repo = Repository(db)
+        stored = await repo.get_router(tenant, name)
+        candidates = [read_candidate(p, tenant, name) for p in args.candidate]
+        log = await evaluation.load_log(repo, stored.router_id, args.limit)
+    finally:
+        await db.close()
+    return evaluation.report(
+        args.router,
+        stored.spec,
+        log,
+        named_candidates(stored.spec, candidates),
+        cost_weight=args.cost_weight,
+        replicates=args.bootstrap,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.replay_proof is not None:
+            with progress.shown(quiet=args.quiet):
+                report = ope_proof.proof(
+                    args.replay_proof,
+                    seeds=range(args.seed, args.seed + args.seeds),
+                    limit=args.limit if args.limit != evaluation.DEFAULT_LIMIT else None,
+                    replicates=args.bootstrap,
+                )
+            text = ope_proof.render_text(report)
+        elif args.router:
+            with progress.shown(quiet=args.quiet):
+                report = asyncio.run(evaluate_router(args))
+            text = evaluation.render_text(report)
+        else:
+            raise InvalidArgument("router", "give --router TENANT/NAME (or --replay-proof DATA)")
+    except (BanditdError, OSError, ValueError) as exc:
+        print(f"banditd evaluate: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else text)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `evaluate` to a command's subparsers; the parsed args carry func=run."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="estimate candidate router configurations on a router's decision log (off-policy)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--router", help="TENANT/NAME of the router whose log to use")
+    p.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="RouterConfig JSON (repeatable); none: the router's shadow policies",
+    )
+    p.add_argument(
+        "--cost-weight", type=float, help="utility = reward - W x cost (the router's default)"
+    )
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="(%(default)s)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=evaluation.DEFAULT_LIMIT,
+        help="newest decisions with feedback to use (%(default)s); with --replay-proof, "
+        "the first records of DATA",
+    )
+    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
+    p.add_argument(
+        "--replay-proof",
+        type=Path,
+        metavar="DATA",
+        help="check the estimators against the truth on a full-information outcome file",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="logs for --replay-proof (5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,218 @@
+"""`banditd ingest`: bulk thumbs/rewards from a JSONL or CSV file into a running server.
+
+Lines are sent in chunks over UploadFeedback (many events per message); after each chunk's reply
+(which comes only once the chunk is committed) the number of lines done is written to a state
+file, so an interrupted run resumes where it stopped. Re-sending is harmless anyway: feedback
+already logged counts as a duplicate, never twice. The next chunk is read while the server commits
+one, and sent once that one is answered, so chunks commit in file order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from banditd import progress
+from banditd.edge.tls import ClientSecurity
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
+PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": pb.PREFER_TIE}
+OPTIONAL_FLOATS = ("cost_usd", "latency_ms", "energy_wh")
+OPTIONAL_INTS = ("input_tokens", "output_tokens")
+_OPTIONAL: tuple[tuple[str, type[float] | type[int]], ...] = (
+    *((n, float) for n in OPTIONAL_FLOATS),
+    *((n, int) for n in OPTIONAL_INTS),
+)
+
+
+class BadLine(ValueError):
+    pass
+
+
+@dataclass
+class IngestSummary:
+    lines: int = 0
+    skipped_lines: int = 0  # done by an earlier, interrupted run
+    accepted: int = 0
+    duplicate: int = 0
+    expired: int = 0
+    invalid: int = 0
+    unparsable: int = 0
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "skipped_lines": self.skipped_lines,
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "expired": self.expired,
+            "invalid": self.invalid,
+            "unparsable": self.unparsable,
+            "first_rejects": self.rejects[:20],
+        }
+
+
+def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackRequest:
+    """One FeedbackRequest from a record of the file; BadLine says what is wrong."""
+    msg = pb.FeedbackRequest(
+        tenant=str(record.get("tenant") or default_tenant or ""),
+        decision_id=str(record.get("decision_id") or ""),
+    )
+    if not msg.tenant:
+        raise BadLine("no tenant (add a tenant column or pass --tenant)")
+    if not msg.decision_id:
+        raise BadLine("no decision_id")
+    thumb, reward = record.get("thumb"), record.get("reward")
+    preference = record.get("preference")
+    if preference not in (None, ""):  # pairwise (issue 21): arm, challenger or tie
+        if str(preference).lower() not in PREFERENCES:
+            raise BadLine(f"preference must be arm, challenger or tie, got {preference!r}")
+        msg.preference = PREFERENCES[str(preference).lower()]
+    if thumb not in (None, ""):
+        if str(thumb).lower() not in THUMBS:
+            raise BadLine(f"thumb must be up or down, got {thumb!r}")
+        msg.thumb = THUMBS[str(thumb).lower()]
+    elif reward not in (None, ""):
+        try:
+            msg.reward = float(reward)
+        except (TypeError, ValueError):
+            raise BadLine(f"reward is not a number: {reward!r}") from None
+    elif not msg.preference:
+        raise BadLine("needs a thumb, a reward or a preference")
+    for name, kind in _OPTIONAL:
+        value = record.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            setattr(msg, name, kind(value))
+        except (TypeError, ValueError):
+            raise BadLine(f"{name} is not a valid {kind.__name__}: {value!r}") from None
+    if str(record.get("error", "")).lower() in ("true", "1"):
+        msg.error = True
+    return msg
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """(line number, record or the reason it cannot be read) for each data line."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        if path.suffix.lower() == ".csv":
+            reader = csv.DictReader(handle)
+            for row in reader:
+                yield reader.line_num, dict(row)
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, BadLine(f"not JSON: {exc.msg}")
+                continue
+            yield number, record if isinstance(record, dict) else BadLine("not a JSON object")
+
+
+def ingest(
+    path: Path,
+    target: str,
+    *,
+    tenant: str | None,
+    state_path: Path,
+    rejects_path: Path,
+    chunk: int,
+    fresh: bool,
+    security: ClientSecurity | None = None,
+) -> IngestSummary:
+    summary = IngestSummary()
+    done = 0 if fresh or not state_path.exists() else int(state_path.read_text().strip() or 0)
+    security = security or ClientSecurity()
+    label, total = f"ingest {path.name}", progress.lines_in(path)
+    if total is not None and path.suffix.lower() == ".csv":
+        total -= 1  # the header
+    with (
+        security.channel(target) as channel,
+        rejects_path.open("w" if done == 0 else "a", encoding="utf-8") as rejects,
+    ):
+        stub = rpc.RouterStub(channel)
+        pending: list[tuple[int, pb.FeedbackRequest]] = []
+        position = 0
+        # The chunk sent and not answered yet: the next one is read meanwhile, and sent only
+        # once this one's reply is in (so chunks commit in file order).
+        in_flight: tuple[Any, list[tuple[int, pb.FeedbackRequest]], int] | None = None
+        unreadable: list[tuple[int, str]] = []  # written after the reply of the chunk before
+
+        def reject_unreadable() -> None:
+            for number, message in unreadable:
+                _reject(summary, rejects, number, "unparsable", message)
+            unreadable.clear()
+
+        def send() -> None:
+            # One UploadFeedback message per tenant of the chunk; error indexes count events in
+            # the order sent.
+            nonlocal in_flight
+            by_tenant: dict[str, list[tuple[int, pb.FeedbackRequest]]] = {}
+            for item in pending:
+                by_tenant.setdefault(item[1].tenant, []).append(item)
+            sent = [item for items in by_tenant.values() for item in items]
+            batches = [
+                pb.FeedbackBatch(tenant=t, events=[m for _, m in items])
+                for t, items in by_tenant.items()
+            ]
+            call = stub.UploadFeedback.future(iter(batches), metadata=security.metadata)
+            in_flight = (call, sent, position)
+            pending.clear()
+
+        def finish() -> None:
+            nonlocal in_flight
+            if in_flight is None:
+                return
+            call, sent, done_position = in_flight
+            in_flight = None
+            reply = call.result()
+            for name in ("accepted", "duplicate", "expired", "invalid"):
+                setattr(summary, name, getattr(summary, name) + getattr(reply, name))
+            for error in reply.errors:
+                _reject(summary, rejects, sent[error.index][0], error.kind, error.message)
+            state_path.write_text(str(done_position))
+            progress.update(label, done_position, total)
+
+        try:
+            for number, item in read_records(path):
+                position += 1
+                summary.lines += 1
+                if position <= done:
+                    summary.skipped_lines += 1
+                    continue
+                try:
+                    if isinstance(item, BadLine):
+                        raise item
+                    pending.append((number, parse_record(item, tenant)))
+                except BadLine as exc:
+                    summary.unparsable += 1
+                    unreadable.append((number, str(exc)))
+                if len(pending) == chunk:
+                    finish()
+                    reject_unreadable()
+                    send()
+            finish()
+            reject_unreadable()
+            if pending:
+                send()
+                finish()
+        finally:
+            if in_flight is not None:  # interrupted: the chunk sent may or may not commit
+                in_flight[0].cancel()
+        state_path.write_text(str(position))
+    return summary
+
+
+def _reject(summary: IngestSummary, out: Any, line: int, kind: str, message: str) -> None:
+    entry = {"line": line, "kind": kind, "message": message}
+    summary.rejects.append(entry)
+    out.write(json.dumps(entry) + "\n")

@@ -1,0 +1,283 @@
+"""`banditd replay` on the command line: its options and what it prints."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from banditd import progress
+from banditd.commands.argtypes import int_at_least
+from banditd.domain import (
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
+    ENCODERS,
+    POLICIES,
+)
+from banditd.edge import codec
+from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
+from banditd.errors import BanditdError, InvalidArgument
+from banditd.evaluation.replay.data import load_outcomes
+from banditd.evaluation.replay.features import router_spec
+from banditd.evaluation.replay.options import (
+    ARM_PRICES,
+    AUTO,
+    FEEDBACK,
+    REFERENCE_POLICIES,
+    REPLAY_POLICIES,
+    Options,
+)
+from banditd.evaluation.replay.plot import plot
+from banditd.evaluation.replay.remote import DEFAULT_TENANT, Server, router_name
+from banditd.evaluation.replay.render import render_text
+from banditd.evaluation.replay.runner import replay
+from banditd.v1 import banditd_pb2 as pb
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """A comma list of numbers >= 0."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas: {text!r}"
+        ) from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers >= 0: {text!r}")
+    return values
+
+
+def _non_negative(text: str) -> float:
+    """A number >= 0."""
+    values = _floats(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one number, got {text!r}")
+    return values[0]
+
+
+def _fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = _non_negative(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
+def options(args: argparse.Namespace) -> Options:
+    """The replay options of parsed command-line arguments."""
+    return Options(
+        data=args.data,
+        policy=args.policy,
+        cost_weight=args.cost_weight,
+        latency_weight=args.latency_weight,
+        energy_weight=args.energy_weight,
+        max_latency_ms=args.max_latency_ms,
+        budget_usd=args.budget_usd,
+        feedback=args.feedback,
+        warm_start=args.warm_start,
+        arm_prices=args.arm_prices,
+        split=args.split,
+        warm_start_head=args.warm_start_head,
+        arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
+        seed=args.seed,
+        repeats=args.repeats,
+        sweep=args.sweep,
+        sweep_budgets=args.sweep_budgets,
+        limit=args.limit,
+        embedding_dim=args.embedding_dim,
+        exploration=args.exploration,
+        metadata_from=tuple(f.strip() for f in (args.metadata_from or "").split(",") if f.strip()),
+        metadata_slots=args.metadata_slots,
+        encoder=args.encoder,
+        text_window_tokens=args.text_window,
+        pca_dim=args.pca_dim,
+        pca_fit_samples=args.pca_fit_samples,
+        knn_k=args.knn_k,
+        embeddings_cache=args.embeddings_cache,
+        server=None
+        if args.server is None
+        else Server(
+            args.server,
+            args.tenant,
+            ClientSecurity.from_args(args),
+            keep_routers=args.keep_routers,
+        ),
+    )
+
+
+def router_config(opts: Options) -> pb.RouterConfig:
+    """The configuration of the router a replay of ``opts`` runs (``replay-<seed>`` under the
+    server's tenant, or "replay"): what to create and warm-start for --keep-routers."""
+    arms = load_outcomes(opts.data, opts.arms, 1).arms
+    spec = router_spec(arms, opts, opts.cost_weight)
+    tenant = DEFAULT_TENANT if opts.server is None else opts.server.tenant
+    name = router_name(opts.seed, opts.cost_weight, opts.cost_weight)
+    return codec.spec_to_proto(dataclasses.replace(spec, tenant=tenant, name=name))
+
+
+def run(args: argparse.Namespace) -> int:
+    """`banditd replay`: print the report (tables, or one JSON object with --json)."""
+    try:
+        if args.print_router:
+            print(json_format.MessageToJson(router_config(options(args))))
+            return 0
+        if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise InvalidArgument("plot", "needs matplotlib (pip install matplotlib)")
+        with progress.shown(quiet=args.quiet):
+            report = replay(options(args))
+        if args.plot is not None:
+            plot(report, args.plot)
+    except (BanditdError, OSError, TLSConfigError) as exc:
+        print(f"banditd replay: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else render_text(report))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `replay` to a command's subparsers; the parsed args carry func=run."""
+    import banditd.evaluation.replay as package  # its docstring is the command's description
+
+    p = subparsers.add_parser(
+        "replay",
+        help="evaluate a policy online on full-information outcome data (offline, in process)",
+        description=package.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True, help="outcome file (JSONL, optionally .gz)")
+    p.add_argument(
+        "--policy",
+        choices=(*POLICIES, *REPLAY_POLICIES, *REFERENCE_POLICIES),
+        default="linucb",
+        help="(linucb) random, cheapest, best-single and oracle are references, not learning",
+    )
+    p.add_argument("--cost-weight", type=_non_negative, default=0.0, help="USD -> quality (0)")
+    p.add_argument(
+        "--latency-weight",
+        type=_non_negative,
+        help="utility per second of expected latency, as SelectRequest.latency_weight (0)",
+    )
+    p.add_argument(
+        "--energy-weight",
+        type=_non_negative,
+        help="utility per Wh of expected energy, as SelectRequest.energy_weight (0)",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=_non_negative,
+        help="arms whose expected latency is over it are not eligible (none); a prompt with no "
+        "arm left is refused",
+    )
+    p.add_argument("--budget-usd", type=_non_negative, help="total spend allowed (none)")
+    p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
+    p.add_argument(
+        "--arm-prices",
+        choices=ARM_PRICES,
+        default="data",
+        help="(data) the models' prices: their mean cost per call in the file, or zero "
+        "(learnt from the costs reported)",
+    )
+    p.add_argument(
+        "--warm-start", type=Path, help="outcome file to fit priors on first (learning policies)"
+    )
+    p.add_argument(
+        "--split",
+        type=_fraction,
+        metavar="FRACTION",
+        help="replay only the records after this fraction of --data (by line order)",
+    )
+    p.add_argument(
+        "--warm-start-head",
+        action="store_true",
+        help="with --split: warm-start on the records of --data before the split",
+    )
+    p.add_argument("--arms", help="comma list of models to route between (all of the file's)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="first seed (0)")
+    p.add_argument("--repeats", type=int_at_least(1), default=1, help="seeds to average over (1)")
+    p.add_argument(
+        "--sweep",
+        type=_floats,
+        nargs="?",
+        const=AUTO,
+        metavar="WEIGHTS",
+        help="frontier over cost weights (comma list; default 0 and a log grid) with AIQ",
+    )
+    p.add_argument(
+        "--sweep-budgets",
+        type=_floats,
+        nargs="?",
+        const=AUTO,
+        metavar="USD",
+        help="frontier over budgets (comma list; default a log grid) at --cost-weight",
+    )
+    p.add_argument("--limit", type=int_at_least(1), help="replay only the first N records")
+    p.add_argument(
+        "--embedding-dim", type=int_at_least(1), default=DEFAULT_EMBEDDING_DIM, help="(%(default)s)"
+    )
+    p.add_argument(
+        "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
+    )
+    p.add_argument(
+        "--metadata-from",
+        metavar="FIELD[,FIELD]",
+        help="send these record fields (e.g. task) as request metadata the router declares",
+    )
+    p.add_argument(
+        "--metadata-slots",
+        type=int_at_least(2),
+        default=DEFAULT_METADATA_SLOTS,
+        help="(%(default)s)",
+    )
+    p.add_argument("--encoder", choices=ENCODERS, default="hashing", help="text encoder (hashing)")
+    p.add_argument(
+        "--text-window",
+        type=int_at_least(0),
+        default=0,
+        metavar="TOKENS",
+        help="encode only the last N tokens of each prompt (0: whole prompt)",
+    )
+    p.add_argument("--pca-dim", type=int_at_least(0), default=0, help="PCA size (0: none)")
+    p.add_argument(
+        "--pca-fit-samples",
+        type=int_at_least(1),
+        default=DEFAULT_PCA_FIT_SAMPLES,
+        help="(%(default)s)",
+    )
+    p.add_argument("--knn-k", type=int_at_least(0), default=0, help="kNN outcome features (0: off)")
+    p.add_argument(
+        "--embeddings-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep the prompts' embeddings here, reused by later runs with the same encoder",
+    )
+    p.add_argument(
+        "--server",
+        metavar="ADDR",
+        help="drive a live banditd at ADDR (host:port) over gRPC instead of in process",
+    )
+    p.add_argument(
+        "--tenant", default=DEFAULT_TENANT, help="with --server: the routers' tenant (%(default)s)"
+    )
+    add_client_arguments(p)  # with --server
+    p.add_argument(
+        "--keep-routers",
+        action="store_true",
+        help="with --server: replay the routers as they are there (say warm-started with "
+        "`banditd warm-start`) instead of creating them fresh",
+    )
+    p.add_argument(
+        "--print-router",
+        action="store_true",
+        help="print the RouterConfig JSON of the router this replay runs, and stop",
+    )
+    p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    progress.add_quiet_flag(p)
+    p.set_defaults(func=run)

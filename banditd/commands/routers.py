@@ -1,0 +1,261 @@
+"""`banditd routers`: routers files applied to a running server; list, get and delete routers.
+
+banditd routers apply -f FILE [--dry-run]
+    reads and checks every router of FILE (docs/routers.md) before the first write; then
+    creates the routers the server lacks, replaces those that differ and leaves the others
+    alone (so their version and in-memory state stay as they are). --dry-run prints a diff per
+    router and writes nothing.
+banditd routers list [--tenant T] | get T/N ... | delete T/N ...
+    get prints a routers file (YAML; --json: JSON) that apply takes back unchanged.
+
+Every command calls the Admin service at --target, with the API key and TLS flags of
+`banditd ingest`; the server's refusals (auth, validation) come back as its status and message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from banditd.commands import routers_file
+from banditd.commands.argtypes import positive_float
+from banditd.commands.routers_file import RoutersFileError
+from banditd.domain import RouterSpec
+from banditd.edge import codec
+from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+CALL_TIMEOUT_S = 30.0
+Resp = TypeVar("Resp", bound=Message)
+
+
+class _Admin:
+    """Admin calls with the command's credentials. Until ``wait_s`` after the first call, an
+    UNAVAILABLE answer (server not up yet, or its database briefly gone) is retried."""
+
+    def __init__(self, channel: grpc.Channel, security: ClientSecurity, wait_s: float) -> None:
+        self._stub = rpc.AdminStub(channel)
+        self._metadata = security.metadata
+        self._wait_s = wait_s
+        self._deadline: float | None = None
+
+    def call(self, method: str, request: Message) -> Any:
+        rpc_method: Callable[..., Any] = getattr(self._stub, method)
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._wait_s
+        while True:
+            try:
+                return rpc_method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                left = self._deadline - time.monotonic()
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
+                    raise
+                time.sleep(min(1.0, left))
+
+    def get(self, tenant: str, name: str) -> RouterSpec | None:
+        try:
+            reply = self.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return live_spec(reply.router)
+
+
+def live_spec(msg: pb.RouterConfig) -> RouterSpec:
+    """A server's router, with its version (which a file, and so codec, leaves out)."""
+    return dataclasses.replace(codec.spec_from_proto(msg), version=msg.version)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What apply does to one router of the file."""
+
+    wanted: RouterSpec
+    live: RouterSpec | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.wanted.tenant}/{self.wanted.name}"
+
+    @property
+    def action(self) -> str:
+        if self.live is None:
+            return "create"
+        return "none" if routers_file.same(self.live, self.wanted) else "update"
+
+
+def plan(admin: _Admin, specs: list[RouterSpec]) -> list[Change]:
+    """Each router of the file against the server's (reads only)."""
+    return [Change(spec, admin.get(spec.tenant, spec.name)) for spec in specs]
+
+
+def _apply(admin: _Admin, args: argparse.Namespace) -> int:
+    specs = routers_file.read(args.file)  # every router checked before anything is written
+    source = "<stdin>" if str(args.file) == "-" else str(args.file)
+    verbs = (
+        {"create": "would be created", "update": "would be updated", "none": "unchanged"}
+        if args.dry_run
+        else {"create": "created", "update": "updated", "none": "unchanged"}
+    )
+    if not specs and not args.json:
+        print(f"{source}: no routers")
+    results: list[dict[str, Any]] = []
+    for change in plan(admin, specs):
+        version = change.live.version if change.live is not None else None
+        if change.action != "none" and args.dry_run and not args.json:
+            print("\n".join(routers_file.diff(change.live, change.wanted, source)))
+        elif change.action != "none" and not args.dry_run:
+            request = pb.PutRouterRequest(router=codec.spec_to_proto(change.wanted))
+            version = admin.call("PutRouter", request).router.version
+        results.append({"router": change.key, "action": change.action, "version": version})
+        if not args.json:  # as it happens: a later failure leaves these lines true
+            shown = "" if version is None else f" (version {version})"
+            print(f"{change.key}: {verbs[change.action]}{shown}", flush=True)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "routers": results}))
+    elif args.dry_run:
+        print("dry run: nothing applied")
+    return 0
+
+
+def router_name(text: str) -> tuple[str, str]:
+    """argparse type: TENANT/NAME."""
+    tenant, sep, name = text.partition("/")
+    if not (sep and tenant and name):
+        raise argparse.ArgumentTypeError(f"expected TENANT/NAME, got {text!r}")
+    return tenant, name
+
+
+def _get(admin: _Admin, args: argparse.Namespace, target: str) -> int:
+    specs: list[RouterSpec] = []
+    for tenant, name in args.router:
+        reply = admin.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
+        specs.append(live_spec(reply.router))
+    versions = ", ".join(f"{s.tenant}/{s.name} version {s.version}" for s in specs)
+    comment = f"{versions} on {target}"
+    sys.stdout.write(routers_file.dump(specs, as_json=args.json, comment=comment))
+    return 0
+
+
+def _list(admin: _Admin, args: argparse.Namespace) -> int:
+    reply = admin.call("ListRouters", pb.ListRoutersRequest(tenant=args.tenant or ""))
+    rows = [
+        {
+            "router": f"{r.tenant}/{r.name}",
+            "version": r.version,
+            "policy": r.policy,
+            "arms": len(r.arms),
+            "disabled_arms": sum(a.disabled for a in r.arms),
+        }
+        for r in sorted(reply.routers, key=lambda r: (r.tenant, r.name))
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = [("ROUTER", "VERSION", "POLICY", "ARMS")]
+    for row in rows:
+        disabled = f" ({row['disabled_arms']} disabled)" if row["disabled_arms"] else ""
+        table.append(
+            (row["router"], str(row["version"]), row["policy"], f"{row['arms']}{disabled}")
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    for line in table:
+        padded = [cell.ljust(w) for cell, w in zip(line, widths, strict=False)]
+        print("  ".join([*padded, line[3]]))
+    return 0
+
+
+def _delete(admin: _Admin, args: argparse.Namespace) -> int:
+    missing = 0
+    for tenant, name in args.router:
+        request = pb.DeleteRouterRequest(tenant=tenant, name=name)
+        if admin.call("DeleteRouter", request).deleted:
+            print(f"{tenant}/{name}: deleted")
+        else:
+            missing += 1
+            print(f"banditd: router {tenant}/{name} not found", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """`banditd routers ...`; the exit status (1 for a bad file or a server's refusal)."""
+    security = ClientSecurity.from_args(args)
+    try:
+        with security.channel(args.target) as channel:
+            admin = _Admin(channel, security, args.wait)
+            if args.routers_command == "apply":
+                return _apply(admin, args)
+            if args.routers_command == "get":
+                return _get(admin, args, args.target)
+            if args.routers_command == "list":
+                return _list(admin, args)
+            return _delete(admin, args)
+    except (RoutersFileError, TLSConfigError) as exc:
+        print("\n".join(f"banditd: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"banditd: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "routers",
+        help="apply a routers file to a running server; list, get and delete routers",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = p.add_subparsers(dest="routers_command", required=True)
+    p_apply = commands.add_parser(
+        "apply",
+        help="create and update the routers of a file (docs/routers.md)",
+        description="Checks every router of the file first: a bad file applies nothing. "
+        "Routers the server has with the same configuration are left alone; routers the file "
+        "does not name are never deleted.",
+    )
+    p_apply.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        required=True,
+        help="YAML, or JSON if it ends in .json; - reads stdin",
+    )
+    p_apply.add_argument(
+        "--dry-run", action="store_true", help="print what would change (a diff) and write nothing"
+    )
+    p_list = commands.add_parser("list", help="list routers: version, policy, arms")
+    p_list.add_argument("--tenant", help="only this tenant's routers (default: every tenant)")
+    p_get = commands.add_parser("get", help="print routers as a routers file (YAML)")
+    p_get.add_argument("router", nargs="+", type=router_name, metavar="TENANT/NAME")
+    p_delete = commands.add_parser(
+        "delete", help="delete routers with their decision and feedback logs (no undo)"
+    )
+    p_delete.add_argument("router", nargs="+", type=router_name, metavar="TENANT/NAME")
+    for command in (p_apply, p_list, p_get, p_delete):
+        command.add_argument(
+            "--target", default=DEFAULT_TARGET, help="server HOST:PORT (%(default)s)"
+        )
+        add_client_arguments(command)
+        command.add_argument(
+            "--wait",
+            type=positive_float,
+            default=5.0,
+            metavar="SECONDS",
+            help="retry an unavailable server this long (%(default)s)",
+        )
+        if command is not p_delete:
+            command.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.set_defaults(func=run)

@@ -1,0 +1,103 @@
+"""`banditd serve --workers N`: N server processes sharing one port, one core each.
+
+One Python process tops out near the grpc.aio transport's floor, so a machine's cores are used
+the way replicas are (DESIGN): each worker is a full `banditd serve` on the same database, and
+the workers bind with SO_REUSEPORT (BANDITD_REUSE_PORT), so the kernel spreads connections over
+them. This parent refuses a port another process serves and holds it for the group while it runs
+(banditd.edge.ports: why a probe and a held socket), migrates once (when configured to), starts the
+workers with the same settings (the listen port made concrete, a metrics port each), forwards
+SIGTERM/SIGINT to them so each drains, and exits with the worst of their exit codes. A worker
+that dies ends the group: a supervisor above this one (Kubernetes, systemd) restarts it whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import structlog
+
+from banditd.config import Settings
+from banditd.edge import ports
+from banditd.errors import FailedPrecondition
+from banditd.store import migrate
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.2
+
+
+def _concrete(listen: str) -> str:
+    """HOST:PORT with port 0 replaced by a port free now (every worker must bind the same one)."""
+    host, _, port = listen.rpartition(":")
+    if int(port) != 0:
+        return listen
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as sock:
+        sock.bind((host.strip("[]"), 0))
+        return f"{host}:{sock.getsockname()[1]}"
+
+
+def _metrics_of(listen: str, index: int) -> str:
+    """Worker index's metrics address: the configured port + index (empty or port 0: as is)."""
+    if not listen:
+        return ""
+    host, _, port = listen.rpartition(":")
+    return listen if int(port) == 0 else f"{host}:{int(port) + index}"
+
+
+def run_workers(settings: Settings, workers: int, example_router: bool) -> int:
+    if settings.is_sqlite:
+        raise FailedPrecondition(
+            "--workers needs Postgres: workers are replicas of one database, and SQLite is one "
+            "process's embedded store"
+        )
+    listen = _concrete(settings.listen)
+    for index in range(workers):  # each worker's own port: refused here, before any starts
+        ports.check_free(_metrics_of(settings.metrics_listen, index), *ports.METRICS)
+    with (
+        ports.reserved(listen, *ports.GRPC),
+        ports.reserved(settings.health_listen, *ports.HEALTH),
+    ):
+        if settings.should_migrate:
+            asyncio.run(migrate(settings.database_url, settings.migrations_dir))
+        return _run(settings, listen, workers, example_router)
+
+
+def _run(settings: Settings, listen: str, workers: int, example_router: bool) -> int:
+    children: list[subprocess.Popen[bytes]] = []
+    for index in range(workers):
+        env = {
+            **os.environ,
+            "BANDITD_LISTEN": listen,
+            "BANDITD_REUSE_PORT": "true",
+            "BANDITD_DATABASE_URL": settings.database_url,
+            "BANDITD_LOG_LEVEL": settings.log_level,
+            "BANDITD_METRICS_LISTEN": _metrics_of(settings.metrics_listen, index),
+            "BANDITD_MIGRATE_ON_START": "false",
+        }
+        command = [sys.executable, "-m", "banditd.commands.cli", "serve"]
+        if example_router and index == 0:
+            command.append("--example-router")
+        children.append(subprocess.Popen(command, env=env))
+    log.info("workers_started", listen=listen, pids=[c.pid for c in children])
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    while all(child.poll() is None for child in children):
+        time.sleep(POLL_S)
+    forward(signal.SIGTERM, None)  # one ended (stopped, or died): stop the others
+    codes = [child.wait() for child in children]
+    log.info("workers_stopped", exit_codes=codes)
+    worst = max(codes, key=abs)
+    return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says

@@ -1,0 +1,108 @@
+"""What the flows produce and consume: ranked arms, decisions, shadow picks, feedback events,
+and the rule that combines a decision's signals into its reward."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from banditd.domain.specs import ArmSpec
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class RankedArm:
+    arm: str
+    score: float
+    quality_score: float
+    expected_cost_usd: float
+    expected_latency_ms: float = 0.0
+    expected_energy_wh: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One Select answer, as logged and as returned (again, for a repeated request_id)."""
+
+    decision_id: str
+    router_id: int
+    tenant: str
+    router: str
+    request_id: str | None
+    arm: str
+    ranking: tuple[RankedArm, ...]
+    propensity: float
+    explored: bool
+    expected_cost_usd: float
+    token: str
+    expires_at: float
+    created_at: float
+    policy: str
+    router_version: int
+    seed: int
+    candidates: tuple[str, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    x: FloatArray | None = None  # the context scored, shape (dim,); None in rows logged before 0004
+    shadows: tuple[ShadowPick, ...] = ()  # what each shadow policy would have chosen
+    # Budgets (issue 6): the pacer's price of a dollar and what the budget did (not logged).
+    budget_price: float = 0.0
+    budget_outcome: str = ""
+    context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
+    arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)
+    challenger: str | None = None  # SelectRequest.compare's second arm (pairwise feedback)
+
+
+@dataclass(frozen=True)
+class ShadowPick:
+    """A shadow policy's choice at one decision and its probability of the arm served."""
+
+    shadow: str
+    arm: str
+    live_arm_probability: float
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One row of the feedback event log, the source of truth for every posterior.
+
+    x: context vector, shape (dim,), float64.
+    """
+
+    event_id: int
+    router_id: int
+    decision_id: str
+    arm: str
+    x: FloatArray
+    reward: float
+    cost_usd: float
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: float | None
+    error: bool
+    created_at: float
+    offline: bool = False
+    cost_reported: bool = True
+    defaulted: bool = False
+    # The decision's signals so far, counting from 0. A later signal (routers that combine
+    # "last" or "mean") changes the decision's effective reward by reward_delta: the posterior
+    # adds reward_delta * x to b and leaves A alone; cost_usd is then the change in settled cost.
+    signal: int = 0
+    effective_reward: float | None = None  # after this signal; None: reward
+    reward_delta: float | None = None  # None for signal 0
+    energy_wh: float | None = None  # measured energy of the call (issue 21)
+    # Pairwise feedback (issue 21): the decision's challenger and its reward at the same x.
+    challenger: str | None = None
+    challenger_reward: float | None = None
+
+
+def combined_reward(rule: str, rewards: Sequence[float]) -> float:
+    """A decision's effective reward from its signals in arrival order (at least one)."""
+    if rule == "first":
+        return rewards[0]
+    if rule == "last":
+        return rewards[-1]
+    return sum(rewards) / len(rewards)

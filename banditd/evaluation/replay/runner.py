@@ -1,0 +1,356 @@
+"""The Replay runner: one invocation's outcomes, context and warm start, its runs over seeds,
+cost weights and budgets, and the report they add up to (the --json object)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from banditd.context.pipeline import ContextPipeline
+from banditd.domain import POLICIES
+from banditd.errors import InvalidArgument
+from banditd.evaluation.replay.data import Outcomes, load_outcomes, split_point
+from banditd.evaluation.replay.engine import (
+    REFUSED,
+    best_single,
+    gate,
+    learn_online,
+    oracle_picks,
+    reference_picks,
+)
+from banditd.evaluation.replay.features import (
+    arm_heads,
+    arm_prices,
+    embeddings,
+    fresh_posterior,
+    pipeline_of,
+    router_spec,
+    warm_posterior,
+)
+from banditd.evaluation.replay.options import (
+    QUALITY_FRACTIONS,
+    REPLAY_POLICIES,
+    SUMMARY_KEYS,
+    Options,
+)
+from banditd.evaluation.replay.remote import check_remote, learn_remote, router_name
+from banditd.evaluation.replay.scoring import (
+    _model,
+    aiq,
+    budget_grid,
+    cost_at_quality,
+    curve_steps,
+    regret_over_time,
+    score,
+    weight_grid,
+)
+from banditd.evaluation.replay.trade_off import MEASURE_KEYS, check_trade_off
+from banditd.evaluation.replay.zero_router import gain_vs_zero_router
+from banditd.evaluation.warm_start import WarmStartReport
+from banditd.policy.base import IntArray
+from banditd.progress import Progress
+from banditd.state.posterior import Posterior
+
+# Policies whose regret over time the report shows beside the policy's (the oracle's is 0).
+REGRET_REFERENCES = ("best-single", "random")
+
+
+class Replay:
+    """One invocation: the outcomes, the contexts and warm start (for a learning policy), and
+    the runs of each (cost weight, budget) over the seeds."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.progress = Progress()
+        if opts.warm_start_head and (opts.split is None or opts.warm_start is not None):
+            raise InvalidArgument("warm_start_head", "needs --split and no --warm-start file")
+        self.head = 0 if opts.split is None else split_point(opts.data, opts.split)
+        self.outcomes = load_outcomes(
+            opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
+        )
+        warm_start = opts.data if opts.warm_start_head else opts.warm_start
+        self.prices = arm_prices(self.outcomes) if opts.arm_prices == "data" else {}
+        self.heads = arm_heads(self.outcomes) if opts.arm_prices == "data" else {}
+        check_trade_off(opts)
+        self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
+        self.warm_report: WarmStartReport | None = None
+        self.raw = np.zeros((self.outcomes.n, 0))
+        self.prior: Posterior | None = None
+        self.pipeline: ContextPipeline | None = None
+        self.encode_s = 0.0
+        if opts.server is not None:  # the server encodes and learns: nothing to set up here
+            check_remote(opts.policy, warm_start, opts.budget_usd, opts.sweep_budgets)
+        elif self.learning:
+            spec = router_spec(self.outcomes.arms, opts, opts.cost_weight, self.prices, self.heads)
+            self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
+            started = time.perf_counter()
+            try:
+                self.raw = embeddings(
+                    self.pipeline,
+                    self.outcomes.prompts,
+                    "encoding prompts",
+                    self.progress,
+                    opts.embeddings_cache,
+                )
+            except InvalidArgument as exc:
+                raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
+            self.encode_s = round(time.perf_counter() - started, 2)
+            self.prior = fresh_posterior(spec)
+            if warm_start is not None:
+                self.prior, self.warm_report = warm_posterior(
+                    spec,
+                    warm_start,
+                    opts.max_prompt_chars,
+                    self.pipeline,
+                    opts.metadata_from,
+                    opts.embeddings_cache,
+                    head=self.head if opts.warm_start_head else None,
+                )
+        self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
+        self.runs_planned = self.runs_done = 0  # for the progress bar over the runs
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.opts.seed + r for r in range(self.opts.repeats)]
+
+    def picks(
+        self,
+        seed: int,
+        cost_weight: float,
+        budget_usd: float | None,
+        duels: IntArray | None = None,
+    ) -> IntArray:
+        """One run's arm per prompt (REFUSED where the budget refused), shape (n,); with
+        --feedback pairwise, each prompt's challenger goes into duels (shape (n,)) if given."""
+        opts, outcomes = self.opts, self.outcomes
+        budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
+        label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
+        if opts.server is not None:
+            name = router_name(seed, cost_weight, opts.cost_weight)
+            spec = router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads)
+            return learn_remote(
+                dataclasses.replace(spec, tenant=opts.server.tenant, name=name),
+                outcomes,
+                server=opts.server,
+                seed=seed,
+                feedback=opts.feedback,
+                progress=lambda done: self.progress(label, done, outcomes.n),
+                trade_off=opts.trade_off,
+                duels=duels,
+            )
+        if self.prior is None:
+            chosen = reference_picks(opts.policy, outcomes, cost_weight, seed)
+            return gate(chosen, outcomes, budget_usd)
+        assert self.pipeline is not None
+        return learn_online(
+            router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads),
+            outcomes,
+            self.raw,
+            pipeline=self.pipeline.fork(),
+            posterior=copy.deepcopy(self.prior),
+            seed=seed,
+            feedback=opts.feedback,
+            budget_usd=budget_usd,
+            progress=lambda done: self.progress(label, done, outcomes.n),
+            knn_policy=opts.policy == "knn",
+            trade_off=opts.trade_off,
+            duels=duels,
+        )
+
+    def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
+        """Mean and spread (sample standard deviation) over the seeds of each summary value,
+        with each arm's share of the prompts and the per-seed runs."""
+        key = (cost_weight, budget_usd)
+        if key not in self.points:
+            runs, shares = [], np.zeros(len(self.outcomes.arms))
+            regret = np.zeros(self.outcomes.n)
+            for seed in self.seeds:
+                duels = np.full(self.outcomes.n, REFUSED, dtype=np.int64)
+                picks = self.picks(seed, cost_weight, budget_usd, duels)
+                runs.append({"seed": seed, **score(self.outcomes, picks, cost_weight)})
+                if self.opts.feedback == "pairwise":  # both answers paid (docs/evaluation.md)
+                    runs[-1]["mean_challenger_cost_usd"] = score(self.outcomes, duels, 0.0)[
+                        "mean_cost_usd"
+                    ]
+                shares += np.bincount(picks[picks != REFUSED], minlength=len(shares))
+                regret += regret_over_time(self.outcomes, picks, cost_weight)
+                self.runs_done += 1
+                self.progress("replay runs", self.runs_done, self.runs_planned)
+            keys = (*SUMMARY_KEYS, *(k for k in MEASURE_KEYS if k in runs[0]))
+            table = np.array([[run[k] for k in keys] for run in runs])
+            spread = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(keys))
+            self.points[key] = {
+                "cost_weight": cost_weight,
+                "budget_usd": budget_usd,
+                **dict(zip(keys, table.mean(axis=0).tolist(), strict=True)),
+                "spread": dict(zip(keys, spread.tolist(), strict=True)),
+                "picks": {
+                    arm: round(float(s) / (len(runs) * self.outcomes.n), 4)
+                    for arm, s in zip(self.outcomes.arms, shares, strict=True)
+                },
+                "runs": runs,
+                "regret_curve": (regret / len(runs))[curve_steps(self.outcomes.n) - 1].tolist(),
+            }
+        return self.points[key]
+
+    def reference_regret(self, policy: str) -> list[float]:
+        """A reference policy's cumulative regret at curve_steps, mean over the seeds, at the
+        options' cost weight and budget."""
+        opts, outcomes = self.opts, self.outcomes
+        regret = np.zeros(outcomes.n)
+        for seed in self.seeds:
+            picks = gate(
+                reference_picks(policy, outcomes, opts.cost_weight, seed), outcomes, opts.budget_usd
+            )
+            regret += regret_over_time(outcomes, picks, opts.cost_weight)
+        return list((regret / len(self.seeds))[curve_steps(outcomes.n) - 1].tolist())
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference else None
+
+
+def _frontier_point(point: dict[str, Any]) -> dict[str, Any]:
+    keys = ("cost_weight", "budget_usd", "mean_quality", "mean_cost_usd", "refused", "spread")
+    return {k: point[k] for k in keys}
+
+
+def _xy(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
+
+
+def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
+    """The cost-weight frontier with its AIQ, the oracle's and the single models', and the cost
+    of fractions of the best single model's quality read off the frontier's hull."""
+    opts, outcomes = run.opts, run.outcomes
+    weights = opts.sweep or weight_grid(outcomes)
+    frontier = [_frontier_point(run.point(w, opts.budget_usd)) for w in weights]
+    oracle = [{"cost_weight": w, **score(outcomes, oracle_picks(outcomes, w), w)} for w in weights]
+    singles = [_model(outcomes, j) for j in range(len(outcomes.arms))]
+    low = min(m["mean_cost_usd"] for m in singles)
+    high = max(m["mean_cost_usd"] for m in singles)
+
+    at_quality = []
+    for fraction in QUALITY_FRACTIONS:
+        cost = cost_at_quality(_xy(frontier), fraction * best["mean_quality"])
+        at_quality.append(
+            {
+                "fraction_of_best_single": fraction,
+                "quality": fraction * best["mean_quality"],
+                "mean_cost_usd": cost,
+                "cost_vs_best_single": None
+                if cost is None
+                else _ratio(cost, best["mean_cost_usd"]),
+            }
+        )
+    return {
+        "frontier": frontier,
+        "aiq": aiq(_xy(frontier), low, high),
+        "aiq_single_models": aiq(_xy(singles), low, high),
+        "aiq_oracle": aiq(_xy(oracle), low, high),
+        "oracle_frontier": [
+            {k: o[k] for k in ("cost_weight", "mean_quality", "mean_cost_usd")} for o in oracle
+        ],
+        "cost_at_quality": at_quality,
+    }
+
+
+def _points(opts: Options, outcomes: Outcomes) -> set[tuple[float, float | None]]:
+    """The (cost weight, budget) points the options replay."""
+    points = {(opts.cost_weight, opts.budget_usd)}
+    if opts.sweep is not None:
+        points |= {(w, opts.budget_usd) for w in opts.sweep or weight_grid(outcomes)}
+    if opts.sweep_budgets is not None:
+        points |= {(opts.cost_weight, b) for b in opts.sweep_budgets or budget_grid(outcomes)}
+    return points
+
+
+def replay(opts: Options) -> dict[str, Any]:
+    """Run the replay the options describe and return the report (the --json object)."""
+    started = time.perf_counter()
+    run = Replay(opts)
+    outcomes = run.outcomes
+    run.runs_planned = len(_points(opts, outcomes)) * opts.repeats
+    main = run.point(opts.cost_weight, opts.budget_usd)
+    best = _model(outcomes, best_single(outcomes, 0.0))
+    oracle = score(outcomes, oracle_picks(outcomes, opts.cost_weight), opts.cost_weight)
+    spec = (
+        router_spec(outcomes.arms, opts, opts.cost_weight, run.prices, run.heads)
+        if run.learning
+        else None
+    )
+    report: dict[str, Any] = {
+        "data": str(opts.data),
+        "split": None if opts.split is None else {"fraction": opts.split, "skipped": run.head},
+        "n": outcomes.n,
+        "arms": list(outcomes.arms),
+        "policy": opts.policy,
+        "exploration": None if spec is None else spec.alpha,
+        "embedding_dim": None if spec is None else spec.embedding_dim,
+        "context": None
+        if spec is None
+        else {
+            "encoder": spec.encoder,
+            "text_window_tokens": spec.text_window_tokens,
+            "metadata_from": list(spec.metadata_keys),
+            "pca_dim": spec.pca_dim,
+            "knn_k": spec.knn_k,
+            "dim": spec.dim,
+            "encode_s": run.encode_s,
+        },
+        "feedback": opts.feedback,
+        "arm_prices": opts.arm_prices,
+        "cost_weight": opts.cost_weight,
+        "latency_weight": opts.latency_weight,
+        "energy_weight": opts.energy_weight,
+        "max_latency_ms": opts.max_latency_ms,
+        "budget_usd": opts.budget_usd,
+        "refused_prompts": "not routed: quality 0, no cost",
+        "seeds": run.seeds,
+        **{k: main[k] for k in (*SUMMARY_KEYS, *MEASURE_KEYS) if k in main},
+        "quality_vs_best_single": _ratio(main["mean_quality"], best["mean_quality"]),
+        "cost_vs_best_single": _ratio(main["mean_cost_usd"], best["mean_cost_usd"]),
+        "spread": main["spread"],
+        "picks": main["picks"],
+        "runs": main["runs"],
+        "best_single": best,
+        "oracle": {
+            k: oracle[k] for k in ("mean_quality", "mean_cost_usd", *MEASURE_KEYS) if k in oracle
+        },
+        "single_models": [_model(outcomes, j) for j in range(len(outcomes.arms))],
+        "warm_start": None,
+        "server": None
+        if opts.server is None
+        else {"address": opts.server.address, "tenant": opts.server.tenant},
+    }
+    if run.warm_report is not None:
+        report["warm_start"] = {
+            "data": str(opts.data if opts.warm_start_head else opts.warm_start),
+            "head": run.head if opts.warm_start_head else None,
+            "records": run.warm_report.records,
+            "events": run.warm_report.events,
+            "skipped_records": run.warm_report.skipped_records,
+        }
+    curves = {opts.policy: main["regret_curve"]}
+    for reference in REGRET_REFERENCES:
+        curves.setdefault(reference, run.reference_regret(reference))
+    report["regret_over_time"] = {
+        "prompts": curve_steps(outcomes.n).tolist(),
+        "cumulative_regret": curves,
+    }
+    if opts.sweep is not None:
+        report.update(_sweep_report(run, best))
+    report["gain_vs_zero_router"] = gain_vs_zero_router(
+        _xy(report.get("frontier", [main])), _xy(report["single_models"])
+    )
+    if opts.sweep_budgets is not None:
+        budgets = opts.sweep_budgets or budget_grid(outcomes)
+        report["budget_frontier"] = [
+            _frontier_point(run.point(opts.cost_weight, b)) for b in budgets
+        ]
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    return report

@@ -1,0 +1,79 @@
+"""Gain over the zero router (RouterBench, Hu et al. 2024): how much quality a routing policy
+adds, at each cost, over a fixed random mix of single models.
+
+The zero router's best quality at a mean cost c is the upper concave hull of the single models'
+(mean cost, mean quality) points at c; the policy's is the same hull of its sweep points (a mix of
+two cost weights is reachable by choosing between them at random). Both hulls are
+non-decreasing: at a cost past a hull's priciest point it keeps that point's quality, as spending
+less than allowed is always possible. Pure functions of (cost, quality) points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from banditd.domain import FloatArray
+from banditd.evaluation.replay.scoring import upper_hull
+
+GRID_POINTS = 50
+# A point counts as reaching a grid cost within this relative slack: the cheapest single model's
+# own mean, recomputed from the same numbers in another order, may differ in the last bits.
+COST_SLACK = 1e-9
+# The grid's low end when the cheapest model is free (a log grid cannot start at 0), relative
+# to its high end.
+FREE_FLOOR = 1e-6
+
+Points = Sequence[tuple[float, float]]
+
+
+def cost_grid(singles: Points, points: int = GRID_POINTS) -> FloatArray:
+    """``points`` log-spaced costs from the cheapest single model's mean cost to the best single
+    model's (best: highest mean quality, the cheapest on ties), shape (points,).
+
+    singles: (mean cost, mean quality) per single model, at least one.
+    """
+    if not singles:
+        raise ValueError("no single models")
+    low = min(cost for cost, _ in singles)
+    best = min(singles, key=lambda p: (-p[1], p[0]))
+    high = max(best[0], low)
+    if high <= 0.0:
+        return np.zeros(points)
+    return np.geomspace(max(low, high * FREE_FLOOR), high, points)
+
+
+def hull_quality(points: Points, costs: FloatArray) -> FloatArray:
+    """The quality of the points' upper concave hull at each cost, NaN below its cheapest point
+    (not reachable), its top quality past its priciest; costs (m,) -> (m,)."""
+    hull = np.array(upper_hull(points))
+    quality = np.interp(costs, hull[:, 0], hull[:, 1])
+    reached = costs * (1.0 + COST_SLACK) >= hull[0, 0]
+    return np.where(reached, quality, np.nan)
+
+
+def gain_vs_zero_router(policy: Points, singles: Points) -> dict[str, float | None]:
+    """The policy's gain over the zero router on the cost grid (``cost_grid``).
+
+    At each grid cost c the policy's hull reaches (a sweep point at cost <= c): its quality
+    minus the single models' hull's, in points (hundredths) of the best single model's mean
+    quality. ``mean`` and ``min`` are over those costs (None when it reaches none),
+    ``coverage`` is their share of the grid.
+
+    policy: (mean cost, mean quality) per sweep point; singles: the same per single model.
+    """
+    if not policy:
+        raise ValueError("no policy points")
+    grid = cost_grid(singles)
+    best_quality = max(quality for _, quality in singles)
+    scale = 100.0 / best_quality if best_quality > 0 else 100.0
+    gain = (hull_quality(policy, grid) - hull_quality(singles, grid)) * scale
+    reached = gain[~np.isnan(gain)]
+    if reached.size == 0:
+        return {"mean": None, "min": None, "coverage": 0.0}
+    return {
+        "mean": float(reached.mean()),
+        "min": float(reached.min()),
+        "coverage": reached.size / grid.size,
+    }

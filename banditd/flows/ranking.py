@@ -1,0 +1,210 @@
+"""Ranking: eligibility, expected costs and the policy's choice, in arm names (no I/O).
+
+The server's Select, offline replay and the OPE proof all decide through ``rank_arms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from banditd.budget import pacer
+from banditd.context import input_tokens_estimate
+from banditd.domain import ArmSpec, FloatArray, RankedArm
+from banditd.domain.ceilings import (
+    HARD_MAX_COST_WEIGHT,
+    HARD_MAX_ENERGY_WEIGHT,
+    HARD_MAX_LATENCY_WEIGHT,
+)
+from banditd.errors import FailedPrecondition, NotFound, ResourceExhausted
+from banditd.policy import Choice, _kernels, dueling
+from banditd.policy.base import IntArray
+from banditd.state.live_routers import RouterState
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The policy's answer in arm names: ranking best first, and the choice it came from."""
+
+    ranking: tuple[RankedArm, ...]
+    choice: Choice
+    candidates: tuple[str, ...]
+    budget_price: float = 0.0  # the pacer's price of a dollar, 0 without a budget
+    budget_outcome: str = ""  # "", "paced", "fallback" or "over_budget" (see BudgetCheck)
+    # The latency and energy weights used (the request's, else the router's defaults).
+    latency_weight: float = 0.0
+    energy_weight: float = 0.0
+    challenger: str | None = None  # with compare: the dueling pick (banditd.policy.dueling)
+
+    def other_term(self, arms: Sequence[str]) -> FloatArray | None:
+        """Utility lost to latency and energy per arm of ``arms`` (in the ranking), or None."""
+        if not (self.latency_weight or self.energy_weight):
+            return None
+        by_arm = {r.arm: r for r in self.ranking}
+        return np.array(
+            [
+                self.latency_weight * by_arm[a].expected_latency_ms / 1000.0
+                + self.energy_weight * by_arm[a].expected_energy_wh
+                for a in arms
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """The budgets of one request, for rank_arms: their pacing state, and whether exhaustion
+    refuses (RESOURCE_EXHAUSTED) or serves the cheapest arm past the budget."""
+
+    pacings: Sequence[pacer.Pacing]
+    refuse: bool = False
+    scope: str = "the budget"
+
+
+def _enabled(state: RouterState, candidates: Sequence[str]) -> list[ArmSpec]:
+    wanted = set(candidates)
+    return [a for a in state.spec.arms if not a.disabled and (not wanted or a.name in wanted)]
+
+
+def priciest(state: RouterState, prompt: str | None, candidates: Sequence[str]) -> float:
+    """The highest expected cost among the arms a request may get (what a lease must hold)."""
+    posterior = state.posterior
+    tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
+    costs = [
+        posterior.expected_cost_usd(posterior.index(a.name), a, tokens)
+        for a in _enabled(state, candidates)
+    ]
+    return max(costs, default=0.0)
+
+
+def rank_arms(
+    state: RouterState,
+    x: FloatArray,
+    *,
+    prompt: str | None,
+    candidates: Sequence[str] = (),
+    cost_weight: float | None = None,
+    max_cost_usd: float | None = None,
+    rng: np.random.Generator,
+    blocked: Collection[str] = frozenset(),
+    budget: BudgetCheck | None = None,
+    latency_weight: float | None = None,
+    energy_weight: float | None = None,
+    max_latency_ms: float | None = None,
+    compare: bool = False,
+) -> Ranked:
+    """Eligibility, expected costs, the policy's choice and the ranking; no I/O.
+
+    The server's Select and offline replay both decide through this function. With a budget,
+    the pacer masks arms (unaffordable, or below its threshold on posterior mean quality per
+    dollar) and its price is the least cost weight used.
+    x: context vector, shape (state.spec.dim,).
+    blocked: arms whose circuit breaker is open; skipped unless every eligible arm is.
+    Latency and energy (issue 21): utility = quality - cost weight x USD - latency_weight x
+    expected seconds - energy_weight x expected Wh (None: the router's defaults); an arm whose
+    expected latency is over max_latency_ms is not eligible. The budget acts on USD alone.
+    compare (pairwise feedback): also pick a challenger among the same eligible arms, by a
+    second posterior draw from ``rng`` (None when only one arm is eligible).
+    """
+    spec, posterior = state.spec, state.posterior
+    if candidates:
+        unknown = [c for c in candidates if spec.arm(c) is None]
+        if unknown:
+            raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
+        wanted = set(candidates)
+        arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
+    else:
+        arms = [a for a in spec.arms if not a.disabled]
+    healthy = [a for a in arms if a.name not in blocked]
+    arms = healthy or arms  # every arm failing: still answer (fail open), with all of them
+    input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
+    indexes = [posterior.index(a.name) for a in arms]
+    arm_idx = np.array(indexes, dtype=np.int64)
+    # One pass over the arms, with plain int indexes (no NumPy scalars).
+    cost_l: list[float] = []
+    lat_l: list[float] = []
+    wh_l: list[float] = []
+    for a, i in zip(arms, indexes, strict=True):
+        cost_l.append(posterior.expected_cost_usd(i, a, input_tokens, x))
+        lat_l.append(posterior.expected_latency_ms(i, a, x))
+        wh_l.append(posterior.expected_energy_wh(i, a, input_tokens, x))
+    costs, latency, energy = np.array(cost_l), np.array(lat_l), np.array(wh_l)
+    if max_cost_usd is not None:
+        keep = costs <= max_cost_usd
+        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
+    if not arms:
+        raise FailedPrecondition(
+            "no eligible arm: every candidate is disabled or over max_cost_usd"
+        )
+    if max_latency_ms is not None:
+        keep = latency <= max_latency_ms
+        if not keep.any():
+            raise FailedPrecondition(
+                f"no eligible arm: every candidate's expected latency (from "
+                f"{latency.min():.6g} ms) is over max_latency_ms ({max_latency_ms:g} ms)"
+            )
+        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
+    price, outcome = 0.0, ""
+    if budget is not None and budget.pacings:
+        mean_quality = _kernels.mean_scores(posterior.theta, arm_idx, x)
+        gate = pacer.gate(mean_quality, costs, budget.pacings)
+        if gate.exhausted:
+            if budget.refuse:
+                raise ResourceExhausted(
+                    f"budget of {budget.scope} is exhausted for this period: no arm's expected "
+                    f"cost (from ${costs.min():.6g}) fits what is left"
+                )
+            keep = np.zeros(len(arms), dtype=np.bool_)
+            keep[int(np.argmin(costs))] = True
+            outcome = "over_budget"
+        else:
+            keep, price = gate.eligible, gate.price
+            outcome = "fallback" if gate.fallback else "paced"
+        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
+    weight = spec.default_cost_weight if cost_weight is None else cost_weight
+    weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
+    lw = spec.default_latency_weight if latency_weight is None else latency_weight
+    ew = spec.default_energy_weight if energy_weight is None else energy_weight
+    # Each term is at most 1e9 x 1e9 (weights and heads are bounded): finite by construction.
+    lw, ew = min(lw, HARD_MAX_LATENCY_WEIGHT), min(ew, HARD_MAX_ENERGY_WEIGHT)
+    other = lw * latency / 1000.0 + ew * energy if lw or ew else None
+    choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng, other_term=other)
+    if spec.explore_new_arm:
+        choice = _explore_new_arm(state, arms, arm_idx, choice)
+    utility, quality, cost = choice.utility.tolist(), choice.quality.tolist(), costs.tolist()
+    lat, wh = latency.tolist(), energy.tolist()
+    ranking = tuple(
+        RankedArm(arms[i].name, utility[i], quality[i], cost[i], lat[i], wh[i])
+        for i in choice.order.tolist()
+    )
+    rival = None
+    if compare:
+        term = weight * costs + (0.0 if other is None else other)
+        rival = dueling.challenger(posterior, arm_idx, x, term, choice.chosen, rng, spec.alpha)
+    names = tuple(a.name for a in arms)
+    challenger = None if rival is None else names[rival]
+    return Ranked(ranking, choice, names, price, outcome, lw, ew, challenger)
+
+
+def _explore_new_arm(
+    state: RouterState, arms: Sequence[ArmSpec], arm_idx: IntArray, choice: Choice
+) -> Choice:
+    """Put first the eligible arm with the fewest feedback events, while it has fewer than
+    ``explore_new_arm`` of them and this process has not yet forced it that many times."""
+    limit = state.spec.explore_new_arm
+    events = state.posterior.n_updates[arm_idx]
+    short = [
+        (int(events[i]), i)
+        for i, arm in enumerate(arms)
+        if events[i] < limit and state.forced_picks.get(arm.name, 0) < limit
+    ]
+    if not short:
+        return choice
+    position = min(short)[1]
+    name = arms[position].name
+    state.forced_picks[name] = state.forced_picks.get(name, 0) + 1
+    return choice.forced(position)

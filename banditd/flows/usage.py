@@ -1,0 +1,88 @@
+"""The usage-report flow (issue 22): Feedback with usage_only, sent by the gateway for each
+served call. A report carries the call's cost, tokens, latency and error, never a rating: it is
+stored apart from the event log (banditd.store.usage, once per decision) and folded into the
+decision's first event when that is appended (docs/gateway.md, "Usage and rating")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from banditd import metrics
+from banditd.budget.ledger import Budgets
+from banditd.errors import InvalidArgument
+from banditd.flows.tokens import TokenClaims
+from banditd.store.usage import Usage, UsageStore
+
+log = structlog.get_logger(__name__)
+
+
+class UsageRequest(Protocol):
+    """What a usage report reads of a Feedback request (banditd.flows.feedback.FeedbackInput)."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def thumb(self) -> str | None: ...
+    @property
+    def reward(self) -> float | None: ...
+    @property
+    def preference(self) -> str | None: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+    @property
+    def input_tokens(self) -> int | None: ...
+    @property
+    def output_tokens(self) -> int | None: ...
+    @property
+    def latency_ms(self) -> float | None: ...
+    @property
+    def first_token_ms(self) -> float | None: ...
+    @property
+    def energy_wh(self) -> float | None: ...
+    @property
+    def error(self) -> bool: ...
+
+
+class UsageFlow:
+    def __init__(
+        self,
+        store: UsageStore,
+        budgets: Budgets | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._budgets = budgets
+        self._clock = clock
+
+    async def record(self, req: UsageRequest, verify: Callable[[Any], TokenClaims]) -> float:
+        """Commit the report (``verify``: the Feedback flow's token, tenant and bounds checks);
+        returns the cost it reported (0 when none). Raises, writing nothing, when refused."""
+        if req.thumb is not None or req.reward is not None or req.preference is not None:
+            raise InvalidArgument(
+                "usage_only", "a usage report has no thumb or reward: rate it separately"
+            )
+        claims = verify(req)
+        await self._store.add(
+            Usage(
+                claims.decision_id,
+                claims.router_id,
+                claims.arm,
+                req.cost_usd,
+                req.input_tokens,
+                req.output_tokens,
+                req.latency_ms,
+                req.first_token_ms,
+                req.energy_wh,
+                req.error,
+                self._clock(),
+            )
+        )
+        metrics.FEEDBACK.labels("usage").inc()
+        if req.cost_usd is not None and self._budgets is not None and self._budgets.active:
+            await self._budgets.settle([(claims.decision_id, req.cost_usd)])
+        log.info("usage", tenant=req.tenant, arm=claims.arm, decision_id=claims.decision_id)
+        return req.cost_usd or 0.0

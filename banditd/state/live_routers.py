@@ -1,0 +1,401 @@
+"""Routers held in memory with their posteriors, restored from snapshot + event tail.
+
+Every change to a router's posterior happens under that router's lock, so in one process events
+are appended and applied in id order; multi-replica tailing of the log builds on the same restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import structlog
+
+from banditd import metrics
+from banditd.context.metadata import VocabularyStore
+from banditd.context.pipeline import ContextPipeline, pca_fingerprint
+from banditd.context.registry import Encoders
+from banditd.domain import FeedbackEvent, RouterSpec
+from banditd.errors import BadData, NotFound, Unavailable
+from banditd.policy import Policy, make_policy
+from banditd.state import posterior_snapshot
+from banditd.state.breaker import ArmHealth, BreakerState
+from banditd.state.posterior import Posterior, Prior
+from banditd.store import Repository
+from banditd.store.dead_letters import DeadLetters, append_isolating
+from banditd.store.repository import StoredRouter
+
+log = structlog.get_logger(__name__)
+DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
+DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
+BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+@dataclass
+class RouterState:
+    router_id: int
+    spec: RouterSpec
+    policy: Policy
+    posterior: Posterior
+    events_since_snapshot: int = 0
+    # Decisions this process forced onto arms short of feedback (explore_new_arm), by arm name.
+    forced_picks: dict[str, int] = field(default_factory=dict)
+    # Decisions made before this were all checked for a default reward (see _default_missing).
+    defaults_checked_until: float = 0.0
+    # Arm health, folded from the same events as the posterior (see banditd.state.breaker).
+    health: ArmHealth = field(default_factory=ArmHealth)
+    # Request -> x (banditd.context.pipeline); None only for states built outside a Catalog.
+    context: ContextPipeline | None = None
+    # Events the posterior skipped and the catalog has not reported yet (dead letters).
+    skipped: list[tuple[FeedbackEvent, BadData]] = field(default_factory=list)
+
+
+class _StoredVocabulary(VocabularyStore):
+    """A router's metadata vocabulary in the database."""
+
+    def __init__(self, repo: Repository, router_id: int) -> None:
+        self._repo, self._router_id = repo, router_id
+
+    async def assign(self, key: str, value: str, limit: int) -> int | None:
+        return await self._repo.assign_vocabulary_slot(self._router_id, key, value, limit)
+
+
+class Catalog:
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot_every: int,
+        clock: Callable[[], float] = time.time,
+        *,
+        encoders: Encoders | None = None,
+        max_prompt_chars: int = 200_000,
+    ) -> None:
+        self._repo = repo
+        self._dead = DeadLetters(repo.db)
+        self.encoders = encoders or Encoders()
+        self._max_prompt_chars = max_prompt_chars
+        self._clock = clock
+        self._snapshot_every = snapshot_every
+        self._by_id: dict[int, RouterState] = {}
+        self._by_name: dict[tuple[str, str], int] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, router_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(router_id, asyncio.Lock())
+
+    async def load_all(self) -> int:
+        """Restore every stored router (at start, so the first Select pays no replay)."""
+        stored = await self._repo.list_routers()
+        for item in stored:
+            async with self._lock(item.router_id):
+                await self._restore(item)
+        return len(stored)
+
+    async def _restore(self, stored: StoredRouter) -> RouterState:
+        spec = stored.spec
+        started = time.perf_counter()
+        prior = Prior.of(spec)
+        posterior: Posterior | None = None
+        health_json: str | None = None
+        snapshot = await self._repo.latest_snapshot(stored.router_id)
+        if snapshot is not None:
+            try:
+                posterior, health_json = posterior_snapshot.load(snapshot[0]), snapshot[1]
+            except ValueError as exc:  # an older format: rebuild from the log
+                log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
+            if posterior is not None and posterior.prior != prior:
+                posterior = None  # embedding size or prior changed: rebuild from the log
+        if posterior is None:
+            posterior, health_json = Posterior.empty(prior, spec.prior_output_tokens), None
+        posterior.prior_output_tokens = spec.prior_output_tokens
+        from_id = posterior.last_event_id
+        for arm in spec.arms:
+            posterior.index(arm.name)
+        state = RouterState(stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior)
+        state.health = ArmHealth.from_json(health_json, spec.breaker)
+        state.context = await self._context(stored)
+        replayed = await self._catch_up(state)
+        self._by_id[stored.router_id] = state
+        self._by_name[(spec.tenant, spec.name)] = stored.router_id
+        log.info(
+            "router_restored",
+            tenant=spec.tenant,
+            router=spec.name,
+            snapshot_event_id=from_id,
+            replayed_events=replayed,
+            seconds=round(time.perf_counter() - started, 4),
+        )
+        return state
+
+    async def _context(self, stored: StoredRouter) -> ContextPipeline:
+        """A router's context pipeline: its encoder, stored vocabulary and PCA, and its kNN
+        index rebuilt from the whole feedback log."""
+        spec, router_id = stored.spec, stored.router_id
+        encoder, batcher = await self.encoders.get(spec)
+        known = await self._repo.load_vocabulary(router_id) if spec.metadata_keys else None
+        pipeline = ContextPipeline(
+            spec,
+            encoder,
+            _StoredVocabulary(self._repo, router_id),
+            known_vocabulary=known,
+            batcher=batcher,
+            max_prompt_chars=self._max_prompt_chars,
+        )
+        await self._load_reduction(router_id, pipeline)
+        if pipeline.knn is not None:
+            after = 0
+            while events := await self._repo.events_after(router_id, after):
+                for event in events:
+                    pipeline.observe(event)
+                after = events[-1].event_id
+        return pipeline
+
+    async def _load_reduction(self, router_id: int, pipeline: ContextPipeline) -> None:
+        if not pipeline.needs_reduction:
+            return
+        data = await self._repo.load_context_model(
+            router_id, pca_fingerprint(pipeline.spec, pipeline.encoder)
+        )
+        if data is not None:
+            from banditd.context.reduction import Reduction
+
+            pipeline.set_reduction(Reduction.from_bytes(data))
+
+    async def save_reduction(self, state: RouterState) -> None:
+        """Store a PCA this process fitted; when another replica stored one first, use it."""
+        pipeline = state.context
+        if pipeline is None or pipeline.reduction is None or not pipeline.unsaved_reduction:
+            return
+        pipeline.unsaved_reduction = False
+        ours = pipeline.reduction.to_bytes()
+        stored = await self._repo.save_context_model(
+            state.router_id, pca_fingerprint(state.spec, pipeline.encoder), ours
+        )
+        if stored != ours:
+            from banditd.context.reduction import Reduction
+
+            pipeline.set_reduction(Reduction.from_bytes(stored))
+        log.info(
+            "pca_fitted", tenant=state.spec.tenant, router=state.spec.name, ours=stored == ours
+        )
+
+    async def get(self, tenant: str, name: str) -> RouterState:
+        router_id = self._by_name.get((tenant, name))
+        if router_id is not None and router_id in self._by_id:
+            return self._by_id[router_id]
+        stored = await self._repo.get_router(tenant, name)  # NotFound when absent
+        async with self._lock(stored.router_id):
+            return self._by_id.get(stored.router_id) or await self._restore(stored)
+
+    @asynccontextmanager
+    async def locked(self, router_id: int) -> AsyncIterator[RouterState]:
+        """The router's state, held exclusively (for appending and applying events)."""
+        async with self._lock(router_id):
+            state = self._by_id.get(router_id)
+            if state is None:
+                stored = await self._repo.get_router_by_id(router_id)
+                if stored is None:
+                    raise NotFound("the router of this decision no longer exists")
+                state = await self._restore(stored)
+            yield state
+
+    async def put(
+        self, spec: RouterSpec, *, action: str = "put", expected_version: int | None = None
+    ) -> tuple[RouterSpec, bool]:
+        stored, created = await self._repo.put_router(
+            spec, action=action, expected_version=expected_version
+        )
+        async with self._lock(stored.router_id):
+            await self._restore(stored)
+        return stored.spec, created
+
+    async def delete(self, tenant: str, name: str) -> bool:
+        router_id = await self._repo.delete_router(tenant, name)
+        if router_id is None:
+            return False
+        async with self._lock(router_id):
+            self._by_id.pop(router_id, None)
+            self._by_name.pop((tenant, name), None)
+        return True
+
+    async def record(self, state: RouterState, event: FeedbackEvent) -> FeedbackEvent:
+        """Append an event, then fold in the log up to it (other replicas' events included);
+        the event as stored. Caller holds ``locked(router_id)``."""
+        try:
+            stored = await self._repo.append_event(event, state.spec.combine)
+        except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
+            await self._dead.add_events(state.router_id, state.spec.tenant, [(event, exc)])
+            raise
+        try:
+            await self._catch_up(state)
+        except Unavailable as exc:  # committed: the next tail round applies it
+            log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
+        return stored
+
+    async def _default_missing(self, state: RouterState) -> int:
+        """Give the router's default reward to decisions whose feedback did not come in time.
+
+        Every replica may try; the unique decision id lets exactly one event in. Caller holds
+        the router's lock. Returns the events applied.
+        """
+        spec = state.spec
+        if spec.default_reward is None:
+            return 0
+        now = self._clock()
+        cutoff = now - spec.reward_wait_seconds
+        # Rescan a margin behind the watermark for decisions the group commit logged late.
+        due = await self._repo.decisions_awaiting_default(
+            state.router_id,
+            state.defaults_checked_until - DEFAULT_RESCAN_S,
+            cutoff,
+            DEFAULT_BATCH,
+        )
+        if len(due) < DEFAULT_BATCH:
+            state.defaults_checked_until = cutoff
+        events = [
+            FeedbackEvent(
+                event_id=0,
+                router_id=state.router_id,
+                decision_id=d.decision_id,
+                arm=d.arm,
+                x=d.x,
+                reward=spec.default_reward,
+                cost_usd=d.expected_cost_usd,
+                input_tokens=None,
+                output_tokens=None,
+                latency_ms=None,
+                error=False,
+                created_at=now,
+                cost_reported=False,
+                defaulted=True,
+            )
+            for d in due
+            if d.x is not None
+        ]
+        if not events:
+            return 0
+        added = await self._repo.append_events(events)
+        log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
+        return await self._catch_up(state)
+
+    async def record_many(
+        self,
+        state: RouterState,
+        events: list[FeedbackEvent],
+        rejected: list[tuple[int, BadData]] | None = None,
+    ) -> list[int]:
+        """Append events in one transaction (refused signals are skipped: see
+        ``Repository.append_events``), then catch up; returns the positions added. Events
+        refused as data are set aside (dead letters), their positions added to ``rejected``."""
+        appended, bad = await append_isolating(self._repo, events, state.spec.combine)
+        bad_events = [(events[i], exc) for i, exc in bad]
+        await self._dead.add_events(state.router_id, state.spec.tenant, bad_events)
+        if rejected is not None:
+            rejected.extend(bad)
+        if appended.follows == state.posterior.last_event_id:
+            # Nothing of the router's log lies between what we applied and the batch: apply it
+            # as committed instead of reading it back (the catch-up below finds nothing more).
+            self._fold(state, appended.events)
+        try:
+            await self._catch_up(state)
+        except Unavailable as exc:  # committed: the next tail round applies them
+            log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
+        return appended.positions
+
+    @staticmethod
+    def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
+        """Apply events that follow the last applied one, in id order. Events the posterior
+        skips (a non-finite number, logged before issue 17) are kept for reporting."""
+        state.events_since_snapshot += len(events)
+        posterior, health, context = state.posterior, state.health, state.context
+        for event in events:
+            problem = posterior.apply(event)
+            if problem is not None:
+                state.skipped.append((event, BadData(f"event skipped by the posterior: {problem}")))
+                continue
+            # Only served calls judge an arm, each once (later signals re-rate the answer).
+            if not (event.offline or event.defaulted or event.signal):
+                health.observe(event.arm, event.error, event.created_at)
+            if context is not None:
+                context.observe(event)
+
+    async def _catch_up(self, state: RouterState) -> int:
+        """Apply the router's events after the last applied one, in id order; snapshot when due.
+        Caller holds the router's lock."""
+        applied = 0
+        while events := await self._repo.events_after(
+            state.router_id, state.posterior.last_event_id
+        ):
+            self._fold(state, events)
+            applied += len(events)
+        if state.skipped:
+            await self._dead.add_events(
+                state.router_id, state.spec.tenant, state.skipped, "skipped_event"
+            )
+            state.skipped = []
+        metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
+            state.posterior.last_event_id
+        )
+        self.export_health(state)
+        if state.events_since_snapshot >= self._snapshot_every:
+            await self._snapshot(state)
+        return applied
+
+    async def tail(self) -> int:
+        """Bring every loaded router up to the log (events written by other replicas); picks up
+        routers other replicas created, changed or deleted. Returns the events applied."""
+        stored = {s.router_id: s for s in await self._repo.list_routers()}
+        for router_id in list(self._by_id):
+            if router_id not in stored:
+                async with self._lock(router_id):
+                    state = self._by_id.pop(router_id, None)
+                    if state is not None:
+                        self._by_name.pop((state.spec.tenant, state.spec.name), None)
+        applied = 0
+        for router_id, item in stored.items():
+            try:
+                applied += await self._tail_one(router_id, item)
+            except (BadData, ValueError) as exc:  # one router's bad row never stops the others
+                log.error("tail_router_failed", router_id=router_id, error=str(exc))
+        return applied
+
+    async def _tail_one(self, router_id: int, item: StoredRouter) -> int:
+        async with self._lock(router_id):
+            state = self._by_id.get(router_id)
+            if state is None or state.spec.version != item.spec.version:
+                await self._restore(item)
+                return 0
+            lag = await self._repo.count_events_after(router_id, state.posterior.last_event_id)
+            metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
+            applied = await self._catch_up(state) + await self._default_missing(state)
+            if state.context is not None:
+                await self._load_reduction(router_id, state.context)
+            return applied
+
+    def export_health(self, state: RouterState) -> None:
+        """Publish each configured arm's breaker state to the metrics."""
+        now = self._clock()
+        for arm in state.spec.arms:
+            view = state.health.view(arm.name, now)
+            metrics.ARM_BREAKER.labels(state.spec.tenant, state.spec.name, arm.name).set(
+                BREAKER_GAUGE[view.state]
+            )
+
+    async def _snapshot(self, state: RouterState) -> None:
+        await self._repo.write_snapshot(
+            state.router_id,
+            state.posterior.last_event_id,
+            posterior_snapshot.dump(state.posterior),
+            state.health.to_json(),
+        )
+        state.events_since_snapshot = 0
+
+    async def snapshot_all(self) -> None:
+        """Snapshot every router with events since its last snapshot (on shutdown)."""
+        for router_id, state in list(self._by_id.items()):
+            if state.events_since_snapshot:
+                async with self._lock(router_id):
+                    await self._snapshot(state)

@@ -1,0 +1,359 @@
+"""Per-router posterior: a pure function of the prior and the feedback events applied, in id order.
+
+Any process that has applied the same events holds the same arrays, bit for bit, which is what
+lets a restart (snapshot + replay of the tail) pick exactly what the first process would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain.ceilings import (
+    HARD_MAX_CALL_USD,
+    HARD_MAX_CALL_WH,
+    HARD_MAX_LATENCY_MS,
+    clamp,
+    event_problem,
+)
+from banditd.policy import _kernels
+from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
+
+REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
+# The cost model (reported costs regressed on x) prices an arm once it has this many reports;
+# its prediction is kept within [COST_FLOOR, COST_CEILING] x the arm's mean reported cost.
+COST_MODEL_MIN_EVENTS = 20
+COST_FLOOR, COST_CEILING = 0.05, 20.0
+PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
+# The latency and energy heads (issue 21) are regressions of reported latency_ms and energy_wh
+# on x, built as the cost model is (same kernels, separate statistics): "lat_*" and "energy_*"
+# arrays, each (a, a_inv, b, theta) with a sum and a count of reports per arm.
+# Their ridge is HEAD_RIDGE, not the quality prior's weight: a prior worth 30 observations would
+# pull a latency of 8 s toward 0 by half after 20 reports (the heads' prior is their mean).
+HEADS = ("lat", "energy")
+HEAD_RIDGE = 1.0
+
+
+def _usd(value: float) -> float:
+    return clamp(value, 0.0, HARD_MAX_CALL_USD, nan=HARD_MAX_CALL_USD)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Where every arm's statistics start and how they age: with the events, this fixes a posterior.
+
+    An arm with no feedback has A = weight * I and b = weight * q * e0 (x[0] is the
+    intercept), so its mean quality is q with ``weight`` observations behind it: q is the arm's
+    entry in ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else
+    ``quality``. Each update of an arm first discounts its A and b by ``forgetting``.
+    """
+
+    dim: int
+    quality: float = 0.0
+    weight: float = 1.0
+    forgetting: float = 1.0
+    arm_quality: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, spec: RouterSpec) -> Prior:
+        prices = np.array(
+            [a.cost_usd(PRIOR_INPUT_TOKENS, spec.prior_output_tokens) for a in spec.arms]
+        )
+        tiers = price_tier_quality(prices, spec.prior_quality, PRICE_TIER_SPREAD)
+        arm_quality = tuple(
+            (a.name, float(q))
+            for a, q in zip(spec.arms, tiers, strict=True)
+            if float(q) != spec.prior_quality
+        )
+        return cls(spec.dim, spec.prior_quality, spec.prior_weight, spec.forgetting, arm_quality)
+
+    def quality_of(self, arm: str) -> float:
+        """The prior mean quality of an arm."""
+        return dict(self.arm_quality).get(arm, self.quality)
+
+
+@dataclass
+class Posterior:
+    """Statistics of every arm ever configured or rewarded, by name.
+
+    a, a_inv: (n_arms, dim, dim); b, theta: (n_arms, dim); counters: (n_arms,).
+    cost_*: the same shapes, a ridge regression of reported cost (USD) on x over the events that
+    report a cost and no tokens: an arm's price where it depends on the request (a task whose
+    answers run long), learned separately from quality so one posterior serves every cost weight.
+    """
+
+    prior: Prior
+    prior_output_tokens: float
+    arms: list[str]
+    a: FloatArray
+    a_inv: FloatArray
+    b: FloatArray
+    theta: FloatArray
+    n_updates: npt.NDArray[np.int64]
+    output_tokens_sum: FloatArray
+    output_tokens_n: npt.NDArray[np.int64]
+    observed_cost_sum: FloatArray
+    observed_cost_n: npt.NDArray[np.int64]
+    cost_a: FloatArray
+    cost_a_inv: FloatArray
+    cost_b: FloatArray
+    cost_theta: FloatArray
+    lat_a: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    lat_a_inv: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    lat_b: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    lat_theta: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    lat_sum: FloatArray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    lat_n: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+    energy_a: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    energy_a_inv: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0)))
+    energy_b: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    energy_theta: FloatArray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    energy_sum: FloatArray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    energy_n: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+    input_tokens_sum: float = 0.0
+    input_tokens_n: int = 0
+    last_event_id: int = 0
+
+    @classmethod
+    def empty(cls, prior: Prior, prior_output_tokens: float) -> Posterior:
+        dim = prior.dim
+        return cls(
+            prior=prior,
+            prior_output_tokens=prior_output_tokens,
+            arms=[],
+            a=np.zeros((0, dim, dim)),
+            a_inv=np.zeros((0, dim, dim)),
+            b=np.zeros((0, dim)),
+            theta=np.zeros((0, dim)),
+            n_updates=np.zeros(0, dtype=np.int64),
+            output_tokens_sum=np.zeros(0),
+            output_tokens_n=np.zeros(0, dtype=np.int64),
+            observed_cost_sum=np.zeros(0),
+            observed_cost_n=np.zeros(0, dtype=np.int64),
+            cost_a=np.zeros((0, dim, dim)),
+            cost_a_inv=np.zeros((0, dim, dim)),
+            cost_b=np.zeros((0, dim)),
+            cost_theta=np.zeros((0, dim)),
+            **_empty_heads(dim),
+        )
+
+    def index(self, arm: str) -> int:
+        """Index of an arm, adding it with the prior if it is new."""
+        try:
+            return self.arms.index(arm)
+        except ValueError:
+            pass
+        eye = np.eye(self.dim)[None]
+        weight, quality = self.prior.weight, self.prior.quality_of(arm)
+        theta0 = np.zeros((1, self.dim))
+        theta0[0, 0] = quality
+        self.arms.append(arm)
+        self.a = np.concatenate([self.a, weight * eye])
+        self.a_inv = np.concatenate([self.a_inv, eye / weight])
+        self.b = np.concatenate([self.b, weight * theta0])
+        self.theta = np.concatenate([self.theta, theta0])
+        self.n_updates = np.append(self.n_updates, 0)
+        self.output_tokens_sum = np.append(self.output_tokens_sum, 0.0)
+        self.output_tokens_n = np.append(self.output_tokens_n, 0)
+        self.observed_cost_sum = np.append(self.observed_cost_sum, 0.0)
+        self.observed_cost_n = np.append(self.observed_cost_n, 0)
+        self.cost_a = np.concatenate([self.cost_a, weight * eye])
+        self.cost_a_inv = np.concatenate([self.cost_a_inv, eye / weight])
+        self.cost_b = np.concatenate([self.cost_b, np.zeros((1, self.dim))])
+        self.cost_theta = np.concatenate([self.cost_theta, np.zeros((1, self.dim))])
+        for head in HEADS:
+            for name, new in (
+                ("a", HEAD_RIDGE * eye),
+                ("a_inv", eye / HEAD_RIDGE),
+                ("b", np.zeros((1, self.dim))),
+                ("theta", np.zeros((1, self.dim))),
+            ):
+                setattr(
+                    self, f"{head}_{name}", np.concatenate([getattr(self, f"{head}_{name}"), new])
+                )
+            setattr(self, f"{head}_sum", np.append(getattr(self, f"{head}_sum"), 0.0))
+            setattr(self, f"{head}_n", np.append(getattr(self, f"{head}_n"), 0))
+        return len(self.arms) - 1
+
+    def apply(self, event: FeedbackEvent) -> str | None:
+        """Fold one event in. Events must come in increasing id order. Returns why the event
+        was skipped when it holds a non-finite or absurd number (logged before banditd bounded
+        them): every replica skips it alike, so the posterior stays finite and deterministic."""
+        if event.event_id <= self.last_event_id:
+            raise ValueError(f"event {event.event_id} after {self.last_event_id}: out of order")
+        self.last_event_id = event.event_id
+        if event.x.shape != (self.dim,):
+            return None  # logged under an earlier embedding size: not this posterior's data
+        problem = event_problem(event)
+        if problem is not None:
+            return problem
+        idx = self.index(event.arm)
+        if event.challenger is not None:
+            return self._duel(idx, event)
+        if event.reward_delta is not None:
+            # A later signal for a decision already counted: move its reward, not its weight.
+            self.b[idx] += event.reward_delta * event.x
+            self.theta[idx] = self.a_inv[idx] @ self.b[idx]
+            return None
+        self._reward(idx, event.x, event.reward)
+        if event.output_tokens is not None:
+            self.output_tokens_sum[idx] += event.output_tokens
+            self.output_tokens_n[idx] += 1
+        elif event.cost_reported:
+            self.observed_cost_sum[idx] += event.cost_usd
+            self.observed_cost_n[idx] += 1
+            _kernels.sherman_morrison_update(
+                self.cost_a,
+                self.cost_a_inv,
+                self.cost_b,
+                self.cost_theta,
+                idx,
+                event.x,
+                event.cost_usd,
+                self.prior.forgetting,
+            )
+            if self.observed_cost_n[idx] % REFACTORISE_EVERY == 0:
+                _kernels.refactorise(
+                    self.cost_a, self.cost_a_inv, self.cost_b, self.cost_theta, idx
+                )
+        if event.input_tokens is not None:
+            self.input_tokens_sum += event.input_tokens
+            self.input_tokens_n += 1
+        if event.latency_ms is not None and event.latency_ms >= 0:
+            self._learn("lat", idx, event.x, event.latency_ms)
+        if event.energy_wh is not None and event.energy_wh >= 0:
+            self._learn("energy", idx, event.x, event.energy_wh)
+        return None
+
+    def _reward(self, idx: int, x: FloatArray, reward: float) -> None:
+        _kernels.sherman_morrison_update(
+            self.a, self.a_inv, self.b, self.theta, idx, x, reward, self.prior.forgetting
+        )
+        self.n_updates[idx] += 1
+        if self.n_updates[idx] % REFACTORISE_EVERY == 0:
+            _kernels.refactorise(self.a, self.a_inv, self.b, self.theta, idx)
+
+    def _duel(self, idx: int, event: FeedbackEvent) -> str | None:
+        """A preference between a decision's arm and its challenger: each arm learns its own
+        reward at the decision's x (winner 1, loser 0, tie 0.5). The cost, token, latency and
+        energy heads learn nothing: a preference carries no per-arm measurement."""
+        other = event.challenger_reward
+        if other is None or not 0.0 <= other <= 1.0 or event.challenger == event.arm:
+            return f"preference event with challenger reward {other!r}"
+        assert event.challenger is not None
+        self._reward(idx, event.x, event.reward)
+        self._reward(self.index(event.challenger), event.x, other)
+        return None
+
+    def _learn(self, head: str, idx: int, x: FloatArray, value: float) -> None:
+        """One report into a latency or energy head: as the cost model learns a cost."""
+        a, a_inv = getattr(self, f"{head}_a"), getattr(self, f"{head}_a_inv")
+        b, theta = getattr(self, f"{head}_b"), getattr(self, f"{head}_theta")
+        getattr(self, f"{head}_sum")[idx] += value
+        n = getattr(self, f"{head}_n")
+        n[idx] += 1
+        _kernels.sherman_morrison_update(a, a_inv, b, theta, idx, x, value, self.prior.forgetting)
+        if n[idx] % REFACTORISE_EVERY == 0:
+            _kernels.refactorise(a, a_inv, b, theta, idx)
+
+    def _predict(self, head: str, idx: int, x: FloatArray | None, prior: float) -> float:
+        """A head's prediction: ``prior`` before any report (0: none), then the mean
+        report shrunk toward the prior by one pseudo-count, then (from COST_MODEL_MIN_EVENTS
+        reports) the regression for x within [COST_FLOOR, COST_CEILING] x that mean."""
+        n = int(getattr(self, f"{head}_n")[idx])
+        if n == 0:
+            return prior
+        total = float(getattr(self, f"{head}_sum")[idx])
+        mean = (prior + total) / (1 + n) if prior > 0 else total / n
+        if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
+            return mean
+        predicted = float(np.dot(getattr(self, f"{head}_theta")[idx], x))
+        return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
+
+    def reported_means(self, arm: str) -> tuple[float, int, float, int]:
+        """(mean reported latency_ms, reports, mean reported energy_wh, reports) of an arm;
+        0 means for an arm without reports (or unknown to this posterior)."""
+        if arm not in self.arms:
+            return (0.0, 0, 0.0, 0)
+        idx = self.arms.index(arm)
+        out: list[float | int] = []
+        for head in HEADS:
+            n = int(getattr(self, f"{head}_n")[idx])
+            out += [float(getattr(self, f"{head}_sum")[idx]) / n if n else 0.0, n]
+        return (float(out[0]), int(out[1]), float(out[2]), int(out[3]))
+
+    def expected_latency_ms(self, idx: int, arm: ArmSpec, x: FloatArray | None = None) -> float:
+        """The latency head's prediction (ms): the arm's prior_latency_ms before reports, then
+        its reports (a regression on x once it has enough). In [0, HARD_MAX_LATENCY_MS]."""
+        value = self._predict("lat", idx, x, arm.prior_latency_ms)
+        return clamp(value, 0.0, HARD_MAX_LATENCY_MS, nan=HARD_MAX_LATENCY_MS)
+
+    def expected_energy_wh(
+        self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
+    ) -> float:
+        """The energy head's prediction (Wh): the arm's per-token figures x expected tokens
+        before energy reports, then its reports. In [0, HARD_MAX_CALL_WH]."""
+        prior = arm.energy_wh(input_tokens, self.expected_output_tokens(idx))
+        prior = clamp(prior, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
+        value = self._predict("energy", idx, x, prior)
+        return clamp(value, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
+
+    @property
+    def dim(self) -> int:
+        return self.prior.dim
+
+    def expected_output_tokens(self, idx: int) -> float:
+        """Mean reported output tokens, shrunk toward the router's prior by one pseudo-count."""
+        total = self.prior_output_tokens + self.output_tokens_sum[idx]
+        return float(total / (1 + self.output_tokens_n[idx]))
+
+    def expected_cost_usd(
+        self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
+    ) -> float:
+        """Price x tokens once the arm reports output tokens (or before it reports anything).
+        When it reports costs without tokens: the cost model's prediction for x (once it has
+        COST_MODEL_MIN_EVENTS reports), else the arm's mean reported cost per call.
+        Always finite, in [0, HARD_MAX_CALL_USD]: whatever the arm's price or the model's
+        state, a cost that is not a number is taken as the most expensive."""
+        n = self.observed_cost_n[idx]
+        if self.output_tokens_n[idx] == 0 and n > 0:
+            mean = _usd(float(self.observed_cost_sum[idx] / n))
+            if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
+                return mean
+            predicted = float(np.dot(self.cost_theta[idx], x))
+            return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
+        return _usd(arm.cost_usd(input_tokens, self.expected_output_tokens(idx)))
+
+    def expected_input_tokens(self) -> float:
+        """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""
+        return (PRIOR_INPUT_TOKENS + self.input_tokens_sum) / (1 + self.input_tokens_n)
+
+
+def head_shapes(dim: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(array name, shape per arm) of one latency or energy head with ``dim`` features."""
+    return (
+        ("a", (dim, dim)),
+        ("a_inv", (dim, dim)),
+        ("b", (dim,)),
+        ("theta", (dim,)),
+        ("sum", ()),
+        ("n", ()),
+    )
+
+
+def _empty_heads(dim: int) -> dict[str, Any]:
+    """Empty latency and energy statistics for ``dim`` features."""
+    return {
+        f"{h}_{name}": np.zeros((0, *shape), dtype=np.int64 if name == "n" else np.float64)
+        for h in HEADS
+        for name, shape in head_shapes(dim)
+    }
