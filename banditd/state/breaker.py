@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from banditd.domain.specs import BreakerConfig
+from banditd import metrics
+from banditd.domain.specs import BreakerConfig, RouterSpec
 
 HALF_OPEN_PROBES = 1  # selections of a half-open arm per process and cool-down
 
@@ -144,3 +145,14 @@ class ArmHealth:
             opened = item["opened_at"]
             arm.opened_at = None if opened is None else float(opened)
         return health
+
+
+_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def export_states(health: ArmHealth, spec: RouterSpec, now: float) -> None:
+    """Publish each configured arm's breaker state to the metrics (0 closed, 1 half-open,
+    2 open)."""
+    for arm in spec.arms:
+        state = health.view(arm.name, now).state
+        metrics.ARM_BREAKER.labels(spec.tenant, spec.name, arm.name).set(_GAUGE[state])

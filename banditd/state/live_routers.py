@@ -21,8 +21,8 @@ from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import BadData, NotFound, Unavailable
 from banditd.policy import Policy, make_policy
-from banditd.state import posterior_snapshot
-from banditd.state.breaker import ArmHealth, BreakerState
+from banditd.state import breaker, posterior_snapshot
+from banditd.state.breaker import ArmHealth
 from banditd.state.posterior import Posterior, Prior
 from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetters, append_isolating
@@ -31,7 +31,6 @@ from banditd.store.repository import StoredRouter
 log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
 DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
-BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass
@@ -339,7 +338,7 @@ class Catalog:
         metrics.APPLIED_EVENT.labels(state.spec.tenant, state.spec.name).set(
             state.posterior.last_event_id
         )
-        self.export_health(state)
+        breaker.export_states(state.health, state.spec, self._clock())
         if state.events_since_snapshot >= self._snapshot_every:
             await self._snapshot(state)
         return applied
@@ -366,7 +365,9 @@ class Catalog:
         async with self._lock(router_id):
             state = self._by_id.get(router_id)
             if state is None or state.spec.version != item.spec.version:
-                await self._restore(item)
+                fresh = await self._repo.get_router_by_id(router_id)  # newer than the listing?
+                if fresh is not None:
+                    await self._restore(fresh)
                 return 0
             lag = await self._repo.count_events_after(router_id, state.posterior.last_event_id)
             metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
@@ -374,15 +375,6 @@ class Catalog:
             if state.context is not None:
                 await self._load_reduction(router_id, state.context)
             return applied
-
-    def export_health(self, state: RouterState) -> None:
-        """Publish each configured arm's breaker state to the metrics."""
-        now = self._clock()
-        for arm in state.spec.arms:
-            view = state.health.view(arm.name, now)
-            metrics.ARM_BREAKER.labels(state.spec.tenant, state.spec.name, arm.name).set(
-                BREAKER_GAUGE[view.state]
-            )
 
     async def _snapshot(self, state: RouterState) -> None:
         await self._repo.write_snapshot(
