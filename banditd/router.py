@@ -17,11 +17,11 @@ from banditd.budget.ledger import Budgets
 from banditd.catalog import Catalog
 from banditd.ceilings import HARD_MAX_ENERGY_WEIGHT, HARD_MAX_LATENCY_MS, HARD_MAX_LATENCY_WEIGHT
 from banditd.decision_log import DecisionLog
-from banditd.domain import Decision, check_finite, check_name
+from banditd.domain import ArmSpec, Decision, check_finite, check_name
 from banditd.errors import InvalidArgument, ResourceExhausted
 from banditd.ranking import BudgetCheck, priciest, rank_arms
 from banditd.shadow import shadow_picks
-from banditd.token import TokenClaims, TokenSigner
+from banditd.token import NO_ARM, TokenClaims, TokenSigner
 
 log = structlog.get_logger(__name__)
 
@@ -188,12 +188,14 @@ class Selector:
                 tenant=spec.tenant,
                 router_id=state.router_id,
                 arm=chosen.arm,
-                x=x,
+                x=None,  # stays on the server, in the decision
                 propensity=choice.propensity,
                 expected_cost_usd=chosen.expected_cost_usd,
                 expires_at=expires_at,
                 challenger=ranked.challenger,
                 challenger_cost_usd=rival_cost,
+                arm_index=_position(spec.arms, chosen.arm),
+                challenger_index=_position(spec.arms, ranked.challenger),
             )
         )
         decision = Decision(
@@ -249,3 +251,10 @@ class Selector:
             metadata=dict(req.metadata),
         )
         return decision
+
+
+def _position(arms: Sequence[ArmSpec], name: str | None) -> int:
+    """An arm's index in the router's arm list (a compact token's arm field); NO_ARM for none."""
+    if name is None:
+        return NO_ARM
+    return next((i for i, arm in enumerate(arms) if arm.name == name), NO_ARM)

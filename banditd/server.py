@@ -30,6 +30,8 @@ from banditd.decision_log import DecisionLog
 from banditd.domain import FeedbackEvent
 from banditd.errors import Unavailable
 from banditd.feedback_guard import FeedbackGuard
+from banditd.feedback_join import DecisionFinder
+from banditd.joiner import Joiner
 from banditd.learner import Learner
 from banditd.limits import TenantLimits
 from banditd.policy import POLICIES, _kernels
@@ -39,6 +41,7 @@ from banditd.servicer import AdminServicer, RouterServicer
 from banditd.store import Database, Repository, migrate, sqlite_file
 from banditd.store.api_keys import KeyStore
 from banditd.store.budgets import BudgetRepository
+from banditd.store.pending import PendingStore
 from banditd.tls import server_credentials
 from banditd.token import TokenSigner
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
@@ -61,6 +64,7 @@ class App:
     health: health.aio.HealthServicer
     port: int
     budgets: Budgets
+    joiner: Joiner | None = None  # parked feedback meets its decision (banditd.joiner)
     _tail_task: asyncio.Task[None] | None = None
     _budget_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -115,6 +119,8 @@ class App:
 
     async def _tail_once(self) -> None:
         try:
+            if self.joiner is not None:  # first: a joined feedback beats the default reward
+                await self.joiner.run()
             await self.catalog.tail()
         except Unavailable as exc:
             log.warning("tail_failed", error=str(exc))
@@ -261,17 +267,20 @@ async def build_app(settings: Settings) -> App:
         settings.anomaly_window, settings.anomaly_min_history, settings.anomaly_threshold
     )
     bounds = Bounds(settings)
+    pending = PendingStore(db)
+    learner = Learner(
+        catalog,
+        signer,
+        guard=guard,
+        attempts=settings.feedback_attempts,
+        budgets=budgets,
+        bounds=bounds,
+        decisions=DecisionFinder(pending, decisions),
+    )
     banditd_pb2_grpc.add_RouterServicer_to_server(
         RouterServicer(
             selector,
-            Learner(
-                catalog,
-                signer,
-                guard=guard,
-                attempts=settings.feedback_attempts,
-                budgets=budgets,
-                bounds=bounds,
-            ),
+            learner,
             bounds,
         ),
         server,
@@ -292,6 +301,7 @@ async def build_app(settings: Settings) -> App:
         await db.close()
         raise
     app = App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
+    app.joiner = Joiner(pending, learner, settings.feedback_join_wait_s)
     if settings.health_listen:
         app.health_server = grpc.aio.server(
             options=[("grpc.so_reuseport", int(settings.reuse_port))]
