@@ -40,7 +40,8 @@ class DecisionFinder:
 
     async def find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, Decision], set[str]]:
         """The decisions of compact tokens' claims that are visible, by id; and the ids whose
-        feedback is parked already. Claims of v1 tokens (which carry x) are skipped."""
+        feedback is parked already (one query). Claims of v1 tokens (which carry x) are
+        skipped."""
         found: dict[str, Decision] = {}
         rest: list[str] = []
         for c in claims:
@@ -51,9 +52,10 @@ class DecisionFinder:
                 found[c.decision_id] = pending
             else:
                 rest.append(c.decision_id)
-        if not rest:
+        if not rest and not found:
             return found, set()
-        rows, parked = await self.store.lookup(rest)
+        # Found in memory or not, a decision may have feedback parked by another replica.
+        rows, parked = await self.store.lookup(rest, list(found))
         found.update(rows)
         return found, parked
 

@@ -46,8 +46,11 @@ class PendingStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def lookup(self, ids: Sequence[str]) -> tuple[dict[str, Decision], set[str]]:
-        """The visible decisions of these ids, and the ids with feedback parked already."""
+    async def lookup(
+        self, ids: Sequence[str], known: Sequence[str] = ()
+    ) -> tuple[dict[str, Decision], set[str]]:
+        """The visible decisions of ``ids``; and which of ``ids`` and ``known`` (decisions the
+        caller has already) have feedback parked."""
         async with self.db.transaction() as conn:
             rows = (
                 await conn.execute(
@@ -56,6 +59,7 @@ class PendingStore:
                     .where(decisions.c.id.in_(ids))
                 )
             ).all()
+            ids = [*ids, *known]
             parked = await conn.scalars(
                 select(feedback_pending.c.decision_id).where(
                     feedback_pending.c.decision_id.in_(ids)
