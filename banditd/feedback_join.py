@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from banditd.decision_log import DecisionLog
 from banditd.domain import Decision
-from banditd.errors import InvalidArgument, PermissionDenied
+from banditd.errors import AlreadyExists, InvalidArgument, PermissionDenied
 from banditd.store.pending import Parked, PendingStore
 from banditd.token import TokenClaims
 
@@ -76,4 +76,11 @@ def joined(claims: TokenClaims, decision: Decision) -> TokenClaims:
         expected_cost_usd=decision.expected_cost_usd,
         challenger=decision.challenger,
         challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
+    )
+
+
+def waiting_duplicate(decision_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"decision {decision_id} already has feedback (waiting for its decision row; further "
+        "signals are taken once it is joined)"
     )

@@ -45,7 +45,7 @@ from banditd.feedback_input import (
     reward_of,
     router_thumbs,
 )
-from banditd.feedback_join import DecisionFinder, Waiting, joined
+from banditd.feedback_join import DecisionFinder, Waiting, joined, waiting_duplicate
 from banditd.store.pending import Joinable, Parked
 from banditd.token import TokenClaims, TokenSigner
 
@@ -151,9 +151,14 @@ class Learner:
 
     async def _prepare(self, req: FeedbackInput) -> FeedbackEvent | Waiting:
         claims = self.claims_of(req)
-        found, parked = await self._find([claims])
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    found, parked = await self._find([claims])
+        except Unavailable as exc:
+            raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
         if claims.decision_id in parked:
-            raise _waiting_duplicate(claims.decision_id)
+            raise waiting_duplicate(claims.decision_id)
         return self.event_of(req, claims, found.get(claims.decision_id))
 
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
@@ -211,7 +216,7 @@ class Learner:
         for i, req, claims in verified:
             try:
                 if claims.decision_id in parked:
-                    raise _waiting_duplicate(claims.decision_id)
+                    raise waiting_duplicate(claims.decision_id)
                 prepared = self.event_of(req, claims, found.get(claims.decision_id))
             except BanditdError as exc:
                 refused.append((i, exc))
@@ -323,7 +328,7 @@ class Learner:
         kept: list[tuple[int, Waiting]] = []
         for i, w in items:
             if any(w.parked.decision_id == k.parked.decision_id for _, k in kept):
-                refused.append((i, _waiting_duplicate(w.parked.decision_id)))
+                refused.append((i, waiting_duplicate(w.parked.decision_id)))
                 continue
             try:
                 async with self._catalog.locked(w.parked.router_id) as state:
@@ -339,7 +344,7 @@ class Learner:
             kept.append((i, w))
         parked = await self._decisions.store.park([w.parked for _, w in kept])
         refused.extend(
-            (i, _waiting_duplicate(w.parked.decision_id))
+            (i, waiting_duplicate(w.parked.decision_id))
             for i, w in kept
             if w.parked.decision_id not in parked
         )
@@ -384,13 +389,6 @@ class Learner:
                 await self._budgets.settle(reported)
             except Unavailable as exc:  # the events are committed: keep the expected cost
                 log.warning("budget_settle_failed", events=len(reported), error=exc.message)
-
-
-def _waiting_duplicate(decision_id: str) -> AlreadyExists:
-    return AlreadyExists(
-        f"decision {decision_id} already has feedback (waiting for its decision row; further "
-        "signals are taken once it is joined)"
-    )
 
 
 __all__ = ["BatchOutcome", "FeedbackInput", "FeedbackResult", "Learner"]

@@ -11,11 +11,15 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from alembic import command
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from banditd.store import Repository
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.store import Database, Repository, migrate
+from banditd.store.engine import alembic_config
 from banditd.store.models import feedback_events, feedback_pending
+from banditd.store.pending import PendingStore
 from banditd.token import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
@@ -239,3 +243,15 @@ async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
     assert await event_rows(b) == []  # never applied, and the parked row is kept
     await asyncio.sleep(0.2)
     assert unjoined() == before + 1  # counted once
+
+
+async def test_migration_0014_goes_down_and_up(database_url: str) -> None:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    config = alembic_config(database_url, DEFAULT_MIGRATIONS_DIR)
+    await asyncio.to_thread(command.downgrade, config, "0013")
+    await asyncio.to_thread(command.upgrade, config, "head")
+    db = Database(database_url)
+    try:
+        assert await PendingStore(db).count("pending") == 0
+    finally:
+        await db.close()
