@@ -208,11 +208,7 @@ class Learner:
                 verified.append((i, req, self.claims_of(req)))
             except BanditdError as exc:
                 refused.append((i, exc))
-        try:
-            found, parked = await self._find([c for _, _, c in verified])
-        except Unavailable as exc:  # nothing written: the whole batch is to be retried
-            refused.extend((i, exc) for i, _, _ in verified)
-            verified, found, parked = [], {}, set()
+        found, parked = await self._find([c for _, _, c in verified])
         for i, req, claims in verified:
             try:
                 if claims.decision_id in parked:
@@ -225,10 +221,7 @@ class Learner:
                 waiting.append((i, prepared))
             else:
                 by_router.setdefault(prepared.router_id, []).append((i, req, prepared))
-        try:
-            outcome.accepted += len(await self._park(waiting, refused))
-        except Unavailable as exc:
-            refused.extend((i, exc) for i, _ in waiting)
+        outcome.accepted += len(await self._park(waiting, refused))
         for router_id, items in by_router.items():
             outcome.accepted += len(await self._commit(router_id, items, refused))
         kinds: Counter[str] = Counter()
@@ -260,7 +253,12 @@ class Learner:
             by_router.setdefault(event.router_id, []).append((item.pending_id, req, event))
         joined_ids: list[int] = []
         for router_id, group in by_router.items():
-            accepted = {e.decision_id for e in await self._commit(router_id, group, refused)}
+            try:
+                committed = await self._commit(router_id, group, refused, capped=False)
+            except Unavailable as exc:  # released, joined in a later round
+                refused.extend((i, exc) for i, _, _ in group)
+                continue
+            accepted = {e.decision_id for e in committed}
             joined_ids.extend(i for i, _, e in group if e.decision_id in accepted)
         return joined_ids, refused
 
@@ -269,17 +267,19 @@ class Learner:
         router_id: int,
         items: list[tuple[int, FeedbackInput, FeedbackEvent]],
         refused: list[tuple[int, BanditdError]],
+        capped: bool = True,
     ) -> list[FeedbackEvent]:
         """Commit one router's events in one transaction; the events accepted (the others are
-        added to ``refused`` with their index)."""
+        added to ``refused`` with their index). ``capped``: apply the client's feedback cap
+        (joined feedback was counted when it was parked)."""
         try:
             async with self._catalog.locked(router_id) as state:
                 mapped = [(i, router_thumbs(e, req, state.spec)) for i, req, e in items]
-                kept = await self._within_caps(state.spec, mapped, refused)
+                kept = await self._within_caps(state.spec, mapped, refused) if capped else mapped
                 bad: list[tuple[int, BadData]] = []
                 events = [e for _, e in kept]
                 added = set(await self._catalog.record_many(state, events, bad))
-        except (NotFound, Unavailable) as exc:
+        except NotFound as exc:
             refused.extend((i, exc) for i, _, _ in items)
             return []
         accepted = [e for n, (_, e) in enumerate(kept) if n in added]
