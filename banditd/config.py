@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     feedback_attempts: int = Field(
         3, ge=1, le=10, description="tries to commit a Feedback before answering UNAVAILABLE"
     )
+    feedback_join_wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="how long parked feedback (compact token, decision row not yet visible) "
+        "waits for its decision before it is counted unjoined",
+    )
     decision_log_max_pending: int = Field(
         100_000, ge=1, description="decisions buffered while the database is down (oldest dropped)"
     )

@@ -81,7 +81,19 @@ ARM_BREAKER = Gauge(
 DECISIONS_DROPPED = Counter(
     "banditd_decisions_unlogged_total",
     "Decisions answered but dropped from the decision log because its buffer was full "
-    "(database down for long): their feedback still counts; default rewards and stats miss them.",
+    "(database down for long): their feedback is parked and never joined "
+    "(banditd_feedback_unjoined_total); default rewards and stats miss them.",
+)
+FEEDBACK_PARKED = Counter(
+    "banditd_feedback_parked_total",
+    "Feedback accepted before its decision row was visible (compact token), parked to be joined "
+    "to the decision when the row appears.",
+)
+FEEDBACK_UNJOINED = Counter(
+    "banditd_feedback_unjoined_total",
+    "Parked feedback whose decision row never appeared within BANDITD_FEEDBACK_JOIN_WAIT_S "
+    "(lost in a crash, or dropped from a full decision log): kept, never applied.",
+    ["tenant", "router"],
 )
 DECISIONS_PENDING = Gauge(
     "banditd_decision_log_pending",

@@ -14,6 +14,9 @@ import pytest
 
 from banditd.config import Settings
 from banditd.edge.server import App, build_app
+from banditd.flows.feedback_join import DecisionFinder, joined
+from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -41,6 +44,16 @@ class Running:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.app.port}"
+
+    async def claims(self, token: str, tenant: str = "acme") -> TokenClaims:
+        """A token's claims completed from its decision (a compact token carries neither x
+        nor the arm names: they stay on the server)."""
+        claims = TokenSigner(SIGNING_KEY.encode()).verify(token, tenant)
+        if claims.x is not None:
+            return claims
+        finder = DecisionFinder(PendingStore(self.app.db), self.app.decisions)
+        found, _ = await finder.find([claims])
+        return joined(claims, found[claims.decision_id])
 
     async def stop(self) -> None:
         self.stopped = True

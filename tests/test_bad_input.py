@@ -172,7 +172,7 @@ async def test_bad_feedback(
 ) -> None:
     server = await _server(start_server, database_url)
     d = await server.router.Select(select(prompt=None, embedding=pb.Embedding(values=[1, 0, 0, 0])))
-    claims = TokenSigner(SIGNING_KEY.encode()).verify(d.decision_id)
+    claims = await server.claims(d.decision_id)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.router.Feedback(make(d.decision_id, claims))
     assert err.value.code() == code, err.value.details()

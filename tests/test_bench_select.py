@@ -39,9 +39,12 @@ def test_tiny_run_prints_every_series_ratio_and_goal(capsys: pytest.CaptureFixtu
         "select_p99_le_2x",
         "fresh_p50_le_1.5x",
         "text_p50_le_1.6x",
+        "tokens_le_160_chars",
     }
     assert all(isinstance(met, bool) for met in report["goals"].values())
-    assert report["config"]["token_chars"]["embedding"] > 0
+    tokens = report["config"]["token_chars"]
+    assert set(tokens) == {"embedding", "prompt"}
+    assert report["goals"]["tokens_le_160_chars"] == (max(tokens.values()) <= 160)
 
 
 def test_report_leaves_text_out_when_not_measured() -> None:

@@ -24,11 +24,8 @@ from banditd.context.metadata import (
 from banditd.context.reduction import Reduction
 from banditd.domain import DEFAULT_METADATA_SLOTS, ArmSpec, FloatArray, RouterSpec
 from banditd.evaluation import replay
-from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, StartServer, router_config
-
-SIGNER = TokenSigner(SIGNING_KEY.encode())
+from tests.conftest import Running, StartServer, router_config
 
 
 def _spec(**fields: object) -> RouterSpec:
@@ -40,9 +37,11 @@ def _spec(**fields: object) -> RouterSpec:
     )
 
 
-def _x(response: pb.SelectResponse) -> FloatArray:
-    """The context x a decision was made with (carried in its signed token)."""
-    return SIGNER.verify(response.decision_id).x
+async def _x(server: Running, response: pb.SelectResponse) -> FloatArray:
+    """The context x a decision was made with (kept in its decision, on the server)."""
+    x = (await server.claims(response.decision_id)).x
+    assert x is not None
+    return x
 
 
 # -- metadata -------------------------------------------------------------------------------------
@@ -79,7 +78,8 @@ async def test_metadata_vocabulary_is_shared_by_replicas_and_survives_restart(
         resp = await stub.Select(
             pb.SelectRequest(tenant="acme", router="chat", prompt="hi", metadata={"task": task})
         )
-        return _x(resp)[1 + 4 :]  # the metadata block, after the intercept and embedding
+        # The metadata block, after the intercept and embedding.
+        return (await _x(server, resp))[1 + 4 :]  # type: ignore[arg-type]
 
     assert int(np.argmax(await select(first, "arc"))) == 0
     second = await start_server(sqlite_url)  # another replica on the same database
@@ -201,18 +201,18 @@ async def test_pca_is_fitted_from_first_embeddings_and_persisted_across_restart(
 
     for _ in range(11):  # not enough to fit: the embedding part is zeros
         resp = await select(server.router, rng.normal(size=8))
-        assert _x(resp).shape == (1 + 3,)
-        assert not _x(resp)[1:].any()
+        assert (await _x(server, resp)).shape == (1 + 3,)
+        assert not (await _x(server, resp))[1:].any()
         assert resp.context_version.endswith(f"pca3/pending:m0x{DEFAULT_METADATA_SLOTS}:k0")
     query = rng.normal(size=8)
     await select(server.router, rng.normal(size=8))  # the 12th fits the PCA
     live = await select(server.router, query)
-    assert _x(live)[1:].any()
+    assert (await _x(server, live))[1:].any()
     assert "pending" not in live.context_version
     await server.stop()
     restarted = await start_server(database_url)
     again = await select(restarted.router, query)
-    np.testing.assert_array_equal(_x(again), _x(live))
+    np.testing.assert_array_equal(await _x(restarted, again), await _x(restarted, live))
     assert again.context_version == live.context_version
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await select(restarted.router, rng.normal(size=7))
@@ -279,7 +279,7 @@ async def test_knn_index_grows_with_feedback_and_is_rebuilt_on_restart(
     for i in range(12):
         vec = rng.normal(size=4).astype(np.float32).astype(np.float64)
         resp = await select(server.router, vec)
-        x = _x(resp)
+        x = await _x(server, resp)
         assert x.shape == (1 + 4 + 4,)
         if i == 0:
             assert not x[5:].any()  # nothing indexed yet
@@ -294,12 +294,12 @@ async def test_knn_index_grows_with_feedback_and_is_rebuilt_on_restart(
     assert stats.knn_indexed == 12
     assert stats.context_version.endswith(":k5")
     query = rng.normal(size=4)
-    live = _x(await select(server.router, query))
+    live = await _x(server, await select(server.router, query))
     expected = _brute_force(np.array(vectors), np.array(arms), np.array(rewards), query, 5)
     np.testing.assert_allclose(live[5:], expected, atol=1e-5)
     await server.stop()
     restarted = await start_server(database_url)
-    again = _x(await select(restarted.router, query))
+    again = await _x(restarted, await select(restarted.router, query))
     np.testing.assert_array_equal(again, live)
 
 

@@ -33,7 +33,7 @@ async def test_default_reward_once_across_replicas(
     assert [(e.reward, e.defaulted) for e in events] == [(1.0, False), (0.0, True), (0.0, True)]
     signer = TokenSigner(SIGNING_KEY.encode())
     assert {e.decision_id for e in events[1:]} == {
-        signer.verify(d.decision_id).decision_id for d in made[1:]
+        signer.verify(d.decision_id, "acme").decision_id for d in made[1:]
     }
     for replica in (a, b):
         assert replica.app.catalog._by_id[1].posterior.last_event_id == events[-1].event_id

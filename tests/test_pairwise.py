@@ -122,7 +122,7 @@ async def test_pairwise_feedback_alone_converges_to_the_better_arm(
 async def test_preference_rules(database_url: str, start_server: StartServer) -> None:
     server = await serve(start_server, database_url)
     d = await compare(server)
-    claims = TokenSigner(SIGNING_KEY.encode()).verify(d.decision_id)
+    claims = await server.claims(d.decision_id)
     assert claims.challenger == d.challenger  # one token covers both arms
     expired = TokenSigner(SIGNING_KEY.encode()).sign(
         TokenClaims(**{**claims.__dict__, "expires_at": time.time() - 5})

@@ -450,16 +450,20 @@ async def test_d5_tokens_are_standard_json_and_an_infinite_expected_cost_is_neve
     answer = await server.router.Select(
         pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING)
     )
-    payload = base64.urlsafe_b64decode(answer.decision_id.split(".")[1] + "==")
-
-    def refuse(constant: str) -> None:
-        raise ValueError(constant)
-
-    claims = json.loads(payload, parse_constant=refuse)  # no NaN / Infinity in it
-    with pytest.raises(ValueError, match="Out of range float"):
-        TokenSigner(SIGNING_KEY.encode()).sign(
+    joined = await server.claims(answer.decision_id)
+    assert joined.x is not None
+    with pytest.raises(ValueError, match="Out of range float"):  # v1 tokens: standard JSON
+        TokenSigner(SIGNING_KEY.encode()).sign_v1(
             TokenClaims("d", "acme", 1, "cheap", np.ones(5), 1.0, math.inf, 2e9)
         )
+    claims = {
+        "t": "acme",
+        "r": joined.router_id,
+        "a": joined.arm,
+        "x": base64.urlsafe_b64encode(joined.x.astype("<f4").tobytes()).rstrip(b"=").decode(),
+        "p": joined.propensity,
+        "e": joined.expires_at,
+    }
     legacy = _legacy_token({**claims, "d": "legacy-1", "c": math.inf})
     err = await _refused(
         server.router.Feedback, pb.FeedbackRequest(tenant="acme", decision_id=legacy, reward=1)
@@ -492,9 +496,8 @@ async def test_a_feedback_batch_that_fails_on_data_commits_all_but_the_bad_event
         for _ in range(8)
     ]
     learner_events = []  # the events the Learner builds for these tokens, two of them bad
-    signer = TokenSigner(SIGNING_KEY.encode())
     for n, token in enumerate(tokens):
-        c = signer.verify(token)
+        c = await server.claims(token)
         learner_events.append(
             _event(c, reward=0.5, input_tokens=2**64 if n in (2, 5) else 10)  # past BIGINT
         )
@@ -515,7 +518,7 @@ async def test_a_feedback_batch_that_fails_on_data_commits_all_but_the_bad_event
     async with server.app.catalog.locked(1) as state:
         with pytest.raises(BadData, match="past 64 bits"):
             await server.app.catalog.record(
-                state, _event(signer.verify(token), output_tokens=2**64)
+                state, _event(await server.claims(token), output_tokens=2**64)
             )
     assert len(await DeadLetters(server.app.db).list(1)) == 3
     ok = await server.router.Feedback(
@@ -564,7 +567,7 @@ async def test_one_routers_unreadable_log_row_never_stops_the_others_tail(
     token = (
         await server.router.Select(pb.SelectRequest(tenant="acme", router="fine", prompt="hi"))
     ).decision_id
-    claims = TokenSigner(SIGNING_KEY.encode()).verify(token)
+    claims = await server.claims(token)
     broken = _event(claims, router_id=1, decision_id="garbled", x=np.ones(5))
     repo = Repository(server.app.db)
     await repo.append_events([broken])

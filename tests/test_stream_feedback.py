@@ -42,7 +42,7 @@ async def test_stream_counts_each_event_and_commits_the_good_ones(
     signer = TokenSigner(SIGNING_KEY.encode())
     expired = signer.sign(
         TokenClaims(
-            **{**signer.verify(code[0].decision_id).__dict__, "expires_at": time.time() - 1}
+            **{**(await server.claims(code[0].decision_id)).__dict__, "expires_at": time.time() - 1}
         )
     )
     requests = [

@@ -1,23 +1,42 @@
 from __future__ import annotations
 
+import base64
+import uuid
+
 import numpy as np
 import pytest
 
 from banditd.errors import PermissionDenied
-from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
+
+DECISION = str(uuid.UUID(int=0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321))
 
 
-def claims() -> TokenClaims:
+def claims(challenger: str | None = None) -> TokenClaims:
     x = np.array([1.0, 0.1, -2.5, 3e-7], dtype=np.float32).astype(np.float64)
-    return TokenClaims("d-1", "acme", 7, "gpt-4o-mini", x, 0.25, 0.0012, 1_900_000_000.0)
+    return TokenClaims(
+        DECISION,
+        "acme",
+        7,
+        "gpt-4o-mini",
+        x,
+        0.25,
+        0.0012,
+        1_900_000_000.0,
+        challenger=challenger,
+        challenger_cost_usd=0.0 if challenger is None else 0.03,
+        arm_index=3,
+        challenger_index=NO_ARM if challenger is None else 1,
+    )
 
 
-def test_round_trip_is_exact() -> None:
+def test_v1_round_trip_is_exact() -> None:
     signer = TokenSigner(b"k" * 32)
-    back = signer.verify(signer.sign(claims()))
-    np.testing.assert_array_equal(back.x, claims().x)
+    back = signer.verify(signer.sign_v1(claims()), "acme")
+    assert back.x is not None
+    np.testing.assert_array_equal(back.x, claims().x)  # type: ignore[arg-type]
     assert (back.decision_id, back.tenant, back.router_id, back.arm) == (
-        "d-1",
+        DECISION,
         "acme",
         7,
         "gpt-4o-mini",
@@ -29,6 +48,71 @@ def test_round_trip_is_exact() -> None:
     )
 
 
+@pytest.mark.parametrize("challenger", [None, "claude"])
+def test_compact_round_trip(challenger: str | None) -> None:
+    signer = TokenSigner(b"k" * 32)
+    token = signer.sign(claims(challenger))
+    assert token.startswith("2.") and len(token) == 88
+    back = signer.verify(token, "acme")
+    assert back.x is None and back.arm == ""  # x and the names stay on the server
+    assert (back.decision_id, back.tenant, back.router_id, back.expires_at) == (
+        DECISION,
+        "acme",
+        7,
+        1_900_000_000.0,
+    )
+    assert back.arm_index == 3
+    assert back.challenger_index == (NO_ARM if challenger is None else 1)
+    assert (back.challenger is None) == (challenger is None)
+    assert back.propensity == np.float32(0.25)
+    assert back.expected_cost_usd == pytest.approx(0.0012, rel=1e-7)
+    assert back.challenger_cost_usd == pytest.approx(claims(challenger).challenger_cost_usd)
+
+
+def test_compact_token_length_does_not_depend_on_x() -> None:
+    signer = TokenSigner(b"k" * 32)
+    big = TokenClaims(DECISION, "a" * 128, 2**40, "m", np.ones(257), 1e-9, 1e6, 4e9)
+    assert len(signer.sign(big)) == len(signer.sign(claims())) <= 160
+
+
+def _flip(token: str, at: int) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(token[2:] + "=" * (-len(token[2:]) % 4)))
+    raw[at] ^= 0x01
+    return "2." + base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("at", [0, 1, 17, 25, 27, 29, 33, 37, 45, 48, 63])
+def test_compact_tamper_anywhere_is_refused(at: int) -> None:
+    signer = TokenSigner(b"k" * 32)
+    with pytest.raises(PermissionDenied):
+        signer.verify(_flip(signer.sign(claims()), at), "acme")
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1],
+        lambda t: t + "A",
+        lambda t: t.replace("2.", "3.", 1),
+        lambda t: t[:20] + "!" + t[21:],
+        lambda t: "2.",
+    ],
+)
+def test_compact_mangled_tokens_are_refused(mangle: object) -> None:
+    signer = TokenSigner(b"k" * 32)
+    with pytest.raises(PermissionDenied):
+        signer.verify(mangle(signer.sign(claims())), "acme")  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("sign", ["sign", "sign_v1"])
+def test_tokens_are_bound_to_their_tenant(sign: str) -> None:
+    signer = TokenSigner(b"k" * 32)
+    token = getattr(signer, sign)(claims())
+    assert signer.verify(token, "acme").tenant == "acme"
+    with pytest.raises(PermissionDenied, match="tenant"):
+        signer.verify(token, "acme2")
+
+
 @pytest.mark.parametrize(
     "mangle",
     [
@@ -38,12 +122,14 @@ def test_round_trip_is_exact() -> None:
         lambda t: "v1." + t.split(".")[1][::-1] + "." + t.split(".")[2],
     ],
 )
-def test_tampered_tokens_are_refused(mangle: object) -> None:
+def test_tampered_v1_tokens_are_refused(mangle: object) -> None:
     signer = TokenSigner(b"k" * 32)
     with pytest.raises(PermissionDenied):
-        signer.verify(mangle(signer.sign(claims())))  # type: ignore[operator]
+        signer.verify(mangle(signer.sign_v1(claims())), "acme")  # type: ignore[operator]
 
 
-def test_other_key_is_refused() -> None:
+@pytest.mark.parametrize("sign", ["sign", "sign_v1"])
+def test_other_key_is_refused(sign: str) -> None:
+    token = getattr(TokenSigner(b"b" * 32), sign)(claims())
     with pytest.raises(PermissionDenied, match="signature"):
-        TokenSigner(b"a" * 32).verify(TokenSigner(b"b" * 32).sign(claims()))
+        TokenSigner(b"a" * 32).verify(token, "acme")

@@ -34,6 +34,8 @@ from banditd.flows.admin import Admin
 from banditd.flows.decision_log import DecisionLog
 from banditd.flows.feedback import Learner
 from banditd.flows.feedback_guard import FeedbackGuard
+from banditd.flows.feedback_join import DecisionFinder
+from banditd.flows.joiner import Joiner
 from banditd.flows.select import Selector
 from banditd.flows.tokens import TokenSigner
 from banditd.flows.usage import UsageFlow
@@ -43,6 +45,7 @@ from banditd.state.posterior import Posterior, Prior
 from banditd.store import Database, Repository, migrate, sqlite_file
 from banditd.store.api_keys import KeyStore
 from banditd.store.budgets import BudgetRepository
+from banditd.store.pending import PendingStore
 from banditd.store.usage import UsageStore
 from banditd.v1 import banditd_pb2, banditd_pb2_grpc
 
@@ -64,6 +67,7 @@ class App:
     health: health.aio.HealthServicer
     port: int
     budgets: Budgets
+    joiner: Joiner | None = None  # parked feedback meets its decision (banditd.flows.joiner)
     _tail_task: asyncio.Task[None] | None = None
     _budget_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,6 +122,8 @@ class App:
 
     async def _tail_once(self) -> None:
         try:
+            if self.joiner is not None:  # first: a joined feedback beats the default reward
+                await self.joiner.run()
             await self.catalog.tail()
         except Unavailable as exc:
             log.warning("tail_failed", error=str(exc))
@@ -264,18 +270,21 @@ async def build_app(settings: Settings) -> App:
         settings.anomaly_window, settings.anomaly_min_history, settings.anomaly_threshold
     )
     bounds = Bounds(settings)
+    pending = PendingStore(db)
+    learner = Learner(
+        catalog,
+        signer,
+        guard=guard,
+        attempts=settings.feedback_attempts,
+        budgets=budgets,
+        bounds=bounds,
+        decisions=DecisionFinder(pending, decisions),
+        usage=UsageFlow(UsageStore(db), budgets),
+    )
     banditd_pb2_grpc.add_RouterServicer_to_server(
         RouterServicer(
             selector,
-            Learner(
-                catalog,
-                signer,
-                guard=guard,
-                attempts=settings.feedback_attempts,
-                budgets=budgets,
-                bounds=bounds,
-                usage=UsageFlow(UsageStore(db), budgets),
-            ),
+            learner,
             bounds,
         ),
         server,
@@ -296,6 +305,7 @@ async def build_app(settings: Settings) -> App:
         await db.close()
         raise
     app = App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
+    app.joiner = Joiner(pending, learner, settings.feedback_join_wait_s)
     if settings.health_listen:
         app.health_server = grpc.aio.server(
             options=[("grpc.so_reuseport", int(settings.reuse_port))]

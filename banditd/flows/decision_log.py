@@ -9,9 +9,12 @@ row, of whatever tenant, never holds back the log.
 
 The buffer is bounded (``max_pending``). When it is full, the oldest pending decision is dropped
 to make room (warning log, ``banditd_decisions_unlogged_total``), never the request: Select keeps
-answering through an outage of any length. A dropped decision's feedback still counts (the token
-carries what Feedback needs); it is only missing from the decision log (stats, default rewards,
-request_id idempotency).
+answering through an outage of any length. A dropped decision is missing from the decision log
+(stats, default rewards, request_id idempotency), and its feedback, which needs the decision's x
+(compact tokens carry none), is parked and never joined (``banditd_feedback_unjoined_total``).
+
+Feedback finds a decision here while it is pending (``decision``): on the replica that made it, a
+compact token's feedback never waits for the group commit.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class DecisionLog:
     def pending(self) -> int:
         """Decisions made but not yet committed."""
         return len(self._pending)
+
+    def decision(self, decision_id: str) -> Decision | None:
+        """A pending decision by id (memory only, no await)."""
+        return self._pending.get(decision_id)
 
     def lookup(self, router_id: int, request_id: str) -> Decision | None:
         """A pending decision for this request id (memory only, no await)."""

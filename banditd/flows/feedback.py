@@ -1,12 +1,13 @@
-"""The Feedback flow: verify the token -> validate -> commit the event -> update the posterior."""
+"""The Feedback flow: verify the token -> find its decision -> validate -> commit the event ->
+update the posterior. A compact token's decision not visible yet: validate -> park (committed),
+joined later by banditd.flows.joiner through the same validation and commit."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict
 
 import structlog
 from tenacity import (
@@ -18,7 +19,7 @@ from tenacity import (
 
 from banditd import metrics
 from banditd.budget.ledger import Budgets
-from banditd.domain import FeedbackEvent, RouterSpec, check_finite, check_name
+from banditd.domain import Decision, FeedbackEvent, check_name
 from banditd.domain.bounds import HARD_MAX_CALL_USD, Bounds, default_bounds
 from banditd.errors import (
     AlreadyExists,
@@ -27,128 +28,35 @@ from banditd.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
 from banditd.flows.feedback_guard import FeedbackGuard
+from banditd.flows.feedback_input import (
+    BatchOutcome,
+    FeedbackInput,
+    FeedbackResult,
+    check_expiry,
+    check_numbers,
+    count_accepted,
+    log_event,
+    preference_of,
+    rated,
+    refusal_kind,
+    reward_of,
+    router_thumbs,
+)
+from banditd.flows.feedback_join import DecisionFinder, Waiting, joined, waiting_duplicate
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.flows.usage import UsageFlow
 from banditd.state.live_routers import Catalog
+from banditd.store.pending import Joinable, Parked
 
 log = structlog.get_logger(__name__)
 
-THUMB_REWARDS = {"up": 1.0, "down": 0.0}
-# Pairwise feedback (issue 21): (reward of the decision's arm, reward of its challenger).
-PREFERENCE_REWARDS = {"arm": (1.0, 0.0), "challenger": (0.0, 1.0), "tie": (0.5, 0.5)}
-MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
 DEFAULT_ATTEMPTS = 3  # tries to commit one Feedback while the database is unreachable
 RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 0.5
-
-
-@dataclass(frozen=True)
-class FeedbackInput:
-    tenant: str
-    decision_id: str
-    reward: float | None = None
-    thumb: str | None = None  # "up" | "down"; anything else is refused
-    cost_usd: float | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    latency_ms: float | None = None
-    error: bool = False
-    energy_wh: float | None = None
-    usage_only: bool = False  # a usage report (issue 22): no rating, see Learner.usage
-    first_token_ms: float | None = None
-    preference: str | None = None  # "arm" | "challenger" | "tie"; anything else is refused
-
-
-def refusal_kind(exc: BanditdError) -> str:
-    """How a refused feedback event is counted: duplicate, expired or invalid."""
-    if isinstance(exc, AlreadyExists):
-        return "duplicate"
-    if isinstance(exc, FailedPrecondition):
-        return "expired"
-    return "invalid"
-
-
-@dataclass
-class BatchOutcome:
-    """Counts of a batch of feedback, with the first few refusals (index, kind, message)."""
-
-    accepted: int = 0
-    duplicate: int = 0
-    expired: int = 0
-    invalid: int = 0
-    errors: list[tuple[int, str, str]] = field(default_factory=list)
-
-    def refuse(self, index: int, exc: BanditdError) -> None:
-        kind = refusal_kind(exc)
-        setattr(self, kind, getattr(self, kind) + 1)
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append((index, kind, exc.message))
-
-
-@dataclass(frozen=True)
-class FeedbackResult:
-    event_id: int
-    reward: float
-    cost_usd: float
-
-
-def _reward(req: FeedbackInput) -> float:
-    if req.thumb is not None:
-        if req.thumb not in THUMB_REWARDS:
-            raise InvalidArgument("thumb", "must be THUMB_UP or THUMB_DOWN")
-        return THUMB_REWARDS[req.thumb]
-    if req.reward is None:
-        raise InvalidArgument("signal", "set either thumb or reward")
-    check_finite("reward", req.reward)
-    if not 0.0 <= req.reward <= 1.0:
-        raise InvalidArgument("reward", f"must be in [0, 1], got {req.reward:g}")
-    return req.reward
-
-
-def _preference(req: FeedbackInput, claims: TokenClaims) -> tuple[float, float] | None:
-    """(arm reward, challenger reward) of a preference; None for a thumb or a reward. A decision
-    made with compare takes a preference and nothing else, and only such a decision takes one."""
-    if req.preference is None:
-        if claims.challenger is not None:
-            raise InvalidArgument(
-                "preference", "this decision compared two arms: rate it with a preference"
-            )
-        return None
-    if req.preference not in PREFERENCE_REWARDS:
-        raise InvalidArgument(
-            "preference",
-            f"must be PREFER_ARM, PREFER_CHALLENGER or PREFER_TIE, got {req.preference}",
-        )
-    if claims.challenger is None:
-        raise InvalidArgument(
-            "preference", "this decision has no challenger (Select it with compare set)"
-        )
-    if req.thumb is not None or req.reward is not None:
-        raise InvalidArgument("preference", "excludes thumb and reward: it rates both arms")
-    for name, value in (
-        ("input_tokens", req.input_tokens),
-        ("output_tokens", req.output_tokens),
-        ("latency_ms", req.latency_ms),
-        ("energy_wh", req.energy_wh),
-        ("error", req.error or None),
-    ):
-        if value is not None:
-            raise InvalidArgument(
-                name, "a preference carries no per-arm measurement (only cost_usd, both arms')"
-            )
-    return PREFERENCE_REWARDS[req.preference]
-
-
-def _rated(event: FeedbackEvent) -> list[tuple[str, float]]:
-    """(arm, reward) of each arm an event rates: a preference rates two."""
-    if event.challenger is None or event.challenger_reward is None:
-        return [(event.arm, event.reward)]
-    return [(event.arm, event.reward), (event.challenger, event.challenger_reward)]
 
 
 class Learner:
@@ -162,8 +70,10 @@ class Learner:
         attempts: int = DEFAULT_ATTEMPTS,
         budgets: Budgets | None = None,
         bounds: Bounds | None = None,
+        decisions: DecisionFinder | None = None,
         usage: UsageFlow | None = None,
     ) -> None:
+        self._decisions = decisions
         self._usage = usage
         self._bounds = bounds or default_bounds()
         self._budgets = budgets
@@ -173,37 +83,34 @@ class Learner:
         self._guard = guard or FeedbackGuard()
         self._attempts = attempts
 
-    def _verified(self, req: FeedbackInput) -> TokenClaims:
-        """The decision's claims once the token, tenant and numbers pass."""
+    def claims_of(self, req: FeedbackInput) -> TokenClaims:
+        """The claims of the request's token, signed for its tenant; raises otherwise."""
         check_name("tenant", req.tenant)
-        claims = self._signer.verify(req.decision_id)
-        if claims.tenant != req.tenant:
-            raise PermissionDenied("decision_id was not issued to this tenant")
-        for name, value in (
-            ("cost_usd", req.cost_usd),
-            ("input_tokens", req.input_tokens),
-            ("output_tokens", req.output_tokens),
-            ("latency_ms", req.latency_ms),
-            ("energy_wh", req.energy_wh),
-            ("first_token_ms", req.first_token_ms),
-        ):
-            if value is not None:
-                self._bounds.check(f"FeedbackRequest.{name}", value)
-        now = self._clock()
-        if now > claims.expires_at:
-            raise FailedPrecondition(
-                f"decision expired {now - claims.expires_at:.0f} s ago; "
-                "feedback is no longer accepted"
-            )
-        return claims
+        return self._signer.verify(req.decision_id, req.tenant)
 
-    def event_of(self, req: FeedbackInput) -> FeedbackEvent:
-        """The event a request would log; raises, writing nothing, when it must be refused."""
+    async def _find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, Decision], set[str]]:
+        if self._decisions is None:
+            return {}, set()
+        return await self._decisions.find(claims)
+
+    def event_of(
+        self,
+        req: FeedbackInput,
+        claims: TokenClaims,
+        decision: Decision | None = None,
+        received_at: float | None = None,
+    ) -> FeedbackEvent | Waiting:
+        """The event a request would log: with a compact token, its decision joined (or, none
+        given, what to park until it is visible); raises, writing nothing, when it must be
+        refused. ``received_at``: when a parked request was accepted (its expiry was checked
+        then)."""
+        if decision is not None and claims.x is None:
+            claims = joined(claims, decision)
         if req.usage_only or req.first_token_ms is not None:  # see usage()
             raise InvalidArgument("usage_only", "usage reports go one by one through Feedback")
-        claims = self._verified(req)
-        pair = _preference(req, claims)
-        reward = _reward(req) if pair is None else pair[0]
+        pair = preference_of(req, claims)
+        reward = reward_of(req) if pair is None else pair[0]
+        check_numbers(self._bounds, req)
         expected = claims.expected_cost_usd + claims.challenger_cost_usd  # both arms served
         if req.cost_usd is None and not 0.0 <= expected <= HARD_MAX_CALL_USD:
             raise InvalidArgument(  # NaN fails the comparison too
@@ -211,7 +118,13 @@ class Learner:
                 f"required for this decision: its expected cost ({expected:g}) is not a "
                 "usable number",
             )
-        now = self._clock()
+        now = self._clock() if received_at is None else received_at
+        check_expiry(claims, now)
+        cost_usd = expected if req.cost_usd is None else req.cost_usd
+        if claims.x is None:
+            parked = Parked(claims.decision_id, claims.router_id, req.tenant, asdict(req), now)
+            rival = None if claims.challenger is None else claims.challenger_index
+            return Waiting(parked, reward, cost_usd, claims.arm_index, rival)
         return FeedbackEvent(
             event_id=0,
             router_id=claims.router_id,
@@ -219,7 +132,7 @@ class Learner:
             arm=claims.arm,
             x=claims.x,
             reward=reward,
-            cost_usd=expected if req.cost_usd is None else req.cost_usd,
+            cost_usd=cost_usd,
             input_tokens=req.input_tokens,
             output_tokens=req.output_tokens,
             latency_ms=req.latency_ms,
@@ -231,6 +144,36 @@ class Learner:
             challenger_reward=None if pair is None else pair[1],
         )
 
+    def _usage_claims(self, req: FeedbackInput) -> TokenClaims:
+        """A usage report's decision: its token, tenant, numbers and expiry checked."""
+        claims = self.claims_of(req)
+        check_numbers(self._bounds, req)
+        check_expiry(claims, self._clock())
+        return claims
+
+    async def usage(self, req: FeedbackInput) -> FeedbackResult:
+        """A usage report (issue 22): stored apart, never the rating (banditd.flows.usage)."""
+        try:
+            if self._usage is None:
+                raise FailedPrecondition("this server does not take usage reports")
+            cost = await self._usage.record(req, self._usage_claims)
+        except BanditdError as exc:
+            metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
+            raise
+        return FeedbackResult(0, 0.0, cost)
+
+    async def _prepare(self, req: FeedbackInput) -> FeedbackEvent | Waiting:
+        claims = self.claims_of(req)
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    found, parked = await self._find([claims])
+        except Unavailable as exc:
+            raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
+        if claims.decision_id in parked:
+            raise waiting_duplicate(claims.decision_id)
+        return self.event_of(req, claims, found.get(claims.decision_id))
+
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
         """Returns only once the event is committed; raises before writing anything otherwise.
 
@@ -239,21 +182,16 @@ class Learner:
         did land and only its answer was lost, the retry answers ALREADY_EXISTS).
         """
         try:
-            event = self.event_of(req)
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(Unavailable),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(
-                    multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_INITIAL_S
-                ),
-                reraise=True,
-            )
+            prepared = await self._prepare(req)
+            if isinstance(prepared, Waiting):
+                return await self._park_one(prepared)
+            event = prepared
             try:
-                async for attempt in retrying:
+                async for attempt in self._retrying():
                     with attempt:
                         async with self._catalog.locked(event.router_id) as state:
-                            event = _router_thumbs(event, req, state.spec)
-                            for arm, _ in _rated(event):
+                            event = router_thumbs(event, req, state.spec)
+                            for arm, _ in rated(event):
                                 await self._guard.check_cap(state.spec, event.router_id, arm)
                             stored = await self._catalog.record(state, event)
             except Unavailable as exc:
@@ -262,63 +200,44 @@ class Learner:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise
         event = stored if stored.signal == 0 else event  # a first event carries the usage
-        for arm, reward in _rated(event):
+        for arm, reward in rated(event):
             self._guard.observe(state.spec, event.router_id, arm, reward)
-        _count_accepted(state.spec, [event])
+        count_accepted(state.spec, [event])
         await self._settle([event])
-        _log_event(req.tenant, state.spec.name, event, stored.event_id)
+        log_event(req.tenant, state.spec.name, event, stored.event_id)
         return FeedbackResult(stored.event_id, event.reward, event.cost_usd)
-
-    async def usage(self, req: FeedbackInput) -> FeedbackResult:
-        """A usage report (issue 22): stored apart, never the rating (banditd.flows.usage)."""
-        try:
-            if self._usage is None:
-                raise FailedPrecondition("this server does not take usage reports")
-            cost = await self._usage.record(req, self._verified)
-        except BanditdError as exc:
-            metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
-            raise
-        return FeedbackResult(0, 0.0, cost)
 
     async def feedback_batch(
         self, requests: Sequence[FeedbackInput], outcome: BatchOutcome, first_index: int = 0
     ) -> None:
-        """Validate each request, commit the valid ones (one transaction per router), and count
-        every request into ``outcome``. Returns only after the commits."""
+        """Validate each request, commit the valid ones (one transaction per router, and one
+        for those parked), and count every request into ``outcome``. Returns only after the
+        commits."""
         refused: list[tuple[int, BanditdError]] = []
         by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
+        waiting: list[tuple[int, Waiting]] = []
+        verified: list[tuple[int, FeedbackInput, TokenClaims]] = []
         for i, req in enumerate(requests, start=first_index):
             try:
-                event = self.event_of(req)
+                verified.append((i, req, self.claims_of(req)))
+            except BanditdError as exc:
+                refused.append((i, exc))
+        found, parked = await self._find([c for _, _, c in verified])
+        for i, req, claims in verified:
+            try:
+                if claims.decision_id in parked:
+                    raise waiting_duplicate(claims.decision_id)
+                prepared = self.event_of(req, claims, found.get(claims.decision_id))
             except BanditdError as exc:
                 refused.append((i, exc))
                 continue
-            by_router.setdefault(event.router_id, []).append((i, req, event))
+            if isinstance(prepared, Waiting):
+                waiting.append((i, prepared))
+            else:
+                by_router.setdefault(prepared.router_id, []).append((i, req, prepared))
+        outcome.accepted += len(await self._park(waiting, refused))
         for router_id, items in by_router.items():
-            try:
-                async with self._catalog.locked(router_id) as state:
-                    mapped = [(i, _router_thumbs(e, req, state.spec)) for i, req, e in items]
-                    kept = await self._within_caps(state.spec, mapped, refused)
-                    bad: list[tuple[int, BadData]] = []
-                    events = [e for _, e in kept]
-                    added = set(await self._catalog.record_many(state, events, bad))
-            except NotFound as exc:
-                refused.extend((i, exc) for i, _, _ in items)
-                continue
-            accepted = [e for n, (_, e) in enumerate(kept) if n in added]
-            for event in accepted:
-                for arm, reward in _rated(event):
-                    self._guard.observe(state.spec, router_id, arm, reward)
-            _count_accepted(state.spec, accepted)
-            await self._settle(accepted)
-            outcome.accepted += len(accepted)
-            refused.extend((kept[n][0], exc) for n, exc in bad)
-            answered = added | {n for n, _ in bad}
-            refused.extend(
-                (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
-                for n, (i, e) in enumerate(kept)
-                if n not in answered
-            )
+            outcome.accepted += len(await self._commit(router_id, items, refused))
         kinds: Counter[str] = Counter()
         for index, error in sorted(refused, key=lambda item: item[0]):
             outcome.refuse(index, error)
@@ -327,25 +246,136 @@ class Learner:
             metrics.FEEDBACK.labels(kind).inc(count)
         log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
 
-    async def _within_caps(
-        self,
-        spec: RouterSpec,
-        items: list[tuple[int, FeedbackEvent]],
-        refused: list[tuple[int, BanditdError]],
-    ) -> list[tuple[int, FeedbackEvent]]:
-        """The items the client's per-arm feedback cap lets in; the rest go to ``refused``."""
-        if not spec.feedback_cap_per_key:
-            return items
-        kept = []
-        for i, event in items:
+    async def join(
+        self, items: Sequence[Joinable]
+    ) -> tuple[list[int], list[tuple[int, BanditdError]]]:
+        """Commit parked feedback whose decision is visible now, through the same validation
+        (but for the expiry, checked when it was accepted) and commit as any other feedback;
+        the ids of the parked rows joined, and of those refused, with why."""
+        refused: list[tuple[int, BanditdError]] = []
+        by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
+        for item in items:
+            req = FeedbackInput(**item.request)
             try:
-                for arm, _ in _rated(event):
-                    await self._guard.check_cap(spec, event.router_id, arm)
-            except ResourceExhausted as exc:
+                claims = self.claims_of(req)
+                event = self.event_of(req, claims, item.decision, item.received_at)
+                if isinstance(event, Waiting):  # cannot be: the decision is given
+                    raise BadData("parked feedback still has no decision")
+            except BanditdError as exc:
+                refused.append((item.pending_id, exc))
+                continue
+            by_router.setdefault(event.router_id, []).append((item.pending_id, req, event))
+        joined_ids: list[int] = []
+        for router_id, group in by_router.items():
+            try:
+                committed = await self._commit(router_id, group, refused, capped=False)
+            except Unavailable as exc:  # released, joined in a later round
+                refused.extend((i, exc) for i, _, _ in group)
+                continue
+            accepted = {e.decision_id for e in committed}
+            joined_ids.extend(i for i, _, e in group if e.decision_id in accepted)
+        return joined_ids, refused
+
+    async def _commit(
+        self,
+        router_id: int,
+        items: list[tuple[int, FeedbackInput, FeedbackEvent]],
+        refused: list[tuple[int, BanditdError]],
+        capped: bool = True,
+    ) -> list[FeedbackEvent]:
+        """Commit one router's events in one transaction; the events accepted (the others are
+        added to ``refused`` with their index). ``capped``: apply the client's feedback cap
+        (joined feedback was counted when it was parked)."""
+        try:
+            async with self._catalog.locked(router_id) as state:
+                mapped = [(i, router_thumbs(e, req, state.spec)) for i, req, e in items]
+                kept = (
+                    await self._guard.within_caps(state.spec, mapped, refused) if capped else mapped
+                )
+                bad: list[tuple[int, BadData]] = []
+                events = [e for _, e in kept]
+                added = set(await self._catalog.record_many(state, events, bad))
+        except NotFound as exc:
+            refused.extend((i, exc) for i, _, _ in items)
+            return []
+        accepted = [e for n, (_, e) in enumerate(kept) if n in added]
+        for event in accepted:
+            for arm, reward in rated(event):
+                self._guard.observe(state.spec, router_id, arm, reward)
+        count_accepted(state.spec, accepted)
+        await self._settle(accepted)
+        refused.extend((kept[n][0], exc) for n, exc in bad)
+        answered = added | {n for n, _ in bad}
+        refused.extend(
+            (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
+            for n, (i, e) in enumerate(kept)
+            if n not in answered
+        )
+        return accepted
+
+    async def _park_one(self, waiting: Waiting) -> FeedbackResult:
+        refused: list[tuple[int, BanditdError]] = []
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    await self._park([(0, waiting)], refused)
+        except Unavailable as exc:
+            raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
+        if refused:
+            raise refused[0][1]
+        log.info(
+            "feedback_parked",
+            tenant=waiting.parked.tenant,
+            decision_id=waiting.parked.decision_id,
+            reward=waiting.reward,
+        )
+        return FeedbackResult(0, waiting.reward, waiting.cost_usd)
+
+    async def _park(
+        self, items: list[tuple[int, Waiting]], refused: list[tuple[int, BanditdError]]
+    ) -> list[Waiting]:
+        """Commit feedback whose decision is not visible yet, to be joined to it later; the
+        ones parked (once per decision; the client's feedback cap counts them on the arms the
+        token names)."""
+        if not items:
+            return []
+        if self._decisions is None:
+            raise Unavailable("this server cannot join feedback to decisions")
+        kept: list[tuple[int, Waiting]] = []
+        for i, w in items:
+            if any(w.parked.decision_id == k.parked.decision_id for _, k in kept):
+                refused.append((i, waiting_duplicate(w.parked.decision_id)))
+                continue
+            try:
+                async with self._catalog.locked(w.parked.router_id) as state:
+                    arms = state.spec.arms
+                    for index in (w.arm_index, w.challenger_index):
+                        if index is not None and index < len(arms):
+                            await self._guard.check_cap(
+                                state.spec, state.router_id, arms[index].name
+                            )
+            except (NotFound, ResourceExhausted) as exc:
                 refused.append((i, exc))
                 continue
-            kept.append((i, event))
-        return kept
+            kept.append((i, w))
+        parked = await self._decisions.store.park([w.parked for _, w in kept])
+        refused.extend(
+            (i, waiting_duplicate(w.parked.decision_id))
+            for i, w in kept
+            if w.parked.decision_id not in parked
+        )
+        metrics.FEEDBACK_PARKED.inc(len(parked))
+        return [w for _, w in kept if w.parked.decision_id in parked]
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(
+                multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_INITIAL_S
+            ),
+            reraise=True,
+        )
 
     async def _settle(self, events: Sequence[FeedbackEvent]) -> None:
         """Budgets charge reported costs instead of the expected ones (issue 6)."""
@@ -357,44 +387,4 @@ class Learner:
                 log.warning("budget_settle_failed", events=len(reported), error=exc.message)
 
 
-def _router_thumbs(event: FeedbackEvent, req: FeedbackInput, spec: RouterSpec) -> FeedbackEvent:
-    """The event with a thumb mapped to the router's reward for it (up = 1, down = 0 unless the
-    router says otherwise)."""
-    if req.thumb is None:
-        return event
-    reward = spec.thumb_reward(req.thumb == "up")
-    if reward == event.reward and math.copysign(1.0, reward) == math.copysign(1.0, event.reward):
-        return event  # the default rewards: no copy
-    return replace(event, reward=reward)
-
-
-def _count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
-    metrics.FEEDBACK.labels("accepted").inc(len(events))
-    spend: dict[str, float] = {}
-    for event in events:
-        spend[event.arm] = spend.get(event.arm, 0.0) + event.cost_usd
-    for arm, usd in spend.items():
-        metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(usd)
-    for event in events:
-        metrics.REWARD.labels(spec.tenant, spec.name, event.arm).observe(event.reward)
-        if event.latency_ms is not None:
-            metrics.REPORTED_LATENCY.labels(spec.tenant, spec.name, event.arm).observe(
-                event.latency_ms / 1000.0
-            )
-        if event.energy_wh is not None:
-            metrics.ENERGY.labels(spec.tenant, spec.name, event.arm).inc(event.energy_wh)
-
-
-def _log_event(tenant: str, router: str, event: FeedbackEvent, event_id: int) -> None:
-    log.info(
-        "feedback",
-        tenant=tenant,
-        router=router,
-        arm=event.arm,
-        decision_id=event.decision_id,
-        event_id=event_id,
-        reward=event.reward,
-        cost_usd=event.cost_usd,
-        cost_reported=event.cost_reported,
-        error=event.error,
-    )
+__all__ = ["BatchOutcome", "FeedbackInput", "FeedbackResult", "Learner"]

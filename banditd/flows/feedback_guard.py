@@ -17,8 +17,9 @@ from aiolimiter import AsyncLimiter
 from prometheus_client import Gauge
 
 from banditd import metrics
-from banditd.domain import RouterSpec
-from banditd.errors import ResourceExhausted
+from banditd.domain import FeedbackEvent, RouterSpec
+from banditd.errors import BanditdError, ResourceExhausted
+from banditd.flows.feedback_input import rated
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,26 @@ class FeedbackGuard:
     anomaly_threshold: float = 0.3
     _caps: dict[tuple[int, str, str], AsyncLimiter] = field(default_factory=dict)
     _history: dict[tuple[int, str], _ArmHistory] = field(default_factory=dict)
+
+    async def within_caps(
+        self,
+        spec: RouterSpec,
+        items: list[tuple[int, FeedbackEvent]],
+        refused: list[tuple[int, BanditdError]],
+    ) -> list[tuple[int, FeedbackEvent]]:
+        """The items the client's per-arm feedback cap lets in; the rest go to ``refused``."""
+        if not spec.feedback_cap_per_key:
+            return items
+        kept = []
+        for i, event in items:
+            try:
+                for arm, _ in rated(event):
+                    await self.check_cap(spec, event.router_id, arm)
+            except ResourceExhausted as exc:
+                refused.append((i, exc))
+                continue
+            kept.append((i, event))
+        return kept
 
     async def check_cap(self, spec: RouterSpec, router_id: int, arm: str) -> None:
         """Count one feedback event of the current client on ``arm``; ResourceExhausted once

@@ -14,7 +14,7 @@ import structlog
 
 from banditd import metrics
 from banditd.budget.ledger import Budgets
-from banditd.domain import Decision, check_finite, check_name
+from banditd.domain import ArmSpec, Decision, check_finite, check_name
 from banditd.domain.ceilings import (
     HARD_MAX_ENERGY_WEIGHT,
     HARD_MAX_LATENCY_MS,
@@ -24,7 +24,7 @@ from banditd.errors import InvalidArgument, ResourceExhausted
 from banditd.flows.decision_log import DecisionLog
 from banditd.flows.ranking import BudgetCheck, priciest, rank_arms
 from banditd.flows.shadow import shadow_picks
-from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
 from banditd.state.live_routers import Catalog
 
 log = structlog.get_logger(__name__)
@@ -192,12 +192,14 @@ class Selector:
                 tenant=spec.tenant,
                 router_id=state.router_id,
                 arm=chosen.arm,
-                x=x,
+                x=None,  # stays on the server, in the decision
                 propensity=choice.propensity,
                 expected_cost_usd=chosen.expected_cost_usd,
                 expires_at=expires_at,
                 challenger=ranked.challenger,
                 challenger_cost_usd=rival_cost,
+                arm_index=_position(spec.arms, chosen.arm),
+                challenger_index=_position(spec.arms, ranked.challenger),
             )
         )
         decision = Decision(
@@ -254,3 +256,10 @@ class Selector:
             metadata=dict(req.metadata),
         )
         return decision
+
+
+def _position(arms: Sequence[ArmSpec], name: str | None) -> int:
+    """An arm's index in the router's arm list (a compact token's arm field); NO_ARM for none."""
+    if name is None:
+        return NO_ARM
+    return next((i for i, arm in enumerate(arms) if arm.name == name), NO_ARM)

@@ -358,3 +358,21 @@ decision_usage = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_decision_usage_router_id_arm", "router_id", "arm"),
 )
+
+# Compact tokens (issue 20, migration 0015): feedback accepted before its decision row was
+# visible, joined to it later (banditd.flows.joiner). state: pending | joining (claimed by a
+# replica) | joined | orphaned (no decision came in time) | refused (the joined event was
+# refused). Rows are kept: nothing acknowledged is deleted.
+feedback_pending = Table(
+    "feedback_pending",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("decision_id", String(36), nullable=False, unique=True),
+    Column("router_id", BigId, ForeignKey("routers.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("request", JSON, nullable=False),  # the FeedbackInput, token included
+    Column("received_at", Float, nullable=False),
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("settled_at", Float, nullable=True),
+    Index("ix_feedback_pending_state_id", "state", "id"),
+)

@@ -837,9 +837,15 @@ async def _begin_append(conn: AsyncConnection, router_id: int) -> None:
     that order and a replica tailing the log by id would skip 6. On Postgres it also queues a
     NOTIFY, delivered at commit, that wakes the other replicas' tail.
     """
-    found = await conn.scalar(
-        select(routers.c.id).where(routers.c.id == router_id).with_for_update()
-    )
+    if conn.dialect.name == "sqlite":  # the SELECTs below would run before pysqlite's BEGIN
+        touched = await conn.execute(  # a write first: the write lock, and the latest snapshot
+            update(routers).where(routers.c.id == router_id).values(version=routers.c.version)
+        )
+        found = router_id if touched.rowcount else None
+    else:
+        found = await conn.scalar(
+            select(routers.c.id).where(routers.c.id == router_id).with_for_update()
+        )
     if found is None:
         raise NotFound("the router of this decision has been deleted")
     if conn.dialect.name == "postgresql":

@@ -38,7 +38,7 @@ SPEC = RouterSpec(
     "acme", "chat", (ArmSpec("cheap", 0.1, 0.4), ArmSpec("strong", 3, 15)), embedding_dim=4
 )
 SIGNER = TokenSigner(b"fuzzing-key-0123456789")
-TOKEN = SIGNER.sign(TokenClaims("d-1", "acme", 1, "cheap", np.ones(5), 1.0, 0.001, 2e9))
+TOKEN = SIGNER.sign_v1(TokenClaims("d-1", "acme", 1, "cheap", np.ones(5), 1.0, 0.001, 2e9))
 LEARNER = Learner(catalog=None, signer=SIGNER, clock=lambda: 1e9)  # type: ignore[arg-type]
 
 
@@ -110,7 +110,8 @@ def one_input(data: bytes) -> None:
             msg = pb.FeedbackRequest.FromString(body)
             if msg.decision_id == "t":  # let the fuzzer reach the checks behind the signature
                 msg.decision_id = TOKEN
-            LEARNER.event_of(codec.feedback_from_proto(msg))
+            req = codec.feedback_from_proto(msg)
+            LEARNER.event_of(req, LEARNER.claims_of(req))
         else:
             codec.spec_from_proto(pb.RouterConfig.FromString(body))
     except (DecodeError, BanditdError):

@@ -63,7 +63,8 @@ class FeedbackConfig:
 
 
 class Minter:
-    """Decision tokens for the benchmark router, signed with the replicas' key."""
+    """Decision tokens for the benchmark router, signed with the replicas' key: of the v1 layout,
+    which carries x (these synthetic decisions have no row for a compact token to join)."""
 
     def __init__(self, key: str, router_id: int, dim: int, arms: int, seed: int = 8) -> None:
         self._signer = TokenSigner(key.encode())
@@ -78,7 +79,7 @@ class Minter:
         arm_idx = self._rng.integers(0, len(self._arms), n)
         expires_at = float(int(time.time()) + 3600)
         return [
-            self._signer.sign(
+            self._signer.sign_v1(
                 TokenClaims(
                     decision_id=str(uuid.uuid4()),
                     tenant=TENANT,
@@ -261,7 +262,7 @@ def _router_id(target: str, key: str, dim: int) -> int:
             ),
             timeout=30,
         )
-    return TokenSigner(key.encode()).verify(reply.decision_id).router_id
+    return TokenSigner(key.encode()).verify(reply.decision_id, TENANT).router_id
 
 
 def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:

@@ -52,6 +52,7 @@ SEED = 20_262
 DISTINCT = 256
 GOALS = {"p50": 1.3, "p99": 2.0, "fresh_p50": 1.5, "text_p50": 1.6, "throughput": 0.75}
 CALL_TIMEOUT_S = 10.0
+MAX_TOKEN_CHARS = 160  # issue 20: a decision token, for any router
 FIRST_TEXT_TIMEOUT_S = 120.0  # the first text Select loads the encoder
 _PROSE = (
     "explain the difference between a list and a tuple in python write a short poem about "
@@ -279,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
         "load_average_at_start": load_at_start,
     }
     report = report_of(times, config)
+    tokens = config["token_chars"]
+    report["goals"]["tokens_le_160_chars"] = max(tokens.values()) <= MAX_TOKEN_CHARS
     if args.profile:
         report["profile"] = str(Path(args.profile).resolve())
     if args.throughput:

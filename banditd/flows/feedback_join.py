@@ -1,0 +1,86 @@
+"""Where Feedback finds a compact token's decision (issue 20): x and the arm names stay on the
+server, in the decision.
+
+The decision is looked for in this replica's decision log first (pending in memory: the replica
+that made it never waits for its group commit), then in the ``decisions`` table. A decision
+visible in neither (another replica's group commit has not landed; or it was lost) leaves the
+feedback parked (``banditd.store.pending``): validated, committed, acknowledged, and joined to
+the decision when the row appears (``banditd.flows.joiner``), the delayed join of
+Personalizer's event model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from banditd.domain import Decision
+from banditd.errors import AlreadyExists, InvalidArgument, PermissionDenied
+from banditd.flows.decision_log import DecisionLog
+from banditd.flows.tokens import TokenClaims
+from banditd.store.pending import Parked, PendingStore
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A valid feedback whose decision is not visible yet: what is parked, and what the caller
+    is answered (the reward and cost as far as the token tells them)."""
+
+    parked: Parked
+    reward: float
+    cost_usd: float
+    arm_index: int
+    challenger_index: int | None
+
+
+class DecisionFinder:
+    def __init__(self, store: PendingStore, log: DecisionLog | None = None) -> None:
+        self.store = store
+        self._log = log
+
+    async def find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, Decision], set[str]]:
+        """The decisions of compact tokens' claims that are visible, by id; and the ids whose
+        feedback is parked already (one query). Claims of v1 tokens (which carry x) are
+        skipped."""
+        found: dict[str, Decision] = {}
+        rest: list[str] = []
+        for c in claims:
+            if c.x is not None:
+                continue
+            pending = None if self._log is None else self._log.decision(c.decision_id)
+            if pending is not None:
+                found[c.decision_id] = pending
+            else:
+                rest.append(c.decision_id)
+        if not rest and not found:
+            return found, set()
+        # Found in memory or not, a decision may have feedback parked by another replica.
+        rows, parked = await self.store.lookup(rest, list(found))
+        found.update(rows)
+        return found, parked
+
+
+def joined(claims: TokenClaims, decision: Decision) -> TokenClaims:
+    """A compact token's claims completed from its decision: x, the arm names, the exact
+    propensity and expected costs (the token has them as float32)."""
+    if decision.router_id != claims.router_id or decision.tenant != claims.tenant:
+        raise PermissionDenied("decision_id does not match its decision")
+    if decision.x is None:
+        raise InvalidArgument("decision_id", "its decision has no context logged")
+    rival = next((r for r in decision.ranking if r.arm == decision.challenger), None)
+    return replace(
+        claims,
+        arm=decision.arm,
+        x=decision.x,
+        propensity=decision.propensity,
+        expected_cost_usd=decision.expected_cost_usd,
+        challenger=decision.challenger,
+        challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
+    )
+
+
+def waiting_duplicate(decision_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"decision {decision_id} already has feedback (waiting for its decision row; further "
+        "signals are taken once it is joined)"
+    )

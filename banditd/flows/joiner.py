@@ -1,0 +1,63 @@
+"""The delayed join (compact tokens, issue 20): parked feedback meets its decision.
+
+Every replica runs it with each round of the log tail, before the tail's default rewards (a
+decision whose feedback is parked must get that feedback, not the default). A round claims the
+parked rows whose decision is visible now, in the order they were parked (a claim is one
+replica's: banditd.store.pending), and commits them through the Feedback flow's own validation
+and commit (``Learner.join``): they become ordinary events of the log, which every replica folds
+in id order. A row whose decision does not appear within ``feedback_join_wait_s`` of its arrival
+(lost in a crash, or dropped from a full decision log) is marked orphaned: kept, never applied,
+counted in ``banditd_feedback_unjoined_total``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from banditd import metrics
+from banditd.errors import Unavailable
+from banditd.flows.feedback import Learner
+from banditd.store.pending import PendingStore
+
+log = structlog.get_logger(__name__)
+JOIN_BATCH = 1000  # parked rows claimed per transaction
+
+
+class Joiner:
+    def __init__(
+        self,
+        store: PendingStore,
+        learner: Learner,
+        wait_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._learner = learner
+        self._wait_s = wait_s
+        self._clock = clock
+
+    async def run(self) -> int:
+        """One round: join what can be joined, mark what waited too long; the rows joined."""
+        now = self._clock()
+        joined = 0
+        while items := await self._store.claim(JOIN_BATCH, now):
+            done, refused = await self._learner.join(items)
+            retry = [i for i, exc in refused if isinstance(exc, Unavailable)]
+            bad = [(i, exc) for i, exc in refused if not isinstance(exc, Unavailable)]
+            await self._store.settle(done, "joined", now)
+            await self._store.settle([i for i, _ in bad], "refused", now)
+            await self._store.settle(retry, "pending", now)
+            for pending_id, exc in bad:
+                log.warning("feedback_join_refused", pending_id=pending_id, error=exc.message)
+            joined += len(done)
+            if retry or len(items) < JOIN_BATCH:
+                break
+        for tenant, router in await self._store.orphan(now - self._wait_s, now):
+            metrics.FEEDBACK_UNJOINED.labels(tenant, router).inc()
+            log.warning("feedback_unjoined", tenant=tenant, router=router)
+        if joined:
+            log.info("feedback_joined", events=joined)
+        return joined

@@ -1,0 +1,221 @@
+"""Feedback waiting for its decision row (compact tokens, issue 20): parked, then joined.
+
+A compact token does not carry x: Feedback takes it from the decision. A decision not yet
+visible (its replica's group commit has not landed) leaves the feedback parked here, committed
+before the call returns, once per decision id. ``banditd.flows.joiner`` moves it into the event log
+when the decision appears, or marks it orphaned when none comes in time (kept, never deleted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from banditd.domain import Decision
+from banditd.store.engine import Database
+from banditd.store.models import decisions, feedback_events, feedback_pending, routers
+from banditd.store.repository import _decision_from_row
+
+CLAIM_TIMEOUT_S = 60.0  # a join claimed longer ago than this is taken to have died with its replica
+
+
+@dataclass(frozen=True)
+class Parked:
+    decision_id: str
+    router_id: int
+    tenant: str
+    request: Mapping[str, Any]  # the FeedbackInput's fields, standard JSON
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Joinable:
+    """A parked feedback whose decision is visible now, claimed to be joined."""
+
+    pending_id: int
+    request: Mapping[str, Any]
+    received_at: float
+    decision: Decision
+
+
+class PendingStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def lookup(
+        self, ids: Sequence[str], known: Sequence[str] = ()
+    ) -> tuple[dict[str, Decision], set[str]]:
+        """The visible decisions of ``ids``; and which of ``ids`` and ``known`` (decisions the
+        caller has already) have feedback parked."""
+        async with self.db.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(decisions, routers.c.tenant, routers.c.name.label("router_name"))
+                    .join(routers, routers.c.id == decisions.c.router_id)
+                    .where(decisions.c.id.in_(ids))
+                )
+            ).all()
+            ids = [*ids, *known]
+            parked = await conn.scalars(
+                select(feedback_pending.c.decision_id).where(
+                    feedback_pending.c.decision_id.in_(ids)
+                )
+            )
+            return {row.id: _decision_from_row(row) for row in rows}, set(parked)
+
+    async def park(self, items: Sequence[Parked]) -> set[str]:
+        """Commit what can be parked; the decision ids parked (an id with feedback already,
+        parked or in the event log, is not)."""
+        if not items:
+            return set()
+        ids = [p.decision_id for p in items]
+        async with self.db.transaction() as conn:
+            logged = set(
+                await conn.scalars(
+                    select(feedback_events.c.decision_id).where(
+                        feedback_events.c.decision_id.in_(ids)
+                    )
+                )
+            )
+            rows = {
+                p.decision_id: {
+                    "decision_id": p.decision_id,
+                    "router_id": p.router_id,
+                    "tenant": p.tenant,
+                    "request": dict(p.request),
+                    "received_at": p.received_at,
+                }
+                for p in items
+                if p.decision_id not in logged
+            }
+            if not rows:
+                return set()
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+            stmt = (
+                dialect.insert(feedback_pending)
+                .on_conflict_do_nothing()
+                .returning(feedback_pending.c.decision_id)
+            )
+            return set((await conn.execute(stmt, list(rows.values()))).scalars())
+
+    async def claim(self, limit: int, now: float) -> list[Joinable]:
+        """Parked feedback whose decision is visible now, in the order it was parked, claimed by
+        this replica (state ``joining``): no other replica joins it meanwhile. Claims older than
+        CLAIM_TIMEOUT_S (their replica died mid-join) are released first: back to ``pending``,
+        or ``joined`` where the event is in the log (a joined event's created_at is the row's
+        received_at)."""
+        async with self.db.transaction() as conn:
+            stale = (
+                feedback_pending.c.state == "joining",
+                feedback_pending.c.settled_at < now - CLAIM_TIMEOUT_S,
+            )
+            logged = (
+                select(feedback_events.c.id)
+                .where(
+                    feedback_events.c.decision_id == feedback_pending.c.decision_id,
+                    feedback_events.c.created_at == feedback_pending.c.received_at,
+                )
+                .exists()
+            )
+            await conn.execute(
+                update(feedback_pending).where(*stale, logged).values(state="joined")
+            )
+            await conn.execute(update(feedback_pending).where(*stale).values(state="pending"))
+            visible = (
+                select(feedback_pending.c.id)
+                .join(decisions, decisions.c.id == feedback_pending.c.decision_id)
+                .where(feedback_pending.c.state == "pending")
+                .order_by(feedback_pending.c.id)
+                .limit(limit)
+            )
+            claimed = list(
+                await conn.scalars(
+                    update(feedback_pending)
+                    .where(
+                        feedback_pending.c.id.in_(visible.scalar_subquery()),
+                        feedback_pending.c.state == "pending",
+                    )
+                    .values(state="joining", settled_at=now)
+                    .returning(feedback_pending.c.id)
+                )
+            )
+            if not claimed:
+                return []
+            rows = (
+                await conn.execute(
+                    select(
+                        decisions,
+                        routers.c.tenant,
+                        routers.c.name.label("router_name"),
+                        feedback_pending.c.id.label("pending_id"),
+                        feedback_pending.c.request,
+                        feedback_pending.c.received_at,
+                    )
+                    .join(decisions, decisions.c.id == feedback_pending.c.decision_id)
+                    .join(routers, routers.c.id == decisions.c.router_id)
+                    .where(feedback_pending.c.id.in_(claimed))
+                    .order_by(feedback_pending.c.id)
+                )
+            ).all()
+        return [
+            Joinable(row.pending_id, row.request, row.received_at, _decision_from_row(row))
+            for row in rows
+        ]
+
+    async def settle(self, pending_ids: Sequence[int], state: str, now: float) -> None:
+        """Mark claimed rows joined or refused, or release them (``pending``) to be tried again."""
+        if not pending_ids:
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                update(feedback_pending)
+                .where(
+                    feedback_pending.c.id.in_(pending_ids), feedback_pending.c.state == "joining"
+                )
+                .values(state=state, settled_at=now)
+            )
+
+    async def orphan(self, received_before: float, now: float) -> list[tuple[str, str]]:
+        """Mark orphaned the parked rows received before ``received_before`` whose decision never
+        appeared; (tenant, router) of each row this call marked (another replica's are not)."""
+        async with self.db.transaction() as conn:
+            stale = select(feedback_pending.c.id).where(
+                feedback_pending.c.state == "pending",
+                feedback_pending.c.received_at < received_before,
+                ~select(decisions.c.id)
+                .where(decisions.c.id == feedback_pending.c.decision_id)
+                .exists(),
+            )
+            marked = (
+                await conn.execute(
+                    update(feedback_pending)
+                    .where(feedback_pending.c.id.in_(stale.scalar_subquery()))
+                    .where(feedback_pending.c.state == "pending")
+                    .values(state="orphaned", settled_at=now)
+                    .returning(feedback_pending.c.tenant, feedback_pending.c.router_id)
+                )
+            ).all()
+            if not marked:
+                return []
+            names = dict(
+                (
+                    await conn.execute(
+                        select(routers.c.id, routers.c.name).where(
+                            routers.c.id.in_({r.router_id for r in marked})
+                        )
+                    )
+                ).all()
+            )
+        return [(r.tenant, str(names.get(r.router_id, ""))) for r in marked]
+
+    async def count(self, state: str) -> int:
+        """Parked rows in ``state`` (statistics and tests)."""
+        async with self.db.transaction() as conn:
+            rows = await conn.scalars(
+                select(feedback_pending.c.id).where(feedback_pending.c.state == state)
+            )
+            return len(list(rows))
