@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import structlog
 from tenacity import (
@@ -144,12 +144,22 @@ class Learner:
             challenger_reward=None if pair is None else pair[1],
         )
 
-    def _usage_claims(self, req: FeedbackInput) -> TokenClaims:
-        """A usage report's decision: its token, tenant, numbers and expiry checked."""
+    async def _usage_claims(self, req: FeedbackInput) -> TokenClaims:
+        """A usage report's decision: token, tenant, numbers and expiry checked; a compact
+        token's arm named from its decision, or while that is not visible, from the router."""
         claims = self.claims_of(req)
         check_numbers(self._bounds, req)
         check_expiry(claims, self._clock())
-        return claims
+        if claims.x is not None:
+            return claims
+        found, _ = await self._find([claims])
+        if claims.decision_id in found:
+            return joined(claims, found[claims.decision_id])
+        async with self._catalog.locked(claims.router_id) as state:
+            arms = state.spec.arms
+        if claims.arm_index >= len(arms):
+            raise FailedPrecondition("the decision's arm is no longer in its router")
+        return replace(claims, arm=arms[claims.arm_index].name)
 
     async def usage(self, req: FeedbackInput) -> FeedbackResult:
         """A usage report (issue 22): stored apart, never the rating (banditd.flows.usage)."""

@@ -6,7 +6,7 @@ decision's first event when that is appended (docs/gateway.md, "Usage and rating
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
@@ -58,14 +58,16 @@ class UsageFlow:
         self._budgets = budgets
         self._clock = clock
 
-    async def record(self, req: UsageRequest, verify: Callable[[Any], TokenClaims]) -> float:
+    async def record(
+        self, req: UsageRequest, verify: Callable[[Any], Awaitable[TokenClaims]]
+    ) -> float:
         """Commit the report (``verify``: the Feedback flow's token, tenant and bounds checks);
         returns the cost it reported (0 when none). Raises, writing nothing, when refused."""
         if req.thumb is not None or req.reward is not None or req.preference is not None:
             raise InvalidArgument(
                 "usage_only", "a usage report has no thumb or reward: rate it separately"
             )
-        claims = verify(req)
+        claims = await verify(req)
         await self._store.add(
             Usage(
                 claims.decision_id,
