@@ -63,31 +63,53 @@ async def decisions_for_feedback(conn: AsyncConnection, ids: Sequence[str]) -> d
     leave out)."""
     if not ids:
         return {}
-    rows = (await conn.execute(_QUERY.where(among(conn, decisions.c.id, ids)))).all()
-    return {row.id: _decision(row) for row in rows}
+    result = await conn.execute(_QUERY.where(among(conn, decisions.c.id, ids)))
+    rows: list[Any] = list(result.all())  # Rows unpack as tuples
+    return {row[0]: _decision(*row) for row in rows}
 
 
-def _decision(row: Any) -> Decision:
-    ranking = row.ranking or ()
+def _decision(
+    decision_id: str,
+    router_id: int,
+    request_id: str | None,
+    arm: str,
+    propensity: float,
+    explored: bool,
+    expected_cost_usd: float,
+    policy: str,
+    router_version: int,
+    seed: int,
+    x: bytes | None,
+    context_version: str | None,
+    challenger: str | None,
+    expires_at: float,
+    created_at: float,
+    ranking: list[list[Any]] | None,
+    tenant: str,
+    router: str,
+) -> Decision:
+    """A row of _QUERY, unpacked by position (far cheaper than by name, row after row)."""
     return Decision(
-        decision_id=row.id,
-        router_id=row.router_id,
-        tenant=row.tenant,
-        router=row.router_name,
-        request_id=row.request_id,
-        arm=row.arm,
-        ranking=tuple(RankedArm(str(r[0]), *(float(v) for v in r[1:6])) for r in ranking),
-        propensity=row.propensity,
-        explored=row.explored,
-        expected_cost_usd=row.expected_cost_usd,
+        decision_id=decision_id,
+        router_id=router_id,
+        tenant=tenant,
+        router=router,
+        request_id=request_id,
+        arm=arm,
+        ranking=()
+        if ranking is None
+        else tuple(RankedArm(str(r[0]), *(float(v) for v in r[1:6])) for r in ranking),
+        propensity=propensity,
+        explored=explored,
+        expected_cost_usd=expected_cost_usd,
         token="",
-        expires_at=row.expires_at,
-        created_at=row.created_at,
-        policy=row.policy,
-        router_version=row.router_version,
-        seed=row.seed,
+        expires_at=expires_at,
+        created_at=created_at,
+        policy=policy,
+        router_version=router_version,
+        seed=seed,
         candidates=(),
-        x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
-        context_version=row.context_version,
-        challenger=row.challenger,
+        x=None if x is None else np.frombuffer(x, dtype="<f8").copy(),
+        context_version=context_version,
+        challenger=challenger,
     )
