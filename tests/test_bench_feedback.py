@@ -32,6 +32,10 @@ def test_tiny_run_reports_throughput_and_convergence(
         assert report[upload]["refused"] == 0
         assert report[upload]["events_per_s"] > 0
     assert report["bulk_converged_s"] >= 0
+    # Compact tokens, every decision found by its lookup (none parked to be joined later).
+    assert report["config"]["token_format"] == "compact"
+    assert report["config"]["token_chars"] <= 160
+    assert report["parked"] == 0
     assert report["commit_ms"]["n"] == 6
     # Every probe reached the one other replica.
     convergence = report["convergence_ms"]

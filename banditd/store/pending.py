@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from banditd.domain import Decision
 from banditd.store.engine import Database
+from banditd.store.feedback_decisions import among, decisions_for_feedback
 from banditd.store.models import decisions, feedback_events, feedback_pending, routers
 from banditd.store.repository import _decision_from_row
 
@@ -49,23 +50,18 @@ class PendingStore:
     async def lookup(
         self, ids: Sequence[str], known: Sequence[str] = ()
     ) -> tuple[dict[str, Decision], set[str]]:
-        """The visible decisions of ``ids``; and which of ``ids`` and ``known`` (decisions the
+        """The visible decisions of ``ids`` (as Feedback reads them:
+        ``banditd.store.feedback_decisions``); and which of ``ids`` and ``known`` (decisions the
         caller has already) have feedback parked."""
         async with self.db.transaction() as conn:
-            rows = (
-                await conn.execute(
-                    select(decisions, routers.c.tenant, routers.c.name.label("router_name"))
-                    .join(routers, routers.c.id == decisions.c.router_id)
-                    .where(decisions.c.id.in_(ids))
-                )
-            ).all()
+            found = await decisions_for_feedback(conn, ids)
             ids = [*ids, *known]
             parked = await conn.scalars(
                 select(feedback_pending.c.decision_id).where(
-                    feedback_pending.c.decision_id.in_(ids)
+                    among(conn, feedback_pending.c.decision_id, ids)
                 )
             )
-            return {row.id: _decision_from_row(row) for row in rows}, set(parked)
+            return found, set(parked)
 
     async def park(self, items: Sequence[Parked]) -> set[str]:
         """Commit what can be parked; the decision ids parked (an id with feedback already,

@@ -2,8 +2,9 @@
 
 Starts --replicas `banditd serve` processes on one database (a throwaway Postgres on 127.0.0.1
 unless --database-url) sharing a signing key, creates a router with --dim floats of context and
---arms arms, and mints decision tokens with that key, exactly as Select signs them: Feedback needs
-nothing but the token, so what is timed is the feedback path alone.
+--arms arms, and logs decisions for it as Select does (rows in ``decisions``, compact tokens
+signed with that key; banditd.commands.bench.decisions): what is timed is the production feedback
+path, the lookup of each decision's x included.
 
   stream       --events thumbs in one StreamFeedback upload to the first replica: events/s from
                the first message sent to the reply (which comes only after the last commit)
@@ -27,7 +28,6 @@ import secrets
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +39,10 @@ from sqlalchemy.engine import make_url
 
 from banditd.commands.argtypes import int_at_least
 from banditd.commands.bench import local
+from banditd.commands.bench.decisions import DecisionMaker
 from banditd.commands.bench.load import router_config
 from banditd.commands.ingest import ingest
-from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -60,39 +61,6 @@ class FeedbackConfig:
     probe_rate: float
     dim: int
     arms: int
-
-
-class Minter:
-    """Decision tokens for the benchmark router, signed with the replicas' key: of the v1 layout,
-    which carries x (these synthetic decisions have no row for a compact token to join)."""
-
-    def __init__(self, key: str, router_id: int, dim: int, arms: int, seed: int = 8) -> None:
-        self._signer = TokenSigner(key.encode())
-        self._router_id = router_id
-        self._dim = dim
-        self._arms = [f"model-{k}" for k in range(arms)]
-        self._rng = np.random.default_rng(seed)
-
-    def tokens(self, n: int) -> list[str]:
-        xs = self._rng.standard_normal((n, self._dim + 1)).astype(np.float32).astype(np.float64)
-        xs[:, 0] = 1.0
-        arm_idx = self._rng.integers(0, len(self._arms), n)
-        expires_at = float(int(time.time()) + 3600)
-        return [
-            self._signer.sign_v1(
-                TokenClaims(
-                    decision_id=str(uuid.uuid4()),
-                    tenant=TENANT,
-                    router_id=self._router_id,
-                    arm=self._arms[int(a)],
-                    x=x,
-                    propensity=1.0,
-                    expected_cost_usd=0.0004,
-                    expires_at=expires_at,
-                )
-            )
-            for x, a in zip(xs, arm_idx, strict=True)
-        ]
 
 
 def _thumb(k: int) -> pb.Thumb.ValueType:
@@ -276,8 +244,10 @@ def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:
             rpc.AdminStub(channel).PutRouter(
                 pb.PutRouterRequest(router=router_config(cfg.dim, cfg.arms)), timeout=30
             )
-        minter = Minter(key, _router_id(first, key, cfg.dim), cfg.dim, cfg.arms)
-        _log(f"{cfg.replicas} replicas on {database_url.split(':')[0]}; minting tokens")
+        minter = DecisionMaker(
+            database_url, key, TENANT, ROUTER, _router_id(first, key, cfg.dim), cfg.dim, cfg.arms
+        )
+        _log(f"{cfg.replicas} replicas on {database_url.split(':')[0]}; logging decisions")
         stream_tokens, ingest_tokens = minter.tokens(cfg.events), minter.tokens(cfg.events)
         upload_tokens = minter.tokens(cfg.events)
         probe_tokens = minter.tokens(cfg.probes)
@@ -292,6 +262,7 @@ def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:
         ingested = _ingest(first, ingest_tokens, Path(tmp))
         _log(f"{cfg.probes} single Feedback calls at {cfg.probe_rate:g}/s")
         commits, delays = asyncio.run(_convergence(servers, probe_tokens, cfg.probe_rate))
+        parked = minter.parked()
 
     convergence = _ms(delays)
     return {
@@ -305,12 +276,15 @@ def run_feedback(cfg: FeedbackConfig, database_url: str) -> dict[str, Any]:
             "arms": cfg.arms,
             "poll_ms": POLL_S * 1e3,
             "tail_interval_s": float(os.environ.get("BANDITD_TAIL_INTERVAL_S", "1.0")),
+            "token_format": "compact",
+            "token_chars": len(upload_tokens[0]),
         },
         "machine": {"cores": os.cpu_count(), "load_average_at_end": list(os.getloadavg())},
         "stream": stream,
         "upload": upload,
         "ingest": ingested,
         "bulk_converged_s": round(bulk_s, 3),
+        "parked": parked,
         "commit_ms": _ms(commits),
         "convergence_ms": convergence,
         "targets": {
@@ -333,7 +307,8 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"banditd bench feedback: {c['replicas']} replicas on {c['database']}, "
-            f"{c['events']} events per upload, context of {c['embedding_dim']} floats",
+            f"{c['events']} events per upload, context of {c['embedding_dim']} floats, "
+            f"{c['token_format']} tokens of {c['token_chars']} characters",
             f"StreamFeedback  {s['events_per_s']:>8,} events/s  ({s['accepted']} accepted in "
             f"{s['seconds']} s)",
             f"UploadFeedback  {u['events_per_s']:>8,} events/s  ({u['accepted']} accepted in "
