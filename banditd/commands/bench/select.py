@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,9 @@ WORDS = tuple(_PROSE.split())
 
 
 def _routers(dim: int, n_arms: int) -> list[pb.RouterConfig]:
-    arms = [
-        pb.Arm(
-            name=f"model-{k}",
-            input_price_per_mtok=0.1 * (k + 1),
-            output_price_per_mtok=0.4 * (k + 1),
-        )
-        for k in range(n_arms)
-    ]
+    """The embedding and text routers: `bench load`'s arms (spread prices), under this bench's
+    names."""
+    arms = load.router_config(dim, n_arms).arms
     return [
         pb.RouterConfig(tenant=TENANT, name=ROUTER, embedding_dim=dim, arms=arms),
         pb.RouterConfig(tenant=TENANT, name=TEXT_ROUTER, encoder="minilm-static", arms=arms),
@@ -233,6 +229,20 @@ def _log(message: str) -> None:
     print(f"bench select: {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _server(url: str, log_level: str, workers: int = 1) -> Iterator[local.ServerProcess]:
+    """One `banditd serve` (of ``workers`` processes) on ``url``, with a fresh signing key."""
+    with local.servers(
+        url,
+        1,
+        signing_key=secrets.token_hex(32),
+        metrics=False,
+        log_level=log_level,
+        workers=workers,
+    ) as (server,):
+        yield server
+
+
 def run(args: argparse.Namespace) -> int:
     """`banditd bench select`: print the report (a table, or one JSON object with --json)."""
     text = not args.no_text
@@ -240,15 +250,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="banditd-bench-"))
         url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-        (server,) = stack.enter_context(
-            local.servers(
-                url,
-                1,
-                signing_key=secrets.token_hex(32),
-                metrics=False,
-                log_level=args.server_log_level,
-            )
-        )
+        server = stack.enter_context(_server(url, args.server_log_level))
         _log(f"banditd pid {server.pid} on {server.target}")
         replies = _setup(server.target, args.dim, args.arms, text)
         echo = stack.enter_context(echo_server(replies))
@@ -306,16 +308,7 @@ def throughput(args: argparse.Namespace, replies: dict[str, bytes]) -> dict[str,
         echo_ms = drive(echo)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(local.throwaway_postgres())  # workers need Postgres
-        (server,) = stack.enter_context(
-            local.servers(
-                url,
-                1,
-                signing_key=secrets.token_hex(32),
-                metrics=False,
-                log_level=args.server_log_level,
-                workers=2,
-            )
-        )
+        server = stack.enter_context(_server(url, args.server_log_level, workers=2))
         _log(f"throughput: serve --workers 2 on {server.target}")
         load.put_router(server.target, args.dim, args.arms)
         banditd_ms = drive(server.target)
