@@ -40,6 +40,7 @@ from banditd.domain.records import (
     RankedArm,
     ShadowPick,
     combined_reward,
+    signal_rule,
 )
 from banditd.domain.specs import (
     ArmSpec,
@@ -92,6 +93,7 @@ __all__ = [
     "check_finite",
     "check_name",
     "combined_reward",
+    "signal_rule",
     "spec_from_dict",
     "spec_to_dict",
 ]
