@@ -224,9 +224,8 @@ async def _insert_new_events(
     return (await conn.execute(stmt, rows)).all()
 
 
-# FeedbackEvent's fields after event_id, read in one call (see _with_id), and their columns.
+# FeedbackEvent's fields after event_id, read in one call (see _with_id).
 _AFTER_ID = attrgetter(*(f.name for f in fields(FeedbackEvent)[1:]))
-_ROW_COLUMNS = tuple(column.name for column in _EVENT_COLUMNS[1:])
 
 
 def _with_id(e: FeedbackEvent, event_id: int) -> FeedbackEvent:
@@ -239,10 +238,29 @@ def _by_id(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
 
 
 def _event_row(e: FeedbackEvent) -> dict[str, Any]:
-    """The feedback_events row of an event (its id aside), x as little-endian float64 bytes."""
-    row = dict(zip(_ROW_COLUMNS, _AFTER_ID(e), strict=True))
-    row["x"] = np.ascontiguousarray(e.x, dtype="<f8").tobytes()
-    return row
+    # Spelled out: a dict display is about twice as fast as one built from the field names.
+    return {
+        "router_id": e.router_id,
+        "decision_id": e.decision_id,
+        "arm": e.arm,
+        "x": np.ascontiguousarray(e.x, dtype="<f8").tobytes(),
+        "reward": e.reward,
+        "cost_usd": e.cost_usd,
+        "input_tokens": e.input_tokens,
+        "output_tokens": e.output_tokens,
+        "latency_ms": e.latency_ms,
+        "error": e.error,
+        "created_at": e.created_at,
+        "offline": e.offline,
+        "cost_reported": e.cost_reported,
+        "defaulted": e.defaulted,
+        "signal": e.signal,
+        "effective_reward": e.effective_reward,
+        "reward_delta": e.reward_delta,
+        "energy_wh": e.energy_wh,
+        "challenger": e.challenger,
+        "challenger_reward": e.challenger_reward,
+    }
 
 
 async def _as_next_signal(
