@@ -34,13 +34,13 @@ async def repo(database_url: str) -> AsyncIterator[BudgetRepository]:
 
 async def spend(budgets: Budgets, usd: float, n: int, first: int = 0) -> int:
     """Reserve and commit n decisions of ``usd`` each while the budget allows; how many went."""
-    states = budgets.applicable("acme", "chat")
+    view = budgets.applicable("acme", "chat")
     done = 0
     for i in range(first, first + n):
-        await budgets.prepare(states, usd)
-        if min(s.available_usd for s in states) < usd - 1e-12:
+        await view.prepare(lambda: usd)
+        if min(s.available_usd for s in view.states) < usd - 1e-12:
             break
-        await budgets.commit(budgets.reserve(states, f"d-{i}", usd))
+        await view.commit(view.reserve(f"d-{i}", usd))
         done += 1
     return done
 
