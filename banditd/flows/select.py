@@ -64,6 +64,7 @@ class Prepared:
     req: SelectInput
     state: RouterState
     x: FloatArray  # shape (state.spec.dim,)
+    context_version: str  # the featurisation x was built with
     budget: BudgetView  # UNLIMITED when no budget covers the request
     claim: Claim  # on the request_id, held until the decision is logged
     seed: int  # every random number of the decision comes from it
@@ -168,6 +169,7 @@ class Selector:
             x = await context.build(
                 prompt=req.prompt, embedding=req.embedding, metadata=req.metadata
             )
+            version = context.version  # before an await: a PCA set meanwhile is not in x
             budget = self._budgets.applicable(req.tenant, req.router)
             double = 2 if req.compare else 1  # both answers of a comparison are served
             await budget.prepare(lambda: priciest(state, req.prompt, req.candidates) * double)
@@ -175,7 +177,7 @@ class Selector:
             self._decisions.release(claim)
             raise
         blocked = state.health.blocked((a.name for a in state.spec.arms), self._clock())
-        return Prepared(req, state, x, budget, claim, self._seeds(), blocked)
+        return Prepared(req, state, x, version, budget, claim, self._seeds(), blocked)
 
     async def commit(self, decided: Decided) -> Decision:
         """Book the decision: the budgets' charge, the signed token, the decision log."""
@@ -208,7 +210,6 @@ class Selector:
                 challenger_index=_position(spec.arms, ranked.challenger),
             )
         )
-        assert state.context is not None
         decision = Decision(
             decision_id=decision_id,
             router_id=state.router_id,
@@ -232,7 +233,7 @@ class Selector:
             shadows=decided.shadows,
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
-            context_version=state.context.version,
+            context_version=prepared.context_version,
             challenger=ranked.challenger,
             arm_specs=spec.arms,
         )
