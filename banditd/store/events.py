@@ -275,16 +275,12 @@ async def _as_next_signal(
     Real signals replace a default reward: the default counts only while nothing else came.
     ``pending``: rows of this transaction not inserted yet. Caller holds the append lock.
     """
+    fe = feedback_events.c
     stored = (
         await conn.execute(
-            select(
-                feedback_events.c.reward,
-                feedback_events.c.defaulted,
-                feedback_events.c.cost_usd,
-                feedback_events.c.effective_reward,
-            )
-            .where(feedback_events.c.decision_id == event.decision_id)
-            .order_by(feedback_events.c.signal)
+            select(fe.reward, fe.defaulted, fe.cost_usd, fe.effective_reward)
+            .where(fe.decision_id == event.decision_id)
+            .order_by(fe.signal)
         )
     ).all()
     earlier = [(r.reward, r.defaulted, r.cost_usd, r.effective_reward) for r in stored] + [

@@ -77,16 +77,12 @@ class LearntState:
     async def save_context_model(self, router_id: int, fingerprint: str, data: bytes) -> bytes:
         """Store a fitted model unless one is stored already; returns the stored one (the
         first writer's, whichever replica it was)."""
+        row = dict(
+            router_id=router_id, fingerprint=fingerprint, data=data, created_at=self._clock()
+        )
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(
-                    insert(context_models).values(
-                        router_id=router_id,
-                        fingerprint=fingerprint,
-                        data=data,
-                        created_at=self._clock(),
-                    )
-                )
+                await conn.execute(insert(context_models), row)
             return data
         except IntegrityError:
             stored = await self.context_model(router_id, fingerprint)
