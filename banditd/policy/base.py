@@ -1,9 +1,10 @@
 """The policy interface: a policy scores quality; the base class turns scores into a choice.
 
-A new policy is one subclass that fills in ``quality_scores`` (and ``propensity`` when it is
-randomised), registered in ``banditd.policy.POLICIES``; one whose scores depend on the arms'
-prices (cost-aware exploration) overrides ``priced_quality_scores`` too, and one that changes the
-ranking itself (epsilon-greedy) ``priced_choice`` and ``priced_probabilities``.
+A new policy is one subclass that fills in ``quality_scores``, registered in
+``banditd.policy.POLICIES``; one whose scores depend on the arms' prices (cost-aware exploration)
+overrides ``priced_quality_scores`` too. The base ranking is deterministic (propensity 1); a
+randomised policy overrides ``priced_choice`` (its propensity, or the ranking itself) and
+``priced_probabilities``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from banditd.domain import FloatArray
-from banditd.domain.ceilings import clamp, finite_scores
+from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
@@ -69,18 +70,6 @@ class Policy(ABC):
         cost, shape (k,)) of quality; by default the same as ``quality_scores``."""
         return self.quality_scores(post, arm_idx, x, rng)
 
-    def propensity(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        chosen: int,
-        rng: Rng,
-    ) -> float:
-        """Probability that this policy picks ``chosen`` in this state; 1 when deterministic."""
-        return 1.0
-
     def choose(
         self,
         post: Posterior,
@@ -130,8 +119,7 @@ class Policy(ABC):
         chosen = int(order[0])
         greedy = finite_scores(_kernels.mean_scores(post.theta, arm_idx, x)) - cost_term
         explored = chosen != int(np.argmax(greedy))
-        propensity = clamp(self.propensity(post, arm_idx, x, cost_term, chosen, rng), 0, 1, nan=1)
-        return Choice(order, quality, utility, propensity, explored)
+        return Choice(order, quality, utility, 1.0, explored)
 
     def priced_probabilities(
         self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng

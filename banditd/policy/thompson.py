@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from banditd.domain import FloatArray
+from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
-from banditd.policy.base import IntArray, Policy, Rng
+from banditd.policy.base import Choice, IntArray, Policy, Rng
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
     from banditd.state.posterior import Posterior
@@ -37,18 +39,14 @@ class Thompson(Policy):
         draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
         return np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
 
-    def propensity(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        chosen: int,
-        rng: Rng,
-    ) -> float:
-        """Share of resampled draws (plus the one acted on) in which ``chosen`` wins."""
-        wins = self._wins(post, arm_idx, x, cost_term, rng)
-        return (int(wins[chosen]) + 1) / (PROPENSITY_DRAWS + 1)
+    def priced_choice(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+    ) -> Choice:
+        """The base ranking on one posterior draw; its propensity is the share of resampled
+        draws (plus the one acted on) in which the chosen arm wins."""
+        choice = super().priced_choice(post, arm_idx, x, cost_term, rng)
+        wins = self._wins(post, arm_idx, x, finite_scores(cost_term), rng)
+        return replace(choice, propensity=(int(wins[choice.chosen]) + 1) / (PROPENSITY_DRAWS + 1))
 
     def priced_probabilities(
         self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
