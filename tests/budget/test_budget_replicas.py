@@ -16,7 +16,7 @@ from banditd.commands.bench.local import ServerProcess, servers
 from banditd.store.models import budget_charges, budget_leases, budget_ledger
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, router_config
+from tests.helpers import SIGNING_KEY, router_config
 
 REPLICAS = 3
 WORKERS = 4  # concurrent callers per replica

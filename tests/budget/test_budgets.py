@@ -10,7 +10,7 @@ import pytest
 
 from banditd import metrics
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 from tests.postgres_plugin import OwnPostgres
 
 C = grpc.StatusCode

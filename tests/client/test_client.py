@@ -23,7 +23,7 @@ from banditd.edge.server import App, build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 EMBEDDING = [1.0, 0.0, 0.0, 0.0]
 FAST_RETRY = bc.RetryPolicy(attempts=30, initial_backoff_s=0.05, max_backoff_s=0.2, jitter_s=0.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from banditd.commands.ingest import ingest
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 
 async def test_ingest_jsonl_with_bad_lines_then_rerun(

@@ -17,10 +17,9 @@ from banditd.edge import keys
 from banditd.edge.server import build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer
-from tests.test_routers_file import ARM, BAD_ROUTERS, entry, router_file
+from tests.commands.test_routers_file import ARM, BAD_ROUTERS, entry, router_file
+from tests.helpers import REPO, SIGNING_KEY, Running, StartServer
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "routers.yaml"
 
 

@@ -15,8 +15,8 @@ from banditd.commands import routers_file
 from banditd.commands.routers_file import RoutersFileError
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec
 from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 ARM = "{name: a, input_price_per_mtok: 1, output_price_per_mtok: 2}"
 
 # Every key away from its default (and an arm, a shadow with each of its keys).

@@ -16,7 +16,7 @@ import pytest
 
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, router_config
+from tests.helpers import SIGNING_KEY, router_config
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
 

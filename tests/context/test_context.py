@@ -25,7 +25,7 @@ from banditd.context.reduction import Reduction
 from banditd.domain import DEFAULT_METADATA_SLOTS, ArmSpec, FloatArray, RouterSpec
 from banditd.evaluation import replay
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 
 def _spec(**fields: object) -> RouterSpec:

@@ -18,7 +18,7 @@ from banditd.context.encoders import (
     untruncated,
 )
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, require, router_config
+from tests.helpers import StartServer, require, router_config
 
 require("sentence_transformers", "needs the context extra")
 

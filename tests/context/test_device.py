@@ -4,7 +4,7 @@ the GPU's approximate index (IVF-Flat) built with the real CPU faiss.
 Where no GPU is, a GPU build of faiss is stood in for by ``GpuFaiss``: the real CPU faiss whose
 get_num_gpus() says 1 and whose StandardGpuResources and device moves are recorded (the indexes
 stay real CPU indexes, so everything they compute is real). That stand-in is used only for the
-choice logic and the sharing; the GPU itself is tested in tests/test_gpu.py, on a GPU.
+choice logic and the sharing; the GPU itself is tested in tests/context/test_gpu.py, on a GPU.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from banditd.context import device
 from banditd.context.device import FaissDevice, choose, ivf_flat, torch_device
 from banditd.context.knn import OutcomeIndex
 from banditd.errors import FailedPrecondition
-from tests.conftest import StartServer
+from tests.helpers import StartServer
 
 faiss = pytest.importorskip("faiss", reason="the context extra")  # in the lock: never skipped
 # A few tests check what this machine does without a GPU (bench/gpu_check.sh also runs this
-# module on a GPU machine, where tests/test_gpu.py checks the real thing instead).
+# module on a GPU machine, where tests/context/test_gpu.py checks the real thing instead).
 without_gpu = pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="checks a machine with no GPU")
 
 

@@ -22,7 +22,7 @@ from banditd.commands.bench.context import fill_index
 from banditd.context import device
 from banditd.context.knn import OutcomeIndex
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 faiss = pytest.importorskip("faiss", reason="the context or gpu extra")
 if faiss.get_num_gpus() == 0:

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer
+from tests.helpers import StartServer
 
 
 @pytest.mark.parametrize(

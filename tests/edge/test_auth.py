@@ -19,7 +19,7 @@ from banditd.edge.limits import TenantLimits
 from banditd.errors import Unauthenticated
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 Metadata = tuple[tuple[str, str], ...]
 

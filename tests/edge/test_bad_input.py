@@ -12,7 +12,7 @@ import pytest
 
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 C = grpc.StatusCode
 

@@ -25,7 +25,7 @@ from banditd.config import Settings
 from banditd.edge.server import App, build_app
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, require, router_config
+from tests.helpers import SIGNING_KEY, require, router_config
 
 T = TypeVar("T")
 C = grpc.StatusCode

@@ -11,7 +11,7 @@ from grpc import StatusCode as C
 from banditd.edge.limits import RateLimiter
 from banditd.errors import ResourceExhausted
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 
 def select(tenant: str = "acme", **fields: object) -> pb.SelectRequest:

@@ -28,8 +28,8 @@ from sqlalchemy import text
 from banditd.domain.bounds import TABLE
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import router_config
-from tests.test_fuzz import Served
+from tests.edge.test_fuzz import Served
+from tests.helpers import router_config
 
 C = grpc.StatusCode
 ANSWERS = {

@@ -17,7 +17,7 @@ from banditd.state.posterior import Posterior, Prior
 from banditd.store import Database, Repository
 from banditd.store.models import posterior_snapshots
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 DIM = 4
 

@@ -21,7 +21,7 @@ from banditd.edge.tls import ClientSecurity, TLSConfigError, server_credentials
 from banditd.store.api_keys import KeyStore
 from banditd.v1.banditd_pb2 import PutRouterRequest, SelectRequest
 from banditd.v1.banditd_pb2_grpc import AdminStub, RouterStub
-from tests.conftest import SIGNING_KEY, StartServer, router_config
+from tests.helpers import SIGNING_KEY, StartServer, router_config
 
 
 @pytest.fixture(scope="module")

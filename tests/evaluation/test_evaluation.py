@@ -17,7 +17,7 @@ from banditd.evaluation import ope_proof, replay
 from banditd.flows.candidates import check_candidate
 from banditd.policy import POLICIES, make_policy
 from banditd.state.posterior import Posterior, Prior
-from tests.test_replay import synthetic, write_outcomes
+from tests.evaluation.test_replay import synthetic, write_outcomes
 
 
 def trained_posterior(seed: int = 0) -> tuple[Posterior, np.ndarray]:

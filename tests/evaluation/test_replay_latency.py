@@ -17,8 +17,8 @@ from banditd.errors import InvalidArgument
 from banditd.evaluation import replay
 from banditd.evaluation.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer
-from tests.test_replay import cli, run_json, synthetic, write_outcomes
+from tests.evaluation.test_replay import cli, run_json, synthetic, write_outcomes
+from tests.helpers import StartServer
 
 # name: (mean quality, USD per call, latency ms, Wh): the fast, the cheap and the best arm differ.
 ARMS = {

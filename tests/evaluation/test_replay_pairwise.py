@@ -14,8 +14,8 @@ from banditd.evaluation import replay
 from banditd.evaluation.replay.engine import REFUSED, preference
 from banditd.evaluation.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer
-from tests.test_replay import run_json, synthetic, write_outcomes
+from tests.evaluation.test_replay import run_json, synthetic, write_outcomes
+from tests.helpers import StartServer
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from banditd.evaluation import replay
 from banditd.evaluation.replay.remote import Server
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer
-from tests.test_replay import cli, run_json, synthetic, write_outcomes
+from tests.evaluation.test_replay import cli, run_json, synthetic, write_outcomes
+from tests.helpers import StartServer
 
 
 async def test_live_router_converges_to_the_best_arm(

@@ -20,7 +20,7 @@ from banditd.errors import FailedPrecondition, NotFound
 from banditd.evaluation import replay
 from banditd.evaluation.replay.remote import Server
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, require, router_config
+from tests.helpers import REPO, StartServer, require, router_config
 
 TOPICS = {
     "math": ("integral derivative equation algebra", "strong"),
@@ -163,7 +163,7 @@ def test_unknown_router_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> Non
 
 # -- the server's warm start against the in-process replay's -------------------------------------
 
-DEV_DATA = Path(__file__).resolve().parents[1] / "data" / "routerbench-dev.jsonl.gz"
+DEV_DATA = REPO / "data" / "routerbench-dev.jsonl.gz"
 WARM, ONLINE = 60, 60  # records of the dev file: warm start on the first, then replay the next
 
 

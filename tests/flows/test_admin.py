@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 
 async def test_router_lifecycle(database_url: str, start_server: StartServer) -> None:

@@ -22,7 +22,7 @@ from banditd.store.engine import alembic_config
 from banditd.store.models import feedback_events, feedback_pending
 from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 C = grpc.StatusCode
 SIGNER = TokenSigner(SIGNING_KEY.encode())

@@ -8,7 +8,7 @@ from pathlib import Path
 from banditd.store import Repository
 from banditd.store.probe import RequestIdProbe
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 
 async def test_decision_of_a_vanished_router_does_not_block_the_group(

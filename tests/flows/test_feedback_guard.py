@@ -13,7 +13,7 @@ from banditd.edge import keys
 from banditd.flows.feedback_guard import FeedbackGuard
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 
 def bearer(key: str) -> tuple[tuple[str, str]]:

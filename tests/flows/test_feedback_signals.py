@@ -10,7 +10,7 @@ import pytest
 from banditd.domain import MAX_SIGNALS_PER_DECISION
 from banditd.store import Repository
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 X = [0.6, -0.2, 0.4, 0.1]
 

@@ -22,7 +22,7 @@ from banditd.domain import ArmSpec, FeedbackEvent
 from banditd.state import posterior_snapshot
 from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer
+from tests.helpers import Running, StartServer
 
 C = grpc.StatusCode
 # name -> (input, output USD/Mtok, quality, latency ms, measured Wh)

@@ -10,7 +10,7 @@ import pytest
 from banditd.flows.tokens import TokenSigner
 from banditd.store import Repository
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, StartServer, router_config
+from tests.helpers import SIGNING_KEY, StartServer, router_config
 
 
 async def test_default_reward_once_across_replicas(

@@ -23,7 +23,7 @@ from banditd.flows.ranking import rank_arms
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 C = grpc.StatusCode
 QUALITY = {"a": 0.2, "b": 0.5, "c": 0.9}

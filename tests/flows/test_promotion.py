@@ -15,7 +15,7 @@ from banditd.domain import RouterSpec
 from banditd.store import Database, Repository
 from banditd.store.engine import alembic_config
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 
 async def test_promote_and_rollback_round_trip(

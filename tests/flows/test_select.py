@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 X = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
 

@@ -17,7 +17,7 @@ from banditd.edge import codec
 from banditd.flows.select import SelectInput, Selector
 from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 SHADOWS = [
     pb.ShadowPolicy(name="ucb", policy="linucb"),

@@ -11,7 +11,7 @@ import pytest
 from banditd.edge import servicer
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 
 async def stream(items: Iterable[pb.FeedbackRequest]) -> AsyncIterator[pb.FeedbackRequest]:

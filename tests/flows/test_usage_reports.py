@@ -13,7 +13,7 @@ from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.store import Database, Repository
 from banditd.store.engine import alembic_config
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 
 async def _decide(server: Running, prompt: str = "q") -> pb.SelectResponse:

@@ -19,14 +19,14 @@ from banditd.gateway.chat import Gateway
 from banditd.gateway.usage import rough_tokens
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, require
-from tests.gateway_fakes import (
+from tests.gateway.fakes import (
     COMPLETION_TOKENS,
     PROMPT_TOKENS,
     FakeUpstream,
     Served,
     uvicorn_server,
 )
+from tests.helpers import Running, StartServer, require
 
 openai = require("openai", "the official OpenAI client (a dev dependency) is the gateway's caller")
 

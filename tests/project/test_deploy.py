@@ -26,9 +26,8 @@ from typing import Any, NoReturn
 import pytest
 
 from banditd.commands import routers_file
-from tests.conftest import StartServer
+from tests.helpers import REPO, StartServer
 
-REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 CHART = REPO / "deploy" / "helm" / "banditd"
 VALUE_SETS = {"default": [], "production": ["-f", str(CHART.parent / "values-production.yaml")]}

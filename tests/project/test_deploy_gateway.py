@@ -1,5 +1,6 @@
-"""The Helm chart's gateway and Grafana dashboard (issue 22), rendered as tests/test_deploy.py
-renders the chart (its fixtures: Helm from .venv/tools, the default and production values)."""
+"""The Helm chart's gateway and Grafana dashboard (issue 22), rendered as
+tests/project/test_deploy.py renders the chart (its fixtures: Helm from .venv/tools, the default
+and production values)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import subprocess
 
 import pytest
 
-from tests import test_deploy as deploy
-from tests.test_deploy import Doc, _env, _one
+from tests.project import test_deploy as deploy
+from tests.project.test_deploy import Doc, _env, _one
 
 
 @pytest.fixture(scope="module", params=sorted(deploy.VALUE_SETS))

@@ -1,6 +1,6 @@
 """The GPU variant of the deployment (issue 23): the chart's ``gpu`` values and the image's
-``VARIANT=gpu`` build argument. Rendered with the same Helm and schemas as tests/test_deploy.py;
-missing tools skip here and fail under CI=true, as there."""
+``VARIANT=gpu`` build argument. Rendered with the same Helm and schemas as
+tests/project/test_deploy.py; missing tools skip here and fail under CI=true, as there."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from banditd.config import Settings
-from tests.test_deploy import (
+from tests.project.test_deploy import (
     CHART,
     KUBE_VERSIONS,
     REPO,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from banditd.config import Settings
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_LINES = 250
 

@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 
 def run_load(*args: str) -> dict[str, object]:
@@ -23,7 +22,7 @@ def run_load(*args: str) -> dict[str, object]:
     }
     done = subprocess.run(
         [sys.executable, "-m", "load.run", "--duration", "3", "--users", "4", "--json", *args],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from banditd.domain import BreakerConfig
 from banditd.state.breaker import ArmHealth, BreakerState
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 CONFIG = BreakerConfig(error_rate=0.5, min_events=4, cooldown_s=10.0)
 

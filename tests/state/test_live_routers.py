@@ -16,7 +16,7 @@ from banditd.state.live_routers import Catalog, RouterState
 from banditd.state.posterior import Posterior
 from banditd.store import Repository
 from banditd.store.engine import Database, migrate
-from tests.conftest import router_config
+from tests.helpers import router_config
 
 DIM = 4
 

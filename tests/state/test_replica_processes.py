@@ -15,7 +15,7 @@ import pytest
 from banditd.commands.bench.local import ServerProcess, servers, spawn_server
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, router_config
+from tests.helpers import SIGNING_KEY, router_config
 
 pytestmark = pytest.mark.postgres
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 
 async def test_two_replicas_hold_the_same_posterior(

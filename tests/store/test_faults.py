@@ -30,7 +30,7 @@ from banditd.state.posterior import Posterior, Prior
 from banditd.store import Database, Repository
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.conftest import SIGNING_KEY, StartServer, router_config
+from tests.helpers import SIGNING_KEY, StartServer, router_config
 from tests.postgres_plugin import OwnPostgres
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]

@@ -36,7 +36,7 @@ from banditd.store.dead_letters import DeadLetters
 from banditd.store.engine import alembic_config
 from banditd.store.models import arms, feedback_events, routers
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import REPO, SIGNING_KEY, Running, StartServer, router_config
 
 C = grpc.StatusCode
 EMBEDDING = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
@@ -71,7 +71,7 @@ def test_every_numeric_request_field_has_a_bound() -> None:
     requests = [m.input_type for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods]
     fields = {f for d in requests for f in numeric_fields(d)}
     assert fields == set(TABLE)
-    docs = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    docs = (REPO / "docs" / "security.md").read_text()
     assert all(f"`{key}`" in docs for key in TABLE), "docs/security.md lacks a bound"
 
 

@@ -7,7 +7,8 @@ success or a banditd error (which the edge maps to a status code) is a crash. Th
 a feedback event's reward, cost, tokens and latency; those the bounds accept go through the
 posterior, the cost model, a policy's ranking and the store's row check, and every number that
 comes out must be finite (else an AssertionError: a crash).
-Run: python tests/fuzz/atheris_validation.py -runs=200000 (tests/test_fuzz.py does, bounded).
+Run: python tests/edge/fuzz/atheris_validation.py -runs=200000 (tests/edge/test_fuzz.py does,
+bounded).
 """
 
 from __future__ import annotations
