@@ -3,8 +3,11 @@ stay in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,22 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNING_KEY = "test-signing-key-0123456789abcdef"
+POLL_S = 0.02  # how often wait_until looks again
+
+
+async def wait_until(check: Callable[[], Any], what: str, within: float = 30.0) -> Any:
+    """Call `check` (a plain or an async function) until it returns something true, and return
+    that; fail naming `what` after `within` seconds. The one way tests wait for something to
+    happen (sync tests run it with asyncio.run)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"gave up after {within:g} s waiting for {what}"
+        await asyncio.sleep(POLL_S)
 
 
 def require(module: str, why: str) -> Any:
@@ -53,6 +72,20 @@ class Running:
         finder = DecisionFinder(PendingStore(self.app.db), self.app.decisions)
         found, _ = await finder.find([claims])
         return joined(claims, found[claims.decision_id])
+
+    async def caught_up(self, event_id: int | None = None, name: str = "chat") -> bool:
+        """Whether this server has applied its router's event log (GetStats): up to event_id, or
+        all of it."""
+        stats = await self.admin.GetStats(pb.GetStatsRequest(tenant="acme", name=name))
+        if event_id is None:
+            return stats.lag_events == 0
+        return stats.applied_event_id >= event_id
+
+    async def tail_rounds(self, rounds: int = 3) -> None:
+        """Run rounds of the server's log tail now (join parked feedback, apply the log, give
+        default rewards), as its background task does every tail_interval_s."""
+        for _ in range(rounds):
+            await self.app._tail_once()
 
     async def stop(self) -> None:
         self.stopped = True

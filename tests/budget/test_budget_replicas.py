@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 from collections.abc import Iterator
+from functools import partial
 
 import grpc
 import numpy as np
@@ -16,13 +18,13 @@ from banditd.commands.bench.local import ServerProcess, servers
 from banditd.store.models import budget_charges, budget_leases, budget_ledger
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.helpers import SIGNING_KEY, router_config
+from tests.helpers import SIGNING_KEY, router_config, wait_until
 
 REPLICAS = 3
 WORKERS = 4  # concurrent callers per replica
 LIMIT = 0.02  # USD: room for a hundred or two decisions
 LEASE_TTL_S = 2.0
-KILL_AT_S = 1.0
+KILL_AFTER = 10  # decisions the last replica serves (from its lease) before it is killed
 # Callers stop once refused this many times in a row after the killed replica's lease expired
 # (so the survivors have reaped it and spent what it returned), or at the cap.
 REFUSALS_TO_STOP = 6
@@ -60,22 +62,36 @@ async def test_replicas_never_overspend_a_shared_budget(
             )
         )
     )
-    await asyncio.sleep(1.0)  # every replica's budget round has loaded the budget
     served = [0] * REPLICAS
     refused = [0] * REPLICAS
     # Spend the callers know of (decisions they received), at least and at most: a Feedback cut
     # off by the kill may or may not have settled its actual cost.
     seen_usd = [0.0, 0.0]
+
+    async def budgeted(r: int) -> bool:
+        """Replica r's budget round has loaded the budget: its Selects count against it (a
+        probe that does is charged its expected cost, as it gets no Feedback)."""
+        probe = pb.SelectRequest(
+            tenant="acme", router="chat", embedding=pb.Embedding(values=[1, 0, 0, 0])
+        )
+        d = await rpc.RouterStub(channels[r]).Select(probe)
+        if d.budget_outcome:
+            seen_usd[0] += d.expected_cost_usd
+            seen_usd[1] += d.expected_cost_usd
+        return bool(d.budget_outcome)
+
+    for r in range(REPLICAS):
+        await wait_until(partial(budgeted, r), f"replica {r} to load the budget")
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start, killed_at = loop.time(), math.inf
 
     async def worker(r: int, w: int) -> None:
         router = rpc.RouterStub(channels[r])
         rng = np.random.default_rng([r, w])
         in_a_row = 0
-        reaped_by = start + KILL_AT_S + LEASE_TTL_S + 0.5
         while loop.time() - start < RUN_CAP_S:
-            if in_a_row >= REFUSALS_TO_STOP and loop.time() > reaped_by:
+            reaped = loop.time() > killed_at + LEASE_TTL_S + 0.5
+            if in_a_row >= REFUSALS_TO_STOP and reaped:
                 return
             x = rng.normal(size=4).astype(np.float32)
             try:
@@ -111,8 +127,10 @@ async def test_replicas_never_overspend_a_shared_budget(
                 return
 
     async def kill() -> None:
-        await asyncio.sleep(KILL_AT_S)
+        nonlocal killed_at
+        await wait_until(lambda: served[-1] >= KILL_AFTER, "the last replica to serve")
         replicas[-1].proc.send_signal(signal.SIGKILL)
+        killed_at = loop.time()
 
     await asyncio.gather(kill(), *(worker(r, w) for r in range(REPLICAS) for w in range(WORKERS)))
     for channel in channels:

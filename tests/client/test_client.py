@@ -23,7 +23,7 @@ from banditd.edge.server import App, build_app
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 EMBEDDING = [1.0, 0.0, 0.0, 0.0]
 FAST_RETRY = bc.RetryPolicy(attempts=30, initial_backoff_s=0.05, max_backoff_s=0.2, jitter_s=0.0)
@@ -284,10 +284,7 @@ async def test_unavailable_is_retried_until_the_server_comes_up(
         ),
     }
     pending = asyncio.ensure_future(call(client, rpc, *args[rpc][0], **args[rpc][1]))
-    for _ in range(500):  # until the first attempt has failed
-        if retries(caplog):
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: retries(caplog), "the first attempt to fail")
     app = await server_on(sqlite_url, first.app.port)
     try:
         result = await pending

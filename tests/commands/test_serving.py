@@ -3,6 +3,7 @@ names it, `banditd --version`, and the SQLite file a server uses, by its absolut
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import os
@@ -10,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ import pytest
 
 from banditd.commands.bench.local import free_port
 from banditd.edge import ports
+from tests.helpers import wait_until
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli"]
 # Never contacted: the refusals come before any database work.
@@ -55,11 +56,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(command, cwd=cwd, stdout=stdout, stderr=stderr, env=env)
     try:
-        deadline = time.monotonic() + 90
-        while "banditd is serving" not in err.read_text():  # printed once SERVING
+
+        def banner() -> bool:  # printed once SERVING
             assert proc.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no banner"
-            time.sleep(0.1)
+            return "banditd is serving" in err.read_text()
+
+        asyncio.run(wait_until(banner, "the banner", 90))
         yield Served(port, metrics_port, cwd, _json_lines(out), err.read_text())
     finally:
         proc.send_signal(signal.SIGTERM)

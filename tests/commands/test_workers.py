@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.helpers import SIGNING_KEY, router_config
+from tests.helpers import SIGNING_KEY, router_config, wait_until
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
 
@@ -31,12 +31,12 @@ def _events(log: Path, event: str) -> list[dict[str, Any]]:
 
 
 def _wait(log: Path, event: str, count: int, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 90
-    while len(found := _events(log, event)) < count:
+    def found() -> list[dict[str, Any]] | None:
         assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"fewer than {count} {event!r} lines"
-        time.sleep(0.1)
-    return found
+        events = _events(log, event)
+        return events if len(events) >= count else None
+
+    return asyncio.run(wait_until(found, f"{count} {event!r} lines", 90))
 
 
 @pytest.mark.postgres

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,7 +21,7 @@ from banditd.store.engine import alembic_config
 from banditd.store.models import feedback_events, feedback_pending
 from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 C = grpc.StatusCode
 SIGNER = TokenSigner(SIGNING_KEY.encode())
@@ -36,13 +35,6 @@ def embedding(dim: int = 4, seed: int = 0) -> pb.Embedding:
 async def choose(server: Running, **fields: Any) -> pb.SelectResponse:
     request = {"tenant": "acme", "router": "chat", "embedding": embedding(), **fields}
     return await server.router.Select(pb.SelectRequest(**request))
-
-
-async def until(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + 15.0
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 async def pending_states(server: Running) -> list[str]:
@@ -158,7 +150,8 @@ async def test_feedback_before_the_decision_row_is_joined_once(
         )
     assert err.value.code() == C.ALREADY_EXISTS
     assert await pending_states(b) == ["pending"] * 3
-    await asyncio.sleep(0.3)  # several tail rounds: nothing to join yet
+    for server in (a, b):  # several tail rounds: nothing to join yet
+        await server.tail_rounds()
     assert await event_rows(b) == []
 
     await a.app.decisions.flush()  # the group commit lands
@@ -166,7 +159,7 @@ async def test_feedback_before_the_decision_row_is_joined_once(
     async def applied() -> bool:
         return all(s.app.catalog._by_id[1].posterior.last_event_id == 3 for s in (a, b))
 
-    await until(applied, "the parked feedback was not joined on both replicas")
+    await wait_until(applied, "the parked feedback to be joined on both replicas")
     assert await pending_states(b) == ["joined"] * 3
     rows = await event_rows(a)
     assert [(r.decision_id, r.reward) for r in rows] == [
@@ -175,7 +168,8 @@ async def test_feedback_before_the_decision_row_is_joined_once(
         (SIGNER.verify(made[2].decision_id, "acme").decision_id, 0.0),
     ]
     assert [r.arm for r in rows] == [d.arm for d in made]
-    await asyncio.sleep(0.3)  # more rounds join nothing twice
+    for server in (a, b):  # more rounds join nothing twice
+        await server.tail_rounds()
     assert len(await event_rows(a)) == 3
     for server in (a, b):
         stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
@@ -211,7 +205,7 @@ async def test_a_parked_preference_joins_both_arms(
     async def joined() -> bool:
         return await pending_states(b) == ["joined"]
 
-    await until(joined, "the preference was not joined")
+    await wait_until(joined, "the preference to be joined")
     (row,) = await event_rows(b)
     assert (row.arm, row.reward, row.challenger, row.challenger_reward) == (
         d.arm,
@@ -238,10 +232,11 @@ async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
     async def orphaned() -> bool:
         return await pending_states(b) == ["orphaned"]
 
-    await until(orphaned, "the parked feedback was not given up")
+    await wait_until(orphaned, "the parked feedback to be given up")
     assert unjoined() == before + 1
     assert await event_rows(b) == []  # never applied, and the parked row is kept
-    await asyncio.sleep(0.2)
+    for server in (a, b):
+        await server.tail_rounds()
     assert unjoined() == before + 1  # counted once
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
 from banditd.domain import MAX_SIGNALS_PER_DECISION
 from banditd.store import Repository
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config, wait_until
 
 X = [0.6, -0.2, 0.4, 0.1]
 
@@ -156,7 +154,7 @@ async def test_a_real_signal_replaces_a_default_reward(
     config = router_config(combine="last", default_reward=0.0, reward_wait_seconds=1)
     await server.admin.PutRouter(pb.PutRouterRequest(router=config))
     decision = await _decide(server, "chat")
-    await asyncio.sleep(1.5)  # the default reward lands
+    await wait_until(lambda: server.caught_up(1), "the default reward to land")
     assert (await _stats(server, "chat")).feedback_count == 0
     late = await server.router.Feedback(
         pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=1.0)

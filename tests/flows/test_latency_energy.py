@@ -7,7 +7,6 @@ at quality 0.9 and is the priciest and the hungriest.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import math
 from typing import Any
@@ -22,7 +21,7 @@ from banditd.domain import ArmSpec, FeedbackEvent
 from banditd.state import posterior_snapshot
 from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer
+from tests.helpers import Running, StartServer, wait_until
 
 C = grpc.StatusCode
 # name -> (input, output USD/Mtok, quality, latency ms, measured Wh)
@@ -317,10 +316,7 @@ async def test_two_replicas_learn_the_same_heads(
     await a.admin.PutRouter(pb.PutRouterRequest(router=config()))
     await train(a)
     post_a = a.app.catalog._by_id[1].posterior
-    deadline = asyncio.get_running_loop().time() + 10
-    while (await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))).lag_events:
-        assert asyncio.get_running_loop().time() < deadline, "replica b did not catch up"
-        await asyncio.sleep(0.05)
+    await wait_until(b.caught_up, "replica b to catch up")
     post_b = b.app.catalog._by_id[1].posterior
     assert post_a.last_event_id == post_b.last_event_id == len(ARMS) * ROUNDS
     for name in ARMS:

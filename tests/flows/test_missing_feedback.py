@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 
 import grpc
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from banditd.flows.tokens import TokenSigner
 from banditd.store import Repository
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, StartServer, router_config
+from tests.helpers import SIGNING_KEY, StartServer, router_config, wait_until
 
 
 async def test_default_reward_once_across_replicas(
@@ -27,7 +27,10 @@ async def test_default_reward_once_across_replicas(
     await a.router.Feedback(
         pb.FeedbackRequest(tenant="acme", decision_id=made[0].decision_id, reward=1.0)
     )
-    await asyncio.sleep(1.6)  # past the wait, several tail rounds on both replicas
+    for replica in (a, b):  # past the wait: both replicas applied the two defaults
+        await wait_until(partial(replica.caught_up, 3), "the default rewards")
+    for replica in (a, b):  # and more rounds on both give none twice
+        await replica.tail_rounds()
 
     events = await Repository(a.app.db).events_after(1, 0)
     assert [(e.reward, e.defaulted) for e in events] == [(1.0, False), (0.0, True), (0.0, True)]

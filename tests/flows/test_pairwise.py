@@ -6,7 +6,6 @@ Three equally priced arms of quality a < b < c; a side-by-side rating prefers th
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -23,7 +22,7 @@ from banditd.flows.ranking import rank_arms
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 C = grpc.StatusCode
 QUALITY = {"a": 0.2, "b": 0.5, "c": 0.9}
@@ -197,10 +196,7 @@ async def test_preferences_survive_a_restart_and_reach_a_replica(
     logged = await compare(a, request_id="r1")
     await a.router.Feedback(prefer(logged, pb.PREFER_CHALLENGER))
     await train(a, 24)
-    deadline = asyncio.get_running_loop().time() + 10
-    while (await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))).lag_events:
-        assert asyncio.get_running_loop().time() < deadline, "replica b did not catch up"
-        await asyncio.sleep(0.05)
+    await wait_until(b.caught_up, "replica b to catch up")
     post_a, post_b = a.app.catalog._by_id[1].posterior, b.app.catalog._by_id[1].posterior
     assert post_a.last_event_id == post_b.last_event_id == 25
     for head in HEADS:

@@ -13,7 +13,7 @@ from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.store import Database, Repository
 from banditd.store.engine import alembic_config
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config, wait_until
 
 
 async def _decide(server: Running, prompt: str = "q") -> pb.SelectResponse:
@@ -118,11 +118,8 @@ async def test_the_default_reward_takes_the_usage(
     d = await _decide(server)
     await server.router.Feedback(_usage(d.decision_id, cost_usd=0.03, output_tokens=7))
     repo = Repository(server.app.db)
-    for _ in range(100):  # the default comes after reward_wait_seconds, in a tail round
-        if events := await repo.events_after(1, 0):
-            break
-        await asyncio.sleep(0.05)
-    (event,) = events
+    # The default comes after reward_wait_seconds, in a tail round.
+    (event,) = await wait_until(lambda: repo.events_after(1, 0), "the default reward")
     assert (event.defaulted, event.reward, event.cost_usd, event.output_tokens) == (
         True,
         0.5,

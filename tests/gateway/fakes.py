@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.helpers import wait_until
+
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 5
 
@@ -100,11 +102,10 @@ class Served:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()  # raises what stopped it
-            await asyncio.sleep(0.01)
+        task = self.task = asyncio.create_task(self.server.serve())
+        await wait_until(lambda: self.server.started or task.done(), "uvicorn to start")
+        if task.done():
+            task.result()  # raises what stopped it
         return int(self.server.servers[0].sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 
 import grpc
 import pytest
@@ -11,9 +11,10 @@ from prometheus_client import REGISTRY
 from banditd.domain import BreakerConfig
 from banditd.state.breaker import ArmHealth, BreakerState
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config, wait_until
 
 CONFIG = BreakerConfig(error_rate=0.5, min_events=4, cooldown_s=10.0)
+COOLDOWN_S = 5  # the live test's
 
 
 def _feed(health: ArmHealth, errors: list[bool], at: float = 0.0, arm: str = "a") -> None:
@@ -96,16 +97,23 @@ async def _arm_states(server: Running) -> dict[str, str]:
     return {a.arm: a.breaker for a in stats.arms}
 
 
+async def _cheap_is(server: Running, state: str) -> bool:
+    return (await _arm_states(server))["cheap"] == state
+
+
 async def test_breaker_opens_skips_half_opens_and_closes_on_every_replica(
     database_url: str, start_server: StartServer
 ) -> None:
     a = await start_server(database_url, tail_interval_s=0.05, snapshot_every=3)
     b = await start_server(database_url, tail_interval_s=0.05, snapshot_every=3)
-    config = router_config(breaker_error_rate=0.5, breaker_min_events=4, breaker_cooldown_seconds=1)
+    # The cool-down outlasts the checks and the restart below, even on a loaded machine.
+    config = router_config(
+        breaker_error_rate=0.5, breaker_min_events=4, breaker_cooldown_seconds=COOLDOWN_S
+    )
     await a.admin.PutRouter(pb.PutRouterRequest(router=config))
     got = await a.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="chat"))
     assert (got.router.breaker_error_rate, got.router.breaker_min_events) == (0.5, 4)
-    assert got.router.breaker_cooldown_seconds == 1
+    assert got.router.breaker_cooldown_seconds == COOLDOWN_S
 
     async def fail_cheap(n: int, error: bool = True) -> None:
         for _ in range(n):
@@ -117,10 +125,7 @@ async def test_breaker_opens_skips_half_opens_and_closes_on_every_replica(
 
     await fail_cheap(4)
     for server in (a, b):  # b learns it from the log, as it learns the posterior
-        for _ in range(100):
-            if (await _arm_states(server))["cheap"] == "open":
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(partial(_cheap_is, server, "open"), "the cheap arm's breaker to open")
         assert await _arm_states(server) == {"cheap": "open", "mid": "closed", "strong": "closed"}
         for _ in range(10):
             d = await _select(server)
@@ -139,17 +144,12 @@ async def test_breaker_opens_skips_half_opens_and_closes_on_every_replica(
     c = await start_server(database_url, tail_interval_s=0.05)
     assert (await _arm_states(c))["cheap"] == "open"
 
-    await asyncio.sleep(1.1)  # the cool-down
-    assert (await _arm_states(a))["cheap"] == "half_open"
+    await wait_until(partial(_cheap_is, a, "half_open"), "the cool-down to end", COOLDOWN_S + 5)
     d = await _select(a, candidates=("cheap", "mid"))
     assert "cheap" in {r.arm for r in d.ranking}  # probed again
     await fail_cheap(1, error=False)  # the probe succeeded
     for server in (a, c):
-        for _ in range(100):
-            if (await _arm_states(server))["cheap"] == "closed":
-                break
-            await asyncio.sleep(0.05)
-        assert (await _arm_states(server))["cheap"] == "closed"
+        await wait_until(partial(_cheap_is, server, "closed"), "the cheap arm's breaker to close")
 
 
 async def test_breaker_settings_are_validated(sqlite_url: str, start_server: StartServer) -> None:

@@ -3,8 +3,8 @@ replica killed with SIGKILL restarts from its snapshot and catches up."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from banditd.commands.bench.local import ServerProcess, servers, spawn_server
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.helpers import SIGNING_KEY, router_config
+from tests.helpers import SIGNING_KEY, router_config, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -66,17 +66,18 @@ def _view(replica: ServerProcess) -> tuple[pb.GetStatsResponse, list[pb.SelectRe
     return stats, picks
 
 
-def _wait_applied(replicas: list[ServerProcess], event_id: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    for replica in replicas:
-        channel, _, admin = _stubs(replica.target)
-        with channel:
-            while True:
-                stats = admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
-                if stats.applied_event_id >= event_id:
-                    break
-                assert time.monotonic() < deadline, f"{replica.target} stuck at {stats}"
-                time.sleep(0.05)
+def _wait_applied(replicas: list[ServerProcess], event_id: int) -> None:
+    stubs = [_stubs(replica.target) for replica in replicas]
+    request = pb.GetStatsRequest(tenant="acme", name="chat")
+
+    def applied() -> bool:
+        return all(admin.GetStats(request).applied_event_id >= event_id for _, _, admin in stubs)
+
+    try:
+        asyncio.run(wait_until(applied, f"every replica to apply event {event_id}"))
+    finally:
+        for channel, _, _ in stubs:
+            channel.close()
 
 
 def test_three_replicas_converge_and_a_killed_one_catches_up(

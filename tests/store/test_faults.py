@@ -14,9 +14,10 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -30,7 +31,7 @@ from banditd.state.posterior import Posterior, Prior
 from banditd.store import Database, Repository
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.helpers import SIGNING_KEY, StartServer, router_config
+from tests.helpers import SIGNING_KEY, StartServer, router_config, wait_until
 from tests.postgres_plugin import OwnPostgres
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
@@ -76,19 +77,21 @@ async def serve(url: str, log: Path, **settings: str) -> AsyncIterator[Server]:
 
 
 async def _wait_serving(server: Server) -> None:
-    deadline = time.monotonic() + 90
     async with grpc.aio.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
+
+        async def serving() -> bool:
             assert server.proc.returncode is None, f"server exited:\n{server.output()[-3000:]}"
             try:
                 reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"server did not start:\n{server.output()[-3000:]}")
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        try:
+            await wait_until(serving, "the server to start", 90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{server.output()[-3000:]}") from None
 
 
 @dataclass
@@ -155,13 +158,6 @@ async def load(address: str, tally: Tally, stop: asyncio.Event) -> None:
         await asyncio.gather(*(worker(i) for i in range(WORKERS)))
 
 
-async def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def _put_router(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         await rpc.AdminStub(channel).PutRouter(pb.PutRouterRequest(router=router_config()))
@@ -210,7 +206,7 @@ async def test_sigterm_drains_flushes_and_snapshots(tmp_path: Path) -> None:
         await _put_router(server.address)
         tally, stop = Tally(), asyncio.Event()
         task = asyncio.create_task(load(server.address, tally, stop))
-        await _until(lambda: len(tally.acked) >= 200 or task.done(), 60, "200 feedback events")
+        await wait_until(lambda: len(tally.acked) >= 200 or task.done(), "200 feedback events", 60)
         server.proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(server.proc.wait(), 60)
         stop.set()
@@ -240,10 +236,13 @@ async def test_sigkill_under_load_loses_no_acknowledged_feedback(
         await _put_router(server.address)
         tally, stop = Tally(), asyncio.Event()
         task = asyncio.create_task(load(server.address, tally, stop))
-        await _until(lambda: len(tally.acked) >= 300 or task.done(), 60, "300 feedback events")
+        await wait_until(lambda: len(tally.acked) >= 300 or task.done(), "300 feedback events", 60)
         server.proc.kill()  # SIGKILL: no drain, no flush, no snapshot
         await asyncio.wait_for(server.proc.wait(), 30)
-        await asyncio.sleep(0.3)  # clients keep calling a dead server
+        await wait_until(  # clients keep calling a dead server
+            lambda: sum(tally.select_failures.values()) >= WORKERS or task.done(),
+            "the clients to find the server dead",
+        )
         stop.set()
         await task
     print(tally.report("sigkill"))
@@ -278,7 +277,7 @@ async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
         await _put_router(a.address)
         tally, stop = Tally(), asyncio.Event()
         task = asyncio.create_task(load(a.address, tally, stop))
-        await _until(lambda: len(tally.acked) >= 100 or task.done(), 60, "100 feedback events")
+        await wait_until(lambda: len(tally.acked) >= 100 or task.done(), "100 feedback events", 60)
         await postgres.stop()
         down_at, selects_at_down = time.monotonic(), tally.selects_ok
         await asyncio.sleep(3.0)
@@ -286,10 +285,10 @@ async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
         selects_while_down = tally.selects_ok - selects_at_down
         await postgres.start()
         up_at = time.monotonic()
-        await _until(
+        await wait_until(
             lambda: sum(1 for t in tally.acked_at if t > up_at) >= 100 or task.done(),
-            60,
             "feedback to succeed again after the outage",
+            60,
         )
         stop.set()
         await task
@@ -318,22 +317,16 @@ async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
         assert stats.applied_event_id == stats.log_event_id == events[-1].event_id
 
         # Replica b re-established LISTEN: it catches up on a NOTIFY, not its 60 s poll.
-        async def b_applied() -> int:
-            return int((await _stats(b.address)).applied_event_id)
+        async def b_applied(event_id: int) -> bool:
+            return (await _stats(b.address)).applied_event_id == event_id
 
         head = events[-1].event_id
-        deadline = time.monotonic() + 20
-        while await b_applied() != head:
-            assert time.monotonic() < deadline, "replica b did not catch up after the outage"
-            await asyncio.sleep(0.1)
+        await wait_until(partial(b_applied, head), "replica b to catch up after the outage", 20)
         more = Tally()
         stop = asyncio.Event()
         stop_soon = asyncio.get_running_loop().call_later(0.2, stop.set)
         await load(a.address, more, stop)
         stop_soon.cancel()
         new_head = max(more.acked)
-        deadline = time.monotonic() + 20
-        while await b_applied() != new_head:
-            assert time.monotonic() < deadline, "replica b was not woken after the outage"
-            await asyncio.sleep(0.1)
+        await wait_until(partial(b_applied, new_head), "replica b to be woken after the outage", 20)
         assert '"listen_connection_restored"' in b.output()

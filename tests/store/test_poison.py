@@ -36,7 +36,7 @@ from banditd.store.dead_letters import DeadLetters
 from banditd.store.engine import alembic_config
 from banditd.store.models import arms, feedback_events, routers
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import REPO, SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import REPO, SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 C = grpc.StatusCode
 EMBEDDING = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
@@ -577,11 +577,8 @@ async def test_one_routers_unreadable_log_row_never_stops_the_others_tail(
         )
     await repo.append_events([_event(claims, reward=1.0)])  # another replica's event for "fine"
     fine = server.app.catalog._by_id[2].posterior
-    for _ in range(100):
-        if fine.last_event_id == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert fine.last_event_id == 2  # applied by the tail, round after round
+    # Applied by the tail, round after round.
+    await wait_until(lambda: fine.last_event_id == 2, "the tail to apply the fine router's event")
     assert (await _stats(server, "acme", "fine")).feedback_count == 1
 
 
