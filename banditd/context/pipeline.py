@@ -8,7 +8,8 @@ and warm start. Layout of x, shape (spec.dim,):
 - embedding part: the router's text encoder's vector of the prompt (its last
   ``text_window_tokens`` tokens when set), or the caller's embedding (which must have
   ``embedding_dim`` finite values), projected by the router's PCA when ``pca_dim`` > 0
-  (zeros until the PCA is fitted; banditd.context.reduction);
+  (zeros until the PCA is fitted: by a server off the request path, see ``fit_due``;
+  banditd.context.reduction);
 - metadata: banditd.context.metadata;
 - kNN: banditd.context.knn, searched with the embedding part.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,6 +83,9 @@ class ContextPipeline:
         self.reduction = reduction
         self.samples: list[FloatArray] = []  # embeddings kept to fit the PCA
         self.unsaved_reduction = False  # fitted here, not stored yet
+        # Serving: called (from the request, no await) once the PCA's samples are in; the owner
+        # fits and sets it off the request path. None (offline): reduce fits it at once.
+        self.fit_due: Callable[[ContextPipeline], None] | None = None
         self.knn: OutcomeIndex | None = None
         if spec.knn_k or spec.pca_dim:
             faiss_modules()
@@ -140,9 +144,13 @@ class ContextPipeline:
         if not self.spec.pca_dim:
             return raw
         if self.reduction is None:
-            if np.any(raw):
+            wanted = self.spec.pca_fit_samples
+            if np.any(raw) and len(self.samples) < wanted:
                 self.samples.append(raw)
-            if len(self.samples) < self.spec.pca_fit_samples:
+            if len(self.samples) < wanted:
+                return np.zeros(self.spec.pca_dim)
+            if self.fit_due is not None:  # x stays pending until the fitted PCA is set
+                self.fit_due(self)
                 return np.zeros(self.spec.pca_dim)
             from banditd.context.reduction import Reduction
 
@@ -196,6 +204,7 @@ class ContextPipeline:
         twin.metadata = copy.deepcopy(self.metadata)
         twin.samples = list(self.samples)
         twin.knn = copy.deepcopy(self.knn) if self.knn is not None else None
+        twin.fit_due = None  # offline: a twin fits its own PCA, at once
         return twin
 
     # -- outcomes -------------------------------------------------------------------------------
