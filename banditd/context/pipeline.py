@@ -116,22 +116,8 @@ class ContextPipeline:
 
     # -- embedding ------------------------------------------------------------------------------
 
-    async def embed(self, prompt: str | None, embedding: Sequence[float] | None) -> FloatArray:
-        """The raw embedding of a request, shape (embedding_dim,); slow encoders run in a
-        thread, micro-batched with concurrent requests."""
-        if prompt is not None:
-            check_prompt(prompt, self.max_prompt_chars)
-            inline = not self.encoder.heavy and len(prompt) <= INLINE_MAX_CHARS
-            if self.batcher is not None and not inline:
-                return await self.batcher.encode(prompt, self.spec.text_window_tokens)
-            vecs = self.encoder.encode_batch([prompt], self.spec.text_window_tokens)
-            return np.asarray(vecs[0], dtype=np.float64)
-        if embedding is not None:
-            return check_embedding(self.spec, embedding)
-        raise InvalidArgument("context", "set either prompt or embedding")
-
-    def embed_now(self, prompts: Sequence[str]) -> FloatArray:
-        """Raw embeddings of many prompts in this thread, shape (n, embedding_dim)."""
+    def embed(self, prompts: Sequence[str]) -> FloatArray:
+        """Raw embeddings of prompts in this thread, shape (n, embedding_dim)."""
         for prompt in prompts:
             check_prompt(prompt, self.max_prompt_chars)
         return self.encoder.encode_batch(prompts, self.spec.text_window_tokens)
@@ -162,13 +148,13 @@ class ContextPipeline:
     def set_reduction(self, reduction: Reduction) -> None:
         self.reduction, self.samples = reduction, []
 
-    async def resolve(self, metadata: Mapping[str, str]) -> None:
-        await self.metadata.resolve(metadata)
-
     def assemble(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
-        """x of a raw embedding (shape (embedding_dim,)) and the request's metadata (resolved
-        first), shape (spec.dim,), float64 holding float32 values."""
+        """x of a raw embedding (shape (embedding_dim,)) and request metadata, shape (spec.dim,),
+        float64 holding float32 values: the one way x is built (Select through ``build``,
+        replay and warm start directly). Metadata values are placed by an in-memory vocabulary
+        here; a stored one places them first (``build``)."""
         spec = self.spec
+        self.metadata.resolve_now(metadata)
         part = self.reduce(raw)
         pieces = [np.ones(1), part, self.metadata.features(metadata)]
         if self.knn is not None:
@@ -187,14 +173,21 @@ class ContextPipeline:
         embedding: Sequence[float] | None,
         metadata: Mapping[str, str],
     ) -> FloatArray:
-        """x of one request (Select)."""
-        raw = await self.embed(prompt, embedding)
-        await self.resolve(metadata)
-        return self.assemble(raw, metadata)
-
-    def build_now(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
-        """x of a raw embedding with an in-memory vocabulary (replay, offline fitting)."""
-        self.metadata.resolve_now(metadata)
+        """x of one request (Select): ``assemble`` of its raw embedding, a slow encoder's in a
+        thread (micro-batched with concurrent requests), once the store has placed its
+        metadata values."""
+        if prompt is not None:
+            long = self.encoder.heavy or len(prompt) > INLINE_MAX_CHARS
+            if self.batcher is not None and long:
+                check_prompt(prompt, self.max_prompt_chars)
+                raw = await self.batcher.encode(prompt, self.spec.text_window_tokens)
+            else:
+                raw = np.asarray(self.embed([prompt])[0], dtype=np.float64)
+        elif embedding is not None:
+            raw = check_embedding(self.spec, embedding)
+        else:
+            raise InvalidArgument("context", "set either prompt or embedding")
+        await self.metadata.resolve(metadata)
         return self.assemble(raw, metadata)
 
     def fork(self) -> ContextPipeline:

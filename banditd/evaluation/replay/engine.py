@@ -194,7 +194,7 @@ def learn_online(
     event_id = posterior.last_event_id
     metadata = outcomes.metadata or ({},) * outcomes.n
     for t, prompt in enumerate(outcomes.prompts):
-        x = pipeline.build_now(raw[t], metadata[t])
+        x = pipeline.assemble(raw[t], metadata[t])
         chosen: tuple[str, str | None] | None
         if knn_policy:
             weight = spec.default_cost_weight
