@@ -12,7 +12,8 @@ import pytest
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import FeedbackEvent
 from banditd.edge import codec
-from banditd.state.live_routers import Catalog, RouterState
+from banditd.state.fold import RouterState
+from banditd.state.live_routers import Catalog
 from banditd.state.posterior import Posterior
 from banditd.store import Repository
 from banditd.store.engine import Database, migrate

@@ -31,7 +31,7 @@ from banditd.domain.constants import (
     MAX_METADATA_SLOTS,
     MAX_SHADOWS,
     MAX_SIGNALS_PER_DECISION,
-    POLICIES,
+    ROUTER_POLICIES,
 )
 from banditd.domain.records import (
     Decision,
@@ -79,7 +79,7 @@ __all__ = [
     "MAX_METADATA_SLOTS",
     "MAX_SHADOWS",
     "MAX_SIGNALS_PER_DECISION",
-    "POLICIES",
+    "ROUTER_POLICIES",
     "ArmSpec",
     "BreakerConfig",
     "Decision",

@@ -19,7 +19,7 @@ import structlog
 
 from banditd.domain import FloatArray, RouterSpec, ShadowPick, ShadowSpec
 from banditd.policy import make_policy
-from banditd.state.live_routers import RouterState
+from banditd.state.fold import RouterState
 
 if TYPE_CHECKING:  # the router imports this module
     from banditd.flows.ranking import Ranked

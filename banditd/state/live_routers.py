@@ -10,7 +10,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import structlog
 
@@ -20,10 +19,9 @@ from banditd.context.pipeline import ContextPipeline, pca_fingerprint
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import BadData, NotFound, Unavailable
-from banditd.policy import Policy, make_policy
 from banditd.state import breaker, posterior_snapshot
 from banditd.state.breaker import ArmHealth
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.fold import RouterState, fold
 from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetters, append_isolating
 from banditd.store.repository import StoredRouter
@@ -31,25 +29,6 @@ from banditd.store.repository import StoredRouter
 log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
 DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
-
-
-@dataclass
-class RouterState:
-    router_id: int
-    spec: RouterSpec
-    policy: Policy
-    posterior: Posterior
-    events_since_snapshot: int = 0
-    # Decisions this process forced onto arms short of feedback (explore_new_arm), by arm name.
-    forced_picks: dict[str, int] = field(default_factory=dict)
-    # Decisions made before this were all checked for a default reward (see _default_missing).
-    defaults_checked_until: float = 0.0
-    # Arm health, folded from the same events as the posterior (see banditd.state.breaker).
-    health: ArmHealth = field(default_factory=ArmHealth)
-    # Request -> x (banditd.context.pipeline); None only for states built outside a Catalog.
-    context: ContextPipeline | None = None
-    # Events the posterior skipped and the catalog has not reported yet (dead letters).
-    skipped: list[tuple[FeedbackEvent, BadData]] = field(default_factory=list)
 
 
 class _StoredVocabulary(VocabularyStore):
@@ -96,25 +75,17 @@ class Catalog:
     async def _restore(self, stored: StoredRouter) -> RouterState:
         spec = stored.spec
         started = time.perf_counter()
-        prior = Prior.of(spec)
-        posterior: Posterior | None = None
-        health_json: str | None = None
+        state = RouterState.fresh(spec, stored.router_id)
         snapshot = await self._repo.latest_snapshot(stored.router_id)
         if snapshot is not None:
             try:
-                posterior, health_json = posterior_snapshot.load(snapshot[0]), snapshot[1]
+                posterior = posterior_snapshot.load(snapshot[0])
             except ValueError as exc:  # an older format: rebuild from the log
                 log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
-            if posterior is not None and posterior.prior != prior:
-                posterior = None  # embedding size or prior changed: rebuild from the log
-        if posterior is None:
-            posterior, health_json = Posterior.empty(prior, spec.prior_output_tokens), None
-        posterior.prior_output_tokens = spec.prior_output_tokens
-        from_id = posterior.last_event_id
-        for arm in spec.arms:
-            posterior.index(arm.name)
-        state = RouterState(stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior)
-        state.health = ArmHealth.from_json(health_json, spec.breaker)
+            else:  # one under another embedding size or prior is not used: rebuild from the log
+                if posterior.prior == state.posterior.prior:
+                    state.resume(posterior, ArmHealth.from_json(snapshot[1], spec.breaker))
+        from_id = state.posterior.last_event_id
         state.context = await self._context(stored)
         replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
@@ -145,6 +116,9 @@ class Catalog:
         )
         await self._load_reduction(router_id, pipeline)
         if pipeline.knn is not None:
+            # The kNN index is in no snapshot: it takes the log from the start (the posterior
+            # and arm health hold the events up to their snapshot; _catch_up folds the rest
+            # into all three).
             after = 0
             while events := await self._repo.events_after(router_id, after):
                 for event in events:
@@ -297,29 +271,12 @@ class Catalog:
         if appended.follows == state.posterior.last_event_id:
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
-            self._fold(state, appended.events)
+            fold(state, appended.events)
         try:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies them
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
         return appended.positions
-
-    @staticmethod
-    def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
-        """Apply events that follow the last applied one, in id order. Events the posterior
-        skips (a non-finite number, logged before issue 17) are kept for reporting."""
-        state.events_since_snapshot += len(events)
-        posterior, health, context = state.posterior, state.health, state.context
-        for event in events:
-            problem = posterior.apply(event)
-            if problem is not None:
-                state.skipped.append((event, BadData(f"event skipped by the posterior: {problem}")))
-                continue
-            # Only served calls judge an arm, each once (later signals re-rate the answer).
-            if not (event.offline or event.defaulted or event.signal):
-                health.observe(event.arm, event.error, event.created_at)
-            if context is not None:
-                context.observe(event)
 
     async def _catch_up(self, state: RouterState) -> int:
         """Apply the router's events after the last applied one, in id order; snapshot when due.
@@ -328,7 +285,7 @@ class Catalog:
         while events := await self._repo.events_after(
             state.router_id, state.posterior.last_event_id
         ):
-            self._fold(state, events)
+            fold(state, events)
             applied += len(events)
         if state.skipped:
             await self._dead.add_events(
