@@ -89,7 +89,7 @@ def _arrays(p: Posterior) -> list[bytes]:
 
 async def _record(catalog: Catalog, state: RouterState, events: list[FeedbackEvent]) -> list[int]:
     async with catalog.locked(state.router_id) as locked:
-        return await catalog.record_many(locked, events)
+        return (await catalog.record(locked, events, [])).positions
 
 
 @pytest.mark.parametrize("combine", ["first", "mean"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import structlog
@@ -18,17 +18,23 @@ from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
-from banditd.errors import BadData, NotFound, Unavailable
+from banditd.errors import AlreadyExists, BadData, BanditdError, NotFound, Unavailable
 from banditd.state import breaker, posterior_snapshot
 from banditd.state.breaker import ArmHealth
 from banditd.state.fold import RouterState, fold
 from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetters, append_isolating
-from banditd.store.repository import StoredRouter
+from banditd.store.repository import AppendedBatch, StoredRouter
 
 log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
 DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
+
+
+def _duplicate(event: FeedbackEvent) -> AlreadyExists:
+    return AlreadyExists(
+        f"decision {event.decision_id} already has feedback (one event per decision)"
+    )
 
 
 class _StoredVocabulary(VocabularyStore):
@@ -194,20 +200,6 @@ class Catalog:
             self._by_name.pop((tenant, name), None)
         return True
 
-    async def record(self, state: RouterState, event: FeedbackEvent) -> FeedbackEvent:
-        """Append an event, then fold in the log up to it (other replicas' events included);
-        the event as stored. Caller holds ``locked(router_id)``."""
-        try:
-            stored = await self._repo.append_event(event, state.spec.combine)
-        except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
-            await self._dead.add_events(state.router_id, state.spec.tenant, [(event, exc)])
-            raise
-        try:
-            await self._catch_up(state)
-        except Unavailable as exc:  # committed: the next tail round applies it
-            log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
-        return stored
-
     async def _default_missing(self, state: RouterState) -> int:
         """Give the router's default reward to decisions whose feedback did not come in time.
 
@@ -254,20 +246,29 @@ class Catalog:
         log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
         return await self._catch_up(state)
 
-    async def record_many(
+    async def record(
         self,
         state: RouterState,
-        events: list[FeedbackEvent],
-        rejected: list[tuple[int, BadData]] | None = None,
-    ) -> list[int]:
-        """Append events in one transaction (refused signals are skipped: see
-        ``Repository.append_events``), then catch up; returns the positions added. Events
-        refused as data are set aside (dead letters), their positions added to ``rejected``."""
+        events: Sequence[FeedbackEvent],
+        refused: list[tuple[int, BanditdError]],
+    ) -> AppendedBatch:
+        """Append events in one transaction, then fold in the log up to them (other replicas'
+        events included); what was committed (positions into ``events``, the events as stored:
+        their ids, a first signal's decision usage folded in). Each event not added goes into
+        ``refused`` with its position: BadData (set aside as a dead letter, never retried) or
+        AlreadyExists (its decision has feedback, its preference or its most signals). A single
+        event is a batch of one. Caller holds ``locked(router_id)``."""
         appended, bad = await append_isolating(self._repo, events, state.spec.combine)
-        bad_events = [(events[i], exc) for i, exc in bad]
-        await self._dead.add_events(state.router_id, state.spec.tenant, bad_events)
-        if rejected is not None:
-            rejected.extend(bad)
+        await self._dead.add_events(
+            state.router_id, state.spec.tenant, [(events[i], exc) for i, exc in bad]
+        )
+        answered = {*appended.positions, *(i for i, _ in bad)}
+        refused.extend(bad)
+        refused.extend(
+            (i, appended.duplicates.get(i) or _duplicate(event))
+            for i, event in enumerate(events)
+            if i not in answered
+        )
         if appended.follows == state.posterior.last_event_id:
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
@@ -276,7 +277,7 @@ class Catalog:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies them
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
-        return appended.positions
+        return appended
 
     async def _catch_up(self, state: RouterState) -> int:
         """Apply the router's events after the last applied one, in id order; snapshot when due.
