@@ -183,9 +183,11 @@ class Learner:
             async for attempt in self._retrying():
                 with attempt:
                     results, refused = await self._take([req])
-        except Unavailable as exc:
+        except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
-            raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
+            if isinstance(exc, Unavailable):
+                raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
+            raise
         if refused:
             metrics.FEEDBACK.labels(refusal_kind(refused[0][1])).inc()
             raise refused[0][1]
