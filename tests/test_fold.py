@@ -38,7 +38,7 @@ def test_fresh_is_every_arm_at_its_prior_with_the_routers_policy_and_breaker() -
 def test_fold_feeds_the_posterior_the_breaker_and_the_knn_index() -> None:
     pipeline = replay.pipeline_of(SPEC, replay.MAX_PROMPT_CHARS)
     state = RouterState.fresh(SPEC, context=pipeline)
-    x = pipeline.build_now(np.array([1.0, 0.5, -0.2, 0.3]), {})
+    x = pipeline.assemble(np.array([1.0, 0.5, -0.2, 0.3]), {})
     fold(state, [_event(1, x, error=True), _event(2, x, error=True), _event(3, x, arm="dear")])
     post = state.posterior
     assert post.last_event_id == 3 and post.n_updates.tolist() == [2, 1]
@@ -47,7 +47,7 @@ def test_fold_feeds_the_posterior_the_breaker_and_the_knn_index() -> None:
     assert pipeline.knn is not None and pipeline.knn.size == 3
     assert state.events_since_snapshot == 3
     # x of the next prompt sees the neighbours: "dear" served one of them, with reward 1.
-    features = pipeline.build_now(np.array([1.0, 0.5, -0.2, 0.3]), {})[-SPEC.knn_dim :]
+    features = pipeline.assemble(np.array([1.0, 0.5, -0.2, 0.3]), {})[-SPEC.knn_dim :]
     assert features[2] == 1.0 and features[3] == np.float32(1 / SPEC.knn_k)  # x in float32
 
 

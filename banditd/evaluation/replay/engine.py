@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from banditd.budget.pacer import Pacing
+from banditd.budget.pacer import BudgetCheck, Pacing
 from banditd.domain import FeedbackEvent, FloatArray
 from banditd.errors import FailedPrecondition, ResourceExhausted
 from banditd.evaluation.replay.data import Outcomes
 from banditd.evaluation.replay.options import NO_TRADE_OFF, TradeOff
-from banditd.flows.ranking import BudgetCheck, rank_arms
+from banditd.flows.ranking import rank_arms
 from banditd.policy import KNN
 from banditd.policy.base import IntArray
 from banditd.state.fold import RouterState, fold
@@ -170,7 +170,7 @@ def learn_online(
     metadata = outcomes.metadata or ({},) * outcomes.n
     pairwise = feedback == "pairwise"
     for t, prompt in enumerate(outcomes.prompts):
-        x = pipeline.build_now(raw[t], metadata[t])
+        x = pipeline.assemble(raw[t], metadata[t])
         chosen = _choose(state, x, prompt, tally, t, rng, trade_off, pairwise)
         if chosen is None:
             progress(t + 1)
