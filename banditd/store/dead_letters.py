@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from banditd import metrics
 from banditd.domain import FeedbackEvent
-from banditd.errors import BadData
+from banditd.errors import AlreadyExists, BadData
 from banditd.store.engine import Database, insert_ignoring_duplicates
 from banditd.store.events import AppendedBatch, Combine, EventLog
 from banditd.store.models import dead_letters
@@ -175,21 +175,19 @@ async def append_isolating(
         return await event_log.append(events, combine), []
     except BadData:
         pass
-    parts: list[tuple[Sequence[tuple[int, FeedbackEvent]], AppendedBatch]] = []
+    positions: list[int] = []
+    stored: list[FeedbackEvent] = []
+    duplicates: dict[int, AlreadyExists] = {}
+
+    def committed(part: Sequence[tuple[int, FeedbackEvent]], result: AppendedBatch) -> None:
+        positions.extend(part[p][0] for p in result.positions)
+        stored.extend(result.events)
+        duplicates.update((part[p][0], exc) for p, exc in result.duplicates.items())
 
     async def write(part: Sequence[tuple[int, FeedbackEvent]]) -> AppendedBatch:
         return await event_log.append([e for _, e in part], combine)
 
-    bad = await commit_isolating(
-        list(enumerate(events)), write, lambda part, result: parts.append((part, result))
-    )
-    appended = AppendedBatch(
-        sorted(part[p][0] for part, result in parts for p in result.positions),
-        sorted((e for _, result in parts for e in result.events), key=lambda e: e.event_id),
-        None,
-        sorted(
-            ((part[p][0], why) for part, result in parts for p, why in result.refused),
-            key=lambda refusal: refusal[0],
-        ),
-    )
-    return appended, [(i, exc) for (i, _), exc in bad]
+    bad = await commit_isolating(list(enumerate(events)), write, committed)
+    stored.sort(key=lambda e: e.event_id)
+    batch = AppendedBatch(sorted(positions), stored, None, duplicates)
+    return batch, [(i, exc) for (i, _), exc in bad]

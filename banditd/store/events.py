@@ -30,18 +30,13 @@ Combine = Callable[[Sequence[float]], float]
 class AppendedBatch:
     """What ``EventLog.append`` committed: the positions (in its input) added, the events as
     stored, in id order, and the router's newest event id before them (None when unknown:
-    read the log instead); ``refused``: the positions not added, with why."""
+    read the log instead); ``duplicates``: the positions not added, each with why (its decision
+    has feedback, its preference or its most signals)."""
 
     positions: list[int]
     events: list[FeedbackEvent]
     follows: int | None
-    refused: list[tuple[int, AlreadyExists]] = field(default_factory=list)
-
-    def only(self) -> FeedbackEvent:
-        """The event of a batch of one, as stored; raises why it was refused, if it was."""
-        if self.refused:
-            raise self.refused[0][1]
-        return self.events[0]
+    duplicates: dict[int, AlreadyExists] = field(default_factory=dict)
 
 
 class EventLog:
@@ -146,46 +141,46 @@ async def _append_firsts(
     }
     positions: list[int] = []
     stored: list[FeedbackEvent] = []
-    refused: list[tuple[int, AlreadyExists]] = []
+    duplicates: dict[int, AlreadyExists] = {}
     for i, e in enumerate(events):
         event_id = ids.pop(e.decision_id, None)
         if event_id is None:  # a repeat in the batch is not added either
             why = f"decision {e.decision_id} already has feedback (one event per decision)"
-            refused.append((i, AlreadyExists(why)))
+            duplicates[i] = AlreadyExists(why)
             continue
         positions.append(i)
         stored.append(_with_id(e, event_id))
     # Which of a decision's repeats the database kept is its choice: read them back.
     repeated = len({e.decision_id for e in events}) != len(events)
-    return AppendedBatch(positions, _by_id(stored), None if repeated else head, refused)
+    return AppendedBatch(positions, _by_id(stored), None if repeated else head, duplicates)
 
 
 async def _append_signals(
     conn: AsyncConnection, events: Sequence[FeedbackEvent], combine: Combine, head: int
 ) -> AppendedBatch:
     positions: list[int] = []
-    refused: list[tuple[int, AlreadyExists]] = []
+    duplicates: dict[int, AlreadyExists] = {}
     signals: list[FeedbackEvent] = []
     rows: list[dict[str, Any]] = []
     for i, e in enumerate(events):
         try:
             signal = await _as_next_signal(conn, e, combine, rows)
         except AlreadyExists as exc:
-            refused.append((i, exc))
+            duplicates[i] = exc
             continue
         (signal,) = await with_usage(conn, [signal])
         rows.append(checked(_event_row(signal)))
         signals.append(signal)
         positions.append(i)
     if not rows:
-        return AppendedBatch([], [], head, refused)
+        return AppendedBatch([], [], head, duplicates)
     result = await conn.execute(
         insert(feedback_events).returning(feedback_events.c.id, sort_by_parameter_order=True),
         rows,
     )
     ids_in_order = [int(event_id) for event_id in result.scalars().all()]
     stored = [_with_id(e, i) for e, i in zip(signals, ids_in_order, strict=True)]
-    return AppendedBatch(positions, _by_id(stored), head, refused)
+    return AppendedBatch(positions, _by_id(stored), head, duplicates)
 
 
 # The columns of feedback_events that hold FeedbackEvent's fields, in the fields' order.
