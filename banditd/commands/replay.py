@@ -71,37 +71,15 @@ def _fraction(text: str) -> float:
 
 
 def options(args: argparse.Namespace) -> Options:
-    """The replay options of parsed command-line arguments."""
-    return Options(
-        data=args.data,
-        policy=args.policy,
-        cost_weight=args.cost_weight,
-        latency_weight=args.latency_weight,
-        energy_weight=args.energy_weight,
-        max_latency_ms=args.max_latency_ms,
-        budget_usd=args.budget_usd,
-        feedback=args.feedback,
-        warm_start=args.warm_start,
-        arm_prices=args.arm_prices,
-        split=args.split,
-        warm_start_head=args.warm_start_head,
-        arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
-        seed=args.seed,
-        repeats=args.repeats,
-        sweep=args.sweep,
-        sweep_budgets=args.sweep_budgets,
-        limit=args.limit,
-        embedding_dim=args.embedding_dim,
-        exploration=args.exploration,
-        metadata_from=tuple(f.strip() for f in (args.metadata_from or "").split(",") if f.strip()),
-        metadata_slots=args.metadata_slots,
-        encoder=args.encoder,
-        text_window_tokens=args.text_window,
-        pca_dim=args.pca_dim,
-        pca_fit_samples=args.pca_fit_samples,
-        knn_k=args.knn_k,
-        embeddings_cache=args.embeddings_cache,
-        server=None
+    """The replay options of parsed command-line arguments: the flags named like an Options
+    field, and those that need parsing."""
+    given = {
+        "arms": tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
+        "metadata_from": tuple(
+            f.strip() for f in (args.metadata_from or "").split(",") if f.strip()
+        ),
+        "text_window_tokens": args.text_window,
+        "server": None
         if args.server is None
         else Server(
             args.server,
@@ -109,7 +87,9 @@ def options(args: argparse.Namespace) -> Options:
             ClientSecurity.from_args(args),
             keep_routers=args.keep_routers,
         ),
-    )
+    }
+    named = {f.name for f in dataclasses.fields(Options)} - set(given)
+    return Options(**{name: getattr(args, name) for name in named if hasattr(args, name)}, **given)
 
 
 def router_config(opts: Options) -> pb.RouterConfig:

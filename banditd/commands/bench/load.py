@@ -359,10 +359,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connections", type=int_at_least(1), default=4, help="per process (4)")
     p.add_argument("--dim", type=int_at_least(1), default=32, help="embedding size (32)")
     p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
-    p.add_argument(
-        "--server-log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level of the local server (info: one JSON line per decision, as deployed)",
+    local.add_log_level_argument(
+        p, "log level of the local server (info: one JSON line per decision, as deployed)"
     )
     p.add_argument("--profile", help="py-spy raw profile of the local server to this file")

@@ -352,11 +352,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int_at_least(1), default=16, help="embedding size (16)")
     p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
     p.add_argument("--no-text", action="store_true", help="leave out the minilm-static series")
-    p.add_argument(
-        "--server-log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level of banditd (info: one JSON line per decision, as deployed)",
+    local.add_log_level_argument(
+        p, "log level of banditd (info: one JSON line per decision, as deployed)"
     )
     p.add_argument("--profile", help="py-spy flame graph (SVG; raw if FILE ends in .txt)")
     p.add_argument(

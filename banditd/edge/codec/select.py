@@ -9,6 +9,14 @@ from banditd.edge.codec.fields import decoded
 from banditd.flows.select import SelectInput
 from banditd.v1 import banditd_pb2 as pb
 
+_SAME_NAMED = (
+    "arm",
+    "propensity",
+    "explored",
+    "expected_cost_usd",
+    "budget_price",
+    "budget_outcome",
+)
 _UPSTREAM_FIELDS = (
     "upstream_base_url",
     "upstream_model",
@@ -41,15 +49,10 @@ def _upstreams(d: Decision) -> dict[str, dict[str, Any]]:
 def decision_to_proto(d: Decision) -> pb.SelectResponse:
     reply = pb.SelectResponse(
         decision_id=d.token,
-        arm=d.arm,
-        propensity=d.propensity,
-        explored=d.explored,
-        expected_cost_usd=d.expected_cost_usd,
         expires_at_unix=int(d.expires_at),
-        budget_price=d.budget_price,
-        budget_outcome=d.budget_outcome,
         context_version=d.context_version or "",
         challenger=d.challenger or "",
+        **{name: getattr(d, name) for name in _SAME_NAMED},
     )
     add = reply.ranking.add  # built in place: a RankedArm passed in a list is copied
     upstreams = _upstreams(d)
