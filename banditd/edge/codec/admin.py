@@ -7,17 +7,48 @@ from typing import Any
 
 from banditd.flows.admin import RouterStats
 from banditd.state.breaker import ArmHealthView, BreakerState
+from banditd.store.repository import ArmTotals, ShadowTotals
 from banditd.v1 import banditd_pb2 as pb
 
 
-def _heads(stats: RouterStats, arm: str) -> tuple[float, int, float, int]:
-    """(mean latency_ms, reports, mean energy_wh, reports) of an arm."""
-    return stats.heads.get(arm, (0.0, 0, 0.0, 0))
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
 
 
-def _usage(stats: RouterStats, arm: str) -> dict[str, Any]:
-    u = stats.usage.get(arm)  # ArmStats.usage_* are UsageTotals' fields
-    return {} if u is None else {f"usage_{k}": v for k, v in dataclasses.asdict(u).items()}
+def _arm_stats(stats: RouterStats, a: ArmTotals) -> pb.ArmStats:
+    view = stats.health.get(a.arm) or ArmHealthView(BreakerState.CLOSED, 0.0, 0.0)
+    latency, latency_reports, energy, energy_reports = stats.heads.get(a.arm, (0.0, 0, 0.0, 0))
+    usage = stats.usage.get(a.arm)  # ArmStats.usage_* are UsageTotals' fields
+    return pb.ArmStats(
+        arm=a.arm,
+        decisions=a.decisions,
+        feedback_count=a.feedback_count,
+        mean_reward=_ratio(a.reward_sum, a.feedback_count),
+        spend_usd=a.spend_usd,
+        breaker=view.state.value,
+        recent_error_rate=view.error_rate,
+        breaker_open_until_unix=view.open_until,
+        mean_latency_ms=latency,
+        latency_reports=latency_reports,
+        mean_energy_wh=energy,
+        energy_reports=energy_reports,
+        **(
+            {} if usage is None else {f"usage_{k}": v for k, v in dataclasses.asdict(usage).items()}
+        ),
+    )
+
+
+def _shadow_stats(t: ShadowTotals) -> pb.ShadowStats:
+    """A shadow policy's agreement with the live one and its off-policy (IPS) estimates."""
+    return pb.ShadowStats(
+        name=t.shadow,
+        decisions=t.decisions,
+        agreement=_ratio(t.agreements, t.decisions),
+        feedback_count=t.feedback_count,
+        estimated_mean_reward=_ratio(t.weighted_reward_sum, t.weight_sum),
+        estimated_mean_cost_usd=_ratio(t.weighted_cost_sum, t.weight_sum),
+        effective_sample_size=_ratio(t.weight_sum**2, t.weight_sq_sum),
+    )
 
 
 def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
@@ -25,44 +56,16 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
     return pb.GetStatsResponse(
         tenant=stats.tenant,
         name=stats.name,
-        arms=[
-            pb.ArmStats(
-                arm=a.arm,
-                decisions=a.decisions,
-                feedback_count=a.feedback_count,
-                mean_reward=a.reward_sum / a.feedback_count if a.feedback_count else 0.0,
-                spend_usd=a.spend_usd,
-                breaker=_view(stats, a.arm).state.value,
-                recent_error_rate=_view(stats, a.arm).error_rate,
-                breaker_open_until_unix=_view(stats, a.arm).open_until,
-                mean_latency_ms=_heads(stats, a.arm)[0],
-                latency_reports=_heads(stats, a.arm)[1],
-                mean_energy_wh=_heads(stats, a.arm)[2],
-                energy_reports=_heads(stats, a.arm)[3],
-                **_usage(stats, a.arm),
-            )
-            for a in stats.arms
-        ],
+        arms=[_arm_stats(stats, a) for a in stats.arms],
         decisions=sum(a.decisions for a in stats.arms),
-        feedback_count=sum(a.feedback_count for a in stats.arms),
+        feedback_count=fed,
         spend_usd=sum(a.spend_usd for a in stats.arms),
         applied_event_id=stats.applied_event_id,
         log_event_id=stats.log_event_id,
         lag_events=stats.lag_events,
-        shadows=[
-            pb.ShadowStats(
-                name=t.shadow,
-                decisions=t.decisions,
-                agreement=t.agreements / t.decisions if t.decisions else 0.0,
-                feedback_count=t.feedback_count,
-                estimated_mean_reward=t.weighted_reward_sum / t.weight_sum if t.weight_sum else 0.0,
-                estimated_mean_cost_usd=t.weighted_cost_sum / t.weight_sum if t.weight_sum else 0.0,
-                effective_sample_size=t.weight_sum**2 / t.weight_sq_sum if t.weight_sq_sum else 0.0,
-            )
-            for t in stats.shadows
-        ],
-        mean_reward=sum(a.reward_sum for a in stats.arms) / fed if fed else 0.0,
-        mean_cost_usd=sum(a.spend_usd for a in stats.arms) / fed if fed else 0.0,
+        shadows=[_shadow_stats(t) for t in stats.shadows],
+        mean_reward=_ratio(sum(a.reward_sum for a in stats.arms), fed),
+        mean_cost_usd=_ratio(sum(a.spend_usd for a in stats.arms), fed),
         context_version=stats.context_version,
         knn_indexed=stats.knn_indexed,
     )
@@ -103,7 +106,3 @@ def evaluation_to_proto(report: dict[str, Any]) -> pb.EvaluateResponse:
             for c in report["candidates"]
         ],
     )
-
-
-def _view(stats: RouterStats, arm: str) -> ArmHealthView:
-    return stats.health.get(arm) or ArmHealthView(BreakerState.CLOSED, 0.0, 0.0)
