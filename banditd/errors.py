@@ -21,88 +21,71 @@ BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BanditdError(Exception):
-    """Base of every error banditd reports to a caller."""
+    """Base of every error banditd reports to a caller. A subclass names its status code in its
+    class line: ``class NotFound(BanditdError, code="NOT_FOUND")``."""
 
     code = "UNKNOWN"
+
+    def __init_subclass__(cls, code: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class InvalidArgument(BanditdError):
-    code = "INVALID_ARGUMENT"
-
+class InvalidArgument(BanditdError, code="INVALID_ARGUMENT"):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}" if field else problem)
         self.field = field
 
 
-class BadData(BanditdError):
+class BadData(BanditdError, code="INVALID_ARGUMENT"):
     """The database refused a row as data (a value out of range, invalid JSON, a constraint):
     the same row would fail again, so it is never retried, only set aside (dead letters).
     A client receives it as InvalidArgument (one code, one class on that side)."""
 
-    code = "INVALID_ARGUMENT"
+
+class NotFound(BanditdError, code="NOT_FOUND"): ...
 
 
-class NotFound(BanditdError):
-    code = "NOT_FOUND"
+class AlreadyExists(BanditdError, code="ALREADY_EXISTS"): ...
 
 
-class AlreadyExists(BanditdError):
-    code = "ALREADY_EXISTS"
+class PermissionDenied(BanditdError, code="PERMISSION_DENIED"): ...
 
 
-class PermissionDenied(BanditdError):
-    code = "PERMISSION_DENIED"
+class FailedPrecondition(BanditdError, code="FAILED_PRECONDITION"): ...
 
 
-class FailedPrecondition(BanditdError):
-    code = "FAILED_PRECONDITION"
+class Aborted(BanditdError, code="ABORTED"): ...
 
 
-class Aborted(BanditdError):
-    code = "ABORTED"
+class ResourceExhausted(BanditdError, code="RESOURCE_EXHAUSTED"): ...
 
 
-class ResourceExhausted(BanditdError):
-    code = "RESOURCE_EXHAUSTED"
+class Unavailable(BanditdError, code="UNAVAILABLE"): ...
 
 
-class Unavailable(BanditdError):
-    code = "UNAVAILABLE"
+class Unauthenticated(BanditdError, code="UNAUTHENTICATED"): ...
 
 
-class Unauthenticated(BanditdError):
-    code = "UNAUTHENTICATED"
+class DeadlineExceeded(BanditdError, code="DEADLINE_EXCEEDED"): ...
 
 
-class DeadlineExceeded(BanditdError):
-    code = "DEADLINE_EXCEEDED"
+class Internal(BanditdError, code="INTERNAL"): ...
 
 
-class Internal(BanditdError):
-    code = "INTERNAL"
-
-
+# The class a client raises for each code: every class of the tree, BadData aside (the server's
+# own kind of INVALID_ARGUMENT).
 _BY_CODE: dict[str, type[BanditdError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        FailedPrecondition,
-        Aborted,
-        ResourceExhausted,
-        Unavailable,
-        Unauthenticated,
-        DeadlineExceeded,
-        Internal,
-    )
+    cls.code: cls for cls in BanditdError.__subclasses__() if cls is not BadData
 }
 
 

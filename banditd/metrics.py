@@ -11,6 +11,9 @@ from prometheus_client import Counter, Gauge, Histogram, Summary, start_http_ser
 from prometheus_client.metrics import MetricWrapperBase
 
 M = TypeVar("M", bound=MetricWrapperBase)
+# The label sets of per-arm and per-router metrics.
+ARM_LABELS = ("tenant", "router", "arm")
+ROUTER_LABELS = ("tenant", "router")
 _CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
 
@@ -45,38 +48,36 @@ REWARD = Summary(
     "banditd_feedback_reward",
     "Rewards of accepted feedback, by arm (_sum / _count: the mean reward; rate of both: the "
     "reward rate).",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 SPEND = Counter(
     "banditd_spend_usd_total",
     "USD charged by accepted feedback (actual cost, or the expected cost when none came).",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 REPORTED_LATENCY = Summary(
     "banditd_reported_latency_seconds",
     "Latency reported by accepted feedback (_sum / _count: the mean per arm).",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 ENERGY = Counter(
-    "banditd_energy_wh_total",
-    "Energy (Wh) reported by accepted feedback.",
-    ["tenant", "router", "arm"],
+    "banditd_energy_wh_total", "Energy (Wh) reported by accepted feedback.", ARM_LABELS
 )
 APPLIED_EVENT = Gauge(
     "banditd_applied_event_id",
     "Id of the last feedback event folded into this replica's posterior.",
-    ["tenant", "router"],
+    ROUTER_LABELS,
 )
 LOG_LAG = Gauge(
     "banditd_feedback_lag_events",
     "Feedback events in the log that this replica has not applied yet (at the last tail).",
-    ["tenant", "router"],
+    ROUTER_LABELS,
 )
 
 ARM_BREAKER = Gauge(
     "banditd_arm_breaker_state",
     "Arm health circuit breaker: 0 closed (in rotation), 1 half-open (probed), 2 open (skipped).",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 DECISIONS_DROPPED = Counter(
     "banditd_decisions_unlogged_total",
@@ -93,7 +94,7 @@ FEEDBACK_UNJOINED = Counter(
     "banditd_feedback_unjoined_total",
     "Parked feedback whose decision row never appeared within BANDITD_FEEDBACK_JOIN_WAIT_S "
     "(lost in a crash, or dropped from a full decision log): kept, never applied.",
-    ["tenant", "router"],
+    ROUTER_LABELS,
 )
 DECISIONS_PENDING = Gauge(
     "banditd_decision_log_pending",
@@ -103,12 +104,12 @@ DECISIONS_PENDING = Gauge(
 BUDGET_SPEND = Gauge(
     "banditd_budget_spend_usd",
     "Committed spend of a budget in its current period (settled plus reserved).",
-    ["tenant", "router"],
+    ROUTER_LABELS,
 )
 BUDGET_REMAINING = Gauge(
     "banditd_budget_remaining_usd",
     "Limit minus committed spend of a budget in its current period.",
-    ["tenant", "router"],
+    ROUTER_LABELS,
 )
 BUDGET_ALERTS = Counter(
     "banditd_budget_alerts_total",
@@ -149,17 +150,17 @@ AUTH_REFUSALS = Counter(
 FEEDBACK_CAPPED = Counter(
     "banditd_feedback_capped_total",
     "Feedback refused by a router's per-client cap on one arm (feedback_cap_per_key).",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 FEEDBACK_DIVERGENCE = Gauge(
     "banditd_feedback_divergence",
     "Mean reward of an arm's recent feedback minus the mean of its older feedback.",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 FEEDBACK_ANOMALIES = Counter(
     "banditd_feedback_anomalies_total",
     "Times an arm's recent feedback diverged from its history past the anomaly threshold.",
-    ["tenant", "router", "arm"],
+    ARM_LABELS,
 )
 DEAD_LETTERS = Counter(
     "banditd_dead_letters_total",

@@ -205,7 +205,11 @@ async def test_pca_is_fitted_from_first_embeddings_and_persisted_across_restart(
         assert not (await _x(server, resp))[1:].any()
         assert resp.context_version.endswith(f"pca3/pending:m0x{DEFAULT_METADATA_SLOTS}:k0")
     query = rng.normal(size=8)
-    await select(server.router, rng.normal(size=8))  # the 12th fits the PCA
+    # The 12th completes the samples: the PCA is fitted off the request path, so its own x is
+    # still pending, and the Selects once the fit is in use get the projection.
+    twelfth = await select(server.router, rng.normal(size=8))
+    assert not (await _x(server, twelfth))[1:].any() and "pending" in twelfth.context_version
+    await server.app.catalog.reductions.settle()
     live = await select(server.router, query)
     assert (await _x(server, live))[1:].any()
     assert "pending" not in live.context_version

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 from banditd.store import Repository
@@ -74,6 +76,38 @@ async def test_request_id_probe_sees_what_is_committed_on_sqlite_only(
     assert RequestIdProbe("postgresql+asyncpg://u@h/db").has_decision(router_id, "r1") is None
     absent = sqlite_url.replace("banditd.db", "absent.db")
     assert RequestIdProbe(absent).has_decision(router_id, "r1") is None
+
+
+async def test_a_twin_of_a_request_answers_what_the_claim_holder_logs(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url, decision_flush_ms=60_000.0)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    router_id = (await server.app.catalog.get("acme", "chat")).router_id
+    log = server.app.decisions
+
+    async def select(request_id: str) -> pb.SelectResponse:
+        request = pb.SelectRequest(tenant="acme", router="chat", prompt="hi", request_id=request_id)
+        response: pb.SelectResponse = await server.router.Select(request)
+        return response
+
+    # A Select holding the claim on "r1" logs its decision: its twin answers that one.
+    held = await log.claim(router_id, "r1")
+    assert held.earlier is None
+    twin = asyncio.create_task(select("r1"))
+    made = await select("r0")
+    decision = (await log.claim(router_id, "r0")).earlier  # a repeat: the decision of "r0"
+    assert decision is not None and decision.token == made.decision_id
+    log.add(replace(decision, decision_id="d-r1", request_id="r1", token="t-r1"))
+    assert (await twin).decision_id == "t-r1"
+    # A holder that fails releases the claim: its twin decides for itself, once.
+    held = await log.claim(router_id, "r2")
+    twin = asyncio.create_task(select("r2"))
+    log.release(held)
+    answer = await twin
+    assert answer.decision_id not in ("t-r1", made.decision_id)
+    log.release(held)  # a no-op once the claim went to the twin
+    assert (await select("r2")).decision_id == answer.decision_id
 
 
 def test_request_id_probe_answers_again_once_the_file_is_there(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Budgets: per-tenant (or per-router) spend limits per period, paced and leased.
 
-spec.py     what a budget is and its periods (pure)
+(what a budget is and its periods: banditd.domain.budgets)
 pacer.py    the knapsack threshold and time pacing (pure maths)
 ledger.py   this process's view: leases on slices of the budget, reservations, settlement
+view.py     what one Select sees: the budgets covering it, or UNLIMITED (allows all, books nothing)
 """

@@ -1,9 +1,10 @@
 """A process's budgets: leases on slices of each budget, reserved at Select, settled at Feedback.
 
-Select (the Selector) asks ``prepare`` to hold enough lease for the priciest arm, reads
-``pacings`` for the pacer, ``reserve``s the chosen arm's expected cost from the lease in memory
-(no I/O), and ``commit``s the charge before it answers: charges are written in groups, each only
-while its lease is open, so a decision that leaves the server is always counted. Feedback
+Select goes through its request's ``BudgetView`` (``applicable``; banditd.budget.view): it asks
+``prepare`` to hold enough lease for the priciest arm, reads ``pacings`` for the pacer,
+``reserve``s the chosen arm's expected cost from the lease in memory (no I/O), and ``commit``s the
+charge before it answers: charges are written in groups, each only while its lease is open, so a
+decision that leaves the server is always counted. Feedback
 ``settle``s a decision's actual cost; without feedback the expected cost stays charged.
 
 A background round (``housekeeping``, every budget_refresh_s) renews this process's leases,
@@ -23,40 +24,18 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import structlog
 
 from banditd import metrics
-from banditd.budget.pacer import DEFAULT_SLACK, USD_EPSILON, Pacing
+from banditd.budget.pacer import DEFAULT_SLACK, Pacing
+from banditd.budget.view import UNLIMITED, BudgetState, BudgetView, Reservation
 from banditd.domain.budgets import BudgetSpec, elapsed_fraction, period_bounds
 from banditd.errors import Aborted, BanditdError, Unavailable
 from banditd.store.budgets import BudgetRepository, Charge, LedgerRow, SpendLine, StoredBudget
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class BudgetState:
-    """One budget in this process: its spec, current period and lease."""
-
-    budget_id: int
-    spec: BudgetSpec
-    period_start: float = math.nan
-    period_end: float = math.nan
-    limit_usd: float = 0.0
-    lease_id: int | None = None
-    granted_usd: float = 0.0  # of the open lease
-    reserved_usd: float = 0.0  # charged under the open lease by this process
-    committed_usd: float = 0.0  # the period's committed spend at the last refresh
-    reserved_since_refresh: float = 0.0
-    alerts_fired: int = 0
-    dry: bool = False  # the last top-up found nothing left: wait for a refresh before asking again
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def available_usd(self) -> float:
-        return self.granted_usd - self.reserved_usd if self.lease_id is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -69,14 +48,6 @@ class BudgetUsage:
     remaining_usd: float
     alerts_fired: tuple[float, ...]
     elapsed: float
-
-
-@dataclass
-class Reservation:
-    """One decision's charges, one per budget that covers it."""
-
-    charges: list[Charge]
-    states: list[BudgetState]
 
 
 class Budgets:
@@ -171,22 +142,23 @@ class Budgets:
         """Whether any budget exists (feedback settles nothing otherwise)."""
         return bool(self._by_key)
 
-    def applicable(self, tenant: str, router: str) -> list[BudgetState]:
+    def applicable(self, tenant: str, router: str) -> BudgetView:
         """The budgets a decision of tenant/router counts against: the router's and the
-        tenant's (no I/O)."""
+        tenant's; UNLIMITED when there are none (no I/O)."""
         found = [self._by_key.get((tenant, router)), self._by_key.get((tenant, ""))]
-        return [s for s in found if s is not None]
+        states = [s for s in found if s is not None]
+        return BudgetView(self, states) if states else UNLIMITED
 
     async def prepare(self, states: Sequence[BudgetState], need_usd: float) -> None:
         """Roll each budget into the current period and top up this process's lease so that it
         holds at least ``need_usd`` (when the budget has it)."""
         for state in states:
-            if self._clock() < state.period_end and (_holds(state, need_usd) or state.dry):
+            if self._clock() < state.period_end and (state.holds(need_usd) or state.dry):
                 continue
             async with state.lock:
                 try:
                     await self._roll(state)
-                    if not _holds(state, need_usd) and not state.dry:
+                    if not state.holds(need_usd) and not state.dry:
                         await self._top_up(state, need_usd)
                 except Unavailable as exc:
                     # Database down: decide within what this replica holds (the pacer masks
@@ -220,7 +192,7 @@ class Budgets:
             state.granted_usd = state.reserved_usd = 0.0
         state.lease_id = lease_id
         state.granted_usd += granted
-        if granted <= 0 or not _holds(state, need_usd):
+        if granted <= 0 or not state.holds(need_usd):
             state.dry = True
         row = await self._repo.ledger(state.budget_id, state.period_start)
         if row is not None:
@@ -253,7 +225,7 @@ class Budgets:
         now = self._clock()
         charges = []
         for s in states:
-            lease_id = s.lease_id if _holds(s, cost_usd) else None
+            lease_id = s.lease_id if s.holds(cost_usd) else None
             if lease_id is not None:
                 s.reserved_usd += cost_usd
             s.reserved_since_refresh += cost_usd
@@ -416,7 +388,3 @@ class Budgets:
                     await self._return_lease(state)
                 except Unavailable as exc:  # it expires and returns by itself
                     log.warning("budget_lease_not_returned", error=str(exc))
-
-
-def _holds(state: BudgetState, usd: float) -> bool:
-    return state.available_usd >= usd - USD_EPSILON

@@ -102,6 +102,16 @@ class Pacing:
 
 
 @dataclass(frozen=True)
+class BudgetCheck:
+    """The budgets of one request, for ranking: their pacing state, and whether exhaustion
+    refuses (RESOURCE_EXHAUSTED) or serves the cheapest arm past the budget."""
+
+    pacings: Sequence[Pacing]
+    refuse: bool = False
+    scope: str = "the budget"
+
+
+@dataclass(frozen=True)
 class Gate:
     """The pacer's answer for one request.
 

@@ -20,7 +20,7 @@ as full).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -100,21 +100,24 @@ class MetadataFeatures:
             return hashed_slot(key, value, self.slots)
         return slot
 
-    async def resolve(self, metadata: Mapping[str, str]) -> None:
-        """Make sure every declared key's value in ``metadata`` has a position (store I/O only
-        for values this process has not seen)."""
+    def unplaced(self, metadata: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+        """The declared keys' values in ``metadata`` that have no position yet."""
         for key in self.keys:
             value = metadata.get(key, "")
             if value and self._cached(key, value) is None:
-                slot = await self.store.assign(key, value, self.limit)
-                self._learn(key, value, slot)
+                yield key, value
+
+    async def resolve(self, metadata: Mapping[str, str]) -> None:
+        """Give every declared key's value in ``metadata`` a position (store I/O only for
+        values this process has not seen)."""
+        for key, value in self.unplaced(metadata):
+            self._learn(key, value, await self.store.assign(key, value, self.limit))
 
     def resolve_now(self, metadata: Mapping[str, str]) -> None:
-        """``resolve`` for a store that answers without I/O (MemoryVocabularyStore)."""
-        assert isinstance(self.store, MemoryVocabularyStore)
-        for key in self.keys:
-            value = metadata.get(key, "")
-            if value and self._cached(key, value) is None:
+        """``resolve`` when the store answers without I/O (MemoryVocabularyStore); with another
+        store, nothing (``resolve`` first: a value it has not placed hashes)."""
+        if isinstance(self.store, MemoryVocabularyStore):
+            for key, value in self.unplaced(metadata):
                 self._learn(key, value, self.store.assign_now(key, value, self.limit))
 
     def _learn(self, key: str, value: str, slot: int | None) -> None:

@@ -8,7 +8,8 @@ and warm start. Layout of x, shape (spec.dim,):
 - embedding part: the router's text encoder's vector of the prompt (its last
   ``text_window_tokens`` tokens when set), or the caller's embedding (which must have
   ``embedding_dim`` finite values), projected by the router's PCA when ``pca_dim`` > 0
-  (zeros until the PCA is fitted; banditd.context.reduction);
+  (zeros until the PCA is fitted: by a server off the request path, see ``fit_due``;
+  banditd.context.reduction);
 - metadata: banditd.context.metadata;
 - kNN: banditd.context.knn, searched with the embedding part.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,6 +83,9 @@ class ContextPipeline:
         self.reduction = reduction
         self.samples: list[FloatArray] = []  # embeddings kept to fit the PCA
         self.unsaved_reduction = False  # fitted here, not stored yet
+        # Serving: called (from the request, no await) once the PCA's samples are in; the owner
+        # fits and sets it off the request path. None (offline): reduce fits it at once.
+        self.fit_due: Callable[[ContextPipeline], None] | None = None
         self.knn: OutcomeIndex | None = None
         if spec.knn_k or spec.pca_dim:
             faiss_modules()
@@ -112,22 +116,8 @@ class ContextPipeline:
 
     # -- embedding ------------------------------------------------------------------------------
 
-    async def embed(self, prompt: str | None, embedding: Sequence[float] | None) -> FloatArray:
-        """The raw embedding of a request, shape (embedding_dim,); slow encoders run in a
-        thread, micro-batched with concurrent requests."""
-        if prompt is not None:
-            check_prompt(prompt, self.max_prompt_chars)
-            inline = not self.encoder.heavy and len(prompt) <= INLINE_MAX_CHARS
-            if self.batcher is not None and not inline:
-                return await self.batcher.encode(prompt, self.spec.text_window_tokens)
-            vecs = self.encoder.encode_batch([prompt], self.spec.text_window_tokens)
-            return np.asarray(vecs[0], dtype=np.float64)
-        if embedding is not None:
-            return check_embedding(self.spec, embedding)
-        raise InvalidArgument("context", "set either prompt or embedding")
-
-    def embed_now(self, prompts: Sequence[str]) -> FloatArray:
-        """Raw embeddings of many prompts in this thread, shape (n, embedding_dim)."""
+    def embed(self, prompts: Sequence[str]) -> FloatArray:
+        """Raw embeddings of prompts in this thread, shape (n, embedding_dim)."""
         for prompt in prompts:
             check_prompt(prompt, self.max_prompt_chars)
         return self.encoder.encode_batch(prompts, self.spec.text_window_tokens)
@@ -140,9 +130,13 @@ class ContextPipeline:
         if not self.spec.pca_dim:
             return raw
         if self.reduction is None:
-            if np.any(raw):
+            wanted = self.spec.pca_fit_samples
+            if np.any(raw) and len(self.samples) < wanted:
                 self.samples.append(raw)
-            if len(self.samples) < self.spec.pca_fit_samples:
+            if len(self.samples) < wanted:
+                return np.zeros(self.spec.pca_dim)
+            if self.fit_due is not None:  # x stays pending until the fitted PCA is set
+                self.fit_due(self)
                 return np.zeros(self.spec.pca_dim)
             from banditd.context.reduction import Reduction
 
@@ -154,13 +148,13 @@ class ContextPipeline:
     def set_reduction(self, reduction: Reduction) -> None:
         self.reduction, self.samples = reduction, []
 
-    async def resolve(self, metadata: Mapping[str, str]) -> None:
-        await self.metadata.resolve(metadata)
-
     def assemble(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
-        """x of a raw embedding (shape (embedding_dim,)) and the request's metadata (resolved
-        first), shape (spec.dim,), float64 holding float32 values."""
+        """x of a raw embedding (shape (embedding_dim,)) and request metadata, shape (spec.dim,),
+        float64 holding float32 values: the one way x is built (Select through ``build``,
+        replay and warm start directly). Metadata values are placed by an in-memory vocabulary
+        here; a stored one places them first (``build``)."""
         spec = self.spec
+        self.metadata.resolve_now(metadata)
         part = self.reduce(raw)
         pieces = [np.ones(1), part, self.metadata.features(metadata)]
         if self.knn is not None:
@@ -179,14 +173,21 @@ class ContextPipeline:
         embedding: Sequence[float] | None,
         metadata: Mapping[str, str],
     ) -> FloatArray:
-        """x of one request (Select)."""
-        raw = await self.embed(prompt, embedding)
-        await self.resolve(metadata)
-        return self.assemble(raw, metadata)
-
-    def build_now(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
-        """x of a raw embedding with an in-memory vocabulary (replay, offline fitting)."""
-        self.metadata.resolve_now(metadata)
+        """x of one request (Select): ``assemble`` of its raw embedding, a slow encoder's in a
+        thread (micro-batched with concurrent requests), once the store has placed its
+        metadata values."""
+        if prompt is not None:
+            long = self.encoder.heavy or len(prompt) > INLINE_MAX_CHARS
+            if self.batcher is not None and long:
+                check_prompt(prompt, self.max_prompt_chars)
+                raw = await self.batcher.encode(prompt, self.spec.text_window_tokens)
+            else:
+                raw = np.asarray(self.embed([prompt])[0], dtype=np.float64)
+        elif embedding is not None:
+            raw = check_embedding(self.spec, embedding)
+        else:
+            raise InvalidArgument("context", "set either prompt or embedding")
+        await self.metadata.resolve(metadata)
         return self.assemble(raw, metadata)
 
     def fork(self) -> ContextPipeline:
@@ -196,6 +197,7 @@ class ContextPipeline:
         twin.metadata = copy.deepcopy(self.metadata)
         twin.samples = list(self.samples)
         twin.knn = copy.deepcopy(self.knn) if self.knn is not None else None
+        twin.fit_due = None  # offline: a twin fits its own PCA, at once
         return twin
 
     # -- outcomes -------------------------------------------------------------------------------

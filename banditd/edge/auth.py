@@ -250,22 +250,31 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         log.info("edge_refused", method=method, reason=reason, message=exc.message)
         await context.abort(grpc.StatusCode[exc.code], exc.message)
 
+    async def _admitted(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        request: Message | None = None,
+    ) -> Principal | None:
+        """The call's principal, admitted, with its request checked when it has one (a
+        stream's requests are checked as they arrive); a refusal aborts the call."""
+        principal = None
+        try:
+            principal = await self._admit(method, context)
+            if request is not None:
+                await self._check(principal, method, request)
+        except BanditdError as exc:
+            await self._refuse(context, method, exc)
+        return principal
+
     def _unary(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
 
         async def guarded(request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                principal = await self._admit(method, context)
-                await self._check(principal, method, request)
-            except BanditdError as exc:
-                await self._refuse(context, method, exc)
+            await self._admitted(method, context, request)
             return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        return _rewrapped(grpc.unary_unary_rpc_method_handler, guarded, handler)
 
     def _stream_unary(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = handler.stream_unary
@@ -273,18 +282,10 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         async def guarded(
             requests: AsyncIterator[Message], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
-            try:
-                principal = await self._admit(method, context)
-            except BanditdError as exc:
-                await self._refuse(context, method, exc)
-
+            principal = await self._admitted(method, context)
             return await inner(self._checked(principal, method, requests), context)
 
-        return grpc.stream_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        return _rewrapped(grpc.stream_unary_rpc_method_handler, guarded, handler)
 
     def _streaming_reply(
         self, handler: grpc.RpcMethodHandler, method: str
@@ -294,28 +295,17 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             inner = handler.unary_stream
 
             async def one(request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    await self._check(await self._admit(method, context), method, request)
-                except BanditdError as exc:
-                    await self._refuse(context, method, exc)
+                await self._admitted(method, context, request)
                 async for response in inner(request, context):
                     yield response
 
-            return grpc.unary_stream_rpc_method_handler(
-                one,
-                request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
+            return _rewrapped(grpc.unary_stream_rpc_method_handler, one, handler)
         inner_many = handler.stream_stream
 
         async def many(
             requests: AsyncIterator[Message], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
-            try:
-                principal = await self._admit(method, context)
-            except BanditdError as exc:
-                await self._refuse(context, method, exc)
-
+            principal = await self._admitted(method, context)
             try:
                 async for response in inner_many(
                     self._checked(principal, method, requests), context
@@ -324,11 +314,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             except BanditdError as exc:
                 await self._refuse(context, method, exc)
 
-        return grpc.stream_stream_rpc_method_handler(
-            many,
-            request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        return _rewrapped(grpc.stream_stream_rpc_method_handler, many, handler)
 
     def _authenticated_only(
         self, handler: grpc.RpcMethodHandler, method: str
@@ -340,10 +326,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
         async def guarded(
             requests: AsyncIterator[Message], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            try:
-                await self._admit(method, context)
-            except BanditdError as exc:
-                await self._refuse(context, method, exc)
+            await self._admitted(method, context)
             async for response in inner(requests, context):
                 yield response
 
@@ -352,3 +335,17 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _rewrapped(
+    make: Callable[..., grpc.RpcMethodHandler],
+    behaviour: Callable[..., Any],
+    handler: grpc.RpcMethodHandler,
+) -> grpc.RpcMethodHandler:
+    """``make`` (a grpc.*_rpc_method_handler) of the guarded ``behaviour`` with ``handler``'s
+    serializers; requests that do not parse reach it as Undecodable."""
+    return make(
+        behaviour,
+        request_deserializer=_lenient(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )

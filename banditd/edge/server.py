@@ -159,6 +159,7 @@ class App:
             await self._budget_task
         if self._stop_listening is not None:
             await self._stop_listening()
+        await self.catalog.reductions.settle()  # a PCA being fitted is stored first
         try:
             await self.decisions.close()
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import structlog
@@ -30,6 +30,8 @@ S = TypeVar("S")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+# The methods leave their context to _edge, which aborts on it.
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
@@ -67,29 +69,19 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.bounds = bounds  # every number of a request, checked by _edge
 
     @_edge
-    async def Select(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.SelectRequest,
-        context: grpc.aio.ServicerContext[pb.SelectRequest, pb.SelectResponse],
-    ) -> pb.SelectResponse:
+    async def Select(self, request: pb.SelectRequest, context: Ctx) -> pb.SelectResponse:
         decision = await self._selector.select(codec.select_from_proto(request))
         return codec.decision_to_proto(decision)
 
     @_edge
-    async def Feedback(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.FeedbackRequest,
-        context: grpc.aio.ServicerContext[pb.FeedbackRequest, pb.FeedbackResponse],
-    ) -> pb.FeedbackResponse:
+    async def Feedback(self, request: pb.FeedbackRequest, context: Ctx) -> pb.FeedbackResponse:
         req = codec.feedback_from_proto(request)  # usage_only: a usage report (issue 22)
         result = await (self._learner.usage(req) if req.usage_only else self._learner.feedback(req))
         return codec.feedback_to_proto(result)
 
     @_edge
-    async def StreamFeedback(  # noqa: N802 - gRPC method name
-        self,
-        request_iterator: AsyncIterator[pb.FeedbackRequest],
-        context: grpc.aio.ServicerContext[pb.FeedbackRequest, pb.StreamFeedbackResponse],
+    async def StreamFeedback(
+        self, request_iterator: AsyncIterator[pb.FeedbackRequest], context: Ctx
     ) -> pb.StreamFeedbackResponse:
         async def inputs() -> AsyncIterator[FeedbackInput]:
             async for request in request_iterator:
@@ -98,10 +90,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         return await self._upload(inputs())
 
     @_edge
-    async def UploadFeedback(  # noqa: N802 - gRPC method name
-        self,
-        request_iterator: AsyncIterator[pb.FeedbackBatch],
-        context: grpc.aio.ServicerContext[pb.FeedbackBatch, pb.StreamFeedbackResponse],
+    async def UploadFeedback(
+        self, request_iterator: AsyncIterator[pb.FeedbackBatch], context: Ctx
     ) -> pb.StreamFeedbackResponse:
         async def inputs() -> AsyncIterator[FeedbackInput]:
             async for batch in request_iterator:
@@ -140,58 +130,38 @@ class AdminServicer(pb_grpc.AdminServicer):
         self.bounds = bounds  # every number of a request, checked by _edge
 
     @_edge
-    async def PutRouter(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.PutRouterRequest,
-        context: grpc.aio.ServicerContext[pb.PutRouterRequest, pb.PutRouterResponse],
-    ) -> pb.PutRouterResponse:
+    async def PutRouter(self, request: pb.PutRouterRequest, context: Ctx) -> pb.PutRouterResponse:
         spec, created = await self._admin.put_router(codec.spec_from_proto(request.router))
         return pb.PutRouterResponse(router=codec.spec_to_proto(spec), created=created)
 
     @_edge
-    async def GetRouter(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.GetRouterRequest,
-        context: grpc.aio.ServicerContext[pb.GetRouterRequest, pb.GetRouterResponse],
-    ) -> pb.GetRouterResponse:
+    async def GetRouter(self, request: pb.GetRouterRequest, context: Ctx) -> pb.GetRouterResponse:
         spec = await self._admin.get_router(request.tenant, request.name)
         return pb.GetRouterResponse(router=codec.spec_to_proto(spec))
 
     @_edge
-    async def ListRouters(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.ListRoutersRequest,
-        context: grpc.aio.ServicerContext[pb.ListRoutersRequest, pb.ListRoutersResponse],
+    async def ListRouters(
+        self, request: pb.ListRoutersRequest, context: Ctx
     ) -> pb.ListRoutersResponse:
         specs = await self._admin.list_routers(request.tenant)
         return pb.ListRoutersResponse(routers=[codec.spec_to_proto(s) for s in specs])
 
     @_edge
-    async def DeleteRouter(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.DeleteRouterRequest,
-        context: grpc.aio.ServicerContext[pb.DeleteRouterRequest, pb.DeleteRouterResponse],
+    async def DeleteRouter(
+        self, request: pb.DeleteRouterRequest, context: Ctx
     ) -> pb.DeleteRouterResponse:
         return pb.DeleteRouterResponse(
             deleted=await self._admin.delete_router(request.tenant, request.name)
         )
 
     @_edge
-    async def GetStats(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.GetStatsRequest,
-        context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
-    ) -> pb.GetStatsResponse:
+    async def GetStats(self, request: pb.GetStatsRequest, context: Ctx) -> pb.GetStatsResponse:
         return codec.stats_to_proto(await self._admin.stats(request.tenant, request.name))
 
     # -- off-policy evaluation, promotion and rollback ----------------------------------------
 
     @_edge
-    async def Evaluate(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.EvaluateRequest,
-        context: grpc.aio.ServicerContext[pb.EvaluateRequest, pb.EvaluateResponse],
-    ) -> pb.EvaluateResponse:
+    async def Evaluate(self, request: pb.EvaluateRequest, context: Ctx) -> pb.EvaluateResponse:
         t, n = request.tenant, request.name
         report = await self._admin.evaluate(
             t,
@@ -205,10 +175,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         return codec.evaluation_to_proto(report)
 
     @_edge
-    async def PromoteRouter(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.PromoteRouterRequest,
-        context: grpc.aio.ServicerContext[pb.PromoteRouterRequest, pb.PromoteRouterResponse],
+    async def PromoteRouter(
+        self, request: pb.PromoteRouterRequest, context: Ctx
     ) -> pb.PromoteRouterResponse:
         t, n = request.tenant, request.name
         spec, previous = await self._admin.promote(
@@ -217,10 +185,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.PromoteRouterResponse(router=codec.spec_to_proto(spec), previous_version=previous)
 
     @_edge
-    async def RollbackRouter(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.RollbackRouterRequest,
-        context: grpc.aio.ServicerContext[pb.RollbackRouterRequest, pb.RollbackRouterResponse],
+    async def RollbackRouter(
+        self, request: pb.RollbackRouterRequest, context: Ctx
     ) -> pb.RollbackRouterResponse:
         spec, restored = await self._admin.rollback(
             request.tenant, request.name, request.to_version, request.expected_version
@@ -230,12 +196,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         )
 
     @_edge
-    async def ListRouterVersions(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.ListRouterVersionsRequest,
-        context: grpc.aio.ServicerContext[
-            pb.ListRouterVersionsRequest, pb.ListRouterVersionsResponse
-        ],
+    async def ListRouterVersions(
+        self, request: pb.ListRouterVersionsRequest, context: Ctx
     ) -> pb.ListRouterVersionsResponse:
         versions = await self._admin.versions(request.tenant, request.name)
         return pb.ListRouterVersionsResponse(versions=[codec.version_to_proto(v) for v in versions])
@@ -243,31 +205,20 @@ class AdminServicer(pb_grpc.AdminServicer):
     # -- budgets (issue 6) ---------------------------------------------------------------------
 
     @_edge
-    async def SetBudget(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.SetBudgetRequest,
-        context: grpc.aio.ServicerContext[pb.SetBudgetRequest, pb.SetBudgetResponse],
-    ) -> pb.SetBudgetResponse:
+    async def SetBudget(self, request: pb.SetBudgetRequest, context: Ctx) -> pb.SetBudgetResponse:
         spec, created = await self._budgets.put(codec.budget_from_proto(request.budget))
         return pb.SetBudgetResponse(budget=codec.budget_to_proto(spec), created=created)
 
     @_edge
-    async def GetBudget(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.GetBudgetRequest,
-        context: grpc.aio.ServicerContext[pb.GetBudgetRequest, pb.GetBudgetResponse],
-    ) -> pb.GetBudgetResponse:
-        check_name("tenant", request.tenant)
-        if request.router:
-            check_name("router", request.router)
-        usage = await self._budgets.usage(request.tenant, request.router)
-        return codec.budget_usage_to_proto(usage)
+    async def GetBudget(self, request: pb.GetBudgetRequest, context: Ctx) -> pb.GetBudgetResponse:
+        _check_scope(request.tenant, request.router)
+        return codec.budget_usage_to_proto(
+            await self._budgets.usage(request.tenant, request.router)
+        )
 
     @_edge
-    async def ListBudgets(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.ListBudgetsRequest,
-        context: grpc.aio.ServicerContext[pb.ListBudgetsRequest, pb.ListBudgetsResponse],
+    async def ListBudgets(
+        self, request: pb.ListBudgetsRequest, context: Ctx
     ) -> pb.ListBudgetsResponse:
         if request.tenant:
             check_name("tenant", request.tenant)
@@ -275,14 +226,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.ListBudgetsResponse(budgets=[codec.budget_usage_to_proto(u) for u in found])
 
     @_edge
-    async def GetSpend(  # noqa: N802 - gRPC method name
-        self,
-        request: pb.GetSpendRequest,
-        context: grpc.aio.ServicerContext[pb.GetSpendRequest, pb.GetSpendResponse],
-    ) -> pb.GetSpendResponse:
-        check_name("tenant", request.tenant)
-        if request.router:
-            check_name("router", request.router)
+    async def GetSpend(self, request: pb.GetSpendRequest, context: Ctx) -> pb.GetSpendResponse:
+        _check_scope(request.tenant, request.router)
         check_finite("since_unix", request.since_unix)
         check_finite("until_unix", request.until_unix)
         until = request.until_unix or time.time()
@@ -290,3 +235,10 @@ class AdminServicer(pb_grpc.AdminServicer):
             request.tenant, request.router, request.since_unix, until, request.metadata_key
         )
         return codec.spend_to_proto(lines)
+
+
+def _check_scope(tenant: str, router: str) -> None:
+    """A budget's scope: a tenant, and a router of it or none (the tenant's budget)."""
+    check_name("tenant", tenant)
+    if router:
+        check_name("router", router)

@@ -107,7 +107,7 @@ def encode_in_chunks(pipeline: ContextPipeline, progress: Callable[[int, int], N
         out = np.empty((len(prompts), pipeline.spec.embedding_dim))
         for start in range(0, len(prompts), ENCODE_CHUNK):
             chunk = prompts[start : start + ENCODE_CHUNK]
-            out[start : start + len(chunk)] = pipeline.embed_now(chunk)
+            out[start : start + len(chunk)] = pipeline.embed(chunk)
             progress(start + len(chunk), len(prompts))
         return out
 
@@ -164,7 +164,7 @@ def warm_events(
     event_id = first_event_id
     for record, vec in zip(usable, raw, strict=True):
         models: dict[str, Any] = record["models"]
-        x = pipeline.build_now(vec, record_metadata(record, metadata_from))
+        x = pipeline.assemble(vec, record_metadata(record, metadata_from))
         report.unknown_models.update(set(models) - arms)
         key = str(record.get("id", record["_line"]))
         events: list[FeedbackEvent] = []

@@ -15,6 +15,11 @@ answering through an outage of any length. A dropped decision is missing from th
 
 Feedback finds a decision here while it is pending (``decision``): on the replica that made it, a
 compact token's feedback never waits for the group commit.
+
+Request ids: ``claim`` is the one place that tells a repeated request_id. It answers the earlier
+decision (pending, committed, or being made by a concurrent twin of the request, which it waits
+for); else the request holds the claim until ``add`` logs its decision (its twins then get that
+one) or ``release`` gives it up (a failed Select: a waiting twin then decides for itself).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 from tenacity import (
@@ -46,6 +52,18 @@ RETRY_MAX_S = 2.0
 CLOSE_RETRY_S = 5.0  # how long shutdown keeps trying to commit pending decisions
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A request id's place in the log: the earlier decision, or this request's to make."""
+
+    earlier: Decision | None = None
+    key: tuple[int, str] | None = None
+    held: asyncio.Future[Decision | None] | None = None  # what waiting twins get
+
+
+NO_CLAIM = Claim()  # a request without a request_id: nothing to repeat
+
+
 class DecisionLog:
     def __init__(
         self, repo: Repository, flush_seconds: float, max_pending: int = MAX_PENDING
@@ -58,6 +76,7 @@ class DecisionLog:
         self.dropped = 0
         self._pending: dict[str, Decision] = {}
         self._by_request: dict[tuple[int, str], Decision] = {}
+        self._claims: dict[tuple[int, str], asyncio.Future[Decision | None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -72,7 +91,9 @@ class DecisionLog:
             self._drop_oldest()
         self._pending[decision.decision_id] = decision
         if decision.request_id:
-            self._by_request[(decision.router_id, decision.request_id)] = decision
+            key = (decision.router_id, decision.request_id)
+            self._by_request[key] = decision
+            self._settle(key, decision)
         metrics.DECISIONS_PENDING.set(len(self._pending))
         self._wake.set()
 
@@ -99,27 +120,55 @@ class DecisionLog:
         """A pending decision by id (memory only, no await)."""
         return self._pending.get(decision_id)
 
-    def lookup(self, router_id: int, request_id: str) -> Decision | None:
-        """A pending decision for this request id (memory only, no await)."""
-        return self._by_request.get((router_id, request_id))
-
-    async def find(self, router_id: int, request_id: str) -> Decision | None:
-        """The decision made for this request id, pending or committed. With the database
-        down only pending decisions are found: Select then decides afresh rather than fail.
+    async def claim(self, router_id: int, request_id: str) -> Claim:
+        """The earlier decision for this request id (pending, committed, or the one a concurrent
+        twin is making), else the claim to make it, held until ``add`` or ``release``. With the
+        database down only this replica's decisions are found: Select then decides afresh
+        rather than fail.
 
         On SQLite a request id never logged (the usual case) is told apart without an await
-        (banditd.store.probe): no thread hop, and nothing can change between the memory and
-        the database check."""
-        found = self.lookup(router_id, request_id)
+        (banditd.store.probe): no thread hop."""
+        if not request_id:
+            return NO_CLAIM
+        key = (router_id, request_id)
+        while (twin := self._claims.get(key)) is not None:
+            earlier = await asyncio.shield(twin)  # a cancelled wait leaves the twin's claim be
+            if earlier is not None:
+                return Claim(earlier)
+        found = self._by_request.get(key)
         if found is not None:
-            return found
+            return Claim(found)
         if self._probe.has_decision(router_id, request_id) is False:
-            return None
+            return self._hold(key)
+        claim = self._hold(key)
         try:
-            return await self._repo.find_decision(router_id, request_id)
+            found = await self._repo.find_decision(router_id, request_id)
         except Unavailable as exc:
             log.warning("decision_lookup_skipped", request_id=request_id, error=str(exc))
-            return None
+            return claim
+        except BaseException:
+            self.release(claim)
+            raise
+        if found is not None:
+            self._settle(key, found)
+            return Claim(found)
+        return claim
+
+    def _hold(self, key: tuple[int, str]) -> Claim:
+        held: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        self._claims[key] = held
+        return Claim(key=key, held=held)
+
+    def _settle(self, key: tuple[int, str], answer: Decision | None) -> None:
+        held = self._claims.pop(key, None)
+        if held is not None and not held.done():
+            held.set_result(answer)
+
+    def release(self, claim: Claim) -> None:
+        """Give up a claim whose request logged no decision (it failed): waiting twins decide
+        for themselves. A no-op once ``add`` has logged the decision."""
+        if claim.key is not None and self._claims.get(claim.key) is claim.held:
+            self._settle(claim.key, None)
 
     async def _run(self) -> None:
         # Never cancelled mid-write (a cancelled transaction can hold SQLite's write lock while

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from banditd.budget import pacer
+from banditd.budget.pacer import BudgetCheck
 from banditd.context import input_tokens_estimate
 from banditd.domain import ArmSpec, FloatArray, RankedArm
 from banditd.domain.ceilings import (
@@ -50,16 +51,6 @@ class Ranked:
                 for a in arms
             ]
         )
-
-
-@dataclass(frozen=True)
-class BudgetCheck:
-    """The budgets of one request, for rank_arms: their pacing state, and whether exhaustion
-    refuses (RESOURCE_EXHAUSTED) or serves the cheapest arm past the budget."""
-
-    pacings: Sequence[pacer.Pacing]
-    refuse: bool = False
-    scope: str = "the budget"
 
 
 def _enabled(state: RouterState, candidates: Sequence[str]) -> list[ArmSpec]:

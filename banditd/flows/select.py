@@ -1,4 +1,7 @@
-"""The Select flow: context -> policy -> eligibility -> signed, logged decision."""
+"""The Select flow, in three stages: ``Selector.prepare`` (the I/O before the decision: the
+router's live state, the request_id's claim, x, the budgets' leases), ``decide`` (pure: ranking,
+exploration, the challenger, shadows) and ``Selector.commit`` (the budgets' charge, the signed
+token, the decision log)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -14,18 +17,19 @@ import structlog
 
 from banditd import metrics
 from banditd.budget.ledger import Budgets
-from banditd.domain import ArmSpec, Decision, check_finite, check_name
+from banditd.budget.view import BudgetView, NoBudgets
+from banditd.domain import ArmSpec, Decision, FloatArray, ShadowPick, check_finite, check_name
 from banditd.domain.ceilings import (
     HARD_MAX_ENERGY_WEIGHT,
     HARD_MAX_LATENCY_MS,
     HARD_MAX_LATENCY_WEIGHT,
 )
 from banditd.errors import InvalidArgument, ResourceExhausted
-from banditd.flows.decision_log import DecisionLog
-from banditd.flows.ranking import BudgetCheck, priciest, rank_arms
+from banditd.flows.decision_log import Claim, DecisionLog
+from banditd.flows.ranking import Ranked, priciest, rank_arms
 from banditd.flows.shadow import shadow_picks
 from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
-from banditd.state.live_routers import Catalog
+from banditd.state.live_routers import Catalog, RouterState
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +57,30 @@ class SelectInput:
     compare: bool = False  # pairwise feedback: also pick a challenger (banditd.policy.dueling)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What decide needs of a Select: all its I/O done."""
+
+    req: SelectInput
+    state: RouterState
+    x: FloatArray  # shape (state.spec.dim,)
+    context_version: str  # the featurisation x was built with
+    budget: BudgetView  # UNLIMITED when no budget covers the request
+    claim: Claim  # on the request_id, held until the decision is logged
+    seed: int  # every random number of the decision comes from it
+    blocked: Collection[str]  # arms whose circuit breaker is open
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What decide chose, for commit to book."""
+
+    prepared: Prepared
+    ranked: Ranked
+    shadows: tuple[ShadowPick, ...]
+    rival_cost: float  # a comparison's challenger's expected cost (0 without one)
+
+
 class Selector:
     def __init__(
         self,
@@ -67,7 +95,7 @@ class Selector:
         seeds: Callable[[], int] = lambda: secrets.randbits(63),
         budgets: Budgets | None = None,
     ) -> None:
-        self._budgets = budgets
+        self._budgets: Budgets | NoBudgets = budgets or NoBudgets()
         self._catalog = catalog
         self._decisions = decisions
         self._signer = signer
@@ -117,74 +145,54 @@ class Selector:
                 )
 
     async def select(self, req: SelectInput) -> Decision:
+        """Prepare (I/O), decide (pure), commit (I/O): the Select flow."""
+        prepared = await self.prepare(req)
+        if isinstance(prepared, Decision):
+            return prepared  # a repeated request_id
+        try:
+            return await self.commit(decide(prepared))
+        finally:
+            self._decisions.release(prepared.claim)  # a no-op once the decision is logged
+
+    async def prepare(self, req: SelectInput) -> Prepared | Decision:
+        """The router's live state, the request's claim on its request_id (the earlier decision
+        of a repeated one is the answer), x, and the budgets' view, their leases topped up."""
         self._check(req)
         state = await self._catalog.get(req.tenant, req.router)
-        if req.request_id:
-            earlier = await self._decisions.find(state.router_id, req.request_id)
-            if earlier is not None:  # from the log, which keeps no arm specs: today's
-                return replace(earlier, arm_specs=earlier.arm_specs or state.spec.arms)
-        spec, context = state.spec, state.context
-        assert context is not None  # the catalog gives every router its pipeline
-        x = await context.build(prompt=req.prompt, embedding=req.embedding, metadata=req.metadata)
-        if context.unsaved_reduction:
-            await self._catalog.save_reduction(state)
-        budgets = self._budgets.applicable(req.tenant, req.router) if self._budgets else []
-        if self._budgets is not None and budgets:
-            need = priciest(state, req.prompt, req.candidates) * (2 if req.compare else 1)
-            await self._budgets.prepare(budgets, need)
-        if req.request_id:
-            # No await from here on (under a budget, none but the charge's, after which this
-            # check repeats): a concurrent twin of this request sees ours in the log.
-            earlier = self._decisions.lookup(state.router_id, req.request_id)
-            if earlier is not None:
-                return earlier
-        seed = self._seeds()
-        blocked = state.health.blocked((a.name for a in spec.arms), self._clock())
-        check = None
-        if self._budgets is not None and budgets:
-            check = BudgetCheck(
-                self._budgets.pacings(budgets),
-                refuse=any(b.spec.on_exhausted == "refuse" for b in budgets),
-                scope=" and ".join(b.spec.label for b in budgets),
-            )
+        claim = await self._decisions.claim(state.router_id, req.request_id)
+        if claim.earlier is not None:  # from the log, which keeps no arm specs: today's
+            earlier = claim.earlier
+            return replace(earlier, arm_specs=earlier.arm_specs or state.spec.arms)
         try:
-            ranked = rank_arms(
-                state,
-                x,
-                prompt=req.prompt,
-                candidates=req.candidates,
-                cost_weight=req.cost_weight,
-                max_cost_usd=req.max_cost_usd,
-                latency_weight=req.latency_weight,
-                energy_weight=req.energy_weight,
-                max_latency_ms=req.max_latency_ms,
-                rng=np.random.default_rng(seed),
-                budget=check,
-                blocked=blocked,
-                compare=req.compare,
+            context = state.context
+            assert context is not None  # the catalog gives every router its pipeline
+            x = await context.build(
+                prompt=req.prompt, embedding=req.embedding, metadata=req.metadata
             )
-        except ResourceExhausted:
-            metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, "refused").inc()
+            version = context.version  # before an await: a PCA set meanwhile is not in x
+            budget = self._budgets.applicable(req.tenant, req.router)
+            double = 2 if req.compare else 1  # both answers of a comparison are served
+            await budget.prepare(lambda: priciest(state, req.prompt, req.candidates) * double)
+        except BaseException:
+            self._decisions.release(claim)
             raise
-        ranking, choice = ranked.ranking, ranked.choice
-        chosen = ranking[0]
-        rival = next((r for r in ranking if r.arm == ranked.challenger), None)
-        # Both answers are served: the budget reserves (and feedback settles) both costs.
-        rival_cost = 0.0 if rival is None else rival.expected_cost_usd
-        # After the live choice, on their own random streams: shadows never change it.
-        shadows = shadow_picks(state, ranked, x, req.cost_weight, seed)
+        blocked = state.health.blocked((a.name for a in state.spec.arms), self._clock())
+        return Prepared(req, state, x, version, budget, claim, self._seeds(), blocked)
+
+    async def commit(self, decided: Decided) -> Decision:
+        """Book the decision: the budgets' charge, the signed token, the decision log."""
+        prepared, ranked = decided.prepared, decided.ranked
+        req, state, budget = prepared.req, prepared.state, prepared.budget
+        spec = state.spec
+        chosen, choice = ranked.ranking[0], ranked.choice
         now = self._clock()
         for served in (chosen.arm, ranked.challenger):  # a half-open arm spends a probe
             if served is not None:
                 state.health.chose(served, now)
         decision_id = str(uuid.uuid4())
-        reservation = None
-        if self._budgets is not None and budgets:
-            reservation = self._budgets.reserve(
-                budgets, decision_id, chosen.expected_cost_usd + rival_cost
-            )
-            if ranked.budget_outcome in ("fallback", "over_budget"):
-                metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
+        reservation = budget.reserve(decision_id, chosen.expected_cost_usd + decided.rival_cost)
+        if ranked.budget_outcome in ("fallback", "over_budget"):
+            metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
         expires_at = math.floor(now) + spec.feedback_ttl_seconds
         token = self._signer.sign(
             TokenClaims(
@@ -197,7 +205,7 @@ class Selector:
                 expected_cost_usd=chosen.expected_cost_usd,
                 expires_at=expires_at,
                 challenger=ranked.challenger,
-                challenger_cost_usd=rival_cost,
+                challenger_cost_usd=decided.rival_cost,
                 arm_index=_position(spec.arms, chosen.arm),
                 challenger_index=_position(spec.arms, ranked.challenger),
             )
@@ -209,7 +217,7 @@ class Selector:
             router=spec.name,
             request_id=req.request_id or None,
             arm=chosen.arm,
-            ranking=ranking,
+            ranking=ranked.ranking,
             propensity=choice.propensity,
             explored=choice.explored,
             expected_cost_usd=chosen.expected_cost_usd,
@@ -218,27 +226,19 @@ class Selector:
             created_at=now,
             policy=spec.policy,
             router_version=spec.version,
-            seed=seed,
+            seed=prepared.seed,
             candidates=ranked.candidates,
             metadata=dict(req.metadata),
-            x=x,
-            shadows=shadows,
+            x=prepared.x,
+            shadows=decided.shadows,
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
-            context_version=context.version,
+            context_version=prepared.context_version,
             challenger=ranked.challenger,
             arm_specs=spec.arms,
         )
-        if self._budgets is not None and reservation is not None:
-            # Counted before the decision is logged or leaves (a refused charge logs nothing).
-            await self._budgets.commit(reservation)
-            if req.request_id:
-                # A concurrent twin may have answered meanwhile: its answer stands (and this
-                # charge over-counts the budget by one unused decision, the safe side).
-                earlier = await self._decisions.find(state.router_id, req.request_id)
-                earlier = earlier or self._decisions.lookup(state.router_id, req.request_id)
-                if earlier is not None:
-                    return earlier
+        # Counted before the decision is logged or leaves (a refused charge logs nothing).
+        await budget.commit(reservation)
         self._decisions.add(decision)
         metrics.child(
             metrics.DECISIONS, spec.tenant, spec.name, chosen.arm, str(choice.explored)
@@ -256,6 +256,39 @@ class Selector:
             metadata=dict(req.metadata),
         )
         return decision
+
+
+def decide(prepared: Prepared) -> Decided:
+    """Ranking (eligibility, breakers, budgets, the policy's choice, forced exploration, the
+    challenger of a comparison), then the shadows' picks: no I/O, no await. Every random number
+    comes from the prepared seed, in this order, as offline replay draws them."""
+    req, state, x = prepared.req, prepared.state, prepared.x
+    spec = state.spec
+    try:
+        ranked = rank_arms(
+            state,
+            x,
+            prompt=req.prompt,
+            candidates=req.candidates,
+            cost_weight=req.cost_weight,
+            max_cost_usd=req.max_cost_usd,
+            latency_weight=req.latency_weight,
+            energy_weight=req.energy_weight,
+            max_latency_ms=req.max_latency_ms,
+            rng=np.random.default_rng(prepared.seed),
+            budget=prepared.budget.check(),
+            blocked=prepared.blocked,
+            compare=req.compare,
+        )
+    except ResourceExhausted:
+        metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, "refused").inc()
+        raise
+    rival = next((r for r in ranked.ranking if r.arm == ranked.challenger), None)
+    # Both answers are served: the budget reserves (and feedback settles) both costs.
+    rival_cost = 0.0 if rival is None else rival.expected_cost_usd
+    # After the live choice, on their own random streams: shadows never change it.
+    shadows = shadow_picks(state, ranked, x, req.cost_weight, prepared.seed)
+    return Decided(prepared, ranked, shadows, rival_cost)
 
 
 def _position(arms: Sequence[ArmSpec], name: str | None) -> int:

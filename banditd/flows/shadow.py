@@ -12,17 +12,14 @@ shadows, each one policy scoring (plus PROPENSITY_DRAWS draws for Thompson sampl
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 
 from banditd.domain import FloatArray, RouterSpec, ShadowPick, ShadowSpec
+from banditd.flows.ranking import Ranked
 from banditd.policy import make_policy
 from banditd.state.live_routers import RouterState
-
-if TYPE_CHECKING:  # the router imports this module
-    from banditd.flows.ranking import Ranked
 
 log = structlog.get_logger(__name__)
 SHADOW_SALT = 0x5EAD0B  # keeps shadows' random numbers apart from the live policy's

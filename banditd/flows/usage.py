@@ -7,44 +7,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
 
 import structlog
 
 from banditd import metrics
 from banditd.budget.ledger import Budgets
 from banditd.errors import InvalidArgument
+from banditd.flows.feedback_input import FeedbackInput
 from banditd.flows.tokens import TokenClaims
 from banditd.store.usage import Usage, UsageStore
 
 log = structlog.get_logger(__name__)
-
-
-class UsageRequest(Protocol):
-    """What a usage report reads of a Feedback request (banditd.flows.feedback.FeedbackInput)."""
-
-    @property
-    def tenant(self) -> str: ...
-    @property
-    def thumb(self) -> str | None: ...
-    @property
-    def reward(self) -> float | None: ...
-    @property
-    def preference(self) -> str | None: ...
-    @property
-    def cost_usd(self) -> float | None: ...
-    @property
-    def input_tokens(self) -> int | None: ...
-    @property
-    def output_tokens(self) -> int | None: ...
-    @property
-    def latency_ms(self) -> float | None: ...
-    @property
-    def first_token_ms(self) -> float | None: ...
-    @property
-    def energy_wh(self) -> float | None: ...
-    @property
-    def error(self) -> bool: ...
 
 
 class UsageFlow:
@@ -59,7 +32,7 @@ class UsageFlow:
         self._clock = clock
 
     async def record(
-        self, req: UsageRequest, verify: Callable[[Any], Awaitable[TokenClaims]]
+        self, req: FeedbackInput, verify: Callable[[FeedbackInput], Awaitable[TokenClaims]]
     ) -> float:
         """Commit the report (``verify``: the Feedback flow's token, tenant and bounds checks);
         returns the cost it reported (0 when none). Raises, writing nothing, when refused."""

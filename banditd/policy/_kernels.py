@@ -46,15 +46,6 @@ def _dot(u: FloatArray, v: FloatArray) -> float:
 
 
 @njit(cache=True)
-def _score(
-    a_inv: FloatArray, theta: FloatArray, arm: int, x: FloatArray, scratch: FloatArray
-) -> tuple[float, float]:
-    """(theta_arm . x, x^T A_arm^-1 x clipped at 0 against rounding)."""
-    _matvec(a_inv, arm, x, scratch)
-    return _dot(theta[arm], x), max(_dot(x, scratch), 0.0)
-
-
-@njit(cache=True)
 def mean_scores(theta: FloatArray, arm_idx: IntArray, x: FloatArray) -> FloatArray:
     """theta_a . x per scored arm, shape (k,)."""
     out = np.empty(arm_idx.shape[0])
@@ -74,17 +65,17 @@ def variances(a_inv: FloatArray, arm_idx: IntArray, x: FloatArray) -> FloatArray
     return out
 
 
+# The scores of the linear policies are theta_a . x plus a multiple of its standard deviation
+# sqrt(x^T A_a^-1 x): array expressions over mean_scores and variances, fused into one loop by
+# Numba (same operations, same order as a loop per arm).
+
+
 @njit(cache=True)
 def linucb_scores(
     a_inv: FloatArray, theta: FloatArray, arm_idx: IntArray, x: FloatArray, alpha: float
 ) -> FloatArray:
     """Upper confidence bounds theta_a . x + alpha sqrt(x^T A_a^-1 x), shape (k,)."""
-    out = np.empty(arm_idx.shape[0])
-    scratch = np.empty(x.shape[0])
-    for k in range(arm_idx.shape[0]):
-        mean, var = _score(a_inv, theta, arm_idx[k], x, scratch)
-        out[k] = mean + alpha * math.sqrt(var)
-    return out
+    return mean_scores(theta, arm_idx, x) + alpha * np.sqrt(variances(a_inv, arm_idx, x))
 
 
 @njit(cache=True)
@@ -102,12 +93,8 @@ def cost_aware_linucb_scores(
     is worth c of quality at this cost weight gets 1 / (1 + c) of the bonus: exploring it must
     promise more the more it costs. All zero: exactly linucb_scores.
     """
-    out = np.empty(arm_idx.shape[0])
-    scratch = np.empty(x.shape[0])
-    for k in range(arm_idx.shape[0]):
-        mean, var = _score(a_inv, theta, arm_idx[k], x, scratch)
-        out[k] = mean + alpha * math.sqrt(var) / (1.0 + cost_term[k])
-    return out
+    bonus = alpha * np.sqrt(variances(a_inv, arm_idx, x))
+    return mean_scores(theta, arm_idx, x) + bonus / (1.0 + cost_term)
 
 
 @njit(cache=True)
@@ -125,12 +112,8 @@ def thompson_scores(
     N(theta_a . x, v^2 x^T A_a^-1 x): O(dim^2) per arm, no Cholesky factor.
     normals: standard normal draws, shape (k,).
     """
-    out = np.empty(arm_idx.shape[0])
-    scratch = np.empty(x.shape[0])
-    for k in range(arm_idx.shape[0]):
-        mean, var = _score(a_inv, theta, arm_idx[k], x, scratch)
-        out[k] = mean + scale * math.sqrt(var) * normals[k]
-    return out
+    spread = scale * np.sqrt(variances(a_inv, arm_idx, x))
+    return mean_scores(theta, arm_idx, x) + spread * normals
 
 
 @njit(cache=True, parallel=True)

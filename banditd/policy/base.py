@@ -1,8 +1,10 @@
 """The policy interface: a policy scores quality; the base class turns scores into a choice.
 
-A new policy is one subclass that fills in ``quality_scores`` (and ``propensity`` when it is
-randomised), registered in ``banditd.policy.POLICIES``; one whose scores depend on the arms'
-prices (cost-aware exploration) overrides ``priced_quality_scores`` too.
+A new policy is one subclass that fills in ``quality_scores``, registered in
+``banditd.policy.POLICIES``; one whose scores depend on the arms' prices (cost-aware exploration)
+overrides ``priced_quality_scores`` too. The base ranking is deterministic (propensity 1); a
+randomised policy overrides ``priced_choice`` (its propensity, or the ranking itself) and
+``priced_probabilities``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import numpy as np
 import numpy.typing as npt
 
 from banditd.domain import FloatArray
-from banditd.domain.ceilings import clamp, finite_scores
+from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
     from banditd.state.posterior import Posterior
 
 IntArray = npt.NDArray[np.int64]
+Rng = np.random.Generator
 
 
 @dataclass(frozen=True)
@@ -56,33 +59,16 @@ class Policy(ABC):
 
     @abstractmethod
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         """Quality score per eligible arm, shape (k,); arm_idx: posterior indices, shape (k,)."""
 
     def priced_quality_scores(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        rng: np.random.Generator,
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """Quality score per eligible arm when each costs cost_term (cost weight x expected
         cost, shape (k,)) of quality; by default the same as ``quality_scores``."""
         return self.quality_scores(post, arm_idx, x, rng)
-
-    def propensity(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        chosen: int,
-        rng: np.random.Generator,
-    ) -> float:
-        """Probability that this policy picks ``chosen`` in this state; 1 when deterministic."""
-        return 1.0
 
     def choose(
         self,
@@ -91,7 +77,7 @@ class Policy(ABC):
         x: FloatArray,
         expected_cost: FloatArray,
         cost_weight: float,
-        rng: np.random.Generator,
+        rng: Rng,
         *,
         other_term: FloatArray | None = None,
     ) -> Choice:
@@ -102,16 +88,8 @@ class Policy(ABC):
         it is priced like cost (cost-aware exploration sees the whole price).
         Scores are finite by construction (NaN ranks last), so a ranking can always be logged.
         """
-        priced = cost_weight * expected_cost
-        cost_term = finite_scores(priced if other_term is None else priced + other_term)
-        quality = finite_scores(self.priced_quality_scores(post, arm_idx, x, cost_term, rng))
-        utility = finite_scores(quality - cost_term)
-        order = np.argsort(-utility, kind="stable").astype(np.int64)
-        chosen = int(order[0])
-        greedy = finite_scores(_kernels.mean_scores(post.theta, arm_idx, x)) - cost_term
-        explored = chosen != int(np.argmax(greedy))
-        propensity = clamp(self.propensity(post, arm_idx, x, cost_term, chosen, rng), 0, 1, nan=1)
-        return Choice(order, quality, utility, propensity, explored)
+        cost_term = _cost_term(expected_cost, cost_weight, other_term)
+        return self.priced_choice(post, arm_idx, x, cost_term, rng)
 
     def probabilities(
         self,
@@ -120,15 +98,42 @@ class Policy(ABC):
         x: FloatArray,
         expected_cost: FloatArray,
         cost_weight: float,
-        rng: np.random.Generator,
+        rng: Rng,
         *,
         other_term: FloatArray | None = None,
     ) -> FloatArray:
         """The probability that ``choose`` ranks each eligible arm first, shape (k,): for
-        off-policy evaluation and shadows. Deterministic policies put 1 on their choice."""
+        off-policy evaluation and shadows."""
+        cost_term = _cost_term(expected_cost, cost_weight, other_term)
+        return self.priced_probabilities(post, arm_idx, x, cost_term, rng)
+
+    # The hooks of choose and probabilities, once the price is one cost term per eligible arm.
+
+    def priced_choice(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+    ) -> Choice:
+        cost_term = finite_scores(cost_term)
+        quality = finite_scores(self.priced_quality_scores(post, arm_idx, x, cost_term, rng))
+        utility = finite_scores(quality - cost_term)
+        order = np.argsort(-utility, kind="stable").astype(np.int64)
+        chosen = int(order[0])
+        greedy = finite_scores(_kernels.mean_scores(post.theta, arm_idx, x)) - cost_term
+        explored = chosen != int(np.argmax(greedy))
+        return Choice(order, quality, utility, 1.0, explored)
+
+    def priced_probabilities(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+    ) -> FloatArray:
+        """Deterministic policies put 1 on their choice."""
         out = np.zeros(len(arm_idx))
-        choice = Policy.choose(
-            self, post, arm_idx, x, expected_cost, cost_weight, rng, other_term=other_term
-        )
-        out[choice.chosen] = 1.0
+        out[Policy.priced_choice(self, post, arm_idx, x, cost_term, rng).chosen] = 1.0
         return out
+
+
+def _cost_term(
+    expected_cost: FloatArray, cost_weight: float, other_term: FloatArray | None
+) -> FloatArray:
+    """The utility each eligible arm loses to its price: cost_weight x USD, plus latency and
+    energy (other_term)."""
+    priced = cost_weight * expected_cost
+    return priced if other_term is None else priced + other_term

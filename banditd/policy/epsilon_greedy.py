@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
-from banditd.policy.base import Choice, IntArray, Policy
+from banditd.policy.base import Choice, IntArray, Policy, Rng
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
     from banditd.state.posterior import Posterior
@@ -22,25 +20,15 @@ class EpsilonGreedy(Policy):
     name = "epsilon-greedy"
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         return _kernels.mean_scores(post.theta, arm_idx, x)
 
-    def choose(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        expected_cost: FloatArray,
-        cost_weight: float,
-        rng: np.random.Generator,
-        *,
-        other_term: FloatArray | None = None,
+    def priced_choice(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> Choice:
         # The base ranking on the means is the greedy choice (propensity 1, not explored).
-        choice = super().choose(
-            post, arm_idx, x, expected_cost, cost_weight, rng, other_term=other_term
-        )
+        choice = super().priced_choice(post, arm_idx, x, cost_term, rng)
         greedy = choice.chosen
         if rng.random() < self.exploration:
             choice = choice.forced(int(rng.integers(len(arm_idx))))
@@ -48,19 +36,9 @@ class EpsilonGreedy(Policy):
         propensity = self.exploration / len(arm_idx) + (1.0 - self.exploration) * (chosen == greedy)
         return replace(choice, propensity=propensity, explored=chosen != greedy)
 
-    def probabilities(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        expected_cost: FloatArray,
-        cost_weight: float,
-        rng: np.random.Generator,
-        *,
-        other_term: FloatArray | None = None,
+    def priced_probabilities(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """epsilon / k on every eligible arm, plus 1 - epsilon on the greedy one."""
-        greedy = super().probabilities(
-            post, arm_idx, x, expected_cost, cost_weight, rng, other_term=other_term
-        )
+        greedy = super().priced_probabilities(post, arm_idx, x, cost_term, rng)
         return self.exploration / len(arm_idx) + (1.0 - self.exploration) * greedy

@@ -14,7 +14,7 @@ import numpy as np
 
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
-from banditd.policy.base import IntArray, Policy
+from banditd.policy.base import IntArray, Policy, Rng
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
     from banditd.state.posterior import Posterior
@@ -24,17 +24,12 @@ class LinUCB(Policy):
     name = "linucb"
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         return _kernels.linucb_scores(post.a_inv, post.theta, arm_idx, x, self.exploration)
 
     def priced_quality_scores(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        rng: np.random.Generator,
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         return _kernels.cost_aware_linucb_scores(
             post.a_inv, post.theta, arm_idx, x, self.exploration, np.maximum(cost_term, 0.0)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from banditd.domain import FloatArray
+from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
-from banditd.policy.base import IntArray, Policy
+from banditd.policy.base import Choice, IntArray, Policy, Rng
 
 if TYPE_CHECKING:  # posterior imports the kernels of this package
     from banditd.state.posterior import Posterior
@@ -21,7 +23,7 @@ class Thompson(Policy):
     name = "thompson"
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         normals = rng.standard_normal(len(arm_idx))
         return _kernels.thompson_scores(
@@ -29,12 +31,7 @@ class Thompson(Policy):
         )
 
     def _wins(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        rng: np.random.Generator,
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> npt.NDArray[np.int64]:
         """How often each eligible arm wins among PROPENSITY_DRAWS posterior draws."""
         mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
@@ -42,34 +39,19 @@ class Thompson(Policy):
         draws = mean + spread * rng.standard_normal((PROPENSITY_DRAWS, len(arm_idx)))
         return np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
 
-    def propensity(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        cost_term: FloatArray,
-        chosen: int,
-        rng: np.random.Generator,
-    ) -> float:
-        """Share of resampled draws (plus the one acted on) in which ``chosen`` wins."""
-        wins = self._wins(post, arm_idx, x, cost_term, rng)
-        return (int(wins[chosen]) + 1) / (PROPENSITY_DRAWS + 1)
+    def priced_choice(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+    ) -> Choice:
+        """The base ranking on one posterior draw; its propensity is the share of resampled
+        draws (plus the one acted on) in which the chosen arm wins."""
+        choice = super().priced_choice(post, arm_idx, x, cost_term, rng)
+        wins = self._wins(post, arm_idx, x, finite_scores(cost_term), rng)
+        return replace(choice, propensity=(int(wins[choice.chosen]) + 1) / (PROPENSITY_DRAWS + 1))
 
-    def probabilities(
-        self,
-        post: Posterior,
-        arm_idx: IntArray,
-        x: FloatArray,
-        expected_cost: FloatArray,
-        cost_weight: float,
-        rng: np.random.Generator,
-        *,
-        other_term: FloatArray | None = None,
+    def priced_probabilities(
+        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """Each eligible arm's share of PROPENSITY_DRAWS posterior draws: a Monte Carlo estimate,
         unbiased, so importance weights built on it stay unbiased too."""
-        cost_term = cost_weight * expected_cost
-        if other_term is not None:
-            cost_term = cost_term + other_term
         wins = self._wins(post, arm_idx, x, cost_term, rng)
         return np.asarray(wins / PROPENSITY_DRAWS, dtype=np.float64)

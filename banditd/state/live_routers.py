@@ -16,7 +16,7 @@ import structlog
 
 from banditd import metrics
 from banditd.context.metadata import VocabularyStore
-from banditd.context.pipeline import ContextPipeline, pca_fingerprint
+from banditd.context.pipeline import ContextPipeline
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import BadData, NotFound, Unavailable
@@ -24,6 +24,7 @@ from banditd.policy import Policy, make_policy
 from banditd.state import breaker, posterior_snapshot
 from banditd.state.breaker import ArmHealth
 from banditd.state.posterior import Posterior, Prior
+from banditd.state.reductions import Reductions
 from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetters, append_isolating
 from banditd.store.repository import StoredRouter
@@ -75,6 +76,7 @@ class Catalog:
         self._repo = repo
         self._dead = DeadLetters(repo.db)
         self.encoders = encoders or Encoders()
+        self.reductions = Reductions(repo)  # PCA: loaded, fitted off the request path, stored
         self._max_prompt_chars = max_prompt_chars
         self._clock = clock
         self._snapshot_every = snapshot_every
@@ -143,7 +145,8 @@ class Catalog:
             batcher=batcher,
             max_prompt_chars=self._max_prompt_chars,
         )
-        await self._load_reduction(router_id, pipeline)
+        self.reductions.serve(router_id, pipeline)
+        await self.reductions.load(router_id, pipeline)
         if pipeline.knn is not None:
             after = 0
             while events := await self._repo.events_after(router_id, after):
@@ -151,35 +154,6 @@ class Catalog:
                     pipeline.observe(event)
                 after = events[-1].event_id
         return pipeline
-
-    async def _load_reduction(self, router_id: int, pipeline: ContextPipeline) -> None:
-        if not pipeline.needs_reduction:
-            return
-        data = await self._repo.load_context_model(
-            router_id, pca_fingerprint(pipeline.spec, pipeline.encoder)
-        )
-        if data is not None:
-            from banditd.context.reduction import Reduction
-
-            pipeline.set_reduction(Reduction.from_bytes(data))
-
-    async def save_reduction(self, state: RouterState) -> None:
-        """Store a PCA this process fitted; when another replica stored one first, use it."""
-        pipeline = state.context
-        if pipeline is None or pipeline.reduction is None or not pipeline.unsaved_reduction:
-            return
-        pipeline.unsaved_reduction = False
-        ours = pipeline.reduction.to_bytes()
-        stored = await self._repo.save_context_model(
-            state.router_id, pca_fingerprint(state.spec, pipeline.encoder), ours
-        )
-        if stored != ours:
-            from banditd.context.reduction import Reduction
-
-            pipeline.set_reduction(Reduction.from_bytes(stored))
-        log.info(
-            "pca_fitted", tenant=state.spec.tenant, router=state.spec.name, ours=stored == ours
-        )
 
     async def get(self, tenant: str, name: str) -> RouterState:
         router_id = self._by_name.get((tenant, name))
@@ -373,7 +347,7 @@ class Catalog:
             metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
             applied = await self._catch_up(state) + await self._default_missing(state)
             if state.context is not None:
-                await self._load_reduction(router_id, state.context)
+                await self.reductions.load(router_id, state.context)
             return applied
 
     async def _snapshot(self, state: RouterState) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from banditd.budget.ledger import Budgets
+from banditd.budget.view import UNLIMITED
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain.budgets import BudgetSpec, period_bounds
 from banditd.store import Database, migrate
@@ -34,13 +35,13 @@ async def repo(database_url: str) -> AsyncIterator[BudgetRepository]:
 
 async def spend(budgets: Budgets, usd: float, n: int, first: int = 0) -> int:
     """Reserve and commit n decisions of ``usd`` each while the budget allows; how many went."""
-    states = budgets.applicable("acme", "chat")
+    view = budgets.applicable("acme", "chat")
     done = 0
     for i in range(first, first + n):
-        await budgets.prepare(states, usd)
-        if min(s.available_usd for s in states) < usd - 1e-12:
+        await view.prepare(lambda: usd)
+        if min(s.available_usd for s in view.states) < usd - 1e-12:
             break
-        await budgets.commit(budgets.reserve(states, f"d-{i}", usd))
+        await view.commit(view.reserve(f"d-{i}", usd))
         done += 1
     return done
 
@@ -61,6 +62,21 @@ async def test_a_new_period_starts_with_the_whole_limit(repo: BudgetRepository) 
     old = await repo.ledger(budgets._by_key[("acme", "")].budget_id, usage.period_start - 60)
     assert old is not None
     assert old.spent_usd == pytest.approx(0.9) and old.leased_usd == 0.0
+
+
+async def test_a_tenant_no_budget_covers_is_unlimited_and_books_nothing(
+    repo: BudgetRepository,
+) -> None:
+    clock = Clock(1_000_020.0)
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(WINDOW)
+    assert budgets.applicable("acme", "chat") is not UNLIMITED  # the tenant's budget covers it
+    view = budgets.applicable("other", "chat")
+    assert view is UNLIMITED and view.check() is None
+    reservation = view.reserve("d-1", 5.0)
+    await view.commit(reservation)
+    assert reservation.charges == []
+    assert (await budgets.usage("acme", "")).committed_usd == 0.0
 
 
 async def test_a_dead_holders_lease_expires_and_its_unspent_part_returns(

@@ -9,14 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from banditd.budget.pacer import Pacing
+from banditd.budget.pacer import BudgetCheck, Pacing
 from banditd.context import input_tokens_estimate
 from banditd.context.pipeline import ContextPipeline
 from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
 from banditd.errors import FailedPrecondition, ResourceExhausted
 from banditd.evaluation.replay.data import Outcomes
 from banditd.evaluation.replay.options import NO_TRADE_OFF, TradeOff
-from banditd.flows.ranking import BudgetCheck, rank_arms
+from banditd.flows.ranking import rank_arms
 from banditd.policy import make_policy
 from banditd.policy.base import IntArray
 from banditd.state.live_routers import RouterState
@@ -194,7 +194,7 @@ def learn_online(
     event_id = posterior.last_event_id
     metadata = outcomes.metadata or ({},) * outcomes.n
     for t, prompt in enumerate(outcomes.prompts):
-        x = pipeline.build_now(raw[t], metadata[t])
+        x = pipeline.assemble(raw[t], metadata[t])
         chosen: tuple[str, str | None] | None
         if knn_policy:
             weight = spec.default_cost_weight

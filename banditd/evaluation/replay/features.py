@@ -149,14 +149,14 @@ def _encode(
     out = np.empty((len(prompts), pipeline.spec.embedding_dim))
     for start in range(0, len(prompts), ENCODE_CHUNK):
         chunk = prompts[start : start + ENCODE_CHUNK]
-        out[start : start + len(chunk)] = pipeline.embed_now(chunk)
+        out[start : start + len(chunk)] = pipeline.embed(chunk)
         progress(label, start + len(chunk), len(prompts))
     return out
 
 
 def contexts(pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray) -> FloatArray:
     """x of each prompt in stream order without learning (no kNN features), shape (n, dim)."""
-    return np.stack([pipeline.build_now(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)])
+    return np.stack([pipeline.assemble(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)])
 
 
 def fresh_posterior(spec: RouterSpec) -> Posterior:
