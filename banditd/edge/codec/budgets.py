@@ -54,10 +54,8 @@ def budget_usage_to_proto(usage: BudgetUsage) -> pb.GetBudgetResponse:
             period_start_unix=usage.period_start,
             period_end_unix=usage.period_end,
             spent_usd=usage.committed_usd,
-            leased_usd=usage.leased_usd,
-            remaining_usd=usage.remaining_usd,
             alerts_fired=list(usage.alerts_fired),
-            elapsed=usage.elapsed,
+            **{name: getattr(usage, name) for name in ("leased_usd", "remaining_usd", "elapsed")},
         ),
     )
 
