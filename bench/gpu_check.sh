@@ -29,8 +29,8 @@ print(f"faiss {faiss.__version__}: {faiss.get_num_gpus()} GPU(s); torch {torch._
 assert faiss.get_num_gpus() > 0, "faiss sees no GPU (driver? faiss-cpu installed as well?)"
 assert torch.version.cuda, "a CPU build of torch was picked: a find-links or extra index with +cpu wheels (pip config list)?"
 assert torch.cuda.is_available(), "torch sees no GPU (driver too old for its CUDA?)"'
-echo "== tests (tests/test_gpu.py, and the context tests with indexes on the GPU)"
-"$VENV/bin/python" -m pytest -rs -q tests/test_gpu.py tests/test_device.py tests/test_context.py \
-  tests/test_context_encoders.py
+echo "== tests (tests/context/test_gpu.py, and the context tests with indexes on the GPU)"
+"$VENV/bin/python" -m pytest -rs -q tests/context/test_gpu.py tests/context/test_device.py \
+  tests/context/test_context.py tests/context/test_context_encoders.py
 echo "== banditd bench gpu $*"
 "$VENV/bin/banditd" bench gpu "$@"

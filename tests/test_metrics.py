@@ -7,7 +7,7 @@ import socket
 import urllib.request
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
+from tests.helpers import StartServer, router_config
 
 
 def free_port() -> int:

@@ -17,9 +17,9 @@ import pytest
 
 from banditd.commands.cli import main
 from banditd.v1 import banditd_pb2 as pb
-from tests.conftest import StartServer, router_config
-from tests.test_replay import synthetic, write_outcomes
-from tests.test_warm_start import write_outcomes as write_topic_outcomes
+from tests.evaluation.test_replay import synthetic, write_outcomes
+from tests.evaluation.test_warm_start import write_outcomes as write_topic_outcomes
+from tests.helpers import StartServer, router_config
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli"]
 BAR = "\u2501"  # the heavy horizontal line rich draws bars with

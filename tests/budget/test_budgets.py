@@ -1,0 +1,248 @@
+"""Budgets over gRPC: Admin API, exhaustion in both modes, settlement, attribution, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from banditd import metrics
+from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import Running, StartServer, router_config, wait_until
+from tests.postgres_plugin import OwnPostgres
+
+C = grpc.StatusCode
+# Expected cost of a short prompt (1 input token, 300 output tokens) on each test arm.
+CHEAP, MID, STRONG = 300 * 0.4e-6 + 0.1e-6, 300 * 4e-6 + 1e-6, 300 * 15e-6 + 3e-6
+
+
+def budget(**fields: Any) -> pb.Budget:
+    base: dict[str, Any] = {
+        "tenant": "acme",
+        "limit_usd": 0.01,
+        "period": pb.BUDGET_PERIOD_DAY,
+        "alerts": [0.5, 1.0],
+    }
+    base.update(fields)
+    return pb.Budget(**base)
+
+
+async def _server(start_server: StartServer, url: str) -> Running:
+    server = await start_server(url, budget_refresh_s=0.05)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    return server
+
+
+def select(**fields: Any) -> pb.SelectRequest:
+    return pb.SelectRequest(tenant="acme", router="chat", prompt="hi", **fields)
+
+
+async def test_set_get_list_budgets(database_url: str, start_server: StartServer) -> None:
+    server = await _server(start_server, database_url)
+    made = await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget()))
+    assert made.created and made.budget.version == 1
+    again = await server.admin.SetBudget(
+        pb.SetBudgetRequest(budget=budget(limit_usd=0.02, on_exhausted=pb.ON_EXHAUSTED_REFUSE))
+    )
+    assert not again.created and again.budget.version == 2
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(
+            budget=budget(
+                router="chat",
+                limit_usd=1.0,
+                period=pb.BUDGET_PERIOD_WINDOW,
+                window_seconds=600,
+                window_start_unix=1.0e9,
+            )
+        )
+    )
+    got = await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))
+    assert got.budget.limit_usd == 0.02
+    assert got.budget.on_exhausted == pb.ON_EXHAUSTED_REFUSE
+    assert got.usage.spent_usd == 0.0 and got.usage.remaining_usd == 0.02
+    assert got.usage.period_end_unix - got.usage.period_start_unix == 86_400
+    window = await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme", router="chat"))
+    assert window.usage.period_end_unix - window.usage.period_start_unix == 600
+    listed = await server.admin.ListBudgets(pb.ListBudgetsRequest(tenant="acme"))
+    assert [(b.budget.router, b.budget.limit_usd) for b in listed.budgets] == [
+        ("", 0.02),
+        ("chat", 1.0),
+    ]
+    assert not (await server.admin.ListBudgets(pb.ListBudgetsRequest(tenant="other"))).budgets
+
+
+async def test_refuse_mode_stops_at_the_limit(database_url: str, start_server: StartServer) -> None:
+    server = await _server(start_server, database_url)
+    limit = 10 * CHEAP
+    refusals = metrics.BUDGET_OUTCOMES.labels("acme", "chat", "refused")
+    refused_before = refusals._value.get()
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(budget=budget(limit_usd=limit, on_exhausted=pb.ON_EXHAUSTED_REFUSE))
+    )
+    spent, served, prices = 0.0, 0, []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        for _ in range(100):
+            # A cost weight that prefers the cheap arm over its price-tier prior (issue 18), so
+            # the budget goes in many small calls and the pacer's price can climb.
+            d = await server.router.Select(select(cost_weight=1000.0))
+            assert d.budget_outcome in ("paced", "fallback")
+            prices.append(d.budget_price)
+            spent += d.expected_cost_usd
+            served += 1
+    # Nothing spent yet: no price; then dollars get dear as spend runs ahead of the day's clock.
+    assert prices[0] == 0.0 and prices[-1] > 0
+    assert err.value.code() == C.RESOURCE_EXHAUSTED
+    assert "budget of acme is exhausted" in (err.value.details() or "")
+    assert spent <= limit and served >= 1
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(spent)
+    assert usage.remaining_usd >= 0
+    assert refusals._value.get() == refused_before + 1
+    await server.app.budgets.housekeeping()
+    assert metrics.BUDGET_SPEND.labels("acme", "*")._value.get() == pytest.approx(spent)
+    assert metrics.BUDGET_REMAINING.labels("acme", "*")._value.get() == pytest.approx(limit - spent)
+
+
+async def test_cheapest_mode_serves_the_cheapest_arm_past_the_limit(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await _server(start_server, database_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=0.5 * CHEAP)))
+    d = await server.router.Select(select())
+    assert (d.arm, d.budget_outcome) == ("cheap", "over_budget")
+    assert [r.arm for r in d.ranking] == ["cheap"]
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(CHEAP)  # charged, past the limit, as asked
+
+
+async def test_feedback_settles_the_actual_cost_and_alerts_fire_once(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await _server(start_server, database_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    d = await server.router.Select(select(metadata={"app": "notes"}))
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0, cost_usd=0.6)
+    )
+    d2 = await server.router.Select(select(metadata={"app": "mail"}))  # no feedback: expected
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(0.6 + d2.expected_cost_usd)
+    for _ in range(200):  # alerts are checked by the background round
+        usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+        if list(usage.alerts_fired) == [0.5]:
+            break
+        await server.app.budgets.housekeeping()
+    assert list(usage.alerts_fired) == [0.5]
+    alerts = metrics.BUDGET_ALERTS.labels("acme", "*", "0.5")
+    fired = alerts._value.get()
+    await server.app.budgets.housekeeping()  # crossed already: no second alert this period
+    assert alerts._value.get() == fired >= 1
+
+    await server.app.decisions.flush()
+    spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme", metadata_key="app"))
+    by_app = {line.metadata_value: line.spend_usd for line in spend.lines}
+    assert by_app == pytest.approx({"notes": 0.6, "mail": d2.expected_cost_usd})
+    assert spend.total_usd == pytest.approx(0.6 + d2.expected_cost_usd)
+
+
+BAD_BUDGETS = [
+    ("negative limit", budget(limit_usd=-1.0), "limit_usd"),
+    ("no period", budget(period=pb.BUDGET_PERIOD_UNSPECIFIED), "period"),
+    ("window with no end", budget(period=pb.BUDGET_PERIOD_WINDOW), "window_seconds"),
+    ("alert above 1", budget(alerts=[0.5, 1.5]), "alerts"),
+    ("alerts out of order", budget(alerts=[0.8, 0.5]), "alerts"),
+    ("bad tenant", budget(tenant="a b"), "tenant"),
+    ("unknown on_exhausted", budget(on_exhausted=7), "on_exhausted"),
+]
+
+
+@pytest.mark.parametrize(("case", "bad", "field"), BAD_BUDGETS, ids=[c[0] for c in BAD_BUDGETS])
+async def test_bad_budgets_are_refused(
+    sqlite_url: str, start_server: StartServer, case: str, bad: pb.Budget, field: str
+) -> None:
+    server = await _server(start_server, sqlite_url)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.SetBudget(pb.SetBudgetRequest(budget=bad))
+    assert err.value.code() == C.INVALID_ARGUMENT
+    assert field in (err.value.details() or "")
+    assert not (await server.admin.ListBudgets(pb.ListBudgetsRequest())).budgets
+
+
+async def test_unknown_budget_is_not_found(sqlite_url: str, start_server: StartServer) -> None:
+    server = await _server(start_server, sqlite_url)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.GetBudget(pb.GetBudgetRequest(tenant="nobody"))
+    assert err.value.code() == C.NOT_FOUND
+    assert "no budget for tenant 'nobody'" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.GetBudget(pb.GetBudgetRequest(tenant=""))
+    assert err.value.code() == C.INVALID_ARGUMENT
+
+
+async def test_a_repeated_request_id_gets_one_decision_under_a_budget(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await _server(start_server, sqlite_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    twins = await asyncio.gather(*(server.router.Select(select(request_id="r1")) for _ in range(5)))
+    assert len({d.decision_id for d in twins}) == 1
+    spent = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage.spent_usd
+    again = await server.router.Select(select(request_id="r1"))
+    assert again.decision_id == twins[0].decision_id
+    after = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage.spent_usd
+    assert after == spent  # a repeat charges nothing
+    await server.app.decisions.flush()
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 1
+
+
+async def test_stream_feedback_settles_too(sqlite_url: str, start_server: StartServer) -> None:
+    server = await _server(start_server, sqlite_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    made = [await server.router.Select(select()) for _ in range(3)]
+
+    async def upload() -> Any:
+        for d in made:
+            yield pb.FeedbackRequest(
+                tenant="acme", decision_id=d.decision_id, reward=0.5, cost_usd=0.01
+            )
+
+    reply = await server.router.StreamFeedback(upload())
+    assert reply.accepted == 3
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd == pytest.approx(0.03)
+
+
+@pytest.mark.postgres
+async def test_an_outage_serves_within_the_lease_and_charges_afterwards(
+    own_postgres: OwnPostgres, start_server: StartServer
+) -> None:
+    """Database down: Select keeps deciding within this replica's lease; the charges of what it
+    served are written once the database is back, so spend misses nothing."""
+    server = await start_server(own_postgres.url, budget_refresh_s=0.1)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(budget=budget(limit_usd=1.0, on_exhausted=pb.ON_EXHAUSTED_REFUSE))
+    )
+    made = [await server.router.Select(select(candidates=["cheap"]))]  # takes a lease
+    await own_postgres.stop()
+    try:
+        for _ in range(20):
+            made.append(await server.router.Select(select(candidates=["cheap"])))
+    finally:
+        await own_postgres.start()
+    expected = sum(d.expected_cost_usd for d in made)
+
+    async def charged() -> bool:
+        try:
+            got = await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == C.UNAVAILABLE  # still reconnecting
+            return False
+        return got.usage.spent_usd >= expected - 1e-12
+
+    await wait_until(charged, "the charges of the outage to be written")
+    got = await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))
+    assert got.usage.spent_usd == pytest.approx(expected)

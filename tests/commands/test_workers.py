@@ -1,0 +1,105 @@
+"""`banditd serve --workers N`: N processes serve one port as replicas of one Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+from tests.helpers import SIGNING_KEY, router_config, wait_until
+
+BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
+
+
+def _events(log: Path, event: str) -> list[dict[str, Any]]:
+    lines = log.read_text(errors="replace").splitlines()
+    return [
+        e
+        for e in (json.loads(line) for line in lines if line.startswith("{"))
+        if e.get("event") == event
+    ]
+
+
+def _wait(log: Path, event: str, count: int, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    def found() -> list[dict[str, Any]] | None:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        events = _events(log, event)
+        return events if len(events) >= count else None
+
+    return asyncio.run(wait_until(found, f"{count} {event!r} lines", 90))
+
+
+@pytest.mark.postgres
+def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "workers.log"
+    env = {
+        **os.environ,
+        "BANDITD_SIGNING_KEY": SIGNING_KEY,
+        "BANDITD_METRICS_LISTEN": "",
+        "BANDITD_MIGRATE_ON_START": "true",
+    }
+    command = [
+        *BANDITD,
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        postgres_url,
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        (started,) = _wait(log, "workers_started", 1, proc)
+        serving = _wait(log, "serving", 2, proc)
+        port = int(started["listen"].rpartition(":")[2])
+        assert {s["port"] for s in serving} == {port}  # both bound the one port
+        with grpc.insecure_channel(started["listen"]) as channel:
+            rpc.AdminStub(channel).PutRouter(pb.PutRouterRequest(router=router_config()))
+        for i in range(10):  # a connection each: the kernel spreads them over the workers
+            with grpc.insecure_channel(started["listen"]) as channel:
+                d = rpc.RouterStub(channel).Select(
+                    pb.SelectRequest(tenant="acme", router="chat", prompt=f"q {i}"), timeout=30
+                )
+                assert d.arm
+        for second in (["--workers", "2"], []):  # another group, a lone server: refused
+            done = subprocess.run(
+                [*BANDITD, *second, "--listen", started["listen"], "--database-url", postgres_url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            assert done.returncode == 1, done.stderr
+            assert f"gRPC port {port} " in done.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        for pid in started["pids"]:  # the workers drained and exited with it
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_workers_need_postgres(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    done = subprocess.run(
+        [*BANDITD, "--workers", "2", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--workers needs Postgres" in done.stderr

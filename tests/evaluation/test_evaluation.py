@@ -1,0 +1,98 @@
+"""Candidates' probabilities from the policies' own code, and the replay proof on a small
+synthetic outcome file (estimates from the log alone against the full-information truth)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from banditd.commands.cli import main
+from banditd.domain import ArmSpec, RouterSpec
+from banditd.errors import InvalidArgument
+from banditd.evaluation import ope_proof, replay
+from banditd.flows.candidates import check_candidate
+from banditd.policy import POLICIES, make_policy
+from banditd.state.posterior import Posterior, Prior
+from tests.evaluation.test_replay import synthetic, write_outcomes
+
+
+def trained_posterior(seed: int = 0) -> tuple[Posterior, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    post = Posterior.empty(Prior(3, 0.5), 300.0)
+    idx = np.array([post.index(a) for a in ("a", "b", "c", "d")], dtype=np.int64)
+    for event_id in range(1, 60):
+        x = np.concatenate([[1.0], rng.normal(size=2)])
+        arm = str(rng.choice(["a", "b", "c", "d"]))
+        event = replay._event(event_id, arm, x, float(rng.random()), 0.001)
+        post.apply(event)
+    return post, idx
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_probabilities_are_a_distribution_consistent_with_choose(policy: str) -> None:
+    post, idx = trained_posterior()
+    x = np.array([1.0, 0.3, -0.2])
+    costs = np.array([0.001, 0.002, 0.004, 0.0005])
+    p = make_policy(policy, 0.4).probabilities(post, idx, x, costs, 50.0, np.random.default_rng(1))
+    assert p.shape == (4,) and np.all(p >= 0) and p.sum() == pytest.approx(1.0)
+    # choose picks arms at about these rates, and logs them as its propensities
+    rng = np.random.default_rng(2)
+    picks = [make_policy(policy, 0.4).choose(post, idx, x, costs, 50.0, rng) for _ in range(2000)]
+    freq = np.bincount([c.chosen for c in picks], minlength=4) / len(picks)
+    assert np.allclose(freq, p, atol=0.04)
+    if policy != "thompson":  # Thompson's logged propensity is its own Monte Carlo estimate
+        assert all(c.propensity == pytest.approx(p[c.chosen]) for c in picks[:50])
+
+
+def test_candidate_must_read_the_routers_features() -> None:
+    live = RouterSpec("t", "r", (ArmSpec("a", 1, 1),), embedding_dim=4)
+    check_candidate(live, dataclasses.replace(live, policy="thompson"))
+    with pytest.raises(InvalidArgument, match=r"candidate\.embedding_dim: 8 differs"):
+        check_candidate(live, dataclasses.replace(live, embedding_dim=8))
+
+
+@pytest.fixture(scope="module")
+def proof_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    data = write_outcomes(tmp_path_factory.mktemp("ope") / "o.jsonl", synthetic(300, seed=4))
+    return ope_proof.proof(data, seeds=(0, 1), replicates=200)
+
+
+def test_replay_proof_estimates_close_candidates_well(proof_report: dict[str, object]) -> None:
+    rows = {c["name"]: c for c in proof_report["candidates"]}  # type: ignore[attr-defined]
+    itself = rows["logging policy itself"]
+    # On its own log, IPS is the logged mean exactly, and the truth is near it.
+    assert itself["effective_sample_size"] == pytest.approx(300)
+    assert itself["estimators"]["ips"]["estimate"] == pytest.approx(
+        proof_report["logged_mean_reward"]
+    )
+    for name in ("logging policy itself", "epsilon-greedy 0.1", "epsilon-greedy 0.5"):
+        assert rows[name]["estimators"]["dr"]["mean_abs_error"] < 0.03, name
+        assert rows[name]["estimators"]["dr"]["coverage"] >= 0.5, name
+    # Far candidates rest on few decisions (3 arms at epsilon 0.3: at least a tenth of them).
+    far = rows["linucb, prior 0, cost weight 5000"]
+    assert 0.1 * 300 < far["effective_sample_size"] < 0.2 * 300
+    assert not itself["warnings"]
+
+
+def test_replay_proof_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_outcomes(tmp_path / "o.jsonl", synthetic(120, seed=5))
+    assert main(["evaluate", "--replay-proof", str(data), "--seeds", "1", "--bootstrap", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "OPE proof on" in text and "logging policy itself" in text and "DR est/err/cov" in text
+    args = ["evaluate", "--replay-proof", str(data), "--seeds", "1", "--bootstrap", "50", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 120 and len(report["candidates"]) == 8
+
+
+def test_evaluate_without_router_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate"]) == 1
+    assert "give --router TENANT/NAME" in capsys.readouterr().err
+    assert main(["evaluate", "--router", "nonsense"]) == 1
+    assert "expected TENANT/NAME" in capsys.readouterr().err

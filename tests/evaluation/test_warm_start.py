@@ -1,0 +1,261 @@
+"""Warm start from an outcome file: the router knows the best arm per kind of prompt at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from banditd.commands.replay import router_config as replay_router
+from banditd.edge import codec
+from banditd.errors import FailedPrecondition, NotFound
+from banditd.evaluation import replay
+from banditd.evaluation.replay.remote import Server
+from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import REPO, StartServer, require, router_config, wait_until
+
+TOPICS = {
+    "math": ("integral derivative equation algebra", "strong"),
+    "poem": ("poem rhyme verse sonnet", "cheap"),
+}
+
+
+def write_outcomes(path: Path, n: int) -> None:
+    """Full-information records: the best arm depends on the topic of the prompt."""
+    with gzip.open(path, "wt") as out:
+        for i in range(n):
+            topic = ("math", "poem")[i % 2]
+            words, best = TOPICS[topic]
+            models = {
+                arm: {"quality": 0.95 if arm == best else 0.1, "cost_usd": 0.001}
+                for arm in ("cheap", "mid", "strong")
+            }
+            models["not-in-router"] = {"quality": 1.0, "cost_usd": 0.0}
+            record = {
+                "id": f"r{i}",
+                "topic": topic,
+                "prompt": f"{words} question {i}",
+                "models": models,
+            }
+            out.write(json.dumps(record) + "\n")
+        out.write(json.dumps({"id": "broken", "prompt": "", "models": {}}) + "\n")
+
+
+def warm_start(url: str, data: Path, *flags: str) -> dict[str, Any]:
+    args = [
+        "--data",
+        str(data),
+        "--database-url",
+        url,
+        *(flags or ("--tenant", "acme", "--router", "chat")),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "banditd.commands.cli", "warm-start", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+async def test_warm_start_then_serve(
+    database_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "outcomes.jsonl.gz"
+    write_outcomes(data, 200)
+    server = await start_server(database_url)
+    await server.admin.PutRouter(
+        pb.PutRouterRequest(router=router_config(embedding_dim=32, exploration=0.1))
+    )
+    await server.stop()
+
+    first = warm_start(database_url, data)
+    assert first["records"] == 201 and first["added"] == 600 and first["skipped"] == 1
+    assert first["unknown_models"] == ["not-in-router"]
+    again = warm_start(database_url, data)
+    assert again["added"] == 0 and again["already_present"] == 600
+
+    served = await start_server(database_url)
+    for topic, (words, best) in TOPICS.items():
+        d = await served.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", prompt=f"{words} new {topic}")
+        )
+        assert d.arm == best
+    stats = await served.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 0  # offline events shape the posterior but are not feedback
+    assert stats.applied_event_id >= 600
+
+
+async def test_warm_start_on_a_live_server_keeps_its_traffic(
+    database_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Warm-start a router while it serves: every acknowledged feedback stays, the server
+    applies the warm start without a restart, and the run reports its progress."""
+    data = tmp_path / "outcomes.jsonl.gz"
+    write_outcomes(data, 200)
+    server = await start_server(database_url, tail_interval_s=0.2)
+    config = router_config(embedding_dim=32, exploration=0.1, metadata_keys=["topic"])
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    acknowledged, stop = 0, asyncio.Event()
+
+    async def traffic() -> None:
+        nonlocal acknowledged
+        while not stop.is_set():
+            d = await server.router.Select(
+                pb.SelectRequest(
+                    tenant="acme", router="chat", prompt="live one", metadata={"topic": "live"}
+                )
+            )
+            await server.router.Feedback(
+                pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0.5)
+            )
+            acknowledged += 1
+
+    live = asyncio.create_task(traffic())
+    args = ["--tenant", "acme", "--router", "chat", "--data", str(data), "--batch", "50"]
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "banditd.commands.cli", "warm-start", *args, "--json"),
+        "--database-url",
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    stop.set()
+    await live
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["added"] == 600
+    assert err == b""  # stderr is a pipe: no progress bar (tests/test_progress.py draws one)
+    assert acknowledged > 0
+
+    await wait_until(server.caught_up, "the tail to apply the warm start (no restart)")
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == acknowledged
+    for topic, (words, best) in TOPICS.items():
+        d = await server.router.Select(
+            pb.SelectRequest(
+                tenant="acme", router="chat", prompt=f"{words} new", metadata={"topic": topic}
+            )
+        )
+        assert d.arm == best
+
+
+def test_unknown_router_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "o.jsonl"
+    data.write_text("")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        warm_start(sqlite_url, data)
+    assert "unknown tenant 'acme'" in err.value.stderr
+
+
+# -- the server's warm start against the in-process replay's -------------------------------------
+
+DEV_DATA = REPO / "data" / "routerbench-dev.jsonl.gz"
+WARM, ONLINE = 60, 60  # records of the dev file: warm start on the first, then replay the next
+
+
+def dev_split(tmp_path: Path) -> tuple[Path, Path]:
+    with gzip.open(DEV_DATA, "rt") as lines:
+        rows = [line for _, line in zip(range(WARM + ONLINE), lines, strict=False)]
+    warm, online = tmp_path / "warm.jsonl", tmp_path / "online.jsonl"
+    warm.write_text("".join(rows[:WARM]))
+    online.write_text("".join(rows[WARM:]))
+    return warm, online
+
+
+CONTEXTS: dict[str, dict[str, Any]] = {
+    "hashing+task": {"embedding_dim": 32, "metadata_from": ("task",)},
+    "hashing+pca+task": {"embedding_dim": 64, "pca_dim": 8, "metadata_from": ("task",)},
+    "hashing+knn": {"embedding_dim": 32, "knn_k": 5},
+    "minilm-static+pca+task": {
+        "encoder": "minilm-static",
+        "pca_dim": 16,
+        "metadata_from": ("task",),
+    },
+}
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+async def test_warm_started_server_replays_like_in_process(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, context: str
+) -> None:
+    if "pca" in context or "knn" in context:
+        require("faiss", "PCA and kNN need the context extra")
+    if "minilm" in context:
+        require("model2vec", "minilm-static needs the context extra")
+    warm, online = dev_split(tmp_path)
+    local = replay.Options(data=online, warm_start=warm, **CONTEXTS[context])
+    expected = await asyncio.to_thread(replay.replay, local)
+    cold = await asyncio.to_thread(replay.replay, dataclasses.replace(local, warm_start=None))
+    assert expected["runs"] != cold["runs"]  # the warm start changes the picks
+
+    server = await start_server(sqlite_url)
+    config = tmp_path / "router.json"  # what `banditd replay --print-router` prints
+    config.write_text(json_format.MessageToJson(replay_router(local)))
+    spec = codec.spec_from_proto(replay_router(local))
+    summary = warm_start(
+        sqlite_url,
+        warm,
+        "--tenant",
+        "replay",
+        "--router",
+        "replay-0",
+        "--router-config",
+        str(config),
+    )
+    assert summary["added"] == WARM * len(spec.arms) == expected["warm_start"]["events"]
+    assert summary["metadata_from"] == list(spec.metadata_keys)
+    assert summary["pca_fitted_on"] == (WARM if spec.pca_dim else 0)
+
+    remote = dataclasses.replace(
+        local, warm_start=None, server=Server(server.address, keep_routers=True)
+    )
+    got = await asyncio.to_thread(replay.replay, remote)
+
+    for key in (*replay.SUMMARY_KEYS, "picks", "runs", "regret_over_time"):
+        assert got[key] == expected[key], key
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="replay", name="replay-0"))
+    assert stats.decisions == ONLINE and stats.feedback_count == ONLINE
+    assert stats.context_version == summary["context_version"]  # the warm start's PCA, if any
+    assert "pending" not in stats.context_version
+    assert {a.arm: a.decisions for a in stats.arms if a.decisions} == {
+        arm: round(share * ONLINE) for arm, share in expected["picks"].items() if share
+    }
+
+
+async def test_keep_routers_needs_the_replays_router(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(sqlite_url)
+    _, online = dev_split(tmp_path)
+    opts = replay.Options(data=online, server=Server(server.address, keep_routers=True))
+    with pytest.raises(NotFound, match="no router replay/replay-0 on the server; create and warm"):
+        await asyncio.to_thread(replay.replay, opts)
+
+    config = replay_router(dataclasses.replace(opts, embedding_dim=8, metadata_from=("task",)))
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    with pytest.raises(FailedPrecondition, match=r"options in embedding_dim, metadata_keys$"):
+        await asyncio.to_thread(replay.replay, opts)
+
+
+def test_metadata_fields_the_router_does_not_declare_are_refused(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    warm, _ = dev_split(tmp_path)
+    config = tmp_path / "router.json"
+    config.write_text(json_format.MessageToJson(replay_router(replay.Options(data=warm))))
+    flags = ("--tenant", "replay", "--router", "replay-0", "--router-config", str(config))
+
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        warm_start(sqlite_url, warm, *flags, "--metadata-from", "task")
+    assert "declares metadata keys [], not ['task']" in err.value.stderr

@@ -1,0 +1,252 @@
+"""Compact decision tokens (issue 20): short, signed, tenant-bound, expiring; x stays on the
+server, and feedback that arrives before its decision row is visible is joined to it later."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from alembic import command
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.store import Database, Repository, migrate
+from banditd.store.engine import alembic_config
+from banditd.store.models import feedback_events, feedback_pending
+from banditd.store.pending import PendingStore
+from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
+
+C = grpc.StatusCode
+SIGNER = TokenSigner(SIGNING_KEY.encode())
+HELD = 600_000.0  # decision_flush_ms that keeps a replica's decisions in memory (unflushed)
+
+
+def embedding(dim: int = 4, seed: int = 0) -> pb.Embedding:
+    return pb.Embedding(values=np.random.default_rng(seed).normal(size=dim).tolist())
+
+
+async def choose(server: Running, **fields: Any) -> pb.SelectResponse:
+    request = {"tenant": "acme", "router": "chat", "embedding": embedding(), **fields}
+    return await server.router.Select(pb.SelectRequest(**request))
+
+
+async def pending_states(server: Running) -> list[str]:
+    async with server.app.db.transaction() as conn:
+        return list(
+            await conn.scalars(select(feedback_pending.c.state).order_by(feedback_pending.c.id))
+        )
+
+
+async def event_rows(server: Running) -> list[Any]:
+    async with server.app.db.transaction() as conn:
+        return list((await conn.execute(select(feedback_events))).all())
+
+
+def unjoined() -> float:
+    labels = {"tenant": "acme", "router": "chat"}
+    return REGISTRY.get_sample_value("banditd_feedback_unjoined_total", labels) or 0.0
+
+
+async def test_tokens_are_short_for_a_256_d_router(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(embedding_dim=256)))
+    d = await choose(server, embedding=embedding(256))
+    assert d.decision_id.startswith("2.") and len(d.decision_id) <= 160
+    claims = SIGNER.verify(d.decision_id, "acme")
+    assert claims.x is None  # x stays on the server
+    reply = await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+    )
+    assert reply.event_id == 1  # same replica: found in its decision log, no wait
+    (event,) = await Repository(server.app.db).events_after(1, 0)
+    assert event.arm == d.arm and event.x.shape == (257,)
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.applied_event_id == 1
+
+
+async def test_refusals_write_nothing(database_url: str, start_server: StartServer) -> None:
+    server = await start_server(database_url, decision_flush_ms=HELD)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    await server.admin.PutRouter(
+        pb.PutRouterRequest(router=router_config(tenant="globex", name="chat"))
+    )
+    d = await choose(server)
+    claims = SIGNER.verify(d.decision_id, "acme")
+    tampered = d.decision_id[:30] + ("A" if d.decision_id[30] != "A" else "B") + d.decision_id[31:]
+    expired = SIGNER.sign(TokenClaims(**{**claims.__dict__, "expires_at": time.time() - 5}))
+    cases = [
+        (pb.FeedbackRequest(tenant="acme", decision_id=tampered, reward=1), C.PERMISSION_DENIED),
+        (
+            pb.FeedbackRequest(tenant="globex", decision_id=d.decision_id, reward=1),
+            C.PERMISSION_DENIED,
+        ),
+        (pb.FeedbackRequest(tenant="acme", decision_id=expired, reward=1), C.FAILED_PRECONDITION),
+        (
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=2),
+            C.INVALID_ARGUMENT,
+        ),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await server.router.Feedback(request)
+        assert err.value.code() == code, err.value.details()
+    await server.app.decisions.flush()
+    assert await pending_states(server) == [] and await event_rows(server) == []
+
+
+async def test_an_old_v1_token_is_still_accepted(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    d = await choose(server)
+    claims = await server.claims(d.decision_id)  # x and the arm, from the decision
+    old = SIGNER.sign_v1(claims)
+    assert old.startswith("v1.")
+    reply = await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=old, reward=1.0)
+    )
+    assert reply.event_id == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # the same decision, either token
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+        )
+    assert err.value.code() == C.ALREADY_EXISTS
+
+
+async def test_feedback_before_the_decision_row_is_joined_once(
+    database_url: str, start_server: StartServer
+) -> None:
+    """Replica a made the decision and has not flushed it; replica b takes the feedback."""
+    a = await start_server(database_url, decision_flush_ms=HELD, tail_interval_s=0.05)
+    b = await start_server(database_url, tail_interval_s=0.05)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    made = [await choose(a) for _ in range(3)]
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=made[0].decision_id, reward=1.0)
+    )
+    assert reply.event_id == 0 and reply.reward == 1.0  # accepted, joined later
+    batch = pb.FeedbackBatch(
+        tenant="acme",
+        events=[
+            pb.FeedbackRequest(decision_id=d.decision_id, thumb=pb.THUMB_DOWN)
+            for d in (made[1], made[2], made[1])  # made[1] twice: once only
+        ],
+    )
+    upload = await b.router.UploadFeedback(iter([batch]))
+    assert (upload.accepted, upload.duplicate) == (2, 1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # once per decision while it waits
+        await a.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=made[0].decision_id, reward=0.0)
+        )
+    assert err.value.code() == C.ALREADY_EXISTS
+    assert await pending_states(b) == ["pending"] * 3
+    for server in (a, b):  # several tail rounds: nothing to join yet
+        await server.tail_rounds()
+    assert await event_rows(b) == []
+
+    await a.app.decisions.flush()  # the group commit lands
+
+    async def applied() -> bool:
+        return all(s.app.catalog._by_id[1].posterior.last_event_id == 3 for s in (a, b))
+
+    await wait_until(applied, "the parked feedback to be joined on both replicas")
+    assert await pending_states(b) == ["joined"] * 3
+    rows = await event_rows(a)
+    assert [(r.decision_id, r.reward) for r in rows] == [
+        (SIGNER.verify(made[0].decision_id, "acme").decision_id, 1.0),
+        (SIGNER.verify(made[1].decision_id, "acme").decision_id, 0.0),
+        (SIGNER.verify(made[2].decision_id, "acme").decision_id, 0.0),
+    ]
+    assert [r.arm for r in rows] == [d.arm for d in made]
+    for server in (a, b):  # more rounds join nothing twice
+        await server.tail_rounds()
+    assert len(await event_rows(a)) == 3
+    for server in (a, b):
+        stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+        assert stats.feedback_count == 3 and stats.applied_event_id == 3
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=made[2].decision_id, reward=1.0)
+        )
+    assert err.value.code() == C.ALREADY_EXISTS
+
+
+async def test_a_parked_preference_joins_both_arms(
+    database_url: str, start_server: StartServer
+) -> None:
+    a = await start_server(database_url, decision_flush_ms=HELD, tail_interval_s=0.05)
+    b = await start_server(database_url, tail_interval_s=0.05)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    d = await choose(a, compare=True)
+    assert d.challenger and len(d.decision_id) <= 160
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # checked before it is parked
+        await b.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+        )
+    assert err.value.code() == C.INVALID_ARGUMENT
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(
+            tenant="acme", decision_id=d.decision_id, preference=pb.PREFER_CHALLENGER
+        )
+    )
+    assert reply.event_id == 0
+    await a.app.decisions.flush()
+
+    async def joined() -> bool:
+        return await pending_states(b) == ["joined"]
+
+    await wait_until(joined, "the preference to be joined")
+    (row,) = await event_rows(b)
+    assert (row.arm, row.reward, row.challenger, row.challenger_reward) == (
+        d.arm,
+        0.0,
+        d.challenger,
+        1.0,
+    )
+
+
+async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
+    database_url: str, start_server: StartServer
+) -> None:
+    a = await start_server(database_url, decision_flush_ms=HELD)
+    b = await start_server(database_url, tail_interval_s=0.05, feedback_join_wait_s=0.3)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    d = await choose(a)
+    before = unjoined()
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+    )
+    assert reply.event_id == 0
+    a.app.decisions._pending.clear()  # a crashes before its group commit: the row never comes
+
+    async def orphaned() -> bool:
+        return await pending_states(b) == ["orphaned"]
+
+    await wait_until(orphaned, "the parked feedback to be given up")
+    assert unjoined() == before + 1
+    assert await event_rows(b) == []  # never applied, and the parked row is kept
+    for server in (a, b):
+        await server.tail_rounds()
+    assert unjoined() == before + 1  # counted once
+
+
+async def test_migration_0015_goes_down_and_up(database_url: str) -> None:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    config = alembic_config(database_url, DEFAULT_MIGRATIONS_DIR)
+    await asyncio.to_thread(command.downgrade, config, "0014")
+    await asyncio.to_thread(command.upgrade, config, "head")
+    db = Database(database_url)
+    try:
+        assert await PendingStore(db).count("pending") == 0
+    finally:
+        await db.close()

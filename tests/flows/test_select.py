@@ -1,0 +1,56 @@
+"""The Select flow's rules beyond the policy: forced exploration of a new arm, eligibility."""
+
+from __future__ import annotations
+
+from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import Running, StartServer, router_config
+
+X = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
+
+
+async def select(server: Running, **fields: object) -> pb.SelectResponse:
+    request = pb.SelectRequest(tenant="acme", router="chat", embedding=X, **fields)
+    response: pb.SelectResponse = await server.router.Select(request)
+    return response
+
+
+async def test_new_arm_is_forced_for_a_bounded_number_of_decisions(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url)
+    old = router_config(arms=("cheap", "strong"), prior_quality=0.0, exploration=0.01)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=old))
+    for _ in range(20):
+        d = await select(server, candidates=["strong"])
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0.9)
+        )
+    grown = router_config(
+        arms=("cheap", "strong", "newbie"), prior_quality=0.0, exploration=0.01, explore_new_arm=3
+    )
+    await server.admin.PutRouter(pb.PutRouterRequest(router=grown))
+    # "cheap" has no feedback either, so it is forced first (configured order breaks the tie)...
+    picks = [await select(server) for _ in range(7)]
+    assert [p.arm for p in picks] == ["cheap"] * 3 + ["newbie"] * 3 + ["strong"]
+    assert all(p.explored and p.propensity == 1.0 for p in picks[:6])
+    assert not picks[6].explored
+    # ...and an arm that got its feedback is no longer forced, whatever the process counted.
+    await server.admin.PutRouter(pb.PutRouterRequest(router=grown))  # resets the counters
+    for p in picks[:6]:
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=p.decision_id, reward=0.1)
+        )
+    assert (await select(server)).arm == "strong"
+
+
+async def test_candidates_and_max_cost_limit_the_ranking(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    d = await select(server, candidates=["mid", "strong"])
+    assert {r.arm for r in d.ranking} == {"mid", "strong"}
+    cheap_cost = min(r.expected_cost_usd for r in (await select(server)).ranking)
+    d = await select(server, max_cost_usd=cheap_cost)
+    assert [r.arm for r in d.ranking] == ["cheap"]
+    assert d.expected_cost_usd <= cheap_cost

@@ -1,0 +1,120 @@
+"""Fake OpenAI-compatible upstreams for the gateway tests: small starlette apps served by
+uvicorn on 127.0.0.1:0 in the test's event loop; each can fail on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.helpers import wait_until
+
+PROMPT_TOKENS = 12
+COMPLETION_TOKENS = 5
+
+
+@dataclass
+class FakeUpstream:
+    """``fail``: None (answer), an HTTP status to answer with, "break" (a stream that stops
+    after its first chunk, the connection dropped) or "hang" (no answer until ``release``)."""
+
+    name: str
+    fail: int | str | None = None
+    received: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    port: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def words(self) -> list[str]:
+        return ["from ", self.name, " with ", "love"]
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append(body)
+        self.keys.append(request.headers.get("authorization", ""))
+        if self.fail == "hang":
+            await self.release.wait()
+        if isinstance(self.fail, int):
+            return JSONResponse({"error": {"message": "down"}}, status_code=self.fail)
+        if body.get("stream"):
+            return StreamingResponse(self._stream(body), media_type="text/event-stream")
+        return JSONResponse(
+            {
+                "id": "c-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(self.words())},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": PROMPT_TOKENS,
+                    "completion_tokens": COMPLETION_TOKENS,
+                    "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+                },
+            }
+        )
+
+    async def _stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        for i, word in enumerate(self.words()):
+            chunk = {
+                "id": "c-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if i == 0 and self.fail == "break":
+                raise ConnectionError("upstream breaks off mid-stream")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}
+            last = {"id": "c-1", "object": "chat.completion.chunk", "created": 1}
+            last |= {"model": body["model"], "choices": [], "usage": usage}
+            yield f"data: {json.dumps(last)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+
+class Served:
+    """An ASGI app under uvicorn on 127.0.0.1:0, in this event loop."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        task = self.task = asyncio.create_task(self.server.serve())
+        await wait_until(lambda: self.server.started or task.done(), "uvicorn to start")
+        if task.done():
+            task.result()  # raises what stopped it
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+
+
+def uvicorn_server(app: Any) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+    )

@@ -1,0 +1,381 @@
+"""The OpenAI-compatible gateway (issue 22), end to end on loopback: a real banditd server, two
+fake upstreams, the gateway under uvicorn, and the official openai client as the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from banditd.commands import cli
+from banditd.config import Settings
+from banditd.edge import keys
+from banditd.gateway import metrics as gateway_metrics
+from banditd.gateway.app import create_app
+from banditd.gateway.chat import Gateway
+from banditd.gateway.usage import rough_tokens
+from banditd.store.api_keys import KeyStore
+from banditd.v1 import banditd_pb2 as pb
+from tests.gateway.fakes import (
+    COMPLETION_TOKENS,
+    PROMPT_TOKENS,
+    FakeUpstream,
+    Served,
+    uvicorn_server,
+)
+from tests.helpers import Running, StartServer, require
+
+openai = require("openai", "the official OpenAI client (a dev dependency) is the gateway's caller")
+
+MODEL = "banditd/acme/chat"
+PROMPT = "Summarise the plot of Hamlet in one line"
+# alpha is priced higher, so its prior quality is higher: LinUCB picks it first.
+ALPHA_PRICES = (3.0, 15.0)
+BETA_PRICES = (0.1, 0.4)
+
+
+@dataclass
+class Stack:
+    banditd: Running
+    alpha: FakeUpstream
+    beta: FakeUpstream
+    port: int
+    gateway: Gateway
+    clients: list[Any]
+    admin_key: tuple[tuple[str, str], ...] = ()  # with auth on: an operator key
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def openai(self, api_key: str = "caller-key") -> Any:
+        client = openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    async def stats(self) -> pb.GetStatsResponse:
+        return await self.banditd.admin.GetStats(
+            pb.GetStatsRequest(tenant="acme", name="chat"), metadata=self.admin_key
+        )
+
+    async def arm_stats(self, arm: str) -> pb.ArmStats:
+        return next(a for a in (await self.stats()).arms if a.arm == arm)
+
+    async def reported(self, arm: str) -> pb.ArmStats:
+        """The arm's stats once the gateway's reports (sent after answering) are in."""
+        await self.gateway.drain()
+        return await self.arm_stats(arm)
+
+
+Launch = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def launch(
+    sqlite_url: str, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Launch]:
+    served: list[Served] = []
+    monkeypatch.setenv("FAKE_ALPHA_KEY", "sk-alpha")
+
+    async def start(upstream_timeout_s: float = 10.0, **server_settings: Any) -> Stack:
+        alpha, beta = FakeUpstream("alpha"), FakeUpstream("beta")
+        upstreams.extend((alpha, beta))
+        for upstream in (alpha, beta):
+            s = Served(uvicorn_server(upstream.app()))
+            upstream.port = await s.start()
+            served.append(s)
+        running = await start_server(sqlite_url, **server_settings)
+        config = pb.RouterConfig(
+            tenant="acme",
+            name="chat",
+            embedding_dim=8,
+            arms=[
+                pb.Arm(
+                    name="alpha",
+                    input_price_per_mtok=ALPHA_PRICES[0],
+                    output_price_per_mtok=ALPHA_PRICES[1],
+                    upstream_base_url=alpha.base_url,
+                    upstream_model="alpha-model-v1",
+                    upstream_api_key_env="FAKE_ALPHA_KEY",
+                ),
+                pb.Arm(
+                    name="beta",
+                    input_price_per_mtok=BETA_PRICES[0],
+                    output_price_per_mtok=BETA_PRICES[1],
+                    upstream_base_url=beta.base_url,
+                ),
+            ],
+        )
+        root: tuple[tuple[str, str], ...] = ()
+        if server_settings.get("auth") == "required":
+            root = (("authorization", f"Bearer {await _key(running, keys.ALL_TENANTS, 'admin')}"),)
+        await running.admin.PutRouter(pb.PutRouterRequest(router=config), metadata=root)
+        settings = Settings(
+            gateway_listen="127.0.0.1:0",
+            gateway_target=running.address,
+            gateway_upstream_timeout_s=upstream_timeout_s,
+        )
+        app = create_app(settings)
+        gateway = Served(uvicorn_server(app))
+        port = await gateway.start()
+        served.insert(0, gateway)  # stopped first: it drains its reports into banditd
+        stack = Stack(running, alpha, beta, port, app.state.gateway, [], root)
+        stacks.append(stack)
+        return stack
+
+    stacks: list[Stack] = []
+    upstreams: list[FakeUpstream] = []
+    yield start
+    for upstream in upstreams:
+        upstream.release.set()
+    for stack in stacks:
+        for client in stack.clients:
+            await client.close()
+    for s in served:
+        await s.stop()
+
+
+def _sample(name: str, labels: dict[str, str], **more: str) -> float:
+    return gateway_metrics.REGISTRY.get_sample_value(name, {**labels, **more}) or 0.0
+
+
+def cost(prices: tuple[float, float], input_tokens: int, output_tokens: int) -> float:
+    return (input_tokens * prices[0] + output_tokens * prices[1]) / 1e6
+
+
+async def test_a_call_is_routed_its_usage_reported_and_a_later_rating_learned(
+    launch: Launch,
+) -> None:
+    stack = await launch()
+    raw = await stack.openai().chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+    )
+    completion = raw.parse()
+    assert raw.headers["x-banditd-arm"] == "alpha"
+    assert completion.choices[0].message.content == "from alpha with love"
+    # The upstream got the arm's model name and the key from the arm's environment variable.
+    assert stack.alpha.received[0]["model"] == "alpha-model-v1"
+    assert stack.alpha.keys == ["Bearer sk-alpha"]
+    assert stack.beta.received == []
+
+    usage = await stack.reported("alpha")
+    assert usage.usage_reports == 1
+    assert usage.usage_cost_usd == pytest.approx(
+        cost(ALPHA_PRICES, PROMPT_TOKENS, COMPLETION_TOKENS)
+    )
+    assert usage.usage_mean_latency_ms > 0
+    assert usage.feedback_count == 0  # usage is not the rating
+
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        select = {"tenant": "acme", "router": "chat", "prompt": PROMPT}
+        before = (await http.post("/v1/select", json=select)).json()
+        rated = await http.post(
+            "/v1/feedback",
+            json={
+                "tenant": "acme",
+                "decision_id": raw.headers["x-banditd-decision-id"],
+                "thumb": "THUMB_DOWN",
+            },
+        )
+        assert rated.status_code == 200, rated.text
+        assert rated.json()["costUsd"] == pytest.approx(usage.usage_cost_usd)
+        after = (await http.post("/v1/select", json=select)).json()
+        # A second rating of the same decision is refused: usage did not take its place.
+        again = await http.post(
+            "/v1/feedback",
+            json={
+                "tenant": "acme",
+                "decisionId": raw.headers["x-banditd-decision-id"],
+                "reward": 1.0,
+            },
+        )
+        assert again.status_code == 409, again.text
+
+    def quality(answer: dict[str, Any]) -> float:
+        return float(next(r["qualityScore"] for r in answer["ranking"] if r["arm"] == "alpha"))
+
+    assert quality(after) < quality(before)  # THUMB_DOWN moved alpha's posterior down
+    rated_stats = await stack.arm_stats("alpha")
+    assert rated_stats.feedback_count == 1
+    assert rated_stats.mean_reward == 0.0
+    # The rating took the usage's measured cost and latency (not the expected cost).
+    assert rated_stats.spend_usd == pytest.approx(usage.usage_cost_usd)
+    assert rated_stats.latency_reports == 1
+
+
+async def test_a_streamed_call_passes_through_and_is_counted(launch: Launch) -> None:
+    stack = await launch()
+    stream = await stack.openai().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
+    )
+    assert stream.response.headers["x-banditd-arm"] == "alpha"
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+    assert "".join(pieces) == "from alpha with love"
+    assert stack.alpha.received[0]["stream"] is True
+
+    usage = await stack.reported("alpha")
+    assert usage.usage_reports == 1
+    # No usage in the stream: counted roughly, one token per 4 characters.
+    expected = cost(ALPHA_PRICES, rough_tokens(len(PROMPT)), rough_tokens(len("".join(pieces))))
+    assert usage.usage_cost_usd == pytest.approx(expected)
+    assert usage.usage_mean_first_token_ms > 0
+    assert usage.usage_mean_latency_ms >= usage.usage_mean_first_token_ms
+    assert usage.usage_errors == 0
+
+
+async def test_a_stream_with_usage_is_counted_exactly(launch: Launch) -> None:
+    stack = await launch()
+    stream = await stack.openai().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage.completion_tokens == COMPLETION_TOKENS  # passed through unchanged
+    usage = await stack.reported("alpha")
+    assert usage.usage_cost_usd == pytest.approx(
+        cost(ALPHA_PRICES, PROMPT_TOKENS, COMPLETION_TOKENS)
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_failing_upstream_falls_back_to_the_next_arm(launch: Launch, stream: bool) -> None:
+    stack = await launch()
+    stack.alpha.fail = 503
+    labels = {"tenant": "acme", "router": "chat", "arm": "alpha"}
+    fallbacks_before = _sample("banditd_gateway_fallbacks_total", labels)
+    errors_before = _sample("banditd_gateway_upstream_errors_total", labels, reason="status_5xx")
+    messages = [{"role": "user", "content": PROMPT}]
+    if stream:
+        answer = await stack.openai().chat.completions.create(
+            model=MODEL, messages=messages, stream=True
+        )
+        headers = answer.response.headers
+        text = "".join([c.choices[0].delta.content async for c in answer if c.choices])
+    else:
+        raw = await stack.openai().chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages
+        )
+        headers, text = raw.headers, raw.parse().choices[0].message.content
+    assert headers["x-banditd-arm"] == "beta"
+    assert text == "from beta with love"
+    assert len(stack.alpha.received) == 1 and len(stack.beta.received) == 1
+
+    # The failed arm was rated with error set; the arm that answered reported its usage.
+    alpha = await stack.reported("alpha")
+    assert alpha.feedback_count == 1
+    assert alpha.mean_reward == 0.0
+    assert alpha.recent_error_rate == 1.0
+    beta = await stack.reported("beta")
+    assert beta.usage_reports == 1
+    assert beta.feedback_count == 0
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        metrics = (await http.get("/metrics")).text
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+    assert "banditd_gateway_fallbacks_total{" in metrics
+    assert _sample("banditd_gateway_fallbacks_total", labels) == fallbacks_before + 1
+    errors = _sample("banditd_gateway_upstream_errors_total", labels, reason="status_5xx")
+    assert errors == errors_before + 1
+
+
+async def test_no_fallback_once_streamed_bytes_reached_the_caller(launch: Launch) -> None:
+    stack = await launch()
+    stack.alpha.fail = "break"
+    stream = await stack.openai().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
+    )
+    pieces: list[str] = []
+    with pytest.raises(openai.APIError, match="broke off"):  # the gateway's error event
+        async for chunk in stream:
+            pieces.extend(c.delta.content for c in chunk.choices if c.delta.content)
+    assert pieces == ["from "]
+    assert stack.beta.received == []
+    usage = await stack.reported("alpha")
+    assert usage.usage_reports == 1
+    assert usage.usage_errors == 1
+
+
+async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
+    stack = await launch()
+    client = stack.openai()
+    messages = [{"role": "user", "content": PROMPT}]
+    with pytest.raises(openai.BadRequestError, match="banditd/<tenant>/<router>"):
+        await client.chat.completions.create(model="gpt-4o", messages=messages)
+    with pytest.raises(openai.NotFoundError, match="nope"):
+        await client.chat.completions.create(model="banditd/acme/nope", messages=messages)
+    with pytest.raises(openai.BadRequestError, match="x-banditd-cost-weight"):
+        await client.chat.completions.create(
+            model=MODEL, messages=messages, extra_headers={"x-banditd-cost-weight": "lots"}
+        )
+    # Select's own checks apply to what the headers carry.
+    with pytest.raises(openai.BadRequestError, match="max_latency_ms"):
+        await client.chat.completions.create(
+            model=MODEL, messages=messages, extra_headers={"x-banditd-max-latency-ms": "-5"}
+        )
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        bad_json = await http.post("/v1/select", content=b"{not json")
+        assert bad_json.status_code == 400
+        unknown_field = await http.post("/v1/select", json={"router": "chat", "colour": "red"})
+        assert unknown_field.status_code == 400 and "colour" in unknown_field.text
+        forged = await http.post(
+            "/v1/feedback", json={"tenant": "acme", "decisionId": "forged", "reward": 1}
+        )
+        assert forged.status_code in (400, 403), forged.text
+        assert forged.json()["error"]["type"] == "banditd_error"
+    assert stack.alpha.received == [] and stack.beta.received == []
+
+
+async def _key(server: Running, tenant: str, *roles: str) -> str:
+    secret, _ = await keys.create_key(KeyStore(server.app.db), tenant, roles)
+    return secret
+
+
+async def test_the_callers_api_key_is_checked_by_banditd(launch: Launch) -> None:
+    stack = await launch(auth="required", auth_cache_seconds=0)
+    select = {"tenant": "acme", "router": "chat", "prompt": PROMPT}
+    good = await _key(stack.banditd, "acme", "select", "feedback")
+    select_only = await _key(stack.banditd, "acme", "select")
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        missing = await http.post("/v1/select", json=select)
+        assert missing.status_code == 401, missing.text
+        assert missing.json()["error"]["code"] == "unauthenticated"
+        chosen = await http.post(
+            "/v1/select", json=select, headers={"authorization": f"Bearer {good}"}
+        )
+        assert chosen.status_code == 200, chosen.text
+        rated = await http.post(
+            "/v1/feedback",
+            json={"tenant": "acme", "decisionId": chosen.json()["decisionId"], "reward": 1},
+            headers={"authorization": f"Bearer {select_only}"},
+        )
+        assert rated.status_code == 403, rated.text
+    with pytest.raises(openai.AuthenticationError):
+        await stack.openai(api_key="not-a-key").chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+        )
+    raw = await stack.openai(api_key=good).chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+    )
+    assert raw.parse().choices[0].message.content == "from alpha with love"
+    assert (await stack.reported("alpha")).usage_reports == 1  # reported with the caller's key
+
+
+async def test_a_timed_out_upstream_falls_back(launch: Launch) -> None:
+    stack = await launch(upstream_timeout_s=0.3)
+    stack.alpha.fail = "hang"
+    raw = await stack.openai().chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+    )
+    assert raw.headers["x-banditd-arm"] == "beta"
+    alpha = await stack.reported("alpha")
+    assert (alpha.feedback_count, alpha.recent_error_rate) == (1, 1.0)
+
+
+def test_the_gateway_command_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["gateway", "--listen", "no-port-here"]) == 2
+    assert "gateway_listen" in capsys.readouterr().err
+    assert cli.main(["gateway", "--upstream-timeout", "0"]) == 2

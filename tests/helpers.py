@@ -1,0 +1,121 @@
+"""Shared test helpers, imported as a module (`from tests.helpers import ...`); the fixtures
+stay in conftest.py."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from banditd.edge.server import App
+from banditd.flows.feedback_join import DecisionFinder, joined
+from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.store.pending import PendingStore
+from banditd.v1 import banditd_pb2 as pb
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+REPO = Path(__file__).resolve().parent.parent
+SIGNING_KEY = "test-signing-key-0123456789abcdef"
+POLL_S = 0.02  # how often wait_until looks again
+
+
+async def wait_until(check: Callable[[], Any], what: str, within: float = 30.0) -> Any:
+    """Call `check` (a plain or an async function) until it returns something true, and return
+    that; fail naming `what` after `within` seconds. The one way tests wait for something to
+    happen (sync tests run it with asyncio.run)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"gave up after {within:g} s waiting for {what}"
+        await asyncio.sleep(POLL_S)
+
+
+def require(module: str, why: str) -> Any:
+    """Import an optional dependency: skip without it locally, fail without it in CI (CI=true),
+    where `make test` installs every extra the tests use."""
+    if os.environ.get("CI") == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=why)
+
+
+@dataclass
+class Running:
+    app: App
+    channel: grpc.aio.Channel
+    router: rpc.RouterStub
+    admin: rpc.AdminStub
+    stopped: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.app.port}"
+
+    async def claims(self, token: str, tenant: str = "acme") -> TokenClaims:
+        """A token's claims completed from its decision (a compact token carries neither x
+        nor the arm names: they stay on the server)."""
+        claims = TokenSigner(SIGNING_KEY.encode()).verify(token, tenant)
+        if claims.x is not None:
+            return claims
+        finder = DecisionFinder(PendingStore(self.app.db), self.app.decisions)
+        found, _ = await finder.find([claims])
+        return joined(claims, found[claims.decision_id])
+
+    async def caught_up(self, event_id: int | None = None, name: str = "chat") -> bool:
+        """Whether this server has applied its router's event log (GetStats): up to event_id, or
+        all of it."""
+        stats = await self.admin.GetStats(pb.GetStatsRequest(tenant="acme", name=name))
+        if event_id is None:
+            return stats.lag_events == 0
+        return stats.applied_event_id >= event_id
+
+    async def tail_rounds(self, rounds: int = 3) -> None:
+        """Run rounds of the server's log tail now (join parked feedback, apply the log, give
+        default rewards), as its background task does every tail_interval_s."""
+        for _ in range(rounds):
+            await self.app._tail_once()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self.channel.close()
+        await self.app.stop(grace=1.0)
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+def router_config(
+    tenant: str = "acme",
+    name: str = "chat",
+    *,
+    arms: tuple[str, ...] = ("cheap", "mid", "strong"),
+    embedding_dim: int = 4,
+    **fields: Any,
+) -> pb.RouterConfig:
+    prices = {"cheap": (0.1, 0.4), "mid": (1.0, 4.0), "strong": (3.0, 15.0)}
+    return pb.RouterConfig(
+        tenant=tenant,
+        name=name,
+        arms=[
+            pb.Arm(
+                name=a,
+                input_price_per_mtok=prices.get(a, (1.0, 1.0))[0],
+                output_price_per_mtok=prices.get(a, (1.0, 1.0))[1],
+            )
+            for a in arms
+        ],
+        embedding_dim=embedding_dim,
+        **fields,
+    )

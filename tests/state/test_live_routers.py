@@ -1,0 +1,145 @@
+"""A batch of feedback applied as committed (not read back) gives the posterior the log gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.domain import FeedbackEvent
+from banditd.edge import codec
+from banditd.state.live_routers import Catalog, RouterState
+from banditd.state.posterior import Posterior
+from banditd.store import Repository
+from banditd.store.engine import Database, migrate
+from tests.helpers import router_config
+
+DIM = 4
+
+
+class ReadCountingRepository(Repository):
+    """The real repository, counting the events read back from the log."""
+
+    read = 0
+
+    async def events_after(
+        self, router_id: int, after_id: int, limit: int = 10_000
+    ) -> list[FeedbackEvent]:
+        events = await super().events_after(router_id, after_id, limit)
+        self.read += len(events)
+        return events
+
+
+@pytest.fixture
+async def repo(database_url: str) -> AsyncIterator[ReadCountingRepository]:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    db = Database(database_url)
+    yield ReadCountingRepository(db)
+    await db.close()
+
+
+def _events(router_id: int, decisions: list[str], rng: np.random.Generator) -> list[FeedbackEvent]:
+    arms = ["cheap", "mid", "strong", "retired"]
+    events = []
+    for k, decision in enumerate(decisions):
+        x = rng.standard_normal(DIM).astype(np.float32).astype(np.float64)
+        x[0] = 1.0
+        events.append(
+            FeedbackEvent(
+                event_id=0,
+                router_id=router_id,
+                decision_id=decision,
+                arm=arms[k % len(arms)],
+                x=x,
+                reward=float(rng.uniform()),
+                cost_usd=float(rng.uniform(0, 0.01)),
+                input_tokens=int(rng.integers(10, 900)) if k % 3 else None,
+                output_tokens=int(rng.integers(10, 900)) if k % 2 else None,
+                latency_ms=float(rng.uniform(50, 900)),
+                error=k % 5 == 0,
+                created_at=1_700_000_000.0 + k / 7,
+                cost_reported=k % 4 != 0,
+            )
+        )
+    return events
+
+
+def _arrays(p: Posterior) -> list[bytes]:
+    return [
+        np.ascontiguousarray(v).tobytes()
+        for v in (
+            p.a,
+            p.a_inv,
+            p.b,
+            p.theta,
+            p.n_updates,
+            p.output_tokens_sum,
+            p.output_tokens_n,
+            p.observed_cost_sum,
+            p.observed_cost_n,
+            np.array([p.input_tokens_sum, p.input_tokens_n, p.last_event_id]),
+        )
+    ]
+
+
+async def _record(catalog: Catalog, state: RouterState, events: list[FeedbackEvent]) -> list[int]:
+    async with catalog.locked(state.router_id) as locked:
+        return await catalog.record_many(locked, events)
+
+
+@pytest.mark.parametrize("combine", ["first", "mean"])
+async def test_batches_applied_as_committed_match_the_log(
+    repo: ReadCountingRepository, combine: str
+) -> None:
+    catalog = Catalog(repo, snapshot_every=1_000_000)
+    spec, _ = await catalog.put(
+        codec.spec_from_proto(router_config(combine=combine, embedding_dim=DIM - 1))
+    )
+    state = await catalog.get(spec.tenant, spec.name)
+    rng = np.random.default_rng(7)
+    first = [str(uuid.uuid4()) for _ in range(40)]
+    repo.read = 0
+
+    assert await _record(catalog, state, _events(state.router_id, first, rng)) == list(range(40))
+    assert repo.read == 0  # applied as committed
+    # A decision twice in one batch: which row the database keeps is read back from the log.
+    repeated = [str(uuid.uuid4()) for _ in range(5)]
+    added = await _record(catalog, state, _events(state.router_id, [*repeated, repeated[0]], rng))
+    assert added == ([0, 1, 2, 3, 4] if combine == "first" else [0, 1, 2, 3, 4, 5])
+    reread = repo.read
+    assert reread == (5 if combine == "first" else 0)
+    # Decisions with feedback already: skipped under "first", later signals under "mean".
+    again = await _record(catalog, state, _events(state.router_id, first[:10], rng))
+    assert again == ([] if combine == "first" else list(range(10)))
+    assert repo.read == reread
+
+    restored = await Catalog(repo, snapshot_every=1_000_000).get(spec.tenant, spec.name)
+    assert restored.posterior.last_event_id == state.posterior.last_event_id > 0
+    assert restored.posterior.arms == state.posterior.arms
+    assert _arrays(restored.posterior) == _arrays(state.posterior)
+    assert restored.health.to_json() == state.health.to_json()
+
+
+async def test_a_batch_as_committed_is_the_batch_as_read_back(repo: ReadCountingRepository) -> None:
+    catalog = Catalog(repo, snapshot_every=1_000_000)
+    spec, _ = await catalog.put(codec.spec_from_proto(router_config(embedding_dim=DIM - 1)))
+    state = await catalog.get(spec.tenant, spec.name)
+    events = _events(
+        state.router_id, [str(uuid.uuid4()) for _ in range(12)], np.random.default_rng(3)
+    )
+    appended = await repo.append_batch(events)
+    assert appended.positions == list(range(12))
+    assert appended.follows == state.posterior.last_event_id
+    read = await repo.events_after(state.router_id, state.posterior.last_event_id)
+    assert [_fields(e) for e in appended.events] == [_fields(e) for e in read]
+
+
+def _fields(event: FeedbackEvent) -> list[object]:
+    return [
+        getattr(event, f.name).tobytes() if f.name == "x" else getattr(event, f.name)
+        for f in dataclasses.fields(event)
+    ]
