@@ -17,8 +17,7 @@ from banditd.domain import ArmSpec, RouterSpec, ShadowSpec
 from banditd.evaluation import replay
 from banditd.flows.ranking import rank_arms
 from banditd.flows.shadow import shadow_picks
-from banditd.policy import make_policy
-from banditd.state.live_routers import RouterState
+from banditd.state.fold import RouterState, fold
 
 ARMS = tuple(ArmSpec(f"m{i}", 0.1 * (i + 1), 0.4 * (i + 1)) for i in range(11))
 LIVE = RouterSpec("bench", "shadows", ARMS, policy="linucb", embedding_dim=16)
@@ -32,10 +31,12 @@ N = 3000
 
 
 def per_decision_us(spec: RouterSpec, xs: np.ndarray) -> float:
-    state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), replay.fresh_posterior(spec))
+    state = RouterState.fresh(spec)
     rng = np.random.default_rng(0)
-    for t in range(200):
-        state.posterior.apply(replay._event(t + 1, f"m{t % 11}", xs[t], float(rng.random()), 1e-3))
+    fold(
+        state,
+        [replay._event(t + 1, f"m{t % 11}", xs[t], float(rng.random()), 1e-3) for t in range(200)],
+    )
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()

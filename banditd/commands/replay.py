@@ -19,7 +19,6 @@ from banditd.domain import (
     DEFAULT_METADATA_SLOTS,
     DEFAULT_PCA_FIT_SAMPLES,
     ENCODERS,
-    POLICIES,
 )
 from banditd.edge import codec
 from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
@@ -31,13 +30,13 @@ from banditd.evaluation.replay.options import (
     AUTO,
     FEEDBACK,
     REFERENCE_POLICIES,
-    REPLAY_POLICIES,
     Options,
 )
 from banditd.evaluation.replay.plot import plot
 from banditd.evaluation.replay.remote import DEFAULT_TENANT, Server, router_name
 from banditd.evaluation.replay.render import render_text
 from banditd.evaluation.replay.runner import replay
+from banditd.policy import POLICIES
 from banditd.v1 import banditd_pb2 as pb
 
 
@@ -144,7 +143,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--data", type=Path, required=True, help="outcome file (JSONL, optionally .gz)")
     p.add_argument(
         "--policy",
-        choices=(*POLICIES, *REPLAY_POLICIES, *REFERENCE_POLICIES),
+        choices=(*POLICIES, *REFERENCE_POLICIES),
         default="linucb",
         help="(linucb) random, cheapest, best-single and oracle are references, not learning",
     )

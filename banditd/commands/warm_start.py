@@ -118,6 +118,8 @@ async def _pipeline(
 
             pipeline.set_reduction(Reduction.from_bytes(data))
     if pipeline.knn is not None:
+        # Only the kNN index, not the whole fold (banditd.state.fold): it is all that x of
+        # the new events reads; the server folds the posterior and arm health from the log.
         after = 0
         while events := await repo.events_after(router_id, after):
             for event in events:

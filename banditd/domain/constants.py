@@ -1,6 +1,5 @@
 """Defaults and limits of router configurations: the numbers specs are checked against."""
 
-POLICIES = ("linucb", "thompson", "epsilon-greedy")  # banditd.policy.POLICIES, by name
 DEFAULT_EMBEDDING_DIM = 16
 DEFAULT_FEEDBACK_TTL_SECONDS = 86_400
 DEFAULT_PRIOR_OUTPUT_TOKENS = 300
@@ -12,6 +11,9 @@ DEFAULT_PRIOR_WEIGHT = 30.0
 DEFAULT_REWARD_WAIT_SECONDS = 3600
 DEFAULT_FEEDBACK_CAP_WINDOW_SECONDS = 3600
 DEFAULT_EXPLORATION = {"linucb": 0.6, "thompson": 0.5, "epsilon-greedy": 0.1}
+# The policies a router may run, by name (their classes: banditd.policy.POLICIES, which also
+# holds the replay-only knn).
+ROUTER_POLICIES = tuple(DEFAULT_EXPLORATION)
 MAX_EMBEDDING_DIM = 4096
 MAX_ARMS = 256
 MAX_EXPLORE_NEW_ARM = 10_000

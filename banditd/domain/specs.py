@@ -36,7 +36,7 @@ from banditd.domain.constants import (
     MAX_METADATA_KEYS,
     MAX_METADATA_SLOTS,
     MAX_SHADOWS,
-    POLICIES,
+    ROUTER_POLICIES,
 )
 from banditd.domain.upstreams import check_upstream
 from banditd.errors import InvalidArgument
@@ -121,8 +121,8 @@ class ShadowSpec:
 
     def __post_init__(self) -> None:
         check_name("shadows.name", self.name)
-        if self.policy not in POLICIES:
-            raise InvalidArgument("shadows.policy", f"must be one of {', '.join(POLICIES)}")
+        if self.policy not in ROUTER_POLICIES:
+            raise InvalidArgument("shadows.policy", f"must be one of {', '.join(ROUTER_POLICIES)}")
         check_finite("shadows.exploration", self.exploration)
         if self.policy == "epsilon-greedy" and self.exploration > 1.0:
             raise InvalidArgument("shadows.exploration", "epsilon must be in [0, 1]")
@@ -190,8 +190,8 @@ class RouterSpec:
             raise InvalidArgument("router.arms", f"duplicate arm names: {', '.join(duplicates)}")
         if all(a.disabled for a in self.arms):
             raise InvalidArgument("router.arms", "at least one arm must be enabled")
-        if self.policy not in POLICIES:
-            raise InvalidArgument("router.policy", f"must be one of {', '.join(POLICIES)}")
+        if self.policy not in ROUTER_POLICIES:
+            raise InvalidArgument("router.policy", f"must be one of {', '.join(ROUTER_POLICIES)}")
         check_finite("router.exploration", self.exploration)
         if self.policy == "epsilon-greedy" and self.exploration > 1.0:
             raise InvalidArgument("router.exploration", "epsilon must be in [0, 1]")

@@ -34,8 +34,7 @@ from banditd.flows.candidates import DecisionLog, LoggedDecision, candidate_prob
 from banditd.flows.candidates import evaluate_candidate as estimate
 from banditd.flows.ope import ESTIMATORS
 from banditd.flows.ranking import rank_arms
-from banditd.policy import make_policy
-from banditd.state.live_routers import RouterState
+from banditd.state.fold import RouterState, fold
 
 LOGGING_EPSILON = 0.3
 COST_WEIGHT = 100.0  # USD -> quality for the cost-aware candidates and the utility column
@@ -66,7 +65,7 @@ def log_decisions(
     spec: RouterSpec, outcomes: replay.Outcomes, xs: np.ndarray[Any, Any], seed: int
 ) -> DecisionLog:
     """Replay ``spec`` over the outcomes, keeping the decision log a router would keep."""
-    state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), replay.fresh_posterior(spec))
+    state = RouterState.fresh(spec)  # x is given: no context pipeline (xs hold no kNN part)
     rng = np.random.default_rng(seed)
     column = {arm: j for j, arm in enumerate(outcomes.arms)}
     decisions: list[LoggedDecision] = []
@@ -90,7 +89,7 @@ def log_decisions(
             )
         )
         event = replay._event(t + 1, arm, xs[t], quality, cost)  # created_at t + 1: after it
-        state.posterior.apply(event)
+        fold(state, [event])
         events.append(event)
     return DecisionLog(tuple(decisions), tuple(events))
 
@@ -111,12 +110,11 @@ def online(
 ) -> tuple[float, float]:
     """`banditd replay` of the candidate: mean quality and cost, learning from its own picks.
     raw: the encoder's embedding of each prompt."""
+    state = RouterState.fresh(spec, context=replay.pipeline_of(spec, replay.MAX_PROMPT_CHARS))
     picks = replay.learn_online(
-        spec,
+        state,
         outcomes,
         raw,
-        pipeline=replay.pipeline_of(spec, replay.MAX_PROMPT_CHARS),
-        posterior=replay.fresh_posterior(spec),
         seed=seed,
         feedback="score",
         budget_usd=None,

@@ -194,6 +194,8 @@ def warm_events(
                 created_at=now,
                 offline=True,
             )
+            # The kNN index only, now: the next record's x reads it. The whole fold comes
+            # after, from the log (`banditd warm-start`) or by ``fold`` (replay's warm start).
             pipeline.observe(event)
             events.append(event)
         yield events

@@ -27,8 +27,7 @@ from banditd.domain import Decision, FeedbackEvent, FloatArray, RouterSpec
 from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
 from banditd.flows.ope import ridge_predictions as ridge
-from banditd.policy import make_policy
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.fold import RouterState, fold
 from banditd.store import Repository
 
 DEFAULT_LIMIT = 100_000  # most recent decisions with feedback evaluated on
@@ -115,19 +114,20 @@ def candidate_probabilities(
 ) -> tuple[FloatArray, int]:
     """The candidate's probability of each arm at each logged decision, shape (n, len(arms)),
     and the number of decisions at which it had no eligible arm (their rows stay 0)."""
-    posterior = Posterior.empty(Prior.of(spec), spec.prior_output_tokens)
-    for arm in spec.arms:
-        posterior.index(arm.name)
-    policy = make_policy(spec.policy, spec.alpha)
+    # The logged x and candidates hold the context and the breakers' verdicts: the candidate
+    # needs no pipeline, and its arm health goes unread.
+    state = RouterState.fresh(spec)
+    posterior, policy = state.posterior, state.policy
     enabled = {a.name for a in spec.arms if not a.disabled}
     rng = np.random.default_rng(seed)
     column = {a: j for j, a in enumerate(arms)}
     target = np.zeros((len(log.decisions), len(arms)))
     events, e, uncovered = log.events, 0, 0
     for i, d in enumerate(log.decisions):
+        start = e
         while e < len(events) and events[e].created_at <= d.created_at:
-            posterior.apply(events[e])
             e += 1
+        fold(state, events[start:e])
         eligible = [j for j, a in enumerate(d.candidates) if a in enabled]
         if not eligible:
             uncovered += 1

@@ -22,7 +22,6 @@ from banditd.budget.ledger import Budgets
 from banditd.domain import Decision, FeedbackEvent, check_name
 from banditd.domain.bounds import HARD_MAX_CALL_USD, Bounds, default_bounds
 from banditd.errors import (
-    AlreadyExists,
     BadData,
     BanditdError,
     FailedPrecondition,
@@ -172,57 +171,49 @@ class Learner:
             raise
         return FeedbackResult(0, 0.0, cost)
 
-    async def _prepare(self, req: FeedbackInput) -> FeedbackEvent | Waiting:
-        claims = self.claims_of(req)
-        try:
-            async for attempt in self._retrying():
-                with attempt:
-                    found, parked = await self._find([claims])
-        except Unavailable as exc:
-            raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
-        if claims.decision_id in parked:
-            raise waiting_duplicate(claims.decision_id)
-        return self.event_of(req, claims, found.get(claims.decision_id))
-
     async def feedback(self, req: FeedbackInput) -> FeedbackResult:
-        """Returns only once the event is committed; raises before writing anything otherwise.
+        """One request, a batch of one (``_take``): returns only once its event is committed
+        (or parked), raises its refusal, writing nothing, otherwise.
 
         A database that cannot be reached is retried a few times with backoff, then answered
         Unavailable: the event was not acknowledged, so the caller retries later (if the commit
         did land and only its answer was lost, the retry answers ALREADY_EXISTS).
         """
         try:
-            prepared = await self._prepare(req)
-            if isinstance(prepared, Waiting):
-                return await self._park_one(prepared)
-            event = prepared
-            try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        async with self._catalog.locked(event.router_id) as state:
-                            event = router_thumbs(event, req, state.spec)
-                            for arm, _ in rated(event):
-                                await self._guard.check_cap(state.spec, event.router_id, arm)
-                            stored = await self._catalog.record(state, event)
-            except Unavailable as exc:
-                raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
+            async for attempt in self._retrying():
+                with attempt:
+                    results, refused = await self._take([req])
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
+            if isinstance(exc, Unavailable):
+                raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
             raise
-        event = stored if stored.signal == 0 else event  # a first event carries the usage
-        for arm, reward in rated(event):
-            self._guard.observe(state.spec, event.router_id, arm, reward)
-        count_accepted(state.spec, [event])
-        await self._settle([event])
-        log_event(req.tenant, state.spec.name, event, stored.event_id)
-        return FeedbackResult(stored.event_id, event.reward, event.cost_usd)
+        if refused:
+            metrics.FEEDBACK.labels(refusal_kind(refused[0][1])).inc()
+            raise refused[0][1]
+        return results[0]
 
     async def feedback_batch(
         self, requests: Sequence[FeedbackInput], outcome: BatchOutcome, first_index: int = 0
     ) -> None:
-        """Validate each request, commit the valid ones (one transaction per router, and one
-        for those parked), and count every request into ``outcome``. Returns only after the
+        """Take each request (``_take``) and count it into ``outcome``. Returns only after the
         commits."""
+        results, refused = await self._take(requests, first_index)
+        outcome.accepted += len(results)
+        kinds: Counter[str] = Counter()
+        for index, error in sorted(refused, key=lambda item: item[0]):
+            outcome.refuse(index, error)
+            kinds[refusal_kind(error)] += 1
+        for kind, count in kinds.items():
+            metrics.FEEDBACK.labels(kind).inc(count)
+        log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+
+    async def _take(
+        self, requests: Sequence[FeedbackInput], first_index: int = 0
+    ) -> tuple[dict[int, FeedbackResult], list[tuple[int, BanditdError]]]:
+        """Validate each request, commit the valid ones (one transaction per router, and one
+        for those parked): the result of each request taken and why each other one was refused,
+        by index (from ``first_index``)."""
         refused: list[tuple[int, BanditdError]] = []
         by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
         waiting: list[tuple[int, Waiting]] = []
@@ -245,16 +236,10 @@ class Learner:
                 waiting.append((i, prepared))
             else:
                 by_router.setdefault(prepared.router_id, []).append((i, req, prepared))
-        outcome.accepted += len(await self._park(waiting, refused))
+        results = await self._park(waiting, refused)
         for router_id, items in by_router.items():
-            outcome.accepted += len(await self._commit(router_id, items, refused))
-        kinds: Counter[str] = Counter()
-        for index, error in sorted(refused, key=lambda item: item[0]):
-            outcome.refuse(index, error)
-            kinds[refusal_kind(error)] += 1
-        for kind, count in kinds.items():
-            metrics.FEEDBACK.labels(kind).inc(count)
-        log.info("feedback_batch", requests=len(requests), accepted=outcome.accepted)
+            results.update(await self._commit(router_id, items, refused))
+        return results, refused
 
     async def join(
         self, items: Sequence[Joinable]
@@ -278,12 +263,9 @@ class Learner:
         joined_ids: list[int] = []
         for router_id, group in by_router.items():
             try:
-                committed = await self._commit(router_id, group, refused, capped=False)
+                joined_ids += await self._commit(router_id, group, refused, capped=False)
             except Unavailable as exc:  # released, joined in a later round
                 refused.extend((i, exc) for i, _, _ in group)
-                continue
-            accepted = {e.decision_id for e in committed}
-            joined_ids.extend(i for i, _, e in group if e.decision_id in accepted)
         return joined_ids, refused
 
     async def _commit(
@@ -292,63 +274,49 @@ class Learner:
         items: list[tuple[int, FeedbackInput, FeedbackEvent]],
         refused: list[tuple[int, BanditdError]],
         capped: bool = True,
-    ) -> list[FeedbackEvent]:
-        """Commit one router's events in one transaction; the events accepted (the others are
-        added to ``refused`` with their index). ``capped``: apply the client's feedback cap
-        (joined feedback was counted when it was parked)."""
+    ) -> dict[int, FeedbackResult]:
+        """Commit one router's events in one transaction; the result of each accepted, by
+        index (the others are added to ``refused``). ``capped``: apply the client's feedback cap
+        (joined feedback was counted when it was parked). A lone event is logged in full."""
         try:
             async with self._catalog.locked(router_id) as state:
                 mapped = [(i, router_thumbs(e, req, state.spec)) for i, req, e in items]
                 kept = (
                     await self._guard.within_caps(state.spec, mapped, refused) if capped else mapped
                 )
-                bad: list[tuple[int, BadData]] = []
-                events = [e for _, e in kept]
-                added = set(await self._catalog.record_many(state, events, bad))
+                bad: list[tuple[int, BanditdError]] = []
+                appended = await self._catalog.record(state, [e for _, e in kept], bad)
         except NotFound as exc:
             refused.extend((i, exc) for i, _, _ in items)
-            return []
-        accepted = [e for n, (_, e) in enumerate(kept) if n in added]
-        for event in accepted:
+            return {}
+        refused.extend((kept[n][0], exc) for n, exc in bad)
+        stored: dict[str, list[FeedbackEvent]] = {}  # a decision's signals in id order
+        for e in appended.events:
+            stored.setdefault(e.decision_id, []).append(e)
+        results: dict[int, FeedbackResult] = {}
+        accepted: list[FeedbackEvent] = []
+        for n in appended.positions:
+            i, event = kept[n]
+            as_stored = stored[event.decision_id].pop(0)
+            event = as_stored if as_stored.signal == 0 else event  # a first carries the usage
             for arm, reward in rated(event):
                 self._guard.observe(state.spec, router_id, arm, reward)
+            results[i] = FeedbackResult(as_stored.event_id, event.reward, event.cost_usd)
+            accepted.append(event)
+            if len(items) == 1:
+                log_event(state.spec.tenant, state.spec.name, event, as_stored.event_id)
         count_accepted(state.spec, accepted)
         await self._settle(accepted)
-        refused.extend((kept[n][0], exc) for n, exc in bad)
-        answered = added | {n for n, _ in bad}
-        refused.extend(
-            (i, AlreadyExists(f"decision {e.decision_id} already has feedback"))
-            for n, (i, e) in enumerate(kept)
-            if n not in answered
-        )
-        return accepted
-
-    async def _park_one(self, waiting: Waiting) -> FeedbackResult:
-        refused: list[tuple[int, BanditdError]] = []
-        try:
-            async for attempt in self._retrying():
-                with attempt:
-                    await self._park([(0, waiting)], refused)
-        except Unavailable as exc:
-            raise Unavailable(f"feedback not recorded: {exc.message}; retry later") from exc
-        if refused:
-            raise refused[0][1]
-        log.info(
-            "feedback_parked",
-            tenant=waiting.parked.tenant,
-            decision_id=waiting.parked.decision_id,
-            reward=waiting.reward,
-        )
-        return FeedbackResult(0, waiting.reward, waiting.cost_usd)
+        return results
 
     async def _park(
         self, items: list[tuple[int, Waiting]], refused: list[tuple[int, BanditdError]]
-    ) -> list[Waiting]:
+    ) -> dict[int, FeedbackResult]:
         """Commit feedback whose decision is not visible yet, to be joined to it later; the
-        ones parked (once per decision; the client's feedback cap counts them on the arms the
-        token names)."""
+        result of each parked (once per decision; the client's feedback cap counts them on the
+        arms the token names), by index."""
         if not items:
-            return []
+            return {}
         if self._decisions is None:
             raise Unavailable("this server cannot join feedback to decisions")
         kept: list[tuple[int, Waiting]] = []
@@ -375,7 +343,14 @@ class Learner:
             if w.parked.decision_id not in parked
         )
         metrics.FEEDBACK_PARKED.inc(len(parked))
-        return [w for _, w in kept if w.parked.decision_id in parked]
+        results = {}
+        for i, w in kept:
+            if w.parked.decision_id in parked:
+                log.info(
+                    "feedback_parked", tenant=w.parked.tenant, decision_id=w.parked.decision_id
+                )
+                results[i] = FeedbackResult(0, w.reward, w.cost_usd)
+        return results
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(

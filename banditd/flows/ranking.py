@@ -22,7 +22,7 @@ from banditd.domain.ceilings import (
 from banditd.errors import FailedPrecondition, NotFound, ResourceExhausted
 from banditd.policy import Choice, _kernels, dueling
 from banditd.policy.base import IntArray
-from banditd.state.live_routers import RouterState
+from banditd.state.fold import RouterState
 
 
 @dataclass(frozen=True)

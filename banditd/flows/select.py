@@ -29,7 +29,8 @@ from banditd.flows.decision_log import Claim, DecisionLog
 from banditd.flows.ranking import Ranked, priciest, rank_arms
 from banditd.flows.shadow import shadow_picks
 from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
-from banditd.state.live_routers import Catalog, RouterState
+from banditd.state.fold import RouterState
+from banditd.state.live_routers import Catalog
 
 log = structlog.get_logger(__name__)
 

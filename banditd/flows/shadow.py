@@ -19,7 +19,7 @@ import structlog
 from banditd.domain import FloatArray, RouterSpec, ShadowPick, ShadowSpec
 from banditd.flows.ranking import Ranked
 from banditd.policy import make_policy
-from banditd.state.live_routers import RouterState
+from banditd.state.fold import RouterState
 
 log = structlog.get_logger(__name__)
 SHADOW_SALT = 0x5EAD0B  # keeps shadows' random numbers apart from the live policy's

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from banditd.domain import FloatArray
+from banditd.domain import FloatArray, RouterSpec
 from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 
@@ -56,6 +56,11 @@ class Policy(ABC):
 
     def __init__(self, exploration: float) -> None:
         self.exploration = exploration
+
+    @classmethod
+    def of(cls, spec: RouterSpec) -> Policy:
+        """This policy for a router: with its exploration (``spec.alpha``)."""
+        return cls(spec.alpha)
 
     @abstractmethod
     def quality_scores(

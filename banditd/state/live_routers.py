@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import structlog
 
@@ -19,38 +18,24 @@ from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec
-from banditd.errors import BadData, NotFound, Unavailable
-from banditd.policy import Policy, make_policy
+from banditd.errors import AlreadyExists, BadData, BanditdError, NotFound, Unavailable
 from banditd.state import breaker, posterior_snapshot
 from banditd.state.breaker import ArmHealth
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.fold import RouterState, fold
 from banditd.state.reductions import Reductions
 from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetters, append_isolating
-from banditd.store.repository import StoredRouter
+from banditd.store.repository import AppendedBatch, StoredRouter
 
 log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
 DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
 
 
-@dataclass
-class RouterState:
-    router_id: int
-    spec: RouterSpec
-    policy: Policy
-    posterior: Posterior
-    events_since_snapshot: int = 0
-    # Decisions this process forced onto arms short of feedback (explore_new_arm), by arm name.
-    forced_picks: dict[str, int] = field(default_factory=dict)
-    # Decisions made before this were all checked for a default reward (see _default_missing).
-    defaults_checked_until: float = 0.0
-    # Arm health, folded from the same events as the posterior (see banditd.state.breaker).
-    health: ArmHealth = field(default_factory=ArmHealth)
-    # Request -> x (banditd.context.pipeline); None only for states built outside a Catalog.
-    context: ContextPipeline | None = None
-    # Events the posterior skipped and the catalog has not reported yet (dead letters).
-    skipped: list[tuple[FeedbackEvent, BadData]] = field(default_factory=list)
+def _duplicate(event: FeedbackEvent) -> AlreadyExists:
+    return AlreadyExists(
+        f"decision {event.decision_id} already has feedback (one event per decision)"
+    )
 
 
 class _StoredVocabulary(VocabularyStore):
@@ -98,25 +83,17 @@ class Catalog:
     async def _restore(self, stored: StoredRouter) -> RouterState:
         spec = stored.spec
         started = time.perf_counter()
-        prior = Prior.of(spec)
-        posterior: Posterior | None = None
-        health_json: str | None = None
+        state = RouterState.fresh(spec, stored.router_id)
         snapshot = await self._repo.latest_snapshot(stored.router_id)
         if snapshot is not None:
             try:
-                posterior, health_json = posterior_snapshot.load(snapshot[0]), snapshot[1]
+                posterior = posterior_snapshot.load(snapshot[0])
             except ValueError as exc:  # an older format: rebuild from the log
                 log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
-            if posterior is not None and posterior.prior != prior:
-                posterior = None  # embedding size or prior changed: rebuild from the log
-        if posterior is None:
-            posterior, health_json = Posterior.empty(prior, spec.prior_output_tokens), None
-        posterior.prior_output_tokens = spec.prior_output_tokens
-        from_id = posterior.last_event_id
-        for arm in spec.arms:
-            posterior.index(arm.name)
-        state = RouterState(stored.router_id, spec, make_policy(spec.policy, spec.alpha), posterior)
-        state.health = ArmHealth.from_json(health_json, spec.breaker)
+            else:  # one under another embedding size or prior is not used: rebuild from the log
+                if posterior.prior == state.posterior.prior:
+                    state.resume(posterior, ArmHealth.from_json(snapshot[1], spec.breaker))
+        from_id = state.posterior.last_event_id
         state.context = await self._context(stored)
         replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
@@ -148,6 +125,9 @@ class Catalog:
         self.reductions.serve(router_id, pipeline)
         await self.reductions.load(router_id, pipeline)
         if pipeline.knn is not None:
+            # The kNN index is in no snapshot: it takes the log from the start (the posterior
+            # and arm health hold the events up to their snapshot; _catch_up folds the rest
+            # into all three).
             after = 0
             while events := await self._repo.events_after(router_id, after):
                 for event in events:
@@ -193,20 +173,6 @@ class Catalog:
             self._by_id.pop(router_id, None)
             self._by_name.pop((tenant, name), None)
         return True
-
-    async def record(self, state: RouterState, event: FeedbackEvent) -> FeedbackEvent:
-        """Append an event, then fold in the log up to it (other replicas' events included);
-        the event as stored. Caller holds ``locked(router_id)``."""
-        try:
-            stored = await self._repo.append_event(event, state.spec.combine)
-        except BadData as exc:  # set aside, never retried; the caller hears INVALID_ARGUMENT
-            await self._dead.add_events(state.router_id, state.spec.tenant, [(event, exc)])
-            raise
-        try:
-            await self._catch_up(state)
-        except Unavailable as exc:  # committed: the next tail round applies it
-            log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
-        return stored
 
     async def _default_missing(self, state: RouterState) -> int:
         """Give the router's default reward to decisions whose feedback did not come in time.
@@ -254,46 +220,38 @@ class Catalog:
         log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
         return await self._catch_up(state)
 
-    async def record_many(
+    async def record(
         self,
         state: RouterState,
-        events: list[FeedbackEvent],
-        rejected: list[tuple[int, BadData]] | None = None,
-    ) -> list[int]:
-        """Append events in one transaction (refused signals are skipped: see
-        ``Repository.append_events``), then catch up; returns the positions added. Events
-        refused as data are set aside (dead letters), their positions added to ``rejected``."""
+        events: Sequence[FeedbackEvent],
+        refused: list[tuple[int, BanditdError]],
+    ) -> AppendedBatch:
+        """Append events in one transaction, then fold in the log up to them (other replicas'
+        events included); what was committed (positions into ``events``, the events as stored:
+        their ids, a first signal's decision usage folded in). Each event not added goes into
+        ``refused`` with its position: BadData (set aside as a dead letter, never retried) or
+        AlreadyExists (its decision has feedback, its preference or its most signals). A single
+        event is a batch of one. Caller holds ``locked(router_id)``."""
         appended, bad = await append_isolating(self._repo, events, state.spec.combine)
-        bad_events = [(events[i], exc) for i, exc in bad]
-        await self._dead.add_events(state.router_id, state.spec.tenant, bad_events)
-        if rejected is not None:
-            rejected.extend(bad)
+        await self._dead.add_events(
+            state.router_id, state.spec.tenant, [(events[i], exc) for i, exc in bad]
+        )
+        answered = {*appended.positions, *(i for i, _ in bad)}
+        refused.extend(bad)
+        refused.extend(
+            (i, appended.duplicates.get(i) or _duplicate(event))
+            for i, event in enumerate(events)
+            if i not in answered
+        )
         if appended.follows == state.posterior.last_event_id:
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
-            self._fold(state, appended.events)
+            fold(state, appended.events)
         try:
             await self._catch_up(state)
         except Unavailable as exc:  # committed: the next tail round applies them
             log.warning("catch_up_failed", router_id=state.router_id, error=str(exc))
-        return appended.positions
-
-    @staticmethod
-    def _fold(state: RouterState, events: list[FeedbackEvent]) -> None:
-        """Apply events that follow the last applied one, in id order. Events the posterior
-        skips (a non-finite number, logged before issue 17) are kept for reporting."""
-        state.events_since_snapshot += len(events)
-        posterior, health, context = state.posterior, state.health, state.context
-        for event in events:
-            problem = posterior.apply(event)
-            if problem is not None:
-                state.skipped.append((event, BadData(f"event skipped by the posterior: {problem}")))
-                continue
-            # Only served calls judge an arm, each once (later signals re-rate the answer).
-            if not (event.offline or event.defaulted or event.signal):
-                health.observe(event.arm, event.error, event.created_at)
-            if context is not None:
-                context.observe(event)
+        return appended
 
     async def _catch_up(self, state: RouterState) -> int:
         """Apply the router's events after the last applied one, in id order; snapshot when due.
@@ -302,7 +260,7 @@ class Catalog:
         while events := await self._repo.events_after(
             state.router_id, state.posterior.last_event_id
         ):
-            self._fold(state, events)
+            fold(state, events)
             applied += len(events)
         if state.skipped:
             await self._dead.add_events(

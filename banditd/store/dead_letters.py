@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from banditd import metrics
 from banditd.domain import FeedbackEvent
-from banditd.errors import BadData
+from banditd.errors import AlreadyExists, BadData
 from banditd.store.engine import Database
 from banditd.store.models import dead_letters
 from banditd.store.repository import AppendedBatch, Repository, _insert_ignoring_duplicates
@@ -176,14 +176,17 @@ async def append_isolating(
         pass
     positions: list[int] = []
     stored: list[FeedbackEvent] = []
+    duplicates: dict[int, AlreadyExists] = {}
 
     def committed(part: Sequence[tuple[int, FeedbackEvent]], result: AppendedBatch) -> None:
         positions.extend(part[p][0] for p in result.positions)
         stored.extend(result.events)
+        duplicates.update((part[p][0], exc) for p, exc in result.duplicates.items())
 
     async def write(part: Sequence[tuple[int, FeedbackEvent]]) -> AppendedBatch:
         return await repo.append_batch([e for _, e in part], combine)
 
     bad = await commit_isolating(list(enumerate(events)), write, committed)
     stored.sort(key=lambda e: e.event_id)
-    return AppendedBatch(sorted(positions), stored, None), [(i, exc) for (i, _), exc in bad]
+    batch = AppendedBatch(sorted(positions), stored, None, duplicates)
+    return batch, [(i, exc) for (i, _), exc in bad]

@@ -6,7 +6,7 @@ import functools
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from operator import attrgetter
 from typing import Any
 
@@ -73,11 +73,13 @@ class StoredRouter:
 class AppendedBatch:
     """What ``Repository.append_batch`` committed: the positions (in its input) added, the
     events as stored, in id order, and the router's newest event id before them (None when
-    unknown: read the log instead)."""
+    unknown: read the log instead); ``duplicates``: positions not added, with why when the
+    store knows more than that the decision has feedback (a preference, a maximum of signals)."""
 
     positions: list[int]
     events: list[FeedbackEvent]
     follows: int | None
+    duplicates: dict[int, AlreadyExists] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -459,17 +461,19 @@ class Repository:
             positions = []
             signals: list[FeedbackEvent] = []
             rows: list[dict[str, Any]] = []
+            duplicates: dict[int, AlreadyExists] = {}
             for i, e in enumerate(events):
                 try:
                     signal = await _as_next_signal(conn, e, combine, rows)
-                except AlreadyExists:
+                except AlreadyExists as exc:
+                    duplicates[i] = exc
                     continue
                 (signal,) = await with_usage(conn, [signal])
                 rows.append(checked(_event_row(signal)))
                 signals.append(signal)
                 positions.append(i)
             if not rows:
-                return AppendedBatch([], [], head)
+                return AppendedBatch([], [], head, duplicates)
             result = await conn.execute(
                 insert(feedback_events).returning(
                     feedback_events.c.id, sort_by_parameter_order=True
@@ -478,7 +482,7 @@ class Repository:
             )
             ids_in_order = [int(event_id) for event_id in result.scalars().all()]
             stored = [_with_id(e, i) for e, i in zip(signals, ids_in_order, strict=True)]
-            return AppendedBatch(positions, _by_id(stored), head)
+            return AppendedBatch(positions, _by_id(stored), head, duplicates)
 
     async def events_after(
         self, router_id: int, after_id: int, limit: int = 10_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 import pytest
 
@@ -102,7 +104,23 @@ async def test_first_keeps_one_signal_and_mean_stops_at_the_maximum(
         )
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "maximum" in (err.value.details() or "")
+    # A stream says why the same way (one path: a single Feedback is a batch of one).
+    reply = await server.router.UploadFeedback(
+        _one(
+            pb.FeedbackBatch(
+                tenant="acme",
+                events=[
+                    pb.FeedbackRequest(tenant="acme", decision_id=averaged, thumb=pb.THUMB_DOWN)
+                ],
+            )
+        )
+    )
+    assert reply.duplicate == 1 and "maximum" in reply.errors[0].message
     assert (await _stats(server, "avg")).mean_reward == pytest.approx(1.0)
+
+
+async def _one(batch: pb.FeedbackBatch) -> AsyncIterator[pb.FeedbackBatch]:
+    yield batch
 
 
 async def test_streamed_signals_for_one_decision_combine(

@@ -12,7 +12,8 @@ import pytest
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import FeedbackEvent
 from banditd.edge import codec
-from banditd.state.live_routers import Catalog, RouterState
+from banditd.state.fold import RouterState
+from banditd.state.live_routers import Catalog
 from banditd.state.posterior import Posterior
 from banditd.store import Repository
 from banditd.store.engine import Database, migrate
@@ -88,7 +89,7 @@ def _arrays(p: Posterior) -> list[bytes]:
 
 async def _record(catalog: Catalog, state: RouterState, events: list[FeedbackEvent]) -> list[int]:
     async with catalog.locked(state.router_id) as locked:
-        return await catalog.record_many(locked, events)
+        return (await catalog.record(locked, events, [])).positions
 
 
 @pytest.mark.parametrize("combine", ["first", "mean"])

@@ -29,7 +29,7 @@ from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import Decision, FeedbackEvent, RankedArm
 from banditd.domain.bounds import TABLE, numeric_fields
 from banditd.domain.ceilings import SCORE_LIMIT, finite_scores
-from banditd.errors import BadData, Unavailable
+from banditd.errors import BadData, BanditdError, Unavailable
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.store import Database, Repository, migrate
 from banditd.store.dead_letters import DeadLetters
@@ -502,9 +502,10 @@ async def test_a_feedback_batch_that_fails_on_data_commits_all_but_the_bad_event
             _event(c, reward=0.5, input_tokens=2**64 if n in (2, 5) else 10)  # past BIGINT
         )
     async with server.app.catalog.locked(1) as state:
-        bad: list[tuple[int, BadData]] = []
-        added = await server.app.catalog.record_many(state, learner_events, bad)
+        bad: list[tuple[int, BanditdError]] = []
+        added = (await server.app.catalog.record(state, learner_events, bad)).positions
     assert added == [0, 1, 3, 4, 6, 7] and [i for i, _ in bad] == [2, 5]
+    assert all(isinstance(exc, BadData) for _, exc in bad)
     stats = await _stats(server)
     assert stats.feedback_count == 6 and stats.applied_event_id == stats.log_event_id
     letters = await DeadLetters(server.app.db).list(1)
@@ -516,10 +517,9 @@ async def test_a_feedback_batch_that_fails_on_data_commits_all_but_the_bad_event
         )
     ).decision_id
     async with server.app.catalog.locked(1) as state:
-        with pytest.raises(BadData, match="past 64 bits"):
-            await server.app.catalog.record(
-                state, _event(await server.claims(token), output_tokens=2**64)
-            )
+        one = [_event(await server.claims(token), output_tokens=2**64)]
+        assert not (await server.app.catalog.record(state, one, bad)).positions
+    assert isinstance(bad[-1][1], BadData) and "past 64 bits" in str(bad[-1][1])
     assert len(await DeadLetters(server.app.db).list(1)) == 3
     ok = await server.router.Feedback(
         pb.FeedbackRequest(tenant="acme", decision_id=token, reward=1)

@@ -1,16 +1,16 @@
 """`banditd replay`: evaluate a routing policy online on full-information outcome data.
 
-The data is the format of data/: one JSON object a line (optionally gzipped), each prompt
-with every model's quality in [0, 1] and the real USD cost of its call. The replay streams it, in
-file order and in process, through the engine code the server runs: the context pipeline
-(``build_x``), the ranking step of Select (``router.rank_arms``, with the router's policy) and the
-posterior's updates (``Posterior.apply``). At each prompt the policy picks one arm and then sees
-only that arm's feedback: its quality as a score, or with ``--feedback thumbs`` a thumbs-up drawn
-with probability = quality. Each arm is priced as its model's mean cost per call in the file
-(``--arm-prices data``: per million tokens, such that a prompt of the file's mean length costs
-that, which is what an operator knows of a model before routing to it, and what the price-tier
-prior reads); ``--arm-prices zero`` leaves them unpriced. Every event reports the call's real
-cost, so the posterior learns each arm's mean cost per call, which cost-weighted choice uses.
+The data is the format of data/: one JSON object a line (optionally gzipped), each prompt with
+every model's quality in [0, 1] and the real USD cost of its call. The replay streams it, in file
+order and in process, through the engine code the server runs: the context pipeline (``build_x``),
+the ranking step of Select (``flows.ranking.rank_arms``, with the router's policy) and the fold of
+each event into the router's state (``state.fold.fold``). At each prompt the policy picks one arm
+and then sees only that arm's feedback: its quality as a score, or with ``--feedback thumbs`` a
+thumbs-up drawn with probability = quality. Each arm is priced as its model's mean cost per call in
+the file (``--arm-prices data``: per million tokens, such that a prompt of the file's mean length
+costs that, which is what an operator knows of a model before routing to it, and what the
+price-tier prior reads); ``--arm-prices zero`` leaves them unpriced. Every event reports the call's
+real cost, so the posterior learns each arm's mean cost per call, which cost-weighted choice uses.
 ``--split F`` replays only the records after the first F of the file (by line order), and
 ``--warm-start-head`` warm-starts on the records before it.
 
@@ -19,8 +19,9 @@ embeddings of all prompts are computed first (``--embeddings-cache`` keeps them)
 at each step, so the PCA is fitted and the kNN index grows along the stream exactly as in the
 server; ``--warm-start`` first applies the events `banditd warm-start` writes (the same
 function: banditd.evaluation.warm_start.warm_events), the PCA fitted on the warm-start prompts.
-``--metadata-from`` sends record fields as request metadata. The replay-only ``knn`` policy
-ranks arms by the kNN outcome features alone.
+``--metadata-from`` sends record fields as request metadata. The ``knn`` policy
+(``banditd.policy.knn``, registered but run by no router) ranks arms by the kNN outcome features
+alone; under a budget it is not paced but capped at an even share of what is left.
 
 Reference policies (not learning, computed here): ``random`` (uniform), ``cheapest`` (the model
 with the lowest mean cost), ``best-single`` (the model with the best mean quality - cost_weight x
@@ -81,7 +82,6 @@ from banditd.evaluation.replay.data import Outcomes, load_outcomes
 from banditd.evaluation.replay.engine import (
     REFUSED,
     THUMBS_STREAM,
-    Ledger,
     _event,
     best_single,
     gate,
@@ -92,10 +92,9 @@ from banditd.evaluation.replay.engine import (
 from banditd.evaluation.replay.features import (
     contexts,
     embeddings,
-    fresh_posterior,
     pipeline_of,
     router_spec,
-    warm_posterior,
+    warm_start,
 )
 from banditd.evaluation.replay.options import (
     AUTO,
@@ -103,7 +102,6 @@ from banditd.evaluation.replay.options import (
     MAX_PROMPT_CHARS,
     QUALITY_FRACTIONS,
     REFERENCE_POLICIES,
-    REPLAY_POLICIES,
     SUMMARY_KEYS,
     SWEEP_POINTS,
     Options,
@@ -130,11 +128,9 @@ __all__ = [
     "QUALITY_FRACTIONS",
     "REFERENCE_POLICIES",
     "REFUSED",
-    "REPLAY_POLICIES",
     "SUMMARY_KEYS",
     "SWEEP_POINTS",
     "THUMBS_STREAM",
-    "Ledger",
     "Options",
     "Outcomes",
     "Progress",
@@ -147,7 +143,6 @@ __all__ = [
     "cost_at_quality",
     "embeddings",
     "figure",
-    "fresh_posterior",
     "gain_vs_zero_router",
     "gate",
     "learn_online",
@@ -162,6 +157,6 @@ __all__ = [
     "router_spec",
     "score",
     "upper_hull",
-    "warm_posterior",
+    "warm_start",
     "weight_grid",
 ]

@@ -1,6 +1,6 @@
 """The replay engine: a learning policy routing the stream online through the server's
-ranking and posterior code (``learn_online``), the reference policies computed in hindsight, and
-the budget ledger both obey."""
+ranking and state code (``learn_online``: ``rank_arms``, then ``fold`` of each outcome), the
+reference policies computed in hindsight, and the spend tally both obey."""
 
 from __future__ import annotations
 
@@ -10,24 +10,22 @@ from dataclasses import replace
 import numpy as np
 
 from banditd.budget.pacer import BudgetCheck, Pacing
-from banditd.context import input_tokens_estimate
-from banditd.context.pipeline import ContextPipeline
-from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain import FeedbackEvent, FloatArray
 from banditd.errors import FailedPrecondition, ResourceExhausted
 from banditd.evaluation.replay.data import Outcomes
 from banditd.evaluation.replay.options import NO_TRADE_OFF, TradeOff
 from banditd.flows.ranking import rank_arms
-from banditd.policy import make_policy
+from banditd.policy import KNN
 from banditd.policy.base import IntArray
-from banditd.state.live_routers import RouterState
-from banditd.state.posterior import Posterior
+from banditd.state.fold import RouterState, fold
 
 REFUSED = -1  # the pick of a prompt the budget refused
 THUMBS_STREAM = 1  # seeds the thumbs draws apart from the policy's own random numbers
 
 
-class Ledger:
-    """Spend against an optional budget over a stream of n prompts."""
+class SpendTally:
+    """Spend against an optional budget over a stream of n prompts (a replay's own count: not
+    the server's budget ledger, banditd.budget.ledger)."""
 
     def __init__(self, budget_usd: float | None, n: int) -> None:
         self.budget_usd, self.n, self.spent = budget_usd, n, 0.0
@@ -45,8 +43,9 @@ class Ledger:
         return BudgetCheck([pacing], refuse=True, scope="the replay")
 
     def even_share(self, t: int) -> float | None:
-        """A cost cap for prompt t (the replay-only knn policy, which has no pacer): an even
-        share of what is left over the prompts left."""
+        """A cost cap for prompt t (the knn policy, which has no pacer: the pacer reads the
+        posterior's quality, which knn does not rank by): an even share of what is left over
+        the prompts left."""
         if self.budget_usd is None:
             return None
         return (self.budget_usd - self.spent) / (self.n - t)
@@ -63,22 +62,25 @@ def _choose(
     state: RouterState,
     x: FloatArray,
     prompt: str,
-    budget: BudgetCheck | None,
+    tally: SpendTally,
+    t: int,
     rng: np.random.Generator,
     trade_off: TradeOff = NO_TRADE_OFF,
     compare: bool = False,
 ) -> tuple[str, str | None] | None:
-    """The arm Select answers for x (shape (dim,)) under the budget's pacer and the request's
-    latency and energy fields, and with compare its challenger (else None); None when Select
-    would refuse: the budget is exhausted (no arm's expected cost fits what is left) or no
-    arm's expected latency is under max_latency_ms."""
+    """The arm Select answers for prompt t's x (shape (dim,)) under the budget's pacer and the
+    request's latency and energy fields, and with compare its challenger (else None); None when
+    Select would refuse: the budget is exhausted (no arm's expected cost fits what is left) or
+    no arm's expected latency is under max_latency_ms. The knn policy is not paced: it takes
+    the best arm whose expected cost fits an even share of the budget (else the cheapest)."""
+    unpaced = isinstance(state.policy, KNN)
     try:
         ranked = rank_arms(
             state,
             x,
             prompt=prompt,
             rng=rng,
-            budget=budget,
+            budget=None if unpaced else tally.check(t),
             latency_weight=trade_off.latency_weight,
             energy_weight=trade_off.energy_weight,
             max_latency_ms=trade_off.max_latency_ms,
@@ -86,37 +88,11 @@ def _choose(
         )
     except (ResourceExhausted, FailedPrecondition):
         return None
-    return ranked.ranking[0].arm, ranked.challenger
-
-
-def _choose_knn(
-    state: RouterState,
-    x: FloatArray,
-    prompt: str,
-    cap: float | None,
-    alpha: float,
-    cost_weight: float,
-) -> str:
-    """The replay-only ``knn`` policy: per arm, the neighbours' weighted mean reward shrunk to
-    the prior by one pseudo-count, plus alpha / sqrt(neighbours + 1), minus cost_weight x the
-    arm's expected cost; under a pacing cap only arms whose expected cost fits (else the
-    cheapest). x: shape (dim,), its last 2 n_arms values the kNN features."""
-    spec, posterior = state.spec, state.posterior
-    feats = x[-spec.knn_dim :]
-    n = feats[1::2] * spec.knn_k
-    quality = (feats[0::2] * n + spec.prior_quality) / (n + 1.0)
-    input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    costs = np.array(
-        [
-            posterior.expected_cost_usd(posterior.index(a.name), a, input_tokens, x)
-            for a in spec.arms
-        ]
-    )
-    utility = quality + alpha / np.sqrt(n + 1.0) - cost_weight * costs
+    cap = tally.even_share(t) if unpaced else None
     if cap is not None:
-        cap = max(cap, float(costs.min()))
-        utility = np.where(costs <= cap, utility, -np.inf)
-    return spec.arms[int(np.argmax(utility))].name
+        cap = max(cap, min(r.expected_cost_usd for r in ranked.ranking))
+        return next(r.arm for r in ranked.ranking if r.expected_cost_usd <= cap), None
+    return ranked.ranking[0].arm, ranked.challenger
 
 
 def _event(
@@ -164,45 +140,38 @@ def measured(values: FloatArray | None, t: int, j: int) -> float | None:
 
 
 def learn_online(
-    spec: RouterSpec,
+    state: RouterState,
     outcomes: Outcomes,
     raw: FloatArray,
     *,
-    pipeline: ContextPipeline,
-    posterior: Posterior,
     seed: int,
     feedback: str,
     budget_usd: float | None,
     progress: Callable[[int], None],
-    knn_policy: bool = False,
     trade_off: TradeOff = NO_TRADE_OFF,
     duels: IntArray | None = None,
 ) -> IntArray:
-    """Route the stream with the router's policy, learning online; the arm (column of
-    outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
-    embedding of each prompt, (n, spec.embedding_dim); x is built from it at each step, so PCA
-    fitting and kNN features follow the stream as they would in the server. trade_off: the
-    latency and energy fields of every Select; a prompt no arm is eligible for is refused.
-    feedback "pairwise": each Select compares, both answers are paid (the budget charges
-    both), the better one wins (``preference``); duels, shape (n,), gets each challenger."""
-    state = RouterState(0, spec, make_policy(spec.policy, spec.alpha), posterior)
+    """Route the stream with the state's policy, learning online (``fold``); the arm (column
+    of outcomes) per prompt, REFUSED where the budget refused it, shape (n,). raw: the encoder's
+    embedding of each prompt, (n, spec.embedding_dim); x is built from it at each step by the
+    state's context pipeline, so PCA fitting and kNN features follow the stream as they would
+    in the server. trade_off: the latency and energy fields of every Select; a prompt no arm is
+    eligible for is refused. feedback "pairwise": each Select compares, both answers are paid
+    (the budget charges both), the better one wins (``preference``); duels, shape (n,), gets
+    each challenger."""
+    pipeline = state.context
+    assert pipeline is not None, "a replay builds x through the router's context pipeline"
     rng = np.random.default_rng(seed)
     thumbs = np.random.default_rng([seed, THUMBS_STREAM]).random(outcomes.n)
     column = {arm: j for j, arm in enumerate(outcomes.arms)}
-    ledger = Ledger(budget_usd, outcomes.n)
+    tally = SpendTally(budget_usd, outcomes.n)
     picks = np.full(outcomes.n, REFUSED, dtype=np.int64)
-    event_id = posterior.last_event_id
+    event_id = state.posterior.last_event_id
     metadata = outcomes.metadata or ({},) * outcomes.n
+    pairwise = feedback == "pairwise"
     for t, prompt in enumerate(outcomes.prompts):
         x = pipeline.assemble(raw[t], metadata[t])
-        chosen: tuple[str, str | None] | None
-        if knn_policy:
-            weight = spec.default_cost_weight
-            knn = _choose_knn(state, x, prompt, ledger.even_share(t), spec.alpha, weight)
-            chosen = knn, None
-        else:
-            pairwise = feedback == "pairwise"
-            chosen = _choose(state, x, prompt, ledger.check(t), rng, trade_off, pairwise)
+        chosen = _choose(state, x, prompt, tally, t, rng, trade_off, pairwise)
         if chosen is None:
             progress(t + 1)
             continue
@@ -211,7 +180,7 @@ def learn_online(
         quality, cost = float(outcomes.quality[t, j]), float(outcomes.cost[t, j])
         k = None if rival is None else column[rival]
         paid = cost if k is None else cost + float(outcomes.cost[t, k])
-        if ledger.charge(paid):
+        if tally.charge(paid):
             picks[t] = j
             reward = float(thumbs[t] < quality) if feedback == "thumbs" else quality
             event_id += 1
@@ -226,9 +195,8 @@ def learn_online(
                 )
                 if duels is not None:
                     duels[t] = k
-            if k is not None or feedback != "pairwise":  # one eligible arm: nothing compared
-                posterior.apply(event)
-                pipeline.observe(event)
+            if k is not None or not pairwise:  # one eligible arm: nothing compared
+                fold(state, [event])
         progress(t + 1)
     return picks
 
@@ -265,8 +233,8 @@ def reference_picks(policy: str, outcomes: Outcomes, cost_weight: float, seed: i
 def gate(picks: IntArray, outcomes: Outcomes, budget_usd: float | None) -> IntArray:
     """The picks a budget lets through, in order; REFUSED where a call would overrun it.
     picks: (n,) -> (n,)."""
-    ledger = Ledger(budget_usd, outcomes.n)
+    tally = SpendTally(budget_usd, outcomes.n)
     return np.array(
-        [j if ledger.charge(float(outcomes.cost[t, j])) else REFUSED for t, j in enumerate(picks)],
+        [j if tally.charge(float(outcomes.cost[t, j])) else REFUSED for t, j in enumerate(picks)],
         dtype=np.int64,
     )

@@ -1,5 +1,5 @@
 """What a learning replay starts from: the router it runs, its context pipeline with the
-prompts' embeddings, and the posterior (fresh, or warm-started from another outcome file)."""
+prompts' embeddings, and its state (fresh, or warm-started from an outcome file)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from banditd.context.pipeline import ContextPipeline
 from banditd.domain import (
     DEFAULT_PRIOR_OUTPUT_TOKENS,
     ENCODER_DIMS,
-    POLICIES,
+    ROUTER_POLICIES,
     ArmSpec,
     FloatArray,
     RouterSpec,
@@ -25,10 +25,11 @@ from banditd.domain import (
 from banditd.domain.ceilings import HARD_MAX_ENERGY_PER_MTOK, HARD_MAX_LATENCY_MS
 from banditd.errors import InvalidArgument
 from banditd.evaluation.replay.data import Outcomes
-from banditd.evaluation.replay.options import DEFAULT_KNN_K, Options
+from banditd.evaluation.replay.options import Options
 from banditd.evaluation.warm_start import WarmStartReport, read_outcomes, warm_events
+from banditd.policy.knn import DEFAULT_K
 from banditd.progress import Progress
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.fold import RouterState, fold
 
 
 def arm_prices(outcomes: Outcomes) -> dict[str, float]:
@@ -91,7 +92,7 @@ def router_spec(
         tenant="replay",
         name="replay",
         arms=tuple(_arm(name, prices.get(name, 0.0), heads.get(name, (0.0, 0.0))) for name in arms),
-        policy=opts.policy if opts.policy in POLICIES else "linucb",
+        policy=opts.policy if opts.policy in ROUTER_POLICIES else "linucb",
         exploration=opts.exploration,
         default_cost_weight=cost_weight,
         embedding_dim=ENCODER_DIMS.get(opts.encoder, opts.embedding_dim),
@@ -100,7 +101,7 @@ def router_spec(
         metadata_slots=opts.metadata_slots,
         pca_dim=opts.pca_dim,
         pca_fit_samples=opts.pca_fit_samples,
-        knn_k=opts.knn_k or (DEFAULT_KNN_K if opts.policy == "knn" else 0),
+        knn_k=opts.knn_k or (DEFAULT_K if opts.policy == "knn" else 0),
         text_window_tokens=opts.text_window_tokens,
     )
 
@@ -159,30 +160,20 @@ def contexts(pipeline: ContextPipeline, outcomes: Outcomes, raw: FloatArray) -> 
     return np.stack([pipeline.assemble(raw[t], outcomes.metadata[t]) for t in range(outcomes.n)])
 
 
-def fresh_posterior(spec: RouterSpec) -> Posterior:
-    """The posterior of a router with no events yet, every arm at its prior."""
-    posterior = Posterior.empty(Prior.of(spec), spec.prior_output_tokens)
-    for arm in spec.arms:
-        posterior.index(arm.name)
-    return posterior
-
-
-def warm_posterior(
-    spec: RouterSpec,
+def warm_start(
+    state: RouterState,
     path: Path,
-    max_prompt_chars: int,
-    pipeline: ContextPipeline | None = None,
     metadata_from: Sequence[str] = (),
     cache: Path | None = None,
     head: int | None = None,
-) -> tuple[Posterior, WarmStartReport]:
-    """The posterior after `banditd warm-start` on ``path`` (its first ``head`` records, or
-    all): the same offline events (``banditd.evaluation.warm_start.warm_events``), in order. The
-    pipeline (a fresh one by default) takes in what the warm start fits: the PCA on the warm-start
-    prompts, the metadata vocabulary and the kNN index."""
-    pipeline = pipeline or pipeline_of(spec, max_prompt_chars)
-    posterior, report = fresh_posterior(spec), WarmStartReport()
-    progress = Progress()
+) -> WarmStartReport:
+    """Fold into ``state`` what `banditd warm-start` on ``path`` (its first ``head`` records, or
+    all) logs: the same offline events (``banditd.evaluation.warm_start.warm_events``), in
+    order. The state's context pipeline takes in what the warm start fits: the PCA on the
+    warm-start prompts, the metadata vocabulary and the kNN index."""
+    pipeline = state.context
+    assert pipeline is not None, "a replay builds x through the router's context pipeline"
+    report, progress = WarmStartReport(), Progress()
 
     def encode(prompts: Sequence[str]) -> FloatArray:
         return embeddings(pipeline, prompts, "encoding warm-start prompts", progress, cache)
@@ -191,8 +182,7 @@ def warm_posterior(
     for events in warm_events(
         pipeline, 0, records, report, metadata_from=metadata_from, encode=encode
     ):
-        for event in events:
-            posterior.apply(event)
+        fold(state, events)  # the kNN index has them already: x of the next record needs them
     if not report.events:
         raise InvalidArgument("warm_start", f"{path}: no outcomes for any of the replay's arms")
-    return posterior, report
+    return report

@@ -13,9 +13,6 @@ if TYPE_CHECKING:
     from banditd.evaluation.replay.remote import Server
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
-# Learning policies of replay only: "knn" picks by the kNN outcome features alone (see _choose_knn).
-REPLAY_POLICIES = ("knn",)
-DEFAULT_KNN_K = 20
 FEEDBACK = ("score", "thumbs", "pairwise")
 # Arm prices of a learning replay: "data", each model's mean cost per call in the file as a
 # price (what an operator knows before routing); "zero", priced by the costs reported only.

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 
 from banditd import errors
-from banditd.domain import POLICIES, RouterSpec
+from banditd.domain import ROUTER_POLICIES, RouterSpec
 from banditd.edge import codec
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import (
@@ -74,9 +74,10 @@ def check_remote(
     policy: str, warm_start: object, budget_usd: object, sweep_budgets: object
 ) -> None:
     """Refuse what a live server cannot replay the way the in-process run does."""
-    if policy not in POLICIES:
+    if policy not in ROUTER_POLICIES:
         raise InvalidArgument(
-            "server", f"needs a policy the server runs ({', '.join(POLICIES)}), not {policy!r}"
+            "server",
+            f"needs a policy the server runs ({', '.join(ROUTER_POLICIES)}), not {policy!r}",
         )
     for given, flag, why in (
         (

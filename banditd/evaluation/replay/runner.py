@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from banditd.context.pipeline import ContextPipeline
-from banditd.domain import POLICIES
 from banditd.errors import InvalidArgument
 from banditd.evaluation.replay.data import Outcomes, load_outcomes, split_point
 from banditd.evaluation.replay.engine import (
@@ -26,14 +24,12 @@ from banditd.evaluation.replay.features import (
     arm_heads,
     arm_prices,
     embeddings,
-    fresh_posterior,
     pipeline_of,
     router_spec,
-    warm_posterior,
+    warm_start,
 )
 from banditd.evaluation.replay.options import (
     QUALITY_FRACTIONS,
-    REPLAY_POLICIES,
     SUMMARY_KEYS,
     Options,
 )
@@ -51,9 +47,10 @@ from banditd.evaluation.replay.scoring import (
 from banditd.evaluation.replay.trade_off import MEASURE_KEYS, check_trade_off
 from banditd.evaluation.replay.zero_router import gain_vs_zero_router
 from banditd.evaluation.warm_start import WarmStartReport
+from banditd.policy import POLICIES
 from banditd.policy.base import IntArray
 from banditd.progress import Progress
-from banditd.state.posterior import Posterior
+from banditd.state.fold import RouterState
 
 # Policies whose regret over time the report shows beside the policy's (the oracle's is 0).
 REGRET_REFERENCES = ("best-single", "random")
@@ -72,25 +69,25 @@ class Replay:
         self.outcomes = load_outcomes(
             opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
         )
-        warm_start = opts.data if opts.warm_start_head else opts.warm_start
+        warm_from = opts.data if opts.warm_start_head else opts.warm_start
         self.prices = arm_prices(self.outcomes) if opts.arm_prices == "data" else {}
         self.heads = arm_heads(self.outcomes) if opts.arm_prices == "data" else {}
         check_trade_off(opts)
-        self.learning = opts.policy in POLICIES or opts.policy in REPLAY_POLICIES
+        self.learning = opts.policy in POLICIES
         self.warm_report: WarmStartReport | None = None
         self.raw = np.zeros((self.outcomes.n, 0))
-        self.prior: Posterior | None = None
-        self.pipeline: ContextPipeline | None = None
+        # What each run of a learning policy starts from: fresh, or after the warm start.
+        self.start: RouterState | None = None
         self.encode_s = 0.0
         if opts.server is not None:  # the server encodes and learns: nothing to set up here
-            check_remote(opts.policy, warm_start, opts.budget_usd, opts.sweep_budgets)
+            check_remote(opts.policy, warm_from, opts.budget_usd, opts.sweep_budgets)
         elif self.learning:
             spec = router_spec(self.outcomes.arms, opts, opts.cost_weight, self.prices, self.heads)
-            self.pipeline = pipeline_of(spec, opts.max_prompt_chars)
+            pipeline = pipeline_of(spec, opts.max_prompt_chars)
             started = time.perf_counter()
             try:
                 self.raw = embeddings(
-                    self.pipeline,
+                    pipeline,
                     self.outcomes.prompts,
                     "encoding prompts",
                     self.progress,
@@ -99,13 +96,11 @@ class Replay:
             except InvalidArgument as exc:
                 raise InvalidArgument("data", f"{self.outcomes.path}: {exc.message}") from exc
             self.encode_s = round(time.perf_counter() - started, 2)
-            self.prior = fresh_posterior(spec)
-            if warm_start is not None:
-                self.prior, self.warm_report = warm_posterior(
-                    spec,
-                    warm_start,
-                    opts.max_prompt_chars,
-                    self.pipeline,
+            self.start = RouterState.fresh(spec, context=pipeline, policy=opts.policy)
+            if warm_from is not None:
+                self.warm_report = warm_start(
+                    self.start,
+                    warm_from,
                     opts.metadata_from,
                     opts.embeddings_cache,
                     head=self.head if opts.warm_start_head else None,
@@ -142,21 +137,21 @@ class Replay:
                 trade_off=opts.trade_off,
                 duels=duels,
             )
-        if self.prior is None:
+        if self.start is None:
             chosen = reference_picks(opts.policy, outcomes, cost_weight, seed)
             return gate(chosen, outcomes, budget_usd)
-        assert self.pipeline is not None
+        assert self.start.context is not None
+        spec = router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads)
+        state = RouterState.fresh(spec, context=self.start.context.fork(), policy=opts.policy)
+        state.resume(copy.deepcopy(self.start.posterior), copy.deepcopy(self.start.health))
         return learn_online(
-            router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads),
+            state,
             outcomes,
             self.raw,
-            pipeline=self.pipeline.fork(),
-            posterior=copy.deepcopy(self.prior),
             seed=seed,
             feedback=opts.feedback,
             budget_usd=budget_usd,
             progress=lambda done: self.progress(label, done, outcomes.n),
-            knn_policy=opts.policy == "knn",
             trade_off=opts.trade_off,
             duels=duels,
         )

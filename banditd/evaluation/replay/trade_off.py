@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from banditd.domain import POLICIES, FloatArray
+from banditd.domain import ROUTER_POLICIES, FloatArray
 from banditd.domain.ceilings import (
     HARD_MAX_ENERGY_WEIGHT,
     HARD_MAX_LATENCY_MS,
@@ -36,11 +36,11 @@ def check_trade_off(opts: Options) -> None:
         raise InvalidArgument(
             "feedback", "pairwise needs a policy the server runs: knn picks no challenger"
         )
-    if any(value is not None for _, value, _ in fields) and opts.policy not in POLICIES:
+    if any(value is not None for _, value, _ in fields) and opts.policy not in ROUTER_POLICIES:
         raise InvalidArgument(
             "policy",
             "--latency-weight, --energy-weight and --max-latency-ms need a policy the server "
-            f"runs ({', '.join(POLICIES)}), not {opts.policy!r}",
+            f"runs ({', '.join(ROUTER_POLICIES)}), not {opts.policy!r}",
         )
 
 
