@@ -28,12 +28,14 @@ from banditd.evaluation.replay.features import router_spec
 from banditd.evaluation.replay.options import (
     ARM_PRICES,
     AUTO,
+    DEFAULT_TENANT,
     FEEDBACK,
     REFERENCE_POLICIES,
     Options,
+    Server,
 )
 from banditd.evaluation.replay.plot import plot
-from banditd.evaluation.replay.remote import DEFAULT_TENANT, Server, router_name
+from banditd.evaluation.replay.remote import router_name
 from banditd.evaluation.replay.render import render_text
 from banditd.evaluation.replay.runner import replay
 from banditd.policy import POLICIES
