@@ -1,17 +1,22 @@
-"""What Client and AsyncClient share: their settings, built once by one constructor."""
+"""What Client and AsyncClient share: their settings, built once by one constructor, and how a
+call's attempts are set up (``_attempts``); each client only does the I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from banditd.client._retry import Deadline, RetryPolicy
+from tenacity import AsyncRetrying, Retrying
+
+from banditd.client._calls import Attempts, Call
+from banditd.client._retry import Deadline, RetryPolicy, tenacity_args
 from banditd.edge.tls import ClientSecurity
+
+T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_CHUNK = 1000  # events per UploadFeedback call (and commit), as `banditd ingest`
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -62,13 +67,19 @@ class ClientBase:
         """Make the channel (now, or on first use)."""
         raise NotImplementedError
 
-    def _metadata_for(self, api_key: str | None) -> tuple[tuple[str, str], ...]:
-        """A call's metadata: its own API key (a gateway forwarding its caller's), or the
-        client's."""
-        return self._metadata if api_key is None else ClientSecurity(api_key).metadata
-
-    def _deadline(self, timeout: float | None) -> Deadline:
-        return Deadline(self.timeout if timeout is None else timeout)
+    def _attempts(
+        self, call: Call[T], retrying: type[Retrying] | type[AsyncRetrying], stub: Any
+    ) -> Attempts[T]:
+        """The attempts of ``call`` on ``stub``, within its deadline, with its API key (or the
+        client's), each with the time that is left."""
+        deadline = Deadline(self.timeout if call.timeout is None else call.timeout)
+        method = getattr(stub, call.method)
+        metadata = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
+        return Attempts(
+            call,
+            retrying(**tenacity_args(self.retry, call.method, call.retry_safe, deadline)),
+            lambda: method(call.payload(), timeout=deadline.remaining(), metadata=metadata),
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r}, tenant={self.tenant!r})"

@@ -1,7 +1,7 @@
 """One RPC as data: method, request, how to decode the reply, whether a retry is safe.
 
-Client and AsyncClient only run these (``_sync`` / ``_async``): everything a call means is here,
-once. Retry safety:
+Client and AsyncClient only run these (``_sync`` / ``_async``, through ``Attempts``): everything
+a call means is here, once. Retry safety:
 
 - Select is retried only when it has a ``request_id``: the server answers a repeated id with the
   first decision. Without one a lost answer would leave a second, orphan decision behind.
@@ -23,11 +23,15 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from tenacity import AsyncRetrying, Retrying
 
 from banditd.client._errors import map_rpc_error
 from banditd.client._requests import (
+    DEFAULT_CHUNK,
     FeedbackArgs,
-    SelectArgs,
+    FeedbackCall,
+    SelectCall,
+    UploadOptions,
     feedback_request,
     select_request,
     upload_chunks,
@@ -55,6 +59,8 @@ class Call(Generic[T]):
     # On an attempt after the first, an error of this class is answered with ``recovered``.
     recover_from: type[Exception] | None = None
     recovered: T | None = None
+    timeout: float | None = None  # None: the client's
+    api_key: str | None = None  # None: the client's
 
     def payload(self) -> Any:
         """The request for one attempt (a fresh iterator for a stream)."""
@@ -73,17 +79,21 @@ class Call(Generic[T]):
         raise error from exc
 
 
-def select_call(args: SelectArgs, default_tenant: str | None) -> Call[Decision]:
+def select_call(args: SelectCall, default_tenant: str | None) -> Call[Decision]:
+    timeout, api_key = args.pop("timeout", None), args.pop("api_key", None)
     msg = select_request(args, default_tenant)
     return Call(
         "Select",
         msg,
         lambda reply, _: decision_from_proto(reply, msg.tenant, msg.router),
         retry_safe=bool(msg.request_id),
+        timeout=timeout,
+        api_key=api_key,
     )
 
 
-def feedback_call(args: FeedbackArgs, default_tenant: str | None) -> Call[FeedbackResult]:
+def feedback_call(args: FeedbackCall, default_tenant: str | None) -> Call[FeedbackResult]:
+    timeout, api_key = args.pop("timeout", None), args.pop("api_key", None)
     return Call(
         "Feedback",
         feedback_request(args, default_tenant),
@@ -91,15 +101,50 @@ def feedback_call(args: FeedbackArgs, default_tenant: str | None) -> Call[Feedba
         retry_safe=True,
         recover_from=AlreadyExists,
         recovered=RECORDED_EARLIER,
+        timeout=timeout,
+        api_key=api_key,
     )
 
 
 def upload_calls(
-    events: Iterable[FeedbackArgs], default_tenant: str | None, chunk_size: int
+    events: Iterable[FeedbackArgs], default_tenant: str | None, options: UploadOptions
 ) -> Iterator[Call[UploadSummary]]:
-    for chunk in upload_chunks(events, default_tenant, chunk_size):
-        yield Call("UploadFeedback", chunk.batches, _upload_decoder(chunk.positions), True)
+    """One call per chunk, each committed before the next is sent."""
+    tenant = options.get("tenant") or default_tenant
+    for chunk in upload_chunks(events, tenant, options.get("chunk_size", DEFAULT_CHUNK)):
+        yield Call(
+            "UploadFeedback",
+            chunk.batches,
+            _upload_decoder(chunk.positions),
+            True,
+            timeout=options.get("timeout"),
+            api_key=options.get("api_key"),
+        )
 
 
 def _upload_decoder(positions: tuple[int, ...]) -> Callable[[Any, int], UploadSummary]:
     return lambda reply, attempts: upload_from_proto(reply, positions, attempts)
+
+
+@dataclass(frozen=True)
+class Attempts(Generic[T]):
+    """A call's attempts, made by a tenacity Retrying (Client) or AsyncRetrying (AsyncClient):
+    ``invoke`` makes one attempt; the client passes its reply to ``done``, or the error of the
+    last attempt to ``failed``."""
+
+    call: Call[T]
+    retrying: Retrying | AsyncRetrying
+    invoke: Callable[[], Any]
+
+    async def invoke_awaited(self) -> Any:
+        """``invoke`` for AsyncRetrying, which awaits only a coroutine function."""
+        return await self.invoke()
+
+    def _attempt(self) -> int:
+        return int(self.retrying.statistics.get("attempt_number", 1))
+
+    def done(self, reply: Any) -> T:
+        return self.call.decode(reply, self._attempt())
+
+    def failed(self, exc: grpc.RpcError) -> T:
+        return self.call.failed(exc, self._attempt())

@@ -15,6 +15,7 @@ from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
 
 MAX_CHUNK = 10_000  # events in one UploadFeedback message (the server refuses more)
+DEFAULT_CHUNK = 1000  # events per UploadFeedback call (and commit), as `banditd ingest`
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN}
 PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": pb.PREFER_TIE}
 
@@ -59,6 +60,40 @@ class FeedbackArgs(TypedDict, total=False):
     preference: Literal["arm", "challenger", "tie"] | None
 
 
+class CallOptions(TypedDict, total=False):
+    """What every call also takes: ``timeout``, its deadline in seconds, retries included (None:
+    the client's), and ``api_key``, its own key instead of the client's (a gateway forwarding its
+    caller's)."""
+
+    timeout: float | None
+    api_key: str | None
+
+
+class SelectCall(SelectArgs, CallOptions, total=False):
+    """select()'s keyword arguments."""
+
+
+class FeedbackCall(FeedbackArgs, CallOptions, total=False):
+    """feedback()'s keyword arguments."""
+
+
+class UploadOptions(CallOptions, total=False):
+    """upload_feedback()'s keyword arguments: ``tenant`` of events that name none (default: the
+    client's), ``chunk_size`` events per call (DEFAULT_CHUNK, at most MAX_CHUNK); ``timeout``
+    is per call."""
+
+    tenant: str | None
+    chunk_size: int
+
+
+def _set_present(msg: Any, args: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Set the optional fields ``names`` that ``args`` gives (None: left unset)."""
+    for name in names:
+        value = args.get(name)
+        if value is not None:
+            setattr(msg, name, value)
+
+
 def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
     unknown = sorted(set(args) - set(kind.__annotations__))
     if unknown:
@@ -82,16 +117,11 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
         msg.prompt = prompt
     if embedding is not None:
         msg.embedding.values.extend(embedding)
-    for name in (
-        "cost_weight",
-        "max_cost_usd",
-        "latency_weight",
-        "energy_weight",
-        "max_latency_ms",
-    ):
-        value = args.get(name)
-        if value is not None:
-            setattr(msg, name, value)
+    _set_present(
+        msg,
+        args,
+        ("cost_weight", "max_cost_usd", "latency_weight", "energy_weight", "max_latency_ms"),
+    )
     return msg
 
 
@@ -123,17 +153,11 @@ def feedback_request(
                 f"must be 'arm', 'challenger' or 'tie', got {preference!r}",
             )
         msg.preference = PREFERENCES[preference]
-    for name in (
-        "cost_usd",
-        "input_tokens",
-        "output_tokens",
-        "latency_ms",
-        "energy_wh",
-        "first_token_ms",
-    ):
-        value = args.get(name)
-        if value is not None:
-            setattr(msg, name, value)
+    _set_present(
+        msg,
+        args,
+        ("cost_usd", "input_tokens", "output_tokens", "latency_ms", "energy_wh", "first_token_ms"),
+    )
     return msg
 
 

@@ -6,8 +6,12 @@ added to the proto before it is wrapped here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
 
 from banditd.v1 import banditd_pb2 as pb
 
@@ -56,37 +60,19 @@ class Decision:
         return tuple(r.arm for r in self.ranking if r.arm != self.arm)
 
 
+def _same_named(cls: type[Any], msg: Message) -> dict[str, Any]:
+    """The fields of ``cls`` that ``msg`` has, as keyword arguments (scalars only)."""
+    names = msg.DESCRIPTOR.fields_by_name
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(cls) if f.name in names}
+
+
 def decision_from_proto(msg: pb.SelectResponse, tenant: str, router: str) -> Decision:
+    ranking = tuple(RankedArm(**_same_named(RankedArm, r)) for r in msg.ranking)
     return Decision(
+        **_same_named(Decision, msg) | {"ranking": ranking},
         tenant=tenant,
         router=router,
-        decision_id=msg.decision_id,
-        arm=msg.arm,
-        ranking=tuple(
-            RankedArm(
-                r.arm,
-                r.score,
-                r.expected_cost_usd,
-                r.quality_score,
-                r.expected_latency_ms,
-                r.expected_energy_wh,
-                r.upstream_base_url,
-                r.upstream_model,
-                r.upstream_api_key_env,
-                r.input_price_per_mtok,
-                r.output_price_per_mtok,
-            )
-            for r in msg.ranking
-        ),
-        propensity=msg.propensity,
-        explored=msg.explored,
-        expected_cost_usd=msg.expected_cost_usd,
-        expires_at_unix=msg.expires_at_unix,
-        budget_price=msg.budget_price,
-        budget_outcome=msg.budget_outcome,
-        context_version=msg.context_version,
         raw=msg,
-        challenger=msg.challenger,
     )
 
 

@@ -2,7 +2,8 @@
 
 A call's ``timeout`` covers all its attempts: each attempt gets the time that is left, and no
 attempt starts once the backoff would pass the deadline. Only UNAVAILABLE is retried, and only
-for calls that are safe to repeat (Call.retry_safe).
+for calls that are safe to repeat (Call.retry_safe). An attempt fails with the gRPC error; the
+client maps the last one to the banditd exception tree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from tenacity import (
     RetryCallState,
     retry_if_exception,
@@ -21,6 +23,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from banditd.client._errors import map_rpc_error
 from banditd.errors import Unavailable
 
 log = logging.getLogger("banditd.client")
@@ -63,6 +66,8 @@ def tenacity_args(
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, grpc.RpcError):
+            error = map_rpc_error(error)
         log.info(
             "banditd %s: retry %d of %d in %.2f s after %s",
             method,
@@ -80,7 +85,11 @@ def tenacity_args(
         "wait": wait_exponential_jitter(
             multiplier=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.jitter_s
         ),
-        "retry": retry_if_exception(lambda exc: isinstance(exc, Unavailable)),
+        "retry": retry_if_exception(
+            lambda exc: (
+                isinstance(exc, grpc.RpcError) and isinstance(map_rpc_error(exc), Unavailable)
+            )
+        ),
         "before_sleep": before_sleep,
         "reraise": True,
     }

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from banditd import __version__, progress
-from banditd.commands import bench, replay, routers_file
+from banditd.commands import bench, replay, reporting, routers_file
 from banditd.commands import evaluate as evaluate_cli
 from banditd.commands import gateway as gateway_cli
 from banditd.commands import routers as routers_cli
@@ -237,21 +237,13 @@ def main(argv: list[str] | None = None) -> int:
                     fresh=args.restart,
                     security=ClientSecurity.from_args(args),
                 ).as_dict()
-            if args.json:
-                print(json.dumps(summary))
-            else:
-                for key, value in summary.items():
-                    print(f"{key:>14}: {value}")
+            reporting.emit(args, summary, reporting.key_values(14))
         elif args.command == "keys":
             asyncio.run(_keys(settings, args))
         elif args.command == "warm-start":
             with progress.shown(quiet=args.quiet):
                 summary = asyncio.run(warm_start_cli.warm_start(settings, args))
-            if args.json:
-                print(json.dumps(summary))
-            else:
-                for key, value in summary.items():
-                    print(f"{key:>18}: {value}")
+            reporting.emit(args, summary, reporting.key_values(18))
     except (BanditdError, OSError, TLSConfigError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1

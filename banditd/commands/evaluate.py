@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
 from banditd import progress
+from banditd.commands import reporting
 from banditd.config import Settings
 from banditd.domain import RouterSpec
 from banditd.edge import codec
@@ -74,37 +73,40 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.replay_proof is not None:
-            with progress.shown(quiet=args.quiet):
-                report = ope_proof.proof(
-                    args.replay_proof,
-                    seeds=range(args.seed, args.seed + args.seeds),
-                    limit=args.limit if args.limit != evaluation.DEFAULT_LIMIT else None,
-                    replicates=args.bootstrap,
-                )
-            text = ope_proof.render_text(report)
-        elif args.router:
-            with progress.shown(quiet=args.quiet):
-                report = asyncio.run(evaluate_router(args))
-            text = evaluation.render_text(report)
-        else:
-            raise InvalidArgument("router", "give --router TENANT/NAME (or --replay-proof DATA)")
-    except (BanditdError, OSError, ValueError) as exc:
-        print(f"banditd evaluate: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report) if args.json else text)
-    return 0
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The report of --replay-proof, or of --router (the --json object)."""
+    if args.replay_proof is not None:
+        with progress.shown(quiet=args.quiet):
+            return ope_proof.proof(
+                args.replay_proof,
+                seeds=range(args.seed, args.seed + args.seeds),
+                limit=args.limit if args.limit != evaluation.DEFAULT_LIMIT else None,
+                replicates=args.bootstrap,
+            )
+    if args.router:
+        with progress.shown(quiet=args.quiet):
+            return asyncio.run(evaluate_router(args))
+    raise InvalidArgument("router", "give --router TENANT/NAME (or --replay-proof DATA)")
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """A router's evaluation (it names the router) or the replay proof, as tables."""
+    return evaluation.render_text(report) if "router" in report else ope_proof.render_text(report)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `evaluate` to a command's subparsers; the parsed args carry func=run."""
-    p = subparsers.add_parser(
+    """Add `evaluate` to a command's subparsers: tables, or one JSON object with --json."""
+    p = reporting.add(
+        subparsers,
         "evaluate",
         help="estimate candidate router configurations on a router's decision log (off-policy)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=reporting.Command(
+            measure,
+            render_text,
+            name="banditd evaluate",
+            errors=(BanditdError, OSError, ValueError),
+        ),
     )
     p.add_argument("--router", help="TENANT/NAME of the router whose log to use")
     p.add_argument(
@@ -135,6 +137,4 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="check the estimators against the truth on a full-information outcome file",
     )
     p.add_argument("--seeds", type=int, default=5, help="logs for --replay-proof (5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     progress.add_quiet_flag(p)
-    p.set_defaults(func=run)

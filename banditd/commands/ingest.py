@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,9 @@ class IngestSummary:
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "lines": self.lines,
-            "skipped_lines": self.skipped_lines,
-            "accepted": self.accepted,
-            "duplicate": self.duplicate,
-            "expired": self.expired,
-            "invalid": self.invalid,
-            "unparsable": self.unparsable,
-            "first_rejects": self.rejects[:20],
-        }
+        """The counts, and the first 20 rejects (the --json object)."""
+        counts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rejects"}
+        return counts | {"first_rejects": self.rejects[:20]}
 
 
 def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackRequest:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import math
-import sys
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 
 from banditd import progress
+from banditd.commands import reporting
 from banditd.commands.argtypes import int_at_least
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
@@ -28,12 +28,14 @@ from banditd.evaluation.replay.features import router_spec
 from banditd.evaluation.replay.options import (
     ARM_PRICES,
     AUTO,
+    DEFAULT_TENANT,
     FEEDBACK,
     REFERENCE_POLICIES,
     Options,
+    Server,
 )
 from banditd.evaluation.replay.plot import plot
-from banditd.evaluation.replay.remote import DEFAULT_TENANT, Server, router_name
+from banditd.evaluation.replay.remote import router_name
 from banditd.evaluation.replay.render import render_text
 from banditd.evaluation.replay.runner import replay
 from banditd.policy import POLICIES
@@ -70,37 +72,15 @@ def _fraction(text: str) -> float:
 
 
 def options(args: argparse.Namespace) -> Options:
-    """The replay options of parsed command-line arguments."""
-    return Options(
-        data=args.data,
-        policy=args.policy,
-        cost_weight=args.cost_weight,
-        latency_weight=args.latency_weight,
-        energy_weight=args.energy_weight,
-        max_latency_ms=args.max_latency_ms,
-        budget_usd=args.budget_usd,
-        feedback=args.feedback,
-        warm_start=args.warm_start,
-        arm_prices=args.arm_prices,
-        split=args.split,
-        warm_start_head=args.warm_start_head,
-        arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
-        seed=args.seed,
-        repeats=args.repeats,
-        sweep=args.sweep,
-        sweep_budgets=args.sweep_budgets,
-        limit=args.limit,
-        embedding_dim=args.embedding_dim,
-        exploration=args.exploration,
-        metadata_from=tuple(f.strip() for f in (args.metadata_from or "").split(",") if f.strip()),
-        metadata_slots=args.metadata_slots,
-        encoder=args.encoder,
-        text_window_tokens=args.text_window,
-        pca_dim=args.pca_dim,
-        pca_fit_samples=args.pca_fit_samples,
-        knn_k=args.knn_k,
-        embeddings_cache=args.embeddings_cache,
-        server=None
+    """The replay options of parsed command-line arguments: the flags named like an Options
+    field, and those that need parsing."""
+    given = {
+        "arms": tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
+        "metadata_from": tuple(
+            f.strip() for f in (args.metadata_from or "").split(",") if f.strip()
+        ),
+        "text_window_tokens": args.text_window,
+        "server": None
         if args.server is None
         else Server(
             args.server,
@@ -108,7 +88,9 @@ def options(args: argparse.Namespace) -> Options:
             ClientSecurity.from_args(args),
             keep_routers=args.keep_routers,
         ),
-    )
+    }
+    named = {f.name for f in dataclasses.fields(Options)} - set(given)
+    return Options(**{name: getattr(args, name) for name in named if hasattr(args, name)}, **given)
 
 
 def router_config(opts: Options) -> pb.RouterConfig:
@@ -121,22 +103,31 @@ def router_config(opts: Options) -> pb.RouterConfig:
     return codec.spec_to_proto(dataclasses.replace(spec, tenant=tenant, name=name))
 
 
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The replay's report (the --json object); with --plot, the plot written too."""
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise InvalidArgument("plot", "needs matplotlib (pip install matplotlib)")
+    with progress.shown(quiet=args.quiet):
+        report = replay(options(args))
+    if args.plot is not None:
+        plot(report, args.plot)
+    return report
+
+
+REPORT = reporting.Command(
+    measure, render_text, name="banditd replay", errors=(BanditdError, OSError, TLSConfigError)
+)
+
+
 def run(args: argparse.Namespace) -> int:
-    """`banditd replay`: print the report (tables, or one JSON object with --json)."""
+    """`banditd replay`: print the report (tables, or one JSON object with --json), or with
+    --print-router the router's configuration."""
+    if not args.print_router:
+        return REPORT(args)
     try:
-        if args.print_router:
-            print(json_format.MessageToJson(router_config(options(args))))
-            return 0
-        if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-            raise InvalidArgument("plot", "needs matplotlib (pip install matplotlib)")
-        with progress.shown(quiet=args.quiet):
-            report = replay(options(args))
-        if args.plot is not None:
-            plot(report, args.plot)
-    except (BanditdError, OSError, TLSConfigError) as exc:
-        print(f"banditd replay: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report) if args.json else render_text(report))
+        print(json_format.MessageToJson(router_config(options(args))))
+    except REPORT.errors as exc:
+        return reporting.fail(REPORT.name, exc)
     return 0
 
 
@@ -144,11 +135,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add `replay` to a command's subparsers; the parsed args carry func=run."""
     import banditd.evaluation.replay as package  # its docstring is the command's description
 
-    p = subparsers.add_parser(
+    p = reporting.add(
+        subparsers,
         "replay",
         help="evaluate a policy online on full-information outcome data (offline, in process)",
         description=package.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run,
     )
     p.add_argument("--data", type=Path, required=True, help="outcome file (JSONL, optionally .gz)")
     p.add_argument(
@@ -277,6 +269,4 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="print the RouterConfig JSON of the router this replay runs, and stop",
     )
     p.add_argument("--plot", type=Path, help="write a quality-cost plot (PNG; needs matplotlib)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     progress.add_quiet_flag(p)
-    p.set_defaults(func=run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -20,11 +20,28 @@ from banditd.domain import FloatArray, RouterSpec
 from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 
-if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.state.posterior import Posterior
-
 IntArray = npt.NDArray[np.int64]
 Rng = np.random.Generator
+
+
+class PriorMean(Protocol):
+    @property
+    def quality(self) -> float: ...
+
+
+class Estimates(Protocol):
+    """What a policy reads of a router's posterior (``banditd.state.posterior.Posterior``, which
+    satisfies this): per arm, the ridge means ``theta`` (n, d) and inverse design matrices
+    ``a_inv`` (n, d, d). A protocol, so that the policies import nothing of ``banditd.state``."""
+
+    @property
+    def arms(self) -> list[str]: ...
+    @property
+    def theta(self) -> FloatArray: ...
+    @property
+    def a_inv(self) -> FloatArray: ...
+    @property
+    def prior(self) -> PriorMean: ...
 
 
 @dataclass(frozen=True)
@@ -64,12 +81,12 @@ class Policy(ABC):
 
     @abstractmethod
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         """Quality score per eligible arm, shape (k,); arm_idx: posterior indices, shape (k,)."""
 
     def priced_quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """Quality score per eligible arm when each costs cost_term (cost weight x expected
         cost, shape (k,)) of quality; by default the same as ``quality_scores``."""
@@ -77,7 +94,7 @@ class Policy(ABC):
 
     def choose(
         self,
-        post: Posterior,
+        post: Estimates,
         arm_idx: IntArray,
         x: FloatArray,
         expected_cost: FloatArray,
@@ -98,7 +115,7 @@ class Policy(ABC):
 
     def probabilities(
         self,
-        post: Posterior,
+        post: Estimates,
         arm_idx: IntArray,
         x: FloatArray,
         expected_cost: FloatArray,
@@ -115,7 +132,7 @@ class Policy(ABC):
     # The hooks of choose and probabilities, once the price is one cost term per eligible arm.
 
     def priced_choice(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> Choice:
         cost_term = finite_scores(cost_term)
         quality = finite_scores(self.priced_quality_scores(post, arm_idx, x, cost_term, rng))
@@ -127,7 +144,7 @@ class Policy(ABC):
         return Choice(order, quality, utility, 1.0, explored)
 
     def priced_probabilities(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """Deterministic policies put 1 on their choice."""
         out = np.zeros(len(arm_idx))

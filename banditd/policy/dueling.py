@@ -9,21 +9,16 @@ runner-up in the duel and never learn about the others.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from banditd.domain import FloatArray
 from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
-from banditd.policy.base import IntArray
-
-if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.state.posterior import Posterior
+from banditd.policy.base import Estimates, IntArray
 
 
 def challenger(
-    post: Posterior,
+    post: Estimates,
     arm_idx: IntArray,
     x: FloatArray,
     cost_term: FloatArray,

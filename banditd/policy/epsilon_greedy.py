@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
-from banditd.policy.base import Choice, IntArray, Policy, Rng
-
-if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.state.posterior import Posterior
+from banditd.policy.base import Choice, Estimates, IntArray, Policy, Rng
 
 
 class EpsilonGreedy(Policy):
@@ -20,12 +16,12 @@ class EpsilonGreedy(Policy):
     name = "epsilon-greedy"
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         return _kernels.mean_scores(post.theta, arm_idx, x)
 
     def priced_choice(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> Choice:
         # The base ranking on the means is the greedy choice (propensity 1, not explored).
         choice = super().priced_choice(post, arm_idx, x, cost_term, rng)
@@ -37,7 +33,7 @@ class EpsilonGreedy(Policy):
         return replace(choice, propensity=propensity, explored=chosen != greedy)
 
     def priced_probabilities(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """epsilon / k on every eligible arm, plus 1 - epsilon on the greedy one."""
         greedy = super().priced_probabilities(post, arm_idx, x, cost_term, rng)

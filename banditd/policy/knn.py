@@ -9,16 +9,10 @@ which is the posterior's only for a router whose arms never changed, as in a rep
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from banditd.domain import FloatArray, RouterSpec
-from banditd.policy.base import IntArray, Policy
-
-if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.state.posterior import Posterior
-
+from banditd.policy.base import Estimates, IntArray, Policy
 
 DEFAULT_K = 20  # neighbours, for a router (replay) that does not set knn_k
 
@@ -35,7 +29,7 @@ class KNN(Policy):
         return cls(spec.alpha, spec.knn_k)
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, rng: np.random.Generator
     ) -> FloatArray:
         """x's last 2 values per posterior arm are its kNN features, [mean reward, neighbour
         share] (arm_idx: posterior indices, the router's arm positions in a replay); an x

@@ -8,28 +8,23 @@ is plain LinUCB.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from banditd.domain import FloatArray
 from banditd.policy import _kernels
-from banditd.policy.base import IntArray, Policy, Rng
-
-if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.state.posterior import Posterior
+from banditd.policy.base import Estimates, IntArray, Policy, Rng
 
 
 class LinUCB(Policy):
     name = "linucb"
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         return _kernels.linucb_scores(post.a_inv, post.theta, arm_idx, x, self.exploration)
 
     def priced_quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         return _kernels.cost_aware_linucb_scores(
             post.a_inv, post.theta, arm_idx, x, self.exploration, np.maximum(cost_term, 0.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -11,10 +10,7 @@ import numpy.typing as npt
 from banditd.domain import FloatArray
 from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
-from banditd.policy.base import Choice, IntArray, Policy, Rng
-
-if TYPE_CHECKING:  # posterior imports the kernels of this package
-    from banditd.state.posterior import Posterior
+from banditd.policy.base import Choice, Estimates, IntArray, Policy, Rng
 
 PROPENSITY_DRAWS = 256
 
@@ -23,7 +19,7 @@ class Thompson(Policy):
     name = "thompson"
 
     def quality_scores(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, rng: Rng
     ) -> FloatArray:
         normals = rng.standard_normal(len(arm_idx))
         return _kernels.thompson_scores(
@@ -31,7 +27,7 @@ class Thompson(Policy):
         )
 
     def _wins(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> npt.NDArray[np.int64]:
         """How often each eligible arm wins among PROPENSITY_DRAWS posterior draws."""
         mean = _kernels.mean_scores(post.theta, arm_idx, x) - cost_term
@@ -40,7 +36,7 @@ class Thompson(Policy):
         return np.bincount(np.argmax(draws, axis=1), minlength=len(arm_idx))
 
     def priced_choice(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> Choice:
         """The base ranking on one posterior draw; its propensity is the share of resampled
         draws (plus the one acted on) in which the chosen arm wins."""
@@ -49,7 +45,7 @@ class Thompson(Policy):
         return replace(choice, propensity=(int(wins[choice.chosen]) + 1) / (PROPENSITY_DRAWS + 1))
 
     def priced_probabilities(
-        self, post: Posterior, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
+        self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> FloatArray:
         """Each eligible arm's share of PROPENSITY_DRAWS posterior draws: a Monte Carlo estimate,
         unbiased, so importance weights built on it stay unbiased too."""

@@ -15,7 +15,7 @@ import pytest
 from banditd.commands import replay as replay_command
 from banditd.errors import InvalidArgument
 from banditd.evaluation import replay
-from banditd.evaluation.replay.remote import Server
+from banditd.evaluation.replay.options import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.evaluation.test_replay import cli, run_json, synthetic, write_outcomes
 from tests.helpers import StartServer

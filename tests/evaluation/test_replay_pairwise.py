@@ -12,7 +12,7 @@ import pytest
 from banditd.errors import InvalidArgument
 from banditd.evaluation import replay
 from banditd.evaluation.replay.engine import REFUSED, preference
-from banditd.evaluation.replay.remote import Server
+from banditd.evaluation.replay.options import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.evaluation.test_replay import run_json, synthetic, write_outcomes
 from tests.helpers import StartServer

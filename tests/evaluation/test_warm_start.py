@@ -18,7 +18,7 @@ from banditd.commands.replay import router_config as replay_router
 from banditd.edge import codec
 from banditd.errors import FailedPrecondition, NotFound
 from banditd.evaluation import replay
-from banditd.evaluation.replay.remote import Server
+from banditd.evaluation.replay.options import Server
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import REPO, StartServer, require, router_config, wait_until
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from banditd.commands import reporting
 from banditd.commands.bench import context, feedback, gpu, kernels, load, select
 
 
@@ -27,9 +28,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="{kernels,select,load,feedback,context,gpu}",
         required=True,
     )
-    kernels.add_parser(bench_sub)
-    select.add_parser(bench_sub)
-    load.add_parser(bench_sub)
-    feedback.add_parser(bench_sub)
-    context.add_parser(bench_sub)
-    gpu.add_parser(bench_sub)
+    for module, help_text in (
+        (
+            kernels,
+            "select/update latency and batch throughput vs NumPy, MABWiser and Vowpal Wabbit",
+        ),
+        (select, "Select latency, one caller, against a grpc.aio echo server in the same run"),
+        (load, "Select capacity: open-loop gRPC load at a fixed rate, p50/p95/p99"),
+        (feedback, "StreamFeedback and ingest events/s into Postgres, replica convergence p50/p99"),
+        (context, "encoder latency (single and micro-batched), PCA and kNN latency"),
+        (gpu, "kNN and MiniLM encoding throughput, GPU against CPU"),
+    ):
+        name = module.__name__.rpartition(".")[2]
+        parser = reporting.add(
+            bench_sub, name, help=help_text, description=module.__doc__, run=module.REPORT
+        )
+        module.add_arguments(parser)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from banditd.commands import reporting
 from banditd.commands.bench import local
 from banditd.context.batching import MicroBatcher
 from banditd.context.encoders import TextEncoder, get_encoder
@@ -179,30 +178,23 @@ def select_bench(encoder: str, seconds: float) -> dict[str, Any]:
         }
 
 
-def run(args: argparse.Namespace) -> int:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    report = {
+    out = {
         "encode": encode_bench(encoders, args.seconds),
         "knn": knn_bench(sizes, args.seconds),
     }
     if args.select_encoder:
-        report["select"] = select_bench(args.select_encoder, args.seconds)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(json.dumps(report, indent=2))
-    sys.stdout.flush()
-    return 0
+        out["select"] = select_bench(args.select_encoder, args.seconds)
+    return out
 
 
-def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = bench_sub.add_parser(
-        "context",
-        help="encoder latency (single and micro-batched), PCA and kNN latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+REPORT = reporting.Command(measure)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench context`."""
     p.add_argument("--encoders", default="hashing,minilm-static,minilm", help="(%(default)s)")
     p.add_argument("--sizes", default="10000,100000", help="kNN index sizes (%(default)s)")
     p.add_argument("--seconds", type=float, default=2.0, help="time per measurement (2)")
@@ -211,5 +203,3 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default="minilm-static",
         help="encoder of the end-to-end Select measurement; empty: skip it (%(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=run)

@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 from sqlalchemy.engine import make_url
 
+from banditd.commands import reporting
 from banditd.commands.argtypes import int_at_least
 from banditd.commands.bench import local
 from banditd.commands.bench.decisions import DecisionMaker
@@ -336,8 +337,8 @@ def _database(url: str | None) -> Iterator[str]:
             yield throwaway
 
 
-def run(args: argparse.Namespace) -> int:
-    """`banditd bench feedback`: print the report (a table, or one JSON object with --json)."""
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """`banditd bench feedback`'s report (the --json object)."""
     cfg = FeedbackConfig(
         events=args.events,
         replicas=args.replicas,
@@ -347,19 +348,14 @@ def run(args: argparse.Namespace) -> int:
         arms=args.arms,
     )
     with _database(args.database_url) as url:
-        report = run_feedback(cfg, url)
-    print(json.dumps(report, indent=2) if args.json else render_text(report))
-    return 0
+        return run_feedback(cfg, url)
 
 
-def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `feedback` to the `bench` subcommands; the parsed args carry func=run."""
-    p = bench_sub.add_parser(
-        "feedback",
-        help="StreamFeedback and ingest events/s into Postgres, replica convergence p50/p99",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+REPORT = reporting.Command(measure, render_text, json_indent=2)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench feedback`."""
     p.add_argument(
         "--database-url",
         help="an empty database to use (default: a throwaway Postgres on 127.0.0.1)",
@@ -372,5 +368,3 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--probe-rate", type=float, default=50.0, help="probes a second (50)")
     p.add_argument("--dim", type=int_at_least(1), default=32, help="embedding size (32)")
     p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=run)

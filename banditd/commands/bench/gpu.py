@@ -19,14 +19,13 @@ import argparse
 import asyncio
 import functools
 import itertools
-import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from banditd.commands import reporting
 from banditd.commands.argtypes import ints_at_least, positive_float
 
 DIM, K, ARMS, QUERY_BATCH = 32, 20, [f"m{i}" for i in range(11)], 1024
@@ -123,7 +122,7 @@ def _ratios(gpu: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     from banditd.context.device import choose
 
     report: dict[str, Any] = {"gpu": "", "knn": {}, "encoding": {}}
@@ -151,18 +150,14 @@ def run(args: argparse.Namespace) -> int:
             row["gpu_over_cpu"] = round(row["cuda_prompts_per_s"] / row["cpu_prompts_per_s"], 2)
         else:
             row["cuda"] = f"torch {torch.__version__} sees no CUDA device"
-    print(json.dumps(report, indent=None if args.json else 2))
-    sys.stdout.flush()
-    return 0
+    return report
 
 
-def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = bench_sub.add_parser(
-        "gpu",
-        help="kNN and MiniLM encoding throughput, GPU against CPU",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+REPORT = reporting.Command(measure, json_help="print one JSON object on one line")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench gpu`."""
     p.add_argument(
         "--sizes", type=ints_at_least(1), default=(100_000,), help="index sizes (100000)"
     )
@@ -174,5 +169,3 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--seconds", type=positive_float, default=3.0, help="per measurement (3)")
     p.add_argument("--temp-memory-mb", type=int, default=256, help="GPU scratch (256)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on one line")
-    p.set_defaults(func=run)

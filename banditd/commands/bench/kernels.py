@@ -22,16 +22,10 @@ MABWiser and Vowpal Wabbit come from the `bench` extra; when absent they are rep
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
-import importlib
-import json
-import math
 import os
 import platform
-import sys
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,19 +36,23 @@ import numpy as np
 import numpy.typing as npt
 from numba.np.ufunc import threading_layer
 
+from banditd.commands import reporting
 from banditd.commands.argtypes import int_at_least, ints_at_least
-from banditd.domain import FloatArray
-from banditd.policy import _kernels
+from banditd.commands.bench.kernel_impls import (
+    ALPHA,
+    VW_ARGS,
+    Workload,
+    batch_select,
+    compile_kernels,
+    factories,
+    log,
+)
 
 IMPLS = ("banditd", "banditd_ts", "numpy", "mabwiser_linucb", "mabwiser_lints", "vw")
 OPS = ("select", "update", "select_update")
 OP_LABELS = {"select": "select", "update": "update", "select_update": "select+update"}
 BATCHES = (64, 1024)
 BATCH_DIM = 32
-ALPHA = 1.0  # LinUCB exploration and Thompson scale, for banditd and MABWiser alike
-VW_ARGS = "--cb_explore_adf -q sa --quiet"
-STREAM = 1024  # distinct timed contexts, cycled; also the contexts of the largest batch
-SEED = 20_240
 BUDGET_S = 0.75
 MIN_ITERATIONS = 10
 WARMUP = 3
@@ -89,240 +87,11 @@ class Config:
     budget_s: float
 
 
-@dataclass(frozen=True)
-class Workload:
-    """One d's shared history and timed stream; contexts carry an intercept in x[0]."""
-
-    dim: int
-    n_arms: int
-    hist_x: FloatArray  # (history, dim)
-    hist_arm: npt.NDArray[np.int64]  # (history,)
-    hist_r: FloatArray  # (history,)
-    xs: FloatArray  # (STREAM, dim)
-    rs: list[float]  # (STREAM,)
-
-    @classmethod
-    def make(cls, dim: int, n_arms: int, history: int) -> Workload:
-        rng = np.random.default_rng(SEED + dim)
-
-        def contexts(n: int) -> FloatArray:
-            x = rng.standard_normal((n, dim)) / math.sqrt(dim)
-            x[:, 0] = 1.0
-            return x
-
-        return cls(
-            dim=dim,
-            n_arms=n_arms,
-            hist_x=contexts(history),
-            hist_arm=rng.integers(0, n_arms, history),
-            hist_r=rng.random(history),
-            xs=contexts(STREAM),
-            rs=rng.random(STREAM).tolist(),
-        )
-
-    def state(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Fresh (A, A^-1, b, theta) per arm after the history: A = I + sum x x^T, b = sum r x.
-
-        The same ridge statistics MABWiser's fit computes with l2_lambda = 1.
-        """
-        a = np.repeat(np.eye(self.dim)[None], self.n_arms, axis=0)
-        b = np.zeros((self.n_arms, self.dim))
-        for arm in range(self.n_arms):
-            mask = self.hist_arm == arm
-            a[arm] += self.hist_x[mask].T @ self.hist_x[mask]
-            b[arm] = self.hist_x[mask].T @ self.hist_r[mask]
-        a_inv = np.asarray(np.linalg.inv(a), dtype=np.float64)
-        theta = np.ascontiguousarray(np.einsum("kij,kj->ki", a_inv, b), dtype=np.float64)
-        return a, a_inv, b, theta
-
-
-class Impl(ABC):
-    """One implementation's bandit state, driven by an index into the workload's stream."""
-
-    def __init__(self, work: Workload) -> None:
-        self.n_arms = work.n_arms
-        self.rs = work.rs
-
-    @abstractmethod
-    def select(self, i: int) -> int:
-        """Score every arm for context i and return the best arm."""
-
-    @abstractmethod
-    def learn(self, i: int, arm: int, prob: float) -> None:
-        """Update arm with context i and its reward; prob: the arm's selection probability."""
-
-    def update(self, i: int) -> None:
-        """One update, arms in turn, as if chosen uniformly."""
-        self.learn(i, i % self.n_arms, 1.0 / self.n_arms)
-
-    def select_update(self, i: int) -> None:
-        """Select an arm for context i, then learn its reward."""
-        self.learn(i, self.select(i), 1.0)
-
-    def close(self) -> None:  # noqa: B027 - a hook: only Vowpal Wabbit holds native state
-        """Release what the implementation holds outside Python."""
-
-
-class BanditdLinUCB(Impl):
-    """The banditd Numba kernels, LinUCB scores."""
-
-    def __init__(self, work: Workload) -> None:
-        super().__init__(work)
-        self.a, self.a_inv, self.b, self.theta = work.state()
-        self.arm_idx = np.arange(work.n_arms, dtype=np.int64)
-        self.xs = list(work.xs)
-
-    def select(self, i: int) -> int:
-        x = self.xs[i % STREAM]
-        return int(_kernels.linucb_scores(self.a_inv, self.theta, self.arm_idx, x, ALPHA).argmax())
-
-    def learn(self, i: int, arm: int, prob: float) -> None:
-        _kernels.sherman_morrison_update(
-            self.a,
-            self.a_inv,
-            self.b,
-            self.theta,
-            arm,
-            self.xs[i % STREAM],
-            self.rs[i % STREAM],
-            1.0,
-        )
-
-
-class BanditdThompson(BanditdLinUCB):
-    """The banditd Numba kernels, one Thompson sample per arm."""
-
-    def __init__(self, work: Workload) -> None:
-        super().__init__(work)
-        self.rng = np.random.default_rng(SEED)
-
-    def select(self, i: int) -> int:
-        normals = self.rng.standard_normal(self.n_arms)
-        x = self.xs[i % STREAM]
-        scores = _kernels.thompson_scores(self.a_inv, self.theta, self.arm_idx, x, ALPHA, normals)
-        return int(scores.argmax())
-
-
-class NumpyLinUCB(BanditdLinUCB):
-    """The reference: LinUCB and the Sherman-Morrison update written in plain NumPy."""
-
-    def select(self, i: int) -> int:
-        x = self.xs[i % STREAM]
-        quad = np.maximum((self.a_inv @ x) @ x, 0.0)
-        return int((self.theta @ x + ALPHA * np.sqrt(quad)).argmax())
-
-    def learn(self, i: int, arm: int, prob: float) -> None:
-        x, reward = self.xs[i % STREAM], self.rs[i % STREAM]
-        u = self.a_inv[arm] @ x
-        self.a[arm] += np.outer(x, x)
-        self.b[arm] += reward * x
-        self.a_inv[arm] -= np.outer(u, u) / (1.0 + x @ u)
-        self.theta[arm] = self.a_inv[arm] @ self.b[arm]
-
-
-class MabWiser(Impl):
-    """MABWiser's MAB with LinUCB or LinTS, fitted on the history; arms are 0..n_arms-1."""
-
-    def __init__(self, work: Workload, mab: Any, policy: str) -> None:
-        super().__init__(work)
-        lp = mab.LearningPolicy
-        learning = lp.LinUCB(alpha=ALPHA) if policy == "linucb" else lp.LinTS(alpha=ALPHA)
-        self.mab = mab.MAB(list(range(work.n_arms)), learning, seed=SEED)
-        self.mab.fit(work.hist_arm, work.hist_r, work.hist_x)
-        self.contexts = [work.xs[k : k + 1] for k in range(STREAM)]
-
-    def select(self, i: int) -> int:
-        return int(self.mab.predict(self.contexts[i % STREAM]))
-
-    def learn(self, i: int, arm: int, prob: float) -> None:
-        self.mab.partial_fit([arm], [self.rs[i % STREAM]], self.contexts[i % STREAM])
-
-
-class VowpalWabbit(Impl):
-    """A Vowpal Wabbit workspace fed ADF text examples: `shared |s` d features, one `|a` per arm.
-
-    Contexts are formatted to text beforehand; predict and learn include VW's own parsing. The
-    history is learnt as logged by a uniform policy (cost = -reward, probability 1/n_arms).
-    """
-
-    def __init__(self, work: Workload, vw: Any) -> None:
-        super().__init__(work)
-        self.ws = vw.Workspace(VW_ARGS)
-        self.actions = [f"|a arm=arm{k}" for k in range(work.n_arms)]
-        self.shared = [self._shared(x) for x in work.xs]
-        self.pmf: list[float] = []
-        for x, arm, reward in zip(work.hist_x, work.hist_arm, work.hist_r, strict=True):
-            self.ws.learn(self._labelled(self._shared(x), int(arm), -reward, 1.0 / work.n_arms))
-
-    @staticmethod
-    def _shared(x: FloatArray) -> str:
-        return "shared |s " + " ".join(f"{j}:{v:.9g}" for j, v in enumerate(x.tolist()))
-
-    def _labelled(self, shared: str, arm: int, cost: float, prob: float) -> list[str]:
-        lines = [shared, *self.actions]
-        lines[1 + arm] = f"0:{cost!r}:{prob!r} {self.actions[arm]}"
-        return lines
-
-    def select(self, i: int) -> int:
-        self.pmf = self.ws.predict([self.shared[i % STREAM], *self.actions])
-        return self.pmf.index(max(self.pmf))
-
-    def learn(self, i: int, arm: int, prob: float) -> None:
-        cost = -self.rs[i % STREAM]
-        self.ws.learn(self._labelled(self.shared[i % STREAM], arm, cost, prob))
-
-    def select_update(self, i: int) -> None:
-        arm = self.select(i)
-        self.learn(i, arm, self.pmf[arm])
-
-    def close(self) -> None:
-        self.ws.finish()
-
-
-def _log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def _optional(module: str, dist: str) -> Any | None:
-    """Import a baseline library, or None with a note on stderr when the extra is not installed."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        _log(f"{dist} is not installed (pip install 'banditd[bench]'): reported as null")
-        return None
-
-
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _factories() -> dict[str, Callable[[Workload], Impl]]:
-    """The implementations that can run here, by name; baselines only when installed."""
-    factories: dict[str, Callable[[Workload], Impl]] = {
-        "banditd": BanditdLinUCB,
-        "banditd_ts": BanditdThompson,
-        "numpy": NumpyLinUCB,
-    }
-    if (mab := _optional("mabwiser.mab", "mabwiser")) is not None:
-        factories["mabwiser_linucb"] = functools.partial(MabWiser, mab=mab, policy="linucb")
-        factories["mabwiser_lints"] = functools.partial(MabWiser, mab=mab, policy="lints")
-    if (vw := _optional("vowpalwabbit", "vowpalwabbit")) is not None:
-        factories["vw"] = functools.partial(VowpalWabbit, vw=vw)
-    return factories
-
-
-def _compile_kernels(n_arms: int) -> float:
-    """Compile (or load from Numba's cache) every kernel the bench calls; seconds taken."""
-    started = time.perf_counter()
-    impl = BanditdThompson(Workload.make(2, n_arms, 4))
-    impl.select_update(0)
-    impl.update(1)
-    _kernels.linucb_scores(impl.a_inv, impl.theta, impl.arm_idx, impl.xs[0], ALPHA)
-    _kernels.batch_linucb_scores(impl.a_inv, impl.theta, impl.arm_idx, np.stack(impl.xs[:2]), ALPHA)
-    return time.perf_counter() - started
 
 
 def _time_calls(op: Callable[[int], object], start: int, n: int) -> npt.NDArray[np.int64]:
@@ -354,33 +123,15 @@ def _measure(op: Callable[[int], object], cfg: Config) -> Stat:
     )
 
 
-def _numpy_batch_scores(
-    a_inv: FloatArray, theta: FloatArray, xs: FloatArray, alpha: float
-) -> FloatArray:
-    """LinUCB scores of every arm for many contexts in NumPy; xs (n, d) -> (n, n_arms)."""
-    quad: FloatArray = np.einsum("knd,nd->nk", xs @ a_inv, xs)
-    return xs @ theta.T + alpha * np.sqrt(np.maximum(quad, 0.0))
-
-
-def _batch_select(name: str, work: Workload, batch: int) -> Callable[[int], object]:
-    """One batch select (scores, then argmax per context) of the first `batch` stream contexts."""
-    _, a_inv, _, theta = work.state()
-    arm_idx = np.arange(work.n_arms, dtype=np.int64)
-    xs = np.ascontiguousarray(work.xs[:batch])
-    if name == "banditd":
-        return lambda _: _kernels.batch_linucb_scores(a_inv, theta, arm_idx, xs, ALPHA).argmax(1)
-    return lambda _: _numpy_batch_scores(a_inv, theta, xs, ALPHA).argmax(1)
-
-
 def _batch_throughput(work: Workload, cfg: Config) -> dict[str, dict[str, float]]:
     """Decisions per second of batch select, from the median call, for banditd and NumPy."""
     out: dict[str, dict[str, float]] = {}
     for name in ("banditd", "numpy"):
         out[name] = {}
         for batch in BATCHES:
-            stat = _measure(_batch_select(name, work, batch), cfg)
+            stat = _measure(batch_select(name, work, batch), cfg)
             out[name][str(batch)] = round(batch / (stat["median"] * 1e-6))
-            _log(f"batch {batch:>5} d={work.dim} {name:<16} {out[name][str(batch)]:>14,.0f}/s")
+            log(f"batch {batch:>5} d={work.dim} {name:<16} {out[name][str(batch)]:>14,.0f}/s")
     return out
 
 
@@ -410,18 +161,18 @@ def bench_kernels(cfg: Config) -> dict[str, Any]:
     """Run every measurement and return the report (the --json object)."""
     started = time.perf_counter()
     load_average = [round(load, 2) for load in os.getloadavg()]
-    factories = _factories()
-    _log(f"numba kernels compiled or loaded in {_compile_kernels(cfg.n_arms):.1f} s")
+    impls = factories()
+    log(f"numba kernels compiled or loaded in {compile_kernels(cfg.n_arms):.1f} s")
     measured: dict[str, dict[str, dict[str, Stat]]] = {op: {} for op in OPS}
     for dim in cfg.dims:
         work = Workload.make(dim, cfg.n_arms, cfg.history)
-        for name, factory in factories.items():
+        for name, factory in impls.items():
             impl = factory(work)
             try:
                 for op in OPS:
                     stat = _measure(getattr(impl, op), cfg)
                     measured[op].setdefault(name, {})[str(dim)] = stat
-                    _log(
+                    log(
                         f"d={dim:<4} {name:<16} {OP_LABELS[op]:<14} median {stat['median']:>12,.2f}"
                         f" us  p99 {stat['p99']:>12,.2f} us  ({stat['n']} calls)"
                     )
@@ -525,8 +276,8 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """`banditd bench kernels`: print the report (a table, or one JSON object with --json)."""
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every measurement and return the report (the --json object)."""
     if args.quick:
         cfg = Config(
             dims=(BATCH_DIM,),
@@ -547,30 +298,23 @@ def run(args: argparse.Namespace) -> int:
             warmup=WARMUP,
             budget_s=BUDGET_S,
         )
-    report = bench_kernels(cfg)
-    print(json.dumps(report, indent=2) if args.json else render_text(report))
-    return 0
+    return bench_kernels(cfg)
 
 
-def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `kernels` to the `bench` subcommands; the parsed args carry func=run."""
-    p_kernels = bench_sub.add_parser(
-        "kernels",
-        help="select/update latency and batch throughput vs NumPy, MABWiser and Vowpal Wabbit",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p_kernels.add_argument(
+REPORT = reporting.Command(measure, render_text, json_indent=2)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench kernels`."""
+    p.add_argument(
         "--dims", type=ints_at_least(1), default=(32, 128, 384), help="context sizes (32,128,384)"
     )
-    p_kernels.add_argument("--arms", type=int_at_least(1), default=11, help="number of arms (11)")
-    p_kernels.add_argument(
+    p.add_argument("--arms", type=int_at_least(1), default=11, help="number of arms (11)")
+    p.add_argument(
         "--iterations",
         type=int_at_least(1),
         help="most timed calls per measurement (10000; slow ones stop at the time budget)",
     )
-    p_kernels.add_argument(
+    p.add_argument(
         "--quick", action="store_true", help="tiny iteration counts at d=32 only (for tests)"
     )
-    p_kernels.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p_kernels.set_defaults(func=run)

@@ -21,16 +21,12 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import multiprocessing
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -38,10 +34,11 @@ from typing import Any
 
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
+from banditd.commands import reporting
 from banditd.commands.argtypes import int_at_least, positive_float
 from banditd.commands.bench import local
+from banditd.commands.bench.load_probe import Watched, server_probe
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -176,121 +173,6 @@ async def _drive(cfg: LoadConfig, index: int, conn: Connection) -> dict[str, Any
     }
 
 
-# -- the server side: CPU, histogram, profile ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Watched:
-    """A server process on this machine: its CPU, /metrics and profile are read during the run."""
-
-    pid: int
-    metrics: str | None
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _select_buckets(metrics_addr: str) -> dict[float, float]:
-    """Cumulative banditd_rpc_seconds bucket counts of Select calls answered OK."""
-    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    out: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "banditd_rpc_seconds":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name.endswith("_bucket")
-                and labels.get("method") == "Select"
-                and labels.get("code") == "OK"
-            ):
-                out[float(labels["le"])] = sample.value
-    return out
-
-
-def _histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
-    """Prometheus-style quantile (linear within a bucket) of cumulative counts, in ms."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if bound == float("inf"):
-                return round(lower * 1e3, 3)
-            share = (rank - below) / (count - below) if count > below else 1.0
-            return round((lower + (bound - lower) * share) * 1e3, 3)
-        lower, below = bound, count
-    return None
-
-
-# Where a sample goes: the first rule that matches its stack (py-spy names files by their path
-# from the import root: banditd/flows/select.py, sqlalchemy/..., asyncio/...).
-AREAS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
-    ("logging (structlog JSON lines)", lambda stack, leaf: "structlog/" in stack),
-    (
-        "database (SQLAlchemy, driver, its thread)",
-        lambda stack, leaf: any(m in stack for m in ("sqlalchemy/", "aiosqlite/", "asyncpg/")),
-    ),
-    ("waiting in epoll", lambda stack, leaf: "selectors.py" in leaf),
-    (
-        "banditd code, NumPy included (decode, policy, sign, encode)",
-        lambda stack, leaf: "banditd/" in stack.replace("(banditd/commands/cli.py", ""),
-    ),
-    (
-        "gRPC core and asyncio (C under the event loop)",
-        lambda stack, leaf: "asyncio/" in leaf or "grpc" in leaf,
-    ),
-    ("threads running C code (the gRPC poller)", lambda stack, leaf: "threading.py" in leaf),
-)
-
-
-def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Where the time went, from py-spy's raw (collapsed stack) output: the share of samples per
-    area (AREAS), the functions most often on top of the stack (self) and the banditd functions
-    most often anywhere on it (inclusive), as % of samples."""
-    areas: collections.Counter[str] = collections.Counter()
-    self_count: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        leaf = frames[-1].partition(" (")[2]
-        total += count
-        area = next((name for name, rule in AREAS if rule(stack, leaf)), "other")
-        areas[area] += count
-        self_count[_frame_name(frames[-1])] += count
-        for frame in {f for f in frames if "banditd/" in f and "cli.py" not in f}:
-            inclusive[_frame_name(frame)] += count
-
-    def share(counter: collections.Counter[str], n: int) -> list[list[Any]]:
-        return [[name, round(100.0 * k / total, 1)] for name, k in counter.most_common(n)]
-
-    return {
-        "samples": total,
-        "areas_pct": share(areas, len(AREAS) + 1),
-        "self_pct": share(self_count, top),
-        "inclusive_pct": share(inclusive, top),
-    }
-
-
-def _frame_name(frame: str) -> str:
-    """`function (path/to/module.py:line)` -> `module.py:function`."""
-    name, _, where = frame.partition(" (")
-    file = where.rsplit(":", 1)[0].rsplit("/", 1)[-1]
-    return f"{file}:{name}" if file else name
-
-
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -334,7 +216,8 @@ def run_load(
         start_at = time.time() + 0.5
         for pipe in pipes:
             pipe.send(start_at)
-        with _server_probe(cfg, server, start_at, profile) as probe:
+        window_start = start_at + cfg.warmup
+        with server_probe(server, window_start, cfg.duration, profile) as probe:
             results = [pipe.recv() for pipe in pipes]
     finally:
         for proc in procs:
@@ -390,55 +273,6 @@ def run_load(
     return report
 
 
-@contextlib.contextmanager
-def _server_probe(
-    cfg: LoadConfig, server: Watched | None, start_at: float, profile: Path | None
-) -> Iterator[dict[str, Any]]:
-    """Server CPU and histogram over the measured window (a server on this machine only); fills
-    the dict after the block."""
-    out: dict[str, Any] = {}
-    if server is None:
-        yield out
-        return
-    window_start = start_at + cfg.warmup
-    time.sleep(max(0.0, window_start - time.time()))
-    cpu0 = _cpu_seconds(server.pid)
-    buckets0 = _select_buckets(server.metrics) if server.metrics else {}
-    spy = None
-    if profile is not None:
-        beside = Path(sys.executable).with_name("py-spy")  # in this virtualenv, else on PATH
-        spy = subprocess.Popen(
-            [
-                str(beside) if beside.exists() else "py-spy",
-                *("record", "--pid", str(server.pid), "--format", "raw"),
-                *("--rate", "250", "--duration", str(max(1, int(cfg.duration)))),
-                *("--output", str(profile), "--nonblocking"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    yield out
-    out["server_cpu_cores"] = round((_cpu_seconds(server.pid) - cpu0) / cfg.duration, 2)
-    if server.metrics:
-        buckets1 = _select_buckets(server.metrics)
-        delta = {le: buckets1[le] - buckets0.get(le, 0.0) for le in buckets1}
-        out["server_histogram_ms"] = {
-            "count": int(delta.get(float("inf"), 0.0)),
-            "under_1ms_pct": (
-                round(100 * delta[0.001] / delta[float("inf")], 2)
-                if delta.get(float("inf"))
-                else None
-            ),
-            **{f"p{int(q * 100)}": _histogram_quantile(delta, q) for q in (0.5, 0.95, 0.99)},
-        }
-    if spy is not None:
-        spy.wait(60)
-        if spy.returncode == 0 and profile is not None and profile.exists():
-            out["profile"] = {"file": str(profile), **summarise_profile(profile)}
-        else:
-            out["profile"] = {"error": f"py-spy exited with {spy.returncode} (is it installed?)"}
-
-
 def render_text(report: dict[str, Any]) -> str:
     c, lat, svc = report["config"], report["latency_ms"], report["service_ms"]
     lines = [
@@ -478,56 +312,40 @@ def put_router(target: str, dim: int, n_arms: int) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    """`banditd bench load`: print the report (a table, or one JSON object with --json)."""
-
-    def cfg(target: str) -> LoadConfig:
-        return LoadConfig(
-            target=target,
-            rate=args.rate,
-            duration=args.duration,
-            warmup=args.warmup,
-            processes=args.processes,
-            connections=args.connections,
-            dim=args.dim,
-        )
-
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """`banditd bench load`'s report (the --json object)."""
+    settings = (args.rate, args.duration, args.warmup, args.processes, args.connections, args.dim)
     profile = Path(args.profile).resolve() if args.profile else None
     if args.target:
         local.require_loopback(args.target, "--target")
         put_router(args.target, args.dim, args.arms)
         watched = Watched(args.server_pid, args.metrics) if args.server_pid else None
-        report = run_load(cfg(args.target), server=watched, profile=profile)
-    else:
-        with contextlib.ExitStack() as stack:
-            if args.postgres:
-                url = stack.enter_context(local.throwaway_postgres())
-            else:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="banditd-bench-"))
-                url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-            (server,) = stack.enter_context(
-                local.servers(
-                    url, 1, signing_key=secrets.token_hex(32), log_level=args.server_log_level
-                )
+        return run_load(LoadConfig(args.target, *settings), server=watched, profile=profile)
+    with contextlib.ExitStack() as stack:
+        if args.postgres:
+            url = stack.enter_context(local.throwaway_postgres())
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="banditd-bench-"))
+            url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        (server,) = stack.enter_context(
+            local.servers(
+                url, 1, signing_key=secrets.token_hex(32), log_level=args.server_log_level
             )
-            _log(f"server pid {server.pid} on {server.target} ({url.split(':')[0]})")
-            put_router(server.target, args.dim, args.arms)
-            watched = Watched(server.pid, server.metrics)
-            report = run_load(cfg(server.target), server=watched, profile=profile)
-            report["config"]["database"] = url.split(":")[0]
-            report["config"]["server_log_level"] = args.server_log_level
-    print(json.dumps(report, indent=2) if args.json else render_text(report))
-    return 0
+        )
+        _log(f"server pid {server.pid} on {server.target} ({url.split(':')[0]})")
+        put_router(server.target, args.dim, args.arms)
+        watched = Watched(server.pid, server.metrics)
+        report = run_load(LoadConfig(server.target, *settings), server=watched, profile=profile)
+        report["config"]["database"] = url.split(":")[0]
+        report["config"]["server_log_level"] = args.server_log_level
+        return report
 
 
-def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `load` to the `bench` subcommands; the parsed args carry func=run."""
-    p = bench_sub.add_parser(
-        "load",
-        help="Select capacity: open-loop gRPC load at a fixed rate, p50/p95/p99",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+REPORT = reporting.Command(measure, render_text, json_indent=2)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench load`."""
     p.add_argument("--target", help="HOST:PORT of a running server (default: start one here)")
     p.add_argument(
         "--server-pid", type=int, help="with --target: its process id, for CPU use and --profile"
@@ -541,12 +359,7 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--connections", type=int_at_least(1), default=4, help="per process (4)")
     p.add_argument("--dim", type=int_at_least(1), default=32, help="embedding size (32)")
     p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
-    p.add_argument(
-        "--server-log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level of the local server (info: one JSON line per decision, as deployed)",
+    local.add_log_level_argument(
+        p, "log level of the local server (info: one JSON line per decision, as deployed)"
     )
     p.add_argument("--profile", help="py-spy raw profile of the local server to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=run)

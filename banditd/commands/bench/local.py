@@ -7,6 +7,7 @@ like tests/pg_ctl_as_postgres.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import ipaddress
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -142,32 +144,46 @@ class ServerProcess:
                 self.proc.wait()
 
 
+class ServeOptions(TypedDict, total=False):
+    """How a `banditd serve` here runs: its signing key, a /metrics port or none (``metrics``,
+    default True), its log level (default info), extra environment, its worker processes
+    (default 1)."""
+
+    signing_key: Required[str]
+    metrics: bool
+    log_level: str
+    env: Mapping[str, str] | None
+    workers: int
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_log_level_argument(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--server-log-level`` of a benchmark that starts its own server (default info)."""
+    p.add_argument("--server-log-level", default="info", choices=LOG_LEVELS, help=help_text)
+
+
 def spawn_server(
-    database_url: str,
-    log_dir: Path,
-    *,
-    signing_key: str,
-    metrics: bool = True,
-    log_level: str = "info",
-    env: Mapping[str, str] | None = None,
-    workers: int = 1,
+    database_url: str, log_dir: Path, **options: Unpack[ServeOptions]
 ) -> ServerProcess:
     """Start `banditd serve` (--workers N) on a free 127.0.0.1 port (not yet waited for)."""
     port = free_port()
-    metrics_listen = f"127.0.0.1:{free_port()}" if metrics else ""
+    metrics_listen = f"127.0.0.1:{free_port()}" if options.get("metrics", True) else ""
     log_path = log_dir / f"banditd-{port}.log"
+    workers = options.get("workers", 1)
     child_env = {
         **os.environ,
-        "BANDITD_SIGNING_KEY": signing_key,
+        "BANDITD_SIGNING_KEY": options["signing_key"],
         "BANDITD_METRICS_LISTEN": metrics_listen,
-        **(env or {}),
+        **(options.get("env") or {}),
     }
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "banditd.commands.cli", "serve"),
                 *("--listen", f"127.0.0.1:{port}", "--database-url", database_url),
-                *("--log-level", log_level),
+                *("--log-level", options.get("log_level", "info")),
                 *(("--workers", str(workers)) if workers > 1 else ()),
             ],
             stdout=log_file,
@@ -180,14 +196,7 @@ def spawn_server(
 
 @contextlib.contextmanager
 def servers(
-    database_url: str,
-    n: int,
-    *,
-    signing_key: str,
-    metrics: bool = True,
-    log_level: str = "info",
-    env: Mapping[str, str] | None = None,
-    workers: int = 1,
+    database_url: str, n: int, **options: Unpack[ServeOptions]
 ) -> Iterator[list[ServerProcess]]:
     """n `banditd serve` replicas (of ``workers`` processes each) on one database (migrated
     first), all SERVING; stopped on exit."""
@@ -195,31 +204,11 @@ def servers(
     started: list[ServerProcess] = []
     try:
         # The first one migrates; the others start once the schema is there.
-        first_env = {**(env or {}), "BANDITD_MIGRATE_ON_START": "true"}
-        started.append(
-            spawn_server(
-                database_url,
-                log_dir,
-                signing_key=signing_key,
-                metrics=metrics,
-                log_level=log_level,
-                env=first_env,
-                workers=workers,
-            )
-        )
+        first_env = {**(options.get("env") or {}), "BANDITD_MIGRATE_ON_START": "true"}
+        started.append(spawn_server(database_url, log_dir, **(options | {"env": first_env})))
         started[0].wait_serving()
         for _ in range(n - 1):
-            started.append(
-                spawn_server(
-                    database_url,
-                    log_dir,
-                    signing_key=signing_key,
-                    metrics=metrics,
-                    log_level=log_level,
-                    env=env,
-                    workers=workers,
-                )
-            )
+            started.append(spawn_server(database_url, log_dir, **options))
         for server in started[1:]:
             server.wait_serving()
         yield started

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import secrets
 import signal
@@ -40,6 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from banditd.commands import reporting
 from banditd.commands.argtypes import int_at_least, positive_float
 from banditd.commands.bench import load, local
 from banditd.commands.bench.echo import echo_server
@@ -243,8 +243,8 @@ def _server(url: str, log_level: str, workers: int = 1) -> Iterator[local.Server
         yield server
 
 
-def run(args: argparse.Namespace) -> int:
-    """`banditd bench select`: print the report (a table, or one JSON object with --json)."""
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """`banditd bench select`'s report (the --json object)."""
     text = not args.no_text
     load_at_start = list(os.getloadavg())
     with contextlib.ExitStack() as stack:
@@ -289,8 +289,7 @@ def run(args: argparse.Namespace) -> int:
     if args.throughput:
         report["throughput"] = throughput(args, replies)
         report["goals"]["throughput_ge_75pct_echo"] = report["throughput"]["goal_met"]
-    print(json.dumps(report, indent=2) if args.json else render_text(report))
-    return 0
+    return report
 
 
 def throughput(args: argparse.Namespace, replies: dict[str, bytes]) -> dict[str, Any]:
@@ -343,24 +342,18 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `select` to the `bench` subcommands; the parsed args carry func=run."""
-    p = bench_sub.add_parser(
-        "select",
-        help="Select latency, one caller, against a grpc.aio echo server in the same run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+REPORT = reporting.Command(measure, render_text, json_indent=2)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench select`."""
     p.add_argument("--calls", type=int_at_least(1), default=2000, help="per series (2000)")
     p.add_argument("--warmup", type=int_at_least(0), default=200, help="rounds not kept (200)")
     p.add_argument("--dim", type=int_at_least(1), default=16, help="embedding size (16)")
     p.add_argument("--arms", type=int_at_least(1), default=11, help="router arms (11)")
     p.add_argument("--no-text", action="store_true", help="leave out the minilm-static series")
-    p.add_argument(
-        "--server-log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level of banditd (info: one JSON line per decision, as deployed)",
+    local.add_log_level_argument(
+        p, "log level of banditd (info: one JSON line per decision, as deployed)"
     )
     p.add_argument("--profile", help="py-spy flame graph (SVG; raw if FILE ends in .txt)")
     p.add_argument(
@@ -374,5 +367,3 @@ def add_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--duration", type=positive_float, default=5.0, help="--throughput: measured s (5)"
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=run)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from banditd.config import Settings
 from banditd.domain import DEFAULT_EMBEDDING_DIM, DEFAULT_METADATA_SLOTS, DEFAULT_PCA_FIT_SAMPLES
-
-if TYPE_CHECKING:
-    from banditd.evaluation.replay.remote import Server
+from banditd.edge.tls import ClientSecurity
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
 FEEDBACK = ("score", "thumbs", "pairwise")
@@ -24,7 +21,21 @@ SWEEP_SPAN_LOW, SWEEP_SPAN_HIGH = 0.01, 100.0
 BUDGET_SWEEP_POINTS = 6
 QUALITY_FRACTIONS = (0.9, 0.95, 0.98)
 AUTO: tuple[float, ...] = ()  # --sweep / --sweep-budgets without values: an automatic grid
+DEFAULT_TENANT = "replay"
+CONNECT_TIMEOUT_S = 10.0
 SUMMARY_KEYS = ("mean_quality", "mean_cost_usd", "total_cost_usd", "refused", "cumulative_regret")
+
+
+@dataclass(frozen=True)
+class Server:
+    """The live banditd a replay drives, and how to reach it."""
+
+    address: str
+    tenant: str = DEFAULT_TENANT
+    security: ClientSecurity = field(default_factory=ClientSecurity)
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    # Replay the routers as they stand (their logs kept) instead of creating them fresh.
+    keep_routers: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,7 @@ a clear error.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -28,7 +26,6 @@ import numpy as np
 from banditd import errors
 from banditd.domain import ROUTER_POLICIES, RouterSpec
 from banditd.edge import codec
-from banditd.edge.tls import ClientSecurity
 from banditd.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -37,13 +34,11 @@ from banditd.errors import (
 )
 from banditd.evaluation.replay.data import Outcomes
 from banditd.evaluation.replay.engine import REFUSED, THUMBS_STREAM, measured, preference
-from banditd.evaluation.replay.options import NO_TRADE_OFF, TradeOff
+from banditd.evaluation.replay.options import NO_TRADE_OFF, Server, TradeOff
 from banditd.policy.base import IntArray
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
-DEFAULT_TENANT = "replay"
-CONNECT_TIMEOUT_S = 10.0
 CALL_TIMEOUT_S = 30.0  # one Select, Feedback or PutRouter
 # What x depends on: a kept router must match the replay's options in these (and its arms).
 CONTEXT_FIELDS = (
@@ -56,18 +51,6 @@ CONTEXT_FIELDS = (
     "pca_fit_samples",
     "knn_k",
 )
-
-
-@dataclass(frozen=True)
-class Server:
-    """The live banditd a replay drives, and how to reach it."""
-
-    address: str
-    tenant: str = DEFAULT_TENANT
-    security: ClientSecurity = dataclasses.field(default_factory=ClientSecurity)
-    connect_timeout_s: float = CONNECT_TIMEOUT_S
-    # Replay the routers as they stand (their logs kept) instead of creating them fresh.
-    keep_routers: bool = False
 
 
 def check_remote(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from banditd.commands import bench
-from banditd.commands.bench import load
+from banditd.commands.bench import load_probe
 
 
 def test_tiny_run_reports_client_and_server_figures(capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,10 +41,10 @@ def test_tiny_run_reports_client_and_server_figures(capsys: pytest.CaptureFixtur
 
 def test_histogram_quantile_interpolates_within_a_bucket() -> None:
     cumulative = {0.001: 50.0, 0.002: 90.0, 0.005: 100.0, float("inf"): 100.0}
-    assert load._histogram_quantile(cumulative, 0.5) == pytest.approx(1.0)
-    assert load._histogram_quantile(cumulative, 0.7) == pytest.approx(1.5)
-    assert load._histogram_quantile(cumulative, 0.95) == pytest.approx(3.5)
-    assert load._histogram_quantile({float("inf"): 0.0}, 0.5) is None
+    assert load_probe.histogram_quantile(cumulative, 0.5) == pytest.approx(1.0)
+    assert load_probe.histogram_quantile(cumulative, 0.7) == pytest.approx(1.5)
+    assert load_probe.histogram_quantile(cumulative, 0.95) == pytest.approx(3.5)
+    assert load_probe.histogram_quantile({float("inf"): 0.0}, 0.5) is None
 
 
 def test_profile_summary_counts_areas_self_and_inclusive_samples(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_profile_summary_counts_areas_self_and_inclusive_samples(tmp_path: Path)
         f"{cli};{select} 1\n"
         f"{cli};select (selectors.py:5) 2\n"
     )
-    summary = load.summarise_profile(raw)
+    summary = load_probe.summarise_profile(raw)
     assert summary["samples"] == 10
     assert dict(summary["areas_pct"]) == {
         "banditd code, NumPy included (decode, policy, sign, encode)": 60.0,
