@@ -33,7 +33,8 @@ from banditd.budget.pacer import DEFAULT_SLACK, Pacing
 from banditd.budget.view import UNLIMITED, BudgetState, BudgetView, Reservation
 from banditd.domain.budgets import BudgetSpec, elapsed_fraction, period_bounds
 from banditd.errors import Aborted, BanditdError, Unavailable
-from banditd.store.budgets import BudgetRepository, Charge, LedgerRow, SpendLine, StoredBudget
+from banditd.store.budget_leases import Charge, Leases
+from banditd.store.budgets import BudgetRepository, LedgerRow, SpendLine, StoredBudget
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,7 @@ class Budgets:
         holder: str | None = None,
     ) -> None:
         self._repo = repo
+        self._leases = Leases(repo.db, clock)
         self._fraction = lease_fraction
         self._ttl = lease_ttl_s
         self._slack = slack
@@ -179,7 +181,7 @@ class Budgets:
         log.info("budget_period", budget=state.spec.label, period_start=start, period_end=end)
 
     async def _top_up(self, state: BudgetState, need_usd: float) -> None:
-        lease_id, granted = await self._repo.take_lease(
+        lease_id, granted = await self._leases.take(
             state.budget_id,
             state.period_start,
             state.lease_id,
@@ -273,7 +275,9 @@ class Budgets:
             batch, self._pending = self._pending, []
             result: set[int] | Exception
             try:
-                result = await self._repo.add_charges([c for charges, _ in batch for c in charges])
+                result = await self._leases.add_charges(
+                    [c for charges, _ in batch for c in charges]
+                )
             except BanditdError as exc:
                 result = exc
             except Exception:  # every waiter must get an answer
@@ -289,7 +293,7 @@ class Budgets:
         """Charge the actual costs feedback reported (decision id, USD) instead of the
         expected ones. The event is committed already: a failure here is logged, not raised."""
         try:
-            await self._repo.settle(costs)
+            await self._leases.settle(costs)
         except Unavailable as exc:
             log.warning("budget_settle_failed", error=str(exc), decisions=len(costs))
 
@@ -302,7 +306,7 @@ class Budgets:
         now = self._clock()
         for stored in await self._repo.list_budgets():
             self._adopt(stored)
-        await self._repo.reap_leases(now)
+        await self._leases.reap(now)
         for state in list(self._by_key.values()):
             async with state.lock:
                 await self._renew(state)
@@ -316,10 +320,10 @@ class Budgets:
             return
         charges, self._deferred = self._deferred, []
         try:
-            lost = await self._repo.add_charges(charges)
+            lost = await self._leases.add_charges(charges)
             late = [replace(c, lease_id=None) for c in charges if c.lease_id in lost]
             if late:
-                await self._repo.add_charges(late)
+                await self._leases.add_charges(late)
         except BanditdError:
             self._deferred = charges + self._deferred
             raise
@@ -333,7 +337,7 @@ class Budgets:
         if self._clock() >= state.period_end:
             await self._return_lease(state)
             return
-        if not await self._repo.renew_lease(state.lease_id, self._clock() + self._ttl):
+        if not await self._leases.renew(state.lease_id, self._clock() + self._ttl):
             log.warning("budget_lease_lost", budget=state.spec.label, lease_id=state.lease_id)
             state.lease_id, state.granted_usd, state.reserved_usd = None, 0.0, 0.0
 
@@ -368,7 +372,7 @@ class Budgets:
     async def _return_lease(self, state: BudgetState) -> None:
         if state.lease_id is None:
             return
-        used = await self._repo.close_lease(state.lease_id, self._clock())
+        used = await self._leases.close(state.lease_id, self._clock())
         log.info(
             "budget_lease_returned", budget=state.spec.label, lease_id=state.lease_id, used_usd=used
         )

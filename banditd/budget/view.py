@@ -15,7 +15,7 @@ from typing import Protocol
 
 from banditd.budget.pacer import USD_EPSILON, BudgetCheck, Pacing
 from banditd.domain.budgets import BudgetSpec
-from banditd.store.budgets import Charge
+from banditd.store.budget_leases import Charge
 
 
 @dataclass

@@ -33,7 +33,7 @@ from banditd.evaluation import ope_proof
 from banditd.flows import candidates as evaluation
 from banditd.flows.admin import named_candidates
 from banditd.flows.ope import DEFAULT_BOOTSTRAP
-from banditd.store import Database, Repository, migrate
+from banditd.store import Database, Store, migrate
 from banditd.v1 import banditd_pb2 as pb
 
 
@@ -56,10 +56,10 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
         await migrate(settings.database_url, settings.migrations_dir)
     db = Database(settings.database_url)
     try:
-        repo = Repository(db)
-        stored = await repo.get_router(tenant, name)
+        store = Store.over(db)
+        stored = await store.routers.get(tenant, name)
         candidates = [read_candidate(p, tenant, name) for p in args.candidate]
-        log = await evaluation.load_log(repo, stored.router_id, args.limit)
+        log = await evaluation.load_log(store, stored.router_id, args.limit)
     finally:
         await db.close()
     return evaluation.report(

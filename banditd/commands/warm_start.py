@@ -39,8 +39,8 @@ from banditd.evaluation.warm_start import (
     warm_events,
 )
 from banditd.progress import add_quiet_flag, update
-from banditd.store import Database, Repository, migrate
-from banditd.store.repository import StoredRouter
+from banditd.store import Database, Store, migrate
+from banditd.store.routers import StoredRouter
 from banditd.v1 import banditd_pb2 as pb
 
 WARM_START_BATCH = 2000  # events a transaction
@@ -56,15 +56,15 @@ def read_router_config(path: Path, tenant: str, name: str) -> RouterSpec:
     return codec.spec_from_proto(msg)
 
 
-async def _router(repo: Repository, args: argparse.Namespace) -> tuple[StoredRouter, bool]:
+async def _router(store: Store, args: argparse.Namespace) -> tuple[StoredRouter, bool]:
     """The router to warm-start, and whether it was created here (from --router-config)."""
     try:
-        return await repo.get_router(args.tenant, args.router), False
+        return await store.routers.get(args.tenant, args.router), False
     except NotFound:
         if args.router_config is None:
             raise
     spec = read_router_config(args.router_config, args.tenant, args.router)
-    return (await repo.put_router(spec))[0], True
+    return (await store.routers.put(spec))[0], True
 
 
 def metadata_fields(spec: RouterSpec, metadata_from: Sequence[str] | None) -> tuple[str, ...]:
@@ -83,7 +83,7 @@ def metadata_fields(spec: RouterSpec, metadata_from: Sequence[str] | None) -> tu
 
 
 async def _assign_vocabulary(
-    repo: Repository, stored: StoredRouter, records: Sequence[dict[str, Any]], fields: Sequence[str]
+    store: Store, stored: StoredRouter, records: Sequence[dict[str, Any]], fields: Sequence[str]
 ) -> None:
     """Give each declared metadata value of the records a slot in the router's stored
     vocabulary, in record order (a server meeting the values in that order assigns the same)."""
@@ -95,24 +95,22 @@ async def _assign_vocabulary(
         for key, value in record_metadata(record, fields).items():
             if key in spec.metadata_keys and value and (key, value) not in seen:
                 seen.add((key, value))
-                await repo.assign_vocabulary_slot(stored.router_id, key, value, limit)
+                await store.learnt.assign_slot(stored.router_id, key, value, limit)
 
 
-async def _pipeline(
-    repo: Repository, stored: StoredRouter, max_prompt_chars: int
-) -> ContextPipeline:
+async def _pipeline(store: Store, stored: StoredRouter, max_prompt_chars: int) -> ContextPipeline:
     """The router's context pipeline as a server restores it (banditd.state.live_routers), with its
     stored vocabulary held in memory."""
     spec, router_id = stored.spec, stored.router_id
     encoder = await asyncio.to_thread(get_encoder, spec.encoder, spec.embedding_dim)
-    known = await repo.load_vocabulary(router_id)
+    known = await store.learnt.vocabulary(router_id)
     vocabulary = MemoryVocabularyStore()
     vocabulary.slots = {key: dict(values) for key, values in known.items()}
     pipeline = ContextPipeline(
         spec, encoder, vocabulary, known_vocabulary=known, max_prompt_chars=max_prompt_chars
     )
     if pipeline.needs_reduction:
-        data = await repo.load_context_model(router_id, pca_fingerprint(spec, encoder))
+        data = await store.learnt.context_model(router_id, pca_fingerprint(spec, encoder))
         if data is not None:
             from banditd.context.reduction import Reduction
 
@@ -121,23 +119,21 @@ async def _pipeline(
         # Only the kNN index, not the whole fold (banditd.state.fold): it is all that x of
         # the new events reads; the server folds the posterior and arm health from the log.
         after = 0
-        while events := await repo.events_after(router_id, after):
+        while events := await store.events.after(router_id, after):
             for event in events:
                 pipeline.observe(event)
             after = events[-1].event_id
     return pipeline
 
 
-async def _save_reduction(
-    repo: Repository, stored: StoredRouter, pipeline: ContextPipeline
-) -> None:
+async def _save_reduction(store: Store, stored: StoredRouter, pipeline: ContextPipeline) -> None:
     """Store the PCA fitted on the warm-start prompts before any event built with it."""
     if pipeline.reduction is None or not pipeline.unsaved_reduction:
         return
     pipeline.unsaved_reduction = False
     ours = pipeline.reduction.to_bytes()
     fingerprint = pca_fingerprint(stored.spec, pipeline.encoder)
-    if await repo.save_context_model(stored.router_id, fingerprint, ours) != ours:
+    if await store.learnt.save_context_model(stored.router_id, fingerprint, ours) != ours:
         raise Aborted(
             f"router {stored.spec.name!r} stored a PCA of its own while the warm start fitted "
             "one: nothing was written; run the warm start again (it will use the stored PCA)"
@@ -152,18 +148,18 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
     records = list(read_outcomes(Path(args.data)))
     db = Database(settings.database_url)
     try:
-        repo = Repository(db)
-        stored, created = await _router(repo, args)
+        store = Store.over(db)
+        stored, created = await _router(store, args)
         spec, router_id = stored.spec, stored.router_id
         fields = metadata_fields(spec, args.metadata_from)
         usable = usable_records(records, WarmStartReport(), settings.max_prompt_chars)
-        await _assign_vocabulary(repo, stored, usable, fields)
-        pipeline = await _pipeline(repo, stored, settings.max_prompt_chars)
+        await _assign_vocabulary(store, stored, usable, fields)
+        pipeline = await _pipeline(store, stored, settings.max_prompt_chars)
         report = WarmStartReport()
         encode = encode_in_chunks(
             pipeline, lambda done, total: update("warm-start prompts encoded", done, total)
         )
-        head = await repo.log_head(router_id)
+        head = await store.events.head(router_id)
         added, done, batch = 0, 0, list[FeedbackEvent]()
         for events in warm_events(
             pipeline,
@@ -174,16 +170,16 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
             encode=encode,
             first_event_id=head,
         ):
-            await _save_reduction(repo, stored, pipeline)
+            await _save_reduction(store, stored, pipeline)
             batch.extend(events)
             done += 1
             if len(batch) >= args.batch:
-                added += len(await repo.append_events(batch))
+                added += len((await store.events.append(batch)).positions)
                 batch.clear()
                 update("warm-start records", done, len(usable))
-        added += len(await repo.append_events(batch))
+        added += len((await store.events.append(batch)).positions)
         update("warm-start records", done, len(usable))
-        log_head = await repo.log_head(router_id)
+        log_head = await store.events.head(router_id)
     finally:
         await db.close()
     return {

@@ -3,7 +3,8 @@ and the rule that combines a decision's signals into its reward."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,3 +107,9 @@ def combined_reward(rule: str, rewards: Sequence[float]) -> float:
     if rule == "last":
         return rewards[-1]
     return sum(rewards) / len(rewards)
+
+
+def signal_rule(rule: str) -> Callable[[Sequence[float]], float] | None:
+    """A router's combine rule as the event log takes it: None under "first" (a decision takes
+    one signal), else ``combined_reward`` under the rule."""
+    return None if rule == "first" else functools.partial(combined_reward, rule)

@@ -42,8 +42,8 @@ from banditd.flows.usage import UsageFlow
 from banditd.policy import POLICIES, _kernels
 from banditd.state.live_routers import Catalog
 from banditd.state.posterior import Posterior, Prior
-from banditd.store import Database, Repository, migrate, sqlite_file
-from banditd.store.api_keys import KeyStore
+from banditd.store import Database, Store, migrate, sqlite_file
+from banditd.store.api_keys import KeyStore, shared_secret
 from banditd.store.budgets import BudgetRepository
 from banditd.store.pending import PendingStore
 from banditd.store.usage import UsageStore
@@ -228,21 +228,21 @@ async def build_app(settings: Settings) -> App:
     if settings.should_migrate:
         await migrate(settings.database_url, settings.migrations_dir)
     db = Database(settings.database_url)
-    repo = Repository(db)
+    store = Store.over(db)
     key = (
         settings.signing_key.get_secret_value().encode()
         if settings.signing_key
-        else await repo.secret("decision_signing_key")
+        else await shared_secret(db, "decision_signing_key")
     )
     signer = TokenSigner(key)
     catalog = Catalog(
-        repo,
+        store,
         settings.snapshot_every,
         encoders=Encoders(settings.encoder_max_wait_ms / 1000.0, settings.encoder_max_batch),
         max_prompt_chars=settings.max_prompt_chars,
     )
     decisions = DecisionLog(
-        repo, settings.decision_flush_ms / 1000.0, settings.decision_log_max_pending
+        store.decisions, settings.decision_flush_ms / 1000.0, settings.decision_log_max_pending
     )
     budgets = Budgets(
         BudgetRepository(db),
@@ -291,7 +291,7 @@ async def build_app(settings: Settings) -> App:
         server,
     )
     banditd_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(Admin(catalog, decisions, repo), budgets, bounds), server
+        AdminServicer(Admin(catalog, decisions, store), budgets, bounds), server
     )
     health_servicer = health.aio.HealthServicer()
     for name in ("", *SERVICE_NAMES):

@@ -17,8 +17,8 @@ from banditd.flows.ope import DEFAULT_BOOTSTRAP
 from banditd.flows.shadow import shadow_spec
 from banditd.state.breaker import ArmHealthView
 from banditd.state.live_routers import Catalog
-from banditd.store import Repository
-from banditd.store.repository import ArmTotals, ShadowTotals
+from banditd.store import Store
+from banditd.store.reports import ArmTotals, ShadowTotals
 from banditd.store.usage import UsageStore, UsageTotals
 
 
@@ -49,10 +49,10 @@ class RouterVersion:
 
 
 class Admin:
-    def __init__(self, catalog: Catalog, decisions: DecisionLog, repo: Repository) -> None:
+    def __init__(self, catalog: Catalog, decisions: DecisionLog, store: Store) -> None:
         self._catalog = catalog
         self._decisions = decisions
-        self._repo = repo
+        self._store = store
 
     async def put_router(self, spec: RouterSpec) -> tuple[RouterSpec, bool]:
         return await self._catalog.put(spec)
@@ -60,12 +60,12 @@ class Admin:
     async def get_router(self, tenant: str, name: str) -> RouterSpec:
         check_name("tenant", tenant)
         check_name("name", name)
-        return (await self._repo.get_router(tenant, name)).spec
+        return (await self._store.routers.get(tenant, name)).spec
 
     async def list_routers(self, tenant: str) -> list[RouterSpec]:
         if tenant:
             check_name("tenant", tenant)
-        return [r.spec for r in await self._repo.list_routers(tenant or None)]
+        return [r.spec for r in await self._store.routers.list(tenant or None)]
 
     async def delete_router(self, tenant: str, name: str) -> bool:
         check_name("tenant", tenant)
@@ -78,16 +78,16 @@ class Admin:
         check_name("name", name)
         state = await self._catalog.get(tenant, name)
         await self._decisions.flush()
-        totals = {t.arm: t for t in await self._repo.arm_totals(state.router_id)}
+        totals = {t.arm: t for t in await self._store.reports.arm_totals(state.router_id)}
         # Every configured arm is listed, used or not; arms since removed still show their history.
         names = [a.name for a in state.spec.arms] + sorted(
             set(totals) - {a.name for a in state.spec.arms}
         )
         arms = [totals.get(n, ArmTotals(n, 0, 0, 0.0, 0.0)) for n in names]
         applied = state.posterior.last_event_id
-        head = await self._repo.log_head(state.router_id)
-        lag = await self._repo.count_events_after(state.router_id, applied)
-        shadows = await self._repo.shadow_totals(state.router_id)
+        head = await self._store.events.head(state.router_id)
+        lag = await self._store.events.count_after(state.router_id, applied)
+        shadows = await self._store.reports.shadow_totals(state.router_id)
         now = time.time()
         health = {n: state.health.view(n, now) for n in names}
         context = state.context
@@ -103,7 +103,7 @@ class Admin:
             context_version=context.version if context is not None else "",
             knn_indexed=context.knn.size if context is not None and context.knn else 0,
             heads={n: state.posterior.reported_means(n) for n in names},
-            usage=await UsageStore(self._repo.db).totals(state.router_id),
+            usage=await UsageStore(self._store.db).totals(state.router_id),
         )
 
     # -- off-policy evaluation, promotion and rollback ----------------------------------------
@@ -122,9 +122,9 @@ class Admin:
         """Estimate candidates (none: the router's shadows) on the router's decision log."""
         check_name("tenant", tenant)
         check_name("name", name)
-        stored = await self._repo.get_router(tenant, name)
+        stored = await self._store.routers.get(tenant, name)
         await self._decisions.flush()
-        log = await evaluation.load_log(self._repo, stored.router_id, limit)
+        log = await evaluation.load_log(self._store, stored.router_id, limit)
         # CPU-bound: in a thread, so this replica's event loop keeps answering meanwhile.
         return await asyncio.to_thread(
             evaluation.report,
@@ -144,7 +144,7 @@ class Admin:
         version); returns it and the version it replaced."""
         check_name("tenant", tenant)
         check_name("name", name)
-        live = (await self._repo.get_router(tenant, name)).spec
+        live = (await self._store.routers.get(tenant, name)).spec
         expected = expected_version or live.version
         spec = dataclasses.replace(candidate, tenant=tenant, name=name)
         promoted, _ = await self._catalog.put(spec, action="promote", expected_version=expected)
@@ -157,7 +157,7 @@ class Admin:
         before the live one); returns it and the version restored."""
         check_name("tenant", tenant)
         check_name("name", name)
-        stored = await self._repo.get_router(tenant, name)
+        stored = await self._store.routers.get(tenant, name)
         live = stored.spec.version
         target = to_version or live - 1
         if target < 1:
@@ -180,8 +180,8 @@ class Admin:
     async def versions(self, tenant: str, name: str) -> list[RouterVersion]:
         check_name("tenant", tenant)
         check_name("name", name)
-        stored = await self._repo.get_router(tenant, name)
-        return [RouterVersion(*row) for row in await self._repo.router_versions(stored.router_id)]
+        stored = await self._store.routers.get(tenant, name)
+        return [RouterVersion(*row) for row in await self._store.routers.versions(stored.router_id)]
 
 
 def named_candidates(

@@ -28,7 +28,7 @@ from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
 from banditd.flows.ope import ridge_predictions as ridge
 from banditd.state.fold import RouterState, fold
-from banditd.store import Repository
+from banditd.store import Store
 
 DEFAULT_LIMIT = 100_000  # most recent decisions with feedback evaluated on
 
@@ -87,11 +87,11 @@ class DecisionLog:
         return tuple(seen)
 
 
-async def load_log(repo: Repository, router_id: int, limit: int = DEFAULT_LIMIT) -> DecisionLog:
+async def load_log(store: Store, router_id: int, limit: int = DEFAULT_LIMIT) -> DecisionLog:
     """A router's newest ``limit`` decisions with feedback and its whole event log."""
-    rows = await repo.decisions_with_feedback(router_id, limit)
+    rows = await store.reports.decisions_with_feedback(router_id, limit)
     events: list[FeedbackEvent] = []
-    while batch := await repo.events_after(router_id, events[-1].event_id if events else 0):
+    while batch := await store.events.after(router_id, events[-1].event_id if events else 0):
         events += batch
     return DecisionLog(
         tuple(LoggedDecision.of(d, reward, cost) for d, reward, cost in rows), tuple(events)

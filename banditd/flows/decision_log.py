@@ -41,8 +41,8 @@ from tenacity import (
 from banditd import metrics
 from banditd.domain import Decision
 from banditd.errors import BadData, Unavailable
-from banditd.store import Repository
 from banditd.store.dead_letters import DeadLetter, DeadLetters, commit_isolating
+from banditd.store.decisions import Decisions
 from banditd.store.probe import RequestIdProbe
 
 log = structlog.get_logger(__name__)
@@ -66,11 +66,11 @@ NO_CLAIM = Claim()  # a request without a request_id: nothing to repeat
 
 class DecisionLog:
     def __init__(
-        self, repo: Repository, flush_seconds: float, max_pending: int = MAX_PENDING
+        self, table: Decisions, flush_seconds: float, max_pending: int = MAX_PENDING
     ) -> None:
-        self._repo = repo
-        self._dead = DeadLetters(repo.db)
-        self._probe = RequestIdProbe(repo.db.url)
+        self._table = table
+        self._dead = DeadLetters(table.db)
+        self._probe = RequestIdProbe(table.db.url)
         self._flush_seconds = flush_seconds
         self._max_pending = max_pending
         self.dropped = 0
@@ -142,7 +142,7 @@ class DecisionLog:
             return self._hold(key)
         claim = self._hold(key)
         try:
-            found = await self._repo.find_decision(router_id, request_id)
+            found = await self._table.find(router_id, request_id)
         except Unavailable as exc:
             log.warning("decision_lookup_skipped", request_id=request_id, error=str(exc))
             return claim
@@ -224,7 +224,7 @@ class DecisionLog:
             if not batch:
                 return
             rejected = await commit_isolating(
-                batch, self._repo.insert_decisions, lambda done, _: self._forget(done)
+                batch, self._table.insert, lambda done, _: self._forget(done)
             )
             letters = [
                 DeadLetter("decision", d.decision_id, d.router_id, d.tenant, exc.message, d)

@@ -17,51 +17,49 @@ from banditd import metrics
 from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline
 from banditd.context.registry import Encoders
-from banditd.domain import FeedbackEvent, RouterSpec
-from banditd.errors import AlreadyExists, BadData, BanditdError, NotFound, Unavailable
+from banditd.domain import FeedbackEvent, RouterSpec, signal_rule
+from banditd.errors import BadData, BanditdError, NotFound, Unavailable
 from banditd.state import breaker, posterior_snapshot
 from banditd.state.breaker import ArmHealth
 from banditd.state.fold import RouterState, fold
 from banditd.state.reductions import Reductions
-from banditd.store import Repository
+from banditd.store import Store
 from banditd.store.dead_letters import DeadLetters, append_isolating
-from banditd.store.repository import AppendedBatch, StoredRouter
+from banditd.store.events import AppendedBatch
+from banditd.store.learnt_state import LearntState
+from banditd.store.routers import StoredRouter
 
 log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000  # decisions given a default reward per router and tail round, at most
 DEFAULT_RESCAN_S = 300.0  # a decision logged this much after it was made still gets its default
 
 
-def _duplicate(event: FeedbackEvent) -> AlreadyExists:
-    return AlreadyExists(
-        f"decision {event.decision_id} already has feedback (one event per decision)"
-    )
-
-
 class _StoredVocabulary(VocabularyStore):
     """A router's metadata vocabulary in the database."""
 
-    def __init__(self, repo: Repository, router_id: int) -> None:
-        self._repo, self._router_id = repo, router_id
+    def __init__(self, learnt: LearntState, router_id: int) -> None:
+        self._learnt, self._router_id = learnt, router_id
 
     async def assign(self, key: str, value: str, limit: int) -> int | None:
-        return await self._repo.assign_vocabulary_slot(self._router_id, key, value, limit)
+        return await self._learnt.assign_slot(self._router_id, key, value, limit)
 
 
 class Catalog:
     def __init__(
         self,
-        repo: Repository,
+        store: Store,
         snapshot_every: int,
         clock: Callable[[], float] = time.time,
         *,
         encoders: Encoders | None = None,
         max_prompt_chars: int = 200_000,
     ) -> None:
-        self._repo = repo
-        self._dead = DeadLetters(repo.db)
+        self._store = store
+        self._dead = DeadLetters(store.db)
         self.encoders = encoders or Encoders()
-        self.reductions = Reductions(repo)  # PCA: loaded, fitted off the request path, stored
+        self.reductions = Reductions(
+            store.learnt
+        )  # PCA: loaded, fitted off the request path, stored
         self._max_prompt_chars = max_prompt_chars
         self._clock = clock
         self._snapshot_every = snapshot_every
@@ -74,7 +72,7 @@ class Catalog:
 
     async def load_all(self) -> int:
         """Restore every stored router (at start, so the first Select pays no replay)."""
-        stored = await self._repo.list_routers()
+        stored = await self._store.routers.list()
         for item in stored:
             async with self._lock(item.router_id):
                 await self._restore(item)
@@ -84,7 +82,7 @@ class Catalog:
         spec = stored.spec
         started = time.perf_counter()
         state = RouterState.fresh(spec, stored.router_id)
-        snapshot = await self._repo.latest_snapshot(stored.router_id)
+        snapshot = await self._store.learnt.latest_snapshot(stored.router_id)
         if snapshot is not None:
             try:
                 posterior = posterior_snapshot.load(snapshot[0])
@@ -113,11 +111,11 @@ class Catalog:
         index rebuilt from the whole feedback log."""
         spec, router_id = stored.spec, stored.router_id
         encoder, batcher = await self.encoders.get(spec)
-        known = await self._repo.load_vocabulary(router_id) if spec.metadata_keys else None
+        known = await self._store.learnt.vocabulary(router_id) if spec.metadata_keys else None
         pipeline = ContextPipeline(
             spec,
             encoder,
-            _StoredVocabulary(self._repo, router_id),
+            _StoredVocabulary(self._store.learnt, router_id),
             known_vocabulary=known,
             batcher=batcher,
             max_prompt_chars=self._max_prompt_chars,
@@ -129,7 +127,7 @@ class Catalog:
             # and arm health hold the events up to their snapshot; _catch_up folds the rest
             # into all three).
             after = 0
-            while events := await self._repo.events_after(router_id, after):
+            while events := await self._store.events.after(router_id, after):
                 for event in events:
                     pipeline.observe(event)
                 after = events[-1].event_id
@@ -139,7 +137,7 @@ class Catalog:
         router_id = self._by_name.get((tenant, name))
         if router_id is not None and router_id in self._by_id:
             return self._by_id[router_id]
-        stored = await self._repo.get_router(tenant, name)  # NotFound when absent
+        stored = await self._store.routers.get(tenant, name)  # NotFound when absent
         async with self._lock(stored.router_id):
             return self._by_id.get(stored.router_id) or await self._restore(stored)
 
@@ -149,7 +147,7 @@ class Catalog:
         async with self._lock(router_id):
             state = self._by_id.get(router_id)
             if state is None:
-                stored = await self._repo.get_router_by_id(router_id)
+                stored = await self._store.routers.by_id(router_id)
                 if stored is None:
                     raise NotFound("the router of this decision no longer exists")
                 state = await self._restore(stored)
@@ -158,7 +156,7 @@ class Catalog:
     async def put(
         self, spec: RouterSpec, *, action: str = "put", expected_version: int | None = None
     ) -> tuple[RouterSpec, bool]:
-        stored, created = await self._repo.put_router(
+        stored, created = await self._store.routers.put(
             spec, action=action, expected_version=expected_version
         )
         async with self._lock(stored.router_id):
@@ -166,7 +164,7 @@ class Catalog:
         return stored.spec, created
 
     async def delete(self, tenant: str, name: str) -> bool:
-        router_id = await self._repo.delete_router(tenant, name)
+        router_id = await self._store.routers.delete(tenant, name)
         if router_id is None:
             return False
         async with self._lock(router_id):
@@ -186,7 +184,7 @@ class Catalog:
         now = self._clock()
         cutoff = now - spec.reward_wait_seconds
         # Rescan a margin behind the watermark for decisions the group commit logged late.
-        due = await self._repo.decisions_awaiting_default(
+        due = await self._store.decisions.awaiting_default(
             state.router_id,
             state.defaults_checked_until - DEFAULT_RESCAN_S,
             cutoff,
@@ -216,7 +214,7 @@ class Catalog:
         ]
         if not events:
             return 0
-        added = await self._repo.append_events(events)
+        added = (await self._store.events.append(events)).positions
         log.info("default_rewards", tenant=spec.tenant, router=spec.name, added=len(added))
         return await self._catch_up(state)
 
@@ -232,17 +230,14 @@ class Catalog:
         ``refused`` with its position: BadData (set aside as a dead letter, never retried) or
         AlreadyExists (its decision has feedback, its preference or its most signals). A single
         event is a batch of one. Caller holds ``locked(router_id)``."""
-        appended, bad = await append_isolating(self._repo, events, state.spec.combine)
+        appended, bad = await append_isolating(
+            self._store.events, events, signal_rule(state.spec.combine)
+        )
         await self._dead.add_events(
             state.router_id, state.spec.tenant, [(events[i], exc) for i, exc in bad]
         )
-        answered = {*appended.positions, *(i for i, _ in bad)}
         refused.extend(bad)
-        refused.extend(
-            (i, appended.duplicates.get(i) or _duplicate(event))
-            for i, event in enumerate(events)
-            if i not in answered
-        )
+        refused.extend(sorted(appended.duplicates.items(), key=lambda item: item[0]))
         if appended.follows == state.posterior.last_event_id:
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
@@ -257,7 +252,7 @@ class Catalog:
         """Apply the router's events after the last applied one, in id order; snapshot when due.
         Caller holds the router's lock."""
         applied = 0
-        while events := await self._repo.events_after(
+        while events := await self._store.events.after(
             state.router_id, state.posterior.last_event_id
         ):
             fold(state, events)
@@ -278,7 +273,7 @@ class Catalog:
     async def tail(self) -> int:
         """Bring every loaded router up to the log (events written by other replicas); picks up
         routers other replicas created, changed or deleted. Returns the events applied."""
-        stored = {s.router_id: s for s in await self._repo.list_routers()}
+        stored = {s.router_id: s for s in await self._store.routers.list()}
         for router_id in list(self._by_id):
             if router_id not in stored:
                 async with self._lock(router_id):
@@ -297,11 +292,11 @@ class Catalog:
         async with self._lock(router_id):
             state = self._by_id.get(router_id)
             if state is None or state.spec.version != item.spec.version:
-                fresh = await self._repo.get_router_by_id(router_id)  # newer than the listing?
+                fresh = await self._store.routers.by_id(router_id)  # newer than the listing?
                 if fresh is not None:
                     await self._restore(fresh)
                 return 0
-            lag = await self._repo.count_events_after(router_id, state.posterior.last_event_id)
+            lag = await self._store.events.count_after(router_id, state.posterior.last_event_id)
             metrics.LOG_LAG.labels(state.spec.tenant, state.spec.name).set(lag)
             applied = await self._catch_up(state) + await self._default_missing(state)
             if state.context is not None:
@@ -309,7 +304,7 @@ class Catalog:
             return applied
 
     async def _snapshot(self, state: RouterState) -> None:
-        await self._repo.write_snapshot(
+        await self._store.learnt.write_snapshot(
             state.router_id,
             state.posterior.last_event_id,
             posterior_snapshot.dump(state.posterior),

@@ -19,14 +19,14 @@ import structlog
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
 from banditd.domain import FloatArray
 from banditd.errors import Unavailable
-from banditd.store import Repository
+from banditd.store.learnt_state import LearntState
 
 log = structlog.get_logger(__name__)
 
 
 class Reductions:
-    def __init__(self, repo: Repository) -> None:
-        self._repo = repo
+    def __init__(self, learnt: LearntState) -> None:
+        self._learnt = learnt
         self._fits: dict[int, asyncio.Task[None]] = {}  # by router id
 
     def serve(self, router_id: int, pipeline: ContextPipeline) -> None:
@@ -39,7 +39,7 @@ class Reductions:
             await self._save(router_id, pipeline)
         if not pipeline.needs_reduction:
             return
-        data = await self._repo.load_context_model(
+        data = await self._learnt.context_model(
             router_id, pca_fingerprint(pipeline.spec, pipeline.encoder)
         )
         if data is not None:
@@ -79,7 +79,7 @@ class Reductions:
 
         ours = pipeline.reduction.to_bytes()
         try:
-            stored = await self._repo.save_context_model(
+            stored = await self._learnt.save_context_model(
                 router_id, pca_fingerprint(pipeline.spec, pipeline.encoder), ours
             )
         except Unavailable as exc:  # the next tail round tries again

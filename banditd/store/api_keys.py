@@ -1,15 +1,18 @@
-"""API key records: only the SHA-256 of each secret is stored (see banditd.edge.auth)."""
+"""Secrets: API key records (only the SHA-256 of each key is stored; see banditd.edge.auth)
+and the server's shared secrets (the decision signing key)."""
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from banditd.store.engine import Database
-from banditd.store.models import api_keys
+from banditd.store.engine import Database, insert_ignoring_duplicates
+from banditd.store.models import api_keys, server_secrets
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,24 @@ def _key(row: Any) -> StoredKey:
     )
 
 
+async def shared_secret(db: Database, name: str) -> bytes:
+    """A random secret created once and shared by every process on this database."""
+    async with db.transaction() as conn:
+        # Whoever inserts first wins; everyone then reads the winner's value.
+        await conn.execute(
+            insert_ignoring_duplicates(conn, server_secrets),
+            {"name": name, "value": secrets.token_bytes(32)},
+        )
+        value: bytes = (
+            await conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))
+        ).scalar_one()
+    return bytes(value)
+
+
 class KeyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self._clock = clock
 
     async def add(self, key: StoredKey) -> None:
         async with self.db.transaction() as conn:
@@ -71,7 +89,7 @@ class KeyStore:
             await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
+                .values(revoked_at=self._clock())
             )
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         return None if row is None else _key(row)

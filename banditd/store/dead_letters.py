@@ -25,9 +25,9 @@ from sqlalchemy import select
 from banditd import metrics
 from banditd.domain import FeedbackEvent
 from banditd.errors import AlreadyExists, BadData
-from banditd.store.engine import Database
+from banditd.store.engine import Database, insert_ignoring_duplicates
+from banditd.store.events import AppendedBatch, Combine, EventLog
 from banditd.store.models import dead_letters
-from banditd.store.repository import AppendedBatch, Repository, _insert_ignoring_duplicates
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -72,15 +72,16 @@ def _ascii(text: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self._clock = clock
 
     async def add(self, letters: Sequence[DeadLetter]) -> None:
         """Store letters (a letter of the same kind and ref stored before is kept), then count
         and log each. Raises Unavailable when the database cannot be reached."""
         if not letters:
             return
-        now = time.time()
+        now = self._clock()
         rows = [
             {
                 "kind": d.kind,
@@ -95,7 +96,7 @@ class DeadLetters:
             for d in letters
         ]
         async with self.db.transaction() as conn:
-            await conn.execute(_insert_ignoring_duplicates(conn, dead_letters), rows)
+            await conn.execute(insert_ignoring_duplicates(conn, dead_letters), rows)
         for d in letters:
             metrics.DEAD_LETTERS.labels(d.kind, d.tenant or "").inc()
             log.error(
@@ -165,13 +166,13 @@ async def commit_isolating(
 
 
 async def append_isolating(
-    repo: Repository, events: Sequence[FeedbackEvent], combine: str
+    event_log: EventLog, events: Sequence[FeedbackEvent], combine: Combine | None
 ) -> tuple[AppendedBatch, list[tuple[int, BadData]]]:
-    """``repo.append_batch``, split when the database refuses it as data: the batch of the
-    events that committed (positions into ``events``; ``follows`` None when it was split, so
-    the caller reads the log back) and the positions refused, with their errors."""
+    """``event_log.append``, split when the database refuses it as data: the batch of the events
+    that committed (positions into ``events``; ``follows`` None when it was split, so the
+    caller reads the log back) and the positions refused as data, with their errors."""
     try:
-        return await repo.append_batch(events, combine), []
+        return await event_log.append(events, combine), []
     except BadData:
         pass
     positions: list[int] = []
@@ -184,7 +185,7 @@ async def append_isolating(
         duplicates.update((part[p][0], exc) for p, exc in result.duplicates.items())
 
     async def write(part: Sequence[tuple[int, FeedbackEvent]]) -> AppendedBatch:
-        return await repo.append_batch([e for _, e in part], combine)
+        return await event_log.append([e for _, e in part], combine)
 
     bad = await commit_isolating(list(enumerate(events)), write, committed)
     stored.sort(key=lambda e: e.event_id)

@@ -13,7 +13,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, make_url
+from sqlalchemy import Insert, Table, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -73,6 +74,13 @@ def unavailable(exc: BaseException) -> Unavailable:
 def bad_data(exc: BaseException) -> BadData:
     """The BadData error for a row the database refused."""
     return BadData(f"the database refused the data ({_detail(exc)})")
+
+
+def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    """INSERT that skips a row whose key is taken (ON CONFLICT DO NOTHING), on either database."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    stmt: Insert = dialect.insert(table).on_conflict_do_nothing()
+    return stmt
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

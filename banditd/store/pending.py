@@ -16,10 +16,10 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from banditd.domain import Decision
+from banditd.store.decisions import decision_from_row, with_router
 from banditd.store.engine import Database
 from banditd.store.feedback_decisions import among, decisions_for_feedback
 from banditd.store.models import decisions, feedback_events, feedback_pending, routers
-from banditd.store.repository import _decision_from_row
 
 CLAIM_TIMEOUT_S = 60.0  # a join claimed longer ago than this is taken to have died with its replica
 
@@ -143,22 +143,19 @@ class PendingStore:
                 return []
             rows = (
                 await conn.execute(
-                    select(
-                        decisions,
-                        routers.c.tenant,
-                        routers.c.name.label("router_name"),
+                    with_router()
+                    .add_columns(
                         feedback_pending.c.id.label("pending_id"),
                         feedback_pending.c.request,
                         feedback_pending.c.received_at,
                     )
-                    .join(decisions, decisions.c.id == feedback_pending.c.decision_id)
-                    .join(routers, routers.c.id == decisions.c.router_id)
+                    .join(feedback_pending, feedback_pending.c.decision_id == decisions.c.id)
                     .where(feedback_pending.c.id.in_(claimed))
                     .order_by(feedback_pending.c.id)
                 )
             ).all()
         return [
-            Joinable(row.pending_id, row.request, row.received_at, _decision_from_row(row))
+            Joinable(row.pending_id, row.request, row.received_at, decision_from_row(row))
             for row in rows
         ]
 

@@ -14,7 +14,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from sqlalchemy import delete
 
 from banditd.state.posterior import Posterior, Prior
-from banditd.store import Database, Repository
+from banditd.store import Database
+from banditd.store.events import EventLog
 from banditd.store.models import posterior_snapshots
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import Running, StartServer, router_config
@@ -183,7 +184,7 @@ async def test_changing_the_prior_rebuilds_the_posterior_from_the_log(
     prior = Prior.of(state.spec)  # the defaults, price tiers of the arms, the new forgetting
     assert (prior.dim, prior.forgetting, len(prior.arm_quality)) == (DIM + 1, 0.9, 3)
     expected = Posterior.empty(prior, 300)
-    for event in await Repository(server.app.db).events_after(1, 0):
+    for event in await EventLog(server.app.db).after(1, 0):
         expected.apply(event)
     for arm in ("cheap", "mid", "strong"):
         np.testing.assert_array_equal(

@@ -16,8 +16,9 @@ from sqlalchemy import select
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.flows.tokens import TokenClaims, TokenSigner
-from banditd.store import Database, Repository, migrate
+from banditd.store import Database, migrate
 from banditd.store.engine import alembic_config
+from banditd.store.events import EventLog
 from banditd.store.models import feedback_events, feedback_pending
 from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
@@ -67,7 +68,7 @@ async def test_tokens_are_short_for_a_256_d_router(
         pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
     )
     assert reply.event_id == 1  # same replica: found in its decision log, no wait
-    (event,) = await Repository(server.app.db).events_after(1, 0)
+    (event,) = await EventLog(server.app.db).after(1, 0)
     assert event.arm == d.arm and event.x.shape == (257,)
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.applied_event_id == 1

@@ -7,8 +7,8 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
-from banditd.store import Repository
 from banditd.store.probe import RequestIdProbe
+from banditd.store.routers import Routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config
 
@@ -21,7 +21,7 @@ async def test_decision_of_a_vanished_router_does_not_block_the_group(
         await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(name=name)))
         await server.router.Select(pb.SelectRequest(tenant="acme", router=name, prompt="hi"))
     # The router disappears behind the decision log's back (as a concurrent delete would).
-    assert await Repository(server.app.db).delete_router("acme", "gone") is not None
+    assert await Routers(server.app.db).delete("acme", "gone") is not None
     await server.app.decisions.flush()
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="kept"))
     assert stats.decisions == 1

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from banditd.domain import MAX_SIGNALS_PER_DECISION
-from banditd.store import Repository
+from banditd.store.reports import Reports
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import Running, StartServer, router_config, wait_until
 
@@ -73,7 +73,7 @@ async def test_later_signals_move_the_reward_not_the_weight(
     posterior = server.app.catalog._by_id[1].posterior
     assert posterior.n_updates[posterior.index("mid")] == 1
     # Off-policy evaluation reads the decision once, with its effective reward and settled cost.
-    logged = await Repository(server.app.db).decisions_with_feedback(1, 10)
+    logged = await Reports(server.app.db).decisions_with_feedback(1, 10)
     assert [(reward, cost) for _, reward, cost in logged] == [
         (pytest.approx(effective), pytest.approx(0.03))
     ]

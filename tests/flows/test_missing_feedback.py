@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from banditd.flows.tokens import TokenSigner
-from banditd.store import Repository
+from banditd.store.events import EventLog
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import SIGNING_KEY, StartServer, router_config, wait_until
 
@@ -32,7 +32,7 @@ async def test_default_reward_once_across_replicas(
     for replica in (a, b):  # and more rounds on both give none twice
         await replica.tail_rounds()
 
-    events = await Repository(a.app.db).events_after(1, 0)
+    events = await EventLog(a.app.db).after(1, 0)
     assert [(e.reward, e.defaulted) for e in events] == [(1.0, False), (0.0, True), (0.0, True)]
     signer = TokenSigner(SIGNING_KEY.encode())
     assert {e.decision_id for e in events[1:]} == {

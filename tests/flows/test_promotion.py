@@ -12,8 +12,9 @@ from alembic import command
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import RouterSpec
-from banditd.store import Database, Repository
+from banditd.store import Database
 from banditd.store.engine import alembic_config
+from banditd.store.routers import Routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config
 
@@ -147,8 +148,8 @@ def test_upgrade_starts_the_history_of_existing_routers(tmp_path: Path) -> None:
     async def read() -> tuple[RouterSpec, list[tuple[int, str, float, RouterSpec]]]:
         db = Database(url)
         try:
-            repo = Repository(db)
-            return (await repo.get_router("t", "r")).spec, await repo.router_versions(1)
+            routers = Routers(db)
+            return (await routers.get("t", "r")).spec, await routers.versions(1)
         finally:
             await db.close()
 

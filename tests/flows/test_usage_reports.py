@@ -10,8 +10,10 @@ import pytest
 from alembic import command
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
-from banditd.store import Database, Repository
+from banditd.store import Database
 from banditd.store.engine import alembic_config
+from banditd.store.events import EventLog
+from banditd.store.routers import Routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import Running, StartServer, router_config, wait_until
 
@@ -56,7 +58,7 @@ async def test_usage_is_kept_apart_and_folded_into_the_later_rating(
     assert (arm.usage_reports, arm.usage_errors, arm.feedback_count) == (1, 0, 0)
     assert arm.usage_cost_usd == pytest.approx(0.0042)
     assert arm.usage_mean_first_token_ms == pytest.approx(150.0)
-    assert await Repository(server.app.db).events_after(1, 0) == []  # not a feedback event
+    assert await EventLog(server.app.db).after(1, 0) == []  # not a feedback event
     # Once per decision.
     await _refused(server.router.Feedback(usage), grpc.StatusCode.ALREADY_EXISTS)
 
@@ -64,7 +66,7 @@ async def test_usage_is_kept_apart_and_folded_into_the_later_rating(
         pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, thumb=pb.THUMB_UP)
     )
     assert rated.cost_usd == pytest.approx(0.0042)  # the usage's, not the expected cost
-    (event,) = await Repository(server.app.db).events_after(1, 0)
+    (event,) = await EventLog(server.app.db).after(1, 0)
     assert (event.reward, event.cost_usd, event.cost_reported) == (1.0, 0.0042, True)
     assert (event.input_tokens, event.output_tokens, event.latency_ms) == (120, 80, 900.0)
     arm = await _arm(server, d.arm)
@@ -101,7 +103,7 @@ async def test_a_rating_sets_what_it_reports_and_errors_combine(
     await server.router.Feedback(
         pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0.2)
     )
-    first, second = await Repository(server.app.db).events_after(1, 0)
+    first, second = await EventLog(server.app.db).after(1, 0)
     # The rating's own cost wins; latency and error come from the usage; a later signal of a
     # "mean" router changes the reward only (its cost is the change in settled cost: none).
     assert (first.cost_usd, first.latency_ms, first.error) == (0.25, 10.0, True)
@@ -117,9 +119,9 @@ async def test_the_default_reward_takes_the_usage(
     await server.admin.PutRouter(pb.PutRouterRequest(router=config))
     d = await _decide(server)
     await server.router.Feedback(_usage(d.decision_id, cost_usd=0.03, output_tokens=7))
-    repo = Repository(server.app.db)
+    log = EventLog(server.app.db)
     # The default comes after reward_wait_seconds, in a tail round.
-    (event,) = await wait_until(lambda: repo.events_after(1, 0), "the default reward")
+    (event,) = await wait_until(lambda: log.after(1, 0), "the default reward")
     assert (event.defaulted, event.reward, event.cost_usd, event.output_tokens) == (
         True,
         0.5,
@@ -162,7 +164,7 @@ async def test_migration_0014_goes_down_and_up_keeping_the_routers(
     await asyncio.to_thread(command.upgrade, config, "head")
     db = Database(database_url)
     try:
-        (stored,) = await Repository(db).list_routers()
+        (stored,) = await Routers(db).list()
     finally:
         await db.close()
     assert [a.upstream_base_url for a in stored.spec.arms] == ["", "", ""]

@@ -15,32 +15,38 @@ from banditd.edge import codec
 from banditd.state.fold import RouterState
 from banditd.state.live_routers import Catalog
 from banditd.state.posterior import Posterior
-from banditd.store import Repository
+from banditd.store import Store
 from banditd.store.engine import Database, migrate
+from banditd.store.events import EventLog
 from tests.helpers import router_config
 
 DIM = 4
 
 
-class ReadCountingRepository(Repository):
-    """The real repository, counting the events read back from the log."""
+class ReadCountingLog(EventLog):
+    """The real event log, counting the events read back."""
 
     read = 0
 
-    async def events_after(
+    async def after(
         self, router_id: int, after_id: int, limit: int = 10_000
     ) -> list[FeedbackEvent]:
-        events = await super().events_after(router_id, after_id, limit)
+        events = await super().after(router_id, after_id, limit)
         self.read += len(events)
         return events
 
 
 @pytest.fixture
-async def repo(database_url: str) -> AsyncIterator[ReadCountingRepository]:
+async def store(database_url: str) -> AsyncIterator[Store]:
     await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
     db = Database(database_url)
-    yield ReadCountingRepository(db)
+    yield dataclasses.replace(Store.over(db), events=ReadCountingLog(db))
     await db.close()
+
+
+def _log(store: Store) -> ReadCountingLog:
+    assert isinstance(store.events, ReadCountingLog)
+    return store.events
 
 
 def _events(router_id: int, decisions: list[str], rng: np.random.Generator) -> list[FeedbackEvent]:
@@ -93,49 +99,48 @@ async def _record(catalog: Catalog, state: RouterState, events: list[FeedbackEve
 
 
 @pytest.mark.parametrize("combine", ["first", "mean"])
-async def test_batches_applied_as_committed_match_the_log(
-    repo: ReadCountingRepository, combine: str
-) -> None:
-    catalog = Catalog(repo, snapshot_every=1_000_000)
+async def test_batches_applied_as_committed_match_the_log(store: Store, combine: str) -> None:
+    log = _log(store)
+    catalog = Catalog(store, snapshot_every=1_000_000)
     spec, _ = await catalog.put(
         codec.spec_from_proto(router_config(combine=combine, embedding_dim=DIM - 1))
     )
     state = await catalog.get(spec.tenant, spec.name)
     rng = np.random.default_rng(7)
     first = [str(uuid.uuid4()) for _ in range(40)]
-    repo.read = 0
+    log.read = 0
 
     assert await _record(catalog, state, _events(state.router_id, first, rng)) == list(range(40))
-    assert repo.read == 0  # applied as committed
+    assert log.read == 0  # applied as committed
     # A decision twice in one batch: which row the database keeps is read back from the log.
     repeated = [str(uuid.uuid4()) for _ in range(5)]
     added = await _record(catalog, state, _events(state.router_id, [*repeated, repeated[0]], rng))
     assert added == ([0, 1, 2, 3, 4] if combine == "first" else [0, 1, 2, 3, 4, 5])
-    reread = repo.read
+    reread = log.read
     assert reread == (5 if combine == "first" else 0)
     # Decisions with feedback already: skipped under "first", later signals under "mean".
     again = await _record(catalog, state, _events(state.router_id, first[:10], rng))
     assert again == ([] if combine == "first" else list(range(10)))
-    assert repo.read == reread
+    assert log.read == reread
 
-    restored = await Catalog(repo, snapshot_every=1_000_000).get(spec.tenant, spec.name)
+    restored = await Catalog(store, snapshot_every=1_000_000).get(spec.tenant, spec.name)
     assert restored.posterior.last_event_id == state.posterior.last_event_id > 0
     assert restored.posterior.arms == state.posterior.arms
     assert _arrays(restored.posterior) == _arrays(state.posterior)
     assert restored.health.to_json() == state.health.to_json()
 
 
-async def test_a_batch_as_committed_is_the_batch_as_read_back(repo: ReadCountingRepository) -> None:
-    catalog = Catalog(repo, snapshot_every=1_000_000)
+async def test_a_batch_as_committed_is_the_batch_as_read_back(store: Store) -> None:
+    catalog = Catalog(store, snapshot_every=1_000_000)
     spec, _ = await catalog.put(codec.spec_from_proto(router_config(embedding_dim=DIM - 1)))
     state = await catalog.get(spec.tenant, spec.name)
     events = _events(
         state.router_id, [str(uuid.uuid4()) for _ in range(12)], np.random.default_rng(3)
     )
-    appended = await repo.append_batch(events)
+    appended = await store.events.append(events)
     assert appended.positions == list(range(12))
     assert appended.follows == state.posterior.last_event_id
-    read = await repo.events_after(state.router_id, state.posterior.last_event_id)
+    read = await store.events.after(state.router_id, state.posterior.last_event_id)
     assert [_fields(e) for e in appended.events] == [_fields(e) for e in read]
 
 

@@ -28,7 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.domain import FeedbackEvent
 from banditd.state.posterior import Posterior, Prior
-from banditd.store import Database, Repository
+from banditd.store import Database
+from banditd.store.events import EventLog
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.helpers import SIGNING_KEY, StartServer, router_config, wait_until
@@ -174,9 +175,9 @@ async def _log(url: str) -> list[FeedbackEvent]:
     """The whole feedback log of router 1, read straight from the database."""
     db = Database(url)
     try:
-        repo = Repository(db)
+        log = EventLog(db)
         events: list[FeedbackEvent] = []
-        while batch := await repo.events_after(1, events[-1].event_id if events else 0):
+        while batch := await log.after(1, events[-1].event_id if events else 0):
             events.extend(batch)
         return events
     finally:

@@ -31,9 +31,10 @@ from banditd.domain.bounds import TABLE, numeric_fields
 from banditd.domain.ceilings import SCORE_LIMIT, finite_scores
 from banditd.errors import BadData, BanditdError, Unavailable
 from banditd.flows.tokens import TokenClaims, TokenSigner
-from banditd.store import Database, Repository, migrate
+from banditd.store import Database, migrate
 from banditd.store.dead_letters import DeadLetters
 from banditd.store.engine import alembic_config
+from banditd.store.events import EventLog
 from banditd.store.models import arms, feedback_events, routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import REPO, SIGNING_KEY, Running, StartServer, router_config, wait_until
@@ -569,13 +570,13 @@ async def test_one_routers_unreadable_log_row_never_stops_the_others_tail(
     ).decision_id
     claims = await server.claims(token)
     broken = _event(claims, router_id=1, decision_id="garbled", x=np.ones(5))
-    repo = Repository(server.app.db)
-    await repo.append_events([broken])
+    log = EventLog(server.app.db)
+    await log.append([broken])
     async with server.app.db.transaction() as conn:  # a row no decoder can read (3 bytes of x)
         await conn.execute(
             text("UPDATE feedback_events SET x = :x WHERE router_id = 1"), {"x": b"abc"}
         )
-    await repo.append_events([_event(claims, reward=1.0)])  # another replica's event for "fine"
+    await log.append([_event(claims, reward=1.0)])  # another replica's event for "fine"
     fine = server.app.catalog._by_id[2].posterior
     # Applied by the tail, round after round.
     await wait_until(lambda: fine.last_event_id == 2, "the tail to apply the fine router's event")

@@ -2,7 +2,7 @@
 
 A compact token (what Select issues) carries no x: Feedback looks its decision up (this
 replica's decision log, then the ``decisions`` table). So the benchmark writes decision rows
-through ``Repository.insert_decisions``, in the DecisionLog's group-commit batches, and signs
+through ``Decisions.insert``, in the DecisionLog's group-commit batches, and signs
 compact tokens for them with the replicas' key: what is then timed is the production feedback
 path, decision lookup included, without paying for tens of thousands of Selects first.
 """
@@ -17,11 +17,11 @@ import numpy as np
 
 from banditd.domain import Decision, RankedArm
 from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.store.decisions import Decisions
 from banditd.store.engine import Database
 from banditd.store.pending import PendingStore
-from banditd.store.repository import Repository
 
-LOG_BATCH = 500  # decisions per insert_decisions call (a DecisionLog group commit)
+LOG_BATCH = 500  # decisions per Decisions.insert call (a DecisionLog group commit)
 TOKEN_LIFETIME_S = 3600
 
 
@@ -121,8 +121,8 @@ class DecisionMaker:
     async def _log(self, decisions: list[Decision]) -> None:
         db = Database(self._url)
         try:
-            repo = Repository(db)
+            table = Decisions(db)
             for i in range(0, len(decisions), LOG_BATCH):
-                await repo.insert_decisions(decisions[i : i + LOG_BATCH])
+                await table.insert(decisions[i : i + LOG_BATCH])
         finally:
             await db.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 from banditd.flows.admin import RouterStats
 from banditd.state.breaker import ArmHealthView, BreakerState
-from banditd.store.repository import ArmTotals, ShadowTotals
+from banditd.store.reports import ArmTotals, ShadowTotals
 from banditd.v1 import banditd_pb2 as pb
 
 
