@@ -99,7 +99,7 @@ def test_inverse_stays_exactly_symmetric() -> None:
 
 
 def sequential_matvec(m: np.ndarray, x: np.ndarray) -> list[float]:
-    """M x with each element summed over j in order, one IEEE operation at a time (Python floats)."""
+    """M x, each element summed over j in order, one IEEE operation at a time (Python floats)."""
     out = [0.0] * len(x)
     for j in range(len(x)):
         for i in range(len(x)):
