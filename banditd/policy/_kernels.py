@@ -11,6 +11,11 @@ Matrix-vector products are written as row-by-row axpy updates (out += a[j, :] * 
 dot-product reductions: LLVM vectorises them without fastmath, and each output element is summed
 in the same order whatever the vector width, so results are bit-identical across machines (which
 the posterior's determinism needs). A^-1 is symmetric, so its row j is also its column j.
+Four rows go into each pass over out (out[i] = (((out[i] + ...) + ...) + ...) + ...: the same sums
+in the same order), which keeps out[i] in a register for four terms instead of one.
+The single-context scores run in one pass per arm (mean and variance together, no temporaries but
+the one scratch vector) and the update folds theta = A^-1 b into its pass over A^-1: same
+operations, same order, so the same bits as the separate functions they replaced.
 """
 
 from __future__ import annotations
@@ -31,10 +36,17 @@ def _matvec(m: FloatArray, arm: int, x: FloatArray, out: FloatArray) -> None:
     dim = x.shape[0]
     for i in range(dim):
         out[i] = 0.0
-    for j in range(dim):
-        xj = x[j]
+    j = 0
+    while j + 4 <= dim:
+        x0, x1, x2, x3 = x[j], x[j + 1], x[j + 2], x[j + 3]
+        r0, r1, r2, r3 = m[arm, j], m[arm, j + 1], m[arm, j + 2], m[arm, j + 3]
         for i in range(dim):
-            out[i] += m[arm, j, i] * xj
+            out[i] = (((out[i] + r0[i] * x0) + r1[i] * x1) + r2[i] * x2) + r3[i] * x3
+        j += 4
+    for jj in range(j, dim):
+        xj = x[jj]
+        for i in range(dim):
+            out[i] += m[arm, jj, i] * xj
 
 
 @njit(cache=True)
@@ -65,9 +77,24 @@ def variances(a_inv: FloatArray, arm_idx: IntArray, x: FloatArray) -> FloatArray
     return out
 
 
+@njit(cache=True)
+def _mean_variance(
+    a_inv: FloatArray, theta: FloatArray, arm: int, x: FloatArray, scratch: FloatArray
+) -> tuple[float, float]:
+    """(theta_a . x, max(x^T A_a^-1 x, 0)) of one arm in one pass over x: the same sums, in the
+    same order, as mean_scores and variances."""
+    _matvec(a_inv, arm, x, scratch)
+    mean = 0.0
+    var = 0.0
+    for i in range(x.shape[0]):
+        mean += theta[arm, i] * x[i]
+        var += x[i] * scratch[i]
+    return mean, max(var, 0.0)
+
+
 # The scores of the linear policies are theta_a . x plus a multiple of its standard deviation
-# sqrt(x^T A_a^-1 x): array expressions over mean_scores and variances, fused into one loop by
-# Numba (same operations, same order as a loop per arm).
+# sqrt(x^T A_a^-1 x), one arm at a time (the same operations, in the same order, as array
+# expressions over mean_scores and variances).
 
 
 @njit(cache=True)
@@ -75,7 +102,12 @@ def linucb_scores(
     a_inv: FloatArray, theta: FloatArray, arm_idx: IntArray, x: FloatArray, alpha: float
 ) -> FloatArray:
     """Upper confidence bounds theta_a . x + alpha sqrt(x^T A_a^-1 x), shape (k,)."""
-    return mean_scores(theta, arm_idx, x) + alpha * np.sqrt(variances(a_inv, arm_idx, x))
+    out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
+    for k in range(arm_idx.shape[0]):
+        mean, var = _mean_variance(a_inv, theta, arm_idx[k], x, scratch)
+        out[k] = mean + alpha * math.sqrt(var)
+    return out
 
 
 @njit(cache=True)
@@ -93,8 +125,12 @@ def cost_aware_linucb_scores(
     is worth c of quality at this cost weight gets 1 / (1 + c) of the bonus: exploring it must
     promise more the more it costs. All zero: exactly linucb_scores.
     """
-    bonus = alpha * np.sqrt(variances(a_inv, arm_idx, x))
-    return mean_scores(theta, arm_idx, x) + bonus / (1.0 + cost_term)
+    out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
+    for k in range(arm_idx.shape[0]):
+        mean, var = _mean_variance(a_inv, theta, arm_idx[k], x, scratch)
+        out[k] = mean + (alpha * math.sqrt(var)) / (1.0 + cost_term[k])
+    return out
 
 
 @njit(cache=True)
@@ -112,8 +148,12 @@ def thompson_scores(
     N(theta_a . x, v^2 x^T A_a^-1 x): O(dim^2) per arm, no Cholesky factor.
     normals: standard normal draws, shape (k,).
     """
-    spread = scale * np.sqrt(variances(a_inv, arm_idx, x))
-    return mean_scores(theta, arm_idx, x) + spread * normals
+    out = np.empty(arm_idx.shape[0])
+    scratch = np.empty(x.shape[0])
+    for k in range(arm_idx.shape[0]):
+        mean, var = _mean_variance(a_inv, theta, arm_idx[k], x, scratch)
+        out[k] = mean + (scale * math.sqrt(var)) * normals[k]
+    return out
 
 
 @njit(cache=True, parallel=True)
@@ -166,14 +206,19 @@ def sherman_morrison_update(
     for i in range(dim):
         u[i] *= inv_gamma
     scale = 1.0 / (1.0 + _dot(x, u))
+    # theta = A^-1 b summed row by row as A^-1 is updated: _matvec's sums, in its order.
     for i in range(dim):
-        b[arm, i] = gamma * b[arm, i] + reward * x[i]
+        theta[arm, i] = 0.0
+    for i in range(dim):
+        bi = gamma * b[arm, i] + reward * x[i]
+        b[arm, i] = bi
         ui, xi = u[i], x[i]
         for j in range(dim):
             a[arm, i, j] = gamma * a[arm, i, j] + xi * x[j]
             # (u_i u_j) first: the product commutes exactly, so A^-1 stays exactly symmetric.
-            a_inv[arm, i, j] = a_inv[arm, i, j] * inv_gamma - (ui * u[j]) * scale
-    _matvec(a_inv, arm, b[arm], theta[arm])
+            v = a_inv[arm, i, j] * inv_gamma - (ui * u[j]) * scale
+            a_inv[arm, i, j] = v
+            theta[arm, j] += v * bi
 
 
 def refactorise(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,3 +96,58 @@ def test_inverse_stays_exactly_symmetric() -> None:
         if step % 64 == 63:
             _kernels.refactorise(a, a_inv, b, theta, 0)
         np.testing.assert_array_equal(a_inv[0], a_inv[0].T)
+
+
+def sequential_matvec(m: np.ndarray, x: np.ndarray) -> list[float]:
+    """M x, each element summed over j in order, one IEEE operation at a time (Python floats)."""
+    out = [0.0] * len(x)
+    for j in range(len(x)):
+        for i in range(len(x)):
+            out[i] += float(m[j, i]) * float(x[j])
+    return out
+
+
+@pytest.mark.parametrize("dim", [1, 3, 4, 7, 8, 13, 32])
+def test_kernels_sum_in_the_documented_order(dim: int) -> None:
+    """Replays depend on the kernels' bits: scores, variances and the update's theta are the
+    sequential sums of the module docstring, whatever the unrolling or fusion inside."""
+    a, a_inv, b, theta = state(4, dim, 40, seed=dim)
+    a_inv = (a_inv + a_inv.transpose(0, 2, 1)) / 2.0  # exactly symmetric, as the kernels keep it
+    rng = np.random.default_rng(dim)
+    x = rng.normal(size=dim)
+    idx = np.array([3, 0, 2], dtype=np.int64)
+    xf = [float(v) for v in x]
+
+    def mean(arm: int) -> float:
+        s = 0.0
+        for i in range(dim):
+            s += float(theta[arm, i]) * xf[i]
+        return s
+
+    def variance(arm: int) -> float:
+        s = 0.0
+        for xi, mi in zip(xf, sequential_matvec(a_inv[arm], x), strict=True):
+            s += xi * mi
+        return max(s, 0.0)
+
+    means = np.array([mean(k) for k in idx])
+    sds = np.sqrt(np.array([variance(k) for k in idx]))
+    cost, z = rng.random(3), rng.standard_normal(3)
+    np.testing.assert_array_equal(_kernels.mean_scores(theta, idx, x), means)
+    np.testing.assert_array_equal(
+        _kernels.variances(a_inv, idx, x), np.array([variance(k) for k in idx])
+    )
+    np.testing.assert_array_equal(
+        _kernels.linucb_scores(a_inv, theta, idx, x, 0.7), means + 0.7 * sds
+    )
+    np.testing.assert_array_equal(
+        _kernels.cost_aware_linucb_scores(a_inv, theta, idx, x, 0.7, cost),
+        means + 0.7 * sds / (1.0 + cost),
+    )
+    np.testing.assert_array_equal(
+        _kernels.thompson_scores(a_inv, theta, idx, x, 0.3, z), means + 0.3 * sds * z
+    )
+
+    _kernels.sherman_morrison_update(a, a_inv, b, theta, 1, x, 0.4, 0.99)
+    np.testing.assert_array_equal(a_inv[1], a_inv[1].T)
+    np.testing.assert_array_equal(theta[1], sequential_matvec(a_inv[1], b[1]))

@@ -57,6 +57,8 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
         "select_update_d32_under_5us",
         "at_least_50x_mabwiser",
         "at_least_10x_vw",
+        "at_least_100x_mabwiser",
+        "at_least_20x_vw",
         "batch_1024_d32_over_1m_per_s",
     }
     assert all(ok in (True, False, None) for ok in report["targets"].values())
