@@ -39,6 +39,7 @@ from banditd.evaluation.warm_start import (
     warm_events,
 )
 from banditd.progress import add_quiet_flag, update
+from banditd.state.live_routers import index_log
 from banditd.store import Database, Store, migrate
 from banditd.store.routers import StoredRouter
 from banditd.v1 import banditd_pb2 as pb
@@ -115,14 +116,9 @@ async def _pipeline(store: Store, stored: StoredRouter, max_prompt_chars: int) -
             from banditd.context.reduction import Reduction
 
             pipeline.set_reduction(Reduction.from_bytes(data))
-    if pipeline.knn is not None:
-        # Only the kNN index, not the whole fold (banditd.state.fold): it is all that x of
-        # the new events reads; the server folds the posterior and arm health from the log.
-        after = 0
-        while events := await store.events.after(router_id, after):
-            for event in events:
-                pipeline.observe(event)
-            after = events[-1].event_id
+    # Only the kNN index, not the whole fold (banditd.state.fold): it is all that x of the new
+    # events reads; the server folds the posterior and arm health from the log.
+    await index_log(store.events, router_id, pipeline)
     return pipeline
 
 

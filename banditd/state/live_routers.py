@@ -25,7 +25,7 @@ from banditd.state.fold import RouterState, fold
 from banditd.state.reductions import Reductions
 from banditd.store import Store
 from banditd.store.dead_letters import DeadLetters, append_isolating
-from banditd.store.events import AppendedBatch
+from banditd.store.events import AppendedBatch, EventLog
 from banditd.store.learnt_state import LearntState
 from banditd.store.routers import StoredRouter
 
@@ -42,6 +42,17 @@ class _StoredVocabulary(VocabularyStore):
 
     async def assign(self, key: str, value: str, limit: int) -> int | None:
         return await self._learnt.assign_slot(self._router_id, key, value, limit)
+
+
+async def index_log(log: EventLog, router_id: int, pipeline: ContextPipeline) -> None:
+    """Put a router's whole feedback log into its pipeline's kNN index (none: nothing to do)."""
+    if pipeline.knn is None:
+        return
+    after = 0
+    while events := await log.after(router_id, after):
+        for event in events:
+            pipeline.observe(event)
+        after = events[-1].event_id
 
 
 class Catalog:
@@ -122,15 +133,10 @@ class Catalog:
         )
         self.reductions.serve(router_id, pipeline)
         await self.reductions.load(router_id, pipeline)
-        if pipeline.knn is not None:
-            # The kNN index is in no snapshot: it takes the log from the start (the posterior
-            # and arm health hold the events up to their snapshot; _catch_up folds the rest
-            # into all three).
-            after = 0
-            while events := await self._store.events.after(router_id, after):
-                for event in events:
-                    pipeline.observe(event)
-                after = events[-1].event_id
+        # The kNN index is in no snapshot: it takes the log from the start (the posterior and
+        # arm health hold the events up to their snapshot; _catch_up folds the rest into all
+        # three).
+        await index_log(self._store.events, router_id, pipeline)
         return pipeline
 
     async def get(self, tenant: str, name: str) -> RouterState:
