@@ -116,7 +116,13 @@ UNLIMITED = Unlimited()
 
 
 class NoBudgets:
-    """The budgets of a process that keeps none (a Selector built without a ledger)."""
+    """The budgets of a process that keeps none (a flow built without a ledger): every request
+    is UNLIMITED, and feedback's reported costs settle nothing."""
+
+    active = False
 
     def applicable(self, tenant: str, router: str) -> BudgetView:
         return UNLIMITED
+
+    async def settle(self, costs: Sequence[tuple[str, float]]) -> None:
+        return None

@@ -19,6 +19,7 @@ from tenacity import (
 
 from banditd import metrics
 from banditd.budget.ledger import Budgets
+from banditd.budget.view import NoBudgets
 from banditd.domain import Decision, FeedbackEvent, check_name
 from banditd.domain.bounds import HARD_MAX_CALL_USD, Bounds, default_bounds
 from banditd.errors import (
@@ -75,7 +76,7 @@ class Learner:
         self._decisions = decisions
         self._usage = usage
         self._bounds = bounds or default_bounds()
-        self._budgets = budgets
+        self._budgets: Budgets | NoBudgets = budgets or NoBudgets()
         self._catalog = catalog
         self._signer = signer
         self._clock = clock
@@ -365,7 +366,7 @@ class Learner:
     async def _settle(self, events: Sequence[FeedbackEvent]) -> None:
         """Budgets charge reported costs instead of the expected ones (issue 6)."""
         reported = [(e.decision_id, e.cost_usd) for e in events if e.cost_reported]
-        if self._budgets is not None and self._budgets.active and reported:
+        if self._budgets.active and reported:
             try:
                 await self._budgets.settle(reported)
             except Unavailable as exc:  # the events are committed: keep the expected cost

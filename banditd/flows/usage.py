@@ -12,6 +12,7 @@ import structlog
 
 from banditd import metrics
 from banditd.budget.ledger import Budgets
+from banditd.budget.view import NoBudgets
 from banditd.errors import InvalidArgument
 from banditd.flows.feedback_input import FeedbackInput
 from banditd.flows.tokens import TokenClaims
@@ -28,7 +29,7 @@ class UsageFlow:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._budgets = budgets
+        self._budgets: Budgets | NoBudgets = budgets or NoBudgets()
         self._clock = clock
 
     async def record(
@@ -57,7 +58,7 @@ class UsageFlow:
             )
         )
         metrics.FEEDBACK.labels("usage").inc()
-        if req.cost_usd is not None and self._budgets is not None and self._budgets.active:
+        if req.cost_usd is not None and self._budgets.active:
             await self._budgets.settle([(claims.decision_id, req.cost_usd)])
         log.info("usage", tenant=req.tenant, arm=claims.arm, decision_id=claims.decision_id)
         return req.cost_usd or 0.0
