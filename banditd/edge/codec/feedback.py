@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from banditd.edge.codec.fields import decoded
 from banditd.flows.feedback import BatchOutcome, FeedbackInput, FeedbackResult
 from banditd.v1 import banditd_pb2 as pb
 
@@ -13,19 +12,25 @@ _PREFERENCES = {pb.PREFER_ARM: "arm", pb.PREFER_CHALLENGER: "challenger", pb.PRE
 def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> FeedbackInput:
     """``tenant``: the tenant to use instead of the message's (an UploadFeedback batch's).
     Optional fields left unset are None; an unknown thumb or preference is named, and refused
-    by the flow."""
-    thumb = _THUMBS.get(msg.thumb, f"value {msg.thumb}") if msg.HasField("thumb") else None
-    preference = (
-        _PREFERENCES.get(msg.preference, f"value {msg.preference}") if msg.preference else None
-    )
+    by the flow. Spelled out, not copied by field name (codec/fields.py): this runs for every
+    feedback event, bulk uploads included, and the loop costs about 1 us more."""
+    which = msg.WhichOneof("signal")
     return FeedbackInput(
-        **decoded(
-            FeedbackInput,
-            msg,
-            tenant=msg.tenant if tenant is None else tenant,
-            thumb=thumb,
-            preference=preference,
-        )
+        tenant=msg.tenant if tenant is None else tenant,
+        decision_id=msg.decision_id,
+        reward=msg.reward if which == "reward" else None,
+        thumb=_THUMBS.get(msg.thumb, f"value {msg.thumb}") if which == "thumb" else None,
+        cost_usd=msg.cost_usd if msg.HasField("cost_usd") else None,
+        input_tokens=msg.input_tokens if msg.HasField("input_tokens") else None,
+        output_tokens=msg.output_tokens if msg.HasField("output_tokens") else None,
+        latency_ms=msg.latency_ms if msg.HasField("latency_ms") else None,
+        error=msg.error,
+        energy_wh=msg.energy_wh if msg.HasField("energy_wh") else None,
+        usage_only=msg.usage_only,
+        first_token_ms=msg.first_token_ms if msg.HasField("first_token_ms") else None,
+        preference=(
+            _PREFERENCES.get(msg.preference, f"value {msg.preference}") if msg.preference else None
+        ),
     )
 
 
