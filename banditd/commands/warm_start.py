@@ -40,6 +40,7 @@ from banditd.evaluation.warm_start import (
 )
 from banditd.progress import add_quiet_flag, update
 from banditd.state.live_routers import index_log
+from banditd.state.reductions import Reductions
 from banditd.store import Database, Store, migrate
 from banditd.store.routers import StoredRouter
 from banditd.v1 import banditd_pb2 as pb
@@ -110,12 +111,7 @@ async def _pipeline(store: Store, stored: StoredRouter, max_prompt_chars: int) -
     pipeline = ContextPipeline(
         spec, encoder, vocabulary, known_vocabulary=known, max_prompt_chars=max_prompt_chars
     )
-    if pipeline.needs_reduction:
-        data = await store.learnt.context_model(router_id, pca_fingerprint(spec, encoder))
-        if data is not None:
-            from banditd.context.reduction import Reduction
-
-            pipeline.set_reduction(Reduction.from_bytes(data))
+    await Reductions(store.learnt).load(router_id, pipeline)  # the stored PCA, as a server's
     # Only the kNN index, not the whole fold (banditd.state.fold): it is all that x of the new
     # events reads; the server folds the posterior and arm health from the log.
     await index_log(store.events, router_id, pipeline)
