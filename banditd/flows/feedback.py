@@ -321,8 +321,9 @@ class Learner:
         if self._decisions is None:
             raise Unavailable("this server cannot join feedback to decisions")
         kept: list[tuple[int, Waiting]] = []
+        seen: set[str] = set()  # decisions kept (a second signal for one is a duplicate)
         for i, w in items:
-            if any(w.parked.decision_id == k.parked.decision_id for _, k in kept):
+            if w.parked.decision_id in seen:
                 refused.append((i, waiting_duplicate(w.parked.decision_id)))
                 continue
             try:
@@ -337,6 +338,7 @@ class Learner:
                 refused.append((i, exc))
                 continue
             kept.append((i, w))
+            seen.add(w.parked.decision_id)
         parked = await self._decisions.store.park([w.parked for _, w in kept])
         refused.extend(
             (i, waiting_duplicate(w.parked.decision_id))
