@@ -193,6 +193,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--seed", type=int_at_least(0), default=0, help="first seed (0)")
     p.add_argument("--repeats", type=int_at_least(1), default=1, help="seeds to average over (1)")
     p.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="each seed replays the records in its own random order (the warm start keeps "
+        "the file's)",
+    )
+    p.add_argument(
         "--sweep",
         type=_floats,
         nargs="?",

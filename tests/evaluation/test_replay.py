@@ -278,6 +278,37 @@ def test_split_replays_the_tail_and_warm_starts_on_the_head(
         assert split[key] == files[key], key
 
 
+@pytest.mark.parametrize("policy", ["linucb", "random"])
+def test_shuffle_replays_each_seed_in_its_own_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str
+) -> None:
+    records = synthetic(61, seed=5)
+    head, tail = records[:30], records[30:]  # 61 x 0.5: 30 records before the split
+    data = write_outcomes(tmp_path / "all.jsonl", records)
+    argv = ("--split", "0.5", "--warm-start-head", "--feedback", "thumbs", "--policy", policy)
+    argv += ("--sweep", "0,100")
+    shuffled = run_json(
+        capsys, "--data", str(data), *argv, "--shuffle", "--seed", "3", "--repeats", "2"
+    )
+
+    assert len(shuffled["gain_vs_zero_router"]["runs"]) == 2
+    for i, seed in enumerate((3, 4)):
+        # Each seed's run is a plain replay of the file with the tail in that seed's order.
+        order = np.random.default_rng([seed, replay.SHUFFLE_STREAM]).permutation(len(tail))
+        assert sorted(order) == list(range(len(tail))) and list(order) != sorted(order)
+        reordered = write_outcomes(tmp_path / f"{seed}.jsonl", head + [tail[j] for j in order])
+        one = run_json(capsys, "--data", str(reordered), *argv, "--seed", str(seed))
+        for key, value in one["runs"][0].items():
+            assert shuffled["runs"][i][key] == pytest.approx(value), key
+        for key, value in one["gain_vs_zero_router"].items():
+            assert shuffled["gain_vs_zero_router"]["runs"][i][key] == pytest.approx(value), key
+    # The regret curve follows the order each run saw, not the file's.
+    in_file_order = run_json(capsys, "--data", str(data), *argv, "--seed", "3", "--repeats", "2")
+    curves = shuffled["regret_over_time"]["cumulative_regret"]
+    assert curves["random"] != in_file_order["regret_over_time"]["cumulative_regret"]["random"]
+    assert "runs" in in_file_order["gain_vs_zero_router"]
+
+
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [

@@ -57,7 +57,9 @@ choosing between them at random, which is also how ``cost_at_quality`` (the mean
 90/95/98 % of the best single model's quality) is read off it. ``--sweep-budgets`` replays at a
 range of budgets (by default from every prompt on the cheapest model to every prompt on the
 priciest) at ``--cost-weight``. With ``--repeats N`` each number is the mean over seeds seed ..
-seed + N - 1 and ``spread`` holds their sample standard deviations.
+seed + N - 1 and ``spread`` holds their sample standard deviations. With ``--shuffle`` each seed's
+run takes the replayed records in its own random order (the warm start keeps the file's), so the
+repeats average over orders of the stream, not over one order's luck.
 
 Gain over the zero router (report key ``gain_vs_zero_router``,
 banditd.evaluation.replay.zero_router): the zero router (RouterBench) is a fixed random mix of
@@ -66,7 +68,8 @@ cost, mean quality) points. On 50 log-spaced costs from the cheapest single mode
 best single model's, wherever the policy's hull (of its sweep points, or of its one point without
 --sweep) has a point at that cost or less: its quality minus the zero router's, in points of the
 best single model's quality; ``mean`` and ``min`` over those costs, ``coverage`` their share of the
-50.
+50. With several seeds the frontier is each cost weight's mean over them, and ``runs`` holds each
+seed's own gain (the hull of one run's sweep picks its luckiest points, so it reads higher).
 
 Regret over time (report key ``regret_over_time``): cumulative regret against the oracle at up
 to 100 prompt counts, for the policy and the best-single and random references (mean over the
@@ -81,6 +84,7 @@ configuration to create and warm-start: docs/warm-start.md).
 from banditd.evaluation.replay.data import Outcomes, load_outcomes
 from banditd.evaluation.replay.engine import (
     REFUSED,
+    SHUFFLE_STREAM,
     THUMBS_STREAM,
     _event,
     best_single,
@@ -128,6 +132,7 @@ __all__ = [
     "QUALITY_FRACTIONS",
     "REFERENCE_POLICIES",
     "REFUSED",
+    "SHUFFLE_STREAM",
     "SUMMARY_KEYS",
     "SWEEP_POINTS",
     "THUMBS_STREAM",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from banditd.domain import FloatArray
 from banditd.errors import InvalidArgument
@@ -40,6 +42,23 @@ class Outcomes:
     @property
     def n(self) -> int:
         return len(self.prompts)
+
+    def reordered(self, order: npt.NDArray[np.int64]) -> Outcomes:
+        """The same records in another order: the i-th is the file's order[i]-th."""
+
+        def rows(values: FloatArray | None) -> FloatArray | None:
+            return None if values is None else values[order]
+
+        return dataclasses.replace(
+            self,
+            prompts=tuple(self.prompts[i] for i in order),
+            lines=tuple(self.lines[i] for i in order),
+            quality=self.quality[order],
+            cost=self.cost[order],
+            metadata=tuple(self.metadata[i] for i in order) if self.metadata else (),
+            latency_ms=rows(self.latency_ms),
+            energy_wh=rows(self.energy_wh),
+        )
 
 
 def _bad(path: Path, line: int, problem: str) -> InvalidArgument:

@@ -21,6 +21,7 @@ from banditd.state.fold import RouterState, fold
 
 REFUSED = -1  # the pick of a prompt the budget refused
 THUMBS_STREAM = 1  # seeds the thumbs draws apart from the policy's own random numbers
+SHUFFLE_STREAM = 2  # seeds the order of the records under --shuffle
 
 
 class SpendTally:

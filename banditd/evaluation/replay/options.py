@@ -73,6 +73,9 @@ class Options:
     arms: tuple[str, ...] = ()
     seed: int = 0
     repeats: int = 1
+    # Each seed's run takes the replayed records in its own random order (the warm start keeps
+    # the file's): averages over orders, not over one order's luck.
+    shuffle: bool = False
     sweep: tuple[float, ...] | None = None
     sweep_budgets: tuple[float, ...] | None = None
     limit: int | None = None

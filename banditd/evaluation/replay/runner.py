@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from banditd.domain import FloatArray
 from banditd.errors import InvalidArgument
 from banditd.evaluation.replay.data import Outcomes, load_outcomes, split_point
 from banditd.evaluation.replay.engine import (
     REFUSED,
+    SHUFFLE_STREAM,
     best_single,
     gate,
     learn_online,
@@ -112,6 +114,14 @@ class Replay:
     def seeds(self) -> list[int]:
         return [self.opts.seed + r for r in range(self.opts.repeats)]
 
+    def order(self, seed: int) -> IntArray:
+        """The file index of each record a seed's run takes, in turn: the file's order, or
+        with --shuffle the seed's own."""
+        if not self.opts.shuffle:
+            return np.arange(self.outcomes.n, dtype=np.int64)
+        rng = np.random.default_rng([seed, SHUFFLE_STREAM])
+        return np.asarray(rng.permutation(self.outcomes.n), dtype=np.int64)
+
     def picks(
         self,
         seed: int,
@@ -119,9 +129,36 @@ class Replay:
         budget_usd: float | None,
         duels: IntArray | None = None,
     ) -> IntArray:
-        """One run's arm per prompt (REFUSED where the budget refused), shape (n,); with
-        --feedback pairwise, each prompt's challenger goes into duels (shape (n,)) if given."""
-        opts, outcomes = self.opts, self.outcomes
+        """One run's arm per prompt, in file order (REFUSED where the budget refused), shape
+        (n,); with --feedback pairwise, each prompt's challenger goes into duels (shape (n,))
+        if given. The run takes the records in the seed's order."""
+        order = self.order(seed)
+        run_duels = None if duels is None else np.full_like(duels, REFUSED)
+        chosen = self._run(
+            seed,
+            cost_weight,
+            budget_usd,
+            self.outcomes.reordered(order),
+            self.raw[order],
+            run_duels,
+        )
+        picks = np.empty_like(chosen)
+        picks[order] = chosen
+        if duels is not None and run_duels is not None:
+            duels[order] = run_duels
+        return picks
+
+    def _run(
+        self,
+        seed: int,
+        cost_weight: float,
+        budget_usd: float | None,
+        outcomes: Outcomes,
+        raw: FloatArray,
+        duels: IntArray | None,
+    ) -> IntArray:
+        """One run over the records as given (the seed's order): the arm per record."""
+        opts = self.opts
         budget = "" if budget_usd is None else f" budget ${budget_usd:g}"
         label = f"{opts.policy} cost weight {cost_weight:g}{budget} seed {seed}"
         if opts.server is not None:
@@ -147,7 +184,7 @@ class Replay:
         return learn_online(
             state,
             outcomes,
-            self.raw,
+            raw,
             seed=seed,
             feedback=opts.feedback,
             budget_usd=budget_usd,
@@ -172,7 +209,10 @@ class Replay:
                         "mean_cost_usd"
                     ]
                 shares += np.bincount(picks[picks != REFUSED], minlength=len(shares))
-                regret += regret_over_time(self.outcomes, picks, cost_weight)
+                order = self.order(seed)  # regret over time: in the order the run saw
+                regret += regret_over_time(
+                    self.outcomes.reordered(order), picks[order], cost_weight
+                )
                 self.runs_done += 1
                 self.progress("replay runs", self.runs_done, self.runs_planned)
             keys = (*SUMMARY_KEYS, *(k for k in MEASURE_KEYS if k in runs[0]))
@@ -198,10 +238,9 @@ class Replay:
         opts, outcomes = self.opts, self.outcomes
         regret = np.zeros(outcomes.n)
         for seed in self.seeds:
-            picks = gate(
-                reference_picks(policy, outcomes, opts.cost_weight, seed), outcomes, opts.budget_usd
-            )
-            regret += regret_over_time(outcomes, picks, opts.cost_weight)
+            run = outcomes.reordered(self.order(seed))
+            picks = gate(reference_picks(policy, run, opts.cost_weight, seed), run, opts.budget_usd)
+            regret += regret_over_time(run, picks, opts.cost_weight)
         return list((regret / len(self.seeds))[curve_steps(outcomes.n) - 1].tolist())
 
 
@@ -252,6 +291,21 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
         ],
         "cost_at_quality": at_quality,
     }
+
+
+def _gain(run: Replay, main: dict[str, Any], singles: list[tuple[float, float]]) -> dict[str, Any]:
+    """The gain over the zero router of the frontier (each cost weight's mean over the seeds),
+    and with several seeds each seed's own ("runs")."""
+    opts = run.opts
+    weights = None if opts.sweep is None else opts.sweep or weight_grid(run.outcomes)
+    points = [main] if weights is None else [run.point(w, opts.budget_usd) for w in weights]
+    gain: dict[str, Any] = dict(gain_vs_zero_router(_xy(points), singles))
+    if len(run.seeds) > 1:
+        gain["runs"] = [
+            {"seed": seed, **gain_vs_zero_router(_xy([p["runs"][i] for p in points]), singles)}
+            for i, seed in enumerate(run.seeds)
+        ]
+    return gain
 
 
 def _points(opts: Options, outcomes: Outcomes) -> set[tuple[float, float | None]]:
@@ -339,9 +393,7 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if opts.sweep is not None:
         report.update(_sweep_report(run, best))
-    report["gain_vs_zero_router"] = gain_vs_zero_router(
-        _xy(report.get("frontier", [main])), _xy(report["single_models"])
-    )
+    report["gain_vs_zero_router"] = _gain(run, main, _xy(report["single_models"]))
     if opts.sweep_budgets is not None:
         budgets = opts.sweep_budgets or budget_grid(outcomes)
         report["budget_frontier"] = [
