@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 REPO = Path(__file__).resolve().parent.parent
 SIGNING_KEY = "test-signing-key-0123456789abcdef"
 POLL_S = 0.02  # how often wait_until looks again
+EMBEDDING = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])  # for router_config's embedding_dim
 
 
 async def wait_until(check: Callable[[], Any], what: str, within: float = 30.0) -> Any:
@@ -94,6 +96,27 @@ class Running:
 
 
 StartServer = Callable[..., Awaitable[Running]]
+
+
+def all_finite(msg: Any) -> bool:
+    """Every double and float in a response, recursively, is finite."""
+    for _, value in msg.ListFields():
+        values = value if isinstance(value, list) or hasattr(value, "extend") else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                return False
+            if hasattr(v, "ListFields") and not all_finite(v):
+                return False
+    return True
+
+
+async def finite_stats(
+    server: Running, tenant: str = "acme", name: str = "chat"
+) -> pb.GetStatsResponse:
+    """A router's GetStats, asserted finite throughout."""
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant=tenant, name=name))
+    assert all_finite(stats), stats
+    return stats
 
 
 def router_config(

@@ -82,7 +82,7 @@ def _s(name: str, low: float = 0) -> Bound:
 
 
 # "Message.field" -> its bound. Every numeric field of every message an RPC takes is here
-# (tests/store/test_poison.py checks it against the .proto); enums are checked by their flows.
+# (tests/store/test_value_bounds.py checks it against the .proto); enums are checked by their flows.
 TABLE: Mapping[str, Bound] = {
     # Router.Select
     "SelectRequest.cost_weight": _s("max_cost_weight"),
