@@ -13,7 +13,7 @@ import numpy as np
 from banditd.budget import pacer
 from banditd.budget.pacer import BudgetCheck
 from banditd.context import input_tokens_estimate
-from banditd.domain import ArmSpec, FloatArray, RankedArm
+from banditd.domain import ArmSpec, FloatArray, RankedArm, RouterSpec
 from banditd.domain.ceilings import (
     HARD_MAX_COST_WEIGHT,
     HARD_MAX_ENERGY_WEIGHT,
@@ -53,20 +53,31 @@ class Ranked:
         )
 
 
-def _enabled(state: RouterState, candidates: Sequence[str]) -> list[ArmSpec]:
+def _enabled(spec: RouterSpec, candidates: Sequence[str]) -> list[int]:
+    """Positions in spec.arms of the enabled arms, of ``candidates`` when given."""
     wanted = set(candidates)
-    return [a for a in state.spec.arms if not a.disabled and (not wanted or a.name in wanted)]
+    return [
+        p for p, a in enumerate(spec.arms) if not a.disabled and (not wanted or a.name in wanted)
+    ]
+
+
+def _expected(
+    state: RouterState, positions: list[int], input_tokens: float, x: FloatArray | None
+) -> tuple[IntArray, FloatArray]:
+    """The posterior's rows of the arms at ``positions`` and their expected cost, latency and
+    energy, shape (3, len(positions)) (Posterior.expected_costs)."""
+    spec, posterior = state.spec, state.posterior
+    arm_idx = np.array([posterior.index(spec.arms[p].name) for p in positions], dtype=np.int64)
+    every = len(positions) == len(spec.arms)  # positions are sorted: then they are 0..n-1
+    numbers = spec.arm_numbers if every else spec.arm_numbers[positions]
+    return arm_idx, posterior.expected_costs(arm_idx, numbers, input_tokens, x)
 
 
 def priciest(state: RouterState, prompt: str | None, candidates: Sequence[str]) -> float:
     """The highest expected cost among the arms a request may get (what a lease must hold)."""
-    posterior = state.posterior
-    tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    costs = [
-        posterior.expected_cost_usd(posterior.index(a.name), a, tokens)
-        for a in _enabled(state, candidates)
-    ]
-    return max(costs, default=0.0)
+    tokens = input_tokens_estimate(prompt) or state.posterior.expected_input_tokens()
+    costs = _expected(state, _enabled(state.spec, candidates), tokens, None)[1][0]
+    return float(costs.max()) if costs.size else 0.0
 
 
 def rank_arms(
@@ -99,28 +110,15 @@ def rank_arms(
     second posterior draw from ``rng`` (None when only one arm is eligible).
     """
     spec, posterior = state.spec, state.posterior
-    if candidates:
-        unknown = [c for c in candidates if spec.arm(c) is None]
-        if unknown:
-            raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
-        wanted = set(candidates)
-        arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
-    else:
-        arms = [a for a in spec.arms if not a.disabled]
-    healthy = [a for a in arms if a.name not in blocked]
-    arms = healthy or arms  # every arm failing: still answer (fail open), with all of them
+    unknown = [c for c in candidates if spec.arm(c) is None]
+    if unknown:
+        raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
+    positions = _enabled(spec, candidates)
+    healthy = [p for p in positions if spec.arms[p].name not in blocked]
+    positions = healthy or positions  # every arm failing: still answer (fail open), with all
+    arms = [spec.arms[p] for p in positions]
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    indexes = [posterior.index(a.name) for a in arms]
-    arm_idx = np.array(indexes, dtype=np.int64)
-    # One pass over the arms, with plain int indexes (no NumPy scalars).
-    cost_l: list[float] = []
-    lat_l: list[float] = []
-    wh_l: list[float] = []
-    for a, i in zip(arms, indexes, strict=True):
-        cost_l.append(posterior.expected_cost_usd(i, a, input_tokens, x))
-        lat_l.append(posterior.expected_latency_ms(i, a, x))
-        wh_l.append(posterior.expected_energy_wh(i, a, input_tokens, x))
-    costs, latency, energy = np.array(cost_l), np.array(lat_l), np.array(wh_l)
+    arm_idx, (costs, latency, energy) = _expected(state, positions, input_tokens, x)
     if max_cost_usd is not None:
         keep = costs <= max_cost_usd
         arms = [a for a, k in zip(arms, keep, strict=True) if k]
