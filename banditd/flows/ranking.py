@@ -13,7 +13,7 @@ import numpy as np
 from banditd.budget import pacer
 from banditd.budget.pacer import BudgetCheck
 from banditd.context import input_tokens_estimate
-from banditd.domain import ArmSpec, FloatArray, RankedArm, RouterSpec
+from banditd.domain import FloatArray, RankedArm, RouterSpec
 from banditd.domain.ceilings import (
     HARD_MAX_COST_WEIGHT,
     HARD_MAX_ENERGY_WEIGHT,
@@ -116,14 +116,14 @@ def rank_arms(
     positions = _enabled(spec, candidates)
     healthy = [p for p in positions if spec.arms[p].name not in blocked]
     positions = healthy or positions  # every arm failing: still answer (fail open), with all
-    arms = [spec.arms[p] for p in positions]
+    names = [spec.arms[p].name for p in positions]
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
     arm_idx, (costs, latency, energy) = _expected(state, positions, input_tokens, x)
     if max_cost_usd is not None:
         keep = costs <= max_cost_usd
-        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
-    if not arms:
+    if not names:
         raise FailedPrecondition(
             "no eligible arm: every candidate is disabled or over max_cost_usd"
         )
@@ -134,7 +134,7 @@ def rank_arms(
                 f"no eligible arm: every candidate's expected latency (from "
                 f"{latency.min():.6g} ms) is over max_latency_ms ({max_latency_ms:g} ms)"
             )
-        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     price, outcome = 0.0, ""
     if budget is not None and budget.pacings:
@@ -146,13 +146,13 @@ def rank_arms(
                     f"budget of {budget.scope} is exhausted for this period: no arm's expected "
                     f"cost (from ${costs.min():.6g}) fits what is left"
                 )
-            keep = np.zeros(len(arms), dtype=np.bool_)
+            keep = np.zeros(len(names), dtype=np.bool_)
             keep[int(np.argmin(costs))] = True
             outcome = "over_budget"
         else:
             keep, price = gate.eligible, gate.price
             outcome = "fallback" if gate.fallback else "paced"
-        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     weight = spec.default_cost_weight if cost_weight is None else cost_weight
     weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
@@ -163,24 +163,23 @@ def rank_arms(
     other = lw * latency / 1000.0 + ew * energy if lw or ew else None
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng, other_term=other)
     if spec.explore_new_arm:
-        choice = _explore_new_arm(state, arms, arm_idx, choice)
+        choice = _explore_new_arm(state, names, arm_idx, choice)
     utility, quality, cost = choice.utility.tolist(), choice.quality.tolist(), costs.tolist()
     lat, wh = latency.tolist(), energy.tolist()
     ranking = tuple(
-        RankedArm(arms[i].name, utility[i], quality[i], cost[i], lat[i], wh[i])
+        RankedArm(names[i], utility[i], quality[i], cost[i], lat[i], wh[i])
         for i in choice.order.tolist()
     )
     rival = None
     if compare:
         term = weight * costs + (0.0 if other is None else other)
         rival = dueling.challenger(posterior, arm_idx, x, term, choice.chosen, rng, spec.alpha)
-    names = tuple(a.name for a in arms)
     challenger = None if rival is None else names[rival]
-    return Ranked(ranking, choice, names, price, outcome, lw, ew, challenger)
+    return Ranked(ranking, choice, tuple(names), price, outcome, lw, ew, challenger)
 
 
 def _explore_new_arm(
-    state: RouterState, arms: Sequence[ArmSpec], arm_idx: IntArray, choice: Choice
+    state: RouterState, names: Sequence[str], arm_idx: IntArray, choice: Choice
 ) -> Choice:
     """Put first the eligible arm with the fewest feedback events, while it has fewer than
     ``explore_new_arm`` of them and this process has not yet forced it that many times."""
@@ -188,12 +187,12 @@ def _explore_new_arm(
     events = state.posterior.n_updates[arm_idx]
     short = [
         (int(events[i]), i)
-        for i, arm in enumerate(arms)
-        if events[i] < limit and state.forced_picks.get(arm.name, 0) < limit
+        for i, name in enumerate(names)
+        if events[i] < limit and state.forced_picks.get(name, 0) < limit
     ]
     if not short:
         return choice
     position = min(short)[1]
-    name = arms[position].name
+    name = names[position]
     state.forced_picks[name] = state.forced_picks.get(name, 0) + 1
     return choice.forced(position)
