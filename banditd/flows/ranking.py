@@ -66,11 +66,12 @@ def _expected(
 ) -> tuple[IntArray, FloatArray]:
     """The posterior's rows of the arms at ``positions`` and their expected cost, latency and
     energy, shape (3, len(positions)) (Posterior.expected_costs)."""
-    spec, posterior = state.spec, state.posterior
-    arm_idx = np.array([posterior.index(spec.arms[p].name) for p in positions], dtype=np.int64)
-    every = len(positions) == len(spec.arms)  # positions are sorted: then they are 0..n-1
-    numbers = spec.arm_numbers if every else spec.arm_numbers[positions]
-    return arm_idx, posterior.expected_costs(arm_idx, numbers, input_tokens, x)
+    spec, rows = state.spec, state.arm_rows()
+    if len(positions) == len(spec.arms):  # positions are sorted: then they are 0..n-1
+        arm_idx, numbers = rows, spec.arm_numbers
+    else:
+        arm_idx, numbers = rows[positions], spec.arm_numbers[positions]
+    return arm_idx, state.posterior.expected_costs(arm_idx, numbers, input_tokens, x)
 
 
 def priciest(state: RouterState, prompt: str | None, candidates: Sequence[str]) -> float:
@@ -114,8 +115,9 @@ def rank_arms(
     if unknown:
         raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
     positions = _enabled(spec, candidates)
-    healthy = [p for p in positions if spec.arms[p].name not in blocked]
-    positions = healthy or positions  # every arm failing: still answer (fail open), with all
+    if blocked:
+        healthy = [p for p in positions if spec.arms[p].name not in blocked]
+        positions = healthy or positions  # every arm failing: still answer (fail open), all
     names = [spec.arms[p].name for p in positions]
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
     arm_idx, (costs, latency, energy) = _expected(state, positions, input_tokens, x)
