@@ -29,13 +29,6 @@ HARD_MAX_ENERGY_WEIGHT = 1e9  # utility per Wh
 SCORE_LIMIT = 1e20  # |score| of any arm: quality (<= ~1e3) + cost_weight x cost (<= 1e18)
 
 
-def clamp(value: float, low: float, high: float, *, nan: float) -> float:
-    """``value`` within [low, high]; ``nan`` for NaN (a comparison would let it through)."""
-    if math.isnan(value):
-        return nan
-    return min(max(value, low), high)
-
-
 def finite_scores(values: FloatArray) -> FloatArray:
     """Scores within +-SCORE_LIMIT, NaN as the worst score (shape kept). fmax and fmin return
     the non-NaN operand: NaN becomes -SCORE_LIMIT, infinities the limits (two ufunc calls, a

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -15,8 +16,10 @@ from banditd.domain.specs import ArmSpec
 FloatArray = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
-class RankedArm:
+class RankedArm(NamedTuple):
+    """One arm of a decision's ranking. A named tuple: every Select builds one per eligible arm,
+    at half the cost of a frozen dataclass's (issue 20)."""
+
     arm: str
     score: float
     quality_score: float

@@ -4,11 +4,15 @@ trust them; and their plain-JSON form (the stored history of versions)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from banditd.domain.constants import (
     COMBINE_RULES,
@@ -307,6 +311,27 @@ class RouterSpec:
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((a for a in self.arms if a.name == name), None)
+
+    @functools.cached_property
+    def arm_numbers(self) -> npt.NDArray[np.float64]:
+        """A row per arm, in order: input and output price (USD/Mtok), input and output energy
+        (Wh/Mtok), prior latency (ms): what the posterior's expected costs start from
+        (banditd.state.expected_costs). Built once per spec, on first use; read-only."""
+        numbers = np.array(
+            [
+                (
+                    a.input_price_per_mtok,
+                    a.output_price_per_mtok,
+                    a.input_energy_wh_per_mtok,
+                    a.output_energy_wh_per_mtok,
+                    a.prior_latency_ms,
+                )
+                for a in self.arms
+            ],
+            dtype=np.float64,
+        ).reshape(len(self.arms), 5)
+        numbers.flags.writeable = False
+        return numbers
 
     def thumb_reward(self, up: bool) -> float:
         return self.thumb_up_reward if up else self.thumb_down_reward

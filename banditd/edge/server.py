@@ -22,7 +22,7 @@ from banditd.budget.ledger import Budgets
 from banditd.config import Settings
 from banditd.context import device
 from banditd.context.registry import Encoders
-from banditd.domain import FeedbackEvent
+from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
 from banditd.domain.bounds import Bounds
 from banditd.edge import ports
 from banditd.edge.auth import Authenticator, EdgeGuard
@@ -181,8 +181,16 @@ def _warm_up() -> None:
     post = Posterior.empty(Prior(2), 1.0)
     idx = np.array([post.index("a"), post.index("b")], dtype=np.int64)
     x = np.ones(2)
-    for cls in POLICIES.values():
-        cls(1.0).choose(post, idx, x, np.zeros(2), 0.0, np.random.default_rng(0))
+    # Select's arrays come writable and read-only (RouterState.arm_rows, RouterSpec.arm_numbers):
+    # Numba compiles each kind apart.
+    rows = idx.copy()
+    rows.flags.writeable = False
+    numbers = RouterSpec("warm-up", "warm-up", (ArmSpec("a", 1, 1), ArmSpec("b", 1, 1))).arm_numbers
+    for arm_idx in (idx, rows):
+        for cls in POLICIES.values():
+            cls(1.0).choose(post, arm_idx, x, np.zeros(2), 0.0, np.random.default_rng(0))
+        for arm_numbers in (numbers, numbers.copy()):
+            post.expected_costs(arm_idx, arm_numbers, 1.0, x)
     post.apply(FeedbackEvent(1, 0, "warm-up", "a", x, 1.0, 0.0, None, None, None, False, 0.0))
     _kernels.batch_linucb_scores(post.a_inv, post.theta, idx, x[None], 1.0)
 

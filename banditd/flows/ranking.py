@@ -13,7 +13,7 @@ import numpy as np
 from banditd.budget import pacer
 from banditd.budget.pacer import BudgetCheck
 from banditd.context import input_tokens_estimate
-from banditd.domain import ArmSpec, FloatArray, RankedArm
+from banditd.domain import FloatArray, RankedArm, RouterSpec
 from banditd.domain.ceilings import (
     HARD_MAX_COST_WEIGHT,
     HARD_MAX_ENERGY_WEIGHT,
@@ -53,20 +53,32 @@ class Ranked:
         )
 
 
-def _enabled(state: RouterState, candidates: Sequence[str]) -> list[ArmSpec]:
+def _enabled(spec: RouterSpec, candidates: Sequence[str]) -> list[int]:
+    """Positions in spec.arms of the enabled arms, of ``candidates`` when given."""
     wanted = set(candidates)
-    return [a for a in state.spec.arms if not a.disabled and (not wanted or a.name in wanted)]
+    return [
+        p for p, a in enumerate(spec.arms) if not a.disabled and (not wanted or a.name in wanted)
+    ]
+
+
+def _expected(
+    state: RouterState, positions: list[int], input_tokens: float, x: FloatArray | None
+) -> tuple[IntArray, FloatArray]:
+    """The posterior's rows of the arms at ``positions`` and their expected cost, latency and
+    energy, shape (3, len(positions)) (Posterior.expected_costs)."""
+    spec, rows = state.spec, state.arm_rows()
+    if len(positions) == len(spec.arms):  # positions are sorted: then they are 0..n-1
+        arm_idx, numbers = rows, spec.arm_numbers
+    else:
+        arm_idx, numbers = rows[positions], spec.arm_numbers[positions]
+    return arm_idx, state.posterior.expected_costs(arm_idx, numbers, input_tokens, x)
 
 
 def priciest(state: RouterState, prompt: str | None, candidates: Sequence[str]) -> float:
     """The highest expected cost among the arms a request may get (what a lease must hold)."""
-    posterior = state.posterior
-    tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    costs = [
-        posterior.expected_cost_usd(posterior.index(a.name), a, tokens)
-        for a in _enabled(state, candidates)
-    ]
-    return max(costs, default=0.0)
+    tokens = input_tokens_estimate(prompt) or state.posterior.expected_input_tokens()
+    costs = _expected(state, _enabled(state.spec, candidates), tokens, None)[1][0]
+    return float(costs.max()) if costs.size else 0.0
 
 
 def rank_arms(
@@ -99,33 +111,21 @@ def rank_arms(
     second posterior draw from ``rng`` (None when only one arm is eligible).
     """
     spec, posterior = state.spec, state.posterior
-    if candidates:
-        unknown = [c for c in candidates if spec.arm(c) is None]
-        if unknown:
-            raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
-        wanted = set(candidates)
-        arms = [a for a in spec.arms if a.name in wanted and not a.disabled]
-    else:
-        arms = [a for a in spec.arms if not a.disabled]
-    healthy = [a for a in arms if a.name not in blocked]
-    arms = healthy or arms  # every arm failing: still answer (fail open), with all of them
+    unknown = [c for c in candidates if spec.arm(c) is None]
+    if unknown:
+        raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
+    positions = _enabled(spec, candidates)
+    if blocked:
+        healthy = [p for p in positions if spec.arms[p].name not in blocked]
+        positions = healthy or positions  # every arm failing: still answer (fail open), all
+    names = [spec.arms[p].name for p in positions]
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    indexes = [posterior.index(a.name) for a in arms]
-    arm_idx = np.array(indexes, dtype=np.int64)
-    # One pass over the arms, with plain int indexes (no NumPy scalars).
-    cost_l: list[float] = []
-    lat_l: list[float] = []
-    wh_l: list[float] = []
-    for a, i in zip(arms, indexes, strict=True):
-        cost_l.append(posterior.expected_cost_usd(i, a, input_tokens, x))
-        lat_l.append(posterior.expected_latency_ms(i, a, x))
-        wh_l.append(posterior.expected_energy_wh(i, a, input_tokens, x))
-    costs, latency, energy = np.array(cost_l), np.array(lat_l), np.array(wh_l)
+    arm_idx, (costs, latency, energy) = _expected(state, positions, input_tokens, x)
     if max_cost_usd is not None:
         keep = costs <= max_cost_usd
-        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
-    if not arms:
+    if not names:
         raise FailedPrecondition(
             "no eligible arm: every candidate is disabled or over max_cost_usd"
         )
@@ -136,7 +136,7 @@ def rank_arms(
                 f"no eligible arm: every candidate's expected latency (from "
                 f"{latency.min():.6g} ms) is over max_latency_ms ({max_latency_ms:g} ms)"
             )
-        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     price, outcome = 0.0, ""
     if budget is not None and budget.pacings:
@@ -148,13 +148,13 @@ def rank_arms(
                     f"budget of {budget.scope} is exhausted for this period: no arm's expected "
                     f"cost (from ${costs.min():.6g}) fits what is left"
                 )
-            keep = np.zeros(len(arms), dtype=np.bool_)
+            keep = np.zeros(len(names), dtype=np.bool_)
             keep[int(np.argmin(costs))] = True
             outcome = "over_budget"
         else:
             keep, price = gate.eligible, gate.price
             outcome = "fallback" if gate.fallback else "paced"
-        arms = [a for a, k in zip(arms, keep, strict=True) if k]
+        names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
     weight = spec.default_cost_weight if cost_weight is None else cost_weight
     weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
@@ -165,24 +165,23 @@ def rank_arms(
     other = lw * latency / 1000.0 + ew * energy if lw or ew else None
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng, other_term=other)
     if spec.explore_new_arm:
-        choice = _explore_new_arm(state, arms, arm_idx, choice)
+        choice = _explore_new_arm(state, names, arm_idx, choice)
     utility, quality, cost = choice.utility.tolist(), choice.quality.tolist(), costs.tolist()
     lat, wh = latency.tolist(), energy.tolist()
     ranking = tuple(
-        RankedArm(arms[i].name, utility[i], quality[i], cost[i], lat[i], wh[i])
+        RankedArm(names[i], utility[i], quality[i], cost[i], lat[i], wh[i])
         for i in choice.order.tolist()
     )
     rival = None
     if compare:
         term = weight * costs + (0.0 if other is None else other)
         rival = dueling.challenger(posterior, arm_idx, x, term, choice.chosen, rng, spec.alpha)
-    names = tuple(a.name for a in arms)
     challenger = None if rival is None else names[rival]
-    return Ranked(ranking, choice, names, price, outcome, lw, ew, challenger)
+    return Ranked(ranking, choice, tuple(names), price, outcome, lw, ew, challenger)
 
 
 def _explore_new_arm(
-    state: RouterState, arms: Sequence[ArmSpec], arm_idx: IntArray, choice: Choice
+    state: RouterState, names: Sequence[str], arm_idx: IntArray, choice: Choice
 ) -> Choice:
     """Put first the eligible arm with the fewest feedback events, while it has fewer than
     ``explore_new_arm`` of them and this process has not yet forced it that many times."""
@@ -190,12 +189,12 @@ def _explore_new_arm(
     events = state.posterior.n_updates[arm_idx]
     short = [
         (int(events[i]), i)
-        for i, arm in enumerate(arms)
-        if events[i] < limit and state.forced_picks.get(arm.name, 0) < limit
+        for i, name in enumerate(names)
+        if events[i] < limit and state.forced_picks.get(name, 0) < limit
     ]
     if not short:
         return choice
     position = min(short)[1]
-    name = arms[position].name
+    name = names[position]
     state.forced_picks[name] = state.forced_picks.get(name, 0) + 1
     return choice.forced(position)

@@ -284,7 +284,10 @@ def decide(prepared: Prepared) -> Decided:
     except ResourceExhausted:
         metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, "refused").inc()
         raise
-    rival = next((r for r in ranked.ranking if r.arm == ranked.challenger), None)
+    challenger = ranked.challenger
+    rival = None
+    if challenger is not None:
+        rival = next((r for r in ranked.ranking if r.arm == challenger), None)
     # Both answers are served: the budget reserves (and feedback settles) both costs.
     rival_cost = 0.0 if rival is None else rival.expected_cost_usd
     # After the live choice, on their own random streams: shadows never change it.

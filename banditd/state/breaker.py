@@ -95,7 +95,9 @@ class ArmHealth:
     def blocked(self, names: Iterable[str], now: float) -> set[str]:
         """The arms among ``names`` that Select must skip now: open ones, and half-open ones
         whose probes for this cool-down are spent."""
-        out = set()
+        out: set[str] = set()
+        if all(arm.opened_at is None for arm in self._arms.values()):
+            return out  # every breaker closed, the usual case: 0.5 us, not 4 for 11 arms
         for name in names:
             state = self.state(name, now)
             if state is BreakerState.OPEN or (

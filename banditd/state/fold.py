@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from banditd.context.pipeline import ContextPipeline
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.errors import BadData
 from banditd.policy import POLICIES, Policy
+from banditd.policy.base import IntArray
 from banditd.state.breaker import ArmHealth
 from banditd.state.posterior import Posterior, Prior
 
@@ -40,6 +43,20 @@ class RouterState:
     context: ContextPipeline | None = None
     # Events the posterior skipped and the catalog has not reported yet (dead letters).
     skipped: list[tuple[FeedbackEvent, BadData]] = field(default_factory=list)
+    # arm_rows's answer, with the spec and posterior it is for.
+    _rows: tuple[RouterSpec, Posterior, IntArray] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def arm_rows(self) -> IntArray:
+        """The posterior's row of each of spec.arms, in order (read-only): built once per spec
+        and posterior (a posterior's rows never move), not on every Select."""
+        kept = self._rows
+        if kept is None or kept[0] is not self.spec or kept[1] is not self.posterior:
+            rows = np.array([self.posterior.index(a.name) for a in self.spec.arms], dtype=np.int64)
+            rows.flags.writeable = False
+            kept = self._rows = (self.spec, self.posterior, rows)
+        return kept[2]
 
     @classmethod
     def fresh(

@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from banditd.domain import ArmSpec, FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
 from banditd.domain.ceilings import (
     HARD_MAX_CALL_USD,
     HARD_MAX_CALL_WH,
     HARD_MAX_LATENCY_MS,
-    clamp,
     event_problem,
 )
 from banditd.policy import _kernels
 from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
+from banditd.state import expected_costs
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 # The cost model (reported costs regressed on x) prices an arm once it has this many reports;
@@ -39,8 +39,17 @@ HEADS = ("lat", "energy")
 HEAD_RIDGE = 1.0
 
 
-def _usd(value: float) -> float:
-    return clamp(value, 0.0, HARD_MAX_CALL_USD, nan=HARD_MAX_CALL_USD)
+# What the estimates are kept within (banditd.state.expected_costs's ``limits``).
+_LIMITS = np.array(
+    [
+        HARD_MAX_CALL_USD,
+        HARD_MAX_LATENCY_MS,
+        HARD_MAX_CALL_WH,
+        COST_FLOOR,
+        COST_CEILING,
+        COST_MODEL_MIN_EVENTS,
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -265,20 +274,6 @@ class Posterior:
         if n[idx] % REFACTORISE_EVERY == 0:
             _kernels.refactorise(a, a_inv, b, theta, idx)
 
-    def _predict(self, head: str, idx: int, x: FloatArray | None, prior: float) -> float:
-        """A head's prediction: ``prior`` before any report (0: none), then the mean
-        report shrunk toward the prior by one pseudo-count, then (from COST_MODEL_MIN_EVENTS
-        reports) the regression for x within [COST_FLOOR, COST_CEILING] x that mean."""
-        n = int(getattr(self, f"{head}_n")[idx])
-        if n == 0:
-            return prior
-        total = float(getattr(self, f"{head}_sum")[idx])
-        mean = (prior + total) / (1 + n) if prior > 0 else total / n
-        if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
-            return mean
-        predicted = float(np.dot(getattr(self, f"{head}_theta")[idx], x))
-        return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
-
     def reported_means(self, arm: str) -> tuple[float, int, float, int]:
         """(mean reported latency_ms, reports, mean reported energy_wh, reports) of an arm;
         0 means for an arm without reports (or unknown to this posterior)."""
@@ -291,47 +286,62 @@ class Posterior:
             out += [float(getattr(self, f"{head}_sum")[idx]) / n if n else 0.0, n]
         return (float(out[0]), int(out[1]), float(out[2]), int(out[3]))
 
-    def expected_latency_ms(self, idx: int, arm: ArmSpec, x: FloatArray | None = None) -> float:
-        """The latency head's prediction (ms): the arm's prior_latency_ms before reports, then
-        its reports (a regression on x once it has enough). In [0, HARD_MAX_LATENCY_MS]."""
-        value = self._predict("lat", idx, x, arm.prior_latency_ms)
-        return clamp(value, 0.0, HARD_MAX_LATENCY_MS, nan=HARD_MAX_LATENCY_MS)
-
-    def expected_energy_wh(
-        self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
-    ) -> float:
-        """The energy head's prediction (Wh): the arm's per-token figures x expected tokens
-        before energy reports, then its reports. In [0, HARD_MAX_CALL_WH]."""
-        prior = arm.energy_wh(input_tokens, self.expected_output_tokens(idx))
-        prior = clamp(prior, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
-        value = self._predict("energy", idx, x, prior)
-        return clamp(value, 0.0, HARD_MAX_CALL_WH, nan=HARD_MAX_CALL_WH)
-
     @property
     def dim(self) -> int:
         return self.prior.dim
 
-    def expected_output_tokens(self, idx: int) -> float:
-        """Mean reported output tokens, shrunk toward the router's prior by one pseudo-count."""
-        total = self.prior_output_tokens + self.output_tokens_sum[idx]
-        return float(total / (1 + self.output_tokens_n[idx]))
+    def expected_costs(
+        self,
+        idx: npt.NDArray[np.int64],
+        numbers: FloatArray,
+        input_tokens: float,
+        x: FloatArray | None = None,
+    ) -> FloatArray:
+        """Expected cost (USD), latency (ms) and energy (Wh) of the arms at rows ``idx`` (int64),
+        shape (3, len(idx)); ``numbers``: their rows of RouterSpec.arm_numbers (prices, energy
+        per token, prior latency). A kernel works them out (banditd.state.expected_costs):
 
-    def expected_cost_usd(
-        self, idx: int, arm: ArmSpec, input_tokens: float, x: FloatArray | None = None
-    ) -> float:
-        """Price x tokens once the arm reports output tokens (or before it reports anything).
-        When it reports costs without tokens: the cost model's prediction for x (once it has
-        COST_MODEL_MIN_EVENTS reports), else the arm's mean reported cost per call.
-        Always finite, in [0, HARD_MAX_CALL_USD]: whatever the arm's price or the model's
-        state, a cost that is not a number is taken as the most expensive."""
-        n = self.observed_cost_n[idx]
-        if self.output_tokens_n[idx] == 0 and n > 0:
-            mean = _usd(float(self.observed_cost_sum[idx] / n))
-            if x is None or n < COST_MODEL_MIN_EVENTS or x.shape != (self.dim,):
-                return mean
-            predicted = float(np.dot(self.cost_theta[idx], x))
-            return clamp(predicted, COST_FLOOR * mean, COST_CEILING * mean, nan=mean)
-        return _usd(arm.cost_usd(input_tokens, self.expected_output_tokens(idx)))
+        - Output tokens: the mean reported, shrunk toward the router's prior by one pseudo-count.
+        - Cost: price x tokens once the arm reports output tokens (or before it reports
+          anything). When it reports costs without tokens: the cost model's prediction for x
+          (once it has COST_MODEL_MIN_EVENTS reports), else its mean reported cost per call.
+        - Latency and energy (the heads): the arm's prior_latency_ms, or its per-token energy x
+          expected tokens, before reports; then the mean report shrunk toward a positive prior
+          by one pseudo-count; from COST_MODEL_MIN_EVENTS reports, the regression for x.
+        - A regression's prediction is kept within [COST_FLOOR, COST_CEILING] x that mean (the
+          mean for one that is not a number); the rest within [0, HARD_MAX_CALL_USD],
+          [0, HARD_MAX_LATENCY_MS] and [0, HARD_MAX_CALL_WH], a number that is not one taken as
+          the most expensive. Finite by construction.
+        """
+        dots = np.zeros((len(idx), 3))
+        model = x is not None and x.shape == (self.dim,)
+        if x is not None and model:
+            thetas = (self.cost_theta, self.lat_theta, self.energy_theta)
+            pairs = expected_costs.fitted(
+                idx, self.observed_cost_n, self.lat_n, self.energy_n, COST_MODEL_MIN_EVENTS
+            )
+            for j, head in pairs.tolist():  # np.dot, as ever: BLAS's order of the sum
+                dots[j, head] = np.dot(thetas[head][idx[j]], x)
+        out = np.empty((3, len(idx)))
+        expected_costs.expected_costs(
+            idx,
+            numbers,
+            float(input_tokens),
+            float(self.prior_output_tokens),
+            self.output_tokens_sum,
+            self.output_tokens_n,
+            self.observed_cost_sum,
+            self.observed_cost_n,
+            self.lat_sum,
+            self.lat_n,
+            self.energy_sum,
+            self.energy_n,
+            dots,
+            model,
+            _LIMITS,
+            out,
+        )
+        return out
 
     def expected_input_tokens(self) -> float:
         """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""

@@ -46,7 +46,7 @@ class DeadLetter:
 
 def plain(value: Any) -> Any:
     """``value`` as standard JSON values: non-finite floats and bytes as strings, arrays as
-    lists, dataclass-like objects by their fields."""
+    lists, dataclass-like objects (and named tuples) by their fields."""
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else repr(float(value))
     if isinstance(value, bool | int | str) or value is None:
@@ -59,6 +59,8 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value.tolist()]
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple: as a dataclass
+        return {k: plain(v) for k, v in zip(value._fields, value, strict=True)}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if hasattr(value, "__dataclass_fields__"):

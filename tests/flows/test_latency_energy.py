@@ -17,7 +17,7 @@ import pytest
 
 from banditd import client as bc
 from banditd.commands.ingest import parse_record
-from banditd.domain import ArmSpec, FeedbackEvent
+from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
 from banditd.state import posterior_snapshot
 from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
@@ -271,8 +271,10 @@ def test_posterior_heads_are_a_function_of_the_events() -> None:
         heavy.apply(_event(i, "a", 8000.0, 4.0))
     arm = ArmSpec("a", 1.0, 1.0, prior_latency_ms=1000.0)
     x = np.array([1.0, 0.5, -0.5])
-    assert heavy.expected_latency_ms(0, arm, x) == pytest.approx(8000.0, rel=0.03)
-    assert heavy.expected_energy_wh(0, arm, 500.0, x) == pytest.approx(4.0, rel=0.03)
+    numbers = RouterSpec("t", "r", (arm,)).arm_numbers
+    _, latency, energy = heavy.expected_costs(np.zeros(1, dtype=np.int64), numbers, 500.0, x)
+    assert latency[0] == pytest.approx(8000.0, rel=0.03)
+    assert energy[0] == pytest.approx(4.0, rel=0.03)
     # A snapshot written before the heads is refused (the catalog then rebuilds from the log).
     data = dict(np.load(io.BytesIO(posterior_snapshot.dump(one))))
     for key in [k for k in data if k.startswith(("lat_", "energy_"))]:

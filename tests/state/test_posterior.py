@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from banditd.domain import ArmSpec, FeedbackEvent
+from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
 from banditd.state import posterior_snapshot
 from banditd.state.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
 
@@ -65,7 +65,8 @@ def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
     for name in ("a_inv", "theta", "b", "a", "n_updates", "output_tokens_sum"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(two, name))
     assert restored.last_event_id == two.last_event_id == 50
-    assert restored.expected_output_tokens(0) == two.expected_output_tokens(0)
+    per_token = ArmSpec("a", 0.0, 1e6)  # a dollar an output token
+    assert expected_cost(restored, per_token, 100) == expected_cost(two, per_token, 100)
 
 
 def test_out_of_order_event_is_refused() -> None:
@@ -82,28 +83,37 @@ def test_event_of_another_dimension_is_skipped_but_counted() -> None:
     assert post.arms == [] and post.last_event_id == 1
 
 
+def expected_cost(
+    post: Posterior, arm: ArmSpec, input_tokens: float, x: np.ndarray | None = None
+) -> float:
+    """One arm's expected cost (Posterior.expected_costs, row 0)."""
+    idx = np.array([post.index(arm.name)], dtype=np.int64)
+    return float(
+        post.expected_costs(idx, RouterSpec("t", "r", (arm,)).arm_numbers, input_tokens, x)[0, 0]
+    )
+
+
 def test_expected_output_tokens_shrinks_to_prior() -> None:
     post = Posterior.empty(Prior(3), 300)
-    idx = post.index("a")
-    assert post.expected_output_tokens(idx) == 300
+    per_token = ArmSpec("a", 0.0, 1e6)  # a dollar an output token: the cost counts them
+    assert expected_cost(post, per_token, 1000) == 300
     for e in events(3, 3):
         post.apply(FeedbackEvent(**{**e.__dict__, "arm": "a", "output_tokens": 100}))
-    assert post.expected_output_tokens(idx) == pytest.approx((300 + 3 * 100) / 4)
+    assert expected_cost(post, per_token, 1000) == pytest.approx((300 + 3 * 100) / 4)
 
 
 def test_expected_cost_learns_from_reported_costs_until_tokens_arrive() -> None:
     arm = ArmSpec("a", input_price_per_mtok=1.0, output_price_per_mtok=2.0)
     post = Posterior.empty(Prior(3), 300)
-    idx = post.index("a")
     by_price = arm.cost_usd(1000, 300)
-    assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(by_price)
+    assert expected_cost(post, arm, 1000) == pytest.approx(by_price)
     base = events(4, 3)
     costs = [(0.004, True), (0.002, True), (0.5, False)]  # the last one was only assumed
     for e, (cost, reported) in zip(base, costs, strict=False):
         post.apply(replace(e, arm="a", output_tokens=None, cost_usd=cost, cost_reported=reported))
-    assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(0.003)
+    assert expected_cost(post, arm, 1000) == pytest.approx(0.003)
     post.apply(replace(base[3], arm="a", output_tokens=100, cost_usd=0.1))
-    assert post.expected_cost_usd(idx, arm, 1000) == pytest.approx(arm.cost_usd(1000, 200))
+    assert expected_cost(post, arm, 1000) == pytest.approx(arm.cost_usd(1000, 200))
 
 
 def test_cost_model_prices_an_arm_by_context() -> None:
@@ -125,17 +135,15 @@ def test_cost_model_prices_an_arm_by_context() -> None:
     ]
     for e in log[: COST_MODEL_MIN_EVENTS - 1]:
         post.apply(e)
-    mean = post.expected_cost_usd(0, arm, 100, long_x)
-    assert mean == pytest.approx(post.expected_cost_usd(0, arm, 100, short_x))  # too few yet
+    mean = expected_cost(post, arm, 100, long_x)
+    assert mean == pytest.approx(expected_cost(post, arm, 100, short_x))  # too few yet
     for e in log[COST_MODEL_MIN_EVENTS - 1 :]:
         post.apply(e)
-    assert post.expected_cost_usd(0, arm, 100, long_x) == pytest.approx(0.010, rel=0.05)
-    assert post.expected_cost_usd(0, arm, 100, short_x) == pytest.approx(0.001, rel=0.3)
-    assert post.expected_cost_usd(0, arm, 100) == pytest.approx(0.0055, rel=0.01)  # no x: mean
+    assert expected_cost(post, arm, 100, long_x) == pytest.approx(0.010, rel=0.05)
+    assert expected_cost(post, arm, 100, short_x) == pytest.approx(0.001, rel=0.3)
+    assert expected_cost(post, arm, 100) == pytest.approx(0.0055, rel=0.01)  # no x: mean
     again = posterior_snapshot.load(posterior_snapshot.dump(post))
-    assert again.expected_cost_usd(0, arm, 100, long_x) == post.expected_cost_usd(
-        0, arm, 100, long_x
-    )
+    assert expected_cost(again, arm, 100, long_x) == expected_cost(post, arm, 100, long_x)
 
 
 def test_a_snapshot_from_before_the_cost_model_is_refused() -> None:

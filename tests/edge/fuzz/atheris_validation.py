@@ -20,7 +20,9 @@ import atheris
 import numpy as np
 
 # Numba compiles the kernels from their bytecode: instrumented, they would not compile.
-with atheris.instrument_imports(include=["banditd"], exclude=["banditd.policy._kernels"]):
+with atheris.instrument_imports(
+    include=["banditd"], exclude=["banditd.policy._kernels", "banditd.state.expected_costs"]
+):
     from google.protobuf.message import DecodeError
 
     from banditd.context import build_x
@@ -83,7 +85,8 @@ def numeric_path(fdp: atheris.FuzzedDataProvider) -> None:
         assert post.apply(event) is None, "an event within the bounds was skipped"
     for name in ("a", "a_inv", "b", "theta", "cost_a_inv", "cost_theta", "observed_cost_sum"):
         assert np.all(np.isfinite(getattr(post, name))), name
-    costs = np.array([post.expected_cost_usd(int(i), arm, 50_000.0, x) for i in idx])
+    numbers = RouterSpec("t", "r", (arm, ArmSpec("b", price, price))).arm_numbers
+    costs = post.expected_costs(idx, numbers, 50_000.0, x)[0]
     assert np.all((costs >= 0) & (costs <= HARD_MAX_CALL_USD)), costs
     choice = POLICIES[policy](1.0).choose(post, idx, x, costs, weight, np.random.default_rng(0))
     assert np.all(np.isfinite(choice.utility)) and np.all(np.isfinite(choice.quality))
