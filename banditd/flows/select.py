@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -28,7 +27,7 @@ from banditd.errors import InvalidArgument, ResourceExhausted
 from banditd.flows.decision_log import Claim, DecisionLog
 from banditd.flows.ranking import Ranked, priciest, rank_arms
 from banditd.flows.shadow import shadow_picks
-from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
+from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner, new_decision_id
 from banditd.state.fold import RouterState
 from banditd.state.live_routers import Catalog
 
@@ -190,7 +189,7 @@ class Selector:
         for served in (chosen.arm, ranked.challenger):  # a half-open arm spends a probe
             if served is not None:
                 state.health.chose(served, now)
-        decision_id = str(uuid.uuid4())
+        decision_id = new_decision_id()
         reservation = budget.reserve(decision_id, chosen.expected_cost_usd + decided.rival_cost)
         if ranked.budget_outcome in ("fallback", "over_budget"):
             metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
