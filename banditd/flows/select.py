@@ -17,7 +17,14 @@ import structlog
 from banditd import metrics
 from banditd.budget.ledger import Budgets
 from banditd.budget.view import BudgetView, NoBudgets
-from banditd.domain import ArmSpec, Decision, FloatArray, ShadowPick, check_finite, check_name
+from banditd.domain import (
+    Decision,
+    FloatArray,
+    RouterSpec,
+    ShadowPick,
+    check_finite,
+    check_name,
+)
 from banditd.domain.ceilings import (
     HARD_MAX_ENERGY_WEIGHT,
     HARD_MAX_LATENCY_MS,
@@ -206,8 +213,8 @@ class Selector:
                 expires_at=expires_at,
                 challenger=ranked.challenger,
                 challenger_cost_usd=decided.rival_cost,
-                arm_index=_position(spec.arms, chosen.arm),
-                challenger_index=_position(spec.arms, ranked.challenger),
+                arm_index=_position(spec, chosen.arm),
+                challenger_index=_position(spec, ranked.challenger),
             )
         )
         decision = Decision(
@@ -294,8 +301,6 @@ def decide(prepared: Prepared) -> Decided:
     return Decided(prepared, ranked, shadows, rival_cost)
 
 
-def _position(arms: Sequence[ArmSpec], name: str | None) -> int:
+def _position(spec: RouterSpec, name: str | None) -> int:
     """An arm's index in the router's arm list (a compact token's arm field); NO_ARM for none."""
-    if name is None:
-        return NO_ARM
-    return next((i for i, arm in enumerate(arms) if arm.name == name), NO_ARM)
+    return NO_ARM if name is None else spec.arm_positions.get(name, NO_ARM)
