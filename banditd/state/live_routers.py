@@ -273,8 +273,18 @@ class Catalog:
         )
         breaker.export_states(state.health, state.spec, self._clock())
         if state.events_since_snapshot >= self._snapshot_every:
-            await self._snapshot(state)
+            await self._snapshot_due(state)
         return applied
+
+    async def _snapshot_due(self, state: RouterState) -> None:
+        """The periodic snapshot, unless another replica's is less than snapshot_every events
+        behind this one: any replica's snapshot restores every replica alike (the posterior is
+        a function of the log), so N replicas need not each write one per snapshot_every."""
+        newest = await self._store.learnt.newest_snapshot_event_id(state.router_id)
+        if newest is not None and state.posterior.last_event_id - newest < self._snapshot_every:
+            state.events_since_snapshot = 0
+            return
+        await self._snapshot(state)
 
     async def tail(self) -> int:
         """Bring every loaded router up to the log (events written by other replicas); picks up

@@ -104,6 +104,18 @@ class LearntState:
             ).first()
         return None if row is None else (bytes(row.data), row.health)
 
+    async def newest_snapshot_event_id(self, router_id: int) -> int | None:
+        """The last event id of the router's newest snapshot (by any replica), None if none."""
+        async with self.db.transaction() as conn:
+            return (
+                await conn.execute(
+                    select(posterior_snapshots.c.last_event_id)
+                    .where(posterior_snapshots.c.router_id == router_id)
+                    .order_by(posterior_snapshots.c.id.desc())
+                    .limit(1)
+                )
+            ).scalar()
+
     async def write_snapshot(
         self, router_id: int, last_event_id: int, data: bytes, health: str | None = None
     ) -> None:

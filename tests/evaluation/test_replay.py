@@ -307,6 +307,8 @@ def test_shuffle_replays_each_seed_in_its_own_order(
     curves = shuffled["regret_over_time"]["cumulative_regret"]
     assert curves["random"] != in_file_order["regret_over_time"]["cumulative_regret"]["random"]
     assert "runs" in in_file_order["gain_vs_zero_router"]
+    worst = min(run["min"] for run in shuffled["gain_vs_zero_router"]["runs"])
+    assert f"worst min {worst:+.2f}" in replay.render_text(shuffled)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import FeedbackEvent
@@ -18,6 +19,7 @@ from banditd.state.posterior import Posterior
 from banditd.store import Store
 from banditd.store.engine import Database, migrate
 from banditd.store.events import EventLog
+from banditd.store.models import posterior_snapshots
 from tests.helpers import router_config
 
 DIM = 4
@@ -149,3 +151,33 @@ def _fields(event: FeedbackEvent) -> list[object]:
         getattr(event, f.name).tobytes() if f.name == "x" else getattr(event, f.name)
         for f in dataclasses.fields(event)
     ]
+
+
+async def _snapshots(store: Store) -> list[int]:
+    """The last event id of every snapshot ever written (ids only grow; old rows are dropped)."""
+    async with store.routers.db.transaction() as conn:
+        written = (await conn.execute(select(func.max(posterior_snapshots.c.id)))).scalar()
+    newest = await store.learnt.newest_snapshot_event_id(1)
+    return [int(written or 0), int(newest or 0)]
+
+
+async def test_replicas_share_snapshots_instead_of_each_writing_one(store: Store) -> None:
+    # Two replicas apply the same 100 events, 5 at a time: snapshot_every 10 calls for one
+    # snapshot per 10 events, not one per replica.
+    writer, reader = Catalog(store, snapshot_every=10), Catalog(store, snapshot_every=10)
+    spec, _ = await writer.put(codec.spec_from_proto(router_config(embedding_dim=DIM - 1)))
+    state = await writer.get(spec.tenant, spec.name)
+    follower = await reader.get(spec.tenant, spec.name)
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        await _record(
+            writer, state, _events(state.router_id, [str(uuid.uuid4()) for _ in range(5)], rng)
+        )
+        await reader.tail()
+    assert follower.posterior.last_event_id == state.posterior.last_event_id == 100
+    written, newest = await _snapshots(store)
+    assert newest >= 90  # the log's head is never more than snapshot_every past a snapshot
+    assert written <= 10  # one replica's worth (both replicas would have written 20)
+
+    restored = await Catalog(store, snapshot_every=10).get(spec.tenant, spec.name)
+    assert _arrays(restored.posterior) == _arrays(follower.posterior) == _arrays(state.posterior)

@@ -105,10 +105,19 @@ def _gain_line(r: dict[str, Any]) -> str:
         return (
             "gain vs the zero router: none (no point of the policy is as cheap as a single model)"
         )
-    return (
+    line = (
         f"gain vs the zero router (points of the best single model's quality): mean "
         f"{g['mean']:+.2f}, min {g['min']:+.2f}, coverage {g['coverage']:.0%}"
     )
+    runs = [run for run in g.get("runs", []) if run["mean"] is not None]
+    if runs:
+        means = [run["mean"] for run in runs]
+        line += (
+            f"; each seed's own: mean {sum(means) / len(means):+.2f} "
+            f"({min(means):+.2f} to {max(means):+.2f}), worst min "
+            f"{min(run['min'] for run in runs):+.2f}"
+        )
+    return line
 
 
 def render_text(report: dict[str, Any]) -> str:
