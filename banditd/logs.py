@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ def configure_logging(level: str = "info", *, cache: bool = False) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _standard_numbers,
-            structlog.processors.JSONRenderer(functools.partial(json.dumps, allow_nan=False)),
+            _render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
@@ -67,3 +66,21 @@ def _standard_numbers(
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
+
+
+def _unencodable(value: Any) -> Any:
+    """What JSON has no type for: its ``__structlog__()``, else its repr (as structlog's
+    JSONRenderer)."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+# Built once: json.dumps with allow_nan=False builds an encoder per line.
+_ENCODER = json.JSONEncoder(allow_nan=False, default=_unencodable)
+
+
+def _render(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The line: structlog's JSONRenderer over json.dumps(allow_nan=False), the same text."""
+    return _ENCODER.encode(event_dict)

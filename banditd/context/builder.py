@@ -31,7 +31,7 @@ def check_embedding(spec: RouterSpec, embedding: Sequence[float]) -> FloatArray:
             f"router {spec.name!r} expects {spec.embedding_dim} values, got {len(embedding)}",
         )
     vec = np.asarray(embedding, dtype=np.float64)
-    if not np.all(np.isfinite(vec)):
+    if not np.isfinite(vec).all():
         raise InvalidArgument("embedding.values", "must all be finite (no NaN or inf)")
     return vec
 

@@ -52,6 +52,8 @@ def faiss_modules() -> None:
 # A light encoder (minilm-static: ~0.05 ms a short prompt) runs on the event loop for prompts up
 # to this size; longer ones go to its worker thread like every call of a heavy one.
 INLINE_MAX_CHARS = 4000
+_BIAS = np.ones(1)  # x's first value
+_BIAS.flags.writeable = False
 
 
 def pca_fingerprint(spec: RouterSpec, encoder: TextEncoder) -> str:
@@ -87,6 +89,7 @@ class ContextPipeline:
         # fits and sets it off the request path. None (offline): reduce fits it at once.
         self.fit_due: Callable[[ContextPipeline], None] | None = None
         self.knn: OutcomeIndex | None = None
+        self._version: tuple[object, object, object, str] = (None, None, None, "")  # last one
         if spec.knn_k or spec.pca_dim:
             faiss_modules()
         if spec.knn_k:
@@ -96,6 +99,16 @@ class ContextPipeline:
 
     @property
     def version(self) -> str:
+        """The featurisation's name, kept while the spec, encoder and PCA it names are the
+        same objects (read on every Select)."""
+        spec, encoder, reduction, version = self._version
+        if spec is self.spec and encoder is self.encoder and reduction is self.reduction:
+            return version
+        version = self._versioned()
+        self._version = (self.spec, self.encoder, self.reduction, version)
+        return version
+
+    def _versioned(self) -> str:
         s = self.spec
         pca = "none"
         if s.pca_dim:
@@ -156,13 +169,13 @@ class ContextPipeline:
         spec = self.spec
         self.metadata.resolve_now(metadata)
         part = self.reduce(raw)
-        pieces = [np.ones(1), part, self.metadata.features(metadata)]
+        pieces = [_BIAS, part, self.metadata.features(metadata)]
         if self.knn is not None:
             pieces.append(self.knn.features(part.astype(np.float32).astype(np.float64)))
-        x32 = np.concatenate(pieces).astype(np.float32)
+        x32 = np.concatenate(pieces, dtype=np.float32)  # each value rounded once, as astype
         if x32.shape != (spec.dim,):  # pragma: no cover - a layout bug, not a request error
             raise AssertionError(f"x has shape {x32.shape}, expected ({spec.dim},)")
-        if not np.all(np.isfinite(x32)):
+        if not np.isfinite(x32).all():
             raise InvalidArgument("embedding.values", "values overflow float32")
         return x32.astype(np.float64)
 

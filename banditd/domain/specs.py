@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -311,6 +312,12 @@ class RouterSpec:
 
     def arm(self, name: str) -> ArmSpec | None:
         return next((a for a in self.arms if a.name == name), None)
+
+    @functools.cached_property
+    def arm_positions(self) -> Mapping[str, int]:
+        """Each arm's index in ``arms`` by name (a compact token's arm fields). Built once per
+        spec, on first use; read-only."""
+        return MappingProxyType({a.name: i for i, a in enumerate(self.arms)})
 
     @functools.cached_property
     def arm_numbers(self) -> npt.NDArray[np.float64]:

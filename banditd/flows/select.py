@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -18,7 +17,14 @@ import structlog
 from banditd import metrics
 from banditd.budget.ledger import Budgets
 from banditd.budget.view import BudgetView, NoBudgets
-from banditd.domain import ArmSpec, Decision, FloatArray, ShadowPick, check_finite, check_name
+from banditd.domain import (
+    Decision,
+    FloatArray,
+    RouterSpec,
+    ShadowPick,
+    check_finite,
+    check_name,
+)
 from banditd.domain.ceilings import (
     HARD_MAX_ENERGY_WEIGHT,
     HARD_MAX_LATENCY_MS,
@@ -28,7 +34,7 @@ from banditd.errors import InvalidArgument, ResourceExhausted
 from banditd.flows.decision_log import Claim, DecisionLog
 from banditd.flows.ranking import Ranked, priciest, rank_arms
 from banditd.flows.shadow import shadow_picks
-from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
+from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner, new_decision_id
 from banditd.state.fold import RouterState
 from banditd.state.live_routers import Catalog
 
@@ -190,7 +196,7 @@ class Selector:
         for served in (chosen.arm, ranked.challenger):  # a half-open arm spends a probe
             if served is not None:
                 state.health.chose(served, now)
-        decision_id = str(uuid.uuid4())
+        decision_id = new_decision_id()
         reservation = budget.reserve(decision_id, chosen.expected_cost_usd + decided.rival_cost)
         if ranked.budget_outcome in ("fallback", "over_budget"):
             metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
@@ -207,8 +213,8 @@ class Selector:
                 expires_at=expires_at,
                 challenger=ranked.challenger,
                 challenger_cost_usd=decided.rival_cost,
-                arm_index=_position(spec.arms, chosen.arm),
-                challenger_index=_position(spec.arms, ranked.challenger),
+                arm_index=_position(spec, chosen.arm),
+                challenger_index=_position(spec, ranked.challenger),
             )
         )
         decision = Decision(
@@ -295,8 +301,6 @@ def decide(prepared: Prepared) -> Decided:
     return Decided(prepared, ranked, shadows, rival_cost)
 
 
-def _position(arms: Sequence[ArmSpec], name: str | None) -> int:
+def _position(spec: RouterSpec, name: str | None) -> int:
     """An arm's index in the router's arm list (a compact token's arm field); NO_ARM for none."""
-    if name is None:
-        return NO_ARM
-    return next((i for i, arm in enumerate(arms) if arm.name == name), NO_ARM)
+    return NO_ARM if name is None else spec.arm_positions.get(name, NO_ARM)

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import struct
 import uuid
 from dataclasses import dataclass
@@ -54,6 +55,22 @@ def _unb64(text: str) -> bytes:
     """base64.urlsafe_b64decode of unpadded text, without its per-call overhead (same result,
     same ValueError for what it cannot decode)."""
     return binascii.a2b_base64(text.encode("ascii").translate(_URLSAFE) + b"=" * (-len(text) % 4))
+
+
+def new_decision_id() -> str:
+    """A random decision id: ``str(uuid.uuid4())`` (the same 16 random bytes, the same
+    text), without building a UUID object."""
+    return uuid4_text(os.urandom(16))
+
+
+def uuid4_text(raw: bytes) -> str:
+    """``str(uuid.UUID(bytes=raw, version=4))``: the version and variant bits set in ``raw``'s
+    16 bytes, as canonical hex text."""
+    b = bytearray(raw)
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _f32(value: float) -> float:
@@ -95,10 +112,14 @@ class TokenSigner:
         return mac.digest()
 
     def sign(self, claims: TokenClaims) -> str:
-        """A compact token (what Select issues): x and the arm names stay on the server."""
+        """A compact token (what Select issues): x and the arm names stay on the server.
+        claims.decision_id: a UUID in canonical text (``str(uuid.UUID)``)."""
+        decision = bytes.fromhex(claims.decision_id.replace("-", ""))
+        if len(decision) != 16:
+            raise ValueError(f"decision_id is not a UUID: {claims.decision_id!r}")
         head = _COMPACT.pack(
             COMPACT_VERSION,
-            uuid.UUID(claims.decision_id).bytes,
+            decision,
             claims.router_id,
             claims.arm_index,
             NO_ARM if claims.challenger is None else claims.challenger_index,

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from banditd.domain import FloatArray
+from banditd.domain.ceilings import SCORE_LIMIT
 
 IntArray = np.ndarray  # int64 index arrays (kept loose: numba specialises on the dtype)
 
@@ -131,6 +132,40 @@ def cost_aware_linucb_scores(
         mean, var = _mean_variance(a_inv, theta, arm_idx[k], x, scratch)
         out[k] = mean + (alpha * math.sqrt(var)) / (1.0 + cost_term[k])
     return out
+
+
+@njit(cache=True)
+def _finite(value: float) -> float:
+    """finite_scores of one value: NaN as -SCORE_LIMIT, the rest clipped to +-SCORE_LIMIT."""
+    if not value >= -SCORE_LIMIT:
+        return -SCORE_LIMIT
+    return SCORE_LIMIT if value > SCORE_LIMIT else value
+
+
+@njit(cache=True)
+def ranked_choice(
+    scores: FloatArray, cost_term: FloatArray, theta: FloatArray, arm_idx: IntArray, x: FloatArray
+) -> tuple[FloatArray, FloatArray, IntArray, bool]:
+    """A policy's scores turned into its ranking, in one pass: (quality, utility, order,
+    explored), as base.Policy.priced_choice defines them with array operations.
+
+    quality = finite_scores(scores), utility = finite_scores(quality - cost_term), order the
+    arms by utility best first (ties: the earlier arm first, a stable sort), explored whether
+    the first is not the first arm of highest finite_scores(theta . x) - cost_term (greedy).
+    cost_term: finite (finite_scores), shape (k,).
+    """
+    k = arm_idx.shape[0]
+    quality = np.empty(k)
+    utility = np.empty(k)
+    greedy, best = 0, 0.0
+    for i in range(k):
+        quality[i] = _finite(scores[i])
+        utility[i] = _finite(quality[i] - cost_term[i])
+        mean = _finite(_dot(theta[arm_idx[i]], x)) - cost_term[i]
+        if i == 0 or mean > best:
+            greedy, best = i, mean
+    order = np.argsort(-utility, kind="mergesort")
+    return quality, utility, order, k > 0 and order[0] != greedy
 
 
 @njit(cache=True)

@@ -134,14 +134,15 @@ class Policy(ABC):
     def priced_choice(
         self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng
     ) -> Choice:
+        """Quality and utility (quality - cost_term) made finite, the arms ranked by utility
+        (ties: configured order), explored when the first is not the greedy arm (the best
+        posterior mean less cost_term): one kernel call (``_kernels.ranked_choice``)."""
         cost_term = finite_scores(cost_term)
-        quality = finite_scores(self.priced_quality_scores(post, arm_idx, x, cost_term, rng))
-        utility = finite_scores(quality - cost_term)
-        order = np.argsort(-utility, kind="stable").astype(np.int64)
-        chosen = int(order[0])
-        greedy = finite_scores(_kernels.mean_scores(post.theta, arm_idx, x)) - cost_term
-        explored = chosen != int(np.argmax(greedy))
-        return Choice(order, quality, utility, 1.0, explored)
+        scores = self.priced_quality_scores(post, arm_idx, x, cost_term, rng)
+        quality, utility, order, explored = _kernels.ranked_choice(
+            scores, cost_term, post.theta, arm_idx, x
+        )
+        return Choice(order, quality, utility, 1.0, bool(explored))
 
     def priced_probabilities(
         self, post: Estimates, arm_idx: IntArray, x: FloatArray, cost_term: FloatArray, rng: Rng

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from banditd.context.metadata import (
     hashed_slot,
     own_slots,
 )
+from banditd.context.pipeline import ContextPipeline
 from banditd.context.reduction import Reduction
 from banditd.domain import DEFAULT_METADATA_SLOTS, ArmSpec, FloatArray, RouterSpec
 from banditd.evaluation import replay
@@ -182,6 +184,23 @@ def test_pca_round_trips_through_bytes() -> None:
     again = Reduction.from_bytes(pca.to_bytes())
     np.testing.assert_array_equal(pca.apply(samples[:5]), again.apply(samples[:5]))
     assert again.apply(samples[:5]).shape == (5, 3)
+
+
+def test_context_version_names_the_pca_in_use() -> None:
+    """The version read on every Select is kept between reads, and follows the PCA set:
+    pending, then each fit's own fingerprint."""
+    spec = _spec(embedding_dim=10, pca_dim=3, pca_fit_samples=20)
+    pipeline = ContextPipeline(spec, HashingTextEncoder(10), MemoryVocabularyStore())
+    assert pipeline.version == pipeline.version and "/pending:" in pipeline.version
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(2):
+        pca = Reduction.fit(rng.normal(size=(50, 10)), 3)
+        pipeline.set_reduction(pca)
+        fingerprint = hashlib.blake2b(pca.to_bytes(), digest_size=4).hexdigest()
+        assert f"pca3/{fingerprint}:" in pipeline.version
+        seen.add(pipeline.version)
+    assert len(seen) == 2
 
 
 async def test_pca_is_fitted_from_first_embeddings_and_persisted_across_restart(

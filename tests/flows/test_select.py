@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from banditd.flows.tokens import NO_ARM, TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 X = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
 
@@ -54,3 +55,23 @@ async def test_candidates_and_max_cost_limit_the_ranking(
     d = await select(server, max_cost_usd=cheap_cost)
     assert [r.arm for r in d.ranking] == ["cheap"]
     assert d.expected_cost_usd <= cheap_cost
+
+
+async def test_the_token_carries_the_arms_positions(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A compact token's arm and challenger fields are the served arms' places in the
+    router's arm list (no challenger: NO_ARM)."""
+    server = await start_server(sqlite_url)
+    arms = ("cheap", "mid", "strong")
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(arms=arms)))
+    signer = TokenSigner(SIGNING_KEY.encode())
+    seen = set()
+    for k in range(12):
+        d = await select(server, compare=k % 2 == 1, candidates=[arms[k % 3], arms[(k + 1) % 3]])
+        claims = signer.verify(d.decision_id, "acme")
+        assert claims.arm_index == arms.index(d.arm)
+        want = arms.index(d.challenger) if d.challenger else NO_ARM
+        assert claims.challenger_index == want
+        seen.add((claims.arm_index, claims.challenger_index))
+    assert len(seen) >= 4

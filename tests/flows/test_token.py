@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import struct
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from banditd.errors import PermissionDenied
-from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner
+from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner, new_decision_id, uuid4_text
 
 DECISION = str(uuid.UUID(int=0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321))
 
@@ -133,3 +137,40 @@ def test_other_key_is_refused(sign: str) -> None:
     token = getattr(TokenSigner(b"b" * 32), sign)(claims())
     with pytest.raises(PermissionDenied, match="signature"):
         TokenSigner(b"a" * 32).verify(token, "acme")
+
+
+@pytest.mark.parametrize("challenger", [None, "claude"])
+def test_compact_token_is_its_documented_layout(challenger: str | None) -> None:
+    """The token's bytes: the struct of the module docstring, written out here from the
+    claims (the decision id through uuid.UUID), then HMAC-SHA256 of it and the tenant."""
+    key, c = b"k" * 32, claims(challenger)
+    head = struct.pack(
+        "<B16sQHHIfff3x",
+        2,
+        uuid.UUID(c.decision_id).bytes,
+        c.router_id,
+        c.arm_index,
+        c.challenger_index,
+        int(c.expires_at),
+        c.propensity,
+        c.expected_cost_usd,
+        c.challenger_cost_usd,
+    )
+    mac = hmac.new(key, head + b"acme", hashlib.sha256).digest()[:16]
+    want = "2." + base64.urlsafe_b64encode(head + mac).decode().rstrip("=")
+    assert TokenSigner(key).sign(c) == want
+
+
+def test_decision_ids_are_uuid4_text() -> None:
+    """new_decision_id is str(uuid.uuid4()): the same bits set in the same 16 random bytes."""
+    rng = np.random.default_rng(5)
+    for raw in [bytes(16), b"\xff" * 16, *(rng.bytes(16) for _ in range(500))]:
+        assert uuid4_text(raw) == str(uuid.UUID(bytes=raw, version=4))
+    ids = {new_decision_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
+
+
+def test_a_decision_id_that_is_not_a_uuid_is_not_signed() -> None:
+    with pytest.raises(ValueError):
+        TokenSigner(b"k" * 32).sign(replace(claims(), decision_id="1234"))

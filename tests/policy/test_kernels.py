@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 
 
@@ -151,3 +152,43 @@ def test_kernels_sum_in_the_documented_order(dim: int) -> None:
     _kernels.sherman_morrison_update(a, a_inv, b, theta, 1, x, 0.4, 0.99)
     np.testing.assert_array_equal(a_inv[1], a_inv[1].T)
     np.testing.assert_array_equal(theta[1], sequential_matvec(a_inv[1], b[1]))
+
+
+def _ranked_reference(
+    scores: np.ndarray, cost_term: np.ndarray, theta: np.ndarray, idx: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """base.Policy.priced_choice's ranking as the array operations it replaced."""
+    quality = finite_scores(scores)
+    utility = finite_scores(quality - cost_term)
+    order = np.argsort(-utility, kind="stable").astype(np.int64)
+    greedy = finite_scores(_kernels.mean_scores(theta, idx, x)) - cost_term
+    return quality, utility, order, int(order[0]) != int(np.argmax(greedy))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    k=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    ties=st.booleans(),
+    odd=st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, -0.0]),
+)
+def test_ranked_choice_is_the_array_reference_bit_for_bit(
+    k: int, seed: int, ties: bool, odd: float
+) -> None:
+    """Same quality and utility bits, the same stable order (ties: the earlier arm first, also
+    between NaN, infinities and scores past SCORE_LIMIT), the same greedy check."""
+    _, _, _, theta = state(12, 6, 40, seed=seed % 1000)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=6)
+    idx = rng.permutation(12)[:k].astype(np.int64)
+    scores = rng.normal(size=k)
+    cost_term = finite_scores(rng.random(k) * rng.choice([0.0, 1.0, 1e25], size=k))
+    if ties:  # few distinct values: many equal utilities
+        scores = np.round(scores)
+        cost_term = np.round(cost_term)
+    scores[rng.random(k) < 0.3] = odd
+    got = _kernels.ranked_choice(scores, cost_term, theta, idx, x)
+    want = _ranked_reference(scores, cost_term, theta, idx, x)
+    for a, b in zip(got[:3], want[:3], strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert bool(got[3]) == want[3]
