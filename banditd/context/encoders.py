@@ -36,6 +36,7 @@ import numpy as np
 
 from banditd.context.device import torch_device
 from banditd.context.hashing import HashingEncoder
+from banditd.context.wordpiece import WordPieceIds
 from banditd.domain import ENCODER_DIMS, FloatArray
 from banditd.errors import FailedPrecondition
 
@@ -196,6 +197,7 @@ class StaticMiniLMEncoder:
             distill_static(path)
         self.model = StaticModel.from_pretrained(str(path))
         self._tokenizer = untruncated(self.model.tokenizer)
+        self._ids = WordPieceIds(self._tokenizer)
         table = self.model.embedding
         if self.model.token_mapping is not None or self.model.weights is not None:
             raise FailedPrecondition(f"{path}: not a plain distilled model (mapping or weights)")
@@ -215,9 +217,8 @@ class StaticMiniLMEncoder:
         # takes it: float32 sums token by token, divided by the count, rounded to the table's
         # dtype; a text of no tokens is zeros.
         means = np.zeros((len(texts), self.dim), dtype=self._dtype)
-        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        for i, encoding in enumerate(encodings):
-            ids = [t for t in encoding.ids if t != self._unk]
+        for i, text_ids in enumerate(self._ids.ids(texts)):
+            ids = [t for t in text_ids if t != self._unk]
             if ids:
                 means[i] = self._table.take(ids, axis=0).sum(axis=0) / len(ids)
         if self.model.normalize:  # model2vec's own unit length, in float32
