@@ -36,6 +36,7 @@ import numpy as np
 
 from banditd.context.device import torch_device
 from banditd.context.hashing import HashingEncoder
+from banditd.context.wordpiece import WordPieceIds
 from banditd.domain import ENCODER_DIMS, FloatArray
 from banditd.errors import FailedPrecondition
 
@@ -179,6 +180,11 @@ def distill_static(target: Path) -> Path:
 
 
 class StaticMiniLMEncoder:
+    """model2vec's ``StaticModel.encode`` of the distilled model, without its per-call dispatch
+    (batching, a disabled progress bar, the tokenizer's truncation set and reset): the same
+    tokens, the same float32 sums in the same order, the same roundings, so the same bits
+    (tests/context/test_static_encoder.py compares them)."""
+
     name = "minilm-static"
     dim = STATIC_DIMS
     heavy = False
@@ -191,13 +197,36 @@ class StaticMiniLMEncoder:
             distill_static(path)
         self.model = StaticModel.from_pretrained(str(path))
         self._tokenizer = untruncated(self.model.tokenizer)
+        self._ids = WordPieceIds(self._tokenizer)
+        table = self.model.embedding
+        if self.model.token_mapping is not None or self.model.weights is not None:
+            raise FailedPrecondition(f"{path}: not a plain distilled model (mapping or weights)")
+        if table.dtype not in (np.float16, np.float32):
+            raise FailedPrecondition(f"{path}: embedding dtype {table.dtype} is not float16/32")
+        # numpy's mean of float16 sums in float32: the table widened once (exactly), summed as is.
+        self._table = np.ascontiguousarray(table, dtype=np.float32)
+        self._dtype = table.dtype
+        self._unk = self.model.unk_token_id
         # Distilled on each machine unless shared: x is comparable only under one model.
         weights = (path / "model.safetensors").read_bytes()
         self.fingerprint = hashlib.blake2b(weights, digest_size=4).hexdigest()
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
         texts = tail_window(self._tokenizer, texts, window_tokens)
-        vecs = np.asarray(self.model.encode(list(texts), max_length=None), dtype=np.float64)
+        # The mean of each text's token vectors (the unknown token left out), as model2vec
+        # takes it: float32 sums token by token, divided by the count, rounded to the table's
+        # dtype; a text of no tokens is zeros.
+        means = np.zeros((len(texts), self.dim), dtype=self._dtype)
+        for i, text_ids in enumerate(self._ids.ids(texts)):
+            ids = [t for t in text_ids if t != self._unk]
+            if ids:
+                means[i] = self._table.take(ids, axis=0).sum(axis=0) / len(ids)
+        if self.model.normalize:  # model2vec's own unit length, in float32
+            wide = means.astype(np.float32)
+            means = (wide / (np.linalg.norm(wide, axis=1, keepdims=True) + 1e-32)).astype(
+                self._dtype
+            )
+        vecs = means.astype(np.float64)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         unit: FloatArray = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
         return unit
