@@ -84,7 +84,8 @@ class Learner:
         self._attempts = attempts
 
     def claims_of(self, req: FeedbackInput) -> TokenClaims:
-        """The claims of the request's token, signed for its tenant; raises otherwise."""
+        """The claims of the request's token, signed for its tenant; raises otherwise (``_take``
+        does the same, checking a batch's tenant name once)."""
         check_name("tenant", req.tenant)
         return self._signer.verify(req.decision_id, req.tenant)
 
@@ -219,9 +220,12 @@ class Learner:
         by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
         waiting: list[tuple[int, Waiting]] = []
         verified: list[tuple[int, FeedbackInput, TokenClaims]] = []
+        tenant = None  # the last tenant name checked (a batch is mostly one tenant's)
         for i, req in enumerate(requests, start=first_index):
             try:
-                verified.append((i, req, self.claims_of(req)))
+                if req.tenant != tenant:
+                    tenant = check_name("tenant", req.tenant)
+                verified.append((i, req, self._signer.verify(req.decision_id, req.tenant)))
             except BanditdError as exc:
                 refused.append((i, exc))
         found, parked = await self._find([c for _, _, c in verified])

@@ -139,20 +139,29 @@ def router_thumbs(event: FeedbackEvent, req: FeedbackInput, spec: RouterSpec) ->
 
 
 def count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
+    """The accepted events' metrics, each arm's series looked up once per batch."""
     metrics.FEEDBACK.labels("accepted").inc(len(events))
-    spend: dict[str, float] = {}
+    by_arm: dict[str, list[FeedbackEvent]] = {}
     for event in events:
-        spend[event.arm] = spend.get(event.arm, 0.0) + event.cost_usd
-    for arm, usd in spend.items():
-        metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(usd)
-    for event in events:
-        metrics.REWARD.labels(spec.tenant, spec.name, event.arm).observe(event.reward)
-        if event.latency_ms is not None:
-            metrics.REPORTED_LATENCY.labels(spec.tenant, spec.name, event.arm).observe(
-                event.latency_ms / 1000.0
-            )
-        if event.energy_wh is not None:
-            metrics.ENERGY.labels(spec.tenant, spec.name, event.arm).inc(event.energy_wh)
+        by_arm.setdefault(event.arm, []).append(event)
+    for arm, group in by_arm.items():
+        spend = 0.0
+        for event in group:  # in the order of the events, as one sum over the batch
+            spend += event.cost_usd
+        metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(spend)
+        reward = metrics.REWARD.labels(spec.tenant, spec.name, arm)
+        for event in group:
+            reward.observe(event.reward)
+        latencies = [e.latency_ms for e in group if e.latency_ms is not None]
+        if latencies:
+            latency = metrics.REPORTED_LATENCY.labels(spec.tenant, spec.name, arm)
+            for ms in latencies:
+                latency.observe(ms / 1000.0)
+        energies = [e.energy_wh for e in group if e.energy_wh is not None]
+        if energies:
+            energy = metrics.ENERGY.labels(spec.tenant, spec.name, arm)
+            for wh in energies:
+                energy.inc(wh)
 
 
 def log_event(tenant: str, router: str, event: FeedbackEvent, event_id: int) -> None:

@@ -12,7 +12,7 @@ Personalizer's event model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from banditd.domain import Decision
 from banditd.errors import AlreadyExists, InvalidArgument, PermissionDenied
@@ -67,15 +67,25 @@ def joined(claims: TokenClaims, decision: Decision) -> TokenClaims:
         raise PermissionDenied("decision_id does not match its decision")
     if decision.x is None:
         raise InvalidArgument("decision_id", "its decision has no context logged")
-    rival = next((r for r in decision.ranking if r.arm == decision.challenger), None)
-    return replace(
-        claims,
+    rival = (
+        None
+        if decision.challenger is None
+        else next((r for r in decision.ranking if r.arm == decision.challenger), None)
+    )
+    # Spelled out, not dataclasses.replace: about half the cost, once per feedback event.
+    return TokenClaims(
+        decision_id=claims.decision_id,
+        tenant=claims.tenant,
+        router_id=claims.router_id,
         arm=decision.arm,
         x=decision.x,
         propensity=decision.propensity,
         expected_cost_usd=decision.expected_cost_usd,
+        expires_at=claims.expires_at,
         challenger=decision.challenger,
         challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
+        arm_index=claims.arm_index,
+        challenger_index=claims.challenger_index,
     )
 
 

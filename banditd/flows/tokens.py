@@ -23,7 +23,6 @@ import json
 import math
 import os
 import struct
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +68,12 @@ def uuid4_text(raw: bytes) -> str:
     b = bytearray(raw)
     b[6] = (b[6] & 0x0F) | 0x40  # version 4
     b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
-    h = b.hex()
+    return _uuid_text(b)
+
+
+def _uuid_text(raw: bytes | bytearray) -> str:
+    """``str(uuid.UUID(bytes=raw))`` without the UUID object (once per feedback event)."""
+    h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -184,7 +188,7 @@ class TokenSigner:
             )
         _, did, router_id, arm, rival, expires, propensity, cost, rival_cost = _COMPACT.unpack(head)
         return TokenClaims(
-            decision_id=str(uuid.UUID(bytes=did)),
+            decision_id=_uuid_text(did),
             tenant=tenant,
             router_id=router_id,
             arm="",

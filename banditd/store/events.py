@@ -190,17 +190,33 @@ _EVENT_COLUMNS = tuple(
 
 
 @functools.cache
-def _unnest_insert(columns: tuple[str, ...], dialect: Dialect) -> str:
+def _unnest_insert(columns: tuple[str, ...], constants: tuple[str, ...], dialect: Dialect) -> str:
     """Postgres: insert a batch of events given as one array per column, expanded by unnest
-    (far less work on both sides than a VALUES row of parameters per event)."""
-    arrays = ", ".join(
-        f"${n}::{feedback_events.c[name].type.compile(dialect=dialect)}[]"
-        for n, name in enumerate(columns, start=1)
+    (far less work on both sides than a VALUES row of parameters per event). ``constants``:
+    columns of one value for the whole batch (the router, flags, numbers not reported), each
+    sent as one parameter instead of an array of copies."""
+
+    def param(n: int, name: str, suffix: str = "") -> str:
+        return f"${n}::{feedback_events.c[name].type.compile(dialect=dialect)}{suffix}"
+
+    arrays = ", ".join(param(n, name, "[]") for n, name in enumerate(columns, start=1))
+    scalars = "".join(
+        f", {param(n, name)}" for n, name in enumerate(constants, start=len(columns) + 1)
     )
     return (
-        f"INSERT INTO {feedback_events.name} ({', '.join(columns)}) "
-        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING id, decision_id"
+        f"INSERT INTO {feedback_events.name} ({', '.join(columns + constants)}) "
+        f"SELECT *{scalars} FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING id, decision_id"
     )
+
+
+def _one_value(values: list[Any]) -> bool:
+    """Whether a column holds one value throughout. Floats never count (0.0 == -0.0): the
+    constants are None, flags, counts, names and ids, compared at C speed by list.count."""
+    first = values[0]
+    return (first is None or type(first) in _EXACT) and values.count(first) == len(values)
+
+
+_EXACT = (bool, int, str)
 
 
 async def _insert_new_events(
@@ -210,9 +226,20 @@ async def _insert_new_events(
     decision_id) of each row inserted."""
     rows = [checked(_event_row(e)) for e in events]
     if conn.dialect.name == "postgresql":
-        columns = tuple(rows[0])
-        arrays = tuple([row[name] for row in rows] for name in columns)
-        return (await conn.exec_driver_sql(_unnest_insert(columns, conn.dialect), arrays)).all()
+        arrays: list[list[Any]] = []
+        columns: list[str] = []
+        constants: list[str] = []
+        values: list[Any] = []
+        for name in rows[0]:
+            column = [row[name] for row in rows]
+            if name != "decision_id" and _one_value(column):  # unnest needs one array
+                constants.append(name)
+                values.append(column[0])
+            else:
+                columns.append(name)
+                arrays.append(column)
+        sql = _unnest_insert(tuple(columns), tuple(constants), conn.dialect)
+        return (await conn.exec_driver_sql(sql, (*arrays, *values))).all()
     stmt = insert_ignoring_duplicates(conn, feedback_events).returning(
         feedback_events.c.id, feedback_events.c.decision_id
     )

@@ -5,12 +5,14 @@ import hashlib
 import hmac
 import struct
 import uuid
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 
+from banditd.domain import Decision, RankedArm
 from banditd.errors import PermissionDenied
+from banditd.flows.feedback_join import joined
 from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner, new_decision_id, uuid4_text
 
 DECISION = str(uuid.UUID(int=0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321))
@@ -174,3 +176,31 @@ def test_decision_ids_are_uuid4_text() -> None:
 def test_a_decision_id_that_is_not_a_uuid_is_not_signed() -> None:
     with pytest.raises(ValueError):
         TokenSigner(b"k" * 32).sign(replace(claims(), decision_id="1234"))
+
+
+@pytest.mark.parametrize("challenger", [None, "claude-haiku"])
+def test_joined_claims_take_every_other_field_from_the_token(challenger: str | None) -> None:
+    """joined builds its claims field by field: a field it does not take from the decision
+    must come from the token (a TokenClaims field added later is not dropped)."""
+    signer = TokenSigner(b"k" * 32)
+    compact = signer.verify(signer.sign(replace(claims(challenger), x=None)), "acme")
+    ranking = (
+        RankedArm("gpt-4o-mini", 0.6, 0.1, 0.0012345),
+        RankedArm("claude-haiku", 0.5, 0.1, 0.0301),
+    )
+    decision = Decision(
+        DECISION, 7, "acme", "r", None, "gpt-4o-mini", ranking, 0.2501, False, 0.0012345,
+        "", 1_900_000_000.0, 1.0, "linucb", 1, 0, (), x=np.arange(4.0), challenger=challenger,
+    )  # fmt: skip
+    got = joined(compact, decision)
+    from_decision = {
+        "arm": decision.arm,
+        "x": decision.x,
+        "propensity": decision.propensity,
+        "expected_cost_usd": decision.expected_cost_usd,
+        "challenger": challenger,
+        "challenger_cost_usd": 0.0 if challenger is None else 0.0301,
+    }
+    for f in fields(TokenClaims):
+        want = from_decision.get(f.name, getattr(compact, f.name))
+        assert getattr(got, f.name) is want or getattr(got, f.name) == want, f.name

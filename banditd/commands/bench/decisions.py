@@ -48,8 +48,12 @@ class DecisionMaker:
 
     def tokens(self, n: int) -> list[str]:
         """Compact tokens of n new decisions, committed to the database before they return."""
+        return asyncio.run(self.logged(n))
+
+    async def logged(self, n: int) -> list[str]:
+        """``tokens``, from inside an event loop."""
         decisions = self._decisions(n)
-        asyncio.run(self._log(decisions))
+        await self._log(decisions)
         return [d.token for d in decisions]
 
     def _decisions(self, n: int) -> list[Decision]:
