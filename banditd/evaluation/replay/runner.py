@@ -47,7 +47,7 @@ from banditd.evaluation.replay.scoring import (
     weight_grid,
 )
 from banditd.evaluation.replay.trade_off import MEASURE_KEYS, check_trade_off
-from banditd.evaluation.replay.zero_router import gain_vs_zero_router
+from banditd.evaluation.replay.zero_router import gain_with_runs
 from banditd.evaluation.warm_start import WarmStartReport
 from banditd.policy import POLICIES
 from banditd.policy.base import IntArray
@@ -299,13 +299,7 @@ def _gain(run: Replay, main: dict[str, Any], singles: list[tuple[float, float]])
     opts = run.opts
     weights = None if opts.sweep is None else opts.sweep or weight_grid(run.outcomes)
     points = [main] if weights is None else [run.point(w, opts.budget_usd) for w in weights]
-    gain: dict[str, Any] = dict(gain_vs_zero_router(_xy(points), singles))
-    if len(run.seeds) > 1:
-        gain["runs"] = [
-            {"seed": seed, **gain_vs_zero_router(_xy([p["runs"][i] for p in points]), singles)}
-            for i, seed in enumerate(run.seeds)
-        ]
-    return gain
+    return gain_with_runs([_xy([p, *p["runs"]]) for p in points], singles, run.seeds)
 
 
 def _points(opts: Options, outcomes: Outcomes) -> set[tuple[float, float | None]]:

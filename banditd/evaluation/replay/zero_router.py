@@ -11,6 +11,7 @@ less than allowed is always possible. Pure functions of (cost, quality) points.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +78,18 @@ def gain_vs_zero_router(policy: Points, singles: Points) -> dict[str, float | No
         "min": float(reached.min()),
         "coverage": reached.size / grid.size,
     }
+
+
+def gain_with_runs(
+    points: Sequence[Points], singles: Points, seeds: Sequence[int]
+) -> dict[str, Any]:
+    """The gain of a frontier whose every point (one per cost weight) is given as its mean over
+    the seeds then each seed's own point; with several seeds, each seed's own gain too ("runs":
+    one run's hull picks its luckiest points, so it reads higher than the mean frontier's)."""
+    gain: dict[str, Any] = dict(gain_vs_zero_router([p[0] for p in points], singles))
+    if len(seeds) > 1:
+        gain["runs"] = [
+            {"seed": seed, **gain_vs_zero_router([p[1 + i] for p in points], singles)}
+            for i, seed in enumerate(seeds)
+        ]
+    return gain
