@@ -77,6 +77,16 @@ class BreakerConfig:
     cooldown_s: float = DEFAULT_COOLDOWN_SECONDS
 
 
+# The arm fields a Select's ranking entry carries (ArmSpec.upstream).
+UPSTREAM_FIELDS = (
+    "upstream_base_url",
+    "upstream_model",
+    "upstream_api_key_env",
+    "input_price_per_mtok",
+    "output_price_per_mtok",
+)
+
+
 @dataclass(frozen=True)
 class ArmSpec:
     name: str
@@ -100,6 +110,12 @@ class ArmSpec:
         check_finite("arms.prior_latency_ms", self.prior_latency_ms)
         check_finite("arms.input_energy_wh_per_mtok", self.input_energy_wh_per_mtok)
         check_finite("arms.output_energy_wh_per_mtok", self.output_energy_wh_per_mtok)
+
+    @functools.cached_property
+    def upstream(self) -> Mapping[str, Any]:
+        """What a ranking entry carries of the arm for the gateway: where it is served and its
+        prices, empty strings left out (proto3 sends none). Built once per arm; read-only."""
+        return MappingProxyType({n: v for n in UPSTREAM_FIELDS if (v := getattr(self, n)) != ""})
 
     def energy_wh(self, input_tokens: float, output_tokens: float) -> float:
         return (

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from banditd.domain import ArmSpec, Decision
+from banditd.domain import Decision
 from banditd.flows.select import SelectInput
 from banditd.v1 import banditd_pb2 as pb
-
-_UPSTREAM_FIELDS = (
-    "upstream_base_url",
-    "upstream_model",
-    "upstream_api_key_env",
-    "input_price_per_mtok",
-    "output_price_per_mtok",
-)
 
 
 def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
@@ -39,28 +29,6 @@ def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
     )
 
 
-# By id of a router's arms tuple (a spec's, which Decision.arm_specs is): that tuple and its
-# _upstreams. An entry holds its tuple, so no other object takes that id while it is kept.
-_UPSTREAMS: dict[int, tuple[tuple[ArmSpec, ...], dict[str, dict[str, Any]]]] = {}
-_UPSTREAMS_KEPT = 1024  # routers' arm tuples; past this, the cache starts again
-
-
-def _upstreams(arms: tuple[ArmSpec, ...]) -> dict[str, dict[str, Any]]:
-    """Per arm, the spec fields a ranking entry carries for the gateway (its upstream, prices):
-    built once per spec (its arms tuple), not on every Select. Read-only for callers. Empty
-    strings are left out: the reply is the same (proto3 does not send them), 3 us sooner."""
-    kept = _UPSTREAMS.get(id(arms))
-    if kept is not None and kept[0] is arms:
-        return kept[1]
-    if len(_UPSTREAMS) >= _UPSTREAMS_KEPT:
-        _UPSTREAMS.clear()
-    upstreams = {
-        a.name: {n: v for n in _UPSTREAM_FIELDS if (v := getattr(a, n)) != ""} for a in arms
-    }
-    _UPSTREAMS[id(arms)] = (arms, upstreams)
-    return upstreams
-
-
 def decision_to_proto(d: Decision) -> pb.SelectResponse:
     reply = pb.SelectResponse(
         decision_id=d.token,
@@ -75,7 +43,7 @@ def decision_to_proto(d: Decision) -> pb.SelectResponse:
         challenger=d.challenger or "",
     )
     add = reply.ranking.add  # built in place: a RankedArm passed in a list is copied
-    upstreams = _upstreams(d.arm_specs)
+    upstreams = {a.name: a.upstream for a in d.arm_specs}
     for r in d.ranking:
         add(
             arm=r.arm,
