@@ -13,6 +13,7 @@ from banditd.domain.records import (
     RankedArm,
     ShadowPick,
     combined_reward,
+    record,
     signal_rule,
 )
 from banditd.domain.specs import (
@@ -40,6 +41,7 @@ __all__ = [  # the constants (every upper-case name of domain.constants), then t
     "check_finite",
     "check_name",
     "combined_reward",
+    "record",
     "signal_rule",
     "spec_from_dict",
     "spec_to_dict",

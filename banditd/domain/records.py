@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, dataclass_transform
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,19 @@ import numpy.typing as npt
 from banditd.domain.specs import ArmSpec
 
 FloatArray = npt.NDArray[np.float64]
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[T]) -> type[T]:
+    """A value built once per call on the hot paths (Select, feedback): a frozen dataclass to
+    the type checker (mypy refuses an assignment to a field), a slotted plain one at run time.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``: 2.1 us
+    for FeedbackEvent's 22 fields against 0.23 us here, and a feedback event builds six such
+    records (issue 20). Nothing in banditd assigns to a record's field after it is built.
+    """
+    return dataclass(slots=True)(cls)
 
 
 class RankedArm(NamedTuple):
@@ -28,7 +41,7 @@ class RankedArm(NamedTuple):
     expected_energy_wh: float = 0.0
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     """One Select answer, as logged and as returned (again, for a repeated request_id)."""
 
@@ -69,7 +82,7 @@ class ShadowPick:
     live_arm_probability: float
 
 
-@dataclass(frozen=True)
+@record
 class FeedbackEvent:
     """One row of the feedback event log, the source of truth for every posterior.
 

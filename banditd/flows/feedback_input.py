@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from banditd import metrics
-from banditd.domain import FeedbackEvent, RouterSpec, check_finite
+from banditd.domain import FeedbackEvent, RouterSpec, check_finite, record
 from banditd.domain.bounds import Bounds
 from banditd.errors import AlreadyExists, BanditdError, FailedPrecondition, InvalidArgument
 from banditd.flows.tokens import TokenClaims
@@ -23,7 +23,7 @@ PREFERENCE_REWARDS = {"arm": (1.0, 0.0), "challenger": (0.0, 1.0), "tie": (0.5, 
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
 
 
-@dataclass(frozen=True)
+@record
 class FeedbackInput:
     tenant: str
     decision_id: str

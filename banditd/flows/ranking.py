@@ -6,14 +6,13 @@ The server's Select, offline replay and the OPE proof all decide through ``rank_
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from banditd.budget import pacer
 from banditd.budget.pacer import BudgetCheck
 from banditd.context import input_tokens_estimate
-from banditd.domain import FloatArray, RankedArm, RouterSpec
+from banditd.domain import FloatArray, RankedArm, RouterSpec, record
 from banditd.domain.ceilings import (
     HARD_MAX_COST_WEIGHT,
     HARD_MAX_ENERGY_WEIGHT,
@@ -25,7 +24,7 @@ from banditd.policy.base import IntArray
 from banditd.state.fold import RouterState
 
 
-@dataclass(frozen=True)
+@record
 class Ranked:
     """The policy's answer in arm names: ranking best first, and the choice it came from."""
 

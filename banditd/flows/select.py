@@ -9,7 +9,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 import numpy as np
 import structlog
@@ -24,6 +24,7 @@ from banditd.domain import (
     ShadowPick,
     check_finite,
     check_name,
+    record,
 )
 from banditd.domain.ceilings import (
     HARD_MAX_ENERGY_WEIGHT,
@@ -45,7 +46,7 @@ MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 1024
 
 
-@dataclass(frozen=True)
+@record
 class SelectInput:
     tenant: str
     router: str
@@ -64,7 +65,7 @@ class SelectInput:
     compare: bool = False  # pairwise feedback: also pick a challenger (banditd.policy.dueling)
 
 
-@dataclass(frozen=True)
+@record
 class Prepared:
     """What decide needs of a Select: all its I/O done."""
 
@@ -78,7 +79,7 @@ class Prepared:
     blocked: Collection[str]  # arms whose circuit breaker is open
 
 
-@dataclass(frozen=True)
+@record
 class Decided:
     """What decide chose, for commit to book."""
 

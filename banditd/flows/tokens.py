@@ -23,11 +23,10 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 
-from banditd.domain import FloatArray
+from banditd.domain import FloatArray, record
 from banditd.errors import InvalidArgument, PermissionDenied
 
 _PREFIX = "v1"
@@ -82,7 +81,7 @@ def _f32(value: float) -> float:
     return value if not abs(value) > _F32_MAX else math.copysign(math.inf, value)
 
 
-@dataclass(frozen=True)
+@record
 class TokenClaims:
     """x: shape (dim,), float64 holding float32-exact values; None in the claims of a compact
     token, whose arm names are then unknown too ("", and challenger "" when there is one) until

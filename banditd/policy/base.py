@@ -10,13 +10,12 @@ randomised policy overrides ``priced_choice`` (its propensity, or the ranking it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from banditd.domain import FloatArray, RouterSpec
+from banditd.domain import FloatArray, RouterSpec, record
 from banditd.domain.ceilings import finite_scores
 from banditd.policy import _kernels
 
@@ -44,7 +43,7 @@ class Estimates(Protocol):
     def prior(self) -> PriorMean: ...
 
 
-@dataclass(frozen=True)
+@record
 class Choice:
     """A ranked choice among eligible arms.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -157,7 +158,7 @@ FEEDBACK_CASES: list[tuple[str, Any, C, str]] = [
     ),
     (
         "expired",
-        lambda t, c: feedback(_forge(TokenClaims(**{**c.__dict__, "expires_at": time.time() - 5}))),
+        lambda t, c: feedback(_forge(replace(c, expires_at=time.time() - 5))),
         C.FAILED_PRECONDITION,
         "expired",
     ),

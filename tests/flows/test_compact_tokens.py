@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
-from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.flows.tokens import TokenSigner
 from banditd.store import Database, migrate
 from banditd.store.engine import alembic_config
 from banditd.store.events import EventLog
@@ -83,7 +84,7 @@ async def test_refusals_write_nothing(database_url: str, start_server: StartServ
     d = await choose(server)
     claims = SIGNER.verify(d.decision_id, "acme")
     tampered = d.decision_id[:30] + ("A" if d.decision_id[30] != "A" else "B") + d.decision_id[31:]
-    expired = SIGNER.sign(TokenClaims(**{**claims.__dict__, "expires_at": time.time() - 5}))
+    expired = SIGNER.sign(replace(claims, expires_at=time.time() - 5))
     cases = [
         (pb.FeedbackRequest(tenant="acme", decision_id=tampered, reward=1), C.PERMISSION_DENIED),
         (

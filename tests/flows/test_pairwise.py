@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from banditd import client as bc
 from banditd.commands.ingest import BadLine, parse_record
 from banditd.domain import FeedbackEvent
 from banditd.flows.ranking import rank_arms
-from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.flows.tokens import TokenSigner
 from banditd.state.posterior import Posterior, Prior
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
@@ -123,9 +124,7 @@ async def test_preference_rules(database_url: str, start_server: StartServer) ->
     d = await compare(server)
     claims = await server.claims(d.decision_id)
     assert claims.challenger == d.challenger  # one token covers both arms
-    expired = TokenSigner(SIGNING_KEY.encode()).sign(
-        TokenClaims(**{**claims.__dict__, "expires_at": time.time() - 5})
-    )
+    expired = TokenSigner(SIGNING_KEY.encode()).sign(replace(claims, expires_at=time.time() - 5))
     bad = [
         (prefer(d, pb.PREFER_ARM, tenant="globex"), C.PERMISSION_DENIED, "tenant"),
         (prefer(d, 7), C.INVALID_ARGUMENT, "PREFER_ARM, PREFER_CHALLENGER or PREFER_TIE"),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 
 import grpc
 import pytest
 
 from banditd.edge import servicer
-from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
@@ -41,9 +42,7 @@ async def test_stream_counts_each_event_and_commits_the_good_ones(
     )
     signer = TokenSigner(SIGNING_KEY.encode())
     expired = signer.sign(
-        TokenClaims(
-            **{**(await server.claims(code[0].decision_id)).__dict__, "expires_at": time.time() - 1}
-        )
+        replace(await server.claims(code[0].decision_id), expires_at=time.time() - 1)
     )
     requests = [
         pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, thumb=pb.THUMB_UP)

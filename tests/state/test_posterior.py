@@ -98,7 +98,7 @@ def test_expected_output_tokens_shrinks_to_prior() -> None:
     per_token = ArmSpec("a", 0.0, 1e6)  # a dollar an output token: the cost counts them
     assert expected_cost(post, per_token, 1000) == 300
     for e in events(3, 3):
-        post.apply(FeedbackEvent(**{**e.__dict__, "arm": "a", "output_tokens": 100}))
+        post.apply(replace(e, arm="a", output_tokens=100))
     assert expected_cost(post, per_token, 1000) == pytest.approx((300 + 3 * 100) / 4)
 
 
