@@ -193,6 +193,37 @@ def test_gain_vs_zero_router_in_the_report(
     assert gain["min"] == pytest.approx(100 * (quality["weak"] / quality["strong"] - 1))
 
 
+def test_the_report_gives_the_ceiling_of_routing_by_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = synthetic(200)
+    for i, record in enumerate(records):  # on "easy" prompts the middle arm is as good
+        record["task"] = ("easy", "hard")[i % 2]
+        if record["task"] == "easy":
+            record["models"]["middle"]["quality"] = record["models"]["strong"]["quality"]
+    data = write_outcomes(tmp_path / "tasks.jsonl", records)
+
+    plain = run_json(capsys, "--data", str(data), "--policy", "best-single")
+    tagged = run_json(capsys, "--data", str(data), "--policy", "linucb", "--metadata-from", "task")
+
+    # Without keys there is one group: the single models themselves, no gain.
+    assert plain["metadata_routing_ceiling"]["keys"] == []
+    assert plain["metadata_routing_ceiling"]["groups"] == 1
+    assert plain["metadata_routing_ceiling"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    ceiling = tagged["metadata_routing_ceiling"]
+    assert (ceiling["keys"], ceiling["groups"], ceiling["coverage"]) == (["task"], 2, 1.0)
+    # Every single model is one of its choices (all groups on it), so it is never below them.
+    # Sending "easy" to the middle arm at a fifth of the price gains: about 8 points at the
+    # middle of the grid (0.9 against 0.825 at $0.006), about 3 on average over it.
+    assert ceiling["min"] >= -1e-9
+    assert ceiling["mean"] > 2
+    cli_text = cli("--data", str(data), "--metadata-from", "task")
+    assert cli_text.func(cli_text) == 0
+    assert "routing each of the 2 groups of task to its best arms in hindsight" in (
+        capsys.readouterr().out
+    )
+
+
 @pytest.mark.parametrize("policy", ["linucb", "thompson", "random", "best-single", "oracle"])
 def test_budget_is_never_exceeded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str

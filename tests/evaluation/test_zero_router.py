@@ -9,7 +9,9 @@ from banditd.evaluation.replay.zero_router import (
     GRID_POINTS,
     cost_grid,
     gain_vs_zero_router,
+    group_routing_points,
     hull_quality,
+    routing_ceiling,
 )
 
 # Two single models: the zero router's hull is the line from (1, 0.5) to (10, 1.0).
@@ -113,3 +115,44 @@ def test_empty_inputs_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match="no "):
         gain_vs_zero_router(policy, singles)
+
+
+# Two groups of two prompts, two arms (cost 1 and 10): group "easy" gets quality 1 from both,
+# "hard" 0 from the cheap arm and 1 from the pricey one.
+CEILING_QUALITY = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+CEILING_COST = np.array([[1.0, 10.0]] * 4)
+CEILING_SINGLES = [(1.0, 0.5), (10.0, 1.0)]
+CEILING_METADATA = [{"task": "easy"}, {"task": "easy"}, {"task": "hard"}, {"task": "hard"}]
+
+
+def test_group_routing_in_hindsight_takes_each_groups_best_arm_by_quality_per_dollar() -> None:
+    points = group_routing_points(CEILING_QUALITY, CEILING_COST, ["e", "e", "h", "h"])
+    # Everything cheap, then the hard half on the pricey arm (cost +4.5 for quality +0.5);
+    # the easy half never moves (the pricey arm buys it nothing).
+    assert points == [(1.0, 0.5), (5.5, 1.0)]
+
+
+def test_routing_ceiling_is_the_gain_of_the_hindsight_group_router() -> None:
+    ceiling = routing_ceiling(
+        CEILING_QUALITY, CEILING_COST, CEILING_METADATA, ["task"], CEILING_SINGLES
+    )
+    grid = cost_grid(CEILING_SINGLES)
+    by_group = np.interp(grid, [1.0, 5.5], [0.5, 1.0])  # flat at 1.0 past 5.5
+    zero = np.interp(grid, [1.0, 10.0], [0.5, 1.0])
+    assert ceiling["keys"] == ["task"]
+    assert ceiling["groups"] == 2
+    assert ceiling["coverage"] == 1.0
+    assert ceiling["mean"] == pytest.approx(100 * float(np.mean(by_group - zero)))
+    assert ceiling["min"] == pytest.approx(0.0, abs=1e-12)  # level at both ends
+
+
+def test_without_metadata_keys_the_ceiling_is_the_zero_router_itself() -> None:
+    ceiling = routing_ceiling(CEILING_QUALITY, CEILING_COST, [], [], CEILING_SINGLES)
+    assert ceiling["groups"] == 1
+    assert ceiling["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert ceiling["min"] == pytest.approx(0.0, abs=1e-12)
+    # A key the records do not have puts every prompt in one group too.
+    absent = routing_ceiling(
+        CEILING_QUALITY, CEILING_COST, CEILING_METADATA, ["app"], CEILING_SINGLES
+    )
+    assert absent["groups"] == 1 and absent["mean"] == pytest.approx(0.0, abs=1e-12)

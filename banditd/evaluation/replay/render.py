@@ -120,12 +120,23 @@ def _gain_line(r: dict[str, Any]) -> str:
     return line
 
 
+def _ceiling_line(r: dict[str, Any]) -> str:
+    c = r["metadata_routing_ceiling"]
+    if not c["keys"]:
+        return "routing by metadata in hindsight: no --metadata-from keys (gain 0 by definition)"
+    return (
+        f"routing each of the {c['groups']} groups of {', '.join(c['keys'])} to its best arms in "
+        f"hindsight would gain: mean {c['mean']:+.2f}, min {c['min']:+.2f}"
+    )
+
+
 def render_text(report: dict[str, Any]) -> str:
     """The report as tables for people."""
     lines = _summary_lines(report) + _measure_lines(report)
     if "frontier" in report:
         lines += _frontier_lines(report)
     lines.append(_gain_line(report))
+    lines.append(_ceiling_line(report))
     if "budget_frontier" in report:
         lines += _budget_lines(report)
     lines.append(f"wall time {report['wall_s']} s")

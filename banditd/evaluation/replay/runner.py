@@ -47,7 +47,7 @@ from banditd.evaluation.replay.scoring import (
     weight_grid,
 )
 from banditd.evaluation.replay.trade_off import MEASURE_KEYS, check_trade_off
-from banditd.evaluation.replay.zero_router import gain_with_runs
+from banditd.evaluation.replay.zero_router import gain_with_runs, routing_ceiling
 from banditd.evaluation.warm_start import WarmStartReport
 from banditd.policy import POLICIES
 from banditd.policy.base import IntArray
@@ -244,8 +244,8 @@ class Replay:
         return list((regret / len(self.seeds))[curve_steps(outcomes.n) - 1].tolist())
 
 
-def _ratio(value: float, reference: float) -> float | None:
-    return value / reference if reference else None
+def _ratio(value: float | None, reference: float) -> float | None:
+    return value / reference if reference and value is not None else None
 
 
 def _frontier_point(point: dict[str, Any]) -> dict[str, Any]:
@@ -276,9 +276,7 @@ def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
                 "fraction_of_best_single": fraction,
                 "quality": fraction * best["mean_quality"],
                 "mean_cost_usd": cost,
-                "cost_vs_best_single": None
-                if cost is None
-                else _ratio(cost, best["mean_cost_usd"]),
+                "cost_vs_best_single": _ratio(cost, best["mean_cost_usd"]),
             }
         )
     return {
@@ -387,7 +385,11 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if opts.sweep is not None:
         report.update(_sweep_report(run, best))
-    report["gain_vs_zero_router"] = _gain(run, main, _xy(report["single_models"]))
+    singles = _xy(report["single_models"])
+    report["gain_vs_zero_router"] = _gain(run, main, singles)
+    report["metadata_routing_ceiling"] = routing_ceiling(
+        outcomes.quality, outcomes.cost, outcomes.metadata, opts.metadata_from, singles
+    )
     if opts.sweep_budgets is not None:
         budgets = opts.sweep_budgets or budget_grid(outcomes)
         report["budget_frontier"] = [

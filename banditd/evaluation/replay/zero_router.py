@@ -6,11 +6,16 @@ The zero router's best quality at a mean cost c is the upper concave hull of the
 two cost weights is reachable by choosing between them at random). Both hulls are
 non-decreasing: at a cost past a hull's priciest point it keeps that point's quality, as spending
 less than allowed is always possible. Pure functions of (cost, quality) points.
+
+``routing_ceiling`` is the same gain for a router that knows, in hindsight, each metadata
+group's mean quality and cost per arm: what routing by the request's metadata alone could add
+at most on the data replayed, whatever the policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,3 +98,51 @@ def gain_with_runs(
             for i, seed in enumerate(seeds)
         ]
     return gain
+
+
+def group_routing_points(
+    quality: FloatArray, cost: FloatArray, groups: Sequence[Hashable]
+) -> Points:
+    """The vertices of the best (mean cost, mean quality) frontier of routing each group's
+    prompts to arms chosen per group, knowing each group's mean quality and cost per arm.
+
+    quality, cost: shape (n, k); groups: one label per prompt, length n. Each group's own hull
+    (``upper_hull`` of its arms' means) contributes its edges, weighted by the group's share of
+    the prompts; the frontier starts from every group on its cheapest hull point and takes the
+    edges by decreasing quality per dollar (the cost weights of a sweep, all of them at once).
+    """
+    rows: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(groups):
+        rows.setdefault(group, []).append(i)
+    n = len(groups)
+    start_cost = start_quality = 0.0
+    edges: list[tuple[float, float, float]] = []  # (quality per dollar, cost, quality) added
+    for members in rows.values():
+        share = len(members) / n
+        means = (cost[members].mean(axis=0).tolist(), quality[members].mean(axis=0).tolist())
+        hull = upper_hull(list(zip(*means, strict=True)))
+        start_cost += share * hull[0][0]
+        start_quality += share * hull[0][1]
+        edges += [
+            ((q1 - q0) / (c1 - c0), share * (c1 - c0), share * (q1 - q0))
+            for (c0, q0), (c1, q1) in itertools.pairwise(hull)
+        ]
+    points = [(start_cost, start_quality)]
+    for _, added_cost, added_quality in sorted(edges, key=lambda e: -e[0]):
+        points.append((points[-1][0] + added_cost, points[-1][1] + added_quality))
+    return points
+
+
+def routing_ceiling(
+    quality: FloatArray,
+    cost: FloatArray,
+    metadata: Sequence[dict[str, str]],
+    keys: Sequence[str],
+    singles: Points,
+) -> dict[str, Any]:
+    """``gain_vs_zero_router`` of routing by the metadata ``keys`` in hindsight
+    (``group_routing_points``; a group per combination of their values, one group without
+    keys, whose gain is 0 everywhere), with the keys and how many groups the data has."""
+    groups = [tuple(m.get(key) for key in keys) for m in metadata] or [()] * len(quality)
+    points = group_routing_points(quality, cost, groups)
+    return {"keys": list(keys), "groups": len(set(groups)), **gain_vs_zero_router(points, singles)}
