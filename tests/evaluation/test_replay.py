@@ -222,6 +222,20 @@ def test_the_report_gives_the_ceiling_of_routing_by_metadata(
     assert "routing each of the 2 groups of task to its best arms in hindsight" in (
         capsys.readouterr().out
     )
+    # The plot draws the ceiling's hull through its frontier, up to its best quality; without
+    # keys there is none to draw.
+    drawn = [
+        line
+        for line in replay.figure(tagged).axes[0].get_lines()
+        if line.get_label().startswith("task in hindsight")
+    ]
+    assert len(drawn) == 1
+    top = max(p["mean_quality"] for p in ceiling["frontier"])
+    assert drawn[0].get_ydata()[-1] == pytest.approx(top)
+    assert not any(
+        line.get_label().startswith("task in hindsight")
+        for line in replay.figure(plain).axes[0].get_lines()
+    )
 
 
 @pytest.mark.parametrize("policy", ["linucb", "thompson", "random", "best-single", "oracle"])

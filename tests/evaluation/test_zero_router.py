@@ -144,6 +144,10 @@ def test_routing_ceiling_is_the_gain_of_the_hindsight_group_router() -> None:
     assert ceiling["coverage"] == 1.0
     assert ceiling["mean"] == pytest.approx(100 * float(np.mean(by_group - zero)))
     assert ceiling["min"] == pytest.approx(0.0, abs=1e-12)  # level at both ends
+    assert ceiling["frontier"] == [
+        {"mean_cost_usd": 1.0, "mean_quality": 0.5},
+        {"mean_cost_usd": 5.5, "mean_quality": 1.0},
+    ]
 
 
 def test_without_metadata_keys_the_ceiling_is_the_zero_router_itself() -> None:

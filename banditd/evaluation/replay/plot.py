@@ -36,9 +36,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def _frontier_panel(ax: Any, report: dict[str, Any]) -> None:
     ax.set_xscale("log")
-    priciest = max(m["mean_cost_usd"] for m in report["single_models"])
-    for m in report["single_models"]:
-        ax.scatter(m["mean_cost_usd"], m["mean_quality"], color="grey", s=18)
+    models = report["single_models"]
+    priciest = max(m["mean_cost_usd"] for m in models)
+    # In one call: the axis autoscales to all of them (one point alone has no x range).
+    ax.scatter(
+        [m["mean_cost_usd"] for m in models],
+        [m["mean_quality"] for m in models],
+        color="grey",
+        s=18,
+    )
+    for m in models:
         point = (m["mean_cost_usd"], m["mean_quality"])
         right = m["mean_cost_usd"] == priciest  # its label goes left, inside the panel
         ax.annotate(
@@ -77,20 +84,23 @@ def _frontier_panel(ax: Any, report: dict[str, Any]) -> None:
 
 def _hulls(ax: Any, report: dict[str, Any]) -> None:
     """The zero router's hull (of the single models) and the policy's, as drawn lines: what
-    gain_vs_zero_router compares; each is flat past its priciest point."""
+    gain_vs_zero_router compares; with metadata keys, also the hindsight group router's
+    (metadata_routing_ceiling). Each is flat past its priciest point."""
     right = max(m["mean_cost_usd"] for m in report["single_models"])
     gain = report["gain_vs_zero_router"]
     label = "zero router (single models' hull)"
     if gain["mean"] is not None:
         label = f"zero router; gain mean {gain['mean']:+.1f}, min {gain['min']:+.1f} points"
     rows = [
-        ("single_models", label, "grey"),
-        ("frontier" if "frontier" in report else None, f"{report['policy']} hull", "tab:blue"),
+        (report["single_models"], label, "grey"),
+        (report.get("frontier", [report]), f"{report['policy']} hull", "tab:blue"),
     ]
-    for key, text, color in rows:
-        points = [
-            (p["mean_cost_usd"], p["mean_quality"]) for p in (report[key] if key else [report])
-        ]
+    ceiling = report.get("metadata_routing_ceiling", {})
+    if ceiling.get("keys"):
+        text = f"{', '.join(ceiling['keys'])} in hindsight; gain mean {ceiling['mean']:+.1f}"
+        rows.append((ceiling["frontier"], text, "tab:green"))
+    for rows_points, text, color in rows:
+        points = [(p["mean_cost_usd"], p["mean_quality"]) for p in rows_points]
         start = min((c for c, _ in points if c > 0), default=None)  # the axis is log
         if start is None:
             continue

@@ -145,4 +145,9 @@ def routing_ceiling(
     keys, whose gain is 0 everywhere), with the keys and how many groups the data has."""
     groups = [tuple(m.get(key) for key in keys) for m in metadata] or [()] * len(quality)
     points = group_routing_points(quality, cost, groups)
-    return {"keys": list(keys), "groups": len(set(groups)), **gain_vs_zero_router(points, singles)}
+    return {
+        "keys": list(keys),
+        "groups": len(set(groups)),
+        **gain_vs_zero_router(points, singles),
+        "frontier": [{"mean_cost_usd": c, "mean_quality": q} for c, q in points],
+    }
