@@ -8,8 +8,8 @@ non-decreasing: at a cost past a hull's priciest point it keeps that point's qua
 less than allowed is always possible. Pure functions of (cost, quality) points.
 
 ``routing_ceiling`` is the same gain for a router that knows, in hindsight, each metadata
-group's mean quality and cost per arm: what routing by the request's metadata alone could add
-at most on the data replayed, whatever the policy.
+group's mean quality and cost per arm: the most that routing on the request's metadata alone
+could add on the data replayed (a policy that also reads the prompt may do better).
 """
 
 from __future__ import annotations
