@@ -17,25 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
-import gc
-import os
-import pstats
 import secrets
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
+
+import in_process  # bench/in_process.py: bench/ is on sys.path when run as a script
 
 from banditd.commands.bench import local
 from banditd.commands.bench.decisions import DecisionMaker
 from banditd.commands.bench.load import router_config
 from banditd.config import Settings
 from banditd.edge import codec
-from banditd.edge import server as edge_server
 from banditd.edge.servicer import RouterServicer
 from banditd.flows.tokens import TokenSigner
-from banditd.logs import configure_logging
 from banditd.v1 import banditd_pb2 as pb
 
 BATCH = 1000  # events per UploadFeedback message, as `bench feedback` sends them
@@ -76,11 +70,7 @@ async def _run(url: str, batches: int, rounds: int, profile: bool) -> None:
         signing_key=key,
         migrate_on_start=True,
     )
-    app = await edge_server.build_app(settings)
-    # The one build_app registered (no public handle; before start's gc.freeze hides it).
-    servicer = next(o for o in gc.get_objects() if isinstance(o, RouterServicer))
-    await app.start()
-    try:
+    async with in_process.serving(settings) as (app, servicer):
         config = router_config(DIM, ARMS)
         await app.catalog.put(codec.spec_from_proto(config))
         probe = await servicer.Select(
@@ -99,25 +89,11 @@ async def _run(url: str, batches: int, rounds: int, profile: bool) -> None:
         for r in range(rounds):
             start = WARMUP_BATCHES + r * batches
             todo = messages[start : start + batches]
-            load_avg = os.getloadavg()[0]
-            profiler = cProfile.Profile() if profile else None
-            wall, cpu = time.perf_counter(), time.process_time()
-            if profiler is not None:
-                profiler.enable()
-            accepted = await _upload(servicer, todo)
-            if profiler is not None:
-                profiler.disable()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            events = batches * BATCH
-            print(
-                f"{events} events ({accepted} accepted): {wall / events * 1e6:.1f} us wall, "
-                f"{cpu / events * 1e6:.1f} us CPU per event "
-                f"(load {load_avg:.2f}-{os.getloadavg()[0]:.2f})"
-            )
-            if profiler is not None:
-                pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(35)
-    finally:
-        await app.stop()
+
+            async def upload(todo: list[pb.FeedbackBatch] = todo) -> str:
+                return f" ({await _upload(servicer, todo)} accepted)"
+
+            await in_process.timed_round(upload, batches * BATCH, "event", profile, 35)
 
 
 @contextlib.contextmanager
@@ -137,11 +113,7 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="a throwaway Postgres, not SQLite")
     parser.add_argument("--profile", action="store_true", help="cProfile, top 35 by own time")
     args = parser.parse_args()
-    stdout = sys.stdout
-    with open(os.devnull, "w") as null, _database(args.postgres) as url:
-        sys.stdout = null  # the log lines (configure_logging binds sys.stdout now)
-        configure_logging("info", cache=True)
-        sys.stdout = stdout
+    with in_process.logs_to_devnull(), _database(args.postgres) as url:
         asyncio.run(_run(url, args.batches, args.rounds, args.profile))
 
 

@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import gc
-import os
-import pstats
-import sys
 import tempfile
-import time
 
+import in_process  # bench/in_process.py: bench/ is on sys.path when run as a script
 import numpy as np
 
 from banditd.commands.bench import load
 from banditd.commands.bench import select as bench_select
 from banditd.config import Settings
 from banditd.edge import codec
-from banditd.edge import server as edge_server
-from banditd.edge.servicer import RouterServicer
-from banditd.logs import configure_logging
 from banditd.v1 import banditd_pb2 as pb
 
 WARMUP = 300
@@ -59,35 +51,19 @@ async def _run(calls: int, rounds: int, profile: bool, text: bool) -> None:
             listen="127.0.0.1:0",
             metrics_listen="",
         )
-        app = await edge_server.build_app(settings)
-        # The one build_app registered (no public handle; before start's gc.freeze hides it).
-        servicer = next(o for o in gc.get_objects() if isinstance(o, RouterServicer))
-        await app.start()
-        try:
+        async with in_process.serving(settings) as (app, servicer):
             config, requests = _workload(text)
             await app.catalog.put(codec.spec_from_proto(config))
             for k in range(WARMUP):
                 await servicer.Select(requests[k % len(requests)], None)
-            for _ in range(rounds):
-                load_avg = os.getloadavg()[0]
-                profiler = cProfile.Profile() if profile else None
-                wall, cpu = time.perf_counter(), time.process_time()
-                if profiler is not None:
-                    profiler.enable()
+
+            async def selects() -> str:
                 for k in range(calls):
                     await servicer.Select(requests[k % len(requests)], None)
-                if profiler is not None:
-                    profiler.disable()
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                print(
-                    f"{calls} Selects: {wall / calls * 1e6:.1f} us wall, "
-                    f"{cpu / calls * 1e6:.1f} us CPU per Select "
-                    f"(load {load_avg:.2f}-{os.getloadavg()[0]:.2f})"
-                )
-                if profiler is not None:
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-        finally:
-            await app.stop()
+                return ""
+
+            for _ in range(rounds):
+                await in_process.timed_round(selects, calls, "Select", profile, 30)
 
 
 def main() -> None:
@@ -97,11 +73,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile, top 30 by own time")
     parser.add_argument("--text", action="store_true", help="bench select's minilm-static text")
     args = parser.parse_args()
-    stdout = sys.stdout
-    with open(os.devnull, "w") as null:
-        sys.stdout = null  # the log lines (configure_logging binds sys.stdout now)
-        configure_logging("info", cache=True)
-        sys.stdout = stdout
+    with in_process.logs_to_devnull():
         asyncio.run(_run(args.calls, args.rounds, args.profile, args.text))
 
 
