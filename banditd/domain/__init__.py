@@ -13,6 +13,7 @@ from banditd.domain.records import (
     RankedArm,
     ShadowPick,
     combined_reward,
+    ranking_entry,
     record,
     signal_rule,
 )
@@ -41,6 +42,7 @@ __all__ = [  # the constants (every upper-case name of domain.constants), then t
     "check_finite",
     "check_name",
     "combined_reward",
+    "ranking_entry",
     "record",
     "signal_rule",
     "spec_from_dict",

@@ -41,6 +41,14 @@ class RankedArm(NamedTuple):
     expected_energy_wh: float = 0.0
 
 
+def ranking_entry(ranking: Sequence[RankedArm], arm: str | None) -> RankedArm | None:
+    """The ranking's entry of ``arm``; None for no arm (a decision without a challenger) or one
+    the ranking does not hold."""
+    if arm is None:
+        return None
+    return next((r for r in ranking if r.arm == arm), None)
+
+
 @record
 class Decision:
     """One Select answer, as logged and as returned (again, for a repeated request_id)."""

@@ -24,6 +24,7 @@ from banditd.domain import (
     ShadowPick,
     check_finite,
     check_name,
+    ranking_entry,
     record,
 )
 from banditd.domain.ceilings import (
@@ -291,10 +292,7 @@ def decide(prepared: Prepared) -> Decided:
     except ResourceExhausted:
         metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, "refused").inc()
         raise
-    challenger = ranked.challenger
-    rival = None
-    if challenger is not None:
-        rival = next((r for r in ranked.ranking if r.arm == challenger), None)
+    rival = ranking_entry(ranked.ranking, ranked.challenger)
     # Both answers are served: the budget reserves (and feedback settles) both costs.
     rival_cost = 0.0 if rival is None else rival.expected_cost_usd
     # After the live choice, on their own random streams: shadows never change it.
