@@ -31,20 +31,20 @@ from banditd.evaluation.replay.features import (
     warm_start,
 )
 from banditd.evaluation.replay.options import (
-    QUALITY_FRACTIONS,
     SUMMARY_KEYS,
     Options,
 )
 from banditd.evaluation.replay.remote import check_remote, learn_remote, router_name
 from banditd.evaluation.replay.scoring import (
     _model,
-    aiq,
     budget_grid,
-    cost_at_quality,
     curve_steps,
+    frontier_summary,
+    ratio,
     regret_over_time,
     score,
     weight_grid,
+    xy,
 )
 from banditd.evaluation.replay.trade_off import MEASURE_KEYS, check_trade_off
 from banditd.evaluation.replay.zero_router import gain_with_runs, routing_ceiling
@@ -70,6 +70,11 @@ class Replay:
         self.head = 0 if opts.split is None else split_point(opts.data, opts.split)
         self.outcomes = load_outcomes(
             opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
+        )
+        # The swept cost weights and budgets: None without the flag, a grid for AUTO.
+        self.weights = None if opts.sweep is None else opts.sweep or weight_grid(self.outcomes)
+        self.budgets = (
+            None if opts.sweep_budgets is None else opts.sweep_budgets or budget_grid(self.outcomes)
         )
         warm_from = opts.data if opts.warm_start_head else opts.warm_start
         self.prices = arm_prices(self.outcomes) if opts.arm_prices == "data" else {}
@@ -244,69 +249,25 @@ class Replay:
         return list((regret / len(self.seeds))[curve_steps(outcomes.n) - 1].tolist())
 
 
-def _ratio(value: float | None, reference: float) -> float | None:
-    return value / reference if reference and value is not None else None
-
-
 def _frontier_point(point: dict[str, Any]) -> dict[str, Any]:
     keys = ("cost_weight", "budget_usd", "mean_quality", "mean_cost_usd", "refused", "spread")
     return {k: point[k] for k in keys}
 
 
-def _xy(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
-
-
-def _sweep_report(run: Replay, best: dict[str, Any]) -> dict[str, Any]:
-    """The cost-weight frontier with its AIQ, the oracle's and the single models', and the cost
-    of fractions of the best single model's quality read off the frontier's hull."""
-    opts, outcomes = run.opts, run.outcomes
-    weights = opts.sweep or weight_grid(outcomes)
-    frontier = [_frontier_point(run.point(w, opts.budget_usd)) for w in weights]
-    oracle = [{"cost_weight": w, **score(outcomes, oracle_picks(outcomes, w), w)} for w in weights]
-    singles = [_model(outcomes, j) for j in range(len(outcomes.arms))]
-    low = min(m["mean_cost_usd"] for m in singles)
-    high = max(m["mean_cost_usd"] for m in singles)
-
-    at_quality = []
-    for fraction in QUALITY_FRACTIONS:
-        cost = cost_at_quality(_xy(frontier), fraction * best["mean_quality"])
-        at_quality.append(
-            {
-                "fraction_of_best_single": fraction,
-                "quality": fraction * best["mean_quality"],
-                "mean_cost_usd": cost,
-                "cost_vs_best_single": _ratio(cost, best["mean_cost_usd"]),
-            }
-        )
-    return {
-        "frontier": frontier,
-        "aiq": aiq(_xy(frontier), low, high),
-        "aiq_single_models": aiq(_xy(singles), low, high),
-        "aiq_oracle": aiq(_xy(oracle), low, high),
-        "oracle_frontier": [
-            {k: o[k] for k in ("cost_weight", "mean_quality", "mean_cost_usd")} for o in oracle
-        ],
-        "cost_at_quality": at_quality,
-    }
-
-
 def _gain(run: Replay, main: dict[str, Any], singles: list[tuple[float, float]]) -> dict[str, Any]:
     """The gain over the zero router of the frontier (each cost weight's mean over the seeds),
     and with several seeds each seed's own ("runs")."""
+    weights = run.weights
+    points = [main] if weights is None else [run.point(w, run.opts.budget_usd) for w in weights]
+    return gain_with_runs([xy([p, *p["runs"]]) for p in points], singles, run.seeds)
+
+
+def _points(run: Replay) -> set[tuple[float, float | None]]:
+    """The (cost weight, budget) points the replay runs."""
     opts = run.opts
-    weights = None if opts.sweep is None else opts.sweep or weight_grid(run.outcomes)
-    points = [main] if weights is None else [run.point(w, opts.budget_usd) for w in weights]
-    return gain_with_runs([_xy([p, *p["runs"]]) for p in points], singles, run.seeds)
-
-
-def _points(opts: Options, outcomes: Outcomes) -> set[tuple[float, float | None]]:
-    """The (cost weight, budget) points the options replay."""
     points = {(opts.cost_weight, opts.budget_usd)}
-    if opts.sweep is not None:
-        points |= {(w, opts.budget_usd) for w in opts.sweep or weight_grid(outcomes)}
-    if opts.sweep_budgets is not None:
-        points |= {(opts.cost_weight, b) for b in opts.sweep_budgets or budget_grid(outcomes)}
+    points |= {(w, opts.budget_usd) for w in run.weights or ()}
+    points |= {(opts.cost_weight, b) for b in run.budgets or ()}
     return points
 
 
@@ -315,7 +276,7 @@ def replay(opts: Options) -> dict[str, Any]:
     started = time.perf_counter()
     run = Replay(opts)
     outcomes = run.outcomes
-    run.runs_planned = len(_points(opts, outcomes)) * opts.repeats
+    run.runs_planned = len(_points(run)) * opts.repeats
     main = run.point(opts.cost_weight, opts.budget_usd)
     best = _model(outcomes, best_single(outcomes, 0.0))
     oracle = score(outcomes, oracle_picks(outcomes, opts.cost_weight), opts.cost_weight)
@@ -353,8 +314,8 @@ def replay(opts: Options) -> dict[str, Any]:
         "refused_prompts": "not routed: quality 0, no cost",
         "seeds": run.seeds,
         **{k: main[k] for k in (*SUMMARY_KEYS, *MEASURE_KEYS) if k in main},
-        "quality_vs_best_single": _ratio(main["mean_quality"], best["mean_quality"]),
-        "cost_vs_best_single": _ratio(main["mean_cost_usd"], best["mean_cost_usd"]),
+        "quality_vs_best_single": ratio(main["mean_quality"], best["mean_quality"]),
+        "cost_vs_best_single": ratio(main["mean_cost_usd"], best["mean_cost_usd"]),
         "spread": main["spread"],
         "picks": main["picks"],
         "runs": main["runs"],
@@ -383,17 +344,17 @@ def replay(opts: Options) -> dict[str, Any]:
         "prompts": curve_steps(outcomes.n).tolist(),
         "cumulative_regret": curves,
     }
-    if opts.sweep is not None:
-        report.update(_sweep_report(run, best))
-    singles = _xy(report["single_models"])
+    if run.weights is not None:
+        frontier = [_frontier_point(run.point(w, opts.budget_usd)) for w in run.weights]
+        report.update(frontier_summary(outcomes, frontier, best))
+    singles = xy(report["single_models"])
     report["gain_vs_zero_router"] = _gain(run, main, singles)
     report["metadata_routing_ceiling"] = routing_ceiling(
         outcomes.quality, outcomes.cost, outcomes.metadata, opts.metadata_from, singles
     )
-    if opts.sweep_budgets is not None:
-        budgets = opts.sweep_budgets or budget_grid(outcomes)
+    if run.budgets is not None:
         report["budget_frontier"] = [
-            _frontier_point(run.point(opts.cost_weight, b)) for b in budgets
+            _frontier_point(run.point(opts.cost_weight, b)) for b in run.budgets
         ]
     report["wall_s"] = round(time.perf_counter() - started, 2)
     return report

@@ -1,5 +1,6 @@
 """Scoring runs: the summary of a run's picks, the single models, the concave hull of
-(cost, quality) points, RouterBench's AIQ and the grids a sweep runs over."""
+(cost, quality) points, RouterBench's AIQ, the grids a sweep runs over and the summary of its
+frontier."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 
 from banditd.domain import FloatArray
 from banditd.evaluation.replay.data import Outcomes
-from banditd.evaluation.replay.engine import REFUSED
+from banditd.evaluation.replay.engine import REFUSED, oracle_picks
 from banditd.evaluation.replay.options import (
     BUDGET_SWEEP_POINTS,
+    QUALITY_FRACTIONS,
     SWEEP_POINTS,
     SWEEP_SPAN_HIGH,
     SWEEP_SPAN_LOW,
@@ -133,3 +135,46 @@ def budget_grid(outcomes: Outcomes) -> tuple[float, ...]:
     total = outcomes.cost.mean(axis=0) * outcomes.n
     grid = np.geomspace(max(float(total.min()), 1e-9), float(total.max()), BUDGET_SWEEP_POINTS)
     return tuple(float(f"{b:.3g}") for b in grid)
+
+
+def ratio(value: float | None, reference: float) -> float | None:
+    return value / reference if reference and value is not None else None
+
+
+def xy(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(mean cost, mean quality) of each summary."""
+    return [(r["mean_cost_usd"], r["mean_quality"]) for r in rows]
+
+
+def frontier_summary(
+    outcomes: Outcomes, frontier: list[dict[str, Any]], best: dict[str, Any]
+) -> dict[str, Any]:
+    """A cost-weight frontier (a summary per weight) with its AIQ, the oracle's at the same
+    weights and the single models', and the cost of fractions of the best single model's quality
+    read off the frontier's hull."""
+    weights = [p["cost_weight"] for p in frontier]
+    oracle = [{"cost_weight": w, **score(outcomes, oracle_picks(outcomes, w), w)} for w in weights]
+    singles = [_model(outcomes, j) for j in range(len(outcomes.arms))]
+    low = min(m["mean_cost_usd"] for m in singles)
+    high = max(m["mean_cost_usd"] for m in singles)
+    at_quality = []
+    for fraction in QUALITY_FRACTIONS:
+        cost = cost_at_quality(xy(frontier), fraction * best["mean_quality"])
+        at_quality.append(
+            {
+                "fraction_of_best_single": fraction,
+                "quality": fraction * best["mean_quality"],
+                "mean_cost_usd": cost,
+                "cost_vs_best_single": ratio(cost, best["mean_cost_usd"]),
+            }
+        )
+    return {
+        "frontier": frontier,
+        "aiq": aiq(xy(frontier), low, high),
+        "aiq_single_models": aiq(xy(singles), low, high),
+        "aiq_oracle": aiq(xy(oracle), low, high),
+        "oracle_frontier": [
+            {k: o[k] for k in ("cost_weight", "mean_quality", "mean_cost_usd")} for o in oracle
+        ],
+        "cost_at_quality": at_quality,
+    }
