@@ -1,0 +1,96 @@
+"""How much a prompt's text says, within its task, about which model answers it better.
+
+A router that reads the prompt can beat routing by the task alone (metadata_routing_ceiling) only
+if the text predicts, within a task, the difference between two models' outcomes. This script
+measures that on an outcome file, the way issue 18's protocol splits it:
+
+- encode every prompt (an encoder of banditd.context.encoders, optionally its last N tokens);
+- centre the vectors and the targets on the warm-start half's per-task means (so nothing the task
+  already says is counted);
+- fit a ridge regression on the warm-start half, predict the online half, and print the
+  correlation r between prediction and outcome within each task (tasks with >= 30 online
+  prompts) and over all of them.
+
+Targets: the prompt's difficulty (the mean outcome over every model), and the best single
+model's outcome minus each other model's (what a router's choice between the two depends on).
+r^2 is the share of that difference's variance within a task that the text predicts.
+
+    python bench/text_signal.py --data data/routellm-dev.jsonl.gz --encoder minilm --window 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from banditd.context.encoders import get_encoder
+from banditd.evaluation.replay.data import load_outcomes, split_point
+
+MIN_TASK_PROMPTS = 30
+
+
+def centred(values: np.ndarray, groups: np.ndarray, warm: np.ndarray) -> np.ndarray:
+    """values less their group's mean over the warm rows (rows of a group with no warm row
+    keep their values)."""
+    out = values.astype(float).copy()
+    for g in np.unique(groups):
+        rows, fit = groups == g, (groups == g) & warm
+        if fit.any():
+            out[rows] -= values[fit].mean(axis=0)
+    return out
+
+
+def correlations(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, warm: np.ndarray, ridge: float
+) -> tuple[dict[str, float], float]:
+    """r between the ridge prediction and y on the online rows, per group and over all."""
+    xw, yw = x[warm], y[warm]
+    beta = np.linalg.solve(xw.T @ xw + ridge * np.eye(x.shape[1]), xw.T @ yw)
+    pred, online = x @ beta, ~warm
+    per = {}
+    for g in np.unique(groups[online]):
+        rows = online & (groups == g)
+        if rows.sum() >= MIN_TASK_PROMPTS and y[rows].std() > 0 and pred[rows].std() > 0:
+            per[str(g)] = float(np.corrcoef(pred[rows], y[rows])[0, 1])
+    return per, float(np.corrcoef(pred[online], y[online])[0, 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--split", type=float, default=0.5, help="the warm-start half's share")
+    ap.add_argument("--encoder", default="minilm", help="hashing, minilm or minilm-static")
+    ap.add_argument("--dim", type=int, default=16, help="the hashing encoder's size")
+    ap.add_argument("--window", type=int, default=128, help="last N tokens (0: whole prompt)")
+    ap.add_argument("--ridge", type=float, default=100.0)
+    ap.add_argument("--metadata-from", default="task", help="the field that names the task")
+    args = ap.parse_args()
+
+    head = split_point(args.data, args.split)
+    data = load_outcomes(args.data, metadata_from=(args.metadata_from,))
+    groups = np.array([m[args.metadata_from] for m in data.metadata])
+    warm = np.arange(data.n) < head
+    started = time.perf_counter()
+    print(f"encoding {data.n} prompts with {args.encoder} (window {args.window}) ...", flush=True)
+    x = get_encoder(args.encoder, args.dim).encode_batch(data.prompts, args.window)
+    print(f"  {time.perf_counter() - started:.1f} s; fit on {head}, tested on {data.n - head}")
+    x = centred(x, groups, warm)
+
+    best = int(np.argmax(data.quality[warm].mean(axis=0)))
+    targets = {"difficulty (mean over models)": data.quality.mean(axis=1)}
+    for j, arm in enumerate(data.arms):
+        if j != best:
+            targets[f"{data.arms[best]} - {arm}"] = data.quality[:, best] - data.quality[:, j]
+    print(f"r within each task (>= {MIN_TASK_PROMPTS} online prompts), and pooled:")
+    for name, y in targets.items():
+        per, pooled = correlations(x, centred(y, groups, warm), groups, warm, args.ridge)
+        tasks = " ".join(f"{g}={r:+.2f}" for g, r in per.items()) if len(per) <= 6 else ""
+        mean = np.mean(list(per.values())) if per else float("nan")
+        print(f"  {name}: pooled {pooled:+.3f}, task mean {mean:+.3f} {tasks}")
+
+
+if __name__ == "__main__":
+    main()
