@@ -7,7 +7,8 @@ measures that on an outcome file, the way issue 18's protocol splits it:
 - encode every prompt (an encoder of banditd.context.encoders, optionally its last N tokens);
 - centre the vectors and the targets on the warm-start half's per-task means (so nothing the task
   already says is counted);
-- fit a ridge regression on the warm-start half, predict the online half, and print the
+- fit a ridge regression on the warm-start half (or, with --knn K, take the mean of the K
+  nearest warm-start prompts of the same task), predict the online half, and print the
   correlation r between prediction and outcome within each task (tasks with >= 30 online
   prompts) and over all of them.
 
@@ -43,13 +44,34 @@ def centred(values: np.ndarray, groups: np.ndarray, warm: np.ndarray) -> np.ndar
     return out
 
 
-def correlations(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, warm: np.ndarray, ridge: float
-) -> tuple[dict[str, float], float]:
-    """r between the ridge prediction and y on the online rows, per group and over all."""
+def ridge_predictions(x: np.ndarray, y: np.ndarray, warm: np.ndarray, ridge: float) -> np.ndarray:
+    """A ridge regression of y on x fitted on the warm rows, predicted on every row."""
     xw, yw = x[warm], y[warm]
-    beta = np.linalg.solve(xw.T @ xw + ridge * np.eye(x.shape[1]), xw.T @ yw)
-    pred, online = x @ beta, ~warm
+    return x @ np.linalg.solve(xw.T @ xw + ridge * np.eye(x.shape[1]), xw.T @ yw)
+
+
+def knn_predictions(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, warm: np.ndarray, k: int
+) -> np.ndarray:
+    """The mean y of the k warm rows of the same group nearest by cosine, for every row."""
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    pred = np.zeros(len(y))
+    for g in np.unique(groups):
+        rows, pool = np.flatnonzero(groups == g), np.flatnonzero((groups == g) & warm)
+        if len(pool) == 0:
+            continue
+        sims = unit[rows] @ unit[pool].T
+        sims[np.equal.outer(rows, pool)] = -np.inf  # a warm row is not its own neighbour
+        near = np.argsort(-sims, axis=1)[:, : min(k, len(pool))]
+        pred[rows] = y[pool][near].mean(axis=1)
+    return pred
+
+
+def correlations(
+    pred: np.ndarray, y: np.ndarray, groups: np.ndarray, warm: np.ndarray
+) -> tuple[dict[str, float], float]:
+    """r between the prediction and y on the online rows, per group and over all."""
+    online = ~warm
     per = {}
     for g in np.unique(groups[online]):
         rows = online & (groups == g)
@@ -66,6 +88,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=16, help="the hashing encoder's size")
     ap.add_argument("--window", type=int, default=128, help="last N tokens (0: whole prompt)")
     ap.add_argument("--ridge", type=float, default=100.0)
+    ap.add_argument("--knn", type=int, default=0, help="predict by the k nearest warm prompts")
     ap.add_argument("--metadata-from", default="task", help="the field that names the task")
     args = ap.parse_args()
 
@@ -86,7 +109,13 @@ def main() -> None:
             targets[f"{data.arms[best]} - {arm}"] = data.quality[:, best] - data.quality[:, j]
     print(f"r within each task (>= {MIN_TASK_PROMPTS} online prompts), and pooled:")
     for name, y in targets.items():
-        per, pooled = correlations(x, centred(y, groups, warm), groups, warm, args.ridge)
+        yc = centred(y, groups, warm)
+        pred = (
+            knn_predictions(x, yc, groups, warm, args.knn)
+            if args.knn
+            else ridge_predictions(x, yc, warm, args.ridge)
+        )
+        per, pooled = correlations(pred, yc, groups, warm)
         tasks = " ".join(f"{g}={r:+.2f}" for g, r in per.items()) if len(per) <= 6 else ""
         mean = np.mean(list(per.values())) if per else float("nan")
         print(f"  {name}: pooled {pooled:+.3f}, task mean {mean:+.3f} {tasks}")
