@@ -17,6 +17,8 @@ import pytest
 from banditd.commands import replay as replay_command
 from banditd.errors import InvalidArgument
 from banditd.evaluation import replay
+from banditd.evaluation.replay.data import Outcomes
+from banditd.evaluation.replay.scoring import frontier_summary
 
 # name: (mean quality, cost per call in USD)
 ARMS = {"strong": (0.9, 0.010), "middle": (0.6, 0.002), "weak": (0.1, 0.001)}
@@ -396,6 +398,43 @@ def test_hull_aiq_and_cost_at_quality() -> None:
     assert replay.cost_at_quality(points, 0.7) == pytest.approx(2.0)
     assert replay.cost_at_quality(points, 0.4) == pytest.approx(1.0)
     assert replay.cost_at_quality(points, 0.95) is None
+
+
+def test_frontier_summary_reads_the_frontier_and_the_oracle_at_its_weights(tmp_path: Path) -> None:
+    # Two prompts, two arms: "cheap" ($1 a call) answers only the second, "dear" ($3) both.
+    outcomes = Outcomes(
+        path=tmp_path / "hand-made.jsonl",
+        arms=("cheap", "dear"),
+        prompts=("a", "b"),
+        lines=(1, 2),
+        quality=np.array([[0.0, 1.0], [1.0, 1.0]]),
+        cost=np.array([[1.0, 3.0], [1.0, 3.0]]),
+    )
+    frontier = [
+        {"cost_weight": 0.0, "mean_cost_usd": 3.0, "mean_quality": 1.0},
+        {"cost_weight": 1.0, "mean_cost_usd": 1.0, "mean_quality": 0.5},
+    ]
+    best = {"mean_quality": 1.0, "mean_cost_usd": 3.0}
+
+    summary = frontier_summary(outcomes, frontier, best)
+
+    assert summary["frontier"] == frontier
+    # The frontier is the single models' own line from (1, 0.5) to (3, 1.0).
+    assert summary["aiq"] == pytest.approx(0.75)
+    assert summary["aiq_single_models"] == pytest.approx(0.75)
+    # At weight 0 the oracle sends "a" to dear and "b" to cheap (cheapest on ties): $2, 1.0;
+    # at weight 1 both to cheap: $1, 0.5. Its hull is 0.75 on average over [1, 2], 1.0 after.
+    oracle = [
+        (o["cost_weight"], o["mean_cost_usd"], o["mean_quality"])
+        for o in summary["oracle_frontier"]
+    ]
+    assert oracle == [(0.0, 2.0, 1.0), (1.0, 1.0, 0.5)]
+    assert summary["aiq_oracle"] == pytest.approx((0.75 + 1.0) / 2)
+    # Read off the frontier's hull: quality q costs 1 + 4 (q - 0.5).
+    for row, fraction in zip(summary["cost_at_quality"], (0.9, 0.95, 0.98), strict=True):
+        assert row["fraction_of_best_single"] == fraction
+        assert row["mean_cost_usd"] == pytest.approx(1.0 + 4.0 * (fraction - 0.5))
+        assert row["cost_vs_best_single"] == pytest.approx(row["mean_cost_usd"] / 3.0)
 
 
 def png_size(path: Path) -> tuple[int, int]:
