@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 
 from banditd.context.encoders import get_encoder
 from banditd.evaluation.replay.data import load_outcomes, split_point
 
 MIN_TASK_PROMPTS = 30
+ENCODE_CHUNK = 256  # prompts an encoder call (a progress step)
 
 
 def centred(values: np.ndarray, groups: np.ndarray, warm: np.ndarray) -> np.ndarray:
@@ -97,8 +99,15 @@ def main() -> None:
     groups = np.array([m[args.metadata_from] for m in data.metadata])
     warm = np.arange(data.n) < head
     started = time.perf_counter()
-    print(f"encoding {data.n} prompts with {args.encoder} (window {args.window}) ...", flush=True)
-    x = get_encoder(args.encoder, args.dim).encode_batch(data.prompts, args.window)
+    encoder = get_encoder(args.encoder, args.dim)
+    chunks = range(0, data.n, ENCODE_CHUNK)
+    label = f"encoding {data.n} prompts with {args.encoder} (window {args.window})"
+    x = np.concatenate(
+        [
+            encoder.encode_batch(data.prompts[i : i + ENCODE_CHUNK], args.window)
+            for i in track(chunks, description=label)
+        ]
+    )
     print(f"  {time.perf_counter() - started:.1f} s; fit on {head}, tested on {data.n - head}")
     x = centred(x, groups, warm)
 
