@@ -416,7 +416,12 @@ def test_frontier_summary_reads_the_frontier_and_the_oracle_at_its_weights(tmp_p
     ]
     best = {"mean_quality": 1.0, "mean_cost_usd": 3.0}
 
-    summary = frontier_summary(outcomes, frontier, best)
+    singles = [
+        {"mean_cost_usd": 1.0, "mean_quality": 0.5},
+        {"mean_cost_usd": 3.0, "mean_quality": 1.0},
+    ]
+
+    summary = frontier_summary(outcomes, frontier, singles, best)
 
     assert summary["frontier"] == frontier
     # The frontier is the single models' own line from (1, 0.5) to (3, 1.0).

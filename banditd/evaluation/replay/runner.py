@@ -346,7 +346,7 @@ def replay(opts: Options) -> dict[str, Any]:
     }
     if run.weights is not None:
         frontier = [_frontier_point(run.point(w, opts.budget_usd)) for w in run.weights]
-        report.update(frontier_summary(outcomes, frontier, best))
+        report.update(frontier_summary(outcomes, frontier, report["single_models"], best))
     singles = xy(report["single_models"])
     report["gain_vs_zero_router"] = _gain(run, main, singles)
     report["metadata_routing_ceiling"] = routing_ceiling(

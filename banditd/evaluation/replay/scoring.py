@@ -147,19 +147,22 @@ def xy(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
 
 
 def frontier_summary(
-    outcomes: Outcomes, frontier: list[dict[str, Any]], best: dict[str, Any]
+    outcomes: Outcomes,
+    frontier: list[dict[str, Any]],
+    singles: Sequence[dict[str, Any]],
+    best: dict[str, Any],
 ) -> dict[str, Any]:
     """A cost-weight frontier (a summary per weight) with its AIQ, the oracle's at the same
-    weights and the single models', and the cost of fractions of the best single model's quality
-    read off the frontier's hull."""
+    weights and the single models' (their summaries, ``_model``), and the cost of fractions of
+    the best single model's quality read off the frontier's hull."""
     weights = [p["cost_weight"] for p in frontier]
     oracle = [{"cost_weight": w, **score(outcomes, oracle_picks(outcomes, w), w)} for w in weights]
-    singles = [_model(outcomes, j) for j in range(len(outcomes.arms))]
+    points = xy(frontier)
     low = min(m["mean_cost_usd"] for m in singles)
     high = max(m["mean_cost_usd"] for m in singles)
     at_quality = []
     for fraction in QUALITY_FRACTIONS:
-        cost = cost_at_quality(xy(frontier), fraction * best["mean_quality"])
+        cost = cost_at_quality(points, fraction * best["mean_quality"])
         at_quality.append(
             {
                 "fraction_of_best_single": fraction,
@@ -170,7 +173,7 @@ def frontier_summary(
         )
     return {
         "frontier": frontier,
-        "aiq": aiq(xy(frontier), low, high),
+        "aiq": aiq(points, low, high),
         "aiq_single_models": aiq(xy(singles), low, high),
         "aiq_oracle": aiq(xy(oracle), low, high),
         "oracle_frontier": [
