@@ -8,7 +8,9 @@ measures that on an outcome file, the way issue 18's protocol splits it:
 - centre the vectors and the targets on the warm-start half's per-task means (so nothing the task
   already says is counted);
 - fit a ridge regression on the warm-start half (or, with --knn K, take the mean of the K
-  nearest warm-start prompts of the same task), predict the online half, and print the
+  nearest warm-start prompts of the same task; with --mlp H, train a non-linear head: one hidden
+  layer of H units, stopped early on a fifth of the warm-start half), predict the online half,
+  and print the
   correlation r between prediction and outcome within each task (tasks with >= 30 online
   prompts) and over all of them.
 
@@ -33,6 +35,7 @@ from banditd.evaluation.replay.data import load_outcomes, split_point
 
 MIN_TASK_PROMPTS = 30
 ENCODE_CHUNK = 256  # prompts an encoder call (a progress step)
+MLP_EPOCHS = 60
 
 
 def centred(values: np.ndarray, groups: np.ndarray, warm: np.ndarray) -> np.ndarray:
@@ -69,6 +72,39 @@ def knn_predictions(
     return pred
 
 
+def mlp_predictions(
+    x: np.ndarray, y: np.ndarray, warm: np.ndarray, hidden: int, seed: int = 0
+) -> np.ndarray:
+    """A one-hidden-layer network (ReLU, Adam, weight decay) fitted to y on four fifths of the
+    warm rows, stopped at the epoch with the least error on the other fifth; predicted on every
+    row. Needs torch (the context extra)."""
+    import torch
+
+    torch.manual_seed(seed)
+    rows = np.random.default_rng(seed).permutation(np.flatnonzero(warm))
+    cut = len(rows) * 4 // 5
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    fit, held = torch.tensor(rows[:cut]), torch.tensor(rows[cut:])
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-3)
+    best, state = float("inf"), net.state_dict()
+    for _ in range(MLP_EPOCHS):
+        for batch in torch.randperm(len(fit)).split(64):
+            opt.zero_grad()
+            loss = ((net(xt[fit[batch]]).squeeze(1) - yt[fit[batch]]) ** 2).mean()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            err = float(((net(xt[held]).squeeze(1) - yt[held]) ** 2).mean())
+        if err < best:
+            best, state = err, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    with torch.no_grad():
+        return net(xt).squeeze(1).numpy().astype(float)
+
+
 def correlations(
     pred: np.ndarray, y: np.ndarray, groups: np.ndarray, warm: np.ndarray
 ) -> tuple[dict[str, float], float]:
@@ -91,6 +127,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=128, help="last N tokens (0: whole prompt)")
     ap.add_argument("--ridge", type=float, default=100.0)
     ap.add_argument("--knn", type=int, default=0, help="predict by the k nearest warm prompts")
+    ap.add_argument("--mlp", type=int, default=0, help="predict by a network of H hidden units")
     ap.add_argument("--metadata-from", default="task", help="the field that names the task")
     args = ap.parse_args()
 
@@ -119,11 +156,12 @@ def main() -> None:
     print(f"r within each task (>= {MIN_TASK_PROMPTS} online prompts), and pooled:")
     for name, y in targets.items():
         yc = centred(y, groups, warm)
-        pred = (
-            knn_predictions(x, yc, groups, warm, args.knn)
-            if args.knn
-            else ridge_predictions(x, yc, warm, args.ridge)
-        )
+        if args.knn:
+            pred = knn_predictions(x, yc, groups, warm, args.knn)
+        elif args.mlp:
+            pred = mlp_predictions(x, yc, warm, args.mlp)
+        else:
+            pred = ridge_predictions(x, yc, warm, args.ridge)
         per, pooled = correlations(pred, yc, groups, warm)
         tasks = " ".join(f"{g}={r:+.2f}" for g, r in per.items()) if len(per) <= 6 else ""
         mean = np.mean(list(per.values())) if per else float("nan")

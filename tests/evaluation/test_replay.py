@@ -185,7 +185,12 @@ def test_gain_vs_zero_router_in_the_report(
 
     # The single models swept are the zero router itself; per-prompt hindsight is above it
     # (level at the cheap end, where the oracle too can only pick the cheapest model).
-    assert singles["gain_vs_zero_router"] == {"mean": 0.0, "min": 0.0, "coverage": 1.0}
+    assert singles["gain_vs_zero_router"] == {
+        "mean": 0.0,
+        "min": 0.0,
+        "coverage": 1.0,
+        "share_of_ceiling": None,  # no metadata keys: no ceiling to share
+    }
     assert oracle["gain_vs_zero_router"]["min"] == 0.0
     assert oracle["gain_vs_zero_router"]["mean"] > 5
     # Without a sweep the policy's one point is its hull: flat at the cheapest model's quality.
@@ -212,7 +217,11 @@ def test_the_report_gives_the_ceiling_of_routing_by_metadata(
     assert plain["metadata_routing_ceiling"]["keys"] == []
     assert plain["metadata_routing_ceiling"]["groups"] == 1
     assert plain["metadata_routing_ceiling"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert plain["gain_vs_zero_router"]["share_of_ceiling"] is None
     ceiling = tagged["metadata_routing_ceiling"]
+    assert tagged["gain_vs_zero_router"]["share_of_ceiling"] == pytest.approx(
+        tagged["gain_vs_zero_router"]["mean"] / ceiling["mean"]
+    )
     assert (ceiling["keys"], ceiling["groups"], ceiling["coverage"]) == (["task"], 2, 1.0)
     # Every single model is one of its choices (all groups on it), so it is never below them.
     # Sending "easy" to the middle arm at a fifth of the price gains: about 8 points at the
@@ -221,9 +230,9 @@ def test_the_report_gives_the_ceiling_of_routing_by_metadata(
     assert ceiling["mean"] > 2
     cli_text = cli("--data", str(data), "--metadata-from", "task")
     assert cli_text.func(cli_text) == 0
-    assert "routing each of the 2 groups of task to its best arms in hindsight" in (
-        capsys.readouterr().out
-    )
+    text = capsys.readouterr().out
+    assert "routing each of the 2 groups of task to its best arms in hindsight" in text
+    assert "of that" in text  # the policy's share of it
     # The plot draws the ceiling's hull through its frontier, up to its best quality; without
     # keys there is none to draw.
     drawn = [

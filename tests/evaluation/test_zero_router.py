@@ -12,6 +12,7 @@ from banditd.evaluation.replay.zero_router import (
     group_routing_points,
     hull_quality,
     routing_ceiling,
+    share_of_ceiling,
 )
 
 # Two single models: the zero router's hull is the line from (1, 0.5) to (10, 1.0).
@@ -160,3 +161,14 @@ def test_without_metadata_keys_the_ceiling_is_the_zero_router_itself() -> None:
         CEILING_QUALITY, CEILING_COST, CEILING_METADATA, ["app"], CEILING_SINGLES
     )
     assert absent["groups"] == 1 and absent["mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_share_of_ceiling_is_the_gain_over_the_ceilings_gain() -> None:
+    assert share_of_ceiling(1.5, 3.0) == pytest.approx(0.5)
+    assert share_of_ceiling(4.5, 3.0) == pytest.approx(1.5)  # the prompt's features gain more
+    assert share_of_ceiling(-1.5, 3.0) == pytest.approx(-0.5)
+    # No ceiling to share (no keys: gain 0; a gainless one) or no policy gain: none.
+    assert share_of_ceiling(1.0, 0.0) is None
+    assert share_of_ceiling(1.0, 1e-12) is None  # the rounding of a keyless ceiling
+    assert share_of_ceiling(None, 3.0) is None
+    assert share_of_ceiling(1.0, None) is None

@@ -70,6 +70,9 @@ best single model's, wherever the policy's hull (of its sweep points, or of its 
 best single model's quality; ``mean`` and ``min`` over those costs, ``coverage`` their share of the
 50. With several seeds the frontier is each cost weight's mean over them, and ``runs`` holds each
 seed's own gain (the hull of one run's sweep picks its luckiest points, so it reads higher).
+``metadata_routing_ceiling`` is the same gain for routing each group of the --metadata-from keys'
+values to its best arms in hindsight, and ``share_of_ceiling`` (in the gain and in each run) is
+the policy's mean gain over that ceiling's (null without keys).
 
 Regret over time (report key ``regret_over_time``): cumulative regret against the oracle at up
 to 100 prompt counts, for the policy and the best-single and random references (mean over the

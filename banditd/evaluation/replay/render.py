@@ -124,10 +124,12 @@ def _ceiling_line(r: dict[str, Any]) -> str:
     c = r["metadata_routing_ceiling"]
     if not c["keys"]:
         return "routing by metadata in hindsight: no --metadata-from keys (gain 0 by definition)"
-    return (
+    line = (
         f"routing each of the {c['groups']} groups of {', '.join(c['keys'])} to its best arms in "
         f"hindsight would gain: mean {c['mean']:+.2f}, min {c['min']:+.2f}"
     )
+    share = r["gain_vs_zero_router"].get("share_of_ceiling")
+    return line if share is None else f"{line}; the policy's mean gain is {share:.0%} of that"
 
 
 def render_text(report: dict[str, Any]) -> str:

@@ -47,7 +47,11 @@ from banditd.evaluation.replay.scoring import (
     xy,
 )
 from banditd.evaluation.replay.trade_off import MEASURE_KEYS, check_trade_off
-from banditd.evaluation.replay.zero_router import gain_with_runs, routing_ceiling
+from banditd.evaluation.replay.zero_router import (
+    gain_with_runs,
+    routing_ceiling,
+    share_of_ceiling,
+)
 from banditd.evaluation.warm_start import WarmStartReport
 from banditd.policy import POLICIES
 from banditd.policy.base import IntArray
@@ -349,9 +353,13 @@ def replay(opts: Options) -> dict[str, Any]:
         report.update(frontier_summary(outcomes, frontier, report["single_models"], best))
     singles = xy(report["single_models"])
     report["gain_vs_zero_router"] = _gain(run, main, singles)
-    report["metadata_routing_ceiling"] = routing_ceiling(
+    ceiling = routing_ceiling(
         outcomes.quality, outcomes.cost, outcomes.metadata, opts.metadata_from, singles
     )
+    report["metadata_routing_ceiling"] = ceiling
+    gain = report["gain_vs_zero_router"]
+    for measured in (gain, *gain.get("runs", ())):
+        measured["share_of_ceiling"] = share_of_ceiling(measured["mean"], ceiling["mean"])
     if run.budgets is not None:
         report["budget_frontier"] = [
             _frontier_point(run.point(opts.cost_weight, b)) for b in run.budgets

@@ -100,6 +100,20 @@ def gain_with_runs(
     return gain
 
 
+NO_GAIN = 1e-6  # points: a gain below it is none
+
+
+def share_of_ceiling(gain: float | None, ceiling: float | None) -> float | None:
+    """The policy's mean gain as a share of the metadata routing ceiling's mean gain: how much
+    of what routing by the metadata in hindsight would gain the policy gets (above 1 where the
+    prompt's own features, or learning, gain more). None where either is missing or the
+    ceiling gains nothing (no keys, or the metadata does not tell the arms apart: below
+    NO_GAIN points, where the hulls' rounding is)."""
+    if gain is None or ceiling is None or ceiling < NO_GAIN:
+        return None
+    return gain / ceiling
+
+
 def group_routing_points(
     quality: FloatArray, cost: FloatArray, groups: Sequence[Hashable]
 ) -> Points:
