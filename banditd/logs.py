@@ -1,4 +1,9 @@
-"""structlog set-up: one JSON object per line on stdout, constant event names, key=value fields."""
+"""structlog set-up: one JSON object per line on stdout, constant event names, key=value fields.
+
+Each line leaves in one write, newline included: the processes of ``serve --workers N`` share
+one stdout, and with unbuffered output (PYTHONUNBUFFERED, as the image sets) a line written as
+text then newline, which ``print`` does, lets another process's line in between and breaks
+both for a log shipper."""
 
 from __future__ import annotations
 
@@ -33,9 +38,20 @@ def configure_logging(level: str = "info", *, cache: bool = False) -> None:
             _render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(_Stdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=cache,
     )
+
+
+class _Stdout:
+    """Whatever sys.stdout is when a line is written (a test's capture, a redirect): what
+    structlog's WriteLogger writes each line to, in one ``write`` of the line and its newline."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 def _standard(value: Any) -> Any:

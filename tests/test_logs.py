@@ -6,6 +6,10 @@ import datetime
 import functools
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,3 +56,31 @@ def test_a_decision_line_keeps_its_keys_in_order(capsys: pytest.CaptureFixture[s
     assert parsed["timestamp"].endswith("Z") and parsed["level"] == "info"
     with pytest.raises(ValueError):  # a non-finite float that escaped _standard_numbers
         logs._render(None, "info", {"event": "e", "v": math.nan})
+
+
+LINES_EACH = 3000
+_LOGGING_PROCESS = f"""
+import structlog
+from banditd.logs import configure_logging
+configure_logging("info", cache=True)
+log = structlog.get_logger("worker")
+for i in range({LINES_EACH}):
+    log.info("decision", worker=__import__("sys").argv[1], i=i, metadata={{"task": "x" * 40}})
+"""
+
+
+def test_processes_sharing_stdout_never_split_a_line(tmp_path: Path) -> None:
+    """As the workers of ``serve --workers 2`` do, unbuffered (the image sets PYTHONUNBUFFERED):
+    every line is whole, and none is lost."""
+    log = tmp_path / "shared.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _LOGGING_PROCESS, name], stdout=out, env=env)
+            for name in ("a", "b")
+        ]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    lines = log.read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # a split line does not parse
+    for name in ("a", "b"):
+        assert [e["i"] for e in events if e["worker"] == name] == list(range(LINES_EACH))
