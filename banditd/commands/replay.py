@@ -18,6 +18,8 @@ from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
     DEFAULT_METADATA_SLOTS,
     DEFAULT_PCA_FIT_SAMPLES,
+    DEFAULT_PRIOR_QUALITY,
+    DEFAULT_PRIOR_WEIGHT,
     ENCODERS,
 )
 from banditd.edge import codec
@@ -68,6 +70,22 @@ def _fraction(text: str) -> float:
     value = _non_negative(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
+def _unit(text: str) -> float:
+    """A number in [0, 1]."""
+    value = _non_negative(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A number > 0."""
+    value = _non_negative(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -220,6 +238,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
+    )
+    p.add_argument(
+        "--prior-quality",
+        type=_unit,
+        default=DEFAULT_PRIOR_QUALITY,
+        help="an arm's quality before its feedback, mid price tier (%(default)s); about the "
+        "arms' mean quality on your data (the report's single models) suits a router best",
+    )
+    p.add_argument(
+        "--prior-weight",
+        type=_positive,
+        default=DEFAULT_PRIOR_WEIGHT,
+        help="what the prior is worth, in feedback events (%(default)s)",
     )
     p.add_argument(
         "--metadata-from",

@@ -554,3 +554,26 @@ def test_bad_file_names_the_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert message in captured.err
+
+
+def test_the_routers_prior_is_a_replay_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(200))
+    at = ("--data", str(data), "--cost-weight", "50")  # the middle arm is the best buy
+    default = run_json(capsys, *at)
+    assert default["prior"] == {"quality": 0.7, "weight": 30.0}  # RouterSpec's defaults
+    low = run_json(capsys, *at, "--prior-quality", "0.2", "--prior-weight", "5")
+    assert low["prior"] == {"quality": 0.2, "weight": 5.0}
+    # The router runs with it: a prior far below the arms' qualities makes trying another arm
+    # look worse, so it explores the weak arm less.
+    assert low["picks"]["weak"] < default["picks"]["weak"]
+    assert run_json(capsys, "--data", str(data), "--policy", "random")["prior"] is None
+    for flag, bad in (
+        ("--prior-quality", "1.5"),
+        ("--prior-weight", "0"),
+        ("--prior-weight", "-1"),
+    ):
+        with pytest.raises(SystemExit):
+            cli("--data", str(data), flag, bad)
+        assert f"argument {flag}: expected" in capsys.readouterr().err

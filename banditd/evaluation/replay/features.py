@@ -94,6 +94,8 @@ def router_spec(
         arms=tuple(_arm(name, prices.get(name, 0.0), heads.get(name, (0.0, 0.0))) for name in arms),
         policy=opts.policy if opts.policy in ROUTER_POLICIES else "linucb",
         exploration=opts.exploration,
+        prior_quality=opts.prior_quality,
+        prior_weight=opts.prior_weight,
         default_cost_weight=cost_weight,
         embedding_dim=ENCODER_DIMS.get(opts.encoder, opts.embedding_dim),
         encoder=opts.encoder,

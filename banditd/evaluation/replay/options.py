@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from banditd.config import Settings
-from banditd.domain import DEFAULT_EMBEDDING_DIM, DEFAULT_METADATA_SLOTS, DEFAULT_PCA_FIT_SAMPLES
+from banditd.domain import (
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_METADATA_SLOTS,
+    DEFAULT_PCA_FIT_SAMPLES,
+    DEFAULT_PRIOR_QUALITY,
+    DEFAULT_PRIOR_WEIGHT,
+)
 from banditd.edge.tls import ClientSecurity
 
 REFERENCE_POLICIES = ("random", "cheapest", "best-single", "oracle")
@@ -81,6 +87,10 @@ class Options:
     limit: int | None = None
     embedding_dim: int = DEFAULT_EMBEDDING_DIM
     exploration: float = 0.0
+    # The router's prior (RouterSpec.prior_quality and prior_weight): an arm's quality before
+    # its own feedback, around which the price tiers spread, and what it is worth in events.
+    prior_quality: float = DEFAULT_PRIOR_QUALITY
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT
     max_prompt_chars: int = MAX_PROMPT_CHARS
     # Context features (banditd.context): record fields sent as request metadata, encoder, etc.
     metadata_from: tuple[str, ...] = ()

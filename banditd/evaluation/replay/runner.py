@@ -296,6 +296,9 @@ def replay(opts: Options) -> dict[str, Any]:
         "arms": list(outcomes.arms),
         "policy": opts.policy,
         "exploration": None if spec is None else spec.alpha,
+        "prior": None
+        if spec is None
+        else {"quality": spec.prior_quality, "weight": spec.prior_weight},
         "embedding_dim": None if spec is None else spec.embedding_dim,
         "context": None
         if spec is None
