@@ -246,6 +246,11 @@ async def test_keep_routers_needs_the_replays_router(
     await server.admin.PutRouter(pb.PutRouterRequest(router=config))
     with pytest.raises(FailedPrecondition, match=r"options in embedding_dim, metadata_keys$"):
         await asyncio.to_thread(replay.replay, opts)
+    # The policy and the prior too: the report would describe a router other than the one run.
+    other = dataclasses.replace(opts, exploration=0.1, prior_quality=0.5)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=replay_router(other)))
+    with pytest.raises(FailedPrecondition, match=r"options in alpha, prior_quality$"):
+        await asyncio.to_thread(replay.replay, opts)
 
 
 def test_metadata_fields_the_router_does_not_declare_are_refused(

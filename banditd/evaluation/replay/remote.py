@@ -40,8 +40,9 @@ from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 CALL_TIMEOUT_S = 30.0  # one Select, Feedback or PutRouter
-# What x depends on: a kept router must match the replay's options in these (and its arms).
-CONTEXT_FIELDS = (
+# What x, the choice and the prior depend on: a kept router must match the replay's options in
+# these (and its arms), or the report would describe a router other than the one that ran.
+MATCHED_FIELDS = (
     "encoder",
     "embedding_dim",
     "text_window_tokens",
@@ -50,6 +51,10 @@ CONTEXT_FIELDS = (
     "pca_dim",
     "pca_fit_samples",
     "knn_k",
+    "policy",
+    "alpha",
+    "prior_quality",
+    "prior_weight",
 )
 
 
@@ -76,8 +81,9 @@ def check_remote(
 
 
 def check_kept(admin: rpc.AdminStub, spec: RouterSpec, auth: object) -> None:
-    """The server's router ``spec`` names exists with spec's arms and context settings, so its
-    events (a warm start's) are the replay's data; else a clear error."""
+    """The server's router ``spec`` names exists with spec's arms, context settings, policy and
+    prior, so its events (a warm start's) are the replay's data and the report describes it; else
+    a clear error."""
     try:
         found = admin.GetRouter(
             pb.GetRouterRequest(tenant=spec.tenant, name=spec.name),
@@ -92,7 +98,7 @@ def check_kept(admin: rpc.AdminStub, spec: RouterSpec, auth: object) -> None:
             "warm-start it first (banditd warm-start --router-config)"
         ) from None
     live = codec.spec_from_proto(found.router)
-    differ = [f for f in CONTEXT_FIELDS if getattr(live, f) != getattr(spec, f)]
+    differ = [f for f in MATCHED_FIELDS if getattr(live, f) != getattr(spec, f)]
     if [a.name for a in live.arms] != [a.name for a in spec.arms]:
         differ.insert(0, "arms")
     if differ:
