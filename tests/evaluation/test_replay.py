@@ -569,6 +569,15 @@ def test_the_routers_prior_is_a_replay_option(
     # look worse, so it explores the weak arm less.
     assert low["picks"]["weak"] < default["picks"]["weak"]
     assert run_json(capsys, "--data", str(data), "--policy", "random")["prior"] is None
+    # The text report notes a cold router's prior far above the models' mean quality (here
+    # 0.54: 0.87, 0.59 and 0.16), not one near it, nor a warm-started router's.
+    for prior, noted in (("0.9", True), ("0.6", False)):
+        text = cli(*at, "--prior-quality", prior)
+        assert text.func(text) == 0
+        assert ("note: the models' mean quality here is 0.54" in capsys.readouterr().out) is noted
+    warm = cli(*at, "--prior-quality", "0.9", "--warm-start", str(data), "--limit", "50")
+    assert warm.func(warm) == 0
+    assert "note:" not in capsys.readouterr().out
     for flag, bad in (
         ("--prior-quality", "1.5"),
         ("--prior-weight", "0"),

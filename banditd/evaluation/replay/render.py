@@ -137,6 +137,26 @@ def _ceiling_line(r: dict[str, Any]) -> str:
     return line if share is None else f"{line}; the policy's mean gain is {share:.0%} of that"
 
 
+PRIOR_NOTE_GAP = 0.15  # the prior this far above the models' mean quality is worth a note
+
+
+def _prior_note(r: dict[str, Any]) -> list[str]:
+    """A note where a cold router's prior sits far above the models' mean quality on the data,
+    which makes it explore too much (docs/routing-quality.md, round 7); none warm-started, where
+    the warm start's outcomes outweigh the prior."""
+    if r["prior"] is None or r["warm_start"] is not None or not r["single_models"]:
+        return []
+    mean = sum(m["mean_quality"] for m in r["single_models"]) / len(r["single_models"])
+    prior = r["prior"]["quality"]
+    if prior - mean <= PRIOR_NOTE_GAP:
+        return []
+    return [
+        f"note: the models' mean quality here is {mean:.2f} and the router's prior "
+        f"{prior:g}; a prior far above the arms' quality makes a cold router explore too much "
+        f"(try --prior-quality {mean:.2f}; prior_quality in the routers file)"
+    ]
+
+
 def render_text(report: dict[str, Any]) -> str:
     """The report as tables for people."""
     lines = _summary_lines(report) + _measure_lines(report)
@@ -144,6 +164,7 @@ def render_text(report: dict[str, Any]) -> str:
         lines += _frontier_lines(report)
     lines.append(_gain_line(report))
     lines.append(_ceiling_line(report))
+    lines += _prior_note(report)
     if "budget_frontier" in report:
         lines += _budget_lines(report)
     lines.append(f"wall time {report['wall_s']} s")
