@@ -10,9 +10,8 @@ measures that on an outcome file, the way issue 18's protocol splits it:
 - fit a ridge regression on the warm-start half (or, with --knn K, take the mean of the K
   nearest warm-start prompts of the same task; with --mlp H, train a non-linear head: one hidden
   layer of H units, stopped early on a fifth of the warm-start half), predict the online half,
-  and print the
-  correlation r between prediction and outcome within each task (tasks with >= 30 online
-  prompts) and over all of them.
+  and print the correlation r between prediction and outcome within each task (tasks with >= 30
+  online prompts) and over all of them.
 
 Targets: the prompt's difficulty (the mean outcome over every model), and the best single
 model's outcome minus each other model's (what a router's choice between the two depends on).
