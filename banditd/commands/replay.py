@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from banditd import progress
 from banditd.commands import reporting
-from banditd.commands.argtypes import int_at_least
+from banditd.commands.argtypes import int_at_least, positive_float
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
     DEFAULT_METADATA_SLOTS,
@@ -78,14 +78,6 @@ def _unit(text: str) -> float:
     value = _non_negative(text)
     if value > 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    """A number > 0."""
-    value = _non_negative(text)
-    if value <= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -248,7 +240,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--prior-weight",
-        type=_positive,
+        type=positive_float,
         default=DEFAULT_PRIOR_WEIGHT,
         help="what the prior is worth, in feedback events (%(default)s)",
     )
