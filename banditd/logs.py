@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -24,10 +24,13 @@ _LEVELS = {
 }
 
 
-def configure_logging(level: str = "info", *, cache: bool = False) -> None:
+def configure_logging(
+    level: str = "info", *, cache: bool = False, stream: TextIO | None = None
+) -> None:
     """``cache``: each module's logger binds its configuration on first use, for the process's
     lifetime (a server: about 5 us less per call, emitted or filtered). Off where the
-    configuration may change later in the process (tests capture logs by reconfiguring)."""
+    configuration may change later in the process (tests capture logs by reconfiguring).
+    ``stream``: where the lines go; None: whatever sys.stdout is when a line is written."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -38,7 +41,9 @@ def configure_logging(level: str = "info", *, cache: bool = False) -> None:
             _render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(_Stdout()),  # type: ignore[arg-type]
+        logger_factory=structlog.WriteLoggerFactory(
+            _Stdout() if stream is None else stream  # type: ignore[arg-type]
+        ),
         cache_logger_on_first_use=cache,
     )
 

@@ -12,7 +12,6 @@ import cProfile
 import gc
 import os
 import pstats
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -25,13 +24,9 @@ from banditd.logs import configure_logging
 
 @contextlib.contextmanager
 def logs_to_devnull() -> Iterator[None]:
-    """Log lines at info, rendered as `serve` renders them, written to /dev/null
-    (configure_logging binds sys.stdout as it is when called)."""
-    stdout = sys.stdout
+    """Log lines at info, rendered and written as `serve` writes them, to /dev/null."""
     with open(os.devnull, "w") as null:
-        sys.stdout = null
-        configure_logging("info", cache=True)
-        sys.stdout = stdout
+        configure_logging("info", cache=True, stream=null)
         yield
 
 
