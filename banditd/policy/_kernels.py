@@ -267,3 +267,52 @@ def refactorise(
     inv = np.linalg.inv(a[arm])
     a_inv[arm] = (inv + inv.T) / 2.0
     theta[arm] = a_inv[arm] @ b[arm]
+
+
+# The unit the shared level counts observations in: the most a reward in [0, 1] can vary
+# (a fair coin's).
+REWARD_VARIANCE = 0.25
+
+
+@njit(cache=True)
+def shared_level(
+    sums: FloatArray, counts: FloatArray, means: FloatArray, weight: float, level_weight: float
+) -> float:
+    """How far below their prior means the arms' qualities sit, as one offset for them all.
+
+    sums, counts: per arm, its rewards' sum and count (discounted alike under forgetting);
+    means: the arms' prior means; weight: the observations each arm's prior is worth. Shapes
+    (n_arms,) -> float, <= 0.
+
+    An empirical-Bayes estimate. Each arm with feedback reads the offset as its mean reward less
+    its prior mean, a reading whose variance is 1/weight (the arm's own place around its prior)
+    plus 1/count (noise), in units of REWARD_VARIANCE: an arm pulled a thousand times counts for
+    at most ``weight``. Where the readings disagree more than that (prices that rank the arms
+    wrongly), the excess is estimated as a random-effects meta-analysis does (DerSimonian-Laird)
+    and added to every reading's variance, so the level follows only what the arms agree on.
+    The offset's own prior, 0, is worth ``level_weight``. The offset never rises above 0:
+    raising every untried arm's prior makes a cold router explore more, and an arm's mean reward
+    is biased up by the policy picking it where it looks good. A Numba kernel whose sums run over
+    sorted terms, so the result is the same bits whatever order a process added the arms in.
+    """
+    seen = counts > 0.0
+    n = counts[seen]
+    offsets = sums[seen] / n - means[seen]
+    spread = 1.0 / weight + 1.0 / n
+    if n.shape[0] >= 2:
+        w = 1.0 / (REWARD_VARIANCE * spread)
+        total = _sorted_sum(w)
+        apart = offsets - _sorted_sum(w * offsets) / total
+        excess = _sorted_sum(w * apart * apart) - (n.shape[0] - 1)
+        between = max(0.0, excess / (total - _sorted_sum(w * w) / total))
+        spread = spread + between / REWARD_VARIANCE
+    return min(0.0, _sorted_sum(offsets / spread) / (level_weight + _sorted_sum(1.0 / spread)))
+
+
+@njit(cache=True)
+def _sorted_sum(values: FloatArray) -> float:
+    """The sum of ``values`` in ascending order: the same bits whatever order the arms are in."""
+    total = 0.0
+    for v in np.sort(values):
+        total += v
+    return total

@@ -21,7 +21,7 @@ from banditd.domain.ceilings import (
     event_problem,
 )
 from banditd.policy import _kernels
-from banditd.policy.priors import PRICE_TIER_SPREAD, price_tier_quality
+from banditd.policy.priors import LEVEL_WEIGHT, PRICE_TIER_SPREAD, price_tier_quality
 from banditd.state import expected_costs
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
@@ -56,10 +56,11 @@ _LIMITS = np.array(
 class Prior:
     """Where every arm's statistics start and how they age: with the events, this fixes a posterior.
 
-    An arm with no feedback has A = weight * I and b = weight * q * e0 (x[0] is the
-    intercept), so its mean quality is q with ``weight`` observations behind it: q is the arm's
-    entry in ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else
-    ``quality``. Each update of an arm first discounts its A and b by ``forgetting``.
+    An arm with no feedback has A = weight * I and b = weight * q * e0 (x[0] is the intercept),
+    so its mean quality is q with ``weight`` observations behind it: q is the arm's entry in
+    ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else ``quality``.
+    The posterior's shared level then moves every arm's q alike (Posterior.theta). Each update
+    of an arm first discounts its A and b by ``forgetting``.
     """
 
     dim: int
@@ -81,16 +82,19 @@ class Prior:
         )
         return cls(spec.dim, spec.prior_quality, spec.prior_weight, spec.forgetting, arm_quality)
 
-    def quality_of(self, arm: str) -> float:
-        """The prior mean quality of an arm."""
-        return dict(self.arm_quality).get(arm, self.quality)
+    def quality_of(self, arms: list[str]) -> FloatArray:
+        """The prior mean quality of each arm, shape (len(arms),)."""
+        tiers = dict(self.arm_quality)
+        return np.array([tiers.get(arm, self.quality) for arm in arms], dtype=np.float64)
 
 
 @dataclass
 class Posterior:
     """Statistics of every arm ever configured or rewarded, by name.
 
-    a, a_inv: (n_arms, dim, dim); b, theta: (n_arms, dim); counters: (n_arms,).
+    a, a_inv: (n_arms, dim, dim); b, fit, theta: (n_arms, dim); counters: (n_arms,).
+    fit = A^-1 b, the ridge fit; theta, what policies score with, is fit + weight x level x
+    A^-1 e0 (the prior moved by the shared level), always derived afresh: the same bits anywhere.
     cost_*: the same shapes, a ridge regression of reported cost (USD) on x over the events that
     report a cost and no tokens: an arm's price where it depends on the request (a task whose
     answers run long), learned separately from quality so one posterior serves every cost weight.
@@ -102,7 +106,7 @@ class Posterior:
     a: FloatArray
     a_inv: FloatArray
     b: FloatArray
-    theta: FloatArray
+    fit: FloatArray
     n_updates: npt.NDArray[np.int64]
     output_tokens_sum: FloatArray
     output_tokens_n: npt.NDArray[np.int64]
@@ -128,9 +132,19 @@ class Posterior:
     energy_n: npt.NDArray[np.int64] = dataclasses.field(
         default_factory=lambda: np.zeros(0, dtype=np.int64)
     )
+    # The shared level (banditd.policy._kernels.shared_level): every arm's prior mean moves by
+    # ``level`` (<= 0), learnt from each arm's rewards (sum and count, discounted as b is).
+    reward_sum: FloatArray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    reward_n: FloatArray = dataclasses.field(default_factory=lambda: np.zeros(0))
     input_tokens_sum: float = 0.0
     input_tokens_n: int = 0
     last_event_id: int = 0
+    level: float = dataclasses.field(init=False, default=0.0)
+    theta: FloatArray = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.theta = np.empty_like(self.fit)
+        self._relevel()
 
     @classmethod
     def empty(cls, prior: Prior, prior_output_tokens: float) -> Posterior:
@@ -142,7 +156,7 @@ class Posterior:
             a=np.zeros((0, dim, dim)),
             a_inv=np.zeros((0, dim, dim)),
             b=np.zeros((0, dim)),
-            theta=np.zeros((0, dim)),
+            fit=np.zeros((0, dim)),
             n_updates=np.zeros(0, dtype=np.int64),
             output_tokens_sum=np.zeros(0),
             output_tokens_n=np.zeros(0, dtype=np.int64),
@@ -162,15 +176,18 @@ class Posterior:
         except ValueError:
             pass
         eye = np.eye(self.dim)[None]
-        weight, quality = self.prior.weight, self.prior.quality_of(arm)
+        weight = self.prior.weight
         theta0 = np.zeros((1, self.dim))
-        theta0[0, 0] = quality
+        theta0[0, 0] = self.prior.quality_of([arm])[0]
         self.arms.append(arm)
         self.a = np.concatenate([self.a, weight * eye])
         self.a_inv = np.concatenate([self.a_inv, eye / weight])
         self.b = np.concatenate([self.b, weight * theta0])
+        self.fit = np.concatenate([self.fit, theta0])
         self.theta = np.concatenate([self.theta, theta0])
         self.n_updates = np.append(self.n_updates, 0)
+        self.reward_sum = np.append(self.reward_sum, 0.0)
+        self.reward_n = np.append(self.reward_n, 0.0)
         self.output_tokens_sum = np.append(self.output_tokens_sum, 0.0)
         self.output_tokens_n = np.append(self.output_tokens_n, 0)
         self.observed_cost_sum = np.append(self.observed_cost_sum, 0.0)
@@ -191,6 +208,7 @@ class Posterior:
                 )
             setattr(self, f"{head}_sum", np.append(getattr(self, f"{head}_sum"), 0.0))
             setattr(self, f"{head}_n", np.append(getattr(self, f"{head}_n"), 0))
+        self._relevel()  # the new arm's theta: its prior moved by the level
         return len(self.arms) - 1
 
     def apply(self, event: FeedbackEvent) -> str | None:
@@ -211,7 +229,9 @@ class Posterior:
         if event.reward_delta is not None:
             # A later signal for a decision already counted: move its reward, not its weight.
             self.b[idx] += event.reward_delta * event.x
-            self.theta[idx] = self.a_inv[idx] @ self.b[idx]
+            self.fit[idx] = self.a_inv[idx] @ self.b[idx]
+            self.reward_sum[idx] += event.reward_delta
+            self._relevel()
             return None
         self._reward(idx, event.x, event.reward)
         if event.output_tokens is not None:
@@ -245,11 +265,22 @@ class Posterior:
 
     def _reward(self, idx: int, x: FloatArray, reward: float) -> None:
         _kernels.sherman_morrison_update(
-            self.a, self.a_inv, self.b, self.theta, idx, x, reward, self.prior.forgetting
+            self.a, self.a_inv, self.b, self.fit, idx, x, reward, self.prior.forgetting
         )
         self.n_updates[idx] += 1
         if self.n_updates[idx] % REFACTORISE_EVERY == 0:
-            _kernels.refactorise(self.a, self.a_inv, self.b, self.theta, idx)
+            _kernels.refactorise(self.a, self.a_inv, self.b, self.fit, idx)
+        gamma = self.prior.forgetting
+        self.reward_sum[idx] = gamma * self.reward_sum[idx] + reward
+        self.reward_n[idx] = gamma * self.reward_n[idx] + 1.0
+        self._relevel()
+
+    def _relevel(self) -> None:
+        """The shared level the rewards now show, and theta from it (elementwise: same bits)."""
+        means, weight = self.prior.quality_of(self.arms), self.prior.weight
+        level = _kernels.shared_level(self.reward_sum, self.reward_n, means, weight, LEVEL_WEIGHT)
+        np.add(self.fit, (weight * level) * self.a_inv[:, 0, :], out=self.theta)
+        self.level = level
 
     def _duel(self, idx: int, event: FeedbackEvent) -> str | None:
         """A preference between a decision's arm and its challenger: each arm learns its own

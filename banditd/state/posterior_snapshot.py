@@ -28,8 +28,10 @@ def dump(post: Posterior) -> bytes:
         a=post.a,
         a_inv=post.a_inv,
         b=post.b,
-        theta=post.theta,
+        fit=post.fit,
         n_updates=post.n_updates,
+        reward_sum=post.reward_sum,
+        reward_n=post.reward_n,
         output_tokens_sum=post.output_tokens_sum,
         output_tokens_n=post.output_tokens_n,
         observed_cost_sum=post.observed_cost_sum,
@@ -51,12 +53,15 @@ def dump(post: Posterior) -> bytes:
 
 def load(data: bytes) -> Posterior:
     """The posterior a snapshot blob holds; ValueError for a snapshot written before the cost
-    model or the latency and energy heads, or holding a non-finite statistic."""
+    model, the latency and energy heads or the shared level, or holding a non-finite
+    statistic."""
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         if "cost_a" not in z:
             raise ValueError("snapshot predates the cost model")
         if "lat_a" not in z:
             raise ValueError("snapshot predates the latency and energy heads")
+        if "reward_sum" not in z:
+            raise ValueError("snapshot predates the shared prior level")
         for name in z.files:
             if z[name].dtype.kind == "f" and not np.all(np.isfinite(z[name])):
                 raise ValueError(f"snapshot holds non-finite values in {name}")
@@ -78,8 +83,10 @@ def load(data: bytes) -> Posterior:
             a=z["a"].reshape(k, dim, dim).copy(),
             a_inv=z["a_inv"].reshape(k, dim, dim).copy(),
             b=z["b"].reshape(k, dim).copy(),
-            theta=z["theta"].reshape(k, dim).copy(),
+            fit=z["fit"].reshape(k, dim).copy(),
             n_updates=z["n_updates"].copy(),
+            reward_sum=z["reward_sum"].copy(),
+            reward_n=z["reward_n"].copy(),
             output_tokens_sum=z["output_tokens_sum"].copy(),
             output_tokens_n=z["output_tokens_n"].copy(),
             observed_cost_sum=z["observed_cost_sum"].copy(),

@@ -187,7 +187,6 @@ async def test_changing_the_prior_rebuilds_the_posterior_from_the_log(
     for event in await EventLog(server.app.db).after(1, 0):
         expected.apply(event)
     for arm in ("cheap", "mid", "strong"):
-        np.testing.assert_array_equal(
-            state.posterior.theta[state.posterior.index(arm)], expected.theta[expected.index(arm)]
-        )
+        live, rebuilt = state.posterior.index(arm), expected.index(arm)  # may add an unseen arm
+        np.testing.assert_array_equal(state.posterior.theta[live], expected.theta[rebuilt])
     assert state.posterior.last_event_id == 45

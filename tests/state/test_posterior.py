@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
+from banditd.policy.priors import LEVEL_WEIGHT
 from banditd.state import posterior_snapshot
 from banditd.state.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
 
@@ -36,25 +37,30 @@ def events(n: int, dim: int, seed: int = 0) -> list[FeedbackEvent]:
 
 def test_rank_one_updates_match_direct_solution() -> None:
     dim = 5
-    post = Posterior.empty(Prior(dim), 300)
+    post = Posterior.empty(Prior(dim, quality=1.0), 300)
     log = events(3 * REFACTORISE_EVERY + 10, dim)
     for e in log:
         post.apply(e)
+    # Rewards are uniform on [0, 1], half a point under the prior (1, worth 1): the shared level
+    # comes down, three arms worth at most 1 each against its own prior's LEVEL_WEIGHT.
+    rewards = {arm: np.array([e.reward for e in log if e.arm == arm]) for arm in "abc"}
+    assert -0.5 * 3 / (LEVEL_WEIGHT + 3) < post.level < -0.08
     for arm in ("a", "b", "c"):
         xs = np.array([e.x for e in log if e.arm == arm])
-        rs = np.array([e.reward for e in log if e.arm == arm])
         a = np.eye(dim) + xs.T @ xs
+        b = xs.T @ rewards[arm] + np.eye(dim)[0]  # the prior: 1, worth 1
+        moved = b + post.level * np.eye(dim)[0]  # ... moved by the level
         idx = post.index(arm)
         np.testing.assert_allclose(post.a[idx], a, rtol=1e-12)
         np.testing.assert_allclose(post.a_inv[idx], np.linalg.inv(a), rtol=1e-8, atol=1e-12)
-        np.testing.assert_allclose(
-            post.theta[idx], np.linalg.solve(a, xs.T @ rs), rtol=1e-8, atol=1e-12
-        )
+        np.testing.assert_allclose(post.b[idx], b, rtol=1e-12)
+        np.testing.assert_allclose(post.fit[idx], np.linalg.solve(a, b), rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(post.theta[idx], np.linalg.solve(a, moved), rtol=1e-8)
 
 
 def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
     log = events(50, 4)
-    one, two = Posterior.empty(Prior(4), 300), Posterior.empty(Prior(4), 300)
+    one, two = Posterior.empty(Prior(4, 1.0), 300), Posterior.empty(Prior(4, 1.0), 300)
     for e in log[:30]:
         one.apply(e)
     restored = posterior_snapshot.load(posterior_snapshot.dump(one))
@@ -62,9 +68,10 @@ def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
         restored.apply(e)
     for e in log:
         two.apply(e)
-    for name in ("a_inv", "theta", "b", "a", "n_updates", "output_tokens_sum"):
+    for name in ("a_inv", "theta", "b", "a", "n_updates", "output_tokens_sum", "reward_sum"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(two, name))
     assert restored.last_event_id == two.last_event_id == 50
+    assert restored.level == two.level != 0.0
     per_token = ArmSpec("a", 0.0, 1e6)  # a dollar an output token
     assert expected_cost(restored, per_token, 100) == expected_cost(two, per_token, 100)
 
@@ -154,3 +161,19 @@ def test_a_snapshot_from_before_the_cost_model_is_refused() -> None:
         np.savez(buf, **{k: z[k] for k in z.files if not k.startswith("cost_")})
     with pytest.raises(ValueError, match="predates the cost model"):
         posterior_snapshot.load(buf.getvalue())
+
+
+def test_the_order_arms_were_added_in_changes_no_bit() -> None:
+    # A replica that added the arms in another order (the router's arms first, or as events
+    # came) holds the same level and theta: the level's sums and theta are order-free.
+    log = [replace(e, reward=e.reward / 2) for e in events(60, 4)]  # under the prior: a level
+    first, later = Posterior.empty(Prior(4, 0.8), 300), Posterior.empty(Prior(4, 0.8), 300)
+    for arm in ("c", "b", "a", "d"):
+        first.index(arm)
+    for e in log:
+        first.apply(e)
+        later.apply(e)
+    later.index("d")
+    assert first.level == later.level < 0
+    for arm in ("a", "b", "c", "d"):
+        np.testing.assert_array_equal(first.theta[first.index(arm)], later.theta[later.index(arm)])
