@@ -137,10 +137,10 @@ def _ceiling_line(r: dict[str, Any]) -> str:
     return line if share is None else f"{line}; the policy's mean gain is {share:.0%} of that"
 
 
-# The prior this far above the models' mean quality is worth a note. The shared level follows
-# the arms' feedback (banditd.policy._kernels.shared_level), which recovers most of a gap of 0.2,
-# not all of one of 0.35 (docs/routing-quality.md, round 8).
-PRIOR_NOTE_GAP = 0.25
+# The prior this far above the models' mean quality is worth a note. The shared level
+# (banditd.policy._kernels.shared_level) recovers most of such a gap by itself, not all of it
+# (docs/routing-quality.md, round 8).
+PRIOR_NOTE_GAP = 0.15
 
 
 def _prior_note(r: dict[str, Any]) -> list[str]:
