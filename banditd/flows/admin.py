@@ -35,6 +35,7 @@ class RouterStats:
     # Context features: the featurisation in use and the kNN index size (0 without kNN).
     context_version: str = ""
     knn_indexed: int = 0
+    prior_level: float = 0.0  # prior_quality + the posterior's shared level
     # Latency and energy heads, by arm: (mean latency_ms, reports, mean energy_wh, reports).
     heads: dict[str, tuple[float, int, float, int]] = field(default_factory=dict)
     usage: dict[str, UsageTotals] = field(default_factory=dict)  # gateway usage reports, by arm
@@ -102,6 +103,7 @@ class Admin:
             health,
             context_version=context.version if context is not None else "",
             knn_indexed=context.knn.size if context is not None and context.knn else 0,
+            prior_level=state.posterior.prior.quality + state.posterior.level,
             heads={n: state.posterior.reported_means(n) for n in names},
             usage=await UsageStore(self._store.db).totals(state.router_id),
         )

@@ -1128,6 +1128,7 @@ class GetStatsResponse(_message.Message):
     LAG_EVENTS_FIELD_NUMBER: _builtins.int
     CONTEXT_VERSION_FIELD_NUMBER: _builtins.int
     KNN_INDEXED_FIELD_NUMBER: _builtins.int
+    PRIOR_LEVEL_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     MEAN_REWARD_FIELD_NUMBER: _builtins.int
     MEAN_COST_USD_FIELD_NUMBER: _builtins.int
@@ -1144,6 +1145,11 @@ class GetStatsResponse(_message.Message):
     context_version: _builtins.str
     """Context features: the router's featurisation now, and how many outcomes its kNN index holds."""
     knn_indexed: _builtins.int
+    prior_level: _builtins.float
+    """Where the arms' priors are centred now: the router's prior_quality plus the shared level
+    learnt from every arm's feedback (never above prior_quality). Far below it, the arms answer
+    worse than the prior assumed; set prior_quality near it.
+    """
     mean_reward: _builtins.float
     mean_cost_usd: _builtins.float
     @_builtins.property
@@ -1168,13 +1174,14 @@ class GetStatsResponse(_message.Message):
         lag_events: _builtins.int = ...,
         context_version: _builtins.str = ...,
         knn_indexed: _builtins.int = ...,
+        prior_level: _builtins.float = ...,
         shadows: _abc.Iterable[Global___ShadowStats] | None = ...,
         mean_reward: _builtins.float = ...,
         mean_cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "context_version", b"context_version", "decisions", b"decisions", "feedback_count", b"feedback_count", "knn_indexed", b"knn_indexed", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "mean_cost_usd", b"mean_cost_usd", "mean_reward", b"mean_reward", "name", b"name", "shadows", b"shadows", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_event_id", b"applied_event_id", "arms", b"arms", "context_version", b"context_version", "decisions", b"decisions", "feedback_count", b"feedback_count", "knn_indexed", b"knn_indexed", "lag_events", b"lag_events", "log_event_id", b"log_event_id", "mean_cost_usd", b"mean_cost_usd", "mean_reward", b"mean_reward", "name", b"name", "prior_level", b"prior_level", "shadows", b"shadows", "spend_usd", b"spend_usd", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

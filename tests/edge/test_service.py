@@ -173,6 +173,25 @@ async def test_feedback_updates_stats_and_spend(
     assert sum(a.mean_reward * a.feedback_count for a in stats.arms) == pytest.approx(1.0)
 
 
+async def test_stats_show_where_feedback_brought_the_prior_level(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(prior_quality=0.8)))
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.prior_level == pytest.approx(0.8)  # no feedback: the router's prior_quality
+    for i in range(60):  # every arm answers badly: one good answer in ten
+        d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="q"))
+        thumb = pb.THUMB_UP if i % 10 == 0 else pb.THUMB_DOWN
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, thumb=thumb)
+        )
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    state = server.app.catalog._by_id[1]
+    assert stats.prior_level == pytest.approx(0.8 + state.posterior.level)
+    assert stats.prior_level < 0.6
+
+
 async def test_changing_the_prior_rebuilds_the_posterior_from_the_log(
     database_url: str, start_server: StartServer
 ) -> None:

@@ -68,6 +68,7 @@ def stats_to_proto(stats: RouterStats) -> pb.GetStatsResponse:
         mean_cost_usd=_ratio(sum(a.spend_usd for a in stats.arms), fed),
         context_version=stats.context_version,
         knn_indexed=stats.knn_indexed,
+        prior_level=stats.prior_level,
     )
 
 
