@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +22,7 @@ from banditd.domain.ceilings import (
 from banditd.policy import _kernels
 from banditd.policy.priors import LEVEL_WEIGHT, PRICE_TIER_SPREAD, price_tier_quality
 from banditd.state import expected_costs
+from banditd.state.heads import HEAD_RIDGE, HEADS, empty_heads
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 # The cost model (reported costs regressed on x) prices an arm once it has this many reports;
@@ -30,13 +30,6 @@ REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 COST_MODEL_MIN_EVENTS = 20
 COST_FLOOR, COST_CEILING = 0.05, 20.0
 PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
-# The latency and energy heads (issue 21) are regressions of reported latency_ms and energy_wh
-# on x, built as the cost model is (same kernels, separate statistics): "lat_*" and "energy_*"
-# arrays, each (a, a_inv, b, theta) with a sum and a count of reports per arm.
-# Their ridge is HEAD_RIDGE, not the quality prior's weight: a prior worth 30 observations would
-# pull a latency of 8 s toward 0 by half after 20 reports (the heads' prior is their mean).
-HEADS = ("lat", "energy")
-HEAD_RIDGE = 1.0
 
 
 # What the estimates are kept within (banditd.state.expected_costs's ``limits``).
@@ -166,7 +159,7 @@ class Posterior:
             cost_a_inv=np.zeros((0, dim, dim)),
             cost_b=np.zeros((0, dim)),
             cost_theta=np.zeros((0, dim)),
-            **_empty_heads(dim),
+            **empty_heads(dim),
         )
 
     def index(self, arm: str) -> int:
@@ -377,24 +370,3 @@ class Posterior:
     def expected_input_tokens(self) -> float:
         """Mean reported input tokens (for requests that carry an embedding, not a prompt)."""
         return (PRIOR_INPUT_TOKENS + self.input_tokens_sum) / (1 + self.input_tokens_n)
-
-
-def head_shapes(dim: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """(array name, shape per arm) of one latency or energy head with ``dim`` features."""
-    return (
-        ("a", (dim, dim)),
-        ("a_inv", (dim, dim)),
-        ("b", (dim,)),
-        ("theta", (dim,)),
-        ("sum", ()),
-        ("n", ()),
-    )
-
-
-def _empty_heads(dim: int) -> dict[str, Any]:
-    """Empty latency and energy statistics for ``dim`` features."""
-    return {
-        f"{h}_{name}": np.zeros((0, *shape), dtype=np.int64 if name == "n" else np.float64)
-        for h in HEADS
-        for name, shape in head_shapes(dim)
-    }

@@ -11,7 +11,8 @@ import io
 
 import numpy as np
 
-from banditd.state.posterior import HEADS, Posterior, Prior, head_shapes
+from banditd.state.heads import HEADS, head_shapes
+from banditd.state.posterior import Posterior, Prior
 
 
 def dump(post: Posterior) -> bytes:
