@@ -134,9 +134,11 @@ class Posterior:
     last_event_id: int = 0
     level: float = dataclasses.field(init=False, default=0.0)
     theta: FloatArray = dataclasses.field(init=False)
+    prior_mean: FloatArray = dataclasses.field(init=False)  # per arm, once, not on every event
 
     def __post_init__(self) -> None:
         self.theta = np.empty_like(self.fit)
+        self.prior_mean = self.prior.quality_of(self.arms)
         self._relevel()
 
     @classmethod
@@ -172,6 +174,7 @@ class Posterior:
         weight = self.prior.weight
         theta0 = np.zeros((1, self.dim))
         theta0[0, 0] = self.prior.quality_of([arm])[0]
+        self.prior_mean = np.append(self.prior_mean, theta0[0, 0])
         self.arms.append(arm)
         self.a = np.concatenate([self.a, weight * eye])
         self.a_inv = np.concatenate([self.a_inv, eye / weight])
@@ -270,8 +273,10 @@ class Posterior:
 
     def _relevel(self) -> None:
         """The shared level the rewards now show, and theta from it (elementwise: same bits)."""
-        means, weight = self.prior.quality_of(self.arms), self.prior.weight
-        level = _kernels.shared_level(self.reward_sum, self.reward_n, means, weight, LEVEL_WEIGHT)
+        weight = self.prior.weight
+        level = _kernels.shared_level(
+            self.reward_sum, self.reward_n, self.prior_mean, weight, LEVEL_WEIGHT
+        )
         np.add(self.fit, (weight * level) * self.a_inv[:, 0, :], out=self.theta)
         self.level = level
 
