@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -51,9 +52,11 @@ class OutcomeIndex:
         self.device = device if device is not None else faiss_device()
         self.arms = {name: i for i, name in enumerate(arms)}
         self.n_arms = len(arms)
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self.arm_idx: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self.rewards: FloatArray = np.zeros(0)
+        # Row buffers with spare capacity (doubled when full), so an add copies nothing already
+        # held; the first ``size`` rows are the outcomes.
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._arm_idx: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._rewards: FloatArray = np.zeros(0)
         self.approximate = False
         self.index: faiss.Index = self.device.flat(dim)
         self.last_event_id = 0
@@ -62,8 +65,8 @@ class OutcomeIndex:
         """An independent copy on the same device (replay forks; a GPU index has no pickle)."""
         twin = copy.copy(self)
         twin.arms = dict(self.arms)
-        twin.vectors, twin.arm_idx = self.vectors.copy(), self.arm_idx.copy()
-        twin.rewards = self.rewards.copy()
+        twin._vectors, twin._arm_idx = self.vectors.copy(), self.arm_idx.copy()
+        twin._rewards = self.rewards.copy()
         twin.index = self.device.copy(self.index)
         return twin
 
@@ -71,21 +74,51 @@ class OutcomeIndex:
     def size(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def vectors(self) -> npt.NDArray[np.float32]:
+        """The indexed embeddings, shape (size, dim), unit length."""
+        return self._vectors[: self.size]
+
+    @property
+    def arm_idx(self) -> npt.NDArray[np.int64]:
+        """Each indexed outcome's arm, as its position in the router's arms."""
+        return self._arm_idx[: self.size]
+
+    @property
+    def rewards(self) -> FloatArray:
+        return self._rewards[: self.size]
+
     def add(self, vec: FloatArray, arm: str, reward: float) -> bool:
         """Index one outcome; False (nothing added) for an unknown arm or a zero vector."""
         j = self.arms.get(arm)
         unit = _unit(vec)
         if j is None or unit is None:
             return False
-        row = unit[None].astype(np.float32)
-        self.vectors = np.concatenate([self.vectors, row]) if self.size else row
-        self.arm_idx = np.append(self.arm_idx, j)
-        self.rewards = np.append(self.rewards, reward)
-        if not self.approximate and self.size + 1 >= self.approx_after:
-            self.index, self.approximate = self.device.approximate(self.vectors), True
+        n = self.size
+        if n == len(self._rewards):
+            self._vectors, self._arm_idx, self._rewards = (
+                _grown(buf, n) for buf in (self._vectors, self._arm_idx, self._rewards)
+            )
+        self._vectors[n], self._arm_idx[n], self._rewards[n] = unit, j, reward
+        if not self.approximate and n + 1 >= self.approx_after:
+            self.index, self.approximate = self.device.approximate(self._vectors[: n + 1]), True
         else:
-            self.index.add(row)
+            self.index.add(self._vectors[n : n + 1])
         return True
+
+    def load(
+        self, vectors: npt.NDArray[np.float32], arm_idx: npt.NDArray[np.int64], rewards: FloatArray
+    ) -> None:
+        """Hold exactly these outcomes (unit-length rows; arms by position), in an index of the
+        kind adding them one at a time would end with: how the benchmarks fill a large one."""
+        self._vectors, self._arm_idx = np.array(vectors, np.float32), np.array(arm_idx, np.int64)
+        self._rewards = np.array(rewards, np.float64)
+        self.approximate = self.approx_after <= len(vectors)
+        if self.approximate:
+            self.index = self.device.approximate(self._vectors)
+        else:
+            self.index = self.device.flat(self.dim)
+            self.index.add(self._vectors)
 
     def features(self, vec: FloatArray) -> FloatArray:
         """Per arm [weighted mean reward, neighbour share], shape (2 * n_arms,)."""
@@ -115,6 +148,13 @@ def neighbour_features(
     count = np.bincount(arm_idx, minlength=n_arms)
     out[0::2] = np.divide(total, weight, out=np.zeros(n_arms), where=weight > 0)
     out[1::2] = count / k
+    return out
+
+
+def _grown(buf: npt.NDArray[Any], n: int) -> npt.NDArray[Any]:
+    """buf's first n rows in a buffer of twice the capacity (at least 64 rows)."""
+    out = np.zeros((max(2 * n, 64), *buf.shape[1:]), dtype=buf.dtype)
+    out[:n] = buf[:n]
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -261,21 +262,35 @@ def _brute_force(
     return out
 
 
-@pytest.mark.parametrize("approx_after", [10_000, 20])
+@pytest.mark.parametrize("approx_after", [10_000, 20, 100])
 def test_knn_features_equal_a_brute_force_computation(approx_after: int) -> None:
     rng = np.random.default_rng(5)
-    vectors = rng.normal(size=(60, 6))
-    arm_idx = rng.integers(2, size=60)
-    rewards = rng.random(60)
+    vectors = rng.normal(size=(300, 6))  # past the row buffers' first doublings (64, 128, 256)
+    arm_idx = rng.integers(2, size=300)
+    rewards = rng.random(300)
     index = OutcomeIndex(6, ["a", "b"], k=7, approx_after=approx_after)
     for vec, arm, reward in zip(vectors, arm_idx, rewards, strict=True):
         assert index.add(vec, "ab"[arm], float(reward))
-    assert index.approximate == (approx_after <= 60)
+    assert index.approximate == (approx_after <= 300)
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.vectors, units, rtol=1e-6)
+    np.testing.assert_array_equal(index.arm_idx, arm_idx)
+    np.testing.assert_array_equal(index.rewards, rewards)
     assert not index.add(np.zeros(6), "a", 1.0)  # no direction: not indexed
     assert not index.add(np.ones(6), "unknown-arm", 1.0)
     for query in rng.normal(size=(5, 6)):
         expected = _brute_force(vectors, arm_idx, rewards, query, 7)
         np.testing.assert_allclose(index.features(query), expected, atol=1e-5)
+    loaded = OutcomeIndex(6, ["a", "b"], k=7, approx_after=approx_after)
+    loaded.load(units.astype(np.float32), arm_idx, rewards)
+    assert loaded.approximate == index.approximate and loaded.size == 300
+    twin = copy.deepcopy(index)
+    twin.add(units[0], "b", 0.0)  # a replay fork grows apart from its parent
+    assert (twin.size, index.size) == (301, 300)
+    for query in rng.normal(size=(5, 6)):
+        expected = _brute_force(vectors, arm_idx, rewards, query, 7)
+        np.testing.assert_allclose(index.features(query), expected, atol=1e-5)
+        np.testing.assert_allclose(loaded.features(query), expected, atol=1e-5)
     empty = OutcomeIndex(6, ["a", "b"], k=7)
     assert not empty.features(vectors[0]).any()
     assert neighbour_features(

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from banditd.commands.bench.context import fill_index
 from banditd.context import device
 from banditd.context.knn import OutcomeIndex
 from banditd.v1 import banditd_pb2 as pb
@@ -83,7 +82,7 @@ def test_gpu_approximate_index_finds_the_exact_neighbours(gpu: device.FaissDevic
     vectors, queries = _fixed_set(50_000, 3), _fixed_set(200, 4)
     rng = np.random.default_rng(6)
     approximate = OutcomeIndex(32, ARMS, k=20, approx_after=50_000, device=gpu)
-    fill_index(approximate, vectors, rng.integers(11, size=50_000), rng.random(50_000))
+    approximate.load(vectors, rng.integers(11, size=50_000), rng.random(50_000))
     assert approximate.approximate and type(approximate.index).__name__ == "GpuIndexIVFFlat"
     assert approximate.add(queries[0].astype(np.float64), "m1", 1.0)  # adds go on after training
     assert approximate.size == 50_001

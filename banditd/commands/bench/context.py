@@ -108,7 +108,7 @@ def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
         for kind, approx_after in (("flat", size + 1), (approximate, 1)):
             index = OutcomeIndex(dim, arms, k=20, approx_after=approx_after)
             started = time.perf_counter()
-            fill_index(index, vectors, arm_idx, rewards)
+            index.load(vectors, arm_idx, rewards)
             build_s = time.perf_counter() - started
             query: FloatArray = rng.normal(size=dim)
             out[f"{kind}_{size}"] = {
@@ -116,17 +116,6 @@ def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
                 **_latency(functools.partial(index.features, query), seconds, 2000),
             }
     return out
-
-
-def fill_index(index: Any, vectors: Any, arm_idx: Any, rewards: Any) -> None:
-    """Bulk-load an OutcomeIndex (same end state as adding one outcome at a time)."""
-    index.vectors = vectors
-    index.arm_idx = arm_idx
-    index.rewards = rewards
-    if index.approx_after <= len(vectors):
-        index.index, index.approximate = index.device.approximate(vectors), True
-    else:
-        index.index.add(vectors)
 
 
 def select_bench(encoder: str, seconds: float) -> dict[str, Any]:

@@ -59,7 +59,6 @@ def _batch_query(index: Any, queries: np.ndarray[Any, Any]) -> int:
 
 
 def knn(size: int, device: Any, seconds: float) -> dict[str, Any]:
-    from banditd.commands.bench.context import fill_index
     from banditd.context.knn import OutcomeIndex
 
     vectors, queries = _vectors(size, 1), _vectors(QUERY_BATCH, 2)
@@ -69,7 +68,7 @@ def knn(size: int, device: Any, seconds: float) -> dict[str, Any]:
     for kind, approx_after in (("flat", size + 1), ("approximate", 1)):
         index = OutcomeIndex(DIM, ARMS, K, approx_after=approx_after, device=device)
         started = time.perf_counter()
-        fill_index(index, vectors, rng.integers(len(ARMS), size=size), rng.random(size))
+        index.load(vectors, rng.integers(len(ARMS), size=size), rng.random(size))
         entry: dict[str, Any] = {"build_s": round(time.perf_counter() - started, 3)}
         entry["one_query_per_s"] = _rate(
             functools.partial(_one_query, index, queries, itertools.count()), seconds
