@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -21,15 +22,29 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def float_between(
+    low: float, high: float = math.inf, *, strict: bool = False
+) -> Callable[[str], float]:
+    """A finite number in [low, high], or in (low, high) when strict."""
+    if high == math.inf:
+        wanted = f"a number {'>' if strict else '>='} {low:g}"
+    else:
+        wanted = f"a number in {'(' if strict else '['}{low:g}, {high:g}{')' if strict else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = low < value < high if strict else low <= value <= high
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_float = float_between(0.0, strict=True)
 
 
 def ints_at_least(minimum: int) -> Callable[[str], tuple[int, ...]]:

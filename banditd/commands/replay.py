@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from banditd import progress
 from banditd.commands import reporting
-from banditd.commands.argtypes import int_at_least, positive_float
+from banditd.commands.argtypes import float_between, int_at_least, positive_float
 from banditd.domain import (
     DEFAULT_EMBEDDING_DIM,
     DEFAULT_METADATA_SLOTS,
@@ -55,30 +55,6 @@ def _floats(text: str) -> tuple[float, ...]:
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers >= 0: {text!r}")
     return values
-
-
-def _non_negative(text: str) -> float:
-    """A number >= 0."""
-    values = _floats(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one number, got {text!r}")
-    return values[0]
-
-
-def _fraction(text: str) -> float:
-    """A number strictly between 0 and 1."""
-    value = _non_negative(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
-    return value
-
-
-def _unit(text: str) -> float:
-    """A number in [0, 1]."""
-    value = _non_negative(text)
-    if value > 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -159,24 +135,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="linucb",
         help="(linucb) random, cheapest, best-single and oracle are references, not learning",
     )
-    p.add_argument("--cost-weight", type=_non_negative, default=0.0, help="USD -> quality (0)")
+    p.add_argument("--cost-weight", type=float_between(0.0), default=0.0, help="USD -> quality (0)")
     p.add_argument(
         "--latency-weight",
-        type=_non_negative,
+        type=float_between(0.0),
         help="utility per second of expected latency, as SelectRequest.latency_weight (0)",
     )
     p.add_argument(
         "--energy-weight",
-        type=_non_negative,
+        type=float_between(0.0),
         help="utility per Wh of expected energy, as SelectRequest.energy_weight (0)",
     )
     p.add_argument(
         "--max-latency-ms",
-        type=_non_negative,
+        type=float_between(0.0),
         help="arms whose expected latency is over it are not eligible (none); a prompt with no "
         "arm left is refused",
     )
-    p.add_argument("--budget-usd", type=_non_negative, help="total spend allowed (none)")
+    p.add_argument("--budget-usd", type=float_between(0.0), help="total spend allowed (none)")
     p.add_argument("--feedback", choices=FEEDBACK, default="score", help="(score)")
     p.add_argument(
         "--arm-prices",
@@ -190,7 +166,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--split",
-        type=_fraction,
+        type=float_between(0.0, 1.0, strict=True),
         metavar="FRACTION",
         help="replay only the records after this fraction of --data (by line order)",
     )
@@ -229,11 +205,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--embedding-dim", type=int_at_least(1), default=DEFAULT_EMBEDDING_DIM, help="(%(default)s)"
     )
     p.add_argument(
-        "--exploration", type=_non_negative, default=0.0, help="policy parameter (0: its default)"
+        "--exploration",
+        type=float_between(0.0),
+        default=0.0,
+        help="policy parameter (0: its default)",
     )
     p.add_argument(
         "--prior-quality",
-        type=_unit,
+        type=float_between(0.0, 1.0),
         default=DEFAULT_PRIOR_QUALITY,
         help="an arm's quality before its feedback, mid price tier (%(default)s); about the "
         "arms' mean quality on your data (the report's single models) suits a router best",

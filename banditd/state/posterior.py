@@ -230,6 +230,7 @@ class Posterior:
             self._relevel()
             return None
         self._reward(idx, event.x, event.reward)
+        self._relevel()
         if event.output_tokens is not None:
             self.output_tokens_sum[idx] += event.output_tokens
             self.output_tokens_n[idx] += 1
@@ -260,6 +261,7 @@ class Posterior:
         return None
 
     def _reward(self, idx: int, x: FloatArray, reward: float) -> None:
+        """One reward into arm idx's quality model; the caller relevels."""
         _kernels.sherman_morrison_update(
             self.a, self.a_inv, self.b, self.fit, idx, x, reward, self.prior.forgetting
         )
@@ -269,7 +271,6 @@ class Posterior:
         gamma = self.prior.forgetting
         self.reward_sum[idx] = gamma * self.reward_sum[idx] + reward
         self.reward_n[idx] = gamma * self.reward_n[idx] + 1.0
-        self._relevel()
 
     def _relevel(self) -> None:
         """The shared level the rewards now show, and theta from it (elementwise: same bits)."""
@@ -290,6 +291,7 @@ class Posterior:
         assert event.challenger is not None
         self._reward(idx, event.x, event.reward)
         self._reward(self.index(event.challenger), event.x, other)
+        self._relevel()  # once, for both arms
         return None
 
     def _learn(self, head: str, idx: int, x: FloatArray, value: float) -> None:

@@ -370,8 +370,8 @@ def test_shuffle_replays_each_seed_in_its_own_order(
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
-        (("--split", "1"), "fraction in (0, 1)"),
-        (("--split", "0"), "fraction in (0, 1)"),
+        (("--split", "1"), "a number in (0, 1)"),
+        (("--split", "0"), "a number in (0, 1)"),
         (("--warm-start-head",), "needs --split"),
     ],
 )
