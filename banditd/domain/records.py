@@ -80,6 +80,40 @@ class Decision:
     arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)
     challenger: str | None = None  # SelectRequest.compare's second arm (pairwise feedback)
 
+    def join_record(self) -> JoinRecord:
+        """What feedback on this decision takes from it (``JoinRecord``)."""
+        rival = ranking_entry(self.ranking, self.challenger)
+        return JoinRecord(
+            decision_id=self.decision_id,
+            router_id=self.router_id,
+            tenant=self.tenant,
+            arm=self.arm,
+            x=self.x,
+            propensity=self.propensity,
+            expected_cost_usd=self.expected_cost_usd,
+            challenger=self.challenger,
+            challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
+        )
+
+
+@record
+class JoinRecord:
+    """What feedback with a compact token takes from its decision (banditd.flows.feedback_join):
+    whose it is, the arm served and its challenger, the context and the exact propensity and
+    expected costs (the token has them as float32). The decisions table gives it without
+    decoding a whole decision (banditd.store.feedback_decisions); a decision in memory gives
+    ``Decision.join_record``."""
+
+    decision_id: str
+    router_id: int
+    tenant: str
+    arm: str
+    x: FloatArray | None  # None in rows logged before 0004
+    propensity: float
+    expected_cost_usd: float
+    challenger: str | None = None
+    challenger_cost_usd: float = 0.0  # the challenger's expected cost; 0 without one
+
 
 @dataclass(frozen=True)
 class ShadowPick:

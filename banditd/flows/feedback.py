@@ -20,7 +20,7 @@ from tenacity import (
 from banditd import metrics
 from banditd.budget.ledger import Budgets
 from banditd.budget.view import NoBudgets
-from banditd.domain import Decision, FeedbackEvent, check_name
+from banditd.domain import FeedbackEvent, JoinRecord, check_name
 from banditd.domain.bounds import HARD_MAX_CALL_USD, Bounds, default_bounds
 from banditd.errors import (
     BadData,
@@ -89,7 +89,7 @@ class Learner:
         check_name("tenant", req.tenant)
         return self._signer.verify(req.decision_id, req.tenant)
 
-    async def _find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, Decision], set[str]]:
+    async def _find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, JoinRecord], set[str]]:
         if self._decisions is None:
             return {}, set()
         return await self._decisions.find(claims)
@@ -98,7 +98,7 @@ class Learner:
         self,
         req: FeedbackInput,
         claims: TokenClaims,
-        decision: Decision | None = None,
+        decision: JoinRecord | None = None,
         received_at: float | None = None,
     ) -> FeedbackEvent | Waiting:
         """The event a request would log: with a compact token, its decision joined (or, none

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from banditd.domain import Decision, ranking_entry
+from banditd.domain import JoinRecord
 from banditd.errors import AlreadyExists, InvalidArgument, PermissionDenied
 from banditd.flows.decision_log import DecisionLog
 from banditd.flows.tokens import TokenClaims
@@ -38,18 +38,18 @@ class DecisionFinder:
         self.store = store
         self._log = log
 
-    async def find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, Decision], set[str]]:
-        """The decisions of compact tokens' claims that are visible, by id; and the ids whose
-        feedback is parked already (one query). Claims of v1 tokens (which carry x) are
+    async def find(self, claims: Sequence[TokenClaims]) -> tuple[dict[str, JoinRecord], set[str]]:
+        """The join records of compact tokens' decisions that are visible, by id; and the ids
+        whose feedback is parked already (one query). Claims of v1 tokens (which carry x) are
         skipped."""
-        found: dict[str, Decision] = {}
+        found: dict[str, JoinRecord] = {}
         rest: list[str] = []
         for c in claims:
             if c.x is not None:
                 continue
             pending = None if self._log is None else self._log.decision(c.decision_id)
             if pending is not None:
-                found[c.decision_id] = pending
+                found[c.decision_id] = pending.join_record()
             else:
                 rest.append(c.decision_id)
         if not rest and not found:
@@ -60,14 +60,13 @@ class DecisionFinder:
         return found, parked
 
 
-def joined(claims: TokenClaims, decision: Decision) -> TokenClaims:
+def joined(claims: TokenClaims, decision: JoinRecord) -> TokenClaims:
     """A compact token's claims completed from its decision: x, the arm names, the exact
     propensity and expected costs (the token has them as float32)."""
     if decision.router_id != claims.router_id or decision.tenant != claims.tenant:
         raise PermissionDenied("decision_id does not match its decision")
     if decision.x is None:
         raise InvalidArgument("decision_id", "its decision has no context logged")
-    rival = ranking_entry(decision.ranking, decision.challenger)
     # Spelled out, not dataclasses.replace: about half the cost, once per feedback event.
     return TokenClaims(
         decision_id=claims.decision_id,
@@ -79,7 +78,7 @@ def joined(claims: TokenClaims, decision: Decision) -> TokenClaims:
         expected_cost_usd=decision.expected_cost_usd,
         expires_at=claims.expires_at,
         challenger=decision.challenger,
-        challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
+        challenger_cost_usd=decision.challenger_cost_usd,
         arm_index=claims.arm_index,
         challenger_index=claims.challenger_index,
     )

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from banditd.domain import Decision
+from banditd.domain import JoinRecord
 from banditd.store.decisions import decision_from_row, with_router
 from banditd.store.engine import Database
 from banditd.store.feedback_decisions import among, decisions_for_feedback
@@ -40,7 +40,7 @@ class Joinable:
     pending_id: int
     request: Mapping[str, Any]
     received_at: float
-    decision: Decision
+    decision: JoinRecord
 
 
 class PendingStore:
@@ -49,9 +49,9 @@ class PendingStore:
 
     async def lookup(
         self, ids: Sequence[str], known: Sequence[str] = ()
-    ) -> tuple[dict[str, Decision], set[str]]:
-        """The visible decisions of ``ids`` (as Feedback reads them:
-        ``banditd.store.feedback_decisions``); and which of ``ids`` and ``known`` (decisions the
+    ) -> tuple[dict[str, JoinRecord], set[str]]:
+        """The join records of the visible decisions of ``ids``
+        (``banditd.store.feedback_decisions``); and which of ``ids`` and ``known`` (decisions the
         caller has already) have feedback parked."""
         async with self.db.transaction() as conn:
             found = await decisions_for_feedback(conn, ids)
@@ -155,7 +155,9 @@ class PendingStore:
                 )
             ).all()
         return [
-            Joinable(row.pending_id, row.request, row.received_at, decision_from_row(row))
+            Joinable(
+                row.pending_id, row.request, row.received_at, decision_from_row(row).join_record()
+            )
             for row in rows
         ]
 

@@ -192,7 +192,7 @@ def test_joined_claims_take_every_other_field_from_the_token(challenger: str | N
         DECISION, 7, "acme", "r", None, "gpt-4o-mini", ranking, 0.2501, False, 0.0012345,
         "", 1_900_000_000.0, 1.0, "linucb", 1, 0, (), x=np.arange(4.0), challenger=challenger,
     )  # fmt: skip
-    got = joined(compact, decision)
+    got = joined(compact, decision.join_record())
     from_decision = {
         "arm": decision.arm,
         "x": decision.x,
