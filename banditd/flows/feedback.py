@@ -48,7 +48,7 @@ from banditd.flows.feedback_input import (
 )
 from banditd.flows.feedback_join import DecisionFinder, Waiting, joined, waiting_duplicate
 from banditd.flows.tokens import TokenClaims, TokenSigner
-from banditd.flows.usage import UsageFlow
+from banditd.flows.usage import UsageFlow, check_usage_only
 from banditd.state.live_routers import Catalog
 from banditd.store.pending import Joinable, Parked
 
@@ -167,7 +167,8 @@ class Learner:
         try:
             if self._usage is None:
                 raise FailedPrecondition("this server does not take usage reports")
-            cost = await self._usage.record(req, self._usage_claims)
+            check_usage_only(req)
+            cost = await self._usage.record(req, await self._usage_claims(req))
         except BanditdError as exc:
             metrics.FEEDBACK.labels(refusal_kind(exc)).inc()
             raise

@@ -6,7 +6,7 @@ decision's first event when that is appended (docs/gateway.md, "Usage and rating
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -21,6 +21,14 @@ from banditd.store.usage import Usage, UsageStore
 log = structlog.get_logger(__name__)
 
 
+def check_usage_only(req: FeedbackInput) -> None:
+    """Refuse a usage report that also rates the call (checked before its token)."""
+    if req.thumb is not None or req.reward is not None or req.preference is not None:
+        raise InvalidArgument(
+            "usage_only", "a usage report has no thumb or reward: rate it separately"
+        )
+
+
 class UsageFlow:
     def __init__(
         self,
@@ -32,16 +40,9 @@ class UsageFlow:
         self._budgets: Budgets | NoBudgets = budgets or NoBudgets()
         self._clock = clock
 
-    async def record(
-        self, req: FeedbackInput, verify: Callable[[FeedbackInput], Awaitable[TokenClaims]]
-    ) -> float:
-        """Commit the report (``verify``: the Feedback flow's token, tenant and bounds checks);
-        returns the cost it reported (0 when none). Raises, writing nothing, when refused."""
-        if req.thumb is not None or req.reward is not None or req.preference is not None:
-            raise InvalidArgument(
-                "usage_only", "a usage report has no thumb or reward: rate it separately"
-            )
-        claims = await verify(req)
+    async def record(self, req: FeedbackInput, claims: TokenClaims) -> float:
+        """Commit the report, whose token the Feedback flow has verified (``claims``, after
+        ``check_usage_only``); returns the cost it reported (0 when none)."""
         await self._store.add(
             Usage(
                 claims.decision_id,
