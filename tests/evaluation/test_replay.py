@@ -562,8 +562,14 @@ def test_the_routers_prior_is_a_replay_option(
     data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(200))
     at = ("--data", str(data), "--cost-weight", "50")  # the middle arm is the best buy
     default = run_json(capsys, *at)
+    level = default["prior"].pop("level_at_end")
     assert default["prior"] == {"quality": 0.7, "weight": 30.0}  # RouterSpec's defaults
+    # The arms' feedback (their mean quality is 0.54) brought the shared level down, as
+    # GetStats's prior_level reports it live; the run reports where it ended.
+    assert 0.4 < level < 0.7
+    assert level == default["runs"][0]["prior_level"]
     low = run_json(capsys, *at, "--prior-quality", "0.2", "--prior-weight", "5")
+    assert low["prior"].pop("level_at_end") == 0.2  # never above the prior
     assert low["prior"] == {"quality": 0.2, "weight": 5.0}
     # The router runs with it: a prior far below the arms' qualities makes trying another arm
     # look worse, so it explores the weak arm less.
@@ -574,7 +580,9 @@ def test_the_routers_prior_is_a_replay_option(
     for prior, noted in (("0.9", True), ("0.6", False)):
         text = cli(*at, "--prior-quality", prior)
         assert text.func(text) == 0
-        assert ("note: the models' mean quality here is 0.54" in capsys.readouterr().out) is noted
+        out = capsys.readouterr().out
+        assert ("note: the models' mean quality here is 0.54" in out) is noted
+        assert f"prior {prior} worth 30 events (0." in out and "after its feedback)" in out
     warm = cli(*at, "--prior-quality", "0.9", "--warm-start", str(data), "--limit", "50")
     assert warm.func(warm) == 0
     assert "note:" not in capsys.readouterr().out

@@ -155,11 +155,12 @@ def learn_remote(
     progress: Callable[[int], None],
     trade_off: TradeOff = NO_TRADE_OFF,
     duels: IntArray | None = None,
-) -> IntArray:
+) -> tuple[IntArray, float]:
     """Route the stream through the live router ``spec`` describes (created fresh), sending
     each chosen model's outcome as feedback (with its latency and energy where the file has
     them); the arm (column of outcomes) per prompt, shape (n,), REFUSED where Select found no
-    arm under trade_off's max_latency_ms. Server errors raise from banditd.errors, naming the
+    arm under trade_off's max_latency_ms; and the router's prior_level (GetStats) at the end.
+    Server errors raise from banditd.errors, naming the
     address and the status. feedback "pairwise": Select with compare, and a preference for
     the better answer (both answers' cost reported); duels, shape (n,), gets the challengers."""
     config = codec.spec_to_proto(spec)
@@ -227,8 +228,13 @@ def learn_remote(
                     router.Feedback(signal, metadata=auth, timeout=CALL_TIMEOUT_S)
                 picks[t] = j
                 progress(t + 1)
+            stats = admin.GetStats(
+                pb.GetStatsRequest(tenant=spec.tenant, name=spec.name),
+                metadata=auth,
+                timeout=CALL_TIMEOUT_S,
+            )
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
             message = f"banditd at {server.address} answered {code.name}: {details}"
             raise errors.from_status(code.name, message) from exc
-    return picks
+    return picks, stats.prior_level

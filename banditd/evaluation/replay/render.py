@@ -18,11 +18,18 @@ def _pct(value: float | None) -> str:
 def _summary_lines(r: dict[str, Any]) -> list[str]:
     """The run against the best single model and the oracle."""
     best = r["best_single"]
+    prior = r["prior"]
     knobs = (
         ""
         if r["exploration"] is None
-        else f"exploration {r['exploration']:g}, prior {r['prior']['quality']:g} worth "
-        f"{r['prior']['weight']:g} events, "
+        else f"exploration {r['exploration']:g}, prior {prior['quality']:g} worth "
+        f"{prior['weight']:g} events"
+        + (
+            ""
+            if prior["level_at_end"] is None
+            else f" ({prior['level_at_end']:.3f} after its feedback)"
+        )
+        + ", "
     )
     budget = "none" if r["budget_usd"] is None else f"${r['budget_usd']:g}"
     refused = f"; {r['refused']:g} prompts refused by the budget" if r["refused"] else ""

@@ -117,6 +117,9 @@ class Replay:
                     head=self.head if opts.warm_start_head else None,
                 )
         self.points: dict[tuple[float, float | None], dict[str, Any]] = {}
+        # Each learning run's prior level at its end (prior_quality + the shared level: GetStats's
+        # prior_level), by (seed, cost weight, budget).
+        self.levels: dict[tuple[int, float, float | None], float] = {}
         self.runs_planned = self.runs_done = 0  # for the progress bar over the runs
 
     @property
@@ -173,7 +176,7 @@ class Replay:
         if opts.server is not None:
             name = router_name(seed, cost_weight, opts.cost_weight)
             spec = router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads)
-            return learn_remote(
+            picks, level = learn_remote(
                 dataclasses.replace(spec, tenant=opts.server.tenant, name=name),
                 outcomes,
                 server=opts.server,
@@ -183,6 +186,8 @@ class Replay:
                 trade_off=opts.trade_off,
                 duels=duels,
             )
+            self.levels[seed, cost_weight, budget_usd] = level
+            return picks
         if self.start is None:
             chosen = reference_picks(opts.policy, outcomes, cost_weight, seed)
             return gate(chosen, outcomes, budget_usd)
@@ -190,7 +195,7 @@ class Replay:
         spec = router_spec(outcomes.arms, opts, cost_weight, self.prices, self.heads)
         state = RouterState.fresh(spec, context=self.start.context.fork(), policy=opts.policy)
         state.resume(copy.deepcopy(self.start.posterior), copy.deepcopy(self.start.health))
-        return learn_online(
+        picks = learn_online(
             state,
             outcomes,
             raw,
@@ -201,6 +206,9 @@ class Replay:
             trade_off=opts.trade_off,
             duels=duels,
         )
+        post = state.posterior
+        self.levels[seed, cost_weight, budget_usd] = post.prior.quality + post.level
+        return picks
 
     def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
         """Mean and spread (sample standard deviation) over the seeds of each summary value,
@@ -213,6 +221,7 @@ class Replay:
                 duels = np.full(self.outcomes.n, REFUSED, dtype=np.int64)
                 picks = self.picks(seed, cost_weight, budget_usd, duels)
                 runs.append({"seed": seed, **score(self.outcomes, picks, cost_weight)})
+                runs[-1]["prior_level"] = self.levels.get((seed, cost_weight, budget_usd))
                 if self.opts.feedback == "pairwise":  # both answers paid (docs/evaluation.md)
                     runs[-1]["mean_challenger_cost_usd"] = score(self.outcomes, duels, 0.0)[
                         "mean_cost_usd"
@@ -266,6 +275,12 @@ def _gain(run: Replay, main: dict[str, Any], singles: list[tuple[float, float]])
     return gain_with_runs([xy([p, *p["runs"]]) for p in points], singles, run.seeds)
 
 
+def _mean_level(runs: list[dict[str, Any]]) -> float | None:
+    """The runs' mean prior level at their end; None for a policy that does not learn."""
+    levels = [r["prior_level"] for r in runs if r["prior_level"] is not None]
+    return sum(levels) / len(levels) if levels else None
+
+
 def _points(run: Replay) -> set[tuple[float, float | None]]:
     """The (cost weight, budget) points the replay runs."""
     opts = run.opts
@@ -298,7 +313,11 @@ def replay(opts: Options) -> dict[str, Any]:
         "exploration": None if spec is None else spec.alpha,
         "prior": None
         if spec is None
-        else {"quality": spec.prior_quality, "weight": spec.prior_weight},
+        else {
+            "quality": spec.prior_quality,
+            "weight": spec.prior_weight,
+            "level_at_end": _mean_level(main["runs"]),
+        },
         "embedding_dim": None if spec is None else spec.embedding_dim,
         "context": None
         if spec is None
