@@ -220,8 +220,10 @@ class Replay:
             for seed in self.seeds:
                 duels = np.full(self.outcomes.n, REFUSED, dtype=np.int64)
                 picks = self.picks(seed, cost_weight, budget_usd, duels)
-                runs.append({"seed": seed, **score(self.outcomes, picks, cost_weight)})
-                runs[-1]["prior_level"] = self.levels.get((seed, cost_weight, budget_usd))
+                level = self.levels.get((seed, cost_weight, budget_usd))
+                runs.append(
+                    {"seed": seed, **score(self.outcomes, picks, cost_weight), "prior_level": level}
+                )
                 if self.opts.feedback == "pairwise":  # both answers paid (docs/evaluation.md)
                     runs[-1]["mean_challenger_cost_usd"] = score(self.outcomes, duels, 0.0)[
                         "mean_cost_usd"
