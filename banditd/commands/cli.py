@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,16 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _command(argv)
+    except BrokenPipeError:
+        # Whoever read stdout stopped (`banditd replay --json | head`): nothing more to say, and
+        # no traceback. stdout goes to /dev/null so that its flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command the pipe ended
+
+
+def _command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="banditd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             with progress.shown(quiet=args.quiet):
                 summary = asyncio.run(warm_start_cli.warm_start(settings, args))
             reporting.emit(args, summary, reporting.key_values(18))
+    except BrokenPipeError:
+        raise  # main's to handle, for every command
     except (BanditdError, OSError, TLSConfigError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1

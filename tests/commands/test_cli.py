@@ -41,6 +41,17 @@ def test_bad_listen_address_is_a_clear_error() -> None:
     assert "listen must be HOST:PORT" in done.stderr
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
+    """`banditd ... | head`: the pipe closes before the output is written; no traceback."""
+    with subprocess.Popen(
+        [*BANDITD, "example-router"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 141
+        assert proc.stderr.read() == ""
+
+
 def test_serve_example_router_then_sigterm(tmp_path: Path) -> None:
     """The quick start: serve with the example router, call it, stop it cleanly."""
     env = {
