@@ -354,6 +354,7 @@ def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[st
     approximate = "ivf" if faiss_device().ivf else "hnsw"  # IVF-Flat on a GPU
     assert {"pca_384_to_32", "flat_300", f"{approximate}_300"} <= set(report["knn"])
     assert report["knn"]["flat_300"]["p50_ms"] > 0
+    assert report["knn"]["flat_300"]["add_us"] > 0  # the index is still flat after the adds
 
 
 def test_replay_knn_policy_follows_what_similar_prompts_taught(tmp_path: Path) -> None:

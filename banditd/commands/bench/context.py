@@ -87,6 +87,9 @@ def encode_bench(encoders: list[str], seconds: float) -> dict[str, Any]:
     return out
 
 
+ADDS = 500  # outcomes added one at a time to each filled index
+
+
 def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
     from banditd.context.device import faiss_device
     from banditd.context.knn import OutcomeIndex
@@ -105,7 +108,7 @@ def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         arm_idx = rng.integers(len(arms), size=size)
         rewards = rng.random(size)
-        for kind, approx_after in (("flat", size + 1), (approximate, 1)):
+        for kind, approx_after in (("flat", size + ADDS + 1), (approximate, 1)):
             index = OutcomeIndex(dim, arms, k=20, approx_after=approx_after)
             started = time.perf_counter()
             index.load(vectors, arm_idx, rewards)
@@ -115,6 +118,12 @@ def knn_bench(sizes: list[int], seconds: float) -> dict[str, Any]:
                 "build_s": round(build_s, 3),
                 **_latency(functools.partial(index.features, query), seconds, 2000),
             }
+            # A feedback event adds one outcome (and a restart adds the whole log one at a time):
+            # its cost must not grow with the index.
+            started = time.perf_counter()
+            for vec in rng.normal(size=(ADDS, dim)):
+                index.add(vec, arms[0], 1.0)
+            out[f"{kind}_{size}"]["add_us"] = round((time.perf_counter() - started) / ADDS * 1e6, 1)
     return out
 
 
