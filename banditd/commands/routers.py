@@ -96,6 +96,14 @@ class Change:
             return "create"
         return "none" if routers_file.same(self.live, self.wanted) else "update"
 
+    @property
+    def relearns(self) -> bool:
+        """Whether the update changes the size of x: the logged events no longer fit the
+        posterior, so the router learns again from its prior (docs/routers.md)."""
+        return (
+            self.live is not None and self.action == "update" and self.live.dim != self.wanted.dim
+        )
+
 
 def plan(admin: _Admin, specs: list[RouterSpec]) -> list[Change]:
     """Each router of the file against the server's (reads only)."""
@@ -120,9 +128,23 @@ def _apply(admin: _Admin, args: argparse.Namespace) -> int:
         elif change.action != "none" and not args.dry_run:
             request = pb.PutRouterRequest(router=codec.spec_to_proto(change.wanted))
             version = admin.call("PutRouter", request).router.version
-        results.append({"router": change.key, "action": change.action, "version": version})
+        relearns = change.relearns
+        results.append(
+            {
+                "router": change.key,
+                "action": change.action,
+                "version": version,
+                "relearns": relearns,
+            }
+        )
         if not args.json:  # as it happens: a later failure leaves these lines true
             shown = "" if version is None else f" (version {version})"
+            if relearns:
+                assert change.live is not None
+                shown += (
+                    f"; x goes from {change.live.dim} to {change.wanted.dim} values, so it "
+                    "learns again from its prior (its logged feedback no longer fits)"
+                )
             print(f"{change.key}: {verbs[change.action]}{shown}", flush=True)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "routers": results}))

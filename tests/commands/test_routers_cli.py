@@ -118,8 +118,8 @@ async def test_apply_twice_is_a_no_op_and_only_changed_routers_are_updated(
             {
                 "dry_run": False,
                 "routers": [
-                    {"router": "acme/support", "action": "update", "version": 2},
-                    {"router": "acme/batch", "action": "none", "version": 1},
+                    {"router": "acme/support", "action": "update", "version": 2, "relearns": False},
+                    {"router": "acme/batch", "action": "none", "version": 1, "relearns": False},
                 ],
             }
         )
@@ -170,6 +170,31 @@ dry run: nothing applied
     assert await routers(server) == {"acme/chat": 1}
     live = await server.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="chat"))
     assert live.router.policy == "linucb"
+
+
+async def test_apply_says_when_an_update_makes_the_router_learn_again(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    server = await start_server(sqlite_url)
+    banditd = Cli(server, capsys)
+    path = tmp_path / "routers.yaml"
+    path.write_text(router_file(entry()))
+    assert (await banditd("apply", "-f", str(path)))[0] == 0
+    path.write_text(router_file(entry(embedding_dim="32")))  # x: 1 + 16 -> 1 + 32 values
+    status, printed, _ = await banditd("apply", "-f", str(path), "--dry-run")
+    assert status == 0
+    assert (
+        "acme/chat: would be updated (version 1); x goes from 17 to 33 values, so it learns "
+        "again from its prior (its logged feedback no longer fits)\n"
+    ) in printed
+    status, printed, _ = await banditd("apply", "-f", str(path), "--json")
+    assert json.loads(printed)["routers"] == [
+        {"router": "acme/chat", "action": "update", "version": 2, "relearns": True}
+    ]
+    # A change that keeps x's size (the prior, the policy) keeps the learning: no such words.
+    path.write_text(router_file(entry(embedding_dim="32", prior_quality="0.6")))
+    status, printed, _ = await banditd("apply", "-f", str(path))
+    assert (status, printed) == (0, "acme/chat: updated (version 3)\n")
 
 
 @pytest.mark.parametrize(("text", "error"), BAD_ROUTERS)
