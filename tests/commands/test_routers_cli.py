@@ -38,6 +38,17 @@ class Cli:
         return status, out, err
 
 
+async def chat_applied(
+    server: Running, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> tuple[Cli, Path]:
+    """The command against ``server``, and a routers file of one router, acme/chat, applied."""
+    banditd = Cli(server, capsys)
+    path = tmp_path / "routers.yaml"
+    path.write_text(router_file(entry()))
+    assert (await banditd("apply", "-f", str(path)))[0] == 0
+    return banditd, path
+
+
 async def routers(server: Running) -> dict[str, int]:
     """tenant/name -> version of every router the server has."""
     listed = await server.admin.ListRouters(pb.ListRoutersRequest())
@@ -139,10 +150,7 @@ async def test_dry_run_prints_the_diff_and_writes_nothing(
     sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     server = await start_server(sqlite_url)
-    banditd = Cli(server, capsys)
-    path = tmp_path / "routers.yaml"
-    path.write_text(router_file(entry()))
-    assert (await banditd("apply", "-f", str(path)))[0] == 0
+    banditd, path = await chat_applied(server, capsys, tmp_path)
     path.write_text(router_file(entry(policy="thompson"), entry(name="new")))
     status, printed, _ = await banditd("apply", "-f", str(path), "--dry-run")
     assert (status, printed) == (
@@ -176,10 +184,7 @@ async def test_apply_says_when_an_update_makes_the_router_learn_again(
     sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     server = await start_server(sqlite_url)
-    banditd = Cli(server, capsys)
-    path = tmp_path / "routers.yaml"
-    path.write_text(router_file(entry()))
-    assert (await banditd("apply", "-f", str(path)))[0] == 0
+    banditd, path = await chat_applied(server, capsys, tmp_path)
     path.write_text(router_file(entry(embedding_dim="32")))  # x: 1 + 16 -> 1 + 32 values
     status, printed, _ = await banditd("apply", "-f", str(path), "--dry-run")
     assert status == 0
