@@ -103,7 +103,7 @@ class Admin:
             health,
             context_version=context.version if context is not None else "",
             knn_indexed=context.knn.size if context is not None and context.knn else 0,
-            prior_level=state.posterior.prior.quality + state.posterior.level,
+            prior_level=state.posterior.prior_level,
             heads={n: state.posterior.reported_means(n) for n in names},
             usage=await UsageStore(self._store.db).totals(state.router_id),
         )

@@ -272,6 +272,12 @@ class Posterior:
         self.reward_sum[idx] = gamma * self.reward_sum[idx] + reward
         self.reward_n[idx] = gamma * self.reward_n[idx] + 1.0
 
+    @property
+    def prior_level(self) -> float:
+        """Where the arms' priors are centred now: prior quality plus the shared level (GetStats's
+        prior_level, a replay's level_at_end)."""
+        return self.prior.quality + self.level
+
     def _relevel(self) -> None:
         """The shared level the rewards now show, and theta from it (elementwise: same bits)."""
         weight = self.prior.weight

@@ -18,19 +18,14 @@ def _pct(value: float | None) -> str:
 def _summary_lines(r: dict[str, Any]) -> list[str]:
     """The run against the best single model and the oracle."""
     best = r["best_single"]
-    prior = r["prior"]
-    knobs = (
-        ""
-        if r["exploration"] is None
-        else f"exploration {r['exploration']:g}, prior {prior['quality']:g} worth "
-        f"{prior['weight']:g} events"
-        + (
-            ""
-            if prior["level_at_end"] is None
-            else f" ({prior['level_at_end']:.3f} after its feedback)"
+    knobs = ""
+    if r["exploration"] is not None:
+        prior, level = r["prior"], r["prior"]["level_at_end"]
+        after = "" if level is None else f" ({level:.3f} after its feedback)"
+        knobs = (
+            f"exploration {r['exploration']:g}, prior {prior['quality']:g} worth "
+            f"{prior['weight']:g} events{after}, "
         )
-        + ", "
-    )
     budget = "none" if r["budget_usd"] is None else f"${r['budget_usd']:g}"
     refused = f"; {r['refused']:g} prompts refused by the budget" if r["refused"] else ""
     return [

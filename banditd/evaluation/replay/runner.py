@@ -206,8 +206,7 @@ class Replay:
             trade_off=opts.trade_off,
             duels=duels,
         )
-        post = state.posterior
-        self.levels[seed, cost_weight, budget_usd] = post.prior.quality + post.level
+        self.levels[seed, cost_weight, budget_usd] = state.posterior.prior_level
         return picks
 
     def point(self, cost_weight: float, budget_usd: float | None) -> dict[str, Any]:
