@@ -104,6 +104,12 @@ class Change:
             self.live is not None and self.action == "update" and self.live.dim != self.wanted.dim
         )
 
+    @property
+    def rebuilds_x(self) -> bool:
+        """Whether the update changes how x is built but not its size: the server refuses it
+        once the router has decisions or feedback logged (banditd.store.routers)."""
+        return self.live is not None and self.live.builds_x_otherwise(self.wanted)
+
 
 def plan(admin: _Admin, specs: list[RouterSpec]) -> list[Change]:
     """Each router of the file against the server's (reads only)."""
@@ -144,6 +150,11 @@ def _apply(admin: _Admin, args: argparse.Namespace) -> int:
                 shown += (
                     f"; x goes from {change.live.dim} to {change.wanted.dim} values, so it "
                     "learns again from its prior (its logged feedback no longer fits)"
+                )
+            if change.rebuilds_x and args.dry_run:
+                shown += (
+                    "; it changes how x is built but not its size, which the server refuses "
+                    "once the router has served (create a new router for the new context)"
                 )
             print(f"{change.key}: {verbs[change.action]}{shown}", flush=True)
     if args.json:

@@ -302,6 +302,32 @@ class RouterSpec:
         return 1 + self.reduced_dim + self.metadata_dim + self.knn_dim
 
     @property
+    def context_fields(self) -> dict[str, object]:
+        """What gives each position of x its meaning, besides x's size: two versions of a
+        router with the same fields and dim build the same x from the same request, so feedback
+        logged under one fits the other (banditd.store.routers refuses an update that keeps
+        the size and changes these while feedback is logged)."""
+        fields: dict[str, object] = {
+            "encoder": self.encoder,
+            "embedding_dim": self.embedding_dim,
+            "text_window_tokens": self.text_window_tokens,
+            "pca_dim": self.pca_dim,
+            "metadata_keys": self.metadata_keys,
+            "metadata_slots": self.metadata_slots,
+            "knn_k": self.knn_k,
+        }
+        if self.pca_dim:
+            fields["pca_fit_samples"] = self.pca_fit_samples
+        if self.knn_k:  # two features per arm, in the arms' order
+            fields["arms"] = tuple(a.name for a in self.arms)
+        return fields
+
+    def builds_x_otherwise(self, other: RouterSpec) -> bool:
+        """Whether ``other`` builds an x of this size another way: feedback logged under one
+        would be read wrongly under the other (a change of size is caught by the size)."""
+        return self.dim == other.dim and self.context_fields != other.context_fields
+
+    @property
     def reduced_dim(self) -> int:
         """Size of the embedding part of x: pca_dim when set, else embedding_dim."""
         return self.pca_dim or self.embedding_dim

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec, spec_from_dict, spec_to_dict
-from banditd.errors import Aborted, NotFound
+from banditd.errors import Aborted, FailedPrecondition, NotFound
 from banditd.store.engine import Database
 from banditd.store.models import (
     arms,
@@ -97,6 +97,40 @@ async def _load(conn: AsyncConnection, *where: Any) -> list[StoredRouter]:
     return [StoredRouter(r.id, _spec(r, by_router.get(r.id, []))) for r in rows]
 
 
+async def _check_context(conn: AsyncConnection, router_id: int, spec: RouterSpec) -> None:
+    """Refuse an update that keeps x's size but changes how x is built (RouterSpec.context_fields)
+    while decisions or feedback are logged: the posterior is rebuilt from the logged x, which the
+    new context would read as something else. A change of size relearns from the prior instead
+    (the logged x no longer fit), and a router that has served nothing takes any change."""
+    live = (await _load(conn, routers.c.id == router_id))[0].spec
+    if not live.builds_x_otherwise(spec):
+        return
+    for table in (feedback_events, decisions):  # decisions: their feedback would come later
+        logged = select(table.c.router_id).where(table.c.router_id == router_id).limit(1)
+        if await conn.scalar(logged) is not None:
+            raise FailedPrecondition(
+                f"router {spec.tenant}/{spec.name} has decisions or feedback logged with x built "
+                f"by its current context; this update changes how x is built "
+                f"({_context_change(live, spec)}) but not its size ({spec.dim} values), so the "
+                "logged x would be read as the new context's. Create a new router for the new "
+                "context (or delete this one first)"
+            )
+
+
+def _context_change(live: RouterSpec, wanted: RouterSpec) -> str:
+    """The context fields an update changes, as "name: old -> new" ("-": not in effect)."""
+    before, after = live.context_fields, wanted.context_fields
+
+    def shown(fields: dict[str, object], name: str) -> str:
+        return repr(fields[name]) if name in fields else "-"
+
+    return ", ".join(
+        f"{name}: {shown(before, name)} -> {shown(after, name)}"
+        for name in {**before, **after}
+        if before.get(name) != after.get(name)
+    )
+
+
 class Routers:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
@@ -158,6 +192,7 @@ class Routers:
                 version, created = 1, True
             else:
                 router_id, created = row.id, False
+                await _check_context(conn, router_id, spec)
                 guard = [] if expected_version is None else [routers.c.version == expected_version]
                 # Incremented in the database, so concurrent writers get distinct versions.
                 found = (

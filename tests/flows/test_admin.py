@@ -58,3 +58,31 @@ async def test_concurrent_creates_of_one_router(
     final = await server.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="chat"))
     assert final.router.version == max(r.router.version for r in ok)
     assert [a.name for a in final.router.arms] == ["cheap", "mid", "strong"]
+
+
+async def test_a_context_change_that_keeps_x_size_needs_a_router_without_logs(
+    database_url: str, start_server: StartServer
+) -> None:
+    """Same-size x built another way would read the logged x wrongly: refused once the router
+    has served, taken before; a change of size relearns from the prior, so it is taken."""
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    windowed = router_config(text_window_tokens=64)
+    assert (await server.admin.PutRouter(pb.PutRouterRequest(router=windowed))).router.version == 2
+    d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="a b"))
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.PutRouter(
+            pb.PutRouterRequest(router=router_config(text_window_tokens=128))
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "text_window_tokens: 64 -> 128" in (err.value.details() or "")
+    got = await server.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="chat"))
+    assert got.router.version == 2 and got.router.text_window_tokens == 64
+    # the same context with another exploration, and another size of x: both taken
+    tuned = router_config(text_window_tokens=64, exploration=0.3)
+    assert (await server.admin.PutRouter(pb.PutRouterRequest(router=tuned))).router.version == 3
+    wider = router_config(text_window_tokens=128, embedding_dim=8)
+    assert (await server.admin.PutRouter(pb.PutRouterRequest(router=wider))).router.version == 4
