@@ -14,6 +14,7 @@ import grpc
 
 from banditd import __version__, progress
 from banditd.commands import bench, replay, reporting, routers_file
+from banditd.commands import budgets as budgets_cli
 from banditd.commands import evaluate as evaluate_cli
 from banditd.commands import gateway as gateway_cli
 from banditd.commands import routers as routers_cli
@@ -211,13 +212,22 @@ def _command(argv: list[str] | None) -> int:
     replay.add_parser(sub)
     evaluate_cli.add_parser(sub)
     routers_cli.add_parser(sub)
+    budgets_cli.add_parser(sub)
     _add_keys_parser(sub)
     distill.add_parser(sub)
     gateway_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     # Commands that read settings themselves, if at all: a bad BANDITD_* must not block them.
-    if args.command in ("bench", "replay", "evaluate", "distill-encoder", "routers", "gateway"):
+    if args.command in (
+        "bench",
+        "replay",
+        "evaluate",
+        "distill-encoder",
+        "routers",
+        "budgets",
+        "gateway",
+    ):
         return int(args.func(args))
     try:
         settings = _settings(args)

@@ -18,60 +18,35 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 
 from banditd.commands import routers_file
-from banditd.commands.argtypes import positive_float
+from banditd.commands.admin_client import (
+    AdminClient,
+    add_connection_arguments,
+    print_refusal,
+    with_admin,
+)
 from banditd.commands.routers_file import RoutersFileError
 from banditd.domain import RouterSpec
 from banditd.edge import codec
-from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
 from banditd.v1 import banditd_pb2 as pb
-from banditd.v1 import banditd_pb2_grpc as rpc
-
-DEFAULT_TARGET = "127.0.0.1:50051"
-CALL_TIMEOUT_S = 30.0
-Resp = TypeVar("Resp", bound=Message)
 
 
-class _Admin:
-    """Admin calls with the command's credentials. Until ``wait_s`` after the first call, an
-    UNAVAILABLE answer (server not up yet, or its database briefly gone) is retried."""
-
-    def __init__(self, channel: grpc.Channel, security: ClientSecurity, wait_s: float) -> None:
-        self._stub = rpc.AdminStub(channel)
-        self._metadata = security.metadata
-        self._wait_s = wait_s
-        self._deadline: float | None = None
-
-    def call(self, method: str, request: Message) -> Any:
-        rpc_method: Callable[..., Any] = getattr(self._stub, method)
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self._wait_s
-        while True:
-            try:
-                return rpc_method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                left = self._deadline - time.monotonic()
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
-                    raise
-                time.sleep(min(1.0, left))
-
-    def get(self, tenant: str, name: str) -> RouterSpec | None:
-        try:
-            reply = self.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        return live_spec(reply.router)
+def live_router(admin: AdminClient, tenant: str, name: str) -> RouterSpec | None:
+    """The server's router, None where it has none."""
+    try:
+        reply = admin.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    return live_spec(reply.router)
 
 
 def live_spec(msg: pb.RouterConfig) -> RouterSpec:
@@ -111,12 +86,12 @@ class Change:
         return self.live is not None and self.live.builds_x_otherwise(self.wanted)
 
 
-def plan(admin: _Admin, specs: list[RouterSpec]) -> list[Change]:
+def plan(admin: AdminClient, specs: list[RouterSpec]) -> list[Change]:
     """Each router of the file against the server's (reads only)."""
-    return [Change(spec, admin.get(spec.tenant, spec.name)) for spec in specs]
+    return [Change(spec, live_router(admin, spec.tenant, spec.name)) for spec in specs]
 
 
-def _apply(admin: _Admin, args: argparse.Namespace) -> int:
+def _apply(admin: AdminClient, args: argparse.Namespace) -> int:
     specs = routers_file.read(args.file)  # every router checked before anything is written
     source = "<stdin>" if str(args.file) == "-" else str(args.file)
     verbs = (
@@ -172,7 +147,7 @@ def router_name(text: str) -> tuple[str, str]:
     return tenant, name
 
 
-def _get(admin: _Admin, args: argparse.Namespace, target: str) -> int:
+def _get(admin: AdminClient, args: argparse.Namespace, target: str) -> int:
     specs: list[RouterSpec] = []
     for tenant, name in args.router:
         reply = admin.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
@@ -183,7 +158,7 @@ def _get(admin: _Admin, args: argparse.Namespace, target: str) -> int:
     return 0
 
 
-def _list(admin: _Admin, args: argparse.Namespace) -> int:
+def _list(admin: AdminClient, args: argparse.Namespace) -> int:
     reply = admin.call("ListRouters", pb.ListRoutersRequest(tenant=args.tenant or ""))
     rows = [
         {
@@ -211,7 +186,7 @@ def _list(admin: _Admin, args: argparse.Namespace) -> int:
     return 0
 
 
-def _delete(admin: _Admin, args: argparse.Namespace) -> int:
+def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
     missing = 0
     for tenant, name in args.router:
         request = pb.DeleteRouterRequest(tenant=tenant, name=name)
@@ -225,22 +200,16 @@ def _delete(admin: _Admin, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`banditd routers ...`; the exit status (1 for a bad file or a server's refusal)."""
-    security = ClientSecurity.from_args(args)
+    commands: dict[str, Callable[[AdminClient], int]] = {
+        "apply": lambda admin: _apply(admin, args),
+        "get": lambda admin: _get(admin, args, args.target),
+        "list": lambda admin: _list(admin, args),
+        "delete": lambda admin: _delete(admin, args),
+    }
     try:
-        with security.channel(args.target) as channel:
-            admin = _Admin(channel, security, args.wait)
-            if args.routers_command == "apply":
-                return _apply(admin, args)
-            if args.routers_command == "get":
-                return _get(admin, args, args.target)
-            if args.routers_command == "list":
-                return _list(admin, args)
-            return _delete(admin, args)
-    except (RoutersFileError, TLSConfigError) as exc:
-        print("\n".join(f"banditd: {line}" for line in str(exc).splitlines()), file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        print(f"banditd: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return with_admin(args, commands[args.routers_command])
+    except RoutersFileError as exc:
+        print_refusal(exc)
         return 1
 
 
@@ -278,17 +247,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p_delete.add_argument("router", nargs="+", type=router_name, metavar="TENANT/NAME")
     for command in (p_apply, p_list, p_get, p_delete):
-        command.add_argument(
-            "--target", default=DEFAULT_TARGET, help="server HOST:PORT (%(default)s)"
-        )
-        add_client_arguments(command)
-        command.add_argument(
-            "--wait",
-            type=positive_float,
-            default=5.0,
-            metavar="SECONDS",
-            help="retry an unavailable server this long (%(default)s)",
-        )
+        add_connection_arguments(command)
         if command is not p_delete:
             command.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.set_defaults(func=run)

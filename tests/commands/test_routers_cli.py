@@ -24,14 +24,17 @@ EXAMPLE = REPO / "examples" / "routers.yaml"
 
 
 class Cli:
-    """`banditd routers ...` against one server; returns (exit status, stdout, stderr)."""
+    """`banditd routers ...` (or another Admin command) against one server; returns (exit
+    status, stdout, stderr)."""
 
-    def __init__(self, server: Running, capsys: pytest.CaptureFixture[str]) -> None:
-        self.server, self.capsys = server, capsys
+    def __init__(
+        self, server: Running, capsys: pytest.CaptureFixture[str], command: str = "routers"
+    ) -> None:
+        self.server, self.capsys, self.command = server, capsys, command
 
     async def __call__(self, *argv: str) -> tuple[int, str, str]:
         self.capsys.readouterr()
-        args = ["routers", *argv, "--target", self.server.address]
+        args = [self.command, *argv, "--target", self.server.address]
         with structlog.testing.capture_logs():  # the server's logs, not the command's output
             status = await asyncio.to_thread(cli.main, args)
         out, err = self.capsys.readouterr()

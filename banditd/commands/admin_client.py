@@ -1,0 +1,81 @@
+"""The Admin service from the command line: what `banditd routers` and `banditd budgets` share.
+
+The server address (--target), the API key and TLS flags of `banditd ingest`, a retry of an
+unavailable server for --wait seconds, and the server's refusals printed as its status and
+message (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from banditd.commands.argtypes import positive_float
+from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
+from banditd.v1 import banditd_pb2_grpc as rpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+CALL_TIMEOUT_S = 30.0
+
+
+class AdminClient:
+    """Admin calls with the command's credentials. Until ``wait_s`` after the first call, an
+    UNAVAILABLE answer (server not up yet, or its database briefly gone) is retried."""
+
+    def __init__(self, channel: grpc.Channel, security: ClientSecurity, wait_s: float) -> None:
+        self._stub = rpc.AdminStub(channel)
+        self._metadata = security.metadata
+        self._wait_s = wait_s
+        self._deadline: float | None = None
+
+    def call(self, method: str, request: Message) -> Any:
+        rpc_method: Callable[..., Any] = getattr(self._stub, method)
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._wait_s
+        while True:
+            try:
+                return rpc_method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                left = self._deadline - time.monotonic()
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
+                    raise
+                time.sleep(min(1.0, left))
+
+
+def add_connection_arguments(command: argparse.ArgumentParser) -> None:
+    """--target, the client's API key and TLS flags, and --wait."""
+    command.add_argument("--target", default=DEFAULT_TARGET, help="server HOST:PORT (%(default)s)")
+    add_client_arguments(command)
+    command.add_argument(
+        "--wait",
+        type=positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="retry an unavailable server this long (%(default)s)",
+    )
+
+
+def print_refusal(exc: Exception) -> None:
+    """An error of the command's input on stderr, each line after "banditd: "."""
+    print("\n".join(f"banditd: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+
+
+def with_admin(args: argparse.Namespace, command: Callable[[AdminClient], int]) -> int:
+    """``command`` against the server of ``args``; its exit status, or 1 (the refusal printed
+    on stderr) for bad TLS flags or a server's refusal."""
+    security = ClientSecurity.from_args(args)
+    try:
+        with security.channel(args.target) as channel:
+            return command(AdminClient(channel, security, args.wait))
+    except TLSConfigError as exc:
+        print_refusal(exc)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"banditd: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1

@@ -1,0 +1,221 @@
+"""`banditd budgets`: set, read and list spending budgets on a running server, and its spend.
+
+banditd budgets set TENANT[/ROUTER] --limit-usd X --period day [--alert 0.8 ...]
+        [--on-exhausted cheapest|refuse] [--window-seconds N --window-start UNIX]
+    creates or replaces the budget of a tenant (every router) or of one router (docs/operations.md).
+banditd budgets get TENANT[/ROUTER] ... | list [--tenant T]
+    the budgets with their current period: spent, leased and remaining.
+banditd budgets spend TENANT[/ROUTER] [--since UNIX] [--until UNIX] [--by KEY]
+    the spend of the decisions made in a time range, by router and arm (and a metadata key).
+
+Every command calls the Admin service at --target, with the API key and TLS flags of
+`banditd ingest`; the server's refusals come back as its status and message. --json prints the
+replies' messages as JSON, with the proto's field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from banditd.commands.admin_client import AdminClient, add_connection_arguments, with_admin
+from banditd.commands.argtypes import float_between
+from banditd.v1 import banditd_pb2 as pb
+
+PERIODS = {
+    "hour": pb.BUDGET_PERIOD_HOUR,
+    "day": pb.BUDGET_PERIOD_DAY,
+    "month": pb.BUDGET_PERIOD_MONTH,
+    "window": pb.BUDGET_PERIOD_WINDOW,
+}
+ON_EXHAUSTED = {"cheapest": pb.ON_EXHAUSTED_CHEAPEST, "refuse": pb.ON_EXHAUSTED_REFUSE}
+
+
+def scope(text: str) -> tuple[str, str]:
+    """argparse type: TENANT or TENANT/ROUTER (the router empty: every router of the tenant)."""
+    tenant, sep, router = text.partition("/")
+    if not tenant or (sep and not router):
+        raise argparse.ArgumentTypeError(f"expected TENANT or TENANT/ROUTER, got {text!r}")
+    return tenant, router
+
+
+def _json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _name(budget: pb.Budget) -> str:
+    return f"{budget.tenant}/{budget.router}" if budget.router else budget.tenant
+
+
+def _period(budget: pb.Budget) -> str:
+    if budget.period == pb.BUDGET_PERIOD_WINDOW:
+        return f"window of {budget.window_seconds} s from {budget.window_start_unix:.0f}"
+    return {v: k for k, v in PERIODS.items()}.get(budget.period, "unset")
+
+
+def _describe(budget: pb.Budget) -> str:
+    """One line: the limit, period, alerts and what happens past the limit."""
+    alerts = ", ".join(f"{a:g}" for a in budget.alerts) or "none"
+    past = "refuse" if budget.on_exhausted == pb.ON_EXHAUSTED_REFUSE else "cheapest arm"
+    return (
+        f"${budget.limit_usd:g} per {_period(budget)}; alerts at {alerts}; past the limit: "
+        f"{past} (version {budget.version})"
+    )
+
+
+def _usage(usage: pb.BudgetUsage) -> str:
+    fired = ", ".join(f"{a:g}" for a in usage.alerts_fired) or "none"
+    return (
+        f"  this period ({usage.elapsed:.0%} passed): spent ${usage.spent_usd:.6g}, leased "
+        f"${usage.leased_usd:.6g}, remaining ${usage.remaining_usd:.6g}; alerts fired: {fired}"
+    )
+
+
+def _set(admin: AdminClient, args: argparse.Namespace) -> int:
+    tenant, router = args.scope
+    budget = pb.Budget(
+        tenant=tenant,
+        router=router,
+        limit_usd=args.limit_usd,
+        period=PERIODS[args.period],
+        window_seconds=args.window_seconds,
+        window_start_unix=args.window_start,
+        alerts=sorted(args.alert or ()),
+        on_exhausted=ON_EXHAUSTED[args.on_exhausted],
+    )
+    reply = admin.call("SetBudget", pb.SetBudgetRequest(budget=budget))
+    if args.json:
+        print(json.dumps(_json(reply)))
+    else:
+        verb = "created" if reply.created else "replaced"
+        print(f"{_name(reply.budget)}: {verb}: {_describe(reply.budget)}")
+    return 0
+
+
+def _show(replies: Sequence[pb.GetBudgetResponse], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([_json(r) for r in replies]))
+        return
+    for r in replies:
+        print(f"{_name(r.budget)}: {_describe(r.budget)}")
+        print(_usage(r.usage))
+
+
+def _get(admin: AdminClient, args: argparse.Namespace) -> int:
+    replies = [
+        admin.call("GetBudget", pb.GetBudgetRequest(tenant=tenant, router=router))
+        for tenant, router in args.scope
+    ]
+    _show(replies, args.json)
+    return 0
+
+
+def _list(admin: AdminClient, args: argparse.Namespace) -> int:
+    reply = admin.call("ListBudgets", pb.ListBudgetsRequest(tenant=args.tenant or ""))
+    replies = sorted(reply.budgets, key=lambda r: (r.budget.tenant, r.budget.router))
+    _show(replies, args.json)
+    if not replies and not args.json:
+        print("no budgets")
+    return 0
+
+
+def _spend(admin: AdminClient, args: argparse.Namespace) -> int:
+    tenant, router = args.scope
+    request = pb.GetSpendRequest(
+        tenant=tenant,
+        router=router,
+        since_unix=args.since,
+        until_unix=args.until,
+        metadata_key=args.by or "",
+    )
+    reply = admin.call("GetSpend", request)
+    if args.json:
+        print(json.dumps(_json(reply)))
+        return 0
+    table = [("ROUTER", "ARM", *((args.by.upper(),) if args.by else ()), "DECISIONS", "USD")]
+    for line in reply.lines:
+        by = (line.metadata_value,) if args.by else ()
+        table.append((line.router, line.arm, *by, str(line.decisions), f"{line.spend_usd:.6g}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"total: ${reply.total_usd:.6g}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """`banditd budgets ...`; the exit status (1 for a server's refusal)."""
+    commands: dict[str, Callable[[AdminClient], int]] = {
+        "set": lambda admin: _set(admin, args),
+        "get": lambda admin: _get(admin, args),
+        "list": lambda admin: _list(admin, args),
+        "spend": lambda admin: _spend(admin, args),
+    }
+    return with_admin(args, commands[args.budgets_command])
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "budgets",
+        help="set, get and list spending budgets on a running server, and its spend",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = p.add_subparsers(dest="budgets_command", required=True)
+    p_set = commands.add_parser("set", help="create or replace a budget (bumps its version)")
+    p_set.add_argument("scope", type=scope, metavar="TENANT[/ROUTER]")
+    p_set.add_argument(
+        "--limit-usd",
+        type=float_between(0.0),
+        required=True,
+        help="USD a period (>= 0)",
+    )
+    p_set.add_argument("--period", choices=PERIODS, required=True, help="the period's length")
+    p_set.add_argument(
+        "--window-seconds",
+        type=int,
+        default=0,
+        help="with --period window: its length in seconds",
+    )
+    p_set.add_argument(
+        "--window-start",
+        type=float,
+        default=0.0,
+        metavar="UNIX",
+        help="with --period window: when the first window starts (%(default)s)",
+    )
+    p_set.add_argument(
+        "--alert",
+        type=float_between(0.0, 1.0),
+        action="append",
+        metavar="FRACTION",
+        help="alert when this fraction of the limit is spent, in (0, 1]; repeat for several",
+    )
+    p_set.add_argument(
+        "--on-exhausted",
+        choices=ON_EXHAUSTED,
+        default="cheapest",
+        help="past the limit: serve the cheapest arm, or refuse Select (%(default)s)",
+    )
+    p_get = commands.add_parser("get", help="budgets with their current period")
+    p_get.add_argument("scope", type=scope, nargs="+", metavar="TENANT[/ROUTER]")
+    p_list = commands.add_parser("list", help="every budget with its current period")
+    p_list.add_argument("--tenant", help="only this tenant's budgets (default: every tenant)")
+    p_spend = commands.add_parser("spend", help="spend by router and arm over a time range")
+    p_spend.add_argument("scope", type=scope, metavar="TENANT[/ROUTER]")
+    p_spend.add_argument(
+        "--since", type=float, default=0.0, metavar="UNIX", help="from (%(default)s)"
+    )
+    p_spend.add_argument("--until", type=float, default=0.0, metavar="UNIX", help="to (0: now)")
+    p_spend.add_argument("--by", metavar="KEY", help="also group by this request metadata key")
+    for command in (p_set, p_get, p_list, p_spend):
+        add_connection_arguments(command)
+        command.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.set_defaults(func=run)
