@@ -48,6 +48,25 @@ class AdminClient:
                 time.sleep(min(1.0, left))
 
 
+def add_command_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    doc: str,
+    run: Callable[[argparse.Namespace], int],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """`banditd NAME`, run by ``run`` and described by its module's ``doc`` (after the first
+    paragraph); returns its subcommands' parsers, the chosen one in ``NAME_command``."""
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=run)
+    return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+
 def add_connection_arguments(command: argparse.ArgumentParser) -> None:
     """--target, the client's API key and TLS flags, and --wait."""
     command.add_argument("--target", default=DEFAULT_TARGET, help="server HOST:PORT (%(default)s)")

@@ -23,7 +23,12 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from banditd.commands.admin_client import AdminClient, add_connection_arguments, with_admin
+from banditd.commands.admin_client import (
+    AdminClient,
+    add_command_parser,
+    add_connection_arguments,
+    with_admin,
+)
 from banditd.commands.argtypes import float_between
 from banditd.v1 import banditd_pb2 as pb
 
@@ -162,13 +167,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+    commands = add_command_parser(
+        sub,
         "budgets",
-        help="set, get and list spending budgets on a running server, and its spend",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "set, get and list spending budgets on a running server, and its spend",
+        __doc__ or "",
+        run,
     )
-    commands = p.add_subparsers(dest="budgets_command", required=True)
     p_set = commands.add_parser("set", help="create or replace a budget (bumps its version)")
     p_set.add_argument("scope", type=scope, metavar="TENANT[/ROUTER]")
     p_set.add_argument(
@@ -218,4 +223,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     for command in (p_set, p_get, p_list, p_spend):
         add_connection_arguments(command)
         command.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.set_defaults(func=run)

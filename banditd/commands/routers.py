@@ -28,6 +28,7 @@ import grpc
 from banditd.commands import routers_file
 from banditd.commands.admin_client import (
     AdminClient,
+    add_command_parser,
     add_connection_arguments,
     print_refusal,
     with_admin,
@@ -214,13 +215,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+    commands = add_command_parser(
+        sub,
         "routers",
-        help="apply a routers file to a running server; list, get and delete routers",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "apply a routers file to a running server; list, get and delete routers",
+        __doc__ or "",
+        run,
     )
-    commands = p.add_subparsers(dest="routers_command", required=True)
     p_apply = commands.add_parser(
         "apply",
         help="create and update the routers of a file (docs/routers.md)",
@@ -250,4 +251,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         add_connection_arguments(command)
         if command is not p_delete:
             command.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.set_defaults(func=run)
