@@ -74,17 +74,28 @@ class Change:
 
     @property
     def relearns(self) -> bool:
-        """Whether the update changes the size of x: the logged events no longer fit the
-        posterior, so the router learns again from its prior (docs/routers.md)."""
-        return (
-            self.live is not None and self.action == "update" and self.live.dim != self.wanted.dim
-        )
+        """Whether the update changes x (its size, or how it is built): the logged events no
+        longer fit the posterior, so the router learns again from its prior (docs/routers.md)."""
+        live = self.live
+        return live is not None and self.action == "update" and live.changes_x(self.wanted)
 
-    @property
-    def rebuilds_x(self) -> bool:
-        """Whether the update changes how x is built but not its size: the server refuses it
-        once the router has decisions or feedback logged (banditd.store.routers)."""
-        return self.live is not None and self.live.builds_x_otherwise(self.wanted)
+    def how_x_changes(self) -> str:
+        """What the update does to x, for the router's line (only where it relearns)."""
+        live, wanted = self.live, self.wanted
+        assert live is not None
+        if live.dim != wanted.dim:
+            return f"x goes from {live.dim} to {wanted.dim} values"
+        before, after = live.context_fields, wanted.context_fields
+
+        def shown(fields: dict[str, object], name: str) -> str:
+            return repr(fields[name]) if name in fields else "-"  # "-": not in effect
+
+        changed = [
+            f"{name}: {shown(before, name)} -> {shown(after, name)}"
+            for name in {**before, **after}
+            if before.get(name) != after.get(name)
+        ]
+        return f"x is built another way ({', '.join(changed)})"
 
 
 def plan(admin: AdminClient, specs: list[RouterSpec]) -> list[Change]:
@@ -122,15 +133,9 @@ def _apply(admin: AdminClient, args: argparse.Namespace) -> int:
         if not args.json:  # as it happens: a later failure leaves these lines true
             shown = "" if version is None else f" (version {version})"
             if relearns:
-                assert change.live is not None
                 shown += (
-                    f"; x goes from {change.live.dim} to {change.wanted.dim} values, so it "
-                    "learns again from its prior (its logged feedback no longer fits)"
-                )
-            if change.rebuilds_x and args.dry_run:
-                shown += (
-                    "; it changes how x is built but not its size, which the server refuses "
-                    "once the router has served (create a new router for the new context)"
+                    f"; {change.how_x_changes()}, so it learns again from its prior (its logged "
+                    "feedback no longer fits)"
                 )
             print(f"{change.key}: {verbs[change.action]}{shown}", flush=True)
     if args.json:

@@ -76,8 +76,10 @@ class ContextPipeline:
         reduction: Reduction | None = None,
         batcher: MicroBatcher | None = None,
         max_prompt_chars: int = 200_000,
+        context_since: int = 0,
     ) -> None:
         self.spec = spec
+        self.context_since = context_since  # events decided before this router version: not x
         self.encoder = encoder
         self.batcher = batcher
         self.max_prompt_chars = max_prompt_chars
@@ -220,12 +222,15 @@ class ContextPipeline:
 
     def observe(self, event: FeedbackEvent) -> None:
         """Fold an applied feedback event into the kNN index (events in id order; a default
-        reward, a decision's later signal, or x of another layout, is no outcome: the index
-        holds each decision's first answer)."""
+        reward, a decision's later signal, or x of another layout or decided before the
+        router's context last changed, is no outcome: the index holds each decision's first
+        answer)."""
         knn = self.knn
         if knn is None or event.event_id <= knn.last_event_id:
             return
         knn.last_event_id = event.event_id
         if event.defaulted or event.signal or event.x.shape != (self.spec.dim,):
+            return
+        if not event.decided_since(self.context_since):
             return
         knn.add(self.embedding_part(event.x), event.arm, event.reward)

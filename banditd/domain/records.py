@@ -93,6 +93,7 @@ class Decision:
             expected_cost_usd=self.expected_cost_usd,
             challenger=self.challenger,
             challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
+            router_version=self.router_version,
         )
 
 
@@ -113,6 +114,7 @@ class JoinRecord:
     expected_cost_usd: float
     challenger: str | None = None
     challenger_cost_usd: float = 0.0  # the challenger's expected cost; 0 without one
+    router_version: int | None = None  # the router's version when it decided
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,14 @@ class FeedbackEvent:
     # Pairwise feedback (issue 21): the decision's challenger and its reward at the same x.
     challenger: str | None = None
     challenger_reward: float | None = None
+    # The router version of the event's decision (None: unknown). The posterior skips an event
+    # decided before the router's context last changed (Prior.context_since).
+    decision_version: int | None = None
+
+    def decided_since(self, version: int) -> bool:
+        """Whether the event's decision was made at router ``version`` or later (an unknown
+        version counts as 0: before any change of the router's context)."""
+        return (self.decision_version or 0) >= version
 
 
 def combined_reward(rule: str, rewards: Sequence[float]) -> float:

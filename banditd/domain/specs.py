@@ -303,10 +303,7 @@ class RouterSpec:
 
     @property
     def context_fields(self) -> dict[str, object]:
-        """What gives each position of x its meaning, besides x's size: two versions of a
-        router with the same fields and dim build the same x from the same request, so feedback
-        logged under one fits the other (banditd.store.routers refuses an update that keeps
-        the size and changes these while feedback is logged)."""
+        """What gives each position of x its meaning besides its size (``changes_x``)."""
         fields: dict[str, object] = {
             "encoder": self.encoder,
             "embedding_dim": self.embedding_dim,
@@ -322,10 +319,10 @@ class RouterSpec:
             fields["arms"] = tuple(a.name for a in self.arms)
         return fields
 
-    def builds_x_otherwise(self, other: RouterSpec) -> bool:
-        """Whether ``other`` builds an x of this size another way: feedback logged under one
-        would be read wrongly under the other (a change of size is caught by the size)."""
-        return self.dim == other.dim and self.context_fields != other.context_fields
+    def changes_x(self, other: RouterSpec) -> bool:
+        """Whether ``other`` builds x of another size or another way: feedback logged under
+        one is not the other's data, so a router changed so learns again from its prior."""
+        return self.dim != other.dim or self.context_fields != other.context_fields
 
     @property
     def reduced_dim(self) -> int:

@@ -143,6 +143,7 @@ class Learner:
             energy_wh=req.energy_wh,
             challenger=None if pair is None else claims.challenger,
             challenger_reward=None if pair is None else pair[1],
+            decision_version=claims.router_version,
         )
 
     async def _usage_claims(self, req: FeedbackInput) -> TokenClaims:

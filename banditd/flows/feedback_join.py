@@ -62,7 +62,7 @@ class DecisionFinder:
 
 def joined(claims: TokenClaims, decision: JoinRecord) -> TokenClaims:
     """A compact token's claims completed from its decision: x, the arm names, the exact
-    propensity and expected costs (the token has them as float32)."""
+    propensity and expected costs (the token has them as float32), the router's version."""
     if decision.router_id != claims.router_id or decision.tenant != claims.tenant:
         raise PermissionDenied("decision_id does not match its decision")
     if decision.x is None:
@@ -81,6 +81,7 @@ def joined(claims: TokenClaims, decision: JoinRecord) -> TokenClaims:
         challenger_cost_usd=decision.challenger_cost_usd,
         arm_index=claims.arm_index,
         challenger_index=claims.challenger_index,
+        router_version=decision.router_version,
     )
 
 

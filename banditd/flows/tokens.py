@@ -101,6 +101,8 @@ class TokenClaims:
     # Compact tokens: the arms' positions in the router's arm list at decision time.
     arm_index: int = 0
     challenger_index: int = NO_ARM
+    # The router's version at decision time, from the decision (joined); None: not known.
+    router_version: int | None = None
 
 
 class TokenSigner:

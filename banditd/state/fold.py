@@ -66,10 +66,12 @@ class RouterState:
         *,
         context: ContextPipeline | None = None,
         policy: str | None = None,
+        context_since: int = 0,
     ) -> RouterState:
         """The router before any event. ``policy``: a registered policy to run instead of the
-        router's own (replay's ``knn``), with the router's exploration."""
-        posterior = Posterior.empty(Prior.of(spec), spec.prior_output_tokens)
+        router's own (replay's ``knn``), with the router's exploration; ``context_since``: the
+        router version since which it builds x as now (StoredRouter's)."""
+        posterior = Posterior.empty(Prior.of(spec, context_since), spec.prior_output_tokens)
         for arm in spec.arms:
             posterior.index(arm.name)
         return cls(

@@ -92,14 +92,14 @@ class Catalog:
     async def _restore(self, stored: StoredRouter) -> RouterState:
         spec = stored.spec
         started = time.perf_counter()
-        state = RouterState.fresh(spec, stored.router_id)
+        state = RouterState.fresh(spec, stored.router_id, context_since=stored.context_since)
         snapshot = await self._store.learnt.latest_snapshot(stored.router_id)
         if snapshot is not None:
             try:
                 posterior = posterior_snapshot.load(snapshot[0])
             except ValueError as exc:  # an older format: rebuild from the log
                 log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
-            else:  # one under another embedding size or prior is not used: rebuild from the log
+            else:  # one under another prior or context (Prior) is not used: rebuild from the log
                 if posterior.prior == state.posterior.prior:
                     state.resume(posterior, ArmHealth.from_json(snapshot[1], spec.breaker))
         from_id = state.posterior.last_event_id
@@ -130,6 +130,7 @@ class Catalog:
             known_vocabulary=known,
             batcher=batcher,
             max_prompt_chars=self._max_prompt_chars,
+            context_since=stored.context_since,
         )
         self.reductions.serve(router_id, pipeline)
         await self.reductions.load(router_id, pipeline)
@@ -214,6 +215,7 @@ class Catalog:
                 created_at=now,
                 cost_reported=False,
                 defaulted=True,
+                decision_version=d.router_version,
             )
             for d in due
             if d.x is not None

@@ -53,7 +53,8 @@ class Prior:
     so its mean quality is q with ``weight`` observations behind it: q is the arm's entry in
     ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else ``quality``.
     The posterior's shared level then moves every arm's q alike (Posterior.theta). Each update
-    of an arm first discounts its A and b by ``forgetting``.
+    of an arm first discounts its A and b by ``forgetting``. Events decided before router
+    version ``context_since``, when the router last changed how it builds x, are not its data.
     """
 
     dim: int
@@ -61,9 +62,10 @@ class Prior:
     weight: float = 1.0
     forgetting: float = 1.0
     arm_quality: tuple[tuple[str, float], ...] = ()
+    context_since: int = 0
 
     @classmethod
-    def of(cls, spec: RouterSpec) -> Prior:
+    def of(cls, spec: RouterSpec, context_since: int = 0) -> Prior:
         prices = np.array(
             [a.cost_usd(PRIOR_INPUT_TOKENS, spec.prior_output_tokens) for a in spec.arms]
         )
@@ -73,7 +75,14 @@ class Prior:
             for a, q in zip(spec.arms, tiers, strict=True)
             if float(q) != spec.prior_quality
         )
-        return cls(spec.dim, spec.prior_quality, spec.prior_weight, spec.forgetting, arm_quality)
+        return cls(
+            spec.dim,
+            spec.prior_quality,
+            spec.prior_weight,
+            spec.forgetting,
+            arm_quality,
+            context_since,
+        )
 
     def quality_of(self, arms: list[str]) -> FloatArray:
         """The prior mean quality of each arm, shape (len(arms),)."""
@@ -214,8 +223,8 @@ class Posterior:
         if event.event_id <= self.last_event_id:
             raise ValueError(f"event {event.event_id} after {self.last_event_id}: out of order")
         self.last_event_id = event.event_id
-        if event.x.shape != (self.dim,):
-            return None  # logged under an earlier embedding size: not this posterior's data
+        if event.x.shape != (self.dim,) or not event.decided_since(self.prior.context_since):
+            return None  # x built under an earlier context of the router: not this posterior's
         problem = event_problem(event)
         if problem is not None:
             return problem

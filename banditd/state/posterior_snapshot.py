@@ -21,7 +21,9 @@ def dump(post: Posterior) -> bytes:
     prior = post.prior
     np.savez(
         buf,
-        prior=np.array([prior.dim, prior.quality, prior.weight, prior.forgetting]),
+        prior=np.array(
+            [prior.dim, prior.quality, prior.weight, prior.forgetting, prior.context_since]
+        ),
         arm_prior_names=np.array([a for a, _ in prior.arm_quality], dtype=np.str_),
         arm_prior_quality=np.array([q for _, q in prior.arm_quality], dtype=np.float64),
         prior_output_tokens=post.prior_output_tokens,
@@ -73,7 +75,8 @@ def load(data: bytes) -> Posterior:
                 (str(a), float(q))
                 for a, q in zip(z["arm_prior_names"], z["arm_prior_quality"], strict=True)
             )
-        prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]), arm_quality)
+        since = int(p[4]) if len(p) > 4 else 0  # written before context_since: 0
+        prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]), arm_quality, since)
         dim = prior.dim
         arms = [str(a) for a in z["arms"]]
         k = len(arms)

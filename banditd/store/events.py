@@ -282,6 +282,7 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "energy_wh": e.energy_wh,
         "challenger": e.challenger,
         "challenger_reward": e.challenger_reward,
+        "decision_version": e.decision_version,
     }
 
 

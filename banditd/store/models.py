@@ -376,3 +376,10 @@ feedback_pending = Table(
     Column("settled_at", Float, nullable=True),
     Index("ix_feedback_pending_state_id", "state", "id"),
 )
+
+# A change of how x is built (migration 0016; banditd.store.routers): the router version since
+# which x is built as now (0: since the router was created), and each event's decision's router
+# version (null: logged before 0016, or a decision token that did not say), so that the events
+# decided under an earlier context are not folded into the posterior.
+routers.append_column(Column("context_since", Integer, nullable=False, server_default="0"))
+feedback_events.append_column(Column("decision_version", Integer, nullable=True))

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec, spec_from_dict, spec_to_dict
-from banditd.errors import Aborted, FailedPrecondition, NotFound
+from banditd.errors import Aborted, NotFound
 from banditd.store.engine import Database
 from banditd.store.models import (
     arms,
@@ -52,8 +52,12 @@ _LOGGED = (
 
 @dataclass(frozen=True)
 class StoredRouter:
+    """A router as stored: ``context_since``, the version since which it builds x as now (0:
+    since it was created); the events decided before it are not its posterior's data."""
+
     router_id: int
     spec: RouterSpec
+    context_since: int = 0
 
 
 def _spec(row: Any, router_arms: list[ArmSpec]) -> RouterSpec:
@@ -94,41 +98,7 @@ async def _load(conn: AsyncConnection, *where: Any) -> list[StoredRouter]:
         by_router.setdefault(a.router_id, []).append(
             ArmSpec(**{name: getattr(a, name) for name in _ARM_COLUMNS})
         )
-    return [StoredRouter(r.id, _spec(r, by_router.get(r.id, []))) for r in rows]
-
-
-async def _check_context(conn: AsyncConnection, router_id: int, spec: RouterSpec) -> None:
-    """Refuse an update that keeps x's size but changes how x is built (RouterSpec.context_fields)
-    while decisions or feedback are logged: the posterior is rebuilt from the logged x, which the
-    new context would read as something else. A change of size relearns from the prior instead
-    (the logged x no longer fit), and a router that has served nothing takes any change."""
-    live = (await _load(conn, routers.c.id == router_id))[0].spec
-    if not live.builds_x_otherwise(spec):
-        return
-    for table in (feedback_events, decisions):  # decisions: their feedback would come later
-        logged = select(table.c.router_id).where(table.c.router_id == router_id).limit(1)
-        if await conn.scalar(logged) is not None:
-            raise FailedPrecondition(
-                f"router {spec.tenant}/{spec.name} has decisions or feedback logged with x built "
-                f"by its current context; this update changes how x is built "
-                f"({_context_change(live, spec)}) but not its size ({spec.dim} values), so the "
-                "logged x would be read as the new context's. Create a new router for the new "
-                "context (or delete this one first)"
-            )
-
-
-def _context_change(live: RouterSpec, wanted: RouterSpec) -> str:
-    """The context fields an update changes, as "name: old -> new" ("-": not in effect)."""
-    before, after = live.context_fields, wanted.context_fields
-
-    def shown(fields: dict[str, object], name: str) -> str:
-        return repr(fields[name]) if name in fields else "-"
-
-    return ", ".join(
-        f"{name}: {shown(before, name)} -> {shown(after, name)}"
-        for name in {**before, **after}
-        if before.get(name) != after.get(name)
-    )
+    return [StoredRouter(r.id, _spec(r, by_router.get(r.id, [])), r.context_since) for r in rows]
 
 
 class Routers:
@@ -189,26 +159,28 @@ class Routers:
                         .returning(routers.c.id)
                     )
                 ).scalar_one()
-                version, created = 1, True
+                version, created, context_since = 1, True, 0
             else:
                 router_id, created = row.id, False
-                await _check_context(conn, router_id, spec)
+                live = (await _load(conn, routers.c.id == router_id))[0].spec
                 guard = [] if expected_version is None else [routers.c.version == expected_version]
-                # Incremented in the database, so concurrent writers get distinct versions.
+                # Incremented in the database, so concurrent writers get distinct versions. A
+                # change of how x is built starts the router's context at the new version.
+                since = routers.c.version + 1 if live.changes_x(spec) else routers.c.context_since
                 found = (
                     await conn.execute(
                         update(routers)
                         .where(routers.c.id == router_id, *guard)
-                        .values(version=routers.c.version + 1, **values)
-                        .returning(routers.c.version)
+                        .values(version=routers.c.version + 1, context_since=since, **values)
+                        .returning(routers.c.version, routers.c.context_since)
                     )
-                ).scalar_one_or_none()
+                ).first()
                 if found is None:
                     raise Aborted(
                         f"router {spec.tenant}/{spec.name} is no longer at version "
                         f"{expected_version}; read it again and retry"
                     )
-                version = int(found)
+                version, context_since = int(found[0]), int(found[1])
                 await conn.execute(delete(arms).where(arms.c.router_id == router_id))
             await conn.execute(
                 insert(arms),
@@ -231,7 +203,7 @@ class Routers:
                     created_at=now,
                 )
             )
-        return StoredRouter(router_id, stored), created
+        return StoredRouter(router_id, stored, context_since), created
 
     async def versions(self, router_id: int) -> list[tuple[int, str, float, RouterSpec]]:
         """The router's stored configurations, oldest first: (version, action, time, spec)."""

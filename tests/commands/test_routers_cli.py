@@ -205,32 +205,23 @@ async def test_apply_says_when_an_update_makes_the_router_learn_again(
     assert (status, printed) == (0, "acme/chat: updated (version 3)\n")
 
 
-async def test_apply_of_a_context_built_otherwise_at_the_same_size(
+async def test_apply_says_when_x_is_built_another_way(
     sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """The dry run warns; a router that has served nothing takes it; one that has is refused
-    with the fields named, and keeps its version."""
+    """x of the same size built otherwise: the router learns again too, and apply says how."""
     server = await start_server(sqlite_url)
     banditd, path = await chat_applied(server, capsys, tmp_path)
     path.write_text(router_file(entry(text_window_tokens="64")))
     status, printed, _ = await banditd("apply", "-f", str(path), "--dry-run")
     assert status == 0
     assert (
-        "acme/chat: would be updated (version 1); it changes how x is built but not its size, "
-        "which the server refuses once the router has served (create a new router for the new "
-        "context)\n"
+        "acme/chat: would be updated (version 1); x is built another way (text_window_tokens: "
+        "0 -> 64), so it learns again from its prior (its logged feedback no longer fits)\n"
     ) in printed
-    status, printed, _ = await banditd("apply", "-f", str(path))
-    assert (status, printed) == (0, "acme/chat: updated (version 2)\n")
-    d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="q"))
-    await server.router.Feedback(
-        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1)
-    )
-    path.write_text(router_file(entry(text_window_tokens="128")))
-    status, printed, error = await banditd("apply", "-f", str(path))
-    assert status != 0 and printed == ""
-    assert "FAILED_PRECONDITION" in error and "text_window_tokens: 64 -> 128" in error
-    assert await routers(server) == {"acme/chat": 2}
+    status, printed, _ = await banditd("apply", "-f", str(path), "--json")
+    assert json.loads(printed)["routers"] == [
+        {"router": "acme/chat", "action": "update", "version": 2, "relearns": True}
+    ]
 
 
 @pytest.mark.parametrize(("text", "error"), BAD_ROUTERS)

@@ -339,6 +339,11 @@ async def test_knn_index_grows_with_feedback_and_is_rebuilt_on_restart(
     restarted = await start_server(database_url)
     again = await _x(restarted, await select(restarted.router, query))
     np.testing.assert_array_equal(again, live)
+    # x built another way (same size): the logged outcomes were found with the earlier x
+    moved = router_config(arms=("cheap", "strong"), embedding_dim=4, knn_k=5, text_window_tokens=8)
+    await restarted.admin.PutRouter(pb.PutRouterRequest(router=moved))
+    stats = await restarted.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.knn_indexed == 0
 
 
 def test_bench_context_reports_encoders_and_knn(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 
 async def test_router_lifecycle(database_url: str, start_server: StartServer) -> None:
@@ -60,29 +60,51 @@ async def test_concurrent_creates_of_one_router(
     assert [a.name for a in final.router.arms] == ["cheap", "mid", "strong"]
 
 
-async def test_a_context_change_that_keeps_x_size_needs_a_router_without_logs(
+async def test_a_change_of_how_x_is_built_relearns_from_the_prior(
     database_url: str, start_server: StartServer
 ) -> None:
-    """Same-size x built another way would read the logged x wrongly: refused once the router
-    has served, taken before; a change of size relearns from the prior, so it is taken."""
-    server = await start_server(database_url)
-    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
-    windowed = router_config(text_window_tokens=64)
-    assert (await server.admin.PutRouter(pb.PutRouterRequest(router=windowed))).router.version == 2
-    d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="a b"))
-    await server.router.Feedback(
-        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1)
+    """x of the same size built another way: the logged feedback, and feedback on decisions
+    made before the change, no longer teach the router; what is decided after the change does,
+    on this replica, on one restored from snapshot and log, and after another change of x."""
+    server = await start_server(database_url, snapshot_every=4)
+
+    async def served(reward: float = 0.0, *, send: bool = True) -> str:
+        d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="q"))
+        if send:
+            await server.router.Feedback(
+                pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=reward)
+            )
+        return d.decision_id
+
+    async def level(at: Running = server) -> float:
+        stats = await at.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+        return stats.prior_level
+
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(text_window_tokens=64)))
+    for _ in range(6):
+        await served()
+    late = await served(send=False)
+    assert await level() < 0.69  # rewards of 0 pull the shared level under the prior's 0.7
+    put = await server.admin.PutRouter(
+        pb.PutRouterRequest(router=router_config(text_window_tokens=128))
     )
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await server.admin.PutRouter(
-            pb.PutRouterRequest(router=router_config(text_window_tokens=128))
-        )
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "text_window_tokens: 64 -> 128" in (err.value.details() or "")
-    got = await server.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="chat"))
-    assert got.router.version == 2 and got.router.text_window_tokens == 64
-    # the same context with another exploration, and another size of x: both taken
-    tuned = router_config(text_window_tokens=64, exploration=0.3)
+    assert put.router.version == 2
+    assert await level() == pytest.approx(0.7)  # learns again from its prior
+    await server.router.Feedback(  # acknowledged, and logged, but decided under the old x
+        pb.FeedbackRequest(tenant="acme", decision_id=late, reward=0)
+    )
+    assert await level() == pytest.approx(0.7)
+    # A change that leaves x alone keeps what the router learnt since.
+    for _ in range(5):
+        await served()
+    after = await level()
+    assert after < 0.69
+    tuned = router_config(text_window_tokens=128, exploration=0.3)
     assert (await server.admin.PutRouter(pb.PutRouterRequest(router=tuned))).router.version == 3
+    assert await level() == pytest.approx(after)
+    replica = await start_server(database_url)
+    assert await level(replica) == pytest.approx(after)
+    # Another size of x relearns as well.
     wider = router_config(text_window_tokens=128, embedding_dim=8)
     assert (await server.admin.PutRouter(pb.PutRouterRequest(router=wider))).router.version == 4
+    assert await level() == pytest.approx(0.7)

@@ -200,6 +200,7 @@ def test_joined_claims_take_every_other_field_from_the_token(challenger: str | N
         "expected_cost_usd": decision.expected_cost_usd,
         "challenger": challenger,
         "challenger_cost_usd": 0.0 if challenger is None else 0.0301,
+        "router_version": decision.router_version,
     }
     for f in fields(TokenClaims):
         want = from_decision.get(f.name, getattr(compact, f.name))

@@ -76,6 +76,26 @@ def test_same_events_same_arrays_and_snapshot_round_trip() -> None:
     assert expected_cost(restored, per_token, 100) == expected_cost(two, per_token, 100)
 
 
+def test_events_decided_under_an_earlier_context_are_passed_over() -> None:
+    """Prior.context_since: an event whose decision came before that router version (or whose
+    version is unknown) teaches nothing but is passed in order; a snapshot keeps the version."""
+    log = events(20, 4)
+    since, fresh = (
+        Posterior.empty(Prior(4, 1.0, context_since=3), 300),
+        Posterior.empty(Prior(4, 1.0), 300),
+    )
+    for i, e in enumerate(log):
+        decided = (None if i % 2 else 2) if i < 10 else 3 + i % 2
+        since.apply(replace(e, decision_version=decided))
+    for e in log[10:]:
+        fresh.apply(e)
+    assert since.arms == fresh.arms and since.last_event_id == 20
+    for name in ("a", "b", "theta", "reward_sum", "n_updates"):
+        np.testing.assert_array_equal(getattr(since, name), getattr(fresh, name))
+    restored = posterior_snapshot.load(posterior_snapshot.dump(since))
+    assert restored.prior == since.prior and restored.prior.context_since == 3
+
+
 def test_out_of_order_event_is_refused() -> None:
     post = Posterior.empty(Prior(4), 300)
     log = events(2, 4)
