@@ -24,12 +24,13 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
 from banditd import metrics
 from banditd.budget.pacer import DEFAULT_SLACK, Pacing
+from banditd.budget.usage import BudgetUsage
 from banditd.budget.view import UNLIMITED, BudgetState, BudgetView, Reservation
 from banditd.domain.budgets import BudgetSpec, elapsed_fraction, period_bounds
 from banditd.errors import Aborted, BanditdError, Unavailable
@@ -37,18 +38,6 @@ from banditd.store.budget_leases import Charge, Leases
 from banditd.store.budgets import BudgetRepository, LedgerRow, SpendLine, StoredBudget
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class BudgetUsage:
-    spec: BudgetSpec
-    period_start: float
-    period_end: float
-    committed_usd: float
-    leased_usd: float  # granted to open leases and not yet used
-    remaining_usd: float
-    alerts_fired: tuple[float, ...]
-    elapsed: float
 
 
 class Budgets:
@@ -115,22 +104,19 @@ class Budgets:
         return [await self._usage(s) for s in await self._repo.list_budgets(tenant or None)]
 
     async def _usage(self, stored: StoredBudget) -> BudgetUsage:
-        spec, now = stored.spec, self._clock()
-        bounds = period_bounds(spec, now)
+        bounds = period_bounds(stored.spec, self._clock())
         row = await self._repo.ledger(stored.budget_id, bounds[0])
-        committed = row.committed_usd if row else 0.0
-        leased = row.leased_usd - (row.committed_usd - row.spent_usd) if row else 0.0
-        fired = row.alerts_fired if row else 0
-        return BudgetUsage(
-            spec=spec,
-            period_start=bounds[0],
-            period_end=bounds[1],
-            committed_usd=committed,
-            leased_usd=max(0.0, leased),
-            remaining_usd=spec.limit_usd - committed,
-            alerts_fired=spec.alerts[:fired],
-            elapsed=elapsed_fraction(bounds, now),
-        )
+        return BudgetUsage.of(stored.spec, bounds, row, self._clock())
+
+    async def delete(self, tenant: str, router: str) -> bool:
+        """Stop enforcing the budget here at once (other replicas at their next housekeeping);
+        False when there is none. This replica's lease is left to expire, so that decisions
+        already reserved on it still commit."""
+        deleted = await self._repo.delete_budget(tenant, router)
+        self._by_key.pop((tenant, router), None)
+        if deleted:
+            log.info("budget_deleted", tenant=tenant, router=router)
+        return deleted
 
     async def spend(
         self, tenant: str, router: str, since: float, until: float, metadata_key: str
@@ -304,8 +290,11 @@ class Budgets:
         committed spend, fire alerts, set metrics."""
         await self._write_deferred()
         now = self._clock()
-        for stored in await self._repo.list_budgets():
+        listed = await self._repo.list_budgets()
+        for stored in listed:
             self._adopt(stored)
+        for key in self._by_key.keys() - {stored.spec.key for stored in listed}:
+            del self._by_key[key]  # deleted (DeleteBudget); its lease expires by itself
         await self._leases.reap(now)
         for state in list(self._by_key.values()):
             async with state.lock:

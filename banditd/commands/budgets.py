@@ -1,10 +1,12 @@
-"""`banditd budgets`: set, read and list spending budgets on a running server, and its spend.
+"""`banditd budgets`: set, read, list and delete spending budgets on a running server; its spend.
 
 banditd budgets set TENANT[/ROUTER] --limit-usd X --period day [--alert 0.8 ...]
         [--on-exhausted cheapest|refuse] [--window-seconds N --window-start UNIX]
     creates or replaces the budget of a tenant (every router) or of one router (docs/operations.md).
 banditd budgets get TENANT[/ROUTER] ... | list [--tenant T]
     the budgets with their current period: spent, leased and remaining.
+banditd budgets delete TENANT[/ROUTER] ...
+    stops enforcing budgets; set again, one counts its current period's spend so far.
 banditd budgets spend TENANT[/ROUTER] [--since UNIX] [--until UNIX] [--by KEY]
     the spend of the decisions made in a time range, by router and arm (and a metadata key).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -131,6 +134,20 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
+    """Each budget named; exit status 1 when one was not found (the others are deleted)."""
+    missing = 0
+    for tenant, router in args.scope:
+        request = pb.DeleteBudgetRequest(tenant=tenant, router=router)
+        name = f"{tenant}/{router}" if router else tenant
+        if admin.call("DeleteBudget", request).deleted:
+            print(f"{name}: budget deleted")
+        else:
+            missing += 1
+            print(f"banditd: no budget for {name}", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def _spend(admin: AdminClient, args: argparse.Namespace) -> int:
     tenant, router = args.scope
     request = pb.GetSpendRequest(
@@ -162,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         "get": lambda admin: _get(admin, args),
         "list": lambda admin: _list(admin, args),
         "spend": lambda admin: _spend(admin, args),
+        "delete": lambda admin: _delete(admin, args),
     }
     return with_admin(args, commands[args.budgets_command])
 
@@ -170,7 +188,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     commands = add_command_parser(
         sub,
         "budgets",
-        "set, get and list spending budgets on a running server, and its spend",
+        "set, get, list and delete spending budgets on a running server; its spend",
         __doc__ or "",
         run,
     )
@@ -213,6 +231,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p_get.add_argument("scope", type=scope, nargs="+", metavar="TENANT[/ROUTER]")
     p_list = commands.add_parser("list", help="every budget with its current period")
     p_list.add_argument("--tenant", help="only this tenant's budgets (default: every tenant)")
+    p_delete = commands.add_parser(
+        "delete", help="stop enforcing budgets (a later set revives one with its period's spend)"
+    )
+    p_delete.add_argument("scope", type=scope, nargs="+", metavar="TENANT[/ROUTER]")
     p_spend = commands.add_parser("spend", help="spend by router and arm over a time range")
     p_spend.add_argument("scope", type=scope, metavar="TENANT[/ROUTER]")
     p_spend.add_argument(
@@ -220,6 +242,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p_spend.add_argument("--until", type=float, default=0.0, metavar="UNIX", help="to (0: now)")
     p_spend.add_argument("--by", metavar="KEY", help="also group by this request metadata key")
-    for command in (p_set, p_get, p_list, p_spend):
+    for command in (p_set, p_get, p_list, p_delete, p_spend):
         add_connection_arguments(command)
-        command.add_argument("--json", action="store_true", help="print JSON on stdout")
+        if command is not p_delete:
+            command.add_argument("--json", action="store_true", help="print JSON on stdout")

@@ -226,6 +226,14 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.ListBudgetsResponse(budgets=[codec.budget_usage_to_proto(u) for u in found])
 
     @_edge
+    async def DeleteBudget(
+        self, request: pb.DeleteBudgetRequest, context: Ctx
+    ) -> pb.DeleteBudgetResponse:
+        _check_scope(request.tenant, request.router)
+        deleted = await self._budgets.delete(request.tenant, request.router)
+        return pb.DeleteBudgetResponse(deleted=deleted)
+
+    @_edge
     async def GetSpend(self, request: pb.GetSpendRequest, context: Ctx) -> pb.GetSpendResponse:
         _check_scope(request.tenant, request.router)
         check_finite("since_unix", request.since_unix)

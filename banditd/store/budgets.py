@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -86,7 +86,9 @@ class BudgetRepository:
             async with self.db.transaction() as conn:
                 row = (
                     await conn.execute(
-                        select(budgets.c.id, budgets.c.version, budgets.c.period)
+                        select(
+                            budgets.c.id, budgets.c.version, budgets.c.period, budgets.c.deleted_at
+                        )
                         .where(budgets.c.tenant == spec.tenant, budgets.c.router == spec.router)
                         .with_for_update()
                     )
@@ -108,7 +110,9 @@ class BudgetRepository:
                     return StoredBudget(int(budget_id), replace(spec, version=1)), True
                 version = int(row.version) + 1
                 await conn.execute(
-                    update(budgets).where(budgets.c.id == row.id).values(version=version, **values)
+                    update(budgets)
+                    .where(budgets.c.id == row.id)
+                    .values(version=version, deleted_at=None, **values)  # a deleted one revives
                 )
                 if row.period != spec.period:  # the old period's rows no longer apply
                     ledger_start = None
@@ -121,12 +125,25 @@ class BudgetRepository:
                         )
                         .values(limit_usd=spec.limit_usd)
                     )
-                return StoredBudget(int(row.id), replace(spec, version=version)), False
+                revived = row.deleted_at is not None
+                return StoredBudget(int(row.id), replace(spec, version=version)), revived
         except IntegrityError as exc:
             raise Aborted(f"budget {spec.label} was created concurrently; retry") from exc
 
+    async def delete_budget(self, tenant: str, router: str) -> bool:
+        """Mark the budget deleted; False when there is none in force. Its row and ledger stay:
+        charges of decisions still in flight keep their budget, and a SetBudget of the same
+        tenant and router revives it with this period's spend."""
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                update(budgets)
+                .where(_in_force(), budgets.c.tenant == tenant, budgets.c.router == router)
+                .values(deleted_at=self._clock())
+            )
+        return bool(result.rowcount)
+
     async def list_budgets(self, tenant: str | None = None) -> list[StoredBudget]:
-        query = select(budgets).order_by(budgets.c.tenant, budgets.c.router)
+        query = select(budgets).where(_in_force()).order_by(budgets.c.tenant, budgets.c.router)
         if tenant:
             query = query.where(budgets.c.tenant == tenant)
         async with self.db.transaction() as conn:
@@ -137,7 +154,9 @@ class BudgetRepository:
         async with self.db.transaction() as conn:
             row = (
                 await conn.execute(
-                    select(budgets).where(budgets.c.tenant == tenant, budgets.c.router == router)
+                    select(budgets).where(
+                        _in_force(), budgets.c.tenant == tenant, budgets.c.router == router
+                    )
                 )
             ).first()
         if row is None:
@@ -228,6 +247,10 @@ class BudgetRepository:
             SpendLine(name, arm, value, int(n), float(usd))
             for (name, arm, value), (n, usd) in sorted(lines.items())
         ]
+
+
+def _in_force() -> ColumnElement[bool]:
+    return budgets.c.deleted_at.is_(None)
 
 
 def _stored(row: Any) -> StoredBudget:

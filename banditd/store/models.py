@@ -383,3 +383,6 @@ feedback_pending = Table(
 # decided under an earlier context are not folded into the posterior.
 routers.append_column(Column("context_since", Integer, nullable=False, server_default="0"))
 feedback_events.append_column(Column("decision_version", Integer, nullable=True))
+# DeleteBudget (migration 0017): a deleted budget's row stays, so that the charges of decisions
+# still in flight keep their budget; SetBudget of the same tenant and router revives it.
+budgets.append_column(Column("deleted_at", Float, nullable=True))

@@ -303,6 +303,11 @@ class AdminStub:
                 request_serializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsRequest.SerializeToString,
                 response_deserializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsResponse.FromString,
                 _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/banditd.v1.Admin/DeleteBudget',
+                request_serializer=banditd_dot_v1_dot_banditd__pb2.DeleteBudgetRequest.SerializeToString,
+                response_deserializer=banditd_dot_v1_dot_banditd__pb2.DeleteBudgetResponse.FromString,
+                _registered_method=True)
         self.GetSpend = channel.unary_unary(
                 '/banditd.v1.Admin/GetSpend',
                 request_serializer=banditd_dot_v1_dot_banditd__pb2.GetSpendRequest.SerializeToString,
@@ -389,6 +394,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteBudget(self, request, context):
+        """Stop enforcing a budget; its period's spend stays counted if it is set again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSpend(self, request, context):
         """Cost attribution: spend by router, arm and a caller metadata key over a time range.
         """
@@ -458,6 +470,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListBudgets,
                     request_deserializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsRequest.FromString,
                     response_serializer=banditd_dot_v1_dot_banditd__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=banditd_dot_v1_dot_banditd__pb2.DeleteBudgetRequest.FromString,
+                    response_serializer=banditd_dot_v1_dot_banditd__pb2.DeleteBudgetResponse.SerializeToString,
             ),
             'GetSpend': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSpend,
@@ -790,6 +807,33 @@ class Admin:
             '/banditd.v1.Admin/ListBudgets',
             banditd_dot_v1_dot_banditd__pb2.ListBudgetsRequest.SerializeToString,
             banditd_dot_v1_dot_banditd__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/banditd.v1.Admin/DeleteBudget',
+            banditd_dot_v1_dot_banditd__pb2.DeleteBudgetRequest.SerializeToString,
+            banditd_dot_v1_dot_banditd__pb2.DeleteBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

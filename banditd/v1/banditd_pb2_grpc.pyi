@@ -122,6 +122,8 @@ class AdminStub:
     """Budgets (issue 6): a spend limit per period for a tenant or one of its routers."""
     GetBudget: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.GetBudgetRequest, _banditd_pb2.GetBudgetResponse]
     ListBudgets: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.ListBudgetsRequest, _banditd_pb2.ListBudgetsResponse]
+    DeleteBudget: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.DeleteBudgetRequest, _banditd_pb2.DeleteBudgetResponse]
+    """Stop enforcing a budget; its period's spend stays counted if it is set again."""
     GetSpend: _grpc.UnaryUnaryMultiCallable[_banditd_pb2.GetSpendRequest, _banditd_pb2.GetSpendResponse]
     """Cost attribution: spend by router, arm and a caller metadata key over a time range."""
 
@@ -146,6 +148,8 @@ class AdminAsyncStub(AdminStub):
     """Budgets (issue 6): a spend limit per period for a tenant or one of its routers."""
     GetBudget: _aio.UnaryUnaryMultiCallable[_banditd_pb2.GetBudgetRequest, _banditd_pb2.GetBudgetResponse]  # type: ignore[assignment]
     ListBudgets: _aio.UnaryUnaryMultiCallable[_banditd_pb2.ListBudgetsRequest, _banditd_pb2.ListBudgetsResponse]  # type: ignore[assignment]
+    DeleteBudget: _aio.UnaryUnaryMultiCallable[_banditd_pb2.DeleteBudgetRequest, _banditd_pb2.DeleteBudgetResponse]  # type: ignore[assignment]
+    """Stop enforcing a budget; its period's spend stays counted if it is set again."""
     GetSpend: _aio.UnaryUnaryMultiCallable[_banditd_pb2.GetSpendRequest, _banditd_pb2.GetSpendResponse]  # type: ignore[assignment]
     """Cost attribution: spend by router, arm and a caller metadata key over a time range."""
 
@@ -239,6 +243,14 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _banditd_pb2.ListBudgetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_banditd_pb2.ListBudgetsResponse, _abc.Awaitable[_banditd_pb2.ListBudgetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteBudget(
+        self,
+        request: _banditd_pb2.DeleteBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_banditd_pb2.DeleteBudgetResponse, _abc.Awaitable[_banditd_pb2.DeleteBudgetResponse]]:
+        """Stop enforcing a budget; its period's spend stays counted if it is set again."""
 
     @_abc_1.abstractmethod
     def GetSpend(

@@ -246,3 +246,42 @@ async def test_an_outage_serves_within_the_lease_and_charges_afterwards(
     await wait_until(charged, "the charges of the outage to be written")
     got = await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))
     assert got.usage.spent_usd == pytest.approx(expected)
+
+
+async def test_delete_budget_stops_it_on_every_replica_and_set_revives_it(
+    database_url: str, start_server: StartServer
+) -> None:
+    server = await _server(start_server, database_url)
+    replica = await start_server(database_url, budget_refresh_s=0.05)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=0.5 * CHEAP)))
+    d = await server.router.Select(select())
+    assert d.budget_outcome == "over_budget"
+
+    async def replica_budgeted() -> bool:
+        return bool((await replica.router.Select(select())).budget_outcome)
+
+    await wait_until(replica_budgeted, "the replica to load the budget")
+    gone = await server.admin.DeleteBudget(pb.DeleteBudgetRequest(tenant="acme"))
+    assert gone.deleted
+    d = await server.router.Select(select())
+    assert d.budget_outcome == "" and len(d.ranking) == 3  # no budget: every arm, unpaced
+
+    async def replica_free() -> bool:
+        return not await replica_budgeted()
+
+    await wait_until(replica_free, "the replica to drop the deleted budget")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))
+    assert err.value.code() == C.NOT_FOUND
+    assert not (await server.admin.ListBudgets(pb.ListBudgetsRequest())).budgets
+    again = await server.admin.DeleteBudget(pb.DeleteBudgetRequest(tenant="acme"))
+    assert not again.deleted
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.DeleteBudget(pb.DeleteBudgetRequest(tenant=""))
+    assert err.value.code() == C.INVALID_ARGUMENT
+    # Set again, it is created afresh but this period's spend still counts.
+    revived = await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    assert revived.created and revived.budget.version == 2
+    usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
+    assert usage.spent_usd >= CHEAP
+    assert (await server.router.Select(select())).budget_outcome == "paced"

@@ -71,6 +71,14 @@ async def test_set_get_list_and_spend(
     assert (status, printed.splitlines()[-1]) == (0, "total: $0.25")
     assert printed.splitlines()[1].split() == ["chat", d.arm, "1", "0.25"]
 
+    status, printed, _ = await banditd("delete", "acme/chat")
+    assert (status, printed) == (0, "acme/chat: budget deleted\n")
+    status, printed, error = await banditd("delete", "acme/chat", "acme")
+    assert (status, printed) == (1, "acme: budget deleted\n")
+    assert error == "banditd: no budget for acme/chat\n"
+    status, printed, _ = await banditd("list")
+    assert (status, printed) == (0, "no budgets\n")
+
 
 async def test_refusals_print_the_servers_status(
     sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from banditd.budget.ledger import BudgetUsage
+from banditd.budget.usage import BudgetUsage
 from banditd.domain.budgets import BudgetSpec
 from banditd.edge.codec.fields import encoded
 from banditd.store.budgets import SpendLine
