@@ -142,9 +142,9 @@ class Routers:
         async with self.db.transaction() as conn:
             row = (
                 await conn.execute(
-                    select(routers.c.id).where(
-                        routers.c.tenant == spec.tenant, routers.c.name == spec.name
-                    )
+                    select(routers.c.id)
+                    .where(routers.c.tenant == spec.tenant, routers.c.name == spec.name)
+                    .with_for_update()  # writers in turn: each compares x with the one before
                 )
             ).first()
             if row is None and expected_version is not None:
