@@ -59,7 +59,7 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
         store = Store.over(db)
         stored = await store.routers.get(tenant, name)
         candidates = [read_candidate(p, tenant, name) for p in args.candidate]
-        log = await evaluation.load_log(store, stored.router_id, args.limit)
+        log = await evaluation.load_log(store, stored.router_id, args.limit, stored.context_since)
     finally:
         await db.close()
     return evaluation.report(

@@ -126,7 +126,7 @@ class Admin:
         check_name("name", name)
         stored = await self._store.routers.get(tenant, name)
         await self._decisions.flush()
-        log = await evaluation.load_log(self._store, stored.router_id, limit)
+        log = await evaluation.load_log(self._store, stored.router_id, limit, stored.context_since)
         # CPU-bound: in a thread, so this replica's event loop keeps answering meanwhile.
         return await asyncio.to_thread(
             evaluation.report,

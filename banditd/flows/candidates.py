@@ -87,14 +87,22 @@ class DecisionLog:
         return tuple(seen)
 
 
-async def load_log(store: Store, router_id: int, limit: int = DEFAULT_LIMIT) -> DecisionLog:
-    """A router's newest ``limit`` decisions with feedback and its whole event log."""
+async def load_log(
+    store: Store, router_id: int, limit: int = DEFAULT_LIMIT, context_since: int = 0
+) -> DecisionLog:
+    """A router's newest ``limit`` decisions with feedback and its whole event log, both from
+    router version ``context_since`` on (StoredRouter's: what came before built x otherwise)."""
     rows = await store.reports.decisions_with_feedback(router_id, limit)
     events: list[FeedbackEvent] = []
     while batch := await store.events.after(router_id, events[-1].event_id if events else 0):
         events += batch
     return DecisionLog(
-        tuple(LoggedDecision.of(d, reward, cost) for d, reward, cost in rows), tuple(events)
+        tuple(
+            LoggedDecision.of(d, reward, cost)
+            for d, reward, cost in rows
+            if d.router_version >= context_since
+        ),
+        tuple(e for e in events if e.decided_since(context_since)),
     )
 
 

@@ -99,6 +99,16 @@ async def test_a_change_of_how_x_is_built_relearns_from_the_prior(
         await served()
     after = await level()
     assert after < 0.69
+    # Off-policy evaluation reads only what was decided under this x: 5 decisions, not 12.
+    report = await server.admin.Evaluate(
+        pb.EvaluateRequest(
+            tenant="acme",
+            name="chat",
+            candidates=[router_config(text_window_tokens=128)],
+            bootstrap_replicates=50,
+        )
+    )
+    assert report.decisions == 5
     tuned = router_config(text_window_tokens=128, exploration=0.3)
     assert (await server.admin.PutRouter(pb.PutRouterRequest(router=tuned))).router.version == 3
     assert await level() == pytest.approx(after)
