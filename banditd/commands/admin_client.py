@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -80,18 +80,28 @@ def add_connection_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows of cells (the header first) in columns two spaces apart, no trailing space."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def print_refusal(exc: Exception) -> None:
     """An error of the command's input on stderr, each line after "banditd: "."""
     print("\n".join(f"banditd: {line}" for line in str(exc).splitlines()), file=sys.stderr)
 
 
-def with_admin(args: argparse.Namespace, command: Callable[[AdminClient], int]) -> int:
+Command = Callable[[AdminClient, argparse.Namespace], int]
+
+
+def with_admin(args: argparse.Namespace, command: Command) -> int:
     """``command`` against the server of ``args``; its exit status, or 1 (the refusal printed
     on stderr) for bad TLS flags or a server's refusal."""
     security = ClientSecurity.from_args(args)
     try:
         with security.channel(args.target) as channel:
-            return command(AdminClient(channel, security, args.wait))
+            return command(AdminClient(channel, security, args.wait), args)
     except TLSConfigError as exc:
         print_refusal(exc)
         return 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -28,8 +28,10 @@ from google.protobuf.message import Message
 
 from banditd.commands.admin_client import (
     AdminClient,
+    Command,
     add_command_parser,
     add_connection_arguments,
+    print_table,
     with_admin,
 )
 from banditd.commands.argtypes import float_between
@@ -58,8 +60,8 @@ def _json(message: Message) -> dict[str, Any]:
     )
 
 
-def _name(budget: pb.Budget) -> str:
-    return f"{budget.tenant}/{budget.router}" if budget.router else budget.tenant
+def _name(tenant: str, router: str) -> str:
+    return f"{tenant}/{router}" if router else tenant
 
 
 def _period(budget: pb.Budget) -> str:
@@ -103,7 +105,8 @@ def _set(admin: AdminClient, args: argparse.Namespace) -> int:
         print(json.dumps(_json(reply)))
     else:
         verb = "created" if reply.created else "replaced"
-        print(f"{_name(reply.budget)}: {verb}: {_describe(reply.budget)}")
+        b = reply.budget
+        print(f"{_name(b.tenant, b.router)}: {verb}: {_describe(b)}")
     return 0
 
 
@@ -112,7 +115,7 @@ def _show(replies: Sequence[pb.GetBudgetResponse], as_json: bool) -> None:
         print(json.dumps([_json(r) for r in replies]))
         return
     for r in replies:
-        print(f"{_name(r.budget)}: {_describe(r.budget)}")
+        print(f"{_name(r.budget.tenant, r.budget.router)}: {_describe(r.budget)}")
         print(_usage(r.usage))
 
 
@@ -139,7 +142,7 @@ def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
     missing = 0
     for tenant, router in args.scope:
         request = pb.DeleteBudgetRequest(tenant=tenant, router=router)
-        name = f"{tenant}/{router}" if router else tenant
+        name = _name(tenant, router)
         if admin.call("DeleteBudget", request).deleted:
             print(f"{name}: budget deleted")
         else:
@@ -165,21 +168,19 @@ def _spend(admin: AdminClient, args: argparse.Namespace) -> int:
     for line in reply.lines:
         by = (line.metadata_value,) if args.by else ()
         table.append((line.router, line.arm, *by, str(line.decisions), f"{line.spend_usd:.6g}"))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     print(f"total: ${reply.total_usd:.6g}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """`banditd budgets ...`; the exit status (1 for a server's refusal)."""
-    commands: dict[str, Callable[[AdminClient], int]] = {
-        "set": lambda admin: _set(admin, args),
-        "get": lambda admin: _get(admin, args),
-        "list": lambda admin: _list(admin, args),
-        "spend": lambda admin: _spend(admin, args),
-        "delete": lambda admin: _delete(admin, args),
+    commands: dict[str, Command] = {
+        "set": _set,
+        "get": _get,
+        "list": _list,
+        "delete": _delete,
+        "spend": _spend,
     }
     return with_admin(args, commands[args.budgets_command])
 

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,11 @@ import grpc
 from banditd.commands import routers_file
 from banditd.commands.admin_client import (
     AdminClient,
+    Command,
     add_command_parser,
     add_connection_arguments,
     print_refusal,
+    print_table,
     with_admin,
 )
 from banditd.commands.routers_file import RoutersFileError
@@ -153,13 +154,13 @@ def router_name(text: str) -> tuple[str, str]:
     return tenant, name
 
 
-def _get(admin: AdminClient, args: argparse.Namespace, target: str) -> int:
+def _get(admin: AdminClient, args: argparse.Namespace) -> int:
     specs: list[RouterSpec] = []
     for tenant, name in args.router:
         reply = admin.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
         specs.append(live_spec(reply.router))
     versions = ", ".join(f"{s.tenant}/{s.name} version {s.version}" for s in specs)
-    comment = f"{versions} on {target}"
+    comment = f"{versions} on {args.target}"
     sys.stdout.write(routers_file.dump(specs, as_json=args.json, comment=comment))
     return 0
 
@@ -185,10 +186,7 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
         table.append(
             (row["router"], str(row["version"]), row["policy"], f"{row['arms']}{disabled}")
         )
-    widths = [max(len(line[i]) for line in table) for i in range(3)]
-    for line in table:
-        padded = [cell.ljust(w) for cell, w in zip(line, widths, strict=False)]
-        print("  ".join([*padded, line[3]]))
+    print_table(table)
     return 0
 
 
@@ -206,11 +204,11 @@ def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`banditd routers ...`; the exit status (1 for a bad file or a server's refusal)."""
-    commands: dict[str, Callable[[AdminClient], int]] = {
-        "apply": lambda admin: _apply(admin, args),
-        "get": lambda admin: _get(admin, args, args.target),
-        "list": lambda admin: _list(admin, args),
-        "delete": lambda admin: _delete(admin, args),
+    commands: dict[str, Command] = {
+        "apply": _apply,
+        "get": _get,
+        "list": _list,
+        "delete": _delete,
     }
     try:
         return with_admin(args, commands[args.routers_command])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,6 +30,9 @@ from banditd.store.models import (
 
 # BudgetSpec's fields stored as they are, in columns of the same names.
 _PLAIN = ("limit_usd", "period", "window_seconds", "window_start", "on_exhausted")
+
+
+_IN_FORCE = budgets.c.deleted_at.is_(None)  # not deleted (DeleteBudget)
 
 
 @dataclass(frozen=True)
@@ -137,13 +140,13 @@ class BudgetRepository:
         async with self.db.transaction() as conn:
             result = await conn.execute(
                 update(budgets)
-                .where(_in_force(), budgets.c.tenant == tenant, budgets.c.router == router)
+                .where(_IN_FORCE, budgets.c.tenant == tenant, budgets.c.router == router)
                 .values(deleted_at=self._clock())
             )
         return bool(result.rowcount)
 
     async def list_budgets(self, tenant: str | None = None) -> list[StoredBudget]:
-        query = select(budgets).where(_in_force()).order_by(budgets.c.tenant, budgets.c.router)
+        query = select(budgets).where(_IN_FORCE).order_by(budgets.c.tenant, budgets.c.router)
         if tenant:
             query = query.where(budgets.c.tenant == tenant)
         async with self.db.transaction() as conn:
@@ -155,7 +158,7 @@ class BudgetRepository:
             row = (
                 await conn.execute(
                     select(budgets).where(
-                        _in_force(), budgets.c.tenant == tenant, budgets.c.router == router
+                        _IN_FORCE, budgets.c.tenant == tenant, budgets.c.router == router
                     )
                 )
             ).first()
@@ -247,10 +250,6 @@ class BudgetRepository:
             SpendLine(name, arm, value, int(n), float(usd))
             for (name, arm, value), (n, usd) in sorted(lines.items())
         ]
-
-
-def _in_force() -> ColumnElement[bool]:
-    return budgets.c.deleted_at.is_(None)
 
 
 def _stored(row: Any) -> StoredBudget:
