@@ -52,13 +52,16 @@ class PendingStore:
     ) -> tuple[dict[str, JoinRecord], set[str]]:
         """The join records of the visible decisions of ``ids``
         (``banditd.store.feedback_decisions``); and which of ``ids`` and ``known`` (decisions the
-        caller has already) have feedback parked."""
+        caller has already) have feedback parked and not settled yet (a joined row's feedback is
+        in the event log, where further signals find it; a refused or orphaned one was never
+        applied)."""
         async with self.db.transaction() as conn:
             found = await decisions_for_feedback(conn, ids)
             ids = [*ids, *known]
             parked = await conn.scalars(
                 select(feedback_pending.c.decision_id).where(
-                    among(conn, feedback_pending.c.decision_id, ids)
+                    among(conn, feedback_pending.c.decision_id, ids),
+                    feedback_pending.c.state.in_(("pending", "joining")),
                 )
             )
             return found, set(parked)

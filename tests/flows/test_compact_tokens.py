@@ -217,6 +217,33 @@ async def test_a_parked_preference_joins_both_arms(
     )
 
 
+async def test_a_joined_decision_takes_further_signals_under_combine_last(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Once its parked feedback is joined, a decision takes later signals as any other."""
+    a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=0.05)
+    b = await start_server(sqlite_url, tail_interval_s=0.05)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config(combine="last")))
+    d = await choose(a)
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+    )
+    assert reply.event_id == 0
+    await a.app.decisions.flush()
+
+    async def joined() -> bool:
+        return await pending_states(b) == ["joined"]
+
+    await wait_until(joined, "the parked feedback to be joined")
+    for server in (a, b):  # a user who changes their rating, on either replica
+        reply = await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0.0)
+        )
+        assert reply.event_id > 1
+    rows = await event_rows(a)
+    assert [(r.signal, r.effective_reward) for r in rows] == [(0, 1.0), (1, 0.0), (2, 0.0)]
+
+
 async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
     database_url: str, start_server: StartServer
 ) -> None:
