@@ -312,7 +312,7 @@ class Learner:
             accepted.append(event)
             if len(items) == 1:
                 log_event(state.spec.tenant, state.spec.name, event, as_stored.event_id)
-        count_accepted(state.spec, accepted)
+        count_accepted(state.spec, appended.events)  # as stored: a later signal charges its change
         await self._settle(accepted)
         return results
 

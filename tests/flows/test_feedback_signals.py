@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from banditd.domain import MAX_SIGNALS_PER_DECISION
 from banditd.store.reports import Reports
@@ -139,6 +140,33 @@ async def test_streamed_signals_for_one_decision_combine(
     )
     assert (reply.accepted, reply.duplicate) == (3, 0)
     assert (await _stats(server, "chat")).mean_reward == pytest.approx(0.4)
+
+
+async def test_later_signals_charge_the_spend_metric_once(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """banditd_spend_usd_total counts a decision's cost once, as GetStats does, however many
+    signals it takes (a later one adds only what its reported cost changes)."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(
+        pb.PutRouterRequest(router=router_config(name="spent", combine="mean"))
+    )
+    labels = {"tenant": "acme", "router": "spent", "arm": "mid"}
+
+    def spend() -> float:
+        return REGISTRY.get_sample_value("banditd_spend_usd_total", labels) or 0.0
+
+    before = spend()
+    decision = await _decide(server, "spent")
+    for reward in (1.0, 0.0, 0.5):  # no cost: the expected one is charged, once
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=reward)
+        )
+    await server.router.Feedback(  # the real cost, reported late, replaces it
+        pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=1.0, cost_usd=0.05)
+    )
+    assert (await _stats(server, "spent")).spend_usd == pytest.approx(0.05)
+    assert spend() - before == pytest.approx(0.05)
 
 
 async def test_router_thumb_rewards(sqlite_url: str, start_server: StartServer) -> None:
