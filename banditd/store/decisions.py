@@ -14,7 +14,14 @@ from banditd.domain import Decision, RankedArm
 from banditd.domain.ceilings import HARD_MAX_CALL_USD
 from banditd.store.engine import Database, bad_data, insert_ignoring_duplicates
 from banditd.store.finite import checked
-from banditd.store.models import decisions, feedback_events, routers, shadow_picks
+from banditd.store.models import (
+    PENDING_WAITING,
+    decisions,
+    feedback_events,
+    feedback_pending,
+    routers,
+    shadow_picks,
+)
 
 # Decision's fields read as they are from columns of the same names (decision_from_row).
 _PLAIN = (
@@ -84,8 +91,17 @@ class Decisions:
     async def awaiting_default(
         self, router_id: int, made_after: float, made_before: float, limit: int
     ) -> list[Decision]:
-        """Decisions made in [made_after, made_before) that have no feedback event, oldest
+        """Decisions made in [made_after, made_before) that have no feedback event, nor
+        feedback parked waiting to be joined to them (it must win over the default), oldest
         first (an index range on (router_id, created_at), not a scan of the whole log)."""
+        parked = (
+            select(feedback_pending.c.id)
+            .where(
+                feedback_pending.c.decision_id == decisions.c.id,
+                feedback_pending.c.state.in_(PENDING_WAITING),
+            )
+            .exists()
+        )
         query = (
             with_router()
             .outerjoin(feedback_events, feedback_events.c.decision_id == decisions.c.id)
@@ -97,6 +113,7 @@ class Decisions:
                 decisions.c.challenger.is_(None),  # a compared decision waits for a preference
                 decisions.c.expected_cost_usd.between(0, HARD_MAX_CALL_USD),  # not poisoned
                 feedback_events.c.id.is_(None),
+                ~parked,
             )
             .order_by(decisions.c.created_at)
             .limit(limit)

@@ -376,6 +376,7 @@ feedback_pending = Table(
     Column("settled_at", Float, nullable=True),
     Index("ix_feedback_pending_state_id", "state", "id"),
 )
+PENDING_WAITING = ("pending", "joining")  # the states of feedback not in the event log yet
 
 # A change of how x is built (migration 0016; banditd.store.routers): the router version since
 # which x is built as now (0: since the router was created), and each event's decision's router

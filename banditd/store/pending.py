@@ -19,7 +19,13 @@ from banditd.domain import JoinRecord
 from banditd.store.decisions import decision_from_row, with_router
 from banditd.store.engine import Database
 from banditd.store.feedback_decisions import among, decisions_for_feedback
-from banditd.store.models import decisions, feedback_events, feedback_pending, routers
+from banditd.store.models import (
+    PENDING_WAITING,
+    decisions,
+    feedback_events,
+    feedback_pending,
+    routers,
+)
 
 CLAIM_TIMEOUT_S = 60.0  # a join claimed longer ago than this is taken to have died with its replica
 
@@ -61,7 +67,7 @@ class PendingStore:
             parked = await conn.scalars(
                 select(feedback_pending.c.decision_id).where(
                     among(conn, feedback_pending.c.decision_id, ids),
-                    feedback_pending.c.state.in_(("pending", "joining")),
+                    feedback_pending.c.state.in_(PENDING_WAITING),
                 )
             )
             return found, set(parked)

@@ -244,6 +244,33 @@ async def test_a_joined_decision_takes_further_signals_under_combine_last(
     assert [(r.signal, r.effective_reward) for r in rows] == [(0, 1.0), (1, 0.0), (2, 0.0)]
 
 
+async def test_parked_feedback_is_not_replaced_by_the_default_reward(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A decision logged after its reward_wait_seconds, its feedback parked: a tail round that
+    gives default rewards while the join is held up (claimed by another replica's joiner, or
+    released after a failed commit) leaves that decision to its feedback."""
+    a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    config = router_config(default_reward=0.0, reward_wait_seconds=1)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=config))
+    d = await choose(a)
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+    )
+    assert reply.event_id == 0
+    await asyncio.sleep(1.1)  # the decision is due its default reward when its row lands
+    await a.app.decisions.flush()
+    store = PendingStore(b.app.db)
+    claimed = await store.claim(1000, time.time())  # another replica's joiner, mid-join
+    assert len(claimed) == 1
+    await a.tail_rounds(1)  # a's joiner finds nothing to claim; its tail gives defaults
+    await store.settle([claimed[0].pending_id], "pending", time.time())  # that join let go
+    await b.tail_rounds(1)
+    assert await pending_states(b) == ["joined"]
+    assert [(r.reward, r.defaulted) for r in await event_rows(b)] == [(1.0, False)]
+
+
 async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
     database_url: str, start_server: StartServer
 ) -> None:
