@@ -115,30 +115,36 @@ def _apply(admin: AdminClient, args: argparse.Namespace) -> int:
     if not specs and not args.json:
         print(f"{source}: no routers")
     results: list[dict[str, Any]] = []
-    for change in plan(admin, specs):
-        version = change.live.version if change.live is not None else None
-        if change.action != "none" and args.dry_run and not args.json:
-            print("\n".join(routers_file.diff(change.live, change.wanted, source)))
-        elif change.action != "none" and not args.dry_run:
-            request = pb.PutRouterRequest(router=codec.spec_to_proto(change.wanted))
-            version = admin.call("PutRouter", request).router.version
-        relearns = change.relearns
-        results.append(
-            {
-                "router": change.key,
-                "action": change.action,
-                "version": version,
-                "relearns": relearns,
-            }
-        )
-        if not args.json:  # as it happens: a later failure leaves these lines true
-            shown = "" if version is None else f" (version {version})"
-            if relearns:
-                shown += (
-                    f"; {change.how_x_changes()}, so it learns again from its prior (its logged "
-                    "feedback no longer fits)"
-                )
-            print(f"{change.key}: {verbs[change.action]}{shown}", flush=True)
+    try:
+        for change in plan(admin, specs):
+            version = change.live.version if change.live is not None else None
+            if change.action != "none" and args.dry_run and not args.json:
+                print("\n".join(routers_file.diff(change.live, change.wanted, source)))
+            elif change.action != "none" and not args.dry_run:
+                request = pb.PutRouterRequest(router=codec.spec_to_proto(change.wanted))
+                version = admin.call("PutRouter", request).router.version
+            relearns = change.relearns
+            results.append(
+                {
+                    "router": change.key,
+                    "action": change.action,
+                    "version": version,
+                    "relearns": relearns,
+                }
+            )
+            if not args.json:  # as it happens: a later failure leaves these lines true
+                shown = "" if version is None else f" (version {version})"
+                if relearns:
+                    shown += (
+                        f"; {change.how_x_changes()}, so it learns again from its prior (its "
+                        "logged feedback no longer fits)"
+                    )
+                print(f"{change.key}: {verbs[change.action]}{shown}", flush=True)
+    except grpc.RpcError as exc:
+        if args.json:  # the routers applied before the failure, as the text lines say them
+            error = f"{exc.code().name}: {exc.details()}"
+            print(json.dumps({"dry_run": args.dry_run, "routers": results, "error": error}))
+        raise
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "routers": results}))
     elif args.dry_run:

@@ -224,6 +224,25 @@ async def test_apply_says_when_x_is_built_another_way(
     ]
 
 
+async def test_a_write_refused_midway_is_reported_with_what_was_applied(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bound only the server knows (its BANDITD_MAX_LATENCY_MS) refuses the second router of
+    the file after the first was created: --json still says what was applied."""
+    server = await start_server(sqlite_url, max_latency_ms=1000.0)
+    slow = "[{name: a, input_price_per_mtok: 1, output_price_per_mtok: 2, prior_latency_ms: 5000}]"
+    path = tmp_path / "routers.yaml"
+    path.write_text(router_file(entry(name="first"), entry(name="second", arms=slow)))
+    status, printed, err = await Cli(server, capsys)("apply", "-f", str(path), "--json")
+    assert status == 1 and "INVALID_ARGUMENT" in err and "prior_latency_ms" in err
+    shown = json.loads(printed)
+    assert shown["routers"] == [
+        {"router": "acme/first", "action": "create", "version": 1, "relearns": False}
+    ]
+    assert "prior_latency_ms" in shown["error"]
+    assert await routers(server) == {"acme/first": 1}
+
+
 @pytest.mark.parametrize(("text", "error"), BAD_ROUTERS)
 async def test_a_bad_file_applies_nothing(
     sqlite_url: str,
