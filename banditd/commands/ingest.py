@@ -18,6 +18,7 @@ from typing import Any
 
 from banditd import progress
 from banditd.edge.tls import ClientSecurity
+from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 
@@ -93,7 +94,16 @@ def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.Feedb
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
-    """(line number, record or the reason it cannot be read) for each data line."""
+    """(line number, record or the reason it cannot be read) for each data line; a file that is
+    not UTF-8 text (a gzipped one, say) raises InvalidArgument."""
+    try:
+        yield from _records(path)
+    except UnicodeDecodeError:
+        problem = f"{path}: not UTF-8 text (ingest reads JSONL or CSV, uncompressed)"
+        raise InvalidArgument("", problem) from None
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     with path.open(newline="", encoding="utf-8") as handle:
         if path.suffix.lower() == ".csv":
             reader = csv.DictReader(handle)
@@ -123,7 +133,7 @@ def ingest(
     security: ClientSecurity | None = None,
 ) -> IngestSummary:
     summary = IngestSummary()
-    done = 0 if fresh or not state_path.exists() else int(state_path.read_text().strip() or 0)
+    done = 0 if fresh or not state_path.exists() else _lines_done(state_path)
     security = security or ClientSecurity()
     label, total = f"ingest {path.name}", progress.lines_in(path)
     if total is not None and path.suffix.lower() == ".csv":
@@ -203,6 +213,18 @@ def ingest(
                 in_flight[0].cancel()
         state_path.write_text(str(position))
     return summary
+
+
+def _lines_done(state_path: Path) -> int:
+    """The lines an earlier run committed, from its state file."""
+    text = state_path.read_text(encoding="utf-8", errors="replace").strip()
+    if text and not text.isdecimal():
+        raise InvalidArgument(
+            "",
+            f"{state_path}: not a state file of banditd ingest (a count of lines done, got "
+            f"{text[:40]!r}); --restart ignores it",
+        )
+    return int(text or 0)
 
 
 def _reject(summary: IngestSummary, out: Any, line: int, kind: str, message: str) -> None:

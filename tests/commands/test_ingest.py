@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from pathlib import Path
 
+import pytest
+
+from banditd.commands import cli
 from banditd.commands.ingest import ingest
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config
@@ -104,3 +108,32 @@ async def test_ingest_csv_resumes_after_the_last_committed_chunk(
     )
     assert (summary.skipped_lines, summary.accepted) == (6, 3)
     assert state.read_text() == "9"
+
+
+async def test_a_file_it_cannot_read_is_a_clear_error(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gzipped file (ingest reads plain text), or a state file that is not ingest's: one line
+    on stderr and exit status 1, no traceback."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="p"))
+    line = json.dumps({"decision_id": d.decision_id, "thumb": "up"}) + "\n"
+    packed = tmp_path / "thumbs.jsonl.gz"
+    packed.write_bytes(gzip.compress(line.encode()))
+    argv = ["ingest", "--target", server.address, "--tenant", "acme", "--quiet"]
+    assert await asyncio.to_thread(cli.main, [*argv, str(packed)]) == 1
+    assert capsys.readouterr().err == (
+        f"banditd: {packed}: not UTF-8 text (ingest reads JSONL or CSV, uncompressed)\n"
+    )
+
+    plain, state = tmp_path / "thumbs.jsonl", tmp_path / "state"
+    plain.write_text(line)
+    state.write_text("{}")  # another tool's file
+    assert await asyncio.to_thread(cli.main, [*argv, str(plain), "--state", str(state)]) == 1
+    assert capsys.readouterr().err == (
+        f"banditd: {state}: not a state file of banditd ingest (a count of lines done, got "
+        "'{}'); --restart ignores it\n"
+    )
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 0
