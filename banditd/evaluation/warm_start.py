@@ -56,20 +56,27 @@ class WarmStartReport:
 
 
 def read_outcomes(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file (gzipped when the name ends in .gz); bad lines raise, by number."""
+    """Records of a JSONL file (gzipped when the name ends in .gz); bad lines raise, by number,
+    and so does a file that cannot be read on (cut short, or not UTF-8 text)."""
     opener = gzip.open if path.suffix == ".gz" else open
+    number = 0
     with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidArgument("data", f"{path}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise InvalidArgument("data", f"{path}:{number}: expected a JSON object")
-            record.setdefault("_line", number)
-            yield record
+        try:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    problem = f"{path}:{number}: not JSON ({exc.msg})"
+                    raise InvalidArgument("data", problem) from exc
+                if not isinstance(record, dict):
+                    raise InvalidArgument("data", f"{path}:{number}: expected a JSON object")
+                record.setdefault("_line", number)
+                yield record
+        except (EOFError, UnicodeDecodeError) as exc:
+            problem = f"{path}: unreadable after line {number} ({exc})"
+            raise InvalidArgument("data", problem) from exc
 
 
 def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, str]:

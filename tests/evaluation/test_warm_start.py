@@ -158,6 +158,33 @@ def test_unknown_router_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> Non
     assert "unknown tenant 'acme'" in err.value.stderr
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not-text"])
+def test_an_unreadable_outcome_file_is_a_clear_error(
+    sqlite_url: str, tmp_path: Path, damage: str
+) -> None:
+    """A download cut short, or a gzipped file without .gz: one line naming the file, from
+    warm-start and from replay's --warm-start (which read it the same way), no traceback."""
+    whole = tmp_path / "whole.jsonl.gz"
+    write_outcomes(whole, 2000)
+    packed = whole.read_bytes()
+    data = tmp_path / ("cut.jsonl.gz" if damage == "truncated" else "packed.jsonl")
+    data.write_bytes(packed[: len(packed) // 2] if damage == "truncated" else packed)
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        warm_start(sqlite_url, data)
+    assert err.value.returncode == 1
+    assert err.value.stderr.startswith(f"banditd: data: {data}: unreadable after line ")
+    assert len(err.value.stderr.splitlines()) == 1
+    replay_argv = ["replay", "--data", str(whole), "--warm-start", str(data), "--limit", "10"]
+    replayed = subprocess.run(
+        [sys.executable, "-m", "banditd.commands.cli", *replay_argv, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (replayed.returncode, replayed.stdout) == (1, "")
+    assert replayed.stderr.startswith(f"banditd replay: data: {data}: unreadable after line ")
+
+
 # -- the server's warm start against the in-process replay's -------------------------------------
 
 DEV_DATA = REPO / "data" / "routerbench-dev.jsonl.gz"
