@@ -117,9 +117,9 @@ class BudgetRepository:
                     .where(budgets.c.id == row.id)
                     .values(version=version, deleted_at=None, **values)  # a deleted one revives
                 )
-                if row.period != spec.period:  # the old period's rows no longer apply
-                    ledger_start = None
                 if ledger_start is not None:
+                    # Also when the period changed: a row of the old period that starts at the
+                    # same time (an hour's, under a new day) is the new period's from now on.
                     await conn.execute(
                         update(budget_ledger)
                         .where(

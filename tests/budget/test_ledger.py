@@ -134,3 +134,18 @@ async def _alerts_fired(budgets: Budgets) -> int:
     before = counter._value.get()
     await budgets.housekeeping()
     return int(counter._value.get() - before)
+
+
+async def test_a_new_period_kind_gets_the_new_limit(repo: BudgetRepository) -> None:
+    day_start = 1_000_080_000.0  # 00:00 UTC: the day's and its first hour's ledger row start here
+    clock = Clock(day_start + 600)
+    budgets = Budgets(repo, clock=clock, lease_fraction=1.0)
+    await budgets.put(BudgetSpec("acme", "", 1.0, "hour"))
+    assert await spend(budgets, 0.3, 10) == 3  # 0.9 of the hour's 1.0
+    await budgets.put(BudgetSpec("acme", "", 10.0, "day"))
+    # The day has 10.0: the first hour's 0.9 counts, the hour's limit no longer does.
+    assert await spend(budgets, 0.3, 40, first=10) == 30
+    usage = await budgets.usage("acme", "")
+    assert usage.period_end - usage.period_start == 86_400
+    assert usage.committed_usd == pytest.approx(9.9)
+    assert usage.remaining_usd == pytest.approx(0.1)
