@@ -222,6 +222,7 @@ class BudgetRepository:
         else the expected cost; by router, arm and the value of one metadata key."""
         query = (
             select(
+                decisions.c.id,
                 routers.c.name,
                 decisions.c.arm,
                 decisions.c.request_metadata,
@@ -239,13 +240,19 @@ class BudgetRepository:
         if router:
             query = query.where(routers.c.name == router)
         lines: dict[tuple[str, str, str], list[float]] = {}
+        seen: set[str] = set()  # a decision has a row per signal, later ones carry the change
         async with self.db.transaction() as conn:
-            for name, arm, meta, expected, actual in (await conn.execute(query)).all():
+            for decision_id, name, arm, meta, expected, actual in (await conn.execute(query)).all():
                 value = str((meta or {}).get(metadata_key, "")) if metadata_key else ""
                 line = lines.setdefault((name, arm, value), [0, 0.0])
-                line[0] += 1
-                # A cost past the ceilings was logged before issue 17: the expected cost then.
-                line[1] += next((c for c in (actual, expected) if bounded_usd(c)), 0.0)
+                first = decision_id not in seen
+                seen.add(decision_id)
+                line[0] += first
+                if bounded_usd(actual):
+                    line[1] += actual
+                elif first and bounded_usd(expected):
+                    # No feedback, or a cost past the ceilings (logged before issue 17).
+                    line[1] += expected
         return [
             SpendLine(name, arm, value, int(n), float(usd))
             for (name, arm, value), (n, usd) in sorted(lines.items())

@@ -285,3 +285,21 @@ async def test_delete_budget_stops_it_on_every_replica_and_set_revives_it(
     usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
     assert usage.spent_usd >= CHEAP
     assert (await server.router.Select(select())).budget_outcome == "paced"
+
+
+async def test_spend_counts_a_decision_with_several_signals_once(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(combine="last")))
+    d = await server.router.Select(select())
+    for reward, cost in ((1.0, 0.1), (0.0, 0.5), (0.5, None)):
+        await server.router.Feedback(
+            pb.FeedbackRequest(
+                tenant="acme", decision_id=d.decision_id, reward=reward, cost_usd=cost
+            )
+        )
+    await server.app.decisions.flush()
+    spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme"))
+    assert [(line.arm, line.decisions) for line in spend.lines] == [(d.arm, 1)]
+    assert spend.total_usd == pytest.approx(0.5)  # the latest reported cost
