@@ -80,9 +80,7 @@ class BudgetSpec:
 
 def period_bounds(spec: BudgetSpec, now: float) -> tuple[float, float]:
     """The [start, end) of the period holding ``now`` (Unix seconds)."""
-    if spec.period == "window":
-        if now < spec.window_start:
-            return (spec.window_start - spec.window_seconds, spec.window_start)
+    if spec.period == "window":  # before window_start too (k < 0): the windows leading to it
         k = math.floor((now - spec.window_start) / spec.window_seconds)
         start = spec.window_start + k * spec.window_seconds
         return (start, start + spec.window_seconds)

@@ -149,3 +149,16 @@ async def test_a_new_period_kind_gets_the_new_limit(repo: BudgetRepository) -> N
     assert usage.period_end - usage.period_start == 86_400
     assert usage.committed_usd == pytest.approx(9.9)
     assert usage.remaining_usd == pytest.approx(0.1)
+
+
+async def test_windows_repeat_before_window_start_too(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(
+        BudgetSpec("acme", "", 1.0, "window", window_seconds=60, window_start=clock.now + 600)
+    )
+    assert await spend(budgets, 0.3, 10) == 3
+    usage = await budgets.usage("acme", "")
+    assert usage.period_start <= clock.now < usage.period_end  # the window holding now
+    clock.now += 60  # the next window, still before window_start: the whole limit again
+    assert await spend(budgets, 0.3, 10, first=10) == 3
