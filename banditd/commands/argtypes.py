@@ -6,17 +6,20 @@ import argparse
 import math
 from collections.abc import Callable
 
+UINT32_MAX = 2**32 - 1  # the largest value of a proto uint32 field
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An integer >= minimum."""
+
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An integer >= minimum (and <= maximum when given)."""
+    wanted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
         return value
 
     return parse

@@ -34,7 +34,7 @@ from banditd.commands.admin_client import (
     print_table,
     with_admin,
 )
-from banditd.commands.argtypes import float_between
+from banditd.commands.argtypes import UINT32_MAX, float_between, int_at_least
 from banditd.v1 import banditd_pb2 as pb
 
 PERIODS = {
@@ -204,7 +204,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p_set.add_argument("--period", choices=PERIODS, required=True, help="the period's length")
     p_set.add_argument(
         "--window-seconds",
-        type=int,
+        type=int_at_least(0, UINT32_MAX),
         default=0,
         help="with --period window: its length in seconds",
     )

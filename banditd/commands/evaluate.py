@@ -25,6 +25,7 @@ from google.protobuf import json_format
 
 from banditd import progress
 from banditd.commands import reporting
+from banditd.commands.argtypes import float_between, int_at_least
 from banditd.config import Settings
 from banditd.domain import RouterSpec
 from banditd.edge import codec
@@ -118,12 +119,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="RouterConfig JSON (repeatable); none: the router's shadow policies",
     )
     p.add_argument(
-        "--cost-weight", type=float, help="utility = reward - W x cost (the router's default)"
+        "--cost-weight",
+        type=float_between(0.0),
+        help="utility = reward - W x cost (the router's default)",
     )
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="(%(default)s)")
+    p.add_argument(
+        "--bootstrap", type=int_at_least(1), default=DEFAULT_BOOTSTRAP, help="(%(default)s)"
+    )
     p.add_argument(
         "--limit",
-        type=int,
+        type=int_at_least(1),
         default=evaluation.DEFAULT_LIMIT,
         help="newest decisions with feedback to use (%(default)s); with --replay-proof, "
         "the first records of DATA",
@@ -136,5 +141,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DATA",
         help="check the estimators against the truth on a full-information outcome file",
     )
-    p.add_argument("--seeds", type=int, default=5, help="logs for --replay-proof (5)")
+    p.add_argument("--seeds", type=int_at_least(1), default=5, help="logs for --replay-proof (5)")
     progress.add_quiet_flag(p)

@@ -28,6 +28,7 @@ import yaml
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from banditd.commands.argtypes import UINT32_MAX
 from banditd.domain import RouterSpec, check_name
 from banditd.edge import codec
 from banditd.errors import InvalidArgument
@@ -47,7 +48,6 @@ ALWAYS_WRITTEN = {
     "Arm": ("name", "input_price_per_mtok", "output_price_per_mtok"),
     "ShadowPolicy": ("name", "policy"),
 }
-UINT32_MAX = 2**32 - 1
 T = TypeVar("T")
 
 

@@ -93,5 +93,11 @@ async def test_refusals_print_the_servers_status(
     )  # a window needs its length
     assert (status, printed) == (1, "")
     assert "INVALID_ARGUMENT" in error and "window_seconds" in error
+    for seconds in ("-5", str(2**32)):  # out of the proto's uint32: refused before any call
+        with pytest.raises(SystemExit) as exited:
+            await banditd("set", "acme", "--limit-usd", "1", "--period", "window",
+                          "--window-seconds", seconds)  # fmt: skip
+        assert exited.value.code == 2
+        assert "argument --window-seconds: expected an integer in [0, " in capsys.readouterr().err
     status, printed, _ = await banditd("list")
     assert (status, printed) == (0, "no budgets\n")

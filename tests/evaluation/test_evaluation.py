@@ -91,6 +91,21 @@ def test_replay_proof_from_the_command_line(
     assert report["n"] == 120 and len(report["candidates"]) == 8
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--seeds", "0"), ("--bootstrap", "0"), ("--limit", "-3"), ("--cost-weight", "nan")],
+)
+def test_evaluate_refuses_a_bad_number_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    data = write_outcomes(tmp_path / "o.jsonl", synthetic(40, seed=5))
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--replay-proof", str(data), "--json", flag, value])
+    assert exited.value.code == 2  # argparse's usage error
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"argument {flag}: expected" in captured.err
+
+
 def test_evaluate_without_router_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate"]) == 1
     assert "give --router TENANT/NAME" in capsys.readouterr().err

@@ -129,26 +129,22 @@ def load_outcomes(
     cost: list[list[float]] = []
     metadata: list[dict[str, str]] = []
     optional: list[list[list[float]]] = []
-    try:
-        stop = None if limit is None else skip + limit
-        for record in itertools.islice(read_outcomes(path), skip, stop):
-            line = int(record["_line"])
-            prompt, models = record.get("prompt"), record.get("models")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise _bad(path, line, "no prompt (a non-empty string)")
-            if not isinstance(models, dict) or not models:
-                raise _bad(path, line, "no models (an object of name: {quality, cost_usd})")
-            arms = arms or tuple(models)
-            q, c, o = _outcome_row(path, line, models, arms)
-            optional.append(o)
-            prompts.append(prompt)
-            lines.append(line)
-            metadata.append(record_metadata(record, metadata_from))
-            quality.append(q)
-            cost.append(c)
-    except (EOFError, UnicodeDecodeError) as exc:
-        problem = f"unreadable after {len(lines)} records ({exc})"
-        raise InvalidArgument("data", f"{path}: {problem}") from exc
+    stop = None if limit is None else skip + limit
+    for record in itertools.islice(read_outcomes(path), skip, stop):
+        line = int(record["_line"])
+        prompt, models = record.get("prompt"), record.get("models")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _bad(path, line, "no prompt (a non-empty string)")
+        if not isinstance(models, dict) or not models:
+            raise _bad(path, line, "no models (an object of name: {quality, cost_usd})")
+        arms = arms or tuple(models)
+        q, c, o = _outcome_row(path, line, models, arms)
+        optional.append(o)
+        prompts.append(prompt)
+        lines.append(line)
+        metadata.append(record_metadata(record, metadata_from))
+        quality.append(q)
+        cost.append(c)
     if not prompts:
         where = f"after its first {skip} records" if skip else "(the file is empty)"
         raise InvalidArgument("data", f"{path}:1: no records {where}")
