@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class Gateway:
 
 async def chat_completions(gw: Gateway, request: Request) -> Response:
     try:
-        body = json.loads(await read_body(request))
+        body = json.loads(await read_body(request), parse_float=_finite, parse_constant=_finite)
     except BodyTooLarge as exc:
         return too_large(exc)
     except ValueError:
@@ -103,6 +104,15 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
     return error_response(
         502, "every upstream tried failed: " + "; ".join(failures), "upstream_error", "bad_gateway"
     )
+
+
+def _finite(text: str) -> float:
+    """A JSON number, refused when not finite (NaN, Infinity, 1e999: JSON has none of them,
+    and the upstream's request could not be encoded)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 async def _select(gw: Gateway, route: Route, api_key: str | None, **extra: Any) -> Decision:

@@ -326,6 +326,10 @@ async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
         )
         assert forged.status_code in (400, 403), forged.text
         assert forged.json()["error"]["type"] == "banditd_error"
+        # Python's json reads NaN, which no JSON upstream (nor httpx) takes: 400, not a 500.
+        body = f'{{"model": "{MODEL}", "messages": [{{"content": "hi"}}], "top_p": NaN}}'
+        nan = await http.post("/v1/chat/completions", content=body)
+        assert nan.status_code == 400 and nan.json()["error"]["code"] == "invalid_argument"
     assert stack.alpha.received == [] and stack.beta.received == []
 
 
