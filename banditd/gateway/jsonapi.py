@@ -26,6 +26,7 @@ from banditd.gateway.http_errors import (
 from banditd.v1 import banditd_pb2 as pb
 
 THUMBS = {pb.THUMB_UP: "up", pb.THUMB_DOWN: "down"}
+PREFERENCES = {pb.PREFER_ARM: "arm", pb.PREFER_CHALLENGER: "challenger", pb.PREFER_TIE: "tie"}
 
 
 async def select_json(gw: Gateway, request: Request) -> Response:
@@ -76,6 +77,8 @@ def _args(msg: Message) -> dict[str, Any]:
             args[fd.name] = list(value.values)
         elif fd.name == "thumb":
             args[fd.name] = THUMBS[value]
+        elif fd.name == "preference":  # the client takes it by name, as "thumb"
+            args[fd.name] = PREFERENCES.get(value, value)
         elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             args[fd.name] = dict(value)
         elif fd.is_repeated:

@@ -333,6 +333,20 @@ async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
     assert stack.alpha.received == [] and stack.beta.received == []
 
 
+async def test_a_preference_is_rated_through_the_json_feedback(launch: Launch) -> None:
+    stack = await launch()
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        select = {"tenant": "acme", "router": "chat", "prompt": PROMPT, "compare": True}
+        pair = (await http.post("/v1/select", json=select)).json()
+        assert pair["challenger"]
+        rated = await http.post(
+            "/v1/feedback",
+            json={"tenant": "acme", "decisionId": pair["decisionId"], "preference": "PREFER_TIE"},
+        )
+        assert rated.status_code == 200, rated.text
+        assert rated.json()["reward"] == 0.5
+
+
 async def _key(server: Running, tenant: str, *roles: str) -> str:
     secret, _ = await keys.create_key(KeyStore(server.app.db), tenant, roles)
     return secret
