@@ -99,9 +99,10 @@ class Upstream:
 
 
 async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
-    """The response's first non-empty chunk and the iterator of the rest; a failure before it
-    is an UpstreamFailed (nothing has reached the caller yet)."""
-    chunks = response.aiter_raw()
+    """The response's first non-empty chunk and the iterator of the rest, decoded (httpx asks
+    for gzip, and the caller gets no content-encoding); a failure before it is an
+    UpstreamFailed (nothing has reached the caller yet)."""
+    chunks = response.aiter_bytes()
     try:
         async for chunk in chunks:
             if chunk:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +20,14 @@ from tests.helpers import wait_until
 
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 5
+SSE = "text/event-stream"
 
 
 @dataclass
 class FakeUpstream:
     """``fail``: None (answer), an HTTP status to answer with, "break" (a stream that stops
-    after its first chunk, the connection dropped) or "hang" (no answer until ``release``)."""
+    after its first chunk, the connection dropped) or "hang" (no answer until ``release``).
+    ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may."""
 
     name: str
     fail: int | str | None = None
@@ -32,6 +35,7 @@ class FakeUpstream:
     keys: list[str] = field(default_factory=list)
     port: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    gzip: bool = False
 
     @property
     def base_url(self) -> str:
@@ -48,8 +52,11 @@ class FakeUpstream:
             await self.release.wait()
         if isinstance(self.fail, int):
             return JSONResponse({"error": {"message": "down"}}, status_code=self.fail)
+        if body.get("stream") and self.gzip:
+            headers = {"content-encoding": "gzip"}
+            return StreamingResponse(self._gzipped(body), headers=headers, media_type=SSE)
         if body.get("stream"):
-            return StreamingResponse(self._stream(body), media_type="text/event-stream")
+            return StreamingResponse(self._stream(body), media_type=SSE)
         return JSONResponse(
             {
                 "id": "c-1",
@@ -89,6 +96,12 @@ class FakeUpstream:
             last |= {"model": body["model"], "choices": [], "usage": usage}
             yield f"data: {json.dumps(last)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+    async def _gzipped(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        packer = zlib.compressobj(wbits=31)  # the gzip format
+        async for chunk in self._stream(body):
+            yield packer.compress(chunk) + packer.flush(zlib.Z_SYNC_FLUSH)
+        yield packer.flush()
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
