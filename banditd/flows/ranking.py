@@ -102,7 +102,8 @@ def rank_arms(
     the pacer masks arms (unaffordable, or below its threshold on posterior mean quality per
     dollar) and its price is the least cost weight used.
     x: context vector, shape (state.spec.dim,).
-    blocked: arms whose circuit breaker is open; skipped unless every eligible arm is.
+    blocked: arms whose circuit breaker is open; skipped unless every eligible arm is (eligible:
+    enabled, among ``candidates``, within max_cost_usd and max_latency_ms).
     Latency and energy (issue 21): utility = quality - cost weight x USD - latency_weight x
     expected seconds - energy_weight x expected Wh (None: the router's defaults); an arm whose
     expected latency is over max_latency_ms is not eligible. The budget acts on USD alone.
@@ -114,9 +115,6 @@ def rank_arms(
     if unknown:
         raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
     positions = _enabled(spec, candidates)
-    if blocked:
-        healthy = [p for p in positions if spec.arms[p].name not in blocked]
-        positions = healthy or positions  # every arm failing: still answer (fail open), all
     names = [spec.arms[p].name for p in positions]
     input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
     arm_idx, (costs, latency, energy) = _expected(state, positions, input_tokens, x)
@@ -137,6 +135,12 @@ def rank_arms(
             )
         names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
+    if blocked:  # after the request's limits: the arms they leave are the ones to fail open to
+        keep = np.array([a not in blocked for a in names])
+        if keep.any():  # every eligible arm failing: still answer (fail open), all of them
+            names = [a for a, k in zip(names, keep, strict=True) if k]
+            arm_idx, costs = arm_idx[keep], costs[keep]
+            latency, energy = latency[keep], energy[keep]
     price, outcome = 0.0, ""
     if budget is not None and budget.pacings:
         mean_quality = _kernels.mean_scores(posterior.theta, arm_idx, x)

@@ -75,3 +75,33 @@ async def test_the_token_carries_the_arms_positions(
         assert claims.challenger_index == want
         seen.add((claims.arm_index, claims.challenger_index))
     assert len(seen) >= 4
+
+
+async def test_an_open_breaker_fails_open_among_the_arms_within_the_request_limits(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Every arm within max_cost_usd / max_latency_ms is open: the router still answers with
+    one of them (fail open), rather than FAILED_PRECONDITION for the healthy arms the limits
+    leave out."""
+    server = await start_server(sqlite_url)
+    config = router_config(
+        breaker_error_rate=0.5, breaker_min_events=2, breaker_cooldown_seconds=3600
+    )
+    for arm, ms in zip(config.arms, (100.0, 5000.0, 5000.0), strict=True):
+        arm.prior_latency_ms = ms
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    for _ in range(2):
+        d = await select(server, candidates=["cheap"])
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0, error=True)
+        )
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert {a.arm: a.breaker for a in stats.arms}["cheap"] == "open"
+    ranking = (await select(server)).ranking
+    assert "cheap" not in {r.arm for r in ranking}
+    cheapest = min(r.expected_cost_usd for r in ranking)
+    cheap_cost = d.expected_cost_usd
+    assert cheap_cost < cheapest
+    for limits in ({"max_cost_usd": cheap_cost}, {"max_latency_ms": 1000.0}):
+        d = await select(server, **limits)
+        assert d.arm == "cheap" and [r.arm for r in d.ranking] == ["cheap"], limits
