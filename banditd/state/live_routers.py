@@ -77,6 +77,7 @@ class Catalog:
         self._by_id: dict[int, RouterState] = {}
         self._by_name: dict[tuple[str, str], int] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._created: dict[int, float] = {}  # by router id: StoredRouter.created_at of the state
 
     def _lock(self, router_id: int) -> asyncio.Lock:
         return self._locks.setdefault(router_id, asyncio.Lock())
@@ -107,6 +108,7 @@ class Catalog:
         replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
         self._by_name[(spec.tenant, spec.name)] = stored.router_id
+        self._created[stored.router_id] = stored.created_at
         log.info(
             "router_restored",
             tenant=spec.tenant,
@@ -309,7 +311,11 @@ class Catalog:
     async def _tail_one(self, router_id: int, item: StoredRouter) -> int:
         async with self._lock(router_id):
             state = self._by_id.get(router_id)
-            if state is None or state.spec.version != item.spec.version:
+            if (
+                state is None
+                or state.spec.version != item.spec.version
+                or self._created.get(router_id) != item.created_at  # deleted, created again
+            ):
                 fresh = await self._store.routers.by_id(router_id)  # newer than the listing?
                 if fresh is not None:
                     await self._restore(fresh)

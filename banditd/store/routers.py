@@ -58,6 +58,9 @@ class StoredRouter:
     router_id: int
     spec: RouterSpec
     context_since: int = 0
+    # When the router was created: on SQLite one created after a delete may get the deleted
+    # one's id, and its versions start again at 1, so only this tells the two apart.
+    created_at: float = 0.0
 
 
 def _spec(row: Any, router_arms: list[ArmSpec]) -> RouterSpec:
@@ -98,7 +101,10 @@ async def _load(conn: AsyncConnection, *where: Any) -> list[StoredRouter]:
         by_router.setdefault(a.router_id, []).append(
             ArmSpec(**{name: getattr(a, name) for name in _ARM_COLUMNS})
         )
-    return [StoredRouter(r.id, _spec(r, by_router.get(r.id, [])), r.context_since) for r in rows]
+    return [
+        StoredRouter(r.id, _spec(r, by_router.get(r.id, [])), r.context_since, r.created_at)
+        for r in rows
+    ]
 
 
 class Routers:
@@ -142,7 +148,7 @@ class Routers:
         async with self.db.transaction() as conn:
             row = (
                 await conn.execute(
-                    select(routers.c.id)
+                    select(routers.c.id, routers.c.created_at)
                     .where(routers.c.tenant == spec.tenant, routers.c.name == spec.name)
                     .with_for_update()  # writers in turn: each compares x with the one before
                 )
@@ -159,9 +165,9 @@ class Routers:
                         .returning(routers.c.id)
                     )
                 ).scalar_one()
-                version, created, context_since = 1, True, 0
+                version, created, context_since, created_at = 1, True, 0, now
             else:
-                router_id, created = row.id, False
+                router_id, created, created_at = row.id, False, row.created_at
                 live = (await _load(conn, routers.c.id == router_id))[0].spec
                 guard = [] if expected_version is None else [routers.c.version == expected_version]
                 # Incremented in the database, so concurrent writers get distinct versions. A
@@ -203,7 +209,7 @@ class Routers:
                     created_at=now,
                 )
             )
-        return StoredRouter(router_id, stored, context_since), created
+        return StoredRouter(router_id, stored, context_since, created_at), created
 
     async def versions(self, router_id: int) -> list[tuple[int, str, float, RouterSpec]]:
         """The router's stored configurations, oldest first: (version, action, time, spec)."""

@@ -91,3 +91,21 @@ async def test_postgres_notify_wakes_the_other_replica(
         lambda: b.app.catalog._by_id[1].posterior.last_event_id == sent.event_id, "b woken", 5
     )
     assert loop.time() - started < 1.0
+
+
+async def test_a_router_deleted_and_created_again_is_not_served_stale_by_another_replica(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """SQLite gives a router created after a delete the deleted one's id, at the same version:
+    the other replica's log tail must still take it as the new router it is, not keep serving
+    the old one's arms and posterior."""
+    a = await start_server(sqlite_url, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    select = pb.SelectRequest(tenant="acme", router="chat", prompt="Write a haiku")
+    assert (await b.router.Select(select)).arm in {"cheap", "mid", "strong"}
+    await a.admin.DeleteRouter(pb.DeleteRouterRequest(tenant="acme", name="chat"))
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config(arms=("fast", "slow"))))
+    await b.tail_rounds(1)
+    d = await b.router.Select(select)
+    assert {r.arm for r in d.ranking} == {"fast", "slow"}
