@@ -32,6 +32,7 @@ from banditd.context.builder import check_embedding, check_prompt
 from banditd.context.encoders import TextEncoder
 from banditd.context.metadata import MetadataFeatures, VocabularyStore
 from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain.ceilings import event_problem
 from banditd.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:  # faiss (the context extra) is imported only by routers that use PCA or kNN
@@ -231,6 +232,6 @@ class ContextPipeline:
         knn.last_event_id = event.event_id
         if event.defaulted or event.signal or event.x.shape != (self.spec.dim,):
             return
-        if not event.decided_since(self.context_since):
-            return
+        if not event.decided_since(self.context_since) or event_problem(event) is not None:
+            return  # an absurd number (logged before issue 17): the posterior skips it too
         knn.add(self.embedding_part(event.x), event.arm, event.reward)

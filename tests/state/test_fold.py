@@ -67,3 +67,18 @@ def test_what_judges_no_arm_and_what_the_posterior_skips() -> None:
     assert state.health.state("cheap", now=100.0) is BreakerState.CLOSED  # under min_events
     assert [e.event_id for e, _ in state.skipped] == [3]
     assert state.posterior.n_updates.tolist() == [3, 0] and state.posterior.last_event_id == 4
+
+
+def test_an_event_the_posterior_skips_stays_out_of_the_knn_index_whichever_path_reads_it() -> None:
+    pipeline = replay.pipeline_of(SPEC, replay.MAX_PROMPT_CHARS)
+    x = pipeline.assemble(np.array([1.0, 0.5, -0.2, 0.3]), {})
+    bad = [_event(2, x, arm="dear", reward=float("nan")), _event(3, x, arm="dear", reward=1e30)]
+    events = [_event(1, x), *bad]
+    fold(RouterState.fresh(SPEC, context=pipeline), events)
+    restored = replay.pipeline_of(SPEC, replay.MAX_PROMPT_CHARS)
+    for event in events:  # a restart's index_log: the whole log, event by event
+        restored.observe(event)
+    for p in (pipeline, restored):
+        assert p.knn is not None and p.knn.size == 1
+        features = p.assemble(np.array([1.0, 0.5, -0.2, 0.3]), {})[-SPEC.knn_dim :]
+        assert np.isfinite(features).all() and features[2:].tolist() == [0.0, 0.0]
