@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiolimiter import AsyncLimiter
 
-from banditd.errors import ResourceExhausted
+from banditd.errors import InvalidArgument, ResourceExhausted
 
 MAX_BUCKETS = 10_000  # past this, idle (empty) buckets are dropped before a new one is made
 
@@ -17,7 +17,8 @@ MAX_BUCKETS = 10_000  # past this, idle (empty) buckets are dropped before a new
 class RateLimiter:
     """Named per-key rates: ``admit(key)`` takes ``amount`` or raises ResourceExhausted.
 
-    rate_per_s 0 turns the limit off; a bucket holds ``burst_s`` seconds' worth of the rate.
+    rate_per_s 0 turns the limit off; a bucket holds ``burst_s`` seconds' worth of the rate (at
+    least 1), and a larger ``amount`` (an UploadFeedback message's events) is InvalidArgument.
     """
 
     def __init__(self, name: str, setting: str, rate_per_s: float, burst_s: float) -> None:
@@ -45,6 +46,13 @@ class RateLimiter:
     async def admit(self, key: str, amount: float = 1.0) -> None:
         if not self._rate:
             return
+        if amount > self._capacity:  # more than the bucket holds: no wait would admit it
+            raise InvalidArgument(
+                "events",
+                f"{amount:g} in one message, more than rate limit {self.name} admits at once: "
+                f"at most {self._capacity:g} per message ({self._setting} x "
+                "BANDITD_RATE_LIMIT_BURST_S on this replica); send smaller messages",
+            )
         bucket = self._bucket(key)
         if not bucket.has_capacity(amount):
             raise ResourceExhausted(

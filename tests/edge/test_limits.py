@@ -72,6 +72,29 @@ async def test_feedback_rate_counts_each_streamed_event(
     assert stats.feedback_count == 1
 
 
+async def test_upload_larger_than_the_feedback_bucket_says_so(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    # 100 events a second, a 1 s bucket: a message of 101 events could never be admitted.
+    server = await _with_routers(
+        await start_server(sqlite_url, rate_limit_feedback_per_s=100, rate_limit_burst_s=1)
+    )
+
+    def batch(n: int) -> pb.FeedbackBatch:
+        events = [pb.FeedbackRequest(decision_id=f"not-a-token-{i}", reward=1.0) for i in range(n)]
+        return pb.FeedbackBatch(tenant="acme", events=events)
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.UploadFeedback(iter([batch(101)]))
+    assert err.value.code() == C.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED: retrying cannot help
+    details = err.value.details() or ""
+    assert details.startswith("events: ") and "at most 100 per message" in details
+    assert "BANDITD_RATE_LIMIT_FEEDBACK_PER_S" in details
+    assert "BANDITD_RATE_LIMIT_BURST_S" in details
+    reply = await server.router.UploadFeedback(iter([batch(100)]))  # the bucket was not drawn on
+    assert reply.invalid == 100
+
+
 @pytest.mark.parametrize(
     ("request_", "field", "limit"),
     [
