@@ -172,10 +172,10 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="seconds an upstream call may take (each attempt)"
     )
 
-    @field_validator("listen", "health_listen", "gateway_listen")
+    @field_validator("listen", "health_listen", "metrics_listen", "gateway_listen")
     @classmethod
     def _check_listen(cls, value: str, info: ValidationInfo) -> str:
-        if not value and info.field_name == "health_listen":
+        if not value and info.field_name in ("health_listen", "metrics_listen"):
             return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from banditd.commands.ingest import ingest
 from banditd.config import Settings
@@ -123,6 +124,14 @@ def test_unsafe_or_broken_listener_settings_refuse_to_start(
 def test_plaintext_defaults() -> None:
     assert server_credentials(Settings(listen="127.0.0.1:0")) is None
     assert server_credentials(Settings(listen="0.0.0.0:0", allow_plaintext=True)) is None
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:99999", "127.0.0.1:metrics", "127.0.0.1"])
+def test_a_bad_metrics_address_is_refused_like_the_other_listeners(value: str) -> None:
+    # Unchecked, it ended `banditd serve` in a traceback (int(), getaddrinfo or bind).
+    with pytest.raises(ValidationError, match="metrics_listen must be HOST:PORT"):
+        Settings(metrics_listen=value)
+    assert Settings(metrics_listen="").metrics_listen == ""  # empty: no /metrics endpoint
 
 
 async def test_build_app_refuses_before_touching_the_database(tmp_path: Path) -> None:
