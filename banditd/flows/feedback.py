@@ -321,7 +321,8 @@ class Learner:
     ) -> dict[int, FeedbackResult]:
         """Commit feedback whose decision is not visible yet, to be joined to it later; the
         result of each parked (once per decision; the client's feedback cap counts them on the
-        arms the token names), by index."""
+        arms the token names; a thumb answers the router's reward for it, as the join maps it),
+        by index."""
         if not items:
             return {}
         if self._decisions is None:
@@ -334,6 +335,8 @@ class Learner:
                 continue
             try:
                 async with self._catalog.locked(w.parked.router_id) as state:
+                    if (thumb := w.parked.request.get("thumb")) is not None:
+                        w = replace(w, reward=state.spec.thumb_reward(thumb == "up"))
                     arms = state.spec.arms
                     for index in (w.arm_index, w.challenger_index):
                         if index is not None and index < len(arms):

@@ -244,6 +244,29 @@ async def test_a_joined_decision_takes_further_signals_under_combine_last(
     assert [(r.signal, r.effective_reward) for r in rows] == [(0, 1.0), (1, 0.0), (2, 0.0)]
 
 
+async def test_a_parked_thumb_is_answered_with_the_routers_thumb_reward(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A parked thumb's reply says what the join will learn: the router's thumb rewards."""
+    a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    config = router_config(thumb_up_reward=0.9, thumb_down_reward=0.2)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=config))
+    up, down = await choose(a), await choose(a)
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=up.decision_id, thumb=pb.THUMB_UP)
+    )
+    assert (reply.event_id, reply.reward) == (0, 0.9)  # parked
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=down.decision_id, thumb=pb.THUMB_DOWN)
+    )
+    assert (reply.event_id, reply.reward) == (0, 0.2)
+    await a.app.decisions.flush()
+    await b.tail_rounds(1)
+    assert await pending_states(b) == ["joined"] * 2
+    assert [r.reward for r in await event_rows(b)] == [0.9, 0.2]  # as answered
+
+
 async def test_parked_feedback_is_not_replaced_by_the_default_reward(
     sqlite_url: str, start_server: StartServer
 ) -> None:
