@@ -40,6 +40,7 @@ from banditd.flows.feedback_input import (
     check_numbers,
     count_accepted,
     log_event,
+    parked_input,
     preference_of,
     rated,
     refusal_kind,
@@ -257,8 +258,8 @@ class Learner:
         refused: list[tuple[int, BanditdError]] = []
         by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
         for item in items:
-            req = FeedbackInput(**item.request)
             try:
+                req = parked_input(item.request)  # refused, not retried, where it cannot be
                 claims = self.claims_of(req)
                 event = self.event_of(req, claims, item.decision, item.received_at)
                 if isinstance(event, Waiting):  # cannot be: the decision is given

@@ -4,15 +4,22 @@ preference), the arms it rates, and how refusals are counted."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
 
 import structlog
 
 from banditd import metrics
 from banditd.domain import FeedbackEvent, RouterSpec, check_finite, record
 from banditd.domain.bounds import Bounds
-from banditd.errors import AlreadyExists, BanditdError, FailedPrecondition, InvalidArgument
+from banditd.errors import (
+    AlreadyExists,
+    BadData,
+    BanditdError,
+    FailedPrecondition,
+    InvalidArgument,
+)
 from banditd.flows.tokens import TokenClaims
 
 log = structlog.get_logger("banditd.flows.feedback")
@@ -38,6 +45,40 @@ class FeedbackInput:
     usage_only: bool = False  # a usage report (issue 22): no rating, see Learner.usage
     first_token_ms: float | None = None
     preference: str | None = None  # "arm" | "challenger" | "tie"; anything else is refused
+
+
+_NONE = type(None)
+_KINDS: dict[str, tuple[type, ...]] = {  # what JSON gives back for each field's type
+    "str": (str,),
+    "str | None": (str, _NONE),
+    "float | None": (float, int, _NONE),
+    "int | None": (int, _NONE),
+    "bool": (bool,),
+}
+_PARKED_KINDS = {f.name: _KINDS[str(f.type)] for f in fields(FeedbackInput)}
+_REQUIRED = {f.name for f in fields(FeedbackInput) if f.default is MISSING}
+
+
+def parked_input(request: Any) -> FeedbackInput:
+    """A parked request (``asdict`` of its FeedbackInput, banditd.store.pending) rebuilt; raises
+    BadData where it cannot be: not a JSON object, a field missing or of the wrong type, or a
+    field this version lacks (a newer replica's) that is set. Such a field left unset (None or
+    false) says nothing: dropped."""
+    if not isinstance(request, Mapping):
+        raise BadData("parked feedback: its request is not a JSON object")
+    kept: dict[str, Any] = {}
+    for name, value in request.items():
+        kinds = _PARKED_KINDS.get(name)
+        if kinds is None:
+            if value is None or value is False:
+                continue
+            raise BadData(f"parked feedback: field {name!r} is unknown to this version")
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise BadData(f"parked feedback: field {name!r} has a value of the wrong type")
+        kept[name] = value
+    if missing := _REQUIRED - kept.keys():
+        raise BadData(f"parked feedback: field {sorted(missing)[0]!r} is missing")
+    return FeedbackInput(**kept)
 
 
 def refusal_kind(exc: BanditdError) -> str:

@@ -7,7 +7,8 @@ replica's: banditd.store.pending), and commits them through the Feedback flow's 
 and commit (``Learner.join``): they become ordinary events of the log, which every replica folds
 in id order. A row whose decision does not appear within ``feedback_join_wait_s`` of its arrival
 (lost in a crash, or dropped from a full decision log) is marked orphaned: kept, never applied,
-counted in ``banditd_feedback_unjoined_total``.
+counted in ``banditd_feedback_unjoined_total``. A row the join refuses (a stored request that
+cannot be read back included: ``parked_input``) is marked refused: kept, never tried again.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ when the decision appears, or marks it orphaned when none comes in time (kept, n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from banditd.domain import JoinRecord
@@ -44,7 +45,7 @@ class Joinable:
     """A parked feedback whose decision is visible now, claimed to be joined."""
 
     pending_id: int
-    request: Mapping[str, Any]
+    request: Any  # as stored: the FeedbackInput's fields; the text where it is not JSON
     received_at: float
     decision: JoinRecord
 
@@ -112,7 +113,7 @@ class PendingStore:
         this replica (state ``joining``): no other replica joins it meanwhile. Claims older than
         CLAIM_TIMEOUT_S (their replica died mid-join) are released first: back to ``pending``,
         or ``joined`` where the event is in the log (a joined event's created_at is the row's
-        received_at)."""
+        received_at). Each row's request is decoded on its own (``_decoded``)."""
         async with self.db.transaction() as conn:
             stale = (
                 feedback_pending.c.state == "joining",
@@ -155,7 +156,7 @@ class PendingStore:
                     with_router()
                     .add_columns(
                         feedback_pending.c.id.label("pending_id"),
-                        feedback_pending.c.request,
+                        cast(feedback_pending.c.request, Text).label("request"),
                         feedback_pending.c.received_at,
                     )
                     .join(feedback_pending, feedback_pending.c.decision_id == decisions.c.id)
@@ -165,7 +166,10 @@ class PendingStore:
             ).all()
         return [
             Joinable(
-                row.pending_id, row.request, row.received_at, decision_from_row(row).join_record()
+                row.pending_id,
+                _decoded(row.request),
+                row.received_at,
+                decision_from_row(row).join_record(),
             )
             for row in rows
         ]
@@ -223,3 +227,12 @@ class PendingStore:
                 select(feedback_pending.c.id).where(feedback_pending.c.state == state)
             )
             return len(list(rows))
+
+
+def _decoded(text: str) -> Any:
+    """A parked request read as text, decoded row by row: a row that is not JSON (SQLite does
+    not check) is the join's to refuse, not an error that fails every claim."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

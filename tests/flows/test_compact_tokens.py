@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from alembic import command
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.flows.tokens import TokenSigner
@@ -292,6 +292,60 @@ async def test_parked_feedback_is_not_replaced_by_the_default_reward(
     await b.tail_rounds(1)
     assert await pending_states(b) == ["joined"]
     assert [(r.reward, r.defaulted) for r in await event_rows(b)] == [(1.0, False)]
+
+
+async def test_an_unreadable_parked_row_is_refused_and_the_others_are_joined(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A parked request that cannot be rebuilt (a field this version lacks, set; a value of the
+    wrong type; not an object; not JSON at all) is settled refused, once; the rows beside it are
+    joined. A field this version lacks but left unset (a newer replica's, unused) does not
+    change the feedback."""
+    a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    made = [await choose(a) for _ in range(6)]
+    reply = await b.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=made[0].decision_id, reward=1.0)
+    )
+    assert reply.event_id == 0
+    claims = [SIGNER.verify(d.decision_id, "acme") for d in made]
+    request = {"tenant": "acme", "decision_id": made[1].decision_id, "reward": 0.5}
+    stored = [
+        {**request, "novel": None},  # unset: joined
+        {**request, "decision_id": made[2].decision_id, "novel": 3},
+        {**request, "decision_id": made[3].decision_id, "reward": "high"},
+        ["not", "an", "object"],
+        '{"tenant": "acme", "decision_id": ',  # not JSON
+    ]
+    async with b.app.db.transaction() as conn:
+        for c, value in zip(claims[1:], stored, strict=True):
+            row = {"decision_id": c.decision_id, "router_id": c.router_id, "tenant": "acme"}
+            if isinstance(value, str):
+                await conn.execute(
+                    text(
+                        "INSERT INTO feedback_pending (decision_id, router_id, tenant, request,"
+                        " received_at) VALUES (:decision_id, :router_id, :tenant, :request,"
+                        " :received_at)"
+                    ),
+                    {**row, "request": value, "received_at": time.time()},
+                )
+            else:
+                await conn.execute(
+                    feedback_pending.insert().values(**row, request=value, received_at=time.time())
+                )
+    await a.app.decisions.flush()
+    await b.tail_rounds(1)
+    assert await pending_states(b) == ["joined", "joined", *["refused"] * 4]
+    rows = await event_rows(b)
+    assert [(r.decision_id, r.reward) for r in rows] == [
+        (claims[0].decision_id, 1.0),
+        (claims[1].decision_id, 0.5),
+    ]
+    for server in (a, b):  # never tried again
+        await server.tail_rounds()
+    assert await pending_states(b) == ["joined", "joined", *["refused"] * 4]
+    assert len(await event_rows(a)) == 2
 
 
 async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
