@@ -188,7 +188,7 @@ def count_accepted(spec: RouterSpec, events: Sequence[FeedbackEvent]) -> None:
     for arm, group in by_arm.items():
         spend = 0.0
         for event in group:  # in the order of the events, as one sum over the batch
-            spend += event.cost_usd
+            spend += max(event.cost_usd, 0.0)  # a later signal's lower cost: a counter cannot fall
         metrics.SPEND.labels(spec.tenant, spec.name, arm).inc(spend)
         reward = metrics.REWARD.labels(spec.tenant, spec.name, arm)
         for event in group:

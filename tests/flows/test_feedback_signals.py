@@ -169,6 +169,31 @@ async def test_later_signals_charge_the_spend_metric_once(
     assert spend() - before == pytest.approx(0.05)
 
 
+async def test_a_later_signal_may_report_a_lower_cost(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A later signal whose cost_usd is below the decision's is taken, its answer OK (it was
+    committed, then answered INTERNAL: banditd_spend_usd_total, a counter, cannot fall)."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(
+        pb.PutRouterRequest(router=router_config(name="lowered", combine="last"))
+    )
+    labels = {"tenant": "acme", "router": "lowered", "arm": "mid"}
+
+    def spend() -> float:
+        return REGISTRY.get_sample_value("banditd_spend_usd_total", labels) or 0.0
+
+    before = spend()
+    decision = await _decide(server, "lowered")
+    for cost in (0.05, 0.01):
+        reply = await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=1.0, cost_usd=cost)
+        )
+        assert reply.cost_usd == cost
+    assert (await _stats(server, "lowered")).spend_usd == pytest.approx(0.01)
+    assert spend() - before == pytest.approx(0.05)  # counted when it rose, never taken back
+
+
 async def test_router_thumb_rewards(sqlite_url: str, start_server: StartServer) -> None:
     server = await start_server(sqlite_url)
     config = router_config(thumb_up_reward=0.9, thumb_down_reward=0.2)
