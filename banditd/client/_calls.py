@@ -12,7 +12,8 @@ a call means is here, once. Retry safety:
   after a lost answer is a second, equal signal, which "last" makes harmless and "mean" weighs
   twice.)
 - Each UploadFeedback chunk is retried whole: events its failed attempt committed come back as
-  duplicates, never twice as accepted.
+  duplicates, never twice as accepted (under ``combine`` "last" or "mean": accepted again, as
+  second, equal signals).
 """
 
 from __future__ import annotations

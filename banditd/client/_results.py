@@ -112,7 +112,8 @@ class UploadSummary:
     """upload_feedback's counts over all its calls, and the first refusals.
 
     ``resent``: events sent again after a call failed with UNAVAILABLE. Those of them the
-    failed call had committed count as ``duplicate`` (never twice as accepted).
+    failed call had committed count as ``duplicate`` (never twice as accepted), but for routers
+    with ``combine`` "last" or "mean", where they are accepted again as further signals.
     """
 
     accepted: int = 0

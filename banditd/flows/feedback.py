@@ -182,7 +182,8 @@ class Learner:
 
         A database that cannot be reached is retried a few times with backoff, then answered
         Unavailable: the event was not acknowledged, so the caller retries later (if the commit
-        did land and only its answer was lost, the retry answers ALREADY_EXISTS).
+        did land and only its answer was lost, the retry answers ALREADY_EXISTS under combine
+        "first"; under "last" or "mean" it is the decision's next signal).
         """
         try:
             async for attempt in self._retrying():
