@@ -2,9 +2,10 @@
 
 Lines are sent in chunks over UploadFeedback (many events per message); after each chunk's reply
 (which comes only once the chunk is committed) the number of lines done is written to a state
-file, so an interrupted run resumes where it stopped. Re-sending is harmless anyway: feedback
-already logged counts as a duplicate, never twice. The next chunk is read while the server commits
-one, and sent once that one is answered, so chunks commit in file order.
+file, so an interrupted run resumes where it stopped. Re-sending feedback already logged counts
+as a duplicate under a router's default combine "first"; under "last" or "mean" it is the
+decision's next signal (docs/how-it-works.md, resending). The next chunk is read while the server
+commits one, and sent once that one is answered, so chunks commit in file order.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Every call to a banditd service passes ``EdgeGuard`` before its servicer runs:
 
 1. API key (when auth is on): metadata ``authorization: Bearer bdk_<id>_<secret>``; missing,
    malformed, unknown or revoked is UNAUTHENTICATED.
-2. Role: Router.Select needs ``select``, Router.Feedback and StreamFeedback ``feedback``, every
-   other banditd RPC ``admin``; reflection needs a valid key; health is open (probes).
+2. Role: Router.Select needs ``select``; Router.Feedback, StreamFeedback and UploadFeedback
+   ``feedback``; every other banditd RPC ``admin``; reflection needs a valid key; health is open
+   (probes).
 3. Tenant: the tenant a request names (its ``tenant`` field, or that of a sub-message such as
    PutRouterRequest.router) must be the key's tenant, unless the key is for every tenant
    (``*``); a request naming no tenant (ListRouters of all tenants) needs a ``*`` key. Each
