@@ -152,6 +152,8 @@ def decision_row(d: Decision) -> dict[str, Any]:
         "challenger": d.challenger,
         "expires_at": d.expires_at,
         "created_at": d.created_at,
+        "budget_price": d.budget_price,
+        "budget_outcome": d.budget_outcome,
     }
 
 
@@ -165,5 +167,7 @@ def decision_from_row(row: Any) -> Decision:
         candidates=tuple(row.candidates),
         metadata=dict(row.request_metadata),
         x=None if row.x is None else np.frombuffer(row.x, dtype="<f8").copy(),
+        budget_price=row.budget_price or 0.0,  # null: logged before 0018
+        budget_outcome=row.budget_outcome or "",
         **{name: getattr(row, name) for name in _PLAIN},
     )

@@ -387,3 +387,7 @@ feedback_events.append_column(Column("decision_version", Integer, nullable=True)
 # DeleteBudget (migration 0017): a deleted budget's row stays, so that the charges of decisions
 # still in flight keep their budget; SetBudget of the same tenant and router revives it.
 budgets.append_column(Column("deleted_at", Float, nullable=True))
+# What the budget did to a decision (migration 0018; null: logged before it, no budget), so that
+# a repeated request_id answered from the log gets the first answer's price and outcome too.
+decisions.append_column(Column("budget_price", Float, nullable=True))
+decisions.append_column(Column("budget_outcome", String(16), nullable=True))

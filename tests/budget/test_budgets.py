@@ -196,6 +196,10 @@ async def test_a_repeated_request_id_gets_one_decision_under_a_budget(
     await server.app.decisions.flush()
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == 1
+    # Answered from the log now: the same answer, what the budget did included.
+    assert twins[0].budget_outcome == "paced"
+    logged = await server.router.Select(select(request_id="r1"))
+    assert logged == twins[0]
 
 
 async def test_stream_feedback_settles_too(sqlite_url: str, start_server: StartServer) -> None:
