@@ -210,12 +210,17 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     async def _checked(
         self, principal: Principal | None, method: str, requests: AsyncIterator[Message]
     ) -> AsyncIterator[Message]:
-        """A stream's requests, each checked as it arrives; a refusal is raised into the
-        servicer's loop, whose edge maps it to a status code. A message of many events
+        """A stream's requests, each checked as it arrives; a refusal is counted and logged
+        (``_refused``), then raised into the servicer's loop, whose edge maps it to a status
+        code. A message of many events
         (UploadFeedback) counts each against rate limits."""
         async for request in requests:
             amount = float(len(getattr(request, "events", ())) or 1)
-            await self._check(principal, method, request, amount)
+            try:
+                await self._check(principal, method, request, amount)
+            except BanditdError as exc:
+                _refused(method, exc)  # counted and logged like a unary call's refusal
+                raise
             yield request
 
     async def intercept_service(
@@ -246,9 +251,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     async def _refuse(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BanditdError
     ) -> None:
-        reason = _REASONS.get(type(exc), "other")
-        metrics.AUTH_REFUSALS.labels(reason).inc()
-        log.info("edge_refused", method=method, reason=reason, message=exc.message)
+        _refused(method, exc)
         await context.abort(grpc.StatusCode[exc.code], exc.message)
 
     async def _admitted(
@@ -312,8 +315,8 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
                     self._checked(principal, method, requests), context
                 ):
                     yield response
-            except BanditdError as exc:
-                await self._refuse(context, method, exc)
+            except BanditdError as exc:  # a refusal of _checked (counted there), or the handler's
+                await context.abort(grpc.StatusCode[exc.code], exc.message)
 
         return _rewrapped(grpc.stream_stream_rpc_method_handler, many, handler)
 
@@ -336,6 +339,13 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _refused(method: str, exc: BanditdError) -> None:
+    """Count and log a refusal at the edge (``banditd_auth_refusals_total``, ``edge_refused``)."""
+    reason = _REASONS.get(type(exc), "other")
+    metrics.AUTH_REFUSALS.labels(reason).inc()
+    log.info("edge_refused", method=method, reason=reason, message=exc.message)
 
 
 def _rewrapped(

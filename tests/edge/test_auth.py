@@ -11,6 +11,8 @@ from google.protobuf import message_factory
 from grpc import StatusCode as C
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from banditd.config import Settings
 from banditd.edge import keys
@@ -219,6 +221,40 @@ async def test_a_key_never_reaches_another_tenant(
     assert stats.feedback_count == 1
     everyone = await server.admin.ListRouters(pb.ListRoutersRequest(), metadata=root)
     assert sorted(r.tenant for r in everyone.routers) == ["acme", "globex"]
+
+
+async def test_a_refused_stream_message_is_counted_and_logged_like_a_refused_call(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A message of StreamFeedback or UploadFeedback naming another tenant is refused inside
+    the stream, and counted in banditd_auth_refusals_total and logged as edge_refused, as a
+    refused unary call is."""
+    server, _ = await secured(start_server, sqlite_url)
+    acme = bearer(await new_key(server, "acme", "select", "feedback"))
+    ours = await server.router.Select(select("acme"), metadata=acme)
+    mine = pb.FeedbackRequest(tenant="acme", decision_id=ours.decision_id, reward=1.0)
+    foreign = pb.FeedbackRequest(tenant="globex", decision_id=ours.decision_id, reward=1.0)
+    labels = {"reason": "permission_denied"}
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "Feedback": lambda: server.router.Feedback(foreign, metadata=acme),
+        "StreamFeedback": lambda: server.router.StreamFeedback(
+            iter([mine, foreign]), metadata=acme
+        ),
+        "UploadFeedback": lambda: server.router.UploadFeedback(
+            iter([pb.FeedbackBatch(tenant="globex", events=[mine])]), metadata=acme
+        ),
+    }
+    for name, call in calls.items():
+        before = REGISTRY.get_sample_value("banditd_auth_refusals_total", labels) or 0.0
+        with capture_logs() as logs:
+            code, details = await _code(call())
+        assert code == C.PERMISSION_DENIED and "tenant" in details, (name, code, details)
+        after = REGISTRY.get_sample_value("banditd_auth_refusals_total", labels)
+        assert after == before + 1, name
+        refused = [e for e in logs if e["event"] == "edge_refused"]
+        assert [(e["method"], e["reason"]) for e in refused] == [
+            (f"/banditd.v1.Router/{name}", "permission_denied")
+        ]
 
 
 def _generic_call(server: Running, method: Any, metadata: Metadata) -> Callable[[], Awaitable[Any]]:
