@@ -96,6 +96,12 @@ FEEDBACK_UNJOINED = Counter(
     "(lost in a crash, or dropped from a full decision log): kept, never applied.",
     ROUTER_LABELS,
 )
+FEEDBACK_JOIN_REFUSED = Counter(
+    "banditd_feedback_join_refused_total",
+    "Parked feedback whose decision appeared but that the join refused (invalid, or a stored "
+    "request that cannot be read back): kept, never applied, never tried again.",
+    ROUTER_LABELS,
+)
 DECISIONS_PENDING = Gauge(
     "banditd_decision_log_pending",
     "Decisions made but not yet committed to the decision log.",

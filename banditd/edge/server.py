@@ -314,7 +314,9 @@ async def build_app(settings: Settings) -> App:
         await db.close()
         raise
     app = App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
-    app.joiner = Joiner(pending, learner, settings.feedback_join_wait_s)
+    app.joiner = Joiner(
+        pending, learner, settings.feedback_join_wait_s, router_name=catalog.name_of
+    )
     if settings.health_listen:
         app.health_server = grpc.aio.server(
             options=[("grpc.so_reuseport", int(settings.reuse_port))]

@@ -8,7 +8,8 @@ and commit (``Learner.join``): they become ordinary events of the log, which eve
 in id order. A row whose decision does not appear within ``feedback_join_wait_s`` of its arrival
 (lost in a crash, or dropped from a full decision log) is marked orphaned: kept, never applied,
 counted in ``banditd_feedback_unjoined_total``. A row the join refuses (a stored request that
-cannot be read back included: ``parked_input``) is marked refused: kept, never tried again.
+cannot be read back included: ``parked_input``) is marked refused: kept, never tried again,
+counted in ``banditd_feedback_join_refused_total``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ class Joiner:
         learner: Learner,
         wait_s: float,
         clock: Callable[[], float] = time.time,
+        router_name: Callable[[int], str] = lambda router_id: "",
     ) -> None:
         self._store = store
         self._learner = learner
         self._wait_s = wait_s
         self._clock = clock
+        self._router_name = router_name  # by router id, for metrics (Catalog.name_of)
 
     async def run(self) -> int:
         """One round: join what can be joined, mark what waited too long; the rows joined."""
@@ -51,8 +54,18 @@ class Joiner:
             await self._store.settle(done, "joined", now)
             await self._store.settle([i for i, _ in bad], "refused", now)
             await self._store.settle(retry, "pending", now)
+            decisions = {i.pending_id: i.decision for i in items}
             for pending_id, exc in bad:
-                log.warning("feedback_join_refused", pending_id=pending_id, error=exc.message)
+                decision = decisions[pending_id]
+                router = self._router_name(decision.router_id)
+                metrics.FEEDBACK_JOIN_REFUSED.labels(decision.tenant, router).inc()
+                log.warning(
+                    "feedback_join_refused",
+                    pending_id=pending_id,
+                    tenant=decision.tenant,
+                    router=router,
+                    error=exc.message,
+                )
             joined += len(done)
             if retry or len(items) < JOIN_BATCH:
                 break

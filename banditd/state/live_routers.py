@@ -150,6 +150,11 @@ class Catalog:
         async with self._lock(stored.router_id):
             return self._by_id.get(stored.router_id) or await self._restore(stored)
 
+    def name_of(self, router_id: int) -> str:
+        """A loaded router's name ("" for one this process has not loaded), for metrics."""
+        state = self._by_id.get(router_id)
+        return state.spec.name if state is not None else ""
+
     @asynccontextmanager
     async def locked(self, router_id: int) -> AsyncIterator[RouterState]:
         """The router's state, held exclusively (for appending and applying events)."""

@@ -51,9 +51,12 @@ async def event_rows(server: Running) -> list[Any]:
         return list((await conn.execute(select(feedback_events))).all())
 
 
-def unjoined() -> float:
+def unjoined(metric: str = "banditd_feedback_unjoined_total") -> float:
     labels = {"tenant": "acme", "router": "chat"}
-    return REGISTRY.get_sample_value("banditd_feedback_unjoined_total", labels) or 0.0
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+REFUSED = "banditd_feedback_join_refused_total"
 
 
 async def test_tokens_are_short_for_a_256_d_router(
@@ -299,8 +302,8 @@ async def test_an_unreadable_parked_row_is_refused_and_the_others_are_joined(
 ) -> None:
     """A parked request that cannot be rebuilt (a field this version lacks, set; a value of the
     wrong type; not an object; not JSON at all) is settled refused, once; the rows beside it are
-    joined. A field this version lacks but left unset (a newer replica's, unused) does not
-    change the feedback."""
+    joined, and counted in banditd_feedback_join_refused_total. A field this version lacks but
+    left unset (a newer replica's, unused) does not change the feedback."""
     a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=3600)
     b = await start_server(sqlite_url, tail_interval_s=3600)
     await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
@@ -335,8 +338,10 @@ async def test_an_unreadable_parked_row_is_refused_and_the_others_are_joined(
                     feedback_pending.insert().values(**row, request=value, received_at=time.time())
                 )
     await a.app.decisions.flush()
+    before = unjoined(REFUSED)
     await b.tail_rounds(1)
     assert await pending_states(b) == ["joined", "joined", *["refused"] * 4]
+    assert unjoined(REFUSED) == before + 4
     rows = await event_rows(b)
     assert [(r.decision_id, r.reward) for r in rows] == [
         (claims[0].decision_id, 1.0),
@@ -345,6 +350,7 @@ async def test_an_unreadable_parked_row_is_refused_and_the_others_are_joined(
     for server in (a, b):  # never tried again
         await server.tail_rounds()
     assert await pending_states(b) == ["joined", "joined", *["refused"] * 4]
+    assert unjoined(REFUSED) == before + 4  # counted once
     assert len(await event_rows(a)) == 2
 
 
