@@ -121,14 +121,12 @@ class App:
             await self._tail_once()
 
     async def _tail_once(self) -> None:
-        try:
-            if self.joiner is not None:  # first: a joined feedback beats the default reward
-                await self.joiner.run()
-            await self.catalog.tail()
-        except Unavailable as exc:
-            log.warning("tail_failed", error=str(exc))
-        except Exception:  # keep tailing whatever one round hit
-            log.exception("tail_error")
+        """One round: the join of parked feedback, then the log (its events, default rewards,
+        PCA loads), each guarded on its own: one failing does not skip the other (a failed
+        join leaves its rows parked, and parked rows never get the default reward)."""
+        if self.joiner is not None:  # first: a joined feedback beats the default reward
+            await _guarded("join", self.joiner.run)
+        await _guarded("log", self.catalog.tail)
 
     async def _budget_rounds(self) -> None:
         """Renew leases, reap expired ones, refresh spend and alerts (see budget.ledger)."""
@@ -174,6 +172,16 @@ class App:
             self.catalog.encoders.close()
             await self.db.close()
         log.info("stopped", decisions_unlogged=self.decisions.pending + self.decisions.dropped)
+
+
+async def _guarded(step: str, run: Callable[[], Awaitable[int]]) -> None:
+    """Run one step of a tail round; a failure is logged, never raised (the next round retries)."""
+    try:
+        await run()
+    except Unavailable as exc:
+        log.warning("tail_failed", step=step, error=str(exc))
+    except Exception:  # keep tailing whatever one round hit
+        log.exception("tail_error", step=step)
 
 
 def _warm_up() -> None:

@@ -8,6 +8,8 @@ from functools import partial
 import grpc
 import numpy as np
 import pytest
+from sqlalchemy import text
+from structlog.testing import capture_logs
 
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config, wait_until
@@ -109,3 +111,28 @@ async def test_a_router_deleted_and_created_again_is_not_served_stale_by_another
     await b.tail_rounds(1)
     d = await b.router.Select(select)
     assert {r.arm for r in d.ranking} == {"fast", "slow"}
+
+
+async def test_a_failing_join_does_not_skip_the_log_tail(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The join of parked feedback and the tail of the log are steps of their own: with the
+    join failing (its table gone), a round still applies what another replica wrote, and the
+    join's failure is logged."""
+    a = await start_server(sqlite_url, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    select = pb.SelectRequest(tenant="acme", router="chat", prompt="load it")
+    await b.router.Select(select)  # b has the router loaded, at no event
+    d = await a.router.Select(select)
+    sent = await a.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+    )
+    assert sent.event_id == 1 and b.app.catalog._by_id[1].posterior.last_event_id == 0
+    async with b.app.db.transaction() as conn:
+        await conn.execute(text("ALTER TABLE feedback_pending RENAME TO feedback_pending_gone"))
+    with capture_logs() as logs:
+        await b.tail_rounds(1)
+    assert b.app.catalog._by_id[1].posterior.last_event_id == sent.event_id
+    failed = [e for e in logs if e["event"] in ("tail_failed", "tail_error")]
+    assert [e["step"] for e in failed] == ["join"]
