@@ -37,6 +37,7 @@ class Ranked:
     latency_weight: float = 0.0
     energy_weight: float = 0.0
     challenger: str | None = None  # with compare: the dueling pick (banditd.policy.dueling)
+    forced: str | None = None  # the arm explore_new_arm put first (counted in forced_picks)
 
     def other_term(self, arms: Sequence[str]) -> FloatArray | None:
         """Utility lost to latency and energy per arm of ``arms`` (in the ranking), or None."""
@@ -167,8 +168,9 @@ def rank_arms(
     lw, ew = min(lw, HARD_MAX_LATENCY_WEIGHT), min(ew, HARD_MAX_ENERGY_WEIGHT)
     other = lw * latency / 1000.0 + ew * energy if lw or ew else None
     choice = state.policy.choose(posterior, arm_idx, x, costs, weight, rng, other_term=other)
+    forced = None
     if spec.explore_new_arm:
-        choice = _explore_new_arm(state, names, arm_idx, choice)
+        choice, forced = _explore_new_arm(state, names, arm_idx, choice)
     utility, quality, cost = choice.utility.tolist(), choice.quality.tolist(), costs.tolist()
     lat, wh = latency.tolist(), energy.tolist()
     ranking = tuple(
@@ -180,14 +182,15 @@ def rank_arms(
         term = weight * costs + (0.0 if other is None else other)
         rival = dueling.challenger(posterior, arm_idx, x, term, choice.chosen, rng, spec.alpha)
     challenger = None if rival is None else names[rival]
-    return Ranked(ranking, choice, tuple(names), price, outcome, lw, ew, challenger)
+    return Ranked(ranking, choice, tuple(names), price, outcome, lw, ew, challenger, forced)
 
 
 def _explore_new_arm(
     state: RouterState, names: Sequence[str], arm_idx: IntArray, choice: Choice
-) -> Choice:
+) -> tuple[Choice, str | None]:
     """Put first the eligible arm with the fewest feedback events, while it has fewer than
-    ``explore_new_arm`` of them and this process has not yet forced it that many times."""
+    ``explore_new_arm`` of them and this process has not yet forced it that many times; the
+    choice, and the arm forced (None for none)."""
     limit = state.spec.explore_new_arm
     events = state.posterior.n_updates[arm_idx]
     short = [
@@ -196,8 +199,8 @@ def _explore_new_arm(
         if events[i] < limit and state.forced_picks.get(name, 0) < limit
     ]
     if not short:
-        return choice
+        return choice, None
     position = min(short)[1]
     name = names[position]
     state.forced_picks[name] = state.forced_picks.get(name, 0) + 1
-    return choice.forced(position)
+    return choice.forced(position), name

@@ -195,9 +195,11 @@ class Selector:
         spec = state.spec
         chosen, choice = ranked.ranking[0], ranked.choice
         now = self._clock()
-        for served in (chosen.arm, ranked.challenger):  # a half-open arm spends a probe
-            if served is not None:
-                state.health.chose(served, now)
+        probes = [  # a half-open arm spends a probe
+            served
+            for served in (chosen.arm, ranked.challenger)
+            if served is not None and state.health.chose(served, now)
+        ]
         decision_id = new_decision_id()
         reservation = budget.reserve(decision_id, chosen.expected_cost_usd + decided.rival_cost)
         if ranked.budget_outcome in ("fallback", "over_budget"):
@@ -247,7 +249,11 @@ class Selector:
             arm_specs=spec.arms,
         )
         # Counted before the decision is logged or leaves (a refused charge logs nothing).
-        await budget.commit(reservation)
+        try:
+            await budget.commit(reservation)
+        except BaseException:  # not served: its probes and forced pick are not spent
+            _unspend(state, probes, ranked.forced)
+            raise
         self._decisions.add(decision)
         metrics.child(
             metrics.DECISIONS, spec.tenant, spec.name, chosen.arm, str(choice.explored)
@@ -298,6 +304,15 @@ def decide(prepared: Prepared) -> Decided:
     # After the live choice, on their own random streams: shadows never change it.
     shadows = shadow_picks(state, ranked, x, req.cost_weight, prepared.seed)
     return Decided(prepared, ranked, shadows, rival_cost)
+
+
+def _unspend(state: RouterState, probes: Sequence[str], forced: str | None) -> None:
+    """Give back what a decision that was not served took: the half-open probes of its arms,
+    and its explore_new_arm forced pick."""
+    for name in probes:
+        state.health.returned(name)
+    if forced is not None and state.forced_picks.get(forced, 0) > 0:
+        state.forced_picks[forced] -= 1
 
 
 def _position(spec: RouterSpec, name: str | None) -> int:

@@ -111,12 +111,20 @@ class ArmHealth:
             arm.probe_window, arm.probes = now, 0  # no verdict for a whole cool-down: try again
         return arm.probes < HALF_OPEN_PROBES
 
-    def chose(self, name: str, now: float) -> None:
-        """Select picked ``name``: a half-open arm spends one of its probes."""
+    def chose(self, name: str, now: float) -> bool:
+        """Select picked ``name``: a half-open arm spends one of its probes; whether it did."""
         if self.state(name, now) is BreakerState.HALF_OPEN:
             arm = self._arms[name]
             self._may_probe(arm, now)
             arm.probes += 1
+            return True
+        return False
+
+    def returned(self, name: str) -> None:
+        """A probe ``chose`` spent on ``name`` was not served (its Select failed after all)."""
+        arm = self._arms.get(name)
+        if arm is not None and arm.probes > 0:  # 0: a verdict came meanwhile and reset them
+            arm.probes -= 1
 
     def view(self, name: str, now: float) -> ArmHealthView:
         arm = self._arms.get(name)

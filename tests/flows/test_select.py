@@ -1,12 +1,20 @@
-"""The Select flow's rules beyond the policy: forced exploration of a new arm, eligibility."""
+"""The Select flow's rules beyond the policy: forced exploration of a new arm, eligibility, what
+a Select the budget refuses leaves unspent."""
 
 from __future__ import annotations
 
+import time
+
+import grpc
+import pytest
+
 from banditd.flows.tokens import NO_ARM, TokenSigner
+from banditd.store.budget_leases import Leases
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 X = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
+BUDGET = pb.Budget(tenant="acme", limit_usd=100.0, period=pb.BUDGET_PERIOD_DAY)
 
 
 async def select(server: Running, **fields: object) -> pb.SelectResponse:
@@ -105,3 +113,55 @@ async def test_an_open_breaker_fails_open_among_the_arms_within_the_request_limi
     for limits in ({"max_cost_usd": cheap_cost}, {"max_latency_ms": 1000.0}):
         d = await select(server, **limits)
         assert d.arm == "cheap" and [r.arm for r in d.ranking] == ["cheap"], limits
+
+
+async def _lose_the_budget_lease(server: Running) -> None:
+    """Close the server's budget lease as a replica reaping it once expired would (the server
+    stalled past it): its next charge is refused, ABORTED."""
+    assert await Leases(server.app.db, time.time).reap(time.time() + 3600) == 1
+
+
+async def _refused_by_the_budget(server: Running, **fields: object) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await select(server, **fields)
+    assert err.value.code() == grpc.StatusCode.ABORTED, err.value.details()
+
+
+async def test_a_select_whose_budget_charge_is_refused_spends_no_forced_pick(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url, budget_refresh_s=3600)  # holds its lease, unrenewed
+    config = router_config(arms=("cheap", "strong"), explore_new_arm=2)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=BUDGET))
+    assert (await select(server)).arm == "cheap"  # forced once of twice; takes a lease
+    await _lose_the_budget_lease(server)
+    await _refused_by_the_budget(server)  # forced "cheap", not served
+    picks = [await select(server) for _ in range(3)]
+    assert [p.arm for p in picks[:2]] == ["cheap", "strong"]  # cheap's second, then strong's
+    assert all(p.propensity == 1.0 for p in picks[:2])
+
+
+async def test_a_select_whose_budget_charge_is_refused_spends_no_half_open_probe(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server = await start_server(sqlite_url, budget_refresh_s=3600)
+    config = router_config(breaker_error_rate=0.5, breaker_min_events=2, breaker_cooldown_seconds=3)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    for _ in range(2):
+        d = await select(server, candidates=["cheap"])
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0, error=True)
+        )
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=BUDGET))
+    assert (await select(server, candidates=["mid"])).arm == "mid"  # takes a lease
+
+    async def half_open() -> bool:
+        stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+        return {a.arm: a.breaker for a in stats.arms}["cheap"] == "half_open"
+
+    await wait_until(half_open, "the cool-down to end")
+    await _lose_the_budget_lease(server)
+    await _refused_by_the_budget(server, candidates=["cheap"])  # probes cheap, not served
+    d = await select(server, candidates=["cheap", "mid"])
+    assert "cheap" in {r.arm for r in d.ranking}  # its probe is still there to take
