@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -387,6 +388,58 @@ def test_dockerfile_essentials() -> None:
     assert args["NUMBA_CPU_NAME"] == "generic"
     warm = next(i for i, (k, a) in enumerate(final) if k == "RUN" and "_warm_up()" in a)
     assert max(i for i, (k, _) in enumerate(final) if k == "USER") < warm
+
+
+def _dockerignore_pattern(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore glob (moby/patternmatcher) as a regex over slash-separated paths."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def _dockerignored(path: str, lines: list[str]) -> bool:
+    """Whether the build context leaves PATH out: the last matching line wins, and a line that
+    matches a parent directory matches everything under it."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        regex = _dockerignore_pattern(os.path.normpath(line.lstrip("!").strip()).lstrip("/"))
+        if any(regex.fullmatch(c) for c in candidates):
+            ignored = not keep
+    return ignored
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
+    """BuildKit reads deploy/Dockerfile.dockerignore: a COPY source it leaves out fails the build
+    ('"/requirements.lock": not found')."""
+    lines = DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().splitlines()
+    assert _dockerignored("bench/x.py", lines), "the matcher ignores what the file leaves out"
+    assert _dockerignored("banditd/__pycache__/x.pyc", lines)
+    sources = [
+        source
+        for keyword, args in _instructions()
+        if keyword == "COPY" and not args.startswith("--from")
+        for source in shlex.split(args)[:-1]
+    ]
+    assert "requirements.lock" in sources
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert not _dockerignored(source, lines), f"{source} is left out of the build context"
 
 
 def _healthcheck_command() -> list[str]:
