@@ -6,13 +6,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
+# The lock pins torch's CPU build (torch==...+cpu), which PyPI does not serve: PyTorch's CPU index
+# does (as in deploy/Dockerfile). TORCH_INDEX= leaves it out (pip configured with a mirror).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+EXTRA_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: run test check proto lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$$(grep -E '^pip==' $(LOCK) || echo pip)"
-	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet $(EXTRA_INDEX) -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	./.ci/install-helm >/dev/null || echo "make: Helm is not installed (see above), so the Helm tests" \
 	  "will be skipped (CI=true: fail); set BANDITD_HELM to a Helm 3 binary" >&2
@@ -42,7 +46,7 @@ proto: $(STAMP)
 lock:
 	test -x $(BIN)/pip-compile || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet pip-tools; }
 	$(BIN)/pip-compile --quiet $(if $(UPGRADE),--upgrade) --extra dev --extra context --strip-extras \
-	  --allow-unsafe --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
+	  --allow-unsafe --no-emit-index-url --no-emit-find-links $(EXTRA_INDEX) -o $(LOCK) pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

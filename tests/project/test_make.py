@@ -1,9 +1,11 @@
 """The README's quick start, `make run`: the real Makefile and .ci/install-helm, with the Python
-installs stood in for (no network here) and the virtualenv in a temporary directory."""
+installs stood in for (no network here; the stand-in pip records its arguments) and the
+virtualenv in a temporary directory."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,18 +17,23 @@ def _script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def test_make_run_serves_where_helm_cannot_be_installed(tmp_path: Path) -> None:
-    """Helm is for the chart's tests only: a machine where .ci/install-helm cannot get it (a Mac,
-    an arm64 Linux, no npm) must still get `make run`, as the README promises with Python 3.11."""
-    venv_bin, fake = tmp_path / "venv" / "bin", tmp_path / "fake"
-    venv_bin.mkdir(parents=True)
+def _on_a_mac(tmp_path: Path) -> Path:
+    """A PATH entry whose uname answers as a Mac does: .ci/install-helm's npm package holds helm
+    for linux x86-64 only, so it gives up at once (no npm, no network)."""
+    fake = tmp_path / "fake"
     fake.mkdir()
-    _script(tmp_path / "python", 'mkdir -p "$3"')  # `$(PYTHON) -m venv $(VENV)`
-    _script(venv_bin / "pip", "exit 0")
-    calls = tmp_path / "banditd-calls"
-    _script(venv_bin / "banditd", f'echo "$@" >> {calls}')
-    # What a Mac answers: .ci/install-helm's npm package holds helm for linux x86-64 only.
     _script(fake / "uname", 'case "$1" in -s) echo Darwin;; *) echo arm64;; esac')
+    return fake
+
+
+def _make_run(tmp_path: Path, fake: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`make run` on a machine without .venv; returns make's result and the log of pip calls."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    _script(tmp_path / "python", 'mkdir -p "$3"')  # `$(PYTHON) -m venv $(VENV)`
+    pip_calls, banditd_calls = tmp_path / "pip-calls", tmp_path / "banditd-calls"
+    _script(venv_bin / "pip", f'echo "$@" >> {pip_calls}')
+    _script(venv_bin / "banditd", f'echo "$@" >> {banditd_calls}')
     done = subprocess.run(
         [
             "make",
@@ -48,5 +55,29 @@ def test_make_run_serves_where_helm_cannot_be_installed(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert calls.read_text().splitlines() == ["serve --example-router"]
+    assert banditd_calls.read_text().splitlines() == ["serve --example-router"]
+    return done, pip_calls
+
+
+def test_make_run_serves_where_helm_cannot_be_installed(tmp_path: Path) -> None:
+    """Helm is for the chart's tests only: a machine where .ci/install-helm cannot get it (a Mac,
+    an arm64 Linux, no npm) must still get `make run`, as the README promises with Python 3.11."""
+    done, _ = _make_run(tmp_path, _on_a_mac(tmp_path))
     assert "Helm" in done.stderr  # says what is missing and what it costs
+
+
+def test_make_installs_the_lock_from_the_indexes_that_serve_it(tmp_path: Path) -> None:
+    """The lock pins torch's CPU build (2.13.0+cpu): PyPI takes no local versions, only
+    PyTorch's CPU index serves it, the one deploy/Dockerfile installs the lock with."""
+    local_pins = re.findall(
+        r"^([\w.-]+)==\S+\+cpu$", (REPO / "requirements.lock").read_text(), re.M
+    )
+    assert local_pins == ["torch"]
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    torch_index = re.search(r"^ARG TORCH_INDEX=(\S+)$", dockerfile, re.M)
+    assert torch_index is not None
+    _, pip_calls = _make_run(tmp_path, _on_a_mac(tmp_path))
+    (lock_install,) = [c.split() for c in pip_calls.read_text().splitlines() if "-r" in c.split()]
+    assert lock_install[lock_install.index("-r") + 1] == "requirements.lock"
+    indexes = [lock_install[i + 1] for i, a in enumerate(lock_install) if a == "--extra-index-url"]
+    assert torch_index.group(1) in indexes, lock_install
