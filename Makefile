@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 # The lock pins torch's CPU build (torch==...+cpu), which PyPI does not serve: PyTorch's CPU index
-# does (as in deploy/Dockerfile). TORCH_INDEX= leaves it out (pip configured with a mirror).
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# does (deploy/Dockerfile's TORCH_INDEX). Empty by default, for a pip whose mirror carries it (an
+# index it cannot reach costs seconds a package); elsewhere:
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 EXTRA_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: run test check proto lock clean

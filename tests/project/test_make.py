@@ -26,7 +26,9 @@ def _on_a_mac(tmp_path: Path) -> Path:
     return fake
 
 
-def _make_run(tmp_path: Path, fake: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+def _make_run(
+    tmp_path: Path, fake: Path, *options: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     """`make run` on a machine without .venv; returns make's result and the log of pip calls."""
     venv_bin = tmp_path / "venv" / "bin"
     venv_bin.mkdir(parents=True)
@@ -42,6 +44,7 @@ def _make_run(tmp_path: Path, fake: Path) -> tuple[subprocess.CompletedProcess[s
             f"PYTHON={tmp_path / 'python'}",
             f"VENV={tmp_path / 'venv'}",
             f"STAMP={tmp_path / 'venv' / '.installed'}",
+            *options,
         ],
         cwd=REPO,
         env={
@@ -66,9 +69,10 @@ def test_make_run_serves_where_helm_cannot_be_installed(tmp_path: Path) -> None:
     assert "Helm" in done.stderr  # says what is missing and what it costs
 
 
-def test_make_installs_the_lock_from_the_indexes_that_serve_it(tmp_path: Path) -> None:
+def test_make_installs_the_lock_from_the_index_it_is_told(tmp_path: Path) -> None:
     """The lock pins torch's CPU build (2.13.0+cpu): PyPI takes no local versions, only
-    PyTorch's CPU index serves it, the one deploy/Dockerfile installs the lock with."""
+    PyTorch's CPU index (deploy/Dockerfile's) or a mirror serves it. By default pip's own
+    indexes (a mirror here); TORCH_INDEX adds the one the Dockerfile installs the lock with."""
     local_pins = re.findall(
         r"^([\w.-]+)==\S+\+cpu$", (REPO / "requirements.lock").read_text(), re.M
     )
@@ -76,8 +80,17 @@ def test_make_installs_the_lock_from_the_indexes_that_serve_it(tmp_path: Path) -
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     torch_index = re.search(r"^ARG TORCH_INDEX=(\S+)$", dockerfile, re.M)
     assert torch_index is not None
-    _, pip_calls = _make_run(tmp_path, _on_a_mac(tmp_path))
-    (lock_install,) = [c.split() for c in pip_calls.read_text().splitlines() if "-r" in c.split()]
-    assert lock_install[lock_install.index("-r") + 1] == "requirements.lock"
-    indexes = [lock_install[i + 1] for i, a in enumerate(lock_install) if a == "--extra-index-url"]
-    assert torch_index.group(1) in indexes, lock_install
+    for options, wanted in (
+        ((), []),
+        ((f"TORCH_INDEX={torch_index.group(1)}",), [torch_index.group(1)]),
+    ):
+        run_dir = tmp_path / str(len(options))
+        run_dir.mkdir()
+        _, pip_calls = _make_run(run_dir, _on_a_mac(run_dir), *options)
+        calls = [c.split() for c in pip_calls.read_text().splitlines()]
+        (lock_install,) = [c for c in calls if "-r" in c]
+        assert lock_install[lock_install.index("-r") + 1] == "requirements.lock"
+        indexes = [
+            lock_install[i + 1] for i, a in enumerate(lock_install) if a == "--extra-index-url"
+        ]
+        assert indexes == wanted, lock_install
