@@ -10,16 +10,16 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import MAX_SIGNALS_PER_DECISION, FeedbackEvent
-from banditd.errors import AlreadyExists, NotFound
+from banditd.errors import AlreadyExists
 from banditd.store.engine import EVENTS_CHANNEL, Database, insert_ignoring_duplicates
 from banditd.store.finite import checked
-from banditd.store.models import feedback_events, routers
-from banditd.store.usage import with_usage
+from banditd.store.models import feedback_events
+from banditd.store.usage import lock_router, with_usage
 
 # A decision's effective reward from its real rewards in arrival order (a pure domain rule,
 # given by the caller: banditd.domain.signal_rule).
@@ -115,17 +115,7 @@ async def _begin_append(conn: AsyncConnection, router_id: int) -> None:
     that order and a replica tailing the log by id would skip 6. On Postgres it also queues a
     NOTIFY, delivered at commit, that wakes the other replicas' tail.
     """
-    if conn.dialect.name == "sqlite":  # the SELECTs below would run before pysqlite's BEGIN
-        touched = await conn.execute(  # a write first: the write lock, and the latest snapshot
-            update(routers).where(routers.c.id == router_id).values(version=routers.c.version)
-        )
-        found = router_id if touched.rowcount else None
-    else:
-        found = await conn.scalar(
-            select(routers.c.id).where(routers.c.id == router_id).with_for_update()
-        )
-    if found is None:
-        raise NotFound("the router of this decision has been deleted")
+    await lock_router(conn, router_id)
     if conn.dialect.name == "postgresql":
         await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, str(router_id))))
 

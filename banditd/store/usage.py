@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,11 +55,7 @@ class UsageStore:
         try:
             async with self.db.transaction() as conn:
                 # The appenders' lock: no event of the router commits between check and insert.
-                found = await conn.scalar(
-                    select(routers.c.id).where(routers.c.id == usage.router_id).with_for_update()
-                )
-                if found is None:
-                    raise NotFound("the router of this decision has been deleted")
+                await lock_router(conn, usage.router_id)
                 rated = await conn.scalar(
                     select(func.count())
                     .select_from(feedback_events)
@@ -96,6 +92,23 @@ class UsageStore:
             arm: UsageTotals(int(n), int(errors or 0), float(cost), float(lat or 0), float(ft or 0))
             for arm, n, errors, cost, lat, ft in rows
         }
+
+
+async def lock_router(conn: AsyncConnection, router_id: int) -> None:
+    """Take the router's append lock (a row lock on the router until commit): its event
+    writers, and usage reports that check for an event, go in turn. NotFound when the router
+    has been deleted."""
+    if conn.dialect.name == "sqlite":  # the SELECTs below would run before pysqlite's BEGIN
+        touched = await conn.execute(  # a write first: the write lock, and the latest snapshot
+            update(routers).where(routers.c.id == router_id).values(version=routers.c.version)
+        )
+        found = router_id if touched.rowcount else None
+    else:
+        found = await conn.scalar(
+            select(routers.c.id).where(routers.c.id == router_id).with_for_update()
+        )
+    if found is None:
+        raise NotFound("the router of this decision has been deleted")
 
 
 async def with_usage(conn: AsyncConnection, events: Sequence[FeedbackEvent]) -> list[FeedbackEvent]:
