@@ -1,0 +1,113 @@
+"""Budget leases closed while a charge is recorded under them, or closed twice at once (the
+holder returning its lease as the reaper takes it): every charge ends up in the period's spend,
+and a lease's grant goes back once. On SQLite, where SELECT ... FOR UPDATE locks nothing, each
+of these transactions takes the write lock before it reads the lease."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.util import await_only
+
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.domain.budgets import BudgetSpec
+from banditd.store import Database, migrate
+from banditd.store.budget_leases import Charge, Leases
+from banditd.store.budgets import BudgetRepository, LedgerRow
+
+START, END = 1_000_020.0, 1_000_080.0
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    db = Database(database_url)
+    yield db
+    await db.close()
+
+
+async def _lease(db: Database) -> tuple[BudgetRepository, Leases, int, int]:
+    repo = BudgetRepository(db)
+    stored, _ = await repo.put_budget(BudgetSpec("acme", "", 1.0, "window", 60), None)
+    await repo.open_period(stored.budget_id, START, END, 1.0)
+    lease_id, granted = await Leases(db).take(
+        stored.budget_id, START, None, holder="h", need_usd=0.5, fraction=0.5, expires_at=END
+    )
+    assert lease_id is not None and granted == 0.5
+    return repo, Leases(db), stored.budget_id, lease_id
+
+
+async def _meanwhile(
+    db: Database, prefix: str, other: Callable[[], Awaitable[Any]], first: Awaitable[Any]
+) -> tuple[Any, Any]:
+    """Run ``first``; when it is about to run a statement starting with ``prefix`` (its reads
+    done), start ``other`` and give it a moment (it waits where ``first`` holds a lock)."""
+    task: asyncio.Task[Any] | None = None
+
+    def start_other(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal task
+        if task is None and statement.startswith(prefix):
+            task = asyncio.ensure_future(other())
+            await_only(asyncio.wait([task], timeout=1.0))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", start_other)
+    try:
+        result = await first
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", start_other)
+    assert task is not None
+    return result, await task
+
+
+async def _ledger(repo: BudgetRepository, budget_id: int) -> LedgerRow:
+    row = await repo.ledger(budget_id, START)
+    assert row is not None
+    return row
+
+
+async def test_a_charge_recorded_as_its_lease_closes_is_spent(db: Database) -> None:
+    repo, leases, budget_id, lease_id = await _lease(db)
+    charge = Charge("d-1", budget_id, START, lease_id, 0.25, START)
+    lost, used = await _meanwhile(
+        db,
+        "INSERT INTO budget_charges",
+        lambda: leases.close(lease_id, START + 1),
+        leases.add_charges([charge]),
+    )
+    row = await _ledger(repo, budget_id)
+    assert row.leased_usd == 0.0
+    if lost:  # refused under a closed lease: the caller is told (and charges it past the lease)
+        assert (lost, used, row.spent_usd) == ({lease_id}, 0.0, 0.0)
+    else:  # kept: the close counted it
+        assert (used, row.spent_usd) == (0.25, 0.25)
+
+
+async def test_a_lease_closed_twice_at_once_gives_its_grant_back_once(db: Database) -> None:
+    repo, leases, budget_id, lease_id = await _lease(db)
+    await leases.add_charges([Charge("d-1", budget_id, START, lease_id, 0.25, START)])
+    first, second = await _meanwhile(
+        db,
+        "UPDATE budget_ledger",  # the lease read and marked closed
+        lambda: leases.reap(END + 1),  # the reaper, as its holder returns it
+        leases.close(lease_id, END + 1),
+    )
+    assert sorted([first is not None, second == 1]) == [False, True]
+    row = await _ledger(repo, budget_id)
+    assert (row.leased_usd, row.spent_usd) == (0.0, 0.25)
+
+
+async def test_a_cost_settled_twice_at_once_is_spent_once(db: Database) -> None:
+    repo, leases, budget_id, _ = await _lease(db)
+    await leases.add_charges([Charge("d-1", budget_id, START, None, 0.25, START)])  # past lease
+    first, second = await _meanwhile(
+        db,
+        "UPDATE budget_ledger",  # the charge read and settled
+        lambda: leases.settle([("d-1", 0.1)]),  # the rating, as the usage report settles it
+        leases.settle([("d-1", 0.1)]),
+    )
+    assert sorted([first, second]) == [0, 1]
+    assert (await _ledger(repo, budget_id)).spent_usd == pytest.approx(0.1)
