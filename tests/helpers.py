@@ -16,10 +16,13 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import event
+from sqlalchemy.util import await_only
 
 from banditd.edge.server import App
 from banditd.flows.feedback_join import DecisionFinder, joined
 from banditd.flows.tokens import TokenClaims, TokenSigner
+from banditd.store.engine import Database
 from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -142,3 +145,26 @@ def router_config(
         embedding_dim=embedding_dim,
         **fields,
     )
+
+
+async def meanwhile(
+    db: Database, prefix: str, other: Callable[[], Awaitable[Any]], first: Awaitable[Any]
+) -> tuple[Any, Any]:
+    """Run ``first``; when it is about to run a statement starting with ``prefix`` (its reads
+    done), start ``other`` and give it a moment (it waits where ``first`` holds a lock, as it
+    should): a race of two transactions made to happen. Returns both results."""
+    task: asyncio.Task[Any] | None = None
+
+    def start_other(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal task
+        if task is None and statement.startswith(prefix):
+            task = asyncio.ensure_future(other())
+            await_only(asyncio.wait([task], timeout=1.0))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", start_other)
+    try:
+        result = await first
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", start_other)
+    assert task is not None, f"no statement began with {prefix!r}"
+    return result, await task

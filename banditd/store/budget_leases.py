@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from banditd.store.engine import Database, insert_ignoring_duplicates
+from banditd.store.engine import Database, insert_ignoring_duplicates, write_first
 from banditd.store.models import budget_charges, budget_leases, budget_ledger
 
 
@@ -68,7 +68,7 @@ class Leases:
         grant = _least(unleased, _greatest(literal(need_usd), unleased * fraction))
         async with self.db.transaction() as conn:
             if lease_id is not None:
-                await _write_first(conn, budget_leases.c.closed_at, budget_leases.c.id == lease_id)
+                await write_first(conn, budget_leases.c.closed_at, budget_leases.c.id == lease_id)
                 open_ = await conn.scalar(
                     select(budget_leases.c.id)
                     .where(budget_leases.c.id == lease_id, budget_leases.c.closed_at.is_(None))
@@ -163,7 +163,7 @@ class Leases:
         async with self.db.transaction() as conn:
             open_ids: set[int] = set()
             if lease_ids:
-                await _write_first(
+                await write_first(
                     conn, budget_leases.c.closed_at, budget_leases.c.id.in_(lease_ids)
                 )
                 open_ids = {
@@ -206,7 +206,7 @@ class Leases:
         from the expected to the actual cost. Returns the charges settled."""
         settled = 0
         async with self.db.transaction() as conn:
-            await _write_first(
+            await write_first(
                 conn,
                 budget_charges.c.cost_usd,
                 budget_charges.c.decision_id.in_([decision_id for decision_id, _ in costs]),
@@ -243,15 +243,6 @@ class Leases:
         return settled
 
 
-async def _write_first(conn: AsyncConnection, column: Any, *where: Any) -> None:
-    """SQLite: a write to the rows about to be read (setting ``column`` to itself), so that the
-    transaction holds the write lock before it reads them: SELECT ... FOR UPDATE or SHARE locks
-    nothing there, and pysqlite begins a transaction only at its first write, so what was read
-    could change before the writes that follow. Postgres locks the rows it reads instead."""
-    if conn.dialect.name == "sqlite":
-        await conn.execute(update(column.table).where(*where).values({column.name: column}))
-
-
 async def _add_spend(conn: AsyncConnection, budget_id: int, start: float, usd: float) -> None:
     await conn.execute(
         update(budget_ledger)
@@ -268,7 +259,7 @@ async def _close(
     if expired_before is not None:
         where.append(budget_leases.c.expires_at < expired_before)
     # Taking the row lock first waits out any transaction still recording charges under it.
-    await _write_first(conn, budget_leases.c.closed_at, budget_leases.c.id == lease_id)
+    await write_first(conn, budget_leases.c.closed_at, budget_leases.c.id == lease_id)
     lease = (
         await conn.execute(
             select(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain.budgets import BudgetSpec
 from banditd.errors import Aborted, NotFound
-from banditd.store.engine import Database, insert_ignoring_duplicates
+from banditd.store.engine import Database, insert_ignoring_duplicates, write_first
 from banditd.store.finite import bounded_usd
 from banditd.store.models import (
     budget_charges,
@@ -86,13 +86,15 @@ class BudgetRepository:
             "updated_at": now,
         }
         try:
+            scope = (budgets.c.tenant == spec.tenant, budgets.c.router == spec.router)
             async with self.db.transaction() as conn:
+                await write_first(conn, budgets.c.version, *scope)  # SQLite's FOR UPDATE
                 row = (
                     await conn.execute(
                         select(
                             budgets.c.id, budgets.c.version, budgets.c.period, budgets.c.deleted_at
                         )
-                        .where(budgets.c.tenant == spec.tenant, budgets.c.router == spec.router)
+                        .where(*scope)
                         .with_for_update()
                     )
                 ).first()

@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Insert, Table, event, make_url
+from sqlalchemy import Insert, Table, event, make_url, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
@@ -81,6 +81,15 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     stmt: Insert = dialect.insert(table).on_conflict_do_nothing()
     return stmt
+
+
+async def write_first(conn: AsyncConnection, column: Any, *where: Any) -> None:
+    """SQLite: a write to the rows about to be read (``column`` set to itself), so that the
+    transaction holds the write lock before it reads them: SELECT ... FOR UPDATE or SHARE locks
+    nothing there, and pysqlite begins a transaction only at its first write, so what was read
+    could change before the writes that follow. Postgres locks the rows it reads instead."""
+    if conn.dialect.name == "sqlite":
+        await conn.execute(update(column.table).where(*where).values({column.name: column}))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec, spec_from_dict, spec_to_dict
 from banditd.errors import Aborted, NotFound
-from banditd.store.engine import Database
+from banditd.store.engine import Database, write_first
 from banditd.store.models import (
     arms,
     context_models,
@@ -145,11 +145,13 @@ class Routers:
         self, spec: RouterSpec, now: float, action: str, expected_version: int | None
     ) -> tuple[StoredRouter, bool]:
         values = _values(spec, now)
+        named = (routers.c.tenant == spec.tenant, routers.c.name == spec.name)
         async with self.db.transaction() as conn:
+            await write_first(conn, routers.c.version, *named)  # SQLite's FOR UPDATE
             row = (
                 await conn.execute(
                     select(routers.c.id, routers.c.created_at)
-                    .where(routers.c.tenant == spec.tenant, routers.c.name == spec.name)
+                    .where(*named)
                     .with_for_update()  # writers in turn: each compares x with the one before
                 )
             ).first()

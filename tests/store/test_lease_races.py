@@ -5,19 +5,16 @@ of these transactions takes the write lock before it reads the lease."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.util import await_only
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain.budgets import BudgetSpec
 from banditd.store import Database, migrate
 from banditd.store.budget_leases import Charge, Leases
 from banditd.store.budgets import BudgetRepository, LedgerRow
+from tests.helpers import meanwhile
 
 START, END = 1_000_020.0, 1_000_080.0
 
@@ -41,28 +38,6 @@ async def _lease(db: Database) -> tuple[BudgetRepository, Leases, int, int]:
     return repo, Leases(db), stored.budget_id, lease_id
 
 
-async def _meanwhile(
-    db: Database, prefix: str, other: Callable[[], Awaitable[Any]], first: Awaitable[Any]
-) -> tuple[Any, Any]:
-    """Run ``first``; when it is about to run a statement starting with ``prefix`` (its reads
-    done), start ``other`` and give it a moment (it waits where ``first`` holds a lock)."""
-    task: asyncio.Task[Any] | None = None
-
-    def start_other(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        nonlocal task
-        if task is None and statement.startswith(prefix):
-            task = asyncio.ensure_future(other())
-            await_only(asyncio.wait([task], timeout=1.0))
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", start_other)
-    try:
-        result = await first
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", start_other)
-    assert task is not None
-    return result, await task
-
-
 async def _ledger(repo: BudgetRepository, budget_id: int) -> LedgerRow:
     row = await repo.ledger(budget_id, START)
     assert row is not None
@@ -72,7 +47,7 @@ async def _ledger(repo: BudgetRepository, budget_id: int) -> LedgerRow:
 async def test_a_charge_recorded_as_its_lease_closes_is_spent(db: Database) -> None:
     repo, leases, budget_id, lease_id = await _lease(db)
     charge = Charge("d-1", budget_id, START, lease_id, 0.25, START)
-    lost, used = await _meanwhile(
+    lost, used = await meanwhile(
         db,
         "INSERT INTO budget_charges",
         lambda: leases.close(lease_id, START + 1),
@@ -89,7 +64,7 @@ async def test_a_charge_recorded_as_its_lease_closes_is_spent(db: Database) -> N
 async def test_a_lease_closed_twice_at_once_gives_its_grant_back_once(db: Database) -> None:
     repo, leases, budget_id, lease_id = await _lease(db)
     await leases.add_charges([Charge("d-1", budget_id, START, lease_id, 0.25, START)])
-    first, second = await _meanwhile(
+    first, second = await meanwhile(
         db,
         "UPDATE budget_ledger",  # the lease read and marked closed
         lambda: leases.reap(END + 1),  # the reaper, as its holder returns it
@@ -103,7 +78,7 @@ async def test_a_lease_closed_twice_at_once_gives_its_grant_back_once(db: Databa
 async def test_a_cost_settled_twice_at_once_is_spent_once(db: Database) -> None:
     repo, leases, budget_id, _ = await _lease(db)
     await leases.add_charges([Charge("d-1", budget_id, START, None, 0.25, START)])  # past lease
-    first, second = await _meanwhile(
+    first, second = await meanwhile(
         db,
         "UPDATE budget_ledger",  # the charge read and settled
         lambda: leases.settle([("d-1", 0.1)]),  # the rating, as the usage report settles it

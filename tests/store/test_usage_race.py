@@ -5,13 +5,9 @@ on SQLite too (where SELECT ... FOR UPDATE locks nothing)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 import numpy as np
-from sqlalchemy import event
-from sqlalchemy.util import await_only
 
 from banditd.domain import FeedbackEvent
 from banditd.errors import AlreadyExists
@@ -19,7 +15,7 @@ from banditd.store.events import EventLog
 from banditd.store.routers import Routers
 from banditd.store.usage import Usage, UsageStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import StartServer, router_config
+from tests.helpers import StartServer, meanwhile, router_config
 
 
 async def test_a_usage_report_racing_the_rating_is_folded_in_or_refused(
@@ -36,26 +32,18 @@ async def test_a_usage_report_racing_the_rating_is_folded_in_or_refused(
         cost_reported=False,
     )  # fmt: skip
     log = EventLog(db)
-    append: asyncio.Task[Any] | None = None
 
-    def rating_meanwhile(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        # Between the usage report's check and its insert: the rating is appended meanwhile
-        # (given a moment; it waits for the lock when the report holds it, as it should).
-        nonlocal append
-        if append is None and statement.startswith("INSERT INTO decision_usage"):
-            append = asyncio.ensure_future(log.append([rating]))
-            await_only(asyncio.wait([append], timeout=1.0))
+    async def add() -> bool:
+        try:
+            await UsageStore(db).add(usage)
+            return True
+        except AlreadyExists:
+            return False
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", rating_meanwhile)
-    try:
-        await UsageStore(db).add(usage)
-        accepted = True
-    except AlreadyExists:
-        accepted = False
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", rating_meanwhile)
-    assert append is not None
-    await append
+    # Between the usage report's check and its insert: the rating is appended meanwhile.
+    accepted, _ = await meanwhile(
+        db, "INSERT INTO decision_usage", lambda: log.append([rating]), add()
+    )
     (stored,) = await log.after(router_id, 0)
     if accepted:  # then the rating's event carries the report's cost and tokens
         assert (stored.cost_usd, stored.cost_reported, stored.input_tokens) == (0.0042, True, 120)
