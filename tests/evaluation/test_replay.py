@@ -18,6 +18,7 @@ from banditd.commands import replay as replay_command
 from banditd.errors import InvalidArgument
 from banditd.evaluation import replay
 from banditd.evaluation.replay.data import Outcomes
+from banditd.evaluation.replay.options import BUDGET_SWEEP_POINTS
 from banditd.evaluation.replay.scoring import frontier_summary
 
 # name: (mean quality, cost per call in USD)
@@ -268,6 +269,22 @@ def test_budget_is_never_exceeded(
     for point in report["budget_frontier"]:
         assert point["mean_cost_usd"] * report["n"] <= point["budget_usd"] + 1e-12
     assert report["budget_frontier"][0]["refused"] > 0  # 0.05 cannot pay for every prompt
+
+
+def test_the_default_budget_grid_of_free_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Local models that cost nothing (cost_usd 0 is valid): every budget pays for every prompt.
+    free = [
+        {**r, "models": {m: {**o, "cost_usd": 0.0} for m, o in r["models"].items()}}
+        for r in synthetic(20)
+    ]
+    data = write_outcomes(tmp_path / "free.jsonl", free)
+
+    report = run_json(capsys, "--data", str(data), "--policy", "best-single", "--sweep-budgets")
+
+    assert len(report["budget_frontier"]) == BUDGET_SWEEP_POINTS
+    assert all(p["refused"] == 0 and p["mean_cost_usd"] == 0.0 for p in report["budget_frontier"])
 
 
 def test_a_learning_policy_is_paced_through_the_budget_pacer(tmp_path: Path) -> None:

@@ -131,9 +131,11 @@ def weight_grid(outcomes: Outcomes) -> tuple[float, ...]:
 
 
 def budget_grid(outcomes: Outcomes) -> tuple[float, ...]:
-    """Budgets from every prompt on the cheapest model to every prompt on the priciest."""
+    """Budgets from every prompt on the cheapest model to every prompt on the priciest (a log
+    grid: from 1e-9 where the cheapest is free, and all at 1e-9 where every model is)."""
     total = outcomes.cost.mean(axis=0) * outcomes.n
-    grid = np.geomspace(max(float(total.min()), 1e-9), float(total.max()), BUDGET_SWEEP_POINTS)
+    low = max(float(total.min()), 1e-9)
+    grid = np.geomspace(low, max(float(total.max()), low), BUDGET_SWEEP_POINTS)
     return tuple(float(f"{b:.3g}") for b in grid)
 
 
