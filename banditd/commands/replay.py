@@ -25,8 +25,8 @@ from banditd.domain import (
 from banditd.edge import codec
 from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
 from banditd.errors import BanditdError, InvalidArgument
-from banditd.evaluation.replay.data import load_outcomes
-from banditd.evaluation.replay.features import router_spec
+from banditd.evaluation.replay.data import load_outcomes, split_point
+from banditd.evaluation.replay.features import arm_heads, arm_prices, router_spec
 from banditd.evaluation.replay.options import (
     ARM_PRICES,
     AUTO,
@@ -81,9 +81,13 @@ def options(args: argparse.Namespace) -> Options:
 
 def router_config(opts: Options) -> pb.RouterConfig:
     """The configuration of the router a replay of ``opts`` runs (``replay-<seed>`` under the
-    server's tenant, or "replay"): what to create and warm-start for --keep-routers."""
-    arms = load_outcomes(opts.data, opts.arms, 1).arms
-    spec = router_spec(arms, opts, opts.cost_weight)
+    server's tenant, or "replay"), its arms priced as the replay prices them (from the replayed
+    records with --arm-prices data): what to create and warm-start for --keep-routers."""
+    head = 0 if opts.split is None else split_point(opts.data, opts.split)
+    outcomes = load_outcomes(opts.data, opts.arms, opts.limit, skip=head)
+    priced = opts.arm_prices == "data"
+    prices, heads = (arm_prices(outcomes), arm_heads(outcomes)) if priced else ({}, {})
+    spec = router_spec(outcomes.arms, opts, opts.cost_weight, prices, heads)
     tenant = DEFAULT_TENANT if opts.server is None else opts.server.tenant
     name = router_name(opts.seed, opts.cost_weight, opts.cost_weight)
     return codec.spec_to_proto(dataclasses.replace(spec, tenant=tenant, name=name))

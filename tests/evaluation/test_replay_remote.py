@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from banditd.commands import replay as replay_command
-from banditd.edge import keys
+from banditd.edge import codec, keys
 from banditd.errors import InvalidArgument, Unauthenticated, Unavailable
 from banditd.evaluation import replay
 from banditd.evaluation.replay.remote import Server
@@ -130,3 +131,20 @@ def test_what_a_server_cannot_replay_is_refused(
     assert message in capsys.readouterr().err
     with pytest.raises(InvalidArgument, match="server"):
         replay.Replay(replay_command.options(args))
+
+
+def test_print_router_prints_the_router_the_replay_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its arms priced from the replayed records' costs (--arm-prices data, the default), as
+    # --server creates (and --keep-routers puts) each run's router.
+    data = write_outcomes(tmp_path / "synthetic.jsonl", synthetic(20))
+    args = cli("--data", str(data), "--split", "0.5", "--print-router")
+
+    assert args.func(args) == 0
+
+    printed = codec.spec_from_proto(json_format.Parse(capsys.readouterr().out, pb.RouterConfig()))
+    run = replay.Replay(replay_command.options(args))
+    ran = replay.router_spec(run.outcomes.arms, run.opts, 0.0, run.prices, run.heads)
+    assert printed.arms == ran.arms
+    assert all(a.input_price_per_mtok > 0 for a in printed.arms)
