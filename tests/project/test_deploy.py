@@ -185,6 +185,26 @@ def test_auth_is_on_and_plaintext_only_when_explicit(rendered: tuple[str, list[D
         assert "BANDITD_TLS_CERT_FILE" not in config
 
 
+def test_grpc_ports_claim_cleartext_http2_only_without_tls(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    """appProtocol kubernetes.io/h2c is HTTP/2 over cleartext: a mesh or gateway that reads it
+    would speak plaintext to a port that serves TLS. With TLS on, the gRPC ports claim nothing."""
+    value_set, docs = rendered
+    tls = "BANDITD_TLS_CERT_FILE" in _one(docs, "ConfigMap", "banditd")["data"]
+    assert tls is (value_set == "production")
+    services = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] != "banditd-gateway"
+    ]
+    assert {s["metadata"]["name"] for s in services} == {"banditd", "banditd-headless"}
+    for service in services:
+        (grpc_port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+        if tls:
+            assert "appProtocol" not in grpc_port, service["metadata"]["name"]
+        else:
+            assert grpc_port["appProtocol"] == "kubernetes.io/h2c", service["metadata"]["name"]
+
+
 def test_termination_grace_outlasts_the_drain(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
     pod = _one(docs, "Deployment", "banditd")["spec"]["template"]["spec"]
