@@ -36,6 +36,7 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 from locust.env import Environment
+from locust.exception import StopUser
 
 from banditd.commands.bench import local
 from banditd.v1 import banditd_pb2 as pb
@@ -78,11 +79,18 @@ TOPICS = [
 ]
 
 
+def _refusal(host: str) -> str | None:
+    if local.is_loopback(host):
+        return None
+    return f"refusing to load-test {host!r}: only loopback targets (127.0.0.1)"
+
+
 @events.init.add_listener
 def _only_loopback(environment: Environment, **_: Any) -> None:
-    host = environment.host or ""
-    if not local.is_loopback(host):
-        raise SystemExit(f"refusing to load-test {host!r}: only loopback targets (127.0.0.1)")
+    # Early, for --headless; each user checks again (RouterUser.on_start): the web UI can
+    # change the host after this.
+    if refusal := _refusal(environment.host or ""):
+        raise SystemExit(refusal)
 
 
 class _Timings:
@@ -144,14 +152,20 @@ class RouterUser(User):
 
     wait_time = between(*WAIT)
 
+    _channel: grpc.Channel | None = None
+
     def on_start(self) -> None:
+        # Checked here, where the host is used: locust's web UI can change it after start-up.
+        if refusal := _refusal(self.host or ""):
+            raise StopUser(refusal)
         self._channel = grpc.insecure_channel(self.host)
         self._stub = rpc.RouterStub(self._channel)
         self._due: list[tuple[float, str]] = []  # (when, decision_id): thumbs still to send
         self._rng = random.Random()
 
     def on_stop(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def _call(self, name: str, method: Any, request: Any) -> Any:
         started = time.perf_counter()
