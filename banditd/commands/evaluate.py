@@ -8,10 +8,11 @@ banditd evaluate --router TENANT/NAME [--candidate FILE ...] [--json]
     doubly-robust estimates of mean reward, mean cost and utility (reward - cost weight x
     cost), 95 % bootstrap intervals, the effective sample size, and warnings.
 
-banditd evaluate --replay-proof DATA [--seeds N] [--json]
+banditd evaluate --replay-proof DATA [--seeds N] [--limit N] [--json]
     the estimators against the truth on a full-information outcome file (see
     banditd/evaluation/ope_proof.py): logs an exploring policy's decisions, estimates candidates
-    from that log alone, and compares with their exact value.
+    from that log alone, and compares with their exact value. Its candidates and cost weight
+    are its own: --router, --candidate, --cost-weight and --database-url are refused with it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
         store = Store.over(db)
         stored = await store.routers.get(tenant, name)
         candidates = [read_candidate(p, tenant, name) for p in args.candidate]
-        log = await evaluation.load_log(store, stored.router_id, args.limit, stored.context_since)
+        limit = evaluation.DEFAULT_LIMIT if args.limit is None else args.limit
+        log = await evaluation.load_log(store, stored.router_id, limit, stored.context_since)
     finally:
         await db.close()
     return evaluation.report(
@@ -74,14 +76,31 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+# What --replay-proof has no use for (it logs and scores its own candidates, from DATA): given
+# with it, an error rather than ignored.
+NOT_WITH_PROOF = {
+    "router": "--router",
+    "candidate": "--candidate",
+    "cost_weight": "--cost-weight",
+    "database_url": "--database-url",
+}
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """The report of --replay-proof, or of --router (the --json object)."""
     if args.replay_proof is not None:
+        for key, flag in NOT_WITH_PROOF.items():
+            if getattr(args, key) not in (None, []):
+                raise InvalidArgument(
+                    "replay_proof",
+                    f"{flag} cannot go with --replay-proof (it scores its own candidates at "
+                    f"cost weight {ope_proof.COST_WEIGHT:g})",
+                )
         with progress.shown(quiet=args.quiet):
             return ope_proof.proof(
                 args.replay_proof,
                 seeds=range(args.seed, args.seed + args.seeds),
-                limit=args.limit if args.limit != evaluation.DEFAULT_LIMIT else None,
+                limit=args.limit,
                 replicates=args.bootstrap,
             )
     if args.router:
@@ -129,9 +148,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--limit",
         type=int_at_least(1),
-        default=evaluation.DEFAULT_LIMIT,
-        help="newest decisions with feedback to use (%(default)s); with --replay-proof, "
-        "the first records of DATA",
+        help=f"newest decisions with feedback to use ({evaluation.DEFAULT_LIMIT}); with "
+        "--replay-proof, the first records of DATA (all)",
     )
     p.add_argument("--seed", type=int, default=0, help="(0)")
     p.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")

@@ -111,3 +111,41 @@ def test_evaluate_without_router_is_an_error(capsys: pytest.CaptureFixture[str])
     assert "give --router TENANT/NAME" in capsys.readouterr().err
     assert main(["evaluate", "--router", "nonsense"]) == 1
     assert "expected TENANT/NAME" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--cost-weight", "5"),
+        ("--cost-weight", "0"),
+        ("--candidate", "c.json"),
+        ("--database-url", "sqlite+aiosqlite:///x.db"),
+        ("--router", "t/r"),
+    ],
+)
+def test_replay_proof_refuses_the_flags_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, str]
+) -> None:
+    """The proof logs and scores its own candidates at its own cost weight, from the file."""
+    data = write_outcomes(tmp_path / "o.jsonl", synthetic(40, seed=5))
+    assert main(["evaluate", "--replay-proof", str(data), "--json", *flags]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"banditd evaluate: replay_proof: {flags[0]} cannot go with --replay-proof (it scores "
+        f"its own candidates at cost weight {ope_proof.COST_WEIGHT:g})\n"
+    )
+
+
+def test_an_explicit_limit_always_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--limit equal to the default limit (of a router's log) is still a limit on DATA's
+    records; the default is lowered here so that a small file reaches it."""
+    monkeypatch.setattr("banditd.flows.candidates.DEFAULT_LIMIT", 30)
+    data = write_outcomes(tmp_path / "o.jsonl", synthetic(40, seed=5))
+    argv = ["evaluate", "--replay-proof", str(data), "--seeds", "1", "--bootstrap", "20"]
+    assert main([*argv, "--limit", "30", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 30
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 40
