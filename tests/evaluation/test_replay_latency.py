@@ -88,6 +88,10 @@ def test_max_latency_ms_never_picks_the_slow_arms(data: Path) -> None:
 def test_max_latency_ms_under_every_arm_refuses_every_prompt(data: Path) -> None:
     report = replay.replay(replay.Options(data=data, max_latency_ms=10))
     assert report["refused"] == 200 and report["mean_quality"] == 0.0
+    # The text says what refused them: no budget was set.
+    assert "; 200 prompts refused by --max-latency-ms\n" in replay.render_text(report)
+    both = replay.replay(replay.Options(data=data, max_latency_ms=10, budget_usd=1.0))
+    assert "; 200 prompts refused by the budget or --max-latency-ms\n" in replay.render_text(both)
 
 
 def test_feedback_teaches_the_heads(data: Path) -> None:

@@ -27,7 +27,16 @@ def _summary_lines(r: dict[str, Any]) -> list[str]:
             f"{prior['weight']:g} events{after}, "
         )
     budget = "none" if r["budget_usd"] is None else f"${r['budget_usd']:g}"
-    refused = f"; {r['refused']:g} prompts refused by the budget" if r["refused"] else ""
+    causes = [
+        cause
+        for cause, given in (
+            ("the budget", r["budget_usd"]),
+            ("--max-latency-ms", r.get("max_latency_ms")),
+        )
+        if given is not None
+    ]
+    by = f" by {' or '.join(causes)}" if causes else ""
+    refused = f"; {r['refused']:g} prompts refused{by}" if r["refused"] else ""
     return [
         f"banditd replay of {r['data']}: {r['n']} prompts, {len(r['arms'])} models",
         f"policy {r['policy']} ({knobs}feedback {r['feedback']}), cost weight "
