@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -44,7 +44,8 @@ Encode = Callable[[Sequence[str]], FloatArray]
 class WarmStartReport:
     records: int = 0
     events: int = 0
-    skipped_records: int = 0
+    skipped_records: int = 0  # records that gave no event (their reasons: skip_reasons)
+    skipped_entries: int = 0  # arm entries without a quality in [0, 1], whatever the record
     skip_reasons: dict[str, int] = field(default_factory=dict)
     events_per_arm: dict[str, int] = field(default_factory=dict)
     unknown_models: set[str] = field(default_factory=set)
@@ -77,6 +78,11 @@ def read_outcomes(path: Path) -> Iterator[dict[str, Any]]:
         except (EOFError, UnicodeDecodeError) as exc:
             problem = f"{path}: unreadable after line {number} ({exc})"
             raise InvalidArgument("data", problem) from exc
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    """A JSON number: a JSON boolean is not one (as replay's loader reads an outcome)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, str]:
@@ -178,11 +184,11 @@ def warm_events(
         for arm in sorted(arms & set(models)):
             outcome = models[arm]
             quality = outcome.get("quality") if isinstance(outcome, dict) else None
-            if not isinstance(quality, int | float) or not 0.0 <= quality <= 1.0:
-                report.skip("quality missing or outside [0, 1]")
+            if not _number(quality) or not 0.0 <= quality <= 1.0:
+                report.skipped_entries += 1
                 continue
             cost = outcome.get("cost_usd", 0.0)
-            cost = float(cost) if isinstance(cost, int | float) and math.isfinite(cost) else 0.0
+            cost = float(cost) if _number(cost) and math.isfinite(cost) else 0.0
             report.events += 1
             report.events_per_arm[arm] = report.events_per_arm.get(arm, 0) + 1
             event_id += 1
@@ -206,4 +212,6 @@ def warm_events(
             # after, from the log (`banditd warm-start`) or by ``fold`` (replay's warm start).
             pipeline.observe(event)
             events.append(event)
+        if not events and arms & set(models):
+            report.skip("quality missing or outside [0, 1]")
         yield events

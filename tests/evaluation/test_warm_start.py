@@ -20,6 +20,8 @@ from banditd.errors import FailedPrecondition, NotFound
 from banditd.evaluation import replay
 from banditd.evaluation.replay.options import Server
 from banditd.v1 import banditd_pb2 as pb
+from tests.evaluation.test_replay import ARMS, synthetic
+from tests.evaluation.test_replay import write_outcomes as write_records
 from tests.helpers import REPO, StartServer, require, router_config, wait_until
 
 TOPICS = {
@@ -81,6 +83,7 @@ async def test_warm_start_then_serve(
 
     first = warm_start(database_url, data)
     assert first["records"] == 201 and first["added"] == 600 and first["skipped"] == 1
+    assert first["skipped_entries"] == 0
     assert first["unknown_models"] == ["not-in-router"]
     again = warm_start(database_url, data)
     assert again["added"] == 0 and again["already_present"] == 600
@@ -291,3 +294,25 @@ def test_metadata_fields_the_router_does_not_declare_are_refused(
     with pytest.raises(subprocess.CalledProcessError) as err:
         warm_start(sqlite_url, warm, *flags, "--metadata-from", "task")
     assert "declares metadata keys [], not ['task']" in err.value.stderr
+
+
+def test_skipped_records_count_records_and_a_boolean_is_no_quality(tmp_path: Path) -> None:
+    """A record with one bad arm entry still warm-starts its other arms: only a record that
+    gives no event is skipped; its bad entries are counted apart. A JSON boolean is not a
+    quality (replay's loader refuses it too)."""
+    records = synthetic(5, seed=1)
+    records[1]["models"]["strong"]["quality"] = 1.5
+    records[2]["models"]["strong"]["quality"] = True
+    records[3]["models"] = {arm: {"quality": None} for arm in ARMS}
+    records[4]["prompt"] = ""
+    history = write_records(tmp_path / "history.jsonl", records)
+    data = write_records(tmp_path / "data.jsonl", synthetic(10, seed=2))
+    opts = replay.Options(data=data, warm_start=history)
+
+    report = replay.Replay(opts).warm_report
+    assert report is not None
+    assert (report.records, report.events, report.skipped_records) == (5, 3 + 2 + 2, 2)
+    assert report.skipped_entries == 1 + 1 + 3
+    assert report.skip_reasons == {"quality missing or outside [0, 1]": 1, "prompt": 1}
+    summary = replay.replay(opts)["warm_start"]
+    assert (summary["skipped_records"], summary["skipped_entries"]) == (2, 5)

@@ -363,6 +363,7 @@ def replay(opts: Options) -> dict[str, Any]:
             "records": run.warm_report.records,
             "events": run.warm_report.events,
             "skipped_records": run.warm_report.skipped_records,
+            "skipped_entries": run.warm_report.skipped_entries,
         }
     curves = {opts.policy: main["regret_curve"]}
     for reference in REGRET_REFERENCES:
