@@ -390,6 +390,8 @@ def test_shuffle_replays_each_seed_in_its_own_order(
         (("--split", "1"), "a number in (0, 1)"),
         (("--split", "0"), "a number in (0, 1)"),
         (("--warm-start-head",), "needs --split"),
+        # 10 records x 0.05 < 1: nothing to warm-start on
+        (("--split", "0.05", "--warm-start-head"), "no records before the split at 0.05"),
     ],
 )
 def test_bad_splits_are_refused(

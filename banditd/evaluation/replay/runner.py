@@ -72,6 +72,9 @@ class Replay:
         if opts.warm_start_head and (opts.split is None or opts.warm_start is not None):
             raise InvalidArgument("warm_start_head", "needs --split and no --warm-start file")
         self.head = 0 if opts.split is None else split_point(opts.data, opts.split)
+        if opts.warm_start_head and not self.head:
+            problem = f"{opts.data}: no records before the split at {opts.split:g} to warm-start on"
+            raise InvalidArgument("split", problem)
         self.outcomes = load_outcomes(
             opts.data, opts.arms, opts.limit, opts.metadata_from, skip=self.head
         )
