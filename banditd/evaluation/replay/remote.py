@@ -11,9 +11,10 @@ the file, and Feedback (its quality as the reward, or with ``--feedback thumbs``
 with probability = quality, from the same draws as in process; its real cost as cost_usd; its
 latency_ms and energy_wh where the file has them). ``--latency-weight``, ``--energy-weight`` and
 ``--max-latency-ms`` go in every SelectRequest; a Select refused for max_latency_ms is a refused
-prompt, as in process. The picks are scored exactly as in process, so the report is the same. One
-call at a time, each with a deadline; a server that cannot be reached within the connect timeout is
-a clear error.
+prompt, as in process. The picks are scored exactly as in process, so the report is the same for
+the same picks: the server draws unseeded, so only LinUCB without pairwise feedback (whose
+challenger is drawn) picks as in process. One call at a time, each with a deadline; a server
+that cannot be reached within the connect timeout is a clear error.
 """
 
 from __future__ import annotations
