@@ -86,6 +86,9 @@ NOT_WITH_PROOF = {
 }
 
 
+PROOF_SEEDS = 5  # --replay-proof's logs by default
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """The report of --replay-proof, or of --router (the --json object)."""
     if args.replay_proof is not None:
@@ -99,11 +102,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with progress.shown(quiet=args.quiet):
             return ope_proof.proof(
                 args.replay_proof,
-                seeds=range(args.seed, args.seed + args.seeds),
+                seeds=range(args.seed, args.seed + (args.seeds or PROOF_SEEDS)),
                 limit=args.limit,
                 replicates=args.bootstrap,
             )
     if args.router:
+        if args.seeds is not None:
+            raise InvalidArgument("seeds", "--seeds is for --replay-proof (a router has one log)")
         with progress.shown(quiet=args.quiet):
             return asyncio.run(evaluate_router(args))
     raise InvalidArgument("router", "give --router TENANT/NAME (or --replay-proof DATA)")
@@ -159,5 +164,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DATA",
         help="check the estimators against the truth on a full-information outcome file",
     )
-    p.add_argument("--seeds", type=int_at_least(1), default=5, help="logs for --replay-proof (5)")
+    p.add_argument("--seeds", type=int_at_least(1), help=f"logs for --replay-proof ({PROOF_SEEDS})")
     progress.add_quiet_flag(p)

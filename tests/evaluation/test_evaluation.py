@@ -109,6 +109,8 @@ def test_evaluate_refuses_a_bad_number_before_any_work(
 def test_evaluate_without_router_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate"]) == 1
     assert "give --router TENANT/NAME" in capsys.readouterr().err
+    assert main(["evaluate", "--router", "acme/chat", "--seeds", "3"]) == 1  # proof-only
+    assert "--seeds is for --replay-proof" in capsys.readouterr().err
     assert main(["evaluate", "--router", "nonsense"]) == 1
     assert "expected TENANT/NAME" in capsys.readouterr().err
 
