@@ -74,10 +74,13 @@ def _expected(
     return arm_idx, state.posterior.expected_costs(arm_idx, numbers, input_tokens, x)
 
 
-def priciest(state: RouterState, prompt: str | None, candidates: Sequence[str]) -> float:
-    """The highest expected cost among the arms a request may get (what a lease must hold)."""
+def priciest(
+    state: RouterState, prompt: str | None, candidates: Sequence[str], x: FloatArray
+) -> float:
+    """The highest expected cost among the arms a request may get (what a lease must hold), for
+    this request's x as ranking prices it: the cost model's prediction may be far above the mean."""
     tokens = input_tokens_estimate(prompt) or state.posterior.expected_input_tokens()
-    costs = _expected(state, _enabled(state.spec, candidates), tokens, None)[1][0]
+    costs = _expected(state, _enabled(state.spec, candidates), tokens, x)[1][0]
     return float(costs.max()) if costs.size else 0.0
 
 

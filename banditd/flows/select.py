@@ -181,7 +181,7 @@ class Selector:
             version = context.version  # before an await: a PCA set meanwhile is not in x
             budget = self._budgets.applicable(req.tenant, req.router)
             double = 2 if req.compare else 1  # both answers of a comparison are served
-            await budget.prepare(lambda: priciest(state, req.prompt, req.candidates) * double)
+            await budget.prepare(lambda: priciest(state, req.prompt, req.candidates, x) * double)
         except BaseException:
             self._decisions.release(claim)
             raise

@@ -1,5 +1,5 @@
 """The Select flow's rules beyond the policy: forced exploration of a new arm, eligibility, what
-a Select the budget refuses leaves unspent."""
+a Select the budget refuses leaves unspent, the lease a Select's expected cost needs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait
 
 X = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
 BUDGET = pb.Budget(tenant="acme", limit_usd=100.0, period=pb.BUDGET_PERIOD_DAY)
+REFUSE = pb.ON_EXHAUSTED_REFUSE
 
 
 async def select(server: Running, **fields: object) -> pb.SelectResponse:
@@ -165,3 +166,33 @@ async def test_a_select_whose_budget_charge_is_refused_spends_no_half_open_probe
     await _refused_by_the_budget(server, candidates=["cheap"])  # probes cheap, not served
     d = await select(server, candidates=["cheap", "mid"])
     assert "cheap" in {r.arm for r in d.ranking}  # its probe is still there to take
+
+
+async def test_the_lease_holds_what_the_cost_model_expects_of_this_request(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The cost model has learnt that "essay" requests cost more than the arm's mean: a Select
+    for one tops its lease up to that request's expected cost, and is served within the budget
+    (not refused, nor served past it) while the budget has the money."""
+    server = await start_server(sqlite_url, budget_refresh_s=3600)
+    config = router_config(arms=("cheap", "strong"), metadata_keys=["task"])
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    reported = []
+    for k in range(60):
+        task, cost = ("essay", 0.2) if k % 6 == 0 else ("chat", 0.001)
+        d = await select(server, candidates=["strong"], metadata={"task": task})
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1, cost_usd=cost)
+        )
+        reported.append(cost)
+    await wait_until(server.caught_up, "the feedback to be applied")
+    essay = await select(server, candidates=["strong"], metadata={"task": "essay"})
+    limit = 0.5  # a lease takes max(the need, 10 % of what is unleased): 0.05 here
+    assert essay.expected_cost_usd > 0.1 * limit > sum(reported) / len(reported)
+    budget = pb.Budget(
+        tenant="acme", limit_usd=limit, period=pb.BUDGET_PERIOD_DAY, on_exhausted=REFUSE
+    )
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
+    served = await select(server, candidates=["strong"], metadata={"task": "essay"})
+    assert served.arm == "strong" and served.budget_outcome == "paced"
+    assert (await select(server, metadata={"task": "essay"})).arm == "strong"
