@@ -202,8 +202,6 @@ class Selector:
         ]
         decision_id = new_decision_id()
         reservation = budget.reserve(decision_id, chosen.expected_cost_usd + decided.rival_cost)
-        if ranked.budget_outcome in ("fallback", "over_budget"):
-            metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
         expires_at = math.floor(now) + spec.feedback_ttl_seconds
         token = self._signer.sign(
             TokenClaims(
@@ -254,6 +252,8 @@ class Selector:
         except BaseException:  # not served: its probes and forced pick are not spent
             _unspend(state, probes, ranked.forced)
             raise
+        if ranked.budget_outcome in ("fallback", "over_budget"):  # served: counted
+            metrics.BUDGET_OUTCOMES.labels(spec.tenant, spec.name, ranked.budget_outcome).inc()
         self._decisions.add(decision)
         metrics.child(
             metrics.DECISIONS, spec.tenant, spec.name, chosen.arm, str(choice.explored)

@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from banditd.flows.tokens import NO_ARM, TokenSigner
 from banditd.store.budget_leases import Leases
@@ -166,6 +167,34 @@ async def test_a_select_whose_budget_charge_is_refused_spends_no_half_open_probe
     await _refused_by_the_budget(server, candidates=["cheap"])  # probes cheap, not served
     d = await select(server, candidates=["cheap", "mid"])
     assert "cheap" in {r.arm for r in d.ranking}  # its probe is still there to take
+
+
+async def test_a_select_whose_budget_charge_is_refused_counts_no_budget_outcome(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Over the tenant's exhausted budget (on_exhausted CHEAPEST), a Select is charged to its
+    router's budget's lease too: when that lease was closed meanwhile, the Select is refused
+    (ABORTED), not served, so banditd_budget_outcomes_total does not count it "over_budget"."""
+    server = await start_server(sqlite_url, budget_refresh_s=3600)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    router_budget = pb.Budget(
+        tenant="acme", router="chat", limit_usd=100.0, period=pb.BUDGET_PERIOD_DAY
+    )
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=router_budget))
+    assert (await select(server)).budget_outcome == "paced"  # takes the router budget's lease
+    tenant_budget = pb.Budget(tenant="acme", limit_usd=0.0, period=pb.BUDGET_PERIOD_DAY)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=tenant_budget))
+    labels = {"tenant": "acme", "router": "chat", "outcome": "over_budget"}
+
+    def over_budget() -> float:
+        return REGISTRY.get_sample_value("banditd_budget_outcomes_total", labels) or 0.0
+
+    before = over_budget()
+    await _lose_the_budget_lease(server)
+    await _refused_by_the_budget(server)
+    assert over_budget() == before
+    assert (await select(server)).budget_outcome == "over_budget"  # served: counted
+    assert over_budget() == before + 1
 
 
 async def test_the_lease_holds_what_the_cost_model_expects_of_this_request(
