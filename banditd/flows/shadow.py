@@ -17,6 +17,7 @@ import numpy as np
 import structlog
 
 from banditd.domain import FloatArray, RouterSpec, ShadowPick, ShadowSpec
+from banditd.domain.ceilings import HARD_MAX_COST_WEIGHT
 from banditd.flows.ranking import Ranked
 from banditd.policy import make_policy
 from banditd.state.fold import RouterState
@@ -46,6 +47,7 @@ def shadow_picks(
     """What each of the router's shadows picks for the decision ``ranked`` (x: (dim,)).
 
     cost_weight: the request's own, which applies to shadows too; None for each shadow's default.
+    Under a budget, as for the live choice, never less than the pacer's price.
     A shadow that fails is logged and left out: it can never fail the Select.
     """
     spec = state.spec
@@ -63,6 +65,7 @@ def shadow_picks(
     for shadow in spec.shadows:
         try:
             weight = _cost_weight(spec, shadow) if cost_weight is None else cost_weight
+            weight = min(max(weight, ranked.budget_price), HARD_MAX_COST_WEIGHT)  # as rank_arms
             policy = make_policy(shadow.policy, shadow.alpha)
             p = policy.probabilities(post, arm_idx, x, costs, weight, rng, other_term=other)
             # The shadow's pick is a draw from its distribution (its argmax when deterministic).

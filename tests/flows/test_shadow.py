@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,7 @@ from banditd.edge import codec
 from banditd.flows.select import SelectInput, Selector
 from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 SHADOWS = [
     pb.ShadowPolicy(name="ucb", policy="linucb"),
@@ -79,6 +80,54 @@ async def feed(server: Running, rounds: int, seed: int = 0) -> None:
                 cost_usd=0.001,
             )
         )
+
+
+async def test_under_a_budget_shadows_score_at_the_cost_weight_the_live_choice_used(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The budget pacer's price is the least cost weight the live choice uses: a shadow that is
+    the live policy's twin scores at that weight too, so it agrees with every live decision and
+    gives the live arm probability 1 (its IPS weight), though the price changes the choice."""
+    server = await start_server(sqlite_url, budget_refresh_s=3600)
+    twin = [pb.ShadowPolicy(name="twin", policy="linucb")]
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(shadows=twin)))
+    for tenant, name in (("acme", "spender"), ("other", "chat")):  # other/chat: no budget
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant, name)))
+    budget = pb.Budget(  # a window just begun: its clock allows 5 % of the limit so far
+        tenant="acme",
+        limit_usd=100.0,
+        period=pb.BUDGET_PERIOD_WINDOW,
+        window_seconds=10**7,
+        window_start_unix=int(time.time()),
+    )
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
+    spent = await server.router.Select(
+        pb.SelectRequest(tenant="acme", router="spender", prompt="hi")
+    )
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=spent.decision_id, reward=1, cost_usd=5.0)
+    )
+    await server.app.budgets.housekeeping()  # the pacer sees the $5 spent: dollars are dear
+    x = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
+    for _ in range(3):
+        live = await server.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", embedding=x)
+        )
+        free = await server.router.Select(
+            pb.SelectRequest(tenant="other", router="chat", embedding=x)
+        )
+        assert live.budget_price > 0 and live.arm != free.arm  # the price changed the choice
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=live.decision_id, reward=1)
+        )
+
+    async def twin_stats() -> pb.ShadowStats | None:
+        stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+        return next((s for s in stats.shadows if s.feedback_count == 3), None)
+
+    stats = await wait_until(twin_stats, "the decisions and their feedback to be logged")
+    assert stats.decisions == 3 and stats.agreement == 1.0
+    assert stats.effective_sample_size == pytest.approx(3.0)  # probability 1 of each live arm
 
 
 async def test_stats_and_evaluate_compare_live_and_shadows(
