@@ -44,7 +44,8 @@ def psi(z: float, lower: float, upper: float) -> float:
     """The threshold price of a dollar at committed fraction z in [0, 1], for quality per dollar
     in [lower, upper] (0 < lower <= upper)."""
     z = min(1.0, max(0.0, z))
-    return float((upper * math.e / lower) ** z * (lower / math.e))
+    # Never above U, which floating point can pass at z = 1: the most efficient arm must pass.
+    return min(float((upper * math.e / lower) ** z * (lower / math.e)), upper)
 
 
 def efficiency_bounds(quality: FloatArray, cost: FloatArray) -> tuple[float, float] | None:
@@ -141,7 +142,11 @@ def gate(quality: FloatArray, cost: FloatArray, pacings: Sequence[Pacing]) -> Ga
     if bounds is None:  # only free arms are affordable: no price to pay
         return Gate(0.0, affordable, False, False)
     price = max(p.price(*bounds) for p in pacings)
-    passing = affordable & (np.maximum(quality, MIN_QUALITY) - price * cost >= 0)
+    # q - price x c >= 0, as quality per dollar >= price: the same division as U's, so the most
+    # efficient arm passes at the top price however the product would round (a free arm: inf).
+    with np.errstate(divide="ignore"):
+        ratio = np.maximum(quality, MIN_QUALITY) / cost
+    passing = affordable & (ratio >= price)
     if passing.any():
         return Gate(price, passing, False, False)
     cheapest = int(np.argmin(np.where(affordable, cost, np.inf)))

@@ -113,3 +113,19 @@ def test_without_time_pacing_an_early_burst_would_spend_everything() -> None:
     quarter = n // 4 - 1
     assert paced[quarter] <= budget * 0.3 + COST.max()
     assert spend[quarter] > paced[quarter] * 2
+
+
+def test_at_the_top_price_the_most_efficient_arm_still_passes() -> None:
+    """psi(1) is U exactly, never a rounding above it: the arm at quality per dollar U passes
+    the threshold, so a budget far ahead of the clock serves its most efficient arm, not the
+    cheapest affordable one as a fallback."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        quality = rng.uniform(0.05, 1.0, size=3)
+        cost = rng.uniform(1e-5, 1e-2, size=3)
+        lower, upper = efficiency_bounds(quality, cost) or (0.0, 0.0)
+        assert psi(1.0, lower, upper) <= upper
+        ahead = Pacing(limit_usd=1.0, committed_usd=1.0, elapsed=0.0, available_usd=1.0)
+        decided = gate(quality, cost, [ahead])
+        assert not decided.fallback
+        assert decided.eligible[int(np.argmax(quality / cost))]
