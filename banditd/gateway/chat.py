@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,8 +84,11 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
     except BadRequest as exc:
         return bad_request(str(exc))
     api_key = gw.key_of(request)
+    # A request id makes the client retry a Select on UNAVAILABLE (a repeat of one banditd
+    # committed answers the same decision); each fallback's Select has its own.
+    request_id = f"gateway-{uuid.uuid4().hex}"
     try:
-        decision = await _select(gw, route, api_key)
+        decision = await _select(gw, route, api_key, request_id=request_id)
     except BanditdError as exc:
         return banditd_error(exc)
     order = [decision.arm, *decision.fallbacks][: 1 + gw.max_fallbacks]
@@ -93,7 +97,9 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         if i:
             metrics.FALLBACKS.labels(route.tenant, route.router, order[i - 1]).inc()
             try:
-                decision = await _select(gw, route, api_key, candidates=[arm])
+                decision = await _select(
+                    gw, route, api_key, request_id=f"{request_id}-{i}", candidates=[arm]
+                )
             except BanditdError as exc:
                 failures.append(f"{arm}: {exc.message}")
                 continue

@@ -3,139 +3,19 @@ fake upstreams, the gateway under uvicorn, and the official openai client as the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
 from banditd.commands import cli
-from banditd.config import Settings
-from banditd.edge import keys
 from banditd.gateway import metrics as gateway_metrics
-from banditd.gateway.app import create_app
-from banditd.gateway.chat import Gateway
 from banditd.gateway.usage import rough_tokens
-from banditd.store.api_keys import KeyStore
-from banditd.v1 import banditd_pb2 as pb
-from tests.gateway.fakes import (
-    COMPLETION_TOKENS,
-    PROMPT_TOKENS,
-    FakeUpstream,
-    Served,
-    uvicorn_server,
-)
-from tests.helpers import Running, StartServer, require
+from tests.gateway.fakes import COMPLETION_TOKENS, PROMPT_TOKENS
+from tests.gateway.stack import ALPHA_PRICES, MODEL, PROMPT, Launch, new_key
+from tests.helpers import require
 
 openai = require("openai", "the official OpenAI client (a dev dependency) is the gateway's caller")
-
-MODEL = "banditd/acme/chat"
-PROMPT = "Summarise the plot of Hamlet in one line"
-# alpha is priced higher, so its prior quality is higher: LinUCB picks it first.
-ALPHA_PRICES = (3.0, 15.0)
-BETA_PRICES = (0.1, 0.4)
-
-
-@dataclass
-class Stack:
-    banditd: Running
-    alpha: FakeUpstream
-    beta: FakeUpstream
-    port: int
-    gateway: Gateway
-    clients: list[Any]
-    admin_key: tuple[tuple[str, str], ...] = ()  # with auth on: an operator key
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def openai(self, api_key: str = "caller-key") -> Any:
-        client = openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0)
-        self.clients.append(client)
-        return client
-
-    async def stats(self) -> pb.GetStatsResponse:
-        return await self.banditd.admin.GetStats(
-            pb.GetStatsRequest(tenant="acme", name="chat"), metadata=self.admin_key
-        )
-
-    async def arm_stats(self, arm: str) -> pb.ArmStats:
-        return next(a for a in (await self.stats()).arms if a.arm == arm)
-
-    async def reported(self, arm: str) -> pb.ArmStats:
-        """The arm's stats once the gateway's reports (sent after answering) are in."""
-        await self.gateway.drain()
-        return await self.arm_stats(arm)
-
-
-Launch = Callable[..., Awaitable[Stack]]
-
-
-@pytest.fixture
-async def launch(
-    sqlite_url: str, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Launch]:
-    served: list[Served] = []
-    monkeypatch.setenv("FAKE_ALPHA_KEY", "sk-alpha")
-
-    async def start(upstream_timeout_s: float = 10.0, **server_settings: Any) -> Stack:
-        alpha, beta = FakeUpstream("alpha"), FakeUpstream("beta")
-        upstreams.extend((alpha, beta))
-        for upstream in (alpha, beta):
-            s = Served(uvicorn_server(upstream.app()))
-            upstream.port = await s.start()
-            served.append(s)
-        running = await start_server(sqlite_url, **server_settings)
-        config = pb.RouterConfig(
-            tenant="acme",
-            name="chat",
-            embedding_dim=8,
-            arms=[
-                pb.Arm(
-                    name="alpha",
-                    input_price_per_mtok=ALPHA_PRICES[0],
-                    output_price_per_mtok=ALPHA_PRICES[1],
-                    upstream_base_url=alpha.base_url,
-                    upstream_model="alpha-model-v1",
-                    upstream_api_key_env="FAKE_ALPHA_KEY",
-                ),
-                pb.Arm(
-                    name="beta",
-                    input_price_per_mtok=BETA_PRICES[0],
-                    output_price_per_mtok=BETA_PRICES[1],
-                    upstream_base_url=beta.base_url,
-                ),
-            ],
-        )
-        root: tuple[tuple[str, str], ...] = ()
-        if server_settings.get("auth") == "required":
-            root = (("authorization", f"Bearer {await _key(running, keys.ALL_TENANTS, 'admin')}"),)
-        await running.admin.PutRouter(pb.PutRouterRequest(router=config), metadata=root)
-        settings = Settings(
-            gateway_listen="127.0.0.1:0",
-            gateway_target=running.address,
-            gateway_upstream_timeout_s=upstream_timeout_s,
-        )
-        app = create_app(settings)
-        gateway = Served(uvicorn_server(app))
-        port = await gateway.start()
-        served.insert(0, gateway)  # stopped first: it drains its reports into banditd
-        stack = Stack(running, alpha, beta, port, app.state.gateway, [], root)
-        stacks.append(stack)
-        return stack
-
-    stacks: list[Stack] = []
-    upstreams: list[FakeUpstream] = []
-    yield start
-    for upstream in upstreams:
-        upstream.release.set()
-    for stack in stacks:
-        for client in stack.clients:
-            await client.close()
-    for s in served:
-        await s.stop()
 
 
 def _sample(name: str, labels: dict[str, str], **more: str) -> float:
@@ -348,16 +228,11 @@ async def test_a_preference_is_rated_through_the_json_feedback(launch: Launch) -
         assert rated.json()["reward"] == 0.5
 
 
-async def _key(server: Running, tenant: str, *roles: str) -> str:
-    secret, _ = await keys.create_key(KeyStore(server.app.db), tenant, roles)
-    return secret
-
-
 async def test_the_callers_api_key_is_checked_by_banditd(launch: Launch) -> None:
     stack = await launch(auth="required", auth_cache_seconds=0)
     select = {"tenant": "acme", "router": "chat", "prompt": PROMPT}
-    good = await _key(stack.banditd, "acme", "select", "feedback")
-    select_only = await _key(stack.banditd, "acme", "select")
+    good = await new_key(stack.banditd, "acme", "select", "feedback")
+    select_only = await new_key(stack.banditd, "acme", "select")
     async with httpx.AsyncClient(base_url=stack.base_url) as http:
         missing = await http.post("/v1/select", json=select)
         assert missing.status_code == 401, missing.text

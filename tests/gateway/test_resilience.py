@@ -1,0 +1,96 @@
+"""The gateway when things go wrong around a call: banditd blips, callers hang up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+
+from tests.gateway.stack import MODEL, PROMPT, Launch
+
+HEADERS_FRAME = 0x1  # HTTP/2 frame type
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+class DroppingProxy:
+    """A TCP proxy to banditd (gRPC over HTTP/2) that cuts its first connection when banditd
+    starts to answer a call (the first HEADERS frame of a stream): the call reached banditd and
+    was done there, and the client gets UNAVAILABLE. Later connections pass through."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.connections = 0
+        self.dropped = False
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        host, _, port = self.target.rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self._writers += (writer, up_writer)
+        answers = self._cut_first(up_reader, writer) if self.connections == 1 else None
+        tasks = [
+            asyncio.ensure_future(_pipe(reader, up_writer)),
+            asyncio.ensure_future(answers or _pipe(up_reader, writer)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for w in (writer, up_writer):
+            w.close()
+
+    async def _cut_first(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                header = await reader.readexactly(9)
+                payload = await reader.readexactly(int.from_bytes(header[:3], "big"))
+                stream = int.from_bytes(header[5:], "big") & 0x7FFFFFFF
+                if stream and header[3] == HEADERS_FRAME:
+                    self.dropped = True
+                    return
+                writer.write(header + payload)
+                await writer.drain()
+
+
+async def test_a_select_cut_off_by_a_banditd_blip_is_retried_to_the_same_decision(
+    launch: Launch,
+) -> None:
+    proxies: list[DroppingProxy] = []
+
+    async def via_proxy(address: str) -> str:
+        proxies.append(DroppingProxy(address))
+        return await proxies[-1].start()
+
+    stack = await launch(target=via_proxy)
+    try:
+        async with httpx.AsyncClient(base_url=stack.base_url) as http:
+            answer = await http.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]},
+            )
+        assert answer.status_code == 200, answer.text
+        assert proxies[0].dropped and proxies[0].connections == 2
+        # banditd decided once: the retry's repeated request id was answered that decision.
+        assert (await stack.stats()).decisions == 1
+        assert (await stack.reported(answer.headers["x-banditd-arm"])).usage_reports == 1
+    finally:
+        await stack.gateway.drain()
+        await proxies[0].close()
