@@ -2,8 +2,9 @@
 gateway and sent to banditd as a usage report (Feedback with usage_only; docs/gateway.md).
 
 Tokens come from the upstream's ``usage`` (a JSON answer, or the last chunk of a stream asked
-with ``stream_options.include_usage``). A stream without it is counted roughly: one token per
-4 characters of the prompt and of the streamed content (CHARS_PER_TOKEN).
+with ``stream_options.include_usage``). An answer without it is counted roughly: one token per
+4 characters of the prompt and of the answer's content (CHARS_PER_TOKEN): the messages' of a
+JSON answer, the deltas' of a stream.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Meter:
     total_s: float | None = None
     input_tokens: int | None = None  # from the upstream's usage
     output_tokens: int | None = None
-    streamed_chars: int = 0
+    content_chars: int = 0  # of the answer's content (messages, or a stream's deltas)
     _pending: bytes = b""
 
     def first_bytes(self) -> None:
@@ -54,7 +55,9 @@ class Meter:
     def read_json(self, body: bytes) -> None:
         """Usage of a whole (non-streaming) answer."""
         with contextlib.suppress(ValueError):
-            self._usage(json.loads(body))
+            answer = json.loads(body)
+            self._content(answer, "message")
+            self._usage(answer)
 
     def feed(self, chunk: bytes) -> None:
         """Fold in a chunk of an SSE stream (any split: lines are reassembled)."""
@@ -75,14 +78,17 @@ class Meter:
             event = json.loads(data)
         except ValueError:
             return
-        if not isinstance(event, dict):
-            return
-        for choice in event.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str):
-                self.streamed_chars += len(content)
+        self._content(event, "delta")
         self._usage(event)
+
+    def _content(self, answer: Any, key: str) -> None:
+        """Count the content of each choice's ``key`` (message, or a chunk's delta)."""
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            part = choice.get(key) if isinstance(choice, dict) else None
+            content = part.get("content") if isinstance(part, dict) else None
+            if isinstance(content, str):
+                self.content_chars += len(content)
 
     def _usage(self, answer: Any) -> None:
         usage = answer.get("usage") if isinstance(answer, dict) else None
@@ -100,7 +106,7 @@ class Meter:
             self.input_tokens if self.input_tokens is not None else rough_tokens(self.prompt_chars),
             self.output_tokens
             if self.output_tokens is not None
-            else rough_tokens(self.streamed_chars),
+            else rough_tokens(self.content_chars),
         )
 
 

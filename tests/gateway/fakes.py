@@ -27,7 +27,8 @@ SSE = "text/event-stream"
 class FakeUpstream:
     """``fail``: None (answer), an HTTP status to answer with, "break" (a stream that stops
     after its first chunk, the connection dropped) or "hang" (no answer until ``release``).
-    ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may."""
+    ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may. ``usage``:
+    JSON answers carry a ``usage`` block (some providers send none)."""
 
     name: str
     fail: int | str | None = None
@@ -36,6 +37,7 @@ class FakeUpstream:
     port: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
     gzip: bool = False
+    usage: bool = True
 
     @property
     def base_url(self) -> str:
@@ -57,26 +59,26 @@ class FakeUpstream:
             return StreamingResponse(self._gzipped(body), headers=headers, media_type=SSE)
         if body.get("stream"):
             return StreamingResponse(self._stream(body), media_type=SSE)
-        return JSONResponse(
-            {
-                "id": "c-1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(self.words())},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": PROMPT_TOKENS,
-                    "completion_tokens": COMPLETION_TOKENS,
-                    "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-                },
+        answer: dict[str, Any] = {
+            "id": "c-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.words())},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if self.usage:
+            answer["usage"] = {
+                "prompt_tokens": PROMPT_TOKENS,
+                "completion_tokens": COMPLETION_TOKENS,
+                "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
             }
-        )
+        return JSONResponse(answer)
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         for i, word in enumerate(self.words()):

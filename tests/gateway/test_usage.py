@@ -1,0 +1,29 @@
+"""What the gateway reports of a call's usage when the provider gives no ``usage`` block."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from banditd.gateway.usage import rough_tokens
+from tests.gateway.stack import ALPHA_PRICES, MODEL, PROMPT, Launch
+
+
+async def test_a_json_answer_without_usage_is_counted_from_its_content(launch: Launch) -> None:
+    stack = await launch()
+    stack.alpha.usage = False
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]},
+        )
+    assert answer.status_code == 200, answer.text
+    assert "usage" not in answer.json()
+    content = answer.json()["choices"][0]["message"]["content"]
+    assert content == "from alpha with love"
+    usage = await stack.reported("alpha")
+    assert usage.usage_reports == 1
+    # As a stream without usage: one token per 4 characters of the prompt and of the answer.
+    input_tokens, output_tokens = rough_tokens(len(PROMPT)), rough_tokens(len(content))
+    expected = (input_tokens * ALPHA_PRICES[0] + output_tokens * ALPHA_PRICES[1]) / 1e6
+    assert usage.usage_cost_usd == pytest.approx(expected)
