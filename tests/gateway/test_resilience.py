@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import httpx
 
 from tests.gateway.stack import MODEL, PROMPT, Launch
+from tests.helpers import wait_until
 
 HEADERS_FRAME = 0x1  # HTTP/2 frame type
 
@@ -94,3 +96,37 @@ async def test_a_select_cut_off_by_a_banditd_blip_is_retried_to_the_same_decisio
     finally:
         await stack.gateway.drain()
         await proxies[0].close()
+
+
+async def test_a_caller_who_hangs_up_before_the_stream_starts_still_gets_it_reported(
+    launch: Launch,
+) -> None:
+    """The caller hangs up while the upstream is still to answer. The stream's generator must
+    still start (its finally closes the upstream's response and reports the usage): starlette
+    does under uvicorn (ASGI 2.3: its disconnect listener cancels a task only once started,
+    and a send to a caller gone is a no-op); with ASGI >= 2.4, where send raises, it would not."""
+    stack = await launch()
+    stack.alpha.fail = "hang"
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    ).encode()
+    _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    await writer.drain()
+    await wait_until(lambda: stack.alpha.received, "the upstream to be asked")
+    writer.close()
+    await writer.wait_closed()
+    await wait_until(
+        lambda: not stack.uvicorn.server.server_state.connections, "the gateway to see it"
+    )
+    stack.alpha.release.set()  # the upstream answers now, to a caller already gone
+
+    async def reported() -> bool:
+        await stack.gateway.drain()
+        return (await stack.arm_stats("alpha")).usage_reports == 1
+
+    await wait_until(reported, "the usage report", within=10)
+    assert (await stack.arm_stats("alpha")).usage_errors == 0  # not the arm's fault
