@@ -59,7 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--upstream-timeout",
         type=float,
-        help="seconds per upstream attempt (env BANDITD_GATEWAY_UPSTREAM_TIMEOUT_S; 60)",
+        help="seconds each step of an upstream attempt may take: connecting, sending, waiting "
+        "for a pooled connection, and each wait for the answer's next bytes (not the whole "
+        "answer: a stream lasts as long as its chunks keep coming) "
+        "(env BANDITD_GATEWAY_UPSTREAM_TIMEOUT_S; 60)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     add_client_arguments(p)

@@ -80,7 +80,7 @@ class Upstream:
             self.base_url.rstrip("/") + "/chat/completions",
             json={**body, "model": self.model},
             headers=self._headers(),
-            timeout=httpx.Timeout(timeout_s),
+            timeout=httpx.Timeout(timeout_s),  # each step: connect, write, pool, each read
         )
         try:
             response = await http.send(request, stream=True)
