@@ -169,7 +169,11 @@ class Settings(BaseSettings):
         2, ge=0, le=16, description="arms the gateway tries after the chosen one fails"
     )
     gateway_upstream_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="seconds an upstream call may take (each attempt)"
+        60.0,
+        gt=0,
+        le=3600,
+        description="seconds each step of an upstream attempt may take (connect, send, pool, "
+        "each read; not the whole answer)",
     )
 
     @field_validator("listen", "health_listen", "metrics_listen", "gateway_listen")
