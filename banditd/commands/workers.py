@@ -87,7 +87,10 @@ def _run(settings: Settings, listen: str, workers: int, example_router: bool) ->
         children.append(subprocess.Popen(command, env=env))
     log.info("workers_started", listen=listen, pids=[c.pid for c in children])
 
+    signalled: list[int] = []
+
     def forward(signum: int, frame: FrameType | None) -> None:
+        signalled.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -96,7 +99,8 @@ def _run(settings: Settings, listen: str, workers: int, example_router: bool) ->
         signal.signal(signum, forward)
     while all(child.poll() is None for child in children):
         time.sleep(POLL_S)
-    forward(signal.SIGTERM, None)  # one ended (stopped, or died): stop the others
+    if not signalled:  # one died: stop the others (a second signal would cut their drain short)
+        forward(signal.SIGTERM, None)
     codes = [child.wait() for child in children]
     log.info("workers_stopped", exit_codes=codes)
     worst = max(codes, key=abs)

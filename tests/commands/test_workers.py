@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,69 @@ def test_workers_need_postgres(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "--workers needs Postgres" in done.stderr
+
+
+@pytest.mark.postgres
+def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM to the group lets every worker finish its in-flight calls (docs/operations.md):
+    the first worker to exit must not make the parent signal the others a second time, which
+    cuts their drain short (banditd.edge.server.serve)."""
+    log = tmp_path / "workers.log"
+    env = {
+        **os.environ,
+        "BANDITD_SIGNING_KEY": SIGNING_KEY,
+        "BANDITD_METRICS_LISTEN": "",
+        "BANDITD_MIGRATE_ON_START": "true",
+        "BANDITD_GRACE_SECONDS": "120",
+    }
+    command = [
+        *BANDITD,
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        postgres_url,
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        (started,) = _wait(log, "workers_started", 1, proc)
+        _wait(log, "serving", 2, proc)
+        with grpc.insecure_channel(started["listen"]) as channel:
+            router = rpc.RouterStub(channel)
+            rpc.AdminStub(channel).PutRouter(pb.PutRouterRequest(router=router_config()))
+            select = pb.SelectRequest(tenant="acme", router="chat", prompt="q")
+            decisions = [router.Select(select, timeout=30) for _ in range(2)]
+            sent: queue.Queue[pb.FeedbackRequest | None] = queue.Queue()
+            sent.put(
+                pb.FeedbackRequest(tenant="acme", decision_id=decisions[0].decision_id, reward=1)
+            )
+            # One call in flight, on one worker; the other worker has none and stops at once.
+            stream = router.StreamFeedback.future(iter(sent.get, None), timeout=120)
+            router.Select(select, timeout=30)  # answered after the stream's start, same socket
+            proc.send_signal(signal.SIGTERM)
+
+            def one_worker_gone() -> bool:
+                for pid in started["pids"]:
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        return True
+                return False
+
+            asyncio.run(wait_until(one_worker_gone, "a worker to exit", 60))
+            time.sleep(1)  # room for a second signal to reach the worker still draining
+            sent.put(
+                pb.FeedbackRequest(tenant="acme", decision_id=decisions[1].decision_id, reward=1)
+            )
+            sent.put(None)
+            reply = stream.result(timeout=60)
+        assert (reply.accepted, list(reply.errors)) == (2, [])
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
