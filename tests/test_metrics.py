@@ -6,6 +6,9 @@ import asyncio
 import socket
 import urllib.request
 
+import grpc
+import pytest
+
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config
 
@@ -48,3 +51,31 @@ async def test_metrics_endpoint(sqlite_url: str, start_server: StartServer) -> N
     assert 'banditd_applied_event_id{router="chat",tenant="metered"} 1.0' in text
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="metered", name="chat"))
     assert (stats.log_event_id, stats.lag_events) == (1, 0)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def _sample(text: str, series: str) -> float:
+    found = [line.rpartition(" ")[2] for line in text.splitlines() if line.startswith(series + " ")]
+    return float(found[0]) if found else 0.0
+
+
+async def test_calls_refused_at_the_edge_are_in_rpc_seconds(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """docs/operations.md: banditd_rpc_seconds is by RPC and status code, "refusals are the
+    non-OK codes" (the dashboard's "refused" line reads them): a call the edge guard refuses
+    (no API key, rate limit) is one, as a refusal of the servicer is."""
+    port = free_port()
+    server = await start_server(
+        sqlite_url, metrics_listen=f"127.0.0.1:{port}", auth="required", auth_cache_seconds=0
+    )
+    series = 'banditd_rpc_seconds_count{code="UNAUTHENTICATED",method="Select"}'
+    before = _sample(await asyncio.to_thread(_scrape, port), series)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.router.Select(pb.SelectRequest(tenant="t", router="chat", prompt="hi"))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _sample(await asyncio.to_thread(_scrape, port), series) == before + 1

@@ -262,12 +262,17 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
     ) -> Principal | None:
         """The call's principal, admitted, with its request checked when it has one (a
         stream's requests are checked as they arrive); a refusal aborts the call."""
-        principal = None
+        principal, started = None, time.perf_counter()
         try:
             principal = await self._admit(method, context)
             if request is not None:
                 await self._check(principal, method, request)
         except BanditdError as exc:
+            if method.startswith(BANDITD_PREFIX):  # the servicer never sees it: counted here
+                rpc = method.rpartition("/")[2]
+                metrics.child(metrics.RPC_SECONDS, rpc, exc.code).observe(
+                    time.perf_counter() - started
+                )
             await self._refuse(context, method, exc)
         return principal
 
