@@ -135,6 +135,8 @@ class Database:
             # Standard JSON only: NaN or infinity in a JSON column is a bad row, found here on
             # every database (Postgres would refuse it, SQLite store it).
             json_serializer=functools.partial(json.dumps, allow_nan=False),
+            # An error's text never carries the statement's values (a key's hash, a token).
+            hide_parameters=True,
             pool_pre_ping=postgres,
             # A database that does not answer must fail a call soon, not hang it (asyncpg).
             **({"connect_args": {"timeout": CONNECT_TIMEOUT_S}} if postgres else {}),

@@ -3,6 +3,7 @@ does not add comes back with why."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -13,6 +14,7 @@ from banditd.domain import FeedbackEvent, signal_rule
 from banditd.edge import codec
 from banditd.errors import AlreadyExists
 from banditd.store import Database, Store, migrate
+from banditd.store.api_keys import KeyStore, StoredKey
 from tests.helpers import router_config
 
 NOW = 1_700_000_000.5
@@ -71,3 +73,16 @@ async def test_an_event_not_added_comes_back_with_why(
     again = await store.events.append([_event(stored.router_id, challenger)], rule)
     assert again.positions == [] and again.events == []
     assert isinstance(again.duplicates[0], AlreadyExists) and why in again.duplicates[0].message
+
+
+async def test_a_refused_statement_does_not_echo_its_values(store: Store) -> None:
+    """An error's text (a traceback, a log line) never carries a statement's values: here an
+    API key's hash, written twice under one key id."""
+    keys = KeyStore(store.db)
+    secret = bytes.fromhex("5ec2e7" * 10)
+    key = StoredKey("k1", "acme", frozenset({"select"}), "", secret, NOW, None)
+    await keys.add(key)
+    with pytest.raises(Exception) as refused:
+        await keys.add(dataclasses.replace(key, tenant="globex"))
+    text = str(refused.value)
+    assert "globex" not in text and "5ec2e7" not in text and "x5e" not in text
