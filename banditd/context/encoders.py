@@ -40,7 +40,7 @@ from banditd.context.wordpiece import WordPieceIds
 from banditd.domain import ENCODER_DIMS, FloatArray
 from banditd.errors import FailedPrecondition
 
-CHARS_PER_TOKEN_MAX = 16  # a window of N tokens never spans more than 16 N characters
+CHARS_PER_TOKEN_MAX = 16  # a window of N tokens seldom spans more (tail_window: then whole)
 STATIC_DIMS = ENCODER_DIMS["minilm-static"]
 MINILM_BATCH = 64
 MAX_CUDA_BATCH = 1024  # the largest micro-batch (Settings.encoder_max_batch <= 1024)
@@ -79,8 +79,15 @@ def tail_window(tokenizer: Any, texts: Sequence[str], window_tokens: int) -> lis
         tokenizer = untruncated(tokenizer)  # the encoders keep an untruncated copy
     # Only the end of a long prompt can be in the window: tokenise just that.
     ends = [t[-CHARS_PER_TOKEN_MAX * window_tokens :] for t in texts]
+    encodings = tokenizer.encode_batch(ends, add_special_tokens=False)
     out = []
-    for end, enc in zip(ends, tokenizer.encode_batch(ends, add_special_tokens=False), strict=True):
+    for text, end, enc in zip(texts, ends, encodings, strict=True):
+        if len(end) < len(text) and (
+            len(enc.offsets) <= window_tokens or enc.word_ids[-window_tokens] == enc.word_ids[0]
+        ):
+            # The window reaches the end's first word, which the cut may have split (whitespace
+            # or a long [UNK] word spans more than 16 characters a token): the whole text.
+            end, enc = text, tokenizer.encode(text, add_special_tokens=False)
         offsets = enc.offsets
         out.append(end if len(offsets) <= window_tokens else end[offsets[-window_tokens][0] :])
     return out

@@ -62,6 +62,25 @@ def test_tail_window_cuts_at_a_token_boundary_counting_from_the_end() -> None:
     assert tail_window(tokenizer, ["short prompt"], 24) == ["short prompt"]
 
 
+@pytest.mark.parametrize(
+    "end",
+    [
+        " " * 3000,  # trailing whitespace: no token in the last 16 characters a token
+        "\n" * 600,
+        " deadbeef" + "0123456789abcdef" * 40,  # a hash past 100 characters: one [UNK]
+    ],
+)
+def test_tail_window_counts_the_tokens_of_the_whole_prompt(end: str) -> None:
+    """However many characters the last tokens span, the window is the prompt's last N tokens
+    as its whole tokenisation has them."""
+    from tokenizers import Tokenizer
+
+    tokenizer = untruncated(Tokenizer.from_file(str(minilm_dir() / "tokenizer.json")))
+    prompt = PREFIX + QUESTIONS[0] + end
+    offsets = tokenizer.encode(prompt, add_special_tokens=False).offsets
+    assert tail_window(tokenizer, [prompt], 24) == [prompt[offsets[-24][0] :]]
+
+
 def test_minilm_tail_window_tells_shared_prefix_prompts_apart(minilm: TextEncoder) -> None:
     prompts = [PREFIX + q for q in QUESTIONS]
     whole = minilm.encode_batch(prompts)
