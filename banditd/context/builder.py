@@ -22,6 +22,12 @@ def check_prompt(prompt: str, max_prompt_chars: int) -> None:
             f"{len(prompt)} characters is over the limit of {max_prompt_chars} "
             "(BANDITD_MAX_PROMPT_CHARS)",
         )
+    try:
+        prompt.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no encoder's tokenizer takes it
+        raise InvalidArgument(
+            "prompt", f"is not valid Unicode: {exc.object[exc.start]!r} at {exc.start}"
+        ) from exc
 
 
 def check_embedding(spec: RouterSpec, embedding: Sequence[float]) -> FloatArray:

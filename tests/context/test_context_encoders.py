@@ -17,6 +17,11 @@ from banditd.context.encoders import (
     tail_window,
     untruncated,
 )
+from banditd.context.metadata import MemoryVocabularyStore
+from banditd.context.pipeline import ContextPipeline
+from banditd.domain import ArmSpec, RouterSpec
+from banditd.errors import InvalidArgument
+from banditd.evaluation.warm_start import WarmStartReport, usable_records
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, require, router_config
 
@@ -79,6 +84,30 @@ def test_tail_window_counts_the_tokens_of_the_whole_prompt(end: str) -> None:
     prompt = PREFIX + QUESTIONS[0] + end
     offsets = tokenizer.encode(prompt, add_special_tokens=False).offsets
     assert tail_window(tokenizer, [prompt], 24) == [prompt[offsets[-24][0] :]]
+
+
+@pytest.mark.parametrize("prompt", ["a\ud800b", "an emoji cut between its halves \ud83d"])
+def test_a_prompt_with_a_lone_surrogate_is_invalid_argument(
+    minilm: TextEncoder, prompt: str
+) -> None:
+    """Text that is not Unicode (a JavaScript string cut inside a surrogate pair, read from a
+    JSON file) is INVALID_ARGUMENT before an encoder sees it, and warm start skips it."""
+    for window in (0, 8):
+        spec = RouterSpec(
+            tenant="t",
+            name="r",
+            arms=(ArmSpec("a", 0.0, 0.0),),
+            encoder="minilm",
+            embedding_dim=384,
+            text_window_tokens=window,
+        )
+        pipeline = ContextPipeline(spec, minilm, MemoryVocabularyStore())
+        with pytest.raises(InvalidArgument, match=r"^prompt: is not valid Unicode"):
+            pipeline.embed([prompt])
+    report = WarmStartReport()
+    records = [{"prompt": prompt, "models": {"a": {"quality": 1.0, "cost_usd": 0.0}}}]
+    assert usable_records(records, report, 200_000) == []
+    assert report.skip_reasons == {"prompt": 1}
 
 
 def test_minilm_tail_window_tells_shared_prefix_prompts_apart(minilm: TextEncoder) -> None:
