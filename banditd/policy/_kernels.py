@@ -257,13 +257,24 @@ def sherman_morrison_update(
 
 
 def refactorise(
-    a: FloatArray, a_inv: FloatArray, b: FloatArray, theta: FloatArray, arm: int
+    a: FloatArray,
+    a_inv: FloatArray,
+    b: FloatArray,
+    theta: FloatArray,
+    arm: int,
+    ridge: float = 0.0,
+    b0: float = 0.0,
 ) -> None:
     """In place: recompute A^-1 and theta of one arm from A and b, bounding rank-1 drift.
 
+    ridge, b0: prior put back first (A += ridge I, b[0] += b0): what forgetting took of it
+    since the last refactorisation (0: none).
     NumPy (LAPACK) rather than Numba: it runs once per many updates, and Numba's linalg would
     pull in SciPy. The inverse is symmetrised, which the kernels rely on.
     """
+    if ridge:
+        a[arm] += ridge * np.eye(a.shape[1])
+        b[arm, 0] += b0
     inv = np.linalg.inv(a[arm])
     a_inv[arm] = (inv + inv.T) / 2.0
     theta[arm] = a_inv[arm] @ b[arm]

@@ -53,7 +53,8 @@ class Prior:
     so its mean quality is q with ``weight`` observations behind it: q is the arm's entry in
     ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else ``quality``.
     The posterior's shared level then moves every arm's q alike (Posterior.theta). Each update
-    of an arm first discounts its A and b by ``forgetting``. Events decided before router
+    of an arm first discounts its A and b by ``forgetting``; each refactorisation puts back what
+    that took of the prior, so A keeps weight x forgetting^64 of it. Events decided before router
     version ``context_since``, when the router last changed how it builds x, are not its data.
     """
 
@@ -257,8 +258,9 @@ class Posterior:
                 self.prior.forgetting,
             )
             if self.observed_cost_n[idx] % REFACTORISE_EVERY == 0:
+                lost = (1.0 - self.prior.forgetting**REFACTORISE_EVERY) * self.prior.weight
                 _kernels.refactorise(
-                    self.cost_a, self.cost_a_inv, self.cost_b, self.cost_theta, idx
+                    self.cost_a, self.cost_a_inv, self.cost_b, self.cost_theta, idx, lost
                 )
         if event.input_tokens is not None:
             self.input_tokens_sum += event.input_tokens
@@ -276,7 +278,10 @@ class Posterior:
         )
         self.n_updates[idx] += 1
         if self.n_updates[idx] % REFACTORISE_EVERY == 0:
-            _kernels.refactorise(self.a, self.a_inv, self.b, self.fit, idx)
+            lost = (1.0 - self.prior.forgetting**REFACTORISE_EVERY) * self.prior.weight
+            _kernels.refactorise(
+                self.a, self.a_inv, self.b, self.fit, idx, lost, lost * self.prior_mean[idx]
+            )
         gamma = self.prior.forgetting
         self.reward_sum[idx] = gamma * self.reward_sum[idx] + reward
         self.reward_n[idx] = gamma * self.reward_n[idx] + 1.0
@@ -318,7 +323,8 @@ class Posterior:
         n[idx] += 1
         _kernels.sherman_morrison_update(a, a_inv, b, theta, idx, x, value, self.prior.forgetting)
         if n[idx] % REFACTORISE_EVERY == 0:
-            _kernels.refactorise(a, a_inv, b, theta, idx)
+            lost = (1.0 - self.prior.forgetting**REFACTORISE_EVERY) * HEAD_RIDGE
+            _kernels.refactorise(a, a_inv, b, theta, idx, lost)
 
     def reported_means(self, arm: str) -> tuple[float, int, float, int]:
         """(mean reported latency_ms, reports, mean reported energy_wh, reports) of an arm;

@@ -21,8 +21,9 @@ def dump(post: Posterior) -> bytes:
     prior = post.prior
     np.savez(
         buf,
+        # The last 1: forgetting puts the prior back (a snapshot without it is refused).
         prior=np.array(
-            [prior.dim, prior.quality, prior.weight, prior.forgetting, prior.context_since]
+            [prior.dim, prior.quality, prior.weight, prior.forgetting, prior.context_since, 1]
         ),
         arm_prior_names=np.array([a for a, _ in prior.arm_quality], dtype=np.str_),
         arm_prior_quality=np.array([q for _, q in prior.arm_quality], dtype=np.float64),
@@ -56,8 +57,8 @@ def dump(post: Posterior) -> bytes:
 
 def load(data: bytes) -> Posterior:
     """The posterior a snapshot blob holds; ValueError for a snapshot written before the cost
-    model, the latency and energy heads or the shared level, or holding a non-finite
-    statistic."""
+    model, the latency and energy heads or the shared level (or, under forgetting, before
+    forgetting put the prior back), or holding a non-finite statistic."""
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         if "cost_a" not in z:
             raise ValueError("snapshot predates the cost model")
@@ -69,6 +70,8 @@ def load(data: bytes) -> Posterior:
             if z[name].dtype.kind == "f" and not np.all(np.isfinite(z[name])):
                 raise ValueError(f"snapshot holds non-finite values in {name}")
         p = z["prior"]
+        if p[3] < 1.0 and len(p) < 6:
+            raise ValueError("snapshot predates forgetting's putting the prior back")
         arm_quality: tuple[tuple[str, float], ...] = ()
         if "arm_prior_names" in z:  # written before price tiers: none
             arm_quality = tuple(

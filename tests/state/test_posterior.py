@@ -197,3 +197,38 @@ def test_the_order_arms_were_added_in_changes_no_bit() -> None:
     assert first.level == later.level < 0
     for arm in ("a", "b", "c", "d"):
         np.testing.assert_array_equal(first.theta[first.index(arm)], later.theta[later.index(arm)])
+
+
+@pytest.mark.parametrize(("gamma", "n"), [(0.5, 2000), (0.9, 7500)])
+def test_forgetting_keeps_the_inverse_finite_and_true_after_thousands_of_updates(
+    gamma: float, n: int
+) -> None:
+    """x's last values are never set (a metadata value the arm never sees): forgetting used to
+    discount the prior there too, until A^-1 overflowed (NaN theta and scores) and A was too
+    singular to refactorise. The prior lost is put back at every refactorisation, so A keeps
+    at least weight x gamma^64 of it in every direction and A^-1 stays its true inverse."""
+    dim, weight = 6, 30.0
+    post = Posterior.empty(Prior(dim, 0.7, weight, forgetting=gamma), 300)
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        x = np.zeros(dim)
+        x[0], x[1:3] = 1.0, rng.normal(size=2)
+        e = replace(events(1, dim)[0], event_id=i + 1, x=x, reward=float(rng.random()))
+        post.apply(replace(e, output_tokens=None, latency_ms=100.0 + 50 * x[1]))
+    for name in ("a_inv", "fit", "theta", "cost_a_inv", "cost_theta", "lat_a_inv", "lat_theta"):
+        assert np.isfinite(getattr(post, name)).all(), name
+    for a, a_inv in ((post.a, post.a_inv), (post.cost_a, post.cost_a_inv)):
+        assert np.linalg.eigvalsh(a[0]).min() >= weight * gamma**REFACTORISE_EVERY * (1 - 1e-9)
+        np.testing.assert_allclose(a_inv[0], np.linalg.inv(a[0]), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(post.fit[0, 3:], 0.0, atol=1e-12)  # nothing learnt there
+
+
+def test_a_snapshot_under_forgetting_from_before_the_prior_was_put_back_is_refused() -> None:
+    post = Posterior.empty(Prior(3, forgetting=0.9), 300)
+    post.index("a")
+    assert posterior_snapshot.load(posterior_snapshot.dump(post)).prior == post.prior
+    buf = io.BytesIO()
+    with np.load(io.BytesIO(posterior_snapshot.dump(post))) as z:
+        np.savez(buf, **{k: z[k][:5] if k == "prior" else z[k] for k in z.files})
+    with pytest.raises(ValueError, match="predates forgetting"):
+        posterior_snapshot.load(buf.getvalue())
