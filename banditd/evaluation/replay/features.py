@@ -133,7 +133,9 @@ def embeddings(
     path = None
     if cache is not None:
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"{spec.encoder}:{spec.embedding_dim}:{spec.text_window_tokens}".encode())
+        weights = pipeline.encoder.fingerprint  # other weights (a new distillation): recomputed
+        key = f"{spec.encoder}@{weights}:{spec.embedding_dim}:{spec.text_window_tokens}"
+        digest.update(key.encode())
         for prompt in prompts:
             digest.update(prompt.encode() + b"\x00")
         path = cache / f"{digest.hexdigest()}.npy"
