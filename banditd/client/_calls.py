@@ -33,6 +33,7 @@ from banditd.client._requests import (
     FeedbackCall,
     SelectCall,
     UploadOptions,
+    _check_names,
     feedback_request,
     select_request,
     upload_chunks,
@@ -111,6 +112,7 @@ def upload_calls(
     events: Iterable[FeedbackArgs], default_tenant: str | None, options: UploadOptions
 ) -> Iterator[Call[UploadSummary]]:
     """One call per chunk, each committed before the next is sent."""
+    _check_names(options, UploadOptions, "upload_feedback()")
     tenant = options.get("tenant") or default_tenant
     for chunk in upload_chunks(events, tenant, options.get("chunk_size", DEFAULT_CHUNK)):
         yield Call(
