@@ -12,6 +12,7 @@ from tenacity import AsyncRetrying, Retrying
 from banditd.client._calls import Attempts, Call
 from banditd.client._retry import Deadline, RetryPolicy, tenacity_args
 from banditd.edge.tls import ClientSecurity
+from banditd.errors import InvalidArgument
 
 T = TypeVar("T")
 
@@ -21,6 +22,17 @@ DEFAULT_TIMEOUT_S = 10.0
 
 def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
+
+
+def _sendable(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``metadata``, if gRPC can send it: the API key goes as a header, printable ASCII. Else
+    InvalidArgument from both clients alike (gRPC fails a sync call as INTERNAL, and an async one
+    with an error of its own, not even a grpc.RpcError)."""
+    if any(not " " <= c <= "~" for _, value in metadata for c in value):
+        raise InvalidArgument(
+            "api_key", "must be printable ASCII (sent as a gRPC header): a trailing newline?"
+        )
+    return metadata
 
 
 class ClientBase:
@@ -74,7 +86,8 @@ class ClientBase:
         client's), each with the time that is left."""
         deadline = Deadline(self.timeout if call.timeout is None else call.timeout)
         method = getattr(stub, call.method)
-        metadata = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
+        key = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
+        metadata = _sendable(key)
         return Attempts(
             call,
             retrying(**tenacity_args(self.retry, call.method, call.retry_safe, deadline)),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from banditd import client as bc
 from banditd.v1 import banditd_pb2 as pb
 from tests.client.test_client import Client, call, make_client, serving
 from tests.helpers import StartServer
@@ -25,3 +26,19 @@ async def test_upload_feedback_refuses_an_unknown_option(
         await call(client, "upload_feedback", events, chunksize=10)
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.feedback_count == 0  # refused before sending anything
+
+
+@pytest.mark.parametrize("bad_key", ["key\n", "k\u00e9y"], ids=["newline", "non-ascii"])
+async def test_an_api_key_grpc_cannot_send_is_invalid_argument(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client], bad_key: str
+) -> None:
+    """A key read from a file with its newline, or a gateway caller's non-ASCII header: the async
+    client raised a raw grpc error (not a BanditdError), the sync one Internal."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    with pytest.raises(bc.InvalidArgument, match="api_key") as raised:
+        await call(client, "select", router="chat", prompt="hi", api_key=bad_key)
+    assert bad_key not in raised.value.message  # a key is never echoed
+    keyed = make_client(server.address, tenant="acme", api_key=bad_key)
+    with pytest.raises(bc.InvalidArgument, match="api_key"):
+        await call(keyed, "select", router="chat", prompt="hi")
