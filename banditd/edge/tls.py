@@ -87,10 +87,10 @@ class ClientSecurity:
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials from the files (read now), or None for plaintext."""
-        if self.ca_file is None and self.cert_file is None:
-            return None
         if (self.cert_file is None) != (self.key_file is None):
             raise TLSConfigError("a client certificate needs its key, and a key its certificate")
+        if self.ca_file is None and self.cert_file is None:
+            return None
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
             private_key=_read(self.key_file, "client key") if self.key_file else None,

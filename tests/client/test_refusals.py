@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import trustme
 
 from banditd import client as bc
 from banditd.v1 import banditd_pb2 as pb
@@ -42,3 +44,15 @@ async def test_an_api_key_grpc_cannot_send_is_invalid_argument(
     keyed = make_client(server.address, tenant="acme", api_key=bad_key)
     with pytest.raises(bc.InvalidArgument, match="api_key"):
         await call(keyed, "select", router="chat", prompt="hi")
+
+
+async def test_a_tls_key_without_its_certificate_is_refused(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client], tmp_path: Path
+) -> None:
+    """It was left out: the client spoke plaintext, its API key in the clear."""
+    key = tmp_path / "client_key.pem"
+    trustme.CA().issue_cert("c").private_key_pem.write_to_path(str(key))
+    server = await serving(start_server, sqlite_url)
+    with pytest.raises(bc.TLSConfigError, match="a key its certificate"):
+        client = make_client(server.address, tenant="acme", api_key="k", tls_key=key)
+        await call(client, "select", router="chat", prompt="hi")
