@@ -63,7 +63,11 @@ class DecisionFinder:
 def joined(claims: TokenClaims, decision: JoinRecord) -> TokenClaims:
     """A compact token's claims completed from its decision: x, the arm names, the exact
     propensity and expected costs (the token has them as float32), the router's version."""
-    if decision.router_id != claims.router_id or decision.tenant != claims.tenant:
+    if (
+        decision.decision_id != claims.decision_id  # only a tampered parked row differs
+        or decision.router_id != claims.router_id
+        or decision.tenant != claims.tenant
+    ):
         raise PermissionDenied("decision_id does not match its decision")
     if decision.x is None:
         raise InvalidArgument("decision_id", "its decision has no context logged")

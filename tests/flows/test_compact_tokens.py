@@ -354,6 +354,34 @@ async def test_an_unreadable_parked_row_is_refused_and_the_others_are_joined(
     assert len(await event_rows(a)) == 2
 
 
+async def test_a_parked_row_naming_another_decision_is_refused(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A parked row whose request carries the token of another decision than its own (only a
+    tampered row can: Feedback parks a request under its token's decision) is refused, never
+    joined: one decision's context and arm are not given to another decision's feedback."""
+    a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    one, other = await choose(a), await choose(a)
+    claims = SIGNER.verify(one.decision_id, "acme")
+    request = {"tenant": "acme", "decision_id": other.decision_id, "reward": 1.0}
+    async with b.app.db.transaction() as conn:
+        await conn.execute(
+            feedback_pending.insert().values(
+                decision_id=claims.decision_id,
+                router_id=claims.router_id,
+                tenant="acme",
+                request=request,
+                received_at=time.time(),
+            )
+        )
+    await a.app.decisions.flush()
+    await b.tail_rounds(1)
+    assert await pending_states(b) == ["refused"]
+    assert await event_rows(b) == []
+
+
 async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
     database_url: str, start_server: StartServer
 ) -> None:
