@@ -244,13 +244,17 @@ class Catalog:
         their ids, a first signal's decision usage folded in). Each event not added goes into
         ``refused`` with its position: BadData (set aside as a dead letter, never retried) or
         AlreadyExists (its decision has feedback, its preference or its most signals). A single
-        event is a batch of one. Caller holds ``locked(router_id)``."""
+        event is a batch of one. Caller holds ``locked(router_id)``. What fails after the
+        append (a dead letter, the catch-up) is logged, not raised: the batch is committed."""
         appended, bad = await append_isolating(
             self._store.events, events, signal_rule(state.spec.combine)
         )
-        await self._dead.add_events(
-            state.router_id, state.spec.tenant, [(events[i], exc) for i, exc in bad]
-        )
+        try:
+            await self._dead.add_events(
+                state.router_id, state.spec.tenant, [(events[i], exc) for i, exc in bad]
+            )
+        except Unavailable as exc:  # the batch is committed: raising would have it sent again
+            log.error("dead_letter_not_stored", events=len(bad), error=exc.message)
         refused.extend(bad)
         refused.extend(sorted(appended.duplicates.items(), key=lambda item: item[0]))
         if appended.follows == state.posterior.last_event_id:

@@ -4,6 +4,7 @@ server, and feedback that arrives before its decision row is visible is joined t
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from alembic import command
 from prometheus_client import REGISTRY
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.flows.tokens import TokenSigner
@@ -380,6 +381,40 @@ async def test_a_parked_row_naming_another_decision_is_refused(
     await b.tail_rounds(1)
     assert await pending_states(b) == ["refused"]
     assert await event_rows(b) == []
+
+
+async def test_a_join_that_committed_is_settled_though_a_dead_letter_cannot_be_stored(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A join round whose commit sets one event aside as a dead letter, the letter not
+    writable (the database unavailable to it): the rows whose events committed are settled
+    joined, not released to be joined again (under combine last, a second signal each)."""
+    a = await start_server(sqlite_url, decision_flush_ms=HELD, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=router_config(combine="last")))
+    good, bad = await choose(a), await choose(a)
+    for d in (good, bad):
+        reply = await b.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0)
+        )
+        assert reply.event_id == 0
+    bad_id = SIGNER.verify(bad.decision_id, "acme").decision_id
+    async with b.app.db.transaction() as conn:
+        # An event the store refuses as data: its created_at (the row's received_at) not finite.
+        await conn.execute(
+            update(feedback_pending)
+            .where(feedback_pending.c.decision_id == bad_id)
+            .values(received_at=-math.inf)
+        )
+        await conn.execute(text("ALTER TABLE dead_letters RENAME TO dead_letters_away"))
+    await a.app.decisions.flush()
+    await b.tail_rounds(1)
+    assert await pending_states(b) == ["joined", "refused"]
+    for server in (a, b):
+        await server.tail_rounds()
+    rows = await event_rows(b)
+    good_id = SIGNER.verify(good.decision_id, "acme").decision_id
+    assert [(r.decision_id, r.signal) for r in rows] == [(good_id, 0)]
 
 
 async def test_a_lost_decision_leaves_its_feedback_unapplied_and_counted(
