@@ -28,7 +28,6 @@ from banditd.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from banditd.flows.feedback_guard import FeedbackGuard
@@ -47,7 +46,7 @@ from banditd.flows.feedback_input import (
     reward_of,
     router_thumbs,
 )
-from banditd.flows.feedback_join import DecisionFinder, Waiting, joined, waiting_duplicate
+from banditd.flows.feedback_join import DecisionFinder, Waiting, joined, park, waiting_duplicate
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.flows.usage import UsageFlow, check_usage_only
 from banditd.state.live_routers import Catalog
@@ -245,7 +244,7 @@ class Learner:
                 waiting.append((i, prepared))
             else:
                 by_router.setdefault(prepared.router_id, []).append((i, req, prepared))
-        results = await self._park(waiting, refused)
+        results = await park(self._catalog, self._guard, self._decisions, waiting, refused)
         for router_id, items in by_router.items():
             results.update(await self._commit(router_id, items, refused))
         return results, refused
@@ -290,11 +289,15 @@ class Learner:
         try:
             async with self._catalog.locked(router_id) as state:
                 mapped = [(i, router_thumbs(e, req, state.spec)) for i, req, e in items]
-                kept = (
-                    await self._guard.within_caps(state.spec, mapped, refused) if capped else mapped
-                )
+                kept = self._guard.within_caps(state.spec, mapped, refused) if capped else mapped
                 bad: list[tuple[int, BanditdError]] = []
-                appended = await self._catalog.record(state, [e for _, e in kept], bad)
+                committed: list[int] = []
+                try:
+                    appended = await self._catalog.record(state, [e for _, e in kept], bad)
+                    committed = appended.positions
+                finally:  # the cap counts the events accepted, not the attempts
+                    if capped:
+                        self._guard.give_back(state.spec, kept, committed)
         except NotFound as exc:
             refused.extend((i, exc) for i, _, _ in items)
             return {}
@@ -316,54 +319,6 @@ class Learner:
                 log_event(state.spec.tenant, state.spec.name, event, as_stored.event_id)
         count_accepted(state.spec, appended.events)  # as stored: a later signal charges its change
         await self._settle(accepted)
-        return results
-
-    async def _park(
-        self, items: list[tuple[int, Waiting]], refused: list[tuple[int, BanditdError]]
-    ) -> dict[int, FeedbackResult]:
-        """Commit feedback whose decision is not visible yet, to be joined to it later; the
-        result of each parked (once per decision; the client's feedback cap counts them on the
-        arms the token names; a thumb answers the router's reward for it, as the join maps it),
-        by index."""
-        if not items:
-            return {}
-        if self._decisions is None:
-            raise Unavailable("this server cannot join feedback to decisions")
-        kept: list[tuple[int, Waiting]] = []
-        seen: set[str] = set()  # decisions kept (a second signal for one is a duplicate)
-        for i, w in items:
-            if w.parked.decision_id in seen:
-                refused.append((i, waiting_duplicate(w.parked.decision_id)))
-                continue
-            try:
-                async with self._catalog.locked(w.parked.router_id) as state:
-                    if (thumb := w.parked.request.get("thumb")) is not None:
-                        w = replace(w, reward=state.spec.thumb_reward(thumb == "up"))
-                    arms = state.spec.arms
-                    for index in (w.arm_index, w.challenger_index):
-                        if index is not None and index < len(arms):
-                            await self._guard.check_cap(
-                                state.spec, state.router_id, arms[index].name
-                            )
-            except (NotFound, ResourceExhausted) as exc:
-                refused.append((i, exc))
-                continue
-            kept.append((i, w))
-            seen.add(w.parked.decision_id)
-        parked = await self._decisions.store.park([w.parked for _, w in kept])
-        refused.extend(
-            (i, waiting_duplicate(w.parked.decision_id))
-            for i, w in kept
-            if w.parked.decision_id not in parked
-        )
-        metrics.FEEDBACK_PARKED.inc(len(parked))
-        results = {}
-        for i, w in kept:
-            if w.parked.decision_id in parked:
-                log.info(
-                    "feedback_parked", tenant=w.parked.tenant, decision_id=w.parked.decision_id
-                )
-                results[i] = FeedbackResult(0, w.reward, w.cost_usd)
         return results
 
     def _retrying(self) -> AsyncRetrying:

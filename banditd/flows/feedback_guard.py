@@ -9,11 +9,12 @@ docs/security.md for the threat model and what they do not stop).
 from __future__ import annotations
 
 import contextvars
-from collections import deque
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
-from aiolimiter import AsyncLimiter
 from prometheus_client import Gauge
 
 from banditd import metrics
@@ -26,6 +27,32 @@ log = structlog.get_logger(__name__)
 # Who sends the current call: "key:<id>" with API keys, else "peer:<address>". Set by the edge.
 CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("banditd_client", default="local")
 MAX_CAP_BUCKETS = 100_000
+
+
+class _Bucket:
+    """A leaky bucket (as aiolimiter's): ``cap`` units, drained in ``window`` seconds; units
+    taken can be given back."""
+
+    __slots__ = ("_at", "_level", "cap", "window")
+
+    def __init__(self, cap: int, window: float) -> None:
+        self.cap, self.window = cap, window
+        self._level, self._at = 0.0, time.monotonic()
+
+    def level(self) -> float:
+        now = time.monotonic()
+        self._level = max(0.0, self._level - (now - self._at) * self.cap / self.window)
+        self._at = now
+        return self._level
+
+    def room(self, units: int) -> bool:
+        return self.level() + units <= self.cap
+
+    def take(self, units: int) -> None:
+        self._level += units
+
+    def give_back(self, units: int) -> None:
+        self._level = max(0.0, self.level() - units)
 
 
 @dataclass
@@ -47,52 +74,77 @@ class FeedbackGuard:
     anomaly_window: int = 50
     anomaly_min_history: int = 200
     anomaly_threshold: float = 0.3
-    _caps: dict[tuple[int, str, str], AsyncLimiter] = field(default_factory=dict)
+    _caps: dict[tuple[int, str, str], _Bucket] = field(default_factory=dict)
     _history: dict[tuple[int, str], _ArmHistory] = field(default_factory=dict)
 
-    async def within_caps(
+    def within_caps(
         self,
         spec: RouterSpec,
         items: list[tuple[int, FeedbackEvent]],
         refused: list[tuple[int, BanditdError]],
     ) -> list[tuple[int, FeedbackEvent]]:
-        """The items the client's per-arm feedback cap lets in; the rest go to ``refused``."""
+        """The items the client's per-arm feedback cap lets in, counted (``give_back`` those
+        then not accepted); the rest go to ``refused``."""
         if not spec.feedback_cap_per_key:
             return items
         kept = []
         for i, event in items:
             try:
-                for arm, _ in rated(event):
-                    await self.check_cap(spec, event.router_id, arm)
+                self.check_cap(spec, event.router_id, *(arm for arm, _ in rated(event)))
             except ResourceExhausted as exc:
                 refused.append((i, exc))
                 continue
             kept.append((i, event))
         return kept
 
-    async def check_cap(self, spec: RouterSpec, router_id: int, arm: str) -> None:
-        """Count one feedback event of the current client on ``arm``; ResourceExhausted once
-        the client has put ``spec.feedback_cap_per_key`` events on it in the window."""
+    def give_back(
+        self, spec: RouterSpec, items: list[tuple[int, FeedbackEvent]], accepted: Sequence[int]
+    ) -> None:
+        """Uncount the items ``within_caps`` let in but for those at positions ``accepted``
+        (committed): the cap counts accepted feedback, not attempts (a failed commit retried, a
+        duplicate), which write nothing."""
+        if spec.feedback_cap_per_key:
+            taken = set(accepted)
+            for n, (_, event) in enumerate(items):
+                if n not in taken:
+                    self.uncount(event.router_id, *(arm for arm, _ in rated(event)))
+
+    def check_cap(self, spec: RouterSpec, router_id: int, *arms: str) -> None:
+        """Count one feedback event of the current client on each of ``arms``; ResourceExhausted,
+        counting none, once the client has put ``spec.feedback_cap_per_key`` events on one of
+        them in the window."""
         cap = spec.feedback_cap_per_key
         if not cap:
             return
         client = CLIENT.get()
-        key = (router_id, arm, client)
-        bucket = self._caps.get(key)
-        if bucket is None or bucket.max_rate != cap:
-            if len(self._caps) >= MAX_CAP_BUCKETS:
-                self._caps = {k: b for k, b in self._caps.items() if not b.has_capacity(b.max_rate)}
-            bucket = self._caps[key] = AsyncLimiter(cap, spec.feedback_cap_window_seconds)
-        if not bucket.has_capacity():
-            metrics.FEEDBACK_CAPPED.labels(spec.tenant, spec.name, arm).inc()
-            log.warning(
-                "feedback_capped", tenant=spec.tenant, router=spec.name, arm=arm, client=client
-            )
-            raise ResourceExhausted(
-                f"feedback cap: this client already put {cap} feedback events on arm {arm!r} "
-                f"within {spec.feedback_cap_window_seconds} s (router feedback_cap_per_key)"
-            )
-        await bucket.acquire()
+        window = spec.feedback_cap_window_seconds
+        needed = Counter(arms)
+        buckets = {}
+        for arm, units in needed.items():
+            bucket = self._caps.get((router_id, arm, client))
+            if bucket is None or (bucket.cap, bucket.window) != (cap, window):
+                if len(self._caps) >= MAX_CAP_BUCKETS:
+                    self._caps = {k: b for k, b in self._caps.items() if b.level() > 0}
+                bucket = self._caps[(router_id, arm, client)] = _Bucket(cap, window)
+            if not bucket.room(units):
+                metrics.FEEDBACK_CAPPED.labels(spec.tenant, spec.name, arm).inc()
+                log.warning(
+                    "feedback_capped", tenant=spec.tenant, router=spec.name, arm=arm, client=client
+                )
+                raise ResourceExhausted(
+                    f"feedback cap: this client already put {cap} feedback events on arm {arm!r} "
+                    f"within {window} s (router feedback_cap_per_key)"
+                )
+            buckets[arm] = bucket
+        for arm, units in needed.items():
+            buckets[arm].take(units)
+
+    def uncount(self, router_id: int, *arms: str) -> None:
+        """Give back what ``check_cap`` counted for the current client on ``arms``."""
+        client = CLIENT.get()
+        for arm in arms:
+            if (bucket := self._caps.get((router_id, arm, client))) is not None:
+                bucket.give_back(1)
 
     def observe(self, spec: RouterSpec, router_id: int, arm: str, reward: float) -> bool:
         """Fold in an accepted reward; True (with a metric and a log line) when the mean of the

@@ -6,19 +6,35 @@ that made it never waits for its group commit), then in the ``decisions`` table.
 visible in neither (another replica's group commit has not landed; or it was lost) leaves the
 feedback parked (``banditd.store.pending``): validated, committed, acknowledged, and joined to
 the decision when the row appears (``banditd.flows.joiner``), the delayed join of
-Personalizer's event model.
+Personalizer's event model. ``park`` is the Feedback flow's step that parks it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from banditd.domain import JoinRecord
-from banditd.errors import AlreadyExists, InvalidArgument, PermissionDenied
+import structlog
+
+from banditd import metrics
+from banditd.domain import JoinRecord, RouterSpec
+from banditd.errors import (
+    AlreadyExists,
+    BanditdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from banditd.flows.decision_log import DecisionLog
+from banditd.flows.feedback_guard import FeedbackGuard
+from banditd.flows.feedback_input import FeedbackResult
 from banditd.flows.tokens import TokenClaims
+from banditd.state.live_routers import Catalog
 from banditd.store.pending import Parked, PendingStore
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,61 @@ def joined(claims: TokenClaims, decision: JoinRecord) -> TokenClaims:
         challenger_index=claims.challenger_index,
         router_version=decision.router_version,
     )
+
+
+async def park(
+    catalog: Catalog,
+    guard: FeedbackGuard,
+    decisions: DecisionFinder | None,
+    items: list[tuple[int, Waiting]],
+    refused: list[tuple[int, BanditdError]],
+) -> dict[int, FeedbackResult]:
+    """Commit feedback whose decision is not visible yet, to be joined to it later; the result
+    of each parked (once per decision; the client's feedback cap counts those parked on the arms
+    the token names; a thumb answers the router's reward for it, as the join maps it), by index
+    (the others are added to ``refused``)."""
+    if not items:
+        return {}
+    if decisions is None:
+        raise Unavailable("this server cannot join feedback to decisions")
+    kept: list[tuple[int, Waiting, RouterSpec, tuple[str, ...]]] = []  # with the arms counted
+    seen: set[str] = set()  # decisions kept (a second signal for one is a duplicate)
+    for i, w in items:
+        if w.parked.decision_id in seen:
+            refused.append((i, waiting_duplicate(w.parked.decision_id)))
+            continue
+        try:
+            async with catalog.locked(w.parked.router_id) as state:
+                if (thumb := w.parked.request.get("thumb")) is not None:
+                    w = replace(w, reward=state.spec.thumb_reward(thumb == "up"))
+                names = [arm.name for arm in state.spec.arms]
+                indices = (w.arm_index, w.challenger_index)
+                arms = tuple(names[k] for k in indices if k is not None and k < len(names))
+                guard.check_cap(state.spec, state.router_id, *arms)
+        except (NotFound, ResourceExhausted) as exc:
+            refused.append((i, exc))
+            continue
+        kept.append((i, w, state.spec, arms))
+        seen.add(w.parked.decision_id)
+    parked: set[str] = set()
+    try:
+        parked = await decisions.store.park([w.parked for _, w, _, _ in kept])
+    finally:  # the cap counts the feedback parked, not the attempts
+        for _, w, spec, arms in kept:
+            if w.parked.decision_id not in parked and spec.feedback_cap_per_key:
+                guard.uncount(w.parked.router_id, *arms)
+    refused.extend(
+        (i, waiting_duplicate(w.parked.decision_id))
+        for i, w, _, _ in kept
+        if w.parked.decision_id not in parked
+    )
+    metrics.FEEDBACK_PARKED.inc(len(parked))
+    results = {}
+    for i, w, _, _ in kept:
+        if w.parked.decision_id in parked:
+            log.info("feedback_parked", tenant=w.parked.tenant, decision_id=w.parked.decision_id)
+            results[i] = FeedbackResult(0, w.reward, w.cost_usd)
+    return results
 
 
 def waiting_duplicate(decision_id: str) -> AlreadyExists:

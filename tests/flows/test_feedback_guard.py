@@ -6,6 +6,7 @@ import grpc
 import pytest
 from grpc import StatusCode as C
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from banditd.domain import ArmSpec, RouterSpec
@@ -86,6 +87,59 @@ async def test_one_key_cannot_pile_feedback_on_an_arm(
         "banditd_feedback_capped_total", {"tenant": "acme", "router": "chat", "arm": "cheap"}
     )
     assert value is not None and value >= 3
+
+
+async def test_the_cap_counts_accepted_feedback_not_attempts(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A Feedback whose commit the database fails (tried three times, answered UNAVAILABLE)
+    and a duplicate write nothing and do not use up the client's cap: its retry is accepted,
+    and the cap still stops the events past it."""
+    server = await start_server(sqlite_url, tail_interval_s=3600)
+    config = router_config(feedback_cap_per_key=2, feedback_cap_window_seconds=3600)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    tokens = [(await server.router.Select(on("cheap"))).decision_id for _ in range(3)]
+    async with server.app.db.transaction() as conn:  # the event log cannot be written
+        await conn.execute(text("ALTER TABLE feedback_events RENAME TO feedback_events_away"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.Feedback(fb(tokens[0]))
+    assert err.value.code() == C.UNAVAILABLE
+    async with server.app.db.transaction() as conn:
+        await conn.execute(text("ALTER TABLE feedback_events_away RENAME TO feedback_events"))
+    assert (await server.router.Feedback(fb(tokens[0]))).event_id == 1  # the client's retry
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.Feedback(fb(tokens[0]))
+    assert err.value.code() == C.ALREADY_EXISTS
+    assert (await server.router.Feedback(fb(tokens[1]))).event_id == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.Feedback(fb(tokens[2]))
+    assert err.value.code() == C.RESOURCE_EXHAUSTED
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 2
+
+
+async def test_the_cap_counts_parked_feedback_not_attempts(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The same for feedback parked until its decision is visible (compact tokens): a park the
+    database fails is not counted; the one parked is."""
+    a = await start_server(sqlite_url, decision_flush_ms=600_000.0, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    config = router_config(feedback_cap_per_key=1, feedback_cap_window_seconds=3600)
+    await a.admin.PutRouter(pb.PutRouterRequest(router=config))
+    tokens = [(await a.router.Select(on("cheap"))).decision_id for _ in range(2)]
+    await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))  # b loads the router
+    async with b.app.db.transaction() as conn:  # parking reads the event log first
+        await conn.execute(text("ALTER TABLE feedback_events RENAME TO feedback_events_away"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.router.Feedback(fb(tokens[0]))
+    assert err.value.code() == C.UNAVAILABLE
+    async with b.app.db.transaction() as conn:
+        await conn.execute(text("ALTER TABLE feedback_events_away RENAME TO feedback_events"))
+    assert (await b.router.Feedback(fb(tokens[0]))).event_id == 0  # parked
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.router.Feedback(fb(tokens[1]))
+    assert err.value.code() == C.RESOURCE_EXHAUSTED
 
 
 async def test_reported_tokens_are_bounded(sqlite_url: str, start_server: StartServer) -> None:
