@@ -313,7 +313,8 @@ class Learner:
             event = as_stored if as_stored.signal == 0 else event  # a first carries the usage
             for arm, reward in rated(event):
                 self._guard.observe(state.spec, router_id, arm, reward)
-            results[i] = FeedbackResult(as_stored.event_id, event.reward, event.cost_usd)
+            cost = appended.costs.get(n, event.cost_usd)  # the decision's, as logged
+            results[i] = FeedbackResult(as_stored.event_id, event.reward, cost)
             accepted.append(event)
             if len(items) == 1:
                 log_event(state.spec.tenant, state.spec.name, event, as_stored.event_id)

@@ -180,16 +180,18 @@ async def append_isolating(
     positions: list[int] = []
     stored: list[FeedbackEvent] = []
     duplicates: dict[int, AlreadyExists] = {}
+    costs: dict[int, float] = {}
 
     def committed(part: Sequence[tuple[int, FeedbackEvent]], result: AppendedBatch) -> None:
         positions.extend(part[p][0] for p in result.positions)
         stored.extend(result.events)
         duplicates.update((part[p][0], exc) for p, exc in result.duplicates.items())
+        costs.update((part[p][0], cost) for p, cost in result.costs.items())
 
     async def write(part: Sequence[tuple[int, FeedbackEvent]]) -> AppendedBatch:
         return await event_log.append([e for _, e in part], combine)
 
     bad = await commit_isolating(list(enumerate(events)), write, committed)
     stored.sort(key=lambda e: e.event_id)
-    batch = AppendedBatch(sorted(positions), stored, None, duplicates)
+    batch = AppendedBatch(sorted(positions), stored, None, duplicates, costs)
     return batch, [(i, exc) for (i, _), exc in bad]

@@ -31,12 +31,15 @@ class AppendedBatch:
     """What ``EventLog.append`` committed: the positions (in its input) added, the events as
     stored, in id order, and the router's newest event id before them (None when unknown:
     read the log instead); ``duplicates``: the positions not added, each with why (its decision
-    has feedback, its preference or its most signals)."""
+    has feedback, its preference or its most signals); ``costs``: by the position of each
+    later signal added, its decision's cost in the log with it (the cost it reported, else the
+    one its decision had; a first signal's is its own ``cost_usd``)."""
 
     positions: list[int]
     events: list[FeedbackEvent]
     follows: int | None
     duplicates: dict[int, AlreadyExists] = field(default_factory=dict)
+    costs: dict[int, float] = field(default_factory=dict)
 
 
 class EventLog:
@@ -152,12 +155,15 @@ async def _append_signals(
     duplicates: dict[int, AlreadyExists] = {}
     signals: list[FeedbackEvent] = []
     rows: list[dict[str, Any]] = []
+    costs: dict[int, float] = {}
     for i, e in enumerate(events):
         try:
-            signal = await _as_next_signal(conn, e, combine, rows)
+            signal, cost = await _as_next_signal(conn, e, combine, rows)
         except AlreadyExists as exc:
             duplicates[i] = exc
             continue
+        if cost is not None:
+            costs[i] = cost
         (signal,) = await with_usage(conn, [signal])
         rows.append(checked(_event_row(signal)))
         signals.append(signal)
@@ -170,7 +176,7 @@ async def _append_signals(
     )
     ids_in_order = [int(event_id) for event_id in result.scalars().all()]
     stored = [_with_id(e, i) for e, i in zip(signals, ids_in_order, strict=True)]
-    return AppendedBatch(positions, _by_id(stored), head, duplicates)
+    return AppendedBatch(positions, _by_id(stored), head, duplicates, costs)
 
 
 # The columns of feedback_events that hold FeedbackEvent's fields, in the fields' order.
@@ -281,9 +287,10 @@ async def _as_next_signal(
     event: FeedbackEvent,
     combine: Combine,
     pending: Sequence[dict[str, Any]] = (),
-) -> FeedbackEvent:
+) -> tuple[FeedbackEvent, float | None]:
     """The event as its decision's next signal, with the change it makes to the effective
     reward (``combine`` of the real rewards) and the settled cost; unchanged if it is the first.
+    And the decision's cost with it (None for a first signal: its own).
 
     Real signals replace a default reward: the default counts only while nothing else came.
     ``pending``: rows of this transaction not inserted yet. Caller holds the append lock.
@@ -302,7 +309,7 @@ async def _as_next_signal(
         if p["decision_id"] == event.decision_id
     ]
     if not earlier:
-        return replace(event, signal=0, effective_reward=event.reward, reward_delta=None)
+        return replace(event, signal=0, effective_reward=event.reward, reward_delta=None), None
     if event.challenger is not None:  # a compared decision takes one preference, whatever combine
         raise AlreadyExists(f"decision {event.decision_id} already has its preference")
     if len(earlier) >= MAX_SIGNALS_PER_DECISION:
@@ -313,10 +320,11 @@ async def _as_next_signal(
     previous = earlier[-1][3] if earlier[-1][3] is not None else earlier[-1][0]
     effective = combine([*real, event.reward])
     settled = sum(cost for _, _, cost, _ in earlier)
-    return replace(
+    later = replace(
         event,
         signal=len(earlier),
         effective_reward=effective,
         reward_delta=effective - previous,
         cost_usd=event.cost_usd - settled if event.cost_reported else 0.0,
     )
+    return later, event.cost_usd if event.cost_reported else settled

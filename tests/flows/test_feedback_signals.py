@@ -194,6 +194,39 @@ async def test_a_later_signal_may_report_a_lower_cost(
     assert spend() - before == pytest.approx(0.05)  # counted when it rose, never taken back
 
 
+async def test_a_later_signal_without_a_cost_answers_the_decisions_logged_cost(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """FeedbackResponse.cost_usd of a later signal that reports no cost is the decision's cost
+    as the log holds it (what GetStats and GetSpend count): the cost an earlier signal
+    reported, not the expected cost; with no cost ever reported, the expected one."""
+    server = await start_server(sqlite_url)
+    for name in ("reported", "expected"):
+        config = router_config(name=name, combine="mean")
+        await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+    decision = await _decide(server, "reported")
+    reply = await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=1.0, cost_usd=0.05)
+    )
+    assert reply.cost_usd == 0.05
+    reply = await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=0.0)
+    )
+    assert reply.cost_usd == pytest.approx(0.05)
+    assert (await _stats(server, "reported")).spend_usd == pytest.approx(0.05)
+    decision = await _decide(server, "expected")
+    answers = [
+        (
+            await server.router.Feedback(
+                pb.FeedbackRequest(tenant="acme", decision_id=decision, reward=reward)
+            )
+        ).cost_usd
+        for reward in (1.0, 0.0)
+    ]
+    assert answers[0] > 0 and answers[1] == pytest.approx(answers[0])
+    assert (await _stats(server, "expected")).spend_usd == pytest.approx(answers[0])
+
+
 async def test_router_thumb_rewards(sqlite_url: str, start_server: StartServer) -> None:
     server = await start_server(sqlite_url)
     config = router_config(thumb_up_reward=0.9, thumb_down_reward=0.2)
