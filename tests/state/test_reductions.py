@@ -22,15 +22,23 @@ async def _stored(server: Running, pipeline: ContextPipeline) -> bytes | None:
     return await LearntState(server.app.db).context_model(1, fingerprint)
 
 
-async def test_x_is_built_only_with_the_stored_pca_even_when_its_store_fails_or_loses(
+async def _pca_router(
     sqlite_url: str, start_server: StartServer
-) -> None:
-    # No background tail and no decision flush: only the rounds run here touch the database.
+) -> tuple[Running, ContextPipeline]:
+    """A server whose router fits a PCA of 3 on its first 12 embeddings of 8 values. No
+    background tail and no decision flush: only the rounds a test runs touch the database."""
     server = await start_server(sqlite_url, tail_interval_s=3600.0, decision_flush_ms=60_000.0)
     config = router_config(embedding_dim=8, pca_dim=3, pca_fit_samples=12)
     await server.admin.PutRouter(pb.PutRouterRequest(router=config))
     pipeline = server.app.catalog._by_id[1].context
     assert pipeline is not None
+    return server, pipeline
+
+
+async def test_x_is_built_only_with_the_stored_pca_even_when_its_store_fails_or_loses(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    server, pipeline = await _pca_router(sqlite_url, start_server)
     rng = np.random.default_rng(2)
 
     async def select() -> pb.SelectResponse:
@@ -81,11 +89,7 @@ async def test_x_is_built_only_with_the_stored_pca_even_when_its_store_fails_or_
 async def test_a_fitted_pca_is_stored_and_then_used(
     sqlite_url: str, start_server: StartServer
 ) -> None:
-    server = await start_server(sqlite_url, tail_interval_s=3600.0, decision_flush_ms=60_000.0)
-    config = router_config(embedding_dim=8, pca_dim=3, pca_fit_samples=12)
-    await server.admin.PutRouter(pb.PutRouterRequest(router=config))
-    pipeline = server.app.catalog._by_id[1].context
-    assert pipeline is not None
+    server, pipeline = await _pca_router(sqlite_url, start_server)
     rng = np.random.default_rng(3)
     request = pb.SelectRequest(tenant="acme", router="chat")
     for _ in range(12):

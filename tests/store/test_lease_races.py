@@ -5,26 +5,15 @@ of these transactions takes the write lock before it reads the lease."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain.budgets import BudgetSpec
-from banditd.store import Database, migrate
+from banditd.store import Database
 from banditd.store.budget_leases import Charge, Leases
 from banditd.store.budgets import BudgetRepository, LedgerRow
 from tests.helpers import meanwhile
 
 START, END = 1_000_020.0, 1_000_080.0
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
-    db = Database(database_url)
-    yield db
-    await db.close()
 
 
 async def _lease(db: Database) -> tuple[BudgetRepository, Leases, int, int]:

@@ -4,27 +4,15 @@ UPDATE locks nothing): the second reads what the first wrote before deciding its
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 
-import pytest
-
-from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain import ArmSpec, RouterSpec
 from banditd.domain.budgets import BudgetSpec
-from banditd.store import Database, migrate
+from banditd.store import Database
 from banditd.store.budgets import BudgetRepository
 from banditd.store.routers import Routers
 from tests.helpers import meanwhile
 
 SPEC = RouterSpec("acme", "chat", (ArmSpec("cheap", 0.1, 0.2), ArmSpec("dear", 5.0, 10.0)))
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
-    db = Database(database_url)
-    yield db
-    await db.close()
 
 
 async def test_a_router_update_compares_x_with_the_version_written_just_before(
