@@ -75,7 +75,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         body = json.loads(await read_body(request), parse_float=_finite, parse_constant=_finite)
     except BodyTooLarge as exc:
         return too_large(exc)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the recursion limit: not readable JSON
         return bad_request("the body must be JSON")
     if not isinstance(body, dict):
         return bad_request("the body must be a JSON object")

@@ -54,7 +54,7 @@ class Meter:
 
     def read_json(self, body: bytes) -> None:
         """Usage of a whole (non-streaming) answer."""
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):  # unreadable: counted from nothing
             answer = json.loads(body)
             self._content(answer, "message")
             self._usage(answer)
@@ -76,7 +76,7 @@ class Meter:
             return
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         self._content(event, "delta")
         self._usage(event)

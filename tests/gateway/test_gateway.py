@@ -212,6 +212,11 @@ async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
         body = f'{{"model": "{MODEL}", "messages": [{{"content": "hi"}}], "top_p": NaN}}'
         nan = await http.post("/v1/chat/completions", content=body)
         assert nan.status_code == 400 and nan.json()["error"]["code"] == "invalid_argument"
+        # JSON nested past Python's recursion limit is not JSON it can read: 400, not a 500.
+        deep = b'{"model": "x", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        for path in ("/v1/chat/completions", "/v1/select"):
+            nested = await http.post(path, content=deep)
+            assert nested.status_code == 400, (path, nested.status_code, nested.text[:200])
     assert stack.alpha.received == [] and stack.beta.received == []
 
 
