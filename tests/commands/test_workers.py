@@ -41,15 +41,18 @@ def _wait(log: Path, event: str, count: int, proc: subprocess.Popen[bytes]) -> l
     return asyncio.run(wait_until(found, f"{count} {event!r} lines", 90))
 
 
-@pytest.mark.postgres
-def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_path: Path) -> None:
-    log = tmp_path / "workers.log"
-    env = {
+def _env(**settings: str) -> dict[str, str]:
+    return {
         **os.environ,
         "BANDITD_SIGNING_KEY": SIGNING_KEY,
         "BANDITD_METRICS_LISTEN": "",
         "BANDITD_MIGRATE_ON_START": "true",
+        **settings,
     }
+
+
+def _two_workers(postgres_url: str, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`banditd serve --workers 2` on an ephemeral port, its output in ``log``."""
     command = [
         *BANDITD,
         "--workers",
@@ -60,7 +63,13 @@ def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_pat
         postgres_url,
     ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.mark.postgres
+def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_path: Path) -> None:
+    log, env = tmp_path / "workers.log", _env()
+    proc = _two_workers(postgres_url, log, env)
     try:
         (started,) = _wait(log, "workers_started", 1, proc)
         serving = _wait(log, "serving", 2, proc)
@@ -115,24 +124,7 @@ def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
     the first worker to exit must not make the parent signal the others a second time, which
     cuts their drain short (banditd.edge.server.serve)."""
     log = tmp_path / "workers.log"
-    env = {
-        **os.environ,
-        "BANDITD_SIGNING_KEY": SIGNING_KEY,
-        "BANDITD_METRICS_LISTEN": "",
-        "BANDITD_MIGRATE_ON_START": "true",
-        "BANDITD_GRACE_SECONDS": "120",
-    }
-    command = [
-        *BANDITD,
-        "--workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        postgres_url,
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = _two_workers(postgres_url, log, _env(BANDITD_GRACE_SECONDS="120"))
     try:
         (started,) = _wait(log, "workers_started", 1, proc)
         _wait(log, "serving", 2, proc)
