@@ -87,6 +87,21 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+def delete_each(
+    admin: AdminClient, method: str, named: Sequence[tuple[str, Message]], done: str, absent: str
+) -> int:
+    """Call the delete RPC ``method`` with each (name, request): "NAME: done" for each deleted,
+    ``absent`` (its "{}" the name) on stderr for each not there; exit status 1 when one was not."""
+    missing = 0
+    for name, request in named:
+        if admin.call(method, request).deleted:
+            print(f"{name}: {done}")
+        else:
+            missing += 1
+            print(f"banditd: {absent.format(name)}", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def print_refusal(exc: Exception) -> None:
     """An error of the command's input on stderr, each line after "banditd: "."""
     print("\n".join(f"banditd: {line}" for line in str(exc).splitlines()), file=sys.stderr)

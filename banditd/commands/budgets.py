@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from banditd.commands.admin_client import (
     Command,
     add_command_parser,
     add_connection_arguments,
+    delete_each,
     print_table,
     with_admin,
 )
@@ -139,16 +139,8 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
 
 def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
     """Each budget named; exit status 1 when one was not found (the others are deleted)."""
-    missing = 0
-    for tenant, router in args.scope:
-        request = pb.DeleteBudgetRequest(tenant=tenant, router=router)
-        name = _name(tenant, router)
-        if admin.call("DeleteBudget", request).deleted:
-            print(f"{name}: budget deleted")
-        else:
-            missing += 1
-            print(f"banditd: no budget for {name}", file=sys.stderr)
-    return 1 if missing else 0
+    named = [(_name(t, r), pb.DeleteBudgetRequest(tenant=t, router=r)) for t, r in args.scope]
+    return delete_each(admin, "DeleteBudget", named, "budget deleted", "no budget for {}")
 
 
 def _spend(admin: AdminClient, args: argparse.Namespace) -> int:

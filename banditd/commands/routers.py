@@ -30,6 +30,7 @@ from banditd.commands.admin_client import (
     Command,
     add_command_parser,
     add_connection_arguments,
+    delete_each,
     print_refusal,
     print_table,
     with_admin,
@@ -197,15 +198,8 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
-    missing = 0
-    for tenant, name in args.router:
-        request = pb.DeleteRouterRequest(tenant=tenant, name=name)
-        if admin.call("DeleteRouter", request).deleted:
-            print(f"{tenant}/{name}: deleted")
-        else:
-            missing += 1
-            print(f"banditd: router {tenant}/{name} not found", file=sys.stderr)
-    return 1 if missing else 0
+    named = [(f"{t}/{n}", pb.DeleteRouterRequest(tenant=t, name=n)) for t, n in args.router]
+    return delete_each(admin, "DeleteRouter", named, "deleted", "router {} not found")
 
 
 def run(args: argparse.Namespace) -> int:
