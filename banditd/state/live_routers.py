@@ -182,9 +182,15 @@ class Catalog:
         if router_id is None:
             return False
         async with self._lock(router_id):
-            self._by_id.pop(router_id, None)
-            self._by_name.pop((tenant, name), None)
+            self._forget(router_id)
         return True
+
+    def _forget(self, router_id: int) -> None:
+        """Drop a deleted router's state. Caller holds its lock."""
+        state = self._by_id.pop(router_id, None)
+        self._created.pop(router_id, None)
+        if state is not None:
+            self._by_name.pop((state.spec.tenant, state.spec.name), None)
 
     async def _default_missing(self, state: RouterState) -> int:
         """Give the router's default reward to decisions whose feedback did not come in time.
@@ -306,9 +312,7 @@ class Catalog:
         for router_id in list(self._by_id):
             if router_id not in stored:
                 async with self._lock(router_id):
-                    state = self._by_id.pop(router_id, None)
-                    if state is not None:
-                        self._by_name.pop((state.spec.tenant, state.spec.name), None)
+                    self._forget(router_id)
         applied = 0
         for router_id, item in stored.items():
             try:
