@@ -21,7 +21,8 @@ from sqlalchemy import (
     true,
 )
 
-# BIGINT ids on Postgres, INTEGER (the rowid alias that autoincrements) on SQLite.
+# BIGINT ids on Postgres, INTEGER (the rowid alias) on SQLite. A table whose ids are cursors or
+# references is sqlite_autoincrement (migration 0019): SQLite then never reuses a deleted id.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData(
@@ -64,6 +65,7 @@ routers = Table(
     Column("feedback_cap_per_key", Integer, nullable=False, server_default="0"),
     Column("feedback_cap_window_seconds", Integer, nullable=False, server_default="3600"),
     UniqueConstraint("tenant", "name", name="uq_routers_tenant_name"),
+    sqlite_autoincrement=True,
 )
 
 arms = Table(
@@ -129,6 +131,7 @@ feedback_events = Table(
     Column("reward_delta", Float, nullable=True),  # its change to the reward; null for signal 0
     UniqueConstraint("decision_id", "signal", name="uq_feedback_events_decision_signal"),
     Index("ix_feedback_events_router_id_id", "router_id", "id"),
+    sqlite_autoincrement=True,
 )
 
 posterior_snapshots = Table(
@@ -375,6 +378,7 @@ feedback_pending = Table(
     Column("state", String(16), nullable=False, server_default="pending"),
     Column("settled_at", Float, nullable=True),
     Index("ix_feedback_pending_state_id", "state", "id"),
+    sqlite_autoincrement=True,
 )
 PENDING_WAITING = ("pending", "joining")  # the states of feedback not in the event log yet
 
