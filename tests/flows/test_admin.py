@@ -7,8 +7,9 @@ import asyncio
 import grpc
 import pytest
 
+from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
 
 
 async def test_router_lifecycle(database_url: str, start_server: StartServer) -> None:
@@ -118,3 +119,26 @@ async def test_a_change_of_how_x_is_built_relearns_from_the_prior(
     wider = router_config(text_window_tokens=128, embedding_dim=8)
     assert (await server.admin.PutRouter(pb.PutRouterRequest(router=wider))).router.version == 4
     assert await level() == pytest.approx(0.7)
+
+
+async def test_a_router_created_again_does_not_take_the_deleted_ones_feedback(
+    database_url: str, start_server: StartServer
+) -> None:
+    """A router deleted and created again is a new router with a new id, on SQLite too (before
+    migration 0019 it got the deleted one's id): the deleted router's decisions are refused, not
+    learnt by the new one."""
+    server = await start_server(database_url)
+    select = pb.SelectRequest(tenant="acme", router="chat", prompt="x y")
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    old = await server.router.Select(select)
+    await server.admin.DeleteRouter(pb.DeleteRouterRequest(tenant="acme", name="chat"))
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    new = await server.router.Select(select)
+    signer = TokenSigner(SIGNING_KEY.encode())
+    routed_by = [signer.verify(d.decision_id, "acme").router_id for d in (old, new)]
+    assert routed_by[1] > routed_by[0]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=old.decision_id, reward=1.0)
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
