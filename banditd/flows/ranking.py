@@ -53,6 +53,14 @@ class Ranked:
         )
 
 
+def effective_cost_weight(default: float, requested: float | None, budget_price: float) -> float:
+    """The cost weight a decision ranks by: the request's own (None: ``default``, the router's),
+    never less than the budget pacer's price (0 without a budget) and capped, as a pacer's price
+    can be inf. Select, shadows and off-policy evaluation all weigh cost through this."""
+    weight = default if requested is None else requested
+    return min(max(weight, budget_price), HARD_MAX_COST_WEIGHT)
+
+
 def _enabled(spec: RouterSpec, candidates: Sequence[str]) -> list[int]:
     """Positions in spec.arms of the enabled arms, of ``candidates`` when given."""
     wanted = set(candidates)
@@ -163,8 +171,7 @@ def rank_arms(
             outcome = "fallback" if gate.fallback else "paced"
         names = [a for a, k in zip(names, keep, strict=True) if k]
         arm_idx, costs, latency, energy = arm_idx[keep], costs[keep], latency[keep], energy[keep]
-    weight = spec.default_cost_weight if cost_weight is None else cost_weight
-    weight = min(max(weight, price), HARD_MAX_COST_WEIGHT)  # a pacer's price can be inf
+    weight = effective_cost_weight(spec.default_cost_weight, cost_weight, price)
     lw = spec.default_latency_weight if latency_weight is None else latency_weight
     ew = spec.default_energy_weight if energy_weight is None else energy_weight
     # Each term is at most 1e9 x 1e9 (weights and heads are bounded): finite by construction.

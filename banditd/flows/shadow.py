@@ -17,8 +17,7 @@ import numpy as np
 import structlog
 
 from banditd.domain import FloatArray, RouterSpec, ShadowPick, ShadowSpec
-from banditd.domain.ceilings import HARD_MAX_COST_WEIGHT
-from banditd.flows.ranking import Ranked
+from banditd.flows.ranking import Ranked, effective_cost_weight
 from banditd.policy import make_policy
 from banditd.state.fold import RouterState
 
@@ -64,8 +63,9 @@ def shadow_picks(
     picks = []
     for shadow in spec.shadows:
         try:
-            weight = _cost_weight(spec, shadow) if cost_weight is None else cost_weight
-            weight = min(max(weight, ranked.budget_price), HARD_MAX_COST_WEIGHT)  # as rank_arms
+            weight = effective_cost_weight(
+                _cost_weight(spec, shadow), cost_weight, ranked.budget_price
+            )
             policy = make_policy(shadow.policy, shadow.alpha)
             p = policy.probabilities(post, arm_idx, x, costs, weight, rng, other_term=other)
             # The shadow's pick is a draw from its distribution (its argmax when deterministic).
