@@ -73,9 +73,12 @@ class Decision:
     metadata: Mapping[str, str] = field(default_factory=dict)
     x: FloatArray | None = None  # the context scored, shape (dim,); None in rows logged before 0004
     shadows: tuple[ShadowPick, ...] = ()  # what each shadow policy would have chosen
-    # Budgets (issue 6): the pacer's price of a dollar and what the budget did (not logged).
+    # Budgets (issue 6): the pacer's price of a dollar and what the budget did (logged: 0018).
     budget_price: float = 0.0
     budget_outcome: str = ""
+    # The request's own cost_weight (None: it had none, the router's default applied), so that
+    # off-policy evaluation weighs each decision as Select did (logged since migration 0019).
+    cost_weight: float | None = None
     context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
     arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)
     challenger: str | None = None  # SelectRequest.compare's second arm (pairwise feedback)

@@ -242,6 +242,7 @@ class Selector:
             shadows=decided.shadows,
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
+            cost_weight=req.cost_weight,
             context_version=prepared.context_version,
             challenger=ranked.challenger,
             arm_specs=spec.arms,

@@ -37,6 +37,7 @@ _PLAIN = (
     "token",
     "context_version",
     "challenger",
+    "cost_weight",
     "expires_at",
     "created_at",
 )
@@ -154,6 +155,7 @@ def decision_row(d: Decision) -> dict[str, Any]:
         "created_at": d.created_at,
         "budget_price": d.budget_price,
         "budget_outcome": d.budget_outcome,
+        "cost_weight": d.cost_weight,
     }
 
 
