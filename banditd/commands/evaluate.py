@@ -6,7 +6,9 @@ banditd evaluate --router TENANT/NAME [--candidate FILE ...] [--json]
     `banditd example-router` prints; tenant and name may be left out), or with no --candidate
     the router's shadow policies. Reports IPS, self-normalised IPS, direct-method and
     doubly-robust estimates of mean reward, mean cost and utility (reward - cost weight x
-    cost), 95 % bootstrap intervals, the effective sample size, and warnings.
+    cost, at each decision's own weight: its request's cost_weight, else the router's default,
+    never less than the budget pacer's price then; --cost-weight W: at W for every decision),
+    95 % bootstrap intervals, the effective sample size, and warnings.
 
 banditd evaluate --replay-proof DATA [--seeds N] [--limit N] [--json]
     the estimators against the truth on a full-information outcome file (see
@@ -145,7 +147,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--cost-weight",
         type=float_between(0.0),
-        help="utility = reward - W x cost (the router's default)",
+        help="utility = reward - W x cost for every decision (default: each decision's own "
+        "weight, as its Select formed it); the candidates' choices keep each decision's weight",
     )
     p.add_argument(
         "--bootstrap", type=int_at_least(1), default=DEFAULT_BOOTSTRAP, help="(%(default)s)"

@@ -6,10 +6,14 @@ probability of each arm at a logged decision comes from the candidate's own poli
 as the log priced them, with the posterior the candidate would have held: its prior plus every
 feedback event logged before that decision (the posterior is a function of prior and events,
 whatever policy made the decisions, so that is what the router would have known had the candidate
-been live). The estimators themselves are in ``banditd.flows.ope``.
+been live). It weighs cost as Select would have for that request (``effective_cost_weight``):
+the request's own cost weight, else the candidate's default, never less than the budget pacer's
+price logged with the decision. The utility weighs each decision the same way with the live
+router's default, unless the caller gives one weight for all. The estimators themselves are in
+``banditd.flows.ope``.
 
-Not simulated: ``explore_new_arm`` forcing (warned), and per-request cost weights (they are not
-logged; the candidate's default_cost_weight applies). A candidate must score the same features:
+Not simulated: ``explore_new_arm`` forcing (warned); how the candidate's own spending would have
+moved the pacer's price (the logged price applies). A candidate must score the same features:
 its embedding_dim must be the router's, as only x, not the prompt, is logged.
 """
 
@@ -27,6 +31,7 @@ from banditd.domain import Decision, FeedbackEvent, FloatArray, RouterSpec
 from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
 from banditd.flows.ope import ridge_predictions as ridge
+from banditd.flows.ranking import effective_cost_weight
 from banditd.state.fold import RouterState, fold
 from banditd.store import Store
 
@@ -38,6 +43,8 @@ class LoggedDecision:
     """One logged decision with the feedback it got.
 
     x: (dim,) the context scored; expected_costs: USD per arm in ``candidates`` (as priced then).
+    cost_weight: the request's own (None: the router's default applied); budget_price: the
+    pacer's price of a dollar then (0: no budget).
     """
 
     created_at: float
@@ -48,6 +55,12 @@ class LoggedDecision:
     propensity: float
     reward: float
     cost_usd: float
+    cost_weight: float | None = None
+    budget_price: float = 0.0
+
+    def weight(self, default: float) -> float:
+        """The cost weight Select used for this decision, ``default`` being the router's."""
+        return effective_cost_weight(default, self.cost_weight, self.budget_price)
 
     @classmethod
     def of(cls, d: Decision, reward: float, cost_usd: float) -> LoggedDecision:
@@ -64,6 +77,8 @@ class LoggedDecision:
             propensity=d.propensity,
             reward=reward,
             cost_usd=cost_usd,
+            cost_weight=d.cost_weight,
+            budget_price=d.budget_price,
         )
 
 
@@ -143,7 +158,8 @@ def candidate_probabilities(
         names = [d.candidates[j] for j in eligible]
         arm_idx = np.array([posterior.index(a) for a in names], dtype=np.int64)
         costs = np.array([d.expected_costs[j] for j in eligible])
-        p = policy.probabilities(posterior, arm_idx, d.x, costs, spec.default_cost_weight, rng)
+        weight = d.weight(spec.default_cost_weight)
+        p = policy.probabilities(posterior, arm_idx, d.x, costs, weight, rng)
         target[i, [column[a] for a in names]] = p
     return target, uncovered
 
@@ -189,25 +205,39 @@ def logged_feedback(
     return feedback, notes
 
 
+def utility_weights(log: DecisionLog, default: float) -> FloatArray:
+    """Each decision's cost weight as Select formed it, ``default`` being the router's: shape
+    (n,)."""
+    return np.array([d.weight(default) for d in log.decisions], dtype=np.float64)
+
+
 def evaluate_candidate(
     spec: RouterSpec,
     log: DecisionLog,
     *,
-    cost_weight: float,
+    cost_weight: float | FloatArray,
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> Evaluation:
-    """Every estimator's value of the candidate on the log, utility at ``cost_weight``."""
+    """Every estimator's value of the candidate on the log, utility at ``cost_weight`` (one for
+    every decision, or shape (n,): each decision's)."""
     feedback, notes = logged_feedback(spec, log, seed=seed)
     result = evaluate(feedback, cost_weight=cost_weight, replicates=replicates, seed=seed)
     return dataclasses.replace(result, warnings=(*result.warnings, *notes))
 
 
-def logged_value(log: DecisionLog, cost_weight: float) -> dict[str, float]:
-    """What the logging (live) policy earned: mean reward, cost and utility."""
-    reward = float(np.mean([d.reward for d in log.decisions])) if log.decisions else 0.0
-    cost = float(np.mean([d.cost_usd for d in log.decisions])) if log.decisions else 0.0
-    return {"reward": reward, "cost_usd": cost, "utility": reward - cost_weight * cost}
+def logged_value(log: DecisionLog, cost_weight: float | FloatArray) -> dict[str, float]:
+    """What the logging (live) policy earned: mean reward, cost and utility (cost_weight: one
+    for every decision, or shape (n,): each decision's)."""
+    if not log.decisions:
+        return {"reward": 0.0, "cost_usd": 0.0, "utility": 0.0}
+    reward = np.array([d.reward for d in log.decisions])
+    cost = np.array([d.cost_usd for d in log.decisions])
+    return {
+        "reward": float(reward.mean()),
+        "cost_usd": float(cost.mean()),
+        "utility": float((reward - cost_weight * cost).mean()),
+    }
 
 
 def report(
@@ -220,8 +250,14 @@ def report(
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate each named candidate against the log (the --json object of `banditd evaluate`)."""
-    weight = live.default_cost_weight if cost_weight is None else cost_weight
+    """Evaluate each named candidate against the log (the --json object of `banditd evaluate`).
+
+    cost_weight: the utility's weight for every decision; None: each decision's own, as Select
+    formed it with the live router's default (``cost_weight`` in the report is then that default).
+    """
+    base = live.default_cost_weight
+    per_decision = utility_weights(log, base)
+    weight: float | FloatArray = per_decision if cost_weight is None else cost_weight
     rows = []
     progress.update("candidates evaluated", 0, len(candidates))
     for name, spec in candidates:
@@ -241,7 +277,13 @@ def report(
         "router": router,
         "version": live.version,
         "decisions": len(log.decisions),
-        "cost_weight": weight,
+        "cost_weight": base if cost_weight is None else cost_weight,
+        "mean_cost_weight": float(np.mean(weight)) if log.decisions else base,
+        "request_cost_weights": sum(d.cost_weight is not None for d in log.decisions),
+        "budget_raised_cost_weights": sum(
+            d.budget_price > (base if d.cost_weight is None else d.cost_weight)
+            for d in log.decisions
+        ),
         "logged": logged_value(log, weight),
         "candidates": rows,
     }
@@ -252,7 +294,7 @@ def render_text(r: dict[str, Any]) -> str:
     logged = r["logged"]
     lines = [
         f"banditd evaluate {r['router']} (version {r['version']}): {r['decisions']} logged "
-        f"decisions with feedback; utility = reward - {r['cost_weight']:g} x cost",
+        f"decisions with feedback; utility = reward - {_weighs(r)} x cost",
         f"live policy (logged): reward {logged['reward']:.4f}, cost ${logged['cost_usd']:.6f}, "
         f"utility {logged['utility']:.4f}",
     ]
@@ -271,6 +313,17 @@ def render_text(r: dict[str, Any]) -> str:
             )
         lines += [f"  warning: {w}" for w in c["warnings"]]
     return "\n".join(lines)
+
+
+def _weighs(r: dict[str, Any]) -> str:
+    """The utility's cost weight, in words: one number, or each decision's own and their mean."""
+    if r["mean_cost_weight"] == r["cost_weight"]:
+        return f"{r['cost_weight']:g}"
+    return (
+        f"the decision's cost weight (mean {r['mean_cost_weight']:g}; the router's default "
+        f"{r['cost_weight']:g}, {r['request_cost_weights']} requests' own, "
+        f"{r['budget_raised_cost_weights']} raised by a budget)"
+    )
 
 
 def _cell(i: dict[str, float | None], fmt: str) -> str:

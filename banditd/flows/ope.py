@@ -10,8 +10,10 @@ predicted reward and cost of every arm. With w_i = pi(a_i | x_i) / p_i:
   DM     mean_i sum_a pi(a | x_i) r_hat(x_i, a)          the model's answer (biased if it is wrong)
   DR     DM_i + w_i (r_i - r_hat(x_i, a_i)), averaged    unbiased if p_i or r_hat is right
 
-Each is computed for reward, cost and utility = reward - cost_weight * cost (all linear, so the
-utility estimate is reward - cost_weight * cost of the same estimator). Intervals come from a
+Each is computed for reward, cost and utility = reward - cost_weight * cost, with one weight for
+every decision or each decision's own (a request may bring its own cost weight, a budget raises
+it): every estimator is linear in its per-decision terms, so the utility's terms are the reward's
+minus the decision's weight times the cost's. Intervals come from a
 Poisson bootstrap over decisions (each decision weighted by an independent Poisson(1) draw per
 replicate), which streams over rows, so it needs no n x replicates matrix for a long log.
 
@@ -143,7 +145,10 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Every estimator's answer for one candidate, the effective sample size and the warnings."""
+    """Every estimator's answer for one candidate, the effective sample size and the warnings.
+
+    cost_weight: the utility's weight, its mean over the decisions when each had its own.
+    """
 
     n: int
     cost_weight: float
@@ -168,9 +173,12 @@ class Evaluation:
         }
 
 
-def row_terms(log: LoggedFeedback) -> dict[str, tuple[FloatArray, FloatArray]]:
+def row_terms(
+    log: LoggedFeedback, cost_weight: FloatArray
+) -> dict[str, tuple[FloatArray, FloatArray]]:
     """Per decision, the (numerator, denominator) terms whose sums give each estimator of the
-    reward and of the cost; shapes (n, 2) each: column 0 reward, column 1 cost."""
+    reward, the cost and the utility: numerators (n, 3) (columns reward, cost, utility),
+    denominators (n, 1). cost_weight: (n,) float64, each decision's utility weight."""
     n = log.n
     rows = np.arange(n)
     w = log.weights
@@ -179,21 +187,25 @@ def row_terms(log: LoggedFeedback) -> dict[str, tuple[FloatArray, FloatArray]]:
     dm = np.einsum("nk,nkm->nm", log.target, hat)
     dr = dm + w[:, None] * (observed - hat[rows, log.chosen])
     ones = np.ones((n, 1))
-    return {
+    terms = {
         "ips": (w[:, None] * observed, ones),
         "snips": (w[:, None] * observed, w[:, None]),
         "dm": (dm, ones),
         "dr": (dr, ones),
+    }
+    return {
+        name: (np.column_stack([num, num[:, 0] - cost_weight * num[:, 1]]), den)
+        for name, (num, den) in terms.items()
     }
 
 
 def _bootstrap(
     terms: dict[str, tuple[FloatArray, FloatArray]], replicates: int, seed: int
 ) -> dict[str, tuple[FloatArray, FloatArray]]:
-    """Poisson bootstrap sums of numerators (replicates, 2) and denominators (replicates, 1)."""
+    """Poisson bootstrap sums of numerators (replicates, 3) and denominators (replicates, 1)."""
     rng = np.random.default_rng(seed)
     n = next(iter(terms.values()))[0].shape[0]
-    out = {name: (np.zeros((replicates, 2)), np.zeros((replicates, 1))) for name in terms}
+    out = {name: (np.zeros((replicates, 3)), np.zeros((replicates, 1))) for name in terms}
     for start in range(0, n, BOOTSTRAP_CHUNK):
         stop = min(start + BOOTSTRAP_CHUNK, n)
         counts = rng.poisson(1.0, size=(replicates, stop - start)).astype(np.float64)
@@ -211,30 +223,33 @@ def _ratio(num: FloatArray, den: FloatArray) -> FloatArray:
 def evaluate(
     log: LoggedFeedback,
     *,
-    cost_weight: float = 0.0,
+    cost_weight: float | FloatArray = 0.0,
     replicates: int = DEFAULT_BOOTSTRAP,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
 ) -> Evaluation:
     """IPS, SNIPS, DM and DR of reward, cost and utility, with percentile bootstrap intervals
-    at ``level`` over ``replicates`` Poisson-bootstrap replicates (0: no intervals)."""
+    at ``level`` over ``replicates`` Poisson-bootstrap replicates (0: no intervals).
+    cost_weight: the utility's weight, one for every decision or shape (n,), each decision's."""
     if not 0.0 < level < 1.0:
         raise InvalidArgument("level", "must be in (0, 1)")
     if replicates < 0:
         raise InvalidArgument("bootstrap", "must be >= 0")
-    terms = row_terms(log)
+    weight = np.asarray(cost_weight, dtype=np.float64)
+    if weight.shape not in ((), (log.n,)):
+        raise InvalidArgument("cost_weight", f"shape {weight.shape}, expected () or ({log.n},)")
+    weight = np.broadcast_to(weight, (log.n,))
+    terms = row_terms(log, weight)
     boot = _bootstrap(terms, replicates, seed) if replicates else {}
     tail = (1.0 - level) / 2.0
     estimates = []
     for name in ESTIMATORS:
         num, den = terms[name]
-        point = _ratio(num.sum(axis=0), den.sum(axis=0))  # (2,): reward, cost
-        values = [*point.tolist(), float(point[0] - cost_weight * point[1])]
+        values = _ratio(num.sum(axis=0), den.sum(axis=0)).tolist()  # reward, cost, utility
         lows: list[float | None] = [None] * 3
         highs: list[float | None] = [None] * 3
         if replicates:
-            b = _ratio(*boot[name])  # (replicates, 2)
-            b = np.column_stack([b, b[:, 0] - cost_weight * b[:, 1]])
+            b = _ratio(*boot[name])  # (replicates, 3)
             ok = np.all(np.isfinite(b), axis=1)
             if ok.sum() >= 2:
                 lo, hi = np.quantile(b[ok], [tail, 1.0 - tail], axis=0)
@@ -249,7 +264,7 @@ def evaluate(
     agreement = float(log.target[np.arange(log.n), log.chosen].mean())
     return Evaluation(
         n=log.n,
-        cost_weight=cost_weight,
+        cost_weight=float(weight.mean()),
         estimates=tuple(estimates),
         effective_sample_size=ess,
         agreement=agreement,

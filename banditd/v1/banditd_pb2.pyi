@@ -1242,7 +1242,11 @@ class EvaluateRequest(_message.Message):
     tenant: _builtins.str
     name: _builtins.str
     cost_weight: _builtins.float
-    """Utility = reward - cost_weight * cost. Unset: the router's default_cost_weight."""
+    """Utility = reward - cost_weight * cost for every decision. Unset: each decision's own weight,
+    as its Select formed it (the request's cost_weight, else the router's default_cost_weight,
+    never less than the budget pacer's price). The candidates' choices always follow each
+    decision's own weight.
+    """
     bootstrap_replicates: _builtins.int
     """Bootstrap replicates for the intervals. 0 = 1000."""
     limit: _builtins.int
@@ -1394,13 +1398,25 @@ class EvaluateResponse(_message.Message):
     LOGGED_COST_USD_FIELD_NUMBER: _builtins.int
     LOGGED_UTILITY_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    MEAN_COST_WEIGHT_FIELD_NUMBER: _builtins.int
+    REQUEST_COST_WEIGHTS_FIELD_NUMBER: _builtins.int
+    BUDGET_RAISED_COST_WEIGHTS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     decisions: _builtins.int
     cost_weight: _builtins.float
+    """EvaluateRequest.cost_weight, else the router's default_cost_weight (the weight of a decision
+    whose request had none and that no budget raised).
+    """
     logged_reward: _builtins.float
     """What the live (logging) policy earned on those decisions."""
     logged_cost_usd: _builtins.float
     logged_utility: _builtins.float
+    mean_cost_weight: _builtins.float
+    """The mean over the decisions of the utility's cost weight."""
+    request_cost_weights: _builtins.int
+    """Decisions whose Select carried its own cost_weight (logged since migration 0019)."""
+    budget_raised_cost_weights: _builtins.int
+    """Decisions whose cost weight the budget pacer's price raised."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateEvaluation]: ...
     def __init__(
@@ -1413,10 +1429,13 @@ class EvaluateResponse(_message.Message):
         logged_cost_usd: _builtins.float = ...,
         logged_utility: _builtins.float = ...,
         candidates: _abc.Iterable[Global___CandidateEvaluation] | None = ...,
+        mean_cost_weight: _builtins.float = ...,
+        request_cost_weights: _builtins.int = ...,
+        budget_raised_cost_weights: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_raised_cost_weights", b"budget_raised_cost_weights", "candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "mean_cost_weight", b"mean_cost_weight", "request_cost_weights", b"request_cost_weights", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -96,6 +96,30 @@ def test_on_policy_log_gives_the_logged_mean_and_full_sample_size() -> None:
     assert dr.low < dr.value < dr.high
 
 
+def test_utility_weighs_each_decision_at_its_own_cost_weight() -> None:
+    # Utility = mean over decisions of the estimator's reward term - that decision's weight x
+    # its cost term: not the mean weight x the mean cost.
+    n = 200
+    log, _ = synthetic(n, 6)
+    weight = np.where(np.arange(n) % 4 == 0, 500.0, 10.0)
+    result = evaluate(log, cost_weight=weight, replicates=100)
+    w = log.weights
+    ips = result.get("ips")
+    assert ips.utility.value == pytest.approx(np.mean(w * (log.reward - weight * log.cost)))
+    assert ips.utility.value != pytest.approx(
+        ips.reward.value - weight.mean() * ips.cost_usd.value, rel=1e-3
+    )
+    snips = result.get("snips").utility.value
+    assert snips == pytest.approx(np.sum(w * (log.reward - weight * log.cost)) / w.sum())
+    assert result.cost_weight == pytest.approx(weight.mean())
+    one = evaluate(log, cost_weight=10.0, replicates=0).get("dr").utility.value
+    assert one == pytest.approx(
+        evaluate(log, cost_weight=np.full(n, 10.0), replicates=0).get("dr").utility.value
+    )
+    with pytest.raises(InvalidArgument, match=r"cost_weight: shape \(3,\), expected"):
+        evaluate(log, cost_weight=np.ones(3))
+
+
 def test_bootstrap_intervals_cover_the_truth_mostly() -> None:
     covered = 0
     for seed in range(40):

@@ -1,0 +1,144 @@
+"""Off-policy evaluation on a router's log weighs each decision's cost as its Select did: the
+request's own cost_weight (else the default), raised to the budget pacer's price."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import EMBEDDING, Running, StartServer, router_config, wait_until
+
+ARMS = ("cheap", "strong")
+REWARD = {"cheap": 0.2, "strong": 0.9}
+COST = {"cheap": 0.0001, "strong": 0.01}
+HEAVY = 1e5  # a request's cost weight at which the cost decides: cheap wins by far
+
+
+async def select_and_feed(server: Running, cost_weight: float | None) -> pb.SelectResponse:
+    d = await server.router.Select(
+        pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING, cost_weight=cost_weight)
+    )
+    await server.router.Feedback(
+        pb.FeedbackRequest(
+            tenant="acme", decision_id=d.decision_id, reward=REWARD[d.arm], cost_usd=COST[d.arm]
+        )
+    )
+    return d
+
+
+async def test_each_decision_is_scored_at_its_requests_cost_weight(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Half the evaluated requests carried a heavy cost weight. A greedy candidate picks cheap
+    for those and strong for the rest (by default it would pick strong for all), and their
+    utility counts cost at that weight; the IPS estimates match the hand-computed ones."""
+    server = await start_server(sqlite_url)
+    live = router_config(arms=ARMS, policy="epsilon-greedy", exploration=0.5)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=live))
+    for _ in range(40):  # the posterior learns that strong is better, at the default weight 0
+        await select_and_feed(server, None)
+    weights = [HEAVY if i % 2 else None for i in range(20)]
+    decisions = [await select_and_feed(server, w) for w in weights]
+    candidate = router_config(arms=ARMS, policy="epsilon-greedy", exploration=0.1)
+    report = await server.admin.Evaluate(
+        pb.EvaluateRequest(
+            tenant="acme", name="chat", candidates=[candidate], bootstrap_replicates=10, limit=20
+        )
+    )
+
+    # By hand: the candidate gives its greedy arm 0.95 and the other 0.05.
+    def ips(picks: list[str], lam: list[float]) -> tuple[float, float, float]:
+        terms = [
+            (0.95 if d.arm == pick else 0.05) / d.propensity * np.array([r, c, r - w * c])
+            for d, pick, w in zip(decisions, picks, lam, strict=True)
+            for r, c in [(REWARD[d.arm], COST[d.arm])]
+        ]
+        reward, cost, utility = np.mean(terms, axis=0)
+        return float(reward), float(cost), float(utility)
+
+    picks = ["strong" if w is None else "cheap" for w in weights]
+    lam = [0.0 if w is None else w for w in weights]
+    expected = ips(picks, lam)
+    at_default = ips(["strong"] * 20, [0.0] * 20)  # every decision at the router's default
+    estimate = report.candidates[0].estimates[0]
+    assert estimate.estimator == "ips"
+    got = (estimate.reward.value, estimate.cost_usd.value, estimate.utility.value)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert estimate.reward.value != pytest.approx(at_default[0], rel=1e-3)
+    assert report.candidates[0].agreement == pytest.approx(
+        np.mean([0.95 if d.arm == p else 0.05 for d, p in zip(decisions, picks, strict=True)])
+    )
+    assert report.cost_weight == 0.0 and report.mean_cost_weight == pytest.approx(HEAVY / 2)
+    assert report.request_cost_weights == 10 and report.budget_raised_cost_weights == 0
+    logged = np.mean([REWARD[d.arm] - w * COST[d.arm] for d, w in zip(decisions, lam, strict=True)])
+    assert report.logged_utility == pytest.approx(logged)
+
+    # An explicit cost weight is the utility's for every decision; the choices do not change.
+    fixed = await server.admin.Evaluate(
+        pb.EvaluateRequest(
+            tenant="acme",
+            name="chat",
+            candidates=[candidate],
+            bootstrap_replicates=10,
+            limit=20,
+            cost_weight=0.0,
+        )
+    )
+    ips_fixed = fixed.candidates[0].estimates[0]
+    assert ips_fixed.reward.value == pytest.approx(expected[0], rel=1e-9)
+    assert ips_fixed.utility.value == pytest.approx(ips(picks, [0.0] * 20)[2], rel=1e-9)
+    assert fixed.cost_weight == 0.0 and fixed.mean_cost_weight == 0.0
+
+
+async def test_under_a_budget_a_candidate_scores_at_the_pacers_price(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The budget pacer's price raised the live choice's cost weight: the live configuration,
+    evaluated as a candidate on its own (deterministic) log, agrees with every decision."""
+    server = await start_server(sqlite_url, budget_refresh_s=3600)
+    for tenant, name in (("acme", "chat"), ("acme", "spender"), ("other", "chat")):
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant, name)))
+    budget = pb.Budget(  # a window just begun: its clock allows 5 % of the limit so far
+        tenant="acme",
+        limit_usd=100.0,
+        period=pb.BUDGET_PERIOD_WINDOW,
+        window_seconds=10**7,
+        window_start_unix=int(time.time()),
+    )
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
+    spent = await server.router.Select(
+        pb.SelectRequest(tenant="acme", router="spender", prompt="hi")
+    )
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=spent.decision_id, reward=1, cost_usd=5.0)
+    )
+    await server.app.budgets.housekeeping()  # the pacer sees the $5 spent: dollars are dear
+    for _ in range(3):
+        live = await server.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING)
+        )
+        free = await server.router.Select(
+            pb.SelectRequest(tenant="other", router="chat", embedding=EMBEDDING)
+        )
+        assert live.budget_price > 0 and live.arm != free.arm  # the price changed the choice
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=live.decision_id, reward=1)
+        )
+
+    async def evaluated() -> pb.EvaluateResponse | None:
+        report = await server.admin.Evaluate(
+            pb.EvaluateRequest(
+                tenant="acme", name="chat", candidates=[router_config()], bootstrap_replicates=10
+            )
+        )
+        return report if report.decisions == 3 else None
+
+    report = await wait_until(evaluated, "the three decisions with feedback to be logged")
+    [candidate] = report.candidates
+    assert candidate.agreement == 1.0
+    assert candidate.effective_sample_size == pytest.approx(3.0)
+    assert report.budget_raised_cost_weights == 3 and report.request_cost_weights == 0
+    assert report.mean_cost_weight > report.cost_weight == 0.0
