@@ -77,7 +77,7 @@ class Decision:
     budget_price: float = 0.0
     budget_outcome: str = ""
     # The request's own cost_weight (None: it had none, the router's default applied), so that
-    # off-policy evaluation weighs each decision as Select did (logged since migration 0019).
+    # off-policy evaluation weighs each decision as Select did (logged since migration 0020).
     cost_weight: float | None = None
     context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
     arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)

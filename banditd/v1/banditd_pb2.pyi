@@ -1414,7 +1414,7 @@ class EvaluateResponse(_message.Message):
     mean_cost_weight: _builtins.float
     """The mean over the decisions of the utility's cost weight."""
     request_cost_weights: _builtins.int
-    """Decisions whose Select carried its own cost_weight (logged since migration 0019)."""
+    """Decisions whose Select carried its own cost_weight (logged since migration 0020)."""
     budget_raised_cost_weights: _builtins.int
     """Decisions whose cost weight the budget pacer's price raised."""
     @_builtins.property

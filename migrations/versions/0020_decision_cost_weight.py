@@ -1,9 +1,9 @@
 """A decision's request cost weight, additive: off-policy evaluation scores each decision at the
-weight its Select used (null: the request had none, or it was logged before 0019; the router's
+weight its Select used (null: the request had none, or it was logged before 0020; the router's
 default applies).
 
-Revision ID: 0019
-Revises: 0018
+Revision ID: 0020
+Revises: 0019
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0019"
-down_revision: str | None = "0018"
+revision: str = "0020"
+down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
