@@ -5,6 +5,8 @@ Fallback: a failed arm's decision is rated (reward 0, error set) and the next ar
 decision's ranking gets a decision of its own (Select with ``candidates`` = that arm), so every
 answer the caller gets has its own decision id to rate. Nothing falls back once streamed bytes
 have reached the caller: a stream that breaks after that ends there, reported with error set.
+A caller who hangs up mid-stream is reported the same way (error set: not a success), with the
+cost of the tokens so far (and no latency where the hang-up cut the answer short).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
             except BanditdError as exc:
                 failures.append(f"{arm}: {exc.message}")
                 continue
-        answer = await _attempt(gw, route, decision, body, api_key)
+        answer = await _attempt(gw, request, route, decision, body, api_key)
         if isinstance(answer, Response):
             return answer
         failures.append(answer)
@@ -133,7 +135,12 @@ async def _select(gw: Gateway, route: Route, api_key: str | None, **extra: Any) 
 
 
 async def _attempt(
-    gw: Gateway, route: Route, decision: Decision, body: dict[str, Any], api_key: str | None
+    gw: Gateway,
+    caller: Request,
+    route: Route,
+    decision: Decision,
+    body: dict[str, Any],
+    api_key: str | None,
 ) -> Response | str:
     """The caller's answer from the decision's arm, or why the arm failed (it is reported)."""
     ranked = next((r for r in decision.ranking if r.arm == decision.arm), None)
@@ -176,7 +183,9 @@ async def _attempt(
     if meter.first_token_s is not None:
         metrics.FIRST_TOKEN_SECONDS.labels(*labels).observe(meter.first_token_s)
     return StreamingResponse(
-        _relay(gw, served, response, first, rest, api_key), status_code=200, headers=headers
+        _relay(gw, caller, served, response, first, rest, api_key),
+        status_code=200,
+        headers=headers,
     )
 
 
@@ -193,34 +202,43 @@ async def _read(response: httpx.Response, arm: str) -> bytes:
 
 async def _relay(
     gw: Gateway,
+    caller: Request,
     served: Served,
     response: httpx.Response,
     first: bytes,
     rest: AsyncIterator[bytes],
     api_key: str | None,
 ) -> AsyncIterator[bytes]:
-    """The stream as the upstream sent it; its usage is reported when it ends (or breaks)."""
-    broken = False
+    """The stream as the upstream sent it; its usage is reported when it ends, breaks, or the
+    caller hangs up (error set: no success). A hang-up cancels or closes this generator while it
+    waits, cutting the answer short (no latency then); one it did not wait through (the rest was
+    already read, and a send to a caller gone does nothing) is asked of the server at the end."""
+    labels = (served.tenant, served.router, served.upstream.arm)
+    ending = "hung_up"  # until the upstream's answer has ended or broken
     try:
         served.meter.feed(first)
         yield first
         async for chunk in rest:
             served.meter.feed(chunk)
             yield chunk
+        served.meter.done()
+        ending = "hung_up" if await caller.is_disconnected() else "ok"
     except httpx.HTTPError:
-        broken = True
-        labels = (served.tenant, served.router, served.upstream.arm)
+        served.meter.done()
+        ending = "broken"
         metrics.UPSTREAM_ERRORS.labels(*labels, "stream_broken").inc()
         log.warning("upstream_stream_broken", arm=served.upstream.arm)
         yield BROKEN_STREAM  # the caller learns the answer is cut short (no fallback now)
     finally:
-        served.meter.done()
+        if ending == "hung_up":
+            metrics.CALLER_HANGUPS.labels(*labels).inc()
+            log.info("caller_hung_up", arm=served.upstream.arm, decision_id=served.decision_id)
         # Spawned: a caller that hangs up cancels this generator, not the report.
-        gw.spawn(_close_and_report(gw, served, response, api_key, broken))
+        gw.spawn(_close_and_report(gw, served, response, api_key, error=ending != "ok"))
 
 
 async def _close_and_report(
-    gw: Gateway, served: Served, response: httpx.Response, api_key: str | None, broken: bool
+    gw: Gateway, served: Served, response: httpx.Response, api_key: str | None, error: bool
 ) -> None:
     await response.aclose()
-    await report_usage(gw.client, served, api_key, error=broken)
+    await report_usage(gw.client, served, api_key, error=error)

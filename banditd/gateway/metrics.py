@@ -28,6 +28,12 @@ UPSTREAM_ERRORS = Counter(
     [*LABELS, "reason"],
     registry=REGISTRY,
 )
+CALLER_HANGUPS = Counter(
+    "banditd_gateway_caller_hangups_total",
+    "Streamed answers whose caller hung up before their end (reported with error set).",
+    LABELS,
+    registry=REGISTRY,
+)
 FALLBACKS = Counter(
     "banditd_gateway_fallbacks_total",
     "Times the gateway left an arm whose upstream failed for the next arm of the ranking.",

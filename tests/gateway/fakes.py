@@ -26,7 +26,8 @@ SSE = "text/event-stream"
 @dataclass
 class FakeUpstream:
     """``fail``: None (answer), an HTTP status to answer with, "break" (a stream that stops
-    after its first chunk, the connection dropped) or "hang" (no answer until ``release``).
+    after its first chunk, the connection dropped), "hang" (no answer until ``release``) or
+    "pause" (a stream that waits for ``release`` after its first chunk).
     ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may. ``usage``:
     JSON answers carry a ``usage`` block (some providers send none)."""
 
@@ -92,6 +93,8 @@ class FakeUpstream:
             yield f"data: {json.dumps(chunk)}\n\n".encode()
             if i == 0 and self.fail == "break":
                 raise ConnectionError("upstream breaks off mid-stream")
+            if i == 0 and self.fail == "pause":
+                await self.release.wait()
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}
             last = {"id": "c-1", "object": "chat.completion.chunk", "created": 1}

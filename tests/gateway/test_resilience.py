@@ -7,8 +7,11 @@ import contextlib
 import json
 
 import httpx
+import pytest
 
-from tests.gateway.stack import MODEL, PROMPT, Launch
+from banditd.gateway import metrics
+from banditd.gateway.usage import rough_tokens
+from tests.gateway.stack import ALPHA_PRICES, MODEL, PROMPT, Launch
 from tests.helpers import wait_until
 
 HEADERS_FRAME = 0x1  # HTTP/2 frame type
@@ -129,4 +132,43 @@ async def test_a_caller_who_hangs_up_before_the_stream_starts_still_gets_it_repo
         return (await stack.arm_stats("alpha")).usage_reports == 1
 
     await wait_until(reported, "the usage report", within=10)
-    assert (await stack.arm_stats("alpha")).usage_errors == 0  # not the arm's fault
+    # Though the whole answer came in one burst (the relay never waited to notice the hang-up),
+    # the caller got none of it: not a success.
+    assert (await stack.arm_stats("alpha")).usage_errors == 1
+
+
+async def test_a_caller_who_hangs_up_mid_stream_is_not_reported_a_success(launch: Launch) -> None:
+    """The caller reads the first chunk of a streamed answer and closes its connection. The
+    usage report must not tell the router the call succeeded: it has error set, the cost of the
+    tokens streamed so far, and no latency (the answer never finished)."""
+    stack = await launch()
+    stack.alpha.fail = "pause"  # the first chunk, then nothing until released
+    labels = {"tenant": "acme", "router": "chat", "arm": "alpha"}
+    hangups = metrics.REGISTRY.get_sample_value("banditd_gateway_caller_hangups_total", labels)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=stack.base_url) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for received in answer.aiter_bytes():
+            assert b'"from "' in received
+            break  # and hang up: leaving the block closes the connection mid-answer
+    await wait_until(
+        lambda: not stack.uvicorn.server.server_state.connections, "the gateway to see it"
+    )
+
+    async def reported() -> bool:
+        await stack.gateway.drain()
+        return (await stack.arm_stats("alpha")).usage_reports == 1
+
+    await wait_until(reported, "the usage report", within=10)
+    usage = await stack.arm_stats("alpha")
+    assert usage.usage_errors == 1  # not a success
+    input_tokens, output_tokens = rough_tokens(len(PROMPT)), rough_tokens(len("from "))
+    expected = (input_tokens * ALPHA_PRICES[0] + output_tokens * ALPHA_PRICES[1]) / 1e6
+    assert usage.usage_cost_usd == pytest.approx(expected)  # what the upstream sent is paid for
+    assert usage.usage_mean_first_token_ms > 0
+    assert usage.usage_mean_latency_ms == 0  # none reported
+    after = metrics.REGISTRY.get_sample_value("banditd_gateway_caller_hangups_total", labels)
+    assert after == (hangups or 0) + 1
