@@ -17,6 +17,9 @@ BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` 
  ├── Unavailable          UNAVAILABLE          the database, or (client) the server, unreachable
  ├── DeadlineExceeded     DEADLINE_EXCEEDED    (client) the call's deadline passed
  └── Internal             INTERNAL             (client) a server bug, logged on the server
+
+The client adds one class of its own, banditd.client.ClientClosed (CANCELLED): a call after
+close(), refused before anything is sent.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@
         client.feedback(decision_id=decision.decision_id, thumb="up", cost_usd=0.0012)
 
 ``AsyncClient`` is the same for asyncio (``await client.select(...)``). Failures raise the
-banditd exception tree (banditd.errors, re-exported here), one class per gRPC status code.
+banditd exception tree (banditd.errors, re-exported here), one class per gRPC status code,
+and ClientClosed for a call after close().
 This package imports neither the server nor its dependencies (numba, SQLAlchemy). See
 docs/client.md.
 """
 
 from banditd.client._async import AsyncClient
+from banditd.client._errors import ClientClosed
 from banditd.client._requests import FeedbackArgs, SelectArgs
 from banditd.client._results import (
     Decision,
@@ -46,6 +48,7 @@ __all__ = [
     "AsyncClient",
     "BanditdError",
     "Client",
+    "ClientClosed",
     "DeadlineExceeded",
     "Decision",
     "FailedPrecondition",

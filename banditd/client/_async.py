@@ -59,13 +59,15 @@ class AsyncClient(ClientBase):
         return summary
 
     async def _run(self, call: Call[T]) -> T:
-        attempts = self._attempts(call, AsyncRetrying, self._router())
+        attempts = self._attempts(call, AsyncRetrying)
         try:
             return attempts.done(await attempts.retrying(attempts.invoke_awaited))
         except grpc.RpcError as exc:
             return attempts.failed(exc)
 
     async def close(self) -> None:
+        """Close the channel (if made); a call after this raises ClientClosed."""
+        self._closed = True
         if self._channel is not None:
             await self._channel.close()
 

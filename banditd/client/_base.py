@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, Retrying
 
 from banditd.client._calls import Attempts, Call
+from banditd.client._errors import ClientClosed
 from banditd.client._retry import Deadline, RetryPolicy, tenacity_args
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import InvalidArgument
@@ -73,25 +74,37 @@ class ClientBase:
         self._metadata = security.metadata
         self._credentials = security.credentials()  # reads the files now: fail here, not later
         self._options = tuple(options)
+        self._closed = False  # set by close(): every later call raises ClientClosed
         self._open()
 
     def _open(self) -> None:
         """Make the channel (now, or on first use)."""
         raise NotImplementedError
 
+    def _router(self) -> Any:
+        """The Router stub on the client's channel (made on first use by AsyncClient)."""
+        raise NotImplementedError
+
     def _attempts(
-        self, call: Call[T], retrying: type[Retrying] | type[AsyncRetrying], stub: Any
+        self, call: Call[T], retrying: type[Retrying] | type[AsyncRetrying]
     ) -> Attempts[T]:
-        """The attempts of ``call`` on ``stub``, within its deadline, with its API key (or the
-        client's), each with the time that is left."""
+        """The attempts of ``call``, within its deadline, with its API key (or the client's),
+        each with the time that is left; each refused once the client is closed (a close()
+        during a retry's backoff included)."""
         deadline = Deadline(self.timeout if call.timeout is None else call.timeout)
-        method = getattr(stub, call.method)
         key = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
         metadata = _sendable(key)
+
+        def invoke() -> Any:
+            if self._closed:
+                raise ClientClosed(f"{self!r} is closed: make a new client to call banditd")
+            method = getattr(self._router(), call.method)
+            return method(call.payload(), timeout=deadline.remaining(), metadata=metadata)
+
         return Attempts(
             call,
             retrying(**tenacity_args(self.retry, call.method, call.retry_safe, deadline)),
-            lambda: method(call.payload(), timeout=deadline.remaining(), metadata=metadata),
+            invoke,
         )
 
     def __repr__(self) -> str:

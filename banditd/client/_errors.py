@@ -1,4 +1,5 @@
-"""gRPC errors -> the banditd exception tree (banditd.errors), translated here only."""
+"""gRPC errors -> the banditd exception tree (banditd.errors), translated here only; and the
+one error of the client's own, ClientClosed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from typing import Protocol, runtime_checkable
 import grpc
 
 from banditd.errors import BanditdError, from_status
+
+
+class ClientClosed(BanditdError, code="CANCELLED"):
+    """A call on a client after its close(): refused before anything is sent (gRPC would raise
+    an error of its own). Not in the server's tree: a CANCELLED from the wire stays the base
+    class, as a server may cancel a call of a client that is open."""
 
 
 @runtime_checkable

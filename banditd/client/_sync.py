@@ -28,6 +28,9 @@ class Client(ClientBase):
             self._channel = grpc.secure_channel(self.target, self._credentials, self._options)
         self._stub = rpc.RouterStub(self._channel)
 
+    def _router(self) -> rpc.RouterStub:
+        return self._stub
+
     def select(self, **args: Unpack[SelectCall]) -> Decision:
         """Pick an arm (see SelectArgs; and CallOptions)."""
         return self._run(select_call(args, self.tenant))
@@ -46,13 +49,15 @@ class Client(ClientBase):
         return sum((self._run(call) for call in calls), UploadSummary())
 
     def _run(self, call: Call[T]) -> T:
-        attempts = self._attempts(call, Retrying, self._stub)
+        attempts = self._attempts(call, Retrying)
         try:
             return attempts.done(attempts.retrying(attempts.invoke))
         except grpc.RpcError as exc:
             return attempts.failed(exc)
 
     def close(self) -> None:
+        """Close the channel; a call after this raises ClientClosed."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:

@@ -76,7 +76,7 @@ def test_public_api() -> None:
         *("Decision", "RankedArm", "FeedbackResult", "UploadSummary", "UploadError"),
         *("BanditdError", "InvalidArgument", "NotFound", "AlreadyExists", "PermissionDenied"),
         *("FailedPrecondition", "Aborted", "Unauthenticated", "ResourceExhausted"),
-        *("Unavailable", "DeadlineExceeded", "Internal", "TLSConfigError"),
+        *("Unavailable", "DeadlineExceeded", "Internal", "TLSConfigError", "ClientClosed"),
     }
     assert all(hasattr(bc, name) for name in bc.__all__)
 
