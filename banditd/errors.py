@@ -32,6 +32,10 @@ class BanditdError(Exception):
     class line: ``class NotFound(BanditdError, code="NOT_FOUND")``."""
 
     code = "UNKNOWN"
+    # Set by the client's upload_feedback on the error that stopped it: the UploadSummary
+    # (banditd.client) of the calls committed before it; None on any other error. Any: this
+    # module, shared with the server, imports nothing of the client.
+    uploaded: Any = None
 
     def __init_subclass__(cls, code: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -13,6 +13,7 @@ from banditd.client._base import ClientBase
 from banditd.client._calls import Call, feedback_call, select_call, upload_calls
 from banditd.client._requests import FeedbackArgs, FeedbackCall, SelectCall, UploadOptions
 from banditd.client._results import Decision, FeedbackResult, UploadSummary
+from banditd.errors import BanditdError
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 T = TypeVar("T")
@@ -44,9 +45,16 @@ class Client(ClientBase):
         self, events: Iterable[FeedbackArgs], **options: Unpack[UploadOptions]
     ) -> UploadSummary:
         """Upload many feedback events (each a dict of FeedbackArgs) in calls of ``chunk_size``,
-        each committed before the next is sent (see UploadOptions)."""
-        calls = upload_calls(events, self.tenant, options)
-        return sum((self._run(call) for call in calls), UploadSummary())
+        each committed before the next is sent (see UploadOptions). The error that stops it
+        carries the UploadSummary of the calls committed before it (``uploaded``)."""
+        summary = UploadSummary()
+        try:
+            for call in upload_calls(events, self.tenant, options):
+                summary += self._run(call)
+        except BanditdError as exc:
+            exc.uploaded = summary
+            raise
+        return summary
 
     def _run(self, call: Call[T]) -> T:
         attempts = self._attempts(call, Retrying)

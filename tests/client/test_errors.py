@@ -1,4 +1,5 @@
-"""Errors the client raises of its own, against a real server on port 0: a call after close()."""
+"""Errors the client raises of its own, against a real server on port 0: a call after close(),
+and an upload stopped part way, which says what it committed."""
 
 from __future__ import annotations
 
@@ -37,3 +38,29 @@ async def test_a_call_after_close_raises_client_closed(
         assert isinstance(raised.value, bc.BanditdError) and raised.value.code == "CANCELLED"
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == int(used)  # nothing was sent after close()
+
+
+async def test_an_upload_stopped_part_way_says_what_it_committed(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client]
+) -> None:
+    """Chunks commit one by one; when a later one fails, the error carries the counts of those
+    committed before it (they were lost: the caller could not tell what was accepted)."""
+    server = await serving(start_server, sqlite_url, max_message_bytes=64 * 1024)
+    client = make_client(server.address, tenant="acme")
+    d = [await call(client, "select", router="chat", prompt=f"q{i}") for i in range(4)]
+    events: list[bc.FeedbackArgs] = [
+        {"decision_id": d[0].decision_id, "thumb": "up"},
+        {"decision_id": d[1].decision_id, "thumb": "down"},
+        {"decision_id": d[0].decision_id, "reward": 1.0},  # 2: duplicate
+        {"decision_id": d[2].decision_id, "thumb": "up"},
+        {"decision_id": "x" * 100_000, "thumb": "up"},  # over the server's message limit
+        {"decision_id": d[3].decision_id, "thumb": "up"},
+    ]
+    with pytest.raises(bc.ResourceExhausted) as raised:
+        await call(client, "upload_feedback", events, chunk_size=2)
+    uploaded = raised.value.uploaded
+    assert isinstance(uploaded, bc.UploadSummary)
+    assert (uploaded.accepted, uploaded.duplicate, uploaded.invalid) == (3, 1, 0)
+    assert [(e.index, e.kind) for e in uploaded.errors] == [(2, "duplicate")]
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 3
