@@ -5,8 +5,9 @@ Fallback: a failed arm's decision is rated (reward 0, error set) and the next ar
 decision's ranking gets a decision of its own (Select with ``candidates`` = that arm), so every
 answer the caller gets has its own decision id to rate. Nothing falls back once streamed bytes
 have reached the caller: a stream that breaks after that ends there, reported with error set.
-A caller who hangs up mid-stream is reported the same way (error set: not a success), with the
-cost of the tokens so far (and no latency where the hang-up cut the answer short).
+A caller who hangs up mid-stream is not the arm's fault: the report has no error (the breaker
+must not open on closed tabs), the cost of the tokens so far, and no latency where the hang-up
+cut the answer short (its length is unknown).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ async def _relay(
     api_key: str | None,
 ) -> AsyncIterator[bytes]:
     """The stream as the upstream sent it; its usage is reported when it ends, breaks, or the
-    caller hangs up (error set: no success). A hang-up cancels or closes this generator while it
+    caller hangs up (no error, counted in its own metric). A hang-up cancels or closes this generator while it
     waits, cutting the answer short (no latency then); one it did not wait through (the rest was
     already read, and a send to a caller gone does nothing) is asked of the server at the end."""
     labels = (served.tenant, served.router, served.upstream.arm)
@@ -234,7 +235,7 @@ async def _relay(
             metrics.CALLER_HANGUPS.labels(*labels).inc()
             log.info("caller_hung_up", arm=served.upstream.arm, decision_id=served.decision_id)
         # Spawned: a caller that hangs up cancels this generator, not the report.
-        gw.spawn(_close_and_report(gw, served, response, api_key, error=ending != "ok"))
+        gw.spawn(_close_and_report(gw, served, response, api_key, error=ending == "broken"))
 
 
 async def _close_and_report(

@@ -132,15 +132,15 @@ async def test_a_caller_who_hangs_up_before_the_stream_starts_still_gets_it_repo
         return (await stack.arm_stats("alpha")).usage_reports == 1
 
     await wait_until(reported, "the usage report", within=10)
-    # Though the whole answer came in one burst (the relay never waited to notice the hang-up),
-    # the caller got none of it: not a success.
-    assert (await stack.arm_stats("alpha")).usage_errors == 1
+    assert (await stack.arm_stats("alpha")).usage_errors == 0  # not the arm's fault
 
 
-async def test_a_caller_who_hangs_up_mid_stream_is_not_reported_a_success(launch: Launch) -> None:
+async def test_a_caller_who_hangs_up_mid_stream_is_reported_without_a_latency(
+    launch: Launch,
+) -> None:
     """The caller reads the first chunk of a streamed answer and closes its connection. The
-    usage report must not tell the router the call succeeded: it has error set, the cost of the
-    tokens streamed so far, and no latency (the answer never finished)."""
+    usage report carries the cost of the tokens streamed so far and no latency (the answer never
+    finished: the latency model must not learn its time), and no error (not the arm's fault)."""
     stack = await launch()
     stack.alpha.fail = "pause"  # the first chunk, then nothing until released
     labels = {"tenant": "acme", "router": "chat", "arm": "alpha"}
@@ -164,7 +164,7 @@ async def test_a_caller_who_hangs_up_mid_stream_is_not_reported_a_success(launch
 
     await wait_until(reported, "the usage report", within=10)
     usage = await stack.arm_stats("alpha")
-    assert usage.usage_errors == 1  # not a success
+    assert usage.usage_errors == 0  # not the arm's fault: its breaker must not count it
     input_tokens, output_tokens = rough_tokens(len(PROMPT)), rough_tokens(len("from "))
     expected = (input_tokens * ALPHA_PRICES[0] + output_tokens * ALPHA_PRICES[1]) / 1e6
     assert usage.usage_cost_usd == pytest.approx(expected)  # what the upstream sent is paid for
