@@ -58,12 +58,14 @@ def run_workers(settings: Settings, workers: int, example_router: bool) -> int:
             "process's embedded store"
         )
     listen = _concrete(settings.listen)
-    for index in range(workers):  # each worker's own port: refused here, before any starts
-        ports.check_free(_metrics_of(settings.metrics_listen, index), *ports.METRICS)
     with (
         ports.reserved(listen, *ports.GRPC),
         ports.reserved(settings.health_listen, *ports.HEALTH),
     ):
+        # Each worker's own port: refused here, before any starts, and while the group's shared
+        # ports are held, so that neither of those passes for free.
+        for index in range(workers):
+            ports.check_free(_metrics_of(settings.metrics_listen, index), *ports.METRICS)
         if settings.should_migrate:
             asyncio.run(migrate(settings.database_url, settings.migrations_dir))
         return _run(settings, listen, workers, example_router)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +54,42 @@ def _env(**settings: str) -> dict[str, str]:
     }
 
 
-def _two_workers(postgres_url: str, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`banditd serve --workers 2` on an ephemeral port, its output in ``log``."""
-    command = [
-        *BANDITD,
-        "--workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        postgres_url,
-    ]
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: once its parent dies, its reaper may be slow)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return True
+    except OSError:  # no /proc (not Linux): alive, as os.kill said
+        return False
+
+
+@contextlib.contextmanager
+def _two_workers(
+    postgres_url: str, log: Path, env: dict[str, str], listen: str = "127.0.0.1:0"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`banditd serve --workers 2`, its output in ``log``, in a process group of its own as a
+    terminal's job is (os.killpg(proc.pid, ...) is Ctrl-C); it and its workers die at the end."""
+    command = [*BANDITD, "--workers", "2", "--listen", listen, "--database-url", postgres_url]
     with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        workers = [pid for started in _events(log, "workers_started") for pid in started["pids"]]
+        for pid in (proc.pid, *workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.mark.postgres
 def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_path: Path) -> None:
     log, env = tmp_path / "workers.log", _env()
-    proc = _two_workers(postgres_url, log, env)
-    try:
+    with _two_workers(postgres_url, log, env) as proc:
         (started,) = _wait(log, "workers_started", 1, proc)
         serving = _wait(log, "serving", 2, proc)
         port = int(started["listen"].rpartition(":")[2])
@@ -98,10 +117,6 @@ def test_two_workers_serve_one_port_and_stop_together(postgres_url: str, tmp_pat
         for pid in started["pids"]:  # the workers drained and exited with it
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_workers_need_postgres(tmp_path: Path) -> None:
@@ -124,8 +139,7 @@ def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
     the first worker to exit must not make the parent signal the others a second time, which
     cuts their drain short (banditd.edge.server.serve)."""
     log = tmp_path / "workers.log"
-    proc = _two_workers(postgres_url, log, _env(BANDITD_GRACE_SECONDS="120"))
-    try:
+    with _two_workers(postgres_url, log, _env(BANDITD_GRACE_SECONDS="120")) as proc:
         (started,) = _wait(log, "workers_started", 1, proc)
         _wait(log, "serving", 2, proc)
         with grpc.insecure_channel(started["listen"]) as channel:
@@ -141,16 +155,9 @@ def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
             stream = router.StreamFeedback.future(iter(sent.get, None), timeout=120)
             router.Select(select, timeout=30)  # answered after the stream's start, same socket
             proc.send_signal(signal.SIGTERM)
-
-            def one_worker_gone() -> bool:
-                for pid in started["pids"]:
-                    try:
-                        os.kill(pid, 0)
-                    except ProcessLookupError:
-                        return True
-                return False
-
-            asyncio.run(wait_until(one_worker_gone, "a worker to exit", 60))
+            asyncio.run(
+                wait_until(lambda: any(map(_gone, started["pids"])), "a worker to exit", 60)
+            )
             time.sleep(1)  # room for a second signal to reach the worker still draining
             sent.put(
                 pb.FeedbackRequest(tenant="acme", decision_id=decisions[1].decision_id, reward=1)
@@ -159,7 +166,36 @@ def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
             reply = stream.result(timeout=60)
         assert (reply.accepted, list(reply.errors)) == (2, [])
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+def _free_after_another() -> int:
+    """A loopback port P free now, with P - 1 free as well."""
+    for _ in range(100):
+        with socket.socket() as sock, socket.socket() as before:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            try:
+                before.bind(("127.0.0.1", port - 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("shared", ["gRPC", "health"])
+def test_a_workers_metrics_port_cannot_be_a_port_of_the_group(
+    postgres_url: str, tmp_path: Path, shared: str
+) -> None:
+    """Worker 1 serves metrics on the metrics port + 1: when that is the group's gRPC or health
+    port, the group is refused before any worker starts."""
+    port, log = _free_after_another(), tmp_path / "workers.log"
+    env = _env(BANDITD_METRICS_LISTEN=f"127.0.0.1:{port - 1}")
+    if shared == "health":
+        env["BANDITD_HEALTH_LISTEN"] = f"127.0.0.1:{port}"
+    listen = f"127.0.0.1:{port}" if shared == "gRPC" else "127.0.0.1:0"
+    with _two_workers(postgres_url, log, env, listen) as proc:
+        assert proc.wait(timeout=60) == 1
+    output = log.read_text()
+    assert f"metrics port {port} (127.0.0.1:{port})" in output
+    assert "workers_started" not in output
