@@ -177,6 +177,8 @@ def _command(argv: list[str] | None) -> int:
         default=1,
         help="server processes sharing the port, one core each (Postgres only; default 1)",
     )
+    # Internal, set by `serve --workers` for its workers: drain when this pipe reads EOF.
+    p_serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
 
     p_migrate = sub.add_parser("migrate", help="upgrade the database schema (Alembic)")
     p_migrate.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
@@ -239,7 +241,8 @@ def _command(argv: list[str] | None) -> int:
         if args.command == "serve" and args.workers > 1:
             return run_workers(settings, args.workers, args.example_router)
         if args.command == "serve":
-            asyncio.run(serve(settings, _seed_example if args.example_router else None))
+            on_started = _seed_example if args.example_router else None
+            asyncio.run(serve(settings, on_started, parent_fd=args.parent_fd))
         elif args.command == "migrate":
             asyncio.run(migrate(settings.database_url, settings.migrations_dir, args.revision))
             print(f"migrated to {args.revision}", file=sys.stderr)

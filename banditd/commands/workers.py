@@ -8,6 +8,14 @@ them. This parent refuses a port another process serves and holds it for the gro
 workers with the same settings (the listen port made concrete, a metrics port each), forwards
 SIGTERM/SIGINT to them so each drains, and exits with the worst of their exit codes. A worker
 that dies ends the group: a supervisor above this one (Kubernetes, systemd) restarts it whole.
+
+A worker drains on one signal and a second one cuts its drain short, so each must get exactly
+one per stop. The workers run in sessions of their own: Ctrl-C, which a terminal sends to its
+whole foreground process group, reaches only this parent, which forwards it once (a worker that
+ignored a repeated signal instead could not tell the group's copy from an operator's second
+Ctrl-C). The handlers are in place before the first worker starts, so no signal is missed, and
+a parent that dies anyway (SIGKILL, a crash) leaves no workers serving: each holds the read end
+of a pipe whose only write end is here (`serve --parent-fd`), and drains at its EOF.
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-from types import FrameType
 
 import structlog
 
@@ -72,38 +79,59 @@ def run_workers(settings: Settings, workers: int, example_router: bool) -> int:
 
 
 def _run(settings: Settings, listen: str, workers: int, example_router: bool) -> int:
-    children: list[subprocess.Popen[bytes]] = []
-    for index in range(workers):
-        env = {
-            **os.environ,
-            "BANDITD_LISTEN": listen,
-            "BANDITD_REUSE_PORT": "true",
-            "BANDITD_DATABASE_URL": settings.database_url,
-            "BANDITD_LOG_LEVEL": settings.log_level,
-            "BANDITD_METRICS_LISTEN": _metrics_of(settings.metrics_listen, index),
-            "BANDITD_MIGRATE_ON_START": "false",
-        }
-        command = [sys.executable, "-m", "banditd.commands.cli", "serve"]
-        if example_router and index == 0:
-            command.append("--example-router")
-        children.append(subprocess.Popen(command, env=env))
-    log.info("workers_started", listen=listen, pids=[c.pid for c in children])
-
-    signalled: list[int] = []
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        signalled.append(signum)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    while all(child.poll() is None for child in children):
-        time.sleep(POLL_S)
-    if not signalled:  # one died: stop the others (a second signal would cut their drain short)
-        forward(signal.SIGTERM, None)
-    codes = [child.wait() for child in children]
+    signalled: list[int] = []  # recorded here, forwarded by _supervise: none is lost or doubled
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before any worker starts
+        signal.signal(signum, lambda received, _frame: signalled.append(received))
+    lifeline, held = os.pipe()  # a worker reads EOF from `lifeline` once this process is gone
+    try:
+        children: list[subprocess.Popen[bytes]] = []
+        for index in range(workers):
+            if signalled:  # stopped while starting them: start no more
+                break
+            children.append(_start(settings, listen, index, example_router, lifeline))
+        os.close(lifeline)
+        log.info("workers_started", listen=listen, pids=[c.pid for c in children])
+        codes = _supervise(children, signalled)
+    finally:
+        os.close(held)
     log.info("workers_stopped", exit_codes=codes)
-    worst = max(codes, key=abs)
+    worst = max(codes, key=abs, default=0)
     return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
+
+
+def _start(
+    settings: Settings, listen: str, index: int, example_router: bool, lifeline: int
+) -> subprocess.Popen[bytes]:
+    """Worker ``index``: a `banditd serve` in a session of its own (a terminal's signals reach
+    the parent alone, which forwards each once) that drains when ``lifeline`` reads EOF."""
+    env = {
+        **os.environ,
+        "BANDITD_LISTEN": listen,
+        "BANDITD_REUSE_PORT": "true",
+        "BANDITD_DATABASE_URL": settings.database_url,
+        "BANDITD_LOG_LEVEL": settings.log_level,
+        "BANDITD_METRICS_LISTEN": _metrics_of(settings.metrics_listen, index),
+        "BANDITD_MIGRATE_ON_START": "false",
+    }
+    command = [sys.executable, "-m", "banditd.commands.cli", "serve", "--parent-fd", str(lifeline)]
+    if example_router and index == 0:
+        command.append("--example-router")
+    return subprocess.Popen(command, env=env, pass_fds=(lifeline,), start_new_session=True)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]], signalled: list[int]) -> list[int]:
+    """Forward each signal this process gets once to every worker still running, until all
+    have exited; their exit codes. A worker that exits unasked stops the others (one SIGTERM
+    each: a second signal would cut their drain short). Forwarding from this loop rather than
+    the signal handler also reaches a worker whose start the signal interrupted."""
+    forwarded = 0
+    while any(child.poll() is None for child in children):
+        if not signalled and any(child.returncode is not None for child in children):
+            signalled.append(signal.SIGTERM)
+        for signum in signalled[forwarded:]:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
+            forwarded += 1
+        time.sleep(POLL_S)
+    return [child.wait() for child in children]

@@ -354,15 +354,26 @@ def _edge_guard(settings: Settings, db: Database) -> EdgeGuard:
 
 
 async def serve(
-    settings: Settings, on_started: Callable[[App], Awaitable[None]] | None = None
+    settings: Settings,
+    on_started: Callable[[App], Awaitable[None]] | None = None,
+    parent_fd: int | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM, then drain."""
+    """Run until SIGINT/SIGTERM, or until ``parent_fd`` reads EOF (the read end of a pipe whose
+    write end a parent holds: it has exited; see banditd.commands.workers), then drain."""
     app = await build_app(settings)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if parent_fd is not None:
+
+        def parent_gone() -> None:
+            loop.remove_reader(parent_fd)  # EOF stays readable: once is enough
+            log.warning("parent_exited")
+            stop.set()
+
+        loop.add_reader(parent_fd, parent_gone)  # nothing is ever written: readable means EOF
     if on_started is not None:
         await on_started(app)
     await stop.wait()

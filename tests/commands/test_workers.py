@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +132,21 @@ def test_workers_need_postgres(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
-    postgres_url: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda proc: proc.send_signal(signal.SIGTERM), id="sigterm-to-parent"),
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group at once.
+        pytest.param(lambda proc: os.killpg(proc.pid, signal.SIGINT), id="ctrl-c-to-group"),
+    ],
+)
+def test_a_worker_still_draining_is_not_cut_short(
+    postgres_url: str, tmp_path: Path, stop: Callable[[subprocess.Popen[bytes]], None]
 ) -> None:
-    """SIGTERM to the group lets every worker finish its in-flight calls (docs/operations.md):
-    the first worker to exit must not make the parent signal the others a second time, which
-    cuts their drain short (banditd.edge.server.serve)."""
+    """One stop lets every worker finish its in-flight calls (docs/operations.md): a worker gets
+    one signal, whether the parent or its whole process group was signalled, and the first worker
+    to exit does not make the parent signal the others again (a second signal cuts a drain short,
+    banditd.edge.server.serve)."""
     log = tmp_path / "workers.log"
     with _two_workers(postgres_url, log, _env(BANDITD_GRACE_SECONDS="120")) as proc:
         (started,) = _wait(log, "workers_started", 1, proc)
@@ -154,7 +163,10 @@ def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
             # One call in flight, on one worker; the other worker has none and stops at once.
             stream = router.StreamFeedback.future(iter(sent.get, None), timeout=120)
             router.Select(select, timeout=30)  # answered after the stream's start, same socket
-            proc.send_signal(signal.SIGTERM)
+            # Ctrl-C reaches the parent alone, which forwards it once: a worker that got the
+            # group's copy as well could take the parent's for a second Ctrl-C.
+            assert all(os.getpgid(pid) != proc.pid for pid in started["pids"])
+            stop(proc)
             asyncio.run(
                 wait_until(lambda: any(map(_gone, started["pids"])), "a worker to exit", 60)
             )
@@ -166,6 +178,22 @@ def test_a_worker_still_draining_is_not_cut_short_when_another_stops(
             reply = stream.result(timeout=60)
         assert (reply.accepted, list(reply.errors)) == (2, [])
         assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.postgres
+def test_workers_drain_and_exit_when_their_parent_is_killed(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A parent that dies without forwarding a stop (SIGKILL here; a crash, or a SIGTERM before
+    its handlers were in place, alike) leaves no worker serving: each drains and exits."""
+    log = tmp_path / "workers.log"
+    with _two_workers(postgres_url, log, _env()) as proc:
+        (started,) = _wait(log, "workers_started", 1, proc)
+        _wait(log, "serving", 2, proc)
+        proc.kill()
+        proc.wait()
+        asyncio.run(wait_until(lambda: all(map(_gone, started["pids"])), "the workers to exit", 60))
+    assert len(_events(log, "stopped")) == 2  # drained: decisions flushed, snapshots written
 
 
 def _free_after_another() -> int:
