@@ -211,9 +211,10 @@ async def _relay(
     api_key: str | None,
 ) -> AsyncIterator[bytes]:
     """The stream as the upstream sent it; its usage is reported when it ends, breaks, or the
-    caller hangs up (no error, counted in its own metric). A hang-up cancels or closes this generator while it
-    waits, cutting the answer short (no latency then); one it did not wait through (the rest was
-    already read, and a send to a caller gone does nothing) is asked of the server at the end."""
+    caller hangs up (no error, counted in its own metric). A hang-up cancels or closes this
+    generator while it waits, cutting the answer short (no latency then); one it did not wait
+    through (the rest was already read, and a send to a caller gone does nothing) is asked of
+    the server at the end."""
     labels = (served.tenant, served.router, served.upstream.arm)
     ending = "hung_up"  # until the upstream's answer has ended or broken
     try:
