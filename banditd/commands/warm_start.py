@@ -161,6 +161,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
             metadata_from=fields,
             encode=encode,
             first_event_id=head,
+            context_since=stored.context_since,
         ):
             await _save_reduction(store, stored, pipeline)
             batch.extend(events)

@@ -157,6 +157,7 @@ def warm_events(
     metadata_from: Sequence[str],
     encode: Encode,
     first_event_id: int = 0,
+    context_since: int = 0,
 ) -> Iterator[list[FeedbackEvent]]:
     """Each usable record's offline events, one per router arm it has an outcome for (in
     arm-name order), record by record, with ids from ``first_event_id`` + 1 (the log assigns
@@ -166,7 +167,10 @@ def warm_events(
     (``fit_reduction``); then x of each record is built by the pipeline from its embedding and
     its ``metadata_from`` fields (vocabulary resolved in record order), and each event is
     folded into the pipeline's kNN index before the next record's x, as a server applying the
-    events in order would. The pipeline's vocabulary must be in memory
+    events in order would. An event's decision id is the same for the same router, record, arm
+    and ``context_since`` (the stored router's: the version since which it builds x as now), so
+    a second run adds nothing, while a run after a change of the context adds the events anew
+    (the old ones no longer fold). The pipeline's vocabulary must be in memory
     (MemoryVocabularyStore; `banditd warm-start` preloads it with the router's stored one)."""
     spec = pipeline.spec
     arms = {a.name for a in spec.arms}
@@ -180,6 +184,8 @@ def warm_events(
         x = pipeline.assemble(vec, record_metadata(record, metadata_from))
         report.unknown_models.update(set(models) - arms)
         key = str(record.get("id", record["_line"]))
+        if context_since:  # 0: the ids warm starts have always had
+            key = f"{context_since}\x00{key}"
         events: list[FeedbackEvent] = []
         for arm in sorted(arms & set(models)):
             outcome = models[arm]

@@ -99,6 +99,35 @@ async def test_warm_start_then_serve(
     assert stats.applied_event_id >= 600
 
 
+async def test_warm_start_again_after_a_change_of_the_context(
+    database_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """A change of the router's context makes it learn again from its prior; the warm start
+    can then be run again (its events are new under the new context), and only once."""
+    data = tmp_path / "outcomes.jsonl.gz"
+    write_outcomes(data, 200)
+    server = await start_server(database_url)
+    await server.admin.PutRouter(
+        pb.PutRouterRequest(router=router_config(embedding_dim=32, exploration=0.1))
+    )
+    assert warm_start(database_url, data)["added"] == 600
+    await server.admin.PutRouter(  # a change of x: the warm start's events no longer fold
+        pb.PutRouterRequest(router=router_config(embedding_dim=16, exploration=0.1))
+    )
+    await server.stop()
+
+    after = warm_start(database_url, data)
+    assert after["added"] == 600 and after["already_present"] == 0
+    assert warm_start(database_url, data)["added"] == 0
+
+    served = await start_server(database_url)
+    for topic, (words, best) in TOPICS.items():
+        d = await served.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", prompt=f"{words} new {topic}")
+        )
+        assert d.arm == best
+
+
 async def test_warm_start_on_a_live_server_keeps_its_traffic(
     database_url: str, start_server: StartServer, tmp_path: Path
 ) -> None:
