@@ -41,7 +41,8 @@ from banditd.flows.tokens import TokenSigner
 from banditd.flows.usage import UsageFlow
 from banditd.policy import POLICIES, _kernels
 from banditd.state.live_routers import Catalog
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 from banditd.store import Database, Store, migrate, sqlite_file
 from banditd.store.api_keys import KeyStore, shared_secret
 from banditd.store.budgets import BudgetRepository

@@ -22,7 +22,8 @@ from banditd.errors import BadData
 from banditd.policy import POLICIES, Policy
 from banditd.policy.base import IntArray
 from banditd.state.breaker import ArmHealth
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 
 
 @dataclass

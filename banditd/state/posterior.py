@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain import FeedbackEvent, FloatArray
 from banditd.domain.ceilings import (
     HARD_MAX_CALL_USD,
     HARD_MAX_CALL_WH,
@@ -20,16 +20,16 @@ from banditd.domain.ceilings import (
     event_problem,
 )
 from banditd.policy import _kernels
-from banditd.policy.priors import LEVEL_WEIGHT, PRICE_TIER_SPREAD, price_tier_quality
+from banditd.policy.priors import LEVEL_WEIGHT
 from banditd.state import expected_costs
 from banditd.state.heads import HEAD_RIDGE, HEADS, empty_heads
+from banditd.state.prior import PRIOR_INPUT_TOKENS, Prior
 
 REFACTORISE_EVERY = 64  # full inverse after this many rank-1 updates of one arm
 # The cost model (reported costs regressed on x) prices an arm once it has this many reports;
 # its prediction is kept within [COST_FLOOR, COST_CEILING] x the arm's mean reported cost.
 COST_MODEL_MIN_EVENTS = 20
 COST_FLOOR, COST_CEILING = 0.05, 20.0
-PRIOR_INPUT_TOKENS = 500.0  # input size assumed for embedding-only requests before any report
 
 
 # What the estimates are kept within (banditd.state.expected_costs's ``limits``).
@@ -43,52 +43,6 @@ _LIMITS = np.array(
         COST_MODEL_MIN_EVENTS,
     ]
 )
-
-
-@dataclass(frozen=True)
-class Prior:
-    """Where every arm's statistics start and how they age: with the events, this fixes a posterior.
-
-    An arm with no feedback has A = weight * I and b = weight * q * e0 (x[0] is the intercept),
-    so its mean quality is q with ``weight`` observations behind it: q is the arm's entry in
-    ``arm_quality`` (the router's price-tier prior, banditd.policy.priors), else ``quality``.
-    The posterior's shared level then moves every arm's q alike (Posterior.theta). Each update
-    of an arm first discounts its A and b by ``forgetting``; each refactorisation puts back what
-    that took of the prior, so A keeps weight x forgetting^64 of it. Events decided before router
-    version ``context_since``, when the router last changed how it builds x, are not its data.
-    """
-
-    dim: int
-    quality: float = 0.0
-    weight: float = 1.0
-    forgetting: float = 1.0
-    arm_quality: tuple[tuple[str, float], ...] = ()
-    context_since: int = 0
-
-    @classmethod
-    def of(cls, spec: RouterSpec, context_since: int = 0) -> Prior:
-        prices = np.array(
-            [a.cost_usd(PRIOR_INPUT_TOKENS, spec.prior_output_tokens) for a in spec.arms]
-        )
-        tiers = price_tier_quality(prices, spec.prior_quality, PRICE_TIER_SPREAD)
-        arm_quality = tuple(
-            (a.name, float(q))
-            for a, q in zip(spec.arms, tiers, strict=True)
-            if float(q) != spec.prior_quality
-        )
-        return cls(
-            spec.dim,
-            spec.prior_quality,
-            spec.prior_weight,
-            spec.forgetting,
-            arm_quality,
-            context_since,
-        )
-
-    def quality_of(self, arms: list[str]) -> FloatArray:
-        """The prior mean quality of each arm, shape (len(arms),)."""
-        tiers = dict(self.arm_quality)
-        return np.array([tiers.get(arm, self.quality) for arm in arms], dtype=np.float64)
 
 
 @dataclass

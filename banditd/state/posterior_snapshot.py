@@ -12,7 +12,8 @@ import io
 import numpy as np
 
 from banditd.state.heads import HEADS, head_shapes
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 
 
 def dump(post: Posterior) -> bytes:

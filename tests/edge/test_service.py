@@ -13,7 +13,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from sqlalchemy import delete
 
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 from banditd.store import Database
 from banditd.store.events import EventLog
 from banditd.store.models import posterior_snapshots

@@ -16,7 +16,8 @@ from banditd.errors import InvalidArgument
 from banditd.evaluation import ope_proof, replay
 from banditd.flows.candidates import check_candidate
 from banditd.policy import POLICIES, make_policy
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 from tests.evaluation.test_replay import synthetic, write_outcomes
 
 

@@ -19,7 +19,8 @@ from banditd import client as bc
 from banditd.commands.ingest import parse_record
 from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
 from banditd.state import posterior_snapshot
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import Running, StartServer, wait_until
 

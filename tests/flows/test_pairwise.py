@@ -21,7 +21,8 @@ from banditd.commands.ingest import BadLine, parse_record
 from banditd.domain import FeedbackEvent
 from banditd.flows.ranking import rank_arms
 from banditd.flows.tokens import TokenSigner
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 

@@ -8,7 +8,8 @@ import pytest
 from banditd import domain
 from banditd.domain import FeedbackEvent
 from banditd.policy import POLICIES, EpsilonGreedy, LinUCB, Thompson
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 
 
 def trained(dim: int = 3) -> tuple[Posterior, np.ndarray]:

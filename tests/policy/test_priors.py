@@ -11,7 +11,8 @@ from banditd.policy import LinUCB, _kernels
 from banditd.policy._kernels import shared_level
 from banditd.policy.priors import LEVEL_WEIGHT, PRICE_TIER_SPREAD, price_tier_quality
 from banditd.state import posterior_snapshot
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 
 
 @pytest.mark.parametrize(

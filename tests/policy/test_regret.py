@@ -7,7 +7,8 @@ import pytest
 
 from banditd.domain import FeedbackEvent
 from banditd.policy import EpsilonGreedy, LinUCB, Policy, Thompson
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 
 DIM, ARMS, ROUNDS = 6, 5, 3000
 

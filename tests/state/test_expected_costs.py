@@ -16,8 +16,8 @@ from banditd.state.posterior import (
     COST_FLOOR,
     COST_MODEL_MIN_EVENTS,
     Posterior,
-    Prior,
 )
+from banditd.state.prior import Prior
 
 DIM = 4
 

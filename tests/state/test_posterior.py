@@ -11,7 +11,8 @@ import pytest
 from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
 from banditd.policy.priors import LEVEL_WEIGHT
 from banditd.state import posterior_snapshot
-from banditd.state.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior, Prior
+from banditd.state.posterior import COST_MODEL_MIN_EVENTS, REFACTORISE_EVERY, Posterior
+from banditd.state.prior import Prior
 
 
 def events(n: int, dim: int, seed: int = 0) -> list[FeedbackEvent]:

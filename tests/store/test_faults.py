@@ -27,7 +27,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.domain import FeedbackEvent
-from banditd.state.posterior import Posterior, Prior
+from banditd.state.posterior import Posterior
+from banditd.state.prior import Prior
 from banditd.store import Database
 from banditd.store.events import EventLog
 from banditd.v1 import banditd_pb2 as pb

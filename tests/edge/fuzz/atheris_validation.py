@@ -33,7 +33,8 @@ with atheris.instrument_imports(
     from banditd.flows.feedback import Learner
     from banditd.flows.tokens import TokenClaims, TokenSigner
     from banditd.policy import POLICIES
-    from banditd.state.posterior import Posterior, Prior
+    from banditd.state.posterior import Posterior
+    from banditd.state.prior import Prior
     from banditd.store.finite import checked
     from banditd.v1 import banditd_pb2 as pb
 
