@@ -30,6 +30,8 @@ from banditd import progress
 from banditd.commands import reporting
 from banditd.commands.argtypes import float_between, int_at_least
 from banditd.config import Settings
+from banditd.context.encoders import get_encoder
+from banditd.context.pipeline import encoder_weights
 from banditd.domain import RouterSpec
 from banditd.edge import codec
 from banditd.errors import BanditdError, InvalidArgument
@@ -64,7 +66,12 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
         stored = await store.routers.get(tenant, name)
         candidates = [read_candidate(p, tenant, name) for p in args.candidate]
         limit = evaluation.DEFAULT_LIMIT if args.limit is None else args.limit
-        log = await evaluation.load_log(store, stored.router_id, limit, stored.context_since)
+        spec = stored.spec  # the weights a server would load: the events its posterior folds
+        encoder = await asyncio.to_thread(get_encoder, spec.encoder, spec.embedding_dim)
+        weights = encoder_weights(spec, encoder)
+        log = await evaluation.load_log(
+            store, stored.router_id, limit, stored.context_since, weights
+        )
     finally:
         await db.close()
     return evaluation.report(

@@ -57,11 +57,16 @@ _BIAS = np.ones(1)  # x's first value
 _BIAS.flags.writeable = False
 
 
+def encoder_weights(spec: RouterSpec, encoder: TextEncoder) -> str:
+    """The router's encoder and the weights it runs: ``{encoder}[@fingerprint]``, the first part
+    of the context version and of the PCA fingerprint."""
+    return f"{spec.encoder}@{encoder.fingerprint}" if encoder.fingerprint else spec.encoder
+
+
 def pca_fingerprint(spec: RouterSpec, encoder: TextEncoder) -> str:
     """What a router's PCA depends on; a PCA stored under another fingerprint is not reused."""
-    weights = f"@{encoder.fingerprint}" if encoder.fingerprint else ""
     return (
-        f"pca:{spec.encoder}{weights}:{spec.embedding_dim}:w{spec.text_window_tokens}"
+        f"pca:{encoder_weights(spec, encoder)}:{spec.embedding_dim}:w{spec.text_window_tokens}"
         f":{spec.pca_dim}:n{spec.pca_fit_samples}"
     )
 
@@ -120,11 +125,16 @@ class ContextPipeline:
                 if self.reduction is None
                 else hashlib.blake2b(self.reduction.to_bytes(), digest_size=4).hexdigest()
             )
-        weights = f"@{self.encoder.fingerprint}" if self.encoder.fingerprint else ""
         return (
-            f"{s.encoder}{weights}:{s.embedding_dim}:w{s.text_window_tokens}:pca{s.pca_dim}/{pca}"
+            f"{self.weights}:{s.embedding_dim}:w{s.text_window_tokens}:pca{s.pca_dim}/{pca}"
             f":m{len(s.metadata_keys)}x{s.metadata_slots}:k{s.knn_k}"
         )
+
+    @property
+    def weights(self) -> str:
+        """The encoder weights x is built with (``encoder_weights``): events whose x others
+        built are not folded (FeedbackEvent.built_with)."""
+        return encoder_weights(self.spec, self.encoder)
 
     @property
     def needs_reduction(self) -> bool:
@@ -223,15 +233,17 @@ class ContextPipeline:
 
     def observe(self, event: FeedbackEvent) -> None:
         """Fold an applied feedback event into the kNN index (events in id order; a default
-        reward, a decision's later signal, or x of another layout or decided before the
-        router's context last changed, is no outcome: the index holds each decision's first
-        answer)."""
+        reward, a decision's later signal, or x of another layout, decided before the router's
+        context last changed or built by other encoder weights, is no outcome: the index holds
+        each decision's first answer)."""
         knn = self.knn
         if knn is None or event.event_id <= knn.last_event_id:
             return
         knn.last_event_id = event.event_id
         if event.defaulted or event.signal or event.x.shape != (self.spec.dim,):
             return
-        if not event.decided_since(self.context_since) or event_problem(event) is not None:
+        if not event.decided_since(self.context_since) or not event.built_with(self.weights):
+            return
+        if event_problem(event) is not None:
             return  # an absurd number (logged before issue 17): the posterior skips it too
         knn.add(self.embedding_part(event.x), event.arm, event.reward)

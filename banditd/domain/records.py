@@ -97,6 +97,7 @@ class Decision:
             challenger=self.challenger,
             challenger_cost_usd=0.0 if rival is None else rival.expected_cost_usd,
             router_version=self.router_version,
+            context_version=self.context_version,
         )
 
 
@@ -118,6 +119,7 @@ class JoinRecord:
     challenger: str | None = None
     challenger_cost_usd: float = 0.0  # the challenger's expected cost; 0 without one
     router_version: int | None = None  # the router's version when it decided
+    context_version: str | None = None  # the featurisation of x (Decision's)
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,27 @@ class FeedbackEvent:
     # The router version of the event's decision (None: unknown). The posterior skips an event
     # decided before the router's context last changed (Prior.context_since).
     decision_version: int | None = None
+    # The featurisation of x (its decision's context_version, the warm start's pipeline's; None:
+    # unknown). The posterior skips an event whose x other encoder weights built (Prior.weights).
+    # The last field: the event log reads events by position.
+    context_version: str | None = None
 
     def decided_since(self, version: int) -> bool:
         """Whether the event's decision was made at router ``version`` or later (an unknown
         version counts as 0: before any change of the router's context)."""
         return (self.decision_version or 0) >= version
+
+    def built_with(self, weights: str) -> bool:
+        """Whether the event's x was built by the encoder weights ``weights`` (``built_with``)."""
+        return built_with(self.context_version, weights)
+
+
+def built_with(context_version: str | None, weights: str) -> bool:
+    """Whether x logged under ``context_version`` (ContextPipeline.version) was built by the
+    encoder weights ``weights`` (ContextPipeline.weights: that version's part before its first
+    ':'). Unknown on either side (None or "": logged before migration 0021, x given by the
+    caller) counts as yes: a router keeps what it learnt before versions were logged."""
+    return not weights or not context_version or context_version.partition(":")[0] == weights
 
 
 def combined_reward(rule: str, rewards: Sequence[float]) -> float:

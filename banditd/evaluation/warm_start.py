@@ -213,6 +213,7 @@ def warm_events(
                 created_at=now,
                 offline=True,
                 decision_version=spec.version,  # x built by the router as it is now
+                context_version=pipeline.version,  # no decision row to read it from
             )
             # The kNN index only, now: the next record's x reads it. The whole fold comes
             # after, from the log (`banditd warm-start`) or by ``fold`` (replay's warm start).

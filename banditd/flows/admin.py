@@ -125,8 +125,15 @@ class Admin:
         check_name("tenant", tenant)
         check_name("name", name)
         stored = await self._store.routers.get(tenant, name)
+        live = (await self._catalog.get(tenant, name)).context
         await self._decisions.flush()
-        log = await evaluation.load_log(self._store, stored.router_id, limit, stored.context_since)
+        log = await evaluation.load_log(
+            self._store,
+            stored.router_id,
+            limit,
+            stored.context_since,
+            "" if live is None else live.weights,  # the events its posterior folds
+        )
         # CPU-bound: in a thread, so this replica's event loop keeps answering meanwhile.
         return await asyncio.to_thread(
             evaluation.report,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from banditd import progress
-from banditd.domain import Decision, FeedbackEvent, FloatArray, RouterSpec
+from banditd.domain import Decision, FeedbackEvent, FloatArray, RouterSpec, built_with
 from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
 from banditd.flows.ope import ridge_predictions as ridge
@@ -103,10 +103,16 @@ class DecisionLog:
 
 
 async def load_log(
-    store: Store, router_id: int, limit: int = DEFAULT_LIMIT, context_since: int = 0
+    store: Store,
+    router_id: int,
+    limit: int = DEFAULT_LIMIT,
+    context_since: int = 0,
+    weights: str = "",
 ) -> DecisionLog:
     """A router's newest ``limit`` decisions with feedback and its whole event log, both from
-    router version ``context_since`` on (StoredRouter's: what came before built x otherwise)."""
+    router version ``context_since`` on (StoredRouter's: what came before built x otherwise)
+    and built by the encoder ``weights`` (ContextPipeline.weights; "": any), as the posterior
+    folds them."""
     rows = await store.reports.decisions_with_feedback(router_id, limit)
     events: list[FeedbackEvent] = []
     while batch := await store.events.after(router_id, events[-1].event_id if events else 0):
@@ -115,9 +121,9 @@ async def load_log(
         tuple(
             LoggedDecision.of(d, reward, cost)
             for d, reward, cost in rows
-            if d.router_version >= context_since
+            if d.router_version >= context_since and built_with(d.context_version, weights)
         ),
-        tuple(e for e in events if e.decided_since(context_since)),
+        tuple(e for e in events if e.decided_since(context_since) and e.built_with(weights)),
     )
 
 

@@ -144,6 +144,7 @@ class Learner:
             challenger=None if pair is None else claims.challenger,
             challenger_reward=None if pair is None else pair[1],
             decision_version=claims.router_version,
+            context_version=None if decision is None else decision.context_version,  # v1: None
         )
 
     async def _usage_claims(self, req: FeedbackInput) -> TokenClaims:

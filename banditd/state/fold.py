@@ -71,8 +71,11 @@ class RouterState:
     ) -> RouterState:
         """The router before any event. ``policy``: a registered policy to run instead of the
         router's own (replay's ``knn``), with the router's exploration; ``context_since``: the
-        router version since which it builds x as now (StoredRouter's)."""
-        posterior = Posterior.empty(Prior.of(spec, context_since), spec.prior_output_tokens)
+        router version since which it builds x as now (StoredRouter's). The posterior folds
+        only events whose x the context's encoder weights built (all where x is given)."""
+        weights = "" if context is None else context.weights
+        prior = Prior.of(spec, context_since, weights)
+        posterior = Posterior.empty(prior, spec.prior_output_tokens)
         for arm in spec.arms:
             posterior.index(arm.name)
         return cls(

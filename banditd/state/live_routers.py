@@ -93,18 +93,20 @@ class Catalog:
     async def _restore(self, stored: StoredRouter) -> RouterState:
         spec = stored.spec
         started = time.perf_counter()
-        state = RouterState.fresh(spec, stored.router_id, context_since=stored.context_since)
+        context = await self._context(stored)
+        state = RouterState.fresh(
+            spec, stored.router_id, context=context, context_since=stored.context_since
+        )
         snapshot = await self._store.learnt.latest_snapshot(stored.router_id)
         if snapshot is not None:
             try:
                 posterior = posterior_snapshot.load(snapshot[0])
             except ValueError as exc:  # an older format: rebuild from the log
                 log.info("snapshot_not_used", router_id=stored.router_id, reason=str(exc))
-            else:  # one under another prior or context (Prior) is not used: rebuild from the log
+            else:  # one under another prior, context or weights (Prior) is not used: rebuild
                 if posterior.prior == state.posterior.prior:
                     state.resume(posterior, ArmHealth.from_json(snapshot[1], spec.breaker))
         from_id = state.posterior.last_event_id
-        state.context = await self._context(stored)
         replayed = await self._catch_up(state)
         self._by_id[stored.router_id] = state
         self._by_name[(spec.tenant, spec.name)] = stored.router_id
@@ -229,6 +231,7 @@ class Catalog:
                 cost_reported=False,
                 defaulted=True,
                 decision_version=d.router_version,
+                context_version=d.context_version,
             )
             for d in due
             if d.x is not None
@@ -263,9 +266,13 @@ class Catalog:
             log.error("dead_letter_not_stored", events=len(bad), error=exc.message)
         refused.extend(bad)
         refused.extend(sorted(appended.duplicates.items(), key=lambda item: item[0]))
-        if appended.follows == state.posterior.last_event_id:
+        if appended.follows == state.posterior.last_event_id and all(
+            e.context_version is not None for e in appended.events
+        ):
             # Nothing of the router's log lies between what we applied and the batch: apply it
             # as committed instead of reading it back (the catch-up below finds nothing more).
+            # An event without its featurisation (a v1 token's) reads its decision's from the
+            # log, as every other replica does.
             fold(state, appended.events)
         try:
             await self._catch_up(state)

@@ -178,8 +178,13 @@ class Posterior:
         if event.event_id <= self.last_event_id:
             raise ValueError(f"event {event.event_id} after {self.last_event_id}: out of order")
         self.last_event_id = event.event_id
-        if event.x.shape != (self.dim,) or not event.decided_since(self.prior.context_since):
-            return None  # x built under an earlier context of the router: not this posterior's
+        prior = self.prior
+        if (
+            event.x.shape != (self.dim,)
+            or not event.decided_since(prior.context_since)
+            or not event.built_with(prior.weights)
+        ):
+            return None  # x built under an earlier context or other weights: not this posterior's
         problem = event_problem(event)
         if problem is not None:
             return problem

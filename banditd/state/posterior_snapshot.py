@@ -28,6 +28,7 @@ def dump(post: Posterior) -> bytes:
         ),
         arm_prior_names=np.array([a for a, _ in prior.arm_quality], dtype=np.str_),
         arm_prior_quality=np.array([q for _, q in prior.arm_quality], dtype=np.float64),
+        prior_weights=np.array(prior.weights, dtype=np.str_),
         prior_output_tokens=post.prior_output_tokens,
         arms=np.array(post.arms, dtype=np.str_),
         a=post.a,
@@ -80,7 +81,9 @@ def load(data: bytes) -> Posterior:
                 for a, q in zip(z["arm_prior_names"], z["arm_prior_quality"], strict=True)
             )
         since = int(p[4]) if len(p) > 4 else 0  # written before context_since: 0
-        prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]), arm_quality, since)
+        # Written before the weights were: "", a prior no router with a context has (rebuilt).
+        weights = str(z["prior_weights"]) if "prior_weights" in z else ""
+        prior = Prior(int(p[0]), float(p[1]), float(p[2]), float(p[3]), arm_quality, since, weights)
         dim = prior.dim
         arms = [str(a) for a in z["arms"]]
         k = len(arms)

@@ -23,7 +23,9 @@ class Prior:
     The posterior's shared level then moves every arm's q alike (Posterior.theta). Each update
     of an arm first discounts its A and b by ``forgetting``; each refactorisation puts back what
     that took of the prior, so A keeps weight x forgetting^64 of it. Events decided before router
-    version ``context_since``, when the router last changed how it builds x, are not its data.
+    version ``context_since``, when the router last changed how it builds x, are not its data;
+    nor are events whose x other encoder weights built (``weights``, ContextPipeline.weights:
+    the weights of a new encoder package, a new distillation; "" where x is given: no filter).
     """
 
     dim: int
@@ -32,9 +34,10 @@ class Prior:
     forgetting: float = 1.0
     arm_quality: tuple[tuple[str, float], ...] = ()
     context_since: int = 0
+    weights: str = ""
 
     @classmethod
-    def of(cls, spec: RouterSpec, context_since: int = 0) -> Prior:
+    def of(cls, spec: RouterSpec, context_since: int = 0, weights: str = "") -> Prior:
         prices = np.array(
             [a.cost_usd(PRIOR_INPUT_TOKENS, spec.prior_output_tokens) for a in spec.arms]
         )
@@ -51,6 +54,7 @@ class Prior:
             spec.forgetting,
             arm_quality,
             context_since,
+            weights,
         )
 
     def quality_of(self, arms: list[str]) -> FloatArray:

@@ -18,7 +18,7 @@ from banditd.domain import MAX_SIGNALS_PER_DECISION, FeedbackEvent
 from banditd.errors import AlreadyExists
 from banditd.store.engine import EVENTS_CHANNEL, Database, insert_ignoring_duplicates
 from banditd.store.finite import checked
-from banditd.store.models import feedback_events
+from banditd.store.models import decisions, feedback_events
 from banditd.store.usage import lock_router, with_usage
 
 # A decision's effective reward from its real rewards in arrival order (a pure domain rule,
@@ -74,6 +74,7 @@ class EventLog:
             rows = (
                 await conn.execute(
                     select(*_EVENT_COLUMNS)
+                    .select_from(_WITH_DECISION)
                     .where(*_after(router_id, after_id))
                     .order_by(feedback_events.c.id)
                     .limit(limit)
@@ -179,9 +180,17 @@ async def _append_signals(
     return AppendedBatch(positions, _by_id(stored), head, duplicates, costs)
 
 
-# The columns of feedback_events that hold FeedbackEvent's fields, in the fields' order.
+# The columns of feedback_events that hold FeedbackEvent's fields, in the fields' order. An event
+# logged without its featurisation (before migration 0021, or by a replica of an older banditd
+# during a rolling upgrade) reads its decision's: the decision's id is its primary key.
+_WITH_DECISION = feedback_events.outerjoin(
+    decisions, decisions.c.id == feedback_events.c.decision_id
+)
 _EVENT_COLUMNS = tuple(
-    feedback_events.c["id" if f.name == "event_id" else f.name] for f in fields(FeedbackEvent)
+    func.coalesce(feedback_events.c.context_version, decisions.c.context_version)
+    if f.name == "context_version"
+    else feedback_events.c["id" if f.name == "event_id" else f.name]
+    for f in fields(FeedbackEvent)
 )
 
 
@@ -279,6 +288,7 @@ def _event_row(e: FeedbackEvent) -> dict[str, Any]:
         "challenger": e.challenger,
         "challenger_reward": e.challenger_reward,
         "decision_version": e.decision_version,
+        "context_version": e.context_version,
     }
 
 

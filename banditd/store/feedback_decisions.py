@@ -1,6 +1,6 @@
 """Decisions as Feedback reads them (issue 20): a compact token's join record (x, arm,
-propensity, expected costs, challenger, the router's version), in one query per batch, with
-nothing more decoded than the join needs.
+propensity, expected costs, challenger, the router's version and featurisation), in one query
+per batch, with nothing more decoded than the join needs.
 
 Building whole decisions here (every ranking, candidates and metadata decoded from JSON, a
 RankedArm per arm) cost more than the rest of the feedback path together, so only the join
@@ -36,6 +36,7 @@ _QUERY = select(
     decisions.c.challenger,
     _COMPARED_RANKING,
     decisions.c.router_version,
+    decisions.c.context_version,
 ).join(routers, routers.c.id == decisions.c.router_id)
 
 
@@ -71,6 +72,7 @@ def _join_record(
     challenger: str | None,
     ranking: list[list[Any]] | None,
     router_version: int,
+    context_version: str | None,
 ) -> JoinRecord:
     """A row of _QUERY, unpacked by position (far cheaper than by name, row after row). A
     ranking entry is [arm, score, quality score, expected cost, ...] (banditd.store.decisions)."""
@@ -86,4 +88,5 @@ def _join_record(
         challenger=challenger,
         challenger_cost_usd=0.0 if rival is None else float(rival[3]),
         router_version=router_version,
+        context_version=context_version,
     )

@@ -395,6 +395,8 @@ budgets.append_column(Column("deleted_at", Float, nullable=True))
 # a repeated request_id answered from the log gets the first answer's price and outcome too.
 decisions.append_column(Column("budget_price", Float, nullable=True))
 decisions.append_column(Column("budget_outcome", String(16), nullable=True))
-# The request's own cost weight (migration 0020; null: the request had none, or it was logged
-# before 0020), so that off-policy evaluation scores each decision at the weight Select used.
+# The request's own cost weight (0020; null: none, or older): OPE weighs as Select did.
 decisions.append_column(Column("cost_weight", Float, nullable=True))
+# Each event's featurisation (0021; null: older, or a v1 token), the decision's or the warm
+# start's: a router folds only the events its encoder's weights built (banditd.store.events).
+feedback_events.append_column(Column("context_version", String(128), nullable=True))

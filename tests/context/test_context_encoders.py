@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from banditd.context.encoders import (
     TextEncoder,
     get_encoder,
     minilm_dir,
+    minilm_fingerprint,
     tail_window,
     untruncated,
 )
@@ -53,6 +55,23 @@ def test_minilm_vectors_are_unit_length_deterministic_and_semantic(minilm: TextE
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(minilm.encode_batch(texts[:1])[0], vecs[0], atol=1e-5)
     assert _cos(vecs[0], vecs[1]) > _cos(vecs[0], vecs[2]) + 0.2
+
+
+def test_other_minilm_weights_name_themselves_the_pinned_ones_do_not(
+    minilm: TextEncoder, tmp_path: Path
+) -> None:
+    """The pinned package's weights keep fingerprint "": a minilm router's context version is
+    what it was before weights were named, so it keeps its learning; other weights (a new
+    package) name their digest, and the router folds only the events they built."""
+    assert minilm.fingerprint == ""
+    spec = RouterSpec(
+        "acme", "chat", (ArmSpec("a", 1.0, 1.0),), embedding_dim=384, encoder="minilm"
+    )
+    pipeline = ContextPipeline(spec, minilm, MemoryVocabularyStore())
+    assert pipeline.weights == "minilm" and pipeline.version.startswith("minilm:384:w0:")
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    digest = hashlib.blake2b(b"other weights", digest_size=4).hexdigest()
+    assert minilm_fingerprint(tmp_path) == digest
 
 
 def test_tail_window_cuts_at_a_token_boundary_counting_from_the_end() -> None:

@@ -19,6 +19,7 @@ from banditd.edge import codec
 from banditd.errors import FailedPrecondition, NotFound
 from banditd.evaluation import replay
 from banditd.evaluation.replay.options import Server
+from banditd.store.events import EventLog
 from banditd.v1 import banditd_pb2 as pb
 from tests.evaluation.test_replay import ARMS, synthetic
 from tests.evaluation.test_replay import write_outcomes as write_records
@@ -97,6 +98,8 @@ async def test_warm_start_then_serve(
     stats = await served.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.feedback_count == 0  # offline events shape the posterior but are not feedback
     assert stats.applied_event_id >= 600
+    offline = await EventLog(served.app.db).after(1, 0)  # no decision rows: their own version
+    assert {e.context_version for e in offline} == {first["context_version"]}
 
 
 async def test_warm_start_again_after_a_change_of_the_context(

@@ -21,7 +21,7 @@ from banditd.flows.tokens import TokenSigner
 from banditd.store import Database, migrate
 from banditd.store.engine import alembic_config
 from banditd.store.events import EventLog
-from banditd.store.models import feedback_events, feedback_pending
+from banditd.store.models import decisions, feedback_events, feedback_pending
 from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
@@ -452,3 +452,36 @@ async def test_migration_0015_goes_down_and_up(database_url: str) -> None:
         assert await PendingStore(db).count("pending") == 0
     finally:
         await db.close()
+
+
+async def test_an_event_logs_its_decisions_featurisation_and_0021_keeps_the_events(
+    database_url: str, start_server: StartServer
+) -> None:
+    """A compact token's event logs its decision's context_version; a v1 token's, and every
+    event logged before migration 0021, none, and the log reads its decision's."""
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    compact, v1 = await choose(server), await choose(server, embedding=embedding(seed=1))
+    old = SIGNER.sign_v1(await server.claims(v1.decision_id))
+    for token in (compact.decision_id, old):
+        await server.router.Feedback(pb.FeedbackRequest(tenant="acme", decision_id=token, reward=1))
+    await server.app.decisions.flush()
+    async with server.app.db.transaction() as conn:
+        logged = set(await conn.scalars(select(decisions.c.context_version)))
+    (version,) = logged
+    assert version.startswith("hashing:4:")
+    assert [r.context_version for r in await event_rows(server)] == [version, None]
+    log = EventLog(server.app.db)
+    assert [e.context_version for e in await log.after(1, 0)] == [version, version]
+    await server.stop()
+
+    config = alembic_config(database_url, DEFAULT_MIGRATIONS_DIR)
+    await asyncio.to_thread(command.downgrade, config, "0020")
+    await asyncio.to_thread(command.upgrade, config, "head")
+    db = Database(database_url)
+    try:
+        events = await EventLog(db).after(1, 0)
+    finally:
+        await db.close()
+    assert [e.event_id for e in events] == [1, 2]
+    assert [e.context_version for e in events] == [version, version]

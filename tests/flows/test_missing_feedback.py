@@ -6,9 +6,11 @@ from functools import partial
 
 import grpc
 import pytest
+from sqlalchemy import select
 
 from banditd.flows.tokens import TokenSigner
 from banditd.store.events import EventLog
+from banditd.store.models import feedback_events
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import SIGNING_KEY, StartServer, router_config, wait_until
 
@@ -34,6 +36,10 @@ async def test_default_reward_once_across_replicas(
 
     events = await EventLog(a.app.db).after(1, 0)
     assert [(e.reward, e.defaulted) for e in events] == [(1.0, False), (0.0, True), (0.0, True)]
+    async with a.app.db.transaction() as conn:  # each logs its decision's featurisation
+        column = select(feedback_events.c.context_version).order_by(feedback_events.c.id)
+        logged = list(await conn.scalars(column))
+    assert len(logged) == 3 and len(set(logged)) == 1 and logged[0].startswith("hashing:4:")
     signer = TokenSigner(SIGNING_KEY.encode())
     assert {e.decision_id for e in events[1:]} == {
         signer.verify(d.decision_id, "acme").decision_id for d in made[1:]

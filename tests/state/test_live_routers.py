@@ -1,4 +1,5 @@
-"""A batch of feedback applied as committed (not read back) gives the posterior the log gives."""
+"""A batch of feedback applied as committed (not read back) gives the posterior the log gives; a
+router folds only the events whose x its encoder's weights built."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from sqlalchemy import func, select
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
-from banditd.domain import FeedbackEvent
+from banditd.context.encoders import HashingTextEncoder
+from banditd.context.registry import Encoders
+from banditd.domain import Decision, FeedbackEvent, RouterSpec
 from banditd.edge import codec
 from banditd.state.fold import RouterState
 from banditd.state.live_routers import Catalog
@@ -20,9 +23,10 @@ from banditd.store import Store
 from banditd.store.engine import Database, migrate
 from banditd.store.events import EventLog
 from banditd.store.models import posterior_snapshots
-from tests.helpers import router_config
+from tests.helpers import require, router_config
 
 DIM = 4
+VERSION = "hashing:3:w0:pca0/none:m0x64:k0"  # the test router's (logged with its decisions)
 
 
 class ReadCountingLog(EventLog):
@@ -51,7 +55,12 @@ def _log(store: Store) -> ReadCountingLog:
     return store.events
 
 
-def _events(router_id: int, decisions: list[str], rng: np.random.Generator) -> list[FeedbackEvent]:
+def _events(
+    router_id: int,
+    decisions: list[str],
+    rng: np.random.Generator,
+    version: str | None = VERSION,
+) -> list[FeedbackEvent]:
     arms = ["cheap", "mid", "strong", "retired"]
     events = []
     for k, decision in enumerate(decisions):
@@ -72,6 +81,7 @@ def _events(router_id: int, decisions: list[str], rng: np.random.Generator) -> l
                 error=k % 5 == 0,
                 created_at=1_700_000_000.0 + k / 7,
                 cost_reported=k % 4 != 0,
+                context_version=version,
             )
         )
     return events
@@ -181,3 +191,126 @@ async def test_replicas_share_snapshots_instead_of_each_writing_one(store: Store
 
     restored = await Catalog(store, snapshot_every=10).get(spec.tenant, spec.name)
     assert _arrays(restored.posterior) == _arrays(follower.posterior) == _arrays(state.posterior)
+
+
+class Weights(Encoders):
+    """The hashing encoder, naming its weights ``fingerprint`` as a new MiniLM package or a new
+    distillation of the static model would."""
+
+    def __init__(self, fingerprint: str) -> None:
+        super().__init__()
+        self.fingerprint = fingerprint
+
+    async def get(self, spec: RouterSpec) -> tuple[HashingTextEncoder, None]:
+        encoder = HashingTextEncoder(spec.embedding_dim)
+        encoder.fingerprint = self.fingerprint
+        return encoder, None
+
+
+def _decision(state: RouterState, event: FeedbackEvent, version: str | None) -> Decision:
+    spec = state.spec
+    return Decision(
+        decision_id=event.decision_id,
+        router_id=state.router_id,
+        tenant=spec.tenant,
+        router=spec.name,
+        request_id=None,
+        arm=event.arm,
+        ranking=(),
+        propensity=1.0,
+        explored=False,
+        expected_cost_usd=0.001,
+        token="t",
+        expires_at=event.created_at + 60,
+        created_at=event.created_at,
+        policy=spec.policy,
+        router_version=spec.version,
+        seed=0,
+        candidates=tuple(a.name for a in spec.arms),
+        x=event.x,
+        context_version=version,
+    )
+
+
+async def _decide_and_learn(store: Store, catalog: Catalog, n: int) -> RouterState:
+    """A kNN router given n decisions and their feedback under the catalog's encoder weights:
+    half the events carry their decision's context_version (as Feedback logs it), half none
+    (logged by a replica of an older banditd: read through their decision)."""
+    spec, _ = await catalog.put(
+        codec.spec_from_proto(router_config(embedding_dim=DIM - 1, knn_k=2))
+    )
+    state = await catalog.get(spec.tenant, spec.name)
+    assert state.context is not None
+    version = state.context.version
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    rng = np.random.default_rng(5)
+    # The router's x: [1, embedding (3), kNN (3 arms x 2)], from the event's own numbers.
+    events = [
+        dataclasses.replace(e, x=np.concatenate([e.x, np.zeros(spec.dim - DIM)]))
+        for e in _events(state.router_id, ids, rng, version)
+    ]
+    await store.decisions.insert([_decision(state, e, version) for e in events])
+    half = n // 2
+    read = _log(store).read
+    assert await _record(catalog, state, events[:half]) == list(range(half))
+    assert _log(store).read == read  # applied as committed
+    legacy = [dataclasses.replace(e, context_version=None) for e in events[half:]]
+    assert await _record(catalog, state, legacy) == list(range(n - half))
+    assert _log(store).read == read + n - half  # read back: the log says its decision's version
+    return state
+
+
+async def test_a_router_folds_only_what_its_encoder_weights_built(store: Store) -> None:
+    require("faiss", "the kNN index needs the context extra")
+    state = await _decide_and_learn(store, Catalog(store, 1_000_000, encoders=Weights("aaaa")), 8)
+    spec = state.spec
+    assert state.context is not None and state.context.version.startswith("hashing@aaaa:")
+    assert int(state.posterior.n_updates.sum()) == 8 and state.context.knn is not None
+    assert state.context.knn.size == 6  # the index holds the router's arms only (no "retired")
+
+    upgraded = await Catalog(store, 1_000_000, encoders=Weights("bbbb")).get(spec.tenant, spec.name)
+    prior = RouterState.fresh(spec, state.router_id, context=upgraded.context)
+    assert upgraded.posterior.last_event_id == 8  # passed over, in order
+    assert _arrays(upgraded.posterior)[:-1] == _arrays(prior.posterior)[:-1]
+    assert upgraded.context is not None and upgraded.context.knn is not None
+    assert upgraded.context.knn.size == 0
+
+    same = await Catalog(store, 1_000_000, encoders=Weights("aaaa")).get(spec.tenant, spec.name)
+    assert _arrays(same.posterior) == _arrays(state.posterior)
+    assert same.context is not None and same.context.knn is not None
+    assert same.context.knn.size == 6
+
+
+async def test_a_snapshot_under_other_weights_is_not_used(store: Store) -> None:
+    require("faiss", "the kNN index needs the context extra")
+    catalog = Catalog(store, snapshot_every=4, encoders=Weights("aaaa"))
+    state = await _decide_and_learn(store, catalog, 8)
+    spec = state.spec
+    assert await store.learnt.newest_snapshot_event_id(state.router_id) == 8
+    log = _log(store)
+    log.read = 0
+    same = await Catalog(store, 4, encoders=Weights("aaaa")).get(spec.tenant, spec.name)
+    assert log.read == 8  # the kNN index only: the posterior came from the snapshot
+    assert _arrays(same.posterior) == _arrays(state.posterior)
+    log.read = 0
+    upgraded = await Catalog(store, 4, encoders=Weights("bbbb")).get(spec.tenant, spec.name)
+    assert log.read == 16  # rebuilt from the log, which holds nothing built by its weights
+    assert int(upgraded.posterior.n_updates.sum()) == 0
+
+
+async def test_unchanged_weights_keep_every_legacy_event(store: Store) -> None:
+    """A router whose weights did not change (the packaged MiniLM, the hashing encoder: no
+    fingerprint) keeps what it learnt before events logged their featurisation: events without
+    one, with a decision of the old version format or none at all, are all folded."""
+    catalog = Catalog(store, snapshot_every=1_000_000)
+    spec, _ = await catalog.put(codec.spec_from_proto(router_config(embedding_dim=DIM - 1)))
+    state = await catalog.get(spec.tenant, spec.name)
+    assert state.context is not None and state.context.version == VERSION
+    events = _events(
+        state.router_id, [str(uuid.uuid4()) for _ in range(10)], np.random.default_rng(2), None
+    )
+    await store.decisions.insert([_decision(state, e, VERSION) for e in events[:5]])
+    await store.events.append(events)
+    restored = await Catalog(store, snapshot_every=1_000_000).get(spec.tenant, spec.name)
+    assert restored.posterior.last_event_id == 10
+    assert int(restored.posterior.n_updates.sum()) == 10

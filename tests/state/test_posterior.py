@@ -233,3 +233,24 @@ def test_a_snapshot_under_forgetting_from_before_the_prior_was_put_back_is_refus
         np.savez(buf, **{k: z[k][:5] if k == "prior" else z[k] for k in z.files})
     with pytest.raises(ValueError, match="predates forgetting"):
         posterior_snapshot.load(buf.getvalue())
+
+
+def test_events_built_by_other_encoder_weights_are_passed_over() -> None:
+    """Prior.weights: an event whose x other encoder weights built teaches nothing but is passed
+    in order; one of unknown featurisation (logged before migration 0021) is folded; a
+    snapshot keeps the weights."""
+    log = events(20, 4)
+    ours, fresh = (
+        Posterior.empty(Prior(4, 1.0, weights="hashing@aaaa"), 300),
+        Posterior.empty(Prior(4, 1.0), 300),
+    )
+    for i, e in enumerate(log):
+        version = "hashing@bbbb:3:w0" if i < 10 else ("hashing@aaaa:3:w0" if i % 2 else None)
+        ours.apply(replace(e, context_version=version))
+    for e in log[10:]:
+        fresh.apply(e)
+    assert ours.arms == fresh.arms and ours.last_event_id == 20
+    for name in ("a", "b", "theta", "reward_sum", "n_updates"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(fresh, name))
+    restored = posterior_snapshot.load(posterior_snapshot.dump(ours))
+    assert restored.prior == ours.prior and restored.prior.weights == "hashing@aaaa"
