@@ -382,10 +382,8 @@ feedback_pending = Table(
 )
 PENDING_WAITING = ("pending", "joining")  # the states of feedback not in the event log yet
 
-# A change of how x is built (migration 0016; banditd.store.routers): the router version since
-# which x is built as now (0: since the router was created), and each event's decision's router
-# version (null: logged before 0016, or a decision token that did not say), so that the events
-# decided under an earlier context are not folded into the posterior.
+# A change of how x is built (0016; banditd.store.routers): the version since which x is built as
+# now, and each event's decision's (null: unknown): events decided before are not folded.
 routers.append_column(Column("context_since", Integer, nullable=False, server_default="0"))
 feedback_events.append_column(Column("decision_version", Integer, nullable=True))
 # DeleteBudget (migration 0017): a deleted budget's row stays, so that the charges of decisions
