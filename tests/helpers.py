@@ -147,6 +147,28 @@ def router_config(
     )
 
 
+async def dear_dollars(server: Running) -> None:
+    """Tenant acme's budget prices dollars dear: a window budget of $100 just begun (its clock
+    allows 5 % of the limit so far), $5 of it spent by router acme/spender (created here), and
+    the pacer's price refreshed. Start the server with a long ``budget_refresh_s``."""
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config("acme", "spender")))
+    budget = pb.Budget(
+        tenant="acme",
+        limit_usd=100.0,
+        period=pb.BUDGET_PERIOD_WINDOW,
+        window_seconds=10**7,
+        window_start_unix=int(time.time()),
+    )
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
+    spent = await server.router.Select(
+        pb.SelectRequest(tenant="acme", router="spender", prompt="hi")
+    )
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=spent.decision_id, reward=1, cost_usd=5.0)
+    )
+    await server.app.budgets.housekeeping()  # the pacer sees the $5 spent
+
+
 async def meanwhile(
     db: Database, prefix: str, other: Callable[[], Awaitable[Any]], first: Awaitable[Any]
 ) -> tuple[Any, Any]:

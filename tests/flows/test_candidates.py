@@ -3,13 +3,11 @@ request's own cost_weight (else the default), raised to the budget pacer's price
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import EMBEDDING, Running, StartServer, router_config, wait_until
+from tests.helpers import EMBEDDING, Running, StartServer, dear_dollars, router_config, wait_until
 
 ARMS = ("cheap", "strong")
 REWARD = {"cheap": 0.2, "strong": 0.9}
@@ -99,23 +97,9 @@ async def test_under_a_budget_a_candidate_scores_at_the_pacers_price(
     """The budget pacer's price raised the live choice's cost weight: the live configuration,
     evaluated as a candidate on its own (deterministic) log, agrees with every decision."""
     server = await start_server(sqlite_url, budget_refresh_s=3600)
-    for tenant, name in (("acme", "chat"), ("acme", "spender"), ("other", "chat")):
+    for tenant, name in (("acme", "chat"), ("other", "chat")):
         await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant, name)))
-    budget = pb.Budget(  # a window just begun: its clock allows 5 % of the limit so far
-        tenant="acme",
-        limit_usd=100.0,
-        period=pb.BUDGET_PERIOD_WINDOW,
-        window_seconds=10**7,
-        window_start_unix=int(time.time()),
-    )
-    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
-    spent = await server.router.Select(
-        pb.SelectRequest(tenant="acme", router="spender", prompt="hi")
-    )
-    await server.router.Feedback(
-        pb.FeedbackRequest(tenant="acme", decision_id=spent.decision_id, reward=1, cost_usd=5.0)
-    )
-    await server.app.budgets.housekeeping()  # the pacer sees the $5 spent: dollars are dear
+    await dear_dollars(server)
     for _ in range(3):
         live = await server.router.Select(
             pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ from banditd.edge import codec
 from banditd.flows.select import SelectInput, Selector
 from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
+from tests.helpers import SIGNING_KEY, Running, StartServer, dear_dollars, router_config, wait_until
 
 SHADOWS = [
     pb.ShadowPolicy(name="ucb", policy="linucb"),
@@ -91,23 +90,8 @@ async def test_under_a_budget_shadows_score_at_the_cost_weight_the_live_choice_u
     server = await start_server(sqlite_url, budget_refresh_s=3600)
     twin = [pb.ShadowPolicy(name="twin", policy="linucb")]
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(shadows=twin)))
-    for tenant, name in (("acme", "spender"), ("other", "chat")):  # other/chat: no budget
-        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(tenant, name)))
-    budget = pb.Budget(  # a window just begun: its clock allows 5 % of the limit so far
-        tenant="acme",
-        limit_usd=100.0,
-        period=pb.BUDGET_PERIOD_WINDOW,
-        window_seconds=10**7,
-        window_start_unix=int(time.time()),
-    )
-    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
-    spent = await server.router.Select(
-        pb.SelectRequest(tenant="acme", router="spender", prompt="hi")
-    )
-    await server.router.Feedback(
-        pb.FeedbackRequest(tenant="acme", decision_id=spent.decision_id, reward=1, cost_usd=5.0)
-    )
-    await server.app.budgets.housekeeping()  # the pacer sees the $5 spent: dollars are dear
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config("other", "chat")))
+    await dear_dollars(server)
     x = pb.Embedding(values=[1.0, 0.0, 0.0, 0.0])
     for _ in range(3):
         live = await server.router.Select(
