@@ -109,7 +109,12 @@ async def _pipeline(store: Store, stored: StoredRouter, max_prompt_chars: int) -
     vocabulary = MemoryVocabularyStore()
     vocabulary.slots = {key: dict(values) for key, values in known.items()}
     pipeline = ContextPipeline(
-        spec, encoder, vocabulary, known_vocabulary=known, max_prompt_chars=max_prompt_chars
+        spec,
+        encoder,
+        vocabulary,
+        known_vocabulary=known,
+        max_prompt_chars=max_prompt_chars,
+        context_since=stored.context_since,  # the kNN index holds only the events decided since
     )
     await Reductions(store.learnt).load(router_id, pipeline)  # the stored PCA, as a server's
     # Only the kNN index, not the whole fold (banditd.state.fold): it is all that x of the new

@@ -131,6 +131,33 @@ async def test_warm_start_again_after_a_change_of_the_context(
         assert d.arm == best
 
 
+async def test_after_a_change_of_the_context_the_neighbours_are_the_new_contexts(
+    database_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """A kNN router's x reads the outcomes of its nearest past prompts. After a change of the
+    context, a warm start's x reads only the events decided since, as a server's does: the same
+    x as a router created with the new context and warm-started on the same file."""
+    data = tmp_path / "outcomes.jsonl.gz"
+    write_outcomes(data, 40)
+    before = router_config(embedding_dim=32, knn_k=5)
+    after = router_config(embedding_dim=32, knn_k=5, text_window_tokens=3)  # same size of x
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=before))
+    assert warm_start(database_url, data)["added"] == 120
+    await server.admin.PutRouter(pb.PutRouterRequest(router=after))
+    fresh = router_config(name="fresh", embedding_dim=32, knn_k=5, text_window_tokens=3)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=fresh))
+    assert warm_start(database_url, data)["added"] == 120
+    assert warm_start(database_url, data, "--tenant", "acme", "--router", "fresh")["added"] == 120
+
+    log = EventLog(server.app.db)
+    changed, new = (await log.after(1, 0))[120:], await log.after(2, 0)
+    assert [e.decision_id for e in changed] != [e.decision_id for e in new]
+    for ours, theirs in zip(changed, new, strict=True):
+        assert (ours.arm, ours.reward) == (theirs.arm, theirs.reward)
+        assert ours.x.tolist() == theirs.x.tolist()
+
+
 async def test_warm_start_on_a_live_server_keeps_its_traffic(
     database_url: str, start_server: StartServer, tmp_path: Path
 ) -> None:
