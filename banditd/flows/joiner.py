@@ -45,9 +45,10 @@ class Joiner:
 
     async def run(self) -> int:
         """One round: join what can be joined, mark what waited too long; the rows joined."""
-        now = self._clock()
         joined = 0
-        while items := await self._store.claim(JOIN_BATCH, now):
+        # The time of each claim, not the round's: a round through a backlog can outlast
+        # CLAIM_TIMEOUT_S, and a claim stamped earlier would look dead to other replicas.
+        while items := await self._store.claim(JOIN_BATCH, now := self._clock()):
             done, refused = await self._learner.join(items)
             retry = [i for i, exc in refused if isinstance(exc, Unavailable)]
             bad = [(i, exc) for i, exc in refused if not isinstance(exc, Unavailable)]
@@ -69,6 +70,7 @@ class Joiner:
             joined += len(done)
             if retry or len(items) < JOIN_BATCH:
                 break
+        now = self._clock()
         for tenant, router in await self._store.orphan(now - self._wait_s, now):
             metrics.FEEDBACK_UNJOINED.labels(tenant, router).inc()
             log.warning("feedback_unjoined", tenant=tenant, router=router)
