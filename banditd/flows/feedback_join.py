@@ -122,27 +122,27 @@ async def park(
         raise Unavailable("this server cannot join feedback to decisions")
     kept: list[tuple[int, Waiting, RouterSpec, tuple[str, ...]]] = []  # with the arms counted
     seen: set[str] = set()  # decisions kept (a second signal for one is a duplicate)
-    for i, w in items:
-        if w.parked.decision_id in seen:
-            refused.append((i, waiting_duplicate(w.parked.decision_id)))
-            continue
-        try:
-            async with catalog.locked(w.parked.router_id) as state:
-                if (thumb := w.parked.request.get("thumb")) is not None:
-                    w = replace(w, reward=state.spec.thumb_reward(thumb == "up"))
-                names = [arm.name for arm in state.spec.arms]
-                indices = (w.arm_index, w.challenger_index)
-                arms = tuple(names[k] for k in indices if k is not None and k < len(names))
-                guard.check_cap(state.spec, state.router_id, *arms)
-        except (NotFound, ResourceExhausted) as exc:
-            refused.append((i, exc))
-            continue
-        kept.append((i, w, state.spec, arms))
-        seen.add(w.parked.decision_id)
     parked: set[str] = set()
     try:
+        for i, w in items:
+            if w.parked.decision_id in seen:
+                refused.append((i, waiting_duplicate(w.parked.decision_id)))
+                continue
+            try:
+                async with catalog.locked(w.parked.router_id) as state:
+                    if (thumb := w.parked.request.get("thumb")) is not None:
+                        w = replace(w, reward=state.spec.thumb_reward(thumb == "up"))
+                    names = [arm.name for arm in state.spec.arms]
+                    indices = (w.arm_index, w.challenger_index)
+                    arms = tuple(names[k] for k in indices if k is not None and k < len(names))
+                    guard.check_cap(state.spec, state.router_id, *arms)
+            except (NotFound, ResourceExhausted) as exc:
+                refused.append((i, exc))
+                continue
+            kept.append((i, w, state.spec, arms))
+            seen.add(w.parked.decision_id)
         parked = await decisions.store.park([w.parked for _, w, _, _ in kept])
-    finally:  # the cap counts the feedback parked, not the attempts
+    finally:  # the cap counts the feedback parked, not the attempts (a later router's load too)
         for _, w, spec, arms in kept:
             if w.parked.decision_id not in parked and spec.feedback_cap_per_key:
                 guard.uncount(w.parked.router_id, *arms)

@@ -184,3 +184,28 @@ def test_no_signal_before_enough_history() -> None:
     guard = FeedbackGuard(anomaly_window=20, anomaly_min_history=100, anomaly_threshold=0.3)
     assert not any(guard.observe(SPEC, 2, "cheap", 1.0) for _ in range(50))
     assert not any(guard.observe(SPEC, 2, "cheap", 0.0) for _ in range(50))
+
+
+async def test_a_batch_that_fails_while_parking_uses_up_no_cap(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """An upload whose parking fails part way (a second router that cannot be loaded while the
+    database is out) parks nothing and counts nothing: the retry of its first feedback, whose
+    router was loaded and counted it, is accepted."""
+    a = await start_server(sqlite_url, decision_flush_ms=600_000.0, tail_interval_s=3600)
+    b = await start_server(sqlite_url, tail_interval_s=3600)
+    for name in ("chat", "other"):
+        config = router_config(name=name, feedback_cap_per_key=1, feedback_cap_window_seconds=60)
+        await a.admin.PutRouter(pb.PutRouterRequest(router=config))
+    mine = (await a.router.Select(on("cheap"))).decision_id
+    request = pb.SelectRequest(tenant="acme", router="other", embedding=on("cheap").embedding)
+    theirs = (await a.router.Select(request)).decision_id
+    await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))  # b loads "chat" only
+    async with b.app.db.transaction() as conn:  # "other" cannot be loaded
+        await conn.execute(text("ALTER TABLE posterior_snapshots RENAME TO snapshots_away"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.router.StreamFeedback(iter([fb(mine), fb(theirs)]))
+    assert err.value.code() == C.UNAVAILABLE
+    async with b.app.db.transaction() as conn:
+        await conn.execute(text("ALTER TABLE snapshots_away RENAME TO posterior_snapshots"))
+    assert (await b.router.Feedback(fb(mine))).event_id == 0  # parked: the client's retry
