@@ -14,7 +14,8 @@ router's default, unless the caller gives one weight for all. The estimators the
 
 Not simulated: ``explore_new_arm`` forcing (warned); how the candidate's own spending would have
 moved the pacer's price (the logged price applies). A candidate must score the same features:
-its embedding_dim must be the router's, as only x, not the prompt, is logged.
+its context settings must build x as the router's do (``RouterSpec.changes_x``), as only x, not
+the prompt, is logged.
 """
 
 from __future__ import annotations
@@ -128,12 +129,22 @@ async def load_log(
 
 
 def check_candidate(live: RouterSpec, candidate: RouterSpec) -> RouterSpec:
-    """The candidate as evaluated: it must read the router's features (embedding_dim)."""
+    """The candidate as evaluated: it must build x as the router does (``changes_x``), as its
+    posterior and scores read the logged x."""
     if candidate.embedding_dim != live.embedding_dim:
         raise InvalidArgument(
             "candidate.embedding_dim",
             f"{candidate.embedding_dim} differs from the router's {live.embedding_dim}: the log "
             "holds contexts of the router's size only (the prompts are not logged)",
+        )
+    if live.changes_x(candidate):
+        ours, theirs = live.context_fields, candidate.context_fields
+        differ = [k for k in {**ours, **theirs} if ours.get(k) != theirs.get(k)]
+        raise InvalidArgument(
+            f"candidate.{differ[0] if differ else 'context'}",
+            f"builds x otherwise than the router ({', '.join(differ) or 'its size'} differ; "
+            f"{candidate.dim} values against {live.dim}): the log holds the router's x only "
+            "(the prompts are not logged), so a candidate keeps the router's context settings",
         )
     return candidate
 

@@ -3,6 +3,7 @@ request's own cost_weight (else the default), raised to the budget pacer's price
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
@@ -126,3 +127,35 @@ async def test_under_a_budget_a_candidate_scores_at_the_pacers_price(
     assert candidate.effective_sample_size == pytest.approx(3.0)
     assert report.budget_raised_cost_weights == 3 and report.request_cost_weights == 0
     assert report.mean_cost_weight > report.cost_weight == 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metadata_keys": ["app"]}, "metadata_keys"),  # x longer than the logged one
+        ({"pca_dim": 2}, "pca_dim"),  # shorter
+        ({"knn_k": 5}, "knn_k"),
+        ({"text_window_tokens": 64}, "text_window_tokens"),  # the same size, built otherwise
+    ],
+)
+async def test_a_candidate_that_builds_x_otherwise_is_refused(
+    sqlite_url: str, start_server: StartServer, change: dict[str, object], field: str
+) -> None:
+    """The log holds the router's x only: a candidate whose context settings build x of another
+    size or another way would score vectors that are not its own (past the end of a shorter
+    one), so it is refused, naming the setting, rather than given numbers."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(arms=ARMS)))
+    for _ in range(5):
+        await select_and_feed(server, None)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.Evaluate(
+            pb.EvaluateRequest(
+                tenant="acme",
+                name="chat",
+                candidates=[router_config(arms=ARMS, **change)],
+                bootstrap_replicates=10,
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(f"candidate.{field}: ")
