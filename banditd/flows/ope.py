@@ -40,6 +40,9 @@ DEFAULT_LEVEL = 0.95
 SMALL_PROPENSITY = 0.01  # below this a logged propensity makes IPS weights explode
 LOW_ESS_FRACTION = 0.1  # warn when the effective sample size is under this share of n
 BOOTSTRAP_CHUNK = 4096  # rows per block of the streaming bootstrap
+# ... and fewer past DEFAULT_BOOTSTRAP replicates, so a block's Poisson counts (replicates x rows)
+# stay 32 MB whatever the replicates (Evaluate allows 100,000: 3.3 GB a block of 4096 rows).
+BOOTSTRAP_CELLS = BOOTSTRAP_CHUNK * DEFAULT_BOOTSTRAP
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,9 @@ def _bootstrap(
     rng = np.random.default_rng(seed)
     n = next(iter(terms.values()))[0].shape[0]
     out = {name: (np.zeros((replicates, 3)), np.zeros((replicates, 1))) for name in terms}
-    for start in range(0, n, BOOTSTRAP_CHUNK):
-        stop = min(start + BOOTSTRAP_CHUNK, n)
+    rows = min(BOOTSTRAP_CHUNK, max(1, BOOTSTRAP_CELLS // replicates))
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
         counts = rng.poisson(1.0, size=(replicates, stop - start)).astype(np.float64)
         for name, (num, den) in terms.items():
             out[name][0][:] += counts @ num[start:stop]

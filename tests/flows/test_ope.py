@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -206,3 +207,20 @@ def test_ridge_predictions_are_cross_fitted() -> None:
     assert np.allclose(hat[:, 0, 0], 0.2 + 0.1 * xs[:, 1], atol=1e-4)
     assert np.allclose(hat[:, 1, 0], 0.7, atol=1e-4)
     assert np.allclose(hat[:, 2, 0], hat[:, 2, 0][0], atol=0.05)  # no data: the overall mean
+
+
+def test_the_bootstrap_holds_a_bounded_block_of_counts_whatever_the_replicates() -> None:
+    """Evaluate allows up to 100,000 replicates: the Poisson counts are drawn in blocks of a
+    bounded number of cells, not of replicates x 4096 rows (3.3 GB of float64 at that limit, and
+    as much again for the int64 draw, in a serving replica)."""
+    log, _ = synthetic(2000, 5)
+    replicates = 20_000  # 2000 rows at once: 320 MB of counts, twice
+    tracemalloc.start()
+    try:
+        result = evaluate(log, replicates=replicates)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200e6  # a block's counts and their draw: 32 MB each
+    ips = result.get("ips").reward
+    assert ips.low is not None and ips.high is not None and ips.low < ips.value < ips.high
