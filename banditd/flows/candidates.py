@@ -215,6 +215,12 @@ def logged_feedback(
         arms=arms,
     )
     notes = []
+    new = [a.name for a in spec.arms if not a.disabled and a.name not in arms]
+    if new:
+        notes.append(
+            f"new arms: {', '.join(new)} never eligible at a logged decision, so the candidate is "
+            "evaluated without them (the log cannot tell how they would do)"
+        )
     if spec.explore_new_arm:
         notes.append(
             "explore_new_arm is not simulated: the candidate is evaluated without forced picks"

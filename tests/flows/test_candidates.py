@@ -3,10 +3,14 @@ request's own cost_weight (else the default), raised to the budget pacer's price
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import numpy as np
 import pytest
 
+from banditd.domain import ArmSpec, RouterSpec
+from banditd.flows.candidates import DecisionLog, LoggedDecision, evaluate_candidate
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import EMBEDDING, Running, StartServer, dear_dollars, router_config, wait_until
 
@@ -159,3 +163,29 @@ async def test_a_candidate_that_builds_x_otherwise_is_refused(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(f"candidate.{field}: ")
+
+
+def test_a_candidates_arm_the_log_never_offered_is_named_in_the_warnings() -> None:
+    """An arm added by the candidate was eligible at no logged decision: the estimate is of the
+    candidate without it, and the warnings say so (it used to be silent, the numbers read as
+    the new arm's)."""
+    live = RouterSpec("acme", "chat", (ArmSpec("cheap", 0.1, 0.4), ArmSpec("strong", 3, 15)))
+    rng = np.random.default_rng(0)
+    decisions = tuple(
+        LoggedDecision(
+            created_at=float(t),
+            x=np.concatenate([[1.0], rng.normal(size=live.dim - 1)]),
+            candidates=ARMS,
+            expected_costs=(COST["cheap"], COST["strong"]),
+            arm=ARMS[t % 2],
+            propensity=0.5,
+            reward=REWARD[ARMS[t % 2]],
+            cost_usd=COST[ARMS[t % 2]],
+        )
+        for t in range(20)
+    )
+    log = DecisionLog(decisions, ())
+    assert not evaluate_candidate(live, log, cost_weight=0.0, replicates=0).warnings
+    wider = dataclasses.replace(live, arms=(*live.arms, ArmSpec("fresh", 1, 1)))
+    result = evaluate_candidate(wider, log, cost_weight=0.0, replicates=0)
+    assert any(w.startswith("new arms: fresh ") for w in result.warnings), result.warnings
