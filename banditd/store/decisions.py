@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import Decision, RankedArm
 from banditd.domain.ceilings import HARD_MAX_CALL_USD
@@ -55,10 +56,12 @@ class Decisions:
         self.db = db
 
     async def insert(self, batch: Sequence[Decision]) -> None:
-        """Log a group of decisions and their shadow picks in one transaction (a repeated
-        request_id, logged first by another replica, is skipped). BadData when a row is
-        refused (a constraint: its router was deleted meanwhile; a value): the caller splits
-        the group (store.dead_letters)."""
+        """Log a group of decisions and their shadow picks in one transaction (a decision
+        already logged, by a retried flush, is skipped). A decision whose request_id another
+        replica logged first (both decided before either logged it) was given to its client
+        too: it is logged without the request_id, which stays the first one's. BadData when a
+        row is refused (a constraint: its router was deleted meanwhile; a value): the caller
+        splits the group (store.dead_letters)."""
         rows = [checked(decision_row(d)) for d in batch]
         picks = [
             checked(
@@ -75,7 +78,7 @@ class Decisions:
         ]
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(insert_ignoring_duplicates(conn, decisions), rows)
+                await _insert_each(conn, rows)
                 if picks:
                     await conn.execute(insert_ignoring_duplicates(conn, shadow_picks), picks)
         except IntegrityError as exc:
@@ -121,6 +124,20 @@ class Decisions:
         )
         async with self.db.transaction() as conn:
             return [decision_from_row(r) for r in (await conn.execute(query)).all()]
+
+
+async def _insert_each(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert the decision rows; one skipped for another's request_id goes in without it."""
+    inserted = insert_ignoring_duplicates(conn, decisions).returning(decisions.c.id)
+    logged = set((await conn.execute(inserted, rows)).scalars())
+    skipped = {r["id"]: r for r in rows if r["id"] not in logged and r["request_id"] is not None}
+    if skipped:
+        present = select(decisions.c.id).where(decisions.c.id.in_(list(skipped)))
+        for decision_id in (await conn.execute(present)).scalars():
+            del skipped[decision_id]  # logged before, by a flush retried after its commit
+    if skipped:
+        again = [{**r, "request_id": None} for r in skipped.values()]
+        await conn.execute(insert_ignoring_duplicates(conn, decisions), again)
 
 
 def decision_row(d: Decision) -> dict[str, Any]:
