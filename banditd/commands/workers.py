@@ -125,11 +125,11 @@ def _supervise(children: list[subprocess.Popen[bytes]], signalled: list[int]) ->
     each: a second signal would cut their drain short). Forwarding from this loop rather than
     the signal handler also reaches a worker whose start the signal interrupted."""
     forwarded = 0
-    while any(child.poll() is None for child in children):
-        if not signalled and any(child.returncode is not None for child in children):
+    while running := [child for child in children if child.poll() is None]:  # polls each one
+        if not signalled and len(running) < len(children):
             signalled.append(signal.SIGTERM)
         for signum in signalled[forwarded:]:
-            for child in children:
+            for child in running:
                 if child.poll() is None:
                     child.send_signal(signum)
             forwarded += 1

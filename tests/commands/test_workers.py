@@ -227,3 +227,17 @@ def test_a_workers_metrics_port_cannot_be_a_port_of_the_group(
     output = log.read_text()
     assert f"metrics port {port} (127.0.0.1:{port})" in output
     assert "workers_started" not in output
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dies", [0, 1])
+def test_any_worker_that_dies_stops_the_group(postgres_url: str, tmp_path: Path, dies: int) -> None:
+    """A worker that dies ends the group, whichever it is (docs/operations.md): the others drain,
+    and the parent exits with the dead worker's status (killed by SIGKILL: 128 + 9)."""
+    log = tmp_path / "workers.log"
+    with _two_workers(postgres_url, log, _env()) as proc:
+        (started,) = _wait(log, "workers_started", 1, proc)
+        _wait(log, "serving", 2, proc)
+        os.kill(started["pids"][dies], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 128 + signal.SIGKILL
+    assert len(_events(log, "stopped")) == 1  # the other drained
