@@ -143,7 +143,7 @@ FAISS_DEVICE = Gauge(
 def serve_metrics(listen: str) -> None:
     """Expose /metrics on HOST:PORT in a background thread (for the process's lifetime)."""
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host)
+    start_http_server(int(port), addr=host.strip("[]"))  # [::1]: the brackets are not the host
 
 
 # Security (issue 10).

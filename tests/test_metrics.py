@@ -79,3 +79,20 @@ async def test_calls_refused_at_the_edge_are_in_rpc_seconds(
         await server.router.Select(pb.SelectRequest(tenant="t", router="chat", prompt="hi"))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert _sample(await asyncio.to_thread(_scrape, port), series) == before + 1
+
+
+async def test_metrics_on_a_bracketed_ipv6_address(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """BANDITD_METRICS_LISTEN takes HOST:PORT as the gRPC listeners do, IPv6 in brackets
+    ([::1]:9464) included: serve started nowhere with 'Name or service not known'."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = int(s.getsockname()[1])
+    await start_server(sqlite_url, metrics_listen=f"[::1]:{port}")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    assert "banditd_rpc_seconds" in await asyncio.to_thread(scrape)
