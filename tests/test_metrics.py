@@ -6,11 +6,13 @@ import asyncio
 import socket
 import urllib.request
 
+import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import StartServer, router_config
+from tests.helpers import StartServer, router_config, wait_until
 
 
 def free_port() -> int:
@@ -96,3 +98,31 @@ async def test_metrics_on_a_bracketed_ipv6_address(
             return str(reply.read().decode())
 
     assert "banditd_rpc_seconds" in await asyncio.to_thread(scrape)
+
+
+@pytest.mark.postgres
+async def test_a_unary_call_its_client_cancelled_is_cancelled_not_ok(
+    postgres_url: str, start_server: StartServer
+) -> None:
+    """A call whose client went away (cancelled, or past its deadline) while the server worked on
+    it answered nothing: CANCELLED in banditd_rpc_seconds, not OK."""
+    server = await start_server(postgres_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+
+    def count(code: str) -> float:
+        labels = {"method": "GetSpend", "code": code}
+        return REGISTRY.get_sample_value("banditd_rpc_seconds_count", labels) or 0.0
+
+    ok, cancelled = count("OK"), count("CANCELLED")
+    blocker = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with blocker.transaction():  # GetSpend reads decisions: it waits for this lock
+            await blocker.execute("LOCK TABLE decisions IN ACCESS EXCLUSIVE MODE")
+            call = server.admin.GetSpend(pb.GetSpendRequest(tenant="acme", router="chat"))
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            await wait_until(lambda: blocker.fetchval(waiting), "GetSpend to wait for the lock")
+            call.cancel()
+            await wait_until(lambda: count("OK") + count("CANCELLED") > ok + cancelled, "its end")
+    finally:
+        await blocker.close()
+    assert (count("OK"), count("CANCELLED")) == (ok, cancelled + 1)

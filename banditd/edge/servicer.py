@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,9 @@ def _edge(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             if bounds is not None and isinstance(request, Message):  # streams: per event
                 bounds.check_message(request)
             return await method(self, request, context)
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
         except errors.BanditdError as exc:
             code = grpc.StatusCode[exc.code]
             await context.abort(code, exc.message)
