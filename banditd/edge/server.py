@@ -90,12 +90,14 @@ class App:
                 if exc.errno == errno.EADDRINUSE:  # taken since build_app checked it
                     raise ports.PortInUse(self.settings.metrics_listen, *ports.METRICS) from None
                 raise
+        # Budgets before the first call: a Select they did not cover would pass unchecked and
+        # uncharged (routers missing from the catalog are loaded by the call that needs them).
+        await self.budgets.load_all()
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
         self.decisions.start()
         routers = await self.catalog.load_all()
-        await self.budgets.load_all()
         _warm_up()
         # Startup objects (modules, Numba, SQLAlchemy, the posteriors) live as long as the
         # process: frozen, a full garbage collection no longer scans them (about 180k objects,

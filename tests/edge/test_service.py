@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import grpc
 import numpy as np
 import pytest
@@ -13,13 +14,15 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from sqlalchemy import delete
 
+from banditd.edge.server import build_app
 from banditd.state.posterior import Posterior
 from banditd.state.prior import Prior
 from banditd.store import Database
 from banditd.store.events import EventLog
 from banditd.store.models import posterior_snapshots
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from banditd.v1 import banditd_pb2_grpc as rpc
+from tests.helpers import Running, StartServer, router_config, wait_until
 
 DIM = 4
 
@@ -210,3 +213,47 @@ async def test_changing_the_prior_rebuilds_the_posterior_from_the_log(
         live, rebuilt = state.posterior.index(arm), expected.index(arm)  # may add an unseen arm
         np.testing.assert_array_equal(state.posterior.theta[live], expected.theta[rebuilt])
     assert state.posterior.last_event_id == 45
+
+
+@pytest.mark.postgres
+async def test_no_select_is_answered_before_the_budgets_are_loaded(
+    postgres_url: str, start_server: StartServer
+) -> None:
+    """A replica starting (a restart, or a worker of `serve --workers` that the kernel already
+    hands connections) answered Selects before it had loaded the budgets: each was decided as if
+    there were none, a REFUSE budget's exhausted limit ignored. It takes calls once they are in."""
+    first = await start_server(postgres_url)
+    await first.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    budget = pb.Budget(
+        tenant="acme",
+        limit_usd=1e-9,
+        period=pb.BUDGET_PERIOD_DAY,
+        on_exhausted=pb.ON_EXHAUSTED_REFUSE,
+    )
+    await first.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
+    select = pb.SelectRequest(tenant="acme", router="chat", prompt="hi")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await first.router.Select(select)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    settings = first.app.settings.model_copy(update={"migrate_on_start": False})
+    app = await build_app(settings)
+    blocker = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with blocker.transaction():  # the new replica's start waits to read the budgets
+            await blocker.execute("LOCK TABLE budgets IN ACCESS EXCLUSIVE MODE")
+            starting = asyncio.create_task(app.start())
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            await wait_until(lambda: blocker.fetchval(waiting), "the start to wait for the lock")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as early:  # held until started
+                    await rpc.RouterStub(channel).Select(select, timeout=5)
+            assert early.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await starting
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as later:
+                await rpc.RouterStub(channel).Select(select, timeout=30)
+        assert later.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await blocker.close()
+        await app.stop(0)
