@@ -18,7 +18,11 @@ DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 class Settings(BaseSettings):
     """Process settings. Frozen: build a new one to change anything."""
 
-    model_config = SettingsConfigDict(env_prefix="BANDITD_", frozen=True, extra="forbid")
+    # Every number finite: an infinite rate or time passed the bounds and meant nonsense (a rate
+    # limit of inf refused every call); 0 is how a setting says "no limit" where it can.
+    model_config = SettingsConfigDict(
+        env_prefix="BANDITD_", frozen=True, extra="forbid", allow_inf_nan=False
+    )
 
     listen: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on (port 0 = any)")
     database_url: str = Field(
