@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import sys
 from collections.abc import Callable, Hashable, Sequence
 from functools import partial
@@ -135,6 +134,8 @@ def _load_yaml(text: str, source: str) -> Any:
         raise RoutersFileError(f"{source}: {where}not valid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise RoutersFileError(f"{source}: not valid YAML: {exc}") from None
+    except ValueError as exc:  # an integer past Python's 4300 digits (PyYAML's int())
+        raise RoutersFileError(f"{source}: not valid YAML: {exc}".partition(";")[0]) from None
 
 
 def _load_json(text: str, source: str) -> Any:
@@ -146,10 +147,14 @@ def _load_json(text: str, source: str) -> Any:
 
     try:
         return json.loads(text, object_pairs_hook=unique)
+    except RoutersFileError:
+        raise  # a key given twice (unique)
     except json.JSONDecodeError as exc:
         raise RoutersFileError(
             f"{source}: line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}"
         ) from None
+    except ValueError as exc:  # an integer past Python's 4300 digits
+        raise RoutersFileError(f"{source}: not valid JSON: {exc}".partition(";")[0]) from None
 
 
 def _entries(document: Any, source: str) -> list[Any]:
@@ -249,16 +254,23 @@ def _scalar(field: FieldDescriptor, value: Any, where: str) -> str | bool | floa
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _FieldError(where, f"must be a number, got {_kind(value)}")
     if field.type == FieldDescriptor.TYPE_DOUBLE:
-        if not math.isfinite(value):
-            raise _FieldError(where, f"must be a finite number, got {value}")
+        if not abs(value) <= sys.float_info.max:  # inf, NaN or an integer past float range
+            raise _FieldError(where, f"must be a finite number, got {_shown(value)}")
         return float(value)
     if field.type == FieldDescriptor.TYPE_UINT32:
         if isinstance(value, float) and not value.is_integer():
             raise _FieldError(where, f"must be a whole number, got {value}")
         if not 0 <= value <= UINT32_MAX:
-            raise _FieldError(where, f"must be in 0..{UINT32_MAX}, got {value:g}")
+            raise _FieldError(where, f"must be in 0..{UINT32_MAX}, got {_shown(value)}")
         return int(value)
     raise AssertionError(f"{where}: no file type for proto type {field.type}")  # a new field type
+
+
+def _shown(value: int | float) -> str:
+    try:
+        return f"{value:g}"
+    except OverflowError:  # an integer past float range (YAML and JSON read any length)
+        return f"{'-' if value < 0 else ''}1e+{len(str(abs(value))) - 1} or so (past float range)"
 
 
 def _kind(value: Any) -> str:

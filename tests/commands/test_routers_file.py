@@ -158,6 +158,11 @@ BAD_DOCUMENTS = [
         "routers:\n  - 3\n",
         "f.yaml: routers[0]: must be a mapping of RouterConfig keys, got a number (3)",
     ),
+    (
+        router_file(entry(knn_k="1" * 5000)),
+        "f.yaml: not valid YAML: Exceeds the limit (4300 digits) for integer string "
+        "conversion: value has 5000 digits",
+    ),
 ]
 BAD_ROUTERS = [
     (
@@ -193,6 +198,17 @@ BAD_ROUTERS = [
     (
         router_file(entry(exploration=".inf")),
         "f.yaml: router acme/chat: exploration: must be a finite number, got inf",
+    ),
+    # YAML and JSON read an integer of any length; past float range it is refused, not a crash.
+    (
+        router_file(entry(exploration="1" + "0" * 400)),
+        "f.yaml: router acme/chat: exploration: must be a finite number, got 1e+400 or so "
+        "(past float range)",
+    ),
+    (
+        router_file(entry(knn_k="-1" + "0" * 400)),
+        "f.yaml: router acme/chat: knn_k: must be in 0..4294967295, got -1e+400 or so "
+        "(past float range)",
     ),
     (
         router_file(entry(embedding_dim="16.5")),
@@ -274,6 +290,11 @@ def test_bad_files_are_refused_naming_file_router_and_field(text: str, error: st
     [
         ('{"routers": [}', "f.json: line 1, column 14: not valid JSON: Expecting value"),
         ('{"routers": [], "routers": []}', "f.json: key 'routers' given twice in one object"),
+        (
+            '{"routers": [{"knn_k": ' + "1" * 5000 + "}]}",
+            "f.json: not valid JSON: Exceeds the limit (4300 digits) for integer string "
+            "conversion: value has 5000 digits",
+        ),
     ],
 )
 def test_bad_json_files(text: str, error: str) -> None:
