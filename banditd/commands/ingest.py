@@ -105,7 +105,7 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # a BOM (Excel) is no text
         if path.suffix.lower() == ".csv":
             reader = csv.DictReader(handle)
             for row in reader:

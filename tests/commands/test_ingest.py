@@ -137,3 +137,37 @@ async def test_a_file_it_cannot_read_is_a_clear_error(
     )
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.feedback_count == 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+async def test_a_file_that_starts_with_a_byte_order_mark_is_read(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, suffix: str
+) -> None:
+    """Excel's "CSV UTF-8" (and Notepad) start a file with a UTF-8 byte order mark: it is not
+    part of the first column's name (every line was "no decision_id") nor of the first line."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    ids = [
+        (
+            await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt=p))
+        ).decision_id
+        for p in ("a", "b")
+    ]
+    if suffix == ".csv":
+        lines = ["decision_id,thumb", *(f"{d},up" for d in ids)]
+    else:
+        lines = [json.dumps({"decision_id": d, "thumb": "up"}) for d in ids]
+    data = tmp_path / f"thumbs{suffix}"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    summary = await asyncio.to_thread(
+        lambda: ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=tmp_path / "r.jsonl",
+            chunk=10,
+            fresh=False,
+        )
+    )
+    assert (summary.accepted, summary.unparsable, summary.rejects) == (2, 0, [])
