@@ -20,7 +20,7 @@ from banditd.commands import gateway as gateway_cli
 from banditd.commands import routers as routers_cli
 from banditd.commands import warm_start as warm_start_cli
 from banditd.commands.argtypes import int_at_least
-from banditd.commands.ingest import ingest
+from banditd.commands.ingest import MAX_CHUNK, ingest
 from banditd.commands.workers import run_workers
 from banditd.config import Settings
 from banditd.context import distill
@@ -204,7 +204,12 @@ def _command(argv: list[str] | None) -> int:
     p_ingest.add_argument("--tenant", help="tenant for lines without one")
     p_ingest.add_argument("--rejects", type=Path, help="default: FILE.rejects.jsonl")
     p_ingest.add_argument("--state", type=Path, help="default: FILE.ingest-state")
-    p_ingest.add_argument("--chunk", type=int, default=1000, help="lines per committed upload")
+    p_ingest.add_argument(
+        "--chunk",
+        type=int_at_least(1, MAX_CHUNK),
+        default=MAX_CHUNK,
+        help="lines per committed upload, at most %(default)s (an upload lists 1,000 refusals)",
+    )
     p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     progress.add_quiet_flag(p_ingest)
@@ -257,7 +262,7 @@ def _command(argv: list[str] | None) -> int:
                     state_path=args.state or args.file.with_name(args.file.name + ".ingest-state"),
                     rejects_path=args.rejects
                     or args.file.with_name(args.file.name + ".rejects.jsonl"),
-                    chunk=max(1, min(args.chunk, 1000)),
+                    chunk=args.chunk,
                     fresh=args.restart,
                     security=ClientSecurity.from_args(args),
                 ).as_dict()

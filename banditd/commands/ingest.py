@@ -25,6 +25,9 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
 PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": pb.PREFER_TIE}
+# Lines an upload carries at most: its reply lists the first 1,000 refused events, and each
+# refused line goes to the rejects file.
+MAX_CHUNK = 1000
 OPTIONAL_FLOATS = ("cost_usd", "latency_ms", "energy_wh")
 OPTIONAL_INTS = ("input_tokens", "output_tokens")
 _OPTIONAL: tuple[tuple[str, type[float] | type[int]], ...] = (

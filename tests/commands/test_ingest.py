@@ -171,3 +171,19 @@ async def test_a_file_that_starts_with_a_byte_order_mark_is_read(
         )
     )
     assert (summary.accepted, summary.unparsable, summary.rejects) == (2, 0, [])
+
+
+@pytest.mark.parametrize("chunk", ["0", "-5", "5000"])
+def test_a_chunk_out_of_range_is_refused_not_changed(
+    tmp_path: Path, chunk: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--chunk outside 1..1000 (an upload answers at most 1,000 refusals, and every refused
+    line must reach the rejects file) is an error, where it was silently made 1 or 1000."""
+    data = tmp_path / "thumbs.jsonl"
+    data.write_text("")
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["ingest", str(data), "--tenant", "acme", "--quiet", "--chunk", chunk])
+    assert refused.value.code == 2
+    assert f"argument --chunk: expected an integer in [1, 1000], got '{chunk}'" in (
+        capsys.readouterr().err
+    )
