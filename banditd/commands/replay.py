@@ -60,6 +60,10 @@ def _floats(text: str) -> tuple[float, ...]:
 def options(args: argparse.Namespace) -> Options:
     """The replay options of parsed command-line arguments: the flags named like an Options
     field, and those that need parsing."""
+    if args.keep_routers and args.server is None:
+        raise InvalidArgument(
+            "keep_routers", "--keep-routers needs --server (it replays the routers a server has)"
+        )
     given = {
         "arms": tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else (),
         "metadata_from": tuple(
