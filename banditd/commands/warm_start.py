@@ -51,9 +51,12 @@ WARM_START_BATCH = 2000  # events a transaction
 def read_router_config(path: Path, tenant: str, name: str) -> RouterSpec:
     """A RouterConfig JSON file (as `banditd example-router` prints) for tenant/name."""
     try:
-        msg = json_format.Parse(path.read_text(), pb.RouterConfig())
+        msg = json_format.Parse(path.read_text(encoding="utf-8"), pb.RouterConfig())
     except json_format.ParseError as exc:
         raise InvalidArgument("router_config", f"{path}: not a RouterConfig ({exc})") from exc
+    except UnicodeDecodeError:
+        problem = f"{path}: not UTF-8 text (a RouterConfig JSON file)"
+        raise InvalidArgument("router_config", problem) from None
     msg.tenant, msg.name = tenant, name
     return codec.spec_from_proto(msg)
 
