@@ -3,6 +3,7 @@ call's attempts are set up (``_attempts``); each client only does the I/O."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,8 +65,8 @@ class ClientBase:
         retry: backoff for UNAVAILABLE (``NO_RETRY``: none).
         options: gRPC channel arguments, e.g. ``(("grpc.keepalive_time_ms", 30000),)``.
         """
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive or None, got {timeout}")
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be positive and finite, or None, got {timeout}")
         self.target = target
         self.tenant = tenant
         self.timeout = timeout
@@ -91,6 +92,9 @@ class ClientBase:
         """The attempts of ``call``, within its deadline, with its API key (or the client's),
         each with the time that is left; each refused once the client is closed (a close()
         during a retry's backoff included)."""
+        if call.timeout is not None and not math.isfinite(call.timeout):
+            # gRPC fails such a deadline at once, as DEADLINE_EXCEEDED: no deadline is None.
+            raise ValueError(f"timeout must be finite, or None (the client's), got {call.timeout}")
         deadline = Deadline(self.timeout if call.timeout is None else call.timeout)
         key = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
         metadata = _sendable(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +57,21 @@ async def test_a_tls_key_without_its_certificate_is_refused(
     with pytest.raises(bc.TLSConfigError, match="a key its certificate"):
         client = make_client(server.address, tenant="acme", api_key="k", tls_key=key)
         await call(client, "select", router="chat", prompt="hi")
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf], ids=["nan", "inf"])
+async def test_a_timeout_that_is_not_finite_is_refused(
+    sqlite_url: str,
+    start_server: StartServer,
+    make_client: Callable[..., Client],
+    seconds: float,
+) -> None:
+    """NaN, or infinity meant as "no deadline" (that is None), made every call fail at once
+    with DeadlineExceeded, the server never asked."""
+    server = await serving(start_server, sqlite_url)
+    with pytest.raises(ValueError, match="timeout must be"):
+        make_client(server.address, tenant="acme", timeout=seconds)
+    client = make_client(server.address, tenant="acme", timeout=None)
+    with pytest.raises(ValueError, match="timeout must be"):
+        await call(client, "select", router="chat", prompt="hi", timeout=seconds)
+    assert (await call(client, "select", router="chat", prompt="hi")).arm
