@@ -153,17 +153,54 @@ def _apply(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def router_name(text: str) -> tuple[str, str]:
-    """argparse type: TENANT/NAME."""
-    tenant, sep, name = text.partition("/")
-    if not (sep and tenant and name):
+class AmbiguousName(ValueError):
+    """TENANT/NAME that names routers at two of its "/"."""
+
+
+def router_name(text: str) -> str:
+    """argparse type: TENANT/NAME, where either may hold "/" too (``resolve`` splits it)."""
+    if not _splits(text):
         raise argparse.ArgumentTypeError(f"expected TENANT/NAME, got {text!r}")
-    return tenant, name
+    return text
+
+
+def _splits(text: str) -> list[tuple[str, str]]:
+    """Each (tenant, name) that TENANT/NAME can mean."""
+    parts = text.split("/")
+    halves = [("/".join(parts[:i]), "/".join(parts[i:])) for i in range(1, len(parts))]
+    return [(tenant, name) for tenant, name in halves if tenant and name]
+
+
+def resolve(admin: AdminClient, text: str) -> tuple[str, str]:
+    """The (tenant, name) of TENANT/NAME: with several "/", the split the server has a router
+    for (the first where it has none, for the server to say so)."""
+    splits = _splits(text)
+    if len(splits) == 1:
+        return splits[0]
+    found = [split for split in splits if _visible(admin, *split)]
+    if len(found) > 1:
+        named = "; ".join(f"tenant {t!r}, router {n!r}" for t, n in found)
+        raise AmbiguousName(
+            f"{text} names {len(found)} routers ({named}): the Admin API takes tenant and name "
+            "apart"
+        )
+    return (found or splits)[0]
+
+
+def _visible(admin: AdminClient, tenant: str, name: str) -> bool:
+    """Whether the server has the router and lets this command's key see it."""
+    try:
+        admin.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+            return False
+        raise
+    return True
 
 
 def _get(admin: AdminClient, args: argparse.Namespace) -> int:
     specs: list[RouterSpec] = []
-    for tenant, name in args.router:
+    for tenant, name in [resolve(admin, text) for text in args.router]:
         reply = admin.call("GetRouter", pb.GetRouterRequest(tenant=tenant, name=name))
         specs.append(live_spec(reply.router))
     versions = ", ".join(f"{s.tenant}/{s.name} version {s.version}" for s in specs)
@@ -198,7 +235,8 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
-    named = [(f"{t}/{n}", pb.DeleteRouterRequest(tenant=t, name=n)) for t, n in args.router]
+    resolved = [(text, resolve(admin, text)) for text in args.router]  # all before a delete
+    named = [(text, pb.DeleteRouterRequest(tenant=t, name=n)) for text, (t, n) in resolved]
     return delete_each(admin, "DeleteRouter", named, "deleted", "router {} not found")
 
 
@@ -212,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return with_admin(args, commands[args.routers_command])
-    except RoutersFileError as exc:
+    except (RoutersFileError, AmbiguousName) as exc:
         print_refusal(exc)
         return 1
 

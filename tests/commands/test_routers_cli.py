@@ -327,6 +327,37 @@ async def test_api_keys_and_roles(
     assert [r["router"] for r in json.loads(listed[1])] == ["demo/chat"]
 
 
+async def test_a_slash_in_a_tenant_or_a_name(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Tenants and names may hold "/": list prints org/team/chat, and get and delete take it
+    back (they split at the first "/", asking for tenant org's router team/chat)."""
+    server = await start_server(sqlite_url)
+    banditd = Cli(server, capsys)
+    path = tmp_path / "routers.yaml"
+    path.write_text(router_file(entry(tenant="org/team"), entry(tenant="x", name="y/z")))
+    await banditd("apply", "-f", str(path))
+    listed = json.loads((await banditd("list", "--json"))[1])
+    assert [r["router"] for r in listed] == ["org/team/chat", "x/y/z"]
+    status, printed, _ = await banditd("get", "org/team/chat", "x/y/z")
+    assert status == 0
+    assert [(s.tenant, s.name) for s in routers_file.parse(printed, "x")] == [
+        ("org/team", "chat"),
+        ("x", "y/z"),
+    ]
+    # Where both splits name a router, the command cannot tell which: it says so.
+    path.write_text(router_file(entry(tenant="org", name="team/chat")))
+    await banditd("apply", "-f", str(path))
+    assert await banditd("delete", "org/team/chat") == (
+        1,
+        "",
+        "banditd: org/team/chat names 2 routers (tenant 'org', router 'team/chat'; tenant "
+        "'org/team', router 'chat'): the Admin API takes tenant and name apart\n",
+    )
+    assert await banditd("delete", "x/y/z") == (0, "x/y/z: deleted\n", "")
+    assert len((await server.admin.ListRouters(pb.ListRoutersRequest())).routers) == 2
+
+
 def test_bad_router_names_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["routers", "get", "demo"])
