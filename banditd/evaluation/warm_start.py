@@ -31,6 +31,7 @@ import numpy as np
 from banditd.context.builder import check_prompt
 from banditd.context.pipeline import ContextPipeline
 from banditd.domain import FeedbackEvent, FloatArray
+from banditd.domain.ceilings import HARD_MAX_CALL_USD
 from banditd.errors import InvalidArgument
 
 _NAMESPACE = uuid.UUID("6f1c3a52-4d3e-4f0e-9a43-0b7f3d1c2a10")
@@ -83,6 +84,16 @@ def read_outcomes(path: Path) -> Iterator[dict[str, Any]]:
 def _number(value: object) -> TypeGuard[int | float]:
     """A JSON number: a JSON boolean is not one (as replay's loader reads an outcome)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _entry_problem(quality: object, cost_usd: float) -> str | None:
+    """Why an arm's entry gives no event, or None: a quality that is not a number in [0, 1],
+    or a cost past what one call may cost (the log refuses it, the posterior passes it over)."""
+    if not _number(quality) or not 0.0 <= quality <= 1.0:
+        return "quality missing or outside [0, 1]"
+    if cost_usd > HARD_MAX_CALL_USD:
+        return f"cost_usd over {HARD_MAX_CALL_USD:g}"
+    return None
 
 
 def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, str]:
@@ -187,14 +198,16 @@ def warm_events(
         if context_since:  # 0: the ids warm starts have always had
             key = f"{context_since}\x00{key}"
         events: list[FeedbackEvent] = []
+        problem: str | None = None  # why the record's last entry gave no event
         for arm in sorted(arms & set(models)):
             outcome = models[arm]
-            quality = outcome.get("quality") if isinstance(outcome, dict) else None
-            if not _number(quality) or not 0.0 <= quality <= 1.0:
+            quality: Any = outcome.get("quality") if isinstance(outcome, dict) else None
+            cost = outcome.get("cost_usd", 0.0) if isinstance(outcome, dict) else 0.0
+            cost = float(cost) if _number(cost) and math.isfinite(cost) else 0.0
+            problem = _entry_problem(quality, cost)
+            if problem is not None:
                 report.skipped_entries += 1
                 continue
-            cost = outcome.get("cost_usd", 0.0)
-            cost = float(cost) if _number(cost) and math.isfinite(cost) else 0.0
             report.events += 1
             report.events_per_arm[arm] = report.events_per_arm.get(arm, 0) + 1
             event_id += 1
@@ -219,6 +232,6 @@ def warm_events(
             # after, from the log (`banditd warm-start`) or by ``fold`` (replay's warm start).
             pipeline.observe(event)
             events.append(event)
-        if not events and arms & set(models):
-            report.skip("quality missing or outside [0, 1]")
+        if not events and problem is not None:
+            report.skip(problem)
         yield events

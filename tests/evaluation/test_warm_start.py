@@ -375,3 +375,24 @@ def test_skipped_records_count_records_and_a_boolean_is_no_quality(tmp_path: Pat
     assert report.skip_reasons == {"quality missing or outside [0, 1]": 1, "prompt": 1}
     summary = replay.replay(opts)["warm_start"]
     assert (summary["skipped_records"], summary["skipped_entries"]) == (2, 5)
+
+
+def test_a_cost_past_the_ceiling_is_a_skipped_entry_not_the_end_of_the_run(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """An entry whose cost_usd is past the ceiling of one call (HARD_MAX_CALL_USD) gives no
+    event, as in process (the posterior would pass it over): the log refused it, and with it
+    the whole batch, so `banditd warm-start` stopped there and every rerun stopped again."""
+    records = synthetic(5, seed=1)
+    records[2]["models"]["strong"]["cost_usd"] = 2e9
+    data = write_records(tmp_path / "history.jsonl", records)
+    config = tmp_path / "router.json"
+    config.write_text(json_format.MessageToJson(replay_router(replay.Options(data=data))))
+    flags = ("--tenant", "replay", "--router", "replay-0", "--router-config", str(config))
+
+    summary = warm_start(sqlite_url, data, *flags)
+    assert (summary["events"], summary["added"], summary["skipped_entries"]) == (14, 14, 1)
+    assert summary["events_per_arm"]["strong"] == 4
+    stream = write_records(tmp_path / "data.jsonl", synthetic(10, seed=2))
+    report = replay.Replay(replay.Options(data=stream, warm_start=data)).warm_report
+    assert report is not None and (report.events, report.skipped_entries) == (14, 1)
