@@ -18,7 +18,7 @@ from banditd.context.metadata import VocabularyStore
 from banditd.context.pipeline import ContextPipeline
 from banditd.context.registry import Encoders
 from banditd.domain import FeedbackEvent, RouterSpec, signal_rule
-from banditd.errors import BadData, BanditdError, NotFound, Unavailable
+from banditd.errors import BanditdError, NotFound, Unavailable
 from banditd.state import breaker, posterior_snapshot
 from banditd.state.breaker import ArmHealth
 from banditd.state.fold import RouterState, fold
@@ -172,6 +172,7 @@ class Catalog:
     async def put(
         self, spec: RouterSpec, *, action: str = "put", expected_version: int | None = None
     ) -> tuple[RouterSpec, bool]:
+        await self.encoders.get(spec)  # one this replica cannot load is refused, not stored
         stored, created = await self._store.routers.put(
             spec, action=action, expected_version=expected_version
         )
@@ -324,8 +325,11 @@ class Catalog:
         for router_id, item in stored.items():
             try:
                 applied += await self._tail_one(router_id, item)
-            except (BadData, ValueError) as exc:  # one router's bad row never stops the others
-                log.error("tail_router_failed", router_id=router_id, error=str(exc))
+            except Unavailable:
+                raise  # the database is out: the round ends here, the next one retries
+            except Exception as exc:  # one router's failure (a bad row, an encoder this replica
+                # cannot load) never stops the others; a call that needs it is told why
+                log.error("tail_router_failed", router_id=router_id, error=repr(exc))
         return applied
 
     async def _tail_one(self, router_id: int, item: StoredRouter) -> int:

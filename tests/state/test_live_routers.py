@@ -16,6 +16,7 @@ from banditd.context.encoders import HashingTextEncoder
 from banditd.context.registry import Encoders
 from banditd.domain import Decision, FeedbackEvent, RouterSpec
 from banditd.edge import codec
+from banditd.errors import FailedPrecondition
 from banditd.state.fold import RouterState
 from banditd.state.live_routers import Catalog
 from banditd.state.posterior import Posterior
@@ -314,3 +315,34 @@ async def test_unchanged_weights_keep_every_legacy_event(store: Store) -> None:
     restored = await Catalog(store, snapshot_every=1_000_000).get(spec.tenant, spec.name)
     assert restored.posterior.last_event_id == 10
     assert int(restored.posterior.n_updates.sum()) == 10
+
+
+class Unloadable(Encoders):
+    """Encoders that cannot load router "broken"'s here (a replica without the context extra)."""
+
+    async def get(self, spec: RouterSpec) -> tuple[HashingTextEncoder, None]:
+        if spec.name == "broken":
+            raise FailedPrecondition("the minilm encoders need the context extra")
+        return HashingTextEncoder(spec.embedding_dim), None
+
+
+async def test_a_router_this_replica_cannot_load_does_not_stop_the_others(store: Store) -> None:
+    """The tail brings every other router up to date when one of them cannot be restored."""
+    writer = Catalog(store, snapshot_every=1_000_000)
+    for name in ("broken", "fine"):  # in id order: the broken one first
+        await writer.put(codec.spec_from_proto(router_config(name=name, embedding_dim=DIM - 1)))
+    replica = Catalog(store, snapshot_every=1_000_000, encoders=Unloadable())
+    await replica.tail()
+    fine = await writer.get("acme", "fine")
+    assert fine.router_id in replica._by_id
+    with pytest.raises(FailedPrecondition):
+        await replica.get("acme", "broken")  # the call that needs it is told why
+
+
+async def test_a_router_this_replica_cannot_load_is_refused_not_stored(store: Store) -> None:
+    """PutRouter of a router whose encoder cannot load here stores nothing (no router half made
+    that every replica then trips on)."""
+    replica = Catalog(store, snapshot_every=1_000_000, encoders=Unloadable())
+    with pytest.raises(FailedPrecondition):
+        await replica.put(codec.spec_from_proto(router_config(name="broken")))
+    assert await store.routers.list() == []
