@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Table, delete, insert, select, text
+from sqlalchemy import Table, delete, insert, literal_column, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -65,8 +65,12 @@ async def test_the_largest_id_deleted_is_never_given_again(database_url: str, ta
 
 
 async def _rows(conn: AsyncConnection) -> dict[str, list[Any]]:
+    """Every row of each table, with the columns it has at this revision (not the models')."""
+    every = literal_column("*")
     return {
-        t.name: [tuple(r) for r in await conn.execute(select(t).order_by(t.c.id))]
+        t.name: [
+            tuple(r) for r in await conn.execute(select(every).select_from(t).order_by(t.c.id))
+        ]
         for t in ID_TABLES
     }
 
