@@ -359,6 +359,10 @@ class Budgets:
             state.alerts_fired = due
 
     async def _return_lease(self, state: BudgetState) -> None:
+        # Charges already reserved under the lease (their decisions waiting in commit) are
+        # written first: closed before them, the lease would refuse them and abort those Selects.
+        if state.lease_id is not None and self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
         if state.lease_id is None:
             return
         used = await self._leases.close(state.lease_id, self._clock())

@@ -3,6 +3,7 @@ expire with their holder, exactly-once alerts across processes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -162,3 +163,20 @@ async def test_windows_repeat_before_window_start_too(repo: BudgetRepository) ->
     assert usage.period_start <= clock.now < usage.period_end  # the window holding now
     clock.now += 60  # the next window, still before window_start: the whole limit again
     assert await spend(budgets, 0.3, 10, first=10) == 3
+
+
+async def test_a_decision_in_flight_as_the_period_ends_is_counted_not_aborted(
+    repo: BudgetRepository,
+) -> None:
+    clock = Clock(1_000_020.0)
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(WINDOW)
+    view = budgets.applicable("acme", "chat")
+    await view.prepare(lambda: 0.3)
+    served = asyncio.create_task(view.commit(view.reserve("d-1", 0.3)))
+    await asyncio.sleep(0)  # its charge is queued for the writer, as Select's commit leaves it
+    clock.now += 60  # the next window: the next Select returns the old period's lease
+    await view.prepare(lambda: 0.3)
+    await served  # was Aborted: the lease closed before the charge under it was written
+    old = await repo.ledger(view.states[0].budget_id, 1_000_020.0)
+    assert old is not None and (old.spent_usd, old.leased_usd) == (pytest.approx(0.3), 0.0)
