@@ -302,15 +302,16 @@ class Budgets:
                 await self._check(state)
 
     async def _write_deferred(self) -> None:
-        """Write the charges deferred by an outage. Those whose lease was closed meanwhile (it
-        expired while this replica could not renew it) go straight into spend, past the
-        budget if need be: the decisions were served, so their cost counts."""
+        """Write the charges deferred by an outage. A decision's charges go straight into spend
+        when one of its leases was closed meanwhile (it expired while this replica could not
+        renew it), past the budget if need be: the decisions were served, so their cost counts."""
         if not self._deferred:
             return
         charges, self._deferred = self._deferred, []
         try:
             lost = await self._leases.add_charges(charges)
-            late = [replace(c, lease_id=None) for c in charges if c.lease_id in lost]
+            refused = {c.decision_id for c in charges if c.lease_id in lost}
+            late = [replace(c, lease_id=None) for c in charges if c.decision_id in refused]
             if late:
                 await self._leases.add_charges(late)
         except BanditdError:

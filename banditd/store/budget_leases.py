@@ -158,7 +158,8 @@ class Leases:
     async def add_charges(self, charges: Sequence[Charge]) -> set[int]:
         """Record charges in one transaction: each under its lease while that lease is open
         (share-locked until commit, so it cannot close in between), over-budget ones straight
-        into the ledger's spend. Returns the leases found closed, whose charges were not kept."""
+        into the ledger's spend. Returns the leases found closed: no charge of a decision with a
+        charge under one of them was kept."""
         lease_ids = sorted({c.lease_id for c in charges if c.lease_id is not None})
         async with self.db.transaction() as conn:
             open_ids: set[int] = set()
@@ -179,7 +180,9 @@ class Leases:
                         )
                     ).scalars()
                 }
-            kept = [c for c in charges if c.lease_id is None or c.lease_id in open_ids]
+            # A decision with a charge under a closed lease is refused: none of its charges count.
+            refused = {c.decision_id for c in charges if c.lease_id not in (None, *open_ids)}
+            kept = [c for c in charges if c.decision_id not in refused]
             if kept:
                 await conn.execute(
                     insert_ignoring_duplicates(conn, budget_charges),

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from banditd.budget.ledger import Budgets
-from banditd.budget.view import UNLIMITED
+from banditd.budget.view import UNLIMITED, BudgetState
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.domain.budgets import BudgetSpec, period_bounds
+from banditd.errors import Aborted
 from banditd.store import Database, migrate
+from banditd.store.budget_leases import Leases
 from banditd.store.budgets import BudgetRepository
 
 WINDOW = BudgetSpec("acme", "", 1.0, "window", window_seconds=60, alerts=(0.5,))
@@ -180,3 +182,27 @@ async def test_a_decision_in_flight_as_the_period_ends_is_counted_not_aborted(
     await served  # was Aborted: the lease closed before the charge under it was written
     old = await repo.ledger(view.states[0].budget_id, 1_000_020.0)
     assert old is not None and (old.spent_usd, old.leased_usd) == (pytest.approx(0.3), 0.0)
+
+
+async def test_a_refused_charge_books_the_decision_under_no_budget(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(WINDOW)  # the tenant's
+    await budgets.put(BudgetSpec("acme", "chat", 1.0, "window", window_seconds=60))
+    view = budgets.applicable("acme", "chat")
+    await view.prepare(lambda: 0.3)
+    router, tenant = view.states
+    await Leases(repo.db).close(tenant.lease_id or 0, clock.now)  # reaped: this replica stalled
+    with pytest.raises(Aborted):
+        await view.commit(view.reserve("d-1", 0.3))
+    # Not served, so counted by neither budget (the router's charge was kept under its lease).
+    await view.prepare(lambda: 0.3)
+    assert await _committed(repo, router) == await _committed(repo, tenant) == 0.0
+    await budgets.close()
+    assert await _committed(repo, router) == await _committed(repo, tenant) == 0.0
+
+
+async def _committed(repo: BudgetRepository, state: BudgetState) -> float:
+    row = await repo.ledger(state.budget_id, state.period_start)
+    assert row is not None
+    return row.committed_usd
