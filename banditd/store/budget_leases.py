@@ -183,24 +183,27 @@ class Leases:
             # A decision with a charge under a closed lease is refused: none of its charges count.
             refused = {c.decision_id for c in charges if c.lease_id not in (None, *open_ids)}
             kept = [c for c in charges if c.decision_id not in refused]
-            if kept:
-                await conn.execute(
-                    insert_ignoring_duplicates(conn, budget_charges),
-                    [
-                        {
-                            "decision_id": c.decision_id,
-                            "budget_id": c.budget_id,
-                            "period_start": c.period_start,
-                            "lease_id": c.lease_id,
-                            "expected_cost_usd": c.expected_cost_usd,
-                            "cost_usd": None,
-                            "created_at": c.created_at,
-                        }
-                        for c in kept
-                    ],
-                )
+            if not kept:
+                return set(lease_ids) - open_ids
+            rows = [
+                {
+                    "decision_id": c.decision_id,
+                    "budget_id": c.budget_id,
+                    "period_start": c.period_start,
+                    "lease_id": c.lease_id,
+                    "expected_cost_usd": c.expected_cost_usd,
+                    "cost_usd": None,
+                    "created_at": c.created_at,
+                }
+                for c in kept
+            ]
+            # Only the rows inserted now: a charge written before (a retry) is not spent again.
+            insert = insert_ignoring_duplicates(conn, budget_charges).returning(
+                budget_charges.c.decision_id, budget_charges.c.budget_id
+            )
+            inserted = {tuple(row) for row in await conn.execute(insert, rows)}
             for c in kept:
-                if c.lease_id is None:
+                if c.lease_id is None and (c.decision_id, c.budget_id) in inserted:
                     await _add_spend(conn, c.budget_id, c.period_start, c.expected_cost_usd)
         return set(lease_ids) - open_ids
 

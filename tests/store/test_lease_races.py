@@ -75,3 +75,17 @@ async def test_a_cost_settled_twice_at_once_is_spent_once(db: Database) -> None:
     )
     assert sorted([first, second]) == [0, 1]
     assert (await _ledger(repo, budget_id)).spent_usd == pytest.approx(0.1)
+
+
+async def test_charges_written_again_are_spent_once(db: Database) -> None:
+    """A retry of charges whose commit went unacknowledged (or a deferred batch written again
+    after its second step failed) counts each decision once, past the lease or under it."""
+    repo, leases, budget_id, lease_id = await _lease(db)
+    charges = [
+        Charge("d-1", budget_id, START, None, 0.25, START),  # past the lease
+        Charge("d-2", budget_id, START, lease_id, 0.125, START),
+    ]
+    assert await leases.add_charges(charges) == set()
+    assert await leases.add_charges(charges) == set()
+    row = await _ledger(repo, budget_id)
+    assert (row.spent_usd, row.committed_usd) == (0.25, 0.375)
