@@ -77,8 +77,8 @@ class BudgetRepository:
     async def put_budget(
         self, spec: BudgetSpec, ledger_start: float | None
     ) -> tuple[StoredBudget, bool]:
-        """Create or replace a budget (version + 1); the limit of its current period's ledger
-        row (``ledger_start``) follows the new limit."""
+        """Create or replace a budget (version + 1); its current period's ledger row
+        (``ledger_start``) follows the new limit and alert fractions."""
         now = self._clock()
         values = {
             **{name: getattr(spec, name) for name in _PLAIN},
@@ -92,7 +92,7 @@ class BudgetRepository:
                 row = (
                     await conn.execute(
                         select(
-                            budgets.c.id, budgets.c.version, budgets.c.period, budgets.c.deleted_at
+                            budgets.c.id, budgets.c.version, budgets.c.alerts, budgets.c.deleted_at
                         )
                         .where(*scope)
                         .with_for_update()
@@ -122,14 +122,7 @@ class BudgetRepository:
                 if ledger_start is not None:
                     # Also when the period changed: a row of the old period that starts at the
                     # same time (an hour's, under a new day) is the new period's from now on.
-                    await conn.execute(
-                        update(budget_ledger)
-                        .where(
-                            budget_ledger.c.budget_id == row.id,
-                            budget_ledger.c.period_start == ledger_start,
-                        )
-                        .values(limit_usd=spec.limit_usd)
-                    )
+                    await _follow(conn, row.id, ledger_start, tuple(row.alerts), spec)
                 revived = row.deleted_at is not None
                 return StoredBudget(int(row.id), replace(spec, version=version)), revived
         except IntegrityError as exc:
@@ -259,6 +252,20 @@ class BudgetRepository:
             SpendLine(name, arm, value, int(n), float(usd))
             for (name, arm, value), (n, usd) in sorted(lines.items())
         ]
+
+
+async def _follow(
+    conn: AsyncConnection, budget_id: int, start: float, alerts: tuple[float, ...], spec: BudgetSpec
+) -> None:
+    """The period's ledger row takes the new limit, and its count of alerts fired is recounted
+    in the new fractions: fired, those up to the highest fraction that fired (``alerts``)."""
+    where = (budget_ledger.c.budget_id == budget_id, budget_ledger.c.period_start == start)
+    fired = await conn.scalar(select(budget_ledger.c.alerts_fired).where(*where).with_for_update())
+    values: dict[str, Any] = {"limit_usd": spec.limit_usd}
+    if fired is not None:
+        highest = alerts[min(fired, len(alerts)) - 1] if fired and alerts else 0.0
+        values["alerts_fired"] = sum(1 for f in spec.alerts if f <= highest)
+    await conn.execute(update(budget_ledger).where(*where).values(values))
 
 
 def _stored(row: Any) -> StoredBudget:

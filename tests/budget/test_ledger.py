@@ -206,3 +206,28 @@ async def _committed(repo: BudgetRepository, state: BudgetState) -> float:
     row = await repo.ledger(state.budget_id, state.period_start)
     assert row is not None
     return row.committed_usd
+
+
+async def test_alerts_changed_mid_period_fire_when_crossed(repo: BudgetRepository) -> None:
+    clock = Clock(1_000_020.0)
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(BudgetSpec("acme", "", 1.0, "window", window_seconds=60, alerts=(0.5, 0.8)))
+    await spend(budgets, 0.3, 2)
+    assert await _alerts(budgets) == ["0.5"]
+    # Mid-period the 0.5 alert becomes 0.7, not reached yet (it read as fired: the first one).
+    await budgets.put(BudgetSpec("acme", "", 1.0, "window", window_seconds=60, alerts=(0.7, 0.8)))
+    assert (await budgets.usage("acme", "")).alerts_fired == ()
+    await spend(budgets, 0.25, 1, first=10)  # 0.85 in all
+    assert await _alerts(budgets) == ["0.7", "0.8"]  # 0.7 never fired
+    assert (await budgets.usage("acme", "")).alerts_fired == (0.7, 0.8)
+
+
+async def _alerts(budgets: Budgets) -> list[str]:
+    """The alert fractions of acme's budget one housekeeping round fired."""
+    from banditd import metrics
+
+    labels = ["0.5", "0.7", "0.8"]
+    counters = [metrics.BUDGET_ALERTS.labels("acme", "*", f) for f in labels]
+    before = [c._value.get() for c in counters]
+    await budgets.housekeeping()
+    return [f for f, c, b in zip(labels, counters, before, strict=True) if c._value.get() > b]
