@@ -201,6 +201,8 @@ class Budgets:
                 elapsed=elapsed_fraction((s.period_start, s.period_end), now),
                 available_usd=s.available_usd,
                 slack=self._slack,
+                refuse=s.spec.on_exhausted == "refuse",
+                scope=s.spec.label,
             )
             for s in states
         ]

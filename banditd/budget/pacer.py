@@ -77,6 +77,8 @@ class Pacing:
     committed_usd: spend committed in the period (settled plus reserved), across replicas.
     elapsed: fraction of the period passed, in [0, 1].
     available_usd: what this process may still reserve now (the unreserved part of its lease).
+    refuse: once exhausted, it refuses (RESOURCE_EXHAUSTED) rather than serve the cheapest arm
+    past itself; scope names it in the refusal.
     """
 
     limit_usd: float
@@ -84,6 +86,8 @@ class Pacing:
     elapsed: float
     available_usd: float
     slack: float = DEFAULT_SLACK
+    refuse: bool = False
+    scope: str = "the budget"
 
     @property
     def z(self) -> float:
@@ -104,12 +108,20 @@ class Pacing:
 
 @dataclass(frozen=True)
 class BudgetCheck:
-    """The budgets of one request, for ranking: their pacing state, and whether exhaustion
-    refuses (RESOURCE_EXHAUSTED) or serves the cheapest arm past the budget."""
+    """The budgets of one request, for ranking: their pacing state."""
 
     pacings: Sequence[Pacing]
-    refuse: bool = False
-    scope: str = "the budget"
+
+    def refusal(self, cheapest_usd: float) -> str | None:
+        """When no arm is affordable (the cheapest costs ``cheapest_usd``): the scope of the
+        budgets that refuse the request, those it exhausts that are set to refuse; None serves
+        the cheapest arm past the budgets."""
+        refusing = [
+            p.scope
+            for p in self.pacings
+            if p.refuse and cheapest_usd > p.available_usd + USD_EPSILON
+        ]
+        return " and ".join(refusing) or None
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,7 @@ class BudgetView:
 
     def check(self) -> BudgetCheck | None:
         """What ranking needs of the budgets (their pacing, refuse or serve the cheapest)."""
-        return BudgetCheck(
-            self._ledger.pacings(self.states),
-            refuse=any(s.spec.on_exhausted == "refuse" for s in self.states),
-            scope=" and ".join(s.spec.label for s in self.states),
-        )
+        return BudgetCheck(self._ledger.pacings(self.states))
 
     def reserve(self, decision_id: str, cost_usd: float) -> Reservation:
         """Charge a decision's expected cost to each budget, in memory (no I/O)."""

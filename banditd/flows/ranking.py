@@ -158,9 +158,9 @@ def rank_arms(
         mean_quality = _kernels.mean_scores(posterior.theta, arm_idx, x)
         gate = pacer.gate(mean_quality, costs, budget.pacings)
         if gate.exhausted:
-            if budget.refuse:
+            if scope := budget.refusal(float(costs.min())):
                 raise ResourceExhausted(
-                    f"budget of {budget.scope} is exhausted for this period: no arm's expected "
+                    f"budget of {scope} is exhausted for this period: no arm's expected "
                     f"cost (from ${costs.min():.6g}) fits what is left"
                 )
             keep = np.zeros(len(names), dtype=np.bool_)

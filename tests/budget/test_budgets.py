@@ -117,6 +117,30 @@ async def test_cheapest_mode_serves_the_cheapest_arm_past_the_limit(
     assert usage.spent_usd == pytest.approx(CHEAP)  # charged, past the limit, as asked
 
 
+async def test_only_an_exhausted_budget_refuses(sqlite_url: str, start_server: StartServer) -> None:
+    server = await _server(start_server, sqlite_url)
+    refuse = pb.ON_EXHAUSTED_REFUSE
+    # The tenant's budget is exhausted and serves the cheapest arm past it; the router's, which
+    # refuses once exhausted, has money left.
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=0.5 * CHEAP)))
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(budget=budget(router="chat", limit_usd=1.0, on_exhausted=refuse))
+    )
+    d = await server.router.Select(select())  # was RESOURCE_EXHAUSTED
+    assert (d.arm, d.budget_outcome) == ("cheap", "over_budget")
+    # The other way round: the router's budget is exhausted, and it alone is named.
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    await server.admin.SetBudget(
+        pb.SetBudgetRequest(
+            budget=budget(router="chat", limit_usd=0.5 * CHEAP, on_exhausted=refuse)
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.router.Select(select())
+    assert err.value.code() == C.RESOURCE_EXHAUSTED
+    assert "budget of acme/chat is exhausted" in (err.value.details() or "")
+
+
 async def test_feedback_settles_the_actual_cost_and_alerts_fire_once(
     database_url: str, start_server: StartServer
 ) -> None:

@@ -40,8 +40,10 @@ class SpendTally:
             committed_usd=self.spent,
             elapsed=t / self.n,
             available_usd=self.budget_usd - self.spent,
+            refuse=True,
+            scope="the replay",
         )
-        return BudgetCheck([pacing], refuse=True, scope="the replay")
+        return BudgetCheck([pacing])
 
     def even_share(self, t: int) -> float | None:
         """A cost cap for prompt t (the knn policy, which has no pacer: the pacer reads the
