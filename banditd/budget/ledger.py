@@ -113,10 +113,18 @@ class Budgets:
         False when there is none. This replica's lease is left to expire, so that decisions
         already reserved on it still commit."""
         deleted = await self._repo.delete_budget(tenant, router)
-        self._by_key.pop((tenant, router), None)
+        self._drop((tenant, router))
         if deleted:
             log.info("budget_deleted", tenant=tenant, router=router)
         return deleted
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        """Enforce a deleted budget no more; its lease expires by itself, and its gauges go (they
+        would keep showing its last spend and remaining)."""
+        self._by_key.pop(key, None)
+        tenant, router = key[0], key[1] or "*"
+        metrics.BUDGET_SPEND.remove(tenant, router)
+        metrics.BUDGET_REMAINING.remove(tenant, router)
 
     async def spend(
         self, tenant: str, router: str, since: float, until: float, metadata_key: str
@@ -296,7 +304,7 @@ class Budgets:
         for stored in listed:
             self._adopt(stored)
         for key in self._by_key.keys() - {stored.spec.key for stored in listed}:
-            del self._by_key[key]  # deleted (DeleteBudget); its lease expires by itself
+            self._drop(key)  # deleted (DeleteBudget)
         await self._leases.reap(now)
         for state in list(self._by_key.values()):
             async with state.lock:

@@ -231,3 +231,27 @@ async def _alerts(budgets: Budgets) -> list[str]:
     before = [c._value.get() for c in counters]
     await budgets.housekeeping()
     return [f for f, c, b in zip(labels, counters, before, strict=True) if c._value.get() > b]
+
+
+async def test_a_deleted_budget_leaves_no_gauges_behind(repo: BudgetRepository) -> None:
+    from prometheus_client import REGISTRY
+
+    def remaining() -> float | None:
+        labels = {"tenant": "acme", "router": "*"}
+        return REGISTRY.get_sample_value("banditd_budget_remaining_usd", labels)
+
+    clock = Clock(1_000_020.0)
+    here, there = Budgets(repo, clock=clock), Budgets(repo, clock=clock)
+    await here.put(WINDOW)
+    await there.load_all()
+    await spend(here, 0.3, 1)
+    await there.housekeeping()
+    assert remaining() == pytest.approx(0.7)
+    await repo.delete_budget("acme", "")  # DeleteBudget on another replica
+    await there.housekeeping()
+    assert remaining() is None  # was 0.7 until a restart: a dashboard's budget nearly spent
+    await here.put(WINDOW)  # revived
+    await here.housekeeping()
+    assert remaining() == pytest.approx(0.7)
+    await here.delete("acme", "")  # on this replica: at once
+    assert remaining() is None
