@@ -175,6 +175,7 @@ BAD_BUDGETS = [
     ("negative limit", budget(limit_usd=-1.0), "limit_usd"),
     ("no period", budget(period=pb.BUDGET_PERIOD_UNSPECIFIED), "period"),
     ("window with no end", budget(period=pb.BUDGET_PERIOD_WINDOW), "window_seconds"),
+    ("window start of a day", budget(window_start_unix=1.0e9), "window_start"),  # was ignored
     ("alert above 1", budget(alerts=[0.5, 1.5]), "alerts"),
     ("alerts out of order", budget(alerts=[0.8, 0.5]), "alerts"),
     ("bad tenant", budget(tenant="a b"), "tenant"),

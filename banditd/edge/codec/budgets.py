@@ -5,6 +5,7 @@ from __future__ import annotations
 from banditd.budget.usage import BudgetUsage
 from banditd.domain.budgets import BudgetSpec
 from banditd.edge.codec.fields import encoded
+from banditd.errors import InvalidArgument
 from banditd.store.budgets import SpendLine
 from banditd.v1 import banditd_pb2 as pb
 
@@ -19,6 +20,9 @@ _ON_EXHAUSTED = {pb.ON_EXHAUSTED_CHEAPEST: "cheapest", pb.ON_EXHAUSTED_REFUSE: "
 
 
 def budget_from_proto(msg: pb.Budget) -> BudgetSpec:
+    # Here rather than in BudgetSpec: a budget stored with one before this check still loads.
+    if msg.window_start_unix and msg.period != pb.BUDGET_PERIOD_WINDOW:
+        raise InvalidArgument("budget.window_start", "only for period window (it would be ignored)")
     return BudgetSpec(
         tenant=msg.tenant,
         router=msg.router,
