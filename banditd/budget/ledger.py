@@ -119,8 +119,7 @@ class Budgets:
         return deleted
 
     def _drop(self, key: tuple[str, str]) -> None:
-        """Enforce a deleted budget no more; its lease expires by itself, and its gauges go (they
-        would keep showing its last spend and remaining)."""
+        """Enforce a deleted budget no more: its lease expires by itself; its gauges go."""
         self._by_key.pop(key, None)
         tenant, router = key[0], key[1] or "*"
         metrics.BUDGET_SPEND.remove(tenant, router)
@@ -241,12 +240,7 @@ class Budgets:
     async def commit(self, reservation: Reservation) -> None:
         """Write the charges (grouped with concurrent ones) before the decision leaves; Aborted
         when a lease was closed under this process (it stalled past the lease's expiry)."""
-        future: asyncio.Future[set[int] | Exception] = asyncio.get_running_loop().create_future()
-        self._pending.append((reservation.charges, future))
-        if self._writer is None or self._writer.done():
-            # A task of its own: a caller cancelled mid-write cannot strand the others' futures.
-            self._writer = asyncio.create_task(self._write_charges(), name="budget-charges")
-        outcome = await future
+        outcome = await self._queue(reservation.charges)
         if isinstance(outcome, Unavailable):
             # Database down: the decision is served within this replica's lease (reserved in
             # memory) and its charges are written when the database is back.
@@ -258,13 +252,21 @@ class Budgets:
         if isinstance(outcome, Exception):
             self.release(reservation)
             raise outcome
-        lost = outcome & {c.lease_id for c in reservation.charges}
-        if lost:
+        if lost := outcome & {c.lease_id for c in reservation.charges}:
             self.release(reservation)
             for s in reservation.states:
                 if s.lease_id in lost:
                     s.lease_id, s.granted_usd, s.reserved_usd = None, 0.0, 0.0
             raise Aborted("the budget lease of this replica expired meanwhile; retry")
+
+    def _queue(self, charges: list[Charge]) -> asyncio.Future[set[int] | Exception]:
+        """Charges for the writer, a task of its own (a caller cancelled mid-write cannot strand
+        the others' futures), written in order; the future answers their group's write."""
+        future: asyncio.Future[set[int] | Exception] = asyncio.get_running_loop().create_future()
+        self._pending.append((charges, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_charges(), name="budget-charges")
+        return future
 
     async def _write_charges(self) -> None:
         while self._pending:
@@ -370,10 +372,10 @@ class Budgets:
             state.alerts_fired = due
 
     async def _return_lease(self, state: BudgetState) -> None:
-        # Charges already reserved under the lease (their decisions waiting in commit) are
+        # The charges queued so far (Selects waiting in commit, some under this lease) are
         # written first: closed before them, the lease would refuse them and abort those Selects.
         if state.lease_id is not None and self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+            await self._queue([])
         if state.lease_id is None:
             return
         used = await self._leases.close(state.lease_id, self._clock())

@@ -184,6 +184,42 @@ async def test_a_decision_in_flight_as_the_period_ends_is_counted_not_aborted(
     assert old is not None and (old.spent_usd, old.leased_usd) == (pytest.approx(0.3), 0.0)
 
 
+async def test_a_period_ends_without_waiting_for_other_budgets_traffic(
+    repo: BudgetRepository,
+) -> None:
+    clock = Clock(1_000_020.0)
+    budgets = Budgets(repo, clock=clock)
+    await budgets.put(WINDOW)
+    await budgets.put(BudgetSpec("other", "", 1e6, "day"))
+    view, busy = budgets.applicable("acme", "chat"), budgets.applicable("other", "chat")
+    await view.prepare(lambda: 0.3)
+    await busy.prepare(lambda: 1.0)
+    served = asyncio.create_task(view.commit(view.reserve("d-1", 0.3)))
+
+    rolled: asyncio.Task[None] | None = None
+
+    async def traffic() -> int:
+        """Another tenant's Selects, arriving all the while, until acme's period has rolled
+        (at most 20000): how many."""
+        commits = []
+        while len(commits) < 20_000 and not (rolled and rolled.done()):
+            reservation = busy.reserve(f"o-{len(commits)}", 1e-6)
+            commits.append(asyncio.create_task(busy.commit(reservation)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*commits)
+        return len(commits)
+
+    others = asyncio.create_task(traffic())
+    await asyncio.sleep(0)  # d-1's charge is queued
+    clock.now += 60  # acme's next window
+    rolled = asyncio.create_task(view.prepare(lambda: 0.3))
+    await served
+    # The roll waited for d-1's charge, not for every charge queued after it (the writer never
+    # stopped while the other tenant's traffic went on).
+    assert await others < 20_000
+    await rolled
+
+
 async def test_a_refused_charge_books_the_decision_under_no_budget(repo: BudgetRepository) -> None:
     clock = Clock(1_000_020.0)
     budgets = Budgets(repo, clock=clock)
