@@ -1,15 +1,18 @@
-"""The Secrets the Helm chart reads (it creates none) against the commands docs/deployment.md
-gives for them: a Secret or key the pods read that the documented commands do not create leaves
-a pod that never starts (CreateContainerConfigError, or a volume that cannot mount). Rendered as
-tests/project/test_deploy.py renders the chart (its fixtures: Helm from .venv/tools)."""
+"""The Secrets the Helm chart reads (it creates none) against the commands docs/deployment.md and
+the chart's NOTES give for them: a Secret or key the pods read that those commands do not create
+leaves a pod that never starts (CreateContainerConfigError, or a volume that cannot mount).
+Rendered as tests/project/test_deploy.py renders the chart (its fixtures: Helm from .venv/tools)."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+import pytest
 
 from tests.helpers import REPO
 from tests.project import test_deploy as deploy
@@ -19,11 +22,27 @@ DEPLOYMENT_MD = REPO / "docs" / "deployment.md"
 FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def _render(*values: str) -> list[Doc]:
+# Beside the values sets of test_deploy.py: mutual TLS with the routers Job and the gateway, whose
+# provider keys share a Secret. The admin key is made by `banditd keys create` once the servers run
+# (docs/routers.md), so neither set of commands creates it.
+EVERYTHING = [
+    *deploy.VALUE_SETS["production"],
+    *("--set", "security.tls.mutual=true", "--set", "gateway.clientCertSecretName=gw-client"),
+    *("--set", "routersJob.clientCertSecretName=routers-client"),
+    *("--set", "secrets.adminApiKey.name=banditd-admin"),
+    *("--set", "routers[0].tenant=demo,routers[0].name=chat,routers[0].arms[0].name=a"),
+    *("--set", "gateway.upstreamKeys[1].env=ANTHROPIC_API_KEY"),
+    *("--set", "gateway.upstreamKeys[1].secretName=llm-keys"),
+    *("--set", "gateway.upstreamKeys[1].key=anthropic"),
+]
+MADE_LATER = {"banditd-admin"}
+
+
+def _render(*values: str, chart: Path = deploy.CHART) -> list[Doc]:
     helm = deploy._find_helm() or deploy._missing("helm not found: run .ci/install-helm")
     yaml = deploy._module("yaml", "PyYAML")
     out = subprocess.run(
-        [helm, "template", "banditd", str(deploy.CHART), "--namespace", "banditd", *values],
+        [helm, "template", "banditd", str(chart), "--namespace", "banditd", *values],
         capture_output=True,
         text=True,
         timeout=60,
@@ -109,3 +128,26 @@ def test_the_production_install_creates_every_secret_the_chart_reads() -> None:
     assert {name for name, _ in read} >= {"banditd-postgres", "banditd-signing", "banditd-tls"}
     missing = sorted(read - created)
     assert not missing, f"docs/deployment.md's production install does not create {missing}"
+
+
+def _notes(tmp_path: Path, *values: str) -> str:
+    """NOTES.txt as `helm install` prints it (`helm template` renders no NOTES): a copy of the
+    chart renders it into a ConfigMap."""
+    chart = tmp_path / "chart"
+    shutil.copytree(deploy.CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "notes.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ tpl (.Files.Get "notes.txt") . | quote }}}\n'
+    )
+    (notes,) = [d for d in _render(*values, chart=chart) if d["metadata"]["name"] == "notes"]
+    return str(notes["data"]["notes"])
+
+
+@pytest.mark.parametrize("value_set", ["default", "production", "everything"])
+def test_the_notes_create_every_secret_the_chart_reads(tmp_path: Path, value_set: str) -> None:
+    values = EVERYTHING if value_set == "everything" else deploy.VALUE_SETS[value_set]
+    created = _created_secrets(_notes(tmp_path, *values))
+    read = {(name, key) for name, key in _read_secrets(_render(*values)) if name not in MADE_LATER}
+    missing = sorted(read - created)
+    assert not missing, f"NOTES.txt ({value_set} values) does not create {missing}"
