@@ -4,7 +4,7 @@ gateway and sent to banditd as a usage report (Feedback with usage_only; docs/ga
 Tokens come from the upstream's ``usage`` (a JSON answer, or the last chunk of a stream asked
 with ``stream_options.include_usage``). An answer without it is counted roughly: one token per
 4 characters of the prompt and of the answer's content (CHARS_PER_TOKEN): the messages' of a
-JSON answer, the deltas' of a stream.
+JSON answer, the deltas' of a stream, with the name and arguments of each tool call.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ MAX_LINE = 1 << 20  # an SSE line longer than this is passed through but not par
 
 def rough_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _chars(text: Any) -> int:
+    return len(text) if isinstance(text, str) else 0
 
 
 @dataclass
@@ -82,13 +86,20 @@ class Meter:
         self._usage(event)
 
     def _content(self, answer: Any, key: str) -> None:
-        """Count the content of each choice's ``key`` (message, or a chunk's delta)."""
+        """Count the content of each choice's ``key`` (message, or a chunk's delta), and the
+        name and arguments of its tool calls (a tool call has no content)."""
         choices = answer.get("choices") if isinstance(answer, dict) else None
         for choice in choices if isinstance(choices, list) else ():
             part = choice.get(key) if isinstance(choice, dict) else None
-            content = part.get("content") if isinstance(part, dict) else None
-            if isinstance(content, str):
-                self.content_chars += len(content)
+            if not isinstance(part, dict):
+                continue
+            self.content_chars += _chars(part.get("content"))
+            calls = part.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self.content_chars += _chars(function.get("name"))
+                    self.content_chars += _chars(function.get("arguments"))
 
     def _usage(self, answer: Any) -> None:
         usage = answer.get("usage") if isinstance(answer, dict) else None

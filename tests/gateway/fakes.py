@@ -21,6 +21,8 @@ from tests.helpers import wait_until
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 5
 SSE = "text/event-stream"
+TOOL_NAME = "get_weather"
+TOOL_ARGUMENTS = ['{"city": ', '"Paris", ', '"unit": "celsius"}']  # streamed in these pieces
 
 
 @dataclass
@@ -29,7 +31,8 @@ class FakeUpstream:
     after its first chunk, the connection dropped), "hang" (no answer until ``release``) or
     "pause" (a stream that waits for ``release`` after its first chunk).
     ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may. ``usage``:
-    JSON answers carry a ``usage`` block (some providers send none)."""
+    JSON answers carry a ``usage`` block (some providers send none). ``tool_call``: the answer
+    is a call of TOOL_NAME (no content), as a model answers a request with ``tools``."""
 
     name: str
     fail: int | str | None = None
@@ -39,6 +42,7 @@ class FakeUpstream:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     gzip: bool = False
     usage: bool = True
+    tool_call: bool = False
 
     @property
     def base_url(self) -> str:
@@ -65,13 +69,7 @@ class FakeUpstream:
             "object": "chat.completion",
             "created": 1,
             "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.words())},
-                    "finish_reason": "stop",
-                }
-            ],
+            "choices": [{"index": 0, "message": self._message(), "finish_reason": "stop"}],
         }
         if self.usage:
             answer["usage"] = {
@@ -81,14 +79,28 @@ class FakeUpstream:
             }
         return JSONResponse(answer)
 
+    def _message(self) -> dict[str, Any]:
+        if not self.tool_call:
+            return {"role": "assistant", "content": "".join(self.words())}
+        function = {"name": TOOL_NAME, "arguments": "".join(TOOL_ARGUMENTS)}
+        call = {"id": "call-1", "type": "function", "function": function}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+    def _deltas(self) -> list[dict[str, Any]]:
+        if not self.tool_call:
+            return [{"content": word} for word in self.words()]
+        first = {"id": "call-1", "type": "function", "function": {"name": TOOL_NAME}}
+        pieces = [{"function": {"arguments": piece}} for piece in TOOL_ARGUMENTS]
+        return [{"tool_calls": [{"index": 0, **call}]} for call in (first, *pieces)]
+
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        for i, word in enumerate(self.words()):
+        for i, delta in enumerate(self._deltas()):
             chunk = {
                 "id": "c-1",
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": body["model"],
-                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             }
             yield f"data: {json.dumps(chunk)}\n\n".encode()
             if i == 0 and self.fail == "break":

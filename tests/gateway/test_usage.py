@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from banditd.gateway.usage import rough_tokens
+from tests.gateway.fakes import TOOL_ARGUMENTS, TOOL_NAME
 from tests.gateway.stack import ALPHA_PRICES, MODEL, PROMPT, Launch
 
 
@@ -25,5 +26,25 @@ async def test_a_json_answer_without_usage_is_counted_from_its_content(launch: L
     assert usage.usage_reports == 1
     # As a stream without usage: one token per 4 characters of the prompt and of the answer.
     input_tokens, output_tokens = rough_tokens(len(PROMPT)), rough_tokens(len(content))
+    expected = (input_tokens * ALPHA_PRICES[0] + output_tokens * ALPHA_PRICES[1]) / 1e6
+    assert usage.usage_cost_usd == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_call_answer_without_usage_is_counted_from_its_call(
+    launch: Launch, stream: bool
+) -> None:
+    """A tool call has no content: its tokens are the function's name and arguments."""
+    stack = await launch()
+    stack.alpha.usage, stack.alpha.tool_call = False, True
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert TOOL_NAME in answer.text  # passed through unchanged
+    usage = await stack.reported("alpha")
+    assert usage.usage_reports == 1
+    output_tokens = rough_tokens(len(TOOL_NAME) + len("".join(TOOL_ARGUMENTS)))
+    input_tokens = rough_tokens(len(PROMPT))
     expected = (input_tokens * ALPHA_PRICES[0] + output_tokens * ALPHA_PRICES[1]) / 1e6
     assert usage.usage_cost_usd == pytest.approx(expected)
