@@ -82,6 +82,8 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         return bad_request("the body must be JSON")
     if not isinstance(body, dict):
         return bad_request("the body must be a JSON object")
+    if not _encodable(body):
+        return bad_request("the body must be UTF-8: it has a lone surrogate (\\ud800-\\udfff)")
     try:
         route = route_of(body, request.headers)
     except BadRequest as exc:
@@ -122,6 +124,16 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text} is not a finite number")
     return value
+
+
+def _encodable(body: dict[str, Any]) -> bool:
+    """Whether the body's strings encode as UTF-8 (JSON's escapes can give a lone surrogate,
+    which neither Select's prompt nor the upstream's request could carry)."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _select(gw: Gateway, route: Route, api_key: str | None, **extra: Any) -> Decision:

@@ -3,6 +3,7 @@ fake upstreams, the gateway under uvicorn, and the official openai client as the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -217,6 +218,23 @@ async def test_bad_requests_get_clear_http_errors(launch: Launch) -> None:
         for path in ("/v1/chat/completions", "/v1/select"):
             nested = await http.post(path, content=deep)
             assert nested.status_code == 400, (path, nested.status_code, nested.text[:200])
+    assert stack.alpha.received == [] and stack.beta.received == []
+
+
+async def test_a_lone_surrogate_in_the_body_is_a_bad_request(launch: Launch) -> None:
+    """JSON's \\ud800 escape reads as a str no UTF-8 encodes: neither Select's prompt nor the
+    upstream's request could be sent (a 500, a decision left unreported); 400 before banditd."""
+    stack = await launch()
+    in_prompt = {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}]}
+    elsewhere = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    elsewhere["user"] = "\udfff"
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        for body in (in_prompt, elsewhere):
+            answer = await http.post("/v1/chat/completions", content=json.dumps(body))
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == "invalid_argument"
+            assert "surrogate" in answer.json()["error"]["message"]
+    assert (await stack.stats()).decisions == 0
     assert stack.alpha.received == [] and stack.beta.received == []
 
 
