@@ -188,8 +188,10 @@ async def _attempt(
         metrics.UPSTREAM_CALLS.labels(*labels, outcome).inc()
         if status < 400:
             meter.read_json(content)
-        else:  # the request's fault (400, 422, ...): passed on unchanged, nothing billed
+        else:  # the request's fault (400, 422, ...): passed on unchanged, nothing billed, and
+            # no latency (a quick refusal is not the time the arm takes to answer)
             meter.input_tokens = meter.output_tokens = 0
+            meter.total_s = None
         gw.spawn(report_usage(gw.client, served, api_key))
         return Response(content, status_code=status, headers=headers)
     metrics.UPSTREAM_CALLS.labels(*labels, "ok").inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from banditd.gateway import metrics
 from banditd.gateway.usage import rough_tokens
 from tests.gateway.fakes import TOOL_ARGUMENTS, TOOL_NAME
 from tests.gateway.stack import ALPHA_PRICES, MODEL, PROMPT, Launch
@@ -48,3 +49,27 @@ async def test_a_tool_call_answer_without_usage_is_counted_from_its_call(
     input_tokens = rough_tokens(len(PROMPT))
     expected = (input_tokens * ALPHA_PRICES[0] + output_tokens * ALPHA_PRICES[1]) / 1e6
     assert usage.usage_cost_usd == pytest.approx(expected)
+
+
+async def test_an_answer_that_is_the_requests_fault_reports_no_cost_nor_latency(
+    launch: Launch,
+) -> None:
+    """A 400 is passed on as it is: nothing was served, so nothing is billed and its time (a
+    quick refusal) must not teach the arm's latency model, nor the latency histogram."""
+    stack = await launch()
+    stack.alpha.fail = 400
+    labels = {"tenant": "acme", "router": "chat", "arm": "alpha"}
+    observed = metrics.REGISTRY.get_sample_value("banditd_gateway_upstream_seconds_count", labels)
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]},
+        )
+    assert answer.status_code == 400 and answer.json() == {"error": {"message": "down"}}
+    assert answer.headers["x-banditd-arm"] == "alpha"
+    usage = await stack.reported("alpha")
+    assert (usage.usage_reports, usage.usage_errors) == (1, 0)
+    assert usage.usage_cost_usd == 0
+    assert usage.usage_mean_latency_ms == 0  # none reported
+    after = metrics.REGISTRY.get_sample_value("banditd_gateway_upstream_seconds_count", labels)
+    assert (after or 0) == (observed or 0)
