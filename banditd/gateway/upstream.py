@@ -67,6 +67,12 @@ class Upstream:
                 f"arm {self.arm!r}: environment variable {self.api_key_env} is not set "
                 "on the gateway",
             )
+        if not (key.isascii() and key.isprintable()):  # a header carries neither
+            raise UpstreamFailed(
+                "missing_key",
+                f"arm {self.arm!r}: environment variable {self.api_key_env} holds a key that "
+                "is not printable ASCII",
+            )
         return {"authorization": f"Bearer {key}"}
 
     async def open(
@@ -75,15 +81,20 @@ class Upstream:
         """Send the chat completion with ``model`` replaced; the open response (its body not
         read yet) when the upstream accepted it. A 4xx that is the request's fault (400, 413,
         422, ...) is returned too: the caller gets it unchanged."""
-        request = http.build_request(
-            "POST",
-            self.base_url.rstrip("/") + "/chat/completions",
-            json={**body, "model": self.model},
-            headers=self._headers(),
-            timeout=httpx.Timeout(timeout_s),  # each step: connect, write, pool, each read
-        )
+        headers = self._headers()
         try:
+            request = http.build_request(
+                "POST",
+                self.base_url.rstrip("/") + "/chat/completions",
+                json={**body, "model": self.model},
+                headers=headers,
+                timeout=httpx.Timeout(timeout_s),  # each step: connect, write, pool, each read
+            )
             response = await http.send(request, stream=True)
+        except httpx.InvalidURL as exc:  # banditd checks the scheme, not every host's IDNA
+            raise UpstreamFailed(
+                "no_upstream", f"arm {self.arm!r}: upstream_base_url is not a usable URL"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamFailed("timeout", f"arm {self.arm!r}: upstream timed out") from exc
         except httpx.HTTPError as exc:
