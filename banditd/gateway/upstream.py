@@ -111,8 +111,9 @@ class Upstream:
 
 async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
     """The response's first non-empty chunk and the iterator of the rest, decoded (httpx asks
-    for gzip, and the caller gets no content-encoding); a failure before it is an
-    UpstreamFailed (nothing has reached the caller yet)."""
+    for gzip, and the caller gets no content-encoding); a failure before it, or a stream that
+    ends without a byte (no answer: a stream has at least its [DONE]), is an UpstreamFailed
+    (nothing has reached the caller yet)."""
     chunks = response.aiter_bytes()
     try:
         async for chunk in chunks:
@@ -124,4 +125,5 @@ async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
     except httpx.HTTPError as exc:
         await response.aclose()
         raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream broke off") from exc
-    return b"", chunks
+    await response.aclose()
+    raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream sent an empty stream")

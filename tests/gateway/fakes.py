@@ -28,8 +28,9 @@ TOOL_ARGUMENTS = ['{"city": ', '"Paris", ', '"unit": "celsius"}']  # streamed in
 @dataclass
 class FakeUpstream:
     """``fail``: None (answer), an HTTP status to answer with, "break" (a stream that stops
-    after its first chunk, the connection dropped), "hang" (no answer until ``release``) or
-    "pause" (a stream that waits for ``release`` after its first chunk).
+    after its first chunk, the connection dropped), "hang" (no answer until ``release``),
+    "pause" (a stream that waits for ``release`` after its first chunk) or "empty" (a stream
+    answered 200 without a byte).
     ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may. ``usage``:
     JSON answers carry a ``usage`` block (some providers send none). ``tool_call``: the answer
     is a call of TOOL_NAME (no content), as a model answers a request with ``tools``."""
@@ -59,6 +60,8 @@ class FakeUpstream:
             await self.release.wait()
         if isinstance(self.fail, int):
             return JSONResponse({"error": {"message": "down"}}, status_code=self.fail)
+        if self.fail == "empty":
+            return Response(b"", media_type=SSE)
         if body.get("stream") and self.gzip:
             headers = {"content-encoding": "gzip"}
             return StreamingResponse(self._gzipped(body), headers=headers, media_type=SSE)

@@ -46,3 +46,17 @@ async def test_an_upstream_key_no_header_can_carry_falls_back(
 ) -> None:
     # A key pasted with a typographic character: HTTP headers are ASCII.
     assert await _served_by(launch, monkeypatch, "", "sk-alpha\u2026") == "beta"
+
+
+async def test_a_stream_answered_without_a_byte_falls_back(launch: Launch) -> None:
+    """An empty 200 is no answer (a stream has at least its [DONE]); nothing reached the caller."""
+    stack = await launch()
+    stack.alpha.fail = "empty"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-banditd-arm"] == "beta"
+    assert b'"content": "beta"' in answer.content
+    alpha = await stack.reported("alpha")
+    assert (alpha.feedback_count, alpha.recent_error_rate, alpha.usage_reports) == (1, 1.0, 0)
