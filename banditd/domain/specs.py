@@ -46,14 +46,14 @@ from banditd.domain.constants import (
 from banditd.domain.upstreams import check_upstream
 from banditd.errors import InvalidArgument
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 
 
 def check_name(field_name: str, value: str) -> str:
     """Tenant, router and arm names: 1-128 printable characters, no spaces."""
     if not value:
         raise InvalidArgument(field_name, "must not be empty")
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):  # not match with $, which passes a final newline
         raise InvalidArgument(
             field_name, "must be 1-128 characters of letters, digits and ._:/@+- (no spaces)"
         )

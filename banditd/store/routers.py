@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+import structlog
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec, spec_from_dict, spec_to_dict
-from banditd.errors import Aborted, NotFound
+from banditd.errors import Aborted, InvalidArgument, NotFound
 from banditd.store.engine import Database, write_first
 from banditd.store.models import (
     arms,
@@ -27,6 +28,8 @@ from banditd.store.models import (
     routers,
     shadow_picks,
 )
+
+log = structlog.get_logger(__name__)
 
 # RouterSpec's fields stored as they are, in columns of the same names (the others: the
 # router's key, its version, and the arms, shadows and metadata keys, stored in their own form).
@@ -85,7 +88,12 @@ def _values(spec: RouterSpec, now: float) -> dict[str, Any]:
     }
 
 
-async def _load(conn: AsyncConnection, *where: Any) -> list[StoredRouter]:
+async def _load(
+    conn: AsyncConnection, *where: Any, skip_unreadable: bool = False
+) -> list[StoredRouter]:
+    """The routers ``where`` selects. A row today's RouterSpec refuses (stored under an older,
+    looser check: a name ending in a newline) raises InvalidArgument, or with
+    ``skip_unreadable`` is logged and left out, so that it cannot stop the others loading."""
     rows = (await conn.execute(select(routers).where(*where).order_by(routers.c.id))).all()
     if not rows:
         return []
@@ -101,10 +109,19 @@ async def _load(conn: AsyncConnection, *where: Any) -> list[StoredRouter]:
         by_router.setdefault(a.router_id, []).append(
             ArmSpec(**{name: getattr(a, name) for name in _ARM_COLUMNS})
         )
-    return [
-        StoredRouter(r.id, _spec(r, by_router.get(r.id, [])), r.context_since, r.created_at)
-        for r in rows
-    ]
+    loaded = []
+    for r in rows:
+        try:
+            spec = _spec(r, by_router.get(r.id, []))
+        except InvalidArgument as exc:
+            if not skip_unreadable:
+                raise
+            log.warning(
+                "router_unreadable", router_id=r.id, tenant=r.tenant, name=r.name, why=str(exc)
+            )
+            continue
+        loaded.append(StoredRouter(r.id, spec, r.context_since, r.created_at))
+    return loaded
 
 
 class Routers:
@@ -241,4 +258,4 @@ class Routers:
     async def list(self, tenant: str | None = None) -> list[StoredRouter]:
         where = [routers.c.tenant == tenant] if tenant else []
         async with self.db.transaction() as conn:
-            return await _load(conn, *where)
+            return await _load(conn, *where, skip_unreadable=True)

@@ -227,6 +227,11 @@ BAD_ROUTERS = [
     ),
     ("empty name", router_config(name=""), "router.name"),
     ("spaces in tenant", router_config(tenant="a b"), "router.tenant"),
+    # A regex's $ matches before a final newline: names must end where their characters do.
+    ("newline after the tenant", router_config(tenant="acme\n"), "router.tenant"),
+    ("newline after the name", router_config(name="chat\n"), "router.name"),
+    ("newline after an arm", router_config(arms=("cheap", "mid\n")), "arms.name"),
+    ("129 characters", router_config(name="c" * 128 + "\n"), "router.name"),
     ("huge embedding", router_config(embedding_dim=100_000), "embedding_dim"),
     (
         "all disabled",
