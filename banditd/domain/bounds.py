@@ -39,7 +39,7 @@ __all__ = ["HARD_MAX_CALL_USD", "HARD_MAX_COST_WEIGHT", "TABLE", "Bound", "Bound
 
 HARD_MAX_EMBEDDING_VALUE = 1e4  # |value| of a caller's embedding (they are usually in [-1, 1])
 MAX_UNIX_SECONDS = 1e10  # year 2286
-MAX_INT32 = 2**31 - 1  # versions are INTEGER columns
+MAX_INT32 = 2**31 - 1  # versions and counts in INTEGER columns
 ONE_YEAR_S = 366 * 86_400
 
 _NUMERIC = {
@@ -122,7 +122,7 @@ TABLE: Mapping[str, Bound] = {
     "RouterConfig.pca_fit_samples": Bound(0, 1_000_000),
     "RouterConfig.knn_k": Bound(0, 256),
     "RouterConfig.text_window_tokens": Bound(0, 100_000),
-    "RouterConfig.feedback_cap_per_key": Bound(0, 2**32 - 1),
+    "RouterConfig.feedback_cap_per_key": Bound(0, MAX_INT32),  # an INTEGER column
     "RouterConfig.feedback_cap_window_seconds": Bound(0, ONE_YEAR_S),
     "RouterConfig.breaker_error_rate": Bound(0.0, 1.0),
     "RouterConfig.breaker_min_events": Bound(0, 10_000),

@@ -233,6 +233,12 @@ BAD_ROUTERS = [
     ("newline after an arm", router_config(arms=("cheap", "mid\n")), "arms.name"),
     ("129 characters", router_config(name="c" * 128 + "\n"), "router.name"),
     ("huge embedding", router_config(embedding_dim=100_000), "embedding_dim"),
+    # Stored in an INTEGER column: Postgres holds at most 2**31 - 1 there.
+    (
+        "feedback cap past int32",
+        router_config(feedback_cap_per_key=2**31),
+        "feedback_cap_per_key: must be in [0, 2147483647], got 2147483648",
+    ),
     (
         "all disabled",
         pb.RouterConfig(tenant="acme", name="chat", arms=[pb.Arm(name="a", disabled=True)]),
