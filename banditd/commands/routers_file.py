@@ -18,7 +18,6 @@ import difflib
 import json
 import sys
 from collections.abc import Callable, Hashable, Sequence
-from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -29,6 +28,7 @@ from google.protobuf.message import Message
 
 from banditd.commands.argtypes import UINT32_MAX
 from banditd.domain import RouterSpec, check_name
+from banditd.domain.bounds import fixed_bounds
 from banditd.edge import codec
 from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
@@ -48,6 +48,8 @@ ALWAYS_WRITTEN = {
     "ShadowPolicy": ("name", "policy"),
 }
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+_FIXED_BOUNDS = fixed_bounds()  # a setting's bounds (BANDITD_MAX_PRICE_PER_MTOK): the server's
 
 
 class RoutersFileError(ValueError):
@@ -189,20 +191,22 @@ def _router(entry: Any) -> RouterSpec:
     _fill(msg, entry, "")
     # Arms and shadows one by one first, so an error names which one.
     for i, arm in enumerate(msg.arms):
-        _validated(partial(codec.arm_from_proto, arm), f"arms[{i}].")
+        _validated(codec.arm_from_proto, arm, f"arms[{i}].")
     for i, shadow in enumerate(msg.shadows):
-        _validated(partial(codec.shadow_from_proto, shadow), f"shadows[{i}].")
-    return _validated(partial(codec.spec_from_proto, msg), "")
+        _validated(codec.shadow_from_proto, shadow, f"shadows[{i}].")
+    return _validated(codec.spec_from_proto, msg, "")
 
 
-def _validated(build: Callable[[], T], prefix: str) -> T:
-    """build(), with the domain's InvalidArgument ("router.pca_dim: ...") as a _FieldError
-    on the file's path (prefix + "pca_dim")."""
+def _validated(build: Callable[[M], T], msg: M, prefix: str) -> T:
+    """build(msg), then the bounds no setting moves; their InvalidArgument ("router.pca_dim"
+    from the domain, "pca_dim" from the bounds) as a _FieldError at prefix + "pca_dim"."""
     try:
-        return build()
+        built = build(msg)
+        _FIXED_BOUNDS.check_message(msg)
+        return built
     except InvalidArgument as exc:
         problem = exc.message.removeprefix(f"{exc.field}: ")
-        raise _FieldError(prefix + exc.field.partition(".")[2], problem) from None
+        raise _FieldError(prefix + exc.field.split(".", 1)[-1], problem) from None
 
 
 def _fill(msg: Message, data: Any, path: str) -> None:

@@ -214,3 +214,11 @@ class Bounds:
 def default_bounds() -> Bounds:
     """The bounds of the default settings (for flows built outside a server)."""
     return Bounds(Settings.model_construct())
+
+
+def fixed_bounds() -> Bounds:
+    """The bounds no setting moves, the same on every server, for a check made away from one
+    (a routers file); a number a setting bounds (a price) is only checked to be finite there."""
+    bounds = default_bounds()
+    bounds.table = {key: b for key, b in bounds.table.items() if b.setting is None}
+    return bounds

@@ -243,6 +243,23 @@ async def test_a_write_refused_midway_is_reported_with_what_was_applied(
     assert await routers(server) == {"acme/first": 1}
 
 
+async def test_a_router_past_a_fixed_bound_after_a_good_one_applies_nothing(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bound every server has (not a setting's) is checked with the file: the good router
+    before it is not created."""
+    server = await start_server(sqlite_url)
+    path = tmp_path / "f.yaml"
+    path.write_text(router_file(entry(name="good"), entry(prior_quality="500")))
+    status, out, err = await Cli(server, capsys)("apply", "-f", str(path))
+    assert (status, out) == (1, "")
+    assert (
+        err
+        == f"banditd: {path}: router acme/chat: prior_quality: must be in [-100, 100], got 500\n"
+    )
+    assert await routers(server) == {}
+
+
 @pytest.mark.parametrize(("text", "error"), BAD_ROUTERS)
 async def test_a_bad_file_applies_nothing(
     sqlite_url: str,

@@ -265,6 +265,24 @@ BAD_ROUTERS = [
         router_file(entry(encoder="minilm", embedding_dim="16")),
         "f.yaml: router acme/chat: embedding_dim: encoder 'minilm' gives 384 values (set 384 or 0)",
     ),
+    # The server's fixed bounds (banditd.domain.bounds; its settings' are the server's alone).
+    (
+        router_file(entry(exploration="5000")),
+        "f.yaml: router acme/chat: exploration: must be in [0, 1000], got 5000",
+    ),
+    (
+        router_file(entry(feedback_ttl_seconds="40000000")),
+        "f.yaml: router acme/chat: feedback_ttl_seconds: must be in [0, 31622400], got 40000000",
+    ),
+    (
+        router_file(entry(arms=f"[{ARM[:-1]}, input_energy_wh_per_mtok: 2000000}}]")),
+        "f.yaml: router acme/chat: "
+        "arms[0].input_energy_wh_per_mtok: must be in [0, 1e+06], got 2e+06",
+    ),
+    (
+        router_file(entry(shadows="[{name: s, exploration: 5000}]")),
+        "f.yaml: router acme/chat: shadows[0].exploration: must be in [0, 1000], got 5000",
+    ),
     (
         router_file(entry(), entry()),
         "f.yaml: router acme/chat: listed twice (routers[0] and routers[1])",
