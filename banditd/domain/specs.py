@@ -388,11 +388,13 @@ def spec_to_dict(spec: RouterSpec) -> dict[str, Any]:
     return dataclasses.asdict(spec)
 
 
+def _known(data: Mapping[str, Any], cls: type[Any]) -> dict[str, Any]:
+    return {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+
+
 def spec_from_dict(data: Mapping[str, Any]) -> RouterSpec:
-    """The inverse of spec_to_dict; keys a later version no longer knows are dropped."""
-    known = {f.name for f in dataclasses.fields(RouterSpec)}
-    values = {k: v for k, v in data.items() if k in known}
-    values["arms"] = tuple(ArmSpec(**a) for a in values.get("arms", ()))
-    values["shadows"] = tuple(ShadowSpec(**s) for s in values.get("shadows", ()))
-    values["metadata_keys"] = tuple(values.get("metadata_keys") or ())
-    return RouterSpec(**values)
+    """The inverse of spec_to_dict; another version's keys (router, arms, shadows) are dropped."""
+    values = _known(data, RouterSpec)
+    values["arms"] = tuple(ArmSpec(**_known(a, ArmSpec)) for a in data.get("arms", ()))
+    values["shadows"] = tuple(ShadowSpec(**_known(s, ShadowSpec)) for s in data.get("shadows", ()))
+    return RouterSpec(**values | {"metadata_keys": tuple(values.get("metadata_keys") or ())})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
@@ -156,3 +157,32 @@ def test_upgrade_starts_the_history_of_existing_routers(tmp_path: Path) -> None:
     live, versions = asyncio.run(read())
     assert versions == [(3, "put", 2.0, live)]
     assert live.policy == "thompson" and [a.disabled for a in live.arms] == [False, True]
+
+
+async def test_versions_written_by_a_newer_banditd_are_read(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A version stored by a later banditd (a rolling upgrade, or one rolled back) may hold
+    keys this one does not know, on the router, an arm or a shadow: they are left out, so the
+    versions are listed and rolled back to, not an INTERNAL error."""
+    server = await start_server(sqlite_url)
+    admin = server.admin
+    shadow = pb.ShadowPolicy(name="s", policy="thompson")
+    await admin.PutRouter(pb.PutRouterRequest(router=router_config(shadows=[shadow])))
+    await admin.PutRouter(pb.PutRouterRequest(router=router_config(policy="thompson")))
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///")) as db:
+        (config,) = db.execute("SELECT config FROM router_versions WHERE version = 1").fetchone()
+        stored = json.loads(config)
+        stored["later_key"] = 1
+        for part in stored["arms"] + stored["shadows"]:
+            part["later_key"] = "x"
+        db.execute("UPDATE router_versions SET config = ? WHERE version = 1", (json.dumps(stored),))
+    request = pb.ListRouterVersionsRequest(tenant="acme", name="chat")
+    versions = await admin.ListRouterVersions(request)
+    assert [v.router.policy for v in versions.versions] == ["linucb", "thompson"]
+    rolled = await admin.RollbackRouter(
+        pb.RollbackRouterRequest(tenant="acme", name="chat", to_version=1)
+    )
+    assert (rolled.router.version, rolled.router.policy) == (3, "linucb")
+    assert [s.name for s in rolled.router.shadows] == ["s"]
+    assert [a.name for a in rolled.router.arms] == ["cheap", "mid", "strong"]
