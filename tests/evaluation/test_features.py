@@ -25,3 +25,19 @@ def test_embeddings_of_other_encoder_weights_are_not_taken_from_the_cache(tmp_pa
     pipeline.encoder.fingerprint = "0ther"  # as after a new distillation of the same encoder
     embeddings(pipeline, prompts, "encoding", quiet, tmp_path)
     assert len(list(tmp_path.iterdir())) == 2  # computed again, kept beside the first
+
+
+def test_a_cache_file_cut_short_is_computed_again(tmp_path: Path) -> None:
+    prompts = ["what is two and two", "write a sonnet"]
+    pipeline = replay.pipeline_of(SPEC, replay.MAX_PROMPT_CHARS)
+    quiet = progress.Progress()
+    first = embeddings(pipeline, prompts, "encoding", quiet, tmp_path)
+    (kept,) = tmp_path.iterdir()
+    whole = kept.read_bytes()
+    for cut in (whole[:-8], b""):  # a run stopped while writing it
+        kept.write_bytes(cut)
+        np.testing.assert_array_equal(
+            embeddings(pipeline, prompts, "encoding", quiet, tmp_path), first
+        )
+        assert kept.read_bytes() == whole  # and kept whole again
+    assert [p.name for p in tmp_path.iterdir()] == [kept.name]  # no partial file left

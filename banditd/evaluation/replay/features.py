@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -139,13 +140,29 @@ def embeddings(
         for prompt in prompts:
             digest.update(prompt.encode() + b"\x00")
         path = cache / f"{digest.hexdigest()}.npy"
-        if path.exists():
-            return np.asarray(np.load(path), dtype=np.float64)
+        cached = _cached(path, (len(prompts), spec.embedding_dim))
+        if cached is not None:
+            return cached
     out = _encode(pipeline, prompts, label, progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, out)
+        # Written whole under another name, then renamed: a run stopped mid-write, or another
+        # run reading at the same time, never sees part of a file.
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+        with partial.open("wb") as f:
+            np.save(f, out)
+        os.replace(partial, path)
     return out
+
+
+def _cached(path: Path, shape: tuple[int, int]) -> FloatArray | None:
+    """The embeddings kept at path; None where there are none, or none whole (a file cut short
+    by a run stopped while writing it, before renames made writes whole): computed again."""
+    try:
+        kept = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, ValueError, EOFError):
+        return None
+    return np.asarray(kept, dtype=np.float64) if kept.shape == shape else None
 
 
 def _encode(
