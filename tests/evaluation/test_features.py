@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from banditd import progress
 from banditd.domain import ArmSpec, RouterSpec
+from banditd.errors import InvalidArgument
 from banditd.evaluation import replay
 from banditd.evaluation.replay.features import embeddings
 
@@ -41,3 +43,12 @@ def test_a_cache_file_cut_short_is_computed_again(tmp_path: Path) -> None:
         )
         assert kept.read_bytes() == whole  # and kept whole again
     assert [p.name for p in tmp_path.iterdir()] == [kept.name]  # no partial file left
+
+
+def test_a_prompt_that_is_not_unicode_is_invalid_argument_with_a_cache(tmp_path: Path) -> None:
+    pipeline = replay.pipeline_of(SPEC, replay.MAX_PROMPT_CHARS)
+    with pytest.raises(InvalidArgument, match="not valid Unicode"):  # as without the cache
+        embeddings(
+            pipeline, ["an emoji cut in half \ud83d"], "encoding", progress.Progress(), tmp_path
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -138,7 +138,8 @@ def embeddings(
         key = f"{spec.encoder}@{weights}:{spec.embedding_dim}:{spec.text_window_tokens}"
         digest.update(key.encode())
         for prompt in prompts:
-            digest.update(prompt.encode() + b"\x00")
+            # surrogatepass: a lone surrogate is refused by the encoder's check, not here
+            digest.update(prompt.encode("utf-8", "surrogatepass") + b"\x00")
         path = cache / f"{digest.hexdigest()}.npy"
         cached = _cached(path, (len(prompts), spec.embedding_dim))
         if cached is not None:
