@@ -201,6 +201,24 @@ def test_gain_vs_zero_router_in_the_report(
     assert gain["min"] == pytest.approx(100 * (quality["weak"] / quality["strong"] - 1))
 
 
+def test_no_gain_names_the_best_single_model_whose_cost_ends_the_grid(tmp_path: Path) -> None:
+    """The best model is not the priciest: a policy between the two reaches no grid cost,
+    though it is cheaper than a single model."""
+    models = {"dear": (0.5, 0.010), "best": (0.6, 0.002), "cheap": (0.3, 0.001)}
+    outcomes = {m: {"quality": q, "cost_usd": c} for m, (q, c) in models.items()}
+    records = [{"prompt": f"question {i}", "models": outcomes} for i in range(40)]
+    data = write_outcomes(tmp_path / "dear.jsonl", records)
+
+    report = replay.replay(replay.Options(data=data, policy="random"))
+
+    assert models["best"][1] < report["mean_cost_usd"] < models["dear"][1]
+    assert report["gain_vs_zero_router"]["mean"] is None
+    assert (
+        "gain vs the zero router: none (no point of the policy is as cheap as the best single "
+        "model, best at $0.002000 a prompt)\n" in replay.render_text(report)
+    )
+
+
 def test_the_report_gives_the_ceiling_of_routing_by_metadata(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -117,9 +117,11 @@ def _budget_lines(r: dict[str, Any]) -> list[str]:
 
 def _gain_line(r: dict[str, Any]) -> str:
     g = r["gain_vs_zero_router"]
-    if g["mean"] is None:
+    if g["mean"] is None:  # the grid ends at the best single model's cost
+        best = r["best_single"]
         return (
-            "gain vs the zero router: none (no point of the policy is as cheap as a single model)"
+            "gain vs the zero router: none (no point of the policy is as cheap as the best single "
+            f"model, {best['model']} at ${best['mean_cost_usd']:.6f} a prompt)"
         )
     line = (
         f"gain vs the zero router (points of the best single model's quality): mean "
