@@ -27,8 +27,8 @@ GRID_POINTS = 50
 # A point counts as reaching a grid cost within this relative slack: the cheapest single model's
 # own mean, recomputed from the same numbers in another order, may differ in the last bits.
 COST_SLACK = 1e-9
-# The grid's low end when the cheapest model is free (a log grid cannot start at 0), relative
-# to its high end.
+# The grid's lowest low end, relative to its high end: where the cheapest model is free (a log
+# grid cannot start at 0), or costs less than that.
 FREE_FLOOR = 1e-6
 
 Points = Sequence[tuple[float, float]]
