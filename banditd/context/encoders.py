@@ -24,11 +24,15 @@ mid-word). ``replay`` shows what it is worth on the dev data (docs/how-it-works.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import os
+import secrets
+import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -185,7 +189,9 @@ def static_dir() -> Path:
 
 
 def distill_static(target: Path) -> Path:
-    """Distil the static model from the packaged MiniLM weights into ``target`` (offline)."""
+    """Distil the static model from the packaged MiniLM weights into ``target`` (offline),
+    written whole or not at all (``whole_folder``): replicas that distil into one shared folder
+    at once keep the first one finished, and a distillation stopped midway leaves nothing."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from model2vec.distill import distill_from_model
     from transformers import AutoModel, AutoTokenizer
@@ -196,9 +202,30 @@ def distill_static(target: Path) -> Path:
         tokenizer=AutoTokenizer.from_pretrained(str(path), local_files_only=True),  # type: ignore[arg-type]
         pca_dims=STATIC_DIMS,
     )
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target))
+    with whole_folder(target, "model.safetensors") as folder:
+        model.save_pretrained(str(folder))
     return target
+
+
+@contextlib.contextmanager
+def whole_folder(target: Path, ready: str) -> Iterator[Path]:
+    """A new folder beside ``target`` to write into, renamed to ``target`` once the block is
+    done (removed if it fails). Where another writer's ``target`` (holding ``ready``) was
+    renamed first, it is kept and this one dropped: a reader never sees half a folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    folder.mkdir()  # as mkdir makes a folder (the umask's mode, not mkdtemp's 0700)
+    try:
+        yield folder
+        try:
+            os.rename(folder, target)  # atomic; replaces an empty folder, never a full one
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            if not (target / ready).exists():
+                raise FailedPrecondition(f"{target}: not empty, and no {ready}: remove it") from exc
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class StaticMiniLMEncoder:

@@ -18,6 +18,7 @@ from banditd.context.encoders import (
     minilm_fingerprint,
     tail_window,
     untruncated,
+    whole_folder,
 )
 from banditd.context.metadata import MemoryVocabularyStore
 from banditd.context.pipeline import ContextPipeline
@@ -195,3 +196,27 @@ async def test_concurrent_text_selects_are_micro_batched(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await server.admin.PutRouter(pb.PutRouterRequest(router=bad))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_folder_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A writer that fails leaves no folder; of two writers the first renamed wins, whole."""
+    target = tmp_path / "static"
+    with pytest.raises(RuntimeError), whole_folder(target, "model.safetensors") as folder:
+        (folder / "model.safetensors").write_text("half")
+        raise RuntimeError("stopped midway")
+    assert not target.exists()
+    with (
+        whole_folder(target, "model.safetensors") as first,
+        whole_folder(target, "model.safetensors") as second,
+    ):
+        for folder, text in ((first, "first"), (second, "second")):
+            (folder / "model.safetensors").write_text(text)
+            (folder / "config.json").write_text(text)
+    assert {f.name: f.read_text() for f in target.iterdir()} == {
+        "model.safetensors": "second",
+        "config.json": "second",
+    }
+    assert [f.name for f in tmp_path.iterdir()] == ["static"]  # no folder left behind
+    made = tmp_path / "made"
+    made.mkdir()
+    assert target.stat().st_mode == made.stat().st_mode  # readable as any folder made here
