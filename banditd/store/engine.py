@@ -24,6 +24,11 @@ from banditd.store.listener import EventListener
 
 EVENTS_CHANNEL = "banditd_events"  # NOTIFY channel: feedback events were committed
 CONNECT_TIMEOUT_S = 5.0
+# Postgres: how long a statement (the pool's pre-ping too) waits for an answer before it fails
+# as Unavailable. Without it, a database that keeps the socket open but never answers (frozen,
+# a network partition, a failover that left the connections dead) held the call, the decision
+# log and shutdown forever. asyncpg's command_timeout; a URL's ?command_timeout=S overrides it.
+STATEMENT_TIMEOUT_S = 30.0
 # What a lost or refused database connection raises: SQLAlchemy's wrappers of the driver's
 # errors (asyncpg's and aiosqlite's, e.g. InterfaceError "connection is closed",
 # CannotConnectNowError, "database is locked"), the pool's timeout, and the socket's own errors.
@@ -130,6 +135,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         postgres = not url.startswith("sqlite")
+        timeouts: dict[str, float] = {"timeout": CONNECT_TIMEOUT_S}
+        if "command_timeout" not in make_url(url).query:  # else the URL's, passed on by SQLAlchemy
+            timeouts["command_timeout"] = STATEMENT_TIMEOUT_S
         self.engine: AsyncEngine = create_async_engine(
             url,
             # Standard JSON only: NaN or infinity in a JSON column is a bad row, found here on
@@ -139,7 +147,7 @@ class Database:
             hide_parameters=True,
             pool_pre_ping=postgres,
             # A database that does not answer must fail a call soon, not hang it (asyncpg).
-            **({"connect_args": {"timeout": CONNECT_TIMEOUT_S}} if postgres else {}),
+            **({"connect_args": timeouts} if postgres else {}),
         )
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

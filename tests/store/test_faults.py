@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from banditd.domain import FeedbackEvent
 from banditd.state.posterior import Posterior
 from banditd.state.prior import Prior
-from banditd.store import Database
+from banditd.store import Database, engine
 from banditd.store.events import EventLog
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -332,3 +333,47 @@ async def test_postgres_outage_select_serves_feedback_unavailable_then_recovers(
         new_head = max(more.acked)
         await wait_until(partial(b_applied, new_head), "replica b to be woken after the outage", 20)
         assert '"listen_connection_restored"' in b.output()
+
+
+def _postgres_processes(postgres: OwnPostgres) -> list[int]:
+    """The postmaster's pid and its children's (every backend)."""
+    main = int(Path(postgres.executor.datadir, "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(main)], capture_output=True, text=True, check=False
+    )
+    return [main, *map(int, children.stdout.split())]
+
+
+@pytest.mark.postgres
+async def test_a_postgres_that_stops_answering_fails_calls_and_lets_the_server_stop(
+    own_postgres: OwnPostgres, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres frozen (SIGSTOP: its sockets stay open, nothing answers, as in a network
+    partition or a failover that left the connections dead): a statement sent to it fails as
+    UNAVAILABLE once the statement timeout runs out, instead of waiting for an answer forever
+    (the background loops' pre-ping of a pooled connection did, and with them shutdown)."""
+    monkeypatch.setattr(engine, "STATEMENT_TIMEOUT_S", 1.0)
+    server = await start_server(own_postgres.url, feedback_attempts=1)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    d = await server.router.Select(
+        pb.SelectRequest(tenant="acme", router="chat", embedding=pb.Embedding(values=[1, 0, 0, 0]))
+    )
+    await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))  # pool: idle
+    frozen = _postgres_processes(own_postgres)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await server.router.Feedback(
+                pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0),
+                timeout=60,
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        assert "database unavailable" in (refused.value.details() or "")
+        stopping = asyncio.ensure_future(server.stop())
+        done, _ = await asyncio.wait([stopping], timeout=60)
+        assert done, "the server did not stop while Postgres did not answer"
+        await stopping
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
