@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,9 +31,17 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Postgres advisory lock key of banditd's migrations (any fixed number no other tool uses).
+MIGRATION_LOCK = 0x62616E64
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas started together each migrate on start: one at a time, the others then
+            # read the version it committed (Alembic reads it after this) and have nothing to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

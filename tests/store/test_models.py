@@ -4,6 +4,8 @@ given to another row, on SQLite too (migration 0019), and 0019 keeps what it reb
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import Any
 
 import pytest
@@ -147,6 +149,26 @@ async def test_migration_0019_goes_down_and_up(database_url: str) -> None:
     await asyncio.to_thread(command.downgrade, config, "0018")
     await asyncio.to_thread(command.upgrade, config, "head")
     db = Database(database_url)
+    try:
+        async with db.transaction() as conn:
+            assert await _add(conn, routers, 0, "chat") == 1
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_replicas_that_migrate_one_database_at_once_all_start(postgres_url: str) -> None:
+    """Replicas started together each migrate on start (BANDITD_MIGRATE_ON_START): one migrates,
+    the others wait for it and find nothing left to do, rather than fail on its tables."""
+    command = [sys.executable, "-m", "banditd.commands.cli", "migrate"]
+    env = {**os.environ, "BANDITD_DATABASE_URL": postgres_url}
+    runs = [
+        await asyncio.create_subprocess_exec(*command, env=env, stderr=asyncio.subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outcomes = [await asyncio.wait_for(run.communicate(), 120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err for _, err in outcomes]
+    db = Database(postgres_url)
     try:
         async with db.transaction() as conn:
             assert await _add(conn, routers, 0, "chat") == 1
