@@ -19,6 +19,7 @@ from banditd.edge import codec
 from banditd.errors import FailedPrecondition, NotFound
 from banditd.evaluation import replay
 from banditd.evaluation.replay.options import Server
+from banditd.store import Database
 from banditd.store.events import EventLog
 from banditd.v1 import banditd_pb2 as pb
 from tests.evaluation.test_replay import ARMS, synthetic
@@ -60,13 +61,17 @@ def warm_start(url: str, data: Path, *flags: str) -> dict[str, Any]:
         url,
         *(flags or ("--tenant", "acme", "--router", "chat")),
     ]
-    done = subprocess.run(
-        [sys.executable, "-m", "banditd.commands.cli", "warm-start", *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "banditd.commands.cli", "warm-start", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        exc.add_note(f"stderr: {exc.stderr}")  # what went wrong, in the test's report
+        raise
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -143,15 +148,22 @@ async def test_after_a_change_of_the_context_the_neighbours_are_the_new_contexts
     after = router_config(embedding_dim=32, knn_k=5, text_window_tokens=3)  # same size of x
     server = await start_server(database_url)
     await server.admin.PutRouter(pb.PutRouterRequest(router=before))
+    await server.stop()  # the warm starts run offline, as the one above
     assert warm_start(database_url, data)["added"] == 120
+    server = await start_server(database_url)
     await server.admin.PutRouter(pb.PutRouterRequest(router=after))
     fresh = router_config(name="fresh", embedding_dim=32, knn_k=5, text_window_tokens=3)
     await server.admin.PutRouter(pb.PutRouterRequest(router=fresh))
+    await server.stop()
     assert warm_start(database_url, data)["added"] == 120
     assert warm_start(database_url, data, "--tenant", "acme", "--router", "fresh")["added"] == 120
 
-    log = EventLog(server.app.db)
-    changed, new = (await log.after(1, 0))[120:], await log.after(2, 0)
+    db = Database(database_url)
+    try:
+        log = EventLog(db)
+        changed, new = (await log.after(1, 0))[120:], await log.after(2, 0)
+    finally:
+        await db.close()
     assert [e.decision_id for e in changed] != [e.decision_id for e in new]
     for ours, theirs in zip(changed, new, strict=True):
         assert (ours.arm, ours.reward) == (theirs.arm, theirs.reward)
