@@ -4,19 +4,20 @@ stay in conftest.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.util import await_only
 
 from banditd.edge.server import App
@@ -167,6 +168,19 @@ async def dear_dollars(server: Running) -> None:
         pb.FeedbackRequest(tenant="acme", decision_id=spent.decision_id, reward=1, cost_usd=5.0)
     )
     await server.app.budgets.housekeeping()  # the pacer sees the $5 spent
+
+
+@contextlib.asynccontextmanager
+async def table_away(db: Database, table: str) -> AsyncIterator[None]:
+    """Within the block, ``table`` is renamed away (statements on it fail as an outage would);
+    then put back."""
+    async with db.transaction() as conn:
+        await conn.execute(text(f"ALTER TABLE {table} RENAME TO {table}_away"))
+    try:
+        yield
+    finally:
+        async with db.transaction() as conn:
+            await conn.execute(text(f"ALTER TABLE {table}_away RENAME TO {table}"))
 
 
 async def meanwhile(

@@ -6,7 +6,6 @@ import grpc
 import pytest
 from grpc import StatusCode as C
 from prometheus_client import REGISTRY
-from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from banditd.domain import ArmSpec, RouterSpec
@@ -14,7 +13,7 @@ from banditd.edge import keys
 from banditd.flows.feedback_guard import FeedbackGuard
 from banditd.store.api_keys import KeyStore
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import Running, StartServer, router_config, table_away
 
 
 def bearer(key: str) -> tuple[tuple[str, str]]:
@@ -99,13 +98,10 @@ async def test_the_cap_counts_accepted_feedback_not_attempts(
     config = router_config(feedback_cap_per_key=2, feedback_cap_window_seconds=3600)
     await server.admin.PutRouter(pb.PutRouterRequest(router=config))
     tokens = [(await server.router.Select(on("cheap"))).decision_id for _ in range(3)]
-    async with server.app.db.transaction() as conn:  # the event log cannot be written
-        await conn.execute(text("ALTER TABLE feedback_events RENAME TO feedback_events_away"))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await server.router.Feedback(fb(tokens[0]))
-    assert err.value.code() == C.UNAVAILABLE
-    async with server.app.db.transaction() as conn:
-        await conn.execute(text("ALTER TABLE feedback_events_away RENAME TO feedback_events"))
+    async with table_away(server.app.db, "feedback_events"):  # the event log cannot be written
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await server.router.Feedback(fb(tokens[0]))
+        assert err.value.code() == C.UNAVAILABLE
     assert (await server.router.Feedback(fb(tokens[0]))).event_id == 1  # the client's retry
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.router.Feedback(fb(tokens[0]))
@@ -130,13 +126,10 @@ async def test_the_cap_counts_parked_feedback_not_attempts(
     await a.admin.PutRouter(pb.PutRouterRequest(router=config))
     tokens = [(await a.router.Select(on("cheap"))).decision_id for _ in range(2)]
     await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))  # b loads the router
-    async with b.app.db.transaction() as conn:  # parking reads the event log first
-        await conn.execute(text("ALTER TABLE feedback_events RENAME TO feedback_events_away"))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await b.router.Feedback(fb(tokens[0]))
-    assert err.value.code() == C.UNAVAILABLE
-    async with b.app.db.transaction() as conn:
-        await conn.execute(text("ALTER TABLE feedback_events_away RENAME TO feedback_events"))
+    async with table_away(b.app.db, "feedback_events"):  # parking reads the event log first
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await b.router.Feedback(fb(tokens[0]))
+        assert err.value.code() == C.UNAVAILABLE
     assert (await b.router.Feedback(fb(tokens[0]))).event_id == 0  # parked
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await b.router.Feedback(fb(tokens[1]))
@@ -202,11 +195,8 @@ async def test_a_batch_that_fails_while_parking_uses_up_no_cap(
     request = pb.SelectRequest(tenant="acme", router="other", embedding=on("cheap").embedding)
     theirs = (await a.router.Select(request)).decision_id
     await b.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))  # b loads "chat" only
-    async with b.app.db.transaction() as conn:  # "other" cannot be loaded
-        await conn.execute(text("ALTER TABLE posterior_snapshots RENAME TO snapshots_away"))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await b.router.StreamFeedback(iter([fb(mine), fb(theirs)]))
-    assert err.value.code() == C.UNAVAILABLE
-    async with b.app.db.transaction() as conn:
-        await conn.execute(text("ALTER TABLE snapshots_away RENAME TO posterior_snapshots"))
+    async with table_away(b.app.db, "posterior_snapshots"):  # "other" cannot be loaded
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await b.router.StreamFeedback(iter([fb(mine), fb(theirs)]))
+        assert err.value.code() == C.UNAVAILABLE
     assert (await b.router.Feedback(fb(mine))).event_id == 0  # parked: the client's retry
