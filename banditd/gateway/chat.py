@@ -37,7 +37,7 @@ from banditd.gateway.http_errors import (
     too_large,
 )
 from banditd.gateway.routing import BadRequest, Route, bearer, route_of
-from banditd.gateway.upstream import Upstream, UpstreamFailed, first_chunk
+from banditd.gateway.upstream import Upstream, UpstreamFailed, first_chunk, read_answer
 from banditd.gateway.usage import Meter, Served, report_failure, report_usage
 
 log = structlog.get_logger(__name__)
@@ -167,7 +167,7 @@ async def _attempt(
             first, rest = await first_chunk(response, upstream.arm)
             meter.first_bytes()
         else:
-            content = await _read(response, upstream.arm)
+            content = await read_answer(response, upstream.arm)
             meter.done()
     except UpstreamFailed as exc:
         metrics.UPSTREAM_CALLS.labels(*labels, exc.reason).inc()
@@ -202,17 +202,6 @@ async def _attempt(
         status_code=200,
         headers=headers,
     )
-
-
-async def _read(response: httpx.Response, arm: str) -> bytes:
-    try:
-        return await response.aread()
-    except httpx.TimeoutException as exc:
-        raise UpstreamFailed("timeout", f"arm {arm!r}: upstream timed out") from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream broke off") from exc
-    finally:
-        await response.aclose()
 
 
 async def _relay(

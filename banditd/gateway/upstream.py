@@ -7,6 +7,7 @@ call time, and is never logged.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from banditd.client import RankedArm
 # Upstream answers that are the arm's fault (overloaded, down, misconfigured: key or model),
 # not the request's: the next arm is tried.
 FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 429})
-MAX_ERROR_BODY = 64 * 1024
+MAX_ERROR_BODY = 64 * 1024  # of an error passed on to the caller: the rest is not read
 
 
 class UpstreamFailed(Exception):
@@ -127,3 +128,38 @@ async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
         raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream broke off") from exc
     await response.aclose()
     raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream sent an empty stream")
+
+
+async def read_answer(response: httpx.Response, arm: str) -> bytes:
+    """A whole (not streamed) answer, closed after. A 2xx must be a JSON object: one the caller
+    could not read is the arm's failure (``bad_json``), like a 5xx. An error, which is the
+    request's fault and passed on, is read up to MAX_ERROR_BODY bytes."""
+    status = response.status_code
+    limit = MAX_ERROR_BODY if status >= 400 else None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size >= limit:
+                break
+    except httpx.TimeoutException as exc:
+        raise UpstreamFailed("timeout", f"arm {arm!r}: upstream timed out") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream broke off") from exc
+    finally:
+        await response.aclose()
+    content = b"".join(chunks)[:limit]
+    if 200 <= status < 300 and not _json_object(content):
+        raise UpstreamFailed(
+            "bad_json", f"arm {arm!r}: upstream answered HTTP {status} with no JSON object"
+        )
+    return content
+
+
+def _json_object(content: bytes) -> bool:
+    try:
+        return isinstance(json.loads(content), dict)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False

@@ -33,7 +33,8 @@ class FakeUpstream:
     answered 200 without a byte).
     ``gzip``: streams are sent gzip-compressed (content-encoding), as a proxy may. ``usage``:
     JSON answers carry a ``usage`` block (some providers send none). ``tool_call``: the answer
-    is a call of TOOL_NAME (no content), as a model answers a request with ``tools``."""
+    is a call of TOOL_NAME (no content), as a model answers a request with ``tools``.
+    ``body``: with an HTTP status as ``fail``, the bytes answered (else an OpenAI error)."""
 
     name: str
     fail: int | str | None = None
@@ -44,6 +45,7 @@ class FakeUpstream:
     gzip: bool = False
     usage: bool = True
     tool_call: bool = False
+    body: bytes | None = None
 
     @property
     def base_url(self) -> str:
@@ -58,6 +60,8 @@ class FakeUpstream:
         self.keys.append(request.headers.get("authorization", ""))
         if self.fail == "hang":
             await self.release.wait()
+        if isinstance(self.fail, int) and self.body is not None:
+            return Response(self.body, status_code=self.fail, media_type="application/json")
         if isinstance(self.fail, int):
             return JSONResponse({"error": {"message": "down"}}, status_code=self.fail)
         if self.fail == "empty":

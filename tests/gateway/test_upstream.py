@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from banditd.gateway.upstream import MAX_ERROR_BODY
 from banditd.v1 import banditd_pb2 as pb
 from tests.gateway.stack import MODEL, PROMPT, Launch
 
@@ -60,3 +61,42 @@ async def test_a_stream_answered_without_a_byte_falls_back(launch: Launch) -> No
     assert b'"content": "beta"' in answer.content
     alpha = await stack.reported("alpha")
     assert (alpha.feedback_count, alpha.recent_error_rate, alpha.usage_reports) == (1, 1.0, 0)
+
+
+@pytest.mark.parametrize("body", [b"<html>upstream proxy error</html>", b"", b'"a string"'])
+async def test_a_200_that_is_no_json_answer_is_the_arms_failure(
+    launch: Launch, body: bytes
+) -> None:
+    """An answer the caller could not read is the arm's failure, as a 5xx: the next arm
+    answers, the failed decision is rated with error set; when every arm does it, a 502."""
+    stack = await launch()
+    stack.alpha.fail, stack.alpha.body = 200, body
+    request = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=request)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-banditd-arm"] == "beta"
+        stack.beta.fail, stack.beta.body = 200, body
+        failed = await http.post("/v1/chat/completions", json=request)
+    assert failed.status_code == 502, failed.text
+    error = failed.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "bad_gateway")
+    assert "no JSON object" in error["message"]
+    alpha, beta = await stack.reported("alpha"), await stack.reported("beta")
+    assert (alpha.feedback_count, alpha.recent_error_rate, alpha.usage_reports) == (2, 1.0, 0)
+    assert (beta.feedback_count, beta.recent_error_rate, beta.usage_reports) == (1, 1.0, 1)
+
+
+async def test_a_passed_on_error_body_is_cut_at_max_error_body(launch: Launch) -> None:
+    """A 400 is the request's fault and goes to the caller, its body read up to MAX_ERROR_BODY
+    bytes (an upstream that echoes a 16 MiB request in its error is not buffered whole)."""
+    stack = await launch()
+    stack.alpha.fail, stack.alpha.body = 400, b'{"error": "' + b"x" * (1 << 20) + b'"}'
+    request = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=request)
+    assert answer.status_code == 400
+    assert answer.headers["x-banditd-arm"] == "alpha"
+    assert answer.content == stack.alpha.body[:MAX_ERROR_BODY]
+    alpha = await stack.reported("alpha")
+    assert (alpha.usage_reports, alpha.usage_errors, alpha.feedback_count) == (1, 0, 0)
