@@ -31,7 +31,11 @@ def error_response(status: int, message: str, kind: str, code: str = "") -> JSON
 
 
 def banditd_error(exc: BanditdError) -> JSONResponse:
-    """banditd's refusal, with its gRPC code name as ``code``."""
+    """banditd's refusal, with its gRPC code name as ``code``; a message over gRPC's size limit
+    (BANDITD_MAX_MESSAGE_BYTES), which gRPC refuses as RESOURCE_EXHAUSTED, is the body's size
+    (413), not a rate or a budget (429)."""
+    if exc.code == "RESOURCE_EXHAUSTED" and "message larger than max" in exc.message:
+        return error_response(413, exc.message, "invalid_request_error", "body_too_large")
     return error_response(
         HTTP_STATUS.get(exc.code, 500), exc.message, "banditd_error", exc.code.lower()
     )
