@@ -159,7 +159,7 @@ async def _attempt(
     ranked = next((r for r in decision.ranking if r.arm == decision.arm), None)
     upstream = Upstream.of(ranked or RankedArm(decision.arm, 0.0, 0.0, 0.0))
     labels = (route.tenant, route.router, upstream.arm)
-    meter = Meter(len(route.prompt))
+    meter = Meter(route.prompt_chars)
     stream = body.get("stream") is True
     try:
         response = await upstream.open(gw.http, body, gw.upstream_timeout_s)

@@ -1,7 +1,7 @@
-"""From an OpenAI-style chat request to Select's arguments: the router (from ``model`` or the
-x-banditd-tenant / x-banditd-router headers), the prompt (the messages' text), the metadata
-(x-banditd-meta-* headers), cost and latency/energy weights and limits (NUMBER_HEADERS), and the
-caller's API key."""
+"""From an OpenAI-style chat request to Select's arguments: the router (from ``model``, its
+names percent-decoded, or the x-banditd-tenant / x-banditd-router headers), the prompt (the
+messages' text, bounded: SELECT_PROMPT_CHARS), the metadata (x-banditd-meta-* headers), cost and
+latency/energy weights and limits (NUMBER_HEADERS), and the caller's API key."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
+
+from banditd.config import Settings
 
 MODEL_PREFIX = "banditd/"
 META_PREFIX = "x-banditd-meta-"
@@ -20,6 +23,10 @@ NUMBER_HEADERS = {
     "x-banditd-energy-weight": "energy_weight",
     "x-banditd-max-latency-ms": "max_latency_ms",
 }
+# Select is sent at most this much of the text (banditd's default BANDITD_MAX_PROMPT_CHARS): its
+# first and last halves, which hold what an encoder's window reads (a transformer reads the
+# start, a router's text_window_tokens the end). The upstream still gets the whole request.
+SELECT_PROMPT_CHARS: int = Settings.model_fields["max_prompt_chars"].default
 
 
 class BadRequest(ValueError):
@@ -30,7 +37,8 @@ class BadRequest(ValueError):
 class Route:
     tenant: str
     router: str
-    prompt: str
+    prompt: str  # what Select featurises (prompt_of, bounded by select_prompt)
+    prompt_chars: int  # the whole text's length, which the upstream is sent and bills
     select_args: dict[str, Any]  # Select's other arguments (metadata, cost_weight, ...)
 
 
@@ -52,6 +60,8 @@ def route_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> Route:
         tenant, _, router = model.removeprefix(MODEL_PREFIX).partition("/")
         if not tenant or not router or "/" in router:
             raise BadRequest(f"model must be 'banditd/<tenant>/<router>', got {model!r}")
+        # A name with "/" comes as %2F; no name has a "%", so decoding never changes one.
+        tenant, router = unquote(tenant), unquote(router)
     args: dict[str, Any] = {}
     metadata = {
         k.removeprefix(META_PREFIX): v for k, v in headers.items() if k.startswith(META_PREFIX)
@@ -67,15 +77,27 @@ def route_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> Route:
             if not math.isfinite(value):
                 raise BadRequest(f"{header} must be finite, got {raw!r}")
             args[name] = value
-    return Route(tenant, router, prompt_of(body), args)
+    text = prompt_of(body)
+    return Route(tenant, router, select_prompt(text), len(text), args)
+
+
+def select_prompt(text: str) -> str:
+    """The text Select is sent: all of it up to SELECT_PROMPT_CHARS, else its first and last
+    halves (banditd refuses a longer prompt; the encoder would not read the middle anyway)."""
+    if len(text) <= SELECT_PROMPT_CHARS:
+        return text
+    half = (SELECT_PROMPT_CHARS - 1) // 2
+    return text[:half] + "\n" + text[-half:]
 
 
 def prompt_of(body: Mapping[str, Any]) -> str:
-    """The messages' text, one message per line (content strings and text parts)."""
+    """The messages' text, one message per line (content strings and text parts); where they
+    have none (an image-only prompt), the types of their parts (``[image_url]``) stand in for
+    it, as banditd refuses an empty prompt."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list")
-    lines = []
+    lines, kinds = [], []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object")
@@ -83,9 +105,12 @@ def prompt_of(body: Mapping[str, Any]) -> str:
         if isinstance(content, str):
             lines.append(content)
         elif isinstance(content, list):
-            lines.extend(
-                part["text"]
-                for part in content
-                if isinstance(part, dict) and isinstance(part.get("text"), str)
-            )
-    return "\n".join(lines)
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if isinstance(part.get("text"), str):
+                    lines.append(part["text"])
+                elif isinstance(part.get("type"), str):
+                    kinds.append(f"[{part['type']}]")
+    text = "\n".join(lines)
+    return text if text.strip() or not kinds else " ".join(kinds)
