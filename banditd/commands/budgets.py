@@ -10,6 +10,9 @@ banditd budgets delete TENANT[/ROUTER] ...
 banditd budgets spend TENANT[/ROUTER] [--since UNIX] [--until UNIX] [--by KEY]
     the spend of the decisions made in a time range, by router and arm (and a metadata key).
 
+TENANT/ROUTER splits at the first "/". A tenant whose name holds "/" is named with
+--tenant TENANT [--router ROUTER] instead (set, get, delete and spend; one budget).
+
 Every command calls the Admin service at --target, with the API key and TLS flags of
 `banditd ingest`; the server's refusals come back as its status and message. --json prints the
 replies' messages as JSON, with the proto's field names.
@@ -31,6 +34,7 @@ from banditd.commands.admin_client import (
     add_command_parser,
     add_connection_arguments,
     delete_each,
+    print_refusal,
     print_table,
     with_admin,
 )
@@ -52,6 +56,25 @@ def scope(text: str) -> tuple[str, str]:
     if not tenant or (sep and not router):
         raise argparse.ArgumentTypeError(f"expected TENANT or TENANT/ROUTER, got {text!r}")
     return tenant, router
+
+
+def scopes(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (tenant, router) budgets a command names: by --tenant [--router], or by its
+    positional TENANT[/ROUTER] arguments; raises ValueError for neither or both."""
+    named = args.scope or []  # set and spend name one budget: (tenant, router) or None
+    if isinstance(named, tuple):
+        named = [named]
+    if args.tenant is not None and named:
+        raise ValueError("give TENANT[/ROUTER] or --tenant, not both")
+    if args.tenant is not None:
+        if not args.tenant:
+            raise ValueError("--tenant must not be empty")
+        return [(args.tenant, args.router or "")]
+    if args.router is not None:
+        raise ValueError("--router needs --tenant")
+    if not named:
+        raise ValueError("name a budget: TENANT[/ROUTER], or --tenant TENANT [--router ROUTER]")
+    return list(named)
 
 
 def _json(message: Message) -> dict[str, Any]:
@@ -89,7 +112,7 @@ def _usage(usage: pb.BudgetUsage) -> str:
 
 
 def _set(admin: AdminClient, args: argparse.Namespace) -> int:
-    tenant, router = args.scope
+    [(tenant, router)] = args.scopes
     budget = pb.Budget(
         tenant=tenant,
         router=router,
@@ -122,7 +145,7 @@ def _show(replies: Sequence[pb.GetBudgetResponse], as_json: bool) -> None:
 def _get(admin: AdminClient, args: argparse.Namespace) -> int:
     replies = [
         admin.call("GetBudget", pb.GetBudgetRequest(tenant=tenant, router=router))
-        for tenant, router in args.scope
+        for tenant, router in args.scopes
     ]
     _show(replies, args.json)
     return 0
@@ -139,12 +162,12 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
 
 def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
     """Each budget named; exit status 1 when one was not found (the others are deleted)."""
-    named = [(_name(t, r), pb.DeleteBudgetRequest(tenant=t, router=r)) for t, r in args.scope]
+    named = [(_name(t, r), pb.DeleteBudgetRequest(tenant=t, router=r)) for t, r in args.scopes]
     return delete_each(admin, "DeleteBudget", named, "budget deleted", "no budget for {}")
 
 
 def _spend(admin: AdminClient, args: argparse.Namespace) -> int:
-    tenant, router = args.scope
+    [(tenant, router)] = args.scopes
     request = pb.GetSpendRequest(
         tenant=tenant,
         router=router,
@@ -174,6 +197,12 @@ def run(args: argparse.Namespace) -> int:
         "delete": _delete,
         "spend": _spend,
     }
+    if args.budgets_command != "list":
+        try:
+            args.scopes = scopes(args)
+        except ValueError as exc:
+            print_refusal(exc)
+            return 2
     return with_admin(args, commands[args.budgets_command])
 
 
@@ -186,7 +215,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         run,
     )
     p_set = commands.add_parser("set", help="create or replace a budget (bumps its version)")
-    p_set.add_argument("scope", type=scope, metavar="TENANT[/ROUTER]")
+    p_set.add_argument("scope", type=scope, nargs="?", metavar="TENANT[/ROUTER]")
     p_set.add_argument(
         "--limit-usd",
         type=float_between(0.0),
@@ -221,20 +250,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="past the limit: serve the cheapest arm, or refuse Select (%(default)s)",
     )
     p_get = commands.add_parser("get", help="budgets with their current period")
-    p_get.add_argument("scope", type=scope, nargs="+", metavar="TENANT[/ROUTER]")
+    p_get.add_argument("scope", type=scope, nargs="*", metavar="TENANT[/ROUTER]")
     p_list = commands.add_parser("list", help="every budget with its current period")
     p_list.add_argument("--tenant", help="only this tenant's budgets (default: every tenant)")
     p_delete = commands.add_parser(
         "delete", help="stop enforcing budgets (a later set revives one with its period's spend)"
     )
-    p_delete.add_argument("scope", type=scope, nargs="+", metavar="TENANT[/ROUTER]")
+    p_delete.add_argument("scope", type=scope, nargs="*", metavar="TENANT[/ROUTER]")
     p_spend = commands.add_parser("spend", help="spend by router and arm over a time range")
-    p_spend.add_argument("scope", type=scope, metavar="TENANT[/ROUTER]")
+    p_spend.add_argument("scope", type=scope, nargs="?", metavar="TENANT[/ROUTER]")
     p_spend.add_argument(
         "--since", type=float, default=0.0, metavar="UNIX", help="from (%(default)s)"
     )
     p_spend.add_argument("--until", type=float, default=0.0, metavar="UNIX", help="to (0: now)")
     p_spend.add_argument("--by", metavar="KEY", help="also group by this request metadata key")
+    for command in (p_set, p_get, p_delete, p_spend):
+        command.add_argument(
+            "--tenant", help='the tenant, whole (it may hold "/"), instead of TENANT[/ROUTER]'
+        )
+        command.add_argument("--router", help="with --tenant: one router's budget")
     for command in (p_set, p_get, p_list, p_delete, p_spend):
         add_connection_arguments(command)
         if command is not p_delete:

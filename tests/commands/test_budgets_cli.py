@@ -101,3 +101,52 @@ async def test_refusals_print_the_servers_status(
         assert "argument --window-seconds: expected an integer in [0, " in capsys.readouterr().err
     status, printed, _ = await banditd("list")
     assert (status, printed) == (0, "no budgets\n")
+
+
+async def test_a_tenant_with_a_slash_is_named_by_tenant(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TENANT/ROUTER splits at the first "/": the tenant "org/team" is named with --tenant,
+    for each command, end to end; the positional forms keep working alongside."""
+    server = await start_server(sqlite_url)
+    banditd = Cli(server, capsys, "budgets")
+    status, printed, _ = await banditd(
+        "set", "--tenant", "org/team", "--limit-usd", "5", "--period", "day"
+    )
+    assert (status, printed) == (
+        0,
+        "org/team: created: $5 per day; alerts at none; past the limit: cheapest arm (version 1)\n",
+    )
+    status, printed, _ = await banditd(
+        "set", "--tenant", "org/team", "--router", "chat", "--limit-usd", "1", "--period", "hour"
+    )
+    assert status == 0
+    status, printed, _ = await banditd("set", "org/team", "--limit-usd", "2", "--period", "day")
+    assert status == 0  # the positional form: tenant "org", router "team"
+    listed = await server.admin.ListBudgets(pb.ListBudgetsRequest())
+    assert sorted((b.budget.tenant, b.budget.router) for b in listed.budgets) == [
+        ("org", "team"),
+        ("org/team", ""),
+        ("org/team", "chat"),
+    ]
+    status, printed, _ = await banditd("get", "--tenant", "org/team", "--json")
+    assert status == 0
+    [got] = json.loads(printed)
+    assert (got["budget"]["tenant"], got["budget"]["router"]) == ("org/team", "")
+    assert got["budget"]["limit_usd"] == 5
+    status, printed, _ = await banditd("spend", "--tenant", "org/team", "--json")
+    assert (status, json.loads(printed)["total_usd"]) == (0, 0)
+    status, printed, _ = await banditd("delete", "--tenant", "org/team", "--router", "chat")
+    assert (status, printed) == (0, "org/team/chat: budget deleted\n")
+    status, printed, _ = await banditd("delete", "--tenant", "org/team")
+    assert (status, printed) == (0, "org/team: budget deleted\n")
+    listed = await server.admin.ListBudgets(pb.ListBudgetsRequest())
+    assert [(b.budget.tenant, b.budget.router) for b in listed.budgets] == [("org", "team")]
+    for argv, why in [
+        (("get",), "name a budget"),
+        (("get", "org", "--tenant", "org/team"), "not both"),
+        (("get", "--router", "chat"), "--router needs --tenant"),
+        (("delete", "--tenant", ""), "--tenant must not be empty"),
+    ]:
+        status, printed, error = await banditd(*argv)
+        assert (status, printed) == (2, "") and why in error
