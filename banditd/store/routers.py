@@ -231,7 +231,8 @@ class Routers:
         return StoredRouter(router_id, stored, context_since, created_at), created
 
     async def versions(self, router_id: int) -> list[tuple[int, str, float, RouterSpec]]:
-        """The router's stored configurations, oldest first: (version, action, time, spec)."""
+        """The router's stored configurations, oldest first: (version, action, time, spec). A
+        version today's RouterSpec refuses is logged and left out, so the others still list."""
         async with self.db.transaction() as conn:
             rows = (
                 await conn.execute(
@@ -240,7 +241,18 @@ class Routers:
                     .order_by(router_versions.c.version)
                 )
             ).all()
-        return [(r.version, r.action, r.created_at, spec_from_dict(r.config)) for r in rows]
+        readable = []
+        for r in rows:
+            try:
+                readable.append((r.version, r.action, r.created_at, spec_from_dict(r.config)))
+            except (InvalidArgument, TypeError) as exc:  # today's checks refuse it: left out
+                log.warning(
+                    "router_version_unreadable",
+                    router_id=router_id,
+                    version=r.version,
+                    why=str(exc),
+                )
+        return readable
 
     async def delete(self, tenant: str, name: str) -> int | None:
         """Delete a router and everything logged for it; its id, or None if there was none."""
