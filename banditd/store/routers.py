@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import ArmSpec, RouterSpec, ShadowSpec, spec_from_dict, spec_to_dict
-from banditd.errors import Aborted, InvalidArgument, NotFound
+from banditd.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from banditd.store.engine import Database, write_first
 from banditd.store.models import (
     arms,
@@ -124,20 +124,40 @@ async def _load(
     return loaded
 
 
+async def _not_found(conn: AsyncConnection, tenant: str, name: str) -> NotFound:
+    known = await conn.scalar(select(func.count()).where(routers.c.tenant == tenant))
+    if not known:
+        return NotFound(f"unknown tenant {tenant!r}")
+    return NotFound(f"tenant {tenant!r} has no router {name!r}")
+
+
 class Routers:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self._clock = clock
 
     async def get(self, tenant: str, name: str) -> StoredRouter:
+        """The router; FailedPrecondition for a row today's RouterSpec refuses (delete it)."""
         async with self.db.transaction() as conn:
-            found = await _load(conn, routers.c.tenant == tenant, routers.c.name == name)
+            try:
+                found = await _load(conn, routers.c.tenant == tenant, routers.c.name == name)
+            except InvalidArgument as exc:
+                raise FailedPrecondition(
+                    f"router {tenant!r}/{name!r} is stored in a form this version refuses "
+                    f"({exc}); delete it and create it again"
+                ) from exc
             if found:
                 return found[0]
-            known = await conn.scalar(select(func.count()).where(routers.c.tenant == tenant))
-        if not known:
-            raise NotFound(f"unknown tenant {tenant!r}")
-        raise NotFound(f"tenant {tenant!r} has no router {name!r}")
+            raise await _not_found(conn, tenant, name)
+
+    async def id_of(self, tenant: str, name: str) -> int:
+        """The router's id, without reading its configuration."""
+        async with self.db.transaction() as conn:
+            named = (routers.c.tenant == tenant, routers.c.name == name)
+            router_id = await conn.scalar(select(routers.c.id).where(*named))
+            if router_id is None:
+                raise await _not_found(conn, tenant, name)
+        return int(router_id)
 
     async def by_id(self, router_id: int) -> StoredRouter | None:
         async with self.db.transaction() as conn:

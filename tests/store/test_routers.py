@@ -9,7 +9,7 @@ import pytest
 import structlog
 from sqlalchemy import select, update
 
-from banditd.store.models import router_versions
+from banditd.store.models import router_versions, routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config
 
@@ -30,9 +30,6 @@ async def test_a_stored_router_that_no_longer_validates_does_not_stop_the_others
     assert [r.name for r in listed.routers] == ["chat"]
     d = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="q"))
     assert d.arm in {"cheap", "mid", "strong"}
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await server.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="old\n"))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_stored_version_that_no_longer_validates_leaves_the_others_listed(
@@ -62,3 +59,42 @@ async def test_a_stored_version_that_no_longer_validates_leaves_the_others_liste
         pb.RollbackRouterRequest(tenant="acme", name="chat", to_version=1)
     )
     assert back.router.version == 4 and back.restored_version == 1
+
+
+async def test_a_stored_name_that_no_longer_validates_can_be_read_and_deleted(
+    database_url: str, start_server: StartServer
+) -> None:
+    """A router stored by an older version as "old\\n": GetRouter and ListRouterVersions accept
+    its name (and say why they cannot show it), DeleteRouter deletes it; new names like it stay
+    refused."""
+    server = await start_server(database_url)
+    for name in ("chat", "old"):
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(name=name)))
+    async with server.app.db.transaction() as conn:
+        old_id = await conn.scalar(select(routers.c.id).where(routers.c.name == "old"))
+        await conn.execute(update(routers).where(routers.c.id == old_id).values(name="old\n"))
+        config = await conn.scalar(
+            select(router_versions.c.config).where(router_versions.c.router_id == old_id)
+        )
+        await conn.execute(
+            update(router_versions)
+            .where(router_versions.c.router_id == old_id)
+            .values(config={**config, "name": "old\n"})
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.GetRouter(pb.GetRouterRequest(tenant="acme", name="old\n"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "delete it" in (err.value.details() or "")
+    request = pb.ListRouterVersionsRequest(tenant="acme", name="old\n")
+    assert list((await server.admin.ListRouterVersions(request)).versions) == []
+    deleted = await server.admin.DeleteRouter(pb.DeleteRouterRequest(tenant="acme", name="old\n"))
+    assert deleted.deleted
+    async with server.app.db.transaction() as conn:
+        assert await conn.scalar(select(routers.c.id).where(routers.c.id == old_id)) is None
+        left = select(router_versions.c.version).where(router_versions.c.router_id == old_id)
+        assert (await conn.execute(left)).all() == []
+    listed = await server.admin.ListRouters(pb.ListRoutersRequest(tenant="acme"))
+    assert [r.name for r in listed.routers] == ["chat"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(name="new\n")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
