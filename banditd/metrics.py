@@ -79,6 +79,15 @@ ARM_BREAKER = Gauge(
     "Arm health circuit breaker: 0 closed (in rotation), 1 half-open (probed), 2 open (skipped).",
     ARM_LABELS,
 )
+
+
+def forget_router(tenant: str, router: str) -> None:
+    """Drop a deleted router's gauges: their last values would otherwise stay on every scrape
+    until a restart. (Counters and summaries stay: a rate over them needs their history.)"""
+    for gauge in (APPLIED_EVENT, LOG_LAG, ARM_BREAKER):
+        gauge.remove_by_labels({"tenant": tenant, "router": router})
+
+
 DECISIONS_DROPPED = Counter(
     "banditd_decisions_unlogged_total",
     "Decisions answered but dropped from the decision log because its buffer was full "

@@ -11,6 +11,8 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from banditd.store import Database
+from banditd.store.routers import Routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config, wait_until
 
@@ -126,3 +128,43 @@ async def test_a_unary_call_its_client_cancelled_is_cancelled_not_ok(
     finally:
         await blocker.close()
     assert (count("OK"), count("CANCELLED")) == (ok, cancelled + 1)
+
+
+async def test_a_deleted_routers_gauges_go_on_every_replica(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Per-router gauges (applied event id, feedback lag, arm breakers) of a deleted router
+    leave the scrape: at once on the replica that deleted it, at its next tail round on one
+    that hears of the delete from the database."""
+    port = free_port()
+    server = await start_server(sqlite_url, metrics_listen=f"127.0.0.1:{port}")
+    for name in ("here", "there", "kept"):
+        config = router_config(tenant="gone", name=name)
+        await server.admin.PutRouter(pb.PutRouterRequest(router=config))
+        d = await server.router.Select(pb.SelectRequest(tenant="gone", router=name, prompt="q"))
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="gone", decision_id=d.decision_id, reward=1)
+        )
+    await server.tail_rounds(1)
+
+    def gauges(name: str) -> list[str]:
+        text = _scrape(port)
+        wanted = ("banditd_applied_event_id", "banditd_feedback_lag", "banditd_arm_breaker")
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith(wanted) and f'router="{name}",tenant="gone"' in line
+        ]
+
+    assert len(await asyncio.to_thread(gauges, "here")) == 1 + 1 + 3  # 3 arms' breakers
+    await server.admin.DeleteRouter(pb.DeleteRouterRequest(tenant="gone", name="here"))
+    assert await asyncio.to_thread(gauges, "here") == []
+    other = Database(sqlite_url)  # another replica's delete, as the log shows it
+    try:
+        assert await Routers(other).delete("gone", "there") is not None
+    finally:
+        await other.close()
+    assert len(await asyncio.to_thread(gauges, "there")) == 5
+    await server.tail_rounds(1)
+    assert await asyncio.to_thread(gauges, "there") == []
+    assert len(await asyncio.to_thread(gauges, "kept")) == 5

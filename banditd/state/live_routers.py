@@ -189,11 +189,12 @@ class Catalog:
         return True
 
     def _forget(self, router_id: int) -> None:
-        """Drop a deleted router's state. Caller holds its lock."""
+        """Drop a deleted router's state and gauges. Caller holds its lock."""
         state = self._by_id.pop(router_id, None)
         self._created.pop(router_id, None)
         if state is not None:
             self._by_name.pop((state.spec.tenant, state.spec.name), None)
+            metrics.forget_router(state.spec.tenant, state.spec.name)
 
     async def _default_missing(self, state: RouterState) -> int:
         """Give the router's default reward to decisions whose feedback did not come in time.
