@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,6 +30,7 @@ from banditd.store.models import (
 )
 
 log = structlog.get_logger(__name__)
+DELETE_BATCH = 10_000  # rows of a deleted router's table per DELETE statement
 
 # RouterSpec's fields stored as they are, in columns of the same names (the others: the
 # router's key, its version, and the arms, shadows and metadata keys, stored in their own form).
@@ -274,8 +275,10 @@ class Routers:
                 )
         return readable
 
-    async def delete(self, tenant: str, name: str) -> int | None:
-        """Delete a router and everything logged for it; its id, or None if there was none."""
+    async def delete(self, tenant: str, name: str, *, batch: int = DELETE_BATCH) -> int | None:
+        """Delete a router and everything logged for it, in one transaction; its id, or None if
+        there was none. Rows go ``batch`` at a time, so that no one statement of a router with
+        millions of events runs into the statement timeout."""
         async with self.db.transaction() as conn:
             router_id = await conn.scalar(
                 select(routers.c.id).where(routers.c.tenant == tenant, routers.c.name == name)
@@ -283,7 +286,11 @@ class Routers:
             if router_id is None:
                 return None
             for table in _LOGGED:
-                await conn.execute(delete(table).where(table.c.router_id == router_id))
+                key = list(table.primary_key.columns)
+                some = select(*key).where(table.c.router_id == router_id).limit(batch)
+                keyed = key[0] if len(key) == 1 else tuple_(*key)
+                while (await conn.execute(delete(table).where(keyed.in_(some)))).rowcount == batch:
+                    pass
             await conn.execute(delete(routers).where(routers.c.id == router_id))
         return int(router_id)
 

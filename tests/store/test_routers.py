@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import grpc
 import pytest
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import event, func, select, update
 
+from banditd.store import Database
 from banditd.store.models import router_versions, routers
+from banditd.store.routers import _LOGGED, Routers
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, router_config
 
@@ -98,3 +101,44 @@ async def test_a_stored_name_that_no_longer_validates_can_be_read_and_deleted(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(name="new\n")))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_router_is_deleted_in_bounded_batches(
+    database_url: str, start_server: StartServer
+) -> None:
+    """DeleteRouter removes a router's rows a batch at a time (a router with millions of events
+    must not run one statement past the statement timeout): with batches of 2, five events take
+    three DELETE statements, and nothing of the router is left; another router keeps its rows."""
+    server = await start_server(database_url)
+    for name in ("chat", "kept"):
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(name=name)))
+        for _ in range(5):
+            d = await server.router.Select(pb.SelectRequest(tenant="acme", router=name, prompt="q"))
+            await server.router.Feedback(
+                pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1)
+            )
+    await server.app.decisions.flush()
+    ids = {s.spec.name: s.router_id for s in await Routers(server.app.db).list()}
+    db = Database(database_url)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        assert await Routers(db).delete("acme", "chat", batch=2) == ids["chat"]
+        left = {}
+        async with db.transaction() as conn:
+            for table in (*_LOGGED, routers):
+                column = table.c.id if table is routers else table.c.router_id
+                for name, router_id in ids.items():
+                    count = select(func.count()).where(column == router_id)
+                    left[table.name, name] = await conn.scalar(count)
+    finally:
+        await db.close()
+    await server.tail_rounds(1)  # the server hears of the delete (as from another replica)
+    deletes = [s for s in statements if s.startswith("DELETE FROM feedback_events")]
+    assert len(deletes) == 3 and all("LIMIT" in s for s in deletes)
+    assert {k: n for k, n in left.items() if k[1] == "chat" and n} == {}
+    assert left["feedback_events", "kept"] == 5 and left["decisions", "kept"] == 5
