@@ -35,16 +35,30 @@ class AdminClient:
         self._deadline: float | None = None
 
     def call(self, method: str, request: Message) -> Any:
+        return self._call(method, request)[0]
+
+    def delete(self, method: str, request: Message) -> bool:
+        """A delete RPC's ``deleted``. A try whose answer was lost (UNAVAILABLE: the server may
+        have deleted it before the connection went) and whose retry finds nothing to delete
+        counts as deleted: what was named is gone either way."""
+        reply, retried = self._call(method, request)
+        return bool(reply.deleted or retried)
+
+    def _call(self, method: str, request: Message) -> tuple[Any, bool]:
+        """The reply, and whether an UNAVAILABLE try came before it."""
         rpc_method: Callable[..., Any] = getattr(self._stub, method)
         if self._deadline is None:
             self._deadline = time.monotonic() + self._wait_s
+        retried = False
         while True:
             try:
-                return rpc_method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+                reply = rpc_method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+                return reply, retried
             except grpc.RpcError as exc:
                 left = self._deadline - time.monotonic()
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
                     raise
+                retried = True
                 time.sleep(min(1.0, left))
 
 
@@ -94,7 +108,7 @@ def delete_each(
     ``absent`` (its "{}" the name) on stderr for each not there; exit status 1 when one was not."""
     missing = 0
     for name, request in named:
-        if admin.call(method, request).deleted:
+        if admin.delete(method, request):
             print(f"{name}: {done}")
         else:
             missing += 1

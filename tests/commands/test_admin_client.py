@@ -1,0 +1,73 @@
+"""The Admin client of `banditd routers` and `banditd budgets` against a real server on port 0:
+a delete whose answer is lost on the way back, and its retry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+
+from banditd.commands.admin_client import AdminClient, delete_each
+from banditd.edge.tls import ClientSecurity
+from banditd.v1 import banditd_pb2 as pb
+from tests.helpers import StartServer, router_config
+
+
+class _AnswerLost(grpc.RpcError):
+    """What a client sees when the connection drops after the server answered."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Socket closed"
+
+
+class LoseFirstAnswer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # untyped base
+    """The network at the client's edge: the first call reaches the server and is answered, and
+    the answer never arrives."""
+
+    def __init__(self) -> None:
+        self.lost = 0
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        outcome = continuation(details, request)
+        outcome.result()  # the server did the work
+        if not self.lost:
+            self.lost += 1
+            raise _AnswerLost()
+        return outcome
+
+
+def _delete(address: str, name: str) -> tuple[int, int]:
+    """`banditd routers delete acme/NAME` through a connection that loses the first answer:
+    its exit status, and how many answers were lost."""
+    network = LoseFirstAnswer()
+    with grpc.insecure_channel(address) as channel:
+        admin = AdminClient(grpc.intercept_channel(channel, network), ClientSecurity(), 5.0)
+        request = pb.DeleteRouterRequest(tenant="acme", name=name)
+        status = delete_each(
+            admin, "DeleteRouter", [(f"acme/{name}", request)], "deleted", "router {} not found"
+        )
+    return status, network.lost
+
+
+async def test_a_retried_delete_whose_answer_was_lost_is_deleted(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first try deleted the router, its answer was lost (UNAVAILABLE), the retry finds
+    nothing to delete: the command says deleted and exits 0, not "not found" and 1."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    capsys.readouterr()
+    with structlog.testing.capture_logs():  # the server's logs, not the command's output
+        assert await asyncio.to_thread(_delete, server.address, "chat") == (0, 1)
+    assert capsys.readouterr() == ("acme/chat: deleted\n", "")
+    listed = await server.admin.ListRouters(pb.ListRoutersRequest(tenant="acme"))
+    assert list(listed.routers) == []
