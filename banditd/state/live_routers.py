@@ -362,8 +362,12 @@ class Catalog:
         state.events_since_snapshot = 0
 
     async def snapshot_all(self) -> None:
-        """Snapshot every router with events since its last snapshot (on shutdown)."""
+        """Snapshot every router with events since its last snapshot (on shutdown); one that
+        another replica deleted since this one's last tail is skipped."""
         for router_id, state in list(self._by_id.items()):
             if state.events_since_snapshot:
                 async with self._lock(router_id):
-                    await self._snapshot(state)
+                    try:
+                        await self._snapshot(state)
+                    except NotFound:
+                        log.info("snapshot_skipped_router_deleted", router_id=router_id)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from banditd.errors import Aborted
+from banditd.errors import Aborted, NotFound
 from banditd.store.engine import Database
 from banditd.store.models import context_models, context_vocab, posterior_snapshots
 
@@ -119,26 +119,28 @@ class LearntState:
     async def write_snapshot(
         self, router_id: int, last_event_id: int, data: bytes, health: str | None = None
     ) -> None:
-        """Store a snapshot and drop all but the newest few of the router's snapshots."""
+        """Store a snapshot and drop all but the newest few of the router's snapshots.
+
+        Errors: NotFound where the router is gone (another replica deleted it)."""
         newest = (
             select(posterior_snapshots.c.id)
             .where(posterior_snapshots.c.router_id == router_id)
             .order_by(posterior_snapshots.c.id.desc())
         )
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                insert(posterior_snapshots).values(
-                    router_id=router_id,
-                    last_event_id=last_event_id,
-                    data=data,
-                    created_at=self._clock(),
-                    health=health,
+        row = {"router_id": router_id, "last_event_id": last_event_id, "data": data}
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    insert(posterior_snapshots).values(
+                        **row, created_at=self._clock(), health=health
+                    )
                 )
-            )
-            kept = (await conn.execute(newest.limit(SNAPSHOTS_KEPT))).scalars().all()
-            await conn.execute(
-                delete(posterior_snapshots).where(
-                    posterior_snapshots.c.router_id == router_id,
-                    posterior_snapshots.c.id.not_in(kept),
+                kept = (await conn.execute(newest.limit(SNAPSHOTS_KEPT))).scalars().all()
+                await conn.execute(
+                    delete(posterior_snapshots).where(
+                        posterior_snapshots.c.router_id == router_id,
+                        posterior_snapshots.c.id.not_in(kept),
+                    )
                 )
-            )
+        except IntegrityError as exc:  # a snapshot row's one reference: its router
+            raise NotFound(f"router {router_id} is deleted: its snapshot is not kept") from exc

@@ -346,3 +346,31 @@ async def test_a_router_this_replica_cannot_load_is_refused_not_stored(store: St
     with pytest.raises(FailedPrecondition):
         await replica.put(codec.spec_from_proto(router_config(name="broken")))
     assert await store.routers.list() == []
+
+
+async def test_shutdown_snapshots_skip_a_router_another_replica_deleted(store: Store) -> None:
+    # Replica A has unsnapshotted events on two routers; replica B deletes the first before A
+    # stops. A's shutdown snapshot of the deleted one cannot be stored (its router row is gone):
+    # it is skipped, and the other router's snapshot is still written.
+    a, b = Catalog(store, snapshot_every=1000), Catalog(store, snapshot_every=1000)
+    rng = np.random.default_rng(3)
+    states = []
+    for name in ("gone", "kept"):
+        spec, _ = await a.put(
+            codec.spec_from_proto(router_config(name=name, embedding_dim=DIM - 1))
+        )
+        state = await a.get(spec.tenant, spec.name)
+        await _record(
+            a, state, _events(state.router_id, [str(uuid.uuid4()) for _ in range(3)], rng)
+        )
+        states.append(state)
+    await b.load_all()
+    assert await b.delete(states[0].spec.tenant, "gone")
+    await a.snapshot_all()
+    kept = states[1]
+    assert (
+        await store.learnt.newest_snapshot_event_id(kept.router_id)
+        == kept.posterior.last_event_id
+        > 0
+    )
+    assert await store.learnt.newest_snapshot_event_id(states[0].router_id) is None
