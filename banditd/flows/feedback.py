@@ -251,11 +251,12 @@ class Learner:
         return results, refused
 
     async def join(
-        self, items: Sequence[Joinable]
+        self, items: Sequence[Joinable], now: float
     ) -> tuple[list[int], list[tuple[int, BanditdError]]]:
         """Commit parked feedback whose decision is visible now, through the same validation
         (but for the expiry, checked when it was accepted) and commit as any other feedback;
-        the ids of the parked rows joined, and of those refused, with why."""
+        the ids of the parked rows joined (marked so by the commit), and of those refused, with
+        why. A row another join took meanwhile is in neither."""
         refused: list[tuple[int, BanditdError]] = []
         by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
         for item in items:
@@ -272,7 +273,7 @@ class Learner:
         joined_ids: list[int] = []
         for router_id, group in by_router.items():
             try:
-                joined_ids += await self._commit(router_id, group, refused, capped=False)
+                joined_ids += await self._commit(router_id, group, refused, joined_at=now)
             except Unavailable as exc:  # released, joined in a later round
                 refused.extend((i, exc) for i, _, _ in group)
         return joined_ids, refused
@@ -282,11 +283,14 @@ class Learner:
         router_id: int,
         items: list[tuple[int, FeedbackInput, FeedbackEvent]],
         refused: list[tuple[int, BanditdError]],
-        capped: bool = True,
+        joined_at: float | None = None,
     ) -> dict[int, FeedbackResult]:
         """Commit one router's events in one transaction; the result of each accepted, by
-        index (the others are added to ``refused``). ``capped``: apply the client's feedback cap
-        (joined feedback was counted when it was parked). A lone event is logged in full."""
+        index (the others are added to ``refused``). ``joined_at``: parked feedback joined now,
+        each applied only where this commit takes its parked row (``EventLog.append``), not
+        under the client's feedback cap (it was counted when parked). A lone event is logged
+        in full."""
+        capped = joined_at is None
         try:
             async with self._catalog.locked(router_id) as state:
                 mapped = [(i, router_thumbs(e, req, state.spec)) for i, req, e in items]
@@ -294,7 +298,8 @@ class Learner:
                 bad: list[tuple[int, BanditdError]] = []
                 committed: list[int] = []
                 try:
-                    appended = await self._catalog.record(state, [e for _, e in kept], bad)
+                    events = [e for _, e in kept]
+                    appended = await self._catalog.record(state, events, bad, joined_at)
                     committed = appended.positions
                 finally:  # the cap counts the events accepted, not the attempts
                     if capped:

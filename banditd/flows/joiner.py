@@ -5,11 +5,13 @@ decision whose feedback is parked must get that feedback, not the default). A ro
 parked rows whose decision is visible now, in the order they were parked (a claim is one
 replica's: banditd.store.pending), and commits them through the Feedback flow's own validation
 and commit (``Learner.join``): they become ordinary events of the log, which every replica folds
-in id order. A row whose decision does not appear within ``feedback_join_wait_s`` of its arrival
-(lost in a crash, or dropped from a full decision log) is marked orphaned: kept, never applied,
-counted in ``banditd_feedback_unjoined_total``. A row the join refuses (a stored request that
-cannot be read back included: ``parked_input``) is marked refused: kept, never tried again,
-counted in ``banditd_feedback_join_refused_total``.
+in id order. The commit marks each row joined in the transaction that appends its event, where
+the row is still waiting: a row whose claim was taken for dead and joined by another replica
+is applied by one of the two, never both. A row whose decision does not appear within
+``feedback_join_wait_s`` of its arrival (lost in a crash, or dropped from a full decision log)
+is marked orphaned: kept, never applied, counted in ``banditd_feedback_unjoined_total``. A row
+the join refuses (a stored request that cannot be read back included: ``parked_input``) is
+marked refused: kept, never tried again, counted in ``banditd_feedback_join_refused_total``.
 """
 
 from __future__ import annotations
@@ -49,10 +51,9 @@ class Joiner:
         # The time of each claim, not the round's: a round through a backlog can outlast
         # CLAIM_TIMEOUT_S, and a claim stamped earlier would look dead to other replicas.
         while items := await self._store.claim(JOIN_BATCH, now := self._clock()):
-            done, refused = await self._learner.join(items)
+            done, refused = await self._learner.join(items, now)  # marked joined as committed
             retry = [i for i, exc in refused if isinstance(exc, Unavailable)]
             bad = [(i, exc) for i, exc in refused if not isinstance(exc, Unavailable)]
-            await self._store.settle(done, "joined", now)
             await self._store.settle([i for i, _ in bad], "refused", now)
             await self._store.settle(retry, "pending", now)
             decisions = {i.pending_id: i.decision for i in items}

@@ -249,6 +249,7 @@ class Catalog:
         state: RouterState,
         events: Sequence[FeedbackEvent],
         refused: list[tuple[int, BanditdError]],
+        joined_at: float | None = None,
     ) -> AppendedBatch:
         """Append events in one transaction, then fold in the log up to them (other replicas'
         events included); what was committed (positions into ``events``, the events as stored:
@@ -256,9 +257,10 @@ class Catalog:
         ``refused`` with its position: BadData (set aside as a dead letter, never retried) or
         AlreadyExists (its decision has feedback, its preference or its most signals). A single
         event is a batch of one. Caller holds ``locked(router_id)``. What fails after the
-        append (a dead letter, the catch-up) is logged, not raised: the batch is committed."""
+        append (a dead letter, the catch-up) is logged, not raised: the batch is committed.
+        ``joined_at``: parked feedback joined now (``EventLog.append``)."""
         appended, bad = await append_isolating(
-            self._store.events, events, signal_rule(state.spec.combine)
+            self._store.events, events, signal_rule(state.spec.combine), joined_at
         )
         try:
             await self._dead.add_events(

@@ -168,13 +168,16 @@ async def commit_isolating(
 
 
 async def append_isolating(
-    event_log: EventLog, events: Sequence[FeedbackEvent], combine: Combine | None
+    event_log: EventLog,
+    events: Sequence[FeedbackEvent],
+    combine: Combine | None,
+    joined_at: float | None = None,
 ) -> tuple[AppendedBatch, list[tuple[int, BadData]]]:
     """``event_log.append``, split when the database refuses it as data: the batch of the events
     that committed (positions into ``events``; ``follows`` None when it was split, so the
     caller reads the log back) and the positions refused as data, with their errors."""
     try:
-        return await event_log.append(events, combine), []
+        return await event_log.append(events, combine, joined_at), []
     except BadData:
         pass
     positions: list[int] = []
@@ -189,7 +192,7 @@ async def append_isolating(
         costs.update((part[p][0], cost) for p, cost in result.costs.items())
 
     async def write(part: Sequence[tuple[int, FeedbackEvent]]) -> AppendedBatch:
-        return await event_log.append([e for _, e in part], combine)
+        return await event_log.append([e for _, e in part], combine, joined_at)
 
     bad = await commit_isolating(list(enumerate(events)), write, committed)
     stored.sort(key=lambda e: e.event_id)

@@ -19,6 +19,7 @@ from banditd.errors import AlreadyExists
 from banditd.store.engine import EVENTS_CHANNEL, Database, insert_ignoring_duplicates
 from banditd.store.finite import checked
 from banditd.store.models import decisions, feedback_events
+from banditd.store.pending import refuse_taken, take_parked
 from banditd.store.usage import lock_router, with_usage
 
 # A decision's effective reward from its real rewards in arrival order (a pure domain rule,
@@ -47,24 +48,34 @@ class EventLog:
         self.db = db
 
     async def append(
-        self, events: Sequence[FeedbackEvent], combine: Combine | None = None
+        self,
+        events: Sequence[FeedbackEvent],
+        combine: Combine | None = None,
+        joined_at: float | None = None,
     ) -> AppendedBatch:
         """Commit a batch of one router's events in one transaction (one event is a batch of
         one), each with its decision's usage folded in. With ``combine`` None a decision takes
         one event: events of decisions with feedback already, or repeated in the batch, are
         refused. Otherwise each event becomes its decision's next signal, up to the maximum,
         its effective reward given by ``combine``. The router's newest event id before the
-        batch lets a caller that has applied the log up to it apply the batch as returned."""
+        batch lets a caller that has applied the log up to it apply the batch as returned.
+
+        ``joined_at``: the events are parked feedback's (``banditd.store.pending``), joined
+        now; an event whose parked row another join has taken is left out (neither added nor
+        refused: that join applied it)."""
         if not events:
             return AppendedBatch([], [], None)
         router_id = events[0].router_id
         async with self.db.transaction() as conn:
+            taken: set[str] = set()
+            if joined_at is not None:  # before the append lock (see take_parked)
+                taken = await take_parked(conn, [e.decision_id for e in events], joined_at)
             await _begin_append(conn, router_id)
             # Read under the append lock: no event of the router commits between it and ours.
             head = await _head(conn, router_id)
-            if combine is None:
-                return await _append_firsts(conn, events, head)
-            return await _append_signals(conn, events, combine, head)
+            if joined_at is None:
+                return await _append(conn, events, combine, head)
+            return await _append_joined(conn, events, combine, head, taken, joined_at)
 
     async def after(
         self, router_id: int, after_id: int, limit: int = 10_000
@@ -122,6 +133,38 @@ async def _begin_append(conn: AsyncConnection, router_id: int) -> None:
     await lock_router(conn, router_id)
     if conn.dialect.name == "postgresql":
         await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, str(router_id))))
+
+
+async def _append(
+    conn: AsyncConnection, events: Sequence[FeedbackEvent], combine: Combine | None, head: int
+) -> AppendedBatch:
+    if combine is None:
+        return await _append_firsts(conn, events, head)
+    return await _append_signals(conn, events, combine, head)
+
+
+async def _append_joined(
+    conn: AsyncConnection,
+    events: Sequence[FeedbackEvent],
+    combine: Combine | None,
+    head: int,
+    taken: set[str],
+    joined_at: float,
+) -> AppendedBatch:
+    """Parked feedback's events: only those of the decisions whose parked row this
+    transaction took (``taken``)."""
+    kept = [i for i, e in enumerate(events) if e.decision_id in taken]
+    if not kept:
+        return AppendedBatch([], [], head)
+    batch = await _append(conn, [events[i] for i in kept], combine, head)
+    await refuse_taken(conn, [events[kept[p]].decision_id for p in batch.duplicates], joined_at)
+    return AppendedBatch(
+        [kept[p] for p in batch.positions],
+        batch.events,
+        batch.follows,
+        {kept[p]: exc for p, exc in batch.duplicates.items()},
+        {kept[p]: cost for p, cost in batch.costs.items()},
+    )
 
 
 async def _append_firsts(

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Text, cast, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import JoinRecord
 from banditd.store.decisions import decision_from_row, with_router
@@ -28,7 +29,9 @@ from banditd.store.models import (
     routers,
 )
 
-CLAIM_TIMEOUT_S = 60.0  # a join claimed longer ago than this is taken to have died with its replica
+# A join claimed longer ago than this is taken to have died with its replica. A join that is only
+# slow is still applied once: its commit takes its rows (``take_parked``) or finds them taken.
+CLAIM_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,38 @@ class PendingStore:
                 select(feedback_pending.c.id).where(feedback_pending.c.state == state)
             )
             return len(list(rows))
+
+
+async def take_parked(conn: AsyncConnection, decision_ids: Sequence[str], now: float) -> set[str]:
+    """Mark joined, in the transaction that appends their events, the rows of these decisions
+    still waiting (claimed, or released meanwhile); the decision ids marked. A join appends only
+    the events of the rows it marked: of two joiners holding one row (the first's claim taken
+    for dead), only the one whose commit comes first applies it, whatever the timing.
+
+    Taken before the router's append lock: a claim that has just released a row waits for the
+    router's row (on Postgres, its second update of the row checks the row's foreign key), so
+    taking the row under that lock could deadlock with it."""
+    marked = await conn.scalars(
+        update(feedback_pending)
+        .where(
+            among(conn, feedback_pending.c.decision_id, decision_ids),
+            feedback_pending.c.state.in_(PENDING_WAITING),
+        )
+        .values(state="joined", settled_at=now)
+        .returning(feedback_pending.c.decision_id)
+    )
+    return set(marked)
+
+
+async def refuse_taken(conn: AsyncConnection, decision_ids: Sequence[str], now: float) -> None:
+    """Mark refused the rows ``take_parked`` marked whose event the log refused (the decision
+    has feedback, its preference or its most signals), in the same transaction."""
+    if decision_ids:
+        await conn.execute(
+            update(feedback_pending)
+            .where(among(conn, feedback_pending.c.decision_id, decision_ids))
+            .values(state="refused", settled_at=now)
+        )
 
 
 def _decoded(text: str) -> Any:
