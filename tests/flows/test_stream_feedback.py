@@ -8,11 +8,14 @@ from dataclasses import replace
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from banditd.edge import servicer
 from banditd.flows.tokens import TokenSigner
+from banditd.store.models import feedback_events
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 
 async def stream(items: Iterable[pb.FeedbackRequest]) -> AsyncIterator[pb.FeedbackRequest]:
@@ -114,3 +117,42 @@ async def test_upload_feedback_takes_many_events_per_message(
             iter([pb.FeedbackBatch(tenant="acme", events=[events[0]] * 10_001)])
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("method", ["StreamFeedback", "UploadFeedback"])
+async def test_a_cancelled_upload_commits_nothing_of_its_unfinished_batch(
+    database_url: str, start_server: StartServer, method: str
+) -> None:
+    """A call the client cancels (or whose deadline passes) before it ends commits nothing of
+    the batch it was gathering: its reply, the only acknowledgement, was never sent. Sent
+    again, each event counts once, even under combine mean."""
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(combine="mean")))
+    made = await decisions(server, "chat", 3)
+    events = [
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=1.0) for d in made
+    ]
+    messages = (
+        events if method == "StreamFeedback" else [pb.FeedbackBatch(tenant="acme", events=events)]
+    )
+    cancelled = {"method": method, "code": "CANCELLED"}
+    before = REGISTRY.get_sample_value("banditd_rpc_seconds_count", cancelled) or 0.0
+    call = getattr(server.router, method)()
+    for message in messages:
+        await call.write(message)
+    call.cancel()
+
+    def ended() -> bool:
+        return (REGISTRY.get_sample_value("banditd_rpc_seconds_count", cancelled) or 0) > before
+
+    await wait_until(ended, "the server to end the cancelled call")
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 0
+
+    reply = await getattr(server.router, method)(iter(messages))
+    assert (reply.accepted, reply.duplicate) == (3, 0)
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 3
+    async with server.app.db.transaction() as conn:
+        signals = list(await conn.scalars(select(feedback_events.c.signal)))
+    assert signals == [0, 0, 0]  # one signal each: none was committed twice
