@@ -184,18 +184,23 @@ async def table_away(db: Database, table: str) -> AsyncIterator[None]:
 
 
 async def meanwhile(
-    db: Database, prefix: str, other: Callable[[], Awaitable[Any]], first: Awaitable[Any]
+    db: Database,
+    prefix: str,
+    other: Callable[[], Awaitable[Any]],
+    first: Awaitable[Any],
+    moment: float = 1.0,
 ) -> tuple[Any, Any]:
     """Run ``first``; when it is about to run a statement starting with ``prefix`` (its reads
     done), start ``other`` and give it a moment (it waits where ``first`` holds a lock, as it
-    should): a race of two transactions made to happen. Returns both results."""
+    should; one that needs no lock is given up to ``moment`` seconds to finish): a race of two
+    transactions made to happen. Returns both results."""
     task: asyncio.Task[Any] | None = None
 
     def start_other(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         nonlocal task
         if task is None and statement.startswith(prefix):
             task = asyncio.ensure_future(other())
-            await_only(asyncio.wait([task], timeout=1.0))
+            await_only(asyncio.wait([task], timeout=moment))
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", start_other)
     try:

@@ -7,9 +7,12 @@ A group the database refuses as data (not an outage) is split until the bad deci
 they are set aside as dead letters (banditd.store.dead_letters) and the rest commits, so one bad
 row, of whatever tenant, never holds back the log.
 
-The buffer is bounded (``max_pending``). When it is full, the oldest pending decision is dropped
+The buffer is bounded (``max_pending``). When it is full, the oldest waiting decision is dropped
 to make room (warning log, ``banditd_decisions_unlogged_total``), never the request: Select keeps
-answering through an outage of any length. A dropped decision is missing from the decision log
+answering through an outage of any length. The group being written is not in the buffer (so it
+may hold another ``max_pending``): a decision in it commits or, when the write fails, goes back to
+the front of the buffer, where it may be dropped then. So only a decision never written is
+counted, and each exactly once. A dropped decision is missing from the decision log
 (stats, default rewards, request_id idempotency), and its feedback, which needs the decision's x
 (compact tokens carry none), is parked and never joined (``banditd_feedback_unjoined_total``).
 
@@ -74,7 +77,8 @@ class DecisionLog:
         self._flush_seconds = flush_seconds
         self._max_pending = max_pending
         self.dropped = 0
-        self._pending: dict[str, Decision] = {}
+        self._pending: dict[str, Decision] = {}  # waiting for the next group, oldest first
+        self._writing: dict[str, Decision] = {}  # the group being written
         self._by_request: dict[tuple[int, str], Decision] = {}
         self._claims: dict[tuple[int, str], asyncio.Future[Decision | None]] = {}
         self._wake = asyncio.Event()
@@ -94,13 +98,12 @@ class DecisionLog:
             key = (decision.router_id, decision.request_id)
             self._by_request[key] = decision
             self._settle(key, decision)
-        metrics.DECISIONS_PENDING.set(len(self._pending))
+        metrics.DECISIONS_PENDING.set(self.pending)
         self._wake.set()
 
     def _drop_oldest(self) -> None:
-        oldest = self._pending.pop(next(iter(self._pending)))  # dicts keep insertion order
-        if oldest.request_id:
-            self._by_request.pop((oldest.router_id, oldest.request_id), None)
+        oldest = next(iter(self._pending.values()))  # dicts keep insertion order
+        self._forget([oldest])
         self.dropped += 1
         metrics.DECISIONS_DROPPED.inc()
         if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -114,11 +117,11 @@ class DecisionLog:
     @property
     def pending(self) -> int:
         """Decisions made but not yet committed."""
-        return len(self._pending)
+        return len(self._pending) + len(self._writing)
 
     def decision(self, decision_id: str) -> Decision | None:
         """A pending decision by id (memory only, no await)."""
-        return self._pending.get(decision_id)
+        return self._pending.get(decision_id) or self._writing.get(decision_id)
 
     async def claim(self, router_id: int, request_id: str) -> Claim:
         """The earlier decision for this request id (pending, committed, or the one a concurrent
@@ -220,28 +223,34 @@ class DecisionLog:
         letters, never retried, and the rest commits (banditd.store.dead_letters)."""
         async with self._flush_lock:
             self._wake.clear()
-            batch = list(self._pending.values())
-            if not batch:
-                return
-            rejected = await commit_isolating(
-                batch, self._table.insert, lambda done, _: self._forget(done)
-            )
-            letters = [
-                DeadLetter("decision", d.decision_id, d.router_id, d.tenant, exc.message, d)
-                for d, exc in rejected
-            ]
+            self._writing, self._pending = self._pending, {}
             try:
-                await self._dead.add(letters)
-            except BadData as exc:  # cannot even be set aside: logged, not retried
-                log.error("dead_letter_not_stored", decisions=len(letters), error=exc.message)
-            self._forget([d for d, _ in rejected])
+                rejected = await commit_isolating(
+                    list(self._writing.values()),
+                    self._table.insert,
+                    lambda done, _: self._forget(done),
+                )
+                letters = [
+                    DeadLetter("decision", d.decision_id, d.router_id, d.tenant, exc.message, d)
+                    for d, exc in rejected
+                ]
+                try:
+                    await self._dead.add(letters)
+                except BadData as exc:  # cannot even be set aside: logged, not retried
+                    log.error("dead_letter_not_stored", decisions=len(letters), error=exc.message)
+                self._forget([d for d, _ in rejected])
+            finally:  # what did not commit waits again, before what came meanwhile
+                self._pending, self._writing = {**self._writing, **self._pending}, {}
+                while len(self._pending) > self._max_pending:
+                    self._drop_oldest()
 
     def _forget(self, done: Sequence[Decision]) -> None:
         for d in done:
             self._pending.pop(d.decision_id, None)
+            self._writing.pop(d.decision_id, None)
             if d.request_id:
                 self._by_request.pop((d.router_id, d.request_id), None)
-        metrics.DECISIONS_PENDING.set(len(self._pending))
+        metrics.DECISIONS_PENDING.set(self.pending)
 
     async def close(self) -> None:
         """Stop the loop and commit what is pending, retrying for at most CLOSE_RETRY_S; with

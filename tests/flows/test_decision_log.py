@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
+import pytest
+
+from banditd.errors import Unavailable
 from banditd.store.probe import RequestIdProbe
 from banditd.store.routers import Routers
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import StartServer, router_config
+from tests.helpers import StartServer, meanwhile, router_config, table_away
 
 
 async def test_decision_of_a_vanished_router_does_not_block_the_group(
@@ -53,6 +57,51 @@ async def test_a_full_buffer_drops_the_oldest_decision_never_the_request(
     await log.flush()
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == 3 and log.dropped == 3
+
+
+async def test_a_full_buffer_never_drops_a_decision_being_written(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Decisions made while a full group is being written make room among the decisions that
+    wait, not in the group: what commits is never counted unlogged, and keeps answering its
+    request id meanwhile. A group that fails goes back to the front, its oldest dropped."""
+    server = await start_server(sqlite_url, decision_flush_ms=60_000.0, decision_log_max_pending=3)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    log = server.app.decisions
+
+    async def select(request_id: str) -> str:
+        request = pb.SelectRequest(tenant="acme", router="chat", prompt="hi", request_id=request_id)
+        response: pb.SelectResponse = await server.router.Select(request)
+        return response.decision_id
+
+    async def more_while_writing() -> list[str]:
+        return [await select(r) for r in ("r3", "r4", "r5", "r6", "r0")]
+
+    first = [await select(f"r{i}") for i in range(3)]
+    _, during = await meanwhile(
+        server.app.db, "INSERT INTO decisions", more_while_writing, log.flush(), moment=60.0
+    )
+    assert during[4] == first[0]  # r0, being written, still answered its request id
+    assert (log.pending, log.dropped) == (3, 1)  # r3 made room for r6; r0..r2 committed
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 6 and log.dropped == 1
+
+    # The database fails the group: it waits again, oldest first, and makes room then.
+    before = [await select(f"s{i}") for i in range(3)]
+    async with table_away(server.app.db, "decisions"):
+        with pytest.raises(Unavailable):
+            await meanwhile(
+                server.app.db,
+                "INSERT INTO decisions",
+                partial(select, "s3"),
+                log.flush(),
+                moment=60.0,
+            )
+        assert (log.pending, log.dropped) == (3, 2)  # s0 dropped, never written
+    assert await select("s1") == before[1] and await select("s0") != before[0]
+    await log.flush()
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 6 + 3 and log.dropped == 3
 
 
 async def test_request_id_probe_sees_what_is_committed_on_sqlite_only(
