@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     tail_interval_s: float = Field(
         1.0, gt=0, description="how often to apply events other replicas wrote to the log"
     )
+    notify_ping_s: float = Field(
+        5.0,
+        gt=0,
+        description="how often the Postgres LISTEN connection is pinged; one that does not "
+        "answer within as long (half-open: it would never deliver a NOTIFY) is replaced",
+    )
     decision_flush_ms: float = Field(
         5.0, gt=0, description="group-commit window of the decision log"
     )

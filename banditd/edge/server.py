@@ -104,7 +104,9 @@ class App:
         # a 0.1 s stall of every call in flight each time it ran).
         gc.collect()
         gc.freeze()
-        self._stop_listening = await self.db.listen_for_events(self._wake.set)
+        self._stop_listening = await self.db.listen_for_events(
+            self._wake.set, self.settings.notify_ping_s
+        )
         self._tail_task = asyncio.create_task(self._tail(), name="tail-log")
         self._budget_task = asyncio.create_task(self._budget_rounds(), name="budgets")
         for name in ("", *SERVICE_NAMES):

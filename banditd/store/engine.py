@@ -169,13 +169,16 @@ class Database:
                 raise bad_data(exc) from exc
             raise unavailable(exc) from exc
 
-    async def listen_for_events(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def listen_for_events(
+        self, wake: Callable[[], None], ping_s: float
+    ) -> Callable[[], Awaitable[None]]:
         """Call ``wake`` whenever any process commits feedback events (Postgres LISTEN/NOTIFY;
-        elsewhere a no-op: one SQLite process sees its own writes). Returns the closer."""
+        elsewhere a no-op: one SQLite process sees its own writes). The connection is pinged
+        every ``ping_s`` (banditd.store.listener). Returns the closer."""
         if self.engine.dialect.name != "postgresql":
             return _nothing
-        listener = EventListener(self.engine, EVENTS_CHANNEL, wake)
-        await listener.start()  # reconnects by itself after a database restart
+        listener = EventListener(self.engine, EVENTS_CHANNEL, wake, ping_s)
+        await listener.start()  # reconnects by itself: after a restart, or a dead connection
         return listener.close
 
     async def close(self) -> None:

@@ -3,6 +3,10 @@
 The listening connection is held outside the pool. When it drops (Postgres restarted, network
 cut) the listener reconnects with exponential backoff (tenacity) and, once back, wakes the tail
 once: NOTIFYs sent while it was away are lost, so the tail must look for itself.
+
+A connection can also stay open and be dead (a frozen server, a network partition, a failover
+that left the socket): no error ever comes, and no NOTIFY either. So the listener pings it every
+``ping_s`` and replaces one that does not answer within as long, as if it had dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 log = structlog.get_logger(__name__)
-CHECK_EVERY_S = 1.0  # how often a live listening connection is checked
 RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 5.0
 
@@ -29,10 +32,13 @@ def _is_connection_error(exc: BaseException) -> bool:
 class EventListener:
     """Calls ``wake`` on every NOTIFY on ``channel``, and after every reconnect."""
 
-    def __init__(self, engine: AsyncEngine, channel: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, channel: str, wake: Callable[[], None], ping_s: float
+    ) -> None:
         self._engine = engine
         self._channel = channel
         self._wake = wake
+        self._ping_s = ping_s
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connects = 0
@@ -71,12 +77,23 @@ class EventListener:
             self._wake()  # notifications sent meanwhile are gone: let the tail look
 
     async def _hold(self, conn: AsyncConnection, lost: asyncio.Event) -> None:
-        """Return when the connection is gone or the listener closes."""
+        """Return when the connection is gone or does not answer, or the listener closes."""
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
-        while not (self._closing.is_set() or lost.is_set() or driver.is_closed()):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), CHECK_EVERY_S)
+        while True:
+            await _until_set(self._ping_s, self._closing, lost)
+            if self._closing.is_set() or lost.is_set() or driver.is_closed():
+                return
+            try:
+                await driver.execute("SELECT 1", timeout=self._ping_s)
+            except Exception as exc:  # no answer in time, or the connection broke under it
+                log.warning(
+                    "listen_ping_failed",
+                    channel=self._channel,
+                    error=repr(exc),
+                    timeout_s=self._ping_s,
+                )
+                return
 
     async def _reconnect(self) -> tuple[AsyncConnection, asyncio.Event] | None:
         retrying = AsyncRetrying(
@@ -105,6 +122,16 @@ class EventListener:
         self._closing.set()
         if self._task is not None:
             await self._task
+
+
+async def _until_set(seconds: float, *events: asyncio.Event) -> None:
+    """Sleep ``seconds``, but wake at once when any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _log_retry(retry_state: RetryCallState) -> None:
