@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from banditd.store import budget_tables  # noqa: F401  (its tables join the metadata)
 from banditd.store.models import metadata
 
 config = context.config

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from banditd.store.budget_tables import budget_charges, budget_leases, budget_ledger
 from banditd.store.engine import Database, insert_ignoring_duplicates, write_first
-from banditd.store.models import budget_charges, budget_leases, budget_ledger
 
 
 @dataclass(frozen=True)

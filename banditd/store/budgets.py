@@ -16,17 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain.budgets import BudgetSpec
 from banditd.errors import Aborted, NotFound
+from banditd.store.budget_tables import budget_charges, budget_leases, budget_ledger, budgets
 from banditd.store.engine import Database, insert_ignoring_duplicates, write_first
 from banditd.store.finite import bounded_usd
-from banditd.store.models import (
-    budget_charges,
-    budget_leases,
-    budget_ledger,
-    budgets,
-    decisions,
-    feedback_events,
-    routers,
-)
+from banditd.store.models import decisions, feedback_events, routers
 
 # BudgetSpec's fields stored as they are, in columns of the same names.
 _PLAIN = ("limit_usd", "period", "window_seconds", "window_start", "on_exhausted")

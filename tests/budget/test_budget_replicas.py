@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from banditd.commands.bench.local import ServerProcess, servers
-from banditd.store.models import budget_charges, budget_leases, budget_ledger
+from banditd.store.budget_tables import budget_charges, budget_leases, budget_ledger
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.helpers import SIGNING_KEY, router_config, wait_until
