@@ -39,6 +39,7 @@ from banditd.evaluation import ope_proof
 from banditd.flows import candidates as evaluation
 from banditd.flows.admin import named_candidates
 from banditd.flows.ope import DEFAULT_BOOTSTRAP
+from banditd.flows.ope_log import load_log
 from banditd.store import Database, Store, migrate
 from banditd.v1 import banditd_pb2 as pb
 
@@ -69,9 +70,7 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
         spec = stored.spec  # the weights a server would load: the events its posterior folds
         encoder = await asyncio.to_thread(get_encoder, spec.encoder, spec.embedding_dim)
         weights = encoder_weights(spec, encoder)
-        log = await evaluation.load_log(
-            store, stored.router_id, limit, stored.context_since, weights
-        )
+        log = await load_log(store, stored.router_id, limit, stored.context_since, weights)
     finally:
         await db.close()
     return evaluation.report(

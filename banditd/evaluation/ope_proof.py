@@ -30,9 +30,10 @@ import numpy as np
 from banditd import progress
 from banditd.domain import FeedbackEvent, RouterSpec
 from banditd.evaluation import replay
-from banditd.flows.candidates import DecisionLog, LoggedDecision, candidate_probabilities
+from banditd.flows.candidates import candidate_probabilities
 from banditd.flows.candidates import evaluate_candidate as estimate
 from banditd.flows.ope import ESTIMATORS
+from banditd.flows.ope_log import DecisionLog, LoggedDecision
 from banditd.flows.ranking import rank_arms
 from banditd.state.fold import RouterState, fold
 

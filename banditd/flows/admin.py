@@ -14,6 +14,7 @@ from banditd.errors import InvalidArgument, NotFound
 from banditd.flows import candidates as evaluation
 from banditd.flows.decision_log import DecisionLog
 from banditd.flows.ope import DEFAULT_BOOTSTRAP
+from banditd.flows.ope_log import load_log
 from banditd.flows.shadow import shadow_spec
 from banditd.state.breaker import ArmHealthView
 from banditd.state.live_routers import Catalog
@@ -127,7 +128,7 @@ class Admin:
         stored = await self._store.routers.get(tenant, name)
         live = (await self._catalog.get(tenant, name)).context
         await self._decisions.flush()
-        log = await evaluation.load_log(
+        log = await load_log(
             self._store,
             stored.router_id,
             limit,

@@ -8,9 +8,9 @@ feedback event logged before that decision (the posterior is a function of prior
 whatever policy made the decisions, so that is what the router would have known had the candidate
 been live). It weighs cost as Select would have for that request (``effective_cost_weight``):
 the request's own cost weight, else the candidate's default, never less than the budget pacer's
-price logged with the decision. The utility weighs each decision the same way with the live
-router's default, unless the caller gives one weight for all. The estimators themselves are in
-``banditd.flows.ope``.
+price logged with the decision. The utility weighs each decision the same way with the default
+of the router version it was made under (``banditd.flows.ope_log``), unless the caller gives one
+weight for all. The estimators themselves are in ``banditd.flows.ope``.
 
 Not simulated: ``explore_new_arm`` forcing (warned); how the candidate's own spending would have
 moved the pacer's price (the logged price applies). A candidate must score the same features:
@@ -22,110 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from banditd import progress
-from banditd.domain import Decision, FeedbackEvent, FloatArray, RouterSpec, built_with
+from banditd.domain import FloatArray, RouterSpec
 from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
 from banditd.flows.ope import ridge_predictions as ridge
-from banditd.flows.ranking import effective_cost_weight
+from banditd.flows.ope_log import DecisionLog, Weights
 from banditd.state.fold import RouterState, fold
-from banditd.store import Store
 
 DEFAULT_LIMIT = 100_000  # most recent decisions with feedback evaluated on
-
-
-@dataclass(frozen=True)
-class LoggedDecision:
-    """One logged decision with the feedback it got.
-
-    x: (dim,) the context scored; expected_costs: USD per arm in ``candidates`` (as priced then).
-    cost_weight: the request's own (None: the router's default applied); budget_price: the
-    pacer's price of a dollar then (0: no budget).
-    """
-
-    created_at: float
-    x: FloatArray
-    candidates: tuple[str, ...]
-    expected_costs: tuple[float, ...]
-    arm: str
-    propensity: float
-    reward: float
-    cost_usd: float
-    cost_weight: float | None = None
-    budget_price: float = 0.0
-
-    def weight(self, default: float) -> float:
-        """The cost weight Select used for this decision, ``default`` being the router's."""
-        return effective_cost_weight(default, self.cost_weight, self.budget_price)
-
-    @classmethod
-    def of(cls, d: Decision, reward: float, cost_usd: float) -> LoggedDecision:
-        if d.x is None:
-            raise InvalidArgument("decision", f"{d.decision_id} was logged without its context")
-        priced = {r.arm: r.expected_cost_usd for r in d.ranking}
-        candidates = tuple(a for a in d.candidates if a in priced)
-        return cls(
-            created_at=d.created_at,
-            x=d.x,
-            candidates=candidates,
-            expected_costs=tuple(priced[a] for a in candidates),
-            arm=d.arm,
-            propensity=d.propensity,
-            reward=reward,
-            cost_usd=cost_usd,
-            cost_weight=d.cost_weight,
-            budget_price=d.budget_price,
-        )
-
-
-@dataclass(frozen=True)
-class DecisionLog:
-    """A router's logged decisions (by time) and its whole feedback log (by id).
-
-    events: every event, offline ones included, to rebuild the posterior at each decision.
-    """
-
-    decisions: tuple[LoggedDecision, ...]
-    events: tuple[FeedbackEvent, ...]
-
-    @property
-    def arms(self) -> tuple[str, ...]:
-        """Every arm eligible at some decision, in first-seen order (the estimators' columns)."""
-        seen: dict[str, None] = {}
-        for d in self.decisions:
-            seen.update(dict.fromkeys(d.candidates))
-            seen[d.arm] = None
-        return tuple(seen)
-
-
-async def load_log(
-    store: Store,
-    router_id: int,
-    limit: int = DEFAULT_LIMIT,
-    context_since: int = 0,
-    weights: str = "",
-) -> DecisionLog:
-    """A router's newest ``limit`` decisions with feedback and its whole event log, both from
-    router version ``context_since`` on (StoredRouter's: what came before built x otherwise)
-    and built by the encoder ``weights`` (ContextPipeline.weights; "": any), as the posterior
-    folds them."""
-    rows = await store.reports.decisions_with_feedback(router_id, limit)
-    events: list[FeedbackEvent] = []
-    while batch := await store.events.after(router_id, events[-1].event_id if events else 0):
-        events += batch
-    return DecisionLog(
-        tuple(
-            LoggedDecision.of(d, reward, cost)
-            for d, reward, cost in rows
-            if d.router_version >= context_since and built_with(d.context_version, weights)
-        ),
-        tuple(e for e in events if e.decided_since(context_since) and e.built_with(weights)),
-    )
 
 
 def check_candidate(live: RouterSpec, candidate: RouterSpec) -> RouterSpec:
@@ -228,10 +137,12 @@ def logged_feedback(
     return feedback, notes
 
 
-def utility_weights(log: DecisionLog, default: float) -> FloatArray:
-    """Each decision's cost weight as Select formed it, ``default`` being the router's: shape
-    (n,)."""
-    return np.array([d.weight(default) for d in log.decisions], dtype=np.float64)
+def utility_weights(log: DecisionLog, live: Weights) -> FloatArray:
+    """Each decision's cost weight as Select formed it, with its version's default (else
+    ``live``, the live router's): shape (n,)."""
+    return np.array(
+        [d.weight(d.utility_defaults(live).cost) for d in log.decisions], dtype=np.float64
+    )
 
 
 def evaluate_candidate(
@@ -276,10 +187,11 @@ def report(
     """Evaluate each named candidate against the log (the --json object of `banditd evaluate`).
 
     cost_weight: the utility's weight for every decision; None: each decision's own, as Select
-    formed it with the live router's default (``cost_weight`` in the report is then that default).
+    formed it with its router version's default (``cost_weight`` in the report is then the live
+    router's default).
     """
-    base = live.default_cost_weight
-    per_decision = utility_weights(log, base)
+    base, defaults = live.default_cost_weight, Weights.defaults(live)
+    per_decision = utility_weights(log, defaults)
     weight: float | FloatArray = per_decision if cost_weight is None else cost_weight
     rows = []
     progress.update("candidates evaluated", 0, len(candidates))
@@ -304,9 +216,10 @@ def report(
         "mean_cost_weight": float(np.mean(weight)) if log.decisions else base,
         "request_cost_weights": sum(d.cost_weight is not None for d in log.decisions),
         "budget_raised_cost_weights": sum(
-            d.budget_price > (base if d.cost_weight is None else d.cost_weight)
+            d.budget_price > d.weight(d.utility_defaults(defaults).cost, budget=False)
             for d in log.decisions
         ),
+        "unversioned_decisions": sum(d.defaults is None for d in log.decisions),
         "logged": logged_value(log, weight),
         "candidates": rows,
     }
@@ -342,10 +255,12 @@ def _weighs(r: dict[str, Any]) -> str:
     """The utility's cost weight, in words: one number, or each decision's own and their mean."""
     if r["mean_cost_weight"] == r["cost_weight"]:
         return f"{r['cost_weight']:g}"
+    unversioned = r["unversioned_decisions"]
+    history = f", {unversioned} at the live default (version not in history)" if unversioned else ""
     return (
-        f"the decision's cost weight (mean {r['mean_cost_weight']:g}; the router's default "
+        f"the decision's cost weight (mean {r['mean_cost_weight']:g}; the live router's default "
         f"{r['cost_weight']:g}, {r['request_cost_weights']} requests' own, "
-        f"{r['budget_raised_cost_weights']} raised by a budget)"
+        f"{r['budget_raised_cost_weights']} raised by a budget{history})"
     )
 
 

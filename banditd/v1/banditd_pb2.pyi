@@ -1401,11 +1401,12 @@ class EvaluateResponse(_message.Message):
     MEAN_COST_WEIGHT_FIELD_NUMBER: _builtins.int
     REQUEST_COST_WEIGHTS_FIELD_NUMBER: _builtins.int
     BUDGET_RAISED_COST_WEIGHTS_FIELD_NUMBER: _builtins.int
+    UNVERSIONED_DECISIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     decisions: _builtins.int
     cost_weight: _builtins.float
-    """EvaluateRequest.cost_weight, else the router's default_cost_weight (the weight of a decision
-    whose request had none and that no budget raised).
+    """EvaluateRequest.cost_weight, else the live router's default_cost_weight (each decision whose
+    request had none is weighed at the default of the router version it was made under).
     """
     logged_reward: _builtins.float
     """What the live (logging) policy earned on those decisions."""
@@ -1417,6 +1418,11 @@ class EvaluateResponse(_message.Message):
     """Decisions whose Select carried its own cost_weight (logged since migration 0020)."""
     budget_raised_cost_weights: _builtins.int
     """Decisions whose cost weight the budget pacer's price raised."""
+    unversioned_decisions: _builtins.int
+    """Decisions made under a router version the version history no longer holds (a router older
+    than migration 0008): where the request had no weight of its own, the live router's default
+    stood in for the one in force then.
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateEvaluation]: ...
     def __init__(
@@ -1432,10 +1438,11 @@ class EvaluateResponse(_message.Message):
         mean_cost_weight: _builtins.float = ...,
         request_cost_weights: _builtins.int = ...,
         budget_raised_cost_weights: _builtins.int = ...,
+        unversioned_decisions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_raised_cost_weights", b"budget_raised_cost_weights", "candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "mean_cost_weight", b"mean_cost_weight", "request_cost_weights", b"request_cost_weights", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_raised_cost_weights", b"budget_raised_cost_weights", "candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "mean_cost_weight", b"mean_cost_weight", "request_cost_weights", b"request_cost_weights", "unversioned_decisions", b"unversioned_decisions", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,9 +8,13 @@ import dataclasses
 import grpc
 import numpy as np
 import pytest
+from sqlalchemy import delete
 
 from banditd.domain import ArmSpec, RouterSpec
-from banditd.flows.candidates import DecisionLog, LoggedDecision, evaluate_candidate
+from banditd.flows.candidates import evaluate_candidate
+from banditd.flows.ope_log import DecisionLog, LoggedDecision
+from banditd.store import Database
+from banditd.store.models import router_versions
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import EMBEDDING, Running, StartServer, dear_dollars, router_config, wait_until
 
@@ -189,3 +193,46 @@ def test_a_candidates_arm_the_log_never_offered_is_named_in_the_warnings() -> No
     wider = dataclasses.replace(live, arms=(*live.arms, ArmSpec("fresh", 1, 1)))
     result = evaluate_candidate(wider, log, cost_weight=0.0, replicates=0)
     assert any(w.startswith("new arms: fresh ") for w in result.warnings), result.warnings
+
+
+async def test_a_decision_without_its_own_weight_is_scored_at_its_router_versions_default(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """The router's default cost weight changed between two runs of decisions whose requests
+    had none: each is scored at the default its Select ranked by (version 1's 0, version 2's
+    HEAVY), not all at today's. A decision whose version the history no longer holds (as for
+    routers older than migration 0008) takes today's default, and the report counts it."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(arms=ARMS)))
+    first = [await select_and_feed(server, None) for _ in range(10)]
+    heavy = router_config(arms=ARMS, default_cost_weight=HEAVY)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=heavy))
+    second = [await select_and_feed(server, None) for _ in range(10)]
+    request = pb.EvaluateRequest(
+        tenant="acme", name="chat", candidates=[router_config(arms=ARMS)], bootstrap_replicates=0
+    )
+
+    def utility(weights: list[float]) -> float:
+        decisions = first + second
+        return float(
+            np.mean(
+                [REWARD[d.arm] - w * COST[d.arm] for d, w in zip(decisions, weights, strict=True)]
+            )
+        )
+
+    report = await server.admin.Evaluate(request)
+    assert report.decisions == 20 and report.cost_weight == HEAVY
+    assert report.mean_cost_weight == pytest.approx(HEAVY / 2)
+    assert report.logged_utility == pytest.approx(utility([0.0] * 10 + [HEAVY] * 10))
+    assert report.unversioned_decisions == 0
+
+    db = Database(sqlite_url)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(delete(router_versions).where(router_versions.c.version == 1))
+    finally:
+        await db.close()
+    fallback = await server.admin.Evaluate(request)
+    assert fallback.unversioned_decisions == 10
+    assert fallback.mean_cost_weight == HEAVY
+    assert fallback.logged_utility == pytest.approx(utility([HEAVY] * 20))

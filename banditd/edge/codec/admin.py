@@ -86,6 +86,7 @@ def evaluation_to_proto(report: dict[str, Any]) -> pb.EvaluateResponse:
         mean_cost_weight=report["mean_cost_weight"],
         request_cost_weights=report["request_cost_weights"],
         budget_raised_cost_weights=report["budget_raised_cost_weights"],
+        unversioned_decisions=report["unversioned_decisions"],
         logged_reward=logged["reward"],
         logged_cost_usd=logged["cost_usd"],
         logged_utility=logged["utility"],
