@@ -79,6 +79,10 @@ class Decision:
     # The request's own cost_weight (None: it had none, the router's default applied), so that
     # off-policy evaluation weighs each decision as Select did (logged since migration 0020).
     cost_weight: float | None = None
+    # Its own latency_weight and energy_weight likewise (None: none, the router's defaults
+    # applied; logged since migration 0022).
+    latency_weight: float | None = None
+    energy_weight: float | None = None
     context_version: str | None = None  # the featurisation of x (ContextPipeline.version)
     arm_specs: tuple[ArmSpec, ...] = ()  # the router's arms when decided (not logged)
     challenger: str | None = None  # SelectRequest.compare's second arm (pairwise feedback)

@@ -8,9 +8,11 @@ feedback event logged before that decision (the posterior is a function of prior
 whatever policy made the decisions, so that is what the router would have known had the candidate
 been live). It weighs cost as Select would have for that request (``effective_cost_weight``):
 the request's own cost weight, else the candidate's default, never less than the budget pacer's
-price logged with the decision. The utility weighs each decision the same way with the default
-of the router version it was made under (``banditd.flows.ope_log``), unless the caller gives one
-weight for all. The estimators themselves are in ``banditd.flows.ope``.
+price logged with the decision; latency and energy likewise (the request's weights, else the
+candidate's defaults, times the expected latency and energy the decision was ranked with). The
+utility weighs each decision the same way with the defaults of the router version it was made
+under (``banditd.flows.ope_log``), unless the caller gives one cost weight for all. The
+estimators themselves are in ``banditd.flows.ope``.
 
 Not simulated: ``explore_new_arm`` forcing (warned); how the candidate's own spending would have
 moved the pacer's price (the logged price applies). A candidate must score the same features:
@@ -66,7 +68,7 @@ def candidate_probabilities(
     # The logged x and candidates hold the context and the breakers' verdicts: the candidate
     # needs no pipeline, and its arm health goes unread.
     state = RouterState.fresh(spec)
-    posterior, policy = state.posterior, state.policy
+    posterior, policy, own = state.posterior, state.policy, Weights.defaults(spec)
     enabled = {a.name for a in spec.arms if not a.disabled}
     rng = np.random.default_rng(seed)
     column = {a: j for j, a in enumerate(arms)}
@@ -84,8 +86,9 @@ def candidate_probabilities(
         names = [d.candidates[j] for j in eligible]
         arm_idx = np.array([posterior.index(a) for a in names], dtype=np.int64)
         costs = np.array([d.expected_costs[j] for j in eligible])
-        weight = d.weight(spec.default_cost_weight)
-        p = policy.probabilities(posterior, arm_idx, d.x, costs, weight, rng)
+        w = d.weights(own)
+        other = d.other_term(w, eligible)
+        p = policy.probabilities(posterior, arm_idx, d.x, costs, w.cost, rng, other_term=other)
         target[i, [column[a] for a in names]] = p
     return target, uncovered
 
@@ -111,8 +114,11 @@ def logged_feedback(
     chosen = as_columns([d.arm for d in log.decisions], arms)
     reward = np.array([d.reward for d in log.decisions])
     cost = np.array([d.cost_usd for d in log.decisions])
+    latency = np.array([d.latency_ms for d in log.decisions]) / 1000.0  # seconds
+    energy = np.array([d.energy_wh for d in log.decisions])
     xs = np.stack([d.x for d in log.decisions])
-    hat = ridge(xs, chosen, np.column_stack([reward, cost]), len(arms), seed=seed)
+    observed = np.column_stack([reward, cost, latency, energy])
+    hat = ridge(xs, chosen, observed, len(arms), seed=seed)
     feedback = LoggedFeedback(
         chosen=chosen,
         propensity=np.array([d.propensity for d in log.decisions]),
@@ -122,6 +128,10 @@ def logged_feedback(
         reward_hat=np.clip(hat[:, :, 0], 0.0, 1.0),
         cost_hat=np.maximum(hat[:, :, 1], 0.0),
         arms=arms,
+        latency_s=latency,
+        energy_wh=energy,
+        latency_s_hat=np.maximum(hat[:, :, 2], 0.0),
+        energy_wh_hat=np.maximum(hat[:, :, 3], 0.0),
     )
     notes = []
     new = [a.name for a in spec.arms if not a.disabled and a.name not in arms]
@@ -138,11 +148,10 @@ def logged_feedback(
 
 
 def utility_weights(log: DecisionLog, live: Weights) -> FloatArray:
-    """Each decision's cost weight as Select formed it, with its version's default (else
-    ``live``, the live router's): shape (n,)."""
-    return np.array(
-        [d.weight(d.utility_defaults(live).cost) for d in log.decisions], dtype=np.float64
-    )
+    """Each decision's weights of cost, latency and energy as Select formed them, with its
+    version's defaults (else ``live``, the live router's): shape (n, 3)."""
+    rows = [dataclasses.astuple(d.weights(d.utility_defaults(live))) for d in log.decisions]
+    return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 
 def evaluate_candidate(
@@ -150,27 +159,36 @@ def evaluate_candidate(
     log: DecisionLog,
     *,
     cost_weight: float | FloatArray,
+    latency_weight: float | FloatArray = 0.0,
+    energy_weight: float | FloatArray = 0.0,
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> Evaluation:
-    """Every estimator's value of the candidate on the log, utility at ``cost_weight`` (one for
+    """Every estimator's value of the candidate on the log, utility at the weights (each one for
     every decision, or shape (n,): each decision's)."""
     feedback, notes = logged_feedback(spec, log, seed=seed)
-    result = evaluate(feedback, cost_weight=cost_weight, replicates=replicates, seed=seed)
+    result = evaluate(
+        feedback,
+        cost_weight=cost_weight,
+        latency_weight=latency_weight,
+        energy_weight=energy_weight,
+        replicates=replicates,
+        seed=seed,
+    )
     return dataclasses.replace(result, warnings=(*result.warnings, *notes))
 
 
-def logged_value(log: DecisionLog, cost_weight: float | FloatArray) -> dict[str, float]:
-    """What the logging (live) policy earned: mean reward, cost and utility (cost_weight: one
-    for every decision, or shape (n,): each decision's)."""
+def logged_value(log: DecisionLog, weights: FloatArray) -> dict[str, float]:
+    """What the logging (live) policy earned: mean reward, cost and utility (weights: shape
+    (n, 3), each decision's of cost, latency and energy)."""
     if not log.decisions:
         return {"reward": 0.0, "cost_usd": 0.0, "utility": 0.0}
     reward = np.array([d.reward for d in log.decisions])
-    cost = np.array([d.cost_usd for d in log.decisions])
+    prices = np.array([(d.cost_usd, d.latency_ms / 1000.0, d.energy_wh) for d in log.decisions])
     return {
         "reward": float(reward.mean()),
-        "cost_usd": float(cost.mean()),
-        "utility": float((reward - cost_weight * cost).mean()),
+        "cost_usd": float(prices[:, 0].mean()),
+        "utility": float((reward - (weights * prices).sum(axis=1)).mean()),
     }
 
 
@@ -186,18 +204,28 @@ def report(
 ) -> dict[str, Any]:
     """Evaluate each named candidate against the log (the --json object of `banditd evaluate`).
 
-    cost_weight: the utility's weight for every decision; None: each decision's own, as Select
-    formed it with its router version's default (``cost_weight`` in the report is then the live
-    router's default).
+    cost_weight: the utility's cost weight for every decision; None: each decision's own, as
+    Select formed it with its router version's default (``cost_weight`` in the report is then
+    the live router's default). Latency and energy are always weighed per decision.
     """
     base, defaults = live.default_cost_weight, Weights.defaults(live)
-    per_decision = utility_weights(log, defaults)
-    weight: float | FloatArray = per_decision if cost_weight is None else cost_weight
+    weights = utility_weights(log, defaults)  # (n, 3)
+    if cost_weight is not None:
+        weights[:, 0] = cost_weight
+    cost, latency, energy = weights.T
     rows = []
     progress.update("candidates evaluated", 0, len(candidates))
     for name, spec in candidates:
         check_candidate(live, spec)
-        result = evaluate_candidate(spec, log, cost_weight=weight, replicates=replicates, seed=seed)
+        result = evaluate_candidate(
+            spec,
+            log,
+            cost_weight=cost,
+            latency_weight=latency,
+            energy_weight=energy,
+            replicates=replicates,
+            seed=seed,
+        )
         rows.append(
             {
                 "name": name,
@@ -213,14 +241,18 @@ def report(
         "version": live.version,
         "decisions": len(log.decisions),
         "cost_weight": base if cost_weight is None else cost_weight,
-        "mean_cost_weight": float(np.mean(weight)) if log.decisions else base,
+        "mean_cost_weight": float(cost.mean()) if log.decisions else base,
         "request_cost_weights": sum(d.cost_weight is not None for d in log.decisions),
         "budget_raised_cost_weights": sum(
-            d.budget_price > d.weight(d.utility_defaults(defaults).cost, budget=False)
+            d.budget_price > d.weights(d.utility_defaults(defaults), budget=False).cost
             for d in log.decisions
         ),
         "unversioned_decisions": sum(d.defaults is None for d in log.decisions),
-        "logged": logged_value(log, weight),
+        "mean_latency_weight": float(latency.mean()) if log.decisions else defaults.latency,
+        "mean_energy_weight": float(energy.mean()) if log.decisions else defaults.energy,
+        "request_latency_weights": sum(d.latency_weight is not None for d in log.decisions),
+        "request_energy_weights": sum(d.energy_weight is not None for d in log.decisions),
+        "logged": logged_value(log, weights),
         "candidates": rows,
     }
 

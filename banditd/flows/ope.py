@@ -10,10 +10,11 @@ predicted reward and cost of every arm. With w_i = pi(a_i | x_i) / p_i:
   DM     mean_i sum_a pi(a | x_i) r_hat(x_i, a)          the model's answer (biased if it is wrong)
   DR     DM_i + w_i (r_i - r_hat(x_i, a_i)), averaged    unbiased if p_i or r_hat is right
 
-Each is computed for reward, cost and utility = reward - cost_weight * cost, with one weight for
-every decision or each decision's own (a request may bring its own cost weight, a budget raises
-it): every estimator is linear in its per-decision terms, so the utility's terms are the reward's
-minus the decision's weight times the cost's. Intervals come from a
+Each is computed for reward, cost and utility = reward - cost_weight * cost - latency_weight *
+latency (s) - energy_weight * energy (Wh), with one weight for every decision or each decision's
+own (a request may bring its own weights, a budget raises the cost's): every estimator is linear
+in its per-decision terms, so the utility's terms are the reward's minus the decision's weights
+times the cost's, latency's and energy's. Intervals come from a
 Poisson bootstrap over decisions (each decision weighted by an independent Poisson(1) draw per
 replicate), which streams over rows, so it needs no n x replicates matrix for a long log.
 
@@ -56,6 +57,8 @@ class LoggedFeedback:
         arms not eligible at that decision)
     reward_hat, cost_hat: (n, k) float64, a model's prediction per arm (for DM and DR)
     arms: the k arm names, for warnings
+    latency_s, energy_wh: (n,) float64, the chosen arm's latency (seconds) and energy, and
+    latency_s_hat, energy_wh_hat: (n, k) their predictions (None: 0, not part of the utility)
     """
 
     chosen: IntArray
@@ -66,6 +69,10 @@ class LoggedFeedback:
     reward_hat: FloatArray
     cost_hat: FloatArray
     arms: tuple[str, ...]
+    latency_s: FloatArray | None = None
+    energy_wh: FloatArray | None = None
+    latency_s_hat: FloatArray | None = None
+    energy_wh_hat: FloatArray | None = None
 
     def __post_init__(self) -> None:
         n = self.chosen.shape[0]
@@ -79,7 +86,13 @@ class LoggedFeedback:
             ("target", self.target, (n, k)),
             ("reward_hat", self.reward_hat, (n, k)),
             ("cost_hat", self.cost_hat, (n, k)),
+            ("latency_s", self.latency_s, (n,)),
+            ("energy_wh", self.energy_wh, (n,)),
+            ("latency_s_hat", self.latency_s_hat, (n, k)),
+            ("energy_wh_hat", self.energy_wh_hat, (n, k)),
         ):
+            if arr is None:
+                continue
             if arr.shape != shape:
                 raise InvalidArgument(name, f"shape {arr.shape}, expected {shape}")
             if not np.all(np.isfinite(arr)):
@@ -176,17 +189,31 @@ class Evaluation:
         }
 
 
-def row_terms(
-    log: LoggedFeedback, cost_weight: FloatArray
-) -> dict[str, tuple[FloatArray, FloatArray]]:
+def row_terms(log: LoggedFeedback, weight: FloatArray) -> dict[str, tuple[FloatArray, FloatArray]]:
     """Per decision, the (numerator, denominator) terms whose sums give each estimator of the
     reward, the cost and the utility: numerators (n, 3) (columns reward, cost, utility),
-    denominators (n, 1). cost_weight: (n,) float64, each decision's utility weight."""
-    n = log.n
+    denominators (n, 1). weight: (n, 3) float64, each decision's utility weights of cost,
+    latency and energy."""
+    n, k = log.n, len(log.arms)
     rows = np.arange(n)
     w = log.weights
-    observed = np.stack([log.reward, log.cost], axis=1)
-    hat = np.stack([log.reward_hat, log.cost_hat], axis=2)  # (n, k, 2)
+    zeros, zeros_hat = np.zeros(n), np.zeros((n, k))
+
+    def given(arr: FloatArray | None, zero: FloatArray) -> FloatArray:
+        return zero if arr is None else arr
+
+    observed = np.stack(
+        [log.reward, log.cost, given(log.latency_s, zeros), given(log.energy_wh, zeros)], axis=1
+    )
+    hat = np.stack(
+        [
+            log.reward_hat,
+            log.cost_hat,
+            given(log.latency_s_hat, zeros_hat),
+            given(log.energy_wh_hat, zeros_hat),
+        ],
+        axis=2,
+    )  # (n, k, 4)
     dm = np.einsum("nk,nkm->nm", log.target, hat)
     dr = dm + w[:, None] * (observed - hat[rows, log.chosen])
     ones = np.ones((n, 1))
@@ -197,7 +224,7 @@ def row_terms(
         "dr": (dr, ones),
     }
     return {
-        name: (np.column_stack([num, num[:, 0] - cost_weight * num[:, 1]]), den)
+        name: (np.column_stack([num[:, :2], num[:, 0] - (weight * num[:, 1:]).sum(axis=1)]), den)
         for name, (num, den) in terms.items()
     }
 
@@ -228,21 +255,31 @@ def evaluate(
     log: LoggedFeedback,
     *,
     cost_weight: float | FloatArray = 0.0,
+    latency_weight: float | FloatArray = 0.0,
+    energy_weight: float | FloatArray = 0.0,
     replicates: int = DEFAULT_BOOTSTRAP,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
 ) -> Evaluation:
     """IPS, SNIPS, DM and DR of reward, cost and utility, with percentile bootstrap intervals
     at ``level`` over ``replicates`` Poisson-bootstrap replicates (0: no intervals).
-    cost_weight: the utility's weight, one for every decision or shape (n,), each decision's."""
+    cost_weight, latency_weight (per second), energy_weight (per Wh): the utility's weights, one
+    for every decision or shape (n,), each decision's."""
     if not 0.0 < level < 1.0:
         raise InvalidArgument("level", "must be in (0, 1)")
     if replicates < 0:
         raise InvalidArgument("bootstrap", "must be >= 0")
-    weight = np.asarray(cost_weight, dtype=np.float64)
-    if weight.shape not in ((), (log.n,)):
-        raise InvalidArgument("cost_weight", f"shape {weight.shape}, expected () or ({log.n},)")
-    weight = np.broadcast_to(weight, (log.n,))
+    columns = []
+    for name, given in (
+        ("cost_weight", cost_weight),
+        ("latency_weight", latency_weight),
+        ("energy_weight", energy_weight),
+    ):
+        column = np.asarray(given, dtype=np.float64)
+        if column.shape not in ((), (log.n,)):
+            raise InvalidArgument(name, f"shape {column.shape}, expected () or ({log.n},)")
+        columns.append(np.broadcast_to(column, (log.n,)))
+    weight = np.stack(columns, axis=1)  # (n, 3)
     terms = row_terms(log, weight)
     boot = _bootstrap(terms, replicates, seed) if replicates else {}
     tail = (1.0 - level) / 2.0
@@ -268,7 +305,7 @@ def evaluate(
     agreement = float(log.target[np.arange(log.n), log.chosen].mean())
     return Evaluation(
         n=log.n,
-        cost_weight=float(weight.mean()),
+        cost_weight=float(weight[:, 0].mean()),
         estimates=tuple(estimates),
         effective_sample_size=ess,
         agreement=agreement,

@@ -243,6 +243,8 @@ class Selector:
             budget_price=ranked.budget_price,
             budget_outcome=ranked.budget_outcome,
             cost_weight=req.cost_weight,
+            latency_weight=req.latency_weight,
+            energy_weight=req.energy_weight,
             context_version=prepared.context_version,
             challenger=ranked.challenger,
             arm_specs=spec.arms,

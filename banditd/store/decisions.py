@@ -39,6 +39,8 @@ _PLAIN = (
     "context_version",
     "challenger",
     "cost_weight",
+    "latency_weight",
+    "energy_weight",
     "expires_at",
     "created_at",
 )
@@ -173,6 +175,8 @@ def decision_row(d: Decision) -> dict[str, Any]:
         "budget_price": d.budget_price,
         "budget_outcome": d.budget_outcome,
         "cost_weight": d.cost_weight,
+        "latency_weight": d.latency_weight,
+        "energy_weight": d.energy_weight,
     }
 
 

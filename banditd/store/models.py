@@ -326,6 +326,9 @@ decisions.append_column(Column("budget_price", Float, nullable=True))
 decisions.append_column(Column("budget_outcome", String(16), nullable=True))
 # The request's own cost weight (0020; null: none, or older): OPE weighs as Select did.
 decisions.append_column(Column("cost_weight", Float, nullable=True))
+# And its own latency and energy weights (0022; null: none, or older), likewise.
+decisions.append_column(Column("latency_weight", Float, nullable=True))
+decisions.append_column(Column("energy_weight", Float, nullable=True))
 # Each event's featurisation (0021; null: older, or a v1 token), the decision's or the warm
 # start's: a router folds only the events its encoder's weights built (banditd.store.events).
 feedback_events.append_column(Column("context_version", String(128), nullable=True))

@@ -24,6 +24,18 @@ class ArmTotals:
 
 
 @dataclass(frozen=True)
+class FedDecision:
+    """A decision with its feedback: reward, settled cost, and the latency and energy reported
+    (None: none was)."""
+
+    decision: Decision
+    reward: float
+    cost_usd: float
+    latency_ms: float | None
+    energy_wh: float | None
+
+
+@dataclass(frozen=True)
 class ShadowTotals:
     shadow: str
     decisions: int
@@ -77,17 +89,16 @@ class Reports:
             for arm in sorted(set(made) | set(fed))
         ]
 
-    async def decisions_with_feedback(
-        self, router_id: int, limit: int
-    ) -> list[tuple[Decision, float, float]]:
-        """The newest ``limit`` decisions that carry a context and got feedback, oldest first,
-        each with its reward and cost."""
+    async def decisions_with_feedback(self, router_id: int, limit: int) -> list[FedDecision]:
+        """The newest ``limit`` decisions that carry a context and got feedback, oldest first."""
         settled = settled_feedback(router_id)
         query = (
             with_router()
             .add_columns(
                 settled.c.reward.label("feedback_reward"),
                 settled.c.cost_usd.label("feedback_cost_usd"),
+                settled.c.latency_ms.label("feedback_latency_ms"),
+                settled.c.energy_wh.label("feedback_energy_wh"),
             )
             .join(settled, settled.c.decision_id == decisions.c.id)
             .where(decisions.c.router_id == router_id, decisions.c.x.is_not(None))
@@ -97,7 +108,13 @@ class Reports:
         async with self.db.transaction() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            (decision_from_row(r), float(r.feedback_reward), float(r.feedback_cost_usd))
+            FedDecision(
+                decision_from_row(r),
+                float(r.feedback_reward),
+                float(r.feedback_cost_usd),
+                r.feedback_latency_ms,
+                r.feedback_energy_wh,
+            )
             for r in reversed(rows)
         ]
 
@@ -147,8 +164,9 @@ class Reports:
 
 def settled_feedback(router_id: int) -> Subquery:
     """Per decision of the router with online feedback: its arm, its effective reward (that of
-    its latest signal), its settled cost (the sum over its signals) and whether that latest
-    signal is a default reward. One row per decision, whatever the router's combine rule.
+    its latest signal), its settled cost (the sum over its signals), the latency and energy its
+    signals reported (the largest; null: none did) and whether that latest signal is a default
+    reward. One row per decision, whatever the router's combine rule.
     Events past the ceilings (logged before issue 17; the posterior skips them) are left out."""
     fe = feedback_events
     latest = (
@@ -156,6 +174,8 @@ def settled_feedback(router_id: int) -> Subquery:
             fe.c.decision_id,
             func.max(fe.c.signal).label("signal"),
             func.sum(fe.c.cost_usd).label("cost_usd"),
+            func.max(fe.c.latency_ms).label("latency_ms"),
+            func.max(fe.c.energy_wh).label("energy_wh"),
         )
         .where(fe.c.router_id == router_id, fe.c.offline == false(), bounded_event())
         .group_by(fe.c.decision_id)
@@ -167,6 +187,8 @@ def settled_feedback(router_id: int) -> Subquery:
             fe.c.arm,
             func.coalesce(fe.c.effective_reward, fe.c.reward).label("reward"),
             latest.c.cost_usd,
+            latest.c.latency_ms,
+            latest.c.energy_wh,
             fe.c.defaulted,
         )
         .join(

@@ -1402,6 +1402,10 @@ class EvaluateResponse(_message.Message):
     REQUEST_COST_WEIGHTS_FIELD_NUMBER: _builtins.int
     BUDGET_RAISED_COST_WEIGHTS_FIELD_NUMBER: _builtins.int
     UNVERSIONED_DECISIONS_FIELD_NUMBER: _builtins.int
+    MEAN_LATENCY_WEIGHT_FIELD_NUMBER: _builtins.int
+    MEAN_ENERGY_WEIGHT_FIELD_NUMBER: _builtins.int
+    REQUEST_LATENCY_WEIGHTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ENERGY_WEIGHTS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     decisions: _builtins.int
     cost_weight: _builtins.float
@@ -1423,6 +1427,15 @@ class EvaluateResponse(_message.Message):
     than migration 0008): where the request had no weight of its own, the live router's default
     stood in for the one in force then.
     """
+    mean_latency_weight: _builtins.float
+    """The means over the decisions of the utility's latency weight (per second) and energy weight
+    (per Wh): each decision's own, else its router version's default (logged since migration
+    0022; older decisions read as requests without them).
+    """
+    mean_energy_weight: _builtins.float
+    request_latency_weights: _builtins.int
+    """Decisions whose Select carried its own latency_weight, and its own energy_weight."""
+    request_energy_weights: _builtins.int
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateEvaluation]: ...
     def __init__(
@@ -1439,10 +1452,14 @@ class EvaluateResponse(_message.Message):
         request_cost_weights: _builtins.int = ...,
         budget_raised_cost_weights: _builtins.int = ...,
         unversioned_decisions: _builtins.int = ...,
+        mean_latency_weight: _builtins.float = ...,
+        mean_energy_weight: _builtins.float = ...,
+        request_latency_weights: _builtins.int = ...,
+        request_energy_weights: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_raised_cost_weights", b"budget_raised_cost_weights", "candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "mean_cost_weight", b"mean_cost_weight", "request_cost_weights", b"request_cost_weights", "unversioned_decisions", b"unversioned_decisions", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_raised_cost_weights", b"budget_raised_cost_weights", "candidates", b"candidates", "cost_weight", b"cost_weight", "decisions", b"decisions", "logged_cost_usd", b"logged_cost_usd", "logged_reward", b"logged_reward", "logged_utility", b"logged_utility", "mean_cost_weight", b"mean_cost_weight", "mean_energy_weight", b"mean_energy_weight", "mean_latency_weight", b"mean_latency_weight", "request_cost_weights", b"request_cost_weights", "request_energy_weights", b"request_energy_weights", "request_latency_weights", b"request_latency_weights", "unversioned_decisions", b"unversioned_decisions", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -236,3 +236,74 @@ async def test_a_decision_without_its_own_weight_is_scored_at_its_router_version
     assert fallback.unversioned_decisions == 10
     assert fallback.mean_cost_weight == HEAVY
     assert fallback.logged_utility == pytest.approx(utility([HEAVY] * 20))
+
+
+LATENCY_MS = {"cheap": 100.0, "strong": 20_000.0}
+ENERGY_WH = {"cheap": 0.5, "strong": 5.0}
+
+
+async def test_each_decision_is_scored_at_its_requests_latency_and_energy_weights(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A third of the evaluated requests carried a latency weight that makes slow strong lose
+    to cheap, a third an energy weight (no arm has an expected energy: it changes no choice).
+    The utility takes off each decision's latency and energy, as reported, at its own weights;
+    the candidate picks cheap where the latency weight made Select do so; the IPS estimates
+    match the hand-computed ones (before: the weights were not logged, the utility had no such
+    terms and the candidate ranked on quality and USD)."""
+    server = await start_server(sqlite_url)
+    live = router_config(arms=ARMS, policy="epsilon-greedy", exploration=0.5)
+    for arm in live.arms:
+        arm.prior_latency_ms = LATENCY_MS[arm.name]
+    await server.admin.PutRouter(pb.PutRouterRequest(router=live))
+
+    async def select_and_feed_timed(weights: dict[str, float]) -> pb.SelectResponse:
+        d = await server.router.Select(
+            pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING, **weights)
+        )
+        await server.router.Feedback(
+            pb.FeedbackRequest(
+                tenant="acme",
+                decision_id=d.decision_id,
+                reward=REWARD[d.arm],
+                cost_usd=COST[d.arm],
+                latency_ms=LATENCY_MS[d.arm],
+                energy_wh=ENERGY_WH[d.arm],
+            )
+        )
+        return d
+
+    for _ in range(40):  # the posterior learns that strong is better, at no weights
+        await select_and_feed_timed({})
+    asked = [({"latency_weight": 1.0}, {"energy_weight": 0.1}, {})[i % 3] for i in range(21)]
+    decisions = [await select_and_feed_timed(w) for w in asked]
+    candidate = router_config(arms=ARMS, policy="epsilon-greedy", exploration=0.1)
+    report = await server.admin.Evaluate(
+        pb.EvaluateRequest(
+            tenant="acme", name="chat", candidates=[candidate], bootstrap_replicates=0, limit=21
+        )
+    )
+
+    def utility(d: pb.SelectResponse, w: dict[str, float]) -> float:
+        seconds = LATENCY_MS[d.arm] / 1000.0
+        lost = (
+            w.get("latency_weight", 0.0) * seconds + w.get("energy_weight", 0.0) * ENERGY_WH[d.arm]
+        )
+        return REWARD[d.arm] - lost
+
+    assert decisions[0].arm == "cheap" or decisions[0].explored  # the latency weight's choice
+    picks = ["cheap" if "latency_weight" in w else "strong" for w in asked]
+    terms = [
+        (0.95 if d.arm == pick else 0.05) / d.propensity * np.array([REWARD[d.arm], utility(d, w)])
+        for d, pick, w in zip(decisions, picks, asked, strict=True)
+    ]
+    reward, expected_utility = np.mean(terms, axis=0)
+    ips = report.candidates[0].estimates[0]
+    assert ips.estimator == "ips"
+    assert ips.reward.value == pytest.approx(reward, rel=1e-9)
+    assert ips.utility.value == pytest.approx(expected_utility, rel=1e-9)
+    logged = np.mean([utility(d, w) for d, w in zip(decisions, asked, strict=True)])
+    assert report.logged_utility == pytest.approx(logged)
+    assert report.mean_latency_weight == pytest.approx(7 / 21)
+    assert report.mean_energy_weight == pytest.approx(0.7 / 21)
+    assert report.request_latency_weights == 7 and report.request_energy_weights == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from banditd.store import Database, Store
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import StartServer, finite_stats, router_config, wait_until
 
@@ -35,3 +36,46 @@ async def test_two_replicas_answering_one_request_id_log_both_answers(
     assert (await finite_stats(second)).decisions == 2
     again = await second.router.Select(request)
     assert again.decision_id == a.decision_id
+
+
+async def test_a_decision_keeps_its_requests_latency_and_energy_weights(
+    database_url: str, start_server: StartServer
+) -> None:
+    """The request's own latency_weight and energy_weight are logged with its decision (null:
+    it had none) and read back with the latency and energy its feedback reported, for
+    off-policy evaluation (migration 0022)."""
+    server = await start_server(database_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    weighted = await server.router.Select(
+        pb.SelectRequest(
+            tenant="acme", router="chat", prompt="hi", latency_weight=0.25, energy_weight=2.0
+        )
+    )
+    plain = await server.router.Select(pb.SelectRequest(tenant="acme", router="chat", prompt="hi"))
+    await server.router.Feedback(
+        pb.FeedbackRequest(
+            tenant="acme",
+            decision_id=weighted.decision_id,
+            reward=1.0,
+            latency_ms=1500.0,
+            energy_wh=0.75,
+        )
+    )
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=plain.decision_id, reward=0.0)
+    )
+    await server.app.decisions.flush()
+    db = Database(database_url)
+    try:
+        store = Store.over(db)
+        router = await store.routers.get("acme", "chat")
+        fed = {  # by reward (the response's decision_id is a compact token's)
+            f.reward: f for f in await store.reports.decisions_with_feedback(router.router_id, 10)
+        }
+    finally:
+        await db.close()
+    first, second = fed[1.0], fed[0.0]
+    assert (first.decision.latency_weight, first.decision.energy_weight) == (0.25, 2.0)
+    assert (first.latency_ms, first.energy_wh) == (1500.0, 0.75)
+    assert (second.decision.latency_weight, second.decision.energy_weight) == (None, None)
+    assert (second.latency_ms, second.energy_wh) == (None, None)
