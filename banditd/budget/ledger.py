@@ -3,8 +3,8 @@
 Select goes through its request's ``BudgetView`` (``applicable``; banditd.budget.view): it asks
 ``prepare`` to hold enough lease for the priciest arm, reads ``pacings`` for the pacer,
 ``reserve``s the chosen arm's expected cost from the lease in memory (no I/O), and ``commit``s the
-charge before it answers: charges are written in groups, each only while its lease is open, so a
-decision that leaves the server is always counted. Feedback
+charge before it answers: charges are written in groups (banditd.budget.charges), each only
+while its lease is open, so a decision that leaves the server is always counted. Feedback
 ``settle``s a decision's actual cost; without feedback the expected cost stays charged.
 
 A background round (``housekeeping``, every budget_refresh_s) renews this process's leases,
@@ -19,21 +19,20 @@ out (and, with on_exhausted "cheapest", by the decisions served past it, which i
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import structlog
 
 from banditd import metrics
+from banditd.budget.charges import ChargeWriter
 from banditd.budget.pacer import DEFAULT_SLACK, Pacing
 from banditd.budget.usage import BudgetUsage
 from banditd.budget.view import UNLIMITED, BudgetState, BudgetView, Reservation
 from banditd.domain.budgets import BudgetSpec, elapsed_fraction, period_bounds
-from banditd.errors import Aborted, BanditdError, Unavailable
+from banditd.errors import Aborted, Unavailable
 from banditd.store.budget_leases import Charge, Leases
 from banditd.store.budgets import BudgetRepository, LedgerRow, SpendLine, StoredBudget
 
@@ -59,11 +58,7 @@ class Budgets:
         self._clock = clock
         self.holder = holder or f"replica-{uuid.uuid4().hex[:12]}"
         self._by_key: dict[tuple[str, str], BudgetState] = {}
-        self._pending: list[tuple[list[Charge], asyncio.Future[set[int] | Exception]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        # Charges of decisions served while the database was unreachable: written by the next
-        # housekeeping round that reaches it (see commit).
-        self._deferred: list[Charge] = []
+        self._charges = ChargeWriter(self._leases)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -240,14 +235,11 @@ class Budgets:
     async def commit(self, reservation: Reservation) -> None:
         """Write the charges (grouped with concurrent ones) before the decision leaves; Aborted
         when a lease was closed under this process (it stalled past the lease's expiry)."""
-        outcome = await self._queue(reservation.charges)
+        outcome = await self._charges.queue(reservation.charges)
         if isinstance(outcome, Unavailable):
             # Database down: the decision is served within this replica's lease (reserved in
             # memory) and its charges are written when the database is back.
-            if not self._deferred:
-                log.warning("budget_charges_deferred", error=outcome.message)
-            self._deferred.extend(reservation.charges)
-            metrics.BUDGET_DEFERRED.set(len(self._deferred))
+            self._charges.defer(reservation.charges, outcome)
             return
         if isinstance(outcome, Exception):
             self.release(reservation)
@@ -258,32 +250,6 @@ class Budgets:
                 if s.lease_id in lost:
                     s.lease_id, s.granted_usd, s.reserved_usd = None, 0.0, 0.0
             raise Aborted("the budget lease of this replica expired meanwhile; retry")
-
-    def _queue(self, charges: list[Charge]) -> asyncio.Future[set[int] | Exception]:
-        """Charges for the writer, a task of its own (a caller cancelled mid-write cannot strand
-        the others' futures), written in order; the future answers their group's write."""
-        future: asyncio.Future[set[int] | Exception] = asyncio.get_running_loop().create_future()
-        self._pending.append((charges, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_charges(), name="budget-charges")
-        return future
-
-    async def _write_charges(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            result: set[int] | Exception
-            try:
-                result = await self._leases.add_charges(
-                    [c for charges, _ in batch for c in charges]
-                )
-            except BanditdError as exc:
-                result = exc
-            except Exception:  # every waiter must get an answer
-                log.exception("budget_charges_failed", charges=len(batch))
-                result = Unavailable("budget charges could not be recorded")
-            for _, f in batch:
-                if not f.done():  # its caller may have been cancelled
-                    f.set_result(result)
 
     # -- the Feedback path -------------------------------------------------------------------
 
@@ -300,7 +266,7 @@ class Budgets:
     async def housekeeping(self) -> None:
         """One round: pick up budget changes, renew own leases, reap expired ones, refresh
         committed spend, fire alerts, set metrics."""
-        await self._write_deferred()
+        await self._charges.write_deferred()
         now = self._clock()
         listed = await self._repo.list_budgets()
         for stored in listed:
@@ -312,26 +278,6 @@ class Budgets:
             async with state.lock:
                 await self._renew(state)
                 await self._check(state)
-
-    async def _write_deferred(self) -> None:
-        """Write the charges deferred by an outage. A decision's charges go straight into spend
-        when one of its leases was closed meanwhile (it expired while this replica could not
-        renew it), past the budget if need be: the decisions were served, so their cost counts."""
-        if not self._deferred:
-            return
-        charges, self._deferred = self._deferred, []
-        try:
-            lost = await self._leases.add_charges(charges)
-            refused = {c.decision_id for c in charges if c.lease_id in lost}
-            late = [replace(c, lease_id=None) for c in charges if c.decision_id in refused]
-            if late:
-                await self._leases.add_charges(late)
-        except BanditdError:
-            self._deferred = charges + self._deferred
-            raise
-        finally:
-            metrics.BUDGET_DEFERRED.set(len(self._deferred))
-        log.info("budget_charges_written", charges=len(charges), past_closed_leases=len(late))
 
     async def _renew(self, state: BudgetState) -> None:
         if state.lease_id is None:
@@ -374,8 +320,8 @@ class Budgets:
     async def _return_lease(self, state: BudgetState) -> None:
         # The charges queued so far (Selects waiting in commit, some under this lease) are
         # written first: closed before them, the lease would refuse them and abort those Selects.
-        if state.lease_id is not None and self._writer is not None and not self._writer.done():
-            await self._queue([])
+        if state.lease_id is not None and self._charges.writing:
+            await self._charges.queue([])
         if state.lease_id is None:
             return
         used = await self._leases.close(state.lease_id, self._clock())
@@ -386,12 +332,7 @@ class Budgets:
 
     async def close(self) -> None:
         """Return every lease (on shutdown), so its unused part is available at once."""
-        if self._writer is not None:
-            await self._writer
-        try:
-            await self._write_deferred()
-        except Unavailable as exc:
-            log.warning("budget_charges_not_written", charges=len(self._deferred), error=str(exc))
+        await self._charges.close()
         for state in list(self._by_key.values()):
             async with state.lock:
                 try:
