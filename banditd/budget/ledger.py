@@ -59,6 +59,10 @@ class Budgets:
         self.holder = holder or f"replica-{uuid.uuid4().hex[:12]}"
         self._by_key: dict[tuple[str, str], BudgetState] = {}
         self._charges = ChargeWriter(self._leases)
+        # SetBudget and DeleteBudget made here, counted; by budget, the count at its latest
+        # (housekeeping leaves a budget changed while it listed to the change).
+        self._changes = 0
+        self._changed: dict[tuple[str, str], int] = {}
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -85,6 +89,7 @@ class Budgets:
     async def put(self, spec: BudgetSpec) -> tuple[BudgetSpec, bool]:
         start, _ = period_bounds(spec, self._clock())
         stored, created = await self._repo.put_budget(spec, start)
+        self._count_change(spec.key)
         self._adopt(stored)
         log.info(
             "budget_set", budget=stored.spec.label, limit_usd=spec.limit_usd, period=spec.period
@@ -108,10 +113,15 @@ class Budgets:
         False when there is none. This replica's lease is left to expire, so that decisions
         already reserved on it still commit."""
         deleted = await self._repo.delete_budget(tenant, router)
+        self._count_change((tenant, router))
         self._drop((tenant, router))
         if deleted:
             log.info("budget_deleted", tenant=tenant, router=router)
         return deleted
+
+    def _count_change(self, key: tuple[str, str]) -> None:
+        self._changes += 1
+        self._changed[key] = self._changes
 
     def _drop(self, key: tuple[str, str]) -> None:
         """Enforce a deleted budget no more: its lease expires by itself; its gauges go."""
@@ -268,11 +278,15 @@ class Budgets:
         committed spend, fire alerts, set metrics."""
         await self._charges.write_deferred()
         now = self._clock()
+        seen = self._changes
         listed = await self._repo.list_budgets()
+        # A SetBudget or DeleteBudget made here meanwhile is newer than the list: it stands.
         for stored in listed:
-            self._adopt(stored)
+            if self._changed.get(stored.spec.key, 0) <= seen:
+                self._adopt(stored)
         for key in self._by_key.keys() - {stored.spec.key for stored in listed}:
-            self._drop(key)  # deleted (DeleteBudget)
+            if self._changed.get(key, 0) <= seen:
+                self._drop(key)  # deleted (DeleteBudget)
         await self._leases.reap(now)
         for state in list(self._by_key.values()):
             async with state.lock:

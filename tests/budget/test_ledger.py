@@ -4,7 +4,8 @@ expire with their holder, exactly-once alerts across processes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -15,7 +16,7 @@ from banditd.domain.budgets import BudgetSpec, period_bounds
 from banditd.errors import Aborted
 from banditd.store import Database, migrate
 from banditd.store.budget_leases import Leases
-from banditd.store.budgets import BudgetRepository
+from banditd.store.budgets import BudgetRepository, StoredBudget
 
 WINDOW = BudgetSpec("acme", "", 1.0, "window", window_seconds=60, alerts=(0.5,))
 
@@ -294,3 +295,38 @@ async def test_a_deleted_budget_leaves_no_gauges_behind(repo: BudgetRepository) 
     assert remaining() == pytest.approx(0.7)
     await here.delete("acme", "")  # on this replica: at once
     assert remaining() is None
+
+
+class ChangedWhileListing(BudgetRepository):
+    """A repository whose next listing returns what it read before ``change`` ran: a SetBudget
+    or DeleteBudget on this process landing while a housekeeping round lists the budgets."""
+
+    change: Callable[[], Awaitable[object]] | None = None
+
+    async def list_budgets(self, tenant: str | None = None) -> list[StoredBudget]:
+        listed = await super().list_budgets(tenant)
+        change, self.change = self.change, None
+        if change is not None:
+            await change()
+        return listed
+
+
+async def test_a_change_made_while_a_round_lists_budgets_stands(database_url: str) -> None:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    db = Database(database_url)
+    try:
+        repo = ChangedWhileListing(db)
+        budgets = Budgets(repo, clock=Clock(1_000_020.0))
+        await budgets.put(WINDOW)
+        refuse = replace(WINDOW, on_exhausted="refuse")
+        repo.change = lambda: budgets.put(refuse)
+        await budgets.housekeeping()  # listed version 1 before the change to version 2
+        (state,) = budgets.applicable("acme", "chat").states
+        assert (state.spec.version, state.spec.on_exhausted) == (2, "refuse")  # was 1, cheapest
+        await budgets.housekeeping()
+        assert budgets.applicable("acme", "chat").states[0].spec.version == 2
+        repo.change = lambda: budgets.delete("acme", "")
+        await budgets.housekeeping()  # listed the budget before it was deleted
+        assert budgets.applicable("acme", "chat") is UNLIMITED  # was enforced again
+    finally:
+        await db.close()
