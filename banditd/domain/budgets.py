@@ -81,8 +81,12 @@ class BudgetSpec:
 def period_bounds(spec: BudgetSpec, now: float) -> tuple[float, float]:
     """The [start, end) of the period holding ``now`` (Unix seconds)."""
     if spec.period == "window":  # before window_start too (k < 0): the windows leading to it
-        k = math.floor((now - spec.window_start) / spec.window_seconds)
-        start = spec.window_start + k * spec.window_seconds
+        # From the window's phase (fmod is exact): with a window_start far from now (stored
+        # before SetBudget bounded it), now - window_start rounded now away, and the period
+        # returned did not hold now (every Select rolled it again). The same windows otherwise.
+        phase = math.fmod(spec.window_start, spec.window_seconds)
+        k = math.floor((now - phase) / spec.window_seconds)
+        start = phase + k * spec.window_seconds
         return (start, start + spec.window_seconds)
     t = datetime.fromtimestamp(now, UTC)
     if spec.period == "hour":

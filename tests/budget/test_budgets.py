@@ -176,6 +176,11 @@ BAD_BUDGETS = [
     ("no period", budget(period=pb.BUDGET_PERIOD_UNSPECIFIED), "period"),
     ("window with no end", budget(period=pb.BUDGET_PERIOD_WINDOW), "window_seconds"),
     ("window start of a day", budget(window_start_unix=1.0e9), "window_start"),  # was ignored
+    (
+        "window start past 1e10",  # rounded now away (each Select rolled the period)
+        budget(period=pb.BUDGET_PERIOD_WINDOW, window_seconds=60, window_start_unix=1e20),
+        "window_start_unix: must be in [0, 1e+10], got 1e+20",
+    ),
     ("alert above 1", budget(alerts=[0.5, 1.5]), "alerts"),
     ("alerts out of order", budget(alerts=[0.8, 0.5]), "alerts"),
     ("bad tenant", budget(tenant="a b"), "tenant"),
