@@ -18,6 +18,7 @@ from banditd.domain.budgets import BudgetSpec
 from banditd.errors import Aborted, NotFound
 from banditd.store.budget_tables import budget_charges, budget_leases, budget_ledger, budgets
 from banditd.store.engine import Database, insert_ignoring_duplicates, write_first
+from banditd.store.feedback_decisions import COMPARED_RANKING, challenger_cost
 from banditd.store.finite import bounded_usd
 from banditd.store.models import decisions, feedback_events, routers
 
@@ -207,7 +208,8 @@ class BudgetRepository:
         self, tenant: str, router: str, since: float, until: float, metadata_key: str
     ) -> list[SpendLine]:
         """Spend of decisions made in [since, until): the actual cost when feedback reported it,
-        else the expected cost; by router, arm and the value of one metadata key."""
+        else the expected cost (a compared decision's: both answers'); by router, arm (a
+        compared decision's, its challenger's cost included) and the value of one metadata key."""
         query = (
             select(
                 decisions.c.id,
@@ -215,6 +217,8 @@ class BudgetRepository:
                 decisions.c.arm,
                 decisions.c.request_metadata,
                 decisions.c.expected_cost_usd,
+                decisions.c.challenger,
+                COMPARED_RANKING,
                 feedback_events.c.cost_usd,
             )
             .join(routers, routers.c.id == decisions.c.router_id)
@@ -230,7 +234,8 @@ class BudgetRepository:
         lines: dict[tuple[str, str, str], list[float]] = {}
         seen: set[str] = set()  # a decision has a row per signal, later ones carry the change
         async with self.db.transaction() as conn:
-            for decision_id, name, arm, meta, expected, actual in (await conn.execute(query)).all():
+            for row in (await conn.execute(query)).all():
+                decision_id, name, arm, meta, expected, challenger, ranking, actual = row
                 value = str((meta or {}).get(metadata_key, "")) if metadata_key else ""
                 line = lines.setdefault((name, arm, value), [0, 0.0])
                 first = decision_id not in seen
@@ -240,7 +245,8 @@ class BudgetRepository:
                     line[1] += actual
                 elif first and bounded_usd(expected):
                     # No feedback, or a cost past the ceilings (logged before issue 17).
-                    line[1] += expected
+                    rival = challenger_cost(ranking, challenger)
+                    line[1] += expected + (rival if bounded_usd(rival) else 0.0)
         return [
             SpendLine(name, arm, value, int(n), float(usd))
             for (name, arm, value), (n, usd) in sorted(lines.items())

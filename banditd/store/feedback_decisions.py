@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from banditd.domain import JoinRecord
 from banditd.store.models import decisions, routers
 
-_COMPARED_RANKING = case(
+# A decision's ranking when it compared two arms (for its challenger's expected cost), else null.
+COMPARED_RANKING = case(
     (decisions.c.challenger.is_(None), null()), else_=decisions.c.ranking
 ).label("ranking")
 
@@ -34,7 +35,7 @@ _QUERY = select(
     decisions.c.propensity,
     decisions.c.expected_cost_usd,
     decisions.c.challenger,
-    _COMPARED_RANKING,
+    COMPARED_RANKING,
     decisions.c.router_version,
     decisions.c.context_version,
 ).join(routers, routers.c.id == decisions.c.router_id)
@@ -74,9 +75,7 @@ def _join_record(
     router_version: int,
     context_version: str | None,
 ) -> JoinRecord:
-    """A row of _QUERY, unpacked by position (far cheaper than by name, row after row). A
-    ranking entry is [arm, score, quality score, expected cost, ...] (banditd.store.decisions)."""
-    rival = None if ranking is None else next((r for r in ranking if r[0] == challenger), None)
+    """A row of _QUERY, unpacked by position (far cheaper than by name, row after row)."""
     return JoinRecord(
         decision_id=decision_id,
         router_id=router_id,
@@ -86,7 +85,14 @@ def _join_record(
         propensity=propensity,
         expected_cost_usd=expected_cost_usd,
         challenger=challenger,
-        challenger_cost_usd=0.0 if rival is None else float(rival[3]),
+        challenger_cost_usd=challenger_cost(ranking, challenger),
         router_version=router_version,
         context_version=context_version,
     )
+
+
+def challenger_cost(ranking: list[list[Any]] | None, challenger: str | None) -> float:
+    """The challenger's expected cost from its decision's ``COMPARED_RANKING`` (0 for none). A
+    ranking entry is [arm, score, quality score, expected cost, ...] (banditd.store.decisions)."""
+    rival = None if ranking is None else next((r for r in ranking if r[0] == challenger), None)
+    return 0.0 if rival is None else float(rival[3])

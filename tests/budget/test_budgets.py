@@ -337,3 +337,26 @@ async def test_spend_counts_a_decision_with_several_signals_once(
     spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme"))
     assert [(line.arm, line.decisions) for line in spend.lines] == [(d.arm, 1)]
     assert spend.total_usd == pytest.approx(0.5)  # the latest reported cost
+
+
+async def test_spend_counts_both_answers_of_a_compared_decision(
+    database_url: str, start_server: StartServer
+) -> None:
+    """Both answers of a pairwise decision are paid for (docs/pairwise.md): without feedback,
+    its spend is both arms' expected costs, under the decision's arm, as its budget charge."""
+    server = await _server(start_server, database_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    d = await server.router.Select(select(compare=True))
+    assert d.challenger and d.challenger != d.arm
+    rival = next(r.expected_cost_usd for r in d.ranking if r.arm == d.challenger)
+    await server.app.decisions.flush()
+    spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme"))
+    assert [(line.arm, line.decisions) for line in spend.lines] == [(d.arm, 1)]
+    assert spend.total_usd == pytest.approx(d.expected_cost_usd + rival)  # was the arm's only
+    charged = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage.spent_usd
+    assert spend.total_usd == pytest.approx(charged)
+    await server.router.Feedback(
+        pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, preference=pb.PREFER_TIE)
+    )
+    spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme"))
+    assert spend.total_usd == pytest.approx(d.expected_cost_usd + rival)  # the event's cost
