@@ -4,8 +4,9 @@ Select goes through its request's ``BudgetView`` (``applicable``; banditd.budget
 ``prepare`` to hold enough lease for the priciest arm, reads ``pacings`` for the pacer,
 ``reserve``s the chosen arm's expected cost from the lease in memory (no I/O), and ``commit``s the
 charge before it answers: charges are written in groups (banditd.budget.charges), each only
-while its lease is open, so a decision that leaves the server is always counted. Feedback
-``settle``s a decision's actual cost; without feedback the expected cost stays charged.
+while its lease is open, so a decision that leaves the server is always counted. The actual
+cost Feedback (or a usage report) reports settles the decision's charges in the transaction
+that logs it (banditd.store.budget_leases.settle_costs); without one the expected cost stays.
 
 A background round (``housekeeping``, every budget_refresh_s) renews this process's leases,
 closes every replica's expired leases (a dead replica's unspent part returns), re-reads budgets
@@ -137,11 +138,6 @@ class Budgets:
 
     # -- the Select path ---------------------------------------------------------------------
 
-    @property
-    def active(self) -> bool:
-        """Whether any budget exists (feedback settles nothing otherwise)."""
-        return bool(self._by_key)
-
     def applicable(self, tenant: str, router: str) -> BudgetView:
         """The budgets a decision of tenant/router counts against: the router's and the
         tenant's; UNLIMITED when there are none (no I/O)."""
@@ -260,16 +256,6 @@ class Budgets:
                 if s.lease_id in lost:
                     s.lease_id, s.granted_usd, s.reserved_usd = None, 0.0, 0.0
             raise Aborted("the budget lease of this replica expired meanwhile; retry")
-
-    # -- the Feedback path -------------------------------------------------------------------
-
-    async def settle(self, costs: Sequence[tuple[str, float]]) -> None:
-        """Charge the actual costs feedback reported (decision id, USD) instead of the
-        expected ones. The event is committed already: a failure here is logged, not raised."""
-        try:
-            await self._leases.settle(costs)
-        except Unavailable as exc:
-            log.warning("budget_settle_failed", error=str(exc), decisions=len(costs))
 
     # -- background ----------------------------------------------------------------------------
 

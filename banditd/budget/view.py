@@ -113,12 +113,7 @@ UNLIMITED = Unlimited()
 
 class NoBudgets:
     """The budgets of a process that keeps none (a flow built without a ledger): every request
-    is UNLIMITED, and feedback's reported costs settle nothing."""
-
-    active = False
+    is UNLIMITED."""
 
     def applicable(self, tenant: str, router: str) -> BudgetView:
         return UNLIMITED
-
-    async def settle(self, costs: Sequence[tuple[str, float]]) -> None:
-        return None

@@ -298,10 +298,9 @@ async def build_app(settings: Settings) -> App:
         signer,
         guard=guard,
         attempts=settings.feedback_attempts,
-        budgets=budgets,
         bounds=bounds,
         decisions=DecisionFinder(pending, decisions),
-        usage=UsageFlow(UsageStore(db), budgets),
+        usage=UsageFlow(UsageStore(db)),
     )
     banditd_pb2_grpc.add_RouterServicer_to_server(
         RouterServicer(

@@ -18,8 +18,6 @@ from tenacity import (
 )
 
 from banditd import metrics
-from banditd.budget.ledger import Budgets
-from banditd.budget.view import NoBudgets
 from banditd.domain import FeedbackEvent, JoinRecord, check_name
 from banditd.domain.bounds import HARD_MAX_CALL_USD, Bounds, default_bounds
 from banditd.errors import (
@@ -68,7 +66,6 @@ class Learner:
         *,
         guard: FeedbackGuard | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
-        budgets: Budgets | None = None,
         bounds: Bounds | None = None,
         decisions: DecisionFinder | None = None,
         usage: UsageFlow | None = None,
@@ -76,7 +73,6 @@ class Learner:
         self._decisions = decisions
         self._usage = usage
         self._bounds = bounds or default_bounds()
-        self._budgets: Budgets | NoBudgets = budgets or NoBudgets()
         self._catalog = catalog
         self._signer = signer
         self._clock = clock
@@ -312,7 +308,6 @@ class Learner:
         for e in appended.events:
             stored.setdefault(e.decision_id, []).append(e)
         results: dict[int, FeedbackResult] = {}
-        accepted: list[FeedbackEvent] = []
         for n in appended.positions:
             i, event = kept[n]
             as_stored = stored[event.decision_id].pop(0)
@@ -321,11 +316,9 @@ class Learner:
                 self._guard.observe(state.spec, router_id, arm, reward)
             cost = appended.costs.get(n, event.cost_usd)  # the decision's, as logged
             results[i] = FeedbackResult(as_stored.event_id, event.reward, cost)
-            accepted.append(event)
             if len(items) == 1:
                 log_event(state.spec.tenant, state.spec.name, event, as_stored.event_id)
         count_accepted(state.spec, appended.events)  # as stored: a later signal charges its change
-        await self._settle(accepted)
         return results
 
     def _retrying(self) -> AsyncRetrying:
@@ -337,15 +330,6 @@ class Learner:
             ),
             reraise=True,
         )
-
-    async def _settle(self, events: Sequence[FeedbackEvent]) -> None:
-        """Budgets charge reported costs instead of the expected ones (issue 6)."""
-        reported = [(e.decision_id, e.cost_usd) for e in events if e.cost_reported]
-        if self._budgets.active and reported:
-            try:
-                await self._budgets.settle(reported)
-            except Unavailable as exc:  # the events are committed: keep the expected cost
-                log.warning("budget_settle_failed", events=len(reported), error=exc.message)
 
 
 __all__ = ["BatchOutcome", "FeedbackInput", "FeedbackResult", "Learner"]

@@ -11,8 +11,6 @@ from collections.abc import Callable
 import structlog
 
 from banditd import metrics
-from banditd.budget.ledger import Budgets
-from banditd.budget.view import NoBudgets
 from banditd.errors import InvalidArgument
 from banditd.flows.feedback_input import FeedbackInput
 from banditd.flows.tokens import TokenClaims
@@ -33,16 +31,15 @@ class UsageFlow:
     def __init__(
         self,
         store: UsageStore,
-        budgets: Budgets | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._budgets: Budgets | NoBudgets = budgets or NoBudgets()
         self._clock = clock
 
     async def record(self, req: FeedbackInput, claims: TokenClaims) -> float:
         """Commit the report, whose token the Feedback flow has verified (``claims``, after
-        ``check_usage_only``); returns the cost it reported (0 when none)."""
+        ``check_usage_only``), its cost settling the decision's budget charges in the same
+        transaction; returns the cost it reported (0 when none)."""
         await self._store.add(
             Usage(
                 claims.decision_id,
@@ -59,7 +56,5 @@ class UsageFlow:
             )
         )
         metrics.FEEDBACK.labels("usage").inc()
-        if req.cost_usd is not None and self._budgets.active:
-            await self._budgets.settle([(claims.decision_id, req.cost_usd)])
         log.info("usage", tenant=req.tenant, arm=claims.arm, decision_id=claims.decision_id)
         return req.cost_usd or 0.0

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.store.budget_tables import budget_charges, budget_leases, budget_ledger
 from banditd.store.engine import Database, insert_ignoring_duplicates, write_first
+from banditd.store.feedback_decisions import among
 
 
 @dataclass(frozen=True)
@@ -208,45 +209,53 @@ class Leases:
         return set(lease_ids) - open_ids
 
     async def settle(self, costs: Sequence[tuple[str, float]]) -> int:
-        """Feedback's actual costs: each decision's charges (once) and their periods' spend move
-        from the expected to the actual cost. Returns the charges settled."""
-        settled = 0
+        """``settle_costs`` in a transaction of its own."""
         async with self.db.transaction() as conn:
             await write_first(
                 conn,
                 budget_charges.c.cost_usd,
                 budget_charges.c.decision_id.in_([decision_id for decision_id, _ in costs]),
             )
-            for decision_id, cost in costs:
-                rows = (
-                    await conn.execute(
-                        select(
-                            budget_charges.c.budget_id,
-                            budget_charges.c.period_start,
-                            budget_charges.c.expected_cost_usd,
-                        )
-                        .where(
-                            budget_charges.c.decision_id == decision_id,
-                            budget_charges.c.cost_usd.is_(None),
-                        )
-                        .with_for_update()
-                    )
-                ).all()
-                for row in rows:
-                    await conn.execute(
-                        update(budget_charges)
-                        .where(
-                            budget_charges.c.decision_id == decision_id,
-                            budget_charges.c.budget_id == row.budget_id,
-                        )
-                        .values(cost_usd=cost)
-                    )
-                    if cost != row.expected_cost_usd:
-                        await _add_spend(
-                            conn, row.budget_id, row.period_start, cost - row.expected_cost_usd
-                        )
-                    settled += 1
-        return settled
+            return await settle_costs(conn, costs)
+
+
+async def settle_costs(conn: AsyncConnection, costs: Sequence[tuple[str, float]]) -> int:
+    """The actual costs reported (decision id, USD), in the transaction that records them (the
+    feedback event, the usage report): each decision's charges, once (the first cost reported),
+    and their periods' spend move from the expected to the actual cost. Returns the charges
+    settled; none for a decision without charges (no budget covered it). On SQLite the caller
+    holds the write lock already."""
+    first: dict[str, float] = {}
+    for decision_id, cost in costs:
+        first.setdefault(decision_id, cost)
+    if not first:
+        return 0
+    rows = (
+        await conn.execute(
+            select(
+                budget_charges.c.decision_id,
+                budget_charges.c.budget_id,
+                budget_charges.c.period_start,
+                budget_charges.c.expected_cost_usd,
+            )
+            .where(among(conn, budget_charges.c.decision_id, list(first)))
+            .where(budget_charges.c.cost_usd.is_(None))
+            .with_for_update()
+        )
+    ).all()
+    for row in rows:
+        cost = first[row.decision_id]
+        await conn.execute(
+            update(budget_charges)
+            .where(
+                budget_charges.c.decision_id == row.decision_id,
+                budget_charges.c.budget_id == row.budget_id,
+            )
+            .values(cost_usd=cost)
+        )
+        if cost != row.expected_cost_usd:
+            await _add_spend(conn, row.budget_id, row.period_start, cost - row.expected_cost_usd)
+    return len(rows)
 
 
 async def _add_spend(conn: AsyncConnection, budget_id: int, start: float, usd: float) -> None:

@@ -3,7 +3,6 @@ back in id order by every replica."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
@@ -11,12 +10,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import MAX_SIGNALS_PER_DECISION, FeedbackEvent
 from banditd.errors import AlreadyExists
-from banditd.store.engine import EVENTS_CHANNEL, Database, insert_ignoring_duplicates
+from banditd.store.budget_leases import settle_costs
+from banditd.store.engine import EVENTS_CHANNEL, Database
+from banditd.store.event_rows import event_row, insert_new_events
 from banditd.store.finite import checked
 from banditd.store.models import decisions, feedback_events
 from banditd.store.pending import refuse_taken, take_parked
@@ -62,7 +62,10 @@ class EventLog:
 
         ``joined_at``: the events are parked feedback's (``banditd.store.pending``), joined
         now; an event whose parked row another join has taken is left out (neither added nor
-        refused: that join applied it)."""
+        refused: that join applied it).
+
+        The costs the events report settle their decisions' budget charges in the same
+        transaction: an event is never logged with its cost left out of its budget."""
         if not events:
             return AppendedBatch([], [], None)
         router_id = events[0].router_id
@@ -109,6 +112,20 @@ class EventLog:
             )
 
 
+def _reported_costs(
+    events: Sequence[FeedbackEvent], batch: AppendedBatch
+) -> list[tuple[str, float]]:
+    """(decision id, USD) of each cost the batch reports: a first signal's as stored (with a
+    usage report's folded in), a later signal's as sent (its decision's cost: a total)."""
+    firsts = [
+        (e.decision_id, e.cost_usd) for e in batch.events if e.signal == 0 and e.cost_reported
+    ]
+    later = [
+        (events[i].decision_id, events[i].cost_usd) for i in batch.costs if events[i].cost_reported
+    ]
+    return firsts + later
+
+
 def _after(router_id: int, after_id: int) -> tuple[Any, ...]:
     return feedback_events.c.router_id == router_id, feedback_events.c.id > after_id
 
@@ -139,8 +156,11 @@ async def _append(
     conn: AsyncConnection, events: Sequence[FeedbackEvent], combine: Combine | None, head: int
 ) -> AppendedBatch:
     if combine is None:
-        return await _append_firsts(conn, events, head)
-    return await _append_signals(conn, events, combine, head)
+        batch = await _append_firsts(conn, events, head)
+    else:
+        batch = await _append_signals(conn, events, combine, head)
+    await settle_costs(conn, _reported_costs(events, batch))
+    return batch
 
 
 async def _append_joined(
@@ -174,7 +194,7 @@ async def _append_firsts(
     events = await with_usage(conn, events)
     ids = {
         decision_id: int(event_id)
-        for event_id, decision_id in await _insert_new_events(conn, events)
+        for event_id, decision_id in await insert_new_events(conn, events)
     }
     positions: list[int] = []
     stored: list[FeedbackEvent] = []
@@ -209,7 +229,7 @@ async def _append_signals(
         if cost is not None:
             costs[i] = cost
         (signal,) = await with_usage(conn, [signal])
-        rows.append(checked(_event_row(signal)))
+        rows.append(checked(event_row(signal)))
         signals.append(signal)
         positions.append(i)
     if not rows:
@@ -237,63 +257,6 @@ _EVENT_COLUMNS = tuple(
 )
 
 
-@functools.cache
-def _unnest_insert(columns: tuple[str, ...], constants: tuple[str, ...], dialect: Dialect) -> str:
-    """Postgres: insert a batch of events given as one array per column, expanded by unnest
-    (far less work on both sides than a VALUES row of parameters per event). ``constants``:
-    columns of one value for the whole batch (the router, flags, numbers not reported), each
-    sent as one parameter instead of an array of copies."""
-
-    def param(n: int, name: str, suffix: str = "") -> str:
-        return f"${n}::{feedback_events.c[name].type.compile(dialect=dialect)}{suffix}"
-
-    arrays = ", ".join(param(n, name, "[]") for n, name in enumerate(columns, start=1))
-    scalars = "".join(
-        f", {param(n, name)}" for n, name in enumerate(constants, start=len(columns) + 1)
-    )
-    return (
-        f"INSERT INTO {feedback_events.name} ({', '.join(columns + constants)}) "
-        f"SELECT *{scalars} FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING id, decision_id"
-    )
-
-
-def _one_value(values: list[Any]) -> bool:
-    """Whether a column holds one value throughout. Floats never count (0.0 == -0.0): the
-    constants are None, flags, counts, names and ids, compared at C speed by list.count."""
-    first = values[0]
-    return (first is None or type(first) in _EXACT) and values.count(first) == len(values)
-
-
-_EXACT = (bool, int, str)
-
-
-async def _insert_new_events(
-    conn: AsyncConnection, events: Sequence[FeedbackEvent]
-) -> Sequence[Any]:
-    """Insert the events of decisions without feedback (the others are skipped); (id,
-    decision_id) of each row inserted."""
-    rows = [checked(_event_row(e)) for e in events]
-    if conn.dialect.name == "postgresql":
-        arrays: list[list[Any]] = []
-        columns: list[str] = []
-        constants: list[str] = []
-        values: list[Any] = []
-        for name in rows[0]:
-            column = [row[name] for row in rows]
-            if name != "decision_id" and _one_value(column):  # unnest needs one array
-                constants.append(name)
-                values.append(column[0])
-            else:
-                columns.append(name)
-                arrays.append(column)
-        sql = _unnest_insert(tuple(columns), tuple(constants), conn.dialect)
-        return (await conn.exec_driver_sql(sql, (*arrays, *values))).all()
-    stmt = insert_ignoring_duplicates(conn, feedback_events).returning(
-        feedback_events.c.id, feedback_events.c.decision_id
-    )
-    return (await conn.execute(stmt, rows)).all()
-
-
 # FeedbackEvent's fields after event_id, read in one call (see _with_id).
 _AFTER_ID = attrgetter(*(f.name for f in fields(FeedbackEvent)[1:]))
 
@@ -305,34 +268,6 @@ def _with_id(e: FeedbackEvent, event_id: int) -> FeedbackEvent:
 
 def _by_id(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
     return sorted(events, key=lambda e: e.event_id)
-
-
-def _event_row(e: FeedbackEvent) -> dict[str, Any]:
-    # Spelled out: a dict display is about twice as fast as one built from the field names.
-    return {
-        "router_id": e.router_id,
-        "decision_id": e.decision_id,
-        "arm": e.arm,
-        "x": np.ascontiguousarray(e.x, dtype="<f8").tobytes(),
-        "reward": e.reward,
-        "cost_usd": e.cost_usd,
-        "input_tokens": e.input_tokens,
-        "output_tokens": e.output_tokens,
-        "latency_ms": e.latency_ms,
-        "error": e.error,
-        "created_at": e.created_at,
-        "offline": e.offline,
-        "cost_reported": e.cost_reported,
-        "defaulted": e.defaulted,
-        "signal": e.signal,
-        "effective_reward": e.effective_reward,
-        "reward_delta": e.reward_delta,
-        "energy_wh": e.energy_wh,
-        "challenger": e.challenger,
-        "challenger_reward": e.challenger_reward,
-        "decision_version": e.decision_version,
-        "context_version": e.context_version,
-    }
 
 
 async def _as_next_signal(

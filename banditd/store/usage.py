@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import FeedbackEvent
 from banditd.errors import AlreadyExists, NotFound
+from banditd.store.budget_leases import settle_costs
 from banditd.store.engine import Database
 from banditd.store.models import decision_usage, feedback_events, routers
 
@@ -50,8 +51,9 @@ class UsageStore:
         self.db = db
 
     async def add(self, usage: Usage) -> None:
-        """Commit a decision's usage; AlreadyExists when it has usage or an event already (its
-        rating came first: usage is then sent with the rating)."""
+        """Commit a decision's usage, its cost settling the decision's budget charges with it;
+        AlreadyExists when it has usage or an event already (its rating came first: usage is
+        then sent with the rating)."""
         try:
             async with self.db.transaction() as conn:
                 # The appenders' lock: no event of the router commits between check and insert.
@@ -66,6 +68,8 @@ class UsageStore:
                         f"decision {usage.decision_id} already has feedback: send usage with it"
                     )
                 await conn.execute(insert(decision_usage).values(**usage.__dict__))
+                if usage.cost_usd is not None:
+                    await settle_costs(conn, [(usage.decision_id, usage.cost_usd)])
         except IntegrityError as exc:
             raise AlreadyExists(
                 f"decision {usage.decision_id} already has a usage report (one per decision)"

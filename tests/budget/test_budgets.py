@@ -10,7 +10,7 @@ import pytest
 
 from banditd import metrics
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import Running, StartServer, router_config, wait_until
+from tests.helpers import Running, StartServer, router_config, table_away, wait_until
 from tests.postgres_plugin import OwnPostgres
 
 C = grpc.StatusCode
@@ -360,3 +360,25 @@ async def test_spend_counts_both_answers_of_a_compared_decision(
     )
     spend = await server.admin.GetSpend(pb.GetSpendRequest(tenant="acme"))
     assert spend.total_usd == pytest.approx(d.expected_cost_usd + rival)  # the event's cost
+
+
+async def test_a_reported_cost_is_settled_with_its_feedback_or_not_at_all(
+    database_url: str, start_server: StartServer
+) -> None:
+    """A Feedback whose budget charge cannot be settled (the table away, as in an outage) is
+    refused whole, as UNAVAILABLE with nothing written: it was acknowledged with its cost lost.
+    Its retry is accepted and settles; so does a usage report's cost."""
+    server = await _server(start_server, database_url)
+    await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
+    rated, used = [(await server.router.Select(select())).decision_id for _ in range(2)]
+    feedback = pb.FeedbackRequest(tenant="acme", decision_id=rated, reward=1.0, cost_usd=0.6)
+    usage = pb.FeedbackRequest(tenant="acme", decision_id=used, usage_only=True, cost_usd=0.3)
+    async with table_away(server.app.db, "budget_charges"):
+        for request in (feedback, usage):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await server.router.Feedback(request)
+            assert err.value.code() == C.UNAVAILABLE
+    assert (await server.router.Feedback(feedback)).cost_usd == 0.6  # the client's retry
+    await server.router.Feedback(usage)
+    spent = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage.spent_usd
+    assert spent == pytest.approx(0.9)
