@@ -75,7 +75,7 @@ async def test_later_signals_move_the_reward_not_the_weight(
     assert posterior.n_updates[posterior.index("mid")] == 1
     # Off-policy evaluation reads the decision once, with its effective reward and settled cost.
     logged = await Reports(server.app.db).decisions_with_feedback(1, 10)
-    assert [(reward, cost) for _, reward, cost in logged] == [
+    assert [(f.reward, f.cost_usd) for f in logged] == [
         (pytest.approx(effective), pytest.approx(0.03))
     ]
 
