@@ -25,7 +25,8 @@ from banditd.commands.workers import run_workers
 from banditd.config import Settings
 from banditd.context import distill
 from banditd.edge import codec, keys
-from banditd.edge.server import App, serve
+from banditd.edge.lifecycle import serve
+from banditd.edge.server import App
 from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_arguments
 from banditd.errors import BanditdError, NotFound
 from banditd.logs import configure_logging

@@ -38,6 +38,7 @@ from banditd.store import migrate
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.2
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _concrete(listen: str) -> str:
@@ -73,15 +74,20 @@ def run_workers(settings: Settings, workers: int, example_router: bool) -> int:
         # ports are held, so that neither of those passes for free.
         for index in range(workers):
             ports.check_free(_metrics_of(settings.metrics_listen, index), *ports.METRICS)
+        signalled: list[int] = []  # recorded here, forwarded by _supervise: none lost or doubled
+        for signum in SIGNALS:  # before migrating: a stop then ends the group once it is done
+            signal.signal(signum, lambda received, _frame: signalled.append(received))
         if settings.should_migrate:
             asyncio.run(migrate(settings.database_url, settings.migrations_dir))
-        return _run(settings, listen, workers, example_router)
+        if signalled:
+            log.info("stopped_while_starting")
+            return 0
+        return _run(settings, listen, workers, example_router, signalled)
 
 
-def _run(settings: Settings, listen: str, workers: int, example_router: bool) -> int:
-    signalled: list[int] = []  # recorded here, forwarded by _supervise: none is lost or doubled
-    for signum in (signal.SIGTERM, signal.SIGINT):  # before any worker starts
-        signal.signal(signum, lambda received, _frame: signalled.append(received))
+def _run(
+    settings: Settings, listen: str, workers: int, example_router: bool, signalled: list[int]
+) -> int:
     lifeline, held = os.pipe()  # a worker reads EOF from `lifeline` once this process is gone
     try:
         children: list[subprocess.Popen[bytes]] = []
@@ -116,7 +122,14 @@ def _start(
     command = [sys.executable, "-m", "banditd.commands.cli", "serve", "--parent-fd", str(lifeline)]
     if example_router and index == 0:
         command.append("--example-router")
-    return subprocess.Popen(command, env=env, pass_fds=(lifeline,), start_new_session=True)
+    # Blocked, the signals this process forwards wait in the worker (the mask is inherited)
+    # until its handlers are in place and it unblocks them (banditd.edge.lifecycle), rather than
+    # kill it while it imports; meanwhile they wait here too, for this process's handlers.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        return subprocess.Popen(command, env=env, pass_fds=(lifeline,), start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def _supervise(children: list[subprocess.Popen[bytes]], signalled: list[int]) -> list[int]:

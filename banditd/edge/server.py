@@ -1,4 +1,5 @@
-"""Wiring: build the app on a port (0 = any, for tests), warm it up, serve, drain on stop."""
+"""Wiring: build the app on a port (0 = any, for tests), warm it up, drain it (how a process
+runs one until a stop: banditd.edge.lifecycle)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import contextlib
 import errno
 import gc
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,6 +249,15 @@ async def build_app(settings: Settings) -> App:
     if settings.should_migrate:
         await migrate(settings.database_url, settings.migrations_dir)
     db = Database(settings.database_url)
+    try:
+        return await _wire(settings, db, credentials)
+    except BaseException:  # a port that cannot be bound, or a stop while starting (cancelled)
+        await db.close()
+        raise
+
+
+async def _wire(settings: Settings, db: Database, credentials: Any) -> App:
+    """The app's parts over ``db``, its ports bound, nothing started."""
     store = Store.over(db)
     key = (
         settings.signing_key.get_secret_value().encode()
@@ -320,11 +329,7 @@ async def build_app(settings: Settings) -> App:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    try:
-        port = _add_port(server, settings.listen, credentials)
-    except OSError:
-        await db.close()
-        raise
+    port = _add_port(server, settings.listen, credentials)
     app = App(settings, db, catalog, decisions, server, health_servicer, port, budgets)
     app.joiner = Joiner(
         pending, learner, settings.feedback_join_wait_s, router_name=catalog.name_of
@@ -334,11 +339,7 @@ async def build_app(settings: Settings) -> App:
             options=[("grpc.so_reuseport", int(settings.reuse_port))]
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, app.health_server)
-        try:
-            app.health_port = _add_port(app.health_server, settings.health_listen)
-        except OSError:
-            await db.close()
-            raise
+        app.health_port = _add_port(app.health_server, settings.health_listen)
     return app
 
 
@@ -355,35 +356,3 @@ def _edge_guard(settings: Settings, db: Database) -> EdgeGuard:
         settings.rate_limit_burst_s,
     )
     return EdgeGuard(authenticator, limits)
-
-
-async def serve(
-    settings: Settings,
-    on_started: Callable[[App], Awaitable[None]] | None = None,
-    parent_fd: int | None = None,
-) -> None:
-    """Run until SIGINT/SIGTERM, or until ``parent_fd`` reads EOF (the read end of a pipe whose
-    write end a parent holds: it has exited; see banditd.commands.workers), then drain."""
-    app = await build_app(settings)
-    await app.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if parent_fd is not None:
-
-        def parent_gone() -> None:
-            loop.remove_reader(parent_fd)  # EOF stays readable: once is enough
-            log.warning("parent_exited")
-            stop.set()
-
-        loop.add_reader(parent_fd, parent_gone)  # nothing is ever written: readable means EOF
-    if on_started is not None:
-        await on_started(app)
-    await stop.wait()
-    log.info("stopping", grace_seconds=settings.grace_seconds)
-    # A second signal cuts the drain short: in-flight calls are cancelled, the rest still runs.
-    cut: list[asyncio.Task[None]] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: cut.append(asyncio.create_task(app.server.stop(0))))
-    await app.stop()

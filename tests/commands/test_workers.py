@@ -18,12 +18,18 @@ from typing import Any
 
 import grpc
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from banditd.config import Settings
+from banditd.store.engine import alembic_config
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
 from tests.helpers import SIGNING_KEY, router_config, wait_until
 
 BANDITD = [sys.executable, "-m", "banditd.commands.cli", "serve"]
+LOCK = 0x62616E64  # the migrations' advisory lock (MIGRATION_LOCK in migrations/env.py)
 
 
 def _events(log: Path, event: str) -> list[dict[str, Any]]:
@@ -146,7 +152,7 @@ def test_a_worker_still_draining_is_not_cut_short(
     """One stop lets every worker finish its in-flight calls (docs/operations.md): a worker gets
     one signal, whether the parent or its whole process group was signalled, and the first worker
     to exit does not make the parent signal the others again (a second signal cuts a drain short,
-    banditd.edge.server.serve)."""
+    banditd.edge.lifecycle.serve)."""
     log = tmp_path / "workers.log"
     with _two_workers(postgres_url, log, _env(BANDITD_GRACE_SECONDS="120")) as proc:
         (started,) = _wait(log, "workers_started", 1, proc)
@@ -241,3 +247,57 @@ def test_any_worker_that_dies_stops_the_group(postgres_url: str, tmp_path: Path,
         os.kill(started["pids"][dies], signal.SIGKILL)
         assert proc.wait(timeout=60) == 128 + signal.SIGKILL
     assert len(_events(log, "stopped")) == 1  # the other drained
+
+
+@pytest.mark.postgres
+def test_a_stop_while_the_workers_start_exits_cleanly(postgres_url: str, tmp_path: Path) -> None:
+    """SIGTERM as soon as the workers are started (each still importing, none bound): the
+    parent forwards it, each worker stops where it is (a signal that came before its handlers
+    waits for them), and the group exits 0 as after a drain (docs/operations.md)."""
+    log = tmp_path / "workers.log"
+    with _two_workers(postgres_url, log, _env()) as proc:
+        (started,) = _wait(log, "workers_started", 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        asyncio.run(wait_until(lambda: all(map(_gone, started["pids"])), "the workers to exit", 60))
+    assert "Traceback" not in log.read_text()
+    assert len(_events(log, "stopped_while_starting")) == 2
+    assert _events(log, "serving") == []
+
+
+@pytest.mark.postgres
+def test_a_stop_while_the_group_migrates_ends_it_once_migrated(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM while the parent migrates (held here on the migrations' advisory lock): the
+    migration runs to its end, no worker starts, and the parent exits 0."""
+    log = tmp_path / "workers.log"
+
+    async def stop_while_migrating(proc: subprocess.Popen[bytes]) -> str:
+        engine = create_async_engine(postgres_url)
+        try:
+            async with engine.connect() as holder, engine.connect() as watcher:
+                await holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK})
+                waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+
+                async def migrating() -> bool:
+                    assert proc.poll() is None, log.read_text()[-3000:]
+                    return bool((await watcher.execute(waiting)).scalar_one())
+
+                await wait_until(migrating, "the parent to wait for the lock", 90)
+                proc.send_signal(signal.SIGTERM)
+                await holder.rollback()  # let the migration go on
+            assert await asyncio.to_thread(proc.wait, 120) == 0, log.read_text()[-3000:]
+            async with engine.connect() as conn:
+                version = text("SELECT version_num FROM alembic_version")
+                return str((await conn.execute(version)).scalar_one())
+        finally:
+            await engine.dispose()
+
+    with _two_workers(postgres_url, log, _env()) as proc:
+        version = asyncio.run(stop_while_migrating(proc))
+    config = alembic_config(postgres_url, Settings().migrations_dir)
+    assert version == ScriptDirectory.from_config(config).get_current_head()
+    assert len(_events(log, "stopped_while_starting")) == 1
+    assert _events(log, "workers_started") == []
+    assert "Traceback" not in log.read_text()
