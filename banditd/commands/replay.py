@@ -248,7 +248,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=int_at_least(0),
         default=0,
         metavar="TOKENS",
-        help="encode only the last N tokens of each prompt (0: whole prompt)",
+        help="encode only the last N tokens of each prompt (hashing encoder: whitespace-separated "
+        "chunks; 0: whole prompt)",
     )
     p.add_argument("--pca-dim", type=int_at_least(0), default=0, help="PCA size (0: none)")
     p.add_argument(

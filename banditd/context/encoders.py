@@ -19,7 +19,10 @@ Shared prefixes: prompts built from one template (a system prompt, few-shot exam
 at the end, and a transformer truncates from the end, so every such prompt would encode to the
 template. With ``text_window_tokens`` = N > 0 a router encodes only the last N tokens of each
 prompt (cut at a token boundary of the encoder's own tokenizer, so nothing is rejected or split
-mid-word). ``replay`` shows what it is worth on the dev data (docs/how-it-works.md).
+mid-word). The hashing encoder has no tokenizer: its N counts runs of non-whitespace
+(``str.split()``), whose words it then hashes, so a chunk may hold several words
+("state-of-the-art") or none ("--"). ``replay`` shows what it is worth on the dev data
+(docs/how-it-works.md).
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class HashingTextEncoder:
         self._encoder = HashingEncoder(dim)
 
     def encode_batch(self, texts: Sequence[str], window_tokens: int = 0) -> FloatArray:
-        if window_tokens > 0:  # words stand in for tokens
+        if window_tokens > 0:  # whitespace-separated chunks stand in for tokens (module doc)
             texts = [" ".join(t.split()[-window_tokens:]) for t in texts]
         out = np.empty((len(texts), self.dim))
         for i, text in enumerate(texts):

@@ -709,7 +709,10 @@ class RouterConfig(_message.Message):
     knn_k: _builtins.int
     """kNN outcome features from the k nearest past prompts with feedback. 0 = off."""
     text_window_tokens: _builtins.int
-    """Encode only the last N tokens of a prompt (shared prefixes). 0 = the whole prompt."""
+    """Encode only the last N tokens of a prompt (shared prefixes). 0 = the whole prompt.
+    Tokens of the encoder's tokenizer (minilm, minilm-static); for the hashing encoder,
+    whitespace-separated chunks ("state-of-the-art" is one, "--" one, though it has no word).
+    """
     feedback_cap_per_key: _builtins.int
     """Security (issue 10): the most feedback events one client (API key; without auth, peer
     address) may add to one arm of this router per feedback_cap_window_seconds, per replica;

@@ -176,6 +176,19 @@ def test_hashing_window_keeps_the_end_of_shared_prefix_prompts() -> None:
     assert float(tail[0] @ tail[1]) < 0.5
 
 
+def test_hashing_window_counts_whitespace_separated_chunks_not_words() -> None:
+    """The hashing encoder's window keeps a prompt's last N runs of non-whitespace, then hashes
+    the words in them: a chunk may hold several words (state-of-the-art) or none (--). Pinned:
+    counting otherwise would change the x of every router that has a window."""
+    encoder = HashingTextEncoder(64)
+    prompt = "Compare them:\tstate-of-the-art models --\nnow"
+    kept = encoder.encode_batch([prompt], window_tokens=3)  # "models", "--", "now"
+    np.testing.assert_array_equal(kept, encoder.encode_batch(["models now"]))
+    assert not np.array_equal(kept, encoder.encode_batch(["art models now"]))  # 3 words
+    kept = encoder.encode_batch([prompt], window_tokens=4)  # + "state-of-the-art"
+    np.testing.assert_array_equal(kept, encoder.encode_batch(["state of the art models now"]))
+
+
 # -- PCA ------------------------------------------------------------------------------------------
 
 
