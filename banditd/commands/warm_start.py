@@ -37,6 +37,7 @@ from banditd.evaluation.warm_start import (
     record_metadata,
     usable_records,
     warm_events,
+    warm_start_weights,
 )
 from banditd.progress import add_quiet_flag, update
 from banditd.state.live_routers import index_log
@@ -160,6 +161,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
             pipeline, lambda done, total: update("warm-start prompts encoded", done, total)
         )
         head = await store.events.head(router_id)
+        first = await store.events.first_offline_context(router_id, stored.context_since)
         added, done, batch = 0, 0, list[FeedbackEvent]()
         for events in warm_events(
             pipeline,
@@ -170,6 +172,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
             encode=encode,
             first_event_id=head,
             context_since=stored.context_since,
+            key_weights=warm_start_weights(first, pipeline.weights),
         ):
             await _save_reduction(store, stored, pipeline)
             batch.extend(events)

@@ -5,7 +5,9 @@ of data/ (data/README.md): one JSON object a line, ``{"id", "prompt", "models": 
 "cost_usd"}}}``, optionally gzipped, with other fields (``task``) that may be sent as request
 metadata. Each (prompt, arm) pair becomes one *offline* event in the feedback log, so the rule
 "posterior = prior + events" holds unchanged for restarts and replicas; offline events are left
-out of GetStats. Their ids derive from the router, record and arm, so a second run adds nothing.
+out of GetStats. Their ids derive from the router, record and arm (and the router's context, and
+encoder weights other than its first warm start's: ``warm_start_weights``), so a second run adds
+nothing.
 
 ``warm_events`` is the one way a warm start turns records into events, used by both
 `banditd warm-start` (banditd.commands.warm_start, into a router's log) and `banditd replay
@@ -30,7 +32,7 @@ import numpy as np
 
 from banditd.context.builder import check_prompt
 from banditd.context.pipeline import ContextPipeline
-from banditd.domain import FeedbackEvent, FloatArray
+from banditd.domain import FeedbackEvent, FloatArray, built_with
 from banditd.domain.ceilings import HARD_MAX_CALL_USD
 from banditd.errors import InvalidArgument
 
@@ -159,6 +161,15 @@ def fit_reduction(pipeline: ContextPipeline, raw: FloatArray) -> int:
     return len(samples)
 
 
+def warm_start_weights(first_context: str | None, weights: str) -> str:
+    """The weights a warm start's ids include (``warm_events``' ``key_weights``): "" when the
+    router's first warm start since its context changed (``first_context``: its events' context
+    version; None for none) was built with ``weights`` too, or is not known to have been (so a
+    rerun adds nothing, and those events keep their ids); else ``weights``, whose x those
+    events, built by other weights, are not."""
+    return "" if built_with(first_context, weights) else weights
+
+
 def warm_events(
     pipeline: ContextPipeline,
     router_id: int,
@@ -169,6 +180,7 @@ def warm_events(
     encode: Encode,
     first_event_id: int = 0,
     context_since: int = 0,
+    key_weights: str = "",
 ) -> Iterator[list[FeedbackEvent]]:
     """Each usable record's offline events, one per router arm it has an outcome for (in
     arm-name order), record by record, with ids from ``first_event_id`` + 1 (the log assigns
@@ -178,10 +190,11 @@ def warm_events(
     (``fit_reduction``); then x of each record is built by the pipeline from its embedding and
     its ``metadata_from`` fields (vocabulary resolved in record order), and each event is
     folded into the pipeline's kNN index before the next record's x, as a server applying the
-    events in order would. An event's decision id is the same for the same router, record, arm
-    and ``context_since`` (the stored router's: the version since which it builds x as now), so
-    a second run adds nothing, while a run after a change of the context adds the events anew
-    (the old ones no longer fold). The pipeline's vocabulary must be in memory
+    events in order would. An event's decision id is the same for the same router, record, arm,
+    ``context_since`` (the stored router's: the version since which it builds x as now) and
+    ``key_weights`` (``warm_start_weights``), so a second run adds nothing, while a run after a
+    change of the context or of the encoder's weights adds the events anew (the old ones no
+    longer fold). The pipeline's vocabulary must be in memory
     (MemoryVocabularyStore; `banditd warm-start` preloads it with the router's stored one)."""
     spec = pipeline.spec
     arms = {a.name for a in spec.arms}
@@ -197,6 +210,8 @@ def warm_events(
         key = str(record.get("id", record["_line"]))
         if context_since:  # 0: the ids warm starts have always had
             key = f"{context_since}\x00{key}"
+        if key_weights:  # "": the ids warm starts had before weights were named
+            key = f"{key_weights}\x00{key}"
         events: list[FeedbackEvent] = []
         problem: str | None = None  # why the record's last entry gave no event
         for arm in sorted(arms & set(models)):

@@ -105,6 +105,24 @@ class EventLog:
         async with self.db.transaction() as conn:
             return await _head(conn, router_id)
 
+    async def first_offline_context(self, router_id: int, since_version: int) -> str | None:
+        """The context version of the router's first offline event decided at router version
+        ``since_version`` or later: what built x of its first warm start since its context last
+        changed (None: there is none, or it logged no version)."""
+        fe = feedback_events.c
+        async with self.db.transaction() as conn:
+            version: str | None = await conn.scalar(
+                select(fe.context_version)
+                .where(
+                    fe.router_id == router_id,
+                    fe.offline,
+                    func.coalesce(fe.decision_version, 0) >= since_version,
+                )
+                .order_by(fe.id)
+                .limit(1)
+            )
+        return version
+
     async def count_after(self, router_id: int, after_id: int) -> int:
         async with self.db.transaction() as conn:
             return int(

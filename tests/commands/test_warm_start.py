@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from banditd.commands import cli
-from tests.evaluation.test_replay import synthetic, write_outcomes
+from banditd.context.encoders import HashingTextEncoder
+from banditd.domain import FeedbackEvent
+from banditd.store import Database
+from banditd.store.events import EventLog
+from tests.evaluation.test_replay import ARMS, synthetic, write_outcomes
+from tests.helpers import router_config
 
 
 def test_a_router_config_that_is_not_utf8_is_a_clear_error(
@@ -23,3 +33,52 @@ def test_a_router_config_that_is_not_utf8_is_a_clear_error(
     assert capsys.readouterr().err == (
         f"banditd: router_config: {config}: not UTF-8 text (a RouterConfig JSON file)\n"
     )
+
+
+def _warm_start(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert cli.main([*argv, "--json", "--quiet"]) == 0
+    summary: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return summary
+
+
+def _log(url: str) -> list[FeedbackEvent]:
+    async def read() -> list[FeedbackEvent]:
+        db = Database(url)
+        try:
+            return await EventLog(db).after(1, 0)  # the only router: id 1
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
+def test_after_new_encoder_weights_the_same_file_warm_starts_again_once(
+    sqlite_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New weights make the router learn again from its prior (the warm start's events, built by
+    the old ones, no longer fold); a rerun found their ids taken and added nothing. It now adds
+    the events built by the new weights, once; the first warm start's ids are as they were."""
+    data = write_outcomes(tmp_path / "warm.jsonl", synthetic(4))
+    config = tmp_path / "router.json"
+    config.write_text(json_format.MessageToJson(router_config(arms=tuple(ARMS), embedding_dim=8)))
+    argv = ["warm-start", "--tenant", "acme", "--router", "chat", "--data", str(data)]
+    argv += ["--router-config", str(config), "--database-url", sqlite_url]
+    assert _warm_start(argv, capsys)["added"] == 12
+
+    monkeypatch.setattr(HashingTextEncoder, "fingerprint", "w2")  # as a new distillation's
+    upgraded = _warm_start(argv, capsys)
+    assert upgraded["added"] == 12 and upgraded["context_version"].startswith("hashing@w2:")
+    assert _warm_start(argv, capsys)["added"] == 0
+    monkeypatch.setattr(HashingTextEncoder, "fingerprint", "")  # back: the first one folds again
+    assert _warm_start(argv, capsys)["added"] == 0
+
+    log = _log(sqlite_url)
+    assert [e.context_version.partition(":")[0] for e in log if e.context_version] == (
+        ["hashing"] * 12 + ["hashing@w2"] * 12
+    )
+    namespace = uuid.UUID("6f1c3a52-4d3e-4f0e-9a43-0b7f3d1c2a10")  # the ids warm starts had
+    first = {str(uuid.uuid5(namespace, f"1\x00q{i}\x00{arm}")) for i in range(4) for arm in ARMS}
+    assert {e.decision_id for e in log[:12]} == first
