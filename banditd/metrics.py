@@ -5,6 +5,7 @@ Labels are bounded by configuration (tenants, routers, arms), never by request c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, Summary, start_http_server
@@ -86,6 +87,12 @@ def forget_router(tenant: str, router: str) -> None:
     until a restart. (Counters and summaries stay: a rate over them needs their history.)"""
     for gauge in (APPLIED_EVENT, LOG_LAG, ARM_BREAKER):
         gauge.remove_by_labels({"tenant": tenant, "router": router})
+
+
+def forget_arms(tenant: str, router: str, arms: Iterable[str]) -> None:
+    """Drop the breaker gauges of arms removed from a router (as ``forget_router``)."""
+    for arm in arms:
+        ARM_BREAKER.remove(tenant, router, arm)
 
 
 DECISIONS_DROPPED = Counter(

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from banditd.edge import codec
 from banditd.store import Database
 from banditd.store.routers import Routers
 from banditd.v1 import banditd_pb2 as pb
@@ -168,3 +169,39 @@ async def test_a_deleted_routers_gauges_go_on_every_replica(
     await server.tail_rounds(1)
     assert await asyncio.to_thread(gauges, "there") == []
     assert len(await asyncio.to_thread(gauges, "kept")) == 5
+
+
+async def test_an_arm_removed_from_a_router_leaves_the_breaker_gauges_on_every_replica(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """A PutRouter that drops an arm drops its breaker gauge: at once on the replica that took
+    the change, at its next tail round on one that reads it from the database."""
+    port = free_port()
+    server = await start_server(sqlite_url, metrics_listen=f"127.0.0.1:{port}")
+    for name in ("here", "there"):
+        await server.admin.PutRouter(pb.PutRouterRequest(router=router_config("arms", name)))
+    await server.tail_rounds(1)
+
+    def breakers(name: str) -> list[str]:
+        return sorted(
+            line.split('arm="')[1].split('"')[0]
+            for line in _scrape(port).splitlines()
+            if line.startswith("banditd_arm_breaker_state")
+            and f'router="{name}",tenant="arms"' in line
+        )
+
+    assert await asyncio.to_thread(breakers, "here") == ["cheap", "mid", "strong"]
+    fewer = router_config("arms", "here", arms=("cheap", "strong"))
+    await server.admin.PutRouter(pb.PutRouterRequest(router=fewer))
+    assert await asyncio.to_thread(breakers, "here") == ["cheap", "strong"]
+
+    other = Database(sqlite_url)  # another replica's change, as the database shows it
+    try:
+        await Routers(other).put(
+            codec.spec_from_proto(router_config("arms", "there", arms=("mid",)))
+        )
+    finally:
+        await other.close()
+    assert await asyncio.to_thread(breakers, "there") == ["cheap", "mid", "strong"]
+    await server.tail_rounds(1)
+    assert await asyncio.to_thread(breakers, "there") == ["mid"]

@@ -108,7 +108,11 @@ class Catalog:
                     state.resume(posterior, ArmHealth.from_json(snapshot[1], spec.breaker))
         from_id = state.posterior.last_event_id
         replayed = await self._catch_up(state)
+        replaced = self._by_id.get(stored.router_id)
         self._by_id[stored.router_id] = state
+        if replaced is not None:  # arms the change removed: their gauges go
+            removed = {a.name for a in replaced.spec.arms} - {a.name for a in spec.arms}
+            metrics.forget_arms(spec.tenant, spec.name, removed)
         self._by_name[(spec.tenant, spec.name)] = stored.router_id
         self._created[stored.router_id] = stored.created_at
         log.info(
