@@ -208,16 +208,6 @@ class Leases:
                     await _add_spend(conn, c.budget_id, c.period_start, c.expected_cost_usd)
         return set(lease_ids) - open_ids
 
-    async def settle(self, costs: Sequence[tuple[str, float]]) -> int:
-        """``settle_costs`` in a transaction of its own."""
-        async with self.db.transaction() as conn:
-            await write_first(
-                conn,
-                budget_charges.c.cost_usd,
-                budget_charges.c.decision_id.in_([decision_id for decision_id, _ in costs]),
-            )
-            return await settle_costs(conn, costs)
-
 
 async def settle_costs(conn: AsyncConnection, costs: Sequence[tuple[str, float]]) -> int:
     """The actual costs reported (decision id, USD), in the transaction that records them (the

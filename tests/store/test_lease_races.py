@@ -8,10 +8,13 @@ from __future__ import annotations
 import pytest
 
 from banditd.domain.budgets import BudgetSpec
+from banditd.edge import codec
 from banditd.store import Database
-from banditd.store.budget_leases import Charge, Leases
+from banditd.store.budget_leases import Charge, Leases, settle_costs
 from banditd.store.budgets import BudgetRepository, LedgerRow
-from tests.helpers import meanwhile
+from banditd.store.routers import Routers
+from banditd.store.usage import lock_router
+from tests.helpers import meanwhile, router_config
 
 START, END = 1_000_020.0, 1_000_080.0
 
@@ -64,14 +67,23 @@ async def test_a_lease_closed_twice_at_once_gives_its_grant_back_once(db: Databa
     assert (row.leased_usd, row.spent_usd) == (0.0, 0.25)
 
 
+async def _settle(db: Database, router_id: int, costs: list[tuple[str, float]]) -> int:
+    """Reported costs settled as the transaction that logs them (a feedback event, a usage
+    report) settles them: under the decision's router's append lock."""
+    async with db.transaction() as conn:
+        await lock_router(conn, router_id)
+        return await settle_costs(conn, costs)
+
+
 async def test_a_cost_settled_twice_at_once_is_spent_once(db: Database) -> None:
     repo, leases, budget_id, _ = await _lease(db)
+    router_id = (await Routers(db).put(codec.spec_from_proto(router_config())))[0].router_id
     await leases.add_charges([Charge("d-1", budget_id, START, None, 0.25, START)])  # past lease
     first, second = await meanwhile(
         db,
         "UPDATE budget_ledger",  # the charge read and settled
-        lambda: leases.settle([("d-1", 0.1)]),  # the rating, as the usage report settles it
-        leases.settle([("d-1", 0.1)]),
+        lambda: _settle(db, router_id, [("d-1", 0.1)]),  # the rating, as the usage report's
+        _settle(db, router_id, [("d-1", 0.1)]),
     )
     assert sorted([first, second]) == [0, 1]
     assert (await _ledger(repo, budget_id)).spent_usd == pytest.approx(0.1)
