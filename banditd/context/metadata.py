@@ -19,6 +19,7 @@ as full).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Protocol
@@ -84,6 +85,10 @@ class MetadataFeatures:
         self.store = store
         self.vocab: dict[str, dict[str, int]] = {k: {} for k in self.keys}
         self.full: set[str] = set()
+        # One store call at a time: concurrent Selects meeting new values would race each other
+        # for the next free slot, and one that lost every retry was ABORTED (a burst of new
+        # values on Postgres); only other replicas' assignments are raced for now.
+        self._assigning = asyncio.Lock()
         for key, values in (known or {}).items():
             if key in self.vocab:
                 self.vocab[key].update({v: s for v, s in values.items() if s < self.limit})
@@ -111,7 +116,9 @@ class MetadataFeatures:
         """Give every declared key's value in ``metadata`` a position (store I/O only for
         values this process has not seen)."""
         for key, value in self.unplaced(metadata):
-            self._learn(key, value, await self.store.assign(key, value, self.limit))
+            async with self._assigning:
+                if self._cached(key, value) is None:  # else placed while this one waited
+                    self._learn(key, value, await self.store.assign(key, value, self.limit))
 
     def resolve_now(self, metadata: Mapping[str, str]) -> None:
         """``resolve`` when the store answers without I/O (MemoryVocabularyStore); with another
