@@ -128,7 +128,9 @@ class MetadataFeatures:
                 self._learn(key, value, self.store.assign_now(key, value, self.limit))
 
     def _learn(self, key: str, value: str, slot: int | None) -> None:
-        if slot is None:
+        # A stored slot past our own ones was given by a replica still on a wider
+        # metadata_slots: slots are given in order, so the key is full for us (its values hash).
+        if slot is None or slot >= self.limit:
             self.full.add(key)
         else:
             self.vocab[key][value] = slot
