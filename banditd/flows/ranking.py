@@ -12,7 +12,7 @@ import numpy as np
 from banditd.budget import pacer
 from banditd.budget.pacer import BudgetCheck
 from banditd.context import input_tokens_estimate
-from banditd.domain import FloatArray, RankedArm, RouterSpec, record
+from banditd.domain import FloatArray, RankedArm, RouterSpec, check_name, record
 from banditd.domain.ceilings import (
     HARD_MAX_COST_WEIGHT,
     HARD_MAX_ENERGY_WEIGHT,
@@ -125,6 +125,9 @@ def rank_arms(
     spec, posterior = state.spec, state.posterior
     unknown = [c for c in candidates if spec.arm(c) is None]
     if unknown:
+        # A name no arm can have is a bad value, not echoed: a long one in NOT_FOUND's message
+        # passed gRPC's metadata limit, and the caller got RESOURCE_EXHAUSTED "Stream removed".
+        check_name("candidates", unknown[0])
         raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
     positions = _enabled(spec, candidates)
     names = [spec.arms[p].name for p in positions]

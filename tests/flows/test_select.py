@@ -225,3 +225,29 @@ async def test_the_lease_holds_what_the_cost_model_expects_of_this_request(
     served = await select(server, candidates=["strong"], metadata={"task": "essay"})
     assert served.arm == "strong" and served.budget_outcome == "paced"
     assert (await select(server, metadata={"task": "essay"})).arm == "strong"
+
+
+@pytest.mark.parametrize(
+    ("candidate", "code"),
+    [
+        ("nope", grpc.StatusCode.NOT_FOUND),  # could be an arm: the router has none of it
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+        ("has space", grpc.StatusCode.INVALID_ARGUMENT),
+        ("x" * 129, grpc.StatusCode.INVALID_ARGUMENT),
+        ("x" * 20_000, grpc.StatusCode.INVALID_ARGUMENT),  # was RESOURCE_EXHAUSTED (see below)
+        ("\u00e9" * 5_000, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_a_candidate_no_arm_can_be_named_is_invalid_argument_not_echoed(
+    sqlite_url: str, start_server: StartServer, candidate: str, code: grpc.StatusCode
+) -> None:
+    """An unknown candidate came back whole in NOT_FOUND's message: a long one passed gRPC's
+    metadata size limit, and the caller read RESOURCE_EXHAUSTED "Stream removed"."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await select(server, candidates=["cheap", candidate])
+    assert err.value.code() == code
+    details = err.value.details() or ""
+    assert len(details) < 300
+    assert details.startswith("candidates: ") == (code == grpc.StatusCode.INVALID_ARGUMENT)
