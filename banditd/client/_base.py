@@ -12,7 +12,7 @@ from tenacity import AsyncRetrying, Retrying
 
 from banditd.client._calls import Attempts, Call
 from banditd.client._errors import ClientClosed
-from banditd.client._retry import Deadline, RetryPolicy, tenacity_args
+from banditd.client._retry import Deadline, RetryPolicy, channel_options, tenacity_args
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import InvalidArgument
 
@@ -63,7 +63,8 @@ class ClientBase:
         timeout: seconds a call may take, retries included (None: no deadline); a call's
             ``timeout=`` overrides it.
         retry: backoff for UNAVAILABLE (``NO_RETRY``: none).
-        options: gRPC channel arguments, e.g. ``(("grpc.keepalive_time_ms", 30000),)``.
+        options: gRPC channel arguments, e.g. ``(("grpc.keepalive_time_ms", 30000),)``; the
+            channel's reconnect backoff follows ``retry`` unless they set it.
         """
         if timeout is not None and not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be positive and finite, or None, got {timeout}")
@@ -74,7 +75,7 @@ class ClientBase:
         security = ClientSecurity(api_key, _path(tls_ca), _path(tls_cert), _path(tls_key))
         self._metadata = security.metadata
         self._credentials = security.credentials()  # reads the files now: fail here, not later
-        self._options = tuple(options)
+        self._options = channel_options(retry, options)
         self._closed = False  # set by close(): every later call raises ClientClosed
         self._open()
 
