@@ -19,7 +19,7 @@ BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` 
  └── Internal             INTERNAL             (client) a server bug, logged on the server
 
 The client adds one class of its own, banditd.client.ClientClosed (CANCELLED): a call after
-close(), refused before anything is sent.
+close(), refused before anything is sent, or one in flight that close() cancelled.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 
 ``AsyncClient`` is the same for asyncio (``await client.select(...)``). Failures raise the
 banditd exception tree (banditd.errors, re-exported here), one class per gRPC status code,
-and ClientClosed for a call after close().
+and ClientClosed for a call after close() (or one in flight that close() cancelled).
 This package imports neither the server nor its dependencies (numba, SQLAlchemy). See
 docs/client.md.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from types import TracebackType
 from typing import TypeVar, Unpack, cast
@@ -69,10 +70,18 @@ class AsyncClient(ClientBase):
         try:
             return attempts.done(await attempts.retrying(attempts.invoke_awaited))
         except grpc.RpcError as exc:
-            return attempts.failed(exc)
+            return self._failed(attempts, exc)
+        except asyncio.CancelledError:
+            # grpc.aio cancels the calls in flight on close(): unless this task is being
+            # cancelled itself, that is ClientClosed, as from Client.
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise self._closed_during_call() from None
+            raise
 
     async def close(self) -> None:
-        """Close the channel (if made); a call after this raises ClientClosed."""
+        """Close the channel (if made); a call after this (or still in flight) raises
+        ClientClosed."""
         self._closed = True
         if self._channel is not None:
             await self._channel.close()

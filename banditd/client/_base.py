@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 from tenacity import AsyncRetrying, Retrying
 
 from banditd.client._calls import Attempts, Call
-from banditd.client._errors import ClientClosed
+from banditd.client._errors import ClientClosed, map_rpc_error
 from banditd.client._retry import Deadline, RetryPolicy, channel_options, tenacity_args
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import InvalidArgument
@@ -110,6 +111,19 @@ class ClientBase:
             call,
             retrying(**tenacity_args(self.retry, call.method, call.retry_safe, deadline)),
             invoke,
+        )
+
+    def _failed(self, attempts: Attempts[T], exc: grpc.RpcError) -> T:
+        """The banditd error for the last attempt's ``exc``: ClientClosed where close() cancelled
+        the call in flight."""
+        if self._closed and map_rpc_error(exc).code == "CANCELLED":
+            raise self._closed_during_call() from exc
+        return attempts.failed(exc)
+
+    def _closed_during_call(self) -> ClientClosed:
+        return ClientClosed(
+            f"{self!r} was closed during the call, which the server may have done (as after a "
+            "DeadlineExceeded): make a new client to call banditd"
         )
 
     def __repr__(self) -> str:

@@ -12,8 +12,9 @@ from banditd.errors import BanditdError, from_status
 
 class ClientClosed(BanditdError, code="CANCELLED"):
     """A call on a client after its close(): refused before anything is sent (gRPC would raise
-    an error of its own). Not in the server's tree: a CANCELLED from the wire stays the base
-    class, as a server may cancel a call of a client that is open."""
+    an error of its own); or a call in flight that close() cancelled. Not in the server's tree:
+    a CANCELLED from the wire stays the base class, as a server may cancel a call of a client
+    that is open."""
 
 
 @runtime_checkable

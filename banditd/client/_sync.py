@@ -61,10 +61,10 @@ class Client(ClientBase):
         try:
             return attempts.done(attempts.retrying(attempts.invoke))
         except grpc.RpcError as exc:
-            return attempts.failed(exc)
+            return self._failed(attempts, exc)
 
     def close(self) -> None:
-        """Close the channel; a call after this raises ClientClosed."""
+        """Close the channel; a call after this (or still in flight) raises ClientClosed."""
         self._closed = True
         self._channel.close()
 

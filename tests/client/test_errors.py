@@ -3,6 +3,7 @@ and an upload stopped part way, which says what it committed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from banditd import client as bc
 from banditd.v1 import banditd_pb2 as pb
 from tests.client.test_client import Client, call, make_client, serving
-from tests.helpers import StartServer
+from tests.helpers import StartServer, wait_until
 
 __all__ = ["make_client"]  # test_client's fixture: sync and async clients
 
@@ -38,6 +39,31 @@ async def test_a_call_after_close_raises_client_closed(
         assert isinstance(raised.value, bc.BanditdError) and raised.value.code == "CANCELLED"
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == int(used)  # nothing was sent after close()
+
+
+async def test_a_call_in_flight_when_the_client_closes_raises_client_closed(
+    make_client: Callable[..., Client],
+) -> None:
+    """close() cancels the calls in flight: the sync client raised a plain BanditdError
+    (CANCELLED, "Channel closed!"), the async one asyncio.CancelledError, which its caller takes
+    for its own task's cancellation."""
+    connected, done = asyncio.Event(), asyncio.Event()
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # and never answer: the call stays in flight
+        await done.wait()
+        writer.close()
+
+    hung = await asyncio.start_server(hold, "127.0.0.1", 0)
+    client = make_client(f"127.0.0.1:{hung.sockets[0].getsockname()[1]}", tenant="acme")
+    pending = asyncio.ensure_future(call(client, "select", router="chat", prompt="hi"))
+    await wait_until(connected.is_set, "the call to connect")
+    await call(client, "close")
+    with pytest.raises(bc.ClientClosed, match="closed during the call"):
+        await pending
+    done.set()
+    hung.close()
+    await hung.wait_closed()
 
 
 async def test_an_upload_stopped_part_way_says_what_it_committed(
