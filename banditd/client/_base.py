@@ -3,6 +3,7 @@ call's attempts are set up (``_attempts``); each client only does the I/O."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from tenacity import AsyncRetrying, Retrying
 
 from banditd.client._calls import Attempts, Call
 from banditd.client._errors import ClientClosed, map_rpc_error
+from banditd.client._results import UploadSummary
 from banditd.client._retry import Deadline, RetryPolicy, channel_options, tenacity_args
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import InvalidArgument
@@ -36,6 +38,13 @@ def _sendable(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], .
             "api_key", "must be printable ASCII (sent as a gRPC header): a trailing newline?"
         )
     return metadata
+
+
+def stopped_upload(error: Exception, uploaded: UploadSummary) -> None:
+    """Give the error that stopped upload_feedback the summary of the calls committed before it
+    (a BanditdError declares ``uploaded``; any other error gets it too, where it can)."""
+    with contextlib.suppress(AttributeError):  # an error class with __slots__ only
+        setattr(error, "uploaded", uploaded)  # noqa: B010 - not every error declares it
 
 
 class ClientBase:

@@ -9,11 +9,10 @@ from typing import TypeVar, Unpack
 import grpc
 from tenacity import Retrying
 
-from banditd.client._base import ClientBase
+from banditd.client._base import ClientBase, stopped_upload
 from banditd.client._calls import Call, feedback_call, select_call, upload_calls
 from banditd.client._requests import FeedbackArgs, FeedbackCall, SelectCall, UploadOptions
 from banditd.client._results import Decision, FeedbackResult, UploadSummary
-from banditd.errors import BanditdError
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 T = TypeVar("T")
@@ -46,13 +45,14 @@ class Client(ClientBase):
     ) -> UploadSummary:
         """Upload many feedback events (each a dict of FeedbackArgs) in calls of ``chunk_size``,
         each committed before the next is sent (see UploadOptions). The error that stops it
-        carries the UploadSummary of the calls committed before it (``uploaded``)."""
+        carries the UploadSummary of the calls committed before it (``uploaded``), whatever
+        it is (a call's, the client's refusal of a later event, the iterable's own)."""
         summary = UploadSummary()
         try:
             for call in upload_calls(events, self.tenant, options):
                 summary += self._run(call)
-        except BanditdError as exc:
-            exc.uploaded = summary
+        except Exception as exc:
+            stopped_upload(exc, summary)
             raise
         return summary
 

@@ -4,7 +4,8 @@ and an upload stopped part way, which says what it committed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -90,3 +91,35 @@ async def test_an_upload_stopped_part_way_says_what_it_committed(
     assert [(e.index, e.kind) for e in uploaded.errors] == [(2, "duplicate")]
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.feedback_count == 3
+
+
+def _lines_then_a_bad_one(decision_ids: list[str]) -> Iterator[bc.FeedbackArgs]:
+    for decision_id in decision_ids:
+        yield json.loads(json.dumps({"decision_id": decision_id, "thumb": "up"}))
+    yield json.loads('{"decision_id": ')  # a truncated line of the caller's file
+
+
+@pytest.mark.parametrize("stop", ["unknown field", "iterable fails"])
+async def test_an_upload_stopped_by_an_error_of_no_call_says_what_it_committed(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client], stop: str
+) -> None:
+    """The client's TypeError for an unknown field of a later event (a refusal, as docs/client.md
+    lists them), or the caller's iterable failing, lost the counts of the chunks committed
+    before it: only a BanditdError carried ``uploaded``."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    ids = [
+        (await call(client, "select", router="chat", prompt=f"q{i}")).decision_id for i in (1, 2)
+    ]
+    events: Iterable[Any] = _lines_then_a_bad_one(ids)
+    if stop == "unknown field":
+        events = [
+            *({"decision_id": i, "thumb": "up"} for i in ids),
+            {"decision_id": "x", "colour": 1},
+        ]
+    with pytest.raises((TypeError, json.JSONDecodeError)) as raised:
+        await call(client, "upload_feedback", events, chunk_size=1)
+    uploaded = getattr(raised.value, "uploaded", None)
+    assert isinstance(uploaded, bc.UploadSummary) and uploaded.accepted == 2
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 2
