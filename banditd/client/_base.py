@@ -103,9 +103,12 @@ class ClientBase:
         """The attempts of ``call``, within its deadline, with its API key (or the client's),
         each with the time that is left; each refused once the client is closed (a close()
         during a retry's backoff included)."""
-        if call.timeout is not None and not math.isfinite(call.timeout):
-            # gRPC fails such a deadline at once, as DEADLINE_EXCEEDED: no deadline is None.
-            raise ValueError(f"timeout must be finite, or None (the client's), got {call.timeout}")
+        if call.timeout is not None and not 0 < call.timeout < math.inf:
+            # As the constructor: gRPC would race such a deadline (NaN, inf and <= 0 pass at
+            # once), failing it as DEADLINE_EXCEEDED or not; no deadline is None.
+            raise ValueError(
+                f"timeout must be positive and finite, or None (the client's), got {call.timeout}"
+            )
         deadline = Deadline(self.timeout if call.timeout is None else call.timeout)
         key = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
         metadata = _sendable(key)

@@ -75,3 +75,22 @@ async def test_a_timeout_that_is_not_finite_is_refused(
     with pytest.raises(ValueError, match="timeout must be"):
         await call(client, "select", router="chat", prompt="hi", timeout=seconds)
     assert (await call(client, "select", router="chat", prompt="hi")).arm
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0], ids=["zero", "negative"])
+async def test_a_call_timeout_that_is_not_positive_is_refused(
+    sqlite_url: str,
+    start_server: StartServer,
+    make_client: Callable[..., Client],
+    seconds: float,
+) -> None:
+    """As the constructor refuses it: the call ran with a deadline already passed, and either
+    failed with DeadlineExceeded (the server may still have decided) or went through, by chance."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    assert (await call(client, "select", router="chat", prompt="warm")).arm
+    for _ in range(5):
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            await call(client, "select", router="chat", prompt="hi", timeout=seconds)
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 1  # only the first: nothing sent
