@@ -9,6 +9,8 @@ BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` 
  ├── BadData              INVALID_ARGUMENT     the database refused a row as data: set aside
  ├── NotFound             NOT_FOUND            unknown tenant, router or arm
  ├── AlreadyExists        ALREADY_EXISTS       second feedback for one decision
+ │    └── Recorded                             a resend of a recorded feedback (its key):
+ │                                             Feedback answers it as recorded (not raised)
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
  ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
  ├── Aborted              ABORTED              lost a race with a concurrent change: retry
@@ -63,6 +65,19 @@ class NotFound(BanditdError, code="NOT_FOUND"): ...
 
 
 class AlreadyExists(BanditdError, code="ALREADY_EXISTS"): ...
+
+
+class Recorded(AlreadyExists):
+    """A feedback event whose idempotency key its decision has recorded: the recorded event's
+    id (0: parked until its decision is visible), reward and cost, as Feedback answered it.
+    Feedback answers a resend with these, and a stream counts it a duplicate; a client would
+    receive it as AlreadyExists (one code, one class on that side)."""
+
+    def __init__(
+        self, message: str, event_id: int = 0, reward: float = 0.0, cost_usd: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.event_id, self.reward, self.cost_usd = event_id, reward, cost_usd
 
 
 class PermissionDenied(BanditdError, code="PERMISSION_DENIED"): ...

@@ -172,8 +172,10 @@ class FeedbackEvent:
     decision_version: int | None = None
     # The featurisation of x (its decision's context_version, the warm start's pipeline's; None:
     # unknown). The posterior skips an event whose x other encoder weights built (Prior.weights).
-    # The last field: the event log reads events by position.
     context_version: str | None = None
+    # The key its Feedback named the event by (FeedbackRequest.idempotency_key; None: none): a
+    # resend with it is answered as this event. The last field: the log reads events by position.
+    idempotency_key: str | None = None
 
     def decided_since(self, version: int) -> bool:
         """Whether the event's decision was made at router ``version`` or later (an unknown

@@ -26,6 +26,7 @@ from banditd.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Recorded,
     Unavailable,
 )
 from banditd.flows.feedback_guard import FeedbackGuard
@@ -34,6 +35,7 @@ from banditd.flows.feedback_input import (
     FeedbackInput,
     FeedbackResult,
     check_expiry,
+    check_key,
     check_numbers,
     count_accepted,
     log_event,
@@ -108,6 +110,7 @@ class Learner:
         pair = preference_of(req, claims)
         reward = reward_of(req) if pair is None else pair[0]
         check_numbers(self._bounds, req)
+        check_key(req.idempotency_key)
         expected = claims.expected_cost_usd + claims.challenger_cost_usd  # both arms served
         if req.cost_usd is None and not 0.0 <= expected <= HARD_MAX_CALL_USD:
             raise InvalidArgument(  # NaN fails the comparison too
@@ -119,7 +122,9 @@ class Learner:
         check_expiry(claims, now)
         cost_usd = expected if req.cost_usd is None else req.cost_usd
         if claims.x is None:
-            parked = Parked(claims.decision_id, claims.router_id, req.tenant, asdict(req), now)
+            request = asdict(req)  # the key in a column: an older replica may join the row
+            key = request.pop("idempotency_key")
+            parked = Parked(claims.decision_id, claims.router_id, req.tenant, request, now, key)
             rival = None if claims.challenger is None else claims.challenger_index
             return Waiting(parked, reward, cost_usd, claims.arm_index, rival)
         return FeedbackEvent(
@@ -141,6 +146,7 @@ class Learner:
             challenger_reward=None if pair is None else pair[1],
             decision_version=claims.router_version,
             context_version=None if decision is None else decision.context_version,  # v1: None
+            idempotency_key=req.idempotency_key,
         )
 
     async def _usage_claims(self, req: FeedbackInput) -> TokenClaims:
@@ -178,8 +184,9 @@ class Learner:
 
         A database that cannot be reached is retried a few times with backoff, then answered
         Unavailable: the event was not acknowledged, so the caller retries later (if the commit
-        did land and only its answer was lost, the retry answers ALREADY_EXISTS under combine
-        "first"; under "last" or "mean" it is the decision's next signal).
+        did land and only its answer was lost, a retry with the request's idempotency key is
+        answered as that event; one without a key answers ALREADY_EXISTS under combine
+        "first", and under "last" or "mean" is the decision's next signal).
         """
         try:
             async for attempt in self._retrying():
@@ -192,6 +199,8 @@ class Learner:
             raise
         if refused:
             metrics.FEEDBACK.labels(refusal_kind(refused[0][1])).inc()
+            if isinstance(recorded := refused[0][1], Recorded):  # a resend: answered as then
+                return FeedbackResult(recorded.event_id, recorded.reward, recorded.cost_usd)
             raise refused[0][1]
         return results[0]
 
@@ -231,9 +240,12 @@ class Learner:
         found, parked = await self._find([c for _, _, c in verified])
         for i, req, claims in verified:
             try:
-                if claims.decision_id in parked:
-                    raise waiting_duplicate(claims.decision_id)
-                prepared = self.event_of(req, claims, found.get(claims.decision_id))
+                decision = found.get(claims.decision_id)
+                if claims.decision_id in parked:  # parking answers a resend of its key (park)
+                    if req.idempotency_key is None:
+                        raise waiting_duplicate(claims.decision_id)
+                    decision = None
+                prepared = self.event_of(req, claims, decision)
             except BanditdError as exc:
                 refused.append((i, exc))
                 continue
@@ -251,13 +263,15 @@ class Learner:
     ) -> tuple[list[int], list[tuple[int, BanditdError]]]:
         """Commit parked feedback whose decision is visible now, through the same validation
         (but for the expiry, checked when it was accepted) and commit as any other feedback;
-        the ids of the parked rows joined (marked so by the commit), and of those refused, with
-        why. A row another join took meanwhile is in neither."""
+        the ids of the parked rows joined (marked so by the commit, or whose event the log had
+        by its idempotency key), and of those refused, with why. A row another join took
+        meanwhile is in neither."""
         refused: list[tuple[int, BanditdError]] = []
         by_router: dict[int, list[tuple[int, FeedbackInput, FeedbackEvent]]] = {}
         for item in items:
             try:
                 req = parked_input(item.request)  # refused, not retried, where it cannot be
+                req = replace(req, idempotency_key=item.idempotency_key)
                 claims = self.claims_of(req)
                 event = self.event_of(req, claims, item.decision, item.received_at)
                 if isinstance(event, Waiting):  # cannot be: the decision is given
@@ -272,7 +286,8 @@ class Learner:
                 joined_ids += await self._commit(router_id, group, refused, joined_at=now)
             except Unavailable as exc:  # released, joined in a later round
                 refused.extend((i, exc) for i, _, _ in group)
-        return joined_ids, refused
+        joined_ids += [i for i, exc in refused if isinstance(exc, Recorded)]
+        return joined_ids, [(i, exc) for i, exc in refused if not isinstance(exc, Recorded)]
 
     async def _commit(
         self,

@@ -28,6 +28,7 @@ THUMB_REWARDS = {"up": 1.0, "down": 0.0}
 # Pairwise feedback (issue 21): (reward of the decision's arm, reward of its challenger).
 PREFERENCE_REWARDS = {"arm": (1.0, 0.0), "challenger": (0.0, 1.0), "tie": (0.5, 0.5)}
 MAX_REPORTED_ERRORS = 1000  # a StreamFeedback reply names at most this many refusals
+MAX_KEY_CHARS = 128  # FeedbackRequest.idempotency_key (the column's width)
 
 
 @record
@@ -45,6 +46,7 @@ class FeedbackInput:
     usage_only: bool = False  # a usage report (issue 22): no rating, see Learner.usage
     first_token_ms: float | None = None
     preference: str | None = None  # "arm" | "challenger" | "tie"; anything else is refused
+    idempotency_key: str | None = None  # names the event: a resend is answered as recorded
 
 
 _NONE = type(None)
@@ -232,6 +234,13 @@ def check_numbers(bounds: Bounds, req: FeedbackInput) -> None:
     ):
         if value is not None:
             bounds.check(f"FeedbackRequest.{name}", value)
+
+
+def check_key(key: str | None) -> None:
+    if key is not None and len(key) > MAX_KEY_CHARS:
+        raise InvalidArgument(
+            "idempotency_key", f"at most {MAX_KEY_CHARS} characters, got {len(key)}"
+        )
 
 
 def check_expiry(claims: TokenClaims, now: float) -> None:

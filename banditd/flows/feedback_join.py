@@ -24,6 +24,7 @@ from banditd.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Recorded,
     ResourceExhausted,
     Unavailable,
 )
@@ -115,7 +116,8 @@ async def park(
     """Commit feedback whose decision is not visible yet, to be joined to it later; the result
     of each parked (once per decision; the client's feedback cap counts those parked on the arms
     the token names; a thumb answers the router's reward for it, as the join maps it), by index
-    (the others are added to ``refused``)."""
+    (the others are added to ``refused``: a resend of the parked feedback's idempotency key as
+    Recorded, answered as it was)."""
     if not items:
         return {}
     if decisions is None:
@@ -123,6 +125,7 @@ async def park(
     kept: list[tuple[int, Waiting, RouterSpec, tuple[str, ...]]] = []  # with the arms counted
     seen: set[str] = set()  # decisions kept (a second signal for one is a duplicate)
     parked: set[str] = set()
+    recorded: dict[str, int] = {}
     try:
         for i, w in items:
             if w.parked.decision_id in seen:
@@ -141,16 +144,18 @@ async def park(
                 continue
             kept.append((i, w, state.spec, arms))
             seen.add(w.parked.decision_id)
-        parked = await decisions.store.park([w.parked for _, w, _, _ in kept])
+        parked, recorded = await decisions.store.park([w.parked for _, w, _, _ in kept])
     finally:  # the cap counts the feedback parked, not the attempts (a later router's load too)
         for _, w, spec, arms in kept:
             if w.parked.decision_id not in parked and spec.feedback_cap_per_key:
                 guard.uncount(w.parked.router_id, *arms)
-    refused.extend(
-        (i, waiting_duplicate(w.parked.decision_id))
-        for i, w, _, _ in kept
-        if w.parked.decision_id not in parked
-    )
+    for i, w, _, _ in kept:
+        decision_id = w.parked.decision_id
+        if decision_id in recorded:
+            why = f"decision {decision_id} already has the feedback of this idempotency_key"
+            refused.append((i, Recorded(why, recorded[decision_id], w.reward, w.cost_usd)))
+        elif decision_id not in parked:
+            refused.append((i, waiting_duplicate(decision_id)))
     metrics.FEEDBACK_PARKED.inc(len(parked))
     results = {}
     for i, w, _, _ in kept:

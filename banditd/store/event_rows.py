@@ -99,4 +99,5 @@ def event_row(e: FeedbackEvent) -> dict[str, Any]:
         "challenger_reward": e.challenger_reward,
         "decision_version": e.decision_version,
         "context_version": e.context_version,
+        "idempotency_key": e.idempotency_key,
     }

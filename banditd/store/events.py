@@ -13,11 +13,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.domain import MAX_SIGNALS_PER_DECISION, FeedbackEvent
-from banditd.errors import AlreadyExists
+from banditd.errors import AlreadyExists, Recorded
 from banditd.store.budget_leases import settle_costs
 from banditd.store.engine import EVENTS_CHANNEL, Database
 from banditd.store.event_rows import event_row, insert_new_events
 from banditd.store.finite import checked
+from banditd.store.idempotency import answer_recorded
 from banditd.store.models import decisions, feedback_events
 from banditd.store.pending import refuse_taken, take_parked
 from banditd.store.usage import lock_router, with_usage
@@ -32,9 +33,10 @@ class AppendedBatch:
     """What ``EventLog.append`` committed: the positions (in its input) added, the events as
     stored, in id order, and the router's newest event id before them (None when unknown:
     read the log instead); ``duplicates``: the positions not added, each with why (its decision
-    has feedback, its preference or its most signals); ``costs``: by the position of each
-    later signal added, its decision's cost in the log with it (the cost it reported, else the
-    one its decision had; a first signal's is its own ``cost_usd``)."""
+    has feedback, its preference or its most signals; Recorded: it has this very event, by its
+    idempotency key); ``costs``: by the position of each later signal added, its decision's
+    cost in the log with it (the cost it reported, else the one its decision had; a first
+    signal's is its own ``cost_usd``)."""
 
     positions: list[int]
     events: list[FeedbackEvent]
@@ -177,6 +179,7 @@ async def _append(
         batch = await _append_firsts(conn, events, head)
     else:
         batch = await _append_signals(conn, events, combine, head)
+    await answer_recorded(conn, events, batch.duplicates)
     await settle_costs(conn, _reported_costs(events, batch))
     return batch
 
@@ -190,12 +193,13 @@ async def _append_joined(
     joined_at: float,
 ) -> AppendedBatch:
     """Parked feedback's events: only those of the decisions whose parked row this
-    transaction took (``taken``)."""
+    transaction took (``taken``). A row whose event its decision has (Recorded) stays joined."""
     kept = [i for i, e in enumerate(events) if e.decision_id in taken]
     if not kept:
         return AppendedBatch([], [], head)
     batch = await _append(conn, [events[i] for i in kept], combine, head)
-    await refuse_taken(conn, [events[kept[p]].decision_id for p in batch.duplicates], joined_at)
+    refused = [p for p, exc in batch.duplicates.items() if not isinstance(exc, Recorded)]
+    await refuse_taken(conn, [events[kept[p]].decision_id for p in refused], joined_at)
     return AppendedBatch(
         [kept[p] for p in batch.positions],
         batch.events,
@@ -304,7 +308,7 @@ async def _as_next_signal(
     fe = feedback_events.c
     stored = (
         await conn.execute(
-            select(fe.reward, fe.defaulted, fe.cost_usd, fe.effective_reward)
+            select(fe.reward, fe.defaulted, fe.cost_usd, fe.effective_reward, fe.idempotency_key)
             .where(fe.decision_id == event.decision_id)
             .order_by(fe.signal)
         )
@@ -316,6 +320,11 @@ async def _as_next_signal(
     ]
     if not earlier:
         return replace(event, signal=0, effective_reward=event.reward, reward_delta=None), None
+    key = event.idempotency_key
+    if key is not None and key in [r.idempotency_key for r in stored] + [
+        p["idempotency_key"] for p in pending if p["decision_id"] == event.decision_id
+    ]:  # a resend, answered as the event it repeats (``_append``)
+        raise AlreadyExists(f"decision {event.decision_id} already has this idempotency_key")
     if event.challenger is not None:  # a compared decision takes one preference, whatever combine
         raise AlreadyExists(f"decision {event.decision_id} already has its preference")
     if len(earlier) >= MAX_SIGNALS_PER_DECISION:

@@ -332,3 +332,17 @@ decisions.append_column(Column("energy_weight", Float, nullable=True))
 # Each event's featurisation (0021; null: older, or a v1 token), the decision's or the warm
 # start's: a router folds only the events its encoder's weights built (banditd.store.events).
 feedback_events.append_column(Column("context_version", String(128), nullable=True))
+# Idempotency keys (0023): the key a Feedback named its event by, once per decision (the index
+# decides between concurrent resends; rows without a key are left out of it). A parked
+# feedback's key is a column too, not in its request: an older replica joining it would refuse a
+# request field it lacks (banditd.flows.feedback_input.parked_input).
+feedback_events.append_column(Column("idempotency_key", String(128), nullable=True))
+Index(
+    "uq_feedback_events_decision_id_idempotency_key",
+    feedback_events.c.decision_id,
+    feedback_events.c.idempotency_key,
+    unique=True,
+    sqlite_where=feedback_events.c.idempotency_key.is_not(None),
+    postgresql_where=feedback_events.c.idempotency_key.is_not(None),
+)
+feedback_pending.append_column(Column("idempotency_key", String(128), nullable=True))

@@ -21,6 +21,7 @@ from banditd.domain import JoinRecord
 from banditd.store.decisions import decision_from_row, with_router
 from banditd.store.engine import Database
 from banditd.store.feedback_decisions import among, decisions_for_feedback
+from banditd.store.idempotency import recorded_keys
 from banditd.store.models import (
     PENDING_WAITING,
     decisions,
@@ -39,8 +40,9 @@ class Parked:
     decision_id: str
     router_id: int
     tenant: str
-    request: Mapping[str, Any]  # the FeedbackInput's fields, standard JSON
+    request: Mapping[str, Any]  # the FeedbackInput's fields, standard JSON, but for the key
     received_at: float
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Joinable:
     request: Any  # as stored: the FeedbackInput's fields; the text where it is not JSON
     received_at: float
     decision: JoinRecord
+    idempotency_key: str | None = None
 
 
 class PendingStore:
@@ -76,11 +79,12 @@ class PendingStore:
             )
             return found, set(parked)
 
-    async def park(self, items: Sequence[Parked]) -> set[str]:
+    async def park(self, items: Sequence[Parked]) -> tuple[set[str], dict[str, int]]:
         """Commit what can be parked; the decision ids parked (an id with feedback already,
-        parked or in the event log, is not)."""
+        parked or in the event log, is not); and of the others, those whose idempotency key is
+        recorded for their decision, with the id of its event (``recorded_keys``)."""
         if not items:
-            return set()
+            return set(), {}
         ids = [p.decision_id for p in items]
         async with self.db.transaction() as conn:
             logged = set(
@@ -97,19 +101,26 @@ class PendingStore:
                     "tenant": p.tenant,
                     "request": dict(p.request),
                     "received_at": p.received_at,
+                    "idempotency_key": p.idempotency_key,
                 }
                 for p in items
                 if p.decision_id not in logged
             }
-            if not rows:
-                return set()
-            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-            stmt = (
-                dialect.insert(feedback_pending)
-                .on_conflict_do_nothing()
-                .returning(feedback_pending.c.decision_id)
-            )
-            return set((await conn.execute(stmt, list(rows.values()))).scalars())
+            parked: set[str] = set()
+            if rows:
+                dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+                stmt = (
+                    dialect.insert(feedback_pending)
+                    .on_conflict_do_nothing()
+                    .returning(feedback_pending.c.decision_id)
+                )
+                parked = set((await conn.execute(stmt, list(rows.values()))).scalars())
+            keyed = {
+                p.decision_id: p.idempotency_key
+                for p in items
+                if p.decision_id not in parked and p.idempotency_key is not None
+            }
+            return parked, await recorded_keys(conn, keyed)
 
     async def claim(self, limit: int, now: float) -> list[Joinable]:
         """Parked feedback whose decision is visible now, in the order it was parked, claimed by
@@ -161,6 +172,7 @@ class PendingStore:
                         feedback_pending.c.id.label("pending_id"),
                         cast(feedback_pending.c.request, Text).label("request"),
                         feedback_pending.c.received_at,
+                        feedback_pending.c.idempotency_key,
                     )
                     .join(feedback_pending, feedback_pending.c.decision_id == decisions.c.id)
                     .where(feedback_pending.c.id.in_(claimed))
@@ -173,6 +185,7 @@ class PendingStore:
                 _decoded(row.request),
                 row.received_at,
                 decision_from_row(row).join_record(),
+                row.idempotency_key,
             )
             for row in rows
         ]

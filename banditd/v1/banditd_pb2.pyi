@@ -373,6 +373,7 @@ class FeedbackRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ENERGY_WH_FIELD_NUMBER: _builtins.int
     PREFERENCE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     USAGE_ONLY_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
@@ -391,6 +392,13 @@ class FeedbackRequest(_message.Message):
     preference: Global___Preference.ValueType
     """Pairwise feedback (issue 21), for a decision made with compare: which answer was better.
     Excludes thumb and reward; updates both arms (winner 1, loser 0, tie 0.5 each).
+    """
+    idempotency_key: _builtins.str
+    """Names this feedback event (empty: none): a resend with the key of an event already
+    recorded for the decision (a retry whose answer was lost, an upload sent again) is answered
+    as that event (its event_id, reward and cost_usd; a duplicate in a stream's counts) and is
+    never a second signal, whatever the router's combine. At most 128 characters; the Python
+    client sends a fresh UUID per event and reuses it on its retries. Usage reports ignore it.
     """
     usage_only: _builtins.bool
     """Gateway (issue 22): a usage report, not a rating. It carries the call's measured cost,
@@ -414,12 +422,13 @@ class FeedbackRequest(_message.Message):
         error: _builtins.bool = ...,
         energy_wh: _builtins.float | None = ...,
         preference: Global___Preference.ValueType = ...,
+        idempotency_key: _builtins.str = ...,
         usage_only: _builtins.bool = ...,
         first_token_ms: _builtins.float | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "energy_wh", b"energy_wh", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "reward", b"reward", "signal", b"signal", "thumb", b"thumb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "first_token_ms", b"first_token_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "preference", b"preference", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb", "usage_only", b"usage_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_energy_wh", b"_energy_wh", "_first_token_ms", b"_first_token_ms", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "energy_wh", b"energy_wh", "error", b"error", "first_token_ms", b"first_token_ms", "idempotency_key", b"idempotency_key", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "preference", b"preference", "reward", b"reward", "signal", b"signal", "tenant", b"tenant", "thumb", b"thumb", "usage_only", b"usage_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015

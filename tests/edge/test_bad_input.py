@@ -145,6 +145,12 @@ FEEDBACK_CASES: list[tuple[str, Any, C, str]] = [
     ),
     ("other tenant", lambda t, c: feedback(t, tenant="globex"), C.PERMISSION_DENIED, "tenant"),
     (
+        "oversized idempotency key",
+        lambda t, c: feedback(t, idempotency_key="k" * 129),
+        C.INVALID_ARGUMENT,
+        "idempotency_key: at most 128 characters",
+    ),
+    (
         "preference without a challenger",
         lambda t, c: feedback(t, reward=None, preference=pb.PREFER_ARM),
         C.INVALID_ARGUMENT,

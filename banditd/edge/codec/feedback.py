@@ -31,6 +31,7 @@ def feedback_from_proto(msg: pb.FeedbackRequest, tenant: str | None = None) -> F
         preference=(
             _PREFERENCES.get(msg.preference, f"value {msg.preference}") if msg.preference else None
         ),
+        idempotency_key=msg.idempotency_key or None,
     )
 
 
