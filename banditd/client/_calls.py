@@ -5,15 +5,14 @@ a call means is here, once. Retry safety:
 
 - Select is retried only when it has a ``request_id``: the server answers a repeated id with the
   first decision. Without one a lost answer would leave a second, orphan decision behind.
-- Feedback is retried: a decision takes one feedback, so a repeat of a committed one is
-  ALREADY_EXISTS and cannot count twice. A retry answered ALREADY_EXISTS is taken as success
-  (FeedbackResult.already_recorded), since the likeliest cause is this call's own first attempt.
-  (Routers with ``combine`` "last" or "mean" take several signals per decision: there a repeat
-  after a lost answer is a second, equal signal, which "last" makes harmless and "mean" weighs
-  twice.)
-- Each UploadFeedback chunk is retried whole: events its failed attempt committed come back as
-  duplicates, never twice as accepted (under ``combine`` "last" or "mean": accepted again, as
-  second, equal signals).
+- Feedback is retried: each event carries an idempotency key (``_requests``, the same on every
+  attempt), so the server answers a repeat of a committed event as that event (its event_id,
+  reward and cost), whatever the router's ``combine``: never a second signal. A retry answered
+  ALREADY_EXISTS is still taken as success (FeedbackResult.already_recorded): from a server
+  older than the keys, the likeliest cause is this call's own first attempt; from a current one,
+  another feedback for the decision came first (as a call without the retry would have found).
+- Each UploadFeedback chunk is retried whole, keys included: events its failed attempt committed
+  come back as duplicates, never twice as accepted, under any ``combine``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Keyword arguments -> protobuf requests, shared by Client and AsyncClient (pure functions).
+"""Keyword arguments -> protobuf requests, shared by Client and AsyncClient (pure functions, but
+for the idempotency key each feedback event is given: a fresh uuid4, unless the caller names one).
 
 The argument names are the proto fields' (banditd/v1/banditd.proto). A value of None is the same
 as leaving the argument out; the server validates everything else, so its errors (and messages)
@@ -7,6 +8,7 @@ are the same for every caller.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Required, TypedDict
@@ -43,7 +45,9 @@ class SelectArgs(TypedDict, total=False):
 class FeedbackArgs(TypedDict, total=False):
     """Feedback's arguments (and one event of upload_feedback). ``tenant`` defaults to the
     client's; give ``thumb`` or ``reward`` (in [0, 1]), or for a decision made with compare,
-    ``preference``: "arm", "challenger" or "tie"."""
+    ``preference``: "arm", "challenger" or "tie". ``idempotency_key`` names the event (default:
+    a fresh uuid4, sent again by every retry): a resend with it is answered as the event
+    recorded, never counted twice. Give your own to make a resend of yours safe too."""
 
     tenant: str | None
     decision_id: Required[str]
@@ -58,6 +62,7 @@ class FeedbackArgs(TypedDict, total=False):
     usage_only: bool | None  # a usage report, not a rating (gateway; docs/gateway.md)
     first_token_ms: float | None
     preference: Literal["arm", "challenger", "tie"] | None
+    idempotency_key: str | None
 
 
 class CallOptions(TypedDict, total=False):
@@ -135,6 +140,8 @@ def feedback_request(
         decision_id=args["decision_id"],
         error=bool(args.get("error")),
         usage_only=bool(args.get("usage_only")),
+        # Built once per event: each retry of its call sends this message, key included.
+        idempotency_key=args.get("idempotency_key") or str(uuid.uuid4()),
     )
     thumb, reward = args.get("thumb"), args.get("reward")
     if thumb is not None and reward is not None:

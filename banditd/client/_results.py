@@ -81,9 +81,11 @@ class FeedbackResult:
     """Feedback's answer: the event's position in the router's log, the reward and the cost
     it recorded.
 
-    ``already_recorded``: a retry (after UNAVAILABLE) was answered ALREADY_EXISTS, which is
-    taken as success: most likely the first attempt was committed and only its answer was
-    lost. The event's id, reward and cost are then unknown (None), and ``raw`` is None.
+    A retry whose first attempt was committed (its answer lost) gets that attempt's answer: the
+    event's idempotency key is the same on every attempt. ``already_recorded``: a retry was
+    answered ALREADY_EXISTS, which is taken as success (from a server older than the keys, most
+    likely the first attempt committed; from a current one, another feedback for the decision
+    came first). The event's id, reward and cost are then unknown (None), and ``raw`` is None.
     """
 
     event_id: int | None
@@ -112,8 +114,8 @@ class UploadSummary:
     """upload_feedback's counts over all its calls, and the first refusals.
 
     ``resent``: events sent again after a call failed with UNAVAILABLE. Those of them the
-    failed call had committed count as ``duplicate`` (never twice as accepted), but for routers
-    with ``combine`` "last" or "mean", where they are accepted again as further signals.
+    failed call had committed count as ``duplicate`` (never twice as accepted): they are sent
+    again with their idempotency keys.
     """
 
     accepted: int = 0
