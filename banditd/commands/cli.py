@@ -197,9 +197,10 @@ def _command(argv: list[str] | None) -> int:
         help="send thumbs/rewards from a JSONL or CSV file to a running server",
         description="Columns/keys: decision_id, tenant (or --tenant), thumb (up/down), reward or "
         "preference (arm/challenger/tie), optional cost_usd, input_tokens, output_tokens, "
-        "latency_ms, energy_wh, error. Resumable: the lines done are kept in a state file. "
-        "Re-sent feedback counts as a duplicate under a router's combine first (the default); "
-        "under last or mean it is the decision's next signal (docs/api.md).",
+        "latency_ms, energy_wh, error, idempotency_key. Resumable: the lines done are kept in a "
+        "state file. Each line's event has an idempotency key (its own, else one made from its "
+        "line number and content), so a line sent again is a duplicate, never a second signal "
+        "(docs/api.md).",
     )
     p_ingest.add_argument("file", type=Path)
     p_ingest.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")

@@ -2,15 +2,18 @@
 
 Lines are sent in chunks over UploadFeedback (many events per message); after each chunk's reply
 (which comes only once the chunk is committed) the number of lines done is written to a state
-file, so an interrupted run resumes where it stopped. Re-sending feedback already logged counts
-as a duplicate under a router's default combine "first"; under "last" or "mean" it is the
-decision's next signal (docs/how-it-works.md, resending). The next chunk is read while the server
-commits one, and sent once that one is answered, so chunks commit in file order.
+file, so an interrupted run resumes where it stopped. Each line's event is named by an
+idempotency_key (the line's own column, else one made from the line's number and content:
+``line_key``), so a line sent again (the file run again, or a chunk resent after its answer was
+lost) is a duplicate whatever the router's combine, never a second signal (docs/how-it-works.md,
+resending). The next chunk is read while the server commits one, and sent once that one is
+answered, so chunks commit in file order.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -94,7 +97,16 @@ def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.Feedb
             raise BadLine(f"{name} is not a valid {kind.__name__}: {value!r}") from None
     if str(record.get("error", "")).lower() in ("true", "1"):
         msg.error = True
+    if record.get("idempotency_key") not in (None, ""):
+        msg.idempotency_key = str(record["idempotency_key"])
     return msg
+
+
+def line_key(number: int, msg: pb.FeedbackRequest) -> str:
+    """The idempotency_key of a line without one: the same for the same line of the same file
+    on every run (its number and what it says), another for another line, even an equal one."""
+    content = msg.SerializeToString(deterministic=True)
+    return "ingest:" + hashlib.sha256(b"%d\0%b" % (number, content)).hexdigest()[:40]
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
@@ -199,7 +211,9 @@ def ingest(
                 try:
                     if isinstance(item, BadLine):
                         raise item
-                    pending.append((number, parse_record(item, tenant)))
+                    msg = parse_record(item, tenant)
+                    msg.idempotency_key = msg.idempotency_key or line_key(number, msg)
+                    pending.append((number, msg))
                 except BadLine as exc:
                     summary.unparsable += 1
                     unreadable.append((number, str(exc)))

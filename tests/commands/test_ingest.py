@@ -187,3 +187,48 @@ def test_a_chunk_out_of_range_is_refused_not_changed(
     assert f"argument --chunk: expected an integer in [1, 1000], got '{chunk}'" in (
         capsys.readouterr().err
     )
+
+
+async def test_a_file_ingested_again_under_mean_counts_each_line_once(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    # Under combine "mean" a resent rating is the decision's next signal; ingest names each
+    # line's event (its own idempotency_key column, else one made from the line), so running
+    # the file again, or resuming past a chunk whose answer was lost, changes nothing.
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config(combine="mean")))
+    tokens = [
+        (
+            await server.router.Select(
+                pb.SelectRequest(tenant="acme", router="chat", prompt=f"m{i}")
+            )
+        ).decision_id
+        for i in range(3)
+    ]
+    lines = [
+        {"decision_id": tokens[0], "reward": 1.0},
+        {"decision_id": tokens[0], "reward": 0.0},  # a second signal, on purpose: kept
+        {"decision_id": tokens[1], "reward": 0.5, "idempotency_key": "rating-7"},
+        {"decision_id": tokens[2], "thumb": "up"},
+    ]
+    data = tmp_path / "ratings.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def run() -> dict[str, object]:
+        return ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=tmp_path / "rejects.jsonl",
+            chunk=2,
+            fresh=True,
+        ).as_dict()
+
+    first = await asyncio.to_thread(run)
+    again = await asyncio.to_thread(run)
+    assert (first["accepted"], first["duplicate"]) == (4, 0)
+    assert (again["accepted"], again["duplicate"]) == (0, 4)
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 3  # decisions with feedback
+    assert stats.mean_reward == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # token 0: mean of 1 and 0
