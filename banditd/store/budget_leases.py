@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, select, update
+from sqlalchemy import and_, bindparam, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from banditd.store.budget_tables import budget_charges, budget_leases, budget_ledger
@@ -233,18 +233,29 @@ async def settle_costs(conn: AsyncConnection, costs: Sequence[tuple[str, float]]
             .with_for_update()
         )
     ).all()
-    for row in rows:
-        cost = first[row.decision_id]
-        await conn.execute(
-            update(budget_charges)
-            .where(
-                budget_charges.c.decision_id == row.decision_id,
-                budget_charges.c.budget_id == row.budget_id,
-            )
-            .values(cost_usd=cost)
+    if not rows:
+        return 0
+    # One statement for the charges (executemany), one per period for the spend: a batch of
+    # feedback holds its router's append lock meanwhile.
+    await conn.execute(
+        update(budget_charges)
+        .where(
+            budget_charges.c.decision_id == bindparam("decision"),
+            budget_charges.c.budget_id == bindparam("budget"),
         )
-        if cost != row.expected_cost_usd:
-            await _add_spend(conn, row.budget_id, row.period_start, cost - row.expected_cost_usd)
+        .values(cost_usd=bindparam("cost")),
+        [
+            {"decision": r.decision_id, "budget": r.budget_id, "cost": first[r.decision_id]}
+            for r in rows
+        ],
+    )
+    spend: dict[tuple[int, float], float] = {}
+    for row in rows:
+        if (cost := first[row.decision_id]) != row.expected_cost_usd:
+            period = (row.budget_id, row.period_start)
+            spend[period] = spend.get(period, 0.0) + cost - row.expected_cost_usd
+    for (budget_id, start), usd in spend.items():
+        await _add_spend(conn, budget_id, start, usd)
     return len(rows)
 
 

@@ -232,21 +232,24 @@ async def test_a_repeated_request_id_gets_one_decision_under_a_budget(
     assert logged == twins[0]
 
 
-async def test_stream_feedback_settles_too(sqlite_url: str, start_server: StartServer) -> None:
-    server = await _server(start_server, sqlite_url)
+async def test_stream_feedback_settles_too(database_url: str, start_server: StartServer) -> None:
+    # One batch settles every decision's charge at its own cost (one statement for the charges,
+    # one per period for the spend).
+    server = await _server(start_server, database_url)
     await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget(limit_usd=1.0)))
     made = [await server.router.Select(select()) for _ in range(3)]
+    costs = [0.01, 0.02, 0.04]
 
     async def upload() -> Any:
-        for d in made:
+        for d, cost in zip(made, costs, strict=True):
             yield pb.FeedbackRequest(
-                tenant="acme", decision_id=d.decision_id, reward=0.5, cost_usd=0.01
+                tenant="acme", decision_id=d.decision_id, reward=0.5, cost_usd=cost
             )
 
     reply = await server.router.StreamFeedback(upload())
     assert reply.accepted == 3
     usage = (await server.admin.GetBudget(pb.GetBudgetRequest(tenant="acme"))).usage
-    assert usage.spent_usd == pytest.approx(0.03)
+    assert usage.spent_usd == pytest.approx(sum(costs))
 
 
 @pytest.mark.postgres
