@@ -31,6 +31,7 @@ from banditd.context.batching import MicroBatcher
 from banditd.context.builder import check_embedding, check_prompt
 from banditd.context.encoders import TextEncoder
 from banditd.context.metadata import MetadataFeatures, VocabularyStore
+from banditd.context.samples import PcaSamples
 from banditd.domain import FeedbackEvent, FloatArray, RouterSpec
 from banditd.domain.ceilings import event_problem
 from banditd.errors import FailedPrecondition, InvalidArgument
@@ -91,7 +92,7 @@ class ContextPipeline:
         self.max_prompt_chars = max_prompt_chars
         self.metadata = MetadataFeatures(spec, vocabulary, known_vocabulary)
         self.reduction = reduction
-        self.samples: list[FloatArray] = []  # embeddings kept to fit the PCA
+        self.samples = PcaSamples(spec.pca_fit_samples)  # embeddings kept to fit the PCA
         self.unsaved_reduction = False  # fitted here, not stored yet
         # Serving: called (from the request, no await) once the PCA's samples are in; the owner
         # fits and sets it off the request path. None (offline): reduce fits it at once.
@@ -156,23 +157,21 @@ class ContextPipeline:
         if not self.spec.pca_dim:
             return raw
         if self.reduction is None:
-            wanted = self.spec.pca_fit_samples
-            if np.any(raw) and len(self.samples) < wanted:
-                self.samples.append(raw)
-            if len(self.samples) < wanted:
+            self.samples.add(raw)
+            if not self.samples.full:
                 return np.zeros(self.spec.pca_dim)
             if self.fit_due is not None:  # x stays pending until the fitted PCA is set
                 self.fit_due(self)
                 return np.zeros(self.spec.pca_dim)
             from banditd.context.reduction import Reduction
 
-            self.set_reduction(Reduction.fit(np.stack(self.samples), self.spec.pca_dim))
+            self.set_reduction(Reduction.fit(self.samples.rows(), self.spec.pca_dim))
             self.unsaved_reduction = True
         assert self.reduction is not None
         return np.asarray(self.reduction.apply(raw[None])[0], dtype=np.float64)
 
     def set_reduction(self, reduction: Reduction) -> None:
-        self.reduction, self.samples = reduction, []
+        self.reduction, self.samples = reduction, PcaSamples(0)
 
     def assemble(self, raw: FloatArray, metadata: Mapping[str, str]) -> FloatArray:
         """x of a raw embedding (shape (embedding_dim,)) and request metadata, shape (spec.dim,),
@@ -221,7 +220,7 @@ class ContextPipeline:
         samples, kNN index): replay runs each seed from the same start."""
         twin = copy.copy(self)
         twin.metadata = copy.deepcopy(self.metadata)
-        twin.samples = list(self.samples)
+        twin.samples = self.samples.copy()
         twin.knn = copy.deepcopy(self.knn) if self.knn is not None else None
         twin.fit_due = None  # offline: a twin fits its own PCA, at once
         return twin

@@ -16,6 +16,7 @@ import io
 import faiss
 import numpy as np
 
+from banditd.context.samples import Float32Array
 from banditd.domain import FloatArray
 
 _ARRAYS = ("A", "b", "mean", "eigenvalues")
@@ -33,8 +34,9 @@ class Reduction:
         self._b = faiss.vector_to_array(pca.b).astype(np.float64)
 
     @classmethod
-    def fit(cls, samples: FloatArray, d_out: int) -> Reduction:
-        """samples: shape (n, d_in), n >= d_out."""
+    def fit(cls, samples: Float32Array | FloatArray, d_out: int) -> Reduction:
+        """samples: shape (n, d_in), n >= d_out; faiss trains on float32 (float32 samples in
+        C order are not copied)."""
         pca = faiss.PCAMatrix(samples.shape[1], d_out)
         pca.train(np.ascontiguousarray(samples, dtype=np.float32))
         return cls(pca)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import structlog
 
 from banditd.context.pipeline import ContextPipeline, pca_fingerprint
-from banditd.domain import FloatArray
+from banditd.context.samples import Float32Array
 from banditd.errors import Unavailable
 from banditd.store.learnt_state import LearntState
 
@@ -62,12 +61,12 @@ class Reductions:
     def _fit_soon(self, router_id: int, pipeline: ContextPipeline) -> None:
         if self._waiting(router_id):
             return
-        samples = np.stack(pipeline.samples)
+        samples = pipeline.samples.rows()  # full: no sample is added after this
         task = asyncio.create_task(self._fit(router_id, pipeline, samples), name="pca-fit")
         self._fits[router_id] = task
         task.add_done_callback(lambda _: self._fits.pop(router_id, None))
 
-    async def _fit(self, router_id: int, pipeline: ContextPipeline, samples: FloatArray) -> None:
+    async def _fit(self, router_id: int, pipeline: ContextPipeline, samples: Float32Array) -> None:
         from banditd.context.reduction import Reduction
 
         try:
