@@ -20,10 +20,12 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.util import await_only
 
+from banditd.domain import FeedbackEvent
 from banditd.edge.server import App
 from banditd.flows.feedback_join import DecisionFinder, joined
 from banditd.flows.tokens import TokenClaims, TokenSigner
 from banditd.store.engine import Database
+from banditd.store.events import EventLog
 from banditd.store.pending import PendingStore
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
@@ -121,6 +123,19 @@ async def finite_stats(
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant=tenant, name=name))
     assert all_finite(stats), stats
     return stats
+
+
+class ReadCountingLog(EventLog):
+    """The real event log, counting the events read back."""
+
+    read = 0
+
+    async def after(
+        self, router_id: int, after_id: int, limit: int = 10_000
+    ) -> list[FeedbackEvent]:
+        events = await super().after(router_id, after_id, limit)
+        self.read += len(events)
+        return events
 
 
 def router_config(

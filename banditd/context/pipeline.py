@@ -131,6 +131,16 @@ class ContextPipeline:
             f":m{len(s.metadata_keys)}x{s.metadata_slots}:k{s.knn_k}"
         )
 
+    def builds_x_as(self, spec: RouterSpec, encoder: TextEncoder, context_since: int) -> bool:
+        """Whether the router changed to ``spec`` (its encoder ``encoder``, building x as now
+        since version ``context_since``) builds x exactly as this pipeline does: then what this
+        one learnt (vocabulary, PCA and its samples, kNN index) is the new version's too."""
+        return (
+            not self.spec.changes_x(spec)
+            and encoder_weights(spec, encoder) == self.weights
+            and context_since == self.context_since
+        )
+
     @property
     def weights(self) -> str:
         """The encoder weights x is built with (``encoder_weights``): events whose x others

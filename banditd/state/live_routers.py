@@ -93,7 +93,11 @@ class Catalog:
     async def _restore(self, stored: StoredRouter) -> RouterState:
         spec = stored.spec
         started = time.perf_counter()
-        context = await self._context(stored)
+        replaced = self._by_id.get(stored.router_id)
+        current = None  # the pipeline of the version replaced (not of one deleted since)
+        if replaced is not None and self._created.get(stored.router_id) == stored.created_at:
+            current = replaced.context
+        context = await self._context(stored, current)
         state = RouterState.fresh(
             spec, stored.router_id, context=context, context_since=stored.context_since
         )
@@ -108,7 +112,6 @@ class Catalog:
                     state.resume(posterior, ArmHealth.from_json(snapshot[1], spec.breaker))
         from_id = state.posterior.last_event_id
         replayed = await self._catch_up(state)
-        replaced = self._by_id.get(stored.router_id)
         self._by_id[stored.router_id] = state
         if replaced is not None:  # arms the change removed: their gauges go
             removed = {a.name for a in replaced.spec.arms} - {a.name for a in spec.arms}
@@ -125,11 +128,18 @@ class Catalog:
         )
         return state
 
-    async def _context(self, stored: StoredRouter) -> ContextPipeline:
+    async def _context(
+        self, stored: StoredRouter, current: ContextPipeline | None = None
+    ) -> ContextPipeline:
         """A router's context pipeline: its encoder, stored vocabulary and PCA, and its kNN
-        index rebuilt from the whole feedback log."""
+        index rebuilt from the whole feedback log; ``current``, the pipeline of the version it
+        replaces, when that builds x exactly as this one (a change of prices, breaker or
+        exploration): what it learnt stays, the PCA's samples and kNN index included."""
         spec, router_id = stored.spec, stored.router_id
         encoder, batcher = await self.encoders.get(spec)
+        if current is not None and current.builds_x_as(spec, encoder, stored.context_since):
+            current.spec = spec
+            return current
         known = await self._store.learnt.vocabulary(router_id) if spec.metadata_keys else None
         pipeline = ContextPipeline(
             spec,

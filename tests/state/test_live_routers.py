@@ -22,25 +22,11 @@ from banditd.state.live_routers import Catalog
 from banditd.state.posterior import Posterior
 from banditd.store import Store
 from banditd.store.engine import Database, migrate
-from banditd.store.events import EventLog
 from banditd.store.models import posterior_snapshots
-from tests.helpers import require, router_config
+from tests.helpers import ReadCountingLog, require, router_config
 
 DIM = 4
 VERSION = "hashing:3:w0:pca0/none:m0x64:k0"  # the test router's (logged with its decisions)
-
-
-class ReadCountingLog(EventLog):
-    """The real event log, counting the events read back."""
-
-    read = 0
-
-    async def after(
-        self, router_id: int, after_id: int, limit: int = 10_000
-    ) -> list[FeedbackEvent]:
-        events = await super().after(router_id, after_id, limit)
-        self.read += len(events)
-        return events
 
 
 @pytest.fixture
