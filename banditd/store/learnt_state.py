@@ -3,6 +3,7 @@ context models (PCA blobs, by fingerprint) and posterior snapshots."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,21 @@ from banditd.store.models import context_models, context_vocab, posterior_snapsh
 
 SNAPSHOTS_KEPT = 2
 SLOT_ATTEMPTS = 8  # replicas racing for a vocabulary slot: looks before giving up (Aborted)
+# A metadata value of more UTF-8 bytes is stored as its digest: a Select's value may be 1,024
+# characters, 4 KB of 4-byte ones, past the 2,704 bytes a row of a btree index (context_vocab's
+# primary key) may have on Postgres.
+VALUE_BYTES_KEPT = 1024
+DIGEST_PREFIX = "blake2b:"
+
+
+def stored_value(value: str) -> str:
+    """A metadata value as context_vocab holds it: itself, or ``blake2b:`` and its digest when
+    over VALUE_BYTES_KEPT bytes or itself starting with ``blake2b:`` (so a stored form is
+    never another value's)."""
+    data = value.encode()
+    if len(data) <= VALUE_BYTES_KEPT and not value.startswith(DIGEST_PREFIX):
+        return value
+    return DIGEST_PREFIX + hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
 class LearntState:
@@ -25,7 +41,8 @@ class LearntState:
     # -- metadata vocabulary -------------------------------------------------------------------
 
     async def vocabulary(self, router_id: int) -> dict[str, dict[str, int]]:
-        """Per metadata key, the slot of each value seen."""
+        """Per metadata key, the slot of each value seen, as stored (``stored_value``: a value
+        stored as its digest is placed by ``assign_slot`` when met)."""
         async with self.db.transaction() as conn:
             rows = (
                 await conn.execute(
@@ -40,12 +57,18 @@ class LearntState:
     async def assign_slot(self, router_id: int, key: str, value: str, limit: int) -> int | None:
         """The stored slot of a metadata value, else the next free one below ``limit`` (stored
         now; replicas racing for a slot retry), else None."""
+        stored = stored_value(value)
+        # A long value stored as itself before digests keeps its slot.
+        forms = sorted({stored} if value.startswith(DIGEST_PREFIX) else {stored, value})
         for _ in range(SLOT_ATTEMPTS):
             try:
                 async with self.db.transaction() as conn:
                     where = (context_vocab.c.router_id == router_id, context_vocab.c.key == key)
                     slot = await conn.scalar(
-                        select(context_vocab.c.slot).where(*where, context_vocab.c.value == value)
+                        select(context_vocab.c.slot)
+                        .where(*where, context_vocab.c.value.in_(forms))
+                        .order_by(context_vocab.c.slot)
+                        .limit(1)
                     )
                     if slot is not None:
                         return int(slot)
@@ -54,7 +77,7 @@ class LearntState:
                         return None
                     await conn.execute(
                         insert(context_vocab).values(
-                            router_id=router_id, key=key, value=value, slot=used
+                            router_id=router_id, key=key, value=stored, slot=used
                         )
                     )
                     return used
