@@ -20,6 +20,7 @@ from banditd.client import RankedArm
 # not the request's: the next arm is tried.
 FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 429})
 MAX_ERROR_BODY = 64 * 1024  # of an error passed on to the caller: the rest is not read
+SSE = "text/event-stream"  # what a stream's 200 must be
 
 
 class UpstreamFailed(Exception):
@@ -112,9 +113,18 @@ class Upstream:
 
 async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
     """The response's first non-empty chunk and the iterator of the rest, decoded (httpx asks
-    for gzip, and the caller gets no content-encoding); a failure before it, or a stream that
-    ends without a byte (no answer: a stream has at least its [DONE]), is an UpstreamFailed
-    (nothing has reached the caller yet)."""
+    for gzip, and the caller gets no content-encoding); a failure before it, a stream that
+    ends without a byte (no answer: a stream has at least its [DONE]), or an answer that is no
+    SSE stream (``bad_stream``: the caller's client could not read it, as ``bad_json``) is an
+    UpstreamFailed (nothing has reached the caller yet)."""
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != SSE:
+        await response.aclose()
+        raise UpstreamFailed(
+            "bad_stream",
+            f"arm {arm!r}: upstream answered a stream with content-type {media_type or 'none'}, "
+            f"not {SSE}",
+        )
     chunks = response.aiter_bytes()
     try:
         async for chunk in chunks:

@@ -100,3 +100,27 @@ async def test_a_passed_on_error_body_is_cut_at_max_error_body(launch: Launch) -
     assert answer.content == stack.alpha.body[:MAX_ERROR_BODY]
     alpha = await stack.reported("alpha")
     assert (alpha.usage_reports, alpha.usage_errors, alpha.feedback_count) == (1, 0, 0)
+
+
+async def test_a_stream_answered_without_an_event_stream_is_the_arms_failure(
+    launch: Launch,
+) -> None:
+    """A 200 to a ``stream`` request whose content-type is not text/event-stream (a JSON
+    answer, a proxy's page) is no stream the caller could read: the arm's failure, as a 2xx
+    that is no JSON object is for a call without ``stream``; a 502 when every arm does it."""
+    stack = await launch()
+    stack.alpha.fail, stack.alpha.body = 200, b'{"id": "c-1", "choices": []}'
+    request = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=request)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-banditd-arm"] == "beta"
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        assert b'"content": "beta"' in answer.content
+        stack.beta.fail, stack.beta.body = 200, stack.alpha.body
+        failed = await http.post("/v1/chat/completions", json=request)
+    assert failed.status_code == 502, failed.text
+    assert "not text/event-stream" in failed.json()["error"]["message"]
+    alpha, beta = await stack.reported("alpha"), await stack.reported("beta")
+    assert (alpha.feedback_count, alpha.recent_error_rate, alpha.usage_reports) == (2, 1.0, 0)
+    assert (beta.feedback_count, beta.recent_error_rate, beta.usage_reports) == (1, 1.0, 1)
