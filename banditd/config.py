@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         description="seconds each step of an upstream attempt may take (connect, send, pool, "
         "each read; not the whole answer)",
     )
+    gateway_max_answer_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="largest answer (not streamed) the gateway reads from an upstream; a larger "
+        "one is the arm's failure",
+    )
 
     @field_validator("listen", "health_listen", "metrics_listen", "gateway_listen")
     @classmethod

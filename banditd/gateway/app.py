@@ -46,6 +46,7 @@ def create_app(settings: Settings, security: ClientSecurity = NO_SECURITY) -> St
                 http,
                 settings.gateway_max_fallbacks,
                 settings.gateway_upstream_timeout_s,
+                settings.gateway_max_answer_bytes,
                 security.api_key,
             )
             state["gw"] = app.state.gateway = gw

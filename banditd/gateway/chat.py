@@ -57,6 +57,7 @@ class Gateway:
     http: httpx.AsyncClient
     max_fallbacks: int
     upstream_timeout_s: float
+    max_answer_bytes: int  # of an answer without stream (BANDITD_GATEWAY_MAX_ANSWER_BYTES)
     api_key: str | None = None  # for callers that bring no Bearer key
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -167,7 +168,7 @@ async def _attempt(
             first, rest = await first_chunk(response, upstream.arm)
             meter.first_bytes()
         else:
-            content = await read_answer(response, upstream.arm)
+            content = await read_answer(response, upstream.arm, gw.max_answer_bytes)
             meter.done()
     except UpstreamFailed as exc:
         metrics.UPSTREAM_CALLS.labels(*labels, exc.reason).inc()

@@ -140,19 +140,24 @@ async def first_chunk(response: httpx.Response, arm: str) -> tuple[bytes, Any]:
     raise UpstreamFailed("stream_broken", f"arm {arm!r}: upstream sent an empty stream")
 
 
-async def read_answer(response: httpx.Response, arm: str) -> bytes:
+async def read_answer(response: httpx.Response, arm: str, max_bytes: int) -> bytes:
     """A whole (not streamed) answer, closed after. A 2xx must be a JSON object: one the caller
-    could not read is the arm's failure (``bad_json``), like a 5xx. An error, which is the
-    request's fault and passed on, is read up to MAX_ERROR_BODY bytes."""
+    could not read is the arm's failure (``bad_json``), like a 5xx, and so is one over
+    ``max_bytes`` (``too_large``: not read past it). An error, which is the request's fault and
+    passed on, is read up to MAX_ERROR_BODY bytes."""
     status = response.status_code
-    limit = MAX_ERROR_BODY if status >= 400 else None
+    limit = MAX_ERROR_BODY if status >= 400 else max_bytes
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in response.aiter_bytes():
             chunks.append(chunk)
             size += len(chunk)
-            if limit is not None and size >= limit:
+            if size > limit and status < 400:
+                raise UpstreamFailed(
+                    "too_large", f"arm {arm!r}: upstream's answer is over {max_bytes} bytes"
+                )
+            if size > limit:
                 break
     except httpx.TimeoutException as exc:
         raise UpstreamFailed("timeout", f"arm {arm!r}: upstream timed out") from exc

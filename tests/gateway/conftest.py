@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -26,9 +26,11 @@ async def launch(
     async def start(
         upstream_timeout_s: float = 10.0,
         target: Callable[[str], Awaitable[str]] | None = None,
+        gateway_settings: Mapping[str, Any] | None = None,
         **server_settings: Any,
     ) -> Stack:
-        """``target``: the gateway's banditd target from banditd's address (e.g. a proxy's)."""
+        """``target``: the gateway's banditd target from banditd's address (e.g. a proxy's);
+        ``gateway_settings``: the gateway's other Settings (``server_settings``: banditd's)."""
         alpha, beta = FakeUpstream("alpha"), FakeUpstream("beta")
         upstreams.extend((alpha, beta))
         for upstream in (alpha, beta):
@@ -67,6 +69,7 @@ async def launch(
             gateway_listen="127.0.0.1:0",
             gateway_target=running.address if target is None else await target(running.address),
             gateway_upstream_timeout_s=upstream_timeout_s,
+            **(gateway_settings or {}),
         )
         app = create_app(settings)
         gateway = Served(uvicorn_server(app))

@@ -1,7 +1,10 @@
 """An arm whose upstream cannot even be sent to (its configuration, not the request) fails like
-an arm without an upstream: the next arm answers and the failed decision is rated."""
+an arm without an upstream, and so does one whose answer the caller could not take (no JSON
+object, no event stream, too large): the next arm answers and the failed decision is rated."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
@@ -121,6 +124,27 @@ async def test_a_stream_answered_without_an_event_stream_is_the_arms_failure(
         failed = await http.post("/v1/chat/completions", json=request)
     assert failed.status_code == 502, failed.text
     assert "not text/event-stream" in failed.json()["error"]["message"]
+    alpha, beta = await stack.reported("alpha"), await stack.reported("beta")
+    assert (alpha.feedback_count, alpha.recent_error_rate, alpha.usage_reports) == (2, 1.0, 0)
+    assert (beta.feedback_count, beta.recent_error_rate, beta.usage_reports) == (1, 1.0, 1)
+
+
+async def test_an_answer_over_max_answer_bytes_is_the_arms_failure(launch: Launch) -> None:
+    """An answer without ``stream`` is read up to BANDITD_GATEWAY_MAX_ANSWER_BYTES: a longer
+    one is not buffered whole but the arm's failure, as a 5xx; a 502 when every arm does it."""
+    stack = await launch(gateway_settings={"gateway_max_answer_bytes": 1000})
+    big = json.dumps({"id": "c-1", "choices": [], "padding": "x" * 2000}).encode()
+    stack.alpha.fail, stack.alpha.body = 200, big
+    request = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=request)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-banditd-arm"] == "beta"  # its answer is under 1000 bytes
+        assert answer.json()["choices"][0]["message"]["content"] == "from beta with love"
+        stack.beta.fail, stack.beta.body = 200, big
+        failed = await http.post("/v1/chat/completions", json=request)
+    assert failed.status_code == 502, failed.text
+    assert "answer is over 1000 bytes" in failed.json()["error"]["message"]
     alpha, beta = await stack.reported("alpha"), await stack.reported("beta")
     assert (alpha.feedback_count, alpha.recent_error_rate, alpha.usage_reports) == (2, 1.0, 0)
     assert (beta.feedback_count, beta.recent_error_rate, beta.usage_reports) == (1, 1.0, 1)
