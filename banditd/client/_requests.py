@@ -40,6 +40,7 @@ class SelectArgs(TypedDict, total=False):
     candidates: Sequence[str] | None
     request_id: str | None
     compare: bool | None  # also pick a challenger arm (Decision.challenger) for a preference
+    input_tokens: int | None  # the request's, for expected costs (a prompt cut short, embedding)
 
 
 class FeedbackArgs(TypedDict, total=False):
@@ -125,7 +126,14 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
     _set_present(
         msg,
         args,
-        ("cost_weight", "max_cost_usd", "latency_weight", "energy_weight", "max_latency_ms"),
+        (
+            "cost_weight",
+            "max_cost_usd",
+            "latency_weight",
+            "energy_weight",
+            "max_latency_ms",
+            "input_tokens",
+        ),
     )
     return msg
 

@@ -90,6 +90,7 @@ TABLE: Mapping[str, Bound] = {
     "SelectRequest.latency_weight": Bound(0.0, HARD_MAX_LATENCY_WEIGHT),
     "SelectRequest.energy_weight": Bound(0.0, HARD_MAX_ENERGY_WEIGHT),
     "SelectRequest.max_latency_ms": _s("max_latency_ms"),
+    "SelectRequest.input_tokens": _s("max_reported_tokens"),
     "Embedding.values": Bound(-HARD_MAX_EMBEDDING_VALUE, HARD_MAX_EMBEDDING_VALUE),
     # Router.Feedback, StreamFeedback, UploadFeedback (per event, in banditd.flows.feedback)
     "FeedbackRequest.reward": Bound(0.0, 1.0),

@@ -82,12 +82,18 @@ def _expected(
     return arm_idx, state.posterior.expected_costs(arm_idx, numbers, input_tokens, x)
 
 
-def priciest(
-    state: RouterState, prompt: str | None, candidates: Sequence[str], x: FloatArray
-) -> float:
-    """The highest expected cost among the arms a request may get (what a lease must hold), for
-    this request's x as ranking prices it: the cost model's prediction may be far above the mean."""
-    tokens = input_tokens_estimate(prompt) or state.posterior.expected_input_tokens()
+def request_tokens(state: RouterState, prompt: str | None, given: int | None = None) -> float:
+    """The input tokens a request's expected costs count: the caller's (``given``, Select's
+    input_tokens), else its prompt's rough count, else the router's mean reported one."""
+    if given is not None:
+        return float(given)
+    return input_tokens_estimate(prompt) or state.posterior.expected_input_tokens()
+
+
+def priciest(state: RouterState, tokens: float, candidates: Sequence[str], x: FloatArray) -> float:
+    """The highest expected cost among the arms a request of ``tokens`` input tokens
+    (request_tokens) may get (what a lease must hold), for this request's x as ranking prices it:
+    the cost model's prediction may be far above the mean."""
     costs = _expected(state, _enabled(state.spec, candidates), tokens, x)[1][0]
     return float(costs.max()) if costs.size else 0.0
 
@@ -97,6 +103,7 @@ def rank_arms(
     x: FloatArray,
     *,
     prompt: str | None,
+    input_tokens: int | None = None,
     candidates: Sequence[str] = (),
     cost_weight: float | None = None,
     max_cost_usd: float | None = None,
@@ -114,6 +121,8 @@ def rank_arms(
     the pacer masks arms (unaffordable, or below its threshold on posterior mean quality per
     dollar) and its price is the least cost weight used.
     x: context vector, shape (state.spec.dim,).
+    input_tokens: the caller's count of the request's input tokens, which expected costs count
+    (None: estimated from ``prompt``, see request_tokens).
     blocked: arms whose circuit breaker is open; skipped unless every eligible arm is (eligible:
     enabled, among ``candidates``, within max_cost_usd and max_latency_ms).
     Latency and energy (issue 21): utility = quality - cost weight x USD - latency_weight x
@@ -131,8 +140,8 @@ def rank_arms(
         raise NotFound(f"router {spec.name!r} has no arm {unknown[0]!r}")
     positions = _enabled(spec, candidates)
     names = [spec.arms[p].name for p in positions]
-    input_tokens = input_tokens_estimate(prompt) or posterior.expected_input_tokens()
-    arm_idx, (costs, latency, energy) = _expected(state, positions, input_tokens, x)
+    tokens = request_tokens(state, prompt, input_tokens)
+    arm_idx, (costs, latency, energy) = _expected(state, positions, tokens, x)
     if max_cost_usd is not None:
         keep = costs <= max_cost_usd
         names = [a for a, k in zip(names, keep, strict=True) if k]

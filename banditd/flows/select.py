@@ -34,7 +34,7 @@ from banditd.domain.ceilings import (
 )
 from banditd.errors import InvalidArgument, ResourceExhausted
 from banditd.flows.decision_log import Claim, DecisionLog
-from banditd.flows.ranking import Ranked, priciest, rank_arms
+from banditd.flows.ranking import Ranked, priciest, rank_arms, request_tokens
 from banditd.flows.shadow import shadow_picks
 from banditd.flows.tokens import NO_ARM, TokenClaims, TokenSigner, new_decision_id
 from banditd.state.fold import RouterState
@@ -64,6 +64,7 @@ class SelectInput:
     energy_weight: float | None = None
     max_latency_ms: float | None = None
     compare: bool = False  # pairwise feedback: also pick a challenger (banditd.policy.dueling)
+    input_tokens: int | None = None  # the caller's count (None: estimated, request_tokens)
 
 
 @record
@@ -181,7 +182,8 @@ class Selector:
             version = context.version  # before an await: a PCA set meanwhile is not in x
             budget = self._budgets.applicable(req.tenant, req.router)
             double = 2 if req.compare else 1  # both answers of a comparison are served
-            await budget.prepare(lambda: priciest(state, req.prompt, req.candidates, x) * double)
+            tokens = request_tokens(state, req.prompt, req.input_tokens)
+            await budget.prepare(lambda: priciest(state, tokens, req.candidates, x) * double)
         except BaseException:
             self._decisions.release(claim)
             raise
@@ -287,6 +289,7 @@ def decide(prepared: Prepared) -> Decided:
             state,
             x,
             prompt=req.prompt,
+            input_tokens=req.input_tokens,
             candidates=req.candidates,
             cost_weight=req.cost_weight,
             max_cost_usd=req.max_cost_usd,

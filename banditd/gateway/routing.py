@@ -1,7 +1,8 @@
 """From an OpenAI-style chat request to Select's arguments: the router (from ``model``, its
 names percent-decoded, or the x-banditd-tenant / x-banditd-router headers), the prompt (the
-messages' text, bounded: SELECT_PROMPT_CHARS), the metadata (x-banditd-meta-* headers), cost and
-latency/energy weights and limits (NUMBER_HEADERS), and the caller's API key."""
+messages' text, bounded: SELECT_PROMPT_CHARS, and the whole text's rough token count when it
+is cut), the metadata (x-banditd-meta-* headers), cost and latency/energy weights and limits
+(NUMBER_HEADERS), and the caller's API key."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from banditd.config import Settings
+from banditd.gateway.usage import rough_tokens
 
 MODEL_PREFIX = "banditd/"
 META_PREFIX = "x-banditd-meta-"
@@ -25,7 +27,8 @@ NUMBER_HEADERS = {
 }
 # Select is sent at most this much of the text (banditd's default BANDITD_MAX_PROMPT_CHARS): its
 # first and last halves, which hold what an encoder's window reads (a transformer reads the
-# start, a router's text_window_tokens the end). The upstream still gets the whole request.
+# start, a router's text_window_tokens the end). The upstream still gets the whole request, and
+# Select the whole text's rough token count (input_tokens) for its expected costs.
 SELECT_PROMPT_CHARS: int = Settings.model_fields["max_prompt_chars"].default
 
 
@@ -78,7 +81,10 @@ def route_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> Route:
                 raise BadRequest(f"{header} must be finite, got {raw!r}")
             args[name] = value
     text = prompt_of(body)
-    return Route(tenant, router, select_prompt(text), len(text), args)
+    prompt = select_prompt(text)
+    if len(prompt) < len(text):  # Select's expected costs count the whole prompt's tokens
+        args["input_tokens"] = rough_tokens(len(text))
+    return Route(tenant, router, prompt, len(text), args)
 
 
 def select_prompt(text: str) -> str:

@@ -161,6 +161,7 @@ class SelectRequest(_message.Message):
     ENERGY_WEIGHT_FIELD_NUMBER: _builtins.int
     MAX_LATENCY_MS_FIELD_NUMBER: _builtins.int
     COMPARE_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     router: _builtins.str
     request_id: _builtins.str
@@ -180,6 +181,12 @@ class SelectRequest(_message.Message):
     compare: _builtins.bool
     """Pairwise feedback (issue 21): also pick a challenger arm (SelectResponse.challenger) to
     serve side by side with arm; its Feedback then carries a preference between the two.
+    """
+    input_tokens: _builtins.int
+    """The request's input tokens, when the caller knows them better than the prompt sent here
+    does (a prompt cut short, as the gateway's over 200,000 characters, or an embedding).
+    Expected costs (and so max_cost_usd and budgets) count them; unset: the prompt's length /
+    4, or without a prompt the router's mean reported input tokens.
     """
     @_builtins.property
     def embedding(self) -> Global___Embedding: ...
@@ -207,15 +214,18 @@ class SelectRequest(_message.Message):
         energy_weight: _builtins.float | None = ...,
         max_latency_ms: _builtins.float | None = ...,
         compare: _builtins.bool = ...,
+        input_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "prompt", b"prompt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_input_tokens", b"_input_tokens", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "input_tokens", b"input_tokens", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "candidates", b"candidates", "compare", b"compare", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "router", b"router", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_input_tokens", b"_input_tokens", "_latency_weight", b"_latency_weight", "_max_cost_usd", b"_max_cost_usd", "_max_latency_ms", b"_max_latency_ms", "candidates", b"candidates", "compare", b"compare", "context", b"context", "cost_weight", b"cost_weight", "embedding", b"embedding", "energy_weight", b"energy_weight", "input_tokens", b"input_tokens", "latency_weight", b"latency_weight", "max_cost_usd", b"max_cost_usd", "max_latency_ms", b"max_latency_ms", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "router", b"router", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_weight: _TypeAlias = _typing.Literal["cost_weight"]  # noqa: Y015
     _WhichOneofArgType__cost_weight: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight"]  # noqa: Y015
     _WhichOneofReturnType__energy_weight: _TypeAlias = _typing.Literal["energy_weight"]  # noqa: Y015
     _WhichOneofArgType__energy_weight: _TypeAlias = _typing.Literal["_energy_weight", b"_energy_weight"]  # noqa: Y015
+    _WhichOneofReturnType__input_tokens: _TypeAlias = _typing.Literal["input_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_tokens: _TypeAlias = _typing.Literal["_input_tokens", b"_input_tokens"]  # noqa: Y015
     _WhichOneofReturnType__latency_weight: _TypeAlias = _typing.Literal["latency_weight"]  # noqa: Y015
     _WhichOneofArgType__latency_weight: _TypeAlias = _typing.Literal["_latency_weight", b"_latency_weight"]  # noqa: Y015
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
@@ -228,6 +238,8 @@ class SelectRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_weight) -> _WhichOneofReturnType__cost_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_weight) -> _WhichOneofReturnType__energy_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_tokens) -> _WhichOneofReturnType__input_tokens | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_weight) -> _WhichOneofReturnType__latency_weight | None: ...
     @_typing.overload

@@ -54,6 +54,8 @@ SELECT_CASES = [
     ("NaN cost_weight", select(cost_weight=math.nan), C.INVALID_ARGUMENT, "cost_weight"),
     ("negative max_cost", select(max_cost_usd=-0.01), C.INVALID_ARGUMENT, "max_cost_usd"),
     ("no affordable arm", select(max_cost_usd=0.0), C.FAILED_PRECONDITION, "no eligible arm"),
+    ("negative input_tokens", select(input_tokens=-1), C.INVALID_ARGUMENT, "input_tokens"),
+    ("huge input_tokens", select(input_tokens=2**62), C.INVALID_ARGUMENT, "input_tokens"),
     ("long request_id", select(request_id="r" * 129), C.INVALID_ARGUMENT, "request_id"),
 ]
 

@@ -138,6 +138,7 @@ select_requests = st.builds(
     tenant=st.just("acme"),
     router=st.just("chat"),
     embedding=st.builds(pb.Embedding, values=st.lists(st.floats(width=32), max_size=8)),
+    input_tokens=st.integers(-(2**63), 2**63 - 1),
 )
 
 

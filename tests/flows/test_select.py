@@ -251,3 +251,32 @@ async def test_a_candidate_no_arm_can_be_named_is_invalid_argument_not_echoed(
     details = err.value.details() or ""
     assert len(details) < 300
     assert details.startswith("candidates: ") == (code == grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_expected_costs_count_the_callers_input_tokens(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Select's input_tokens is the request's size for its expected costs, whatever the text
+    sent: a prompt cut short (the gateway's over 200,000 characters) is priced, and held to
+    max_cost_usd, as the whole; an embedding request as the tokens it stands for."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    prompt = "x" * 400  # 100 tokens at 4 characters a token
+
+    async def costs(**fields: object) -> dict[str, float]:
+        request = pb.SelectRequest(tenant="acme", router="chat", **fields)
+        return {r.arm: r.expected_cost_usd for r in (await server.router.Select(request)).ranking}
+
+    short = await costs(prompt=prompt)
+    whole = await costs(prompt=prompt, input_tokens=1_000_000)
+    input_prices = {"cheap": 0.1, "mid": 1.0, "strong": 3.0}  # router_config's, USD per Mtok
+    for arm, price in input_prices.items():
+        assert whole[arm] - short[arm] == pytest.approx((1_000_000 - 100) * price / 1e6)
+    assert await costs(embedding=X, input_tokens=100) == pytest.approx(short)
+    # max_cost_usd: every arm fits the prompt sent, none the request it stands for.
+    limit = max(short.values())
+    assert await costs(prompt=prompt, max_cost_usd=limit) == short
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await costs(prompt=prompt, input_tokens=1_000_000, max_cost_usd=limit)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no eligible arm" in (refused.value.details() or "")

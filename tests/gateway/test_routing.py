@@ -1,6 +1,7 @@
 """What the gateway sends Select from a chat request (banditd.gateway.routing), end to end: a
-long prompt is routed on a bounded piece of its text, an image-only prompt on a stand-in for
-its parts, and a tenant or router with "/" is named in ``model`` percent-encoded."""
+long prompt is routed on a bounded piece of its text and priced at its whole size (input_tokens),
+an image-only prompt on a stand-in for its parts, and a tenant or router with "/" is named in
+``model`` percent-encoded."""
 
 from __future__ import annotations
 
@@ -33,6 +34,31 @@ async def test_a_prompt_over_banditds_limit_is_routed_and_forwarded_whole(launch
     expected = (rough_tokens(len(prompt)) * ALPHA_PRICES[0]) / 1e6
     expected += rough_tokens(answered) * ALPHA_PRICES[1] / 1e6
     assert usage.usage_cost_usd == pytest.approx(expected)
+
+
+async def test_a_long_prompt_is_priced_whole_for_max_cost(launch: Launch) -> None:
+    """Select gets a piece of a long prompt but its whole size (input_tokens), so expected
+    costs, and x-banditd-max-cost-usd, count every token the upstream will bill."""
+    stack = await launch()
+    prompt = "word " * 60_000 + PROMPT  # 300,040 characters: Select gets 200,000 of them
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+        costs = []
+        for size in ({}, {"inputTokens": rough_tokens(len(prompt))}):
+            select = {"tenant": "acme", "router": "chat", "prompt": select_prompt(prompt)}
+            chosen = await http.post("/v1/select", json=select | size)
+            assert chosen.status_code == 200, chosen.text
+            ranking = chosen.json()["ranking"]
+            costs.append(next(r["expectedCostUsd"] for r in ranking if r["arm"] == "alpha"))
+        piece, whole = costs
+        assert whole - piece == pytest.approx(
+            (rough_tokens(len(prompt)) - len(select_prompt(prompt)) / 4) * ALPHA_PRICES[0] / 1e6
+        )
+        # Alpha (LinUCB's first pick) fits the piece's cost, not the whole prompt's.
+        limit = {"x-banditd-max-cost-usd": str((piece + whole) / 2)}
+        answer = await http.post("/v1/chat/completions", json=_chat(prompt), headers=limit)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-banditd-arm"] == "beta"
+    assert stack.beta.received[0]["messages"][0]["content"] == prompt
 
 
 def test_select_gets_the_first_and_last_pieces_of_a_long_prompt() -> None:

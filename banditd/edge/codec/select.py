@@ -26,6 +26,7 @@ def select_from_proto(msg: pb.SelectRequest) -> SelectInput:
         energy_weight=msg.energy_weight if msg.HasField("energy_weight") else None,
         max_latency_ms=msg.max_latency_ms if msg.HasField("max_latency_ms") else None,
         compare=msg.compare,
+        input_tokens=msg.input_tokens if msg.HasField("input_tokens") else None,
     )
 
 
