@@ -1,8 +1,13 @@
-"""The gateway's ASGI app (starlette) and its process (uvicorn)."""
+"""The gateway's ASGI app (starlette) and its process (uvicorn, started, drained and stopped by
+banditd.edge.lifecycle as `banditd serve` is)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import contextlib
+import socket
+from asyncio import Task
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -16,6 +21,7 @@ from starlette.routing import Route
 
 from banditd.client import AsyncClient
 from banditd.config import Settings
+from banditd.edge import lifecycle
 from banditd.edge.tls import ClientSecurity
 from banditd.gateway import metrics
 from banditd.gateway.chat import Gateway, chat_completions
@@ -84,7 +90,25 @@ def create_app(settings: Settings, security: ClientSecurity = NO_SECURITY) -> St
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def server(settings: Settings, security: ClientSecurity = NO_SECURITY) -> uvicorn.Server:
+class Server(uvicorn.Server):
+    """uvicorn's server, its signals left to banditd.edge.lifecycle (uvicorn's own handlers
+    raised a SIGTERM again once drained: the process died of it, 143, as of one while it
+    started), and ``listening`` set once it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # it exits the process when it cannot start
+        self.listening.set()
+
+
+def server(settings: Settings, security: ClientSecurity = NO_SECURITY) -> Server:
     """A uvicorn server for the gateway (not started); port 0 picks a free port."""
     host, _, port = settings.gateway_listen.rpartition(":")
     config = uvicorn.Config(
@@ -96,10 +120,43 @@ def server(settings: Settings, security: ClientSecurity = NO_SECURITY) -> uvicor
         lifespan="on",
         timeout_graceful_shutdown=int(settings.grace_seconds),
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 async def serve(settings: Settings, security: ClientSecurity = NO_SECURITY) -> None:
-    srv = server(settings, security)
+    """Serve until SIGINT/SIGTERM, then drain: the calls in flight finish (up to
+    grace_seconds) and their reports are sent; a stop while starting ends the start-up."""
+    await lifecycle.run(
+        _start(settings, security),
+        stop=_stop,
+        cut=_cut,
+        grace_seconds=settings.grace_seconds,
+    )
+
+
+async def _start(settings: Settings, security: ClientSecurity) -> tuple[Server, Task[None]]:
+    """The server and the task serving it, once it listens; cancelled, it is stopped again."""
     log.info("gateway_start", listen=settings.gateway_listen, target=settings.gateway_target)
-    await srv.serve()
+    srv = server(settings, security)
+    serving = asyncio.create_task(srv.serve(), name="gateway")
+    listening = asyncio.create_task(srv.listening.wait())
+    try:
+        await asyncio.wait((listening, serving), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        await _stop((srv, serving))
+        raise
+    finally:
+        listening.cancel()
+    if serving.done():  # it ended before it listened
+        serving.result()
+    return srv, serving
+
+
+async def _stop(running: tuple[Server, Task[None]]) -> None:
+    srv, serving = running
+    srv.should_exit = True
+    await serving
+
+
+async def _cut(running: tuple[Server, Task[None]]) -> None:
+    running[0].force_exit = True  # no waiting for calls in flight
