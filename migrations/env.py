@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from banditd.store import budget_tables  # noqa: F401  (its tables join the metadata)
 from banditd.store.models import metadata
@@ -36,8 +37,30 @@ def run_migrations_offline() -> None:
 MIGRATION_LOCK = 0x62616E64
 
 
+def _sqlite_transactions(engine: AsyncEngine) -> None:
+    """SQLite's DDL in real transactions. pysqlite begins one only before an INSERT, UPDATE or
+    DELETE, so each ADD COLUMN or CREATE INDEX committed by itself: a migration stopped half-way
+    (killed, disk full, locked) kept its first statements under the old version, and running it
+    again failed on them (duplicate column) for good. BEGIN IMMEDIATE takes the write lock before
+    Alembic reads the version."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver begins nothing by itself
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    # One transaction for the whole run, on SQLite too: a migration that fails leaves nothing.
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        transactional_ddl=True,
+    )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             # Replicas started together each migrate on start: one at a time, the others then
@@ -48,6 +71,8 @@ def _run(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     engine = create_async_engine(_url())
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactions(engine)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -1,0 +1,73 @@
+"""Migrations (banditd.store.engine.migrate, migrations/env.py): a migration that fails half-way
+leaves nothing of itself, on either database, so running it again once the cause is gone works."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.store import Database, migrate
+
+# A next migration shaped like 0022 (two ADD COLUMNs), stopped after its first statement: as a
+# process killed, a full disk or a lock timeout would stop it.
+HALF_WAY = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("decisions", sa.Column("first", sa.Float(), nullable=True))
+    {stop}
+    op.add_column("decisions", sa.Column("second", sa.Float(), nullable=True))
+
+
+def downgrade():
+    op.drop_column("decisions", "second")
+    op.drop_column("decisions", "first")
+"""
+
+
+def _head() -> str:
+    return max(p.name[:4] for p in (DEFAULT_MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
+
+
+async def _state(url: str) -> tuple[str, list[str]]:
+    db = Database(url)
+    try:
+        async with db.transaction() as conn:
+            version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            columns = (await conn.execute(text("SELECT * FROM decisions WHERE 1 = 0"))).keys()
+            assert version is not None
+            return str(version), list(columns)
+    finally:
+        await db.close()
+
+
+async def test_a_migration_stopped_half_way_leaves_nothing_and_runs_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_MIGRATIONS_DIR, migrations)
+    head = _head()
+    await migrate(database_url, migrations)
+    before = await _state(database_url)
+
+    step = migrations / "versions" / "9999_half_way.py"
+    step.write_text(HALF_WAY.format(head=head, stop='raise RuntimeError("stopped")'))
+    with pytest.raises(RuntimeError, match="stopped"):
+        await migrate(database_url, migrations)
+    assert await _state(database_url) == before  # neither column, the version not moved
+
+    step.write_text(HALF_WAY.format(head=head, stop="pass"))
+    await migrate(database_url, migrations)
+    version, columns = await _state(database_url)
+    assert version == "9999" and columns == [*before[1], "first", "second"]
