@@ -67,6 +67,8 @@ def _run(connection: Connection) -> None:
             # read the version it committed (Alembic reads it after this) and have nothing to do.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
+        # The revision the database is at now, for banditd.store.engine.migrate to check.
+        config.attributes["revision"] = context.get_context().get_current_revision()
 
 
 async def run_migrations_online() -> None:

@@ -13,13 +13,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Insert, Table, event, make_url, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from banditd.errors import BadData, Unavailable
+from banditd.errors import BadData, FailedPrecondition, Unavailable
 from banditd.store.listener import EventListener
 
 EVENTS_CHANNEL = "banditd_events"  # NOTIFY channel: feedback events were committed
@@ -198,7 +200,24 @@ def alembic_config(url: str, migrations_dir: Path) -> Config:
 
 
 async def migrate(url: str, migrations_dir: Path, revision: str = "head") -> None:
-    """Upgrade the schema to ``revision`` (Alembic runs its own loop, so in a worker thread)."""
+    """Upgrade the schema to ``revision`` (Alembic runs its own loop, so in a worker thread).
+
+    FailedPrecondition, the database unchanged, for a revision no migration has (or a database at
+    one: a newer banditd migrated it), and for one the database is already past: this only
+    upgrades, where Alembic did nothing and said nothing."""
     if not (migrations_dir / "env.py").exists():
         raise FileNotFoundError(f"no Alembic migrations in {migrations_dir}")
-    await asyncio.to_thread(command.upgrade, alembic_config(url, migrations_dir), revision)
+    await asyncio.to_thread(_upgrade, alembic_config(url, migrations_dir), revision)
+
+
+def _upgrade(config: Config, revision: str) -> None:
+    try:
+        command.upgrade(config, revision)
+        wanted = ScriptDirectory.from_config(config).get_revision(revision)
+    except CommandError as exc:
+        raise FailedPrecondition(f"cannot migrate the database to {revision}: {exc}") from exc
+    at = config.attributes["revision"]  # where migrations/env.py left the database
+    if at != (wanted.revision if wanted else None):
+        raise FailedPrecondition(
+            f"the database is at revision {at}, past {revision}: migrate only upgrades"
+        )

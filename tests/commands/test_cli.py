@@ -33,6 +33,28 @@ def test_migrate_creates_schema(tmp_path: Path) -> None:
     assert {"routers", "arms", "decisions", "feedback_events", "posterior_snapshots"} <= tables
 
 
+def test_migrate_says_what_it_cannot_do_instead_of_claiming_it(tmp_path: Path) -> None:
+    """A revision the database is past (it only upgrades), one no migration has, or a database a
+    newer banditd migrated: exit 1 and a clear line, never "migrated to" with nothing done, nor
+    a traceback."""
+    db = tmp_path / "m.db"
+    url = ["--database-url", f"sqlite+aiosqlite:///{db}"]
+    subprocess.run([*BANDITD, "migrate", *url], capture_output=True, timeout=60, check=True)
+    at = sqlite3.connect(db).execute("select version_num from alembic_version").fetchall()
+
+    def refused(*args: str) -> str:
+        done = subprocess.run([*BANDITD, "migrate", *url, *args], capture_output=True, text=True)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "migrated to" not in done.stderr and done.stderr.startswith("banditd: ")
+        return done.stderr
+
+    assert f"at revision {at[0][0]}, past 0022" in refused("--revision", "0022")
+    assert "Can't locate revision identified by 'nope'" in refused("--revision", "nope")
+    with sqlite3.connect(db) as conn:
+        conn.execute("update alembic_version set version_num = '9999'")  # a newer release's
+    assert "Can't locate revision identified by '9999'" in refused()
+
+
 def test_bad_listen_address_is_a_clear_error() -> None:
     done = subprocess.run(
         [*BANDITD, "serve", "--listen", "nonsense"], capture_output=True, text=True, timeout=60

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
+from banditd.errors import FailedPrecondition
 from banditd.store import Database, migrate
 
 # A next migration shaped like 0022 (two ADD COLUMNs), stopped after its first statement: as a
@@ -71,3 +72,18 @@ async def test_a_migration_stopped_half_way_leaves_nothing_and_runs_again(
     await migrate(database_url, migrations)
     version, columns = await _state(database_url)
     assert version == "9999" and columns == [*before[1], "first", "second"]
+
+
+async def test_migrate_refuses_a_revision_the_database_is_past_and_changes_nothing(
+    database_url: str,
+) -> None:
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)
+    before = await _state(database_url)
+    for older in ("0022", "base"):
+        with pytest.raises(FailedPrecondition, match=f"at revision {_head()}, past {older}"):
+            await migrate(database_url, DEFAULT_MIGRATIONS_DIR, older)
+    with pytest.raises(FailedPrecondition, match="Can't locate revision identified by 'nope'"):
+        await migrate(database_url, DEFAULT_MIGRATIONS_DIR, "nope")
+    assert await _state(database_url) == before
+    await migrate(database_url, DEFAULT_MIGRATIONS_DIR)  # already at head: nothing to do
+    assert await _state(database_url) == before
