@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Insert, Table, event, make_url, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -204,7 +204,8 @@ async def migrate(url: str, migrations_dir: Path, revision: str = "head") -> Non
 
     FailedPrecondition, the database unchanged, for a revision no migration has (or a database at
     one: a newer banditd migrated it), and for one the database is already past: this only
-    upgrades, where Alembic did nothing and said nothing."""
+    upgrades, where Alembic did nothing and said nothing. Unavailable, the database unchanged,
+    where it cannot be reached or stays locked (retry later)."""
     if not (migrations_dir / "env.py").exists():
         raise FileNotFoundError(f"no Alembic migrations in {migrations_dir}")
     await asyncio.to_thread(_upgrade, alembic_config(url, migrations_dir), revision)
@@ -216,6 +217,8 @@ def _upgrade(config: Config, revision: str) -> None:
         wanted = ScriptDirectory.from_config(config).get_revision(revision)
     except CommandError as exc:
         raise FailedPrecondition(f"cannot migrate the database to {revision}: {exc}") from exc
+    except (OperationalError, SQLAlchemyTimeoutError, OSError) as exc:  # locked, unreachable
+        raise unavailable(exc) from exc
     at = config.attributes["revision"]  # where migrations/env.py left the database
     if at != (wanted.revision if wanted else None):
         raise FailedPrecondition(

@@ -4,13 +4,14 @@ leaves nothing of itself, on either database, so running it again once the cause
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
-from banditd.errors import FailedPrecondition
+from banditd.errors import FailedPrecondition, Unavailable
 from banditd.store import Database, migrate
 
 # A next migration shaped like 0022 (two ADD COLUMNs), stopped after its first statement: as a
@@ -87,3 +88,20 @@ async def test_migrate_refuses_a_revision_the_database_is_past_and_changes_nothi
     assert await _state(database_url) == before
     await migrate(database_url, DEFAULT_MIGRATIONS_DIR)  # already at head: nothing to do
     assert await _state(database_url) == before
+
+
+async def test_a_database_locked_past_the_wait_is_unavailable_not_a_traceback(
+    sqlite_url: str,
+) -> None:
+    # Another process holds SQLite's write lock for longer than the migration waits for it: a
+    # clear UNAVAILABLE (retry later), the database unchanged, not the driver's raw error.
+    await migrate(sqlite_url, DEFAULT_MIGRATIONS_DIR)
+    before = await _state(sqlite_url)
+    holder = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(Unavailable, match=r"database unavailable.*locked"):
+            await migrate(sqlite_url, DEFAULT_MIGRATIONS_DIR)
+    finally:
+        holder.close()
+    assert await _state(sqlite_url) == before
