@@ -2,16 +2,20 @@
 for the idempotency key each feedback event is given: a fresh uuid4, unless the caller names one).
 
 The argument names are the proto fields' (banditd/v1/banditd.proto). A value of None is the same
-as leaving the argument out; the server validates everything else, so its errors (and messages)
-are the same for every caller.
+as leaving the argument out. What protobuf cannot carry (a wrong type, a lone surrogate) is
+refused here, naming the field; the server validates everything else, so its errors (and
+messages) are the same for every caller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Required, TypedDict
+
+from google.protobuf.descriptor import FieldDescriptor
 
 from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
@@ -92,12 +96,57 @@ class UploadOptions(CallOptions, total=False):
     chunk_size: int
 
 
-def _set_present(msg: Any, args: Mapping[str, Any], names: Sequence[str]) -> None:
-    """Set the optional fields ``names`` that ``args`` gives (None: left unset)."""
-    for name in names:
-        value = args.get(name)
+_KINDS = {
+    FieldDescriptor.CPPTYPE_STRING: "a str",
+    FieldDescriptor.CPPTYPE_DOUBLE: "a number",
+    FieldDescriptor.CPPTYPE_INT64: "an int",
+    FieldDescriptor.CPPTYPE_BOOL: "a bool",
+}
+_LISTS = {
+    "candidates": "a list of arm names",
+    "metadata": "a dict of str to str",
+    "embedding": "floats",
+}
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """Sets ``msg``'s fields from the caller's values, as the client's errors where protobuf
+    refuses one, naming the field (and in an upload the event): a value of the wrong type (a
+    reward read from JSON as "0.5") TypeError; one no field can carry (a lone surrogate, an int
+    past 64 bits) InvalidArgument, as the server answers a client that could send it."""
+
+    msg: Any
+    call: str  # "select()", "feedback()", or an upload's "events[3]"
+    where: str = ""  # prefixes the field an InvalidArgument names: "events[3]."
+
+    def set(self, name: str, value: Any) -> None:
+        """The field ``name`` to ``value`` (None: left unset)."""
         if value is not None:
-            setattr(msg, name, value)
+            with self.naming(name, value):
+                setattr(self.msg, name, value)
+
+    def copy(self, args: Mapping[str, Any], names: Sequence[str]) -> None:
+        """The fields ``names`` to the values ``args`` gives (None or none: left unset)."""
+        for name in names:
+            self.set(name, args.get(name))
+
+    @contextlib.contextmanager
+    def naming(self, name: str, value: Any) -> Iterator[None]:
+        try:
+            yield
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"{self.where}{name}",
+                f"is not valid Unicode: {exc.object[exc.start]!r} at {exc.start}",
+            ) from None
+        except ValueError as exc:
+            raise InvalidArgument(f"{self.where}{name}", str(exc)) from None
+        except TypeError:
+            field = self.msg.DESCRIPTOR.fields_by_name[name]
+            kind = _LISTS.get(name) or _KINDS.get(field.cpp_type, "of the proto's type")
+            got = f"{type(value).__name__} {value!r}"
+            raise TypeError(f"{self.call}: {name} must be {kind}, got {got}") from None
 
 
 def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
@@ -106,35 +155,30 @@ def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
         raise TypeError(f"{what} got unexpected arguments: {', '.join(unknown)}")
 
 
+def _require(args: Mapping[str, Any], name: str, what: str) -> None:
+    if args.get(name) is None:
+        raise TypeError(f"{what} missing required argument: {name!r}")
+
+
 def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectRequest:
     _check_names(args, SelectArgs, "select()")
+    _require(args, "router", "select()")
     prompt, embedding = args.get("prompt"), args.get("embedding")
     if prompt is not None and embedding is not None:
         raise InvalidArgument("context", "give prompt or embedding, not both")
-    msg = pb.SelectRequest(
-        tenant=args.get("tenant") or default_tenant or "",
-        router=args["router"],
-        request_id=args.get("request_id") or "",
-        candidates=args.get("candidates") or (),
-        metadata=args.get("metadata") or {},
-        compare=bool(args.get("compare")),
-    )
-    if prompt is not None:
-        msg.prompt = prompt
+    candidates = args.get("candidates")
+    msg = pb.SelectRequest()
+    fields = _Fields(msg, "select()")
+    fields.set("tenant", args.get("tenant") or default_tenant or "")
+    fields.copy(args, ("router", "request_id", "compare", "prompt", "cost_weight", "max_cost_usd"))
+    fields.copy(args, ("latency_weight", "energy_weight", "max_latency_ms", "input_tokens"))
+    with fields.naming("candidates", candidates):
+        msg.candidates.extend(candidates or ())
+    with fields.naming("metadata", args.get("metadata")):
+        msg.metadata.update(args.get("metadata") or {})
     if embedding is not None:
-        msg.embedding.values.extend(embedding)
-    _set_present(
-        msg,
-        args,
-        (
-            "cost_weight",
-            "max_cost_usd",
-            "latency_weight",
-            "energy_weight",
-            "max_latency_ms",
-            "input_tokens",
-        ),
-    )
+        with fields.naming("embedding", embedding):
+            msg.embedding.values.extend(embedding)
     return msg
 
 
@@ -142,15 +186,15 @@ def feedback_request(
     args: FeedbackArgs, default_tenant: str | None, where: str = ""
 ) -> pb.FeedbackRequest:
     """``where`` prefixes the field a client-side refusal names (an event's index in an upload)."""
-    _check_names(args, FeedbackArgs, where.rstrip(".") or "feedback()")
-    msg = pb.FeedbackRequest(
-        tenant=args.get("tenant") or default_tenant or "",
-        decision_id=args["decision_id"],
-        error=bool(args.get("error")),
-        usage_only=bool(args.get("usage_only")),
-        # Built once per event: each retry of its call sends this message, key included.
-        idempotency_key=args.get("idempotency_key") or str(uuid.uuid4()),
-    )
+    call = where.rstrip(".") or "feedback()"
+    _check_names(args, FeedbackArgs, call)
+    _require(args, "decision_id", call)
+    msg = pb.FeedbackRequest()
+    fields = _Fields(msg, call, where)
+    fields.set("tenant", args.get("tenant") or default_tenant or "")
+    fields.copy(args, ("decision_id", "error", "usage_only"))
+    # Built once per event: each retry of its call sends this message, key included.
+    fields.set("idempotency_key", args.get("idempotency_key") or str(uuid.uuid4()))
     thumb, reward = args.get("thumb"), args.get("reward")
     if thumb is not None and reward is not None:
         raise InvalidArgument(f"{where}signal", "give thumb or reward, not both")
@@ -158,8 +202,6 @@ def feedback_request(
         if thumb not in THUMBS:
             raise InvalidArgument(f"{where}thumb", f"must be 'up' or 'down', got {thumb!r}")
         msg.thumb = THUMBS[thumb]
-    elif reward is not None:
-        msg.reward = reward
     preference = args.get("preference")
     if preference is not None:
         if preference not in PREFERENCES:
@@ -168,11 +210,8 @@ def feedback_request(
                 f"must be 'arm', 'challenger' or 'tie', got {preference!r}",
             )
         msg.preference = PREFERENCES[preference]
-    _set_present(
-        msg,
-        args,
-        ("cost_usd", "input_tokens", "output_tokens", "latency_ms", "energy_wh", "first_token_ms"),
-    )
+    fields.copy(args, ("reward", "cost_usd", "input_tokens", "output_tokens", "latency_ms"))
+    fields.copy(args, ("energy_wh", "first_token_ms"))
     return msg
 
 

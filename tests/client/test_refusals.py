@@ -12,7 +12,7 @@ import trustme
 from banditd import client as bc
 from banditd.v1 import banditd_pb2 as pb
 from tests.client.test_client import Client, call, make_client, serving
-from tests.helpers import StartServer
+from tests.helpers import Running, StartServer
 
 __all__ = ["make_client"]  # test_client's fixture: sync and async clients
 
@@ -94,3 +94,96 @@ async def test_a_call_timeout_that_is_not_positive_is_refused(
             await call(client, "select", router="chat", prompt="hi", timeout=seconds)
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == 1  # only the first: nothing sent
+
+
+async def _nothing_recorded(server: Running) -> None:
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert (stats.decisions, stats.feedback_count) == (1, 0)  # the one made to rate: refused
+
+
+async def test_a_required_argument_left_out_is_a_type_error_naming_it(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client]
+) -> None:
+    """It was a KeyError ('router'), and in an upload it did not say which event."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    decision = await call(client, "select", router="chat", prompt="hi")
+    with pytest.raises(TypeError, match=r"^select\(\) missing required argument: 'router'$"):
+        await call(client, "select", prompt="hi")
+    with pytest.raises(TypeError, match=r"^feedback\(\) missing required argument: 'decision_id'"):
+        await call(client, "feedback", decision_id=None, thumb="up")  # None: left out
+    events = [{"decision_id": decision.decision_id, "thumb": "up"}, {"thumb": "up"}]
+    with pytest.raises(TypeError, match=r"^events\[1\] missing required argument: 'decision_id'"):
+        await call(client, "upload_feedback", events)
+    await _nothing_recorded(server)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ({"reward": "0.5"}, TypeError, "events[1]: reward must be a number, got str '0.5'"),
+        ({"output_tokens": 1.5}, TypeError, "events[1]: output_tokens must be an int, got float"),
+        ({"tenant": 7}, TypeError, "events[1]: tenant must be a str, got int 7"),
+        ({"decision_id": 5}, TypeError, "events[1]: decision_id must be a str, got int 5"),
+        ({"error": "false"}, TypeError, "events[1]: error must be a bool, got str 'false'"),
+        ({"input_tokens": 2**70}, bc.InvalidArgument, "events[1].input_tokens: Value out of"),
+        ({"tenant": "ac\ud800"}, bc.InvalidArgument, "events[1].tenant: is not valid Unicode"),
+    ],
+    ids=[
+        "str-reward",
+        "float-tokens",
+        "int-tenant",
+        "int-id",
+        "str-error",
+        "huge-tokens",
+        "surrogate",
+    ],
+)
+async def test_an_upload_event_of_a_bad_value_names_the_event_and_field(
+    sqlite_url: str,
+    start_server: StartServer,
+    make_client: Callable[..., Client],
+    bad: dict[str, object],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """Such a value (a reward read from JSON as "0.5") raised protobuf's own error, which named
+    neither the event nor the field; an error flag of "false" was sent as true."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    decision = await call(client, "select", router="chat", prompt="hi")
+    events = [
+        {"decision_id": decision.decision_id, "thumb": "up"},
+        {"decision_id": decision.decision_id, "reward": 1.0, **bad},
+    ]
+    with pytest.raises(error) as raised:
+        await call(client, "upload_feedback", events)
+    assert str(raised.value).startswith(message)
+    await _nothing_recorded(server)
+
+
+@pytest.mark.parametrize(
+    ("argument", "field"),
+    [
+        ({"prompt": "hi \ud83d"}, "prompt"),
+        ({"prompt": "hi", "metadata": {"app": "\udc00"}}, "metadata"),
+        ({"prompt": "hi", "candidates": ["cheap", "mid\ud800"]}, "candidates"),
+    ],
+    ids=["prompt", "metadata", "candidates"],
+)
+async def test_a_lone_surrogate_is_invalid_argument(
+    sqlite_url: str,
+    start_server: StartServer,
+    make_client: Callable[..., Client],
+    argument: dict[str, object],
+    field: str,
+) -> None:
+    """Text cut in the middle of a UTF-16 pair: protobuf's UnicodeEncodeError escaped the client,
+    where docs/api.md promises INVALID_ARGUMENT (what the server answers other clients)."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    with pytest.raises(bc.InvalidArgument, match="is not valid Unicode") as raised:
+        await call(client, "select", router="chat", **argument)
+    assert raised.value.field == field
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 0
