@@ -113,7 +113,8 @@ def upload_calls(
     """One call per chunk, each committed before the next is sent."""
     _check_names(options, UploadOptions, "upload_feedback()")
     tenant = options.get("tenant") or default_tenant
-    for chunk in upload_chunks(events, tenant, options.get("chunk_size", DEFAULT_CHUNK)):
+    chunk_size = options.get("chunk_size")
+    for chunk in upload_chunks(events, tenant, DEFAULT_CHUNK if chunk_size is None else chunk_size):
         yield Call(
             "UploadFeedback",
             chunk.batches,

@@ -93,7 +93,7 @@ class UploadOptions(CallOptions, total=False):
     is per call."""
 
     tenant: str | None
-    chunk_size: int
+    chunk_size: int | None
 
 
 _KINDS = {
@@ -167,6 +167,10 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
     if prompt is not None and embedding is not None:
         raise InvalidArgument("context", "give prompt or embedding, not both")
     candidates = args.get("candidates")
+    if isinstance(candidates, str):  # a sequence too: each character would be an arm's name
+        raise TypeError(
+            f"select(): candidates must be a list of arm names, not a str: {candidates!r}"
+        )
     msg = pb.SelectRequest()
     fields = _Fields(msg, "select()")
     fields.set("tenant", args.get("tenant") or default_tenant or "")

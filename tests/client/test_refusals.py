@@ -162,6 +162,19 @@ async def test_an_upload_event_of_a_bad_value_names_the_event_and_field(
     await _nothing_recorded(server)
 
 
+async def test_candidates_given_as_one_str_are_refused(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client]
+) -> None:
+    """A str is a sequence of characters: the server was asked for arm 'c' ("router 'chat' has
+    no arm 'c'")."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    with pytest.raises(TypeError, match=r"candidates must be a list of arm names, not a str"):
+        await call(client, "select", router="chat", prompt="hi", candidates="cheap")
+    decision = await call(client, "select", router="chat", prompt="hi", candidates=["cheap"])
+    assert decision.arm == "cheap"
+
+
 @pytest.mark.parametrize(
     ("argument", "field"),
     [
@@ -187,3 +200,15 @@ async def test_a_lone_surrogate_is_invalid_argument(
     assert raised.value.field == field
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.decisions == 0
+
+
+async def test_chunk_size_none_is_left_out(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client]
+) -> None:
+    """As every argument set to None (docs/client.md): it raised TypeError comparing None."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    decision = await call(client, "select", router="chat", prompt="hi")
+    events = [{"decision_id": decision.decision_id, "thumb": "up"}]
+    summary = await call(client, "upload_feedback", events, chunk_size=None)
+    assert (summary.accepted, summary.invalid) == (1, 0)
