@@ -224,3 +224,49 @@ async def meanwhile(
         event.remove(db.engine.sync_engine, "before_cursor_execute", start_other)
     assert task is not None, f"no statement began with {prefix!r}"
     return result, await task
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    port: int, target_port: int, *, drop_first: bool = False
+) -> AsyncIterator[None]:
+    """A listener on ``port`` passing connections to ``target_port``: a server that is back, at
+    once (a real restart takes longer than the retries' window). With ``drop_first`` it closes
+    its first connection unanswered: the client's first try fails as against a server not up
+    yet, and the next is passed on, with no wait in the test for the moment in between."""
+    pipes: list[asyncio.Task[None]] = []
+    writers: list[asyncio.StreamWriter] = []
+    accepted = 0
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writers.append(writer)
+        if drop_first and accepted == 1:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        writers.append(up_writer)
+        pipes.append(asyncio.ensure_future(_pipe(reader, up_writer)))
+        pipes.append(asyncio.ensure_future(_pipe(up_reader, writer)))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await server.wait_closed()

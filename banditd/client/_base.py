@@ -15,8 +15,8 @@ from tenacity import AsyncRetrying, Retrying
 from banditd.client._calls import Attempts, Call
 from banditd.client._errors import ClientClosed, map_rpc_error
 from banditd.client._results import UploadSummary
-from banditd.client._retry import Deadline, RetryPolicy, channel_options, tenacity_args
-from banditd.edge.tls import ClientSecurity
+from banditd.client._retry import Deadline, RetryPolicy, tenacity_args
+from banditd.edge.tls import ClientSecurity, channel_options
 from banditd.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -85,7 +85,7 @@ class ClientBase:
         security = ClientSecurity(api_key, _path(tls_ca), _path(tls_cert), _path(tls_key))
         self._metadata = security.metadata
         self._credentials = security.credentials()  # reads the files now: fail here, not later
-        self._options = channel_options(retry, options)
+        self._options = channel_options(retry.initial_backoff_s, retry.max_backoff_s, options)
         self._closed = False  # set by close(): every later call raises ClientClosed
         self._open()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,25 +46,6 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
-MIN_RECONNECT_MS = 100  # the channel's quickest reconnect, whatever the policy says
-
-
-def channel_options(
-    policy: RetryPolicy, options: Sequence[tuple[str, Any]]
-) -> tuple[tuple[str, Any], ...]:
-    """``options``, with the channel's reconnect backoff set from the policy's (unless given).
-    gRPC's own (1 s, growing to 120 s) fails every attempt at once with UNAVAILABLE while it
-    waits, so retries would not reach a server that is back."""
-    given = {name for name, _ in options}
-    backoff = {
-        "grpc.initial_reconnect_backoff_ms": policy.initial_backoff_s,
-        "grpc.max_reconnect_backoff_ms": policy.max_backoff_s,
-    }
-    return tuple(options) + tuple(
-        (name, max(MIN_RECONNECT_MS, round(seconds * 1000)))
-        for name, seconds in backoff.items()
-        if name not in given
-    )
 
 
 class Deadline:

@@ -1,4 +1,5 @@
-"""Transport security: the server's credentials from settings, or a clear refusal to start.
+"""Transport security: the server's credentials from settings, or a clear refusal to start;
+and a client's channel (its credentials, and a reconnect backoff that lets retries through).
 
 Plaintext is served only where it was asked for (``allow_plaintext``) or on a loopback address
 (the embedded default); anything else needs a certificate and key, and a client CA turns on
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 if TYPE_CHECKING:  # the client (banditd.client) uses this module without the server's settings
     from banditd.config import Settings
+
+
+MIN_RECONNECT_MS = 100  # a channel's quickest reconnect, whatever is asked
 
 
 class TLSConfigError(ValueError):
@@ -52,6 +57,25 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return grpc.ssl_server_credentials([pair])
     return grpc.ssl_server_credentials(
         [pair], root_certificates=_read(ca, "client CA"), require_client_auth=True
+    )
+
+
+def channel_options(
+    initial_backoff_s: float, max_backoff_s: float, options: Sequence[tuple[str, Any]] = ()
+) -> tuple[tuple[str, Any], ...]:
+    """``options``, with the channel's reconnect backoff (``initial_backoff_s``, growing to
+    ``max_backoff_s``; at least 100 ms) unless they set it. gRPC's own (1 s, growing to 120 s)
+    fails every call at once with UNAVAILABLE while it waits, so retries (the client's, a
+    command's ``--wait``) would not reach a server that is back."""
+    given = {name for name, _ in options}
+    backoff = {
+        "grpc.initial_reconnect_backoff_ms": initial_backoff_s,
+        "grpc.max_reconnect_backoff_ms": max_backoff_s,
+    }
+    return tuple(options) + tuple(
+        (name, max(MIN_RECONNECT_MS, round(seconds * 1000)))
+        for name, seconds in backoff.items()
+        if name not in given
     )
 
 
@@ -100,7 +124,9 @@ class ClientSecurity:
         )
 
     def channel(self, target: str) -> grpc.Channel:
-        credentials = self.credentials()
+        """A blocking channel to ``target`` (a command's), reconnecting 0.1 s after a failed
+        connection, at most 1 s: a command's retries try again every second at most."""
+        credentials, options = self.credentials(), channel_options(0.1, 1.0)
         if credentials is None:
-            return grpc.insecure_channel(target)
-        return grpc.secure_channel(target, credentials)
+            return grpc.insecure_channel(target, options)
+        return grpc.secure_channel(target, credentials, options)

@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
 from banditd import client as bc
 from tests.client.test_client import Client, call, free_port, make_client, serving
-from tests.helpers import StartServer
+from tests.helpers import StartServer, listening
 
 __all__ = ["make_client"]  # test_client's fixture: sync and async clients
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-
-
-@contextlib.asynccontextmanager
-async def listening(port: int, target_port: int) -> AsyncIterator[None]:
-    """A listener on ``port`` passing connections to ``target_port``: a server that is back, at
-    once (a real restart takes longer than the retries' window)."""
-    pipes: list[asyncio.Task[None]] = []
-    writers: list[asyncio.StreamWriter] = []
-
-    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        writers.extend((writer, up_writer))
-        pipes.append(asyncio.ensure_future(_pipe(reader, up_writer)))
-        pipes.append(asyncio.ensure_future(_pipe(up_reader, writer)))
-
-    server = await asyncio.start_server(forward, "127.0.0.1", port)
-    try:
-        yield
-    finally:
-        server.close()
-        for task in pipes:
-            task.cancel()
-        await asyncio.gather(*pipes, return_exceptions=True)
-        for writer in writers:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize("own_backoff", [False, True], ids=["policy's", "options'"])

@@ -1,5 +1,5 @@
 """The Admin client of `banditd routers` and `banditd budgets` against a real server on port 0:
-a delete whose answer is lost on the way back, and its retry."""
+a delete whose answer is lost on the way back, and its retry; --wait for a server still starting."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import grpc
 import pytest
 import structlog
 
+from banditd.commands import cli
 from banditd.commands.admin_client import AdminClient, delete_each
 from banditd.edge.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import StartServer, router_config
+from tests.client.test_client import free_port
+from tests.helpers import REPO, StartServer, listening, router_config
 
 
 class _AnswerLost(grpc.RpcError):
@@ -71,3 +73,20 @@ async def test_a_retried_delete_whose_answer_was_lost_is_deleted(
     assert capsys.readouterr() == ("acme/chat: deleted\n", "")
     listed = await server.admin.ListRouters(pb.ListRoutersRequest(tenant="acme"))
     assert list(listed.routers) == []
+
+
+async def test_wait_reaches_a_server_up_after_the_first_failed_try(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's channel kept gRPC's reconnect backoff (1 s, growing to 120 s), failing each
+    try of --wait at once while it waited: `--wait 0.5` gave up on a server up 0.5 s before (and
+    a longer wait tried again ever more rarely). It now backs off as the client library's does."""
+    server = await start_server(sqlite_url)
+    port = free_port()
+    routers = str(REPO / "examples" / "routers.yaml")
+    argv = ["routers", "apply", "-f", routers, "--target", f"127.0.0.1:{port}", "--wait", "0.5"]
+    capsys.readouterr()
+    async with listening(port, server.app.port, drop_first=True):
+        with structlog.testing.capture_logs():  # the server's logs, not the command's output
+            status = await asyncio.to_thread(cli.main, argv)
+    assert (status, capsys.readouterr()) == (0, ("demo/chat: created (version 1)\n", ""))

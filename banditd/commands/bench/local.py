@@ -27,6 +27,8 @@ from typing import Required, TypedDict, Unpack
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from banditd.edge.tls import ClientSecurity
+
 START_TIMEOUT_S = 120.0  # a first start compiles the Numba kernels
 STOP_TIMEOUT_S = 20.0
 
@@ -117,7 +119,8 @@ class ServerProcess:
     def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
         """Block until the health service says SERVING; RuntimeError if the process dies."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        # Its reconnect backoff (not gRPC's, up to 120 s) lets the polls reach it once it is up.
+        with ClientSecurity().channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc.poll() is not None:
