@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if cert is None or key is None:
         raise TLSConfigError("set both BANDITD_TLS_CERT_FILE and BANDITD_TLS_KEY_FILE")
     pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
+    _check_pem(cert, key, ca)
     if ca is None:
         return grpc.ssl_server_credentials([pair])
     return grpc.ssl_server_credentials(
@@ -77,6 +79,32 @@ def channel_options(
         for name, seconds in backoff.items()
         if name not in given
     )
+
+
+def _check_pem(cert: Path, key: Path, ca: Path | None) -> None:
+    """Refuse files grpc would take here and then fail to bind with (it says only "Failed to
+    bind"): no certificate, no unencrypted key, a key of another certificate, an empty CA.
+    Security level 0: weak keys and digests that grpc accepts are not refused here."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    for path, setting in ((cert, "BANDITD_TLS_CERT_FILE"), (ca, "BANDITD_TLS_CLIENT_CA_FILE")):
+        try:
+            if path is not None:
+                context.load_verify_locations(cafile=path)
+        except ssl.SSLError:
+            raise TLSConfigError(f"{setting} {str(path)!r} holds no PEM certificate") from None
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")  # encrypted: refused, no prompt
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSConfigError(
+                f"BANDITD_TLS_KEY_FILE {str(key)!r} is not the private key of the certificate "
+                f"in BANDITD_TLS_CERT_FILE {str(cert)!r}"
+            ) from None
+        raise TLSConfigError(
+            f"BANDITD_TLS_KEY_FILE {str(key)!r} holds no usable PEM private key (it must not be "
+            "encrypted)"
+        ) from None
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

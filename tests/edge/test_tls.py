@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
@@ -119,6 +120,38 @@ def test_unsafe_or_broken_listener_settings_refuse_to_start(
 ) -> None:
     with pytest.raises(TLSConfigError, match=message):
         server_credentials(Settings(**fields))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "ca", "message"),
+    [
+        ("server_key", "server_chain", None, "BANDITD_TLS_CERT_FILE .* holds no PEM certificate"),
+        ("server_chain", "ca", None, "BANDITD_TLS_KEY_FILE .* holds no usable PEM private key"),
+        ("server_chain", "encrypted_key", None, "no usable PEM private key .*encrypted"),
+        ("server_chain", "client_key", None, "not the private key of the certificate"),
+        ("server_chain", "server_key", "server_key", "BANDITD_TLS_CLIENT_CA_FILE .* holds no"),
+    ],
+)
+def test_files_grpc_cannot_use_are_named_before_anything_starts(
+    pki: dict[str, Path], tmp_path: Path, cert: str, key: str, ca: str | None, message: str
+) -> None:
+    # grpc took such files and then failed to bind: `banditd serve` said only "cannot listen on
+    # ...", after migrating the database.
+    server_key = serialization.load_pem_private_key(pki["server_key"].read_bytes(), None)
+    encrypted = server_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    files = {**pki, "encrypted_key": tmp_path / "encrypted.pem"}
+    files["encrypted_key"].write_bytes(encrypted)
+    settings = Settings(
+        tls_cert_file=files[cert],
+        tls_key_file=files[key],
+        tls_client_ca_file=files[ca] if ca else None,
+    )
+    with pytest.raises(TLSConfigError, match=message):
+        server_credentials(settings)
 
 
 def test_plaintext_defaults() -> None:
