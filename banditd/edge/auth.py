@@ -75,7 +75,9 @@ class Principal:
 
 class Authenticator:
     """Checks presented keys against the key store, trusting a lookup for ``cache_seconds``
-    (so a revocation reaches every replica within that time)."""
+    (so a revocation reaches every replica within that time). While the store cannot be
+    reached, a key's last lookup stands (Select keeps answering through a database outage) and
+    is tried again after ``cache_seconds``; a key never looked up is UNAVAILABLE."""
 
     def __init__(
         self, store: KeyStore, cache_seconds: float, clock: Callable[[], float] = time.monotonic
@@ -90,7 +92,13 @@ class Authenticator:
         hit = self._cache.get(key_id)
         if hit is not None and now - hit[0] < self._cache_seconds:
             return hit[1]
-        stored = await self._store.get(key_id)
+        try:
+            stored = await self._store.get(key_id)
+        except Unavailable as exc:
+            if hit is None:
+                raise
+            log.warning("auth_lookup_failed", key_id=key_id, error=exc.message)
+            stored = hit[1]
         if self._cache_seconds > 0:
             if len(self._cache) >= MAX_CACHED_KEYS:
                 self._cache.clear()
