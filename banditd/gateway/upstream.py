@@ -21,6 +21,7 @@ from banditd.client import RankedArm
 FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 429})
 MAX_ERROR_BODY = 64 * 1024  # of an error passed on to the caller: the rest is not read
 SSE = "text/event-stream"  # what a stream's 200 must be
+OWN_SETTINGS = "BANDITD_"  # the gateway's settings (BANDITD_API_KEY): no arm's key
 
 
 class UpstreamFailed(Exception):
@@ -62,6 +63,13 @@ class Upstream:
             raise UpstreamFailed("no_upstream", f"arm {self.arm!r} has no upstream_base_url")
         if not self.api_key_env:
             return {}
+        if self.api_key_env.upper().startswith(OWN_SETTINGS):
+            # A tenant's router names the variable: never hand it the gateway's banditd key.
+            raise UpstreamFailed(
+                "missing_key",
+                f"arm {self.arm!r}: upstream_api_key_env {self.api_key_env} is one of banditd's "
+                f"own settings ({OWN_SETTINGS}*), never sent to an upstream",
+            )
         key = os.environ.get(self.api_key_env)
         if not key:
             raise UpstreamFailed(

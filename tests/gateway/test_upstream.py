@@ -14,14 +14,17 @@ from banditd.v1 import banditd_pb2 as pb
 from tests.gateway.stack import MODEL, PROMPT, Launch
 
 
-async def _served_by(launch: Launch, monkeypatch: pytest.MonkeyPatch, url: str, key: str) -> str:
+async def _served_by(
+    launch: Launch, monkeypatch: pytest.MonkeyPatch, url: str, key: str, env: str = "FAKE_ALPHA_KEY"
+) -> str:
     stack = await launch()
-    monkeypatch.setenv("FAKE_ALPHA_KEY", key)
+    monkeypatch.setenv(env, key)
     got = await stack.banditd.admin.GetRouter(
         pb.GetRouterRequest(tenant="acme", name="chat"), metadata=stack.admin_key
     )
     config = got.router
     config.arms[0].upstream_base_url = url or config.arms[0].upstream_base_url
+    config.arms[0].upstream_api_key_env = env
     await stack.banditd.admin.PutRouter(
         pb.PutRouterRequest(router=config), metadata=stack.admin_key
     )
@@ -50,6 +53,15 @@ async def test_an_upstream_key_no_header_can_carry_falls_back(
 ) -> None:
     # A key pasted with a typographic character: HTTP headers are ASCII.
     assert await _served_by(launch, monkeypatch, "", "sk-alpha\u2026") == "beta"
+
+
+async def test_banditds_own_settings_are_never_sent_as_an_upstream_key(
+    launch: Launch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tenant's admin could name the gateway's own banditd key (BANDITD_API_KEY, maybe one for
+    # every tenant) as an arm's key, with its own URL as the upstream: the gateway sent it there.
+    got = await _served_by(launch, monkeypatch, "", "bdk_gateway_secret", env="BANDITD_API_KEY")
+    assert got == "beta"
 
 
 async def test_a_stream_answered_without_a_byte_falls_back(launch: Launch) -> None:
