@@ -54,7 +54,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if cert is None or key is None:
         raise TLSConfigError("set both BANDITD_TLS_CERT_FILE and BANDITD_TLS_KEY_FILE")
     pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
-    _check_pem(cert, key, ca)
+    _check_pem(cert, key, ca, SERVER_FILES)
     if ca is None:
         return grpc.ssl_server_credentials([pair])
     return grpc.ssl_server_credentials(
@@ -81,29 +81,38 @@ def channel_options(
     )
 
 
-def _check_pem(cert: Path, key: Path, ca: Path | None) -> None:
-    """Refuse files grpc would take here and then fail to bind with (it says only "Failed to
-    bind"): no certificate, no unencrypted key, a key of another certificate, an empty CA.
-    Security level 0: weak keys and digests that grpc accepts are not refused here."""
+SERVER_FILES = ("BANDITD_TLS_CERT_FILE", "BANDITD_TLS_KEY_FILE", "BANDITD_TLS_CLIENT_CA_FILE")
+CLIENT_FILES = ("client certificate", "client key", "CA")
+
+
+def _check_pem(
+    cert: Path | None, key: Path | None, ca: Path | None, names: tuple[str, str, str]
+) -> None:
+    """Refuse files grpc takes and then cannot use (a server: "Failed to bind"; a client: every
+    call UNAVAILABLE): no certificate, no unencrypted key, a key of another certificate, a CA
+    file without certificates. ``names``: what to call the cert, key and CA files. Security
+    level 0: weak keys and digests that grpc accepts are not refused here."""
+    cert_name, key_name, ca_name = names
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    for path, setting in ((cert, "BANDITD_TLS_CERT_FILE"), (ca, "BANDITD_TLS_CLIENT_CA_FILE")):
+    for path, name in ((cert, cert_name), (ca, ca_name)):
         try:
             if path is not None:
                 context.load_verify_locations(cafile=path)
         except ssl.SSLError:
-            raise TLSConfigError(f"{setting} {str(path)!r} holds no PEM certificate") from None
+            raise TLSConfigError(f"{name} {str(path)!r} holds no PEM certificate") from None
+    if cert is None or key is None:
+        return
     try:
         context.load_cert_chain(cert, key, password=lambda: b"")  # encrypted: refused, no prompt
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise TLSConfigError(
-                f"BANDITD_TLS_KEY_FILE {str(key)!r} is not the private key of the certificate "
-                f"in BANDITD_TLS_CERT_FILE {str(cert)!r}"
+                f"{key_name} {str(key)!r} is not the private key of the certificate in "
+                f"{cert_name} {str(cert)!r}"
             ) from None
         raise TLSConfigError(
-            f"BANDITD_TLS_KEY_FILE {str(key)!r} holds no usable PEM private key (it must not be "
-            "encrypted)"
+            f"{key_name} {str(key)!r} holds no usable PEM private key (it must not be encrypted)"
         ) from None
 
 
@@ -143,13 +152,15 @@ class ClientSecurity:
             raise TLSConfigError("a client certificate needs its key, and a key its certificate")
         if self.ca_file is None and self.cert_file is None:
             return None
-        return grpc.ssl_channel_credentials(
+        credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
             private_key=_read(self.key_file, "client key") if self.key_file else None,
             certificate_chain=_read(self.cert_file, "client certificate")
             if self.cert_file
             else None,
         )
+        _check_pem(self.cert_file, self.key_file, self.ca_file, CLIENT_FILES)
+        return credentials
 
     def channel(self, target: str) -> grpc.Channel:
         """A blocking channel to ``target`` (a command's), reconnecting 0.1 s after a failed

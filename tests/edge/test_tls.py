@@ -154,6 +154,24 @@ def test_files_grpc_cannot_use_are_named_before_anything_starts(
         server_credentials(settings)
 
 
+@pytest.mark.parametrize(
+    ("ca", "cert", "key", "message"),
+    [
+        ("client_key", None, None, "CA .* holds no PEM certificate"),
+        ("ca", "client_key", "client_chain", "client certificate .* holds no PEM certificate"),
+        ("ca", "client_chain", "server_key", "not the private key of the certificate"),
+    ],
+)
+def test_client_files_grpc_cannot_use_are_refused_when_the_client_is_made(
+    pki: dict[str, Path], ca: str, cert: str | None, key: str | None, message: str
+) -> None:
+    # grpc took them: every call was UNAVAILABLE 'Failed to create security handshaker' (and
+    # retried), a gateway answered each request 503.
+    security = ClientSecurity(None, pki[ca], pki[cert] if cert else None, pki[key] if key else None)
+    with pytest.raises(TLSConfigError, match=message):
+        security.credentials()
+
+
 def test_plaintext_defaults() -> None:
     assert server_credentials(Settings(listen="127.0.0.1:0")) is None
     assert server_credentials(Settings(listen="0.0.0.0:0", allow_plaintext=True)) is None
