@@ -10,7 +10,8 @@ Every call to a banditd service passes ``EdgeGuard`` before its servicer runs:
 3. Tenant: the tenant a request names (its ``tenant`` field, or that of a sub-message such as
    PutRouterRequest.router) must be the key's tenant, unless the key is for every tenant
    (``*``); a request naming no tenant (ListRouters of all tenants) needs a ``*`` key. Each
-   message of a StreamFeedback is checked as it arrives. Feedback tokens carry their tenant, and
+   message of a StreamFeedback is checked as it arrives, its key again too (revoked: the
+   stream ends). Feedback tokens carry their tenant, and
    the Feedback flow refuses a token of another tenant, so a key can neither read nor write
    another tenant's routers, decisions, statistics or feedback.
 4. Rate limits per tenant (banditd.edge.limits): Select calls, and feedback events (each message
@@ -216,15 +217,22 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             await limiter.admit(tenant or "", amount)
 
     async def _checked(
-        self, principal: Principal | None, method: str, requests: AsyncIterator[Message]
+        self,
+        principal: Principal | None,
+        method: str,
+        requests: AsyncIterator[Message],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Message]:
-        """A stream's requests, each checked as it arrives; a refusal is counted and logged
+        """A stream's requests, each checked as it arrives, its key too (one revoked while the
+        stream is open ends it, as it would a new call); a refusal is counted and logged
         (``_refused``), then raised into the servicer's loop, whose edge maps it to a status
-        code. A message of many events
-        (UploadFeedback) counts each against rate limits."""
+        code. A message of many events (UploadFeedback) counts each against rate limits."""
+        metadata = context.invocation_metadata()
         async for request in requests:
             amount = float(len(getattr(request, "events", ())) or 1)
             try:
+                if self._auth is not None:
+                    principal = await self._auth.authenticate(metadata)
                 await self._check(principal, method, request, amount)
             except BanditdError as exc:
                 _refused(method, exc)  # counted and logged like a unary call's refusal
@@ -300,7 +308,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             requests: AsyncIterator[Message], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
             principal = await self._admitted(method, context)
-            return await inner(self._checked(principal, method, requests), context)
+            return await inner(self._checked(principal, method, requests, context), context)
 
         return _rewrapped(grpc.stream_unary_rpc_method_handler, guarded, handler)
 
@@ -325,7 +333,7 @@ class EdgeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is un
             principal = await self._admitted(method, context)
             try:
                 async for response in inner_many(
-                    self._checked(principal, method, requests), context
+                    self._checked(principal, method, requests, context), context
                 ):
                     yield response
             except BanditdError as exc:  # a refusal of _checked (counted there), or the handler's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from grpc import StatusCode as C
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
+from sqlalchemy import event
 from structlog.testing import capture_logs
 
 from banditd.config import Settings
@@ -415,3 +417,36 @@ async def test_a_key_looked_up_keeps_working_while_postgres_is_stopped(
         assert (await auth.authenticate(bearer(key))).key_id == stored.key_id
     finally:
         await own_postgres.start()
+
+
+@pytest.mark.parametrize("rpc", ["StreamFeedback", "UploadFeedback"])
+async def test_a_key_revoked_while_its_stream_is_open_ends_the_stream(
+    sqlite_url: str, start_server: StartServer, rpc: str
+) -> None:
+    # The key was checked once, when the stream began: a stream held open (a service's
+    # StreamFeedback, an hour of ingest) went on sending feedback with a revoked key.
+    server, _ = await secured(start_server, sqlite_url)  # keys looked up on every call
+    store = KeyStore(server.app.db)
+    key, stored = await keys.create_key(store, "acme", ["select", "feedback"])
+    decision = await server.router.Select(select("acme"), metadata=bearer(key))
+    one = pb.FeedbackRequest(tenant="acme", decision_id=decision.decision_id, reward=1.0)
+    message = one if rpc == "StreamFeedback" else pb.FeedbackBatch(tenant="acme", events=[one])
+    looked_up = asyncio.Event()
+
+    def on_statement(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "api_keys" in statement:
+            looked_up.set()
+
+    async def messages() -> AsyncIterator[Any]:
+        yield message
+        await asyncio.wait_for(looked_up.wait(), 30)  # the stream was let in with the key
+        await keys.revoke_key(store, stored.key_id)
+        yield message
+
+    engine = server.app.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        code, details = await _code(getattr(server.router, rpc)(messages(), metadata=bearer(key)))
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+    assert code == C.UNAUTHENTICATED and "revoked" in details
