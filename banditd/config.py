@@ -192,6 +192,12 @@ class Settings(BaseSettings):
         "one is the arm's failure",
     )
 
+    gateway_upstream_key_envs: str = Field(
+        "",
+        description="comma-separated environment variables an arm's upstream_api_key_env may "
+        "name (the keys sent to upstreams); empty: any but BANDITD_*",
+    )
+
     @field_validator("listen", "health_listen", "metrics_listen", "gateway_listen")
     @classmethod
     def _check_listen(cls, value: str, info: ValidationInfo) -> str:

@@ -54,6 +54,9 @@ def create_app(settings: Settings, security: ClientSecurity = NO_SECURITY) -> St
                 settings.gateway_upstream_timeout_s,
                 settings.gateway_max_answer_bytes,
                 security.api_key,
+                frozenset(
+                    filter(None, map(str.strip, settings.gateway_upstream_key_envs.split(",")))
+                ),
             )
             state["gw"] = app.state.gateway = gw
             try:

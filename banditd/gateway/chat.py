@@ -59,6 +59,9 @@ class Gateway:
     upstream_timeout_s: float
     max_answer_bytes: int  # of an answer without stream (BANDITD_GATEWAY_MAX_ANSWER_BYTES)
     api_key: str | None = None  # for callers that bring no Bearer key
+    # The variables arms may name as their upstream key (BANDITD_GATEWAY_UPSTREAM_KEY_ENVS);
+    # empty: any but banditd's own.
+    upstream_key_envs: frozenset[str] = frozenset()
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def key_of(self, request: Request) -> str | None:
@@ -163,7 +166,7 @@ async def _attempt(
     meter = Meter(route.prompt_chars)
     stream = body.get("stream") is True
     try:
-        response = await upstream.open(gw.http, body, gw.upstream_timeout_s)
+        response = await upstream.open(gw.http, body, gw.upstream_timeout_s, gw.upstream_key_envs)
         if stream and response.status_code == 200:
             first, rest = await first_chunk(response, upstream.arm)
             meter.first_bytes()

@@ -58,11 +58,19 @@ class Upstream:
             input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok
         ) / 1e6
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, key_envs: frozenset[str]) -> dict[str, str]:
+        """The upstream's Authorization from the variable the arm names: one of ``key_envs``
+        where given (a tenant's admin names the variable, and the URL it is sent to)."""
         if not self.base_url:
             raise UpstreamFailed("no_upstream", f"arm {self.arm!r} has no upstream_base_url")
         if not self.api_key_env:
             return {}
+        if key_envs and self.api_key_env not in key_envs:
+            raise UpstreamFailed(
+                "missing_key",
+                f"arm {self.arm!r}: upstream_api_key_env {self.api_key_env} is not one of "
+                "BANDITD_GATEWAY_UPSTREAM_KEY_ENVS, never sent to an upstream",
+            )
         if self.api_key_env.upper().startswith(OWN_SETTINGS):
             # A tenant's router names the variable: never hand it the gateway's banditd key.
             raise UpstreamFailed(
@@ -86,12 +94,16 @@ class Upstream:
         return {"authorization": f"Bearer {key}"}
 
     async def open(
-        self, http: httpx.AsyncClient, body: dict[str, Any], timeout_s: float
+        self,
+        http: httpx.AsyncClient,
+        body: dict[str, Any],
+        timeout_s: float,
+        key_envs: frozenset[str] = frozenset(),
     ) -> httpx.Response:
         """Send the chat completion with ``model`` replaced; the open response (its body not
         read yet) when the upstream accepted it. A 4xx that is the request's fault (400, 413,
         422, ...) is returned too: the caller gets it unchanged."""
-        headers = self._headers()
+        headers = self._headers(key_envs)
         try:
             request = http.build_request(
                 "POST",

@@ -5,6 +5,8 @@ object, no event stream, too large): the next arm answers and the failed decisio
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import pytest
@@ -15,9 +17,14 @@ from tests.gateway.stack import MODEL, PROMPT, Launch
 
 
 async def _served_by(
-    launch: Launch, monkeypatch: pytest.MonkeyPatch, url: str, key: str, env: str = "FAKE_ALPHA_KEY"
+    launch: Launch,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    key: str,
+    env: str = "FAKE_ALPHA_KEY",
+    settings: Mapping[str, Any] | None = None,
 ) -> str:
-    stack = await launch()
+    stack = await launch(gateway_settings=settings)
     monkeypatch.setenv(env, key)
     got = await stack.banditd.admin.GetRouter(
         pb.GetRouterRequest(tenant="acme", name="chat"), metadata=stack.admin_key
@@ -62,6 +69,23 @@ async def test_banditds_own_settings_are_never_sent_as_an_upstream_key(
     # every tenant) as an arm's key, with its own URL as the upstream: the gateway sent it there.
     got = await _served_by(launch, monkeypatch, "", "bdk_gateway_secret", env="BANDITD_API_KEY")
     assert got == "beta"
+
+
+async def test_with_a_list_of_upstream_keys_no_other_variable_is_sent(
+    launch: Launch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any variable of the gateway's environment (another tenant's provider key, a cloud
+    # secret) could be named by a tenant's admin, with the admin's own URL as the upstream.
+    # BANDITD_GATEWAY_UPSTREAM_KEY_ENVS names the ones arms may use; the others are not sent.
+    allowed = {"gateway_upstream_key_envs": "FAKE_ALPHA_KEY, OTHER_KEY"}
+    got = await _served_by(launch, monkeypatch, "", "cloud-secret", "CLOUD_SECRET", allowed)
+    assert got == "beta"
+    stack = await launch(gateway_settings=allowed)  # a listed one still is
+    request = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        answer = await http.post("/v1/chat/completions", json=request)
+    assert answer.headers["x-banditd-arm"] == "alpha", answer.text  # the cheap arm, first
+    assert stack.alpha.keys == ["Bearer sk-alpha"]
 
 
 async def test_a_stream_answered_without_a_byte_falls_back(launch: Launch) -> None:

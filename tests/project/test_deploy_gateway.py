@@ -49,6 +49,8 @@ def test_gateway_is_its_own_deployment_and_service(rendered: tuple[str, list[Doc
         "name": "llm-keys",
         "key": "openai",
     }
+    # Only the variables of upstreamKeys may be sent to an arm's upstream.
+    assert env["BANDITD_GATEWAY_UPSTREAM_KEY_ENVS"]["value"] == "OPENAI_API_KEY"
     # TLS to banditd: the gateway trusts the CA of the servers' certificate.
     assert "--tls-ca=/etc/banditd/tls-ca/ca.crt" in gateway["args"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
