@@ -270,3 +270,30 @@ async def listening(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
         await server.wait_closed()
+
+
+class AnswerLost(grpc.RpcError):
+    """What a client sees when the connection drops after the server answered."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Socket closed"
+
+
+class LoseFirstAnswer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]  # untyped bases
+    """The network at a blocking client's edge (an interceptor of unary and stream-unary calls):
+    the first call reaches the server and is answered, and the answer never arrives."""
+
+    lost = 0
+
+    def _pass(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        outcome.result()  # the server did the work
+        if not self.lost:
+            self.lost += 1
+            raise AnswerLost()
+        return outcome
+
+    intercept_unary_unary = intercept_stream_unary = _pass

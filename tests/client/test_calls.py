@@ -16,36 +16,9 @@ from banditd import client as bc
 from banditd.store.models import feedback_events
 from banditd.v1 import banditd_pb2 as pb
 from banditd.v1 import banditd_pb2_grpc as rpc
-from tests.helpers import Running, StartServer, router_config
+from tests.helpers import AnswerLost, LoseFirstAnswer, Running, StartServer, router_config
 
 FAST_RETRY = bc.RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.01, jitter_s=0.0)
-
-
-class _AnswerLost(grpc.RpcError):
-    """What a client sees when the connection drops after the server answered."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "Socket closed"
-
-
-class LoseFirstAnswer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]  # untyped bases
-    """The network at a sync client's edge: the first call reaches the server and is answered,
-    and the answer never arrives."""
-
-    lost = 0
-
-    def _pass(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        outcome = continuation(details, request)
-        outcome.result()  # the server did the work
-        if not self.lost:
-            self.lost += 1
-            raise _AnswerLost()
-        return outcome
-
-    intercept_unary_unary = intercept_stream_unary = _pass
 
 
 class LoseFirstAnswerAio:
@@ -59,7 +32,7 @@ class LoseFirstAnswerAio:
         await call  # the server did the work
         if not self.lost:
             self.lost += 1
-            raise _AnswerLost()
+            raise AnswerLost()
         return call
 
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:

@@ -4,8 +4,6 @@ a delete whose answer is lost on the way back, and its retry; --wait for a serve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 import pytest
@@ -16,35 +14,7 @@ from banditd.commands.admin_client import AdminClient, delete_each
 from banditd.edge.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
 from tests.client.test_client import free_port
-from tests.helpers import REPO, StartServer, listening, router_config
-
-
-class _AnswerLost(grpc.RpcError):
-    """What a client sees when the connection drops after the server answered."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "Socket closed"
-
-
-class LoseFirstAnswer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # untyped base
-    """The network at the client's edge: the first call reaches the server and is answered, and
-    the answer never arrives."""
-
-    def __init__(self) -> None:
-        self.lost = 0
-
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        outcome = continuation(details, request)
-        outcome.result()  # the server did the work
-        if not self.lost:
-            self.lost += 1
-            raise _AnswerLost()
-        return outcome
+from tests.helpers import REPO, LoseFirstAnswer, StartServer, listening, router_config
 
 
 def _delete(address: str, name: str) -> tuple[int, int]:
