@@ -102,10 +102,12 @@ _KINDS = {
     FieldDescriptor.CPPTYPE_INT64: "an int",
     FieldDescriptor.CPPTYPE_BOOL: "a bool",
 }
-_LISTS = {
+_NAMED_KINDS = {  # what the proto's field type does not say
     "candidates": "a list of arm names",
-    "metadata": "a dict of str to str",
+    "metadata": "a mapping of str to str",
     "embedding": "floats",
+    "thumb": "'up' or 'down'",
+    "preference": "'arm', 'challenger' or 'tie'",
 }
 
 
@@ -143,10 +145,15 @@ class _Fields:
         except ValueError as exc:
             raise InvalidArgument(f"{self.where}{name}", str(exc)) from None
         except TypeError:
-            field = self.msg.DESCRIPTOR.fields_by_name[name]
-            kind = _LISTS.get(name) or _KINDS.get(field.cpp_type, "of the proto's type")
-            got = f"{type(value).__name__} {value!r}"
-            raise TypeError(f"{self.call}: {name} must be {kind}, got {got}") from None
+            raise self.wrong_type(name, value) from None
+
+    def wrong_type(self, name: str, value: Any) -> TypeError:
+        """The caller's error for ``value``, of a type field ``name`` does not take."""
+        field = self.msg.DESCRIPTOR.fields_by_name[name]
+        kind = _NAMED_KINDS.get(name) or _KINDS.get(field.cpp_type, "of the proto's type")
+        return TypeError(
+            f"{self.call}: {name} must be {kind}, got {type(value).__name__} {value!r}"
+        )
 
 
 def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
@@ -178,8 +185,11 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
     fields.copy(args, ("latency_weight", "energy_weight", "max_latency_ms", "input_tokens"))
     with fields.naming("candidates", candidates):
         msg.candidates.extend(candidates or ())
-    with fields.naming("metadata", args.get("metadata")):
-        msg.metadata.update(args.get("metadata") or {})
+    metadata = args.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):  # update() takes pairs too
+        raise fields.wrong_type("metadata", metadata)
+    with fields.naming("metadata", metadata):
+        msg.metadata.update(metadata or {})
     if embedding is not None:
         with fields.naming("embedding", embedding):
             msg.embedding.values.extend(embedding)
@@ -203,11 +213,15 @@ def feedback_request(
     if thumb is not None and reward is not None:
         raise InvalidArgument(f"{where}signal", "give thumb or reward, not both")
     if thumb is not None:
+        if not isinstance(thumb, str):  # a list is not even hashable
+            raise fields.wrong_type("thumb", thumb)
         if thumb not in THUMBS:
             raise InvalidArgument(f"{where}thumb", f"must be 'up' or 'down', got {thumb!r}")
         msg.thumb = THUMBS[thumb]
     preference = args.get("preference")
     if preference is not None:
+        if not isinstance(preference, str):
+            raise fields.wrong_type("preference", preference)
         if preference not in PREFERENCES:
             raise InvalidArgument(
                 f"{where}preference",
@@ -238,6 +252,9 @@ def upload_chunks(
     pending: dict[str, list[tuple[int, pb.FeedbackRequest]]] = {}
     count = 0
     for position, event in enumerate(events):
+        if not isinstance(event, Mapping):  # a str or list would be read as argument names
+            kind = type(event).__name__
+            raise TypeError(f"events[{position}] must be a dict of feedback arguments, got {kind}")
         msg = feedback_request(event, default_tenant, where=f"events[{position}].")
         pending.setdefault(msg.tenant, []).append((position, msg))
         count += 1

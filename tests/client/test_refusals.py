@@ -128,6 +128,16 @@ async def test_a_required_argument_left_out_is_a_type_error_naming_it(
         ({"error": "false"}, TypeError, "events[1]: error must be a bool, got str 'false'"),
         ({"input_tokens": 2**70}, bc.InvalidArgument, "events[1].input_tokens: Value out of"),
         ({"tenant": "ac\ud800"}, bc.InvalidArgument, "events[1].tenant: is not valid Unicode"),
+        (
+            {"reward": None, "thumb": ["up"]},
+            TypeError,
+            "events[1]: thumb must be 'up' or 'down', got list ['up']",
+        ),
+        (
+            {"reward": None, "preference": {"arm"}},
+            TypeError,
+            "events[1]: preference must be 'arm', 'challenger' or 'tie', got set {'arm'}",
+        ),
     ],
     ids=[
         "str-reward",
@@ -137,6 +147,8 @@ async def test_a_required_argument_left_out_is_a_type_error_naming_it(
         "str-error",
         "huge-tokens",
         "surrogate",
+        "list-thumb",
+        "set-preference",
     ],
 )
 async def test_an_upload_event_of_a_bad_value_names_the_event_and_field(
@@ -148,7 +160,8 @@ async def test_an_upload_event_of_a_bad_value_names_the_event_and_field(
     message: str,
 ) -> None:
     """Such a value (a reward read from JSON as "0.5") raised protobuf's own error, which named
-    neither the event nor the field; an error flag of "false" was sent as true."""
+    neither the event nor the field; an error flag of "false" was sent as true; a thumb or
+    preference that is not hashable (a list) raised a raw "unhashable type" naming neither."""
     server = await serving(start_server, sqlite_url)
     client = make_client(server.address, tenant="acme")
     decision = await call(client, "select", router="chat", prompt="hi")
@@ -160,6 +173,42 @@ async def test_an_upload_event_of_a_bad_value_names_the_event_and_field(
         await call(client, "upload_feedback", events)
     assert str(raised.value).startswith(message)
     await _nothing_recorded(server)
+
+
+@pytest.mark.parametrize("event", ["up", ["decision_id", "thumb"], 7], ids=["str", "list", "int"])
+async def test_an_upload_event_that_is_not_a_dict_is_a_type_error_naming_it(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client], event: object
+) -> None:
+    """A str or list was read as argument names ("events[1] got unexpected arguments: p, u"),
+    an int raised "'int' object is not iterable"."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    decision = await call(client, "select", router="chat", prompt="hi")
+    events = [{"decision_id": decision.decision_id, "thumb": "up"}, event]
+    kind = type(event).__name__
+    with pytest.raises(TypeError) as raised:
+        await call(client, "upload_feedback", events)
+    assert str(raised.value) == f"events[1] must be a dict of feedback arguments, got {kind}"
+    await _nothing_recorded(server)
+
+
+@pytest.mark.parametrize(
+    "metadata", ["ab", ["ab"], [("app", "notes")]], ids=["str", "list", "pairs"]
+)
+async def test_metadata_that_is_not_a_mapping_is_a_type_error(
+    sqlite_url: str, start_server: StartServer, make_client: Callable[..., Client], metadata: object
+) -> None:
+    """ "ab" was InvalidArgument (dict.update's "not enough values to unpack"), ["ab"] was sent
+    as {"a": "b"}: the caller's type error, named as the others are."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    with pytest.raises(TypeError) as raised:
+        await call(client, "select", router="chat", prompt="hi", metadata=metadata)
+    assert not isinstance(raised.value, bc.BanditdError)
+    got = f"{type(metadata).__name__} {metadata!r}"
+    assert str(raised.value) == f"select(): metadata must be a mapping of str to str, got {got}"
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.decisions == 0
 
 
 async def test_candidates_given_as_one_str_are_refused(
