@@ -39,6 +39,12 @@ def check_embedding(spec: RouterSpec, embedding: Sequence[float]) -> FloatArray:
     vec = np.asarray(embedding, dtype=np.float64)
     if not np.isfinite(vec).all():
         raise InvalidArgument("embedding.values", "must all be finite (no NaN or inf)")
+    with np.errstate(over="ignore"):  # an overflow is inf here, refused below
+        x32 = vec.astype(np.float32)
+    # x holds float32: refused here, whatever the router's PCA phase (pending, x's embedding
+    # part is zeros and would take it; fitted, its projection would not).
+    if not np.isfinite(x32).all():
+        raise InvalidArgument("embedding.values", "values overflow float32")
     return vec
 
 
