@@ -122,7 +122,10 @@ class Settings(BaseSettings):
         None, description="API keys; default: disabled on a loopback listen address, else required"
     )
     auth_cache_seconds: float = Field(
-        5.0, ge=0, description="how long a replica trusts a looked-up key (revocation delay)"
+        5.0,
+        ge=0,
+        le=3600,  # a revocation must take effect: at most an hour late
+        description="how long a replica trusts a looked-up key (revocation delay)",
     )
     rate_limit_selects_per_s: float = Field(
         0.0, ge=0, description="per-tenant Select rate per replica (0: unlimited)"
