@@ -25,7 +25,8 @@ from banditd.context.registry import Encoders
 from banditd.domain import ArmSpec, FeedbackEvent, RouterSpec
 from banditd.domain.bounds import Bounds
 from banditd.edge import ports
-from banditd.edge.auth import Authenticator, EdgeGuard
+from banditd.edge.auth import EdgeGuard
+from banditd.edge.authenticator import Authenticator
 from banditd.edge.limits import TenantLimits
 from banditd.edge.servicer import AdminServicer, RouterServicer
 from banditd.edge.tls import server_credentials
