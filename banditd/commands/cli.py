@@ -101,7 +101,7 @@ def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p_create.add_argument("--name", default="", help="a label (who or what uses the key)")
     p_list = keys_sub.add_parser("list", help="list keys (never their secrets)")
-    p_list.add_argument("--tenant", help="only this tenant's keys")
+    p_list.add_argument("--tenant", help="only this tenant's keys ('*': the keys for all tenants)")
     p_revoke = keys_sub.add_parser("revoke", help="revoke a key (kept, marked revoked)")
     p_revoke.add_argument("key_id", help="the key id (or the whole key)")
     for p in (p_create, p_list, p_revoke):
@@ -128,19 +128,23 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
                     file=sys.stderr,
                 )
         elif args.keys_command == "list":
-            listed = [keys.describe(k) for k in await store.list(args.tenant)]
+            listed = [keys.describe(k) for k in await keys.list_keys(store, args.tenant)]
             if args.json:
                 print(json.dumps(listed))
             for k in [] if args.json else listed:
                 state = "revoked" if k["revoked"] else "active"
                 roles = ",".join(k["roles"])  # type: ignore[arg-type]
-                print(f"{k['key_id']}  {k['tenant']}  {roles}  {state}  {k['name']}")
+                name = str(k["name"])  # one made before names had to be printable: escaped
+                name = name if name.isprintable() else name.encode("unicode_escape").decode()
+                print(f"{k['key_id']}  {k['tenant']}  {roles}  {state}  {name}")
         else:
-            revoked = keys.describe(await keys.revoke_key(store, args.key_id))
+            stored, newly = await keys.revoke_key(store, args.key_id)
             if args.json:
-                print(json.dumps(revoked))
+                print(json.dumps({**keys.describe(stored), "already_revoked": not newly}))
+            elif newly:
+                print(f"revoked {stored.key_id}", file=sys.stderr)
             else:
-                print(f"revoked {revoked['key_id']}", file=sys.stderr)
+                print(f"{stored.key_id} was already revoked", file=sys.stderr)
     finally:
         await db.close()
 

@@ -54,6 +54,10 @@ async def create_key(
         check_name("tenant", tenant)
     if len(name) > 128:
         raise InvalidArgument("name", "at most 128 characters")
+    if not name.isprintable():  # a newline would fake a line of `banditd keys list`
+        raise InvalidArgument(
+            "name", "printable characters only (no newline, tab or other control character)"
+        )
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     stored = StoredKey(
@@ -69,7 +73,15 @@ async def create_key(
     return f"{_PREFIX}_{key_id}_{secret}", stored
 
 
-async def revoke_key(store: KeyStore, key_id: str) -> StoredKey:
+async def list_keys(store: KeyStore, tenant: str | None = None) -> list[StoredKey]:
+    """Every tenant's keys (``tenant`` None), or one tenant's (``*``: the keys for all tenants)."""
+    if tenant is not None and tenant != ALL_TENANTS:
+        check_name("tenant", tenant)
+    return await store.list(tenant)
+
+
+async def revoke_key(store: KeyStore, key_id: str) -> tuple[StoredKey, bool]:
+    """(The revoked key, whether this call revoked it: False when it already was.)"""
     if key_id.startswith(f"{_PREFIX}_"):  # a whole key was pasted: take its id
         key_id = split_key(key_id)[0]
     revoked = await store.revoke(key_id)

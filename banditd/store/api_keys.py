@@ -77,19 +77,22 @@ class KeyStore:
         return None if row is None else _key(row)
 
     async def list(self, tenant: str | None = None) -> list[StoredKey]:
+        """Every key, or one tenant's (None: every tenant's)."""
         query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
-        if tenant:
+        if tenant is not None:
             query = query.where(api_keys.c.tenant == tenant)
         async with self.db.transaction() as conn:
             return [_key(row) for row in (await conn.execute(query)).all()]
 
-    async def revoke(self, key_id: str) -> StoredKey | None:
-        """Mark a key revoked (kept for the audit trail); None when there is no such key."""
+    async def revoke(self, key_id: str) -> tuple[StoredKey, bool] | None:
+        """Mark a key revoked (kept for the audit trail): (the key, whether this call revoked it;
+        False: it already was, and keeps its first revocation's time); None when there is no
+        such key."""
         async with self.db.transaction() as conn:
-            await conn.execute(
+            marked = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock())
             )
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        return None if row is None else _key(row)
+        return None if row is None else (_key(row), marked.rowcount == 1)

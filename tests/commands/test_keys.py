@@ -63,6 +63,11 @@ def test_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     [
         (["--tenant", "a b", "--role", "admin"], "tenant"),
         (["--tenant", "acme", "--role", "admin", "--name", "x" * 200], "name"),
+        # A control character in a name faked lines (or terminal output) in `keys list`.
+        (["--tenant", "acme", "--role", "select", "--name", "ci\nbdk  *  admin  active"], "name"),
+        (["--tenant", "acme", "--role", "select", "--name", "tab\there"], "name"),
+        (["--tenant", "acme", "--role", "select", "--name", "\x1b[2Jclear"], "name"),
+        (["--tenant", "acme", "--role", "select", "--name", "line\u2028break"], "name"),
     ],
 )
 def test_bad_create(
@@ -78,3 +83,47 @@ def test_unknown_role_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         main(["keys", "create", "--tenant", "acme", "--role", "root"])
     assert done.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_name_from_before_the_check_is_listed_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--database-url", f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"]
+    _run(capsys, "create", "--tenant", "acme", "--role", "select", *url)
+    db = sqlite3.connect(tmp_path / "k.db")
+    db.execute("update api_keys set name = ?", ("ci\nfake  *  admin  active",))
+    db.commit()
+    code, out, _ = _run(capsys, "list", *url)
+    assert (
+        code == 0 and out.count("\n") == 1 and out.rstrip().endswith("ci\\nfake  *  admin  active")
+    )
+    code, out, _ = _run(capsys, "list", "--json", *url)
+    assert json.loads(out)[0]["name"] == "ci\nfake  *  admin  active"  # JSON escapes it already
+
+
+def test_revoking_a_revoked_key_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It printed "revoked <id>" again, as if this call had revoked it.
+    url = ["--database-url", f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"]
+    _, out, _ = _run(capsys, "create", "--tenant", "acme", "--role", "select", "--json", *url)
+    key_id = json.loads(out)["key_id"]
+    code, out, err = _run(capsys, "revoke", key_id, "--json", *url)
+    first = json.loads(out)
+    assert code == 0 and first["revoked"] is True and first["already_revoked"] is False
+    code, _, err = _run(capsys, "revoke", key_id, *url)
+    assert code == 0 and f"{key_id} was already revoked" in err
+    code, out, _ = _run(capsys, "revoke", key_id, "--json", *url)
+    again = json.loads(out)
+    assert code == 0 and again["already_revoked"] is True
+    assert again["revoked_at"] == first["revoked_at"]  # the first revocation's time stands
+
+
+def test_listing_an_empty_tenant_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --tenant '' listed every tenant's keys, as if --tenant had been left out.
+    url = ["--database-url", f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"]
+    _run(capsys, "create", "--tenant", "acme", "--role", "select", *url)
+    code, out, err = _run(capsys, "list", "--tenant", "", *url)
+    assert code == 1 and out == "" and "tenant: must not be empty" in err
+    code, out, _ = _run(capsys, "list", "--tenant", "globex", "--json", *url)
+    assert code == 0 and json.loads(out) == []
