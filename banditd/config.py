@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         None, description="run migrations at start; default: yes on SQLite, no on Postgres"
     )
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
+    migrate_lock_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Postgres: how long a migration waits for a table lock before it fails, "
+        "changing nothing (an ALTER TABLE waiting queues every query on its table)",
+    )
     snapshot_every: int = Field(500, ge=1, description="write a posterior snapshot every N events")
     tail_interval_s: float = Field(
         1.0, gt=0, description="how often to apply events other replicas wrote to the log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from alembic import context
@@ -23,6 +24,15 @@ def _url() -> str:
     from banditd.config import Settings
 
     return Settings().database_url
+
+
+def _lock_timeout_ms() -> int:
+    seconds = config.attributes.get("lock_timeout_s")
+    if seconds is None:
+        from banditd.config import Settings
+
+        seconds = config.attributes["lock_timeout_s"] = Settings().migrate_lock_timeout_s
+    return max(1, math.ceil(float(seconds) * 1000))  # 0 would mean no timeout to Postgres
 
 
 def run_migrations_offline() -> None:
@@ -66,6 +76,14 @@ def _run(connection: Connection) -> None:
             # Replicas started together each migrate on start: one at a time, the others then
             # read the version it committed (Alembic reads it after this) and have nothing to do.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            # Set after the advisory lock, which may rightly wait for another replica's whole
+            # migration. An ALTER TABLE waiting behind a long transaction queues every query on
+            # that table behind itself: past this wait it fails instead, and nothing changes
+            # (banditd.store.engine.migrate: Unavailable, retry).
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :ms, true)"),  # SET LOCAL
+                {"ms": f"{_lock_timeout_ms()}ms"},
+            )
         context.run_migrations()
         # The revision the database is at now, for banditd.store.engine.migrate to check.
         config.attributes["revision"] = context.get_context().get_current_revision()

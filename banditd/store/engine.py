@@ -39,6 +39,7 @@ UNAVAILABLE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError)  # OSError: T
 # invalid JSON or text), 23 integrity constraint, 54 program limit (a row too large to index).
 # asyncpg's are not DataError to SQLAlchemy (it maps them to plain DBAPIError): the code tells.
 BAD_DATA_SQLSTATE_CLASSES = ("22", "23", "54")
+LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout passed (a migration's, migrations/env.py)
 # Python's own refusals while a driver encodes a value (asyncpg's client-side DataError is a
 # ValueError, sqlite3 raises OverflowError for an int past 64 bits, json.dumps ValueError for NaN).
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError)
@@ -191,24 +192,28 @@ async def _nothing() -> None:
     return None
 
 
-def alembic_config(url: str, migrations_dir: Path) -> Config:
+def alembic_config(url: str, migrations_dir: Path, lock_timeout_s: float | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
     # Passed as an attribute, not an ini option: URLs may hold '%' that ini interpolation eats.
     cfg.attributes["url"] = url
+    cfg.attributes["lock_timeout_s"] = lock_timeout_s  # None: migrations/env.py reads Settings
     return cfg
 
 
-async def migrate(url: str, migrations_dir: Path, revision: str = "head") -> None:
+async def migrate(
+    url: str, migrations_dir: Path, revision: str = "head", *, lock_timeout_s: float | None = None
+) -> None:
     """Upgrade the schema to ``revision`` (Alembic runs its own loop, so in a worker thread).
 
     FailedPrecondition, the database unchanged, for a revision no migration has (or a database at
     one: a newer banditd migrated it), and for one the database is already past: this only
     upgrades, where Alembic did nothing and said nothing. Unavailable, the database unchanged,
-    where it cannot be reached or stays locked (retry later)."""
+    where it cannot be reached or stays locked (retry later): on Postgres, a table lock not
+    obtained within ``lock_timeout_s`` (None: the setting BANDITD_MIGRATE_LOCK_TIMEOUT_S)."""
     if not (migrations_dir / "env.py").exists():
         raise FileNotFoundError(f"no Alembic migrations in {migrations_dir}")
-    await asyncio.to_thread(_upgrade, alembic_config(url, migrations_dir), revision)
+    await asyncio.to_thread(_upgrade, alembic_config(url, migrations_dir, lock_timeout_s), revision)
 
 
 def _upgrade(config: Config, revision: str) -> None:
@@ -217,7 +222,17 @@ def _upgrade(config: Config, revision: str) -> None:
         wanted = ScriptDirectory.from_config(config).get_revision(revision)
     except CommandError as exc:
         raise FailedPrecondition(f"cannot migrate the database to {revision}: {exc}") from exc
-    except (OperationalError, SQLAlchemyTimeoutError, OSError) as exc:  # locked, unreachable
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            raise Unavailable(
+                "the migration could not lock a table within "
+                f"{config.attributes['lock_timeout_s']:g} s: another transaction holds it "
+                "(BANDITD_MIGRATE_LOCK_TIMEOUT_S); nothing changed, retry when it ends"
+            ) from exc
+        if isinstance(exc, OperationalError):  # locked, unreachable
+            raise unavailable(exc) from exc
+        raise
+    except (SQLAlchemyTimeoutError, OSError) as exc:  # unreachable
         raise unavailable(exc) from exc
     at = config.attributes["revision"]  # where migrations/env.py left the database
     if at != (wanted.revision if wanted else None):

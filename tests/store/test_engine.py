@@ -3,6 +3,7 @@ leaves nothing of itself, on either database, so running it again once the cause
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 from pathlib import Path
@@ -105,3 +106,30 @@ async def test_a_database_locked_past_the_wait_is_unavailable_not_a_traceback(
     finally:
         holder.close()
     assert await _state(sqlite_url) == before
+
+
+@pytest.mark.postgres
+async def test_a_migration_blocked_by_a_long_transaction_gives_up_and_changes_nothing(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # A transaction that read the decisions table stays open: the next migration's ALTER TABLE
+    # waits for it, and meanwhile every replica's query on decisions queues behind the ALTER.
+    # Past the lock timeout it gives up: a clear UNAVAILABLE (retry), the database unchanged.
+    migrations = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_MIGRATIONS_DIR, migrations)
+    await migrate(postgres_url, migrations)
+    before = await _state(postgres_url)
+    (migrations / "versions" / "9999_two_columns.py").write_text(
+        HALF_WAY.format(head=_head(), stop="pass")
+    )
+    holder = Database(postgres_url)
+    try:
+        async with holder.engine.connect() as conn:
+            await conn.execute(text("SELECT count(*) FROM decisions"))  # its transaction stays open
+            with pytest.raises(Unavailable, match=r"could not lock a table within 0.2 s.*retry"):
+                # The guard only turns a migration that waits forever into a failure.
+                await asyncio.wait_for(migrate(postgres_url, migrations, lock_timeout_s=0.2), 60)
+            await conn.rollback()
+    finally:
+        await holder.close()
+    assert await _state(postgres_url) == before
