@@ -21,7 +21,7 @@ from banditd.edge.tls import ClientSecurity, TLSConfigError, add_client_argument
 from banditd.v1 import banditd_pb2_grpc as rpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-CALL_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 30.0  # each call's deadline, but a delete's: see delete_each
 
 
 class AdminClient:
@@ -35,16 +35,16 @@ class AdminClient:
         self._deadline: float | None = None
 
     def call(self, method: str, request: Message) -> Any:
-        return self._call(method, request)[0]
+        return self._call(method, request, CALL_TIMEOUT_S)[0]
 
-    def delete(self, method: str, request: Message) -> bool:
-        """A delete RPC's ``deleted``. A try whose answer was lost (UNAVAILABLE: the server may
-        have deleted it before the connection went) and whose retry finds nothing to delete
-        counts as deleted: what was named is gone either way."""
-        reply, retried = self._call(method, request)
+    def delete(self, method: str, request: Message, timeout_s: float = CALL_TIMEOUT_S) -> bool:
+        """A delete RPC's ``deleted``, each try given ``timeout_s``. A try whose answer was lost
+        (UNAVAILABLE: the server may have deleted it before the connection went) and whose retry
+        finds nothing to delete counts as deleted: what was named is gone either way."""
+        reply, retried = self._call(method, request, timeout_s)
         return bool(reply.deleted or retried)
 
-    def _call(self, method: str, request: Message) -> tuple[Any, bool]:
+    def _call(self, method: str, request: Message, timeout_s: float) -> tuple[Any, bool]:
         """The reply, and whether an UNAVAILABLE try came before it."""
         rpc_method: Callable[..., Any] = getattr(self._stub, method)
         if self._deadline is None:
@@ -52,7 +52,7 @@ class AdminClient:
         retried = False
         while True:
             try:
-                reply = rpc_method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+                reply = rpc_method(request, timeout=timeout_s, metadata=self._metadata)
                 return reply, retried
             except grpc.RpcError as exc:
                 left = self._deadline - time.monotonic()
@@ -102,13 +102,33 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def delete_each(
-    admin: AdminClient, method: str, named: Sequence[tuple[str, Message]], done: str, absent: str
+    admin: AdminClient,
+    method: str,
+    named: Sequence[tuple[str, Message]],
+    done: str,
+    absent: str,
+    timeout_s: float = CALL_TIMEOUT_S,
 ) -> int:
-    """Call the delete RPC ``method`` with each (name, request): "NAME: done" for each deleted,
-    ``absent`` (its "{}" the name) on stderr for each not there; exit status 1 when one was not."""
+    """Call the delete RPC ``method`` with each (name, request), each given ``timeout_s`` (a
+    large router's logs take long to delete): "NAME: done" for each deleted, ``absent`` (its
+    "{}" the name) on stderr for each not there or not answered in time; exit status 1 when
+    one was not deleted."""
     missing = 0
     for name, request in named:
-        if admin.delete(method, request):
+        try:
+            deleted = admin.delete(method, request, timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            missing += 1
+            print(
+                f"banditd: {name}: no answer within {timeout_s:g} s (DEADLINE_EXCEEDED; "
+                "--timeout): a delete cut off is rolled back, so it may still be there; run it "
+                "again with a longer --timeout",
+                file=sys.stderr,
+            )
+            continue
+        if deleted:
             print(f"{name}: {done}")
         else:
             missing += 1

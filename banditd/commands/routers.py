@@ -35,10 +35,15 @@ from banditd.commands.admin_client import (
     print_table,
     with_admin,
 )
+from banditd.commands.argtypes import positive_float
 from banditd.commands.routers_file import RoutersFileError
 from banditd.domain import RouterSpec
 from banditd.edge import codec
 from banditd.v1 import banditd_pb2 as pb
+
+# A router's decision and feedback logs go in one transaction: a large one's takes long, and a
+# delete cut off by its deadline is rolled back whole.
+DELETE_TIMEOUT_S = 600.0
 
 
 def live_router(admin: AdminClient, tenant: str, name: str) -> RouterSpec | None:
@@ -237,7 +242,9 @@ def _list(admin: AdminClient, args: argparse.Namespace) -> int:
 def _delete(admin: AdminClient, args: argparse.Namespace) -> int:
     resolved = [(text, resolve(admin, text)) for text in args.router]  # all before a delete
     named = [(text, pb.DeleteRouterRequest(tenant=t, name=n)) for text, (t, n) in resolved]
-    return delete_each(admin, "DeleteRouter", named, "deleted", "router {} not found")
+    return delete_each(
+        admin, "DeleteRouter", named, "deleted", "router {} not found", timeout_s=args.timeout
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -288,6 +295,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "delete", help="delete routers with their decision and feedback logs (no undo)"
     )
     p_delete.add_argument("router", nargs="+", type=router_name, metavar="TENANT/NAME")
+    p_delete.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DELETE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long each delete may take; one cut off is rolled back (%(default)s)",
+    )
     for command in (p_apply, p_list, p_get, p_delete):
         add_connection_arguments(command)
         if command is not p_delete:

@@ -3,13 +3,14 @@ a delete whose answer is lost on the way back, and its retry; --wait for a serve
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import grpc
 import pytest
 import structlog
 
-from banditd.commands import cli
+from banditd.commands import cli, routers
 from banditd.commands.admin_client import AdminClient, delete_each
 from banditd.edge.tls import ClientSecurity
 from banditd.v1 import banditd_pb2 as pb
@@ -60,3 +61,29 @@ async def test_wait_reaches_a_server_up_after_the_first_failed_try(
         with structlog.testing.capture_logs():  # the server's logs, not the command's output
             status = await asyncio.to_thread(cli.main, argv)
     assert (status, capsys.readouterr()) == (0, ("demo/chat: created (version 1)\n", ""))
+
+
+async def test_routers_delete_waits_its_timeout_for_the_answer(
+    sqlite_url: str, start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A delete of a large router outlasted the fixed 30 s deadline of every Admin call, which
+    cut it off (the server rolls it back). `routers delete --timeout S` is the delete's
+    deadline (default 600 s): one that passes says so and exits 1; a long one deletes."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    argv = ["routers", "delete", "acme/chat", "--target", server.address]
+    parser = argparse.ArgumentParser()
+    routers.add_parser(parser.add_subparsers())
+    assert parser.parse_args(argv).timeout == 600.0
+    capsys.readouterr()
+    with structlog.testing.capture_logs():  # the server's logs, not the command's output
+        assert await asyncio.to_thread(cli.main, [*argv, "--timeout", "0.000001"]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == (
+            "banditd: acme/chat: no answer within 1e-06 s (DEADLINE_EXCEEDED; --timeout): a "
+            "delete cut off is rolled back, so it may still be there; run it again with a "
+            "longer --timeout\n"
+        )
+        assert await asyncio.to_thread(cli.main, [*argv, "--timeout", "600"]) == 0
+    assert capsys.readouterr() == ("acme/chat: deleted\n", "")
