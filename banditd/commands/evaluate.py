@@ -7,14 +7,15 @@ banditd evaluate --router TENANT/NAME [--candidate FILE ...] [--json]
     the router's shadow policies. Reports IPS, self-normalised IPS, direct-method and
     doubly-robust estimates of mean reward, mean cost and utility (reward - cost weight x
     cost, at each decision's own weight: its request's cost_weight, else the router's default,
-    never less than the budget pacer's price then; --cost-weight W: at W for every decision),
+    never less than the budget pacer's price then; --cost-weight W: at W for every decision;
+    latency and energy likewise, per decision or --latency-weight L and --energy-weight E),
     95 % bootstrap intervals, the effective sample size, and warnings.
 
 banditd evaluate --replay-proof DATA [--seeds N] [--limit N] [--json]
     the estimators against the truth on a full-information outcome file (see
     banditd/evaluation/ope_proof.py): logs an exploring policy's decisions, estimates candidates
     from that log alone, and compares with their exact value. Its candidates and cost weight
-    are its own: --router, --candidate, --cost-weight and --database-url are refused with it.
+    are its own: --router, --candidate, the weights and --database-url are refused with it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ async def evaluate_router(args: argparse.Namespace) -> dict[str, Any]:
         log,
         named_candidates(stored.spec, candidates),
         cost_weight=args.cost_weight,
+        latency_weight=args.latency_weight,
+        energy_weight=args.energy_weight,
         replicates=args.bootstrap,
         seed=args.seed,
     )
@@ -90,6 +93,8 @@ NOT_WITH_PROOF = {
     "router": "--router",
     "candidate": "--candidate",
     "cost_weight": "--cost-weight",
+    "latency_weight": "--latency-weight",
+    "energy_weight": "--energy-weight",
     "database_url": "--database-url",
 }
 
@@ -155,6 +160,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float_between(0.0),
         help="utility = reward - W x cost for every decision (default: each decision's own "
         "weight, as its Select formed it); the candidates' choices keep each decision's weight",
+    )
+    p.add_argument(
+        "--latency-weight",
+        type=float_between(0.0),
+        help="utility also - L x latency (seconds) for every decision (default: each "
+        "decision's own weight); the candidates' choices keep each decision's weight",
+    )
+    p.add_argument(
+        "--energy-weight",
+        type=float_between(0.0),
+        help="utility also - E x energy (Wh) for every decision (default: each decision's own "
+        "weight); the candidates' choices keep each decision's weight",
     )
     p.add_argument(
         "--bootstrap", type=int_at_least(1), default=DEFAULT_BOOTSTRAP, help="(%(default)s)"

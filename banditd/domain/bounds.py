@@ -136,6 +136,8 @@ TABLE: Mapping[str, Bound] = {
     "ShadowPolicy.cost_weight": _s("max_cost_weight"),
     # Admin: evaluation, promotion, rollback
     "EvaluateRequest.cost_weight": _s("max_cost_weight"),
+    "EvaluateRequest.latency_weight": Bound(0.0, HARD_MAX_LATENCY_WEIGHT),
+    "EvaluateRequest.energy_weight": Bound(0.0, HARD_MAX_ENERGY_WEIGHT),
     "EvaluateRequest.bootstrap_replicates": Bound(0, 100_000),
     "EvaluateRequest.limit": Bound(0, 1_000_000),
     "EvaluateRequest.seed": Bound(0, 2**64 - 1),

@@ -172,6 +172,8 @@ class AdminServicer(pb_grpc.AdminServicer):
             n,
             [codec.candidate_from_proto(c, t, n) for c in request.candidates],
             cost_weight=request.cost_weight if request.HasField("cost_weight") else None,
+            latency_weight=request.latency_weight if request.HasField("latency_weight") else None,
+            energy_weight=request.energy_weight if request.HasField("energy_weight") else None,
             replicates=request.bootstrap_replicates or DEFAULT_BOOTSTRAP,
             limit=request.limit or DEFAULT_LIMIT,
             seed=request.seed,

@@ -118,6 +118,8 @@ class Admin:
         candidates: Sequence[RouterSpec],
         *,
         cost_weight: float | None = None,
+        latency_weight: float | None = None,
+        energy_weight: float | None = None,
         replicates: int = DEFAULT_BOOTSTRAP,
         limit: int = evaluation.DEFAULT_LIMIT,
         seed: int = 0,
@@ -143,6 +145,8 @@ class Admin:
             log,
             named_candidates(stored.spec, candidates),
             cost_weight=cost_weight,
+            latency_weight=latency_weight,
+            energy_weight=energy_weight,
             replicates=replicates,
             seed=seed,
         )

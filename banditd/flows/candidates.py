@@ -11,7 +11,8 @@ the request's own cost weight, else the candidate's default, never less than the
 price logged with the decision; latency and energy likewise (the request's weights, else the
 candidate's defaults, times the expected latency and energy the decision was ranked with). The
 utility weighs each decision the same way with the defaults of the router version it was made
-under (``banditd.flows.ope_log``), unless the caller gives one cost weight for all. The
+under (``banditd.flows.ope_log``), unless the caller gives one weight (of cost, latency or
+energy) for all. The
 estimators themselves are in ``banditd.flows.ope``.
 
 Not simulated: ``explore_new_arm`` forcing (warned); how the candidate's own spending would have
@@ -199,19 +200,23 @@ def report(
     candidates: Sequence[tuple[str, RouterSpec]],
     *,
     cost_weight: float | None = None,
+    latency_weight: float | None = None,
+    energy_weight: float | None = None,
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate each named candidate against the log (the --json object of `banditd evaluate`).
 
-    cost_weight: the utility's cost weight for every decision; None: each decision's own, as
-    Select formed it with its router version's default (``cost_weight`` in the report is then
-    the live router's default). Latency and energy are always weighed per decision.
+    cost_weight, latency_weight, energy_weight: the utility's weight for every decision; None:
+    each decision's own, as Select formed it with its router version's default (``cost_weight``
+    in the report is then the live router's default). The candidates' choices keep each
+    decision's own weights.
     """
     base, defaults = live.default_cost_weight, Weights.defaults(live)
     weights = utility_weights(log, defaults)  # (n, 3)
-    if cost_weight is not None:
-        weights[:, 0] = cost_weight
+    for column, given in enumerate((cost_weight, latency_weight, energy_weight)):
+        if given is not None:
+            weights[:, column] = given
     cost, latency, energy = weights.T
     rows = []
     progress.update("candidates evaluated", 0, len(candidates))

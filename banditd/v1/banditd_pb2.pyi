@@ -1263,6 +1263,8 @@ class EvaluateRequest(_message.Message):
     BOOTSTRAP_REPLICATES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    LATENCY_WEIGHT_FIELD_NUMBER: _builtins.int
+    ENERGY_WEIGHT_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     cost_weight: _builtins.float
@@ -1276,6 +1278,12 @@ class EvaluateRequest(_message.Message):
     limit: _builtins.int
     """Newest decisions with feedback to use. 0 = 100,000."""
     seed: _builtins.int
+    latency_weight: _builtins.float
+    """Utility also takes off latency_weight * seconds and energy_weight * Wh, for every decision.
+    Unset: each decision's own weight, as its Select formed it (the request's, else the
+    router's default); as with cost_weight, the candidates' choices keep each decision's own.
+    """
+    energy_weight: _builtins.float
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterConfig]:
         """Candidate configurations (tenant and name may be empty). None: the router's shadows."""
@@ -1290,14 +1298,25 @@ class EvaluateRequest(_message.Message):
         bootstrap_replicates: _builtins.int = ...,
         limit: _builtins.int = ...,
         seed: _builtins.int = ...,
+        latency_weight: _builtins.float | None = ...,
+        energy_weight: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "cost_weight", b"cost_weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "cost_weight", b"cost_weight", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "bootstrap_replicates", b"bootstrap_replicates", "candidates", b"candidates", "cost_weight", b"cost_weight", "limit", b"limit", "name", b"name", "seed", b"seed", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight", "_energy_weight", b"_energy_weight", "_latency_weight", b"_latency_weight", "bootstrap_replicates", b"bootstrap_replicates", "candidates", b"candidates", "cost_weight", b"cost_weight", "energy_weight", b"energy_weight", "latency_weight", b"latency_weight", "limit", b"limit", "name", b"name", "seed", b"seed", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_weight: _TypeAlias = _typing.Literal["cost_weight"]  # noqa: Y015
     _WhichOneofArgType__cost_weight: _TypeAlias = _typing.Literal["_cost_weight", b"_cost_weight"]  # noqa: Y015
+    _WhichOneofReturnType__energy_weight: _TypeAlias = _typing.Literal["energy_weight"]  # noqa: Y015
+    _WhichOneofArgType__energy_weight: _TypeAlias = _typing.Literal["_energy_weight", b"_energy_weight"]  # noqa: Y015
+    _WhichOneofReturnType__latency_weight: _TypeAlias = _typing.Literal["latency_weight"]  # noqa: Y015
+    _WhichOneofArgType__latency_weight: _TypeAlias = _typing.Literal["_latency_weight", b"_latency_weight"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_weight) -> _WhichOneofReturnType__cost_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_weight) -> _WhichOneofReturnType__energy_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_weight) -> _WhichOneofReturnType__latency_weight | None: ...
 
 Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 

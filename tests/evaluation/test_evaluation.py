@@ -94,7 +94,14 @@ def test_replay_proof_from_the_command_line(
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--seeds", "0"), ("--bootstrap", "0"), ("--limit", "-3"), ("--cost-weight", "nan")],
+    [
+        ("--seeds", "0"),
+        ("--bootstrap", "0"),
+        ("--limit", "-3"),
+        ("--cost-weight", "nan"),
+        ("--latency-weight", "-1"),
+        ("--energy-weight", "inf"),
+    ],
 )
 def test_evaluate_refuses_a_bad_number_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
@@ -121,6 +128,8 @@ def test_evaluate_without_router_is_an_error(capsys: pytest.CaptureFixture[str])
     [
         ("--cost-weight", "5"),
         ("--cost-weight", "0"),
+        ("--latency-weight", "2"),
+        ("--energy-weight", "0"),
         ("--candidate", "c.json"),
         ("--database-url", "sqlite+aiosqlite:///x.db"),
         ("--router", "t/r"),

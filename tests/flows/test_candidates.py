@@ -3,13 +3,19 @@ request's own cost_weight (else the default), raised to the budget pacer's price
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import structlog
+from google.protobuf import json_format
 from sqlalchemy import delete
 
+from banditd.commands import cli
 from banditd.domain import ArmSpec, RouterSpec
 from banditd.flows.candidates import evaluate_candidate
 from banditd.flows.ope_log import DecisionLog, LoggedDecision
@@ -243,7 +249,10 @@ ENERGY_WH = {"cheap": 0.5, "strong": 5.0}
 
 
 async def test_each_decision_is_scored_at_its_requests_latency_and_energy_weights(
-    sqlite_url: str, start_server: StartServer
+    sqlite_url: str,
+    start_server: StartServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A third of the evaluated requests carried a latency weight that makes slow strong lose
     to cheap, a third an energy weight (no arm has an expected energy: it changes no choice).
@@ -307,3 +316,49 @@ async def test_each_decision_is_scored_at_its_requests_latency_and_energy_weight
     assert report.mean_latency_weight == pytest.approx(7 / 21)
     assert report.mean_energy_weight == pytest.approx(0.7 / 21)
     assert report.request_latency_weights == 7 and report.request_energy_weights == 7
+
+    # One latency and one energy weight for every decision (EvaluateRequest.latency_weight and
+    # energy_weight; `banditd evaluate --latency-weight --energy-weight`): the utility takes them
+    # for every decision, the candidate's choices keep each decision's own (the same picks).
+    # Before: no such fields or flags, each decision's own weights only.
+    given = {"latency_weight": 2.0, "energy_weight": 0.5}
+    expected_utility = np.mean(
+        [
+            (0.95 if d.arm == pick else 0.05) / d.propensity * utility(d, given)
+            for d, pick in zip(decisions, picks, strict=True)
+        ]
+    )
+    logged = np.mean([utility(d, given) for d in decisions])
+    fixed = await server.admin.Evaluate(
+        pb.EvaluateRequest(
+            tenant="acme",
+            name="chat",
+            candidates=[candidate],
+            bootstrap_replicates=0,
+            limit=21,
+            **given,
+        )
+    )
+    assert fixed.candidates[0].estimates[0].utility.value == pytest.approx(expected_utility)
+    assert fixed.logged_utility == pytest.approx(logged)
+    assert (fixed.mean_latency_weight, fixed.mean_energy_weight) == (2.0, 0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.admin.Evaluate(
+            pb.EvaluateRequest(tenant="acme", name="chat", candidates=[candidate], energy_weight=-1)
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "energy_weight: must be in [0, 1e+09], got -1"
+
+    path = tmp_path / "candidate.json"
+    path.write_text(json_format.MessageToJson(candidate))
+    argv = ["evaluate", "--router", "acme/chat", "--candidate", str(path), "--limit", "21"]
+    argv += ["--database-url", sqlite_url, "--bootstrap", "1", "--json"]
+    argv += ["--latency-weight", "2", "--energy-weight", "0.5"]
+    capsys.readouterr()
+    with structlog.testing.capture_logs():  # the server's logs, not the command's output
+        assert await asyncio.to_thread(cli.main, argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["logged"]["utility"] == pytest.approx(logged)
+    ips = out["candidates"][0]["estimates"][0]
+    assert ips["estimator"] == "ips" and ips["utility"]["value"] == pytest.approx(expected_utility)
+    assert (out["mean_latency_weight"], out["mean_energy_weight"]) == (2.0, 0.5)
