@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from banditd.config import Settings
 from tests.project import test_deploy as deploy
 from tests.project.test_deploy import Doc, _env, _one
 
@@ -49,6 +50,10 @@ def test_gateway_is_its_own_deployment_and_service(rendered: tuple[str, list[Doc
         "name": "llm-keys",
         "key": "openai",
     }
+    # The gateway reads no ConfigMap: its settings are its own values, defaults as banditd's.
+    assert env["BANDITD_GATEWAY_MAX_ANSWER_BYTES"]["value"] == str(
+        Settings.model_fields["gateway_max_answer_bytes"].default
+    )
     # Only the variables of upstreamKeys may be sent to an arm's upstream.
     assert env["BANDITD_GATEWAY_UPSTREAM_KEY_ENVS"]["value"] == "OPENAI_API_KEY"
     # TLS to banditd: the gateway trusts the CA of the servers' certificate.
@@ -68,6 +73,29 @@ def test_gateway_is_its_own_deployment_and_service(rendered: tuple[str, list[Doc
     monitor = _one(docs, "ServiceMonitor", "banditd-gateway")["spec"]
     assert monitor["endpoints"][0]["port"] == "http"
     assert monitor["selector"]["matchLabels"].items() <= gateway_labels.items()
+
+
+def test_gateway_max_answer_bytes_is_a_value() -> None:
+    helm = deploy._find_helm() or deploy._missing("helm not found: run .ci/install-helm")
+    yaml = deploy._module("yaml", "PyYAML")
+    on = ["template", "x", str(deploy.CHART), "--set", "gateway.enabled=true"]
+    out = subprocess.run(
+        [helm, *on, "--set", "gateway.maxAnswerBytes=1048576"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    (gateway,) = _one(docs, "Deployment", "x-banditd-gateway")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert _env(gateway)["BANDITD_GATEWAY_MAX_ANSWER_BYTES"]["value"] == "1048576"
+    refused = subprocess.run(
+        [helm, *on, "--set", "gateway.maxAnswerBytes=0"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0
+    assert "values don't meet the specifications of the schema" in refused.stderr
 
 
 def test_grafana_dashboard_is_a_labelled_config_map(rendered: tuple[str, list[Doc]]) -> None:
