@@ -25,7 +25,9 @@ from banditd.edge import lifecycle
 from banditd.edge.tls import ClientSecurity
 from banditd.gateway import metrics
 from banditd.gateway.chat import Gateway, chat_completions
+from banditd.gateway.http_errors import unauthenticated
 from banditd.gateway.jsonapi import feedback_json, select_json
+from banditd.gateway.routing import NotBearer
 
 log = structlog.get_logger(__name__)
 NO_SECURITY = ClientSecurity()
@@ -67,7 +69,10 @@ def create_app(settings: Settings, security: ClientSecurity = NO_SECURITY) -> St
 
     def endpoint(name: str, handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
-            response = await handler(state["gw"], request)
+            try:
+                response = await handler(state["gw"], request)
+            except NotBearer as exc:
+                response = unauthenticated(str(exc))
             metrics.REQUESTS.labels(name, str(response.status_code)).inc()
             return response
 

@@ -58,14 +58,16 @@ class Gateway:
     max_fallbacks: int
     upstream_timeout_s: float
     max_answer_bytes: int  # of an answer without stream (BANDITD_GATEWAY_MAX_ANSWER_BYTES)
-    api_key: str | None = None  # for callers that bring no Bearer key
+    api_key: str | None = None  # for callers that send no Authorization
     # The variables arms may name as their upstream key (BANDITD_GATEWAY_UPSTREAM_KEY_ENVS);
     # empty: any but banditd's own.
     upstream_key_envs: frozenset[str] = frozenset()
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def key_of(self, request: Request) -> str | None:
-        return bearer(request.headers) or self.api_key
+        """The caller's Bearer key, else the gateway's own; NotBearer for another Authorization."""
+        key = bearer(request.headers)
+        return self.api_key if key is None else key
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -45,6 +45,10 @@ def bad_request(message: str) -> JSONResponse:
     return error_response(400, message, "invalid_request_error", "invalid_argument")
 
 
+def unauthenticated(message: str) -> JSONResponse:
+    return error_response(401, message, "invalid_request_error", "unauthenticated")
+
+
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a request body larger than this is refused (413)
 
 

@@ -45,10 +45,20 @@ class Route:
     select_args: dict[str, Any]  # Select's other arguments (metadata, cost_weight, ...)
 
 
+class NotBearer(ValueError):
+    """An Authorization header that is no ``Bearer <key>``: answered 401, never served with the
+    gateway's own key (that is for callers that send no Authorization)."""
+
+
 def bearer(headers: Mapping[str, str]) -> str | None:
-    """The caller's API key from ``Authorization: Bearer KEY``, if any."""
-    scheme, _, key = headers.get("authorization", "").partition(" ")
-    return key.strip() or None if scheme.lower() == "bearer" else None
+    """The caller's API key from ``Authorization: Bearer KEY``; None when it sends no
+    Authorization; NotBearer when it sends another (Basic, a Bearer without a key)."""
+    if "authorization" not in headers:
+        return None
+    scheme, _, key = headers["authorization"].partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise NotBearer("the Authorization header must be 'Bearer <API key>'")
+    return key.strip()
 
 
 def route_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> Route:

@@ -9,6 +9,7 @@ import pytest
 
 from banditd.config import Settings
 from banditd.edge import keys
+from banditd.edge.tls import ClientSecurity
 from banditd.gateway.app import create_app
 from banditd.v1 import banditd_pb2 as pb
 from tests.gateway.fakes import FakeUpstream, Served, uvicorn_server
@@ -27,10 +28,12 @@ async def launch(
         upstream_timeout_s: float = 10.0,
         target: Callable[[str], Awaitable[str]] | None = None,
         gateway_settings: Mapping[str, Any] | None = None,
+        gateway_key_roles: tuple[str, ...] = (),
         **server_settings: Any,
     ) -> Stack:
         """``target``: the gateway's banditd target from banditd's address (e.g. a proxy's);
-        ``gateway_settings``: the gateway's other Settings (``server_settings``: banditd's)."""
+        ``gateway_settings``: the gateway's other Settings (``server_settings``: banditd's);
+        ``gateway_key_roles``: the gateway's own key (--api-key), an acme key with these roles."""
         alpha, beta = FakeUpstream("alpha"), FakeUpstream("beta")
         upstreams.extend((alpha, beta))
         for upstream in (alpha, beta):
@@ -71,7 +74,8 @@ async def launch(
             gateway_upstream_timeout_s=upstream_timeout_s,
             **(gateway_settings or {}),
         )
-        app = create_app(settings)
+        own_key = await new_key(running, "acme", *gateway_key_roles) if gateway_key_roles else None
+        app = create_app(settings, ClientSecurity(api_key=own_key))
         gateway = Served(uvicorn_server(app))
         port = await gateway.start()
         served.insert(0, gateway)  # stopped first: it drains its reports into banditd

@@ -281,6 +281,32 @@ async def test_the_callers_api_key_is_checked_by_banditd(launch: Launch) -> None
     assert (await stack.reported("alpha")).usage_reports == 1  # reported with the caller's key
 
 
+async def test_the_gateways_own_key_serves_only_callers_who_send_none(launch: Launch) -> None:
+    stack = await launch(
+        auth="required", auth_cache_seconds=0, gateway_key_roles=("select", "feedback")
+    )
+    select = {"tenant": "acme", "router": "chat", "prompt": PROMPT}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        keyless = await http.post("/v1/select", json=select)
+        assert keyless.status_code == 200, keyless.text  # served with the gateway's key
+        feedback = {"tenant": "acme", "decisionId": keyless.json()["decisionId"], "reward": 1}
+        for scheme in ("Basic dXNlcjpwYXNzd29yZA==", "Token abc", "Bearer"):
+            for path, body in (
+                ("/v1/select", select),
+                ("/v1/feedback", feedback),
+                ("/v1/chat/completions", chat),
+            ):
+                refused = await http.post(path, json=body, headers={"authorization": scheme})
+                assert refused.status_code == 401, (scheme, path, refused.text)
+                assert refused.json()["error"] == {
+                    "message": "the Authorization header must be 'Bearer <API key>'",
+                    "type": "invalid_request_error",
+                    "code": "unauthenticated",
+                }
+    assert (await stack.reported("alpha")).usage_reports == 0  # no upstream was called
+
+
 async def test_a_timed_out_upstream_falls_back(launch: Launch) -> None:
     stack = await launch(upstream_timeout_s=0.3)
     stack.alpha.fail = "hang"
