@@ -157,6 +157,9 @@ async def _start(settings: Settings, security: ClientSecurity) -> tuple[Server, 
         listening.cancel()
     if serving.done():  # it ended before it listened
         serving.result()
+    host, port = srv.servers[0].sockets[0].getsockname()[:2]  # port 0: the one bound
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    log.info("gateway_serving", listen=listen, port=port)
     return srv, serving
 
 

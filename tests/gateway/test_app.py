@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -68,4 +70,36 @@ def test_a_stop_once_serving_drains_and_exits_0() -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert events == ["gateway_start", "stopping"]
+    assert events == ["gateway_start", "gateway_serving", "stopping"]
+
+
+def test_it_logs_the_address_it_serves_on() -> None:
+    proc = _start("127.0.0.1:0")
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def serving_line() -> dict[str, Any]:
+        for line in iter(stdout.readline, ""):
+            if (event := json.loads(line))["event"] == "gateway_serving":
+                return event
+        raise AssertionError("no gateway_serving line: " + proc.communicate()[1])
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(serving_line)
+            try:
+                serving = reading.result(timeout=60)
+            except TimeoutError:
+                proc.kill()  # ends the read
+                raise
+        host, _, port = serving["listen"].rpartition(":")
+        assert (host, serving["port"]) == ("127.0.0.1", int(port))
+        assert int(port) > 0  # the port bound, not the 0 asked for
+        assert httpx.get(f"http://{serving['listen']}/healthz").json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
