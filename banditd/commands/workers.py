@@ -77,6 +77,9 @@ def run_workers(settings: Settings, workers: int, example_router: bool) -> int:
         signalled: list[int] = []  # recorded here, forwarded by _supervise: none lost or doubled
         for signum in SIGNALS:  # before migrating: a stop then ends the group once it is done
             signal.signal(signum, lambda received, _frame: signalled.append(received))
+        # The `banditd` command blocks them while it imports (banditd/__main__.py): one held
+        # since then is recorded now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         if settings.should_migrate:
             asyncio.run(migrate(settings.database_url, settings.migrations_dir))
         if signalled:
