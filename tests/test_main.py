@@ -33,7 +33,6 @@ def _when_loaded(proc: subprocess.Popen[str], library: str) -> None:
         time.sleep(0.001)
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_a_stop_while_it_imports_exits_cleanly(

@@ -32,13 +32,13 @@ import structlog
 
 from banditd.config import Settings
 from banditd.edge import ports
+from banditd.edge.lifecycle import SIGNALS
 from banditd.errors import FailedPrecondition
 from banditd.store import migrate
 
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.2
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _concrete(listen: str) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the gateway runs through ``run`` without the server's modul
     from banditd.edge.server import App
 
 log = structlog.get_logger(__name__)
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)  # banditd.__main__ blocks them (its STOPS) until run()
 S = TypeVar("S")
 
 

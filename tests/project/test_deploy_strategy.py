@@ -17,6 +17,7 @@ from tests.project.test_deploy import (
     Doc,
     _find_helm,
     _missing,
+    _module,
     _one,
 )
 
@@ -35,12 +36,12 @@ def _helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _strategy(*values: str, name: str = "banditd") -> Doc:
-    yaml = pytest.importorskip("yaml")
+    yaml = _module("yaml", "PyYAML")
     done = _helm("template", *values)
     assert done.returncode == 0, done.stderr
     docs = [d for d in yaml.safe_load_all(done.stdout) if d]
     deployment = _one(docs, "Deployment", name)
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = _module("kubernetes_validate", "kubernetes-validate")
     for kube in KUBE_VERSIONS:
         kubernetes_validate.validate(deployment, kube, strict=True)
     strategy: Doc = deployment["spec"]["strategy"]
