@@ -112,7 +112,11 @@ class Settings(BaseSettings):
         1.0, gt=0, description="how often leases are renewed, spend refreshed, alerts checked"
     )
     budget_pace_slack: float = Field(
-        0.05, ge=0, le=1, description="share of the limit usable ahead of the period's clock"
+        0.05,
+        ge=0,
+        le=1,
+        description="share of the limit over which the pacer's price runs from its floor to its "
+        "top, as spend goes from half of it behind the period's clock to half of it ahead",
     )
 
     # Security (issue 10): transport, API keys, abuse limits, feedback poisoning defences.

@@ -164,8 +164,8 @@ def router_config(
 
 
 async def dear_dollars(server: Running) -> None:
-    """Tenant acme's budget prices dollars dear: a window budget of $100 just begun (its clock
-    allows 5 % of the limit so far), $5 of it spent by router acme/spender (created here), and
+    """Tenant acme's budget prices dollars dear: a window budget of $100 just begun, $5 of it
+    spent by router acme/spender (created here), 5 % of the limit ahead of its clock, and
     the pacer's price refreshed. Start the server with a long ``budget_refresh_s``."""
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config("acme", "spender")))
     budget = pb.Budget(

@@ -1,21 +1,19 @@
-"""Budget pacing: the online multi-choice knapsack threshold, paced against time (pure maths).
+"""Budget pacing: a price per dollar that keeps spend on the period's clock (pure maths).
 
-With z the fraction of a period's budget committed, a dollar is priced at
-psi(z) = (U e / L)^z (L / e), where [L, U] bound the quality per dollar of the arms on offer
-(Zhou, Chakrabarty & Lukose 2008). An arm is eligible while q - psi(z) c >= 0: at z = 0 every arm
-is (psi = L / e < L), at z = 1 only the most efficient ones are (psi = U).
+A dollar is priced at psi(z) = (U e / L)^z (L / e), where [L, U] bound the quality per dollar of
+the arms on offer: the online knapsack threshold's curve (Zhou, Chakrabarty & Lukose 2008). An
+arm is eligible while q - psi(z) c >= 0: at z = 0 every arm is (psi = L / e < L), at z = 1 only
+the most efficient ones are (psi = U).
 
-Time pacing: the threshold alone spends only what a stream's values justify against the whole
-limit, and cannot tell a busy morning from a quiet one. So z is the knapsack's spent fraction
-plus a pace term: z = committed / limit + PACE_GAIN x (committed - allowance) / limit, clipped to
-[0, 1], where allowance = limit x min(1, elapsed + slack) is the share of the limit the period's
-elapsed time allows (and a little ahead of it). Ahead of the clock the price climbs fast to U
-(only the most efficient arms). Behind it the threshold's floor L / e would still tax every dollar
-(a budget larger than the stream's taste would go unspent), so there the price is scaled by the
-share of the allowance used: nothing spent yet, nothing charged; on the allowance, L / e. Under
-steady traffic spend tracks the clock and the budget lasts until the end of its period, and after
-a quiet spell the unspent money is used later. With the gain at 20, spend settles within about
-(1 - z*) / 20 of the allowance, z* being where the stream's value balances the price.
+z follows spend against the clock: z = 1/2 + (committed - limit x elapsed) / (slack x limit),
+at most 1. On the clock the price is the middle of the curve; it climbs to U as spend runs
+slack / 2 of the limit ahead of the clock, and falls toward 0 as spend falls behind (below L / e
+past slack / 2 behind), so unspent money after a quiet spell is used later. The log of the price
+moves in proportion to spend less the clock's allowance: the dual price of online allocation
+with budgets, updated by mirror descent (Balseiro, Lu & Mirrokni 2020), kept without state since
+the sum of its updates is that difference. Under steady traffic the price settles where the
+stream's spend matches the clock, wherever that lies on the curve or below it, so the budget is
+spent and lasts to the end of its period.
 
 Affordability is separate and hard: an arm whose expected cost exceeds what this process may still
 reserve (its lease) is never eligible. When no affordable arm passes the threshold the cheapest
@@ -34,16 +32,16 @@ import numpy.typing as npt
 from banditd.domain import FloatArray
 
 BoolArray = npt.NDArray[np.bool_]
-DEFAULT_SLACK = 0.05  # share of the limit usable ahead of the clock
-PACE_GAIN = 20.0  # how hard the price reacts to spend ahead of (or behind) the clock
+DEFAULT_SLACK = 0.05  # the price runs from L / e to U as spend goes from slack / 2 behind the
+# clock to slack / 2 ahead of it, as shares of the limit
 USD_EPSILON = 1e-12  # float rounding of sums of costs: amounts this close count as equal
 MIN_QUALITY = 1e-6  # quality scores are clipped here: an arm of no value is worth nothing a dollar
 
 
 def psi(z: float, lower: float, upper: float) -> float:
-    """The threshold price of a dollar at committed fraction z in [0, 1], for quality per dollar
-    in [lower, upper] (0 < lower <= upper)."""
-    z = min(1.0, max(0.0, z))
+    """The price of a dollar at z <= 1 (z > 1 counts as 1), for quality per dollar in
+    [lower, upper] (0 < lower <= upper): L / e at z = 0, U at z = 1, toward 0 below 0."""
+    z = min(1.0, z)
     # Never above U, which floating point can pass at z = 1: the most efficient arm must pass.
     return min(float((upper * math.e / lower) ** z * (lower / math.e)), upper)
 
@@ -58,16 +56,18 @@ def efficiency_bounds(quality: FloatArray, cost: FloatArray) -> tuple[float, flo
     return float(ratio.min()), float(ratio.max())
 
 
-def committed_fraction(
+def pace(
     committed_usd: float, limit_usd: float, elapsed: float, slack: float = DEFAULT_SLACK
 ) -> float:
-    """z in [0, 1]: the spent fraction of the limit plus PACE_GAIN x how far committed spend is
-    ahead of the allowance the elapsed time gives (negative when behind), both over the limit."""
+    """z <= 1: 1/2 plus how far committed spend runs ahead of the clock's allowance (limit x
+    elapsed; negative when behind), in units of slack x limit. A zero limit gives 1; a zero slack
+    gives 1 ahead of the clock and -inf (a price of 0) on it or behind."""
     if limit_usd <= 0:
         return 1.0
-    allowance = limit_usd * min(1.0, elapsed + slack)  # Pacing.allowance_usd
-    z = (committed_usd + PACE_GAIN * (committed_usd - allowance)) / limit_usd
-    return min(1.0, max(0.0, z))
+    ahead = committed_usd - limit_usd * min(1.0, max(0.0, elapsed))
+    if slack <= 0:
+        return 1.0 if ahead > 0 else -math.inf
+    return min(1.0, 0.5 + ahead / (slack * limit_usd))
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,11 @@ class Pacing:
 
     @property
     def z(self) -> float:
-        return committed_fraction(self.committed_usd, self.limit_usd, self.elapsed, self.slack)
-
-    @property
-    def allowance_usd(self) -> float:
-        return self.limit_usd * min(1.0, self.elapsed + self.slack)
+        return pace(self.committed_usd, self.limit_usd, self.elapsed, self.slack)
 
     def price(self, lower: float, upper: float) -> float:
-        """psi(z), scaled down by the share of the allowance used while spend is behind it."""
-        allowance = self.allowance_usd
-        behind = 1.0
-        if allowance > 0 and self.committed_usd < allowance:
-            behind = max(0.0, self.committed_usd) / allowance
-        return psi(self.z, lower, upper) * behind
+        """psi(z): the price of a dollar, in quality."""
+        return psi(self.z, lower, upper)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import time
 from collections.abc import Iterator
 from functools import partial
 
@@ -54,10 +55,15 @@ async def test_replicas_never_overspend_a_shared_budget(
     await admin.PutRouter(pb.PutRouterRequest(router=router_config()))
     await admin.SetBudget(
         pb.SetBudgetRequest(
+            # A day-long window begun now: spend runs ahead of its clock from the first
+            # decisions whatever the hour, so the pacer serves the cheap arm and the limit goes
+            # in many small decisions across the replicas' leases.
             budget=pb.Budget(
                 tenant="acme",
                 limit_usd=LIMIT,
-                period=pb.BUDGET_PERIOD_DAY,
+                period=pb.BUDGET_PERIOD_WINDOW,
+                window_seconds=86_400,
+                window_start_unix=int(time.time()),
                 on_exhausted=pb.ON_EXHAUSTED_REFUSE,
             )
         )
