@@ -6,9 +6,11 @@ arm is eligible while q - psi(z) c >= 0: at z = 0 every arm is (psi = L / e < L)
 the most efficient ones are (psi = U).
 
 z follows spend against the clock: z = 1/2 + (committed - limit x elapsed) / (slack x limit),
-at most 1. On the clock the price is the middle of the curve; it climbs to U as spend runs
-slack / 2 of the limit ahead of the clock, and falls toward 0 as spend falls behind (below L / e
-past slack / 2 behind), so unspent money after a quiet spell is used later. The log of the price
+at most 1, the clock allowing slack / 2 of the limit from the period's start (elapsed counts as
+at least slack / 2), so a period begins at L / e. On the clock the price is the middle of the
+curve; it climbs to U as spend runs slack / 2 of the limit ahead of the clock, and falls toward
+0 as spend falls behind (below L / e past slack / 2 behind), so unspent money after a quiet
+spell is used later. The log of the price
 moves in proportion to spend less the clock's allowance: the dual price of online allocation
 with budgets, updated by mirror descent (Balseiro, Lu & Mirrokni 2020), kept without state since
 the sum of its updates is that difference. Under steady traffic the price settles where the
@@ -60,11 +62,16 @@ def pace(
     committed_usd: float, limit_usd: float, elapsed: float, slack: float = DEFAULT_SLACK
 ) -> float:
     """z <= 1: 1/2 plus how far committed spend runs ahead of the clock's allowance (limit x
-    elapsed; negative when behind), in units of slack x limit. A zero limit gives 1; a zero slack
-    gives 1 ahead of the clock and -inf (a price of 0) on it or behind."""
+    elapsed, at least slack / 2 of the limit; negative when behind), in units of slack x limit.
+    A zero limit gives 1; a zero slack gives 1 ahead of the clock and -inf (a price of 0) on it
+    or behind."""
     if limit_usd <= 0:
         return 1.0
-    ahead = committed_usd - limit_usd * min(1.0, max(0.0, elapsed))
+    # The clock allows slack / 2 of the limit from the period's start: a first request (nothing
+    # spent yet) is priced at L / e, where every arm passes, not at the curve's middle, which
+    # masked the dearest arms of a budget however loose early in every period.
+    clock = min(1.0, max(0.5 * slack, elapsed))
+    ahead = committed_usd - limit_usd * clock
     if slack <= 0:
         return 1.0 if ahead > 0 else -math.inf
     return min(1.0, 0.5 + ahead / (slack * limit_usd))

@@ -65,6 +65,28 @@ def test_pace_is_measured_against_the_clock() -> None:
     assert pace(0.5, 1.0, elapsed=0.5, slack=0.0) == -math.inf  # ... free on the clock
 
 
+def test_a_period_begins_at_the_floor_with_every_arm_eligible() -> None:
+    """The first request of a period (nothing spent, elapsed about 0) is on the clock, whose
+    middle price masked the least efficient arm of a budget however loose until slack / 2 of
+    the period had passed (hours of a month): the clock allows slack / 2 of the limit from
+    the start, so it is priced at L / e; past slack / 2 of the period nothing changes."""
+    lower = 0.88 / 0.005  # the strong arm's quality per dollar: L
+    loose = 1000.0  # some 200,000 calls to the strong arm
+    for elapsed in (0.0, 1e-6, 0.01):
+        first = gate(QUALITY, COST, [Pacing(loose, 0.0, elapsed, available_usd=loose)])
+        assert first.eligible.all() and first.price <= lower / math.e
+    assert pace(0.0, 1.0, elapsed=0.0) == pytest.approx(0.0)
+    assert pace(0.025, 1.0, elapsed=0.0) == pytest.approx(0.5)  # slack / 2 spent: the middle
+    assert pace(0.05, 1.0, elapsed=0.01) == pytest.approx(1.0)  # slack spent at once: U
+    assert pace(0.0, 1.0, elapsed=0.025) == pytest.approx(0.0)
+    assert pace(0.0, 1.0, elapsed=0.03) == pytest.approx(0.5 - 0.03 / 0.05)
+    assert gate(QUALITY, COST, [Pacing(1.0, 0.05, 0.0, 1.0)]).eligible.tolist() == [
+        True,
+        False,
+        False,
+    ]
+
+
 def run_stream(
     budget: float, arrivals: np.ndarray, seed: int = 0, clock: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -60,12 +60,14 @@ def test_the_report_counts_the_challengers_cost(
 def test_a_budget_pays_both_answers(data: Path) -> None:
     run = replay.Replay(replay.Options(data=data, feedback="pairwise", exploration=0.1))
     duels = np.full(run.outcomes.n, REFUSED, dtype=np.int64)
-    picks = run.picks(0, 0.0, 1.0, duels)
+    # $0.80 binds by some ten prompts; at $1.00 the stream ran out in its last prompt or two,
+    # or not at all, as the first pick went.
+    picks = run.picks(0, 0.0, 0.8, duels)
     rows = np.arange(run.outcomes.n)
     served, compared = picks != REFUSED, duels != REFUSED
     paid = run.outcomes.cost[rows[served], picks[served]].sum()
     paid += run.outcomes.cost[rows[compared], duels[compared]].sum()
-    assert paid <= 1.0 and (picks == REFUSED).any()
+    assert paid <= 0.8 and (picks == REFUSED).any()
     assert compared.any() and not (compared & ~served).any()  # a duel only where one was served
 
 
