@@ -6,16 +6,15 @@ arm is eligible while q - psi(z) c >= 0: at z = 0 every arm is (psi = L / e < L)
 the most efficient ones are (psi = U).
 
 z follows spend against the clock: z = 1/2 + (committed - limit x elapsed) / (slack x limit),
-at most 1, the clock allowing slack / 2 of the limit from the period's start (elapsed counts as
-at least slack / 2), so a period begins at L / e. On the clock the price is the middle of the
-curve; it climbs to U as spend runs slack / 2 of the limit ahead of the clock, and falls toward
-0 as spend falls behind (below L / e past slack / 2 behind), so unspent money after a quiet
-spell is used later. The log of the price
-moves in proportion to spend less the clock's allowance: the dual price of online allocation
-with budgets, updated by mirror descent (Balseiro, Lu & Mirrokni 2020), kept without state since
-the sum of its updates is that difference. Under steady traffic the price settles where the
-stream's spend matches the clock, wherever that lies on the curve or below it, so the budget is
-spent and lasts to the end of its period.
+at most 1, elapsed counting as at least slack / 2 (so a period begins at z = 0, the price L / e,
+where every arm passes). On the clock the price is the middle of the curve; it climbs to U as
+spend runs slack / 2 of the limit ahead of the clock, and falls toward 0 as spend falls behind
+(below L / e past slack / 2 behind), so unspent money after a quiet spell is used later. The log
+of the price moves in proportion to spend less the clock's allowance: the dual price of online
+allocation with budgets, updated by mirror descent (Balseiro, Lu & Mirrokni 2020), kept without
+state since the sum of its updates is that difference. Under steady traffic the price settles
+where the stream's spend matches the clock, wherever that lies on the curve or below it, so the
+budget is spent and lasts to the end of its period.
 
 Affordability is separate and hard: an arm whose expected cost exceeds what this process may still
 reserve (its lease) is never eligible. When no affordable arm passes the threshold the cheapest
