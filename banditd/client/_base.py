@@ -72,7 +72,7 @@ class ClientBase:
             certificate and key, for mutual TLS. The files are read here.
         timeout: seconds a call may take, retries included (None: no deadline); a call's
             ``timeout=`` overrides it.
-        retry: backoff for UNAVAILABLE (``NO_RETRY``: none).
+        retry: backoff for UNAVAILABLE and ABORTED (``NO_RETRY``: none).
         options: gRPC channel arguments, e.g. ``(("grpc.keepalive_time_ms", 30000),)``; the
             channel's reconnect backoff follows ``retry`` unless they set it.
         """

@@ -29,7 +29,7 @@ PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": 
 class SelectArgs(TypedDict, total=False):
     """Select's arguments. ``tenant`` defaults to the client's; give ``prompt`` or
     ``embedding``; ``request_id`` makes a retry return the first decision (and only then is
-    Select retried on UNAVAILABLE)."""
+    Select retried on UNAVAILABLE or ABORTED)."""
 
     tenant: str | None
     router: Required[str]

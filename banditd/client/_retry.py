@@ -1,9 +1,12 @@
 """Deadlines and retries: what may be retried, how often, and the time each attempt has.
 
 A call's ``timeout`` covers all its attempts: each attempt gets the time that is left, and no
-attempt starts once the backoff would pass the deadline. Only UNAVAILABLE is retried, and only
-for calls that are safe to repeat (Call.retry_safe). An attempt fails with the gRPC error; the
-client maps the last one to the banditd exception tree.
+attempt starts once the backoff would pass the deadline. Only UNAVAILABLE and ABORTED are
+retried, and only for calls that are safe to repeat (Call.retry_safe). UNAVAILABLE: the server
+(or its database) could not be reached, the attempt may or may not have been done. ABORTED: the
+server lost a race with a concurrent change and undid the attempt (a Select: no decision logged,
+nothing charged), so a repeat can succeed. An attempt fails with the gRPC error; the client maps
+the last one to the banditd exception tree.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from banditd.client._errors import map_rpc_error
-from banditd.errors import Unavailable
+from banditd.errors import Aborted, Unavailable
 
 log = logging.getLogger("banditd.client")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter for UNAVAILABLE; ``attempts=1`` turns retries off."""
+    """Exponential backoff with jitter for UNAVAILABLE and ABORTED; ``attempts=1`` turns retries
+    off."""
 
     attempts: int = 4
     initial_backoff_s: float = 0.1
@@ -87,7 +91,8 @@ def tenacity_args(
         ),
         "retry": retry_if_exception(
             lambda exc: (
-                isinstance(exc, grpc.RpcError) and isinstance(map_rpc_error(exc), Unavailable)
+                isinstance(exc, grpc.RpcError)
+                and isinstance(map_rpc_error(exc), Unavailable | Aborted)
             )
         ),
         "before_sleep": before_sleep,
