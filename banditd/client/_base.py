@@ -29,6 +29,14 @@ def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
 
 
+def _api_key(key: str | None) -> str | None:
+    """``key``, if a str (or None): bytes would be sent as "Bearer b'...'" (TypeError, as for
+    other arguments; the key itself is never echoed)."""
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"api_key must be a str, got {type(key).__name__}")
+    return key
+
+
 def _sendable(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """``metadata``, if gRPC can send it: the API key goes as a header, printable ASCII. Else
     InvalidArgument from both clients alike (gRPC fails a sync call as INTERNAL, and an async one
@@ -82,7 +90,7 @@ class ClientBase:
         self.tenant = tenant
         self.timeout = timeout
         self.retry = retry
-        security = ClientSecurity(api_key, _path(tls_ca), _path(tls_cert), _path(tls_key))
+        security = ClientSecurity(_api_key(api_key), _path(tls_ca), _path(tls_cert), _path(tls_key))
         self._metadata = security.metadata
         self._credentials = security.credentials()  # reads the files now: fail here, not later
         self._options = channel_options(retry.initial_backoff_s, retry.max_backoff_s, options)
@@ -110,7 +118,8 @@ class ClientBase:
                 f"timeout must be positive and finite, or None (the client's), got {call.timeout}"
             )
         deadline = Deadline(self.timeout if call.timeout is None else call.timeout)
-        key = self._metadata if call.api_key is None else ClientSecurity(call.api_key).metadata
+        own = _api_key(call.api_key)
+        key = self._metadata if own is None else ClientSecurity(own).metadata
         metadata = _sendable(key)
 
         def invoke() -> Any:

@@ -2,9 +2,9 @@
 for the idempotency key each feedback event is given: a fresh uuid4, unless the caller names one).
 
 The argument names are the proto fields' (banditd/v1/banditd.proto). A value of None is the same
-as leaving the argument out. What protobuf cannot carry (a wrong type, a lone surrogate) is
-refused here, naming the field; the server validates everything else, so its errors (and
-messages) are the same for every caller.
+as leaving the argument out. What protobuf cannot carry (a wrong type, a lone surrogate), and
+bytes for a str (which it would take, as UTF-8), are refused here, naming the field; the server
+validates everything else, so its errors (and messages) are the same for every caller.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class _Fields:
         """The field ``name`` to ``value`` (None: left unset)."""
         if value is not None:
             with self.naming(name, value):
+                _no_bytes((value,))
                 setattr(self.msg, name, value)
 
     def copy(self, args: Mapping[str, Any], names: Sequence[str]) -> None:
@@ -156,6 +157,15 @@ class _Fields:
         )
 
 
+def _no_bytes(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values``, none of them bytes: protobuf takes bytes for a str field (as UTF-8), but no
+    field the client sets is bytes, so bytes are the caller's mistake (a b"acme" read from a
+    file, a header) and TypeError, as any other wrong type."""
+    if any(isinstance(v, bytes | bytearray) for v in values):
+        raise TypeError("bytes for a str")
+    return values
+
+
 def _check_names(args: Mapping[str, Any], kind: type[Any], what: str) -> None:
     unknown = sorted(set(args) - set(kind.__annotations__))
     if unknown:
@@ -184,11 +194,12 @@ def select_request(args: SelectArgs, default_tenant: str | None) -> pb.SelectReq
     fields.copy(args, ("router", "request_id", "compare", "prompt", "cost_weight", "max_cost_usd"))
     fields.copy(args, ("latency_weight", "energy_weight", "max_latency_ms", "input_tokens"))
     with fields.naming("candidates", candidates):
-        msg.candidates.extend(candidates or ())
+        msg.candidates.extend(_no_bytes(tuple(candidates or ())))
     metadata = args.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):  # update() takes pairs too
         raise fields.wrong_type("metadata", metadata)
     with fields.naming("metadata", metadata):
+        _no_bytes(tuple(item for pair in (metadata or {}).items() for item in pair))
         msg.metadata.update(metadata or {})
     if embedding is not None:
         with fields.naming("embedding", embedding):

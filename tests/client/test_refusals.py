@@ -128,6 +128,7 @@ async def test_a_required_argument_left_out_is_a_type_error_naming_it(
         ({"error": "false"}, TypeError, "events[1]: error must be a bool, got str 'false'"),
         ({"input_tokens": 2**70}, bc.InvalidArgument, "events[1].input_tokens: Value out of"),
         ({"tenant": "ac\ud800"}, bc.InvalidArgument, "events[1].tenant: is not valid Unicode"),
+        ({"tenant": b"acme"}, TypeError, "events[1]: tenant must be a str, got bytes b'acme'"),
         (
             {"reward": None, "thumb": ["up"]},
             TypeError,
@@ -147,6 +148,7 @@ async def test_a_required_argument_left_out_is_a_type_error_naming_it(
         "str-error",
         "huge-tokens",
         "surrogate",
+        "bytes-tenant",
         "list-thumb",
         "set-preference",
     ],
@@ -261,3 +263,44 @@ async def test_chunk_size_none_is_left_out(
     events = [{"decision_id": decision.decision_id, "thumb": "up"}]
     summary = await call(client, "upload_feedback", events, chunk_size=None)
     assert (summary.accepted, summary.invalid) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ({"tenant": b"acme"}, "tenant must be a str, got bytes b'acme'"),
+        ({"router": b"chat"}, "router must be a str, got bytes b'chat'"),
+        ({"prompt": b"hi"}, "prompt must be a str, got bytes b'hi'"),
+        ({"request_id": b"r-1"}, "request_id must be a str, got bytes b'r-1'"),
+        ({"candidates": [b"cheap"]}, "candidates must be a list of arm names, got list [b'che"),
+        ({"metadata": {b"app": "x"}}, "metadata must be a mapping of str to str, got dict {b'"),
+        ({"metadata": {"app": b"x"}}, "metadata must be a mapping of str to str, got dict {'a"),
+    ],
+    ids=["tenant", "router", "prompt", "request_id", "candidates", "metadata-key", "metadata"],
+)
+async def test_bytes_for_a_str_argument_are_a_type_error(
+    sqlite_url: str,
+    start_server: StartServer,
+    make_client: Callable[..., Client],
+    argument: dict[str, object],
+    message: str,
+) -> None:
+    """protobuf takes bytes for a str field (as UTF-8), so b"chat" was sent as "chat" and
+    b"\\xff" refused as if the text were bad: a caller's mistake the other wrong types are
+    refused as (a TypeError naming the argument), sending nothing."""
+    server = await serving(start_server, sqlite_url)
+    client = make_client(server.address, tenant="acme")
+    args = {"router": "chat", "prompt": "hi", **argument}
+    with pytest.raises(TypeError) as raised:
+        await call(client, "select", **args)
+    assert str(raised.value).startswith(f"select(): {message}")
+    decision = await call(client, "select", router="chat", prompt="hi")
+    for name in ("decision_id", "idempotency_key", "tenant"):
+        feedback = {"decision_id": decision.decision_id, "thumb": "up", name: b"x"}
+        with pytest.raises(TypeError, match=rf"^feedback\(\): {name} must be a str, got bytes"):
+            await call(client, "feedback", **feedback)
+    with pytest.raises(TypeError, match=r"^api_key must be a str, got bytes$"):
+        await call(client, "select", router="chat", prompt="hi", api_key=b"key")
+    with pytest.raises(TypeError, match=r"^api_key must be a str, got bytes$"):
+        make_client(server.address, tenant="acme", api_key=b"key")
+    await _nothing_recorded(server)
