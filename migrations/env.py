@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 from alembic import context
@@ -45,6 +46,7 @@ def run_migrations_offline() -> None:
 
 # Postgres advisory lock key of banditd's migrations (any fixed number no other tool uses).
 MIGRATION_LOCK = 0x62616E64
+TURN_POLL_S = 0.5  # how often a replica waiting for another's migration asks for its turn
 
 
 def _sqlite_transactions(engine: AsyncEngine) -> None:
@@ -63,8 +65,35 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _take_turn(connection: Connection) -> None:
+    """Replicas started together each migrate on start: one at a time, the others then read the
+    version it committed (Alembic reads it after this) and have nothing to do. The lock and the
+    lock timeout are the session's, not a transaction's, so that they outlast 0023's commit; they
+    end with the connection (engine.dispose below).
+
+    A replica waits for its turn by asking again, between transactions: one blocked in
+    pg_advisory_lock would hold a snapshot all along, and 0023's CREATE INDEX CONCURRENTLY waits
+    for every older snapshot to end, so each would wait for the other (a deadlock)."""
+    lock = text("SELECT pg_try_advisory_lock(:key)")
+    while not connection.scalar(lock, {"key": MIGRATION_LOCK}):
+        connection.rollback()
+        time.sleep(TURN_POLL_S)
+    # Set after the advisory lock, which may rightly wait for another replica's whole migration.
+    # An ALTER TABLE waiting behind a long transaction queues every query on that table behind
+    # itself: past this wait it fails instead, and nothing changes (banditd.store.engine.migrate:
+    # Unavailable, retry).
+    connection.execute(
+        text("SELECT set_config('lock_timeout', :ms, false)"),  # SET, not SET LOCAL
+        {"ms": f"{_lock_timeout_ms()}ms"},
+    )
+    connection.commit()
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        _take_turn(connection)
     # One transaction for the whole run, on SQLite too: a migration that fails leaves nothing.
+    # (On Postgres, 0023 commits it to build its index outside a transaction, and begins another.)
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -72,18 +101,6 @@ def _run(connection: Connection) -> None:
         transactional_ddl=True,
     )
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            # Replicas started together each migrate on start: one at a time, the others then
-            # read the version it committed (Alembic reads it after this) and have nothing to do.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            # Set after the advisory lock, which may rightly wait for another replica's whole
-            # migration. An ALTER TABLE waiting behind a long transaction queues every query on
-            # that table behind itself: past this wait it fails instead, and nothing changes
-            # (banditd.store.engine.migrate: Unavailable, retry).
-            connection.execute(
-                text("SELECT set_config('lock_timeout', :ms, true)"),  # SET LOCAL
-                {"ms": f"{_lock_timeout_ms()}ms"},
-            )
         context.run_migrations()
         # The revision the database is at now, for banditd.store.engine.migrate to check.
         config.attributes["revision"] = context.get_context().get_current_revision()

@@ -20,14 +20,37 @@ depends_on: str | Sequence[str] | None = None
 
 INDEX = "uq_feedback_events_decision_id_idempotency_key"
 KEYED = sa.text("idempotency_key IS NOT NULL")
+TABLES = ("feedback_events", "feedback_pending")
 
 
 # Plain ADD / DROP COLUMN (as 0021): a batch copy of feedback_events on SQLite would drop the
 # triggers of 0011 that bound its money columns. Every existing row has no key: the partial
-# index starts empty.
+# index starts empty, but building it still reads the whole event log.
 def upgrade() -> None:
-    op.add_column("feedback_events", sa.Column("idempotency_key", sa.String(128), nullable=True))
-    op.add_column("feedback_pending", sa.Column("idempotency_key", sa.String(128), nullable=True))
+    if op.get_context().dialect.name != "postgresql":  # SQLite: in the run's one transaction
+        for table in TABLES:
+            op.add_column(table, sa.Column("idempotency_key", sa.String(128), nullable=True))
+        _create_index()
+        return
+    # Postgres: a plain CREATE INDEX would block every feedback write while it reads the log, so
+    # the index is built CONCURRENTLY, which runs outside a transaction: the block commits the
+    # columns (with the version still at 0022), and the version moves once the index is built.
+    # Stopped in between, a rerun finds the columns (IF NOT EXISTS) and perhaps the index.
+    for table in TABLES:
+        op.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS idempotency_key VARCHAR(128)")
+    with op.get_context().autocommit_block():
+        # A build that failed or was stopped leaves its index behind, INVALID: enforced on
+        # writes, never used for reads. Build it again; IF NOT EXISTS keeps only a valid one.
+        valid = op.get_bind().scalar(
+            sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"),
+            {"name": INDEX},
+        )
+        if valid is False:
+            op.drop_index(INDEX, table_name="feedback_events", postgresql_concurrently=True)
+        _create_index(postgresql_concurrently=True, if_not_exists=True)
+
+
+def _create_index(**options: bool) -> None:
     op.create_index(
         INDEX,
         "feedback_events",
@@ -35,10 +58,11 @@ def upgrade() -> None:
         unique=True,
         sqlite_where=KEYED,
         postgresql_where=KEYED,
+        **options,
     )
 
 
 def downgrade() -> None:
     op.drop_index(INDEX, table_name="feedback_events")
-    op.drop_column("feedback_pending", "idempotency_key")
-    op.drop_column("feedback_events", "idempotency_key")
+    for table in reversed(TABLES):
+        op.drop_column(table, "idempotency_key")

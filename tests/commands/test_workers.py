@@ -278,11 +278,16 @@ def test_a_stop_while_the_group_migrates_ends_it_once_migrated(
         try:
             async with engine.connect() as holder, engine.connect() as watcher:
                 await holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK})
-                waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                waiting = text(  # it asks for its turn (migrations/env.py), and is refused
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                    "AND query LIKE '%pg_try_advisory_lock%'"
+                )
 
                 async def migrating() -> bool:
                     assert proc.poll() is None, log.read_text()[-3000:]
-                    return bool((await watcher.execute(waiting)).scalar_one())
+                    count = (await watcher.execute(waiting)).scalar_one()
+                    await watcher.rollback()  # pg_stat_activity: read afresh in each transaction
+                    return bool(count)
 
                 await wait_until(migrating, "the parent to wait for the lock", 90)
                 proc.send_signal(signal.SIGTERM)

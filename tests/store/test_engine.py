@@ -1,5 +1,6 @@
 """Migrations (banditd.store.engine.migrate, migrations/env.py): a migration that fails half-way
-leaves nothing of itself, on either database, so running it again once the cause is gone works."""
+leaves nothing of itself, on either database, so running it again once the cause is gone works
+(0023 on Postgres, which builds its index outside a transaction, repairs what it left instead)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from banditd.config import DEFAULT_MIGRATIONS_DIR
 from banditd.errors import FailedPrecondition, Unavailable
 from banditd.store import Database, migrate
+from tests.helpers import wait_until
+
+MIGRATION_LOCK = 0x62616E64  # the migrations' advisory lock (migrations/env.py)
 
 # A next migration shaped like 0022 (two ADD COLUMNs), stopped after its first statement: as a
 # process killed, a full disk or a lock timeout would stop it.
@@ -133,3 +138,116 @@ async def test_a_migration_blocked_by_a_long_transaction_gives_up_and_changes_no
     finally:
         await holder.close()
     assert await _state(postgres_url) == before
+
+
+# 0023's index (migrations/versions/0023_feedback_idempotency_key.py), as Postgres describes it.
+KEYED_INDEX = "uq_feedback_events_decision_id_idempotency_key"
+KEYED_INDEX_DEF = (
+    f"CREATE UNIQUE INDEX {KEYED_INDEX} ON public.feedback_events USING btree "
+    "(decision_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)"
+)
+
+
+async def _keyed_index(url: str) -> tuple[str, str | None, bool | None]:
+    """The version, and 0023's index: its definition and whether it is valid (None: absent)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            index = (
+                await conn.execute(
+                    text(
+                        "SELECT pg_get_indexdef(indexrelid), indisvalid FROM pg_index "
+                        "WHERE indexrelid = to_regclass(:name)"
+                    ),
+                    {"name": KEYED_INDEX},
+                )
+            ).first()
+            return str(version), *(index or (None, None))
+    finally:
+        await engine.dispose()
+
+
+async def _building(conn: AsyncConnection, upgrade: asyncio.Task[None]) -> int:
+    """Wait until the migration's index build waits for an older snapshot (one a test holds),
+    and return its backend's pid; fail if the migration ends first (it built no such index)."""
+
+    async def waiting() -> int | None:
+        assert not upgrade.done(), "the migration ended without a CREATE INDEX CONCURRENTLY"
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT pid, command, phase FROM pg_stat_progress_create_index "
+                    "WHERE datname = current_database()"
+                )
+            )
+        ).first()
+        await conn.rollback()  # no snapshot of this connection's own for the build to wait for
+        if row is None or row.phase != "waiting for old snapshots":
+            return None
+        assert row.command == "CREATE INDEX CONCURRENTLY"
+        return int(row.pid)
+
+    return int(await wait_until(waiting, "0023's index build to wait for an old snapshot", 60))
+
+
+async def _hold_a_snapshot(conn: AsyncConnection) -> None:
+    """A transaction that has read something (a long report, a backup): a CONCURRENTLY build
+    waits for it before it ends, and a plain CREATE INDEX does not."""
+    await conn.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+    await conn.execute(text("SELECT count(*) FROM routers"))
+
+
+@pytest.mark.postgres
+async def test_0023_builds_its_index_concurrently_while_feedback_is_written(
+    postgres_url: str,
+) -> None:
+    # A plain CREATE INDEX holds a SHARE lock on the event log while it reads all of it: every
+    # feedback write waits for the build. CONCURRENTLY holds none that a write waits for.
+    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, "0022")
+    engine = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as reader, engine.connect() as writer:
+            await _hold_a_snapshot(reader)
+            # The guards only turn a migration that waits forever into a failure.
+            upgrade = asyncio.create_task(
+                migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, lock_timeout_s=120)
+            )
+            await _building(writer, upgrade)
+            await writer.execute(text("BEGIN"))  # a feedback write's lock, taken at once
+            await writer.execute(text("LOCK TABLE feedback_events IN ROW EXCLUSIVE MODE NOWAIT"))
+            await writer.execute(text("ROLLBACK"))
+
+            # The build runs after a commit, still under the migrations' lock: another replica's
+            # migration still waits its turn.
+            try_lock = text("SELECT pg_try_advisory_lock(:key)")
+            assert await writer.scalar(try_lock, {"key": MIGRATION_LOCK}) is False
+            await reader.execute(text("ROLLBACK"))
+            await asyncio.wait_for(upgrade, 60)
+    finally:
+        await engine.dispose()
+    assert await _keyed_index(postgres_url) == ("0023", KEYED_INDEX_DEF, True)
+
+
+@pytest.mark.postgres
+async def test_0023_past_the_lock_timeout_leaves_an_invalid_index_that_a_rerun_rebuilds(
+    postgres_url: str,
+) -> None:
+    # The build waits for the older snapshot past the lock timeout (BANDITD_MIGRATE_LOCK_TIMEOUT_S,
+    # still in force after the commit): it fails UNAVAILABLE, as a stopped build would fail.
+    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, "0022")
+    engine = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as reader:
+            await _hold_a_snapshot(reader)
+            with pytest.raises(Unavailable, match=r"could not lock a table within 0.2 s.*retry"):
+                await asyncio.wait_for(
+                    migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, lock_timeout_s=0.2), 60
+                )
+            await reader.execute(text("ROLLBACK"))
+    finally:
+        await engine.dispose()
+    # The columns are committed, the version is not: the index Postgres left is INVALID.
+    assert await _keyed_index(postgres_url) == ("0022", KEYED_INDEX_DEF, False)
+    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR)
+    assert await _keyed_index(postgres_url) == ("0023", KEYED_INDEX_DEF, True)
