@@ -218,8 +218,15 @@ async def test_the_lease_holds_what_the_cost_model_expects_of_this_request(
     essay = await select(server, candidates=["strong"], metadata={"task": "essay"})
     limit = 0.5  # a lease takes max(the need, 10 % of what is unleased): 0.05 here
     assert essay.expected_cost_usd > 0.1 * limit > sum(reported) / len(reported)
+    # A day-long window nearly over: the essays' spend is far behind its clock whatever the hour,
+    # so the pacer charges next to nothing and the strong arm stays the choice.
     budget = pb.Budget(
-        tenant="acme", limit_usd=limit, period=pb.BUDGET_PERIOD_DAY, on_exhausted=REFUSE
+        tenant="acme",
+        limit_usd=limit,
+        period=pb.BUDGET_PERIOD_WINDOW,
+        window_seconds=86_400,
+        window_start_unix=int(time.time()) - 86_000,
+        on_exhausted=REFUSE,
     )
     await server.admin.SetBudget(pb.SetBudgetRequest(budget=budget))
     served = await select(server, candidates=["strong"], metadata={"task": "essay"})
