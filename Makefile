@@ -29,9 +29,11 @@ run: $(STAMP)
 	$(BIN)/banditd serve --example-router
 
 ## test: lint, types, generated-code drift, then the whole test suite (SQLite, Postgres, helm)
+##       in TEST_WORKERS processes (pytest-xdist; each test file stays in one); 1 runs them in one
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	./.ci/check
-	$(BIN)/pytest -rs
+	$(BIN)/pytest -rs --durations=15 $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 ## check: lint, format, types and generated-code drift only
 check: $(STAMP)
