@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from banditd.store import budget_tables  # noqa: F401  (its tables join the metadata)
@@ -100,9 +102,23 @@ def _run(connection: Connection) -> None:
         render_as_batch=True,
         transactional_ddl=True,
     )
-    with context.begin_transaction():
-        context.run_migrations()
-        # The revision the database is at now, for banditd.store.engine.migrate to check.
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+            # The revision the database is at now, for banditd.store.engine.migrate to check.
+            config.attributes["revision"] = context.get_context().get_current_revision()
+    except DBAPIError:
+        if connection.dialect.name == "postgresql":
+            _note_revision_left(connection)
+        raise
+
+
+def _note_revision_left(connection: Connection) -> None:
+    """Where a failed run left the database, for migrate's message: the revision it started
+    at, or the one 0023 committed before its index build. Left out if the connection is lost
+    too (the original error is the one to report)."""
+    with contextlib.suppress(DBAPIError, OSError):
+        connection.rollback()
         config.attributes["revision"] = context.get_context().get_current_revision()
 
 

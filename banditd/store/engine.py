@@ -40,6 +40,7 @@ UNAVAILABLE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError)  # OSError: T
 # asyncpg's are not DataError to SQLAlchemy (it maps them to plain DBAPIError): the code tells.
 BAD_DATA_SQLSTATE_CLASSES = ("22", "23", "54")
 LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout passed (a migration's, migrations/env.py)
+QUERY_CANCELED = "57014"  # Postgres: pg_cancel_backend, or the server's statement_timeout
 # Python's own refusals while a driver encodes a value (asyncpg's client-side DataError is a
 # ValueError, sqlite3 raises OverflowError for an int past 64 bits, json.dumps ValueError for NaN).
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError)
@@ -210,7 +211,9 @@ async def migrate(
     one: a newer banditd migrated it), and for one the database is already past: this only
     upgrades, where Alembic did nothing and said nothing. Unavailable, the database unchanged,
     where it cannot be reached or stays locked (retry later): on Postgres, a table lock not
-    obtained within ``lock_timeout_s`` (None: the setting BANDITD_MIGRATE_LOCK_TIMEOUT_S)."""
+    obtained within ``lock_timeout_s`` (None: the setting BANDITD_MIGRATE_LOCK_TIMEOUT_S), and
+    a migration cancelled on the database (pg_cancel_backend); there the message names the
+    revision the database kept (0023 commits its columns before its index build)."""
     if not (migrations_dir / "env.py").exists():
         raise FileNotFoundError(f"no Alembic migrations in {migrations_dir}")
     await asyncio.to_thread(_upgrade, alembic_config(url, migrations_dir, lock_timeout_s), revision)
@@ -223,11 +226,17 @@ def _upgrade(config: Config, revision: str) -> None:
     except CommandError as exc:
         raise FailedPrecondition(f"cannot migrate the database to {revision}: {exc}") from exc
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == LOCK_NOT_AVAILABLE:
             raise Unavailable(
                 "the migration could not lock a table within "
                 f"{config.attributes['lock_timeout_s']:g} s: another transaction holds it "
-                "(BANDITD_MIGRATE_LOCK_TIMEOUT_S); nothing changed, retry when it ends"
+                f"(BANDITD_MIGRATE_LOCK_TIMEOUT_S); {_kept(config)}, retry when it ends"
+            ) from exc
+        if sqlstate == QUERY_CANCELED:
+            raise Unavailable(
+                f"the migration was cancelled on the database ({str(exc.orig).strip()}); "
+                f"{_kept(config)}, rerun it"
             ) from exc
         if isinstance(exc, OperationalError):  # locked, unreachable
             raise unavailable(exc) from exc
@@ -239,3 +248,10 @@ def _upgrade(config: Config, revision: str) -> None:
         raise FailedPrecondition(
             f"the database is at revision {at}, past {revision}: migrate only upgrades"
         )
+
+
+def _kept(config: Config) -> str:
+    """What a failed migration kept: the revision migrations/env.py found the database at."""
+    if "revision" not in config.attributes:  # the connection was lost too
+        return "nothing after the database's current version was applied"
+    return f"nothing after version {config.attributes['revision'] or 'base'} was applied"

@@ -1,6 +1,7 @@
 """Migrations (banditd.store.engine.migrate, migrations/env.py): a migration that fails half-way
 leaves nothing of itself, on either database, so running it again once the cause is gone works
-(0023 on Postgres, which builds its index outside a transaction, repairs what it left instead)."""
+(0023 on Postgres, which builds its index outside a transaction, repairs what it left instead).
+Stopped by a lock timeout or a cancel on Postgres, it is UNAVAILABLE, naming the version kept."""
 
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ async def test_a_migration_blocked_by_a_long_transaction_gives_up_and_changes_no
     try:
         async with holder.engine.connect() as conn:
             await conn.execute(text("SELECT count(*) FROM decisions"))  # its transaction stays open
-            with pytest.raises(Unavailable, match=r"could not lock a table within 0.2 s.*retry"):
+            kept = f"nothing after version {_head()} was applied, retry"
+            with pytest.raises(Unavailable, match=rf"could not lock a table within 0.2 s.*{kept}"):
                 # The guard only turns a migration that waits forever into a failure.
                 await asyncio.wait_for(migrate(postgres_url, migrations, lock_timeout_s=0.2), 60)
             await conn.rollback()
@@ -248,6 +250,35 @@ async def test_0023_past_the_lock_timeout_leaves_an_invalid_index_that_a_rerun_r
     finally:
         await engine.dispose()
     # The columns are committed, the version is not: the index Postgres left is INVALID.
+    assert await _keyed_index(postgres_url) == ("0022", KEYED_INDEX_DEF, False)
+    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR)
+    assert await _keyed_index(postgres_url) == ("0023", KEYED_INDEX_DEF, True)
+
+
+@pytest.mark.postgres
+async def test_0023_cancelled_while_it_builds_leaves_an_invalid_index_that_a_rerun_rebuilds(
+    postgres_url: str,
+) -> None:
+    # An operator cancels the migration while its build waits for an older transaction
+    # (pg_cancel_backend): a clear UNAVAILABLE, not the driver's error. The columns are
+    # committed, the version is not, and the index Postgres left is INVALID: a rerun rebuilds it.
+    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, "0022")
+    engine = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as reader, engine.connect() as operator:
+            await _hold_a_snapshot(reader)
+            upgrade = asyncio.create_task(
+                migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, lock_timeout_s=120)
+            )
+            pid = await _building(operator, upgrade)
+            cancel = text("SELECT pg_cancel_backend(:pid)")
+            assert await operator.scalar(cancel, {"pid": pid}) is True
+            kept = "nothing after version 0022 was applied, rerun"
+            with pytest.raises(Unavailable, match=rf"the migration was cancelled .*{kept}"):
+                await asyncio.wait_for(upgrade, 60)
+            await reader.execute(text("ROLLBACK"))
+    finally:
+        await engine.dispose()
     assert await _keyed_index(postgres_url) == ("0022", KEYED_INDEX_DEF, False)
     await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR)
     assert await _keyed_index(postgres_url) == ("0023", KEYED_INDEX_DEF, True)
