@@ -83,7 +83,7 @@ def _take_turn(connection: Connection) -> None:
     # Set after the advisory lock, which may rightly wait for another replica's whole migration.
     # An ALTER TABLE waiting behind a long transaction queues every query on that table behind
     # itself: past this wait it fails instead, and nothing changes (banditd.store.engine.migrate:
-    # Unavailable, retry).
+    # Unavailable, retry). 0023 lifts it for its concurrent index build, which blocks nothing.
     connection.execute(
         text("SELECT set_config('lock_timeout', :ms, false)"),  # SET, not SET LOCAL
         {"ms": f"{_lock_timeout_ms()}ms"},

@@ -39,15 +39,26 @@ def upgrade() -> None:
     for table in TABLES:
         op.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS idempotency_key VARCHAR(128)")
     with op.get_context().autocommit_block():
+        bind = op.get_bind()
+        # A concurrent build (and drop) waits for every older transaction to end, a report or a
+        # backup, and Postgres counts that as a lock wait: the session's lock_timeout
+        # (BANDITD_MIGRATE_LOCK_TIMEOUT_S, migrations/env.py) would fail it after it read the
+        # log, while the wait blocks no reads or writes. Off for them only, then back for the
+        # migrations after (a failure ends the run and its session).
+        lock_timeout = bind.scalar(sa.text("SELECT current_setting('lock_timeout')"))
+        bind.execute(sa.text("SET lock_timeout = 0"))
         # A build that failed or was stopped leaves its index behind, INVALID: enforced on
         # writes, never used for reads. Build it again; IF NOT EXISTS keeps only a valid one.
-        valid = op.get_bind().scalar(
+        valid = bind.scalar(
             sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"),
             {"name": INDEX},
         )
         if valid is False:
             op.drop_index(INDEX, table_name="feedback_events", postgresql_concurrently=True)
         _create_index(postgresql_concurrently=True, if_not_exists=True)
+        bind.execute(
+            sa.text("SELECT set_config('lock_timeout', :value, false)"), {"value": lock_timeout}
+        )
 
 
 def _create_index(**options: bool) -> None:

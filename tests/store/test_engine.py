@@ -231,28 +231,54 @@ async def test_0023_builds_its_index_concurrently_while_feedback_is_written(
     assert await _keyed_index(postgres_url) == ("0023", KEYED_INDEX_DEF, True)
 
 
+# A next migration that fails unless the session's lock timeout (0.2 s) is back after 0023.
+LOCK_TIMEOUT_KEPT = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    timeout = op.get_bind().scalar(sa.text("SELECT current_setting('lock_timeout')"))
+    if timeout != "200ms":
+        raise RuntimeError(f"lock_timeout is {{timeout}} after 0023")
+
+
+def downgrade():
+    pass
+"""
+
+
 @pytest.mark.postgres
-async def test_0023_past_the_lock_timeout_leaves_an_invalid_index_that_a_rerun_rebuilds(
-    postgres_url: str,
+async def test_0023_waits_for_a_transaction_longer_than_the_lock_timeout_then_keeps_it(
+    postgres_url: str, tmp_path: Path
 ) -> None:
-    # The build waits for the older snapshot past the lock timeout (BANDITD_MIGRATE_LOCK_TIMEOUT_S,
-    # still in force after the commit): it fails UNAVAILABLE, as a stopped build would fail.
-    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, "0022")
+    # A report older than the build runs past the lock timeout (BANDITD_MIGRATE_LOCK_TIMEOUT_S):
+    # the build, which blocks nothing while it waits, waits for it and completes once it ends;
+    # the migrations after 0023 have the lock timeout again.
+    migrations = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_MIGRATIONS_DIR, migrations)
+    (migrations / "versions" / "9999_lock_timeout_kept.py").write_text(
+        LOCK_TIMEOUT_KEPT.format(head=_head())
+    )
+    await migrate(postgres_url, migrations, "0022")
     engine = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
     try:
-        async with engine.connect() as reader:
+        async with engine.connect() as reader, engine.connect() as watcher:
             await _hold_a_snapshot(reader)
-            with pytest.raises(Unavailable, match=r"could not lock a table within 0.2 s.*retry"):
-                await asyncio.wait_for(
-                    migrate(postgres_url, DEFAULT_MIGRATIONS_DIR, lock_timeout_s=0.2), 60
-                )
+            upgrade = asyncio.create_task(migrate(postgres_url, migrations, lock_timeout_s=0.2))
+            await _building(watcher, upgrade)
+            await asyncio.sleep(1)  # the report goes on, five lock timeouts long
+            assert not upgrade.done()
             await reader.execute(text("ROLLBACK"))
+            await asyncio.wait_for(upgrade, 60)  # the guard only turns a hang into a failure
     finally:
         await engine.dispose()
-    # The columns are committed, the version is not: the index Postgres left is INVALID.
-    assert await _keyed_index(postgres_url) == ("0022", KEYED_INDEX_DEF, False)
-    await migrate(postgres_url, DEFAULT_MIGRATIONS_DIR)
-    assert await _keyed_index(postgres_url) == ("0023", KEYED_INDEX_DEF, True)
+    assert await _keyed_index(postgres_url) == ("9999", KEYED_INDEX_DEF, True)
 
 
 @pytest.mark.postgres
