@@ -246,20 +246,28 @@ def report(
         "version": live.version,
         "decisions": len(log.decisions),
         "cost_weight": base if cost_weight is None else cost_weight,
-        "mean_cost_weight": float(cost.mean()) if log.decisions else base,
+        "mean_cost_weight": _mean(cost, base),
         "request_cost_weights": sum(d.cost_weight is not None for d in log.decisions),
         "budget_raised_cost_weights": sum(
             d.budget_price > d.weights(d.utility_defaults(defaults), budget=False).cost
             for d in log.decisions
         ),
         "unversioned_decisions": sum(d.defaults is None for d in log.decisions),
-        "mean_latency_weight": float(latency.mean()) if log.decisions else defaults.latency,
-        "mean_energy_weight": float(energy.mean()) if log.decisions else defaults.energy,
+        "mean_latency_weight": _mean(latency, defaults.latency),
+        "mean_energy_weight": _mean(energy, defaults.energy),
         "request_latency_weights": sum(d.latency_weight is not None for d in log.decisions),
         "request_energy_weights": sum(d.energy_weight is not None for d in log.decisions),
         "logged": logged_value(log, weights),
         "candidates": rows,
     }
+
+
+def _mean(weights: FloatArray, empty: float) -> float:
+    """The mean of the decisions' weights (``empty`` for none): exactly the weight when one
+    applies to all, as a float sum over n can miss it by an ulp and the header compares them."""
+    if not weights.size:
+        return empty
+    return float(weights[0]) if np.all(weights == weights[0]) else float(weights.mean())
 
 
 def render_text(r: dict[str, Any]) -> str:

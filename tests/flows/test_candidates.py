@@ -17,7 +17,7 @@ from sqlalchemy import delete
 
 from banditd.commands import cli
 from banditd.domain import ArmSpec, RouterSpec
-from banditd.flows.candidates import evaluate_candidate
+from banditd.flows.candidates import evaluate_candidate, render_text, report
 from banditd.flows.ope_log import DecisionLog, LoggedDecision
 from banditd.store import Database
 from banditd.store.models import router_versions
@@ -199,6 +199,45 @@ def test_a_candidates_arm_the_log_never_offered_is_named_in_the_warnings() -> No
     wider = dataclasses.replace(live, arms=(*live.arms, ArmSpec("fresh", 1, 1)))
     result = evaluate_candidate(wider, log, cost_weight=0.0, replicates=0)
     assert any(w.startswith("new arms: fresh ") for w in result.warnings), result.warnings
+
+
+def alternating_log(live: RouterSpec, n: int) -> DecisionLog:
+    """n decisions without weights of their own, alternating cheap and strong at propensity 0.5."""
+    rng = np.random.default_rng(0)
+    return DecisionLog(
+        tuple(
+            LoggedDecision(
+                created_at=float(t),
+                x=np.concatenate([[1.0], rng.normal(size=live.dim - 1)]),
+                candidates=ARMS,
+                expected_costs=(COST["cheap"], COST["strong"]),
+                arm=ARMS[t % 2],
+                propensity=0.5,
+                reward=REWARD[ARMS[t % 2]],
+                cost_usd=COST[ARMS[t % 2]],
+            )
+            for t in range(n)
+        ),
+        (),
+    )
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_one_weight_for_every_decision_is_reported_as_itself(given: bool) -> None:
+    """One weight for every decision (the caller's, or the router's default where no request
+    had one): its mean is that weight, as docs/evaluation.md says, and the text header names it.
+    Before, the mean was a float sum over n (0.1 x 3 / 3 = 0.10000000000000002), so the header
+    read the --cost-weight as "the decision's cost weight (mean 0.1; the live router's default
+    0.1, 0 requests' own ...)" and mean_cost_weight != cost_weight."""
+    arms = (ArmSpec("cheap", 0.1, 0.4), ArmSpec("strong", 3, 15))
+    weights = {"default_latency_weight": 0.1, "default_energy_weight": 0.1}
+    live = RouterSpec("acme", "chat", arms, default_cost_weight=0.0 if given else 0.1, **weights)
+    log = alternating_log(live, 3)
+    flags = {"cost_weight": 0.1, "latency_weight": 0.1, "energy_weight": 0.1} if given else {}
+    out = report("acme/chat", live, log, [("live", live)], replicates=0, **flags)
+    assert (out["cost_weight"], out["mean_cost_weight"]) == (0.1, 0.1)
+    assert (out["mean_latency_weight"], out["mean_energy_weight"]) == (0.1, 0.1)
+    assert "feedback; utility = reward - 0.1 x cost" in render_text(out).splitlines()[0]
 
 
 async def test_a_decision_without_its_own_weight_is_scored_at_its_router_versions_default(
