@@ -275,7 +275,7 @@ def render_text(r: dict[str, Any]) -> str:
     logged = r["logged"]
     lines = [
         f"banditd evaluate {r['router']} (version {r['version']}): {r['decisions']} logged "
-        f"decisions with feedback; utility = reward - {_weighs(r)} x cost",
+        f"decisions with feedback; utility = reward - {_weighs(r)} x cost{_other_terms(r)}",
         f"live policy (logged): reward {logged['reward']:.4f}, cost ${logged['cost_usd']:.6f}, "
         f"utility {logged['utility']:.4f}",
     ]
@@ -307,6 +307,12 @@ def _weighs(r: dict[str, Any]) -> str:
         f"{r['cost_weight']:g}, {r['request_cost_weights']} requests' own, "
         f"{r['budget_raised_cost_weights']} raised by a budget{history})"
     )
+
+
+def _other_terms(r: dict[str, Any]) -> str:
+    """The utility's latency and energy terms, at their mean weights, where not 0."""
+    terms = ((r["mean_latency_weight"], "latency (s)"), (r["mean_energy_weight"], "energy (Wh)"))
+    return "".join(f" - {weight:g} x {what}" for weight, what in terms if weight)
 
 
 def _cell(i: dict[str, float | None], fmt: str) -> str:

@@ -240,6 +240,19 @@ def test_one_weight_for_every_decision_is_reported_as_itself(given: bool) -> Non
     assert "feedback; utility = reward - 0.1 x cost" in render_text(out).splitlines()[0]
 
 
+def test_the_text_header_names_the_latency_and_energy_weights() -> None:
+    """The utility takes off latency and energy at their weights: the text report's header says
+    so (it named the cost weight alone, "utility = reward - 0 x cost", while the numbers under
+    it had latency and energy taken off)."""
+    live = RouterSpec("acme", "chat", (ArmSpec("cheap", 0.1, 0.4), ArmSpec("strong", 3, 15)))
+    log = alternating_log(live, 4)
+    out = report("acme/chat", live, log, [("live", live)], replicates=0, latency_weight=2.5)
+    header = render_text(out).splitlines()[0]
+    assert header.endswith("utility = reward - 0 x cost - 2.5 x latency (s)")
+    out = report("acme/chat", live, log, [("live", live)], replicates=0, energy_weight=0.5)
+    assert render_text(out).splitlines()[0].endswith("- 0 x cost - 0.5 x energy (Wh)")
+
+
 async def test_a_decision_without_its_own_weight_is_scored_at_its_router_versions_default(
     sqlite_url: str, start_server: StartServer
 ) -> None:
