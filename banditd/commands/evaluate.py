@@ -182,7 +182,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"newest decisions with feedback to use ({evaluation.DEFAULT_LIMIT}); with "
         "--replay-proof, the first records of DATA (all)",
     )
-    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="(0)")
     p.add_argument("--database-url", help="SQLAlchemy async URL (env BANDITD_DATABASE_URL)")
     p.add_argument(
         "--replay-proof",

@@ -101,6 +101,7 @@ def test_replay_proof_from_the_command_line(
         ("--cost-weight", "nan"),
         ("--latency-weight", "-1"),
         ("--energy-weight", "inf"),
+        ("--seed", "-1"),  # was "banditd evaluate: expected non-negative integer" (NumPy's)
     ],
 )
 def test_evaluate_refuses_a_bad_number_before_any_work(
