@@ -162,6 +162,9 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
         )
         head = await store.events.head(router_id)
         first = await store.events.first_offline_context(router_id, stored.context_since)
+        # A run stopped midway left its first records' events in the log, and in the kNN
+        # index rebuilt from it: the rerun must not fold them in a second time.
+        present = await store.events.offline_decisions(router_id) if pipeline.knn else set()
         added, done, batch = 0, 0, list[FeedbackEvent]()
         for events in warm_events(
             pipeline,
@@ -173,6 +176,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
             first_event_id=head,
             context_since=stored.context_since,
             key_weights=warm_start_weights(first, pipeline.weights),
+            present=present,
         ):
             await _save_reduction(store, stored, pipeline)
             batch.extend(events)

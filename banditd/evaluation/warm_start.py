@@ -23,7 +23,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -181,6 +181,7 @@ def warm_events(
     first_event_id: int = 0,
     context_since: int = 0,
     key_weights: str = "",
+    present: Container[str] = frozenset(),
 ) -> Iterator[list[FeedbackEvent]]:
     """Each usable record's offline events, one per router arm it has an outcome for (in
     arm-name order), record by record, with ids from ``first_event_id`` + 1 (the log assigns
@@ -194,7 +195,9 @@ def warm_events(
     ``context_since`` (the stored router's: the version since which it builds x as now) and
     ``key_weights`` (``warm_start_weights``), so a second run adds nothing, while a run after a
     change of the context or of the encoder's weights adds the events anew (the old ones no
-    longer fold). The pipeline's vocabulary must be in memory
+    longer fold). ``present``: the decision ids of events in the log already, which the kNN
+    index holds (``index_log``): a rerun after a stop midway folds them in only once. The
+    pipeline's vocabulary must be in memory
     (MemoryVocabularyStore; `banditd warm-start` preloads it with the router's stored one)."""
     spec = pipeline.spec
     arms = {a.name for a in spec.arms}
@@ -245,7 +248,8 @@ def warm_events(
             )
             # The kNN index only, now: the next record's x reads it. The whole fold comes
             # after, from the log (`banditd warm-start`) or by ``fold`` (replay's warm start).
-            pipeline.observe(event)
+            if event.decision_id not in present:  # else the index has it from the log
+                pipeline.observe(event)
             events.append(event)
         if not events and problem is not None:
             report.skip(problem)

@@ -125,6 +125,15 @@ class EventLog:
             )
         return version
 
+    async def offline_decisions(self, router_id: int) -> set[str]:
+        """The decision ids of the router's offline (warm-start) events."""
+        fe = feedback_events.c
+        async with self.db.transaction() as conn:
+            rows = await conn.scalars(
+                select(fe.decision_id).where(fe.router_id == router_id, fe.offline)
+            )
+            return set(rows)
+
     async def count_after(self, router_id: int, after_id: int) -> int:
         async with self.db.transaction() as conn:
             return int(

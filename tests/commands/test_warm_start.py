@@ -41,11 +41,11 @@ def _warm_start(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str
     return summary
 
 
-def _log(url: str) -> list[FeedbackEvent]:
+def _log(url: str, router_id: int = 1) -> list[FeedbackEvent]:
     async def read() -> list[FeedbackEvent]:
         db = Database(url)
         try:
-            return await EventLog(db).after(1, 0)  # the only router: id 1
+            return await EventLog(db).after(router_id, 0)
         finally:
             await db.close()
 
@@ -82,3 +82,30 @@ def test_after_new_encoder_weights_the_same_file_warm_starts_again_once(
     namespace = uuid.UUID("6f1c3a52-4d3e-4f0e-9a43-0b7f3d1c2a10")  # the ids warm starts had
     first = {str(uuid.uuid5(namespace, f"1\x00q{i}\x00{arm}")) for i in range(4) for arm in ARMS}
     assert {e.decision_id for e in log[:12]} == first
+
+
+def test_a_run_resumed_after_an_interruption_builds_the_x_of_an_unbroken_one(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kNN router's x reads the outcomes of the nearest earlier prompts. A warm start stopped
+    midway and run again rebuilt the index from the log (the first part's events) and then
+    folded the first part's events in again as it passed over them, so the rest's x counted
+    each of those neighbours twice: not the x of a warm start run once, nor a server's."""
+    records = synthetic(24, seed=3)
+    data = write_outcomes(tmp_path / "warm.jsonl", records)
+    part = write_outcomes(tmp_path / "part.jsonl", records[:12])  # what committed before a stop
+    for name in ("broken", "whole"):
+        config = tmp_path / f"{name}.json"
+        router = router_config(name=name, arms=tuple(ARMS), embedding_dim=8, knn_k=6)
+        config.write_text(json_format.MessageToJson(router))
+    argv = ["warm-start", "--tenant", "acme", "--database-url", sqlite_url]
+    broken = [*argv, "--router", "broken", "--router-config", str(tmp_path / "broken.json")]
+    assert _warm_start([*broken, "--data", str(part)], capsys)["added"] == 36
+    resumed = _warm_start([*broken, "--data", str(data)], capsys)
+    assert (resumed["added"], resumed["already_present"]) == (36, 36)
+    whole = [*argv, "--router", "whole", "--router-config", str(tmp_path / "whole.json")]
+    assert _warm_start([*whole, "--data", str(data)], capsys)["added"] == 72
+
+    ours, theirs = _log(sqlite_url, 1), _log(sqlite_url, 2)
+    assert [(e.arm, e.reward) for e in ours] == [(e.arm, e.reward) for e in theirs]
+    assert [e.x.tolist() for e in ours] == [e.x.tolist() for e in theirs]
