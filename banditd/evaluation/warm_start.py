@@ -210,7 +210,8 @@ def warm_events(
         models: dict[str, Any] = record["models"]
         x = pipeline.assemble(vec, record_metadata(record, metadata_from))
         report.unknown_models.update(set(models) - arms)
-        key = str(record.get("id", record["_line"]))
+        named = record.get("id")  # null or "" (a blank column) names no record: the line does
+        key = str(record["_line"] if named is None or named == "" else named)
         if context_since:  # 0: the ids warm starts have always had
             key = f"{context_since}\x00{key}"
         if key_weights:  # "": the ids warm starts had before weights were named

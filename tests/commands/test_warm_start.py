@@ -109,3 +109,23 @@ def test_a_run_resumed_after_an_interruption_builds_the_x_of_an_unbroken_one(
     ours, theirs = _log(sqlite_url, 1), _log(sqlite_url, 2)
     assert [(e.arm, e.reward) for e in ours] == [(e.arm, e.reward) for e in theirs]
     assert [e.x.tolist() for e in ours] == [e.x.tolist() for e in theirs]
+
+
+@pytest.mark.parametrize("blank", [None, ""])
+def test_records_whose_id_is_null_or_empty_are_named_by_their_line(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], blank: str | None
+) -> None:
+    """An event's decision id derives from its record's id: a null or empty id (a column left
+    blank in an export) gave every such record the same ids, so only the first one's events
+    were added and the others counted as already present on the first run."""
+    records = synthetic(4, seed=5)
+    for record in records:
+        record["id"] = blank
+    data = write_outcomes(tmp_path / "warm.jsonl", records)
+    config = tmp_path / "router.json"
+    config.write_text(json_format.MessageToJson(router_config(arms=tuple(ARMS), embedding_dim=8)))
+    argv = ["warm-start", "--tenant", "acme", "--router", "chat", "--data", str(data)]
+    argv += ["--router-config", str(config), "--database-url", sqlite_url]
+    first = _warm_start(argv, capsys)
+    assert (first["events"], first["added"], first["already_present"]) == (12, 12, 0)
+    assert _warm_start(argv, capsys)["added"] == 0
