@@ -62,6 +62,14 @@ class IngestSummary:
 
 def parse_record(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackRequest:
     """One FeedbackRequest from a record of the file; BadLine says what is wrong."""
+    try:
+        return _request(record, default_tenant)
+    except UnicodeEncodeError as exc:  # JSON's "\ud83d": half of a UTF-16 pair, no UTF-8
+        half = exc.object[exc.start : exc.end]
+        raise BadLine(f"text with a lone surrogate ({half!r}), not valid Unicode") from None
+
+
+def _request(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackRequest:
     msg = pb.FeedbackRequest(
         tenant=str(record.get("tenant") or default_tenant or ""),
         decision_id=str(record.get("decision_id") or ""),

@@ -232,3 +232,44 @@ async def test_a_file_ingested_again_under_mean_counts_each_line_once(
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.feedback_count == 3  # decisions with feedback
     assert stats.mean_reward == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # token 0: mean of 1 and 0
+
+
+async def test_a_line_with_a_lone_surrogate_is_refused_not_the_end_of_the_run(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud83d", an emoji cut short by an exporter):
+    no text gRPC can send. The run ended in a traceback (UnicodeEncodeError) at that line, and
+    every rerun again; the line is now refused as unparsable, by its number, and the rest sent."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    tokens = [
+        (
+            await server.router.Select(
+                pb.SelectRequest(tenant="acme", router="chat", prompt=f"s{i}")
+            )
+        ).decision_id
+        for i in range(3)
+    ]
+    data = tmp_path / "ratings.jsonl"
+    lines = [
+        {"decision_id": tokens[0], "thumb": "up"},
+        {"decision_id": tokens[1], "thumb": "up", "idempotency_key": "rating \ud83d"},
+        {"decision_id": tokens[2], "thumb": "down"},
+    ]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))  # "\\ud83d" in JSON
+    rejects = tmp_path / "rejects.jsonl"
+    summary = await asyncio.to_thread(
+        lambda: ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=rejects,
+            chunk=10,
+            fresh=False,
+        )
+    )
+    assert (summary.accepted, summary.unparsable) == (2, 1)
+    [rejected] = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert (rejected["line"], rejected["kind"]) == (2, "unparsable")
+    assert "\\ud83d" in rejected["message"]
