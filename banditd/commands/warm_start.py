@@ -153,7 +153,7 @@ async def warm_start(settings: Settings, args: argparse.Namespace) -> dict[str, 
         stored, created = await _router(store, args)
         spec, router_id = stored.spec, stored.router_id
         fields = metadata_fields(spec, args.metadata_from)
-        usable = usable_records(records, WarmStartReport(), settings.max_prompt_chars)
+        usable = usable_records(records, WarmStartReport(), settings.max_prompt_chars, fields)
         await _assign_vocabulary(store, stored, usable, fields)
         pipeline = await _pipeline(store, stored, settings.max_prompt_chars)
         report = WarmStartReport()

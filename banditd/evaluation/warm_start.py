@@ -35,6 +35,7 @@ from banditd.context.pipeline import ContextPipeline
 from banditd.domain import FeedbackEvent, FloatArray, built_with
 from banditd.domain.ceilings import HARD_MAX_CALL_USD
 from banditd.errors import InvalidArgument
+from banditd.flows.select import MAX_METADATA_VALUE
 
 _NAMESPACE = uuid.UUID("6f1c3a52-4d3e-4f0e-9a43-0b7f3d1c2a10")
 ENCODE_CHUNK = 256  # prompts encoded per call
@@ -105,10 +106,13 @@ def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, 
 
 
 def usable_records(
-    records: Sequence[dict[str, Any]], report: WarmStartReport, max_prompt_chars: int
+    records: Sequence[dict[str, Any]],
+    report: WarmStartReport,
+    max_prompt_chars: int,
+    metadata_from: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """The records with a prompt the router accepts and a models object; the rest are counted
-    as skipped in ``report``."""
+    """The records with a prompt the router accepts, a models object and metadata a Select
+    could send (``metadata_from``'s values); the rest are counted as skipped in ``report``."""
     usable = []
     for record in records:
         report.records += 1
@@ -121,8 +125,23 @@ def usable_records(
         except InvalidArgument as exc:
             report.skip(exc.field)
             continue
+        if not all(map(_sendable, record_metadata(record, metadata_from).values())):
+            report.skip("metadata")
+            continue
         usable.append(record)
     return usable
+
+
+def _sendable(value: str) -> bool:
+    """A metadata value a Select can carry and a server takes (banditd.flows.select): UTF-8
+    text (no lone surrogate) without NUL, at most MAX_METADATA_VALUE characters."""
+    if "\x00" in value or len(value) > MAX_METADATA_VALUE:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_in_chunks(pipeline: ContextPipeline, progress: Callable[[int, int], None]) -> Encode:
@@ -201,7 +220,7 @@ def warm_events(
     (MemoryVocabularyStore; `banditd warm-start` preloads it with the router's stored one)."""
     spec = pipeline.spec
     arms = {a.name for a in spec.arms}
-    usable = usable_records(records, report, pipeline.max_prompt_chars)
+    usable = usable_records(records, report, pipeline.max_prompt_chars, metadata_from)
     raw = encode([r["prompt"] for r in usable]) if usable else np.zeros((0, spec.embedding_dim))
     report.pca_fitted_on = fit_reduction(pipeline, raw) if usable else 0
     now = time.time()

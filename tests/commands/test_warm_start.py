@@ -129,3 +129,30 @@ def test_records_whose_id_is_null_or_empty_are_named_by_their_line(
     first = _warm_start(argv, capsys)
     assert (first["events"], first["added"], first["already_present"]) == (12, 12, 0)
     assert _warm_start(argv, capsys)["added"] == 0
+
+
+@pytest.mark.parametrize("value", ["\ud83d", "a\x00b", "x" * 1025])
+def test_a_metadata_value_no_select_could_send_skips_its_record(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """A record's metadata value that a Select could not carry (a lone surrogate: no UTF-8; a
+    NUL; over 1,024 characters) ended the warm start in a traceback as its vocabulary slot was
+    written (SQLite: the surrogate; Postgres: each), with nothing added and every rerun the
+    same. The record is now skipped, as a server refuses such a Select: skip_reasons names it."""
+    records = synthetic(4, seed=1)
+    for record in records:
+        record["task"] = "math"
+    records[2]["task"] = value
+    data = write_outcomes(tmp_path / "warm.jsonl", records)
+    config = tmp_path / "router.json"
+    router = router_config(arms=tuple(ARMS), embedding_dim=8, metadata_keys=["task"])
+    config.write_text(json_format.MessageToJson(router))
+    argv = ["warm-start", "--tenant", "acme", "--router", "chat", "--data", str(data)]
+    argv += ["--router-config", str(config), "--database-url", database_url]
+    assert cli.main(["migrate", "--database-url", database_url]) == 0
+    summary = _warm_start(argv, capsys)
+    assert (summary["added"], summary["skipped"], summary["skip_reasons"]) == (
+        9,
+        1,
+        {"metadata": 1},
+    )
