@@ -271,6 +271,6 @@ def warm_events(
             if event.decision_id not in present:  # else the index has it from the log
                 pipeline.observe(event)
             events.append(event)
-        if not events and problem is not None:
-            report.skip(problem)
+        if not events:
+            report.skip(problem or "no outcome for the router's arms")
         yield events

@@ -408,3 +408,17 @@ def test_a_cost_past_the_ceiling_is_a_skipped_entry_not_the_end_of_the_run(
     stream = write_records(tmp_path / "data.jsonl", synthetic(10, seed=2))
     report = replay.Replay(replay.Options(data=stream, warm_start=data)).warm_report
     assert report is not None and (report.events, report.skipped_entries) == (14, 1)
+
+
+def test_a_record_without_an_outcome_of_the_routers_arms_is_skipped(tmp_path: Path) -> None:
+    """``skipped`` counts the records that gave no event: one whose models are all unknown to
+    the router (or that has none) gave none and was counted nowhere."""
+    records = synthetic(4, seed=1)
+    records[1]["models"] = {"not-in-router": {"quality": 0.5, "cost_usd": 0.001}}
+    records[2]["models"] = {}
+    history = write_records(tmp_path / "history.jsonl", records)
+    data = write_records(tmp_path / "data.jsonl", synthetic(10, seed=2))
+    report = replay.Replay(replay.Options(data=data, warm_start=history)).warm_report
+    assert report is not None
+    assert (report.records, report.events, report.skipped_records) == (4, 6, 2)
+    assert report.skip_reasons == {"no outcome for the router's arms": 2}
