@@ -180,21 +180,7 @@ def test_a_candidates_arm_the_log_never_offered_is_named_in_the_warnings() -> No
     candidate without it, and the warnings say so (it used to be silent, the numbers read as
     the new arm's)."""
     live = RouterSpec("acme", "chat", (ArmSpec("cheap", 0.1, 0.4), ArmSpec("strong", 3, 15)))
-    rng = np.random.default_rng(0)
-    decisions = tuple(
-        LoggedDecision(
-            created_at=float(t),
-            x=np.concatenate([[1.0], rng.normal(size=live.dim - 1)]),
-            candidates=ARMS,
-            expected_costs=(COST["cheap"], COST["strong"]),
-            arm=ARMS[t % 2],
-            propensity=0.5,
-            reward=REWARD[ARMS[t % 2]],
-            cost_usd=COST[ARMS[t % 2]],
-        )
-        for t in range(20)
-    )
-    log = DecisionLog(decisions, ())
+    log = alternating_log(live, 20)
     assert not evaluate_candidate(live, log, cost_weight=0.0, replicates=0).warnings
     wider = dataclasses.replace(live, arms=(*live.arms, ArmSpec("fresh", 1, 1)))
     result = evaluate_candidate(wider, log, cost_weight=0.0, replicates=0)
