@@ -15,8 +15,7 @@ latency (s) - energy_weight * energy (Wh), with one weight for every decision or
 own (a request may bring its own weights, a budget raises the cost's): every estimator is linear
 in its per-decision terms, so the utility's terms are the reward's minus the decision's weights
 times the cost's, latency's and energy's. Intervals come from a
-Poisson bootstrap over decisions (each decision weighted by an independent Poisson(1) draw per
-replicate), which streams over rows, so it needs no n x replicates matrix for a long log.
+Poisson bootstrap over decisions (``banditd.flows.bootstrap``).
 
 Open Bandit Pipeline (obp) defines the same estimators, but installs only as obp 0.4.1 on
 Python 3.11 with current NumPy, and pulls in torch and scikit-learn: written small here instead.
@@ -32,6 +31,7 @@ import numpy.typing as npt
 
 from banditd.domain import FloatArray
 from banditd.errors import FailedPrecondition, InvalidArgument
+from banditd.flows.bootstrap import poisson_sums
 
 IntArray = npt.NDArray[np.int64]
 ESTIMATORS = ("ips", "snips", "dm", "dr")
@@ -40,10 +40,6 @@ DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
 SMALL_PROPENSITY = 0.01  # below this a logged propensity makes IPS weights explode
 LOW_ESS_FRACTION = 0.1  # warn when the effective sample size is under this share of n
-BOOTSTRAP_CHUNK = 4096  # rows per block of the streaming bootstrap
-# ... and fewer past DEFAULT_BOOTSTRAP replicates, so a block's Poisson counts (replicates x rows)
-# stay 32 MB whatever the replicates (Evaluate allows 100,000: 3.3 GB a block of 4096 rows).
-BOOTSTRAP_CELLS = BOOTSTRAP_CHUNK * DEFAULT_BOOTSTRAP
 
 
 @dataclass(frozen=True)
@@ -229,23 +225,6 @@ def row_terms(log: LoggedFeedback, weight: FloatArray) -> dict[str, tuple[FloatA
     }
 
 
-def _bootstrap(
-    terms: dict[str, tuple[FloatArray, FloatArray]], replicates: int, seed: int
-) -> dict[str, tuple[FloatArray, FloatArray]]:
-    """Poisson bootstrap sums of numerators (replicates, 3) and denominators (replicates, 1)."""
-    rng = np.random.default_rng(seed)
-    n = next(iter(terms.values()))[0].shape[0]
-    out = {name: (np.zeros((replicates, 3)), np.zeros((replicates, 1))) for name in terms}
-    rows = min(BOOTSTRAP_CHUNK, max(1, BOOTSTRAP_CELLS // replicates))
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        counts = rng.poisson(1.0, size=(replicates, stop - start)).astype(np.float64)
-        for name, (num, den) in terms.items():
-            out[name][0][:] += counts @ num[start:stop]
-            out[name][1][:] += counts @ den[start:stop]
-    return out
-
-
 def _ratio(num: FloatArray, den: FloatArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(num / den, dtype=np.float64)
@@ -281,7 +260,7 @@ def evaluate(
         columns.append(np.broadcast_to(column, (log.n,)))
     weight = np.stack(columns, axis=1)  # (n, 3)
     terms = row_terms(log, weight)
-    boot = _bootstrap(terms, replicates, seed) if replicates else {}
+    boot = poisson_sums(terms, replicates, seed) if replicates else {}
     tail = (1.0 - level) / 2.0
     estimates = []
     for name in ESTIMATORS:
