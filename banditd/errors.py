@@ -14,6 +14,8 @@ BanditdError              any other code (UNKNOWN, UNIMPLEMENTED, ...: ``code`` 
  ├── PermissionDenied     PERMISSION_DENIED    forged token, token of another tenant
  ├── FailedPrecondition   FAILED_PRECONDITION  expired token, no eligible arm
  ├── Aborted              ABORTED              lost a race with a concurrent change: retry
+ │    └── Abandoned                            work stopped as its caller gave up (a
+ │                                             cancelled Evaluate): nobody is left to answer
  ├── Unauthenticated      UNAUTHENTICATED      no API key, or an unknown or revoked one
  ├── ResourceExhausted    RESOURCE_EXHAUSTED   rate limit, feedback cap, spent budget (says which)
  ├── Unavailable          UNAVAILABLE          the database, or (client) the server, unreachable
@@ -87,6 +89,17 @@ class FailedPrecondition(BanditdError, code="FAILED_PRECONDITION"): ...
 
 
 class Aborted(BanditdError, code="ABORTED"): ...
+
+
+class Abandoned(Aborted):
+    """CPU-bound work stopped at a check of its ``banditd.flows.stop.Stop``, set when the call
+    that awaited it was cancelled. ``reached``: how far each stage got (``replay_done``,
+    ``replay_total``, ...). A client would receive it as Aborted (one code, one class on that
+    side)."""
+
+    def __init__(self, message: str, reached: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.reached = reached or {}
 
 
 class ResourceExhausted(BanditdError, code="RESOURCE_EXHAUSTED"): ...

@@ -15,10 +15,13 @@ def test_every_error_class_survives_the_wire(cls: type[errors.BanditdError]) -> 
     """The server sends an error as its class's code; the client raises that class again."""
     sent = cls("router", "must be set") if cls is errors.InvalidArgument else cls("it failed")
     received = errors.from_status(sent.code, sent.message)
-    # BadData and Recorded are the server's own kinds of their codes; a client sees the code's.
-    expected = {errors.BadData: errors.InvalidArgument, errors.Recorded: errors.AlreadyExists}.get(
-        cls, cls
-    )
+    # BadData, Recorded and Abandoned are the server's own kinds of their codes; a client sees
+    # the code's.
+    expected = {
+        errors.BadData: errors.InvalidArgument,
+        errors.Recorded: errors.AlreadyExists,
+        errors.Abandoned: errors.Aborted,
+    }.get(cls, cls)
     assert (type(received), received.code, received.message) == (expected, sent.code, sent.message)
     if cls is errors.InvalidArgument:
         assert isinstance(received, errors.InvalidArgument) and received.field == "router"

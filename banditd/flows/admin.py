@@ -9,18 +9,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from banditd.domain import RouterSpec, check_name
-from banditd.errors import InvalidArgument, NotFound
+from banditd.errors import Abandoned, InvalidArgument, NotFound
 from banditd.flows import candidates as evaluation
 from banditd.flows.decision_log import DecisionLog
 from banditd.flows.ope import DEFAULT_BOOTSTRAP
 from banditd.flows.ope_log import load_log
 from banditd.flows.shadow import shadow_spec
+from banditd.flows.stop import Stop
 from banditd.state.breaker import ArmHealthView
 from banditd.state.live_routers import Catalog
 from banditd.store import Store
 from banditd.store.reports import ArmTotals, ShadowTotals
 from banditd.store.usage import UsageStore, UsageTotals
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,26 +135,42 @@ class Admin:
         stored = await self._store.routers.get(tenant, name)
         live = (await self._catalog.get(tenant, name)).context
         await self._decisions.flush()
-        log = await load_log(
+        logged = await load_log(
             self._store,
             stored.router_id,
             limit,
             stored.context_since,
             "" if live is None else live.weights,  # the events its posterior folds
         )
-        # CPU-bound: in a thread, so this replica's event loop keeps answering meanwhile.
-        return await asyncio.to_thread(
-            evaluation.report,
-            f"{tenant}/{name}",
-            stored.spec,
-            log,
-            named_candidates(stored.spec, candidates),
-            cost_weight=cost_weight,
-            latency_weight=latency_weight,
-            energy_weight=energy_weight,
-            replicates=replicates,
-            seed=seed,
-        )
+        named = named_candidates(stored.spec, candidates)
+        stop = Stop()
+
+        def work() -> dict[str, Any]:
+            try:
+                return evaluation.report(
+                    f"{tenant}/{name}",
+                    stored.spec,
+                    logged,
+                    named,
+                    cost_weight=cost_weight,
+                    latency_weight=latency_weight,
+                    energy_weight=energy_weight,
+                    replicates=replicates,
+                    seed=seed,
+                    stop=stop,
+                )
+            except Abandoned as exc:
+                log.info("evaluate_abandoned", tenant=tenant, router=name, **exc.reached)
+                raise
+
+        # CPU-bound: in a thread, so this replica's event loop keeps answering meanwhile. The
+        # thread runs on when the call is cancelled (its deadline passed, the client cancelled)
+        # unless told: the stop ends it at its next check.
+        try:
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     async def promote(
         self, tenant: str, name: str, candidate: RouterSpec, expected_version: int | None = None

@@ -35,9 +35,11 @@ from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.ope import DEFAULT_BOOTSTRAP, Evaluation, LoggedFeedback, as_columns, evaluate
 from banditd.flows.ope import ridge_predictions as ridge
 from banditd.flows.ope_log import DecisionLog, Weights
+from banditd.flows.stop import NEVER, Stop
 from banditd.state.fold import RouterState, fold
 
 DEFAULT_LIMIT = 100_000  # most recent decisions with feedback evaluated on
+STOP_EVERY = 256  # decisions replayed between checks of the stop signal
 
 
 def check_candidate(live: RouterSpec, candidate: RouterSpec) -> RouterSpec:
@@ -62,10 +64,11 @@ def check_candidate(live: RouterSpec, candidate: RouterSpec) -> RouterSpec:
 
 
 def candidate_probabilities(
-    spec: RouterSpec, log: DecisionLog, arms: Sequence[str], seed: int
+    spec: RouterSpec, log: DecisionLog, arms: Sequence[str], seed: int, stop: Stop = NEVER
 ) -> tuple[FloatArray, int]:
     """The candidate's probability of each arm at each logged decision, shape (n, len(arms)),
-    and the number of decisions at which it had no eligible arm (their rows stay 0)."""
+    and the number of decisions at which it had no eligible arm (their rows stay 0). ``stop``
+    is checked every STOP_EVERY decisions."""
     # The logged x and candidates hold the context and the breakers' verdicts: the candidate
     # needs no pipeline, and its arm health goes unread.
     state = RouterState.fresh(spec)
@@ -76,6 +79,8 @@ def candidate_probabilities(
     target = np.zeros((len(log.decisions), len(arms)))
     events, e, uncovered = log.events, 0, 0
     for i, d in enumerate(log.decisions):
+        if i % STOP_EVERY == 0:
+            stop.check("replay", i, len(log.decisions))
         start = e
         while e < len(events) and events[e].created_at <= d.created_at:
             e += 1
@@ -95,7 +100,7 @@ def candidate_probabilities(
 
 
 def logged_feedback(
-    spec: RouterSpec, log: DecisionLog, *, seed: int = 0
+    spec: RouterSpec, log: DecisionLog, *, seed: int = 0, stop: Stop = NEVER
 ) -> tuple[LoggedFeedback, list[str]]:
     """The estimators' input for a candidate on the log, with warnings about the candidate."""
     if not log.decisions:
@@ -104,7 +109,7 @@ def logged_feedback(
             "a feedback event)"
         )
     arms = log.arms
-    target, uncovered = candidate_probabilities(spec, log, arms, seed)
+    target, uncovered = candidate_probabilities(spec, log, arms, seed, stop)
     if uncovered:
         raise InvalidArgument(
             "candidate.arms",
@@ -164,10 +169,11 @@ def evaluate_candidate(
     energy_weight: float | FloatArray = 0.0,
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    stop: Stop = NEVER,
 ) -> Evaluation:
     """Every estimator's value of the candidate on the log, utility at the weights (each one for
     every decision, or shape (n,): each decision's)."""
-    feedback, notes = logged_feedback(spec, log, seed=seed)
+    feedback, notes = logged_feedback(spec, log, seed=seed, stop=stop)
     result = evaluate(
         feedback,
         cost_weight=cost_weight,
@@ -175,6 +181,7 @@ def evaluate_candidate(
         energy_weight=energy_weight,
         replicates=replicates,
         seed=seed,
+        stop=stop,
     )
     return dataclasses.replace(result, warnings=(*result.warnings, *notes))
 
@@ -204,13 +211,14 @@ def report(
     energy_weight: float | None = None,
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    stop: Stop = NEVER,
 ) -> dict[str, Any]:
     """Evaluate each named candidate against the log (the --json object of `banditd evaluate`).
 
     cost_weight, latency_weight, energy_weight: the utility's weight for every decision; None:
     each decision's own, as Select formed it with its router version's default (``cost_weight``
     in the report is then the live router's default). The candidates' choices keep each
-    decision's own weights.
+    decision's own weights. ``stop``: checked as the work goes (``banditd.flows.stop``).
     """
     base, defaults = live.default_cost_weight, Weights.defaults(live)
     weights = utility_weights(log, defaults)  # (n, 3)
@@ -218,9 +226,10 @@ def report(
         if given is not None:
             weights[:, column] = given
     cost, latency, energy = weights.T
-    rows = []
+    rows: list[dict[str, Any]] = []
     progress.update("candidates evaluated", 0, len(candidates))
     for name, spec in candidates:
+        stop.check("candidates", len(rows), len(candidates))
         check_candidate(live, spec)
         result = evaluate_candidate(
             spec,
@@ -230,6 +239,7 @@ def report(
             energy_weight=energy,
             replicates=replicates,
             seed=seed,
+            stop=stop,
         )
         rows.append(
             {

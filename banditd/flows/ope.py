@@ -32,6 +32,7 @@ import numpy.typing as npt
 from banditd.domain import FloatArray
 from banditd.errors import FailedPrecondition, InvalidArgument
 from banditd.flows.bootstrap import poisson_sums
+from banditd.flows.stop import NEVER, Stop
 
 IntArray = npt.NDArray[np.int64]
 ESTIMATORS = ("ips", "snips", "dm", "dr")
@@ -239,11 +240,12 @@ def evaluate(
     replicates: int = DEFAULT_BOOTSTRAP,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
+    stop: Stop = NEVER,
 ) -> Evaluation:
     """IPS, SNIPS, DM and DR of reward, cost and utility, with percentile bootstrap intervals
     at ``level`` over ``replicates`` Poisson-bootstrap replicates (0: no intervals).
     cost_weight, latency_weight (per second), energy_weight (per Wh): the utility's weights, one
-    for every decision or shape (n,), each decision's."""
+    for every decision or shape (n,), each decision's. ``stop``: checked as the bootstrap goes."""
     if not 0.0 < level < 1.0:
         raise InvalidArgument("level", "must be in (0, 1)")
     if replicates < 0:
@@ -260,7 +262,7 @@ def evaluate(
         columns.append(np.broadcast_to(column, (log.n,)))
     weight = np.stack(columns, axis=1)  # (n, 3)
     terms = row_terms(log, weight)
-    boot = poisson_sums(terms, replicates, seed) if replicates else {}
+    boot = poisson_sums(terms, replicates, seed, stop) if replicates else {}
     tail = (1.0 - level) / 2.0
     estimates = []
     for name in ESTIMATORS:

@@ -6,10 +6,11 @@ import asyncio
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from banditd.flows.tokens import TokenSigner
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import SIGNING_KEY, Running, StartServer, router_config
+from tests.helpers import EMBEDDING, SIGNING_KEY, Running, StartServer, router_config, wait_until
 
 
 async def test_router_lifecycle(database_url: str, start_server: StartServer) -> None:
@@ -142,3 +143,39 @@ async def test_a_router_created_again_does_not_take_the_deleted_ones_feedback(
             pb.FeedbackRequest(tenant="acme", decision_id=old.decision_id, reward=1.0)
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_abandoned_evaluate_stops_its_work(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """Evaluate runs in a thread, which a cancelled call does not end by itself: when the
+    client's deadline passes, the call's stop signal ends the work at its next check (here in
+    a bootstrap of seconds), and the server logs how far it got."""
+    server = await start_server(sqlite_url)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+
+    async def served() -> None:
+        select = pb.SelectRequest(tenant="acme", router="chat", embedding=EMBEDDING)
+        d = await server.router.Select(select)
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=0.5)
+        )
+
+    await asyncio.gather(*(served() for _ in range(200)))
+    request = pb.EvaluateRequest(
+        tenant="acme",
+        name="chat",
+        candidates=[router_config(exploration=e) for e in (0.1, 0.2, 0.3)],
+        bootstrap_replicates=100_000,  # seconds a candidate on 200 decisions
+    )
+    with capture_logs() as logs:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await server.admin.Evaluate(request, timeout=1.0)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def abandoned() -> list[dict[str, object]]:
+            return [e for e in logs if e["event"] == "evaluate_abandoned"]
+
+        [line] = await wait_until(abandoned, "the abandoned Evaluate to stop", within=60)
+    assert line["tenant"] == "acme" and line["router"] == "chat"
+    assert line["candidates_total"] == 3 and line["candidates_done"] < 3
