@@ -202,7 +202,7 @@ def _command(argv: list[str] | None) -> int:
         description="Columns/keys: decision_id, tenant (or --tenant), thumb (up/down), reward or "
         "preference (arm/challenger/tie), optional cost_usd, input_tokens, output_tokens, "
         "latency_ms, energy_wh, error, idempotency_key. Resumable: the lines done are kept in a "
-        "state file. Each line's event has an idempotency key (its own, else one made from its "
+        "state file with their hash (a file that no longer starts with them is refused). Each line's event has an idempotency key (its own, else one made from its "
         "line number and content), so a line sent again is a duplicate, never a second signal "
         "(docs/api.md).",
     )

@@ -2,12 +2,13 @@
 
 Lines are sent in chunks over UploadFeedback (many events per message); after each chunk's reply
 (which comes only once the chunk is committed) the number of lines done is written to a state
-file, so an interrupted run resumes where it stopped. Each line's event is named by an
-idempotency_key (the line's own column, else one made from the line's number and content:
-``line_key``), so a line sent again (the file run again, or a chunk resent after its answer was
-lost) is a duplicate whatever the router's combine, never a second signal (docs/how-it-works.md,
-resending). The next chunk is read while the server commits one, and sent once that one is
-answered, so chunks commit in file order.
+file with a hash of those lines (ingest_state), so an interrupted run resumes where it stopped,
+and a new file under the old name is refused rather than skipped into. Each line's event is
+named by an idempotency_key (the line's own column, else one made from the line's number and
+content: ``line_key``), so a line sent again (the file run again, or a chunk resent after its
+answer was lost) is a duplicate whatever the router's combine, never a second signal
+(docs/how-it-works.md, resending). The next chunk is read while the server commits one, and sent
+once that one is answered, so chunks commit in file order.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from banditd import progress
+from banditd.commands import ingest_state
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
@@ -117,24 +119,26 @@ def line_key(number: int, msg: pb.FeedbackRequest) -> str:
     return "ingest:" + hashlib.sha256(b"%d\0%b" % (number, content)).hexdigest()[:40]
 
 
-def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+def read_records(path: Path, digest: Any = None) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     """(line number, record or the reason it cannot be read) for each data line; a file that is
-    not UTF-8 text (a gzipped one, say) raises InvalidArgument."""
+    not UTF-8 text (a gzipped one, say) raises InvalidArgument. ``digest`` (a hashlib hash) is
+    fed the text read, up to the end of each record as it is yielded."""
     try:
-        yield from _records(path)
+        yield from _records(path, digest or hashlib.sha256())
     except UnicodeDecodeError:
         problem = f"{path}: not UTF-8 text (ingest reads JSONL or CSV, uncompressed)"
         raise InvalidArgument("", problem) from None
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+def _records(path: Path, digest: Any) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     with path.open(newline="", encoding="utf-8-sig") as handle:  # a BOM (Excel) is no text
+        lines = _hashed(handle, digest)
         if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(lines)
             for row in reader:
                 yield reader.line_num, dict(row)
             return
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -143,6 +147,20 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
                 yield number, BadLine(f"not JSON: {exc.msg}")
                 continue
             yield number, record if isinstance(record, dict) else BadLine("not a JSON object")
+
+
+def _hashed(lines: Iterable[str], digest: Any) -> Iterator[str]:
+    """The lines, each fed to ``digest`` without its line ending; blank lines only once a line
+    follows them, so the hash at a record does not depend on blank lines after it."""
+    held: list[str] = []
+    for line in lines:
+        if line.strip():
+            for text in (*held, line):
+                digest.update(text.rstrip("\r\n").encode() + b"\n")
+            held.clear()
+        else:
+            held.append(line)
+        yield line
 
 
 def ingest(
@@ -157,22 +175,29 @@ def ingest(
     security: ClientSecurity | None = None,
 ) -> IngestSummary:
     summary = IngestSummary()
-    done = 0 if fresh or not state_path.exists() else _lines_done(state_path)
+    fresh = fresh or not state_path.exists()
+    mark = ingest_state.Mark() if fresh else ingest_state.read(state_path)
+    done, digest = mark.lines, hashlib.sha256()
     security = security or ClientSecurity()
     label, total = f"ingest {path.name}", progress.lines_in(path)
     if total is not None and path.suffix.lower() == ".csv":
         total -= 1  # the header
     with (
         security.channel(target) as channel,
-        rejects_path.open("w" if done == 0 else "a", encoding="utf-8") as rejects,
+        ingest_state.open_rejects(rejects_path, mark) as rejects,
     ):
         stub = rpc.RouterStub(channel)
         pending: list[tuple[int, pb.FeedbackRequest]] = []
         position = 0
         # The chunk sent and not answered yet: the next one is read meanwhile, and sent only
         # once this one's reply is in (so chunks commit in file order).
-        in_flight: tuple[Any, list[tuple[int, pb.FeedbackRequest]], int] | None = None
+        in_flight: tuple[Any, list[tuple[int, pb.FeedbackRequest]], int, str] | None = None
         unreadable: list[tuple[int, str]] = []  # written after the reply of the chunk before
+
+        def save(lines: int, sha256: str) -> None:  # the rejects too, as of the same mark
+            rejects.flush()
+            where = str(rejects_path.resolve())
+            ingest_state.write(state_path, ingest_state.Mark(lines, sha256, where, rejects.tell()))
 
         def reject_unreadable() -> None:
             for number, message in unreadable:
@@ -192,29 +217,31 @@ def ingest(
                 for t, items in by_tenant.items()
             ]
             call = stub.UploadFeedback.future(iter(batches), metadata=security.metadata)
-            in_flight = (call, sent, position)
+            in_flight = (call, sent, position, digest.hexdigest())
             pending.clear()
 
         def finish() -> None:
             nonlocal in_flight
             if in_flight is None:
                 return
-            call, sent, done_position = in_flight
+            call, sent, done_position, sha256 = in_flight
             in_flight = None
             reply = call.result()
             for name in ("accepted", "duplicate", "expired", "invalid"):
                 setattr(summary, name, getattr(summary, name) + getattr(reply, name))
             for error in reply.errors:
                 _reject(summary, rejects, sent[error.index][0], error.kind, error.message)
-            state_path.write_text(str(done_position))
+            save(done_position, sha256)
             progress.update(label, done_position, total)
 
         try:
-            for number, item in read_records(path):
+            for number, item in read_records(path, digest):
                 position += 1
                 summary.lines += 1
                 if position <= done:
                     summary.skipped_lines += 1
+                    if position == done:
+                        ingest_state.check(path, state_path, mark, position, digest.hexdigest())
                     continue
                 try:
                     if isinstance(item, BadLine):
@@ -229,6 +256,8 @@ def ingest(
                     finish()
                     reject_unreadable()
                     send()
+            if position < done:  # the file is shorter than the lines done
+                ingest_state.check(path, state_path, mark, position, digest.hexdigest())
             finish()
             reject_unreadable()
             if pending:
@@ -237,20 +266,8 @@ def ingest(
         finally:
             if in_flight is not None:  # interrupted: the chunk sent may or may not commit
                 in_flight[0].cancel()
-        state_path.write_text(str(position))
+        save(position, digest.hexdigest())
     return summary
-
-
-def _lines_done(state_path: Path) -> int:
-    """The lines an earlier run committed, from its state file."""
-    text = state_path.read_text(encoding="utf-8", errors="replace").strip()
-    if text and not text.isdecimal():
-        raise InvalidArgument(
-            "",
-            f"{state_path}: not a state file of banditd ingest (a count of lines done, got "
-            f"{text[:40]!r}); --restart ignores it",
-        )
-    return int(text or 0)
 
 
 def _reject(summary: IngestSummary, out: Any, line: int, kind: str, message: str) -> None:

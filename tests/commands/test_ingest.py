@@ -7,12 +7,13 @@ import gzip
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
 from banditd.commands import cli
-from banditd.commands.ingest import ingest
+from banditd.commands.ingest import IngestSummary, ingest
 from banditd.v1 import banditd_pb2 as pb
-from tests.helpers import StartServer, router_config
+from tests.helpers import Running, StartServer, router_config
 
 
 async def test_ingest_jsonl_with_bad_lines_then_rerun(
@@ -107,7 +108,7 @@ async def test_ingest_csv_resumes_after_the_last_committed_chunk(
         )
     )
     assert (summary.skipped_lines, summary.accepted) == (6, 3)
-    assert state.read_text() == "9"
+    assert json.loads(state.read_text())["lines"] == 9
 
 
 async def test_a_file_it_cannot_read_is_a_clear_error(
@@ -132,8 +133,8 @@ async def test_a_file_it_cannot_read_is_a_clear_error(
     state.write_text("{}")  # another tool's file
     assert await asyncio.to_thread(cli.main, [*argv, str(plain), "--state", str(state)]) == 1
     assert capsys.readouterr().err == (
-        f"banditd: {state}: not a state file of banditd ingest (a count of lines done, got "
-        "'{}'); --restart ignores it\n"
+        f"banditd: {state}: not a state file of banditd ingest (the lines done and their "
+        "sha256, got '{}'); --restart ignores it\n"
     )
     stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
     assert stats.feedback_count == 0
@@ -273,3 +274,112 @@ async def test_a_line_with_a_lone_surrogate_is_refused_not_the_end_of_the_run(
     [rejected] = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert (rejected["line"], rejected["kind"]) == (2, "unparsable")
     assert "\\ud83d" in rejected["message"]
+
+
+async def _decisions(server: Running, n: int, prefix: str) -> list[str]:
+    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
+    return [
+        (
+            await server.router.Select(
+                pb.SelectRequest(tenant="acme", router="chat", prompt=f"{prefix}{i}")
+            )
+        ).decision_id
+        for i in range(n)
+    ]
+
+
+def _thumbs(tokens: list[str]) -> str:
+    return "".join(json.dumps({"decision_id": t, "thumb": "up"}) + "\n" for t in tokens)
+
+
+async def test_a_file_replaced_under_the_same_name_is_refused_not_skipped_into(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state file held a bare count: a new file under the old name (a daily export) had its
+    first lines skipped, exit 0, their feedback lost. The state names what was sent (a hash of
+    those lines): a file that no longer starts with them is refused, naming the state file and
+    --restart; a file that grew (lines appended) resumes."""
+    server = await start_server(sqlite_url)
+    tokens = await _decisions(server, 5, "r")
+    data, state = tmp_path / "export.jsonl", tmp_path / "export.jsonl.ingest-state"
+    argv = ["ingest", str(data), "--target", server.address, "--tenant", "acme", "--quiet"]
+    data.write_text(_thumbs(tokens[:2]))
+    assert await asyncio.to_thread(cli.main, [*argv, "--json"]) == 0
+    capsys.readouterr()
+
+    data.write_text(_thumbs(tokens[2:4]))  # the next day's export
+    assert await asyncio.to_thread(cli.main, argv) == 1
+    err = capsys.readouterr().err
+    assert f"{state}" in err and "--restart" in err and "2 lines" in err, err
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 2
+    assert await asyncio.to_thread(cli.main, [*argv, "--restart", "--json"]) == 0
+    # stdout's last line: the server, in this process, logs there too (cli configured it)
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["accepted"] == 2
+
+    data.write_text(_thumbs(tokens[2:5]))  # the same export, one line longer: resumed
+    assert await asyncio.to_thread(cli.main, [*argv, "--json"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (done["skipped_lines"], done["accepted"]) == (2, 1)
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 5
+
+
+async def test_a_state_file_of_an_older_banditd_resumes_with_a_warning(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bare count (what banditd wrote before the hash): it cannot tell the file, so it is
+    trusted as before, and stderr says so."""
+    server = await start_server(sqlite_url)
+    tokens = await _decisions(server, 3, "o")
+    data, state = tmp_path / "thumbs.jsonl", tmp_path / "state"
+    data.write_text(_thumbs(tokens))
+    state.write_text("2")
+    summary = await asyncio.to_thread(
+        lambda: ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=state,
+            rejects_path=tmp_path / "r.jsonl",
+            chunk=10,
+            fresh=False,
+        )
+    )
+    assert (summary.skipped_lines, summary.accepted) == (2, 1)
+    err = capsys.readouterr().err
+    assert f"{state}" in err and "cannot tell" in err and "--restart" in err, err
+
+
+async def test_rejects_of_a_chunk_that_never_committed_are_not_written_twice(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """A chunk's unparsable lines went to the rejects file before the chunk was sent; a run
+    stopped before it committed left them there, and the rerun (from the last commit) wrote
+    them again. The rejects file now matches the state file's mark."""
+    # A bucket of 2 feedback events that never refills within the test: the second chunk is
+    # refused as a whole (RESOURCE_EXHAUSTED), as a run cut off before it committed.
+    server = await start_server(sqlite_url, rate_limit_feedback_per_s=0.01, rate_limit_burst_s=200)
+    tokens = await _decisions(server, 4, "c")
+    data, rejects = tmp_path / "thumbs.jsonl", tmp_path / "rejects.jsonl"
+    data.write_text(_thumbs(tokens[:2]) + "{not json\n" + _thumbs(tokens[2:]))
+
+    def run() -> IngestSummary:
+        return ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=rejects,
+            chunk=2,
+            fresh=False,
+        )
+
+    with pytest.raises(grpc.RpcError):
+        await asyncio.to_thread(run)
+    await server.stop()
+    server = await start_server(sqlite_url)  # the same database, no rate limit
+    summary = await asyncio.to_thread(run)
+    assert (summary.skipped_lines, summary.accepted, summary.unparsable) == (2, 2, 1)
+    rejected = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["line"], r["kind"]) for r in rejected] == [(3, "unparsable")]
