@@ -30,6 +30,7 @@ from banditd.v1 import banditd_pb2_grpc as rpc
 
 THUMBS = {"up": pb.THUMB_UP, "down": pb.THUMB_DOWN, "1": pb.THUMB_UP, "0": pb.THUMB_DOWN}
 PREFERENCES = {"arm": pb.PREFER_ARM, "challenger": pb.PREFER_CHALLENGER, "tie": pb.PREFER_TIE}
+ERRORS = {"true": True, "1": True, "false": False, "0": False}
 # Lines an upload carries at most: its reply lists the first 1,000 refused events, and each
 # refused line goes to the rejects file.
 MAX_CHUNK = 1000
@@ -92,7 +93,7 @@ def _request(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackR
         msg.thumb = THUMBS[str(thumb).lower()]
     elif reward not in (None, ""):
         try:
-            msg.reward = float(reward)
+            msg.reward = _number(reward, float)
         except (TypeError, ValueError):
             raise BadLine(f"reward is not a number: {reward!r}") from None
     elif not msg.preference:
@@ -102,14 +103,25 @@ def _request(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackR
         if value in (None, ""):
             continue
         try:
-            setattr(msg, name, kind(value))
+            setattr(msg, name, _number(value, kind))
         except (TypeError, ValueError):
             raise BadLine(f"{name} is not a valid {kind.__name__}: {value!r}") from None
-    if str(record.get("error", "")).lower() in ("true", "1"):
-        msg.error = True
+    error = record.get("error")
+    if error not in (None, ""):
+        if isinstance(error, float) or str(error).lower() not in ERRORS:
+            raise BadLine(f"error must be true or false, got {error!r}")
+        msg.error = ERRORS[str(error).lower()]
     if record.get("idempotency_key") not in (None, ""):
         msg.idempotency_key = str(record["idempotency_key"])
     return msg
+
+
+def _number(value: Any, kind: type[float] | type[int]) -> float | int:
+    """``value`` as ``kind``, refusing (ValueError) what a CSV column's text would not give: a
+    JSON bool (no number), a JSON fraction where an integer is due (12.7, not 12)."""
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and value % 1):
+        raise ValueError(value)
+    return kind(value)
 
 
 def line_key(number: int, msg: pb.FeedbackRequest) -> str:

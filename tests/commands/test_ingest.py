@@ -383,3 +383,52 @@ async def test_rejects_of_a_chunk_that_never_committed_are_not_written_twice(
     assert (summary.skipped_lines, summary.accepted, summary.unparsable) == (2, 2, 1)
     rejected = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert [(r["line"], r["kind"]) for r in rejected] == [(3, "unparsable")]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+async def test_json_refuses_what_csv_refuses(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, suffix: str
+) -> None:
+    """JSON read `"reward": true` as 1.0, `"input_tokens": 12.7` as 12 and `"error": "yes"` as
+    false, where CSV refuses "true" and "12.7" (and read "yes" as false too): a bool where a
+    number is due, a fraction where an integer is due, or an error that is neither true nor
+    false is a refused line, by its number, in both."""
+    server = await start_server(sqlite_url)
+    tokens = await _decisions(server, 6, "t")
+    rows: list[dict[str, object]] = [
+        {"reward": True},  # line 1 (2 in CSV, after the header)
+        {"reward": 0.5, "input_tokens": 12.7},
+        {"thumb": "up", "error": "yes"},
+        {"reward": 0.5, "cost_usd": False},
+        # JSON's 12.0 is a whole number, read as 12 (CSV refuses "12.0", as before)
+        {"reward": 0.5, "output_tokens": 12.0 if suffix == ".jsonl" else 12, "error": True},
+        {"thumb": "down", "error": "False", "input_tokens": "3"},
+    ]
+    columns = ["decision_id", "thumb", "reward", "cost_usd", "input_tokens", "output_tokens"]
+    columns.append("error")
+    records = [{"decision_id": t, **r} for t, r in zip(tokens, rows, strict=True)]
+    data = tmp_path / f"ratings{suffix}"
+    if suffix == ".csv":  # True as an exporter writes it: true
+        cells = [[str(r.get(c, "")).replace("True", "true") for c in columns] for r in records]
+        data.write_text("\n".join(",".join(line) for line in [columns, *cells]) + "\n")
+    else:
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = await asyncio.to_thread(
+        lambda: ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=tmp_path / "r.jsonl",
+            chunk=10,
+            fresh=False,
+        )
+    )
+    first = 2 if suffix == ".csv" else 1
+    assert (summary.accepted, summary.unparsable) == (2, 4)
+    refused = {r["line"] - first: r["message"] for r in summary.rejects}
+    assert sorted(refused) == [0, 1, 2, 3]
+    assert refused[0].startswith("reward is not a number")
+    assert refused[1].startswith("input_tokens is not a valid int")
+    assert refused[2].startswith("error must be true or false")
+    assert refused[3].startswith("cost_usd is not a valid float")
