@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from banditd import progress
 from banditd.domain import FloatArray, RouterSpec
@@ -38,6 +39,7 @@ from banditd.flows.ope_log import DecisionLog, Weights
 from banditd.flows.stop import NEVER, Stop
 from banditd.state.fold import RouterState, fold
 
+BoolArray = npt.NDArray[np.bool_]
 DEFAULT_LIMIT = 100_000  # most recent decisions with feedback evaluated on
 STOP_EVERY = 256  # decisions replayed between checks of the stop signal
 
@@ -65,9 +67,9 @@ def check_candidate(live: RouterSpec, candidate: RouterSpec) -> RouterSpec:
 
 def candidate_probabilities(
     spec: RouterSpec, log: DecisionLog, arms: Sequence[str], seed: int, stop: Stop = NEVER
-) -> tuple[FloatArray, int]:
+) -> tuple[FloatArray, BoolArray]:
     """The candidate's probability of each arm at each logged decision, shape (n, len(arms)),
-    and the number of decisions at which it had no eligible arm (their rows stay 0). ``stop``
+    and whether it had an eligible arm there, shape (n,) (where not, the row stays 0). ``stop``
     is checked every STOP_EVERY decisions."""
     # The logged x and candidates hold the context and the breakers' verdicts: the candidate
     # needs no pipeline, and its arm health goes unread.
@@ -77,7 +79,8 @@ def candidate_probabilities(
     rng = np.random.default_rng(seed)
     column = {a: j for j, a in enumerate(arms)}
     target = np.zeros((len(log.decisions), len(arms)))
-    events, e, uncovered = log.events, 0, 0
+    covered = np.ones(len(log.decisions), dtype=bool)
+    events, e = log.events, 0
     for i, d in enumerate(log.decisions):
         if i % STOP_EVERY == 0:
             stop.check("replay", i, len(log.decisions))
@@ -87,7 +90,7 @@ def candidate_probabilities(
         fold(state, events[start:e])
         eligible = [j for j, a in enumerate(d.candidates) if a in enabled]
         if not eligible:
-            uncovered += 1
+            covered[i] = False
             continue
         names = [d.candidates[j] for j in eligible]
         arm_idx = np.array([posterior.index(a) for a in names], dtype=np.int64)
@@ -96,38 +99,48 @@ def candidate_probabilities(
         other = d.other_term(w, eligible)
         p = policy.probabilities(posterior, arm_idx, d.x, costs, w.cost, rng, other_term=other)
         target[i, [column[a] for a in names]] = p
-    return target, uncovered
+    return target, covered
 
 
 def logged_feedback(
-    spec: RouterSpec, log: DecisionLog, *, seed: int = 0, stop: Stop = NEVER
-) -> tuple[LoggedFeedback, list[str]]:
-    """The estimators' input for a candidate on the log, with warnings about the candidate."""
+    spec: RouterSpec,
+    log: DecisionLog,
+    *,
+    seed: int = 0,
+    stop: Stop = NEVER,
+    name: str = "the candidate",
+) -> tuple[LoggedFeedback, list[str], BoolArray]:
+    """The estimators' input for a candidate (called ``name`` in messages) on the logged
+    decisions at which it had an eligible arm (the others tell nothing about it), with warnings
+    about the candidate, and which decisions those were, shape (n,)."""
     if not log.decisions:
         raise FailedPrecondition(
             "no logged decisions with feedback to evaluate on (decisions need a context x and "
             "a feedback event)"
         )
-    arms = log.arms
-    target, uncovered = candidate_probabilities(spec, log, arms, seed, stop)
-    if uncovered:
-        raise InvalidArgument(
-            "candidate.arms",
-            f"the candidate has none of the arms that were eligible at {uncovered} of "
-            f"{len(log.decisions)} logged decisions (it must keep at least one enabled arm of "
-            "each decision's candidates)",
+    target, covered = candidate_probabilities(spec, log, log.arms, seed, stop)
+    kept = DecisionLog(tuple(d for d, c in zip(log.decisions, covered, strict=True) if c), ())
+    n, skipped = len(log.decisions), len(log.decisions) - len(kept.decisions)
+    if not kept.decisions:
+        raise FailedPrecondition(
+            f"{name}: none of its arms ({', '.join(a.name for a in spec.arms if not a.disabled)}) "
+            f"was eligible at any of the {n} logged decisions (they offered "
+            f"{', '.join(log.arms)}), so no decision is left to evaluate it on; decisions logged "
+            "on its arms will be"
         )
-    chosen = as_columns([d.arm for d in log.decisions], arms)
-    reward = np.array([d.reward for d in log.decisions])
-    cost = np.array([d.cost_usd for d in log.decisions])
-    latency = np.array([d.latency_ms for d in log.decisions]) / 1000.0  # seconds
-    energy = np.array([d.energy_wh for d in log.decisions])
-    xs = np.stack([d.x for d in log.decisions])
+    arms = kept.arms  # the skipped decisions' other arms have no mass: their columns go
+    target = target[covered][:, as_columns(arms, log.arms)]
+    chosen = as_columns([d.arm for d in kept.decisions], arms)
+    reward = np.array([d.reward for d in kept.decisions])
+    cost = np.array([d.cost_usd for d in kept.decisions])
+    latency = np.array([d.latency_ms for d in kept.decisions]) / 1000.0  # seconds
+    energy = np.array([d.energy_wh for d in kept.decisions])
+    xs = np.stack([d.x for d in kept.decisions])
     observed = np.column_stack([reward, cost, latency, energy])
     hat = ridge(xs, chosen, observed, len(arms), seed=seed)
     feedback = LoggedFeedback(
         chosen=chosen,
-        propensity=np.array([d.propensity for d in log.decisions]),
+        propensity=np.array([d.propensity for d in kept.decisions]),
         reward=reward,
         cost=cost,
         target=target,
@@ -140,6 +153,13 @@ def logged_feedback(
         energy_wh_hat=np.maximum(hat[:, :, 3], 0.0),
     )
     notes = []
+    if skipped:
+        notes.append(
+            f"skipped decisions: {skipped} of {n} logged decisions had none of its arms eligible "
+            "(as when they were made before the router's arms were replaced), so they tell "
+            f"nothing about it; its estimates rest on the other {n - skipped} (the logged "
+            f"policy's values cover all {n})"
+        )
     new = [a.name for a in spec.arms if not a.disabled and a.name not in arms]
     if new:
         notes.append(
@@ -150,7 +170,7 @@ def logged_feedback(
         notes.append(
             "explore_new_arm is not simulated: the candidate is evaluated without forced picks"
         )
-    return feedback, notes
+    return feedback, notes, covered
 
 
 def utility_weights(log: DecisionLog, live: Weights) -> FloatArray:
@@ -170,15 +190,23 @@ def evaluate_candidate(
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     stop: Stop = NEVER,
+    name: str = "the candidate",
 ) -> Evaluation:
-    """Every estimator's value of the candidate on the log, utility at the weights (each one for
-    every decision, or shape (n,): each decision's)."""
-    feedback, notes = logged_feedback(spec, log, seed=seed, stop=stop)
+    """Every estimator's value of the candidate (``name`` in messages) on the log, utility at
+    the weights (each one for every decision, or shape (n,): each decision's), over the
+    decisions at which it had an eligible arm."""
+    feedback, notes, covered = logged_feedback(spec, log, seed=seed, stop=stop, name=name)
+
+    def kept(weight: float | FloatArray) -> float | FloatArray:
+        """The weights of the decisions evaluated on (a wrong shape goes on to be refused)."""
+        each = np.asarray(weight, dtype=np.float64)
+        return each[covered] if each.shape == covered.shape else weight
+
     result = evaluate(
         feedback,
-        cost_weight=cost_weight,
-        latency_weight=latency_weight,
-        energy_weight=energy_weight,
+        cost_weight=kept(cost_weight),
+        latency_weight=kept(latency_weight),
+        energy_weight=kept(energy_weight),
         replicates=replicates,
         seed=seed,
         stop=stop,
@@ -240,6 +268,7 @@ def report(
             replicates=replicates,
             seed=seed,
             stop=stop,
+            name=name,
         )
         rows.append(
             {

@@ -17,6 +17,7 @@ from sqlalchemy import delete
 
 from banditd.commands import cli
 from banditd.domain import ArmSpec, RouterSpec
+from banditd.errors import FailedPrecondition
 from banditd.flows.candidates import evaluate_candidate, render_text, report
 from banditd.flows.ope_log import DecisionLog, LoggedDecision
 from banditd.store import Database
@@ -400,3 +401,40 @@ async def test_each_decision_is_scored_at_its_requests_latency_and_energy_weight
     ips = out["candidates"][0]["estimates"][0]
     assert ips["estimator"] == "ips" and ips["utility"]["value"] == pytest.approx(expected_utility)
     assert (out["mean_latency_weight"], out["mean_energy_weight"]) == (2.0, 0.5)
+
+
+def test_decisions_without_any_of_the_candidates_arms_are_skipped_with_a_warning() -> None:
+    """The router's arms were all replaced: 20 old decisions offered cheap and strong only, 10
+    new ones new and newer. A candidate on the new arms is estimated on the 10 new decisions
+    alone, each at its own utility weight, exactly as on a log of those 10, with a warning that
+    counts the skipped ones (before: refused, "candidate.arms: the candidate has none of the
+    arms that were eligible at 20 of 30 logged decisions", until the old ones left the window).
+    With none of its arms anywhere, it is refused under its own name."""
+    live = RouterSpec("acme", "chat", (ArmSpec("new", 1, 1), ArmSpec("newer", 2, 2)))
+    swap = {"cheap": "new", "strong": "newer"}
+    old = alternating_log(live, 20).decisions
+    new = tuple(
+        dataclasses.replace(
+            d, created_at=20.0 + i, candidates=("new", "newer"), arm=swap[d.arm], reward=i / 10
+        )
+        for i, d in enumerate(alternating_log(live, 10).decisions)
+    )
+    weights = np.r_[np.full(20, 1e6), np.arange(10.0)]  # each decision's own cost weight
+    got = evaluate_candidate(live, DecisionLog(old + new, ()), cost_weight=weights, replicates=50)
+    alone = evaluate_candidate(live, DecisionLog(new, ()), cost_weight=weights[20:], replicates=50)
+    assert got.n == 10 and got.estimates == alone.estimates
+    assert got.effective_sample_size == alone.effective_sample_size
+    assert [w for w in got.warnings if w not in alone.warnings] == [
+        "skipped decisions: 20 of 30 logged decisions had none of its arms eligible (as when "
+        "they were made before the router's arms were replaced), so they tell nothing about it; "
+        "its estimates rest on the other 10 (the logged policy's values cover all 30)"
+    ]
+
+    elsewhere = dataclasses.replace(live, arms=(ArmSpec("elsewhere", 1, 1),))
+    with pytest.raises(FailedPrecondition) as refused:
+        report("acme/chat", live, DecisionLog(old, ()), [("shadow ucb", elsewhere)], replicates=0)
+    assert refused.value.message == (
+        "shadow ucb: none of its arms (elsewhere) was eligible at any of the 20 logged decisions "
+        "(they offered cheap, strong), so no decision is left to evaluate it on; decisions "
+        "logged on its arms will be"
+    )

@@ -200,13 +200,62 @@ async def test_evaluate_refuses_bad_requests(sqlite_url: str, start_server: Star
     )
     other_arms = router_config(arms=("elsewhere",))
     missing = await code(pb.EvaluateRequest(tenant="acme", name="chat", candidates=[other_arms]))
-    assert missing[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert missing[1].startswith("candidate.arms: the candidate has none of the arms")
+    assert missing[0] == grpc.StatusCode.FAILED_PRECONDITION
+    assert missing[1].startswith("candidate 1: none of its arms (elsewhere) was eligible at any")
     too_many = router_config(shadows=[pb.ShadowPolicy(name=f"s{i}") for i in range(5)])
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.admin.PutRouter(pb.PutRouterRequest(router=too_many))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == "router.shadows: at most 4 shadow policies"
+
+
+async def test_after_the_arms_are_replaced_evaluate_skips_the_decisions_on_the_old_ones(
+    sqlite_url: str, start_server: StartServer
+) -> None:
+    """PutRouter replaced arms cheap and strong by new and newer. The decisions on the old arms
+    tell nothing about a configuration of the new ones: Evaluate skips them and says so (before,
+    every candidate and shadow was refused, "candidate.arms: the candidate has none of the arms
+    ...", until the old decisions left the window of 100,000). With no decision on the new arms
+    yet, it is refused naming the shadow, not a candidate that was not given."""
+    server = await start_server(sqlite_url)
+    old = router_config(arms=("cheap", "strong"), policy="epsilon-greedy", exploration=0.5)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=old))
+    await feed(server, 12)
+    new = router_config(arms=("new", "newer"), policy="epsilon-greedy", shadows=SHADOWS)
+    await server.admin.PutRouter(pb.PutRouterRequest(router=new))
+    shadows = pb.EvaluateRequest(tenant="acme", name="chat", bootstrap_replicates=20)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.admin.Evaluate(shadows)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == (
+        "shadow ucb: none of its arms (new, newer) was eligible at any of the 12 logged "
+        "decisions (they offered cheap, strong), so no decision is left to evaluate it on; "
+        "decisions logged on its arms will be"
+    )
+
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        d = await server.router.Select(
+            pb.SelectRequest(
+                tenant="acme", router="chat", embedding=pb.Embedding(values=embedding(rng))
+            )
+        )
+        await server.router.Feedback(
+            pb.FeedbackRequest(tenant="acme", decision_id=d.decision_id, reward=i / 8)
+        )
+    candidate = router_config(arms=("new", "newer"), policy="thompson")
+    given = pb.EvaluateRequest(tenant="acme", name="chat", candidates=[candidate])
+    for request, names in ((shadows, ["shadow ucb", "shadow ts"]), (given, ["candidate 1"])):
+        report = await server.admin.Evaluate(request)
+        assert report.decisions == 20 and [c.name for c in report.candidates] == names
+        for c in report.candidates:
+            assert c.effective_sample_size <= 8.0  # over the 8 decisions on its arms
+            assert (
+                "skipped decisions: 12 of 20 logged decisions had none of its arms eligible (as "
+                "when they were made before the router's arms were replaced), so they tell nothing "
+                "about it; its estimates rest on the other 8 (the logged policy's values cover all "
+                "20)"
+            ) in c.warnings
 
 
 def test_shadow_config_round_trips_through_the_codec() -> None:
