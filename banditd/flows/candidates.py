@@ -157,8 +157,7 @@ def logged_feedback(
         notes.append(
             f"skipped decisions: {skipped} of {n} logged decisions had none of its arms eligible "
             "(as when they were made before the router's arms were replaced), so they tell "
-            f"nothing about it; its estimates rest on the other {n - skipped} (the logged "
-            f"policy's values cover all {n})"
+            f"nothing about it; its estimates rest on the other {n - skipped}"
         )
     new = [a.name for a in spec.arms if not a.disabled and a.name not in arms]
     if new:
@@ -202,15 +201,26 @@ def evaluate_candidate(
         each = np.asarray(weight, dtype=np.float64)
         return each[covered] if each.shape == covered.shape else weight
 
+    weights = kept(cost_weight), kept(latency_weight), kept(energy_weight)
     result = evaluate(
         feedback,
-        cost_weight=kept(cost_weight),
-        latency_weight=kept(latency_weight),
-        energy_weight=kept(energy_weight),
+        cost_weight=weights[0],
+        latency_weight=weights[1],
+        energy_weight=weights[2],
         replicates=replicates,
         seed=seed,
         stop=stop,
     )
+    if not covered.all():  # the live policy on the same decisions, to compare like with like
+        f, none = feedback, np.zeros_like(feedback.cost)
+        latency = none if f.latency_s is None else f.latency_s
+        energy = none if f.energy_wh is None else f.energy_wh
+        utility = f.reward - weights[0] * f.cost - weights[1] * latency - weights[2] * energy
+        notes.append(
+            f"on the {len(f.reward)} decisions kept the live policy earned utility "
+            f"{float(np.mean(utility)):.4f} (reward {float(f.reward.mean()):.4f}, cost "
+            f"${float(f.cost.mean()):.6f}); the report's logged values cover all {covered.size}"
+        )
     return dataclasses.replace(result, warnings=(*result.warnings, *notes))
 
 

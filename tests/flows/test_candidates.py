@@ -424,10 +424,16 @@ def test_decisions_without_any_of_the_candidates_arms_are_skipped_with_a_warning
     alone = evaluate_candidate(live, DecisionLog(new, ()), cost_weight=weights[20:], replicates=50)
     assert got.n == 10 and got.estimates == alone.estimates
     assert got.effective_sample_size == alone.effective_sample_size
+    # The live policy on those 10 too, to compare like with like (the report's logged values
+    # cover all 30).
+    reward, cost = np.array([d.reward for d in new]), np.array([d.cost_usd for d in new])
+    utility = float(np.mean(reward - weights[20:] * cost))
     assert [w for w in got.warnings if w not in alone.warnings] == [
         "skipped decisions: 20 of 30 logged decisions had none of its arms eligible (as when "
         "they were made before the router's arms were replaced), so they tell nothing about it; "
-        "its estimates rest on the other 10 (the logged policy's values cover all 30)"
+        "its estimates rest on the other 10",
+        f"on the 10 decisions kept the live policy earned utility {utility:.4f} (reward "
+        f"{reward.mean():.4f}, cost ${cost.mean():.6f}); the report's logged values cover all 30",
     ]
 
     elsewhere = dataclasses.replace(live, arms=(ArmSpec("elsewhere", 1, 1),))
