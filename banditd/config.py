@@ -13,6 +13,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 # The repository's migrations/ folder; images copy it beside the package (see deploy/).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the default of max_message_bytes (ingest's too)
 
 
 class Settings(BaseSettings):
@@ -151,7 +152,7 @@ class Settings(BaseSettings):
         "", description="HOST:PORT of a plaintext listener serving only gRPC health (probes)"
     )
     max_candidates: int = Field(256, ge=1)
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="gRPC message limit")
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024, description="gRPC message limit")
     anomaly_window: int = Field(
         50, ge=5, description="feedback events per arm compared with the arm's history"
     )

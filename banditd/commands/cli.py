@@ -22,7 +22,7 @@ from banditd.commands import warm_start as warm_start_cli
 from banditd.commands.argtypes import int_at_least
 from banditd.commands.ingest import MAX_CHUNK, ingest
 from banditd.commands.workers import run_workers
-from banditd.config import Settings
+from banditd.config import MAX_MESSAGE_BYTES, Settings
 from banditd.context import distill
 from banditd.edge import codec, keys
 from banditd.edge.lifecycle import serve
@@ -217,6 +217,13 @@ def _command(argv: list[str] | None) -> int:
         default=MAX_CHUNK,
         help="lines per committed upload, at most %(default)s (an upload lists 1,000 refusals)",
     )
+    p_ingest.add_argument(
+        "--max-message-bytes",
+        type=int_at_least(1024),
+        default=MAX_MESSAGE_BYTES,
+        help="the server's BANDITD_MAX_MESSAGE_BYTES (default %(default)s): a chunk ends before "
+        "its events would pass it, and a line over it alone is refused as too_large",
+    )
     p_ingest.add_argument("--restart", action="store_true", help="ignore the state file")
     p_ingest.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     progress.add_quiet_flag(p_ingest)
@@ -272,6 +279,7 @@ def _command(argv: list[str] | None) -> int:
                     chunk=args.chunk,
                     fresh=args.restart,
                     security=ClientSecurity.from_args(args),
+                    max_message_bytes=args.max_message_bytes,
                 ).as_dict()
             reporting.emit(args, summary, reporting.key_values(14))
         elif args.command == "keys":

@@ -8,7 +8,9 @@ named by an idempotency_key (the line's own column, else one made from the line'
 content: ``line_key``), so a line sent again (the file run again, or a chunk resent after its
 answer was lost) is a duplicate whatever the router's combine, never a second signal
 (docs/how-it-works.md, resending). The next chunk is read while the server commits one, and sent
-once that one is answered, so chunks commit in file order.
+once that one is answered, so chunks commit in file order. A chunk also ends before its encoded
+events would pass the server's message limit, and a line whose event alone passes it is refused
+(too_large) rather than sent, so one huge line cannot block the file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from banditd import progress
 from banditd.commands import ingest_state
+from banditd.config import MAX_MESSAGE_BYTES
 from banditd.edge.tls import ClientSecurity
 from banditd.errors import InvalidArgument
 from banditd.v1 import banditd_pb2 as pb
@@ -55,6 +58,7 @@ class IngestSummary:
     expired: int = 0
     invalid: int = 0
     unparsable: int = 0
+    too_large: int = 0  # an event over the message limit by itself
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +135,12 @@ def line_key(number: int, msg: pb.FeedbackRequest) -> str:
     return "ingest:" + hashlib.sha256(b"%d\0%b" % (number, content)).hexdigest()[:40]
 
 
+def batch_bytes(msg: pb.FeedbackRequest) -> int:
+    """The bytes ``msg`` adds to its tenant's FeedbackBatch (a tag, a length and the event), with
+    the batch's tenant counted again for each event: a bound from above, under gRPC's limit."""
+    return pb.FeedbackBatch(tenant=msg.tenant, events=[msg]).ByteSize()
+
+
 def read_records(path: Path, digest: Any = None) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     """(line number, record or the reason it cannot be read) for each data line; a file that is
     not UTF-8 text (a gzipped one, say) raises InvalidArgument. ``digest`` (a hashlib hash) is
@@ -185,6 +195,7 @@ def ingest(
     chunk: int,
     fresh: bool,
     security: ClientSecurity | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> IngestSummary:
     summary = IngestSummary()
     fresh = fresh or not state_path.exists()
@@ -200,11 +211,13 @@ def ingest(
     ):
         stub = rpc.RouterStub(channel)
         pending: list[tuple[int, pb.FeedbackRequest]] = []
-        position = 0
+        pending_bytes = 0  # batch_bytes of the events pending
+        position, before = 0, (0, digest.hexdigest())  # the mark before the line read
         # The chunk sent and not answered yet: the next one is read meanwhile, and sent only
         # once this one's reply is in (so chunks commit in file order).
         in_flight: tuple[Any, list[tuple[int, pb.FeedbackRequest]], int, str] | None = None
-        unreadable: list[tuple[int, str]] = []  # written after the reply of the chunk before
+        # (line, kind, reason) of lines refused here: written after the reply of the chunk before
+        unreadable: list[tuple[int, str, str]] = []
 
         def save(lines: int, sha256: str) -> None:  # the rejects too, as of the same mark
             rejects.flush()
@@ -212,14 +225,14 @@ def ingest(
             ingest_state.write(state_path, ingest_state.Mark(lines, sha256, where, rejects.tell()))
 
         def reject_unreadable() -> None:
-            for number, message in unreadable:
-                _reject(summary, rejects, number, "unparsable", message)
+            for number, kind, message in unreadable:
+                _reject(summary, rejects, number, kind, message)
             unreadable.clear()
 
-        def send() -> None:
+        def send(lines: int, sha256: str) -> None:
             # One UploadFeedback message per tenant of the chunk; error indexes count events in
-            # the order sent.
-            nonlocal in_flight
+            # the order sent. The state's mark once it commits: ``lines`` and their ``sha256``.
+            nonlocal in_flight, pending_bytes
             by_tenant: dict[str, list[tuple[int, pb.FeedbackRequest]]] = {}
             for item in pending:
                 by_tenant.setdefault(item[1].tenant, []).append(item)
@@ -229,8 +242,14 @@ def ingest(
                 for t, items in by_tenant.items()
             ]
             call = stub.UploadFeedback.future(iter(batches), metadata=security.metadata)
-            in_flight = (call, sent, position, digest.hexdigest())
+            in_flight = (call, sent, lines, sha256)
             pending.clear()
+            pending_bytes = 0
+
+        def flush(lines: int, sha256: str) -> None:  # send the chunk pending, in file order
+            finish()
+            reject_unreadable()
+            send(lines, sha256)
 
         def finish() -> None:
             nonlocal in_flight
@@ -259,21 +278,30 @@ def ingest(
                     if isinstance(item, BadLine):
                         raise item
                     msg = parse_record(item, tenant)
-                    msg.idempotency_key = msg.idempotency_key or line_key(number, msg)
-                    pending.append((number, msg))
                 except BadLine as exc:
                     summary.unparsable += 1
-                    unreadable.append((number, str(exc)))
+                    unreadable.append((number, "unparsable", str(exc)))
+                else:
+                    msg.idempotency_key = msg.idempotency_key or line_key(number, msg)
+                    size = batch_bytes(msg)
+                    if size > max_message_bytes:
+                        summary.too_large += 1
+                        why = f"{size} bytes encoded, over --max-message-bytes {max_message_bytes}"
+                        unreadable.append((number, "too_large", why))
+                    else:
+                        if pending_bytes + size > max_message_bytes:
+                            flush(*before)  # this line starts the next chunk
+                        pending.append((number, msg))
+                        pending_bytes += size
                 if len(pending) == chunk:
-                    finish()
-                    reject_unreadable()
-                    send()
+                    flush(position, digest.hexdigest())
+                before = (position, digest.hexdigest())
             if position < done:  # the file is shorter than the lines done
                 ingest_state.check(path, state_path, mark, position, digest.hexdigest())
             finish()
             reject_unreadable()
             if pending:
-                send()
+                send(position, digest.hexdigest())
                 finish()
         finally:
             if in_flight is not None:  # interrupted: the chunk sent may or may not commit

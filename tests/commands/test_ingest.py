@@ -432,3 +432,54 @@ async def test_json_refuses_what_csv_refuses(
     assert refused[1].startswith("input_tokens is not a valid int")
     assert refused[2].startswith("error must be true or false")
     assert refused[3].startswith("cost_usd is not a valid float")
+
+
+async def test_a_line_over_the_message_limit_is_refused_not_the_whole_file(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line whose event alone is over the server's message limit (4 MiB; here a comment
+    exported into the decision_id column) made its whole chunk RESOURCE_EXHAUSTED: exit 1, and
+    every rerun stopped at the same chunk. It is refused on its own (too_large, by its number)
+    and the rest sent; a rerun sends nothing more."""
+    server = await start_server(sqlite_url)
+    tokens = await _decisions(server, 2, "m")
+    data, rejects = tmp_path / "thumbs.jsonl", tmp_path / "rejects.jsonl"
+    huge = {"decision_id": "x" * (4 * 1024 * 1024 + 1), "thumb": "up"}
+    data.write_text(_thumbs(tokens[:1]) + json.dumps(huge) + "\n" + _thumbs(tokens[1:]))
+    argv = ["ingest", str(data), "--target", server.address, "--tenant", "acme", "--json"]
+    argv += ["--quiet", "--rejects", str(rejects)]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    report = _report(capsys)
+    assert (report["accepted"], report["too_large"]) == (2, 1)
+    [rejected] = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert (rejected["line"], rejected["kind"]) == (2, "too_large")
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    again = _report(capsys)
+    assert (again["skipped_lines"], again["accepted"], again["too_large"]) == (3, 0, 0)
+    assert len(rejects.read_text().splitlines()) == 1
+    stats = await server.admin.GetStats(pb.GetStatsRequest(tenant="acme", name="chat"))
+    assert stats.feedback_count == 2
+
+
+async def test_a_chunk_is_split_before_it_passes_the_message_limit(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chunk of 1,000 lines was one message per tenant whatever its size: lines each well
+    under a smaller server limit (BANDITD_MAX_MESSAGE_BYTES) made a chunk over it, refused
+    whole. A chunk ends before it would pass --max-message-bytes, so every line is sent."""
+    server = await start_server(sqlite_url, max_message_bytes=2048)
+    tokens = await _decisions(server, 30, "b")  # about 150 bytes an event: 4.5 KB in all
+    data = tmp_path / "thumbs.jsonl"
+    data.write_text(_thumbs(tokens))
+    argv = ["ingest", str(data), "--target", server.address, "--tenant", "acme", "--json"]
+    argv += ["--quiet", "--max-message-bytes", "2048"]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    report = _report(capsys)
+    assert (report["accepted"], report["too_large"], report["first_rejects"]) == (30, 0, [])
+
+
+def _report(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    """The --json object of the run, among the server's log lines on the same stdout."""
+    [line] = [o for o in capsys.readouterr().out.splitlines() if o.startswith('{"lines": ')]
+    report: dict[str, object] = json.loads(line)
+    return report
