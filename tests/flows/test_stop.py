@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from banditd.domain import ArmSpec, RouterSpec
 from banditd.errors import Abandoned
 from banditd.flows.candidates import report
-from banditd.flows.ope_log import DecisionLog, LoggedDecision
 from banditd.flows.stop import Stop
+from tests.flows.test_candidates import alternating_log
 
 LIVE = RouterSpec("acme", "chat", (ArmSpec("cheap", 0.1, 0.4), ArmSpec("strong", 3, 15)))
-ARMS = ("cheap", "strong")
-
-
-def alternating_log(n: int) -> DecisionLog:
-    """n decisions alternating cheap and strong at propensity 0.5."""
-    rng = np.random.default_rng(0)
-    return DecisionLog(
-        tuple(
-            LoggedDecision(
-                created_at=float(t),
-                x=np.concatenate([[1.0], rng.normal(size=LIVE.dim - 1)]),
-                candidates=ARMS,
-                expected_costs=(0.0001, 0.01),
-                arm=ARMS[t % 2],
-                propensity=0.5,
-                reward=(0.2, 0.9)[t % 2],
-                cost_usd=(0.0001, 0.01)[t % 2],
-            )
-            for t in range(n)
-        ),
-        (),
-    )
 
 
 class SetPartway(Stop):
@@ -50,7 +27,7 @@ class SetPartway(Stop):
 
 
 def test_a_stop_never_set_changes_nothing() -> None:
-    log = alternating_log(50)
+    log = alternating_log(LIVE, 50)
     plain = report("acme/chat", LIVE, log, [("live", LIVE)], replicates=200, seed=3)
     assert (
         report("acme/chat", LIVE, log, [("live", LIVE)], replicates=200, seed=3, stop=Stop())
@@ -62,7 +39,7 @@ def test_a_set_stop_ends_the_work_before_it_starts() -> None:
     stop = Stop()
     stop.set()
     with pytest.raises(Abandoned) as err:
-        report("acme/chat", LIVE, alternating_log(5), [("live", LIVE)], stop=stop)
+        report("acme/chat", LIVE, alternating_log(LIVE, 5), [("live", LIVE)], stop=stop)
     assert err.value.reached == {"candidates_done": 0, "candidates_total": 1}
 
 
@@ -73,7 +50,12 @@ def test_the_long_loops_stop_partway(stage: str) -> None:
     stop = SetPartway(stage)
     with pytest.raises(Abandoned) as err:
         report(
-            "acme/chat", LIVE, alternating_log(600), [("live", LIVE)], replicates=100_000, stop=stop
+            "acme/chat",
+            LIVE,
+            alternating_log(LIVE, 600),
+            [("live", LIVE)],
+            replicates=100_000,
+            stop=stop,
         )
     reached = err.value.reached
     assert 0 < reached[f"{stage}_done"] < reached[f"{stage}_total"] == 600
