@@ -18,17 +18,27 @@ class Stop:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._reached: dict[str, int] = {}  # {stage}_done and {stage}_total, by stage
+        self._stages: dict[str, tuple[int, int]] = {}  # done and total, by stage, in order
 
     def set(self) -> None:
         self._event.set()
 
     def check(self, stage: str, done: int, total: int) -> None:
-        """Note that ``stage`` has done ``done`` of ``total``; raise ``Abandoned`` if set."""
-        self._reached[f"{stage}_done"], self._reached[f"{stage}_total"] = done, total
+        """Note that ``stage`` has done ``done`` of ``total``, and forget the stages checked
+        after it (they were of its previous round: the candidate before); raise ``Abandoned``
+        if set."""
+        stages = self._stages  # replaced, never changed in place: NEVER is shared by threads
+        names = list(stages)
+        kept = names[: names.index(stage)] if stage in stages else names
+        self._stages = {name: stages[name] for name in kept} | {stage: (done, total)}
         if self._event.is_set():
-            where = ", ".join(f"{k}={v}" for k, v in self._reached.items())
-            raise Abandoned(f"stopped as its caller gave up ({where})", dict(self._reached))
+            reached = {
+                f"{name}_{what}": count
+                for name, counts in self._stages.items()
+                for what, count in zip(("done", "total"), counts, strict=True)
+            }
+            where = ", ".join(f"{k}={v}" for k, v in reached.items())
+            raise Abandoned(f"stopped as its caller gave up ({where})", reached)
 
 
 NEVER = Stop()  # the default: work that nobody stops (the CLI's, a test's)

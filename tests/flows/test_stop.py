@@ -59,3 +59,15 @@ def test_the_long_loops_stop_partway(stage: str) -> None:
         )
     reached = err.value.reached
     assert 0 < reached[f"{stage}_done"] < reached[f"{stage}_total"] == 600
+
+
+def test_the_stages_of_an_earlier_candidate_are_not_reported_as_the_current_ones() -> None:
+    """Abandoned as the second candidate begins: the first one's replay and bootstrap are no
+    part of where the work stopped (they were reported as the second's, in evaluate_abandoned's
+    replay_done and bootstrap_done, which docs/evaluation.md says are the current candidate's)."""
+    stop = SetPartway("candidates")
+    candidates = [("first", LIVE), ("second", LIVE)]
+    with pytest.raises(Abandoned) as err:
+        report("acme/chat", LIVE, alternating_log(LIVE, 600), candidates, replicates=100, stop=stop)
+    assert err.value.reached == {"candidates_done": 1, "candidates_total": 2}
+    assert str(err.value) == "stopped as its caller gave up (candidates_done=1, candidates_total=2)"
