@@ -165,8 +165,9 @@ def router_config(
 
 async def dear_dollars(server: Running) -> None:
     """Tenant acme's budget prices dollars dear: a window budget of $100 just begun, $5 of it
-    spent by router acme/spender (created here), 5 % of the limit ahead of its clock, and
-    the pacer's price refreshed. Start the server with a long ``budget_refresh_s``."""
+    spent by router acme/spender (created here), 2.5 % of the limit ahead of its clock (which
+    allows slack / 2, 2.5 %, from the start): the price is U, the top; and the pacer's price
+    refreshed. Start the server with a long ``budget_refresh_s``."""
     await server.admin.PutRouter(pb.PutRouterRequest(router=router_config("acme", "spender")))
     budget = pb.Budget(
         tenant="acme",
