@@ -20,15 +20,7 @@ async def test_ingest_jsonl_with_bad_lines_then_rerun(
     sqlite_url: str, start_server: StartServer, tmp_path: Path
 ) -> None:
     server = await start_server(sqlite_url)
-    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
-    tokens = [
-        (
-            await server.router.Select(
-                pb.SelectRequest(tenant="acme", router="chat", prompt=f"p{i}")
-            )
-        ).decision_id
-        for i in range(12)
-    ]
+    tokens = await _decisions(server, 12, "p")
     lines = [
         json.dumps({"decision_id": t, "thumb": ("up", "down")[i % 2]})
         for i, t in enumerate(tokens[:10])
@@ -242,15 +234,7 @@ async def test_a_line_with_a_lone_surrogate_is_refused_not_the_end_of_the_run(
     no text gRPC can send. The run ended in a traceback (UnicodeEncodeError) at that line, and
     every rerun again; the line is now refused as unparsable, by its number, and the rest sent."""
     server = await start_server(sqlite_url)
-    await server.admin.PutRouter(pb.PutRouterRequest(router=router_config()))
-    tokens = [
-        (
-            await server.router.Select(
-                pb.SelectRequest(tenant="acme", router="chat", prompt=f"s{i}")
-            )
-        ).decision_id
-        for i in range(3)
-    ]
+    tokens = await _decisions(server, 3, "s")
     data = tmp_path / "ratings.jsonl"
     lines = [
         {"decision_id": tokens[0], "thumb": "up"},
