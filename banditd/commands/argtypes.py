@@ -6,6 +6,9 @@ import argparse
 import math
 from collections.abc import Callable
 
+from banditd.config import Settings
+from banditd.domain.bounds import Bounds
+
 UINT32_MAX = 2**32 - 1  # the largest value of a proto uint32 field
 
 
@@ -42,6 +45,29 @@ def float_between(
         inside = low < value < high if strict else low <= value <= high
         if not (math.isfinite(value) and inside):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+def rpc_number(key: str) -> Callable[[str], float]:
+    """A number the RPC field ``key`` ("Message.field" in banditd.domain.bounds.TABLE) takes, in
+    the bound a server with this environment's settings (BANDITD_MAX_*) would check."""
+
+    def parse(text: str) -> float:
+        try:
+            settings = Settings()  # type: ignore[call-arg]  # its fields: the environment's
+            bound = Bounds(settings).table[key]
+        except ValueError as exc:  # pydantic's ValidationError: argparse would hide its text
+            raise argparse.ArgumentTypeError(f"invalid settings: {exc}") from None
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and bound.low <= value <= bound.high):
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {bound.describe()}, got {text!r}"
+            )
         return value
 
     return parse

@@ -29,7 +29,7 @@ from google.protobuf import json_format
 
 from banditd import progress
 from banditd.commands import reporting
-from banditd.commands.argtypes import float_between, int_at_least
+from banditd.commands.argtypes import int_at_least, rpc_number
 from banditd.config import Settings
 from banditd.context.encoders import get_encoder
 from banditd.context.pipeline import encoder_weights
@@ -157,19 +157,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--cost-weight",
-        type=float_between(0.0),
+        type=rpc_number("EvaluateRequest.cost_weight"),
         help="utility = reward - W x cost for every decision (default: each decision's own "
         "weight, as its Select formed it); the candidates' choices keep each decision's weight",
     )
     p.add_argument(
         "--latency-weight",
-        type=float_between(0.0),
+        type=rpc_number("EvaluateRequest.latency_weight"),
         help="utility also - L x latency (seconds) for every decision (default: each "
         "decision's own weight); the candidates' choices keep each decision's weight",
     )
     p.add_argument(
         "--energy-weight",
-        type=float_between(0.0),
+        type=rpc_number("EvaluateRequest.energy_weight"),
         help="utility also - E x energy (Wh) for every decision (default: each decision's own "
         "weight); the candidates' choices keep each decision's weight",
     )

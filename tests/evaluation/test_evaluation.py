@@ -102,17 +102,46 @@ def test_replay_proof_from_the_command_line(
         ("--latency-weight", "-1"),
         ("--energy-weight", "inf"),
         ("--seed", "-1"),  # was "banditd evaluate: expected non-negative integer" (NumPy's)
+        # Above what Admin.Evaluate takes (banditd.domain.bounds.TABLE): the command ran them
+        ("--cost-weight", "1.5e6"),  # BANDITD_MAX_COST_WEIGHT's default, 1e6
+        ("--latency-weight", "2e9"),  # HARD_MAX_LATENCY_WEIGHT
+        ("--energy-weight", "2e9"),  # HARD_MAX_ENERGY_WEIGHT
     ],
 )
+@pytest.mark.parametrize("proof", [True, False], ids=["replay-proof", "router"])
 def test_evaluate_refuses_a_bad_number_before_any_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, proof: bool
 ) -> None:
     data = write_outcomes(tmp_path / "o.jsonl", synthetic(40, seed=5))
+    source = (
+        ["--replay-proof", str(data)]
+        if proof
+        else ["--router", "acme/chat", "--database-url", f"sqlite+aiosqlite:///{tmp_path}/b.db"]
+    )
     with pytest.raises(SystemExit) as exited:
-        main(["evaluate", "--replay-proof", str(data), "--json", flag, value])
+        main(["evaluate", *source, "--json", flag, value])
     assert exited.value.code == 2  # argparse's usage error
     captured = capsys.readouterr()
     assert captured.out == "" and f"argument {flag}: expected" in captured.err
+
+
+def test_the_cost_weight_bound_is_the_setting_a_server_here_would_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BANDITD_MAX_COST_WEIGHT moves the flag's bound as it moves Admin.Evaluate's."""
+    data = write_outcomes(tmp_path / "o.jsonl", synthetic(40, seed=5))
+    args = ["evaluate", "--replay-proof", str(data), "--cost-weight", "1.5e6"]
+    monkeypatch.setenv("BANDITD_MAX_COST_WEIGHT", "1e7")
+    assert main(args) == 1  # past argparse: the proof's own refusal of the flag
+    assert "--cost-weight cannot go with --replay-proof" in capsys.readouterr().err
+    monkeypatch.setenv("BANDITD_MAX_COST_WEIGHT", "1e6")
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "argument --cost-weight: expected a number in [0, 1e+06] (BANDITD_MAX_COST_WEIGHT)" in err
+    )
 
 
 def test_evaluate_without_router_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
