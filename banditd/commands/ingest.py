@@ -121,10 +121,16 @@ def _request(record: dict[str, Any], default_tenant: str | None) -> pb.FeedbackR
 
 
 def _number(value: Any, kind: type[float] | type[int]) -> float | int:
-    """``value`` as ``kind``, refusing (ValueError) what a CSV column's text would not give: a
-    JSON bool (no number), a JSON fraction where an integer is due (12.7, not 12)."""
-    if isinstance(value, bool) or (kind is int and isinstance(value, float) and value % 1):
+    """``value`` as ``kind``, the same from a CSV cell's text as from JSON, refusing (ValueError)
+    a JSON bool (no number) and a fraction where an integer is due (12.7, not 12); a whole
+    number written as a float ("12.0", "12.", "1e2", JSON 12.0) is that integer."""
+    if isinstance(value, bool):
         raise ValueError(value)
+    if kind is int and not isinstance(value, int):
+        whole = float(value)
+        if whole % 1:  # a fraction; NaN and infinities too (their remainder is NaN)
+            raise ValueError(value)
+        return int(whole)
     return kind(value)
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from banditd.commands import cli
-from banditd.commands.ingest import IngestSummary, ingest
+from banditd.commands.ingest import BadLine, IngestSummary, ingest, parse_record
 from banditd.v1 import banditd_pb2 as pb
 from tests.helpers import Running, StartServer, router_config
 
@@ -376,17 +376,19 @@ async def test_json_refuses_what_csv_refuses(
     """JSON read `"reward": true` as 1.0, `"input_tokens": 12.7` as 12 and `"error": "yes"` as
     false, where CSV refuses "true" and "12.7" (and read "yes" as false too): a bool where a
     number is due, a fraction where an integer is due, or an error that is neither true nor
-    false is a refused line, by its number, in both."""
+    false is a refused line, by its number, in both. A whole number written as a float is that
+    integer in both: CSV refused "12.0", "12." and "1e2", where JSON read 12.0 as 12."""
     server = await start_server(sqlite_url)
-    tokens = await _decisions(server, 6, "t")
+    tokens = await _decisions(server, 8, "t")
     rows: list[dict[str, object]] = [
         {"reward": True},  # line 1 (2 in CSV, after the header)
         {"reward": 0.5, "input_tokens": 12.7},
         {"thumb": "up", "error": "yes"},
         {"reward": 0.5, "cost_usd": False},
-        # JSON's 12.0 is a whole number, read as 12 (CSV refuses "12.0", as before)
-        {"reward": 0.5, "output_tokens": 12.0 if suffix == ".jsonl" else 12, "error": True},
+        {"reward": 0.5, "output_tokens": 12.0, "error": True},  # 12 (CSV: "12.0")
         {"thumb": "down", "error": "False", "input_tokens": "3"},
+        {"reward": 0.5, "input_tokens": "12.", "output_tokens": "1e2"},  # 12 and 100
+        {"reward": 0.5, "output_tokens": "twelve"},
     ]
     columns = ["decision_id", "thumb", "reward", "cost_usd", "input_tokens", "output_tokens"]
     columns.append("error")
@@ -409,13 +411,32 @@ async def test_json_refuses_what_csv_refuses(
         )
     )
     first = 2 if suffix == ".csv" else 1
-    assert (summary.accepted, summary.unparsable) == (2, 4)
+    assert (summary.accepted, summary.unparsable) == (3, 5)
     refused = {r["line"] - first: r["message"] for r in summary.rejects}
-    assert sorted(refused) == [0, 1, 2, 3]
+    assert sorted(refused) == [0, 1, 2, 3, 7]
     assert refused[0].startswith("reward is not a number")
     assert refused[1].startswith("input_tokens is not a valid int")
     assert refused[2].startswith("error must be true or false")
     assert refused[3].startswith("cost_usd is not a valid float")
+    assert refused[7].startswith("output_tokens is not a valid int")
+
+
+@pytest.mark.parametrize(
+    ("value", "tokens"),
+    [
+        *[("12", 12), ("12.0", 12), ("12.", 12), ("1e2", 100), (12.0, 12)],
+        *[("12.7", None), ("nan", None), ("inf", None), ("twelve", None), (True, None)],
+        (12.7, None),
+    ],
+)
+def test_token_counts_are_whole_numbers_however_written(value: object, tokens: int | None) -> None:
+    """A CSV cell (text) or a JSON value: the integer it writes, else a refused line."""
+    record = {"tenant": "acme", "decision_id": "d", "reward": 0.5, "input_tokens": value}
+    if tokens is None:
+        with pytest.raises(BadLine, match="input_tokens is not a valid int"):
+            parse_record(record, None)
+    else:
+        assert parse_record(record, None).input_tokens == tokens
 
 
 async def test_a_line_over_the_message_limit_is_refused_not_the_whole_file(
