@@ -7,7 +7,7 @@ metadata. Each (prompt, arm) pair becomes one *offline* event in the feedback lo
 "posterior = prior + events" holds unchanged for restarts and replicas; offline events are left
 out of GetStats. Their ids derive from the router, record and arm (and the router's context, and
 encoder weights other than its first warm start's: ``warm_start_weights``), so a second run adds
-nothing.
+nothing; a record whose id an earlier one of the file had is skipped (``usable_records``).
 
 ``warm_events`` is the one way a warm start turns records into events, used by both
 `banditd warm-start` (banditd.commands.warm_start, into a router's log) and `banditd replay
@@ -105,6 +105,13 @@ def record_metadata(record: dict[str, Any], fields: Sequence[str]) -> dict[str, 
     return {f: str(record[f]) for f in fields if record.get(f) is not None}
 
 
+def record_key(record: dict[str, Any]) -> str:
+    """What names a record in its events' decision ids: its id, or its line where the id is
+    null or "" (a blank column names no record)."""
+    named = record.get("id")
+    return str(record["_line"] if named is None or named == "" else named)
+
+
 def usable_records(
     records: Sequence[dict[str, Any]],
     report: WarmStartReport,
@@ -112,10 +119,18 @@ def usable_records(
     metadata_from: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The records with a prompt the router accepts, a models object and metadata a Select
-    could send (``metadata_from``'s values); the rest are counted as skipped in ``report``."""
-    usable = []
+    could send (``metadata_from``'s values), each the first of the file with its key
+    (``record_key``); the rest are counted as skipped in ``report``. A record whose key an
+    earlier one had would get that one's decision ids: the log would keep one record's events
+    while an in-process replay folded both, so it is skipped ("duplicate id") on either path."""
+    usable, seen = [], set()
     for record in records:
         report.records += 1
+        key = record_key(record)
+        if key in seen:
+            report.skip("duplicate id")
+            continue
+        seen.add(key)
         prompt, models = record.get("prompt"), record.get("models")
         if not isinstance(prompt, str) or not isinstance(models, dict):
             report.skip("no prompt or models")
@@ -229,8 +244,7 @@ def warm_events(
         models: dict[str, Any] = record["models"]
         x = pipeline.assemble(vec, record_metadata(record, metadata_from))
         report.unknown_models.update(set(models) - arms)
-        named = record.get("id")  # null or "" (a blank column) names no record: the line does
-        key = str(record["_line"] if named is None or named == "" else named)
+        key = record_key(record)
         if context_since:  # 0: the ids warm starts have always had
             key = f"{context_since}\x00{key}"
         if key_weights:  # "": the ids warm starts had before weights were named

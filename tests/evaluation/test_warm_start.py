@@ -295,6 +295,39 @@ async def test_warm_started_server_replays_like_in_process(
     if "minilm" in context:
         require("model2vec", "minilm-static needs the context extra")
     warm, online = dev_split(tmp_path)
+    summary = await _replays_alike(sqlite_url, start_server, tmp_path, warm, online, context)
+    assert summary["records"] == WARM and summary["skipped"] == 0
+
+
+async def test_a_repeated_id_is_skipped_by_the_server_and_in_process_alike(
+    sqlite_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Two records with one id got the same decision ids: the log kept the first one's events
+    (the second's counted as already present) while the in-process replay folded both, so the
+    two disagreed. The second is now skipped on both paths, and a rerun skips it again."""
+    warm, online = dev_split(tmp_path)
+    rows = [json.loads(line) for line in warm.read_text().splitlines()]
+    rows[7]["id"] = rows[3]["id"]  # another prompt, other outcomes, the same id
+    warm.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = await _replays_alike(sqlite_url, start_server, tmp_path, warm, online, "hashing+task")
+    assert (summary["skipped"], summary["skip_reasons"]) == (1, {"duplicate id": 1})
+    assert summary["already_present"] == 0
+    flags = ("--tenant", "replay", "--router", "replay-0")
+    again = warm_start(sqlite_url, warm, *flags)
+    assert (again["added"], again["already_present"]) == (0, summary["events"])
+    assert again["skip_reasons"] == {"duplicate id": 1}
+
+
+async def _replays_alike(
+    sqlite_url: str,
+    start_server: StartServer,
+    tmp_path: Path,
+    warm: Path,
+    online: Path,
+    context: str,
+) -> dict[str, Any]:
+    """Warm-start a server's router from ``warm`` and replay ``online`` through it: the report
+    is the in-process replay's (with the same warm start). The warm start's summary."""
     local = replay.Options(data=online, warm_start=warm, **CONTEXTS[context])
     expected = await asyncio.to_thread(replay.replay, local)
     cold = await asyncio.to_thread(replay.replay, dataclasses.replace(local, warm_start=None))
@@ -314,9 +347,11 @@ async def test_warm_started_server_replays_like_in_process(
         "--router-config",
         str(config),
     )
-    assert summary["added"] == WARM * len(spec.arms) == expected["warm_start"]["events"]
+    usable = WARM - summary["skipped"]
+    assert summary["added"] == usable * len(spec.arms) == expected["warm_start"]["events"]
+    assert summary["skipped"] == expected["warm_start"]["skipped_records"]
     assert summary["metadata_from"] == list(spec.metadata_keys)
-    assert summary["pca_fitted_on"] == (WARM if spec.pca_dim else 0)
+    assert summary["pca_fitted_on"] == (usable if spec.pca_dim else 0)
 
     remote = dataclasses.replace(
         local, warm_start=None, server=Server(server.address, keep_routers=True)
@@ -332,6 +367,7 @@ async def test_warm_started_server_replays_like_in_process(
     assert {a.arm: a.decisions for a in stats.arms if a.decisions} == {
         arm: round(share * ONLINE) for arm, share in expected["picks"].items() if share
     }
+    return summary
 
 
 async def test_keep_routers_needs_the_replays_router(
