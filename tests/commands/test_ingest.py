@@ -152,17 +152,7 @@ async def test_a_file_that_starts_with_a_byte_order_mark_is_read(
         lines = [json.dumps({"decision_id": d, "thumb": "up"}) for d in ids]
     data = tmp_path / f"thumbs{suffix}"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
-    summary = await asyncio.to_thread(
-        lambda: ingest(
-            data,
-            server.address,
-            tenant="acme",
-            state_path=tmp_path / "state",
-            rejects_path=tmp_path / "r.jsonl",
-            chunk=10,
-            fresh=False,
-        )
-    )
+    summary = await _ingest(data, server, tmp_path)
     assert (summary.accepted, summary.unparsable, summary.rejects) == (2, 0, [])
 
 
@@ -270,6 +260,22 @@ async def _decisions(server: Running, n: int, prefix: str) -> list[str]:
         ).decision_id
         for i in range(n)
     ]
+
+
+async def _ingest(data: Path, server: Running, tmp_path: Path) -> IngestSummary:
+    """``ingest`` of ``data`` to ``server`` for tenant acme, in chunks of 10, its state and
+    rejects files in ``tmp_path``, resuming."""
+    return await asyncio.to_thread(
+        lambda: ingest(
+            data,
+            server.address,
+            tenant="acme",
+            state_path=tmp_path / "state",
+            rejects_path=tmp_path / "r.jsonl",
+            chunk=10,
+            fresh=False,
+        )
+    )
 
 
 def _thumbs(tokens: list[str]) -> str:
@@ -399,17 +405,7 @@ async def test_json_refuses_what_csv_refuses(
         data.write_text("\n".join(",".join(line) for line in [columns, *cells]) + "\n")
     else:
         data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = await asyncio.to_thread(
-        lambda: ingest(
-            data,
-            server.address,
-            tenant="acme",
-            state_path=tmp_path / "state",
-            rejects_path=tmp_path / "r.jsonl",
-            chunk=10,
-            fresh=False,
-        )
-    )
+    summary = await _ingest(data, server, tmp_path)
     first = 2 if suffix == ".csv" else 1
     assert (summary.accepted, summary.unparsable) == (3, 5)
     refused = {r["line"] - first: r["message"] for r in summary.rejects}
