@@ -118,9 +118,10 @@ def usable_records(
     max_prompt_chars: int,
     metadata_from: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """The records with a prompt the router accepts, a models object and metadata a Select
-    could send (``metadata_from``'s values), each the first of the file with its key
-    (``record_key``); the rest are counted as skipped in ``report``. A record whose key an
+    """Of the records (as read_outcomes reads them: each with its ``_line``), those with a
+    prompt the router accepts, a models object and metadata a Select could send
+    (``metadata_from``'s values), each the first of the file with its key (``record_key``);
+    the rest are counted as skipped in ``report``. A record whose key an
     earlier one had would get that one's decision ids: the log would keep one record's events
     while an in-process replay folded both, so it is skipped ("duplicate id") on either path."""
     usable, seen = [], set()

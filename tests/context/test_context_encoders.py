@@ -125,7 +125,7 @@ def test_a_prompt_with_a_lone_surrogate_is_invalid_argument(
         with pytest.raises(InvalidArgument, match=r"^prompt: is not valid Unicode"):
             pipeline.embed([prompt])
     report = WarmStartReport()
-    records = [{"prompt": prompt, "models": {"a": {"quality": 1.0, "cost_usd": 0.0}}}]
+    records = [{"prompt": prompt, "models": {"a": {"quality": 1.0, "cost_usd": 0.0}}, "_line": 1}]
     assert usable_records(records, report, 200_000) == []
     assert report.skip_reasons == {"prompt": 1}
 
