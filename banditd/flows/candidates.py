@@ -212,14 +212,15 @@ def evaluate_candidate(
         stop=stop,
     )
     if not covered.all():  # the live policy on the same decisions, to compare like with like
-        f, none = feedback, np.zeros_like(feedback.cost)
-        latency = none if f.latency_s is None else f.latency_s
-        energy = none if f.energy_wh is None else f.energy_wh
-        utility = f.reward - weights[0] * f.cost - weights[1] * latency - weights[2] * energy
+        decisions = tuple(d for d, c in zip(log.decisions, covered, strict=True) if c)
+        n = len(decisions)
+        live = logged_value(
+            DecisionLog(decisions, ()), np.column_stack([np.broadcast_to(w, n) for w in weights])
+        )
         notes.append(
-            f"on the {len(f.reward)} decisions kept the live policy earned utility "
-            f"{float(np.mean(utility)):.4f} (reward {float(f.reward.mean()):.4f}, cost "
-            f"${float(f.cost.mean()):.6f}); the report's logged values cover all {covered.size}"
+            f"on the {n} decisions kept the live policy earned utility "
+            f"{live['utility']:.4f} (reward {live['reward']:.4f}, cost "
+            f"${live['cost_usd']:.6f}); the report's logged values cover all {covered.size}"
         )
     return dataclasses.replace(result, warnings=(*result.warnings, *notes))
 
