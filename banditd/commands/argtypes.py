@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from banditd.config import Settings
 from banditd.domain.bounds import Bounds
+from banditd.errors import InvalidArgument
 
 UINT32_MAX = 2**32 - 1  # the largest value of a proto uint32 field
 
@@ -57,18 +58,19 @@ def rpc_number(key: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             settings = Settings()  # type: ignore[call-arg]  # its fields: the environment's
-            bound = Bounds(settings).table[key]
+            bounds = Bounds(settings)
         except ValueError as exc:  # pydantic's ValidationError: argparse would hide its text
             raise argparse.ArgumentTypeError(f"invalid settings: {exc}") from None
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and bound.low <= value <= bound.high):
+        try:
+            return bounds.check(key, value)  # the RPC's own check
+        except InvalidArgument:
             raise argparse.ArgumentTypeError(
-                f"expected a number in {bound.describe()}, got {text!r}"
-            )
-        return value
+                f"expected a number in {bounds.table[key].describe()}, got {text!r}"
+            ) from None
 
     return parse
 
