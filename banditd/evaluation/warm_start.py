@@ -35,7 +35,7 @@ from banditd.context.pipeline import ContextPipeline
 from banditd.domain import FeedbackEvent, FloatArray, built_with
 from banditd.domain.ceilings import HARD_MAX_CALL_USD
 from banditd.errors import InvalidArgument
-from banditd.flows.select import MAX_METADATA_VALUE
+from banditd.flows.select import check_metadata_entry
 
 _NAMESPACE = uuid.UUID("6f1c3a52-4d3e-4f0e-9a43-0b7f3d1c2a10")
 ENCODE_CHUNK = 256  # prompts encoded per call
@@ -141,21 +141,21 @@ def usable_records(
         except InvalidArgument as exc:
             report.skip(exc.field)
             continue
-        if not all(map(_sendable, record_metadata(record, metadata_from).values())):
+        if not _sendable(record_metadata(record, metadata_from)):
             report.skip("metadata")
             continue
         usable.append(record)
     return usable
 
 
-def _sendable(value: str) -> bool:
-    """A metadata value a Select can carry and a server takes (banditd.flows.select): UTF-8
-    text (no lone surrogate) without NUL, at most MAX_METADATA_VALUE characters."""
-    if "\x00" in value or len(value) > MAX_METADATA_VALUE:
-        return False
+def _sendable(metadata: dict[str, str]) -> bool:
+    """Metadata a Select can carry and a server takes (``check_metadata_entry``), in UTF-8
+    (no lone surrogate)."""
     try:
-        value.encode()
-    except UnicodeEncodeError:
+        for key, value in metadata.items():
+            check_metadata_entry(key, value)
+            value.encode()
+    except (InvalidArgument, UnicodeEncodeError):
         return False
     return True
 

@@ -91,6 +91,18 @@ class Decided:
     rival_cost: float  # a comparison's challenger's expected cost (0 without one)
 
 
+def check_metadata_entry(key: str, value: str) -> None:
+    """A metadata entry Select takes (a warm start's records too): a key of 1-MAX_METADATA_KEY
+    characters, no NUL (Postgres text cannot hold it), a value of at most MAX_METADATA_VALUE
+    characters; InvalidArgument else."""
+    if not key or len(key) > MAX_METADATA_KEY:
+        raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")
+    if "\x00" in key or "\x00" in value:
+        raise InvalidArgument("metadata", f"NUL character in the entry of {key!r}")
+    if len(value) > MAX_METADATA_VALUE:
+        raise InvalidArgument("metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters")
+
+
 class Selector:
     def __init__(
         self,
@@ -145,14 +157,7 @@ class Selector:
                 f"at most {self._max_metadata_entries} entries (BANDITD_MAX_METADATA_ENTRIES)",
             )
         for key, value in req.metadata.items():
-            if not key or len(key) > MAX_METADATA_KEY:
-                raise InvalidArgument("metadata", f"keys must be 1-{MAX_METADATA_KEY} characters")
-            if "\x00" in key or "\x00" in value:
-                raise InvalidArgument("metadata", f"NUL character in the entry of {key!r}")
-            if len(value) > MAX_METADATA_VALUE:
-                raise InvalidArgument(
-                    "metadata", f"value of {key!r} over {MAX_METADATA_VALUE} characters"
-                )
+            check_metadata_entry(key, value)
 
     async def select(self, req: SelectInput) -> Decision:
         """Prepare (I/O), decide (pure), commit (I/O): the Select flow."""
