@@ -49,6 +49,7 @@ def run_migrations_offline() -> None:
 # Postgres advisory lock key of banditd's migrations (any fixed number no other tool uses).
 MIGRATION_LOCK = 0x62616E64
 TURN_POLL_S = 0.5  # how often a replica waiting for another's migration asks for its turn
+WAITING_FOR_TURN = "banditd migrate: waiting for its turn"  # application_name meanwhile
 
 
 def _sqlite_transactions(engine: AsyncEngine) -> None:
@@ -77,9 +78,15 @@ def _take_turn(connection: Connection) -> None:
     pg_advisory_lock would hold a snapshot all along, and 0023's CREATE INDEX CONCURRENTLY waits
     for every older snapshot to end, so each would wait for the other (a deadlock)."""
     lock = text("SELECT pg_try_advisory_lock(:key)")
+    named = text("SELECT set_config('application_name', :name, false)")
+    # Polling leaves no lock wait in pg_locks: the wait shows in pg_stat_activity by this name
+    # (committed, as a rollback would undo it).
+    connection.execute(named, {"name": WAITING_FOR_TURN})
+    connection.commit()
     while not connection.scalar(lock, {"key": MIGRATION_LOCK}):
         connection.rollback()
         time.sleep(TURN_POLL_S)
+    connection.execute(named, {"name": "banditd migrate"})
     # Set after the advisory lock, which may rightly wait for another replica's whole migration.
     # An ALTER TABLE waiting behind a long transaction queues every query on that table behind
     # itself: past this wait it fails instead, and nothing changes (banditd.store.engine.migrate:
